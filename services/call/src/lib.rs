@@ -1,0 +1,3 @@
+//! Calls.
+
+pub mod metrics;

@@ -1,0 +1,297 @@
+//! Prometheus metrics of the call layer.
+//!
+//! One [`CallMetrics`] is registered per node on the registry `main` builds and passes in
+//! (ARCHITECTURE rule 10: no global registry), then cloned into every call actor, the dispatcher
+//! and the transaction layer. Clones share the same atomics, so every method is a few atomic
+//! operations plus, for labelled metrics, a read-locked map lookup.
+//!
+//! Metric names are a contract with dashboards and end-to-end tests; do not rename them.
+//! Counters are registered without the `_total` suffix because `prometheus-client` appends it
+//! when it encodes a counter.
+//!
+//! Label values that come from the network (SIP methods) are folded into a fixed set so that a
+//! peer cannot create unbounded label cardinality (rule 6: untrusted input is bounded).
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Which way a SIP message travelled relative to this node; the `direction` label.
+///
+/// Kept as an enum (not a string) so callers cannot invent label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Received from the network (`"in"`).
+    In,
+    /// Sent to the network (`"out"`).
+    Out,
+}
+
+impl Direction {
+    /// The label value exposed to Prometheus.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// SIP methods we expose as label values; anything else becomes `"OTHER"`.
+///
+/// Methods are extension tokens in RFC 3261, so the set a peer can send is unbounded.
+const KNOWN_METHODS: &[&str] = &[
+    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
+    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+];
+
+/// Maps a method to a bounded, allocation-free label value.
+fn method_label(method: &str) -> Cow<'static, str> {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == method)
+        .map_or(Cow::Borrowed("OTHER"), |known| Cow::Borrowed(*known))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    direction: Direction,
+    method: Cow<'static, str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResponseLabels {
+    direction: Direction,
+    method: Cow<'static, str>,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TimerLabels {
+    timer: Cow<'static, str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// Handles to every call-layer metric; cheap to clone (all handles are `Arc`s inside).
+///
+/// Built once with [`CallMetrics::register`] so that names and help texts live in one place.
+#[derive(Debug, Clone)]
+pub struct CallMetrics {
+    calls_active: Gauge,
+    calls: Family<StatusLabels, Counter>,
+    sip_requests: Family<RequestLabels, Counter>,
+    sip_responses: Family<ResponseLabels, Counter>,
+    sip_retransmissions: Family<DirectionLabels, Counter>,
+    transaction_timeouts: Family<TimerLabels, Counter>,
+    sip_parse_errors: Family<ReasonLabels, Counter>,
+}
+
+impl CallMetrics {
+    /// Creates the metrics and registers them on `registry`, the node's one registry.
+    ///
+    /// Call it once per registry: registering twice would expose every metric twice.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            calls_active: Gauge::default(),
+            calls: Family::default(),
+            sip_requests: Family::default(),
+            sip_responses: Family::default(),
+            sip_retransmissions: Family::default(),
+            transaction_timeouts: Family::default(),
+            sip_parse_errors: Family::default(),
+        };
+        registry.register(
+            "trunkline_calls_active",
+            "Calls currently in progress on this node",
+            metrics.calls_active.clone(),
+        );
+        registry.register(
+            "trunkline_calls",
+            "Calls ended, by the final status code sent to the caller",
+            metrics.calls.clone(),
+        );
+        registry.register(
+            "trunkline_sip_requests",
+            "SIP requests received (in) or sent (out), by method",
+            metrics.sip_requests.clone(),
+        );
+        registry.register(
+            "trunkline_sip_responses",
+            "SIP responses received (in) or sent (out), by CSeq method and status code",
+            metrics.sip_responses.clone(),
+        );
+        registry.register(
+            "trunkline_sip_retransmissions",
+            "SIP retransmissions: duplicates absorbed (in) or retransmissions sent (out)",
+            metrics.sip_retransmissions.clone(),
+        );
+        registry.register(
+            "trunkline_transaction_timeouts",
+            "SIP transactions that timed out, by RFC 3261 timer",
+            metrics.transaction_timeouts.clone(),
+        );
+        registry.register(
+            "trunkline_sip_parse_errors",
+            "Received SIP messages rejected by the parser, by reason",
+            metrics.sip_parse_errors.clone(),
+        );
+        metrics
+    }
+
+    /// A call was accepted by the dispatcher and its actor started.
+    pub fn call_started(&self) {
+        self.calls_active.inc();
+    }
+
+    /// A call ended; `status` is the final status code sent to the caller (200 for an answered
+    /// call that later hung up). Pair every `call_started` with exactly one `call_ended`.
+    pub fn call_ended(&self, status: u16) {
+        self.calls_active.dec();
+        self.calls.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    /// A SIP request was received or sent (not counting retransmissions we send).
+    pub fn request(&self, direction: Direction, method: &str) {
+        self.sip_requests
+            .get_or_create(&RequestLabels {
+                direction,
+                method: method_label(method),
+            })
+            .inc();
+    }
+
+    /// A SIP response was received or sent; `method` is the CSeq method.
+    pub fn response(&self, direction: Direction, method: &str, status: u16) {
+        self.sip_responses
+            .get_or_create(&ResponseLabels {
+                direction,
+                method: method_label(method),
+                status,
+            })
+            .inc();
+    }
+
+    /// A retransmission was absorbed (`In`) or sent (`Out`).
+    pub fn retransmission(&self, direction: Direction) {
+        self.sip_retransmissions
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// A transaction timer fired and ended the transaction (`"B"`, `"F"`, `"H"`, `"J"`, ...).
+    pub fn transaction_timeout(&self, timer: &str) {
+        self.transaction_timeouts
+            .get_or_create(&TimerLabels {
+                timer: Cow::Owned(timer.to_owned()),
+            })
+            .inc();
+    }
+
+    /// A received message failed to parse; `reason` is a short snake_case constant, never text
+    /// taken from the message.
+    pub fn parse_error(&self, reason: &'static str) {
+        self.sip_parse_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    fn scrape(registry: &Registry) -> String {
+        let mut out = String::new();
+        encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn exposes_fixed_names_and_labels() {
+        let mut registry = Registry::default();
+        let metrics = CallMetrics::register(&mut registry);
+
+        metrics.call_started();
+        metrics.call_started();
+        metrics.call_ended(486);
+        metrics.request(Direction::In, "INVITE");
+        metrics.request(Direction::Out, "INVITE");
+        metrics.response(Direction::Out, "INVITE", 180);
+        metrics.response(Direction::Out, "INVITE", 180);
+        metrics.retransmission(Direction::In);
+        metrics.retransmission(Direction::Out);
+        metrics.transaction_timeout("B");
+        metrics.parse_error("bad_start_line");
+
+        let text = scrape(&registry);
+        for line in [
+            "trunkline_calls_active 1\n",
+            "trunkline_calls_total{status=\"486\"} 1\n",
+            "trunkline_sip_requests_total{direction=\"in\",method=\"INVITE\"} 1\n",
+            "trunkline_sip_requests_total{direction=\"out\",method=\"INVITE\"} 1\n",
+            "trunkline_sip_responses_total{direction=\"out\",method=\"INVITE\",status=\"180\"} 2\n",
+            "trunkline_sip_retransmissions_total{direction=\"in\"} 1\n",
+            "trunkline_sip_retransmissions_total{direction=\"out\"} 1\n",
+            "trunkline_transaction_timeouts_total{timer=\"B\"} 1\n",
+            "trunkline_sip_parse_errors_total{reason=\"bad_start_line\"} 1\n",
+            "# TYPE trunkline_calls_active gauge\n",
+            "# TYPE trunkline_calls counter\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_methods_are_folded() {
+        let mut registry = Registry::default();
+        let metrics = CallMetrics::register(&mut registry);
+        metrics.request(Direction::In, "FOOBAR");
+        metrics.request(Direction::In, "XYZZY");
+        metrics.response(Direction::In, "FOOBAR", 501);
+
+        let text = scrape(&registry);
+        assert!(text.contains("trunkline_sip_requests_total{direction=\"in\",method=\"OTHER\"} 2\n"));
+        assert!(text.contains(
+            "trunkline_sip_responses_total{direction=\"in\",method=\"OTHER\",status=\"501\"} 1\n"
+        ));
+        assert!(!text.contains("FOOBAR"));
+    }
+
+    #[test]
+    fn clones_share_state() {
+        let mut registry = Registry::default();
+        let metrics = CallMetrics::register(&mut registry);
+        let other = metrics.clone();
+        metrics.call_started();
+        other.call_ended(200);
+        let text = scrape(&registry);
+        assert!(text.contains("trunkline_calls_active 0\n"));
+        assert!(text.contains("trunkline_calls_total{status=\"200\"} 1\n"));
+    }
+}

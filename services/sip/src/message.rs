@@ -1,0 +1,386 @@
+//! Requests, responses and their wire encoding.
+
+use crate::header::{Header, HeaderName, Headers};
+use crate::method::Method;
+use crate::name_addr::NameAddr;
+use crate::uri::Uri;
+use crate::via::Via;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+/// The CSeq header: sequence number and method.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CSeq {
+    pub seq: u32,
+    pub method: Method,
+}
+
+impl CSeq {
+    /// Parses `1*DIGIT LWS Method`. Values above 2^31-1 are invalid (RFC 3261 §8.1.1.5).
+    pub fn parse(v: &[u8]) -> Option<CSeq> {
+        let (s, e) = crate::scan::trim(v);
+        let v = &v[s..e];
+        let ds = v.iter().take_while(|c| c.is_ascii_digit()).count();
+        if ds == 0 || ds > 10 {
+            return None;
+        }
+        let seq: u64 = std::str::from_utf8(&v[..ds]).ok()?.parse().ok()?;
+        if seq > 0x7fff_ffff {
+            return None;
+        }
+        let ms = crate::scan::skip_ws(v, ds);
+        if ms == ds {
+            return None;
+        }
+        let method = Method::from_token(&v[ms..])?;
+        Some(CSeq {
+            seq: seq as u32,
+            method,
+        })
+    }
+}
+
+impl std::fmt::Display for CSeq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.seq, self.method)
+    }
+}
+
+/// A SIP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    pub uri: Uri,
+    /// The SIP-Version token as received (`SIP/2.0` for anything we accept).
+    pub version: Bytes,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+/// A SIP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub reason: Bytes,
+    pub version: Bytes,
+    pub headers: Headers,
+    pub body: Bytes,
+}
+
+/// Either kind of message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Request(Request),
+    Response(Response),
+}
+
+/// The protocol version this stack speaks.
+pub const SIP_2_0: &[u8] = b"SIP/2.0";
+
+impl Headers {
+    /// The Call-ID value.
+    pub fn call_id(&self) -> Option<&Bytes> {
+        self.get(HeaderName::CallId)
+    }
+
+    /// The CSeq, parsed.
+    pub fn cseq(&self) -> Option<CSeq> {
+        CSeq::parse(self.get(HeaderName::CSeq)?)
+    }
+
+    /// The From header, parsed.
+    pub fn from_addr(&self) -> Option<NameAddr> {
+        NameAddr::parse(self.get(HeaderName::From)?)
+    }
+
+    /// The To header, parsed.
+    pub fn to_addr(&self) -> Option<NameAddr> {
+        NameAddr::parse(self.get(HeaderName::To)?)
+    }
+
+    /// The topmost Via value, parsed.
+    pub fn top_via(&self) -> Option<Via> {
+        let first = self.get(HeaderName::Via)?;
+        let v = crate::scan::split_commas(first)?;
+        Via::parse(v.first()?)
+    }
+
+    /// Every Via value in order, parsed; `None` if any is malformed.
+    pub fn vias(&self) -> Option<Vec<Via>> {
+        self.values(HeaderName::Via)?
+            .iter()
+            .map(|v| Via::parse(v))
+            .collect()
+    }
+
+    /// Every value of a name-addr list header (Contact, Route, Record-Route).
+    pub fn name_addrs(&self, kind: HeaderName) -> Option<Vec<NameAddr>> {
+        self.values(kind)?
+            .iter()
+            .map(|v| NameAddr::parse(v))
+            .collect()
+    }
+
+    /// The first Contact, parsed (ignores `*`).
+    pub fn contact(&self) -> Option<NameAddr> {
+        self.name_addrs(HeaderName::Contact)?.into_iter().next()
+    }
+
+    /// Max-Forwards as a number; `None` when absent or malformed.
+    pub fn max_forwards(&self) -> Option<u32> {
+        parse_u32(self.get(HeaderName::MaxForwards)?)
+    }
+
+    /// Option tags of a Require/Supported-style header, lower-cased.
+    pub fn option_tags(&self, kind: HeaderName) -> Vec<String> {
+        let mut out = Vec::new();
+        for line in self.get_all(kind) {
+            for t in line.split(|c| *c == b',') {
+                let (s, e) = crate::scan::trim(t);
+                if e > s {
+                    out.push(String::from_utf8_lossy(&t[s..e]).to_ascii_lowercase());
+                }
+            }
+        }
+        out
+    }
+
+    /// Content-Type without parameters, lower-cased.
+    pub fn content_type(&self) -> Option<String> {
+        let v = self.get(HeaderName::ContentType)?;
+        let base = v.split(|c| *c == b';').next().unwrap_or(v);
+        let (s, e) = crate::scan::trim(base);
+        Some(String::from_utf8_lossy(&base[s..e]).to_ascii_lowercase())
+    }
+}
+
+/// Parses an unsigned decimal header value (leading zeros allowed).
+pub fn parse_u32(v: &[u8]) -> Option<u32> {
+    let (s, e) = crate::scan::trim(v);
+    let v = &v[s..e];
+    if v.is_empty() || v.len() > 10 || !v.iter().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn encode_headers(out: &mut BytesMut, headers: &Headers, body: &Bytes) {
+    for h in headers.iter() {
+        if h.kind == HeaderName::ContentLength {
+            continue;
+        }
+        out.put_slice(&h.name);
+        out.put_slice(b": ");
+        out.put_slice(&h.value);
+        out.put_slice(b"\r\n");
+    }
+    let mut cl = String::with_capacity(24);
+    let _ = write!(cl, "Content-Length: {}\r\n\r\n", body.len());
+    out.put_slice(cl.as_bytes());
+    out.put_slice(body);
+}
+
+fn encoded_len(headers: &Headers, body: &Bytes) -> usize {
+    headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 4)
+        .sum::<usize>()
+        + body.len()
+        + 32
+}
+
+impl Request {
+    /// Serialises the request. Content-Length is always written from the body so
+    /// framing is right whatever the headers said.
+    pub fn encode(&self) -> Bytes {
+        let uri = self.uri.to_string();
+        let mut out = BytesMut::with_capacity(encoded_len(&self.headers, &self.body) + uri.len() + 32);
+        out.put_slice(self.method.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(uri.as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(&self.version);
+        out.put_slice(b"\r\n");
+        encode_headers(&mut out, &self.headers, &self.body);
+        out.freeze()
+    }
+
+    /// A new request with no headers.
+    pub fn new(method: Method, uri: Uri) -> Request {
+        Request {
+            method,
+            uri,
+            version: Bytes::from_static(SIP_2_0),
+            headers: Headers::with_capacity(12),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Builds a response as RFC 3261 §8.2.6.2 says: Via, From, To, Call-ID and CSeq
+    /// copied; a To-tag is added by the caller when it creates a dialog or answers
+    /// a request that had none.
+    pub fn make_response(&self, status: u16, reason: Option<&str>) -> Response {
+        let mut headers = Headers::with_capacity(8);
+        for h in self.headers.iter() {
+            if matches!(
+                h.kind,
+                HeaderName::Via
+                    | HeaderName::From
+                    | HeaderName::To
+                    | HeaderName::CallId
+                    | HeaderName::CSeq
+            ) {
+                headers.push(h.clone());
+            }
+        }
+        Response {
+            status,
+            reason: Bytes::copy_from_slice(reason.unwrap_or(reason_phrase(status)).as_bytes()),
+            version: Bytes::from_static(SIP_2_0),
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    /// A short human summary for logs: method and Call-ID, never the whole message.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {} call-id={}",
+            self.method,
+            self.uri,
+            self.headers
+                .call_id()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .unwrap_or_default()
+        )
+    }
+}
+
+impl Response {
+    /// Serialises the response (Content-Length written from the body).
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(encoded_len(&self.headers, &self.body) + 64);
+        out.put_slice(&self.version);
+        let mut sl = String::with_capacity(8);
+        let _ = write!(sl, " {} ", self.status);
+        out.put_slice(sl.as_bytes());
+        out.put_slice(&self.reason);
+        out.put_slice(b"\r\n");
+        encode_headers(&mut out, &self.headers, &self.body);
+        out.freeze()
+    }
+
+    /// Adds a To-tag if the To header has none (RFC 3261 §8.2.6.2).
+    pub fn set_to_tag(&mut self, tag: &str) {
+        if let Some(mut to) = self.headers.to_addr() {
+            if to.tag().is_none() {
+                to.set_param("tag", Some(tag.to_string()));
+                self.headers.set(HeaderName::To, to.to_string());
+            }
+        }
+    }
+
+    /// 1xx.
+    pub fn is_provisional(&self) -> bool {
+        self.status < 200
+    }
+
+    /// 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+impl Message {
+    pub fn headers(&self) -> &Headers {
+        match self {
+            Message::Request(r) => &r.headers,
+            Message::Response(r) => &r.headers,
+        }
+    }
+
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        match self {
+            Message::Request(r) => &mut r.headers,
+            Message::Response(r) => &mut r.headers,
+        }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        match self {
+            Message::Request(r) => r.encode(),
+            Message::Response(r) => r.encode(),
+        }
+    }
+}
+
+/// Adds a header line to a request or response under a header kind's canonical name.
+pub fn header(kind: HeaderName, value: impl Into<Bytes>) -> Header {
+    Header::new(kind, value)
+}
+
+/// The default reason phrase of a status code (RFC 3261 §21 and common extensions).
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Moved Temporarily",
+        305 => "Use Proxy",
+        380 => "Alternative Service",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        410 => "Gone",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Unsupported URI Scheme",
+        420 => "Bad Extension",
+        421 => "Extension Required",
+        423 => "Interval Too Brief",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        484 => "Address Incomplete",
+        485 => "Ambiguous",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        493 => "Undecipherable",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Server Time-out",
+        505 => "Version Not Supported",
+        513 => "Message Too Large",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        604 => "Does Not Exist Anywhere",
+        606 => "Not Acceptable",
+        _ => match code / 100 {
+            1 => "Session Progress",
+            2 => "OK",
+            3 => "Redirected",
+            4 => "Request Failure",
+            5 => "Server Failure",
+            _ => "Global Failure",
+        },
+    }
+}

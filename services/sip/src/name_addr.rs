@@ -1,0 +1,148 @@
+//! name-addr / addr-spec headers: From, To, Contact, Route, Record-Route (RFC 3261 §20).
+
+use crate::scan::{self, Param};
+use crate::uri::Uri;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A display name, URI and header parameters (`tag`, `expires`, `q`...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameAddr {
+    /// Display name exactly as written (quoted form keeps its quotes).
+    pub display: Option<String>,
+    pub uri: Uri,
+    pub params: Vec<Param>,
+}
+
+impl NameAddr {
+    /// A bare `<uri>`.
+    pub fn new(uri: Uri) -> Self {
+        NameAddr {
+            display: None,
+            uri,
+            params: Vec::new(),
+        }
+    }
+
+    /// Parses one value (no top-level commas).
+    pub fn parse(v: &[u8]) -> Option<NameAddr> {
+        let (s, e) = scan::trim(v);
+        let v = &v[s..e];
+        if v.is_empty() {
+            return None;
+        }
+        let mut i = 0;
+        let display;
+        let uri_text;
+        if v[0] == b'"' {
+            let q = scan::quoted_end(v, 0)?;
+            display = Some(std::str::from_utf8(&v[..q]).ok()?.to_string());
+            i = scan::skip_ws(v, q);
+            if v.get(i) != Some(&b'<') {
+                return None;
+            }
+        } else if let Some(lt) = v.iter().position(|c| *c == b'<') {
+            let d = &v[..lt];
+            let (ds, de) = scan::trim(d);
+            if !d[ds..de]
+                .iter()
+                .all(|c| scan::is_token_char(*c) || scan::is_ws(*c))
+            {
+                return None;
+            }
+            display = if de > ds {
+                Some(std::str::from_utf8(&d[ds..de]).ok()?.to_string())
+            } else {
+                None
+            };
+            i = lt;
+        } else {
+            display = None;
+        }
+        if v.get(i) == Some(&b'<') {
+            let gt = i + v[i..].iter().position(|c| *c == b'>')?;
+            let inner = &v[i + 1..gt];
+            let (is, ie) = scan::trim(inner);
+            uri_text = std::str::from_utf8(&inner[is..ie]).ok()?;
+            i = gt + 1;
+        } else {
+            // addr-spec: the URI ends at the first ';' or whitespace; what follows are
+            // header parameters (RFC 3261 §20.10).
+            let us = i;
+            while i < v.len() && v[i] != b';' && !scan::is_ws(v[i]) {
+                i += 1;
+            }
+            uri_text = std::str::from_utf8(&v[us..i]).ok()?;
+        }
+        let uri = Uri::parse(uri_text).ok()?;
+        let (params, end) = scan::parse_params(v, i, &[])?;
+        if end != v.len() {
+            return None;
+        }
+        Some(NameAddr {
+            display,
+            uri,
+            params,
+        })
+    }
+
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        scan::find_param(&self.params, name)
+    }
+
+    /// The dialog tag (From/To).
+    pub fn tag(&self) -> Option<&str> {
+        self.param("tag").flatten()
+    }
+
+    /// Sets or replaces a header parameter.
+    pub fn set_param(&mut self, name: &str, value: Option<String>) {
+        if let Some(p) = self
+            .params
+            .iter_mut()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+        {
+            p.value = value;
+        } else {
+            self.params.push(Param::new(name, value));
+        }
+    }
+}
+
+impl fmt::Display for NameAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(d) = &self.display {
+            write!(f, "{d} ")?;
+        }
+        write!(f, "<{}>", self.uri)?;
+        let mut s = String::new();
+        scan::write_params(&mut s, &self.params);
+        f.write_str(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        let n = NameAddr::parse(br#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#).unwrap();
+        assert_eq!(n.display.as_deref(), Some(r#""J Rosenberg \\\"""#));
+        assert_eq!(n.tag(), Some("98asjd8"));
+        let n = NameAddr::parse(b"sip:caller@example.net;tag=8814").unwrap();
+        assert_eq!(n.tag(), Some("8814"));
+        assert!(n.uri.as_sip().unwrap().params.is_empty());
+        let n = NameAddr::parse(b"Bob <sip:bob@[2001:db8::1]:5060;transport=tcp>;expires=60").unwrap();
+        assert_eq!(n.display.as_deref(), Some("Bob"));
+        assert_eq!(n.param("expires"), Some(Some("60")));
+        assert_eq!(n.to_string(), "Bob <sip:bob@[2001:db8::1]:5060;transport=tcp>;expires=60");
+    }
+
+    #[test]
+    fn rejects_unbalanced_and_bad_display() {
+        assert!(NameAddr::parse(br#""Mr J. User <sip:j.user@example.com>"#).is_none());
+        assert!(NameAddr::parse(b"Bell, Alexander <sip:a.g.bell@bell-tel.com>").is_none());
+        assert!(NameAddr::parse(b"<sip:a@b").is_none());
+    }
+}

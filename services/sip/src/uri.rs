@@ -1,0 +1,397 @@
+//! SIP and other URIs (RFC 3261 §19.1, §25.1).
+
+use crate::scan::{self, Param};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A URI host: a domain name or an IP literal. IPv6 is written with brackets.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Host {
+    Domain(String),
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+impl Host {
+    /// Parses a host (`[v6]`, dotted IPv4 or hostname).
+    pub fn parse(s: &str) -> Option<Host> {
+        if let Some(inner) = s.strip_prefix('[') {
+            let inner = inner.strip_suffix(']')?;
+            return inner.parse().ok().map(Host::V6);
+        }
+        if s.is_empty() {
+            return None;
+        }
+        if let Ok(v4) = s.parse::<Ipv4Addr>() {
+            return Some(Host::V4(v4));
+        }
+        // A bare IPv6 literal appears in some Via received= values.
+        if s.contains(':') {
+            return s.parse().ok().map(Host::V6);
+        }
+        if s
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_')
+        {
+            Some(Host::Domain(s.to_string()))
+        } else {
+            None
+        }
+    }
+
+    /// The IP address when the host is a literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Host::V4(a) => Some(IpAddr::V4(*a)),
+            Host::V6(a) => Some(IpAddr::V6(*a)),
+            Host::Domain(_) => None,
+        }
+    }
+}
+
+impl From<IpAddr> for Host {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(a) => Host::V4(a),
+            IpAddr::V6(a) => Host::V6(a),
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Domain(d) => f.write_str(d),
+            Host::V4(a) => write!(f, "{a}"),
+            Host::V6(a) => write!(f, "[{a}]"),
+        }
+    }
+}
+
+/// `sip:` or `sips:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SipScheme {
+    Sip,
+    Sips,
+}
+
+/// A sip/sips URI broken into its parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SipUri {
+    pub scheme: SipScheme,
+    /// User part, still %-escaped as received.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub host: Host,
+    pub port: Option<u16>,
+    pub params: Vec<Param>,
+    /// Everything after `?`, as received.
+    pub headers: Option<String>,
+}
+
+impl SipUri {
+    /// A plain `sip:[user@]host[:port]`.
+    pub fn new(user: Option<String>, host: Host, port: Option<u16>) -> Self {
+        SipUri {
+            scheme: SipScheme::Sip,
+            user,
+            password: None,
+            host,
+            port,
+            params: Vec::new(),
+            headers: None,
+        }
+    }
+
+    /// Looks up a URI parameter by case-insensitive name.
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        scan::find_param(&self.params, name)
+    }
+
+    /// Sets or replaces a parameter.
+    pub fn set_param(&mut self, name: &str, value: Option<String>) {
+        if let Some(p) = self
+            .params
+            .iter_mut()
+            .find(|p| p.name.eq_ignore_ascii_case(name))
+        {
+            p.value = value;
+        } else {
+            self.params.push(Param::new(name, value));
+        }
+    }
+
+    /// Loose routing flag (RFC 3261 §16.12.1.1).
+    pub fn is_lr(&self) -> bool {
+        self.param("lr").is_some()
+    }
+}
+
+/// Any URI. Non-SIP schemes are kept opaque so they can be relayed or rejected
+/// (416) by policy instead of failing the parse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Uri {
+    Sip(SipUri),
+    Other { scheme: String, rest: String },
+}
+
+impl Uri {
+    /// Parses an absolute URI. Whitespace and angle brackets are not allowed here:
+    /// a Request-URI like `<sip:x>` or one with embedded LWS is malformed (RFC 4475 §3.1.2.7/8).
+    pub fn parse(s: &str) -> Result<Uri, &'static str> {
+        let colon = s.find(':').ok_or("no scheme")?;
+        let scheme = &s[..colon];
+        let rest = &s[colon + 1..];
+        let sb = scheme.as_bytes();
+        if sb.is_empty()
+            || !sb[0].is_ascii_alphabetic()
+            || !sb
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+        {
+            return Err("bad scheme");
+        }
+        if s.bytes().any(|c| c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c >= 0x7f) {
+            return Err("invalid character");
+        }
+        let sip_scheme = if scheme.eq_ignore_ascii_case("sip") {
+            SipScheme::Sip
+        } else if scheme.eq_ignore_ascii_case("sips") {
+            SipScheme::Sips
+        } else {
+            if rest.is_empty() {
+                return Err("empty URI");
+            }
+            return Ok(Uri::Other {
+                scheme: scheme.to_string(),
+                rest: rest.to_string(),
+            });
+        };
+        parse_sip(sip_scheme, rest).map(Uri::Sip)
+    }
+
+    /// The SIP form, if this is a sip/sips URI.
+    pub fn as_sip(&self) -> Option<&SipUri> {
+        match self {
+            Uri::Sip(u) => Some(u),
+            Uri::Other { .. } => None,
+        }
+    }
+
+    /// The scheme, lower-cased for sip/sips.
+    pub fn scheme(&self) -> &str {
+        match self {
+            Uri::Sip(u) => match u.scheme {
+                SipScheme::Sip => "sip",
+                SipScheme::Sips => "sips",
+            },
+            Uri::Other { scheme, .. } => scheme,
+        }
+    }
+
+    /// The user part (or a tel: number), used for routing.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            Uri::Sip(u) => u.user.as_deref(),
+            Uri::Other { scheme, rest } if scheme.eq_ignore_ascii_case("tel") => {
+                Some(rest.split(';').next().unwrap_or(rest))
+            }
+            Uri::Other { .. } => None,
+        }
+    }
+}
+
+fn parse_sip(scheme: SipScheme, s: &str) -> Result<SipUri, &'static str> {
+    let (userinfo, hostpart) = match s.find('@') {
+        Some(at) => (Some(&s[..at]), &s[at + 1..]),
+        None => (None, s),
+    };
+    let (user, password) = match userinfo {
+        Some(ui) => {
+            let (u, p) = match ui.find(':') {
+                Some(c) => (&ui[..c], Some(ui[c + 1..].to_string())),
+                None => (ui, None),
+            };
+            if u.is_empty() {
+                return Err("empty user");
+            }
+            (Some(u.to_string()), p)
+        }
+        None => (None, None),
+    };
+    let b = hostpart.as_bytes();
+    // host
+    let mut i = 0;
+    if b.first() == Some(&b'[') {
+        while i < b.len() && b[i] != b']' {
+            i += 1;
+        }
+        if i == b.len() {
+            return Err("unterminated IPv6 reference");
+        }
+        i += 1;
+    } else {
+        while i < b.len() && !matches!(b[i], b':' | b';' | b'?') {
+            i += 1;
+        }
+    }
+    let host = Host::parse(&hostpart[..i]).ok_or("bad host")?;
+    let mut port = None;
+    if i < b.len() && b[i] == b':' {
+        let ps = i + 1;
+        i = ps;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == ps || i - ps > 5 {
+            return Err("bad port");
+        }
+        port = Some(hostpart[ps..i].parse::<u16>().map_err(|_| "bad port")?);
+    }
+    let (params, j) = parse_uri_params(b, i).ok_or("bad uri parameter")?;
+    let headers = if j < b.len() {
+        if b[j] != b'?' {
+            return Err("junk after host");
+        }
+        Some(hostpart[j + 1..].to_string())
+    } else {
+        None
+    };
+    Ok(SipUri {
+        scheme,
+        user,
+        password,
+        host,
+        port,
+        params,
+        headers,
+    })
+}
+
+/// URI parameters allow more characters than header parameters (RFC 3261 paramchar).
+fn parse_uri_params(b: &[u8], mut i: usize) -> Option<(Vec<Param>, usize)> {
+    let mut params = Vec::new();
+    let is_pchar = |c: u8| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'%'
+                    | b'['
+                    | b']'
+                    | b'/'
+                    | b':'
+                    | b'&'
+                    | b'+'
+                    | b'$'
+            )
+    };
+    while i < b.len() && b[i] == b';' {
+        i += 1;
+        let ns = i;
+        while i < b.len() && is_pchar(b[i]) {
+            i += 1;
+        }
+        if i == ns {
+            return None;
+        }
+        let name = String::from_utf8_lossy(&b[ns..i]).into_owned();
+        let mut value = None;
+        if i < b.len() && b[i] == b'=' {
+            i += 1;
+            let vs = i;
+            while i < b.len() && is_pchar(b[i]) {
+                i += 1;
+            }
+            value = Some(String::from_utf8_lossy(&b[vs..i]).into_owned());
+        }
+        params.push(Param { name, value });
+    }
+    Some((params, i))
+}
+
+impl fmt::Display for SipUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.scheme {
+            SipScheme::Sip => "sip:",
+            SipScheme::Sips => "sips:",
+        })?;
+        if let Some(u) = &self.user {
+            f.write_str(u)?;
+            if let Some(p) = &self.password {
+                write!(f, ":{p}")?;
+            }
+            f.write_str("@")?;
+        }
+        write!(f, "{}", self.host)?;
+        if let Some(p) = self.port {
+            write!(f, ":{p}")?;
+        }
+        let mut s = String::new();
+        scan::write_params(&mut s, &self.params);
+        f.write_str(&s)?;
+        if let Some(h) = &self.headers {
+            write!(f, "?{h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Uri::Sip(u) => u.fmt(f),
+            Uri::Other { scheme, rest } => write!(f, "{scheme}:{rest}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_sip_uri() {
+        let u = Uri::parse("sips:alice:secret@[2001:db8::10]:5061;transport=tcp;lr?subject=x").unwrap();
+        let s = u.as_sip().unwrap();
+        assert_eq!(s.scheme, SipScheme::Sips);
+        assert_eq!(s.user.as_deref(), Some("alice"));
+        assert_eq!(s.password.as_deref(), Some("secret"));
+        assert_eq!(s.host, Host::V6("2001:db8::10".parse().unwrap()));
+        assert_eq!(s.port, Some(5061));
+        assert!(s.is_lr());
+        assert_eq!(s.param("TRANSPORT"), Some(Some("tcp")));
+        assert_eq!(s.headers.as_deref(), Some("subject=x"));
+        assert_eq!(
+            u.to_string(),
+            "sips:alice:secret@[2001:db8::10]:5061;transport=tcp;lr?subject=x"
+        );
+    }
+
+    #[test]
+    fn user_part_may_hold_semicolons() {
+        let u = Uri::parse("sip:+1-212-555-1212;isub=1@gw.example.com;user=phone").unwrap();
+        let s = u.as_sip().unwrap();
+        assert_eq!(s.user.as_deref(), Some("+1-212-555-1212;isub=1"));
+        assert_eq!(s.param("user"), Some(Some("phone")));
+    }
+
+    #[test]
+    fn other_schemes_are_opaque() {
+        let u = Uri::parse("tel:+15551234;phone-context=x").unwrap();
+        assert_eq!(u.scheme(), "tel");
+        assert_eq!(u.user(), Some("+15551234"));
+        assert!(Uri::parse("<sip:a@b>").is_err());
+        assert!(Uri::parse("sip:a@b c").is_err());
+        assert!(Uri::parse("sip:a@b:99999").is_err());
+        assert!(Uri::parse("sip:@b").is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! Transport metrics and the drop events that both log and count.
+
+use std::net::SocketAddr;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::transport::Transport;
+
+/// Label set `transport`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabel {
+    transport: &'static str,
+}
+
+/// Label set `transport`, `direction`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    transport: &'static str,
+    direction: &'static str,
+}
+
+/// Label set `reason`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Why a message or connection was dropped; the value of the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    /// Larger than `max_message_bytes`.
+    Oversize,
+    /// Stream message without Content-Length.
+    NoContentLength,
+    /// Unparseable Content-Length.
+    BadContentLength,
+    /// Slowloris: a message not completed in `tcp_partial_timeout`.
+    PartialTimeout,
+    /// Nothing received for `tcp_idle_timeout`.
+    IdleTimeout,
+    /// Accept beyond `tcp_max_connections`.
+    ConnectionLimit,
+    /// A send that could not be done.
+    SendError,
+}
+
+impl DropReason {
+    /// The label value.
+    fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Oversize => "oversize",
+            DropReason::NoContentLength => "no_content_length",
+            DropReason::BadContentLength => "bad_content_length",
+            DropReason::PartialTimeout => "partial_timeout",
+            DropReason::IdleTimeout => "idle_timeout",
+            DropReason::ConnectionLimit => "connection_limit",
+            DropReason::SendError => "send_error",
+        }
+    }
+}
+
+/// Whether a connection was accepted or opened by us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    /// Accepted from a peer.
+    Inbound,
+    /// Opened by us to send.
+    Outbound,
+}
+
+impl Direction {
+    /// The label value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// The transport's metric handles, registered once on the registry passed to `start`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Metrics {
+    connections_active: Family<TransportLabel, Gauge>,
+    connections_total: Family<DirectionLabels, Counter>,
+    dropped: Family<ReasonLabel, Counter>,
+    bytes: Family<DirectionLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them under their fixed names (prometheus-client adds
+    /// `_total` to counters itself).
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = Metrics::default();
+        registry.register(
+            "trunkline_transport_connections_active",
+            "Open connections",
+            m.connections_active.clone(),
+        );
+        registry.register(
+            "trunkline_transport_connections",
+            "Connections accepted (inbound) or opened (outbound)",
+            m.connections_total.clone(),
+        );
+        registry.register(
+            "trunkline_transport_dropped",
+            "Messages or connections dropped, by reason",
+            m.dropped.clone(),
+        );
+        registry.register(
+            "trunkline_transport_bytes",
+            "Bytes received (in) and sent (out)",
+            m.bytes.clone(),
+        );
+        m
+    }
+
+    /// A connection opened: counts it and raises the active gauge.
+    pub(crate) fn connection_opened(&self, transport: Transport, direction: Direction) {
+        self.connections_total
+            .get_or_create(&DirectionLabels {
+                transport: transport.label(),
+                direction: direction.as_str(),
+            })
+            .inc();
+        self.connections_active
+            .get_or_create(&TransportLabel {
+                transport: transport.label(),
+            })
+            .inc();
+    }
+
+    /// A connection closed: lowers the active gauge.
+    pub(crate) fn connection_closed(&self, transport: Transport) {
+        self.connections_active
+            .get_or_create(&TransportLabel {
+                transport: transport.label(),
+            })
+            .dec();
+    }
+
+    /// Bytes received.
+    pub(crate) fn bytes_in(&self, transport: Transport, n: usize) {
+        self.bytes(transport, "in", n);
+    }
+
+    /// Bytes sent.
+    pub(crate) fn bytes_out(&self, transport: Transport, n: usize) {
+        self.bytes(transport, "out", n);
+    }
+
+    fn bytes(&self, transport: Transport, direction: &'static str, n: usize) {
+        self.bytes
+            .get_or_create(&DirectionLabels {
+                transport: transport.label(),
+                direction,
+            })
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// Something was dropped: logs it with the peer and counts it under one reason, so the log
+    /// and the metric can never disagree.
+    pub(crate) fn dropped(
+        &self,
+        reason: DropReason,
+        transport: Transport,
+        peer: SocketAddr,
+        detail: &dyn std::fmt::Display,
+    ) {
+        tracing::warn!(
+            %peer,
+            %transport,
+            reason = reason.as_str(),
+            detail = %detail,
+            "transport dropped a message or connection"
+        );
+        self.dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}

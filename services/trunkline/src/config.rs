@@ -1,0 +1,841 @@
+//! The node's one typed configuration (ARCHITECTURE rule 8).
+//!
+//! Layers, later ones winning: embedded defaults ([`Config::default`]), the TOML file given with
+//! `--config` (optional), then `TRUNKLINE_*` environment variables where `__` separates nesting
+//! levels (`TRUNKLINE_SIP__TIMERS__T1_MS=250`). Every struct rejects unknown keys so that a typo
+//! fails loudly at start-up instead of silently running on a default. After loading,
+//! [`Config::validate`] checks what types alone cannot, and names the offending key.
+//!
+//! This is the only module that reads the process environment.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use figment::error::Kind;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use figment::{Figment, Source};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override the file.
+const ENV_PREFIX: &str = "TRUNKLINE_";
+
+/// Environment variables under [`ENV_PREFIX`] that are not configuration keys; without this list
+/// the `TRUNKLINE_CONFIG` path variable (read by the CLI) would be rejected as an unknown key.
+const ENV_NOT_KEYS: &[&str] = &["config"];
+
+/// The whole node configuration. Every key is optional; see [`Config::default`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity of this node.
+    pub node: NodeConfig,
+    /// SIP listeners, limits and timers.
+    pub sip: SipConfig,
+    /// The Prometheus scrape endpoint.
+    pub metrics: MetricsConfig,
+    /// Log filter and format.
+    pub log: LogConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// Static SIP trunks (next hops). In a cluster these come from etcd instead.
+    pub trunks: Vec<TrunkConfig>,
+    /// Static routing.
+    pub routing: RoutingConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Short id (1-16 of `[a-z0-9]`) embedded in every Call-ID, tag and branch this node
+    /// generates, so any node can route a stray in-dialog message to its owner (rule 3).
+    #[serde(deserialize_with = "lenient_string::deserialize")]
+    pub id: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { id: "n1".to_owned() }
+    }
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// UDP listen addresses.
+    pub udp: Vec<SocketAddr>,
+    /// TCP listen addresses.
+    pub tcp: Vec<SocketAddr>,
+    /// Address written into our Via, Contact and From/To URIs; when absent, the IP of the first
+    /// listen address (see [`SipConfig::advertise_ip`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<IpAddr>,
+    /// Largest SIP message accepted or sent, in bytes; bounds every buffer before parsing
+    /// (rule 6). Also the UDP datagram limit, hence at most 65535.
+    pub max_message_bytes: usize,
+    /// Close a TCP connection after this many seconds without traffic.
+    pub tcp_idle_timeout_secs: u64,
+    /// Drop a TCP connection whose partial message has not completed within this many seconds
+    /// (slow-loris protection).
+    pub tcp_partial_timeout_secs: u64,
+    /// Cap on concurrent TCP connections, inbound and outbound together.
+    pub tcp_max_connections: usize,
+    /// Max-Forwards we set on requests we originate.
+    pub max_forwards: u8,
+    /// RFC 3261 timers.
+    pub timers: TimersConfig,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 5060));
+        Self {
+            udp: vec![loopback],
+            tcp: vec![loopback],
+            advertise: None,
+            max_message_bytes: 16384,
+            tcp_idle_timeout_secs: 300,
+            tcp_partial_timeout_secs: 10,
+            tcp_max_connections: 4096,
+            max_forwards: 70,
+            timers: TimersConfig::default(),
+        }
+    }
+}
+
+impl SipConfig {
+    /// The address to put in our headers: `advertise`, else the IP of the first UDP, then TCP,
+    /// listen address. `None` only when there are no listeners, which validation rejects.
+    ///
+    /// Mapping to the transport crate (wired by the lead once `trunkline-transport` exposes it):
+    /// `TransportConfig { udp: self.udp.clone(), tcp: self.tcp.clone(), max_message_bytes:
+    /// self.max_message_bytes, tcp_idle_timeout: self.tcp_idle_timeout(), tcp_partial_timeout:
+    /// self.tcp_partial_timeout(), tcp_max_connections: self.tcp_max_connections,
+    /// tcp_connect_timeout / udp_recv_buffer: transport defaults until they get keys here }`.
+    pub fn advertise_ip(&self) -> Option<IpAddr> {
+        self.advertise
+            .or_else(|| self.udp.first().or(self.tcp.first()).map(SocketAddr::ip))
+    }
+
+    /// `tcp_idle_timeout_secs` as a `Duration`.
+    pub fn tcp_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.tcp_idle_timeout_secs)
+    }
+
+    /// `tcp_partial_timeout_secs` as a `Duration`.
+    pub fn tcp_partial_timeout(&self) -> Duration {
+        Duration::from_secs(self.tcp_partial_timeout_secs)
+    }
+}
+
+/// `[sip.timers]`: RFC 3261 §17 base timers, from which B, F, H, J… are derived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimersConfig {
+    /// T1, the RTT estimate (RFC default 500 ms).
+    pub t1_ms: u64,
+    /// T2, the cap on non-INVITE and INVITE-response retransmit intervals (RFC default 4 s).
+    pub t2_ms: u64,
+    /// T4, how long the network may hold a message (RFC default 5 s).
+    pub t4_ms: u64,
+    /// Cancel a ringing B-leg after this many seconds without an answer.
+    pub no_answer_secs: u64,
+}
+
+impl Default for TimersConfig {
+    fn default() -> Self {
+        Self {
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            no_answer_secs: 180,
+        }
+    }
+}
+
+impl TimersConfig {
+    /// T1 as a `Duration`.
+    pub fn t1(&self) -> Duration {
+        Duration::from_millis(self.t1_ms)
+    }
+    /// T2 as a `Duration`.
+    pub fn t2(&self) -> Duration {
+        Duration::from_millis(self.t2_ms)
+    }
+    /// T4 as a `Duration`.
+    pub fn t4(&self) -> Duration {
+        Duration::from_millis(self.t4_ms)
+    }
+    /// The no-answer timeout as a `Duration`.
+    pub fn no_answer(&self) -> Duration {
+        Duration::from_secs(self.no_answer_secs)
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` and `/health` are served; the empty string disables the endpoint.
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing_subscriber::EnvFilter` directive such as `info` or
+    /// `info,trunkline_transport=debug`; `RUST_LOG`, when set, wins (for ad-hoc debugging).
+    pub level: String,
+    /// Human-readable text or one JSON object per line (for log shippers).
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// `log.format`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// Newline-delimited JSON.
+    Json,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long calls may continue before the node exits anyway; should stay
+    /// below the pod's `terminationGracePeriodSeconds`.
+    pub drain_secs: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_secs: 30 }
+    }
+}
+
+impl ShutdownConfig {
+    /// `drain_secs` as a `Duration`.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+}
+
+/// One `[[trunks]]` entry: a SIP peer we send calls to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Unique name, used by routing and in logs.
+    pub name: String,
+    /// `host:port`. Must be an `ip:port` for now; DNS (RFC 3263) comes later, which is why it
+    /// stays a string.
+    pub address: String,
+    /// Transport used toward the trunk.
+    #[serde(default)]
+    pub transport: TrunkTransport,
+}
+
+impl TrunkConfig {
+    /// The trunk address as a socket address; validation guarantees this succeeds.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.address.parse().ok()
+    }
+}
+
+/// `trunks[].transport`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkTransport {
+    /// SIP over UDP.
+    #[default]
+    Udp,
+    /// SIP over TCP.
+    Tcp,
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Trunk that receives every call no other route matches; no default means such calls get
+    /// a 404.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string::deserialize_option"
+    )]
+    pub default_trunk: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            sip: SipConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            trunks: Vec::new(),
+            routing: RoutingConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `path` (if given), then `TRUNKLINE_*` variables, and validates.
+    ///
+    /// Errors name the offending key and where its value came from (file path or environment).
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Self> {
+        if let Some(path) = path {
+            // figment treats a missing file as empty; a mistyped --config must not do that.
+            std::fs::metadata(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+        }
+        let figment = Self::figment(path);
+        let origin = match path {
+            Some(path) => format!("file {} with {ENV_PREFIX}* overrides", path.display()),
+            None => format!("defaults with {ENV_PREFIX}* overrides"),
+        };
+        let config: Config = figment.extract().map_err(|err| {
+            anyhow::anyhow!(
+                "invalid configuration ({origin}):\n  {}",
+                describe_errors(&figment, err).join("\n  ")
+            )
+        })?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            bail!("invalid configuration ({origin}):\n  {}", problems.join("\n  "));
+        }
+        Ok(config)
+    }
+
+    /// The layered sources, in order of precedence (last wins).
+    fn figment(path: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            // `file_exact`: never search parent directories for a file of that name.
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(ENV_NOT_KEYS))
+    }
+
+    /// Checks what the types cannot: formats, ranges and cross references. Reports every
+    /// problem at once, each prefixed with its key.
+    /// [`Config::load`] already calls it; it is public for configurations built in code.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid configuration:\n  {}", problems.join("\n  "))
+        }
+    }
+
+    /// Every validation problem as `key: what is wrong`.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Problems::default();
+        self.validate_node(&mut problems);
+        self.validate_sip(&mut problems);
+        self.validate_metrics(&mut problems);
+        self.validate_log(&mut problems);
+        self.validate_trunks_and_routing(&mut problems);
+        problems.0
+    }
+
+    fn validate_node(&self, problems: &mut Problems) {
+        let id = &self.node.id;
+        let id_ok = (1..=16).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !id_ok {
+            problems.push("node.id", format!("{id:?} must be 1-16 characters of [a-z0-9]"));
+        }
+    }
+
+    fn validate_sip(&self, problems: &mut Problems) {
+        let sip = &self.sip;
+        if sip.udp.is_empty() && sip.tcp.is_empty() {
+            problems.push("sip.udp", "no SIP listener: sip.udp and sip.tcp are both empty");
+        }
+        for (key, addrs) in [("sip.udp", &sip.udp), ("sip.tcp", &sip.tcp)] {
+            let mut seen = HashSet::new();
+            for addr in addrs {
+                if !seen.insert(addr) {
+                    problems.push(key, format!("{addr} is listed twice"));
+                }
+            }
+        }
+        match sip.advertise {
+            Some(ip) if ip.is_unspecified() => {
+                problems.push("sip.advertise", format!("{ip} is not an address peers can reach"));
+            }
+            Some(_) => {}
+            None => {
+                if let Some(ip) = sip.advertise_ip().filter(IpAddr::is_unspecified) {
+                    problems.push(
+                        "sip.advertise",
+                        format!("must be set when the first listen address is {ip}"),
+                    );
+                }
+            }
+        }
+        if !(1024..=65535).contains(&sip.max_message_bytes) {
+            problems.push(
+                "sip.max_message_bytes",
+                format!("{} is outside 1024..=65535", sip.max_message_bytes),
+            );
+        }
+        for (key, value) in [
+            ("sip.tcp_idle_timeout_secs", sip.tcp_idle_timeout_secs),
+            ("sip.tcp_partial_timeout_secs", sip.tcp_partial_timeout_secs),
+            ("sip.tcp_max_connections", sip.tcp_max_connections as u64),
+            ("sip.max_forwards", u64::from(sip.max_forwards)),
+        ] {
+            if value == 0 {
+                problems.push(key, "must be greater than 0");
+            }
+        }
+        let timers = &sip.timers;
+        // Upper bounds catch unit mistakes (seconds typed into a _ms key times 1000) and keep
+        // derived timers such as 64*T1 far from overflow.
+        for (key, value, max) in [
+            ("sip.timers.t1_ms", timers.t1_ms, 60_000),
+            ("sip.timers.t2_ms", timers.t2_ms, 600_000),
+            ("sip.timers.t4_ms", timers.t4_ms, 600_000),
+            ("sip.timers.no_answer_secs", timers.no_answer_secs, 86_400),
+        ] {
+            if !(1..=max).contains(&value) {
+                problems.push(key, format!("{value} is outside 1..={max}"));
+            }
+        }
+        if timers.t1_ms > timers.t2_ms {
+            problems.push(
+                "sip.timers.t1_ms",
+                format!("{} must not exceed sip.timers.t2_ms ({})", timers.t1_ms, timers.t2_ms),
+            );
+        }
+    }
+
+    fn validate_metrics(&self, problems: &mut Problems) {
+        if let Some(listen) = self.metrics.listen {
+            if self.sip.tcp.contains(&listen) {
+                problems.push("metrics.listen", format!("{listen} is also a sip.tcp listener"));
+            }
+        }
+    }
+
+    fn validate_log(&self, problems: &mut Problems) {
+        if let Err(err) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
+            problems.push("log.level", format!("{:?}: {err}", self.log.level));
+        }
+    }
+
+    fn validate_trunks_and_routing(&self, problems: &mut Problems) {
+        let mut names = HashSet::new();
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            if trunk.name.trim().is_empty() {
+                problems.push(format!("trunks[{i}].name"), "must not be empty");
+            } else if !names.insert(trunk.name.as_str()) {
+                problems.push(
+                    format!("trunks[{i}].name"),
+                    format!("{:?} is used by another trunk", trunk.name),
+                );
+            }
+            if trunk.socket_addr().is_none() {
+                problems.push(
+                    format!("trunks[{i}].address"),
+                    format!("{:?} is not an ip:port (DNS names are not supported yet)", trunk.address),
+                );
+            }
+        }
+        if let Some(default) = &self.routing.default_trunk {
+            if !names.contains(default.as_str()) {
+                problems.push(
+                    "routing.default_trunk",
+                    format!("{default:?} is not the name of a trunk in [[trunks]]"),
+                );
+            }
+        }
+    }
+
+    /// The effective configuration as TOML, for `--check-config`.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(self).context("cannot render the configuration as TOML")
+    }
+}
+
+/// `RUST_LOG`, when set and not blank: a developer's ad-hoc log filter that wins over
+/// `log.level`. Read here because this module is the only one that reads the environment.
+pub fn rust_log_override() -> Option<String> {
+    std::env::var("RUST_LOG").ok().filter(|value| !value.trim().is_empty())
+}
+
+/// Validation problems, each `key: what is wrong`.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn push(&mut self, key: impl fmt::Display, problem: impl fmt::Display) {
+        self.0.push(format!("{key}: {problem}"));
+    }
+}
+
+/// Turns figment's errors into lines that name the key and the source of its value.
+///
+/// figment attributes an error to the value *containing* the bad key; for an unknown key inside
+/// a table that also has defaults, that is the embedded defaults, not the file. So we look up
+/// the source of the unknown key itself.
+fn describe_errors(figment: &Figment, err: figment::Error) -> Vec<String> {
+    err.into_iter()
+        .map(|err| {
+            let mut key = err.path.join(".");
+            let message = match &err.kind {
+                Kind::UnknownField(field, expected) => {
+                    // figment usually puts the unknown field in `path` already; not always.
+                    if err.path.last() != Some(field) {
+                        key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+                    }
+                    let expected = figment::error::OneOf(expected);
+                    format!("unknown field `{field}`, expected {expected}")
+                }
+                kind => kind.to_string(),
+            };
+            let source = figment
+                .find_metadata(&key)
+                .or(err.metadata.as_ref())
+                .map(|md| match &md.source {
+                    // figment's own Display shortens file paths relative to the working
+                    // directory; operators need the path exactly as given.
+                    Some(Source::File(file)) => format!(" in {} ({})", file.display(), md.name),
+                    Some(source) => format!(" in {source} ({})", md.name),
+                    None => format!(" in {}", md.name),
+                })
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{message}{source}")
+            } else {
+                format!("{key}: {message}{source}")
+            }
+        })
+        .collect()
+}
+
+/// Strings that may look like numbers: figment's environment provider parses
+/// `TRUNKLINE_NODE__ID=42` as an integer, yet `42` is a valid node id.
+mod lenient_string {
+    use std::fmt;
+
+    use serde::de::{Deserializer, Error, Visitor};
+
+    struct StringOrNumber;
+
+    impl Visitor<'_> for StringOrNumber {
+        type Value = String;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        d.deserialize_any(StringOrNumber)
+    }
+
+    pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        deserialize(d).map(Some)
+    }
+}
+
+/// `metrics.listen`: a socket address, or the empty string for "disabled".
+mod optional_addr {
+    use std::net::SocketAddr;
+
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        text.trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{text:?} is not an ip:port (or \"\" to disable)")))
+    }
+}
+
+/// Path of the example configuration shipped in the repository, for tests.
+#[cfg(test)]
+fn example_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/single-node.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    /// Loads inside a figment `Jail`, which serialises environment access across tests and
+    /// restores the environment afterwards.
+    fn load_in_jail(
+        env: &[(&str, &str)],
+        file: Option<&str>,
+        check: impl FnOnce(anyhow::Result<Config>, &Path),
+    ) {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            let path = jail.directory().join("trunkline.toml");
+            if let Some(text) = file {
+                jail.create_file(&path, text)?;
+            }
+            let result = Config::load(file.map(|_| path.as_path()));
+            check(result, &path);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn no_file_loads_valid_defaults() {
+        load_in_jail(&[], None, |result, _| {
+            let config = result.unwrap();
+            assert_eq!(config, Config::default());
+            assert_eq!(config.node.id, "n1");
+            assert_eq!(config.sip.udp, vec!["127.0.0.1:5060".parse().unwrap()]);
+            assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+            assert_eq!(config.sip.advertise_ip(), Some("127.0.0.1".parse().unwrap()));
+        });
+    }
+
+    #[test]
+    fn example_file_loads() {
+        let example = std::fs::read_to_string(example_path()).unwrap();
+        load_in_jail(&[], Some(&example), |result, _| {
+            let config = result.unwrap();
+            assert_eq!(config.node.id, "n1");
+            assert_eq!(config.trunks.len(), 1);
+            assert_eq!(config.trunks[0].name, "carrier");
+            assert_eq!(config.trunks[0].transport, TrunkTransport::Udp);
+            assert_eq!(config.routing.default_trunk.as_deref(), Some("carrier"));
+        });
+        // And straight from the repository path, as the README command line does.
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            Config::load(Some(&example_path())).unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let file = "[metrics]\nlistne = \"127.0.0.1:1\"\n";
+        load_in_jail(&[], Some(file), |result, path| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("unknown field `listne`"), "{message}");
+            assert!(message.contains("metrics.listne"), "{message}");
+            let expected = format!("metrics.listne: unknown field `listne`, expected `listen` in {}", path.display());
+            assert!(message.contains(&expected), "{message}");
+        });
+    }
+
+    #[test]
+    fn unknown_top_level_table_is_rejected() {
+        load_in_jail(&[], Some("[sipp]\nudp = []\n"), |result, path| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("unknown field `sipp`"), "{message}");
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        });
+    }
+
+    #[test]
+    fn unknown_env_key_is_rejected_and_attributed() {
+        load_in_jail(&[("TRUNKLINE_NODE__IDD", "x")], None, |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("unknown field `idd`"), "{message}");
+            assert!(message.contains("TRUNKLINE_"), "{message}");
+        });
+    }
+
+    #[test]
+    fn env_overrides_file_and_nests() {
+        let example = std::fs::read_to_string(example_path()).unwrap();
+        let env = [
+            ("TRUNKLINE_NODE__ID", "n7"),
+            ("TRUNKLINE_SIP__UDP", "[\"127.0.0.1:5070\"]"),
+            ("TRUNKLINE_SIP__TIMERS__T1_MS", "250"),
+            ("TRUNKLINE_METRICS__LISTEN", ""),
+            ("TRUNKLINE_LOG__FORMAT", "json"),
+            ("TRUNKLINE_ROUTING__DEFAULT_TRUNK", "carrier"),
+            ("TRUNKLINE_CONFIG", "/not/a/key"),
+        ];
+        load_in_jail(&env, Some(&example), |result, _| {
+            let config = result.unwrap();
+            assert_eq!(config.node.id, "n7");
+            assert_eq!(config.sip.udp, vec!["127.0.0.1:5070".parse().unwrap()]);
+            assert_eq!(config.sip.tcp, vec!["127.0.0.1:5060".parse().unwrap()]);
+            assert_eq!(config.sip.timers.t1_ms, 250);
+            assert_eq!(config.sip.timers.t2_ms, 4000);
+            assert_eq!(config.metrics.listen, None);
+            assert_eq!(config.log.format, LogFormat::Json);
+            assert_eq!(config.routing.default_trunk.as_deref(), Some("carrier"));
+        });
+    }
+
+    #[test]
+    fn numeric_node_id_from_env() {
+        load_in_jail(&[("TRUNKLINE_NODE__ID", "42")], None, |result, _| {
+            assert_eq!(result.unwrap().node.id, "42");
+        });
+        let file = "[[trunks]]\nname = \"7\"\naddress = \"127.0.0.1:5090\"\n";
+        load_in_jail(&[("TRUNKLINE_ROUTING__DEFAULT_TRUNK", "7")], Some(file), |result, _| {
+            assert_eq!(result.unwrap().routing.default_trunk.as_deref(), Some("7"));
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let message = format!("{:#}", Config::load(Some(Path::new("/nonexistent/t.toml"))).unwrap_err());
+            assert!(message.contains("/nonexistent/t.toml"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn toml_syntax_error_names_file() {
+        load_in_jail(&[], Some("[node\nid = 1"), |result, path| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        });
+    }
+
+    #[test]
+    fn validation_names_keys() {
+        let file = r#"
+[node]
+id = "Node_1"
+[sip]
+max_message_bytes = 100
+[sip.timers]
+t1_ms = 5000
+t2_ms = 4000
+[log]
+level = "info,=="
+[[trunks]]
+name = "a"
+address = "carrier.example.com:5060"
+[[trunks]]
+name = "a"
+address = "127.0.0.1:5090"
+transport = "tcp"
+[[trunks]]
+name = ""
+address = "127.0.0.1:5091"
+[routing]
+default_trunk = "b"
+"#;
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            for key in [
+                "node.id:",
+                "sip.max_message_bytes:",
+                "sip.timers.t1_ms:",
+                "log.level:",
+                "trunks[0].address:",
+                "trunks[1].name:",
+                "trunks[2].name:",
+                "routing.default_trunk:",
+            ] {
+                assert!(message.contains(key), "missing {key} in {message}");
+            }
+            assert!(!message.contains("trunks[1].address"), "{message}");
+        });
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        load_in_jail(&[], Some("[sip]\nudp = [\"not an address\"]\n"), |result, path| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("sip.udp"), "{message}");
+            assert!(message.contains(&path.display().to_string()), "{message}");
+        });
+        load_in_jail(&[], Some("[[trunks]]\nname = \"x\"\naddress = \"127.0.0.1:1\"\ntransport = \"sctp\"\n"), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("trunks.0.transport") || message.contains("sctp"), "{message}");
+        });
+    }
+
+    #[test]
+    fn unspecified_listen_needs_advertise() {
+        load_in_jail(&[], Some("[sip]\nudp = [\"0.0.0.0:5060\"]\ntcp = []\n"), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("sip.advertise:"), "{message}");
+        });
+        let file = "[sip]\nudp = [\"0.0.0.0:5060\"]\ntcp = []\nadvertise = \"192.0.2.10\"\n";
+        load_in_jail(&[], Some(file), |result, _| {
+            let config = result.unwrap();
+            assert_eq!(config.sip.advertise_ip(), Some("192.0.2.10".parse().unwrap()));
+        });
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let example = std::fs::read_to_string(example_path()).unwrap();
+        load_in_jail(&[], Some(&example), |result, _| {
+            let config = result.unwrap();
+            let text = config.to_toml().unwrap();
+            let again: Config = toml::from_str(&text).unwrap();
+            assert_eq!(again, config);
+        });
+        let disabled = Config {
+            metrics: MetricsConfig { listen: None },
+            ..Config::default()
+        };
+        let text = disabled.to_toml().unwrap();
+        assert!(text.contains("listen = \"\""), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), disabled);
+    }
+}
