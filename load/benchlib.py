@@ -106,9 +106,9 @@ def judge(d, rate, secs):
     }
     with open(os.path.join(d, "step.json"), "w") as fh:
         json.dump(res, fh, indent=1)
-    print("%s created=%d ok=%d failed=%.3f%% achieved=%.0f/s p50=%sms p99=%sms %s" % (
+    print("%s created=%d ok=%d failed=%.3f%% 200s=%.0f/s p50=%s p99=%s %s" % (
         "PASS" if res["pass"] else "FAIL", created, ok, res["fail_pct"], achieved,
-        res["p50_ms"], res["p99_ms"], res["why"]))
+        fnum(res["p50_ms"], "%.0fms"), fnum(res["p99_ms"], "%.0fms"), res["why"]))
 
 
 # ---------------------------------------------------------------- /proc
@@ -178,7 +178,7 @@ def fnum(v, fmt="%.0f"):
     try:
         return fmt % float(v)
     except (TypeError, ValueError):
-        return "—" if v in (None, "") else str(v)
+        return "—" if v in (None, "", "None") else str(v)
 
 
 LABELS = {

@@ -52,8 +52,20 @@ impl EncodeLabelValue for Direction {
 ///
 /// Methods are extension tokens in RFC 3261, so the set a peer can send is unbounded.
 const KNOWN_METHODS: &[&str] = &[
-    "INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE", "NOTIFY",
-    "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE",
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "UPDATE",
 ];
 
 /// Maps a method to a bounded, allocation-free label value.
@@ -276,7 +288,9 @@ mod tests {
         metrics.response(Direction::In, "FOOBAR", 501);
 
         let text = scrape(&registry);
-        assert!(text.contains("trunkline_sip_requests_total{direction=\"in\",method=\"OTHER\"} 2\n"));
+        assert!(
+            text.contains("trunkline_sip_requests_total{direction=\"in\",method=\"OTHER\"} 2\n")
+        );
         assert!(text.contains(
             "trunkline_sip_responses_total{direction=\"in\",method=\"OTHER\",status=\"501\"} 1\n"
         ));

@@ -5,6 +5,8 @@
 //! RFC 4475 rules; `transaction` holds the RFC 3261 §17 state machines and `dialog`
 //! the §12 dialog state. No sockets, clocks or runtimes, so every rule is a unit test.
 
+pub mod addr;
+pub mod dialog;
 pub mod error;
 pub mod header;
 pub mod message;
@@ -12,9 +14,13 @@ pub mod method;
 pub mod name_addr;
 pub mod parse;
 pub mod scan;
+pub mod transaction;
 pub mod uri;
+pub mod validate;
 pub mod via;
 
+pub use addr::{Peer, Transport};
+pub use dialog::Dialog;
 pub use error::ParseError;
 pub use header::{Header, HeaderName, Headers};
 pub use message::{reason_phrase, CSeq, Message, Request, Response};
@@ -23,4 +29,5 @@ pub use name_addr::NameAddr;
 pub use parse::{parse_message, salvage};
 pub use scan::Param;
 pub use uri::{Host, SipScheme, SipUri, Uri};
+pub use validate::{rejection_response, validate_request, validate_response, Policy, Rejection};
 pub use via::{Via, MAGIC_COOKIE};

@@ -158,6 +158,7 @@ impl ConnectionTable {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
     use crate::Transport;

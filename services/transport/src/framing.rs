@@ -24,12 +24,15 @@ pub enum Frame {
 
 /// Cuts messages out of a TCP byte stream.
 ///
-/// It remembers how far it has already searched for the end of the headers, so a peer that drips
-/// a message byte by byte costs linear, not quadratic, time.
+/// It remembers how far it has already searched for the end of the headers, and the message
+/// length once the headers are complete, so a peer that drips a message byte by byte costs
+/// linear, not quadratic, time, and CRLFCRLF inside a body is never mistaken for a header end.
 #[derive(Debug, Default, Clone)]
 pub struct StreamFramer {
     /// Bytes at the front of the buffer already searched for CRLFCRLF without success.
     scanned: usize,
+    /// Total length of the current message once its headers have been read.
+    total: Option<usize>,
 }
 
 impl StreamFramer {
@@ -44,6 +47,29 @@ impl StreamFramer {
     /// skipped, except that a CRLFCRLF at a message boundary is reported as a [`Frame::Ping`].
     /// An error means the stream cannot be framed any more and the connection must be closed.
     pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        max_message_bytes: usize,
+    ) -> Result<Option<Frame>, TransportError> {
+        if self.total.is_none() {
+            if let Some(ping) = self.read_head(buf, max_message_bytes)? {
+                return Ok(Some(ping));
+            }
+        }
+        let Some(total) = self.total else {
+            return Ok(None);
+        };
+        if buf.len() < total {
+            return Ok(None);
+        }
+        self.total = None;
+        self.scanned = 0;
+        Ok(Some(Frame::Message(buf.split_to(total).freeze())))
+    }
+
+    /// Skips CRLFs between messages and looks for the end of the headers; sets `total` when
+    /// found. Returns only pings.
+    fn read_head(
         &mut self,
         buf: &mut BytesMut,
         max_message_bytes: usize,
@@ -91,13 +117,8 @@ impl StreamFramer {
                 limit: max_message_bytes,
             });
         }
-        // Headers are complete: remember that, so the next call does not skip CRLFs in the body.
-        self.scanned = buf.len();
-        if buf.len() < total {
-            return Ok(None);
-        }
-        self.scanned = 0;
-        Ok(Some(Frame::Message(buf.split_to(total).freeze())))
+        self.total = Some(total);
+        Ok(None)
     }
 }
 
@@ -228,6 +249,7 @@ impl<'a> Iterator for LineIter<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 
@@ -264,7 +286,10 @@ mod tests {
         let frames = decode_all(&mut StreamFramer::new(), &mut buf);
         assert_eq!(
             frames,
-            vec![Frame::Message(Bytes::from(a)), Frame::Message(Bytes::from(b))]
+            vec![
+                Frame::Message(Bytes::from(a)),
+                Frame::Message(Bytes::from(b))
+            ]
         );
     }
 
@@ -366,8 +391,12 @@ mod tests {
         ));
         // Exactly at the limit is fine.
         let head = msg("Content-Length: 0", "");
-        let body_len = LIMIT - head.len() + "Content-Length: 0".len() - "Content-Length: 00000".len();
-        let m = msg(&format!("Content-Length: {body_len:05}"), &"b".repeat(body_len));
+        let body_len =
+            LIMIT - head.len() + "Content-Length: 0".len() - "Content-Length: 00000".len();
+        let m = msg(
+            &format!("Content-Length: {body_len:05}"),
+            &"b".repeat(body_len),
+        );
         assert_eq!(m.len(), LIMIT);
         let mut buf = BytesMut::from(m.as_str());
         assert_eq!(decode_all(&mut StreamFramer::new(), &mut buf).len(), 1);
@@ -397,11 +426,7 @@ mod tests {
         let mut buf = BytesMut::from(format!("\r\n\r\n{m}\r\n\r\n").as_str());
         assert_eq!(
             decode_all(&mut StreamFramer::new(), &mut buf),
-            vec![
-                Frame::Ping,
-                Frame::Message(Bytes::from(m)),
-                Frame::Ping
-            ]
+            vec![Frame::Ping, Frame::Message(Bytes::from(m)), Frame::Ping]
         );
         assert!(buf.is_empty());
     }

@@ -50,7 +50,7 @@ pub(crate) enum DropReason {
 
 impl DropReason {
     /// The label value.
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             DropReason::Oversize => "oversize",
             DropReason::NoContentLength => "no_content_length",
@@ -171,13 +171,24 @@ impl Metrics {
         peer: SocketAddr,
         detail: &dyn std::fmt::Display,
     ) {
-        tracing::warn!(
-            %peer,
-            %transport,
-            reason = reason.as_str(),
-            detail = %detail,
-            "transport dropped a message or connection"
-        );
+        // An idle peer being closed is routine; everything else is worth a warning.
+        if reason == DropReason::IdleTimeout {
+            tracing::info!(
+                %peer,
+                %transport,
+                reason = reason.as_str(),
+                detail = %detail,
+                "transport closed an idle connection"
+            );
+        } else {
+            tracing::warn!(
+                %peer,
+                %transport,
+                reason = reason.as_str(),
+                detail = %detail,
+                "transport dropped a message or connection"
+            );
+        }
         self.dropped
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str(),

@@ -63,6 +63,7 @@ impl FromStr for Transport {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

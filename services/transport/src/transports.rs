@@ -67,7 +67,10 @@ pub struct Transports {
 impl std::fmt::Debug for Transports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transports")
-            .field("udp", &self.shared.udp.iter().map(|(a, _)| a).collect::<Vec<_>>())
+            .field(
+                "udp",
+                &self.shared.udp.iter().map(|(a, _)| a).collect::<Vec<_>>(),
+            )
             .field("tcp", &self.shared.tcp)
             .field("connections", &self.shared.table.len())
             .finish()
@@ -215,6 +218,9 @@ impl Transports {
 
     /// Stops receiving and accepting, closes every connection and waits (a few seconds at most)
     /// for their tasks to end. Sends after this fail with [`TransportError::Shutdown`].
+    ///
+    /// Dropping every `Transports` clone does not stop the sockets (their tasks hold the shared
+    /// state); call this to release them.
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
         let tasks = std::mem::take(

@@ -22,8 +22,8 @@ const UDP_BLOCK: usize = 64 * 1024;
 /// kernel) and IPv6 sockets IPv6-only (so `[::]` and `0.0.0.0` can both be bound).
 pub(crate) fn bind(addr: SocketAddr, recv_buffer: usize) -> Result<UdpSocket, TransportError> {
     let bind_err = |source| TransportError::Bind { addr, source };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(bind_err)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(bind_err)?;
     }

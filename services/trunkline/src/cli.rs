@@ -9,7 +9,11 @@ use clap::Parser;
 
 /// `trunkline [--config PATH] [--check-config]`
 #[derive(Debug, Clone, Parser)]
-#[command(name = "trunkline", version, about = "Trunkline SIP session border controller node")]
+#[command(
+    name = "trunkline",
+    version,
+    about = "Trunkline SIP session border controller node"
+)]
 pub struct Cli {
     /// TOML configuration file; without one the node runs on built-in defaults plus
     /// TRUNKLINE_* environment overrides.

@@ -4,7 +4,7 @@
 //! `--config` (optional), then `TRUNKLINE_*` environment variables where `__` separates nesting
 //! levels (`TRUNKLINE_SIP__TIMERS__T1_MS=250`). Every struct rejects unknown keys so that a typo
 //! fails loudly at start-up instead of silently running on a default. After loading,
-//! [`Config::validate`] checks what types alone cannot, and names the offending key.
+//! `Config::problems` checks what types alone cannot, and names the offending key.
 //!
 //! This is the only module that reads the process environment.
 
@@ -19,6 +19,7 @@ use figment::error::Kind;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::{Figment, Source};
 use serde::{Deserialize, Serialize};
+use trunkline_transport::TransportConfig;
 
 /// Prefix of the environment variables that override the file.
 const ENV_PREFIX: &str = "TRUNKLINE_";
@@ -28,7 +29,7 @@ const ENV_PREFIX: &str = "TRUNKLINE_";
 const ENV_NOT_KEYS: &[&str] = &["config"];
 
 /// The whole node configuration. Every key is optional; see [`Config::default`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Identity of this node.
@@ -59,7 +60,9 @@ pub struct NodeConfig {
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        Self { id: "n1".to_owned() }
+        Self {
+            id: "n1".to_owned(),
+        }
     }
 }
 
@@ -108,15 +111,25 @@ impl Default for SipConfig {
     }
 }
 
+// Accessors for the wiring in app.rs (transport and call configuration).
+#[allow(dead_code)]
 impl SipConfig {
+    /// The transport layer's settings. `tcp_connect_timeout` and `udp_recv_buffer` have no
+    /// key yet and keep the transport crate's defaults (add keys here when operators need them).
+    pub fn transport_config(&self) -> TransportConfig {
+        TransportConfig {
+            udp: self.udp.clone(),
+            tcp: self.tcp.clone(),
+            max_message_bytes: self.max_message_bytes,
+            tcp_idle_timeout: self.tcp_idle_timeout(),
+            tcp_partial_timeout: self.tcp_partial_timeout(),
+            tcp_max_connections: self.tcp_max_connections,
+            ..TransportConfig::default()
+        }
+    }
+
     /// The address to put in our headers: `advertise`, else the IP of the first UDP, then TCP,
     /// listen address. `None` only when there are no listeners, which validation rejects.
-    ///
-    /// Mapping to the transport crate (wired by the lead once `trunkline-transport` exposes it):
-    /// `TransportConfig { udp: self.udp.clone(), tcp: self.tcp.clone(), max_message_bytes:
-    /// self.max_message_bytes, tcp_idle_timeout: self.tcp_idle_timeout(), tcp_partial_timeout:
-    /// self.tcp_partial_timeout(), tcp_max_connections: self.tcp_max_connections,
-    /// tcp_connect_timeout / udp_recv_buffer: transport defaults until they get keys here }`.
     pub fn advertise_ip(&self) -> Option<IpAddr> {
         self.advertise
             .or_else(|| self.udp.first().or(self.tcp.first()).map(SocketAddr::ip))
@@ -158,6 +171,8 @@ impl Default for TimersConfig {
     }
 }
 
+// Accessors for the wiring in app.rs (transport and call configuration).
+#[allow(dead_code)]
 impl TimersConfig {
     /// T1 as a `Duration`.
     pub fn t1(&self) -> Duration {
@@ -292,20 +307,6 @@ pub struct RoutingConfig {
     pub default_trunk: Option<String>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            node: NodeConfig::default(),
-            sip: SipConfig::default(),
-            metrics: MetricsConfig::default(),
-            log: LogConfig::default(),
-            shutdown: ShutdownConfig::default(),
-            trunks: Vec::new(),
-            routing: RoutingConfig::default(),
-        }
-    }
-}
-
 impl Config {
     /// Loads defaults, then `path` (if given), then `TRUNKLINE_*` variables, and validates.
     ///
@@ -329,7 +330,10 @@ impl Config {
         })?;
         let problems = config.problems();
         if !problems.is_empty() {
-            bail!("invalid configuration ({origin}):\n  {}", problems.join("\n  "));
+            bail!(
+                "invalid configuration ({origin}):\n  {}",
+                problems.join("\n  ")
+            );
         }
         Ok(config)
     }
@@ -344,19 +348,8 @@ impl Config {
         figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(ENV_NOT_KEYS))
     }
 
-    /// Checks what the types cannot: formats, ranges and cross references. Reports every
-    /// problem at once, each prefixed with its key.
-    /// [`Config::load`] already calls it; it is public for configurations built in code.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let problems = self.problems();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            bail!("invalid configuration:\n  {}", problems.join("\n  "))
-        }
-    }
-
-    /// Every validation problem as `key: what is wrong`.
+    /// Checks what the types cannot: formats, ranges and cross references. Returns every
+    /// problem at once, each as `key: what is wrong`, so one edit fixes them all.
     fn problems(&self) -> Vec<String> {
         let mut problems = Problems::default();
         self.validate_node(&mut problems);
@@ -370,16 +363,24 @@ impl Config {
     fn validate_node(&self, problems: &mut Problems) {
         let id = &self.node.id;
         let id_ok = (1..=16).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !id_ok {
-            problems.push("node.id", format!("{id:?} must be 1-16 characters of [a-z0-9]"));
+            problems.push(
+                "node.id",
+                format!("{id:?} must be 1-16 characters of [a-z0-9]"),
+            );
         }
     }
 
     fn validate_sip(&self, problems: &mut Problems) {
         let sip = &self.sip;
         if sip.udp.is_empty() && sip.tcp.is_empty() {
-            problems.push("sip.udp", "no SIP listener: sip.udp and sip.tcp are both empty");
+            problems.push(
+                "sip.udp",
+                "no SIP listener: sip.udp and sip.tcp are both empty",
+            );
         }
         for (key, addrs) in [("sip.udp", &sip.udp), ("sip.tcp", &sip.tcp)] {
             let mut seen = HashSet::new();
@@ -391,7 +392,10 @@ impl Config {
         }
         match sip.advertise {
             Some(ip) if ip.is_unspecified() => {
-                problems.push("sip.advertise", format!("{ip} is not an address peers can reach"));
+                problems.push(
+                    "sip.advertise",
+                    format!("{ip} is not an address peers can reach"),
+                );
             }
             Some(_) => {}
             None => {
@@ -435,7 +439,10 @@ impl Config {
         if timers.t1_ms > timers.t2_ms {
             problems.push(
                 "sip.timers.t1_ms",
-                format!("{} must not exceed sip.timers.t2_ms ({})", timers.t1_ms, timers.t2_ms),
+                format!(
+                    "{} must not exceed sip.timers.t2_ms ({})",
+                    timers.t1_ms, timers.t2_ms
+                ),
             );
         }
     }
@@ -443,7 +450,10 @@ impl Config {
     fn validate_metrics(&self, problems: &mut Problems) {
         if let Some(listen) = self.metrics.listen {
             if self.sip.tcp.contains(&listen) {
-                problems.push("metrics.listen", format!("{listen} is also a sip.tcp listener"));
+                problems.push(
+                    "metrics.listen",
+                    format!("{listen} is also a sip.tcp listener"),
+                );
             }
         }
     }
@@ -468,7 +478,10 @@ impl Config {
             if trunk.socket_addr().is_none() {
                 problems.push(
                     format!("trunks[{i}].address"),
-                    format!("{:?} is not an ip:port (DNS names are not supported yet)", trunk.address),
+                    format!(
+                        "{:?} is not an ip:port (DNS names are not supported yet)",
+                        trunk.address
+                    ),
                 );
             }
         }
@@ -491,7 +504,9 @@ impl Config {
 /// `RUST_LOG`, when set and not blank: a developer's ad-hoc log filter that wins over
 /// `log.level`. Read here because this module is the only one that reads the environment.
 pub fn rust_log_override() -> Option<String> {
-    std::env::var("RUST_LOG").ok().filter(|value| !value.trim().is_empty())
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|value| !value.trim().is_empty())
 }
 
 /// Validation problems, each `key: what is wrong`.
@@ -517,7 +532,11 @@ fn describe_errors(figment: &Figment, err: figment::Error) -> Vec<String> {
                 Kind::UnknownField(field, expected) => {
                     // figment usually puts the unknown field in `path` already; not always.
                     if err.path.last() != Some(field) {
-                        key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+                        key = if key.is_empty() {
+                            field.clone()
+                        } else {
+                            format!("{key}.{field}")
+                        };
                     }
                     let expected = figment::error::OneOf(expected);
                     format!("unknown field `{field}`, expected {expected}")
@@ -597,10 +616,9 @@ mod optional_addr {
         if text.trim().is_empty() {
             return Ok(None);
         }
-        text.trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| D::Error::custom(format!("{text:?} is not an ip:port (or \"\" to disable)")))
+        text.trim().parse().map(Some).map_err(|_| {
+            D::Error::custom(format!("{text:?} is not an ip:port (or \"\" to disable)"))
+        })
     }
 }
 
@@ -611,6 +629,7 @@ fn example_path() -> std::path::PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment::Error
 mod tests {
     use super::*;
     use figment::Jail;
@@ -644,8 +663,14 @@ mod tests {
             assert_eq!(config, Config::default());
             assert_eq!(config.node.id, "n1");
             assert_eq!(config.sip.udp, vec!["127.0.0.1:5060".parse().unwrap()]);
-            assert_eq!(config.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
-            assert_eq!(config.sip.advertise_ip(), Some("127.0.0.1".parse().unwrap()));
+            assert_eq!(
+                config.metrics.listen,
+                Some("127.0.0.1:9464".parse().unwrap())
+            );
+            assert_eq!(
+                config.sip.advertise_ip(),
+                Some("127.0.0.1".parse().unwrap())
+            );
         });
     }
 
@@ -675,7 +700,10 @@ mod tests {
             let message = format!("{:#}", result.unwrap_err());
             assert!(message.contains("unknown field `listne`"), "{message}");
             assert!(message.contains("metrics.listne"), "{message}");
-            let expected = format!("metrics.listne: unknown field `listne`, expected `listen` in {}", path.display());
+            let expected = format!(
+                "metrics.listne: unknown field `listne`, expected `listen` in {}",
+                path.display()
+            );
             assert!(message.contains(&expected), "{message}");
         });
     }
@@ -724,21 +752,57 @@ mod tests {
     }
 
     #[test]
+    fn maps_to_transport_config() {
+        let mut sip = SipConfig {
+            udp: vec!["127.0.0.1:5070".parse().unwrap()],
+            tcp: vec![],
+            max_message_bytes: 4096,
+            tcp_idle_timeout_secs: 7,
+            tcp_partial_timeout_secs: 3,
+            tcp_max_connections: 9,
+            ..SipConfig::default()
+        };
+        let transport = sip.transport_config();
+        assert_eq!(transport.udp, sip.udp);
+        assert!(transport.tcp.is_empty());
+        assert_eq!(transport.max_message_bytes, 4096);
+        assert_eq!(transport.tcp_idle_timeout, Duration::from_secs(7));
+        assert_eq!(transport.tcp_partial_timeout, Duration::from_secs(3));
+        assert_eq!(transport.tcp_max_connections, 9);
+        let defaults = TransportConfig::default();
+        assert_eq!(transport.tcp_connect_timeout, defaults.tcp_connect_timeout);
+        assert_eq!(transport.udp_recv_buffer, defaults.udp_recv_buffer);
+        // Our defaults and the transport's agree, so no config means the same thing in both.
+        sip = SipConfig::default();
+        let ours = sip.transport_config();
+        assert_eq!(ours.max_message_bytes, defaults.max_message_bytes);
+        assert_eq!(ours.tcp_idle_timeout, defaults.tcp_idle_timeout);
+        assert_eq!(ours.tcp_max_connections, defaults.tcp_max_connections);
+    }
+
+    #[test]
     fn numeric_node_id_from_env() {
         load_in_jail(&[("TRUNKLINE_NODE__ID", "42")], None, |result, _| {
             assert_eq!(result.unwrap().node.id, "42");
         });
         let file = "[[trunks]]\nname = \"7\"\naddress = \"127.0.0.1:5090\"\n";
-        load_in_jail(&[("TRUNKLINE_ROUTING__DEFAULT_TRUNK", "7")], Some(file), |result, _| {
-            assert_eq!(result.unwrap().routing.default_trunk.as_deref(), Some("7"));
-        });
+        load_in_jail(
+            &[("TRUNKLINE_ROUTING__DEFAULT_TRUNK", "7")],
+            Some(file),
+            |result, _| {
+                assert_eq!(result.unwrap().routing.default_trunk.as_deref(), Some("7"));
+            },
+        );
     }
 
     #[test]
     fn missing_file_is_an_error() {
         Jail::expect_with(|jail| {
             jail.clear_env();
-            let message = format!("{:#}", Config::load(Some(Path::new("/nonexistent/t.toml"))).unwrap_err());
+            let message = format!(
+                "{:#}",
+                Config::load(Some(Path::new("/nonexistent/t.toml"))).unwrap_err()
+            );
             assert!(message.contains("/nonexistent/t.toml"), "{message}");
             Ok(())
         });
@@ -797,27 +861,45 @@ default_trunk = "b"
 
     #[test]
     fn wrong_type_names_key() {
-        load_in_jail(&[], Some("[sip]\nudp = [\"not an address\"]\n"), |result, path| {
-            let message = format!("{:#}", result.unwrap_err());
-            assert!(message.contains("sip.udp"), "{message}");
-            assert!(message.contains(&path.display().to_string()), "{message}");
-        });
-        load_in_jail(&[], Some("[[trunks]]\nname = \"x\"\naddress = \"127.0.0.1:1\"\ntransport = \"sctp\"\n"), |result, _| {
-            let message = format!("{:#}", result.unwrap_err());
-            assert!(message.contains("trunks.0.transport") || message.contains("sctp"), "{message}");
-        });
+        load_in_jail(
+            &[],
+            Some("[sip]\nudp = [\"not an address\"]\n"),
+            |result, path| {
+                let message = format!("{:#}", result.unwrap_err());
+                assert!(message.contains("sip.udp"), "{message}");
+                assert!(message.contains(&path.display().to_string()), "{message}");
+            },
+        );
+        load_in_jail(
+            &[],
+            Some("[[trunks]]\nname = \"x\"\naddress = \"127.0.0.1:1\"\ntransport = \"sctp\"\n"),
+            |result, _| {
+                let message = format!("{:#}", result.unwrap_err());
+                assert!(
+                    message.contains("trunks.0.transport") || message.contains("sctp"),
+                    "{message}"
+                );
+            },
+        );
     }
 
     #[test]
     fn unspecified_listen_needs_advertise() {
-        load_in_jail(&[], Some("[sip]\nudp = [\"0.0.0.0:5060\"]\ntcp = []\n"), |result, _| {
-            let message = format!("{:#}", result.unwrap_err());
-            assert!(message.contains("sip.advertise:"), "{message}");
-        });
+        load_in_jail(
+            &[],
+            Some("[sip]\nudp = [\"0.0.0.0:5060\"]\ntcp = []\n"),
+            |result, _| {
+                let message = format!("{:#}", result.unwrap_err());
+                assert!(message.contains("sip.advertise:"), "{message}");
+            },
+        );
         let file = "[sip]\nudp = [\"0.0.0.0:5060\"]\ntcp = []\nadvertise = \"192.0.2.10\"\n";
         load_in_jail(&[], Some(file), |result, _| {
             let config = result.unwrap();
-            assert_eq!(config.sip.advertise_ip(), Some("192.0.2.10".parse().unwrap()));
+            assert_eq!(
+                config.sip.advertise_ip(),
+                Some("192.0.2.10".parse().unwrap())
+            );
         });
     }
 

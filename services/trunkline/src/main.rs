@@ -1,2 +1,217 @@
+//! `trunkline`, the SBC node binary.
+//!
+//! Kept thin on purpose: parse the CLI, load the configuration, install logging and signal
+//! handlers, serve metrics, and run [`app::App`] until a drain completes. The SIP machinery
+//! lives in the library crates and is wired together in `app.rs`.
+
+mod app;
+mod cli;
 mod config;
-fn main() {}
+mod metrics_http;
+mod shutdown;
+mod telemetry;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use clap::Parser as _;
+use prometheus_client::registry::Registry;
+use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::cli::Cli;
+use crate::config::Config;
+use crate::metrics_http::MetricsServer;
+use crate::shutdown::Shutdown;
+
+/// After terminate (drain deadline or second signal), how long the app gets to return before
+/// the process exits regardless.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Logging is configured by the config, so errors up to here go straight to stderr.
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("trunkline: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check_config {
+        return match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("trunkline: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(err) = telemetry::init(&config.log, config::rust_log_override()) {
+        eprintln!("trunkline: {err:#}");
+        return ExitCode::FAILURE;
+    }
+    match start_and_run(config).await {
+        Ok(()) => {
+            tracing::info!("trunkline stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "trunkline failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start_and_run(config: Config) -> anyhow::Result<()> {
+    let shutdown = Shutdown::new();
+    let _signals = shutdown::listen_for_signals(shutdown.clone())
+        .context("cannot install SIGTERM/SIGINT handlers")?;
+    run_node(config, shutdown).await
+}
+
+/// Builds the app, serves metrics, runs until a drain completes (or the deadline passes).
+async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let app = App::build(config.clone(), &mut registry).await?;
+    let registry = Arc::new(registry);
+
+    // The endpoint outlives the app so Prometheus can watch the drain.
+    let metrics_stop = CancellationToken::new();
+    let metrics = match config.metrics.listen {
+        Some(addr) => Some(MetricsServer::start(addr, registry, metrics_stop.clone()).await?),
+        None => None,
+    };
+    tracing::info!(
+        node_id = %config.node.id,
+        sip_udp = ?config.sip.udp,
+        sip_tcp = ?config.sip.tcp,
+        advertise = %config.sip.advertise_ip().map_or_else(|| "none".to_owned(), |ip| ip.to_string()),
+        metrics = %metrics.as_ref().map_or_else(|| "disabled".to_owned(), |m| m.local_addr().to_string()),
+        trunks = config.trunks.len(),
+        "trunkline started"
+    );
+
+    let mut app_task = tokio::spawn(app.run(shutdown.clone()));
+    let result = tokio::select! {
+        joined = &mut app_task => app_result(joined),
+        () = shutdown.drain_requested() => drain(&config, &shutdown, app_task).await,
+    };
+
+    metrics_stop.cancel();
+    if let Some(metrics) = metrics {
+        metrics.join().await;
+    }
+    result
+}
+
+/// Waits for the app to finish draining, terminating it at the deadline.
+async fn drain(
+    config: &Config,
+    shutdown: &Shutdown,
+    mut app_task: JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let deadline = config.shutdown.drain();
+    tracing::info!(drain_secs = config.shutdown.drain_secs, "draining");
+    tokio::select! {
+        joined = &mut app_task => return app_result(joined),
+        () = tokio::time::sleep(deadline) => {
+            tracing::warn!(drain_secs = config.shutdown.drain_secs, "drain deadline passed, terminating");
+            shutdown.terminate();
+        }
+        () = shutdown.terminate_requested() => {}
+    }
+    match tokio::time::timeout(TERMINATE_GRACE, &mut app_task).await {
+        Ok(joined) => app_result(joined),
+        Err(_) => {
+            app_task.abort();
+            Err(anyhow!(
+                "the app did not stop within {}s of terminate",
+                TERMINATE_GRACE.as_secs()
+            ))
+        }
+    }
+}
+
+fn app_result(joined: Result<anyhow::Result<()>, JoinError>) -> anyhow::Result<()> {
+    joined.context("the app task panicked")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MetricsConfig;
+
+    fn test_config() -> Config {
+        Config {
+            metrics: MetricsConfig {
+                listen: Some("127.0.0.1:0".parse().unwrap()),
+            },
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn node_starts_and_drains_cleanly() {
+        let shutdown = Shutdown::new();
+        let node = tokio::spawn(run_node(test_config(), shutdown.clone()));
+        tokio::task::yield_now().await;
+        shutdown.begin_drain();
+        tokio::time::timeout(Duration::from_secs(5), node)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn drain_deadline_terminates_a_lingering_app() {
+        let mut config = test_config();
+        config.shutdown.drain_secs = 0;
+        let shutdown = Shutdown::new();
+        let app = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.terminate_requested().await;
+                Ok(())
+            })
+        };
+        shutdown.begin_drain();
+        tokio::time::timeout(Duration::from_secs(5), drain(&config, &shutdown, app))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(shutdown.terminate_token().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn app_error_is_reported() {
+        let mut config = test_config();
+        config.shutdown.drain_secs = 60;
+        let shutdown = Shutdown::new();
+        let app = tokio::spawn(async { Err(anyhow!("transport died")) });
+        shutdown.begin_drain();
+        let err = drain(&config, &shutdown, app).await.unwrap_err();
+        assert!(format!("{err:#}").contains("transport died"));
+    }
+
+    #[tokio::test]
+    async fn metrics_bind_failure_fails_start() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = Config {
+            metrics: MetricsConfig {
+                listen: Some(taken.local_addr().unwrap()),
+            },
+            ..Config::default()
+        };
+        let err = run_node(config, Shutdown::new()).await.unwrap_err();
+        assert!(format!("{err:#}").contains("metrics.listen"), "{err:#}");
+    }
+}

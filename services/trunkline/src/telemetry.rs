@@ -47,7 +47,10 @@ mod tests {
     fn rust_log_wins_and_errors_name_source() {
         let log = LogConfig::default();
         assert_eq!(filter(&log, None).unwrap().to_string(), "info");
-        assert_eq!(filter(&log, Some("debug".into())).unwrap().to_string(), "debug");
+        assert_eq!(
+            filter(&log, Some("debug".into())).unwrap().to_string(),
+            "debug"
+        );
         let err = filter(&log, Some("info,==".into())).unwrap_err();
         assert!(format!("{err:#}").contains("RUST_LOG"), "{err:#}");
     }

@@ -1,0 +1,465 @@
+#!/usr/bin/env bash
+# Side-by-side SIP signalling benchmark: the same SIPp load against
+#   sipp       SIPp uac -> SIPp uas directly (reference: the load generator's ceiling)
+#   kamailio   Kamailio 5.6 stateful proxy + dialog + topos (redis), load/kamailio.cfg
+#   trunkline  the trunkline node (B2BUA), built from this workspace
+# one after the other in one run, on loopback.  See load/README.md.
+#
+#   load/bench.sh [--quick] [--systems sipp,kamailio,trunkline]
+#
+# Every phase starts a fresh system under test and a fresh SIPp uas, runs one
+# bounded SIPp uac, and stops both again.  All children are stopped by PID on
+# exit, error, Ctrl-C or TERM.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+LIB="$HERE/benchlib.py"
+SCEN="$HERE/scenarios"
+
+usage() {
+	sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+	cat <<'EOF'
+Options:
+  --quick            smoke run: 3 s steps, one bisection, 1000 held calls (~3 min)
+  --systems LIST     comma-separated subset of sipp,kamailio,trunkline (default: all)
+  -h, --help         this text
+Environment (defaults full / quick):
+  TRUNKLINE_BIN      use this binary instead of `cargo build --release --bin trunkline`
+  STEP_SECS          length of one rate-search step (10 / 3)
+  BISECT             bisection steps after the doubling phase (3 / 1)
+  SEARCH_START       first offered rate for kamailio and trunkline (100 / 100)
+  SIPP_SEARCH_START  first offered rate for the SIPp-direct reference (1000 / 1000)
+  SEARCH_MAX         never offer more than this (64000)
+  FIXED_RATE, FIXED_SECS   fixed-rate run for latency and CPU (200, 20 / 100, 5)
+  HOLD_CALLS, HOLD_RATE    held calls for memory and their offered rate (10000, 200 / 1000, 200)
+  UAC_PORT UAS_PORT KAM_PORT TL_PORT TL_METRICS_PORT REDIS_PORT
+                     (5080 5090 5060 5062 9465 16379)
+EOF
+}
+
+QUICK=0
+SYSTEMS="sipp,kamailio,trunkline"
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--quick) QUICK=1 ;;
+	--systems) SYSTEMS="$2"; shift ;;
+	--systems=*) SYSTEMS="${1#*=}" ;;
+	-h | --help) usage; exit 0 ;;
+	*) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+	esac
+	shift
+done
+IFS=',' read -r -a SYS_LIST <<<"$SYSTEMS"
+for s in "${SYS_LIST[@]}"; do
+	case "$s" in sipp | kamailio | trunkline) ;; *) echo "unknown system: $s" >&2; exit 2 ;; esac
+done
+
+if [ "$QUICK" = 1 ]; then
+	: "${STEP_SECS:=3}" "${BISECT:=1}" "${FIXED_RATE:=100}" "${FIXED_SECS:=5}"
+	: "${HOLD_CALLS:=1000}" "${HOLD_RATE:=200}"
+else
+	: "${STEP_SECS:=10}" "${BISECT:=3}" "${FIXED_RATE:=200}" "${FIXED_SECS:=20}"
+	: "${HOLD_CALLS:=10000}" "${HOLD_RATE:=200}"
+fi
+: "${SEARCH_START:=100}" "${SIPP_SEARCH_START:=1000}" "${SEARCH_MAX:=64000}"
+: "${UAC_PORT:=5080}" "${UAS_PORT:=5090}" "${KAM_PORT:=5060}" "${TL_PORT:=5062}"
+: "${TL_METRICS_PORT:=9465}" "${REDIS_PORT:=16379}" "${TL_READY_SECS:=20}"
+HOST=127.0.0.1
+SIPP_COMMON=(-i "$HOST" -nostdin -default_behaviors all,-abortunexp -buff_size 4194304)
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT="$HERE/out/$STAMP"
+[ -e "$OUT" ] && OUT="$OUT-$$"
+mkdir -p "$OUT"
+RUN=$(mktemp -d /tmp/trunkline-bench.XXXXXX) # sockets, pid files, generated config
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/bench.log" >&2; }
+die() { log "ERROR: $*"; exit 2; }
+
+# ------------------------------------------------------------ process control
+STARTED=() # every PID this script started in the background
+
+# stop PID and the descendants it had (Kamailio's workers), TERM then KILL
+stop_pid() {
+	local pid=$1 kids i
+	[ -n "$pid" ] || return 0
+	kill -0 "$pid" 2>/dev/null || return 0
+	kids=$(python3 "$LIB" tree "$pid" 2>/dev/null || true)
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 1 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	for i in $kids; do
+		[ "$i" = "$pid" ] && continue
+		kill -0 "$i" 2>/dev/null && kill -KILL "$i" 2>/dev/null || true
+	done
+	return 0
+}
+
+cleanup() {
+	local rc=$? i
+	trap - EXIT INT TERM
+	for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_pid "${STARTED[$i]}"; done
+	rm -rf "$RUN"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ------------------------------------------------------------ SIPp ends
+UAS_PID=""
+uas_start() { # DIR
+	mkdir -p "$1"
+	(cd "$1" && exec sipp -sf "$SCEN/uas.xml" "${SIPP_COMMON[@]}" -p "$UAS_PORT" \
+		-trace_stat -fd 5 -trace_err -max_log_size 10000000 -trace_screen) \
+		>"$1/uas.stdout" 2>"$1/uas.stderr" &
+	UAS_PID=$!
+	STARTED+=("$UAS_PID")
+	sleep 0.3
+	kill -0 "$UAS_PID" 2>/dev/null || die "SIPp uas did not start (port $UAS_PORT busy?): $(tail -3 "$1/uas.stderr")"
+}
+uas_stop() { stop_pid "$UAS_PID"; UAS_PID=""; }
+
+UAC_PID=""
+# start the uac in the background: DIR TARGET RATE CALLS HOLD_MS TIMEOUT_S [extra sipp args]
+uac_start() {
+	local dir=$1 target=$2 rate=$3 calls=$4 hold=$5 tmo=$6
+	shift 6
+	mkdir -p "$dir"
+	(cd "$dir" && exec sipp "$target" -sf "$SCEN/uac.xml" "${SIPP_COMMON[@]}" -p "$UAC_PORT" \
+		-r "$rate" -m "$calls" -d "$hold" -timeout "${tmo}s" -recv_timeout 5000 \
+		-trace_rtt -rtt_freq 1 -trace_stat -fd 1 -trace_err -max_log_size 10000000 \
+		-trace_screen "$@") >"$dir/uac.stdout" 2>"$dir/uac.stderr" &
+	UAC_PID=$!
+	STARTED+=("$UAC_PID")
+}
+uac_wait() {
+	local rc=0
+	wait "$UAC_PID" || rc=$?
+	UAC_PID=""
+	return $rc
+}
+
+# ------------------------------------------------------------ systems under test
+SUT_PIDS="" # root PIDs whose process trees are measured
+SUT_TARGET=""
+KAM_PID="" REDIS_PID="" TL_PID="" KAM_CTL=""
+
+kam_start() { # DIR
+	local d=$1 i
+	mkdir -p "$d" "$RUN/redis" "$RUN/kam"
+	rm -rf "${RUN:?}/redis/"* "${RUN:?}/kam/"*
+	redis-server --port "$REDIS_PORT" --bind "$HOST" --dir "$RUN/redis" --save '' \
+		--appendonly no --daemonize no --logfile "$d/redis.log" &
+	REDIS_PID=$!
+	STARTED+=("$REDIS_PID")
+	for i in $(seq 1 50); do
+		[ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+		kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited; see $d/redis.log"
+		sleep 0.1
+	done
+	[ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] || die "redis did not answer on port $REDIS_PORT"
+	KAM_CTL="unix:$RUN/kam/ctl"
+	kamailio -f "$HERE/kamailio.cfg" -DD -E -m 1024 -M 16 -x tlsf -X tlsf \
+		-Y "$RUN/kam" -P "$RUN/kam/kamailio.pid" -w "$RUN/kam" \
+		-A WITH_DIALOG -A WITH_TOPOS \
+		-A "KAM_LISTEN=udp:$HOST:$KAM_PORT" -A "KAM_ALIAS=\"$HOST:$KAM_PORT\"" \
+		-A "CTL_SOCK=\"$KAM_CTL\"" \
+		-A "REDIS_SERVER=\"name=tps;addr=$HOST;port=$REDIS_PORT;db=1\"" \
+		-A "UAS_DST=\"sip:$HOST:$UAS_PORT\"" \
+		>"$d/kamailio.log" 2>&1 &
+	KAM_PID=$!
+	STARTED+=("$KAM_PID")
+	for i in $(seq 1 150); do
+		kamcmd -s "$KAM_CTL" core.uptime >/dev/null 2>&1 && break
+		kill -0 "$KAM_PID" 2>/dev/null || die "kamailio exited at start-up; see $d/kamailio.log: $(tail -3 "$d/kamailio.log")"
+		sleep 0.1
+	done
+	kamcmd -s "$KAM_CTL" core.uptime >/dev/null 2>&1 || die "kamailio control socket not answering; see $d/kamailio.log"
+	sleep 0.5 # let every worker finish its child_init
+	SUT_PIDS="$KAM_PID $REDIS_PID"
+	SUT_TARGET="$HOST:$KAM_PORT"
+}
+kam_stop() {
+	stop_pid "$KAM_PID"
+	stop_pid "$REDIS_PID"
+	KAM_PID="" REDIS_PID=""
+}
+
+TL_BIN_RESOLVED=""
+tl_resolve_bin() {
+	if [ -n "${TRUNKLINE_BIN:-}" ]; then
+		[ -x "$TRUNKLINE_BIN" ] || die "TRUNKLINE_BIN=$TRUNKLINE_BIN is not an executable file"
+		TL_BIN_RESOLVED=$TRUNKLINE_BIN
+		return
+	fi
+	log "building trunkline: cargo build --release --bin trunkline (log: $OUT/cargo-build.log)"
+	if ! (cd "$ROOT" && cargo build --release --bin trunkline) >"$OUT/cargo-build.log" 2>&1; then
+		tail -20 "$OUT/cargo-build.log" >&2
+		die "cargo build --release --bin trunkline failed (full log: $OUT/cargo-build.log). Set TRUNKLINE_BIN=... or run with --systems sipp,kamailio"
+	fi
+	local tdir
+	tdir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")
+	TL_BIN_RESOLVED="$tdir/release/trunkline"
+	[ -x "$TL_BIN_RESOLVED" ] || die "build succeeded but $TL_BIN_RESOLVED is missing"
+}
+
+tl_start() { # DIR
+	local d=$1 i
+	mkdir -p "$d"
+	cat >"$RUN/trunkline.toml" <<EOF
+# generated by load/bench.sh
+[node]
+id = "bench"
+
+[sip]
+udp = ["$HOST:$TL_PORT"]
+tcp = []
+
+[metrics]
+listen = "$HOST:$TL_METRICS_PORT"
+
+[log]
+level = "warn"
+
+[[trunks]]
+name = "uas"
+address = "$HOST:$UAS_PORT"
+transport = "udp"
+
+[routing]
+default_trunk = "uas"
+EOF
+	cp "$RUN/trunkline.toml" "$d/trunkline.toml"
+	"$TL_BIN_RESOLVED" --config "$RUN/trunkline.toml" >"$d/trunkline.log" 2>&1 &
+	TL_PID=$!
+	STARTED+=("$TL_PID")
+	for i in $(seq 1 $((TL_READY_SECS * 10))); do
+		curl -sf -o /dev/null "http://$HOST:$TL_METRICS_PORT/health" && break
+		if ! kill -0 "$TL_PID" 2>/dev/null; then
+			local rc=0
+			wait "$TL_PID" || rc=$?
+			TL_PID=""
+			die "trunkline ($TL_BIN_RESOLVED --config $d/trunkline.toml) exited with status $rc before becoming ready. Last log lines:
+$(tail -10 "$d/trunkline.log")"
+		fi
+		sleep 0.1
+	done
+	curl -sf -o /dev/null "http://$HOST:$TL_METRICS_PORT/health" ||
+		die "trunkline did not answer http://$HOST:$TL_METRICS_PORT/health within ${TL_READY_SECS}s; see $d/trunkline.log"
+	SUT_PIDS="$TL_PID"
+	SUT_TARGET="$HOST:$TL_PORT"
+}
+tl_stop() { stop_pid "$TL_PID"; TL_PID=""; }
+
+sut_start() { # SYSTEM DIR
+	case "$1" in
+	sipp) SUT_PIDS="" SUT_TARGET="$HOST:$UAS_PORT" ;;
+	kamailio) kam_start "$2" ;;
+	trunkline) tl_start "$2" ;;
+	esac
+}
+sut_stop() {
+	case "$1" in
+	kamailio) kam_stop ;;
+	trunkline) tl_stop ;;
+	esac
+	SUT_PIDS=""
+}
+sut_tree() { [ -n "$SUT_PIDS" ] && python3 "$LIB" tree $SUT_PIDS || true; }
+
+summary() { echo "$2=$3" >>"$OUT/$1/summary.env"; } # SYSTEM KEY VALUE
+
+# ------------------------------------------------------------ phases
+# one bounded rate-search step; returns 0 on pass
+STEP_RESULT=""
+run_step() { # SYSTEM RATE
+	local sys=$1 rate=$2 d="$OUT/$1/search/step-$2" calls
+	calls=$((rate * STEP_SECS))
+	mkdir -p "$d"
+	sut_start "$sys" "$d"
+	uas_start "$d"
+	uac_start "$d" "$SUT_TARGET" "$rate" "$calls" 0 $((STEP_SECS + 20))
+	uac_wait || true
+	uas_stop
+	sut_stop "$sys"
+	STEP_RESULT=$(python3 "$LIB" judge "$d" "$rate" "$STEP_SECS")
+	log "  $sys @ $rate calls/s x ${STEP_SECS}s: $STEP_RESULT"
+	[[ "$STEP_RESULT" == PASS* ]]
+}
+
+search() { # SYSTEM START
+	local sys=$1 rate=$2 pass=0 fail=0 mid i
+	log "$sys: rate search from $rate calls/s (steps of ${STEP_SECS}s, doubling, then $BISECT bisections)"
+	while [ "$rate" -le "$SEARCH_MAX" ]; do
+		if run_step "$sys" "$rate"; then pass=$rate; rate=$((rate * 2)); else fail=$rate; break; fi
+	done
+	if [ "$fail" = 0 ]; then
+		summary "$sys" sustained "$pass"
+		summary "$sys" sustained_note "search cap"
+		return
+	fi
+	for ((i = 0; i < BISECT; i++)); do
+		mid=$(((pass + fail) / 2))
+		[ "$mid" -le "$pass" ] || [ "$mid" -ge "$fail" ] && break
+		if run_step "$sys" "$mid"; then pass=$mid; else fail=$mid; fi
+	done
+	summary "$sys" sustained "$pass"
+	[ "$pass" = 0 ] && summary "$sys" sustained_note "< $fail"
+	summary "$sys" first_failing_rate "$fail"
+	log "$sys: sustained $pass calls/s (first failing rate tried: $fail)"
+}
+
+fixed_run() { # SYSTEM — latency and CPU at FIXED_RATE
+	local sys=$1 d="$OUT/$1/fixed" calls cpu0="" cpu1="" pids res rpids="" rcpu0="" rcpu1=""
+	calls=$((FIXED_RATE * FIXED_SECS))
+	log "$sys: fixed-rate run, $FIXED_RATE calls/s x ${FIXED_SECS}s (latency, CPU)"
+	sut_start "$sys" "$d"
+	uas_start "$d"
+	pids=$(sut_tree)
+	[ "$sys" = kamailio ] && rpids=$(python3 "$LIB" tree "$REDIS_PID")
+	[ -n "$pids" ] && cpu0=$(python3 "$LIB" cpu $pids)
+	[ -n "$rpids" ] && rcpu0=$(python3 "$LIB" cpu $rpids)
+	uac_start "$d" "$SUT_TARGET" "$FIXED_RATE" "$calls" 0 $((FIXED_SECS + 20))
+	uac_wait || true
+	[ -n "$pids" ] && cpu1=$(python3 "$LIB" cpu $pids)
+	[ -n "$rpids" ] && rcpu1=$(python3 "$LIB" cpu $rpids)
+	uas_stop
+	sut_stop "$sys"
+	res=$(python3 "$LIB" judge "$d" "$FIXED_RATE" "$FIXED_SECS")
+	log "  $sys fixed: $res"
+	python3 - "$d/step.json" "$OUT/$sys/summary.env" "$cpu0" "$cpu1" "$pids" "$rcpu0" "$rcpu1" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+out = open(sys.argv[2], "a")
+out.write("p50_ms=%s\np99_ms=%s\n" % (j["p50_ms"], j["p99_ms"]))
+out.write("fixed_rate_failed_pct=%s\nfixed_rate_successful_calls=%s\n" % (j["fail_pct"], j["successful"]))
+if not j["pass"]:
+    out.write("fixed_rate_warning=fixed-rate run did not pass (%s)\n" % j["why"])
+if sys.argv[3] and j["successful"]:
+    cpu = float(sys.argv[4]) - float(sys.argv[3])
+    out.write("cpu_seconds_fixed_run=%.2f\ncpu_per_1000=%.4f\n" % (cpu, 1000 * cpu / j["successful"]))
+    out.write("cpu_measured_pids=%s\n" % sys.argv[5])
+    if sys.argv[6]:
+        r = float(sys.argv[7]) - float(sys.argv[6])
+        out.write("cpu_per_1000_of_which_redis=%.4f\n" % (1000 * r / j["successful"]))
+PY
+}
+
+hold_run() { # SYSTEM — memory per established call
+	local sys=$1 d="$OUT/$1/hold" pids base held est=0 created deadline hold_ms shm0="" shm1="" r0="" r1="" last_est=-1
+	log "$sys: holding $HOLD_CALLS calls (offered at $HOLD_RATE calls/s) for memory per call"
+	sut_start "$sys" "$d"
+	uas_start "$d"
+	sleep 1
+	pids=$(sut_tree)
+	base=$(python3 "$LIB" pss $pids)
+	if [ "$sys" = kamailio ]; then
+		shm0=$(kamcmd -s "$KAM_CTL" core.shmmem 2>/dev/null | tr -s ' \t\n' ' ' || true)
+		r0=$(redis-cli -p "$REDIS_PORT" info memory 2>/dev/null | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
+	fi
+	hold_ms=$(((HOLD_CALLS / HOLD_RATE + 30) * 1000))
+	deadline=$((SECONDS + HOLD_CALLS / HOLD_RATE + 25))
+	uac_start "$d" "$SUT_TARGET" "$HOLD_RATE" "$HOLD_CALLS" "$hold_ms" $((hold_ms / 1000 + 30)) -l $((HOLD_CALLS + 10))
+	while [ $SECONDS -lt $deadline ]; do
+		sleep 1
+		est=$(python3 "$LIB" rttcount "$d")
+		created=$(python3 "$LIB" stat "$d" TotalCallCreated)
+		[ "$est" -ge "$HOLD_CALLS" ] && break
+		# every call offered and nothing new answered for a while: stop waiting
+		if [ "${created:-0}" -ge "$HOLD_CALLS" ] && [ "$est" = "$last_est" ]; then break; fi
+		last_est=$est
+		kill -0 "$UAC_PID" 2>/dev/null || break
+	done
+	sleep 3 # let the last ACKs land
+	est=$(python3 "$LIB" rttcount "$d")
+	pids=$(sut_tree)
+	held=$(python3 "$LIB" pss $pids)
+	if [ "$sys" = kamailio ]; then
+		shm1=$(kamcmd -s "$KAM_CTL" core.shmmem 2>/dev/null | tr -s ' \t\n' ' ' || true)
+		r1=$(redis-cli -p "$REDIS_PORT" info memory 2>/dev/null | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
+		kamcmd -s "$KAM_CTL" dlg.stats_active >"$d/dlg_stats_active.txt" 2>&1 || true
+	fi
+	stop_pid "$UAC_PID"
+	UAC_PID=""
+	uas_stop
+	sut_stop "$sys"
+	log "  $sys held: $est calls established; PSS (KiB) before/while held: ${base% *} / ${held% *}"
+	python3 - "$OUT/$sys/summary.env" "$base" "$held" "$est" "$pids" "$shm0" "$shm1" "$r0" "$r1" <<'PY'
+import re, sys
+f, base, held, est, pids, shm0, shm1, r0, r1 = sys.argv[1:]
+pss0, rss0 = map(int, base.split()); pss1, rss1 = map(int, held.split()); est = int(est)
+out = open(f, "a")
+out.write("held_calls_established=%d\n" % est)
+out.write("pss_kib_before=%d\npss_kib_held=%d\nrss_kib_before=%d\nrss_kib_held=%d\n" % (pss0, pss1, rss0, rss1))
+out.write("memory_measured_pids=%s\n" % pids)
+if est:
+    out.write("kib_per_call=%.3f\nrss_kib_per_call=%.3f\n" % ((pss1 - pss0) / est, (rss1 - rss0) / est))
+def used(s):
+    m = re.search(r"\bused:?\s+(\d+)", s)
+    return int(m.group(1)) if m else None
+u0, u1 = used(shm0), used(shm1)
+if u0 is not None and u1 is not None and est:
+    out.write("kamailio_shm_used_bytes_before=%d\nkamailio_shm_used_bytes_held=%d\n" % (u0, u1))
+    out.write("kamailio_shm_kib_per_call=%.3f\n" % ((u1 - u0) / 1024 / est))
+if r0 and r1 and est:
+    out.write("redis_used_memory_kib_per_call=%.3f\n" % ((int(r1) - int(r0)) / 1024 / est))
+PY
+}
+
+# ------------------------------------------------------------ main
+for s in "${SYS_LIST[@]}"; do mkdir -p "$OUT/$s"; : >"$OUT/$s/summary.env"; done
+{
+	echo "started=$(date -Is)"
+	echo "mode=$([ "$QUICK" = 1 ] && echo quick || echo full)"
+	echo "systems=$SYSTEMS"
+	echo "step_secs=$STEP_SECS"
+	echo "bisect=$BISECT"
+	echo "search_start=$SEARCH_START (SIPp direct: $SIPP_SEARCH_START), cap $SEARCH_MAX"
+	echo "fixed_rate=$FIXED_RATE"
+	echo "fixed_secs=$FIXED_SECS"
+	echo "hold_calls=$HOLD_CALLS"
+	echo "hold_rate=$HOLD_RATE"
+	echo "ports=uac $UAC_PORT, uas $UAS_PORT, kamailio $KAM_PORT, trunkline $TL_PORT (metrics $TL_METRICS_PORT), redis $REDIS_PORT"
+	echo "host=$(uname -srm), $(nproc) cpus, load avg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "sipp=$(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
+	echo "kamailio=$(kamailio -v 2>&1 | head -1)"
+} >"$OUT/params.env"
+
+log "output: $OUT"
+sysctl -w net.core.rmem_max=8388608 net.core.wmem_max=8388608 >/dev/null 2>&1 ||
+	log "note: could not raise net.core.rmem_max/wmem_max (SIPp buffers may be capped)"
+ulimit -n 65536 2>/dev/null || true
+for t in sipp python3 curl; do command -v "$t" >/dev/null || die "$t not found"; done
+
+# pre-flight: fail early and clearly if a system cannot even start
+for s in "${SYS_LIST[@]}"; do
+	case "$s" in
+	kamailio)
+		for t in kamailio kamcmd redis-server redis-cli; do command -v "$t" >/dev/null || die "$t not found"; done
+		ls /usr/lib/x86_64-linux-gnu/kamailio/modules/topos_redis.so >/dev/null 2>&1 ||
+			die "kamailio topos_redis module missing (apt-get install kamailio-redis-modules)"
+		kam_start "$OUT/kamailio/preflight" && kam_stop
+		;;
+	trunkline)
+		tl_resolve_bin
+		log "trunkline binary: $TL_BIN_RESOLVED"
+		tl_start "$OUT/trunkline/preflight" && tl_stop
+		;;
+	esac
+done
+
+for s in "${SYS_LIST[@]}"; do
+	if [ "$s" = sipp ]; then search sipp "$SIPP_SEARCH_START"; else search "$s" "$SEARCH_START"; fi
+	fixed_run "$s"
+	[ "$s" = sipp ] || hold_run "$s"
+done
+
+log "done; results: $OUT/results.md"
+echo
+python3 "$LIB" report "$OUT" "${SYS_LIST[@]}"

@@ -1,0 +1,62 @@
+//! What a call needs to know about the node it runs on.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use trunkline_sip::transaction::Timers;
+use trunkline_sip::{Host, NameAddr, SipUri, Transport, Uri, Via};
+
+/// Node-wide call settings, shared by every call on a node.
+#[derive(Debug, Clone)]
+pub struct CallConfig {
+    /// Carried in every identifier the node generates (ARCHITECTURE.md rule 3).
+    pub node_id: String,
+    pub timers: Timers,
+    /// Max-Forwards for requests we originate (in-dialog requests toward a leg).
+    pub max_forwards: u32,
+    /// Ring time before the call is abandoned with CANCEL toward the callee.
+    pub no_answer: Duration,
+    /// Value of the Allow header we advertise.
+    pub allow: &'static str,
+}
+
+impl Default for CallConfig {
+    fn default() -> Self {
+        CallConfig {
+            node_id: "n1".into(),
+            timers: Timers::default(),
+            max_forwards: 70,
+            no_answer: Duration::from_secs(180),
+            allow: "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, NOTIFY",
+        }
+    }
+}
+
+/// Our own address on one leg: what goes into Via and Contact toward that side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Local {
+    pub transport: Transport,
+    pub host: Host,
+    pub port: u16,
+}
+
+impl Local {
+    /// A Via for a request we send on this leg.
+    pub fn via(&self, branch: String) -> Via {
+        Via::new(
+            self.transport.via_token(),
+            self.host.clone(),
+            Some(self.port),
+            branch,
+        )
+    }
+
+    /// Our Contact on this leg. Endpoints send their in-dialog requests here, which
+    /// is what makes the node, not the far side, the next hop of each leg.
+    pub fn contact(&self) -> NameAddr {
+        let mut uri = SipUri::new(None, self.host.clone(), Some(self.port));
+        if let Some(t) = self.transport.uri_param() {
+            uri.set_param("transport", Some(t.to_string()));
+        }
+        NameAddr::new(Uri::Sip(uri))
+    }
+}

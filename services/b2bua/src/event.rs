@@ -1,0 +1,76 @@
+//! What a call asks of its driver: bytes to send and things that happened.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use trunkline_sip::{Method, Peer, Uri};
+
+/// Which side of the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Leg {
+    /// Toward the caller.
+    A,
+    /// Toward the callee (the trunk).
+    B,
+}
+
+impl Leg {
+    pub fn other(self) -> Leg {
+        match self {
+            Leg::A => Leg::B,
+            Leg::B => Leg::A,
+        }
+    }
+}
+
+/// One message to put on the wire.
+#[derive(Debug, Clone)]
+pub struct Transmit {
+    pub leg: Leg,
+    pub peer: Peer,
+    pub data: Bytes,
+    /// Request method, or the CSeq method of a response (for metrics).
+    pub method: Method,
+    /// Status code when this is a response.
+    pub status: Option<u16>,
+    pub retransmission: bool,
+}
+
+/// Why a call ended; recorded in logs and, later, CDRs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndCause {
+    CallerHangup,
+    CalleeHangup,
+    CallerCancel,
+    /// The callee answered with a final error.
+    Rejected,
+    NoRoute,
+    /// No final response from the callee (Timer B) or no answer before the ring limit.
+    NoAnswer,
+    TooManyHops,
+    TransportError,
+    /// The caller never ACKed our 2xx.
+    NoAck,
+    /// A transaction on an established call timed out (e.g. BYE never answered).
+    Timeout,
+}
+
+/// Things the driver reacts to.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The call needs a routing decision for this Request-URI (`Call::handle_route`).
+    RouteRequired {
+        request_uri: Uri,
+        caller: Option<String>,
+    },
+    /// The callee answered.
+    Answered,
+    /// The caller has its final answer (`status`), or an answered call hung up (200).
+    /// Emitted once per call.
+    Ended { status: u16, cause: EndCause },
+    /// A transaction timer fired without an answer.
+    TransactionTimeout { leg: Leg, timer: char },
+    /// A retransmitted request or response was absorbed.
+    RetransmissionReceived { leg: Leg },
+    /// The call is in a stable state worth replicating (answered, re-INVITE done).
+    Settled,
+}

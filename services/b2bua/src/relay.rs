@@ -1,0 +1,69 @@
+//! Which parts of a message cross from one leg to the other.
+//!
+//! Topology hiding is a whitelist: only headers that describe the session (body type,
+//! capabilities) are copied; anything that names hosts, transactions or dialogs of one
+//! side (Via, Contact, Record-Route, Route, Call-ID, tags, User-Agent, Server...) is
+//! rebuilt by the node for the other side.
+
+use trunkline_sip::{HeaderName, Headers};
+
+/// Option tags we can honour end to end. Others (100rel, timer, ...) are removed from
+/// Supported so the far side never relies on an extension the node does not run.
+const PASSABLE_OPTION_TAGS: &[&str] = &["replaces", "norefersub", "path", "gruu"];
+
+/// Copies the session-describing headers of `from` into `to`.
+pub fn copy_session_headers(from: &Headers, to: &mut Headers) {
+    for h in from.iter() {
+        match h.kind {
+            HeaderName::ContentType
+            | HeaderName::ContentDisposition
+            | HeaderName::ContentEncoding
+            | HeaderName::Accept
+            | HeaderName::Event
+            | HeaderName::Subject
+            | HeaderName::Reason
+            | HeaderName::RetryAfter => to.push(h.clone()),
+            HeaderName::Supported => {
+                let kept: Vec<String> = from
+                    .option_tags(HeaderName::Supported)
+                    .into_iter()
+                    .filter(|t| PASSABLE_OPTION_TAGS.contains(&t.as_str()))
+                    .collect();
+                if !kept.is_empty() && to.get(HeaderName::Supported).is_none() {
+                    to.add(HeaderName::Supported, kept.join(", "));
+                }
+            }
+            HeaderName::Other if is_passable_extension(&h.name) => to.push(h.clone()),
+            _ => {}
+        }
+    }
+}
+
+/// Extension headers that carry call information rather than topology.
+fn is_passable_extension(name: &[u8]) -> bool {
+    const NAMES: &[&str] = &["Info-Package", "Recv-Info", "Content-ID", "Min-Expires"];
+    NAMES
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topology_headers_never_cross() {
+        let mut from = Headers::new();
+        from.add(HeaderName::Via, "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa");
+        from.add(HeaderName::Contact, "<sip:a@192.0.2.1>");
+        from.add(HeaderName::RecordRoute, "<sip:p.example;lr>");
+        from.add(HeaderName::UserAgent, "phone/1.0");
+        from.add(HeaderName::ContentType, "application/sdp");
+        from.add(HeaderName::Supported, "100rel, timer, replaces");
+        let mut to = Headers::new();
+        copy_session_headers(&from, &mut to);
+        let names: Vec<_> = to.iter().map(|h| h.kind).collect();
+        assert_eq!(names, vec![HeaderName::ContentType, HeaderName::Supported]);
+        assert_eq!(&to.get(HeaderName::Supported).unwrap()[..], b"replaces");
+    }
+}

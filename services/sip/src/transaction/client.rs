@@ -1,0 +1,282 @@
+//! Client transactions: RFC 3261 §17.1.1 (INVITE, Fig. 5, with the RFC 6026
+//! Accepted state and Timer M) and §17.1.2 (non-INVITE, Fig. 6).
+
+use super::{after, due, earliest, ClientState, Timers, Transmit, TxEvent, TxKey};
+use crate::header::{Header, HeaderName};
+use crate::message::{Request, Response};
+use crate::method::Method;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// One outgoing request and the responses to it.
+#[derive(Debug)]
+pub struct ClientTransaction {
+    key: TxKey,
+    /// Kept parsed: the ACK for a non-2xx is built from it (§17.1.1.3).
+    request: Request,
+    /// The request as first encoded; every retransmission sends these bytes.
+    encoded: Bytes,
+    /// The ACK for our non-2xx final, once built; re-sent on retransmitted finals.
+    ack: Option<Bytes>,
+    invite: bool,
+    reliable: bool,
+    timers: Timers,
+    state: ClientState,
+    /// Timer A (INVITE) or E (non-INVITE); unreliable transports only.
+    retransmit_at: Option<Instant>,
+    /// The interval Timer A/E was last armed with.
+    interval: Duration,
+    /// Timer B (INVITE) or F (non-INVITE).
+    timeout_at: Option<Instant>,
+    /// Timer D, K or M: how long the transaction lingers to absorb retransmissions.
+    linger_at: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<TxEvent>,
+}
+
+impl ClientTransaction {
+    /// `request` already carries its top Via with a fresh branch. INVITE requests
+    /// get the INVITE machine (Fig. 5 + RFC 6026 Accepted state with Timer M),
+    /// others the non-INVITE machine (Fig. 6). The initial transmission is queued
+    /// (poll_transmit). `reliable` = TCP: no retransmission timers A/E, and D/K
+    /// are zero.
+    pub fn new(now: Instant, request: Request, reliable: bool, timers: Timers) -> Self {
+        let key = TxKey::client_for_request(&request).unwrap_or_else(|| TxKey::degraded(&request));
+        let invite = request.method == Method::Invite;
+        let encoded = request.encode();
+        let mut transmits = VecDeque::with_capacity(1);
+        transmits.push_back(Transmit {
+            data: encoded.clone(),
+            retransmission: false,
+        });
+        ClientTransaction {
+            key,
+            request,
+            encoded,
+            ack: None,
+            invite,
+            reliable,
+            timers,
+            state: if invite {
+                ClientState::Calling
+            } else {
+                ClientState::Trying
+            },
+            retransmit_at: if reliable {
+                None
+            } else {
+                after(now, timers.t1)
+            },
+            interval: timers.t1,
+            timeout_at: after(now, timers.t1x64()),
+            linger_at: None,
+            transmits,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The key responses are matched with (top Via branch + method).
+    pub fn key(&self) -> &TxKey {
+        &self.key
+    }
+
+    /// The request this transaction sent (the TU builds CANCEL and 2xx ACKs from it).
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// Returns true when the TU must see this response: every provisional and
+    /// final that arrives before a final, and (INVITE) every 2xx including
+    /// retransmissions in Accepted (the TU re-ACKs them). Retransmitted non-2xx
+    /// finals return false but make the transaction re-send its ACK (queued).
+    /// For a non-2xx final to an INVITE the transaction builds the ACK itself per
+    /// §17.1.1.3 (same Request-URI, Call-ID, From, CSeq number with method ACK,
+    /// To *from the response* (with its tag), the single top Via of the request,
+    /// the request's Route headers, Max-Forwards 70, Content-Length 0) and queues it.
+    pub fn handle_response(&mut self, now: Instant, resp: &Response) -> bool {
+        let status = resp.status;
+        if self.invite {
+            match self.state {
+                ClientState::Calling | ClientState::Proceeding => {
+                    if status < 200 {
+                        // Provisional: stop retransmitting; Timer B only runs in Calling.
+                        self.state = ClientState::Proceeding;
+                        self.retransmit_at = None;
+                        self.timeout_at = None;
+                    } else if status < 300 {
+                        self.state = ClientState::Accepted;
+                        self.retransmit_at = None;
+                        self.timeout_at = None;
+                        self.linger_at = after(now, self.timers.t1x64());
+                    } else {
+                        let ack = self.build_ack(resp).encode();
+                        self.transmits.push_back(Transmit {
+                            data: ack.clone(),
+                            retransmission: false,
+                        });
+                        self.ack = Some(ack);
+                        self.state = ClientState::Completed;
+                        self.retransmit_at = None;
+                        self.timeout_at = None;
+                        if self.reliable {
+                            self.terminate();
+                        } else {
+                            self.linger_at = after(now, self.timers.timer_d());
+                        }
+                    }
+                    true
+                }
+                // RFC 6026 §8.4: every 2xx goes up (forks, retransmissions); the
+                // rest are stray.
+                ClientState::Accepted => (200..300).contains(&status),
+                ClientState::Completed => {
+                    if status >= 300 {
+                        if let Some(ack) = &self.ack {
+                            self.transmits.push_back(Transmit {
+                                data: ack.clone(),
+                                retransmission: true,
+                            });
+                        }
+                    }
+                    false
+                }
+                ClientState::Trying | ClientState::Terminated => false,
+            }
+        } else {
+            match self.state {
+                ClientState::Trying | ClientState::Proceeding => {
+                    if status < 200 {
+                        // Timer E keeps running; it switches to T2 when it next fires.
+                        self.state = ClientState::Proceeding;
+                    } else {
+                        self.state = ClientState::Completed;
+                        self.retransmit_at = None;
+                        self.timeout_at = None;
+                        if self.reliable {
+                            self.terminate();
+                        } else {
+                            self.linger_at = after(now, self.timers.t4);
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    /// Fires every timer that is due at `now` (call it at `poll_timeout`; calling
+    /// it early or twice is harmless).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while self.state != ClientState::Terminated {
+            if due(self.timeout_at, now) {
+                // B or F: no final response in time.
+                let timer = if self.invite { 'B' } else { 'F' };
+                self.events.push_back(TxEvent::Timeout { timer });
+                self.terminate();
+            } else if due(self.linger_at, now) {
+                // D, K or M: nothing more to absorb.
+                self.terminate();
+            } else if due(self.retransmit_at, now) {
+                self.transmits.push_back(Transmit {
+                    data: self.encoded.clone(),
+                    retransmission: true,
+                });
+                self.interval = if self.invite {
+                    // Timer A doubles without a cap (§17.1.1.2); B ends it.
+                    self.interval.saturating_mul(2)
+                } else if self.state == ClientState::Proceeding {
+                    self.timers.t2
+                } else {
+                    self.timers.backoff(self.interval)
+                };
+                self.retransmit_at = after(now, self.interval);
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The transport could not send our request (or ACK). Before a final
+    /// response the TU learns it as `TransportError` (it answers 503); after one
+    /// the transaction just ends, since the TU already has its answer.
+    pub fn handle_transport_error(&mut self, _now: Instant) {
+        match self.state {
+            ClientState::Calling | ClientState::Trying | ClientState::Proceeding => {
+                self.events.push_back(TxEvent::TransportError);
+                self.terminate();
+            }
+            ClientState::Completed => self.terminate(),
+            ClientState::Accepted | ClientState::Terminated => {}
+        }
+    }
+
+    /// The next message to send, oldest first.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// When `handle_timeout` must next be called; `None` once nothing is pending.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        earliest(&[self.retransmit_at, self.timeout_at, self.linger_at])
+    }
+
+    /// The next event for the TU, oldest first.
+    pub fn poll_event(&mut self) -> Option<TxEvent> {
+        self.events.pop_front()
+    }
+
+    /// The current state (for the TU's decisions and for logs).
+    pub fn state(&self) -> ClientState {
+        self.state
+    }
+
+    /// True once the transaction is over; the TU may drop it after draining
+    /// `poll_transmit` (an ACK may still be queued).
+    pub fn is_terminated(&self) -> bool {
+        self.state == ClientState::Terminated
+    }
+
+    fn terminate(&mut self) {
+        self.state = ClientState::Terminated;
+        self.retransmit_at = None;
+        self.timeout_at = None;
+        self.linger_at = None;
+        self.events.push_back(TxEvent::Terminated);
+    }
+
+    /// §17.1.1.3: the ACK for a non-2xx final belongs to the INVITE transaction
+    /// and is built from the request, except To, which carries the response's tag.
+    fn build_ack(&self, resp: &Response) -> Request {
+        let req = &self.request;
+        let mut ack = Request::new(Method::Ack, req.uri.clone());
+        if let Some(via) = req
+            .headers
+            .get(HeaderName::Via)
+            .and_then(crate::scan::split_commas)
+            .and_then(|v| v.into_iter().next())
+        {
+            ack.headers.push(Header::new(HeaderName::Via, via));
+        }
+        for route in req.headers.iter().filter(|h| h.kind == HeaderName::Route) {
+            ack.headers.push(route.clone());
+        }
+        ack.headers.add(HeaderName::MaxForwards, "70");
+        if let Some(from) = req.headers.get(HeaderName::From) {
+            ack.headers.add(HeaderName::From, from.clone());
+        }
+        if let Some(to) = resp.headers.get(HeaderName::To) {
+            ack.headers.add(HeaderName::To, to.clone());
+        }
+        if let Some(call_id) = req.headers.call_id() {
+            ack.headers.add(HeaderName::CallId, call_id.clone());
+        }
+        if let Some(cseq) = req.headers.cseq() {
+            ack.headers
+                .add(HeaderName::CSeq, format!("{} {}", cseq.seq, Method::Ack));
+        }
+        ack.headers.add(HeaderName::ContentLength, "0");
+        ack
+    }
+}
