@@ -241,7 +241,11 @@ impl Call {
     /// The state to replicate, available while the call is established and no
     /// transaction is in flight on either leg.
     pub fn snapshot(&self) -> Option<CallSnapshot> {
-        if self.state != CallState::Established || self.offer_in_progress {
+        // An ACK still owed to one leg (late offer) would be lost with the snapshot.
+        if self.state != CallState::Established
+            || self.offer_in_progress
+            || self.pending_ack.is_some()
+        {
             return None;
         }
         let b = self.b.as_ref()?;
@@ -914,7 +918,20 @@ impl Call {
         match role {
             ClientRole::Invite => self.on_b_invite_response(now, id, resp),
             ClientRole::Relay { server } => self.on_relay_response(now, leg, id, server, resp),
+            ClientRole::Bye if resp.status >= 200 => self.bye_done(),
             ClientRole::Cancel | ClientRole::Bye => {}
+        }
+    }
+
+    /// A BYE of ours got its final answer (or none): once no BYE is outstanding on
+    /// either leg, an ending call is over.
+    fn bye_done(&mut self) {
+        let outstanding = self.clients.iter().any(|e| {
+            e.role == ClientRole::Bye
+                && matches!(e.tx.state(), ClientState::Trying | ClientState::Proceeding)
+        });
+        if self.state == CallState::Ending && !outstanding {
+            self.state = CallState::Ended;
         }
     }
 
@@ -1220,11 +1237,7 @@ impl Call {
                 }
                 self.respond_status(now, server, status);
             }
-            ClientRole::Bye => {
-                if self.state == CallState::Ending {
-                    self.state = CallState::Ended;
-                }
-            }
+            ClientRole::Bye => self.bye_done(),
             ClientRole::Cancel => {}
         }
     }

@@ -41,7 +41,14 @@ pub fn copy_session_headers(from: &Headers, to: &mut Headers) {
 
 /// Extension headers that carry call information rather than topology.
 fn is_passable_extension(name: &[u8]) -> bool {
-    const NAMES: &[&str] = &["Info-Package", "Recv-Info", "Content-ID", "Min-Expires"];
+    const NAMES: &[&str] = &[
+        "Info-Package",
+        "Recv-Info",
+        "Content-ID",
+        "Min-Expires",
+        // Mandatory in NOTIFY (RFC 6665 §8.2.1); describes the subscription, not hosts.
+        "Subscription-State",
+    ];
     NAMES
         .iter()
         .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))

@@ -47,7 +47,8 @@ impl Dialog {
         let from = h.from_addr().ok_or(DialogError::Missing("From"))?;
         let to = h.to_addr().ok_or(DialogError::Missing("To"))?;
         let remote_tag = from.tag().unwrap_or_default().to_string();
-        let call_id = String::from_utf8_lossy(h.call_id().ok_or(DialogError::Missing("Call-ID"))?).into_owned();
+        let call_id = String::from_utf8_lossy(h.call_id().ok_or(DialogError::Missing("Call-ID"))?)
+            .into_owned();
         let cseq = h.cseq().ok_or(DialogError::Missing("CSeq"))?;
         let contact = h.contact().ok_or(DialogError::Missing("Contact"))?;
         let route_set = h
@@ -73,7 +74,8 @@ impl Dialog {
         let to = resp.headers.to_addr().ok_or(DialogError::Missing("To"))?;
         let remote_tag = to.tag().ok_or(DialogError::Missing("To tag"))?.to_string();
         let local_tag = from.tag().unwrap_or_default().to_string();
-        let call_id = String::from_utf8_lossy(h.call_id().ok_or(DialogError::Missing("Call-ID"))?).into_owned();
+        let call_id = String::from_utf8_lossy(h.call_id().ok_or(DialogError::Missing("Call-ID"))?)
+            .into_owned();
         let cseq = h.cseq().ok_or(DialogError::Missing("CSeq"))?;
         let contact = resp
             .headers
@@ -153,7 +155,13 @@ impl Dialog {
 
     /// Builds an in-dialog request. `seq` is the CSeq number (use `next_seq` for new
     /// requests; ACK and CANCEL reuse the INVITE's).
-    pub fn request(&self, method: Method, seq: u32, via: &Via, contact: Option<&NameAddr>) -> Request {
+    pub fn request(
+        &self,
+        method: Method,
+        seq: u32,
+        via: &Via,
+        contact: Option<&NameAddr>,
+    ) -> Request {
         let (uri, routes) = self.uri_and_routes();
         let mut req = Request::new(method.clone(), uri);
         let h = &mut req.headers;
@@ -214,7 +222,12 @@ mod tests {
         assert_eq!(d.remote_tag, "at");
         assert_eq!(d.remote_seq, Some(10));
         let seq = d.next_seq();
-        let via = Via::new("UDP", crate::uri::Host::Domain("me".into()), None, "z9hG4bKx".into());
+        let via = Via::new(
+            "UDP",
+            crate::uri::Host::Domain("me".into()),
+            None,
+            "z9hG4bKx".into(),
+        );
         let bye = d.request(Method::Bye, seq, &via, None);
         assert_eq!(bye.uri.to_string(), "sip:alice@192.0.2.1:5070");
         let routes: Vec<_> = bye.headers.get_all(HeaderName::Route).collect();
@@ -232,11 +245,22 @@ mod tests {
         let ok = resp("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\nFrom: <sip:alice@a.example>;tag=at\r\nTo: <sip:bob@b.example>;tag=bt\r\nCall-ID: c1\r\nCSeq: 10 INVITE\r\nContact: <sip:bob@192.0.2.2>\r\nRecord-Route: <sip:p2.example>, <sip:p1.example>\r\nl: 0\r\n\r\n");
         let d = Dialog::uac(&r, &ok).unwrap();
         assert_eq!(d.local_seq, 10);
-        let via = Via::new("UDP", crate::uri::Host::Domain("me".into()), None, "z9hG4bKy".into());
+        let via = Via::new(
+            "UDP",
+            crate::uri::Host::Domain("me".into()),
+            None,
+            "z9hG4bKy".into(),
+        );
         let bye = d.request(Method::Bye, 11, &via, None);
         // strict routing: the first route becomes the Request-URI
         assert_eq!(bye.uri.to_string(), "sip:p1.example");
         let routes: Vec<_> = bye.headers.get_all(HeaderName::Route).cloned().collect();
-        assert_eq!(routes, vec![Bytes::from("<sip:p2.example>"), Bytes::from("<sip:bob@192.0.2.2>")]);
+        assert_eq!(
+            routes,
+            vec![
+                Bytes::from("<sip:p2.example>"),
+                Bytes::from("<sip:bob@192.0.2.2>")
+            ]
+        );
     }
 }

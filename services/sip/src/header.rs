@@ -276,7 +276,10 @@ mod tests {
         assert_eq!(HeaderName::classify(b"v"), HeaderName::Via);
         assert_eq!(HeaderName::classify(b"I"), HeaderName::CallId);
         assert_eq!(HeaderName::classify(b"cAlL-iD"), HeaderName::CallId);
-        assert_eq!(HeaderName::classify(b"MaX-fOrWaRdS"), HeaderName::MaxForwards);
+        assert_eq!(
+            HeaderName::classify(b"MaX-fOrWaRdS"),
+            HeaderName::MaxForwards
+        );
         assert_eq!(HeaderName::classify(b"C%6Fntact"), HeaderName::Other);
         assert_eq!(HeaderName::classify(b"X-Custom"), HeaderName::Other);
     }

@@ -195,7 +195,8 @@ impl Request {
     /// framing is right whatever the headers said.
     pub fn encode(&self) -> Bytes {
         let uri = self.uri.to_string();
-        let mut out = BytesMut::with_capacity(encoded_len(&self.headers, &self.body) + uri.len() + 32);
+        let mut out =
+            BytesMut::with_capacity(encoded_len(&self.headers, &self.body) + uri.len() + 32);
         out.put_slice(self.method.as_str().as_bytes());
         out.put_u8(b' ');
         out.put_slice(uri.as_bytes());

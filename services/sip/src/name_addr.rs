@@ -127,16 +127,23 @@ mod tests {
 
     #[test]
     fn forms() {
-        let n = NameAddr::parse(br#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#).unwrap();
+        let n = NameAddr::parse(
+            br#""J Rosenberg \\\""       <sip:jdrosen@example.com>  ;  tag = 98asjd8"#,
+        )
+        .unwrap();
         assert_eq!(n.display.as_deref(), Some(r#""J Rosenberg \\\"""#));
         assert_eq!(n.tag(), Some("98asjd8"));
         let n = NameAddr::parse(b"sip:caller@example.net;tag=8814").unwrap();
         assert_eq!(n.tag(), Some("8814"));
         assert!(n.uri.as_sip().unwrap().params.is_empty());
-        let n = NameAddr::parse(b"Bob <sip:bob@[2001:db8::1]:5060;transport=tcp>;expires=60").unwrap();
+        let n =
+            NameAddr::parse(b"Bob <sip:bob@[2001:db8::1]:5060;transport=tcp>;expires=60").unwrap();
         assert_eq!(n.display.as_deref(), Some("Bob"));
         assert_eq!(n.param("expires"), Some(Some("60")));
-        assert_eq!(n.to_string(), "Bob <sip:bob@[2001:db8::1]:5060;transport=tcp>;expires=60");
+        assert_eq!(
+            n.to_string(),
+            "Bob <sip:bob@[2001:db8::1]:5060;transport=tcp>;expires=60"
+        );
     }
 
     #[test]

@@ -95,7 +95,9 @@ fn parse_request_line(line: &Bytes) -> Result<(Method, Uri, Bytes), ParseError> 
     // Exactly: Method SP Request-URI SP SIP-Version (RFC 3261 §25.1); extra LWS is an error.
     let mut parts = line.split(|c| *c == b' ');
     let m = parts.next().ok_or(ParseError::StartLine("no method"))?;
-    let u = parts.next().ok_or(ParseError::StartLine("no request-URI"))?;
+    let u = parts
+        .next()
+        .ok_or(ParseError::StartLine("no request-URI"))?;
     let v = parts.next().ok_or(ParseError::StartLine("no version"))?;
     if parts.next().is_some() {
         return Err(ParseError::StartLine("extra whitespace in request line"));
@@ -143,7 +145,8 @@ fn parse_status_line(line: &Bytes) -> Result<(Bytes, u16, Bytes), ParseError> {
     if !code.iter().all(u8::is_ascii_digit) {
         return Err(ParseError::StartLine("non-numeric status code"));
     }
-    let status = (code[0] - b'0') as u16 * 100 + (code[1] - b'0') as u16 * 10 + (code[2] - b'0') as u16;
+    let status =
+        (code[0] - b'0') as u16 * 100 + (code[1] - b'0') as u16 * 10 + (code[2] - b'0') as u16;
     if !(100..=699).contains(&status) {
         return Err(ParseError::StartLine("status code out of range"));
     }
@@ -162,7 +165,12 @@ fn parse_status_line(line: &Bytes) -> Result<(Bytes, u16, Bytes), ParseError> {
 /// Parses header lines between `from` and `to` (the CRLF ending the last header).
 /// With `lenient`, malformed lines are skipped instead of failing, which is how a
 /// 400 can still be addressed to the sender of a broken request.
-fn parse_headers(data: &Bytes, from: usize, to: usize, lenient: bool) -> Result<Headers, ParseError> {
+fn parse_headers(
+    data: &Bytes,
+    from: usize,
+    to: usize,
+    lenient: bool,
+) -> Result<Headers, ParseError> {
     let mut headers = Headers::with_capacity(16);
     let section = data.slice(from..to);
     let mut lines: Vec<(usize, usize)> = Vec::with_capacity(16);
@@ -305,7 +313,10 @@ Content-Length: 4\r\n\r\nv=0\r\nEXTRA";
         assert_eq!(r.headers.cseq().unwrap().seq, 314159);
         assert_eq!(r.headers.from_addr().unwrap().tag(), Some("1928301774"));
         assert_eq!(&r.headers.get_named("x-odd").unwrap()[..], b"keep  me");
-        assert_eq!(r.headers.top_via().unwrap().branch(), Some("z9hG4bK776asdhds"));
+        assert_eq!(
+            r.headers.top_via().unwrap().branch(),
+            Some("z9hG4bK776asdhds")
+        );
     }
 
     #[test]
@@ -336,11 +347,18 @@ Content-Length: 4\r\n\r\nv=0\r\nEXTRA";
     #[test]
     fn framing_errors() {
         assert_eq!(
-            parse_message(Bytes::from_static(b"INVITE sip:a@b SIP/2.0\r\nl: 10\r\n\r\nabc")),
-            Err(ParseError::BodyTruncated { declared: 10, available: 3 })
+            parse_message(Bytes::from_static(
+                b"INVITE sip:a@b SIP/2.0\r\nl: 10\r\n\r\nabc"
+            )),
+            Err(ParseError::BodyTruncated {
+                declared: 10,
+                available: 3
+            })
         );
         assert_eq!(
-            parse_message(Bytes::from_static(b"INVITE sip:a@b SIP/2.0\r\nl: -1\r\n\r\n")),
+            parse_message(Bytes::from_static(
+                b"INVITE sip:a@b SIP/2.0\r\nl: -1\r\n\r\n"
+            )),
             Err(ParseError::ContentLength)
         );
         assert_eq!(
@@ -348,13 +366,21 @@ Content-Length: 4\r\n\r\nv=0\r\nEXTRA";
             Err(ParseError::Incomplete)
         );
         assert!(parse_message(Bytes::from_static(b"INVITE  sip:a@b SIP/2.0\r\n\r\n")).is_err());
-        assert!(parse_message(Bytes::from_static(b"INVITE sip:a@b SIP/2.0\r\n bad\r\n\r\n")).is_err());
-        assert!(parse_message(Bytes::from_static(b"INVITE sip:a@b SIP/2.0\r\nNo colon\r\n\r\n")).is_err());
+        assert!(parse_message(Bytes::from_static(
+            b"INVITE sip:a@b SIP/2.0\r\n bad\r\n\r\n"
+        ))
+        .is_err());
+        assert!(parse_message(Bytes::from_static(
+            b"INVITE sip:a@b SIP/2.0\r\nNo colon\r\n\r\n"
+        ))
+        .is_err());
     }
 
     #[test]
     fn salvage_recovers_headers_of_a_bad_request() {
-        let raw = Bytes::from_static(b"INVITE <sip:a@b> SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: x\r\n\r\n");
+        let raw = Bytes::from_static(
+            b"INVITE <sip:a@b> SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID: x\r\n\r\n",
+        );
         assert!(parse_message(raw.clone()).is_err());
         let s = salvage(&raw).unwrap();
         assert!(s.is_request);

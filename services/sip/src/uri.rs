@@ -30,8 +30,7 @@ impl Host {
         if s.contains(':') {
             return s.parse().ok().map(Host::V6);
         }
-        if s
-            .bytes()
+        if s.bytes()
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_')
         {
             Some(Host::Domain(s.to_string()))
@@ -152,7 +151,9 @@ impl Uri {
         {
             return Err("bad scheme");
         }
-        if s.bytes().any(|c| c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c >= 0x7f) {
+        if s.bytes()
+            .any(|c| c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c >= 0x7f)
+        {
             return Err("invalid character");
         }
         let sip_scheme = if scheme.eq_ignore_ascii_case("sip") {
@@ -360,7 +361,8 @@ mod tests {
 
     #[test]
     fn parses_full_sip_uri() {
-        let u = Uri::parse("sips:alice:secret@[2001:db8::10]:5061;transport=tcp;lr?subject=x").unwrap();
+        let u =
+            Uri::parse("sips:alice:secret@[2001:db8::10]:5061;transport=tcp;lr?subject=x").unwrap();
         let s = u.as_sip().unwrap();
         assert_eq!(s.scheme, SipScheme::Sips);
         assert_eq!(s.user.as_deref(), Some("alice"));

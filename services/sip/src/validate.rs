@@ -87,9 +87,18 @@ const SINGLE_VALUED: &[(HeaderName, &str)] = &[
     (HeaderName::From, "Bad Request - multiple From"),
     (HeaderName::CallId, "Bad Request - multiple Call-ID"),
     (HeaderName::CSeq, "Bad Request - multiple CSeq"),
-    (HeaderName::MaxForwards, "Bad Request - multiple Max-Forwards"),
-    (HeaderName::ContentLength, "Bad Request - multiple Content-Length"),
-    (HeaderName::ContentType, "Bad Request - multiple Content-Type"),
+    (
+        HeaderName::MaxForwards,
+        "Bad Request - multiple Max-Forwards",
+    ),
+    (
+        HeaderName::ContentLength,
+        "Bad Request - multiple Content-Length",
+    ),
+    (
+        HeaderName::ContentType,
+        "Bad Request - multiple Content-Type",
+    ),
 ];
 
 /// Headers every request must carry for a response to be addressable and matched.
@@ -230,7 +239,9 @@ fn check_contacts(req: &Request) -> Result<(), Rejection> {
             return Err(Rejection::bad("Bad Request - Contact * outside REGISTER"));
         }
         if values.len() > 1 {
-            return Err(Rejection::bad("Bad Request - Contact * with other contacts"));
+            return Err(Rejection::bad(
+                "Bad Request - Contact * with other contacts",
+            ));
         }
         if h.get(HeaderName::Expires).and_then(|e| parse_u32(e)) != Some(0) {
             return Err(Rejection::bad("Bad Request - Contact * needs Expires 0"));
@@ -315,7 +326,11 @@ fn check_body(req: &Request, policy: &Policy) -> Result<(), Rejection> {
         return Ok(());
     }
     let ct = req.headers.content_type().unwrap_or_default();
-    if !policy.accepted_content_types.iter().any(|a| a.eq_ignore_ascii_case(&ct)) {
+    if !policy
+        .accepted_content_types
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(&ct))
+    {
         let mut r = Rejection::new(415, "Unsupported Media Type");
         r.extra_headers.push(Header::new(
             HeaderName::Accept,
@@ -461,14 +476,23 @@ CSeq: 1 INVITE\r\n";
     }
 
     fn status(r: &Request) -> Option<u16> {
-        validate_request(r, &Policy::default()).err().map(|e| e.status)
+        validate_request(r, &Policy::default())
+            .err()
+            .map(|e| e.status)
     }
 
     #[test]
     fn a_plain_invite_passes() {
         assert_eq!(status(&req("", "")), None);
-        assert_eq!(status(&req("Content-Type: application/sdp\r\n", "v=0\r\n")), None);
-        assert_eq!(status(&req("Max-Forwards: 0\r\n", "")), Some(400), "second line");
+        assert_eq!(
+            status(&req("Content-Type: application/sdp\r\n", "v=0\r\n")),
+            None
+        );
+        assert_eq!(
+            status(&req("Max-Forwards: 0\r\n", "")),
+            Some(400),
+            "second line"
+        );
         let mut r = req("", "");
         r.headers.set(HeaderName::MaxForwards, "0");
         assert_eq!(status(&r), None, "483 is the forwarder's answer");
@@ -498,9 +522,15 @@ CSeq: 1 INVITE\r\n";
             ..Policy::default()
         };
         assert!(validate_request(&r, &policy).is_ok());
-        let r = req("Content-Type: application/sdp\r\nContent-Encoding: gzip\r\n", "x");
+        let r = req(
+            "Content-Type: application/sdp\r\nContent-Encoding: gzip\r\n",
+            "x",
+        );
         assert_eq!(status(&r), Some(415));
-        assert_eq!(status(&req("Accept: application/*;q=0.5, text/plain\r\n", "")), None);
+        assert_eq!(
+            status(&req("Accept: application/*;q=0.5, text/plain\r\n", "")),
+            None
+        );
         assert_eq!(status(&req("Accept: text/plain\r\n", "")), Some(406));
         assert_eq!(status(&req("Accept: \r\n", "")), None);
         assert_eq!(status(&req("", "body")), Some(400));
@@ -513,7 +543,10 @@ CSeq: 1 INVITE\r\n";
         let resp = rejection_response(&r, &rej);
         assert_eq!(resp.status, 420);
         assert_eq!(&resp.reason[..], b"Bad Extension");
-        assert_eq!(&resp.headers.get(HeaderName::Unsupported).unwrap()[..], b"foo");
+        assert_eq!(
+            &resp.headers.get(HeaderName::Unsupported).unwrap()[..],
+            b"foo"
+        );
         assert_eq!(resp.headers.call_id().unwrap().as_ref(), b"abc");
     }
 
@@ -526,7 +559,12 @@ To: <sip:b@x>;tag=2\r\nFrom: <sip:a@x>;tag=1\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n
             other => panic!("not a response: {other:?}"),
         };
         assert_eq!(validate_response(&resp(ok.to_string())), Ok(()));
-        for bad in ["224.0.0.1", "0.0.0.0", "[ff02::1]", "192.0.2.1;received=255.255.255.255"] {
+        for bad in [
+            "224.0.0.1",
+            "0.0.0.0",
+            "[ff02::1]",
+            "192.0.2.1;received=255.255.255.255",
+        ] {
             let s = ok.replace("192.0.2.1;branch", &format!("{bad};branch"));
             assert!(validate_response(&resp(s)).is_err(), "{bad}");
         }

@@ -94,7 +94,10 @@ impl Via {
             transport: transport.to_string(),
             host,
             port,
-            params: vec![Param::new("branch", Some(branch)), Param::new("rport", None)],
+            params: vec![
+                Param::new("branch", Some(branch)),
+                Param::new("rport", None),
+            ],
         }
     }
 
@@ -179,7 +182,9 @@ mod tests {
         assert_eq!(v.transport, "UDP");
         assert_eq!(v.branch(), Some("390skdjuw"));
         assert!(!v.has_rfc3261_branch());
-        let v = Via::parse(b"SIP  / 2.0  / TCP     spindle.example.com   ;  branch  =   z9hG4bK9ikj8").unwrap();
+        let v =
+            Via::parse(b"SIP  / 2.0  / TCP     spindle.example.com   ;  branch  =   z9hG4bK9ikj8")
+                .unwrap();
         assert_eq!(v.host, Host::Domain("spindle.example.com".into()));
         assert!(v.has_rfc3261_branch());
     }
@@ -189,7 +194,10 @@ mod tests {
         let mut v = Via::parse(b"SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bKx;rport").unwrap();
         assert_eq!(v.port, Some(5070));
         v.stamp_received("[2001:db8::1]:40000".parse().unwrap(), false);
-        assert_eq!(v.response_target(), Some("[2001:db8::1]:40000".parse().unwrap()));
+        assert_eq!(
+            v.response_target(),
+            Some("[2001:db8::1]:40000".parse().unwrap())
+        );
         assert_eq!(
             v.to_string(),
             "SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bKx;rport=40000;received=2001:db8::1"

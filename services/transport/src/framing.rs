@@ -64,7 +64,10 @@ impl StreamFramer {
         }
         self.total = None;
         self.scanned = 0;
-        Ok(Some(Frame::Message(buf.split_to(total).freeze())))
+        // Copied at exact size so a long-lived call never pins the connection's read buffer.
+        let msg = Bytes::copy_from_slice(&buf[..total]);
+        buf.advance(total);
+        Ok(Some(Frame::Message(msg)))
     }
 
     /// Skips CRLFs between messages and looks for the end of the headers; sets `total` when

@@ -78,7 +78,10 @@ pub(crate) async fn receive_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, lo
             tracing::trace!(%peer, "UDP keep-alive");
             continue;
         }
-        let data = buf.split_to(n).freeze();
+        // Copied out at its exact size: a slice of the shared receive block would pin the
+        // whole block for as long as any call keeps a header of this message.
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        buf.clear();
         shared.inbound.on_message(Received {
             transport: Transport::Udp,
             local,

@@ -5,49 +5,121 @@
 //! phases. Start-up is split in two so that metrics are registered before the registry is
 //! frozen behind an `Arc` for the scrape endpoint, and so that bind errors surface before the
 //! node logs "started":
-//! 1. [`App::build`]: register metrics, bind sockets, build actors. Fail here, not later.
+//! 1. [`App::build`]: register metrics, bind sockets, build the dispatcher. Fail here, not later.
 //! 2. [`App::run`]: serve until shutdown; return once drained.
-//!
-//! ======================================================================================
-//! LEAD: wire transports and the call dispatcher here (build: bind, run: serve + drain).
-//! Transport settings: `config.sip.transport_config()`; header host: `config.sip.advertise_ip()`.
-//! ======================================================================================
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
 use prometheus_client::registry::Registry;
+use trunkline_b2bua::CallConfig;
 use trunkline_call::metrics::CallMetrics;
+use trunkline_call::{Dispatcher, DispatcherConfig, Router, Trunk};
+use trunkline_sip::transaction::Timers;
+use trunkline_transport::Transports;
 
-use crate::config::Config;
+use crate::config::{Config, TrunkTransport};
 use crate::shutdown::Shutdown;
 
 /// Everything the node runs, built and bound but not yet serving.
-#[derive(Debug)]
 pub struct App {
-    #[allow(dead_code)] // read by the lead's wiring (routing, timers, trunks)
-    config: Config,
-    #[allow(dead_code)] // handed to the dispatcher and call actors by the lead's wiring
-    call_metrics: CallMetrics,
+    dispatcher: Dispatcher,
+    transports: Transports,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("transports", &self.transports)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The static routing table from `[[trunks]]` and `[routing]`.
+fn router(config: &Config) -> anyhow::Result<Router> {
+    let mut trunks = Vec::with_capacity(config.trunks.len());
+    for t in &config.trunks {
+        let addr = t
+            .socket_addr()
+            .ok_or_else(|| anyhow!("trunks.{}: address {:?} is not ip:port", t.name, t.address))?;
+        trunks.push(Trunk {
+            name: t.name.clone(),
+            addr,
+            transport: match t.transport {
+                TrunkTransport::Udp => trunkline_sip::Transport::Udp,
+                TrunkTransport::Tcp => trunkline_sip::Transport::Tcp,
+            },
+        });
+    }
+    Router::new(trunks, config.routing.default_trunk.as_deref()).context("routing")
 }
 
 impl App {
-    /// Registers the node's metrics on `registry` and prepares every component.
-    ///
-    /// Anything that can fail because of the environment (ports in use, unreachable trunks
-    /// that must resolve) should fail here, so that a node that logged "started" is serving.
+    /// Registers the node's metrics on `registry`, binds the SIP sockets and builds the
+    /// dispatcher, so a node that logged "started" is serving.
     pub async fn build(config: Config, registry: &mut Registry) -> anyhow::Result<Self> {
         let call_metrics = CallMetrics::register(registry);
-        // LEAD: bind transports from `config.sip` and build the dispatcher here.
-        Ok(Self {
-            config,
+        let timers = &config.sip.timers;
+        let call = CallConfig {
+            node_id: config.node.id.clone(),
+            timers: Timers {
+                t1: timers.t1(),
+                t2: timers.t2(),
+                t4: timers.t4(),
+            },
+            max_forwards: u32::from(config.sip.max_forwards),
+            no_answer: timers.no_answer(),
+            allow: trunkline_call::stateless::ALLOW,
+        };
+        let advertise = config
+            .sip
+            .advertise_ip()
+            .ok_or_else(|| anyhow!("sip: no listen address to advertise"))?;
+        let dispatcher = Dispatcher::new(
+            DispatcherConfig {
+                call: Arc::new(call),
+                advertise,
+                max_calls: config.sip.max_calls,
+                force_rport: config.sip.force_rport,
+            },
+            router(&config)?,
             call_metrics,
+        );
+        let transports = Transports::start(
+            config.sip.transport_config(),
+            Arc::new(dispatcher.clone()),
+            registry,
+        )
+        .await
+        .context("cannot bind the SIP listeners (sip.udp / sip.tcp)")?;
+        dispatcher.attach(transports.clone());
+        Ok(Self {
+            dispatcher,
+            transports,
         })
     }
 
-    /// Serves until shutdown. On drain: stop accepting new calls and return once the last
-    /// call has ended. On terminate: return promptly (the caller gives a short grace period
-    /// and then abandons the task).
+    /// Serves until shutdown. On drain: new INVITEs get 503, and the node returns once the
+    /// last call is gone (or at terminate).
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        // LEAD: start transports and the call dispatcher here. Until then the node only waits.
         shutdown.drain_requested().await;
+        self.dispatcher.begin_drain();
+        let calls = self.dispatcher.active_calls();
+        tracing::info!(calls, "draining: no new calls accepted");
+        loop {
+            if self.dispatcher.active_calls() == 0 {
+                break;
+            }
+            tokio::select! {
+                () = shutdown.terminate_requested() => {
+                    tracing::warn!(calls = self.dispatcher.active_calls(), "terminating with calls still up");
+                    break;
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        self.transports.shutdown().await;
         Ok(())
     }
 }

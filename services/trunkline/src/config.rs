@@ -90,6 +90,11 @@ pub struct SipConfig {
     pub tcp_max_connections: usize,
     /// Max-Forwards we set on requests we originate.
     pub max_forwards: u8,
+    /// Calls the node carries at once; new INVITEs beyond get 503 with Retry-After.
+    pub max_calls: usize,
+    /// Answer UDP requests at their source port even without `rport` (RFC 3581 for
+    /// everyone), so callers behind NAT hear us.
+    pub force_rport: bool,
     /// RFC 3261 timers.
     pub timers: TimersConfig,
 }
@@ -106,6 +111,8 @@ impl Default for SipConfig {
             tcp_partial_timeout_secs: 10,
             tcp_max_connections: 4096,
             max_forwards: 70,
+            max_calls: 50_000,
+            force_rport: true,
             timers: TimersConfig::default(),
         }
     }

@@ -830,6 +830,12 @@ impl Sipp {
         Ok(self)
     }
 
+    /// The local address (after [`Sipp::resolve_port`]).
+    pub fn addr(&self) -> Result<SocketAddr> {
+        self.local_addr()
+            .ok_or_else(|| anyhow!("sipp {}: port not resolved yet", self.name))
+    }
+
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.local_port
             .map(|p| SocketAddr::new(IpAddr::V4(self.local_ip), p))
@@ -1091,6 +1097,48 @@ impl TracedMessage {
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.text, name, None)
     }
+}
+
+/// Status codes of the final (>= 200) responses to INVITE that the trace shows as received.
+pub fn final_invite_statuses(log: &Path) -> Result<Vec<u16>> {
+    Ok(parse_trace(log)?
+        .iter()
+        .filter(|m| !m.sent)
+        .filter(|m| m.header("CSeq").is_some_and(|c| c.ends_with("INVITE")))
+        .filter_map(TracedMessage::status)
+        .filter(|c| *c >= 200)
+        .collect())
+}
+
+/// Starts a callee (SIPp uas running `uas_scenario` on 127.0.0.3) and a node whose trunk
+/// points at it; returns (node, uas).
+pub fn node_with_callee(
+    out: &Path,
+    uas: Sipp,
+    trunk_transport: Transport,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> Result<(Node, SippRun)> {
+    let uas = uas.resolve_port()?;
+    let mut cfg = NodeConfig::new(uas.addr()?, trunk_transport)?;
+    tweak(&mut cfg);
+    let server = uas.spawn(out)?;
+    let node = Node::start(&cfg, out)?;
+    Ok((node, server))
+}
+
+/// Fails unless `trunkline_calls_active` is (or within 10 s returns to) 0 and
+/// `trunkline_calls_total{status}` equals `total`.
+pub fn assert_calls(node: &Node, status: &str, total: f64) -> Result<Metrics> {
+    let m = node.wait_metrics(Duration::from_secs(10), |m| {
+        m.get("trunkline_calls_active", &[]) == Some(0.0)
+            && m.get("trunkline_calls_total", &[("status", status)]) == Some(total)
+    })?;
+    let active = m.value("trunkline_calls_active", &[])?;
+    let done = m.value("trunkline_calls_total", &[("status", status)])?;
+    if active != 0.0 || done != total {
+        bail!("metrics: calls_active {active} (want 0), calls_total{{status=\"{status}\"}} {done} (want {total})");
+    }
+    Ok(m)
 }
 
 /// Parses a SIPp `-trace_msg` log into messages.

@@ -1,4 +1,4 @@
-// tests/run.sh runs this as: cd services/sip/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_message "$SHARED/conformance/rfc4475" -- -max_total_time=60
+// tests/run.sh: cd services/sip/fuzz && mkdir -p corpus/parse_message && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_message corpus/parse_message "$SHARED/conformance/rfc4475" -- -max_total_time=60 (libFuzzer writes new inputs to the first dir, so shared/ is only read).
 //! Whatever bytes arrive, the parser, validation, salvage and the encoder must not
 //! panic, and anything the parser accepts must encode to bytes that parse back to
 //! the same message (method or status, Call-ID, body).

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 /// key, the method and the encoded last response: no parsed copies.
 #[derive(Debug)]
 pub struct ServerTransaction {
+    /// Also gives the method: a server transaction is never created for an ACK,
+    /// so the key's method is the request's.
     key: TxKey,
-    method: Method,
     invite: bool,
     reliable: bool,
     timers: Timers,
@@ -48,7 +49,6 @@ impl ServerTransaction {
         let invite = request.method == Method::Invite;
         ServerTransaction {
             key,
-            method: request.method.clone(),
             invite,
             reliable,
             timers,
@@ -76,12 +76,13 @@ impl ServerTransaction {
 
     /// The method of the request that created the transaction.
     pub fn method(&self) -> &Method {
-        &self.method
+        self.key.method()
     }
 
     /// A retransmission of the request (or, for INVITE, an ACK) matched this
     /// transaction. Returns true only when the TU must see it: an ACK arriving in
-    /// Accepted (the ACK for our 2xx; every such ACK is passed up, RFC 6026).
+    /// Accepted (the first ACK for our 2xx; the UAC's re-ACKs of retransmitted
+    /// 2xx are absorbed so the B2BUA relays the ACK once).
     /// Retransmitted requests make it re-send the last response (queued,
     /// retransmission=true) — except in Accepted, where the 2xx retransmission
     /// timer already covers it and RFC 6026 absorbs them; an ACK in Completed
@@ -103,13 +104,15 @@ impl ServerTransaction {
                 }
                 ServerState::Completed => self.resend_last(),
                 ServerState::Accepted if is_ack => {
+                    let first = !self.acked;
                     self.acked = true;
                     self.retransmit_at = None;
-                    return true;
+                    return first;
                 }
                 _ => {}
             }
-        } else if !is_ack && matches!(self.state, ServerState::Proceeding | ServerState::Completed) {
+        } else if !is_ack && matches!(self.state, ServerState::Proceeding | ServerState::Completed)
+        {
             self.resend_last();
         }
         false

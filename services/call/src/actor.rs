@@ -1,0 +1,264 @@
+//! One ractor actor per call, driving a `trunkline_b2bua::Call`.
+//!
+//! The actor turns each message or timer tick into a `handle_*` call and then pumps
+//! the call's outputs: routing requests are answered from the router, messages go
+//! straight to the transports, events update metrics and the dispatcher's map, and
+//! the next wake-up is scheduled. No other task ever touches the call's state.
+
+use crate::dispatcher::Shared;
+use crate::metrics::Direction;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinHandle;
+use trunkline_b2bua::{Call, EndCause, Event, Leg, Local, RouteDecision};
+use trunkline_sip::{Message, Peer, Request};
+
+/// What a call actor receives.
+#[derive(Debug)]
+pub enum CallMsg {
+    /// A parsed SIP message for this call.
+    Sip {
+        leg: Leg,
+        msg: Message,
+        source: Peer,
+    },
+    /// A timer set by the actor itself; stale generations are ignored.
+    Tick { generation: u64 },
+    /// Sending toward a leg failed at the transport.
+    SendFailed { leg: Leg },
+}
+
+/// Start-up arguments: the INVITE that creates the call.
+pub struct CallArgs {
+    pub shared: Arc<Shared>,
+    pub invite: Request,
+    pub source: Peer,
+    pub local: Local,
+    pub seed: u64,
+    /// The map key of the A-leg Call-ID, to unregister on exit.
+    pub a_key: bytes::Bytes,
+}
+
+/// The actor's state: the call and what the actor needs to drive it.
+pub struct CallActorState {
+    call: Call,
+    shared: Arc<Shared>,
+    span: tracing::Span,
+    a_key: bytes::Bytes,
+    b_key: Option<bytes::Bytes>,
+    timer: Option<(Instant, JoinHandle<()>)>,
+    generation: u64,
+    counted_end: bool,
+}
+
+/// The call actor (stateless handler; all state is in [`CallActorState`]).
+pub struct CallActor;
+
+/// The one clock (ARCHITECTURE.md rule 7): tokio's, so paused-time tests drive RFC timers.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Actor for CallActor {
+    type Msg = CallMsg;
+    type State = CallActorState;
+    type Arguments = CallArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CallMsg>,
+        args: CallArgs,
+    ) -> Result<CallActorState, ActorProcessingErr> {
+        let span = tracing::debug_span!(
+            "call",
+            a_call_id = %String::from_utf8_lossy(&args.a_key),
+            b_call_id = tracing::field::Empty
+        );
+        let call = {
+            let _e = span.enter();
+            tracing::debug!(peer = %args.source, uri = %args.invite.uri, "new call");
+            Call::new(
+                now(),
+                args.shared.call_config.clone(),
+                args.seed,
+                args.invite,
+                args.source,
+                args.local,
+            )
+        };
+        args.shared.metrics.call_started();
+        let mut state = CallActorState {
+            call,
+            shared: args.shared,
+            span,
+            a_key: args.a_key,
+            b_key: None,
+            timer: None,
+            generation: 0,
+            counted_end: false,
+        };
+        pump(&myself, &mut state);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<CallMsg>,
+        msg: CallMsg,
+        state: &mut CallActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let t = now();
+        match msg {
+            CallMsg::Sip { leg, msg, source } => state.call.handle_message(t, leg, msg, source),
+            CallMsg::Tick { generation } => {
+                if generation != state.generation {
+                    return Ok(());
+                }
+                state.timer = None;
+                state.call.handle_timeout(t);
+            }
+            CallMsg::SendFailed { leg } => state.call.handle_transport_error(t, leg),
+        }
+        pump(&myself, state);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<CallMsg>,
+        state: &mut CallActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((_, h)) = state.timer.take() {
+            h.abort();
+        }
+        state.shared.unregister(&state.a_key);
+        if let Some(b) = &state.b_key {
+            state.shared.unregister(b);
+        }
+        if !state.counted_end {
+            // Stopped before it ended (node shutdown): still balance the gauge.
+            state.shared.metrics.call_ended(500);
+        }
+        Ok(())
+    }
+}
+
+/// Drains everything the call wants done, until it wants nothing more.
+fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
+    let _e = state.span.clone().entered();
+    loop {
+        let mut progressed = false;
+        while let Some(ev) = state.call.poll_event() {
+            progressed = true;
+            on_event(state, ev);
+        }
+        if state.b_key.is_none() {
+            if let Some(b) = state.call.b_call_id() {
+                let key = bytes::Bytes::copy_from_slice(b.as_bytes());
+                state.span.record("b_call_id", b);
+                state.shared.register(key.clone(), myself.clone(), Leg::B);
+                state.b_key = Some(key);
+            }
+        }
+        while let Some(t) = state.call.poll_transmit() {
+            progressed = true;
+            let m = &state.shared.metrics;
+            if t.retransmission {
+                m.retransmission(Direction::Out);
+            } else {
+                match t.status {
+                    Some(s) => m.response(Direction::Out, t.method.metric_label(), s),
+                    None => m.request(Direction::Out, t.method.metric_label()),
+                }
+            }
+            state.shared.send(t.peer, t.data);
+        }
+        if !progressed {
+            break;
+        }
+    }
+    if state.call.is_finished() {
+        myself.stop(None);
+        return;
+    }
+    schedule(myself, state);
+}
+
+fn on_event(state: &mut CallActorState, ev: Event) {
+    match ev {
+        Event::RouteRequired {
+            request_uri,
+            caller,
+        } => {
+            let decision = match state.shared.router.route(&request_uri) {
+                Some(trunk) => match state.shared.local_for(trunk.transport) {
+                    Some(local) => RouteDecision::Trunk {
+                        peer: trunk.peer(),
+                        local,
+                        request_uri: trunk.request_uri(request_uri.user()),
+                    },
+                    None => RouteDecision::Reject {
+                        status: 503,
+                        cause: EndCause::TransportError,
+                    },
+                },
+                None => RouteDecision::Reject {
+                    status: 404,
+                    cause: EndCause::NoRoute,
+                },
+            };
+            tracing::debug!(caller = caller.as_deref().unwrap_or(""), uri = %request_uri, ?decision, "routed");
+            state.call.handle_route(now(), decision);
+        }
+        Event::Answered => tracing::debug!("answered"),
+        Event::Ended { status, cause } => {
+            tracing::debug!(status, ?cause, "call ended");
+            if !state.counted_end {
+                state.counted_end = true;
+                state.shared.metrics.call_ended(status);
+            }
+        }
+        Event::TransactionTimeout { leg, timer } => {
+            tracing::debug!(?leg, %timer, "transaction timeout");
+            let mut buf = [0u8; 4];
+            state
+                .shared
+                .metrics
+                .transaction_timeout(timer.encode_utf8(&mut buf));
+        }
+        Event::RetransmissionReceived { .. } => {
+            state.shared.metrics.retransmission(Direction::In);
+        }
+        Event::Settled => {}
+    }
+}
+
+/// Keeps exactly one pending wake-up, at the call's next deadline.
+fn schedule(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
+    let next = state.call.poll_timeout();
+    if let (Some(next), Some((at, _))) = (next, state.timer.as_ref()) {
+        if *at == next {
+            return;
+        }
+    }
+    if let Some((_, h)) = state.timer.take() {
+        h.abort();
+    }
+    let Some(next) = next else { return };
+    state.generation += 1;
+    let generation = state.generation;
+    let delay = next.saturating_duration_since(now());
+    let me = myself.clone();
+    let handle = tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let _ = me.send_message(CallMsg::Tick { generation });
+    });
+    state.timer = Some((next, handle));
+}
+
+/// Spawns a call actor without waiting for it to start: messages sent meanwhile queue.
+pub fn spawn(args: CallArgs) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
+    let (actor, _join) = ractor::ActorRuntime::spawn_instant(None, CallActor, args)?;
+    Ok(actor)
+}
