@@ -18,7 +18,7 @@ LIB="$HERE/benchlib.py"
 SCEN="$HERE/scenarios"
 
 usage() {
-	sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
 	cat <<'EOF'
 Options:
   --quick            smoke run: 3 s steps, one bisection, 1000 held calls (~3 min)

@@ -36,6 +36,8 @@ pub enum CallState {
 }
 
 /// The routing decision for a call's INVITE.
+// Made once per call and moved straight in: boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum RouteDecision {
     /// Send the B-leg INVITE to `peer` with `request_uri`, using our address `local`.
@@ -450,6 +452,17 @@ impl Call {
         };
         let leg = e.leg;
         let method = e.tx.method().clone();
+        // RFC 3261 §12.1.1: a response that creates the dialog carries the request's
+        // Record-Route, so the caller's route set matches ours (its own topology).
+        let record_route: Vec<Bytes> = if e.role == ServerRole::Invite {
+            e.request
+                .headers
+                .get_all(HeaderName::RecordRoute)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
         let tag = self.leg(leg).map(|l| l.tag.clone());
         if resp.status > 100 {
             if let Some(tag) = &tag {
@@ -459,6 +472,11 @@ impl Call {
         let forms_dialog = matches!(method, Method::Invite | Method::Update)
             && resp.status > 100
             && resp.status < 300;
+        if forms_dialog && resp.headers.get(HeaderName::RecordRoute).is_none() {
+            for rr in record_route {
+                resp.headers.add(HeaderName::RecordRoute, rr);
+            }
+        }
         if forms_dialog && resp.headers.get(HeaderName::Contact).is_none() {
             if let Some(l) = self.leg(leg) {
                 resp.headers

@@ -15,7 +15,7 @@ fn call_answered_and_hung_up_by_caller() {
     assert_eq!(to_tag(&ok).as_deref().and_then(owner_of), Some("n1"));
 
     let bye = w.a.request("BYE", &[], None);
-    w.from_a(bye);
+    w.a_sends(bye);
     let ok_a = w.recv_a();
     assert!(
         is_response(&ok_a, 200, Method::Bye),
@@ -28,7 +28,7 @@ fn call_answered_and_hung_up_by_caller() {
     assert_eq!(to_tag(&bye_b), Some(w.b.tag.clone()));
     assert_eq!(cseq(&bye_b).0, 2, "B-leg BYE follows the INVITE's CSeq 1");
     let resp = w.b.respond(&bye_b, 200, None);
-    w.from_b(resp);
+    w.b_sends(resp);
     w.assert_quiet();
 
     assert_eq!(w.ended(), vec![(200, EndCause::CallerHangup)]);
@@ -42,7 +42,7 @@ fn call_answered_and_hung_up_by_caller() {
 fn call_answered_and_hung_up_by_callee() {
     let mut w = World::established(Setup::default());
     let bye = w.b.request("BYE", &[], None);
-    w.from_b(bye);
+    w.b_sends(bye);
     let ok_b = w.recv_b();
     assert!(
         is_response(&ok_b, 200, Method::Bye),
@@ -56,7 +56,7 @@ fn call_answered_and_hung_up_by_callee() {
     assert_eq!(to_tag(&bye_a), Some(w.a.tag.clone()));
     assert_eq!(request_uri(&bye_a), format!("sip:alice@{A_ADDR}"));
     let resp = w.a.respond(&bye_a, 200, None);
-    w.from_a(resp);
+    w.a_sends(resp);
     w.assert_quiet();
     assert_eq!(w.ended(), vec![(200, EndCause::CalleeHangup)]);
     assert_eq!(w.call.state(), CallState::Ended);
@@ -100,7 +100,7 @@ fn ringing_and_early_media_reach_the_caller_intact() {
     let mut w = World::new(Setup::default());
     let inv = w.route_to_b();
     let ringing = w.b.respond(&inv, 180, None);
-    w.from_b(ringing);
+    w.b_sends(ringing);
     let r180 = w.recv_a();
     assert_eq!(status(&r180), Some(180));
     let our_tag = to_tag(&r180).expect("180 carries our To-tag");
@@ -114,7 +114,7 @@ fn ringing_and_early_media_reach_the_caller_intact() {
 
     let early = sdp(50000, "sendrecv");
     let progress = w.b.respond(&inv, 183, Some(&early));
-    w.from_b(progress);
+    w.b_sends(progress);
     let r183 = w.recv_a();
     assert_eq!(status(&r183), Some(183));
     assert_eq!(body(&r183), early);
@@ -123,7 +123,7 @@ fn ringing_and_early_media_reach_the_caller_intact() {
     assert_eq!(w.call.state(), CallState::Early);
 
     let ok = w.b.respond(&inv, 200, Some(&early));
-    w.from_b(ok);
+    w.b_sends(ok);
     let ok_a = w.recv_a();
     assert_eq!(status(&ok_a), Some(200));
     assert_eq!(
@@ -139,7 +139,7 @@ fn busy_callee_gives_caller_486_and_both_acks_are_handled() {
     let mut w = World::new(Setup::default());
     let inv = w.route_to_b();
     let busy = w.b.respond(&inv, 486, None);
-    w.from_b(busy.clone());
+    w.b_sends(busy.clone());
     let ack_b = w.recv_b();
     assert!(is_request(&ack_b, Method::Ack));
     assert_eq!(branch(&ack_b), branch(&inv), "non-2xx ACK is hop-by-hop");
@@ -155,9 +155,9 @@ fn busy_callee_gives_caller_486_and_both_acks_are_handled() {
 
     // A's ACK is absorbed; the 486 is not retransmitted after it.
     let ack = w.a.ack_non2xx(&w.invite, &r);
-    w.from_a(ack);
+    w.a_sends(ack);
     // B retransmits its 486: the transaction re-sends the ACK, nothing reaches A.
-    w.from_b(busy);
+    w.b_sends(busy);
     let again = w.recv_b();
     assert!(is_request(&again, Method::Ack));
     w.run_out();
@@ -174,14 +174,14 @@ fn unacked_486_is_retransmitted_to_the_caller() {
     let mut w = World::new(Setup::default());
     let inv = w.route_to_b();
     let busy = w.b.respond(&inv, 486, None);
-    w.from_b(busy);
+    w.b_sends(busy);
     w.recv_b();
     assert_eq!(status(&w.recv_a()), Some(486));
     w.advance(T1);
     let re = w.recv_a();
     assert_eq!(status(&re), Some(486), "Timer G re-sends the 486");
     let ack = w.a.ack_non2xx(&w.invite, &re);
-    w.from_a(ack);
+    w.a_sends(ack);
     w.run_out();
     w.assert_quiet();
 }
@@ -233,7 +233,7 @@ fn no_route_gives_404() {
     assert_eq!(w.ended(), vec![(404, EndCause::NoRoute)]);
     assert!(w.log_b.is_empty());
     let ack = w.a.ack_non2xx(&w.invite, &r);
-    w.from_a(ack);
+    w.a_sends(ack);
     w.run_out();
     assert!(w.call.is_finished());
 }
@@ -270,13 +270,13 @@ fn max_forwards_zero_gives_483_and_nothing_reaches_b() {
 fn invite_retransmission_from_caller_is_absorbed() {
     let mut w = World::new(Setup::default());
     let inv = w.route_to_b();
-    w.from_a(w.invite.clone());
+    w.a_sends(w.invite.clone());
     let r = w.recv_a();
     assert_eq!(status(&r), Some(100), "the 100 is re-sent");
     let ringing = w.b.respond(&inv, 180, None);
-    w.from_b(ringing);
+    w.b_sends(ringing);
     assert_eq!(status(&w.recv_a()), Some(180));
-    w.from_a(w.invite.clone());
+    w.a_sends(w.invite.clone());
     assert_eq!(
         status(&w.recv_a()),
         Some(180),
@@ -295,7 +295,7 @@ fn callee_2xx_retransmission_is_acked_again() {
     let mut w = World::new(Setup::default());
     let inv = w.route_to_b();
     let ok = w.b.respond(&inv, 200, Some(&sdp(50000, "sendrecv")));
-    w.from_b(ok.clone());
+    w.b_sends(ok.clone());
     let ack1 = w.recv_b();
     assert!(is_request(&ack1, Method::Ack));
     assert_ne!(
@@ -305,7 +305,7 @@ fn callee_2xx_retransmission_is_acked_again() {
     );
     assert_eq!(cseq(&ack1), (1, Method::Ack));
     assert_eq!(status(&w.recv_a()), Some(200));
-    w.from_b(ok);
+    w.b_sends(ok);
     let ack2 = w.recv_b();
     assert!(is_request(&ack2, Method::Ack), "B got {}", summary(&ack2));
     assert_eq!(ack2.encode(), ack1.encode(), "the same ACK again");
@@ -321,7 +321,7 @@ fn caller_200_is_retransmitted_until_acked() {
     w.advance(T1 * 2);
     assert_eq!(status(&w.recv_a()), Some(200));
     let ack = w.a.ack(&ok, None);
-    w.from_a(ack);
+    w.a_sends(ack);
     let sent_before = w.log_a.len();
     w.advance(T1 * 64);
     assert_eq!(w.log_a.len(), sent_before, "no 200 after the ACK");
@@ -374,15 +374,78 @@ fn caller_that_never_acks_is_hung_up_after_64_t1() {
 fn bye_retransmitted_by_caller_gets_the_same_200() {
     let mut w = World::established(Setup::default());
     let bye = w.a.request("BYE", &[], None);
-    w.from_a(bye.clone());
+    w.a_sends(bye.clone());
     let r1 = w.recv_a();
     let bye_b = w.recv_b();
-    w.from_a(bye);
+    w.a_sends(bye);
     let r2 = w.recv_a();
     assert_eq!(r1.encode(), r2.encode());
     assert!(w.drain(Leg::B).is_empty(), "one BYE toward B");
     let resp = w.b.respond(&bye_b, 200, None);
-    w.from_b(resp);
+    w.b_sends(resp);
     w.assert_quiet();
     assert_eq!(w.ended(), vec![(200, EndCause::CallerHangup)]);
+}
+
+#[test]
+fn redirect_from_the_trunk_becomes_480_without_its_contact() {
+    let mut w = World::new(Setup::default());
+    let inv = w.route_to_b();
+    let moved = w.b.respond_with(
+        &inv,
+        302,
+        &[("Contact", "<sip:elsewhere@203.0.113.99>")],
+        None,
+    );
+    w.b_sends(moved);
+    assert!(is_request(&w.recv_b(), Method::Ack));
+    let r = w.recv_a();
+    assert!(
+        is_response(&r, 480, Method::Invite),
+        "A got {}",
+        summary(&r)
+    );
+    assert!(!String::from_utf8_lossy(&r.encode()).contains("203.0.113"));
+}
+
+#[test]
+fn transport_failure_toward_b_gives_503() {
+    let mut w = World::new(Setup::default());
+    w.route_to_b();
+    w.call.handle_transport_error(w.now, Leg::B);
+    w.pump();
+    let r = w.recv_a();
+    assert!(
+        is_response(&r, 503, Method::Invite),
+        "A got {}",
+        summary(&r)
+    );
+    assert_eq!(w.ended(), vec![(503, EndCause::TransportError)]);
+}
+
+#[test]
+fn in_dialog_request_with_max_forwards_zero_gets_483() {
+    let mut w = World::established(Setup::default());
+    let mut req = w.a.request("INFO", &[], None);
+    req.headers_mut().set(HeaderName::MaxForwards, "0");
+    w.a_sends(req);
+    let r = w.recv_a();
+    assert!(is_response(&r, 483, Method::Info), "A got {}", summary(&r));
+    assert!(w.drain(Leg::B).is_empty());
+}
+
+#[test]
+fn bye_from_the_caller_while_ringing_cancels_the_attempt() {
+    let mut w = World::new(Setup::default());
+    let inv = w.route_to_b();
+    let ringing = w.b.respond(&inv, 180, None);
+    w.b_sends(ringing);
+    let r180 = w.recv_a();
+    w.a.learn_answer(&r180);
+    let bye = w.a.request("BYE", &[], None);
+    w.a_sends(bye);
+    let got: Vec<_> = w.drain(Leg::A);
+    assert!(got.iter().any(|m| is_response(m, 200, Method::Bye)));
+    assert!(got.iter().any(|m| is_response(m, 487, Method::Invite)));
+    assert!(is_request(&w.recv_b(), Method::Cancel));
 }

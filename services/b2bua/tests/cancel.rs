@@ -10,7 +10,7 @@ use trunkline_sip::Method;
 /// relative to each other, but both), and ACKs the 487.
 fn cancel_from_a(w: &mut World) {
     let cancel = w.a.cancel(&w.invite);
-    w.from_a(cancel);
+    w.a_sends(cancel);
     let got = w.drain(Leg::A);
     let ok = got.iter().find(|m| is_response(m, 200, Method::Cancel));
     assert!(
@@ -24,7 +24,7 @@ fn cancel_from_a(w: &mut World) {
         .unwrap_or_else(|| panic!("A got {:?}", got.iter().map(summary).collect::<Vec<_>>()));
     assert!(to_tag(r487).is_some());
     let ack = w.a.ack_non2xx(&w.invite, r487);
-    w.from_a(ack);
+    w.a_sends(ack);
 }
 
 #[test]
@@ -40,7 +40,7 @@ fn cancel_before_any_provisional_waits_for_the_first_1xx() {
     );
 
     let ringing = w.b.respond(&inv, 180, None);
-    w.from_b(ringing);
+    w.b_sends(ringing);
     let cancel = w.recv_b();
     assert!(
         is_request(&cancel, Method::Cancel),
@@ -57,9 +57,9 @@ fn cancel_before_any_provisional_waits_for_the_first_1xx() {
     );
 
     let ok = w.b.respond(&cancel, 200, None);
-    w.from_b(ok);
+    w.b_sends(ok);
     let r487 = w.b.respond(&inv, 487, None);
-    w.from_b(r487);
+    w.b_sends(r487);
     let ack = w.recv_b();
     assert!(is_request(&ack, Method::Ack));
     assert_eq!(branch(&ack), branch(&inv));
@@ -75,7 +75,7 @@ fn cancel_after_ringing_cancels_b_and_answers_a_487() {
     let mut w = World::new(Setup::default());
     let inv = w.route_to_b();
     let ringing = w.b.respond(&inv, 180, None);
-    w.from_b(ringing);
+    w.b_sends(ringing);
     assert_eq!(status(&w.recv_a()), Some(180));
     cancel_from_a(&mut w);
     let cancel = w.recv_b();
@@ -86,9 +86,9 @@ fn cancel_after_ringing_cancels_b_and_answers_a_487() {
     );
     assert_eq!(branch(&cancel), branch(&inv));
     let ok = w.b.respond(&cancel, 200, None);
-    w.from_b(ok);
+    w.b_sends(ok);
     let r487 = w.b.respond(&inv, 487, None);
-    w.from_b(r487);
+    w.b_sends(r487);
     assert!(is_request(&w.recv_b(), Method::Ack));
     w.assert_quiet();
     assert_eq!(w.ended(), vec![(487, EndCause::CallerCancel)]);
@@ -110,7 +110,7 @@ fn cancel_racing_a_200_acks_and_hangs_up_b_and_a_gets_only_487() {
     let mut w = World::new(Setup::default());
     let inv = w.route_to_b();
     let ringing = w.b.respond(&inv, 180, None);
-    w.from_b(ringing);
+    w.b_sends(ringing);
     assert_eq!(status(&w.recv_a()), Some(180));
     cancel_from_a(&mut w);
     let cancel = w.recv_b();
@@ -118,17 +118,17 @@ fn cancel_racing_a_200_acks_and_hangs_up_b_and_a_gets_only_487() {
 
     // B had already answered: its 200 crosses our CANCEL.
     let ok = w.b.respond(&inv, 200, Some(&sdp(50000, "sendrecv")));
-    w.from_b(ok.clone());
+    w.b_sends(ok.clone());
     let cancel_ok = w.b.respond(&cancel, 200, None);
-    w.from_b(cancel_ok);
+    w.b_sends(cancel_ok);
     let got = w.drain(Leg::B);
     let names: Vec<_> = got.iter().map(summary).collect();
     assert_eq!(names, vec!["ACK 1", "BYE 2"], "B got {names:?}");
     assert_eq!(to_tag(&got[1]), Some(w.b.tag.clone()));
     let bye_ok = w.b.respond(&got[1], 200, None);
-    w.from_b(bye_ok);
+    w.b_sends(bye_ok);
     // B retransmits its 200: ACKed again, still nothing for A.
-    w.from_b(ok);
+    w.b_sends(ok);
     assert!(is_request(&w.recv_b(), Method::Ack));
     w.assert_quiet();
     assert!(
@@ -166,7 +166,7 @@ fn cancel_for_an_unknown_transaction_gets_481() {
         format!("SIP/2.0/UDP {A_ADDR};branch=z9hG4bKnope"),
     );
     let cancel = w.a.cancel(&other);
-    w.from_a(cancel);
+    w.a_sends(cancel);
     let r = w.recv_a();
     assert!(
         is_response(&r, 481, Method::Cancel),
@@ -175,4 +175,65 @@ fn cancel_for_an_unknown_transaction_gets_481() {
     );
     assert!(w.drain(Leg::B).is_empty());
     assert_eq!(w.call.state(), CallState::Calling);
+}
+
+#[test]
+fn cancel_before_any_provisional_then_a_200_hangs_up_b() {
+    let mut w = World::new(Setup::default());
+    let inv = w.route_to_b();
+    cancel_from_a(&mut w);
+    // B never rang: its first answer is a 200.
+    let ok = w.b.respond(&inv, 200, Some(&sdp(50000, "sendrecv")));
+    w.b_sends(ok);
+    let names: Vec<_> = w.drain(Leg::B).iter().map(summary).collect();
+    assert_eq!(names, vec!["ACK 1", "BYE 2"]);
+    assert!(w.drain(Leg::A).is_empty());
+    assert_eq!(w.ended(), vec![(487, EndCause::CallerCancel)]);
+}
+
+#[test]
+fn cancel_after_the_answer_changes_nothing() {
+    let mut w = World::new(Setup::default());
+    let (_, ok) = w.answer(Some(&sdp(50000, "sendrecv")));
+    let cancel = w.a.cancel(&w.invite);
+    w.a_sends(cancel);
+    let r = w.recv_a();
+    assert!(
+        is_response(&r, 200, Method::Cancel),
+        "A got {}",
+        summary(&r)
+    );
+    assert!(w.drain(Leg::B).is_empty(), "no CANCEL and no BYE toward B");
+    let ack = w.a.ack(&ok, None);
+    w.a_sends(ack);
+    assert_eq!(w.call.state(), CallState::Established);
+    assert!(w.ended().is_empty());
+}
+
+#[test]
+fn ring_timeout_cancels_b_and_answers_a() {
+    let cfg = trunkline_b2bua::CallConfig {
+        no_answer: std::time::Duration::from_secs(20),
+        ..Default::default()
+    };
+    let mut w = World::with_config(Setup::default(), cfg);
+    let inv = w.route_to_b();
+    let ringing = w.b.respond(&inv, 180, None);
+    w.b_sends(ringing);
+    w.recv_a();
+    w.advance(std::time::Duration::from_secs(20));
+    let cancel = w.recv_b();
+    assert!(
+        is_request(&cancel, Method::Cancel),
+        "B got {}",
+        summary(&cancel)
+    );
+    let r = w.recv_a();
+    assert!(
+        status(&r).is_some_and(|s| s == 408 || s == 480),
+        "A got {}",
+        summary(&r)
+    );
+    assert_eq!(w.ended().len(), 1);
+    assert_eq!(w.ended()[0].1, EndCause::NoAnswer);
 }

@@ -88,7 +88,7 @@ fn hold_and_resume_from_the_caller() {
     );
     // B's next request carries CSeq numbers past both re-INVITEs of ours.
     let bye = w.a.request("BYE", &[], None);
-    w.from_a(bye);
+    w.a_sends(bye);
     w.recv_a();
     let bye_b = w.recv_b();
     assert_eq!(cseq(&bye_b), (4, Method::Bye));
@@ -123,10 +123,10 @@ fn reinvite_rejected_by_the_other_side_is_relayed_and_acked_per_leg() {
         &[],
         Some(("application/sdp", &sdp(40000, "sendonly"))),
     );
-    w.from_a(req.clone());
+    w.a_sends(req.clone());
     let relayed = w.recv_b();
     let r488 = w.b.respond(&relayed, 488, None);
-    w.from_b(r488);
+    w.b_sends(r488);
     let ack = w.recv_b();
     assert!(is_request(&ack, Method::Ack));
     assert_eq!(branch(&ack), branch(&relayed));
@@ -137,7 +137,7 @@ fn reinvite_rejected_by_the_other_side_is_relayed_and_acked_per_leg() {
         summary(&r)
     );
     let ack = w.a.ack_non2xx(&req, &r);
-    w.from_a(ack);
+    w.a_sends(ack);
     w.assert_quiet();
     // The offer is over: a new re-INVITE goes through.
     reinvite(
@@ -156,7 +156,7 @@ fn glare_gets_491() {
         &[],
         Some(("application/sdp", &sdp(50000, "sendonly"))),
     );
-    w.from_b(from_b);
+    w.b_sends(from_b);
     let to_a = w.recv_a();
     assert!(is_request(&to_a, Method::Invite));
 
@@ -166,7 +166,7 @@ fn glare_gets_491() {
         &[],
         Some(("application/sdp", &sdp(40000, "sendonly"))),
     );
-    w.from_a(from_a.clone());
+    w.a_sends(from_a.clone());
     let r = w.recv_a();
     assert!(
         is_response(&r, 491, Method::Invite),
@@ -175,16 +175,16 @@ fn glare_gets_491() {
     );
     assert!(w.drain(Leg::B).is_empty(), "A's re-INVITE is not relayed");
     let ack = w.a.ack_non2xx(&from_a, &r);
-    w.from_a(ack);
+    w.a_sends(ack);
 
     // B's re-INVITE still completes.
     let ok = w.a.respond(&to_a, 200, Some(&sdp(40000, "recvonly")));
-    w.from_a(ok);
+    w.a_sends(ok);
     assert!(is_request(&w.recv_a(), Method::Ack));
     let ok_b = w.recv_b();
     assert!(is_response(&ok_b, 200, Method::Invite));
     let ack = w.b.ack(&ok_b, None);
-    w.from_b(ack);
+    w.b_sends(ack);
     w.assert_quiet();
 }
 
@@ -217,10 +217,18 @@ fn update_is_relayed_both_ways() {
     }
 }
 
+/// Method, extra headers, Content-Type, body.
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static str,
+);
+
 #[test]
 fn info_message_and_notify_are_relayed_both_ways_with_bodies() {
     let mut w = World::established(Setup::default());
-    let cases: [(&str, &[(&str, &str)], &str, &str); 3] = [
+    let cases: [Case; 3] = [
         (
             "INFO",
             &[("Info-Package", "dtmf")],
@@ -282,10 +290,10 @@ fn info_message_and_notify_are_relayed_both_ways_with_bodies() {
 fn relayed_error_response_reaches_the_sender() {
     let mut w = World::established(Setup::default());
     let req = w.a.request("MESSAGE", &[], Some(("text/plain", "hi")));
-    w.from_a(req);
+    w.a_sends(req);
     let relayed = w.recv_b();
     let r = w.b.respond(&relayed, 415, None);
-    w.from_b(r);
+    w.b_sends(r);
     let back = w.recv_a();
     assert!(
         is_response(&back, 415, Method::Message),
@@ -299,7 +307,7 @@ fn relayed_error_response_reaches_the_sender() {
 fn unknown_in_dialog_method_gets_501_with_allow() {
     let mut w = World::established(Setup::default());
     let req = w.a.request("FROBNICATE", &[], None);
-    w.from_a(req);
+    w.a_sends(req);
     let r = w.recv_a();
     assert!(
         status(&r) == Some(501) && cseq(&r).1 == Method::Extension("FROBNICATE".into()),
@@ -317,14 +325,14 @@ fn in_dialog_request_with_wrong_to_tag_gets_481() {
     let real = w.a.remote_tag.clone();
     w.a.remote_tag = Some("n1-000000000bad".into());
     let req = w.a.request("INFO", &[], None);
-    w.from_a(req);
+    w.a_sends(req);
     let r = w.recv_a();
     assert!(is_response(&r, 481, Method::Info), "A got {}", summary(&r));
     assert!(w.drain(Leg::B).is_empty());
     // The real dialog still works and its CSeq space is untouched.
     w.a.remote_tag = real;
     let bye = w.a.request("BYE", &[], None);
-    w.from_a(bye);
+    w.a_sends(bye);
     assert!(is_response(&w.recv_a(), 200, Method::Bye));
 }
 
@@ -332,13 +340,13 @@ fn in_dialog_request_with_wrong_to_tag_gets_481() {
 fn out_of_order_cseq_gets_500() {
     let mut w = World::established(Setup::default());
     let first = w.a.request("INFO", &[], None);
-    w.from_a(first);
+    w.a_sends(first);
     let relayed = w.recv_b();
     let ok = w.b.respond(&relayed, 200, None);
-    w.from_b(ok);
+    w.b_sends(ok);
     w.recv_a();
     let stale = w.a.request_seq("INFO", 1, &[], None);
-    w.from_a(stale);
+    w.a_sends(stale);
     let r = w.recv_a();
     assert!(is_response(&r, 500, Method::Info), "A got {}", summary(&r));
     assert!(!hdr(&r, HeaderName::RetryAfter).is_empty());
@@ -355,7 +363,7 @@ fn late_offer_answer_travels_in_both_acks() {
     assert!(body(&inv).is_empty(), "B gets an INVITE without SDP");
     let offer = sdp(50000, "sendrecv");
     let ok = w.b.respond(&inv, 200, Some(&offer));
-    w.from_b(ok.clone());
+    w.b_sends(ok.clone());
     assert!(
         w.drain(Leg::B).is_empty(),
         "B's ACK waits for the caller's answer"
@@ -371,14 +379,14 @@ fn late_offer_answer_travels_in_both_acks() {
 
     let answer = sdp(40000, "sendrecv");
     let ack = w.a.ack(&ok_a, Some(&answer));
-    w.from_a(ack);
+    w.a_sends(ack);
     let ack_b = w.recv_b();
     assert!(is_request(&ack_b, Method::Ack), "B got {}", summary(&ack_b));
     assert_eq!(body(&ack_b), answer);
     assert_eq!(hdr(&ack_b, HeaderName::ContentType), "application/sdp");
     assert_eq!(cseq(&ack_b), (1, Method::Ack));
     // B retransmits its 200: the same ACK, answer included.
-    w.from_b(ok);
+    w.b_sends(ok);
     let again = w.recv_b();
     assert_eq!(body(&again), answer);
     w.assert_quiet();
@@ -389,18 +397,18 @@ fn late_offer_answer_travels_in_both_acks() {
 fn late_offer_reinvite_from_the_caller() {
     let mut w = World::established(Setup::default());
     let req = w.a.request("INVITE", &[], None);
-    w.from_a(req);
+    w.a_sends(req);
     let relayed = w.recv_b();
     assert!(body(&relayed).is_empty());
     let offer = sdp(50000, "sendrecv");
     let ok = w.b.respond(&relayed, 200, Some(&offer));
-    w.from_b(ok);
+    w.b_sends(ok);
     assert!(w.drain(Leg::B).is_empty(), "the ACK waits for A's answer");
     let ok_a = w.recv_a();
     assert_eq!(body(&ok_a), offer);
     let answer = sdp(40000, "sendrecv");
     let ack = w.a.ack(&ok_a, Some(&answer));
-    w.from_a(ack);
+    w.a_sends(ack);
     let ack_b = w.recv_b();
     assert!(is_request(&ack_b, Method::Ack));
     assert_eq!(body(&ack_b), answer);

@@ -88,6 +88,9 @@ impl Actor for CallActor {
             )
         };
         args.shared.metrics.call_started();
+        args.shared
+            .live_calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut state = CallActorState {
             call,
             shared: args.shared,
@@ -139,6 +142,10 @@ impl Actor for CallActor {
         if !state.counted_end {
             // Stopped before it ended (node shutdown): still balance the gauge.
             state.shared.metrics.call_ended(500);
+            state
+                .shared
+                .live_calls
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
@@ -217,6 +224,10 @@ fn on_event(state: &mut CallActorState, ev: Event) {
             if !state.counted_end {
                 state.counted_end = true;
                 state.shared.metrics.call_ended(status);
+                state
+                    .shared
+                    .live_calls
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         Event::TransactionTimeout { leg, timer } => {

@@ -53,6 +53,8 @@ pub struct Shared {
     policy: Policy,
     seed: AtomicU64,
     log_budget: LogBudget,
+    /// Calls started and not yet ended (ended calls may linger to absorb retransmissions).
+    pub(crate) live_calls: AtomicU64,
 }
 
 /// Limits warn-level logs about bad input so a flood cannot flood the log.
@@ -157,6 +159,7 @@ impl Dispatcher {
                     second: AtomicU64::new(0),
                     count: AtomicU64::new(0),
                 },
+                live_calls: AtomicU64::new(0),
             }),
         }
     }
@@ -172,14 +175,9 @@ impl Dispatcher {
         self.shared.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Calls (actors) still alive on this node.
-    pub fn active_calls(&self) -> usize {
-        // Each call has one or two map entries; count A-leg entries.
-        self.shared
-            .calls
-            .iter()
-            .filter(|e| e.value().1 == Leg::A)
-            .count()
+    /// Calls on this node that have not ended yet.
+    pub fn active_calls(&self) -> u64 {
+        self.shared.live_calls.load(Ordering::Relaxed)
     }
 
     fn reply(&self, rx: &Received, resp: &Response, method: &Method) {

@@ -1041,7 +1041,7 @@ pub fn read_stats(path: &Path) -> (Option<u64>, Option<u64>) {
     let Some(head) = lines.next() else {
         return (None, None);
     };
-    let Some(last) = lines.last() else {
+    let Some(last) = lines.next_back() else {
         return (None, None);
     };
     let cols: Vec<&str> = head.split(';').collect();

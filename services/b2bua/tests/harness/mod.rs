@@ -434,7 +434,7 @@ pub struct Pipe {
     pub drop: Vec<(Dir, usize)>,
     /// (xorshift state, drop one in `n`)
     pub random: Option<(u64, u64)>,
-    counts: [usize; 4],
+    pub counts: [usize; 4],
     pub dropped: usize,
 }
 
@@ -695,11 +695,11 @@ impl World {
         panic!("pipe dropped {} twenty times", summary(&msg));
     }
 
-    pub fn from_a(&mut self, msg: Message) {
+    pub fn a_sends(&mut self, msg: Message) {
         self.send(Leg::A, msg);
     }
 
-    pub fn from_b(&mut self, msg: Message) {
+    pub fn b_sends(&mut self, msg: Message) {
         self.send(Leg::B, msg);
     }
 
@@ -849,11 +849,11 @@ impl World {
     pub fn answer(&mut self, answer: Option<&str>) -> (Message, Message) {
         let inv = self.route_to_b();
         let ringing = self.b.respond(&inv, 180, None);
-        self.from_b(ringing);
+        self.b_sends(ringing);
         let r = self.recv_a();
         assert_eq!(status(&r), Some(180));
         let ok = self.b.respond(&inv, 200, answer);
-        self.from_b(ok);
+        self.b_sends(ok);
         let ack = self.recv_b();
         assert!(is_request(&ack, Method::Ack), "B got {}", summary(&ack));
         let ok_a = self.recv_a();
@@ -870,7 +870,7 @@ impl World {
     pub fn establish(&mut self) -> Message {
         let (_, ok) = self.answer(Some(&sdp(50000, "sendrecv")));
         let ack = self.a.ack(&ok, None);
-        self.from_a(ack);
+        self.a_sends(ack);
         self.assert_quiet();
         ok
     }

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# The one test command: unit tests, lints, end-to-end tests against real SIP peers, and a
+# bounded parser fuzz run. Usage: bash tests/run.sh   (TRUNKLINE_TESTS=unit|e2e|all, default all)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WHAT=${TRUNKLINE_TESTS:-all}
+case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or all (got '$WHAT')" >&2; exit 2 ;; esac
+
+# Debian packages the tests need: "command package" per line.
+DEB_PACKAGES=(
+  "sipp sip-tester"
+)
+
+declare -a RESULTS=()
+FAILED=0
+
+step() { # step NAME CMD...
+  local name=$1; shift
+  echo
+  echo "=== $name: $*"
+  local start=$SECONDS
+  if "$@"; then
+    RESULTS+=("PASS  $name ($((SECONDS - start)) s)")
+  else
+    RESULTS+=("FAIL  $name ($((SECONDS - start)) s)")
+    FAILED=$((FAILED + 1))
+  fi
+}
+
+skip() { RESULTS+=("SKIP  $1: $2"); echo; echo "=== $1: skipped: $2"; }
+
+install_packages() {
+  local missing=() entry cmd pkg
+  for entry in "${DEB_PACKAGES[@]}"; do
+    read -r cmd pkg <<<"$entry"
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && { echo "all test packages present"; return 0; }
+  echo "installing: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  # Never let a package start a service on this machine.
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    created=1
+  fi
+  local rc=0
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; } || rc=$?
+  [ $created -eq 1 ] && $sudo rm -f "$policy"
+  return $rc
+}
+
+tune_system() {
+  # SIPp runs with -buff_size 4194304; allow that much socket buffer if we may (ignore failure).
+  sysctl -w net.core.rmem_max=8388608 >/dev/null 2>&1 || true
+  sysctl -w net.core.wmem_max=8388608 >/dev/null 2>&1 || true
+  # 1000 idle TCP connections on each side of the node.
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  return 0
+}
+
+fuzz_parser() {
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+  (cd services/sip && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_message -- -max_total_time=60)
+}
+
+if [ "$WHAT" = unit ] || [ "$WHAT" = all ]; then
+  step "unit tests" cargo test --workspace --exclude trunkline-e2e
+  step "rustfmt" cargo fmt --all -- --check
+  step "clippy" cargo clippy --workspace --all-targets -- -D warnings
+  if [ -f services/sip/fuzz/Cargo.toml ]; then
+    step "fuzz parse_message (60 s)" fuzz_parser
+  else
+    skip "fuzz parse_message" "services/sip/fuzz/Cargo.toml does not exist yet"
+  fi
+fi
+
+if [ "$WHAT" = e2e ] || [ "$WHAT" = all ]; then
+  step "test packages" install_packages
+  tune_system
+  step "build node (release)" cargo build --release --bin trunkline
+  # Single-threaded: SIPp load is timing sensitive on 2 cores.
+  step "end-to-end tests" cargo test -p trunkline-e2e --release -- --test-threads=1
+fi
+
+echo
+echo "=== summary (TRUNKLINE_TESTS=$WHAT, ${SECONDS} s; logs of e2e runs in tests/out/)"
+printf '  %s\n' "${RESULTS[@]}"
+if [ "$FAILED" -gt 0 ]; then
+  echo "$FAILED step(s) failed"
+  exit 1
+fi
+echo "all steps passed"
