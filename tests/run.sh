@@ -84,7 +84,7 @@ if [ "$WHAT" = e2e ] || [ "$WHAT" = all ]; then
   tune_system
   step "build node (release)" cargo build --release --bin trunkline
   # Single-threaded: SIPp load is timing sensitive on 2 cores.
-  step "end-to-end tests" cargo test -p trunkline-e2e --release -- --test-threads=1
+  step "end-to-end tests" cargo test -p trunkline-e2e --release --no-fail-fast -- --test-threads=1
 fi
 
 echo

@@ -197,11 +197,17 @@ impl Call {
             .headers
             .from_addr()
             .and_then(|f| f.uri.user().map(str::to_string));
+        let max_forwards = invite.headers.max_forwards();
         let sid = call.add_server(Leg::A, source, tx, ServerRole::Invite, invite);
         match call
             .server(sid)
             .map(|e| Dialog::uas(&e.request, &call.a.tag))
         {
+            Some(Ok(_)) if max_forwards == Some(0) => {
+                // Nowhere to forward it: answer 483 without asking for a route.
+                call.respond_status(now, sid, 483);
+                call.finish(483, EndCause::TooManyHops);
+            }
             Some(Ok(d)) => {
                 call.a.dialog = Some(d);
                 call.respond_status(now, sid, 100);
@@ -856,6 +862,10 @@ impl Call {
     /// to the other leg.
     fn relay_in_dialog(&mut self, now: Instant, leg: Leg, req: Request, source: Peer) {
         let offer = matches!(req.method, Method::Invite | Method::Update);
+        if matches!(self.state, CallState::Ending | CallState::Ended) {
+            self.respond_local(now, leg, req, source, 481);
+            return;
+        }
         if offer && (self.offer_in_progress || self.state != CallState::Established) {
             self.respond_local(now, leg, req, source, 491);
             return;
@@ -1199,6 +1209,20 @@ impl Call {
         }
         self.servers.retain(|e| !e.tx.is_terminated());
         self.clients.retain(|e| !e.tx.is_terminated());
+        let bye_outstanding = self.clients.iter().any(|e| {
+            e.role == ClientRole::Bye
+                && matches!(e.tx.state(), ClientState::Trying | ClientState::Proceeding)
+        });
+        if self.state == CallState::Ended && !bye_outstanding {
+            // Once both dialogs are gone, an INVITE transaction in Accepted only waits out
+            // Timers L/M to absorb retransmissions of an INVITE or 2xx whose dialog no
+            // longer exists; anything that still arrives gets a stateless 481. Dropping
+            // them keeps a hung-up call from holding its INVITEs for 64*T1.
+            self.servers
+                .retain(|e| e.tx.state() != ServerState::Accepted);
+            self.clients
+                .retain(|e| e.tx.state() != ClientState::Accepted);
+        }
     }
 
     fn on_server_event(&mut self, now: Instant, sid: u64, ev: TxEvent) {

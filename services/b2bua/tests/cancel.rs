@@ -125,11 +125,11 @@ fn cancel_racing_a_200_acks_and_hangs_up_b_and_a_gets_only_487() {
     let names: Vec<_> = got.iter().map(summary).collect();
     assert_eq!(names, vec!["ACK 1", "BYE 2"], "B got {names:?}");
     assert_eq!(to_tag(&got[1]), Some(w.b.tag.clone()));
-    let bye_ok = w.b.respond(&got[1], 200, None);
-    w.b_sends(bye_ok);
-    // B retransmits its 200: ACKed again, still nothing for A.
+    // B retransmits its 200 while our BYE is out: ACKed again, still nothing for A.
     w.b_sends(ok);
     assert!(is_request(&w.recv_b(), Method::Ack));
+    let bye_ok = w.b.respond(&got[1], 200, None);
+    w.b_sends(bye_ok);
     w.assert_quiet();
     assert!(
         w.log_a
