@@ -2,7 +2,7 @@
 //! every transaction of both, driven by `handle_*` inputs and drained with `poll_*`.
 
 use crate::config::{CallConfig, Local};
-use crate::event::{EndCause, Event, Leg, Transmit};
+use crate::event::{EndCause, Event, Leg, MediaOp, Transmit};
 use crate::ids::Ids;
 use crate::relay::copy_session_headers;
 use crate::snapshot::{CallSnapshot, LegSnapshot};
@@ -45,6 +45,8 @@ pub enum RouteDecision {
         peer: Peer,
         local: Local,
         request_uri: Uri,
+        /// Anchor media on the node's relay (SDP bodies go through `Event::Media`).
+        anchor_media: bool,
     },
     /// Answer the caller with this final status.
     Reject { status: u16, cause: EndCause },
@@ -134,6 +136,78 @@ pub struct Call {
     /// one gets 491 (RFC 3261 §14.2, RFC 3311 §5.2).
     offer_in_progress: bool,
     pending_ack: Option<PendingAck>,
+    /// SDP bodies go through the media relay (set by the routing decision).
+    anchor: bool,
+    /// Who made the offer of the initial INVITE exchange (None: late offer, the
+    /// callee's 2xx carries it).
+    initial_offerer: Option<Leg>,
+    /// Output held back while the media relay rewrites a body, in send order.
+    outbox: VecDeque<Held>,
+}
+
+/// Why the media relay could not rewrite a body; `status` is what the sender of the
+/// request hears (488 for SDP we cannot anchor, 503 for no capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaFailure {
+    pub status: u16,
+}
+
+/// A message waiting its turn behind a media rewrite.
+struct Held {
+    /// Media request id; 0 when this message needs no rewrite and only keeps its place.
+    media: u64,
+    out: Outgoing,
+    done: Option<Result<Bytes, MediaFailure>>,
+}
+
+/// A message the call is about to send, in a form that can wait for its body.
+enum Outgoing {
+    Request {
+        id: u64,
+        leg: Leg,
+        peer: Peer,
+        req: Request,
+        role: ClientRole,
+    },
+    Response {
+        sid: u64,
+        resp: Response,
+    },
+    Ack {
+        leg: Leg,
+        seq: u32,
+        body: Bytes,
+        content_type: Option<Bytes>,
+    },
+}
+
+impl Outgoing {
+    fn body(&self) -> &Bytes {
+        match self {
+            Outgoing::Request { req, .. } => &req.body,
+            Outgoing::Response { resp, .. } => &resp.body,
+            Outgoing::Ack { body, .. } => body,
+        }
+    }
+
+    fn is_sdp(&self) -> bool {
+        let ct = match self {
+            Outgoing::Request { req, .. } => req.headers.content_type(),
+            Outgoing::Response { resp, .. } => resp.headers.content_type(),
+            Outgoing::Ack { content_type, .. } => content_type
+                .as_ref()
+                .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase()),
+        };
+        ct.is_some_and(|c| c.trim().starts_with("application/sdp"))
+    }
+
+    fn set_body(&mut self, body: Bytes) {
+        match self {
+            Outgoing::Request { req, .. } => req.body = body,
+            Outgoing::Response { resp, .. } => resp.body = body,
+            Outgoing::Ack { body: b, .. } => *b = body,
+        }
+    }
 }
 
 /// Requests relayed inside an established dialog.
@@ -191,6 +265,9 @@ impl Call {
             cancel_b_on_provisional: false,
             offer_in_progress: false,
             pending_ack: None,
+            anchor: false,
+            initial_offerer: None,
+            outbox: VecDeque::new(),
         };
         let request_uri = invite.uri.clone();
         let caller = invite
@@ -243,6 +320,9 @@ impl Call {
             cancel_b_on_provisional: false,
             offer_in_progress: false,
             pending_ack: None,
+            anchor: snap.anchor,
+            initial_offerer: Some(Leg::A),
+            outbox: VecDeque::new(),
         }
     }
 
@@ -259,6 +339,7 @@ impl Call {
         let b = self.b.as_ref()?;
         Some(CallSnapshot {
             ids: self.ids.clone(),
+            anchor: self.anchor,
             a: LegSnapshot::from_leg(&self.a)?,
             b: LegSnapshot::from_leg(b)?,
         })
@@ -324,6 +405,35 @@ impl Call {
         self.drain(now);
     }
 
+    /// The media relay's answer to `Event::Media { id, .. }`: the rewritten body, or why
+    /// it could not be anchored. Held output is released in order.
+    pub fn handle_media(&mut self, now: Instant, id: u64, result: Result<Bytes, MediaFailure>) {
+        if let Some(h) = self.outbox.iter_mut().find(|h| h.media == id && h.done.is_none()) {
+            h.done = Some(result);
+        }
+        self.flush_outbox(now);
+        self.drain(now);
+    }
+
+    /// Ends the call from the node's side (media timeout, operator, drain deadline):
+    /// BYE on both legs of an answered call, CANCEL/final answer for one still ringing.
+    pub fn hangup(&mut self, now: Instant, cause: EndCause) {
+        match self.state {
+            CallState::Established => {
+                self.bye_leg(now, Leg::A);
+                self.bye_leg(now, Leg::B);
+                self.state = CallState::Ending;
+                self.finish_keep_state(200, cause);
+            }
+            CallState::Routing | CallState::Calling | CallState::Early => {
+                self.abandon_b(now);
+                self.final_to_a(now, 480, cause);
+            }
+            CallState::Ending | CallState::Ended => {}
+        }
+        self.drain(now);
+    }
+
     /// A message we could not deliver on `leg` (e.g. TCP connect refused): every
     /// transaction still waiting for a first answer on that leg fails (RFC 3261 §8.1.3.1).
     pub fn handle_transport_error(&mut self, now: Instant, leg: Leg) {
@@ -346,7 +456,11 @@ impl Call {
                 peer,
                 local,
                 request_uri,
-            } => self.send_b_invite(now, peer, local, request_uri),
+                anchor_media,
+            } => {
+                self.anchor = anchor_media;
+                self.send_b_invite(now, peer, local, request_uri)
+            }
         }
         self.drain(now);
     }
@@ -420,6 +534,19 @@ impl Call {
         role: ClientRole,
     ) -> u64 {
         let id = self.alloc_id();
+        self.start_client(now, id, leg, peer, req, role);
+        id
+    }
+
+    fn start_client(
+        &mut self,
+        now: Instant,
+        id: u64,
+        leg: Leg,
+        peer: Peer,
+        req: Request,
+        role: ClientRole,
+    ) {
         let tx = ClientTransaction::new(now, req, peer.transport.is_reliable(), self.cfg.timers);
         self.clients.push(ClientEntry {
             id,
@@ -428,7 +555,100 @@ impl Call {
             tx,
             role,
         });
-        id
+    }
+
+    /// Sends `out`, first through the media relay when `op` says its SDP body must be
+    /// anchored; keeps the call's output in order while a rewrite is outstanding.
+    fn emit(&mut self, now: Instant, out: Outgoing, op: Option<MediaOp>) {
+        let needs_media = self.anchor && !out.body().is_empty() && out.is_sdp();
+        match (op, needs_media) {
+            (Some(op), true) => {
+                let id = self.alloc_id();
+                self.events.push_back(Event::Media {
+                    id,
+                    op,
+                    sdp: out.body().clone(),
+                });
+                self.outbox.push_back(Held {
+                    media: id,
+                    out,
+                    done: None,
+                });
+            }
+            _ if !self.outbox.is_empty() => self.outbox.push_back(Held {
+                media: 0,
+                out,
+                done: None,
+            }),
+            _ => self.send_outgoing(now, out),
+        }
+    }
+
+    /// Sends held output whose turn has come.
+    fn flush_outbox(&mut self, now: Instant) {
+        while let Some(front) = self.outbox.front() {
+            if front.media != 0 && front.done.is_none() {
+                break;
+            }
+            let Some(h) = self.outbox.pop_front() else { break };
+            match h.done {
+                None => self.send_outgoing(now, h.out),
+                Some(Ok(body)) => {
+                    let mut out = h.out;
+                    out.set_body(body);
+                    self.send_outgoing(now, out);
+                }
+                Some(Err(f)) => self.media_failed(now, h.out, f),
+            }
+        }
+    }
+
+    /// A body the relay could not anchor: refuse the request that carried it; a
+    /// response or ACK still goes out as it was, so no dialog is left half-made.
+    fn media_failed(&mut self, now: Instant, out: Outgoing, f: MediaFailure) {
+        match out {
+            Outgoing::Request {
+                role: ClientRole::Invite,
+                ..
+            } => self.final_to_a(now, f.status, EndCause::MediaUnavailable),
+            Outgoing::Request {
+                role: ClientRole::Relay { server },
+                req,
+                ..
+            } => {
+                if matches!(req.method, Method::Invite | Method::Update) {
+                    self.offer_in_progress = false;
+                }
+                self.servers.retain(|e| e.id != server || e.tx.last_status().is_none());
+                self.respond_status(now, server, f.status);
+            }
+            other => self.send_outgoing(now, other),
+        }
+    }
+
+    fn send_outgoing(&mut self, now: Instant, out: Outgoing) {
+        match out {
+            Outgoing::Request {
+                role: ClientRole::Invite,
+                ..
+            } if self.ended => {
+                // The caller gave up while the relay was rewriting the offer.
+            }
+            Outgoing::Request {
+                id,
+                leg,
+                peer,
+                req,
+                role,
+            } => self.start_client(now, id, leg, peer, req, role),
+            Outgoing::Response { sid, resp } => self.respond(now, sid, resp),
+            Outgoing::Ack {
+                leg,
+                seq,
+                body,
+                content_type,
+            } => self.send_ack(leg, seq, body, content_type),
+        }
     }
 
     /// Sends a message outside any transaction (ACK for a 2xx).
@@ -593,6 +813,9 @@ impl Call {
         h.add(HeaderName::Allow, self.cfg.allow);
         copy_session_headers(&a_req.headers, h);
         req.body = a_req.body.clone();
+        if !req.body.is_empty() {
+            self.initial_offerer = Some(Leg::A);
+        }
         self.b = Some(LegState {
             peer,
             local,
@@ -601,7 +824,18 @@ impl Call {
             dialog: None,
             last_ack: None,
         });
-        self.send_request(now, Leg::B, peer, req, ClientRole::Invite);
+        let id = self.alloc_id();
+        self.emit(
+            now,
+            Outgoing::Request {
+                id,
+                leg: Leg::B,
+                peer,
+                req,
+                role: ClientRole::Invite,
+            },
+            Some(MediaOp::Offer { from: Leg::A }),
+        );
         self.state = CallState::Calling;
         self.no_answer_at = Some(now + self.cfg.no_answer);
     }
@@ -725,11 +959,15 @@ impl Call {
         }
         if let Some(p) = self.pending_ack.take() {
             if p.leg == leg.other() {
-                self.send_ack(
-                    p.leg,
-                    p.seq,
-                    ack.body.clone(),
-                    ack.headers.get(HeaderName::ContentType).cloned(),
+                self.emit(
+                    now,
+                    Outgoing::Ack {
+                        leg: p.leg,
+                        seq: p.seq,
+                        body: ack.body.clone(),
+                        content_type: ack.headers.get(HeaderName::ContentType).cloned(),
+                    },
+                    Some(MediaOp::Answer { offerer: p.leg }),
                 );
             } else {
                 self.pending_ack = Some(p);
@@ -900,24 +1138,27 @@ impl Call {
         copy_session_headers(&req.headers, &mut out.headers);
         out.body = req.body.clone();
         let tx = ServerTransaction::new(now, &req, source.transport.is_reliable(), self.cfg.timers);
-        let sid_placeholder = self.alloc_id();
-        let cid = self.send_request(
-            now,
-            other,
-            peer,
-            out,
-            ClientRole::Relay {
-                server: sid_placeholder,
-            },
-        );
+        let sid = self.alloc_id();
+        let cid = self.alloc_id();
         self.servers.push(ServerEntry {
-            id: sid_placeholder,
+            id: sid,
             leg,
             peer: source,
             tx,
             role: ServerRole::Relay { client: cid },
             request: req,
         });
+        self.emit(
+            now,
+            Outgoing::Request {
+                id: cid,
+                leg: other,
+                peer,
+                req: out,
+                role: ClientRole::Relay { server: sid },
+            },
+            offer.then_some(MediaOp::Offer { from: leg }),
+        );
         if offer {
             self.offer_in_progress = true;
         }
@@ -1030,7 +1271,11 @@ impl Call {
         };
         copy_session_headers(&resp.headers, &mut out.headers);
         out.body = resp.body.clone();
-        self.respond(now, sid, out);
+        let op = match self.initial_offerer {
+            Some(offerer) => MediaOp::Answer { offerer },
+            None => MediaOp::Offer { from: Leg::B },
+        };
+        self.emit(now, Outgoing::Response { sid, resp: out }, Some(op));
     }
 
     fn on_b_answer(&mut self, now: Instant, b_req: &Request, resp: Response) {
@@ -1119,6 +1364,7 @@ impl Call {
         copy_session_headers(&resp.headers, &mut out.headers);
         out.body = resp.body.clone();
         let is_offer = matches!(method, Method::Invite | Method::Update);
+        let origin_offered = !server.request.body.is_empty();
         if method == Method::Invite && resp.is_success() {
             let Some(out_req) = self.client(cid).map(|e| e.tx.request().clone()) else {
                 return;
@@ -1147,8 +1393,14 @@ impl Call {
         if resp.status >= 200 && is_offer {
             self.offer_in_progress = false;
         }
-        let _ = origin;
-        self.respond(now, sid, out);
+        let op = if !is_offer || resp.status >= 300 {
+            None
+        } else if origin_offered {
+            Some(MediaOp::Answer { offerer: origin })
+        } else {
+            Some(MediaOp::Offer { from: leg })
+        };
+        self.emit(now, Outgoing::Response { sid, resp: out }, op);
         if resp.status >= 200 && is_offer && self.state == CallState::Established {
             self.events.push_back(Event::Settled);
         }

@@ -52,6 +52,21 @@ pub enum EndCause {
     NoAck,
     /// A transaction on an established call timed out (e.g. BYE never answered).
     Timeout,
+    /// No media flowed for the relay's inactivity timeout.
+    MediaTimeout,
+    /// The media relay could not anchor the session (no ports, unparsable SDP).
+    MediaUnavailable,
+    /// Ended by the node itself (operator, drain deadline).
+    Local,
+}
+
+/// What the media relay is asked to do with an SDP body before it leaves the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MediaOp {
+    /// `from` offers: allocate/refresh relay ports, rewrite the offer for the other leg.
+    Offer { from: Leg },
+    /// The answer to an offer made by `offerer`: rewrite it for the offerer.
+    Answer { offerer: Leg },
 }
 
 /// Things the driver reacts to.
@@ -73,4 +88,7 @@ pub enum Event {
     RetransmissionReceived { leg: Leg },
     /// The call is in a stable state worth replicating (answered, re-INVITE done).
     Settled,
+    /// An SDP body must go through the media relay before it is sent: answer with
+    /// `Call::handle_media(now, id, ..)`. Later output of the call waits behind it.
+    Media { id: u64, op: MediaOp, sdp: Bytes },
 }

@@ -14,8 +14,8 @@ pub mod ids;
 pub mod relay;
 pub mod snapshot;
 
-pub use call::{Call, CallState, RouteDecision};
+pub use call::{Call, CallState, MediaFailure, RouteDecision};
 pub use config::{CallConfig, Local};
-pub use event::{EndCause, Event, Leg, Transmit};
+pub use event::{EndCause, Event, Leg, MediaOp, Transmit};
 pub use ids::{owner_of, Ids};
 pub use snapshot::{CallSnapshot, LegSnapshot};

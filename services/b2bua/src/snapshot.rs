@@ -23,6 +23,9 @@ pub struct LegSnapshot {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CallSnapshot {
     pub ids: Ids,
+    /// Whether the call's media is anchored on the relay (the adopter re-anchors it).
+    #[serde(default)]
+    pub anchor: bool,
     pub a: LegSnapshot,
     pub b: LegSnapshot,
 }

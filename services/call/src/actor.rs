@@ -207,6 +207,7 @@ fn on_event(state: &mut CallActorState, ev: Event) {
                         peer: trunk.peer(),
                         local,
                         request_uri: trunk.request_uri(request_uri.user()),
+                        anchor_media: false,
                     },
                     None => RouteDecision::Reject {
                         status: 503,
@@ -245,6 +246,10 @@ fn on_event(state: &mut CallActorState, ev: Event) {
             state.shared.metrics.retransmission(Direction::In);
         }
         Event::Settled => {}
+        Event::Media { id, sdp, .. } => {
+            // No relay wired on this path: the body passes as it is.
+            state.call.handle_media(now(), id, Ok(sdp));
+        }
     }
 }
 

@@ -15,7 +15,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use trunkline_b2bua::{Call, CallConfig, EndCause, Event, Leg, Local, RouteDecision};
+use trunkline_b2bua::{
+    Call, CallConfig, EndCause, Event, Leg, Local, MediaFailure, MediaOp, RouteDecision,
+};
 use trunkline_sip::{
     parse_message, HeaderName, Host, Message, Method, Peer, Request, Response, Transport, Uri,
 };
@@ -486,6 +488,10 @@ pub struct Setup {
     pub pipe: Pipe,
     /// Record-Route the caller's edge adds; Record-Route and Contact host of the callee.
     pub topology: bool,
+    /// Route with media anchoring on: SDP goes through a simulated relay.
+    pub anchor: bool,
+    /// The simulated relay refuses every body with this status.
+    pub media_fails: Option<u16>,
 }
 
 impl Default for Setup {
@@ -497,6 +503,8 @@ impl Default for Setup {
             max_forwards: 70,
             pipe: Pipe::default(),
             topology: false,
+            anchor: false,
+            media_fails: None,
         }
     }
 }
@@ -519,6 +527,29 @@ pub struct World {
     pub log_b: Vec<Sent>,
     pub events: Vec<Event>,
     pub pipe: Pipe,
+    pub anchor: bool,
+    pub media_fails: Option<u16>,
+    /// Every media request the call made, in order.
+    pub media_ops: Vec<MediaOp>,
+}
+
+/// The relay address the simulated media relay writes into every body it anchors.
+pub const RELAY_IP: &str = "198.51.100.77";
+
+/// What the simulated relay does to a body: every connection address becomes the relay's.
+pub fn relay_rewrite(sdp: &Bytes) -> Bytes {
+    let text = String::from_utf8_lossy(sdp);
+    let out: String = text
+        .split_inclusive('\n')
+        .map(|line| {
+            if line.starts_with("c=IN IP4 ") {
+                format!("c=IN IP4 {RELAY_IP}\r\n")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    Bytes::from(out)
 }
 
 pub fn local(transport: Transport, port: u16) -> Local {
@@ -568,6 +599,9 @@ impl World {
             log_b: Vec::new(),
             events: Vec::new(),
             pipe: setup.pipe,
+            anchor: setup.anchor,
+            media_fails: setup.media_fails,
+            media_ops: Vec::new(),
         };
         w.pump();
         w
@@ -615,9 +649,25 @@ impl World {
                 inbox.push_back(sent);
             }
         }
+        let mut media = Vec::new();
         while let Some(e) = self.call.poll_event() {
+            if let Event::Media { id, op, sdp } = &e {
+                media.push((*id, *op, sdp.clone()));
+            }
             self.events.push(e);
         }
+        if media.is_empty() {
+            return;
+        }
+        for (id, op, sdp) in media {
+            self.media_ops.push(op);
+            let result = match self.media_fails {
+                Some(status) => Err(MediaFailure { status }),
+                None => Ok(relay_rewrite(&sdp)),
+            };
+            self.call.handle_media(self.now, id, result);
+        }
+        self.pump();
     }
 
     /// Runs every call timer due up to `until`, then sets the clock to `until`.
@@ -823,6 +873,7 @@ impl World {
             peer,
             local: self.b_local.clone(),
             request_uri: Uri::parse(&format!("sip:+15550100@{B_ADDR}")).expect("uri"),
+            anchor_media: self.anchor,
         };
         self.call.handle_route(self.now, decision);
         self.pump();

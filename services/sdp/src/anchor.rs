@@ -1,0 +1,295 @@
+//! Reading the media sections and the anchoring rewrite (RFC 3264 offer/answer with
+//! the relay in the middle).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::parse::{attr, parse_c, parse_m, parse_rtcp, tokens};
+use crate::{AnchorOptions, Direction, Eol, Line, MediaInfo, MediaPlan, Sdp};
+
+/// ICE attributes (RFC 8445/8839, and trickle's RFC 8840): they describe addresses
+/// the relay hides, so they go unless the caller passes ICE through.
+const ICE_ATTRIBUTES: &[&[u8]] = &[
+    b"candidate",
+    b"ice-ufrag",
+    b"ice-pwd",
+    b"ice-options",
+    b"end-of-candidates",
+    b"remote-candidates",
+    b"ice-lite",
+    b"ice-mismatch",
+    b"ice-pacing",
+];
+
+fn attr_name(line: &Line) -> Option<&[u8]> {
+    (line.kind == b'a').then(|| attr(&line.value).0)
+}
+
+fn is_attr(line: &Line, name: &[u8]) -> bool {
+    attr_name(line).is_some_and(|n| n.eq_ignore_ascii_case(name))
+}
+
+fn is_ice(line: &Line) -> bool {
+    attr_name(line).is_some_and(|n| ICE_ATTRIBUTES.iter().any(|i| n.eq_ignore_ascii_case(i)))
+}
+
+fn direction(lines: &[Line]) -> Option<Direction> {
+    lines.iter().find_map(|l| {
+        let name = attr_name(l)?;
+        [
+            (&b"sendrecv"[..], Direction::SendRecv),
+            (b"sendonly", Direction::SendOnly),
+            (b"recvonly", Direction::RecvOnly),
+            (b"inactive", Direction::Inactive),
+        ]
+        .into_iter()
+        .find(|(n, _)| name.eq_ignore_ascii_case(n))
+        .map(|(_, d)| d)
+    })
+}
+
+fn is_zero(addr: Option<IpAddr>) -> bool {
+    addr == Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// Where the session part ends and each media section (from its m-line to the next)
+/// lies, as index ranges into `sdp.lines`.
+fn layout(sdp: &Sdp) -> (usize, Vec<(usize, usize)>) {
+    let starts: Vec<usize> = (0..sdp.lines.len())
+        .filter(|&i| sdp.lines[i].kind == b'm')
+        .collect();
+    let session_end = starts.first().copied().unwrap_or(sdp.lines.len());
+    let mut sections = Vec::with_capacity(starts.len());
+    for (n, &s) in starts.iter().enumerate() {
+        let e = starts.get(n + 1).copied().unwrap_or(sdp.lines.len());
+        sections.push((s, e));
+    }
+    (session_end, sections)
+}
+
+pub(crate) fn media(sdp: &Sdp) -> Vec<MediaInfo> {
+    let (session_end, sections) = layout(sdp);
+    let session = &sdp.lines[..session_end];
+    let session_c = session.iter().find(|l| l.kind == b'c');
+    let session_ice = session.iter().any(is_ice);
+    let session_dir = direction(session);
+    let mut out = Vec::with_capacity(sections.len());
+    for (index, &(s, e)) in sections.iter().enumerate() {
+        let sec = &sdp.lines[s..e];
+        // parse() validated every m-line; a failure here cannot happen, but a bad
+        // m-line is skipped rather than panicking.
+        let Ok(m) = parse_m(&sec[0].value) else {
+            continue;
+        };
+        let c_line = sec.iter().find(|l| l.kind == b'c').or(session_c);
+        let connection = c_line.and_then(|l| parse_c(&l.value));
+        let rtcp = sec
+            .iter()
+            .find(|l| is_attr(l, b"rtcp"))
+            .and_then(|l| parse_rtcp(attr(&l.value).1.unwrap_or_default()));
+        out.push(MediaInfo {
+            index,
+            kind: m.kind,
+            port: m.port,
+            port_count: m.port_count,
+            proto: m.proto,
+            formats: m.formats,
+            connection,
+            hold_zero_address: is_zero(connection),
+            rtcp,
+            rtcp_mux: sec.iter().any(|l| is_attr(l, b"rtcp-mux")),
+            direction: direction(sec)
+                .or_else(|| session_dir.clone())
+                .unwrap_or(Direction::SendRecv),
+            has_ice: session_ice || sec.iter().any(is_ice),
+            rejected: m.port == 0,
+        });
+    }
+    out
+}
+
+/// `IN IP4 <addr>` / `IN IP6 <addr>`, as in `c=` and the tail of `a=rtcp`.
+fn net_addr(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("IN IP4 {a}"),
+        IpAddr::V6(a) => format!("IN IP6 {a}"),
+    }
+}
+
+/// Builds the rewritten line list, remembering which ending new lines should use.
+struct Out {
+    lines: Vec<Line>,
+    default_eol: Eol,
+}
+
+impl Out {
+    fn keep(&mut self, l: &Line) {
+        self.lines.push(l.clone());
+    }
+
+    fn with_value(&mut self, l: &Line, value: Vec<u8>) {
+        self.lines.push(Line {
+            kind: l.kind,
+            value,
+            eol: l.eol,
+        });
+    }
+
+    /// Appends a line that was not in the input: it ends like the line before it, and
+    /// if that was the unterminated last line, that one gets the body's usual ending.
+    fn add(&mut self, kind: u8, value: String) {
+        let mut eol = self.default_eol;
+        if let Some(prev) = self.lines.last_mut() {
+            eol = prev.eol;
+            if prev.eol == Eol::None {
+                prev.eol = self.default_eol;
+            }
+        }
+        self.lines.push(Line {
+            kind,
+            value: value.into_bytes(),
+            eol,
+        });
+    }
+}
+
+fn splice(v: &[u8], (s, e): (usize, usize), with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() + with.len());
+    out.extend_from_slice(&v[..s]);
+    out.extend_from_slice(with);
+    out.extend_from_slice(&v[e..]);
+    out
+}
+
+fn origin_with(v: &[u8], addr: IpAddr) -> Vec<u8> {
+    let t = tokens(v);
+    let [.., ty, a] = t[..] else {
+        return v.to_vec();
+    };
+    let ty_text: &[u8] = if addr.is_ipv4() { b"IP4" } else { b"IP6" };
+    let addr_text = addr.to_string();
+    let mut out = Vec::with_capacity(v.len() + addr_text.len());
+    out.extend_from_slice(&v[..ty.0]);
+    out.extend_from_slice(ty_text);
+    out.extend_from_slice(&v[ty.1..a.0]);
+    out.extend_from_slice(addr_text.as_bytes());
+    out.extend_from_slice(&v[a.1..]);
+    out
+}
+
+/// `rtcp:<port>`, keeping an address part as the relay's (or as it was, on a
+/// `0.0.0.0` hold).
+fn rtcp_with(v: &[u8], plan: &MediaPlan, hold: bool) -> Vec<u8> {
+    let mut out = format!("rtcp:{}", plan.rtcp_port).into_bytes();
+    let value = attr(v).1.unwrap_or_default();
+    let t = tokens(value);
+    if let [(_, first_end), _, ..] = t[..] {
+        if hold {
+            out.extend_from_slice(&value[first_end..]);
+        } else {
+            out.push(b' ');
+            out.extend_from_slice(net_addr(plan.address).as_bytes());
+        }
+    }
+    out
+}
+
+pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -> bool {
+    let infos = media(sdp);
+    let (session_end, sections) = layout(sdp);
+    let mut chosen: Vec<Option<&MediaPlan>> = vec![None; sections.len()];
+    for p in plans {
+        let Some(info) = infos.iter().find(|i| i.index == p.index) else {
+            continue;
+        };
+        if !info.rejected && chosen[p.index].is_none() {
+            chosen[p.index] = Some(p);
+        }
+    }
+    let primary = chosen.iter().flatten().next().copied();
+
+    let default_eol = match sdp.lines.first().map(|l| l.eol) {
+        Some(Eol::Lf) => Eol::Lf,
+        _ => Eol::CrLf,
+    };
+    let mut out = Out {
+        lines: Vec::with_capacity(sdp.lines.len() + 2 * sections.len()),
+        default_eol,
+    };
+
+    for l in &sdp.lines[..session_end] {
+        match (l.kind, primary) {
+            (b'a', _) if !opts.keep_ice && is_ice(l) => {}
+            (b'c', Some(p)) if opts.replace_session_connection && !is_zero(parse_c(&l.value)) => {
+                out.with_value(l, net_addr(p.address).into_bytes());
+            }
+            (b'o', Some(p)) if opts.replace_origin => {
+                out.with_value(l, origin_with(&l.value, p.address));
+            }
+            _ => out.keep(l),
+        }
+    }
+
+    for (n, &(s, e)) in sections.iter().enumerate() {
+        let sec = &sdp.lines[s..e];
+        let (Some(plan), Some(info)) = (chosen[n], infos.iter().find(|i| i.index == n)) else {
+            sec.iter().for_each(|l| out.keep(l));
+            continue;
+        };
+        let hold = info.hold_zero_address;
+        let m = &sec[0];
+        match parse_m(&m.value) {
+            Ok(ml) => out.with_value(
+                m,
+                splice(&m.value, ml.port_span, plan.rtp_port.to_string().as_bytes()),
+            ),
+            Err(_) => out.keep(m),
+        }
+        // RFC 8866 §5 order: m=, i=, c=; a new c= goes after the title lines.
+        let mut rest = &sec[1..];
+        while let Some((l, tail)) = rest.split_first() {
+            if l.kind != b'i' {
+                break;
+            }
+            out.keep(l);
+            rest = tail;
+        }
+        if !hold && !sec.iter().any(|l| l.kind == b'c') {
+            out.add(b'c', net_addr(plan.address));
+        }
+        let (mut saw_rtcp, mut saw_mux) = (false, false);
+        for l in rest {
+            if l.kind == b'c' {
+                if hold {
+                    out.keep(l);
+                } else {
+                    out.with_value(l, net_addr(plan.address).into_bytes());
+                }
+            } else if is_attr(l, b"rtcp") {
+                saw_rtcp = true;
+                out.with_value(l, rtcp_with(&l.value, plan, hold));
+            } else if is_attr(l, b"rtcp-mux") {
+                if plan.rtcp_mux {
+                    saw_mux = true;
+                    out.keep(l);
+                }
+            } else if !opts.keep_ice && is_ice(l) {
+                // dropped: the relay's address replaces the candidates
+            } else {
+                out.keep(l);
+            }
+        }
+        if !saw_rtcp && opts.add_rtcp_attribute {
+            out.add(b'a', format!("rtcp:{}", plan.rtcp_port));
+        }
+        if plan.rtcp_mux && !saw_mux {
+            out.add(b'a', "rtcp-mux".to_owned());
+        }
+    }
+
+    let changed = out.lines != sdp.lines;
+    if changed {
+        sdp.lines = out.lines;
+        sdp.bump_version();
+    }
+    changed
+}
