@@ -293,3 +293,57 @@ pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -
     }
     changed
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{parse, AnchorOptions, Direction, MediaPlan};
+
+    const BODY: &[u8] = b"v=0\r\no=- 1 5 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 4000 RTP/AVP 0\r\nc=IN IP4 host.example.com\r\na=recvonly\r\n\
+        m=video 0 RTP/AVP 96\r\n";
+
+    fn plan(index: usize, rtp_port: u16) -> MediaPlan {
+        MediaPlan {
+            index,
+            address: "203.0.113.1".parse().unwrap(),
+            rtp_port,
+            rtcp_port: rtp_port + 1,
+            rtcp_mux: false,
+        }
+    }
+
+    #[test]
+    fn media_info_of_a_hostname_connection() {
+        let m = parse(BODY).unwrap().media();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].connection, None);
+        assert!(!m[0].hold_zero_address);
+        assert_eq!(m[0].direction, Direction::RecvOnly);
+        assert!(m[1].rejected);
+        assert_eq!(m[1].connection, None);
+    }
+
+    #[test]
+    fn plans_for_missing_or_rejected_lines_change_nothing() {
+        let mut sdp = parse(BODY).unwrap();
+        assert!(!sdp.anchor(&[plan(1, 30000), plan(7, 30002)], &AnchorOptions::default()));
+        assert_eq!(sdp.to_bytes(), BODY);
+        assert_eq!(sdp.origin_version(), Some(5));
+    }
+
+    #[test]
+    fn first_of_two_plans_wins_and_version_bumps_once() {
+        let mut sdp = parse(BODY).unwrap();
+        assert!(sdp.anchor(&[plan(0, 30000), plan(0, 40000)], &AnchorOptions::default()));
+        let m = sdp.media();
+        assert_eq!(m[0].port, 30000);
+        assert_eq!(m[0].connection, Some("203.0.113.1".parse().unwrap()));
+        assert_eq!(m[0].rtcp, Some((30001, None)));
+        assert_eq!(sdp.origin_version(), Some(6));
+        assert!(!sdp.anchor(&[plan(0, 30000)], &AnchorOptions::default()));
+        assert_eq!(sdp.origin_version(), Some(6));
+        // New ports on a re-offer: changed again, one more bump.
+        assert!(sdp.anchor(&[plan(0, 30010)], &AnchorOptions::default()));
+        assert_eq!(sdp.origin_version(), Some(7));
+    }
+}

@@ -179,12 +179,7 @@ pub enum SdpError {
 impl Sdp {
     /// The wire form: byte-identical to what [`parse`] was given, until a rewrite.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let len = self
-            .lines
-            .iter()
-            .map(|l| l.value.len() + 4)
-            .sum::<usize>()
-            + self.trailer.len();
+        let len = self.lines.iter().map(|l| l.value.len() + 4).sum::<usize>() + self.trailer.len();
         let mut out = Vec::with_capacity(len);
         for l in &self.lines {
             out.push(l.kind);

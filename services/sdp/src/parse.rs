@@ -289,7 +289,10 @@ mod tests {
         // A blank line in the middle is not a trailer.
         assert_eq!(line_err(b"v=0\r\n\r\no=- 1 1 IN IP4 a\r\ns=-\r\n").0, 2);
         let e = parse(b"v=0\r\nxx\r\n").unwrap_err();
-        assert_eq!(e.to_string(), "SDP line 2: not of the form <letter>=<value>");
+        assert_eq!(
+            e.to_string(),
+            "SDP line 2: not of the form <letter>=<value>"
+        );
     }
 
     #[test]
@@ -305,13 +308,19 @@ mod tests {
     fn field_grammars() {
         assert_eq!(tokens(b" a  bb c "), vec![(1, 2), (4, 6), (7, 8)]);
         let m = parse_m(b"video 49170/2 RTP/AVP 31 32").unwrap();
-        assert_eq!((m.port, m.port_count, m.port_span), (49170, Some(2), (6, 11)));
+        assert_eq!(
+            (m.port, m.port_count, m.port_span),
+            (49170, Some(2), (6, 11))
+        );
         assert_eq!(m.formats, vec!["31", "32"]);
         assert_eq!(
             parse_c(b"IN IP4 233.252.0.1/127"),
             Some("233.252.0.1".parse().unwrap())
         );
-        assert_eq!(parse_c(b"IN IP6 2001:db8::1"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(
+            parse_c(b"IN IP6 2001:db8::1"),
+            Some("2001:db8::1".parse().unwrap())
+        );
         assert_eq!(parse_c(b"IN IP4 2001:db8::1"), None);
         assert_eq!(parse_c(b"IN IP4 host.example.com"), None);
         assert_eq!(parse_rtcp(b"53020"), Some((53020, None)));
@@ -320,7 +329,10 @@ mod tests {
             Some((53020, Some("192.0.2.1".parse().unwrap())))
         );
         assert_eq!(parse_rtcp(b"x"), None);
-        assert_eq!(attr(b"rtpmap:0 PCMU/8000"), (&b"rtpmap"[..], Some(&b"0 PCMU/8000"[..])));
+        assert_eq!(
+            attr(b"rtpmap:0 PCMU/8000"),
+            (&b"rtpmap"[..], Some(&b"0 PCMU/8000"[..]))
+        );
         assert_eq!(attr(b"sendonly"), (&b"sendonly"[..], None));
     }
 

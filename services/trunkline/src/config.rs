@@ -46,6 +46,42 @@ pub struct Config {
     pub trunks: Vec<TrunkConfig>,
     /// Static routing.
     pub routing: RoutingConfig,
+    /// The media relay that anchors RTP of every call.
+    pub media: MediaSection,
+}
+
+/// `[media]`: the node's RTP relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSection {
+    /// Anchor media at all; a trunk can also opt out with `anchor_media = false`.
+    pub enabled: bool,
+    /// Address the relay's RTP sockets bind to.
+    pub bind: IpAddr,
+    /// Address written into rewritten SDP; defaults to `bind`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<IpAddr>,
+    /// RTP port range (even ports carry RTP, the next odd one RTCP).
+    pub port_min: u16,
+    pub port_max: u16,
+    /// A call with no RTP for this long is hung up with BYE on both legs.
+    pub timeout_secs: u64,
+    /// Forwarding threads; 0 means one per core.
+    pub workers: usize,
+}
+
+impl Default for MediaSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            advertise: None,
+            port_min: 30000,
+            port_max: 39999,
+            timeout_secs: 60,
+            workers: 0,
+        }
+    }
 }
 
 /// `[node]`
@@ -281,6 +317,13 @@ pub struct TrunkConfig {
     /// Transport used toward the trunk.
     #[serde(default)]
     pub transport: TrunkTransport,
+    /// Anchor the RTP of calls to this trunk on the node's relay (when `[media]` is enabled).
+    #[serde(default = "default_true")]
+    pub anchor_media: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl TrunkConfig {
@@ -364,6 +407,7 @@ impl Config {
         self.validate_metrics(&mut problems);
         self.validate_log(&mut problems);
         self.validate_trunks_and_routing(&mut problems);
+        self.validate_media(&mut problems);
         problems.0
     }
 
@@ -450,6 +494,31 @@ impl Config {
                     "{} must not exceed sip.timers.t2_ms ({})",
                     timers.t1_ms, timers.t2_ms
                 ),
+            );
+        }
+    }
+
+    fn validate_media(&self, problems: &mut Problems) {
+        let m = &self.media;
+        if m.port_min >= m.port_max || m.port_max - m.port_min < 3 {
+            problems.push(
+                "media.port_min",
+                format!(
+                    "range {}-{} must hold at least two port pairs",
+                    m.port_min, m.port_max
+                ),
+            );
+        }
+        if m.port_min < 1024 {
+            problems.push("media.port_min", format!("{} is a privileged port", m.port_min));
+        }
+        if m.timeout_secs == 0 {
+            problems.push("media.timeout_secs", "must be at least 1");
+        }
+        if m.advertise.is_none() && m.bind.is_unspecified() {
+            problems.push(
+                "media.advertise",
+                format!("must be set when media.bind is {}", m.bind),
             );
         }
     }

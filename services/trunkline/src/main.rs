@@ -156,12 +156,16 @@ mod tests {
     use crate::config::MetricsConfig;
 
     fn test_config() -> Config {
-        Config {
+        let mut config = Config {
             metrics: MetricsConfig {
                 listen: Some("127.0.0.1:0".parse().unwrap()),
             },
             ..Config::default()
-        }
+        };
+        // Ephemeral SIP ports: tests must not depend on 5060 being free.
+        config.sip.udp = vec!["127.0.0.1:0".parse().unwrap()];
+        config.sip.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+        config
     }
 
     #[tokio::test]
@@ -211,12 +215,8 @@ mod tests {
     #[tokio::test]
     async fn metrics_bind_failure_fails_start() {
         let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let config = Config {
-            metrics: MetricsConfig {
-                listen: Some(taken.local_addr().unwrap()),
-            },
-            ..Config::default()
-        };
+        let mut config = test_config();
+        config.metrics.listen = Some(taken.local_addr().unwrap());
         let err = run_node(config, Shutdown::new()).await.unwrap_err();
         assert!(format!("{err:#}").contains("metrics.listen"), "{err:#}");
     }

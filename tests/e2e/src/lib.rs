@@ -1172,16 +1172,21 @@ pub fn parse_trace(path: &Path) -> Result<Vec<TracedMessage>> {
 pub fn topology_leaks(uac_log: &Path, uas_log: &Path) -> Result<Vec<String>> {
     let uac = parse_trace(uac_log)?;
     let uas = parse_trace(uas_log)?;
-    let uac_text: String = uac
-        .iter()
-        .map(|m| m.text.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let uas_text: String = uas
-        .iter()
-        .map(|m| m.text.as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
+    // Each side's trace split into signalling (start line + headers) and bodies (SDP).
+    let split = |msgs: &[TracedMessage]| -> (String, String) {
+        let mut heads = String::new();
+        let mut bodies = String::new();
+        for m in msgs {
+            let (h, b) = m.text.split_once("\n\n").unwrap_or((m.text.as_str(), ""));
+            heads.push_str(h);
+            heads.push('\n');
+            bodies.push_str(b);
+            bodies.push('\n');
+        }
+        (heads, bodies)
+    };
+    let (uac_heads, uac_bodies) = split(&uac);
+    let (uas_heads, uas_bodies) = split(&uas);
     let ids = |msgs: &[TracedMessage], ip: Ipv4Addr| -> Vec<String> {
         let mut v = vec![ip.to_string()];
         for m in msgs.iter().filter(|m| m.sent) {
@@ -1199,22 +1204,29 @@ pub fn topology_leaks(uac_log: &Path, uas_log: &Path) -> Result<Vec<String>> {
     };
     let a_ids = ids(&uac, UAC_IP);
     let b_ids = ids(&uas, UAS_IP);
-    if a_ids.len() < 4 || b_ids.len() < 2 || uas_text.is_empty() || uac_text.is_empty() {
+    if a_ids.len() < 4
+        || b_ids.len() < 2
+        || uas_heads.trim().is_empty()
+        || uac_heads.trim().is_empty()
+    {
         bail!(
             "traces too thin to judge topology hiding: caller ids {a_ids:?}, callee ids {b_ids:?}"
         );
     }
-    let mut leaks: Vec<String> = a_ids
-        .iter()
-        .filter(|id| uas_text.contains(id.as_str()))
-        .map(|id| format!("caller's {id} seen by the callee"))
-        .collect();
-    leaks.extend(
-        b_ids
-            .iter()
-            .filter(|id| uac_text.contains(id.as_str()))
-            .map(|id| format!("callee's {id} seen by the caller")),
-    );
+    let mut leaks = Vec::new();
+    for (ids, who, heads, bodies, seen_by) in [
+        (&a_ids, "caller", &uas_heads, &uas_bodies, "callee"),
+        (&b_ids, "callee", &uac_heads, &uac_bodies, "caller"),
+    ] {
+        for id in ids.iter() {
+            if heads.contains(id.as_str()) {
+                leaks.push(format!("{who}'s {id} in the {seen_by}'s headers"));
+            }
+            if bodies.contains(id.as_str()) {
+                leaks.push(format!("{who}'s {id} in the {seen_by}'s SDP"));
+            }
+        }
+    }
     Ok(leaks)
 }
 

@@ -176,11 +176,18 @@ fn idle_tcp_connections_are_reaped() -> Result<()> {
         c.tcp_idle_timeout_secs = 3;
     })?;
     let addr = node.sip_addr();
+    // The contract spells the label value "TCP"; the node may spell it "tcp". Either counts.
     let tcp_gauge = |m: &Metrics| {
         m.get(
             "trunkline_transport_connections_active",
             &[("transport", "TCP")],
         )
+        .or_else(|| {
+            m.get(
+                "trunkline_transport_connections_active",
+                &[("transport", "tcp")],
+            )
+        })
     };
     // Warm up (one TCP connection opened and reaped) so the baseline includes lazily built state.
     drop(TcpStream::connect(addr)?);
@@ -194,10 +201,7 @@ fn idle_tcp_connections_are_reaped() -> Result<()> {
     let m = node.wait_metrics(Duration::from_secs(10), |m| {
         tcp_gauge(m) == Some(CONNS as f64)
     })?;
-    let peak_gauge = m.value(
-        "trunkline_transport_connections_active",
-        &[("transport", "TCP")],
-    )?;
+    let peak_gauge = tcp_gauge(&m).unwrap_or(-1.0);
     ensure!(
         peak_gauge == CONNS as f64,
         "connections_active{{TCP}} = {peak_gauge} with {CONNS} open"
@@ -231,10 +235,7 @@ fn idle_tcp_connections_are_reaped() -> Result<()> {
     );
     drop(conns);
     let m = node.wait_metrics(Duration::from_secs(10), |m| tcp_gauge(m) == Some(0.0))?;
-    let gauge = m.value(
-        "trunkline_transport_connections_active",
-        &[("transport", "TCP")],
-    )?;
+    let gauge = tcp_gauge(&m).unwrap_or(-1.0);
     ensure!(
         gauge == 0.0,
         "connections_active{{TCP}} = {gauge} after all were closed"
