@@ -227,6 +227,10 @@ listen = "$HOST:$TL_METRICS_PORT"
 [log]
 level = "warn"
 
+# Signalling only, like the Kamailio it is compared with (dialog + topos, no rtpengine).
+[media]
+enabled = false
+
 [[trunks]]
 name = "uas"
 address = "$HOST:$UAS_PORT"

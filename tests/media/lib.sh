@@ -4,13 +4,14 @@
 #   RELAY=none                                use one already running on $NG
 #   TRUNKLINE_RELAY_BIN                       trunkline-relay binary (default: target/release/
 #                                             trunkline-relay, built with cargo if missing)
-#   NG=127.0.0.1:2223  PORT_MIN=30000  PORT_MAX=39999
+#   NG=127.0.0.1:22223  PORT_MIN=40000  PORT_MAX=40999   (private defaults: the usual
+#   127.0.0.1:2223 may be in use by another run; NG=127.0.0.1:2223 to match the docs)
 # Both relays are started with the same settings: interface 127.0.0.1, ng on $NG, media ports
 # PORT_MIN..PORT_MAX, timeout 60 s, foreground.
 
 MEDIA_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$MEDIA_DIR/../.." && pwd)
-: "${RELAY:=rtpengine}" "${NG:=127.0.0.1:2223}" "${PORT_MIN:=30000}" "${PORT_MAX:=39999}"
+: "${RELAY:=rtpengine}" "${NG:=127.0.0.1:22223}" "${PORT_MIN:=40000}" "${PORT_MAX:=40999}"
 NG_HOST=${NG%:*}
 NG_PORT=${NG##*:}
 

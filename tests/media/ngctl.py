@@ -107,7 +107,7 @@ def main(argv):
         raise SystemExit(__doc__)
     cmd, rest = argv[0], argv[1:]
     if cmd == "ping":
-        r = request(ng, {"command": "ping"})
+        r = request(ng, {"command": "ping"}, timeout=0.3, tries=1)
         print(r.get("result"))
         return 0 if r.get("result") == "pong" else 1
     if cmd == "list":

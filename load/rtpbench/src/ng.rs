@@ -23,7 +23,12 @@ fn bytes(s: &str) -> Value {
 
 /// A request dict from (key, value) pairs.
 pub fn dict(pairs: Vec<(&str, Value)>) -> Value {
-    Value::Dict(pairs.into_iter().map(|(k, v)| (k.as_bytes().to_vec(), v)).collect())
+    Value::Dict(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v))
+            .collect(),
+    )
 }
 
 pub fn get_str<'a>(d: &'a HashMap<Vec<u8>, Value>, key: &str) -> Option<&'a [u8]> {
@@ -34,8 +39,14 @@ pub fn get_str<'a>(d: &'a HashMap<Vec<u8>, Value>, key: &str) -> Option<&'a [u8]
 }
 
 impl NgClient {
-    pub fn new(server: SocketAddr, local_ip: IpAddr, timeout: Duration, retries: u32) -> Result<Self> {
-        let sock = UdpSocket::bind(SocketAddr::new(local_ip, 0)).context("bind ng client socket")?;
+    pub fn new(
+        server: SocketAddr,
+        local_ip: IpAddr,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<Self> {
+        let sock =
+            UdpSocket::bind(SocketAddr::new(local_ip, 0)).context("bind ng client socket")?;
         sock.set_read_timeout(Some(timeout))?;
         Ok(Self {
             sock,
@@ -58,7 +69,9 @@ impl NgClient {
         msg.extend_from_slice(&body);
         let mut buf = vec![0u8; 65536];
         for _attempt in 0..=self.retries {
-            self.sock.send_to(&msg, self.server).context("send ng request")?;
+            self.sock
+                .send_to(&msg, self.server)
+                .context("send ng request")?;
             loop {
                 match self.sock.recv_from(&mut buf) {
                     Ok((n, from)) => {
@@ -74,7 +87,9 @@ impl NgClient {
                         }
                         let v: Value = serde_bencode::from_bytes(&data[sp + 1..])
                             .map_err(|e| anyhow!("undecodable ng reply: {e}"))?;
-                        let Value::Dict(d) = v else { bail!("ng reply is not a dictionary") };
+                        let Value::Dict(d) = v else {
+                            bail!("ng reply is not a dictionary")
+                        };
                         match get_str(&d, "result") {
                             Some(b"ok") | Some(b"pong") => return Ok(d),
                             Some(other) => {
@@ -96,20 +111,35 @@ impl NgClient {
                 }
             }
         }
-        bail!("no ng reply from {} after {} attempts", self.server, self.retries + 1)
+        bail!(
+            "no ng reply from {} after {} attempts",
+            self.server,
+            self.retries + 1
+        )
     }
 
     pub fn ping(&mut self) -> Result<()> {
-        self.request(&dict(vec![("command", bytes("ping"))])).map(|_| ())
+        self.request(&dict(vec![("command", bytes("ping"))]))
+            .map(|_| ())
     }
 
-    fn sdp_command(&mut self, command: &str, call_id: &str, from_tag: &str, to_tag: Option<&str>, sdp: &str) -> Result<String> {
+    fn sdp_command(
+        &mut self,
+        command: &str,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: Option<&str>,
+        sdp: &str,
+    ) -> Result<String> {
         let mut pairs = vec![
             ("command", bytes(command)),
             ("call-id", bytes(call_id)),
             ("from-tag", bytes(from_tag)),
             ("sdp", bytes(sdp)),
-            ("replace", Value::List(vec![bytes("origin"), bytes("session-connection")])),
+            (
+                "replace",
+                Value::List(vec![bytes("origin"), bytes("session-connection")]),
+            ),
         ];
         if let Some(t) = to_tag {
             pairs.push(("to-tag", bytes(t)));
@@ -123,7 +153,13 @@ impl NgClient {
         self.sdp_command("offer", call_id, from_tag, None, sdp)
     }
 
-    pub fn answer(&mut self, call_id: &str, from_tag: &str, to_tag: &str, sdp: &str) -> Result<String> {
+    pub fn answer(
+        &mut self,
+        call_id: &str,
+        from_tag: &str,
+        to_tag: &str,
+        sdp: &str,
+    ) -> Result<String> {
         self.sdp_command("answer", call_id, from_tag, Some(to_tag), sdp)
     }
 
@@ -168,9 +204,14 @@ pub fn sdp_audio_addr(sdp: &str) -> Result<SocketAddr> {
                 port = Some(p.parse().with_context(|| format!("bad m= port {p:?}"))?);
             }
         } else if let Some(rest) = line.strip_prefix("c=") {
-            let addr = rest.split_whitespace().nth(2).ok_or_else(|| anyhow!("bad c= line {line:?}"))?;
+            let addr = rest
+                .split_whitespace()
+                .nth(2)
+                .ok_or_else(|| anyhow!("bad c= line {line:?}"))?;
             let addr = addr.split('/').next().unwrap_or(addr);
-            let ip: IpAddr = addr.parse().with_context(|| format!("bad c= address {addr:?}"))?;
+            let ip: IpAddr = addr
+                .parse()
+                .with_context(|| format!("bad c= address {addr:?}"))?;
             if !seen_media {
                 session_c = Some(ip);
             } else if in_audio {
@@ -179,7 +220,9 @@ pub fn sdp_audio_addr(sdp: &str) -> Result<SocketAddr> {
         }
     }
     let port = port.ok_or_else(|| anyhow!("no m=audio line in SDP"))?;
-    let ip = media_c.or(session_c).ok_or_else(|| anyhow!("no c= line in SDP"))?;
+    let ip = media_c
+        .or(session_c)
+        .ok_or_else(|| anyhow!("no c= line in SDP"))?;
     Ok(SocketAddr::new(ip, port))
 }
 

@@ -408,7 +408,11 @@ impl Call {
     /// The media relay's answer to `Event::Media { id, .. }`: the rewritten body, or why
     /// it could not be anchored. Held output is released in order.
     pub fn handle_media(&mut self, now: Instant, id: u64, result: Result<Bytes, MediaFailure>) {
-        if let Some(h) = self.outbox.iter_mut().find(|h| h.media == id && h.done.is_none()) {
+        if let Some(h) = self
+            .outbox
+            .iter_mut()
+            .find(|h| h.media == id && h.done.is_none())
+        {
             h.done = Some(result);
         }
         self.flush_outbox(now);
@@ -590,7 +594,9 @@ impl Call {
             if front.media != 0 && front.done.is_none() {
                 break;
             }
-            let Some(h) = self.outbox.pop_front() else { break };
+            let Some(h) = self.outbox.pop_front() else {
+                break;
+            };
             match h.done {
                 None => self.send_outgoing(now, h.out),
                 Some(Ok(body)) => {
@@ -619,7 +625,8 @@ impl Call {
                 if matches!(req.method, Method::Invite | Method::Update) {
                     self.offer_in_progress = false;
                 }
-                self.servers.retain(|e| e.id != server || e.tx.last_status().is_none());
+                self.servers
+                    .retain(|e| e.id != server || e.tx.last_status().is_none());
                 self.respond_status(now, server, f.status);
             }
             other => self.send_outgoing(now, other),

@@ -22,7 +22,11 @@ fn relay_line() -> String {
 fn offer_and_answer_of_a_call_are_anchored() {
     let mut w = World::new(anchored());
     let inv = w.route_to_b();
-    assert!(body(&inv).contains(&relay_line()), "B's offer is the relay's:\n{}", body(&inv));
+    assert!(
+        body(&inv).contains(&relay_line()),
+        "B's offer is the relay's:\n{}",
+        body(&inv)
+    );
     let early = w.b.respond(&inv, 183, Some(&sdp(50000, "sendrecv")));
     w.b_sends(early);
     let early_a = w.recv_a();
@@ -55,7 +59,11 @@ fn bodies_pass_untouched_when_the_trunk_does_not_anchor() {
 fn reinvite_from_the_callee_is_an_offer_from_b() {
     let mut w = World::established(anchored());
     w.media_ops.clear();
-    let re = w.b.request("INVITE", &[], Some(("application/sdp", &sdp(50002, "sendonly"))));
+    let re = w.b.request(
+        "INVITE",
+        &[],
+        Some(("application/sdp", &sdp(50002, "sendonly"))),
+    );
     w.b_sends(re);
     let re_a = w.recv_a();
     assert!(body(&re_a).contains(&relay_line()));
@@ -120,16 +128,31 @@ fn an_offer_the_relay_cannot_anchor_is_refused_and_never_reaches_b() {
 fn a_reinvite_the_relay_cannot_anchor_gets_its_status_and_the_call_stays_up() {
     let mut w = World::established(anchored());
     w.media_fails = Some(488);
-    let re = w.a.request("INVITE", &[], Some(("application/sdp", &sdp(40002, "sendonly"))));
+    let re = w.a.request(
+        "INVITE",
+        &[],
+        Some(("application/sdp", &sdp(40002, "sendonly"))),
+    );
     w.a_sends(re);
     let r = w.recv_a();
-    assert!(is_response(&r, 488, Method::Invite), "A got {}", summary(&r));
+    assert!(
+        is_response(&r, 488, Method::Invite),
+        "A got {}",
+        summary(&r)
+    );
     assert!(w.drain(Leg::B).is_empty());
     assert_eq!(w.call.state(), CallState::Established);
     w.media_fails = None;
-    let re = w.a.request("INVITE", &[], Some(("application/sdp", &sdp(40002, "sendonly"))));
+    let re = w.a.request(
+        "INVITE",
+        &[],
+        Some(("application/sdp", &sdp(40002, "sendonly"))),
+    );
     w.a_sends(re);
-    assert!(is_request(&w.recv_b(), Method::Invite), "a later re-INVITE goes through");
+    assert!(
+        is_request(&w.recv_b(), Method::Invite),
+        "a later re-INVITE goes through"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! the next wake-up is scheduled. No other task ever touches the call's state.
 
 use crate::dispatcher::Shared;
+use crate::media::MediaMsg;
 use crate::metrics::Direction;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
@@ -30,6 +31,13 @@ pub enum CallMsg {
     Tick { generation: u64 },
     /// Sending toward a leg failed at the transport.
     SendFailed { leg: Leg },
+    /// The media actor's answer to a rewrite request.
+    MediaDone {
+        id: u64,
+        result: Result<bytes::Bytes, trunkline_b2bua::MediaFailure>,
+    },
+    /// No media flowed for the relay's inactivity timeout.
+    MediaTimeout,
 }
 
 /// Start-up arguments: the INVITE that creates the call.
@@ -53,6 +61,11 @@ pub struct CallActorState {
     timer: Option<(Instant, JoinHandle<()>)>,
     generation: u64,
     counted_end: bool,
+    /// Where the caller's INVITE came from (media NAT handling).
+    caller_source: std::net::SocketAddr,
+    /// The call has a relay session to free when it ends.
+    media_used: bool,
+    media_key: std::sync::Arc<str>,
 }
 
 /// The call actor (stateless handler; all state is in [`CallActorState`]).
@@ -90,10 +103,12 @@ impl Actor for CallActor {
                 args.local,
             )
         };
+        let caller_source = args.source.addr;
         args.shared.metrics.call_started();
         args.shared
             .live_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let a_key_for_media = args.a_key.clone();
         let mut state = CallActorState {
             call,
             shared: args.shared,
@@ -103,6 +118,9 @@ impl Actor for CallActor {
             timer: None,
             generation: 0,
             counted_end: false,
+            caller_source,
+            media_used: false,
+            media_key: std::sync::Arc::from(String::from_utf8_lossy(&a_key_for_media).as_ref()),
         };
         pump(&myself, &mut state);
         Ok(state)
@@ -125,6 +143,8 @@ impl Actor for CallActor {
                 state.call.handle_timeout(t);
             }
             CallMsg::SendFailed { leg } => state.call.handle_transport_error(t, leg),
+            CallMsg::MediaDone { id, result } => state.call.handle_media(t, id, result),
+            CallMsg::MediaTimeout => state.call.hangup(t, EndCause::MediaTimeout),
         }
         pump(&myself, state);
         Ok(())
@@ -138,6 +158,7 @@ impl Actor for CallActor {
         if let Some((_, h)) = state.timer.take() {
             h.abort();
         }
+        release_media(state);
         state.shared.unregister(&state.a_key);
         if let Some(b) = &state.b_key {
             state.shared.unregister(b);
@@ -161,7 +182,7 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
         let mut progressed = false;
         while let Some(ev) = state.call.poll_event() {
             progressed = true;
-            on_event(state, ev);
+            on_event(myself, state, ev);
         }
         if state.b_key.is_none() {
             if let Some(b) = state.call.b_call_id() {
@@ -195,7 +216,7 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
     schedule(myself, state);
 }
 
-fn on_event(state: &mut CallActorState, ev: Event) {
+fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
     match ev {
         Event::RouteRequired {
             request_uri,
@@ -207,7 +228,7 @@ fn on_event(state: &mut CallActorState, ev: Event) {
                         peer: trunk.peer(),
                         local,
                         request_uri: trunk.request_uri(request_uri.user()),
-                        anchor_media: false,
+                        anchor_media: trunk.anchor_media && state.shared.media.is_some(),
                     },
                     None => RouteDecision::Reject {
                         status: 503,
@@ -225,6 +246,7 @@ fn on_event(state: &mut CallActorState, ev: Event) {
         Event::Answered => tracing::debug!("answered"),
         Event::Ended { status, cause } => {
             tracing::debug!(status, ?cause, "call ended");
+            release_media(state);
             if !state.counted_end {
                 state.counted_end = true;
                 state.shared.metrics.call_ended(status);
@@ -246,10 +268,41 @@ fn on_event(state: &mut CallActorState, ev: Event) {
             state.shared.metrics.retransmission(Direction::In);
         }
         Event::Settled => {}
-        Event::Media { id, sdp, .. } => {
-            // No relay wired on this path: the body passes as it is.
-            state.call.handle_media(now(), id, Ok(sdp));
-        }
+        Event::Media { id, op, sdp } => match &state.shared.media {
+            Some(media) => {
+                state.media_used = true;
+                let msg = MediaMsg::Rewrite {
+                    key: state.media_key.clone(),
+                    id,
+                    op,
+                    sdp,
+                    caller_source: state.caller_source,
+                    reply: myself.clone(),
+                };
+                if media.send_message(msg).is_err() {
+                    state.call.handle_media(
+                        now(),
+                        id,
+                        Err(trunkline_b2bua::MediaFailure { status: 503 }),
+                    );
+                }
+            }
+            // No relay on this node: the body passes as it is.
+            None => state.call.handle_media(now(), id, Ok(sdp)),
+        },
+    }
+}
+
+/// Frees the call's relay ports (once).
+fn release_media(state: &mut CallActorState) {
+    if !state.media_used {
+        return;
+    }
+    state.media_used = false;
+    if let Some(media) = &state.shared.media {
+        let _ = media.send_message(MediaMsg::Delete {
+            key: state.media_key.clone(),
+        });
     }
 }
 

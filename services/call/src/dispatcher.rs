@@ -8,6 +8,7 @@
 //! second call.
 
 use crate::actor::{self, CallArgs, CallMsg};
+use crate::media::MediaMsg;
 use crate::metrics::{CallMetrics, Direction};
 use crate::router::Router;
 use crate::stateless;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub(crate) call_config: Arc<CallConfig>,
     pub(crate) metrics: CallMetrics,
     pub(crate) router: Router,
+    /// The node's media-relay actor; `None` when media anchoring is off.
+    pub(crate) media: Option<ActorRef<MediaMsg>>,
     calls: DashMap<Bytes, (ActorRef<CallMsg>, Leg)>,
     transports: OnceLock<Transports>,
     advertise: IpAddr,
@@ -141,12 +144,18 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(cfg: DispatcherConfig, router: Router, metrics: CallMetrics) -> Dispatcher {
+    pub fn new(
+        cfg: DispatcherConfig,
+        router: Router,
+        metrics: CallMetrics,
+        media: Option<ActorRef<MediaMsg>>,
+    ) -> Dispatcher {
         Dispatcher {
             shared: Arc::new(Shared {
                 call_config: cfg.call,
                 metrics,
                 router,
+                media,
                 calls: DashMap::new(),
                 transports: OnceLock::new(),
                 advertise: cfg.advertise,

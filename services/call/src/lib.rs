@@ -4,6 +4,7 @@
 
 pub mod actor;
 pub mod dispatcher;
+pub mod media;
 pub mod metrics;
 pub mod router;
 pub mod stateless;

@@ -12,6 +12,8 @@ pub struct Trunk {
     pub name: String,
     pub addr: SocketAddr,
     pub transport: Transport,
+    /// Anchor the RTP of calls to this trunk on the node's relay.
+    pub anchor_media: bool,
 }
 
 impl Trunk {
@@ -89,6 +91,7 @@ mod tests {
             name: "carrier".into(),
             addr: "127.0.0.1:5090".parse().unwrap(),
             transport: Transport::Tcp,
+            anchor_media: true,
         };
         let r = Router::new(vec![t.clone()], Some("carrier")).unwrap();
         let uri = Uri::parse("sip:+15551234@example.com").unwrap();

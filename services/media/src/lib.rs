@@ -1,1 +1,210 @@
-//! Media relay.
+//! Media relay engine: anchors RTP/RTCP for every call (rtpengine-style).
+//!
+//! The control side ([`Relay`]) takes offers and answers, allocates port pairs, rewrites
+//! SDP through `trunkline-sdp` and programs the forwarding table. The forwarding plane is
+//! one worker thread per core; each owns the sockets of the streams assigned to it, reads
+//! them with `recvmmsg`, applies the latching policy, updates counters it owns and writes
+//! the batch out with `sendmmsg`. Control changes reach a worker as commands over a
+//! channel plus a `mio` waker — never per packet (ARCHITECTURE rule 5). Counters are
+//! published to the control side through atomics once per batch.
+//!
+//! The packet logic (RTP/RTCP parsing, loss, RTT, latching, port allocation) lives in
+//! pure modules ([`rtp`], [`rtcp`], [`latch`], [`ports`]) that take bytes and `now`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+pub mod latch;
+pub mod ng;
+pub mod ports;
+pub mod rtcp;
+pub mod rtp;
+
+mod engine;
+mod metrics;
+mod worker;
+
+pub use engine::Relay;
+
+/// Settings of the relay engine; [`Default`] suits a single host and tests.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Local address the media sockets bind to.
+    pub bind: IpAddr,
+    /// Address written into SDP for endpoints to send to (differs from `bind` behind 1:1 NAT).
+    pub advertise: IpAddr,
+    /// Lowest port of the media range (RTP ports are the even ones).
+    pub port_min: u16,
+    /// Highest port of the media range (an RTP port needs its RTCP port + 1 inside it).
+    pub port_max: u16,
+    /// Number of forwarding threads; one per core is the design.
+    pub workers: usize,
+    /// A session with no packet on any stream for this long is reported by `take_timeouts`.
+    pub timeout: Duration,
+    /// A freed port stays unused this long, so stale packets never reach the next call.
+    pub port_rest: Duration,
+    /// Datagrams per `recvmmsg`/`sendmmsg` call.
+    pub batch: usize,
+    /// `SO_RCVBUF` for each media socket, to absorb bursts while a worker is busy.
+    pub recv_buffer: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_min: 30000,
+            port_max: 39999,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            timeout: Duration::from_secs(60),
+            port_rest: Duration::from_secs(30),
+            batch: 32,
+            recv_buffer: 1 << 20,
+        }
+    }
+}
+
+/// Per-request switches, named after rtpengine's ng flags so the ng server maps them 1:1.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// Use the SDP address as is, even when `received_from` is known.
+    pub trust_address: bool,
+    /// Where the SIP message carrying this SDP came from; unless `trust_address`, its IP
+    /// replaces the SDP address (rtpengine's "SIP source address"), for endpoints that
+    /// write a private address into SDP.
+    pub received_from: Option<SocketAddr>,
+    /// Latch onto the real source of packets (the default when neither flag is given).
+    pub symmetric: bool,
+    /// Never latch: send to the SDP address, accept from anyone.
+    pub asymmetric: bool,
+    /// Accept packets only from the expected source (SDP address before latching).
+    pub strict_source: bool,
+    /// Re-latch when packets start arriving from a new source (roaming endpoints).
+    pub media_handover: bool,
+    /// Once latched, never re-latch, even after a re-offer with a new address.
+    pub port_latching: bool,
+    /// Keep ICE attributes in the rewritten SDP.
+    pub keep_ice: bool,
+    /// Keep `a=rtcp-mux` toward the other party when this party offered it (also the
+    /// default unless `rtcp_mux_demux`).
+    pub rtcp_mux_offer: bool,
+    /// Offer the other party separate RTP and RTCP ports even if this party muxes.
+    pub rtcp_mux_demux: bool,
+    /// Write the relay address into `o=`.
+    pub replace_origin: bool,
+    /// Write the relay address into a session-level `c=`.
+    pub replace_session_connection: bool,
+    /// Interface pair (rtpengine "direction"); accepted and ignored: one interface for now.
+    pub direction: Option<(String, String)>,
+}
+
+/// Counters for what one party sent to the relay on one stream (RTP and RTCP together).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StreamStats {
+    /// Packets accepted from this party.
+    pub packets: u64,
+    /// Bytes accepted from this party.
+    pub bytes: u64,
+    /// Packets dropped: wrong source, no destination, truncated, send errors.
+    pub errors: u64,
+    /// RTP packets missing in this party's sequence numbers.
+    pub rtp_lost: u64,
+    /// Fraction lost (1/256) from the last RTCP report block this party sent.
+    pub rtcp_fraction_lost: Option<u8>,
+    /// Interarrival jitter (timestamp units) from the last report block this party sent.
+    pub rtcp_jitter: Option<u32>,
+    /// Round trip relay → this party → relay, from LSR/DLSR of its reports on SRs the
+    /// relay forwarded to it.
+    pub rtt_ms: Option<f64>,
+    /// Milliseconds since the last accepted packet from this party.
+    pub last_packet_ms_ago: Option<u64>,
+    /// The latched RTP source of this party.
+    pub latched: Option<SocketAddr>,
+    /// The relay RTP port this party sends to (RTCP is one above).
+    pub local_port: u16,
+}
+
+/// One m-line of a call: both parties' counters.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StreamPairStats {
+    /// m-line position (0-based).
+    pub index: usize,
+    /// Media kind from the m-line (`audio`, `video`, ...).
+    pub media: String,
+    /// What the original offerer sent.
+    pub offerer: StreamStats,
+    /// What the original answerer sent.
+    pub answerer: StreamStats,
+}
+
+/// A call's relay state, for `query`, `delete` and the ng protocol.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallStats {
+    /// The call's Call-ID.
+    pub call_id: String,
+    /// Milliseconds since the first offer.
+    pub created_ms_ago: u64,
+    /// Milliseconds since the last offer/answer.
+    pub last_signal_ms_ago: u64,
+    /// Offerer's tag, then the answerer's if known.
+    pub tags: Vec<String>,
+    /// One entry per active m-line, by index.
+    pub streams: Vec<StreamPairStats>,
+}
+
+/// Relay-wide counters.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Totals {
+    /// Sessions created since start.
+    pub sessions: u64,
+    /// Sessions existing now.
+    pub current_sessions: u64,
+    /// Packets sent out by the relay.
+    pub packets_relayed: u64,
+    /// Bytes sent out by the relay.
+    pub bytes_relayed: u64,
+    /// Packets received and not relayed.
+    pub packets_dropped: u64,
+    /// Ports (RTP and RTCP) bound for calls.
+    pub ports_in_use: u64,
+    /// Ports freed and still resting.
+    pub ports_resting: u64,
+    /// Inactivity timeouts reported.
+    pub timeouts: u64,
+}
+
+/// A session that saw no media for longer than the configured timeout.
+#[derive(Debug, Clone)]
+pub struct TimedOut {
+    /// The idle call.
+    pub call_id: String,
+    /// How long it has been idle.
+    pub idle: Duration,
+}
+
+/// Why a relay request failed; the `Display` text is fit for an ng `error-reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The SDP body could not be parsed.
+    #[error("invalid SDP: {0}")]
+    Sdp(#[from] trunkline_sdp::SdpError),
+    /// Every port pair in the range is in use or resting.
+    #[error("no free media ports in the configured range")]
+    NoPorts,
+    /// No session with this Call-ID.
+    #[error("unknown call-id: {0}")]
+    UnknownCall(String),
+    /// The tag matches neither party of the session.
+    #[error("unknown tag: {0}")]
+    UnknownTag(String),
+    /// A socket could not be created or bound.
+    #[error("media socket error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The configuration cannot work.
+    #[error("invalid media configuration: {0}")]
+    Config(String),
+    /// The relay was shut down.
+    #[error("media relay is shut down")]
+    ShutDown,
+}

@@ -228,7 +228,10 @@ mod tests {
         assert_eq!(h.ssrc, 0xdead_beef);
         assert_eq!(h.payload_type, 8);
         assert!(h.marker);
-        assert_eq!(&p[h.payload_offset..h.payload_offset + h.payload_len], b"hello");
+        assert_eq!(
+            &p[h.payload_offset..h.payload_offset + h.payload_len],
+            b"hello"
+        );
     }
 
     #[test]
@@ -239,7 +242,10 @@ mod tests {
         assert!(h.extension);
         assert_eq!(h.padding, 4);
         assert_eq!(h.payload_offset, 12 + 12 + 4 + 8);
-        assert_eq!(&p[h.payload_offset..h.payload_offset + h.payload_len], b"xyz");
+        assert_eq!(
+            &p[h.payload_offset..h.payload_offset + h.payload_len],
+            b"xyz"
+        );
     }
 
     #[test]

@@ -1,1 +1,498 @@
-fn main() {}
+//! `trunkline-relay`: the media relay alone, driven over rtpengine's ng protocol.
+//!
+//! It takes rtpengine's command line (and `--config-file` with an `[rtpengine]` section), so an
+//! existing Kamailio/OpenSIPS deployment can swap the binary without touching its config.
+//! rtpengine options with no meaning here (kernel table, redis, recording, CLI port…) are
+//! accepted and ignored with a warning rather than refused.
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use trunkline_media::ng::{Dispatcher, NgServer, ServerLimits};
+use trunkline_media::{MediaConfig, Relay};
+
+/// rtpengine-compatible options. Short forms are rtpengine's.
+#[derive(Parser, Debug)]
+#[command(name = "trunkline-relay", version, about, args_override_self = true)]
+struct Cli {
+    /// Media interface: `IP`, `NAME/IP`, `IP!ADVERTISED`, `NAME/IP!ADVERTISED`; repeatable,
+    /// the first one is used.
+    #[arg(short = 'i', long = "interface")]
+    interface: Vec<String>,
+    /// ng over UDP: `IP:PORT` or `PORT` (127.0.0.1); repeatable.
+    #[arg(short = 'n', long = "listen-ng")]
+    listen_ng: Vec<String>,
+    /// ng over TCP: `IP:PORT` or `PORT` (127.0.0.1); repeatable.
+    #[arg(short = 'N', long = "listen-tcp-ng")]
+    listen_tcp_ng: Vec<String>,
+    /// Lowest media port.
+    #[arg(short = 'm', long = "port-min", default_value_t = 30000)]
+    port_min: u16,
+    /// Highest media port.
+    #[arg(short = 'M', long = "port-max", default_value_t = 40000)]
+    port_max: u16,
+    /// Seconds without media before a call is deleted.
+    #[arg(short = 'o', long = "timeout", default_value_t = 60)]
+    timeout: u64,
+    /// Accepted for compatibility (no silence detection; `--timeout` applies).
+    #[arg(short = 's', long = "silent-timeout")]
+    silent_timeout: Option<u64>,
+    /// Seconds a deleted call's ports rest before reuse (rtpengine: delay before freeing).
+    #[arg(short = 'd', long = "delete-delay", default_value_t = 30)]
+    delete_delay: u64,
+    /// Forwarding threads (0: one per core).
+    #[arg(long = "num-threads", default_value_t = 0)]
+    num_threads: usize,
+    /// Syslog level 0–7 (3 err, 4 warning, 5 notice, 6 info, 7 debug).
+    #[arg(short = 'L', long = "log-level", default_value_t = 5)]
+    log_level: u8,
+    /// Accepted: we always run in the foreground.
+    #[arg(short = 'f', long = "foreground")]
+    foreground: bool,
+    /// Accepted: we always log to stderr.
+    #[arg(short = 'E', long = "log-stderr")]
+    log_stderr: bool,
+    /// Write our PID here (removed on exit).
+    #[arg(short = 'p', long = "pidfile")]
+    pidfile: Option<PathBuf>,
+    /// Kernel forwarding table: accepted, ignored (userspace only).
+    #[arg(short = 't', long = "table", allow_hyphen_values = true)]
+    table: Option<i64>,
+    /// Without an explicit `trust address` flag, use the SIP source address.
+    #[arg(long = "sip-source")]
+    sip_source: bool,
+    /// rtpengine CLI port: accepted, ignored (no CLI).
+    #[arg(short = 'c', long = "listen-cli")]
+    listen_cli: Vec<String>,
+    /// INI file whose section (default `rtpengine`) supplies options not given here.
+    #[arg(long = "config-file")]
+    config_file: Option<PathBuf>,
+    /// Section of `--config-file` to read.
+    #[arg(long = "config-section", default_value = "rtpengine")]
+    config_section: String,
+}
+
+/// rtpengine options that change nothing here: (long name, short, takes a value).
+const IGNORED: &[(&str, Option<char>, bool)] = &[
+    ("no-fallback", Some('F'), false),
+    ("tos", Some('T'), true),
+    ("control-tos", None, true),
+    ("redis", Some('r'), true),
+    ("redis-write", Some('w'), true),
+    ("no-redis-required", Some('q'), false),
+    ("subscribe-keyspace", Some('k'), true),
+    ("final-timeout", Some('a'), true),
+    ("offer-timeout", None, true),
+    ("listen-tcp", Some('l'), true),
+    ("listen-udp", Some('u'), true),
+    ("listen-http", None, true),
+    ("listen-https", None, true),
+    ("graphite", Some('g'), true),
+    ("graphite-interval", Some('G'), true),
+    ("graphite-prefix", None, true),
+    ("log-facility", None, true),
+    ("log-facility-cdr", None, true),
+    ("log-facility-rtcp", None, true),
+    ("log-format", None, true),
+    ("log-name", None, true),
+    ("no-log-timestamps", None, false),
+    ("split-logs", None, false),
+    ("xmlrpc-format", Some('x'), true),
+    ("b2b-url", Some('b'), true),
+    ("max-sessions", None, true),
+    ("max-load", None, true),
+    ("max-cpu", None, true),
+    ("max-bandwidth", None, true),
+    ("media-num-threads", None, true),
+    ("codec-num-threads", None, true),
+    ("homer", None, true),
+    ("homer-protocol", None, true),
+    ("homer-id", None, true),
+    ("recording-dir", None, true),
+    ("recording-method", None, true),
+    ("recording-format", None, true),
+    ("dtls-passive", None, false),
+    ("save-interface-ports", Some('S'), false),
+    ("thread-stack", None, true),
+    ("poller-size", None, true),
+    ("nftables-chain", None, true),
+    ("nftables-base-chain", None, true),
+];
+
+/// Long names (as in the config file) of the options [`Cli`] understands.
+fn known_keys() -> Vec<String> {
+    Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .collect()
+}
+
+/// Drops ignored rtpengine options from argv, warning about each.
+fn strip_ignored(args: Vec<String>, warnings: &mut Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    // Bounded by the argument count.
+    while let Some(a) = it.next() {
+        let hit = IGNORED.iter().find(|(long, short, _)| {
+            a == format!("--{long}")
+                || a.starts_with(&format!("--{long}="))
+                || short.is_some_and(|s| a == format!("-{s}"))
+        });
+        match hit {
+            Some((long, _, takes_value)) => {
+                if *takes_value && !a.contains('=') {
+                    it.next();
+                }
+                warnings.push(format!("option --{long} ignored"));
+            }
+            None => out.push(a),
+        }
+    }
+    out
+}
+
+/// `[section]` of a glib-style key file: `key = value`, `#`/`;` comments.
+fn read_ini(path: &PathBuf, section: &str) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let mut current = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_owned();
+            continue;
+        }
+        if current != section {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            bail!("{}: malformed line {line:?}", path.display());
+        };
+        out.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(out)
+}
+
+/// Config-file entries as `--key=value` arguments, for options not given on the command line.
+/// glib key files separate list items with `;`; booleans are `true`/`false`.
+fn config_args(
+    entries: Vec<(String, String)>,
+    cli: &ArgMatches,
+    warnings: &mut Vec<String>,
+) -> Vec<String> {
+    let known = known_keys();
+    let mut out = Vec::new();
+    for (key, value) in entries {
+        if key == "config-file" || key == "config-section" {
+            continue;
+        }
+        if IGNORED.iter().any(|(long, _, _)| *long == key) {
+            warnings.push(format!("config {key} ignored"));
+            continue;
+        }
+        if !known.contains(&key) {
+            warnings.push(format!("config key {key} not supported; ignored"));
+            continue;
+        }
+        let id = key.replace('-', "_");
+        if cli.value_source(&id) == Some(clap::parser::ValueSource::CommandLine) {
+            continue; // the command line wins, as with rtpengine
+        }
+        let flag = Cli::command()
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()))
+            .is_some_and(|a| !a.get_action().takes_values());
+        if flag {
+            if value.eq_ignore_ascii_case("true") || value == "1" {
+                out.push(format!("--{key}"));
+            }
+            continue;
+        }
+        for item in value.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            out.push(format!("--{key}={item}"));
+        }
+    }
+    out
+}
+
+/// Parses argv plus the optional config file.
+fn parse_cli(warnings: &mut Vec<String>) -> Result<Cli> {
+    let argv = strip_ignored(std::env::args().collect(), warnings);
+    let first = Cli::command().get_matches_from(argv.clone());
+    let Some(path) = first.get_one::<PathBuf>("config_file").cloned() else {
+        return Ok(Cli::from_arg_matches(&first)?);
+    };
+    let section = first
+        .get_one::<String>("config_section")
+        .cloned()
+        .unwrap_or_else(|| "rtpengine".into());
+    let entries = read_ini(&path, &section)?;
+    let extra = config_args(entries, &first, warnings);
+    let mut merged = Vec::with_capacity(argv.len() + extra.len());
+    merged.extend(argv.first().cloned());
+    merged.extend(extra);
+    merged.extend(argv.into_iter().skip(1));
+    Ok(Cli::from_arg_matches(
+        &Cli::command().get_matches_from(merged),
+    )?)
+}
+
+/// `IP`, `NAME/IP`, `IP!ADVERTISED`, `NAME/IP!ADVERTISED` → (bind, advertise).
+fn parse_interface(s: &str) -> Result<(IpAddr, IpAddr)> {
+    let addrs = s.split_once('/').map_or(s, |(_, rest)| rest);
+    let (bind, adv) = addrs.split_once('!').unwrap_or((addrs, addrs));
+    let bind: IpAddr = bind
+        .trim()
+        .parse()
+        .with_context(|| format!("--interface {s}: {bind:?} is not an IP"))?;
+    let adv: IpAddr = adv
+        .trim()
+        .parse()
+        .with_context(|| format!("--interface {s}: {adv:?} is not an IP"))?;
+    Ok((bind, adv))
+}
+
+/// `IP:PORT`, `[V6]:PORT`, `HOST:PORT` or a bare `PORT` (127.0.0.1).
+fn parse_listen(s: &str) -> Result<SocketAddr> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    s.to_socket_addrs()
+        .with_context(|| format!("listen address {s}"))?
+        .next()
+        .with_context(|| format!("listen address {s} resolves to nothing"))
+}
+
+/// syslog level → tracing filter.
+fn log_filter(level: u8) -> &'static str {
+    match level {
+        0..=3 => "error",
+        4 => "warn",
+        5 | 6 => "info",
+        _ => "debug",
+    }
+}
+
+fn main() -> Result<()> {
+    let mut warnings = Vec::new();
+    let cli = parse_cli(&mut warnings)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(cli.log_level)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    if !cli.listen_cli.is_empty() {
+        tracing::warn!("--listen-cli ignored: no rtpengine CLI");
+    }
+    if let Some(t) = cli.table.filter(|t| *t >= 0) {
+        tracing::warn!(table = t, "--table ignored: userspace forwarding only");
+    }
+    if cli.silent_timeout.is_some() {
+        tracing::info!("--silent-timeout accepted; --timeout applies to all calls");
+    }
+    let _ = (cli.foreground, cli.log_stderr);
+    // Control work is light and the packet workers are threads of their own: one runtime
+    // thread leaves the cores to forwarding.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let first = cli.interface.first().context("--interface is required")?;
+    if cli.interface.len() > 1 {
+        tracing::warn!(used = %first, "several --interface given; only the first is used");
+    }
+    let (bind, advertise) = parse_interface(first)?;
+    let udp: Vec<SocketAddr> = cli
+        .listen_ng
+        .iter()
+        .map(|s| parse_listen(s))
+        .collect::<Result<_>>()?;
+    let tcp: Vec<SocketAddr> = cli
+        .listen_tcp_ng
+        .iter()
+        .map(|s| parse_listen(s))
+        .collect::<Result<_>>()?;
+    if udp.is_empty() && tcp.is_empty() {
+        bail!("nothing to listen on: give --listen-ng and/or --listen-tcp-ng");
+    }
+    let config = MediaConfig {
+        bind,
+        advertise,
+        port_min: cli.port_min,
+        port_max: cli.port_max,
+        workers: cli.num_threads,
+        timeout: Duration::from_secs(cli.timeout.max(1)),
+        port_rest: Duration::from_secs(cli.delete_delay),
+        ..MediaConfig::default()
+    };
+    let relay = Arc::new(Relay::start(config, None).context("starting the media relay")?);
+    let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&relay)).sip_source(cli.sip_source));
+
+    let mut servers = Vec::new();
+    let n = udp.len().max(tcp.len());
+    for i in 0..n {
+        let s = NgServer::start(
+            Arc::clone(&dispatcher),
+            udp.get(i).copied(),
+            tcp.get(i).copied(),
+            ServerLimits::default(),
+        )
+        .await
+        .with_context(|| format!("binding ng listeners {:?} / {:?}", udp.get(i), tcp.get(i)))?;
+        tracing::info!(udp = ?s.udp_addr(), tcp = ?s.tcp_addr(), "ng control listening");
+        servers.push(s);
+    }
+    if let Some(p) = &cli.pidfile {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing pidfile {}", p.display()))?;
+    }
+    tracing::info!(%bind, %advertise, port_min = cli.port_min, port_max = cli.port_max, "trunkline-relay running");
+
+    let timeouts = tokio::spawn(timeout_loop(Arc::clone(&relay)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    timeouts.abort();
+    for s in servers {
+        s.shutdown();
+    }
+    relay.shutdown();
+    if let Some(p) = &cli.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+/// rtpengine deletes calls whose media stopped; so do we, once a second.
+async fn timeout_loop(relay: Arc<Relay>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for t in relay.take_timeouts() {
+            tracing::info!(call_id = %t.call_id, idle_s = t.idle.as_secs(), "media timeout; deleting call");
+            if let Err(e) = relay.delete(&t.call_id, None, None) {
+                tracing::debug!(call_id = %t.call_id, error = %e, "timed-out call already gone");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_forms() {
+        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
+        let pub_: IpAddr = "203.0.113.5".parse().expect("ip");
+        assert_eq!(parse_interface("127.0.0.1").expect("ok"), (lo, lo));
+        assert_eq!(parse_interface("int/127.0.0.1").expect("ok"), (lo, lo));
+        assert_eq!(
+            parse_interface("127.0.0.1!203.0.113.5").expect("ok"),
+            (lo, pub_)
+        );
+        assert_eq!(
+            parse_interface("ext/127.0.0.1!203.0.113.5").expect("ok"),
+            (lo, pub_)
+        );
+        assert!(parse_interface("eth0").is_err());
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("2223").expect("ok"),
+            "127.0.0.1:2223".parse().expect("addr")
+        );
+        assert_eq!(
+            parse_listen("127.0.0.1:2223").expect("ok"),
+            "127.0.0.1:2223".parse().expect("addr")
+        );
+        assert_eq!(
+            parse_listen("[::1]:2223").expect("ok"),
+            "[::1]:2223".parse().expect("addr")
+        );
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(log_filter(3), "error");
+        assert_eq!(log_filter(4), "warn");
+        assert_eq!(log_filter(5), "info");
+        assert_eq!(log_filter(7), "debug");
+    }
+
+    #[test]
+    fn ignored_options_are_stripped() {
+        let mut w = Vec::new();
+        let args: Vec<String> = [
+            "x",
+            "--tos",
+            "184",
+            "-F",
+            "--redis=1.2.3.4:6379/1",
+            "--port-min",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(strip_ignored(args, &mut w), vec!["x", "--port-min", "1"]);
+        assert_eq!(w.len(), 3);
+    }
+
+    #[test]
+    fn config_file_fills_what_the_command_line_does_not_give() {
+        let dir = std::env::temp_dir().join(format!("tl-relay-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("rtpengine.conf");
+        std::fs::write(
+            &path,
+            "[other]\nport-min = 1\n[rtpengine]\ntable = -1\ninterface = 127.0.0.1\n\
+             listen-ng = 127.0.0.1:2223\nlisten-cli = 127.0.0.1:2224\nforeground = true\n\
+             log-stderr = true\nlog-level = 5\nport-min = 20000\nport-max = 59999\n\
+             timeout = 60\nsilent-timeout = 3600\nnum-threads = 2\ndelete-delay = 0\n\
+             pidfile = /tmp/rtpengine.pid\nredis = 127.0.0.1:6379\n",
+        )
+        .expect("write");
+        let entries = read_ini(&path, "rtpengine").expect("ini");
+        let argv = ["x", "--port-min", "30000"];
+        let first = Cli::command().get_matches_from(argv);
+        let mut w = Vec::new();
+        let extra = config_args(entries, &first, &mut w);
+        let mut merged: Vec<String> = vec!["x".into()];
+        merged.extend(extra);
+        merged.extend(argv.iter().skip(1).map(|s| s.to_string()));
+        let cli = Cli::from_arg_matches(&Cli::command().get_matches_from(merged)).expect("cli");
+        assert_eq!(cli.port_min, 30000, "command line wins");
+        assert_eq!(cli.port_max, 59999);
+        assert_eq!(cli.interface, vec!["127.0.0.1"]);
+        assert_eq!(cli.listen_ng, vec!["127.0.0.1:2223"]);
+        assert_eq!(cli.table, Some(-1));
+        assert_eq!(cli.num_threads, 2);
+        assert_eq!(cli.delete_delay, 0);
+        assert!(cli.foreground && cli.log_stderr);
+        assert_eq!(w, vec!["config redis ignored".to_string()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -50,7 +50,13 @@ impl Dialog {
         let call_id = String::from_utf8_lossy(h.call_id().ok_or(DialogError::Missing("Call-ID"))?)
             .into_owned();
         let cseq = h.cseq().ok_or(DialogError::Missing("CSeq"))?;
-        let contact = h.contact().ok_or(DialogError::Missing("Contact"))?;
+        // RFC 2543 clients may omit Contact (RFC 4475 §3.4.1): their From is then the
+        // best remote target there is.
+        let remote_target = match h.contact() {
+            Some(c) => c.uri,
+            None if h.get(HeaderName::Contact).is_none() => from.uri.clone(),
+            None => return Err(DialogError::Missing("Contact")),
+        };
         let route_set = h
             .name_addrs(HeaderName::RecordRoute)
             .ok_or(DialogError::Missing("Record-Route"))?;
@@ -62,7 +68,7 @@ impl Dialog {
             remote_seq: Some(cseq.seq),
             local_uri: strip_tag(to),
             remote_uri: strip_tag(from),
-            remote_target: contact.uri,
+            remote_target,
             route_set,
         })
     }

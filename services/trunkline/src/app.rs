@@ -26,6 +26,7 @@ use crate::shutdown::Shutdown;
 pub struct App {
     dispatcher: Dispatcher,
     transports: Transports,
+    media: Option<ractor::ActorRef<trunkline_call::media::MediaMsg>>,
 }
 
 impl std::fmt::Debug for App {
@@ -50,6 +51,7 @@ fn router(config: &Config) -> anyhow::Result<Router> {
                 TrunkTransport::Udp => trunkline_sip::Transport::Udp,
                 TrunkTransport::Tcp => trunkline_sip::Transport::Tcp,
             },
+            anchor_media: t.anchor_media,
         });
     }
     Router::new(trunks, config.routing.default_trunk.as_deref()).context("routing")
@@ -76,6 +78,33 @@ impl App {
             .sip
             .advertise_ip()
             .ok_or_else(|| anyhow!("sip: no listen address to advertise"))?;
+        let media = if config.media.enabled {
+            let m = &config.media;
+            let relay = trunkline_media::Relay::start(
+                trunkline_media::MediaConfig {
+                    bind: m.bind,
+                    advertise: m.advertise.unwrap_or(m.bind),
+                    port_min: m.port_min,
+                    port_max: m.port_max,
+                    workers: if m.workers == 0 {
+                        std::thread::available_parallelism().map_or(1, usize::from)
+                    } else {
+                        m.workers
+                    },
+                    timeout: Duration::from_secs(m.timeout_secs),
+                    ..trunkline_media::MediaConfig::default()
+                },
+                Some(registry),
+            )
+            .context("cannot start the media relay ([media])")?;
+            Some(
+                trunkline_call::media::spawn(relay)
+                    .await
+                    .context("cannot start the media actor")?,
+            )
+        } else {
+            None
+        };
         let dispatcher = Dispatcher::new(
             DispatcherConfig {
                 call: Arc::new(call),
@@ -85,6 +114,7 @@ impl App {
             },
             router(&config)?,
             call_metrics,
+            media.clone(),
         );
         let transports = Transports::start(
             config.sip.transport_config(),
@@ -97,6 +127,7 @@ impl App {
         Ok(Self {
             dispatcher,
             transports,
+            media,
         })
     }
 
@@ -120,6 +151,9 @@ impl App {
             }
         }
         self.transports.shutdown().await;
+        if let Some(media) = self.media {
+            media.stop(None);
+        }
         Ok(())
     }
 }

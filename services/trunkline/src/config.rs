@@ -510,7 +510,10 @@ impl Config {
             );
         }
         if m.port_min < 1024 {
-            problems.push("media.port_min", format!("{} is a privileged port", m.port_min));
+            problems.push(
+                "media.port_min",
+                format!("{} is a privileged port", m.port_min),
+            );
         }
         if m.timeout_secs == 0 {
             problems.push("media.timeout_secs", "must be at least 1");

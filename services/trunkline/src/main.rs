@@ -4,6 +4,7 @@
 //! handlers, serve metrics, and run [`app::App`] until a drain completes. The SIP machinery
 //! lives in the library crates and is wired together in `app.rs`.
 
+mod alloc;
 mod app;
 mod cli;
 mod config;
@@ -31,14 +32,21 @@ use crate::shutdown::Shutdown;
 /// the process exits regardless.
 const TERMINATE_GRACE: Duration = Duration::from_secs(5);
 
-/// mimalloc returns freed memory to the OS promptly and fragments less than glibc's
-/// allocator under many small per-call allocations, so memory goes back to its baseline
-/// after load and per-call overhead stays small.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+fn main() -> ExitCode {
+    alloc::tune();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async_main()),
+        Err(err) => {
+            eprintln!("trunkline: cannot start the runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-#[tokio::main]
-async fn main() -> ExitCode {
+async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     // Logging is configured by the config, so errors up to here go straight to stderr.
     let config = match Config::load(cli.config.as_deref()) {
@@ -63,6 +71,12 @@ async fn main() -> ExitCode {
     if let Err(err) = telemetry::init(&config.log, config::rust_log_override()) {
         eprintln!("trunkline: {err:#}");
         return ExitCode::FAILURE;
+    }
+    // Every TCP connection and every media socket is a descriptor: take what the hard
+    // limit allows instead of the 1024 most shells start with.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
     }
     match start_and_run(config).await {
         Ok(()) => {

@@ -12,7 +12,8 @@
 //! 2. bounds nesting depth before the recursive `serde_bencode` decoder runs, so hostile input
 //!    like `llll…` cannot overflow the stack (ARCHITECTURE rule 6).
 
-use serde_bencode::value::Value;
+/// The decoded value type (re-exported so users need not depend on `serde_bencode`).
+pub use serde_bencode::value::Value;
 use std::collections::HashMap;
 
 /// Deepest nesting accepted. Real ng messages nest 3–4 levels (`codec` → `transcode` → list).
@@ -83,7 +84,12 @@ pub fn scan(buf: &[u8]) -> Result<Option<usize>, BencodeError> {
                     value_done(&mut stack);
                     continue;
                 }
-                _ => return Err(BencodeError::Unexpected { byte: b, offset: pos }),
+                _ => {
+                    return Err(BencodeError::Unexpected {
+                        byte: b,
+                        offset: pos,
+                    })
+                }
             }
         }
         if expecting_key && !b.is_ascii_digit() {
@@ -94,7 +100,11 @@ pub fn scan(buf: &[u8]) -> Result<Option<usize>, BencodeError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(BencodeError::TooDeep);
                 }
-                stack.push(if b == b'l' { Frame::List } else { Frame::DictKey });
+                stack.push(if b == b'l' {
+                    Frame::List
+                } else {
+                    Frame::DictKey
+                });
                 pos += 1;
                 continue;
             }
@@ -111,7 +121,10 @@ pub fn scan(buf: &[u8]) -> Result<Option<usize>, BencodeError> {
                         Some(d) if d.is_ascii_digit() && pos - start < MAX_DIGITS => pos += 1,
                         Some(b'e') if pos > digits_start => break,
                         Some(&other) => {
-                            return Err(BencodeError::Unexpected { byte: other, offset: pos })
+                            return Err(BencodeError::Unexpected {
+                                byte: other,
+                                offset: pos,
+                            })
                         }
                     }
                 }
@@ -127,12 +140,18 @@ pub fn scan(buf: &[u8]) -> Result<Option<usize>, BencodeError> {
                             len = len
                                 .checked_mul(10)
                                 .and_then(|l| l.checked_add(usize::from(d - b'0')))
-                                .ok_or(BencodeError::Unexpected { byte: *d, offset: pos })?;
+                                .ok_or(BencodeError::Unexpected {
+                                    byte: *d,
+                                    offset: pos,
+                                })?;
                             pos += 1;
                         }
                         Some(b':') => break,
                         Some(&other) => {
-                            return Err(BencodeError::Unexpected { byte: other, offset: pos })
+                            return Err(BencodeError::Unexpected {
+                                byte: other,
+                                offset: pos,
+                            })
                         }
                     }
                 }
@@ -143,7 +162,12 @@ pub fn scan(buf: &[u8]) -> Result<Option<usize>, BencodeError> {
                     None => return Err(BencodeError::Truncated),
                 }
             }
-            other => return Err(BencodeError::Unexpected { byte: other, offset: pos }),
+            other => {
+                return Err(BencodeError::Unexpected {
+                    byte: other,
+                    offset: pos,
+                })
+            }
         }
         // An atom just ended.
         if stack.is_empty() {
@@ -190,12 +214,16 @@ impl Dict {
     }
     /// Sets `key` to a string value.
     pub fn str(mut self, key: &str, val: impl AsRef<[u8]>) -> Self {
-        self.0.insert(key.as_bytes().to_vec(), Value::Bytes(val.as_ref().to_vec()));
+        self.0
+            .insert(key.as_bytes().to_vec(), Value::Bytes(val.as_ref().to_vec()));
         self
     }
     /// Sets `key` to an integer value (saturating at i64::MAX, which bencode peers parse).
     pub fn int(mut self, key: &str, val: impl TryInto<i64>) -> Self {
-        self.0.insert(key.as_bytes().to_vec(), Value::Int(val.try_into().unwrap_or(i64::MAX)));
+        self.0.insert(
+            key.as_bytes().to_vec(),
+            Value::Int(val.try_into().unwrap_or(i64::MAX)),
+        );
         self
     }
     /// Sets `key` to any value.
@@ -203,7 +231,7 @@ impl Dict {
         self.0.insert(key.as_bytes().to_vec(), val);
         self
     }
-    /// Sets `key` only if absent (keeps a first `warning`).
+    /// Whether `key` is already set.
     pub fn contains(&self, key: &str) -> bool {
         self.0.contains_key(key.as_bytes())
     }
@@ -215,5 +243,10 @@ impl Dict {
 
 /// A list of strings as a `Value`.
 pub fn str_list<S: AsRef<[u8]>>(items: impl IntoIterator<Item = S>) -> Value {
-    Value::List(items.into_iter().map(|s| Value::Bytes(s.as_ref().to_vec())).collect())
+    Value::List(
+        items
+            .into_iter()
+            .map(|s| Value::Bytes(s.as_ref().to_vec()))
+            .collect(),
+    )
 }

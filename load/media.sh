@@ -1,0 +1,373 @@
+#!/usr/bin/env bash
+# Side-by-side media-relay benchmark: the same RTP load (trunkline-rtpbench, sessions set up
+# over the ng protocol) against
+#   direct     no relay: the generator sends straight to its receiver (generator ceiling/floor)
+#   rtpengine  Debian rtpengine, userspace only (table = -1)
+#   trunkline  trunkline-relay, same flags/ports as rtpengine
+# one after the other in one run, on loopback.  See load/README.md, "Media benchmark".
+#
+#   load/media.sh [--quick] [--systems direct,rtpengine,trunkline]
+#
+# Every step starts a fresh relay, runs one bounded rtpbench (count and time), stops the relay.
+# All children are stopped by PID on exit, error, Ctrl-C or TERM.  Nothing is pinned: the
+# generator and the relay share the machine's cores.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+
+usage() {
+	sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+	cat <<'EOF'
+Options:
+  --quick            smoke run: 3 s steps, short ramp (~1-2 min)
+  --systems LIST     comma-separated subset of direct,rtpengine,trunkline (default: all)
+  -h, --help         this text
+Environment (defaults full / quick):
+  TRUNKLINE_RELAY_BIN  use this binary instead of `cargo build --release --bin trunkline-relay`
+  RTPBENCH_BIN         use this generator instead of `cargo build --release -p trunkline-rtpbench`
+  STEP_SECS          seconds of traffic per step (10 / 3)
+  RAMP               streams per step, one-way 50 pps flows (bidirectional sessions = streams/2)
+                     ("100 200 400 800 1200 1600 2000 2400 3000 3600 4000 4800" / "200 1000 2000 4000")
+  LAT_STREAMS        streams of the fixed latency run (500)
+  LOSS_MAX_PCT       a step passes below this loss (0.1) ...
+  PACE_MIN_PCT       ... and if the generator sent at >= this % of the offered rate (95)
+  RETRY              re-run a failing step this many times before stopping the ramp (1 / 0)
+  SEND_THREADS RECV_THREADS   generator threads (1 1)
+  NG_PORT CLI_PORT PORT_MIN PORT_MAX   (12223 12224 30000 39999)
+EOF
+}
+
+QUICK=0
+SYSTEMS="direct,rtpengine,trunkline"
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--quick) QUICK=1 ;;
+	--systems) SYSTEMS="$2"; shift ;;
+	--systems=*) SYSTEMS="${1#*=}" ;;
+	-h | --help) usage; exit 0 ;;
+	*) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+	esac
+	shift
+done
+IFS=',' read -r -a SYS_LIST <<<"$SYSTEMS"
+for s in "${SYS_LIST[@]}"; do
+	case "$s" in direct | rtpengine | trunkline) ;; *) echo "unknown system: $s" >&2; exit 2 ;; esac
+done
+
+if [ "$QUICK" = 1 ]; then
+	: "${STEP_SECS:=3}" "${RETRY:=0}"
+	: "${RAMP:=200 1000 2000 4000}"
+else
+	: "${STEP_SECS:=10}" "${RETRY:=1}"
+	: "${RAMP:=100 200 400 800 1200 1600 2000 2400 3000 3600 4000 4800}"
+fi
+: "${LAT_STREAMS:=500}" "${LOSS_MAX_PCT:=0.1}" "${PACE_MIN_PCT:=95}" "${SEND_THREADS:=1}" "${RECV_THREADS:=1}"
+: "${NG_PORT:=12223}" "${CLI_PORT:=12224}" "${PORT_MIN:=30000}" "${PORT_MAX:=39999}"
+: "${RELAY_READY_SECS:=10}"
+HOST=127.0.0.1
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT="$HERE/out/$STAMP"
+[ -e "$OUT" ] && OUT="$OUT-$$"
+mkdir -p "$OUT"
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/media.log" >&2; }
+die() { log "ERROR: $*"; exit 2; }
+
+# ------------------------------------------------------------ process control
+STARTED=()
+stop_pid() {
+	local pid=$1 i
+	[ -n "$pid" ] || return 0
+	kill -0 "$pid" 2>/dev/null || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for i in $(seq 1 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	return 0
+}
+cleanup() {
+	local rc=$? i
+	trap - EXIT INT TERM
+	for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_pid "${STARTED[$i]}"; done
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT TERM
+
+# ------------------------------------------------------------ tools
+command -v python3 >/dev/null || die "python3 is required (standard library only)"
+if [ -n "${RTPBENCH_BIN:-}" ]; then
+	RB=$RTPBENCH_BIN
+else
+	log "building trunkline-rtpbench (cargo build --release -p trunkline-rtpbench)"
+	(cd "$ROOT" && cargo build --release -p trunkline-rtpbench) >"$OUT/build-rtpbench.log" 2>&1 ||
+		die "rtpbench build failed: $(tail -5 "$OUT/build-rtpbench.log")"
+	RB="$ROOT/target/release/trunkline-rtpbench"
+fi
+[ -x "$RB" ] || die "no rtpbench binary at $RB"
+
+declare -A UNAVAILABLE=()
+for s in "${SYS_LIST[@]}"; do
+	case "$s" in
+	rtpengine) command -v rtpengine >/dev/null || UNAVAILABLE[rtpengine]="rtpengine not installed (apt-get install --no-install-recommends rtpengine-daemon)" ;;
+	trunkline)
+		if [ -n "${TRUNKLINE_RELAY_BIN:-}" ]; then
+			TLR=$TRUNKLINE_RELAY_BIN
+		else
+			log "building trunkline-relay (cargo build --release --bin trunkline-relay)"
+			if (cd "$ROOT" && cargo build --release --bin trunkline-relay) >"$OUT/build-relay.log" 2>&1; then
+				TLR="$ROOT/target/release/trunkline-relay"
+			else
+				TLR=""
+				UNAVAILABLE[trunkline]="build failed: $(tail -3 "$OUT/build-relay.log" | tr '\n' ' ')"
+			fi
+		fi
+		[ -z "${UNAVAILABLE[trunkline]:-}" ] && [ ! -x "$TLR" ] && UNAVAILABLE[trunkline]="no binary at $TLR"
+		;;
+	esac
+done
+
+# ng ping over UDP: exit 0 when the relay answers
+ng_ping() {
+	python3 - "$HOST" "$NG_PORT" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.3)
+try:
+    s.sendto(b"mediash_ping d7:command4:pinge", (sys.argv[1], int(sys.argv[2])))
+    data, _ = s.recvfrom(65536)
+    sys.exit(0 if data.startswith(b"mediash_ping ") and b"pong" in data else 1)
+except OSError:
+    sys.exit(1)
+EOF
+}
+
+# ------------------------------------------------------------ relays
+RELAY_PID=""
+relay_start() { # SYSTEM DIR -> RELAY_PID, or returns 1 with the reason in $DIR/start-error
+	local sys=$1 dir=$2 i
+	mkdir -p "$dir"
+	case "$sys" in
+	rtpengine)
+		cat >"$dir/rtpengine.conf" <<EOF
+# generated by load/media.sh: userspace-only rtpengine, private ports
+[rtpengine]
+table = -1
+interface = $HOST
+listen-ng = $HOST:$NG_PORT
+listen-cli = $HOST:$CLI_PORT
+foreground = true
+log-stderr = true
+log-level = 5
+port-min = $PORT_MIN
+port-max = $PORT_MAX
+timeout = 60
+silent-timeout = 3600
+num-threads = 2
+delete-delay = 0
+pidfile = $dir/rtpengine.pid
+EOF
+		rtpengine --config-file="$dir/rtpengine.conf" >"$dir/relay.log" 2>&1 &
+		;;
+	trunkline)
+		"$TLR" --interface "$HOST" --listen-ng "$HOST:$NG_PORT" --port-min "$PORT_MIN" \
+			--port-max "$PORT_MAX" --timeout 60 --foreground >"$dir/relay.log" 2>&1 &
+		;;
+	esac
+	RELAY_PID=$!
+	STARTED+=("$RELAY_PID")
+	for i in $(seq 1 $((RELAY_READY_SECS * 5))); do
+		if ! kill -0 "$RELAY_PID" 2>/dev/null; then
+			echo "exited during start-up: $(tail -3 "$dir/relay.log" | tr '\n' ' ')" >"$dir/start-error"
+			RELAY_PID=""
+			return 1
+		fi
+		ng_ping && return 0
+		sleep 0.2
+	done
+	echo "no ng pong on $HOST:$NG_PORT within ${RELAY_READY_SECS}s: $(tail -3 "$dir/relay.log" | tr '\n' ' ')" >"$dir/start-error"
+	stop_pid "$RELAY_PID"
+	RELAY_PID=""
+	return 1
+}
+relay_stop() { stop_pid "$RELAY_PID"; RELAY_PID=""; }
+
+# one measured step: SYSTEM DIR STREAMS -> DIR/step.json (+ rtpbench.log, relay.log)
+run_step() {
+	local sys=$1 dir=$2 streams=$3 sessions args=()
+	sessions=$(((streams + 1) / 2))
+	mkdir -p "$dir"
+	args=(--streams "$sessions" --both-directions --duration "$STEP_SECS" --pps-per-stream 50
+		--local-ip "$HOST" --send-threads "$SEND_THREADS" --recv-threads "$RECV_THREADS"
+		--json --label "$sys/$streams")
+	if [ "$sys" = direct ]; then
+		args+=(--direct)
+	else
+		if ! relay_start "$sys" "$dir"; then
+			printf '{"label":"%s/%s","error":"relay start: %s"}\n' "$sys" "$streams" \
+				"$(sed 's/["\\]/ /g' "$dir/start-error")" >"$dir/step.json"
+			return 0
+		fi
+		args+=(--ng "$HOST:$NG_PORT" --relay-pid "$RELAY_PID")
+	fi
+	# bounded: the tool stops after STEP_SECS of traffic; the timeout covers set-up/teardown
+	timeout --signal=TERM --kill-after=5 $((STEP_SECS * 3 + 60)) "$RB" "${args[@]}" \
+		>"$dir/step.json" 2>"$dir/rtpbench.log" || true
+	[ -s "$dir/step.json" ] || printf '{"label":"%s/%s","error":"rtpbench produced no summary (see rtpbench.log)"}\n' "$sys" "$streams" >"$dir/step.json"
+	[ "$sys" = direct ] || relay_stop
+}
+
+step_verdict() { # DIR -> prints "pass" / "fail <reason>"
+	python3 - "$1/step.json" "$LOSS_MAX_PCT" "$PACE_MIN_PCT" <<'EOF'
+import json, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except Exception as e:
+    print(f"fail unreadable summary ({e})"); sys.exit()
+if "error" in d:
+    print("fail " + d["error"][:200]); sys.exit()
+if d["loss_pct"] >= float(sys.argv[2]):
+    print(f"fail loss {d['loss_pct']:.3f} %"); sys.exit()
+if d["achieved_send_pps"] < float(sys.argv[3]) / 100 * d["offered_pps"]:
+    print(f"fail generator fell behind (sent {d['achieved_send_pps']:.0f} of {d['offered_pps']:.0f} pps)"); sys.exit()
+print("pass")
+EOF
+}
+
+# ------------------------------------------------------------ run
+sessions_max=$(((PORT_MAX - PORT_MIN + 1) / 4)) # RTP+RTCP on both sides of every session
+{
+	echo "STAMP=$STAMP QUICK=$QUICK SYSTEMS=$SYSTEMS STEP_SECS=$STEP_SECS RETRY=$RETRY"
+	echo "RAMP=\"$RAMP\" LAT_STREAMS=$LAT_STREAMS LOSS_MAX_PCT=$LOSS_MAX_PCT PACE_MIN_PCT=$PACE_MIN_PCT"
+	echo "SEND_THREADS=$SEND_THREADS RECV_THREADS=$RECV_THREADS NG_PORT=$NG_PORT PORT_MIN=$PORT_MIN PORT_MAX=$PORT_MAX"
+	echo "RTPBENCH=$RB TRUNKLINE_RELAY=${TLR:-} rtpengine=$(rtpengine --version 2>&1 | head -1 || true)"
+	echo "nproc=$(nproc) loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$OUT/params.env"
+log "output: $OUT  (nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg); nothing pinned: generator and relay share the cores)"
+
+for sys in "${SYS_LIST[@]}"; do
+	if [ -n "${UNAVAILABLE[$sys]:-}" ]; then
+		log "$sys: UNAVAILABLE: ${UNAVAILABLE[$sys]}"
+		mkdir -p "$OUT/$sys"
+		echo "${UNAVAILABLE[$sys]}" >"$OUT/$sys/unavailable"
+		continue
+	fi
+	if [ "$sys" != direct ]; then # pre-flight: starts and answers ng ping
+		if ! relay_start "$sys" "$OUT/$sys/preflight"; then
+			UNAVAILABLE[$sys]=$(cat "$OUT/$sys/preflight/start-error")
+			log "$sys: UNAVAILABLE: ${UNAVAILABLE[$sys]}"
+			echo "${UNAVAILABLE[$sys]}" >"$OUT/$sys/unavailable"
+			continue
+		fi
+		relay_stop
+	fi
+	for streams in $RAMP; do
+		if [ $(((streams + 1) / 2)) -gt "$sessions_max" ]; then
+			log "$sys: ramp stops at $streams streams: more sessions than the port range $PORT_MIN-$PORT_MAX holds"
+			break
+		fi
+		verdict=""
+		for attempt in $(seq 0 "$RETRY"); do
+			dir="$OUT/$sys/ramp/streams-$streams"
+			[ "$attempt" -gt 0 ] && dir="$dir-retry$attempt"
+			run_step "$sys" "$dir" "$streams"
+			verdict=$(step_verdict "$dir")
+			log "$sys: $streams streams ($((streams * 50)) pps offered): $verdict$([ "$attempt" -gt 0 ] && echo " (retry $attempt)")"
+			[ "$verdict" = pass ] && break
+		done
+		[ "$verdict" = pass ] || break
+	done
+	run_step "$sys" "$OUT/$sys/latency" "$LAT_STREAMS"
+	log "$sys: latency run, $LAT_STREAMS streams: $(step_verdict "$OUT/$sys/latency")"
+done
+
+# ------------------------------------------------------------ report
+python3 - "$OUT" "$LOSS_MAX_PCT" "$LAT_STREAMS" "$SYSTEMS" "$PACE_MIN_PCT" <<'EOF' | tee "$OUT/table.md"
+import glob, json, os, re, sys
+out, loss_max, lat_streams, systems = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
+pace = float(sys.argv[5]) / 100
+names = {"direct": "generator direct, no relay (reference: generator ceiling / latency floor)",
+         "rtpengine": "rtpengine (Debian, userspace, table = -1)",
+         "trunkline": "trunkline-relay"}
+def load(p):
+    try: return json.load(open(p))
+    except Exception: return None
+def ok(d):
+    return bool(d) and "error" not in d and d["loss_pct"] < loss_max and d["achieved_send_pps"] >= pace * d["offered_pps"]
+rows, per_step, res = [], [], {}
+for s in systems:
+    un = os.path.join(out, s, "unavailable")
+    if os.path.exists(un):
+        rows.append(f"| {names[s]} | unavailable: {open(un).read().strip()[:120]} | | | | |"); continue
+    steps = []
+    for p in glob.glob(os.path.join(out, s, "ramp", "streams-*", "step.json")):
+        m = re.search(r"streams-(\d+)(-retry\d+)?/", p)
+        steps.append((int(m.group(1)), p, load(p)))
+    steps.sort(key=lambda x: (x[0], x[1]))
+    best = None
+    for n, p, d in steps:
+        if ok(d) and (best is None or d["forwarded_pps"] > best["forwarded_pps"]): best = d
+        if d and "error" not in d:
+            lat = d["latency_us"]
+            per_step.append(f"| {s} | {n} | {d['offered_pps']:.0f} | {d['forwarded_pps']:.0f} | {d['loss_pct']:.3f} | "
+                            f"{d['achieved_send_pps'] / d['offered_pps'] * 100:.1f} | {lat['p50']} | {lat['p99']} | {lat['max']} | "
+                            f"{d['generator_cores']:.2f} | {'' if d['relay_cores'] is None else format(d['relay_cores'], '.2f')} | "
+                            f"{'pass' if ok(d) else 'FAIL'} |")
+        else:
+            per_step.append(f"| {s} | {n} | | | | | | | | | | {(d or {}).get('error', 'no summary')[:80]} |")
+    lat = load(os.path.join(out, s, "latency", "step.json"))
+    p99 = lat["latency_us"]["p99"] if lat and "error" not in lat else None
+    if lat and "error" not in lat and not ok(lat): p99 = f"{p99} (lossy)"
+    if best is None:
+        rows.append(f"| {names[s]} | none passed | | | {p99 if p99 is not None else '—'} | |"); continue
+    cores = best.get("relay_cores")
+    ppc = best["forwarded_pps"] / cores if cores else None
+    res[s] = ppc
+    rows.append(f"| {names[s]} | {best['forwarded_pps']:.0f} ({best['flows']} streams) | "
+                f"{'—' if cores is None else format(cores, '.2f')} | {'—' if ppc is None else format(ppc, '.0f')} | "
+                f"{p99 if p99 is not None else '—'} | {'—' if ppc is None else format(ppc / 50, '.0f')} |")
+print(f"| system | max pps at <{loss_max}% loss | relay cores used | pps per core | p99 added latency µs ({lat_streams} streams) | 50 pps streams per core |")
+print("|---|---:|---:|---:|---:|---:|")
+print("\n".join(rows))
+print()
+if res.get("trunkline") and res.get("rtpengine"):
+    r = res["trunkline"] / res["rtpengine"]
+    print(f"**trunkline / rtpengine pps per core: {r:.2f}** (target ≥ 2.00: {'met' if r >= 2 else 'NOT met'})")
+else:
+    print("trunkline / rtpengine pps per core: n/a (both systems must be measured)")
+tl = load(os.path.join(out, "trunkline", "latency", "step.json"))
+if tl and "error" not in tl:
+    p = tl["latency_us"]["p99"]
+    print(f"trunkline p99 added latency at {lat_streams} streams: {p} µs (target < 200 µs: {'met' if p is not None and p < 200 else 'NOT met'})")
+d = {s: max([x for x in [load(p) for p in glob.glob(os.path.join(out, s, 'ramp', '*', 'step.json'))] if ok(x)],
+            key=lambda x: x["forwarded_pps"], default=None) for s in ("direct",)}
+if d.get("direct"):
+    print(f"generator ceiling (direct): {d['direct']['forwarded_pps']:.0f} pps; a relay whose max comes close to it is limited by the generator, not itself.")
+print()
+print("### Per step")
+print()
+print("| system | streams | offered pps | forwarded pps | loss % | sent % of offered | p50 µs | p99 µs | max µs | generator cores | relay cores | verdict |")
+print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
+print("\n".join(per_step))
+EOF
+
+{
+	echo "# Media benchmark $STAMP"
+	echo
+	echo "Parameters: \`$(tr '\n' ' ' <"$OUT/params.env")\`"
+	echo
+	echo "Streams are one-way 50 pps flows of 172-byte PCMU RTP; sessions are bidirectional (2 streams each)."
+	echo "Nothing is pinned: generator (send + receive threads) and relay share $(nproc) cores."
+	echo "Relay cores = relay CPU seconds (/proc/PID/stat utime+stime, all threads) over the step ÷ wall seconds."
+	echo
+	cat "$OUT/table.md"
+	echo
+	echo "Raw files: \`<system>/ramp/streams-N/{step.json,rtpbench.log,relay.log,rtpengine.conf}\`, \`<system>/latency/\`, \`media.log\`."
+} >"$OUT/media-results.md"
+log "results: $OUT/media-results.md"
+for s in "${SYS_LIST[@]}"; do [ -n "${UNAVAILABLE[$s]:-}" ] && exit 2; done
+exit 0

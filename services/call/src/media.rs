@@ -1,0 +1,173 @@
+//! The node's media-relay actor: the one owner of the relay's control plane.
+//!
+//! Call actors send it SDP bodies to anchor (`MediaMsg::Rewrite`) and get the
+//! rewritten body back as `CallMsg::MediaDone`; packets never come near a mailbox —
+//! the relay's worker threads forward them (ARCHITECTURE.md rule 5). Once a second it
+//! collects sessions whose media stopped and tells their call actors, which hang up.
+
+use crate::actor::CallMsg;
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use trunkline_b2bua::{Leg, MediaFailure, MediaOp};
+use trunkline_media::{Flags, MediaError, Relay};
+
+/// What the media actor does.
+pub enum MediaMsg {
+    /// Anchor an SDP body of call `key` and send the result to `reply`.
+    Rewrite {
+        key: Arc<str>,
+        id: u64,
+        op: MediaOp,
+        sdp: Bytes,
+        /// Where the caller's signalling comes from (NAT handling of the A side).
+        caller_source: SocketAddr,
+        reply: ActorRef<CallMsg>,
+    },
+    /// The call is over: free its ports.
+    Delete { key: Arc<str> },
+    /// Collect media timeouts.
+    Poll,
+}
+
+/// The relay tag of a leg within a call's relay session.
+fn tag(leg: Leg) -> &'static str {
+    match leg {
+        Leg::A => "a",
+        Leg::B => "b",
+    }
+}
+
+/// How a leg's SDP addresses are treated. Toward the caller (the access side, often
+/// behind NAT) the relay starts from the SIP source address rather than the private
+/// address a phone writes into SDP; toward the trunk it trusts the SDP. Both sides
+/// then latch onto where packets really come from.
+fn flags(leg: Leg, caller_source: SocketAddr) -> Flags {
+    Flags {
+        trust_address: leg == Leg::B,
+        received_from: (leg == Leg::A).then_some(caller_source),
+        symmetric: true,
+        replace_origin: true,
+        replace_session_connection: true,
+        ..Flags::default()
+    }
+}
+
+fn failure(e: &MediaError) -> MediaFailure {
+    MediaFailure {
+        status: match e {
+            MediaError::Sdp(_) => 488,
+            _ => 503,
+        },
+    }
+}
+
+/// The media actor.
+pub struct MediaActor;
+
+/// Its state: the relay and which call actor owns each session.
+pub struct MediaState {
+    relay: Relay,
+    owners: HashMap<Arc<str>, ActorRef<CallMsg>>,
+}
+
+impl Actor for MediaActor {
+    type Msg = MediaMsg;
+    type State = MediaState;
+    type Arguments = Relay;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<MediaMsg>,
+        relay: Relay,
+    ) -> Result<MediaState, ActorProcessingErr> {
+        myself.send_interval(Duration::from_secs(1), || MediaMsg::Poll);
+        Ok(MediaState {
+            relay,
+            owners: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<MediaMsg>,
+        msg: MediaMsg,
+        state: &mut MediaState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            MediaMsg::Rewrite {
+                key,
+                id,
+                op,
+                sdp,
+                caller_source,
+                reply,
+            } => {
+                let result = match op {
+                    MediaOp::Offer { from } => {
+                        state
+                            .relay
+                            .offer(&key, tag(from), &sdp, &flags(from, caller_source))
+                    }
+                    MediaOp::Answer { offerer } => {
+                        let answerer = offerer.other();
+                        state.relay.answer(
+                            &key,
+                            tag(offerer),
+                            tag(answerer),
+                            &sdp,
+                            &flags(answerer, caller_source),
+                        )
+                    }
+                };
+                let result = match result {
+                    Ok(body) => Ok(Bytes::from(body)),
+                    Err(e) => {
+                        tracing::warn!(call = %key, error = %e, ?op, "media relay refused SDP");
+                        Err(failure(&e))
+                    }
+                };
+                state.owners.insert(key, reply.clone());
+                let _ = reply.send_message(CallMsg::MediaDone { id, result });
+            }
+            MediaMsg::Delete { key } => {
+                if state.owners.remove(&key).is_some() {
+                    match state.relay.delete(&key, None, None) {
+                        Ok(stats) => tracing::debug!(call = %key, ?stats, "media session closed"),
+                        Err(e) => tracing::debug!(call = %key, error = %e, "media delete"),
+                    }
+                }
+            }
+            MediaMsg::Poll => {
+                for t in state.relay.take_timeouts() {
+                    let key: Arc<str> = Arc::from(t.call_id.as_str());
+                    if let Some(owner) = state.owners.get(&key) {
+                        tracing::info!(call = %key, idle_secs = t.idle.as_secs(), "media timeout");
+                        let _ = owner.send_message(CallMsg::MediaTimeout);
+                    } else {
+                        let _ = state.relay.delete(&key, None, None);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<MediaMsg>,
+        state: &mut MediaState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.relay.shutdown();
+        Ok(())
+    }
+}
+
+/// Starts the media actor around a running relay.
+pub async fn spawn(relay: Relay) -> Result<ActorRef<MediaMsg>, ractor::SpawnErr> {
+    let (actor, _join) = ractor::ActorRuntime::spawn(None, MediaActor, relay).await?;
+    Ok(actor)
+}

@@ -1,0 +1,79 @@
+//! Prometheus metrics of the relay, on a registry passed in (never a global one).
+//! Refreshed from [`crate::Totals`] by the control side about once a second, so the
+//! forwarding plane never touches them.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::Totals;
+
+type Labels = Vec<(String, String)>;
+
+/// Handles to the registered metrics plus the totals they last reflected.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    packets: Family<Labels, Counter>,
+    bytes: Counter,
+    sessions_active: Gauge,
+    ports_in_use: Gauge,
+    timeouts: Counter,
+    last: std::sync::Mutex<Totals>,
+}
+
+impl Metrics {
+    pub(crate) fn register(registry: &mut Registry) -> Metrics {
+        let m = Metrics::default();
+        registry.register(
+            "trunkline_media_packets",
+            "Media packets by result (relayed or dropped)",
+            m.packets.clone(),
+        );
+        registry.register(
+            "trunkline_media_bytes",
+            "Media bytes relayed",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "trunkline_media_sessions_active",
+            "Relay sessions (calls) now anchored",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "trunkline_media_ports_in_use",
+            "Media ports (RTP and RTCP) bound for calls",
+            m.ports_in_use.clone(),
+        );
+        registry.register(
+            "trunkline_media_timeouts",
+            "Sessions reported for media inactivity",
+            m.timeouts.clone(),
+        );
+        m
+    }
+
+    /// Moves the metrics to `now` (counters by the difference since the last refresh).
+    pub(crate) fn refresh(&self, now: &Totals) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let label = |r: &str| vec![("result".to_string(), r.to_string())];
+        self.packets
+            .get_or_create(&label("relayed"))
+            .inc_by(now.packets_relayed.saturating_sub(last.packets_relayed));
+        self.packets
+            .get_or_create(&label("dropped"))
+            .inc_by(now.packets_dropped.saturating_sub(last.packets_dropped));
+        self.bytes
+            .inc_by(now.bytes_relayed.saturating_sub(last.bytes_relayed));
+        self.timeouts
+            .inc_by(now.timeouts.saturating_sub(last.timeouts));
+        self.sessions_active
+            .set(i64::try_from(now.current_sessions).unwrap_or(i64::MAX));
+        self.ports_in_use
+            .set(i64::try_from(now.ports_in_use).unwrap_or(i64::MAX));
+        *last = now.clone();
+    }
+}

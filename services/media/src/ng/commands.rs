@@ -1,0 +1,406 @@
+//! Runs ng requests against an [`NgEngine`] and shapes the replies the way rtpengine does.
+//!
+//! Replies: `{"result":"ok", …}` (plus `warning` for anything ignored), `{"result":"pong"}`,
+//! or `{"result":"error","error-reason":…}` with no other keys. Error texts are rtpengine's
+//! where rtpengine has one, because proxies log them and operators grep for them.
+
+use super::bencode::{str_list, Dict};
+use super::message::{self, Command, NgError, Request};
+use super::{CallSummary, EngineError, NgEngine, StreamSummary, REPLY_CACHE_TTL};
+use serde_bencode::value::Value;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// rtpengine's default and our ceiling for `list` (a bigger reply may not fit a datagram).
+const LIST_DEFAULT: i64 = 32;
+const LIST_MAX: i64 = 1000;
+
+/// Source IP and cookie of a command.
+type CacheKey = (IpAddr, Vec<u8>);
+
+/// Replies by (source IP, cookie), so a retransmitted command is answered identically and not
+/// run twice (a second `offer` would allocate new ports). rtpengine keys by cookie alone; adding
+/// the source IP keeps two proxies with colliding cookies apart and changes nothing for a real
+/// retransmission, which comes from the same host.
+///
+/// Bounded by age (`ttl`) and count (`max_entries`, oldest evicted first).
+#[derive(Debug)]
+pub struct ReplyCache {
+    map: HashMap<CacheKey, (Instant, Arc<[u8]>)>,
+    order: VecDeque<(Instant, CacheKey)>,
+    ttl: Duration,
+    max_entries: usize,
+}
+
+impl ReplyCache {
+    /// A cache keeping replies for `ttl`, at most `max_entries` of them.
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            ttl,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// The cached reply for this cookie from this source, if still fresh.
+    pub fn get(&mut self, now: Instant, src: IpAddr, cookie: &[u8]) -> Option<Arc<[u8]>> {
+        self.expire(now);
+        self.map
+            .get(&(src, cookie.to_vec()))
+            .map(|(_, r)| Arc::clone(r))
+    }
+
+    /// Remembers a reply.
+    pub fn insert(&mut self, now: Instant, src: IpAddr, cookie: &[u8], reply: Arc<[u8]>) {
+        self.expire(now);
+        let key = (src, cookie.to_vec());
+        self.map.insert(key.clone(), (now, reply));
+        self.order.push_back((now, key));
+        // Bounded: each pass removes one queued entry.
+        while self.map.len() > self.max_entries {
+            let Some((t, k)) = self.order.pop_front() else {
+                break;
+            };
+            self.remove_if_same(t, &k);
+        }
+    }
+
+    /// Number of cached replies.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((t, _)) = self.order.front() {
+            if now.saturating_duration_since(*t) < self.ttl {
+                break;
+            }
+            if let Some((t, k)) = self.order.pop_front() {
+                self.remove_if_same(t, &k);
+            }
+        }
+    }
+
+    /// A key re-inserted later has a newer queue entry; only drop the map entry it matches.
+    fn remove_if_same(&mut self, t: Instant, k: &CacheKey) {
+        if self.map.get(k).is_some_and(|(inserted, _)| *inserted == t) {
+            self.map.remove(k);
+        }
+    }
+}
+
+/// Turns ng messages into replies: cookie handling, the reply cache, command execution.
+pub struct Dispatcher<E: NgEngine> {
+    engine: Arc<E>,
+    sip_source: bool,
+    cache: Mutex<ReplyCache>,
+    started: Instant,
+}
+
+impl<E: NgEngine> Dispatcher<E> {
+    /// A dispatcher with rtpengine's 30 s cookie cache, at most 100 000 replies.
+    pub fn new(engine: Arc<E>) -> Self {
+        Self::with_cache(engine, ReplyCache::new(REPLY_CACHE_TTL, 100_000))
+    }
+
+    /// A dispatcher with a caller-sized cache (tests, memory-tight deployments).
+    pub fn with_cache(engine: Arc<E>, cache: ReplyCache) -> Self {
+        Self {
+            engine,
+            sip_source: false,
+            cache: Mutex::new(cache),
+            started: Instant::now(),
+        }
+    }
+
+    /// rtpengine's `--sip-source`: without an explicit `trust address` flag, use the SIP
+    /// source (`received from`) instead of SDP addresses.
+    pub fn sip_source(mut self, on: bool) -> Self {
+        self.sip_source = on;
+        self
+    }
+
+    /// The engine commands run against.
+    pub fn engine(&self) -> &Arc<E> {
+        &self.engine
+    }
+
+    /// Handles one complete message (`cookie SP body`) from `src`. Returns the framed reply,
+    /// or `None` when there is no cookie to reply to (rtpengine drops those too).
+    pub fn handle(&self, src: IpAddr, msg: &[u8]) -> Option<Arc<[u8]>> {
+        let (cookie, body) = match message::split(msg) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::warn!(%src, error = %e, "ng message dropped");
+                return None;
+            }
+        };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let shown = &msg[..msg.len().min(4096)];
+            tracing::debug!(%src, msg = %String::from_utf8_lossy(shown).escape_debug(), "ng received");
+        }
+        let now = Instant::now();
+        if let Some(reply) = self.lock_cache().get(now, src, cookie) {
+            tracing::info!(%src, cookie = %String::from_utf8_lossy(cookie), "ng duplicate, cached reply");
+            return Some(reply);
+        }
+        let reply = self.execute(body);
+        let framed: Arc<[u8]> = match message::frame_reply(cookie, &reply) {
+            Ok(f) => f.into(),
+            Err(e) => {
+                tracing::error!(error = %e, "ng reply encoding failed");
+                let fallback = Dict::new()
+                    .str("result", "error")
+                    .str("error-reason", "Internal error encoding reply")
+                    .build();
+                message::frame_reply(cookie, &fallback).ok()?.into()
+            }
+        };
+        self.lock_cache()
+            .insert(Instant::now(), src, cookie, Arc::clone(&framed));
+        Some(framed)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, ReplyCache> {
+        // A panic while holding this lock leaves a consistent cache; keep using it.
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one request body and returns the reply dictionary (never fails: errors become
+    /// `result: error`).
+    pub fn execute(&self, body: &[u8]) -> Value {
+        let mut req = match Request::parse(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "ng protocol error");
+                return error_reply(&e.to_string());
+            }
+        };
+        req.flags.trust_address = req.address_trust.unwrap_or(!self.sip_source);
+        tracing::debug!(command = ?req.command, call_id = ?req.call_id, "ng command");
+        let result = match &req.command {
+            Command::Ping => return Dict::new().str("result", "pong").build(),
+            Command::Offer | Command::Answer => self.offer_answer(&req),
+            Command::Delete => self.delete(&req),
+            Command::Query => self.query(&req),
+            Command::List => self.list(&req),
+            Command::Statistics => Ok(self.statistics()),
+            Command::Unsupported(c) => Err(format!("Unsupported command: {c}")),
+            Command::Unknown(_) => Err("Unrecognized command".to_owned()),
+        };
+        match result {
+            Ok(mut d) => {
+                if !req.warnings.is_empty() && !d.contains("warning") {
+                    for w in &req.warnings {
+                        tracing::info!(call_id = ?req.call_id, warning = %w, "ng request");
+                    }
+                    d = d.str("warning", req.warnings.join("; "));
+                }
+                d.str("result", "ok").build()
+            }
+            Err(reason) => {
+                tracing::warn!(command = ?req.command, call_id = ?req.call_id, %reason, "ng command failed");
+                error_reply(&reason)
+            }
+        }
+    }
+
+    fn offer_answer(&self, req: &Request) -> Result<Dict, String> {
+        let sdp = req.sdp.as_deref().ok_or("No SDP body in message")?;
+        let call_id = req.call_id.as_deref().ok_or("No call-id in message")?;
+        let from_tag = req.from_tag.as_deref().ok_or("No from-tag in message")?;
+        let out = if req.command == Command::Offer {
+            self.engine.offer(call_id, from_tag, sdp, &req.flags)
+        } else {
+            let to_tag = req.to_tag.as_deref().ok_or("No to-tag in message")?;
+            self.engine
+                .answer(call_id, from_tag, to_tag, sdp, &req.flags)
+        };
+        out.map(|sdp| Dict::new().str("sdp", sdp))
+            .map_err(|e| e.to_string())
+    }
+
+    fn delete(&self, req: &Request) -> Result<Dict, String> {
+        let call_id = req.call_id.as_deref().ok_or("No call-id in message")?;
+        // Like rtpengine: the to-tag only narrows the delete when the `to-tag` flag says so.
+        let to_tag = if req.honour_to_tag {
+            req.to_tag.as_deref()
+        } else {
+            None
+        };
+        match self.engine.delete(call_id, req.from_tag.as_deref(), to_tag) {
+            Ok(stats) if req.fast => {
+                let _ = stats;
+                Ok(Dict::new())
+            }
+            Ok(stats) => Ok(call_stats(Dict::new(), &stats)),
+            Err(EngineError::UnknownCall) if !req.fatal => {
+                Ok(Dict::new().str("warning", "Call-ID not found or tags didn't match"))
+            }
+            Err(EngineError::UnknownCall) => Err("Call-ID not found or tags didn't match".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn query(&self, req: &Request) -> Result<Dict, String> {
+        let call_id = req.call_id.as_deref().ok_or("No call-id in message")?;
+        let stats = self.engine.query(call_id).ok_or("Unknown call-id")?;
+        Ok(call_stats(Dict::new(), &stats))
+    }
+
+    fn list(&self, req: &Request) -> Result<Dict, String> {
+        let limit = req.limit.unwrap_or(LIST_DEFAULT);
+        if limit < 0 {
+            return Err("invalid limit, must be >= 0".into());
+        }
+        let limit = usize::try_from(limit.min(LIST_MAX)).unwrap_or(0);
+        Ok(Dict::new().val("calls", str_list(self.engine.list(limit))))
+    }
+
+    /// rtpengine's `statistics` shape: `statistics.currentstatistics` / `.totalstatistics`.
+    fn statistics(&self) -> Dict {
+        let t = self.engine.totals();
+        let current = Dict::new()
+            .int("sessionsown", t.current_sessions)
+            .int("sessionsforeign", 0)
+            .int("sessionstotal", t.current_sessions)
+            .int("portsinuse", t.ports_in_use)
+            .int("portsresting", t.ports_resting)
+            .build();
+        let total = Dict::new()
+            .str("uptime", self.started.elapsed().as_secs().to_string())
+            .int("managedsessions", t.sessions)
+            .int("timeoutsessions", t.timeouts)
+            .int("relayedpackets_user", t.packets_relayed)
+            .int("relayedbytes_user", t.bytes_relayed)
+            .int("relayedpacketerrors_user", t.packets_dropped)
+            .int("relayedpackets", t.packets_relayed)
+            .int("relayedbytes", t.bytes_relayed)
+            .int("relayedpacketerrors", t.packets_dropped)
+            .build();
+        let stats = Dict::new()
+            .val("currentstatistics", current)
+            .val("totalstatistics", total)
+            .build();
+        Dict::new().val("statistics", stats)
+    }
+}
+
+fn error_reply(reason: &str) -> Value {
+    Dict::new()
+        .str("result", "error")
+        .str("error-reason", reason)
+        .build()
+}
+
+/// Unix seconds and microseconds `ms_ago` milliseconds before now.
+fn unix_ago(ms_ago: u64) -> (u64, u64) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let t = now.saturating_sub(Duration::from_millis(ms_ago));
+    (t.as_secs(), u64::from(t.subsec_micros()))
+}
+
+fn stats_dict(packets: u64, bytes: u64, errors: u64) -> Value {
+    Dict::new()
+        .int("packets", packets)
+        .int("bytes", bytes)
+        .int("errors", errors)
+        .build()
+}
+
+/// rtpengine's `query`/`delete` stats: `created`, `last signal`, `tags` → `medias` →
+/// `streams`, and `totals` with `RTP`/`RTCP` counters. The engine counts a port's RTP and
+/// RTCP together, so all of it is reported under `RTP`.
+fn call_stats(d: Dict, c: &CallSummary) -> Dict {
+    let (created, created_us) = unix_ago(c.created_ms_ago);
+    let (last_signal, _) = unix_ago(c.last_signal_ms_ago);
+    let sides = c
+        .media
+        .iter()
+        .map(|m| m.sides.len())
+        .max()
+        .unwrap_or(0)
+        .max(c.tags.len());
+    let tag_name = |i: usize| c.tags.get(i).cloned().unwrap_or_default();
+    let (mut packets, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    let mut tags = Dict::new();
+    for side in 0..sides {
+        let tag = tag_name(side);
+        let mut medias = Vec::new();
+        for (index, m) in c.media.iter().enumerate() {
+            let Some(s) = m.sides.get(side) else { continue };
+            packets = packets.saturating_add(s.packets);
+            bytes = bytes.saturating_add(s.bytes);
+            errors = errors.saturating_add(s.errors);
+            medias.push(
+                Dict::new()
+                    .int("index", index + 1)
+                    .str("type", &m.kind)
+                    .val("flags", str_list(["initialized"]))
+                    .val("streams", Value::List(vec![stream_dict(s)]))
+                    .build(),
+            );
+        }
+        let mut td = Dict::new()
+            .str("tag", &tag)
+            .int("created", created)
+            .val("medias", Value::List(medias));
+        // Two-party calls: each side is in dialogue with the other.
+        if sides == 2 {
+            td = td.str("in dialogue with", tag_name(1 - side));
+        }
+        tags = tags.val(&tag, td.build());
+    }
+    let totals = Dict::new()
+        .val("RTP", stats_dict(packets, bytes, errors))
+        .val("RTCP", stats_dict(0, 0, 0))
+        .build();
+    d.int("created", created)
+        .int("created_us", created_us)
+        .int("last signal", last_signal)
+        .val("tags", tags.build())
+        .val("totals", totals)
+}
+
+fn stream_dict(s: &StreamSummary) -> Value {
+    let mut flags = vec!["RTP"];
+    if s.packets > 0 {
+        flags.push("filled");
+    }
+    if s.latched.is_some() {
+        flags.push("confirmed");
+    }
+    let mut d = Dict::new()
+        .int("local port", s.local_port)
+        .val("flags", str_list(flags))
+        .val("stats", stats_dict(s.packets, s.bytes, s.errors));
+    if let Some(ep) = s.latched {
+        let family = if ep.is_ipv4() { "IPv4" } else { "IPv6" };
+        let endpoint = Dict::new()
+            .str("family", family)
+            .str("address", ep.ip().to_string())
+            .int("port", ep.port())
+            .build();
+        d = d.val("endpoint", endpoint);
+    }
+    if let Some(ago) = s.last_packet_ms_ago {
+        d = d.int("last packet", unix_ago(ago).0);
+    }
+    d.build()
+}
+
+impl From<NgError> for Value {
+    fn from(e: NgError) -> Value {
+        error_reply(&e.to_string())
+    }
+}
