@@ -24,9 +24,13 @@ use trunkline_transport::TransportConfig;
 /// Prefix of the environment variables that override the file.
 const ENV_PREFIX: &str = "TRUNKLINE_";
 
-/// Environment variables under [`ENV_PREFIX`] that are not configuration keys; without this list
-/// the `TRUNKLINE_CONFIG` path variable (read by the CLI) would be rejected as an unknown key.
-const ENV_NOT_KEYS: &[&str] = &["config"];
+/// Whether `TRUNKLINE_<key>` names a configuration key. Every key lives in a section
+/// (`TRUNKLINE_NODE__ID`), except the `trunks` list; other `TRUNKLINE_*` variables
+/// (`TRUNKLINE_CONFIG`, read by the CLI, or a test harness's `TRUNKLINE_BIN`) are not
+/// configuration and must not be rejected as unknown keys.
+fn is_config_env_key(key: &str) -> bool {
+    key.contains("__") || key.eq_ignore_ascii_case("trunks")
+}
 
 /// The whole node configuration. Every key is optional; see [`Config::default`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -395,7 +399,11 @@ impl Config {
             // `file_exact`: never search parent directories for a file of that name.
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(ENV_NOT_KEYS))
+        figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|k| is_config_env_key(k.as_str()))
+                .split("__"),
+        )
     }
 
     /// Checks what the types cannot: formats, ranges and cross references. Returns every
@@ -816,6 +824,8 @@ mod tests {
             ("TRUNKLINE_LOG__FORMAT", "json"),
             ("TRUNKLINE_ROUTING__DEFAULT_TRUNK", "carrier"),
             ("TRUNKLINE_CONFIG", "/not/a/key"),
+            // A harness's own variable must not be taken for a configuration key.
+            ("TRUNKLINE_BIN", "/usr/local/bin/trunkline"),
         ];
         load_in_jail(&env, Some(&example), |result, _| {
             let config = result.unwrap();
