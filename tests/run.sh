@@ -9,8 +9,18 @@ WHAT=${TRUNKLINE_TESTS:-all}
 case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or all (got '$WHAT')" >&2; exit 2 ;; esac
 
 # Debian packages the tests need: "command package" per line.
+# Installed with --no-install-recommends; what each really needs on a clean Debian 12:
+#   sip-tester: SIPp with PCAP play and RTP echo compiled in (the media tests use both);
+#   kamailio: its rtpengine module is in the main package (media test 5);
+#   baresip-core: /usr/bin/baresip and the g711/ausine/alsa/account/menu/ctrl_tcp modules
+#     (the "baresip" package only adds GUI/video recommends); ALSA's "null" device comes from
+#     libasound2-data, a dependency, so no alsa-utils;
+#   python3: tests/media/make_pcap.py writes the RTP pcaps (kamailio depends on it anyway).
 DEB_PACKAGES=(
   "sipp sip-tester"
+  "kamailio kamailio"
+  "baresip baresip-core"
+  "python3 python3"
 )
 
 declare -a RESULTS=()
@@ -68,6 +78,13 @@ fuzz_parser() {
   (cd services/sip && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_message -- -max_total_time=60)
 }
 
+# fuzz_target CRATE_DIR TARGET SECONDS: bounded run on the target's own corpus (cargo fuzz's
+# default, fuzz/corpus/TARGET: the first corpus directory is where libFuzzer writes).
+fuzz_target() {
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+  (cd "$1" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$2" -- -max_total_time="$3")
+}
+
 if [ "$WHAT" = unit ] || [ "$WHAT" = all ]; then
   step "unit tests" cargo test --workspace --exclude trunkline-e2e
   step "rustfmt" cargo fmt --all -- --check
@@ -77,12 +94,24 @@ if [ "$WHAT" = unit ] || [ "$WHAT" = all ]; then
   else
     skip "fuzz parse_message" "services/sip/fuzz/Cargo.toml does not exist yet"
   fi
+  if [ -f services/sdp/fuzz/Cargo.toml ]; then
+    step "fuzz parse_sdp (30 s)" fuzz_target services/sdp parse_sdp 30
+  else
+    skip "fuzz parse_sdp" "services/sdp/fuzz/Cargo.toml does not exist"
+  fi
+  if [ -f services/media/fuzz/Cargo.toml ]; then
+    for target in rtp_header rtcp_packet ng_message; do
+      step "fuzz $target (20 s)" fuzz_target services/media "$target" 20
+    done
+  else
+    skip "fuzz media" "services/media/fuzz/Cargo.toml does not exist"
+  fi
 fi
 
 if [ "$WHAT" = e2e ] || [ "$WHAT" = all ]; then
   step "test packages" install_packages
   tune_system
-  step "build node (release)" cargo build --release --bin trunkline
+  step "build node and relay (release)" cargo build --release --bin trunkline --bin trunkline-relay
   # Single-threaded: SIPp load is timing sensitive on 2 cores.
   step "end-to-end tests" cargo test -p trunkline-e2e --release --no-fail-fast -- --test-threads=1
 fi

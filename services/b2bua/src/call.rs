@@ -64,7 +64,19 @@ struct LegState {
     tag: String,
     dialog: Option<Dialog>,
     /// The last ACK we sent on this leg for a 2xx: re-sent when the 2xx is retransmitted.
-    last_ack: Option<(u32, Bytes)>,
+    last_ack: Option<SentAck>,
+}
+
+/// The ACK we sent for a 2xx on a leg, kept as what is needed to build it again (not
+/// as bytes: an established call should not carry its ACK for its whole life).
+#[derive(Debug, Clone)]
+struct SentAck {
+    seq: u32,
+    /// Kept so a re-sent ACK is the same ACK (RFC 3261 §13.2.2.4).
+    branch: String,
+    /// The SDP answer of a late offer (empty for most calls: no allocation).
+    body: Bytes,
+    content_type: Option<Bytes>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -363,6 +375,27 @@ impl Call {
     /// driver can drop it.
     pub fn is_finished(&self) -> bool {
         self.ended && self.servers.is_empty() && self.clients.is_empty()
+    }
+
+    /// Returns spare capacity of the call's queues to the allocator. Worth calling when
+    /// the call goes idle (answered, nothing in flight): tens of thousands of
+    /// established calls otherwise each keep buffers sized for their busiest moment.
+    pub fn compact(&mut self) {
+        if self.servers.is_empty() {
+            self.servers = Vec::new();
+        }
+        if self.clients.is_empty() {
+            self.clients = Vec::new();
+        }
+        if self.transmits.is_empty() {
+            self.transmits = VecDeque::new();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.outbox.is_empty() {
+            self.outbox = VecDeque::new();
+        }
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
@@ -964,6 +997,12 @@ impl Call {
         if !first {
             return;
         }
+        // The caller has our 2xx, so it never retransmits this INVITE again: the
+        // transaction would only wait out Timer L holding the request and the 2xx.
+        // Dropping it now keeps an established call small (a stray copy of the
+        // INVITE would be answered 482).
+        let acked = e.id;
+        self.servers.retain(|x| x.id != acked);
         if let Some(p) = self.pending_ack.take() {
             if p.leg == leg.other() {
                 self.emit(
@@ -987,23 +1026,88 @@ impl Call {
 
     /// Builds and sends the ACK for a 2xx on `leg`, remembering it for retransmitted 2xx.
     fn send_ack(&mut self, leg: Leg, seq: u32, body: Bytes, content_type: Option<Bytes>) {
-        let branch = self.ids.branch();
+        let sent = SentAck {
+            seq,
+            branch: self.ids.branch(),
+            body,
+            content_type,
+        };
+        self.transmit_ack(leg, &sent, false);
+        if let Some(l) = self.leg_mut(leg) {
+            l.last_ack = Some(sent);
+        }
+        // The 2xx is ACKed: from here its retransmissions are the dialog's business
+        // (RFC 3261 §13.2.2.4, `on_unmatched_response`), so the INVITE client
+        // transaction need not wait out Timer M holding the request.
+        self.clients.retain(|e| {
+            !(e.leg == leg
+                && e.tx.request().method == Method::Invite
+                && e.tx.state() == ClientState::Accepted
+                && e.tx.request().headers.cseq().is_some_and(|c| c.seq == seq))
+        });
+    }
+
+    /// (Re)builds the ACK described by `sent` and puts it on the wire.
+    fn transmit_ack(&mut self, leg: Leg, sent: &SentAck, retransmission: bool) {
         let Some(l) = self.leg(leg) else { return };
         let Some(d) = l.dialog.as_ref() else { return };
-        let via = l.local.via(branch);
-        let mut ack = d.request(Method::Ack, seq, &via, None);
-        if let Some(ct) = content_type {
-            if !body.is_empty() {
-                ack.headers.add(HeaderName::ContentType, ct);
+        let via = l.local.via(sent.branch.clone());
+        let mut ack = d.request(Method::Ack, sent.seq, &via, None);
+        if let Some(ct) = &sent.content_type {
+            if !sent.body.is_empty() {
+                ack.headers.add(HeaderName::ContentType, ct.clone());
             }
         }
-        ack.body = body;
-        let data = ack.encode();
+        ack.body = sent.body.clone();
         let peer = self.request_peer(leg);
-        if let Some(l) = self.leg_mut(leg) {
-            l.last_ack = Some((seq, data.clone()));
+        self.send_raw(leg, peer, ack.encode(), Method::Ack, retransmission);
+    }
+
+    /// Answers a retransmitted 2xx for CSeq `seq` on `leg` with our ACK again.
+    fn resend_ack(&mut self, leg: Leg, seq: u32) -> bool {
+        let Some(sent) = self.leg(leg).and_then(|l| l.last_ack.clone()) else {
+            return false;
+        };
+        if sent.seq != seq {
+            return false;
         }
-        self.send_raw(leg, peer, data, Method::Ack, false);
+        self.transmit_ack(leg, &sent, true);
+        true
+    }
+
+    /// A response no transaction claims. A retransmitted 2xx to an INVITE we already
+    /// ACKed gets the same ACK again; a 2xx from another fork of our INVITE is ACKed
+    /// and hung up. Anything else is dropped.
+    fn on_unmatched_response(&mut self, now: Instant, leg: Leg, resp: Response) {
+        let Some(cseq) = resp.headers.cseq() else {
+            return;
+        };
+        if cseq.method != Method::Invite || !resp.is_success() {
+            return;
+        }
+        let Some(l) = self.leg(leg) else { return };
+        let Some(d) = l.dialog.as_ref() else { return };
+        let to_tag = resp
+            .headers
+            .to_addr()
+            .and_then(|t| t.tag().map(str::to_string))
+            .unwrap_or_default();
+        if to_tag == d.remote_tag {
+            if self.resend_ack(leg, cseq.seq) {
+                self.events.push_back(Event::RetransmissionReceived { leg });
+            }
+            return;
+        }
+        if leg == Leg::B && cseq.seq == 1 {
+            let mut stray = d.clone();
+            stray.remote_tag = to_tag;
+            stray.refresh_target(resp.headers.contact());
+            if let Some(mut rr) = resp.headers.name_addrs(HeaderName::RecordRoute) {
+                rr.reverse();
+                stray.route_set = rr;
+            }
+            self.ack_and_bye_stray(now, stray, cseq.seq);
+        }
     }
 
     /// Where in-dialog requests toward `leg` go. Toward the caller we use the address
@@ -1182,6 +1286,7 @@ impl Call {
             .iter()
             .position(|e| e.leg == leg && e.tx.key() == &key)
         else {
+            self.on_unmatched_response(now, leg, resp);
             return;
         };
         let entry = &mut self.clients[idx];
@@ -1298,14 +1403,7 @@ impl Call {
         match confirmed_tag {
             Some(tag) if Some(&tag) == to_tag.as_ref() => {
                 // A retransmitted 2xx: repeat our ACK.
-                if let Some(b) = self.b.as_ref() {
-                    if let Some((s, data)) = b.last_ack.clone() {
-                        if s == seq {
-                            let peer = self.request_peer(Leg::B);
-                            self.send_raw(Leg::B, peer, data, Method::Ack, true);
-                        }
-                    }
-                }
+                self.resend_ack(Leg::B, seq);
                 return;
             }
             Some(_) => {
@@ -1377,15 +1475,7 @@ impl Call {
                 return;
             };
             let seq = out_req.headers.cseq().map(|c| c.seq).unwrap_or(0);
-            let retransmitted = self
-                .leg(leg)
-                .and_then(|l| l.last_ack.as_ref())
-                .is_some_and(|(s, _)| *s == seq);
-            if retransmitted {
-                if let Some((_, data)) = self.leg(leg).and_then(|l| l.last_ack.clone()) {
-                    let peer = self.request_peer(leg);
-                    self.send_raw(leg, peer, data, Method::Ack, true);
-                }
+            if self.resend_ack(leg, seq) {
                 return;
             }
             if let Some(d) = self.leg_mut(leg).and_then(|l| l.dialog.as_mut()) {

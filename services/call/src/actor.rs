@@ -213,6 +213,10 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
         myself.stop(None);
         return;
     }
+    if state.call.poll_timeout().is_none() {
+        // Idle (answered, nothing in flight): give back what the set-up needed.
+        state.call.compact();
+    }
     schedule(myself, state);
 }
 
