@@ -25,6 +25,7 @@ DEB_PACKAGES=(
 
 declare -a RESULTS=()
 FAILED=0
+PASSED=0
 
 step() { # step NAME CMD...
   local name=$1; shift
@@ -33,13 +34,13 @@ step() { # step NAME CMD...
   local start=$SECONDS
   if "$@"; then
     RESULTS+=("PASS  $name ($((SECONDS - start)) s)")
+    PASSED=$((PASSED + 1))
   else
     RESULTS+=("FAIL  $name ($((SECONDS - start)) s)")
     FAILED=$((FAILED + 1))
   fi
 }
 
-skip() { RESULTS+=("SKIP  $1: $2"); echo; echo "=== $1: skipped: $2"; }
 
 install_packages() {
   local missing=() entry cmd pkg
@@ -73,39 +74,26 @@ tune_system() {
   return 0
 }
 
-fuzz_parser() {
-  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-  (cd services/sip && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_message -- -max_total_time=60)
-}
-
-# fuzz_target CRATE_DIR TARGET SECONDS: bounded run on the target's own corpus (cargo fuzz's
-# default, fuzz/corpus/TARGET: the first corpus directory is where libFuzzer writes).
+# fuzz_target CRATE_DIR TARGET SECONDS [SEED_DIR]: bounded run on the target's own corpus
+# (fuzz/corpus/TARGET comes first: it is where libFuzzer writes); SEED_DIR is only read.
 fuzz_target() {
   command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-  (cd "$1" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$2" -- -max_total_time="$3")
+  local corpus="fuzz/corpus/$2"
+  (cd "$1" && mkdir -p "$corpus" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$2" "$corpus" ${4:+"$4"} -- -max_total_time="$3")
 }
+
+SHARED=${TRUNKLINE_SHARED:-$ROOT/../shared}
 
 if [ "$WHAT" = unit ] || [ "$WHAT" = all ]; then
   step "unit tests" cargo test --workspace --exclude trunkline-e2e
   step "rustfmt" cargo fmt --all -- --check
   step "clippy" cargo clippy --workspace --all-targets -- -D warnings
-  if [ -f services/sip/fuzz/Cargo.toml ]; then
-    step "fuzz parse_message (60 s)" fuzz_parser
-  else
-    skip "fuzz parse_message" "services/sip/fuzz/Cargo.toml does not exist yet"
-  fi
-  if [ -f services/sdp/fuzz/Cargo.toml ]; then
-    step "fuzz parse_sdp (30 s)" fuzz_target services/sdp parse_sdp 30
-  else
-    skip "fuzz parse_sdp" "services/sdp/fuzz/Cargo.toml does not exist"
-  fi
-  if [ -f services/media/fuzz/Cargo.toml ]; then
-    for target in rtp_header rtcp_packet ng_message; do
-      step "fuzz $target (20 s)" fuzz_target services/media "$target" 20
-    done
-  else
-    skip "fuzz media" "services/media/fuzz/Cargo.toml does not exist"
-  fi
+  step "layer check (pure crates stay pure)" tests/check-layers.sh
+  step "fuzz parse_message (45 s)" fuzz_target services/sip parse_message 45 "$SHARED/conformance/rfc4475"
+  step "fuzz parse_sdp (20 s)" fuzz_target services/sdp parse_sdp 20
+  for target in rtp_header rtcp_packet ng_message; do
+    step "fuzz $target (20 s)" fuzz_target services/media "$target" 20
+  done
 fi
 
 if [ "$WHAT" = e2e ] || [ "$WHAT" = all ]; then
@@ -119,6 +107,7 @@ fi
 echo
 echo "=== summary (TRUNKLINE_TESTS=$WHAT, ${SECONDS} s; logs of e2e runs in tests/out/)"
 printf '  %s\n' "${RESULTS[@]}"
+echo "steps: $PASSED passed, $FAILED failed"
 if [ "$FAILED" -gt 0 ]; then
   echo "$FAILED step(s) failed"
   exit 1
