@@ -43,7 +43,7 @@ impl std::fmt::Debug for Relay {
 
 struct WorkerHandle {
     tx: Sender<Command>,
-    waker: mio::Waker,
+    waker: Arc<nix::sys::eventfd::EventFd>,
     totals: Arc<WorkerTotals>,
     join: Mutex<Option<JoinHandle<()>>>,
 }
@@ -52,8 +52,10 @@ impl WorkerHandle {
     fn send(&self, cmd: Command) {
         // A failed send means the worker is gone (shut down); nothing left to program.
         if self.tx.send(cmd).is_ok() {
-            if let Err(e) = self.waker.wake() {
-                tracing::error!(error = %e, "cannot wake media worker");
+            // EAGAIN means the counter is already non-zero: the worker is awake.
+            match self.waker.write(1) {
+                Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+                Err(e) => tracing::error!(error = %e, "cannot wake media worker"),
             }
         }
     }
@@ -178,8 +180,22 @@ impl Relay {
         };
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
-            let poll = mio::Poll::new()?;
-            let waker = mio::Waker::new(poll.registry(), WAKER)?;
+            let poll =
+                nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
+                    .map_err(std::io::Error::from)?;
+            let waker = Arc::new(
+                nix::sys::eventfd::EventFd::from_flags(
+                    nix::sys::eventfd::EfdFlags::EFD_NONBLOCK
+                        | nix::sys::eventfd::EfdFlags::EFD_CLOEXEC,
+                )
+                .map_err(std::io::Error::from)?,
+            );
+            poll.add(
+                &*waker,
+                nix::sys::epoll::EpollEvent::new(nix::sys::epoll::EpollFlags::EPOLLIN, WAKER),
+            )
+            .map_err(std::io::Error::from)?;
+            let worker_waker = waker.clone();
             let (tx, rx) = mpsc::channel();
             let totals = Arc::new(WorkerTotals::default());
             let name = format!("media-worker-{i}");
@@ -187,7 +203,9 @@ impl Relay {
             let join = std::thread::Builder::new()
                 .name(name.clone())
                 // The worker is built on its thread: its mmsghdr buffers are not Send.
-                .spawn(move || Worker::new(poll, rx, batch, worker_totals, epoch, name).run())?;
+                .spawn(move || {
+                    Worker::new(poll, worker_waker, rx, batch, worker_totals, epoch, name).run()
+                })?;
             workers.push(WorkerHandle {
                 tx,
                 waker,

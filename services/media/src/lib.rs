@@ -5,7 +5,7 @@
 //! one worker thread per core; each owns the sockets of the streams assigned to it, reads
 //! them with `recvmmsg`, applies the latching policy, updates counters it owns and writes
 //! the batch out with `sendmmsg`. Control changes reach a worker as commands over a
-//! channel plus a `mio` waker — never per packet (ARCHITECTURE rule 5). Counters are
+//! channel plus an eventfd wake-up — never per packet (ARCHITECTURE rule 5). Counters are
 //! published to the control side through atomics once per batch.
 //!
 //! The packet logic (RTP/RTCP parsing, loss, RTT, latching, port allocation) lives in

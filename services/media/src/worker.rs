@@ -1,4 +1,4 @@
-//! The forwarding plane: one thread per core, each with its own `mio::Poll` over the
+//! The forwarding plane: one thread per core, each with its own level-triggered epoll over the
 //! sockets of the streams assigned to it. Both parties' sockets of a stream live on one
 //! worker, so a forward never crosses threads and the per-packet path takes no lock.
 //!
@@ -7,7 +7,7 @@
 //! ones with `sendmmsg` out of the other party's socket. Counters are published to the
 //! control side with relaxed atomic stores once per batch.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
@@ -16,8 +16,10 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
+use nix::poll::PollTimeout;
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::eventfd::EventFd;
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
@@ -28,7 +30,7 @@ use crate::rtp::{looks_like_rtcp, parse_header, SeqTracker};
 use crate::StreamStats;
 
 /// Token of the control waker; stream tokens are `slot * 4 + side * 2 + component`.
-pub(crate) const WAKER: Token = Token(usize::MAX);
+pub(crate) const WAKER: u64 = u64::MAX;
 /// Largest datagram relayed; longer ones are truncated by the kernel and dropped.
 const BUF_SIZE: usize = 8192;
 /// Batches read from one socket per wake-up before the others get a turn.
@@ -179,7 +181,7 @@ impl SrLog {
 }
 
 struct Sock {
-    socket: mio::net::UdpSocket,
+    socket: std::net::UdpSocket,
     latch: LatchState,
 }
 
@@ -238,7 +240,8 @@ struct Meta {
 
 /// A worker thread's state; `run` is its body.
 pub(crate) struct Worker {
-    poll: Poll,
+    poll: Epoll,
+    waker: Arc<EventFd>,
     rx: Receiver<Command>,
     streams: Vec<Option<Stream>>,
     free_slots: Vec<usize>,
@@ -248,7 +251,6 @@ pub(crate) struct Worker {
     recv_hdrs: MultiHeaders<SockaddrStorage>,
     send_hdrs: MultiHeaders<SockaddrStorage>,
     out: [Vec<(usize, SocketAddr)>; 2],
-    pending: VecDeque<Token>,
     totals: Arc<WorkerTotals>,
     relayed: u64,
     relayed_bytes: u64,
@@ -276,7 +278,8 @@ fn split_pair<T>(pair: &mut [T; 2], first: usize) -> (&mut T, &mut T) {
 
 impl Worker {
     pub(crate) fn new(
-        poll: Poll,
+        poll: Epoll,
+        waker: Arc<EventFd>,
         rx: Receiver<Command>,
         batch: usize,
         totals: Arc<WorkerTotals>,
@@ -286,6 +289,7 @@ impl Worker {
         let batch = batch.max(1);
         Worker {
             poll,
+            waker,
             rx,
             streams: Vec::new(),
             free_slots: Vec::new(),
@@ -295,7 +299,6 @@ impl Worker {
             recv_hdrs: MultiHeaders::preallocate(batch, None),
             send_hdrs: MultiHeaders::preallocate(batch, None),
             out: [Vec::with_capacity(batch), Vec::with_capacity(batch)],
-            pending: VecDeque::new(),
             totals,
             relayed: 0,
             relayed_bytes: 0,
@@ -307,26 +310,29 @@ impl Worker {
 
     /// Runs until a `Shutdown` command arrives or the control side goes away.
     pub(crate) fn run(mut self) {
-        let mut events = Events::with_capacity(256);
+        let mut events = vec![EpollEvent::empty(); 256];
         loop {
-            let timeout = (!self.pending.is_empty()).then_some(Duration::ZERO);
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
+            let n = match self.poll.wait(&mut events, PollTimeout::NONE) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => 0,
+                Err(e) => {
                     tracing::error!(worker = %self.name, error = %e, "media worker poll failed");
                     return;
                 }
-            }
+            };
             // Commands first: a destination programmed before a packet was sent must
             // be in place when that packet is read.
+            if events[..n].iter().any(|e| e.data() == WAKER) {
+                // Level-triggered: reset the eventfd or it keeps waking us.
+                let _ = self.waker.read();
+            }
             if !self.drain_commands() {
                 return;
             }
-            let mut ready: Vec<Token> = self.pending.drain(..).collect();
-            ready.extend(events.iter().map(|e| e.token()).filter(|t| *t != WAKER));
-            ready.dedup();
-            for token in ready {
-                if self.service(token) {
-                    self.pending.push_back(token);
+            for e in &events[..n] {
+                let token = e.data();
+                if token != WAKER {
+                    self.service(token);
                 }
             }
         }
@@ -368,7 +374,7 @@ impl Worker {
                         for side in &mut stream.sides {
                             for sock in &mut side.socks {
                                 // Closing the socket removes it from epoll anyway.
-                                let _ = self.poll.registry().deregister(&mut sock.socket);
+                                let _ = self.poll.delete(&sock.socket);
                             }
                         }
                         self.free_slots.push(slot);
@@ -393,16 +399,17 @@ impl Worker {
                          rtcp: std::net::UdpSocket,
                          side: usize,
                          shared: Arc<SideShared>| {
-            let mut socks = [rtp, rtcp].map(|s| Sock {
-                socket: mio::net::UdpSocket::from_std(s),
+            let socks = [rtp, rtcp].map(|s| Sock {
+                socket: s,
                 latch: LatchState::default(),
             });
-            for (comp, sock) in socks.iter_mut().enumerate() {
-                let token = Token(slot * 4 + side * 2 + comp);
-                if let Err(e) =
-                    self.poll
-                        .registry()
-                        .register(&mut sock.socket, token, Interest::READABLE)
+            for (comp, sock) in socks.iter().enumerate() {
+                let token = (slot * 4 + side * 2 + comp) as u64;
+                // Level-triggered: a socket left with data after a full batch is simply
+                // reported again, so no read is spent on EAGAIN (see `round`).
+                if let Err(e) = self
+                    .poll
+                    .add(&sock.socket, EpollEvent::new(EpollFlags::EPOLLIN, token))
                 {
                     tracing::error!(worker = %self.name, error = %e, "cannot watch a media socket");
                 }
@@ -431,7 +438,7 @@ impl Worker {
     }
 
     /// Reads and forwards from one socket; true if it may still have data (come back).
-    fn service(&mut self, token: Token) -> bool {
+    fn service(&mut self, token: u64) -> bool {
         for _ in 0..ROUNDS_PER_WAKE {
             if !self.round(token) {
                 return false;
@@ -441,10 +448,11 @@ impl Worker {
     }
 
     /// One recvmmsg/sendmmsg round; false when the socket is drained (EAGAIN) or gone.
-    fn round(&mut self, token: Token) -> bool {
-        let slot = token.0 / 4;
-        let side_idx = (token.0 / 2) % 2;
-        let comp = token.0 % 2;
+    fn round(&mut self, token: u64) -> bool {
+        let token = usize::try_from(token).unwrap_or(usize::MAX);
+        let slot = token / 4;
+        let side_idx = (token / 2) % 2;
+        let comp = token % 2;
         let Some(Some(stream)) = self.streams.get_mut(slot) else {
             return false;
         };
@@ -569,9 +577,11 @@ impl Worker {
             .bytes
             .store(self.relayed_bytes, Ordering::Relaxed);
         self.totals.dropped.store(self.dropped, Ordering::Relaxed);
-        // Edge-triggered readiness: keep reading until EAGAIN. A short batch does not
-        // prove the queue is empty (recvmmsg also stops early on a queued socket error).
-        true
+        // Level-triggered readiness: come back at once only after a full batch; a
+        // socket with anything left is reported by the next epoll_wait anyway. A typical
+        // RTP socket (a packet per 20 ms) thus costs one recvmmsg per packet, not a
+        // second one that only returns EAGAIN.
+        self.meta.len() >= self.bufs.len()
     }
 }
 
