@@ -50,9 +50,9 @@ impl Method {
         })
     }
 
-    /// The method as it appears on the wire.
-    pub fn as_str(&self) -> &str {
-        match self {
+    /// The wire name of a standard method; `None` for extension methods.
+    fn standard_name(&self) -> Option<&'static str> {
+        Some(match self {
             Method::Invite => "INVITE",
             Method::Ack => "ACK",
             Method::Bye => "BYE",
@@ -67,30 +67,22 @@ impl Method {
             Method::Refer => "REFER",
             Method::Message => "MESSAGE",
             Method::Update => "UPDATE",
+            Method::Extension(_) => return None,
+        })
+    }
+
+    /// The method as it appears on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
             Method::Extension(s) => s,
+            m => m.standard_name().unwrap_or_default(),
         }
     }
 
     /// A label safe for metrics: extension methods collapse to "other" so a peer
     /// cannot grow the label set without bound.
     pub fn metric_label(&self) -> &'static str {
-        match self {
-            Method::Invite => "INVITE",
-            Method::Ack => "ACK",
-            Method::Bye => "BYE",
-            Method::Cancel => "CANCEL",
-            Method::Options => "OPTIONS",
-            Method::Register => "REGISTER",
-            Method::Prack => "PRACK",
-            Method::Subscribe => "SUBSCRIBE",
-            Method::Notify => "NOTIFY",
-            Method::Publish => "PUBLISH",
-            Method::Info => "INFO",
-            Method::Refer => "REFER",
-            Method::Message => "MESSAGE",
-            Method::Update => "UPDATE",
-            Method::Extension(_) => "other",
-        }
+        self.standard_name().unwrap_or("other")
     }
 
     /// Wire form as shared bytes, for building messages.
