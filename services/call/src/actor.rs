@@ -199,8 +199,8 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
                 m.retransmission(Direction::Out);
             } else {
                 match t.status {
-                    Some(s) => m.response(Direction::Out, t.method.metric_label(), s),
-                    None => m.request(Direction::Out, t.method.metric_label()),
+                    Some(s) => m.response(Direction::Out, &t.method, s),
+                    None => m.request(Direction::Out, &t.method),
                 }
             }
             state.shared.send(t.peer, t.data);

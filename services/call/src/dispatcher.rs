@@ -192,7 +192,7 @@ impl Dispatcher {
     fn reply(&self, rx: &Received, resp: &Response, method: &Method) {
         self.shared
             .metrics
-            .response(Direction::Out, method.metric_label(), resp.status);
+            .response(Direction::Out, method, resp.status);
         if let Some(t) = self.shared.transports.get() {
             t.send(Target::reply_to(rx), resp.encode());
         }
@@ -254,9 +254,7 @@ impl Dispatcher {
             return;
         }
         if let Some(m) = &method {
-            self.shared
-                .metrics
-                .response(Direction::In, m.metric_label(), resp.status);
+            self.shared.metrics.response(Direction::In, m, resp.status);
         }
         let Some(call_id) = resp.headers.call_id() else {
             return;
@@ -276,9 +274,7 @@ impl Dispatcher {
     }
 
     fn on_request(&self, rx: &Received, mut req: Request) {
-        self.shared
-            .metrics
-            .request(Direction::In, req.method.metric_label());
+        self.shared.metrics.request(Direction::In, &req.method);
         let node = self.shared.call_config.node_id.as_str();
         if let Err(rejection) = validate_request(&req, &self.shared.policy) {
             if self.shared.log_budget.allow() {

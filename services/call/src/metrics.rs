@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use trunkline_sip::Method;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -48,34 +49,6 @@ impl EncodeLabelValue for Direction {
     }
 }
 
-/// SIP methods we expose as label values; anything else becomes `"OTHER"`.
-///
-/// Methods are extension tokens in RFC 3261, so the set a peer can send is unbounded.
-const KNOWN_METHODS: &[&str] = &[
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "OPTIONS",
-    "REGISTER",
-    "PRACK",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "INFO",
-    "REFER",
-    "MESSAGE",
-    "UPDATE",
-];
-
-/// Maps a method to a bounded, allocation-free label value.
-fn method_label(method: &str) -> Cow<'static, str> {
-    KNOWN_METHODS
-        .iter()
-        .find(|known| **known == method)
-        .map_or(Cow::Borrowed("OTHER"), |known| Cow::Borrowed(*known))
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StatusLabels {
     status: u16,
@@ -84,13 +57,13 @@ struct StatusLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
     direction: Direction,
-    method: Cow<'static, str>,
+    method: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResponseLabels {
     direction: Direction,
-    method: Cow<'static, str>,
+    method: &'static str,
     status: u16,
 }
 
@@ -188,21 +161,23 @@ impl CallMetrics {
     }
 
     /// A SIP request was received or sent (not counting retransmissions we send).
-    pub fn request(&self, direction: Direction, method: &str) {
+    /// Extension methods share one label value (`Method::metric_label`), so a peer
+    /// cannot grow the label set without bound.
+    pub fn request(&self, direction: Direction, method: &Method) {
         self.sip_requests
             .get_or_create(&RequestLabels {
                 direction,
-                method: method_label(method),
+                method: method.metric_label(),
             })
             .inc();
     }
 
     /// A SIP response was received or sent; `method` is the CSeq method.
-    pub fn response(&self, direction: Direction, method: &str, status: u16) {
+    pub fn response(&self, direction: Direction, method: &Method, status: u16) {
         self.sip_responses
             .get_or_create(&ResponseLabels {
                 direction,
-                method: method_label(method),
+                method: method.metric_label(),
                 status,
             })
             .inc();
@@ -252,10 +227,10 @@ mod tests {
         metrics.call_started();
         metrics.call_started();
         metrics.call_ended(486);
-        metrics.request(Direction::In, "INVITE");
-        metrics.request(Direction::Out, "INVITE");
-        metrics.response(Direction::Out, "INVITE", 180);
-        metrics.response(Direction::Out, "INVITE", 180);
+        metrics.request(Direction::In, &Method::Invite);
+        metrics.request(Direction::Out, &Method::Invite);
+        metrics.response(Direction::Out, &Method::Invite, 180);
+        metrics.response(Direction::Out, &Method::Invite, 180);
         metrics.retransmission(Direction::In);
         metrics.retransmission(Direction::Out);
         metrics.transaction_timeout("B");
@@ -283,9 +258,9 @@ mod tests {
     fn unknown_methods_are_folded() {
         let mut registry = Registry::default();
         let metrics = CallMetrics::register(&mut registry);
-        metrics.request(Direction::In, "FOOBAR");
-        metrics.request(Direction::In, "XYZZY");
-        metrics.response(Direction::In, "FOOBAR", 501);
+        metrics.request(Direction::In, &Method::Extension("FOOBAR".into()));
+        metrics.request(Direction::In, &Method::Extension("XYZZY".into()));
+        metrics.response(Direction::In, &Method::Extension("FOOBAR".into()), 501);
 
         let text = scrape(&registry);
         assert!(

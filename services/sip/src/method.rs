@@ -79,10 +79,10 @@ impl Method {
         }
     }
 
-    /// A label safe for metrics: extension methods collapse to "other" so a peer
+    /// A label safe for metrics: extension methods collapse to "OTHER" so a peer
     /// cannot grow the label set without bound.
     pub fn metric_label(&self) -> &'static str {
-        self.standard_name().unwrap_or("other")
+        self.standard_name().unwrap_or("OTHER")
     }
 
     /// Wire form as shared bytes, for building messages.
