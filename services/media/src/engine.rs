@@ -200,10 +200,12 @@ impl Relay {
             let totals = Arc::new(WorkerTotals::default());
             let name = format!("media-worker-{i}");
             let (batch, worker_totals) = (config.batch, totals.clone());
+            let policy = config.thread_policy;
             let join = std::thread::Builder::new()
                 .name(name.clone())
                 // The worker is built on its thread: its mmsghdr buffers are not Send.
                 .spawn(move || {
+                    policy.apply_or_warn(&name);
                     Worker::new(poll, worker_waker, rx, batch, worker_totals, epoch, name).run()
                 })?;
             workers.push(WorkerHandle {

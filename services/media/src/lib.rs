@@ -22,9 +22,11 @@ pub mod rtp;
 
 mod engine;
 mod metrics;
+mod sched;
 mod worker;
 
 pub use engine::Relay;
+pub use sched::{Scheduling, ThreadPolicy, ThreadPolicyError};
 
 /// Settings of the relay engine; [`Default`] suits a single host and tests.
 #[derive(Debug, Clone)]
@@ -47,6 +49,9 @@ pub struct MediaConfig {
     pub batch: usize,
     /// `SO_RCVBUF` for each media socket, to absorb bursts while a worker is busy.
     pub recv_buffer: usize,
+    /// Scheduling each forwarding thread gives itself at start, so media can be kept ahead
+    /// of (or behind) other work on the host; a refusal by the kernel is logged, not fatal.
+    pub thread_policy: ThreadPolicy,
 }
 
 impl Default for MediaConfig {
@@ -61,6 +66,7 @@ impl Default for MediaConfig {
             port_rest: Duration::from_secs(30),
             batch: 32,
             recv_buffer: 1 << 20,
+            thread_policy: ThreadPolicy::Inherit,
         }
     }
 }

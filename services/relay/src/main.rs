@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use trunkline_media::ng::{Dispatcher, NgServer, ServerLimits};
-use trunkline_media::{MediaConfig, Relay};
+use trunkline_media::{MediaConfig, Relay, Scheduling, ThreadPolicy};
 
 /// rtpengine-compatible options. Short forms are rtpengine's.
 #[derive(Parser, Debug)]
@@ -46,6 +46,14 @@ struct Cli {
     /// Forwarding threads (0: one per core).
     #[arg(long = "num-threads", default_value_t = 0)]
     num_threads: usize,
+    /// Scheduling policy of the forwarding threads: default (or none), fifo, rr, other,
+    /// batch, idle.
+    #[arg(long = "scheduling")]
+    scheduling: Option<Scheduling>,
+    /// Forwarding threads' priority: 1-99 (real-time) with fifo/rr, else a nice value
+    /// -20..19.
+    #[arg(long = "priority", allow_negative_numbers = true)]
+    priority: Option<i32>,
     /// Syslog level 0–7 (3 err, 4 warning, 5 notice, 6 info, 7 debug).
     #[arg(short = 'L', long = "log-level", default_value_t = 5)]
     log_level: u8,
@@ -118,6 +126,9 @@ const IGNORED: &[(&str, Option<char>, bool)] = &[
     ("save-interface-ports", Some('S'), false),
     ("thread-stack", None, true),
     ("poller-size", None, true),
+    ("poller-per-thread", None, false),
+    ("idle-scheduling", None, true),
+    ("idle-priority", None, true),
     ("nftables-chain", None, true),
     ("nftables-base-chain", None, true),
 ];
@@ -222,8 +233,30 @@ fn config_args(
     out
 }
 
-/// Parses argv plus the optional config file.
+impl Cli {
+    /// `--scheduling` and `--priority` only make sense together (the priority is a nice
+    /// value or a real-time priority depending on the policy), so they are checked as a
+    /// pair once both the command line and the config file are in.
+    fn thread_policy(&self) -> Result<ThreadPolicy, clap::Error> {
+        ThreadPolicy::new(self.scheduling.unwrap_or_default(), self.priority).map_err(|e| {
+            Cli::command().error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("--scheduling/--priority: {e}"),
+            )
+        })
+    }
+}
+
+/// Parses argv plus the optional config file; exits like clap on a bad value.
 fn parse_cli(warnings: &mut Vec<String>) -> Result<Cli> {
+    let cli = parse_cli_unchecked(warnings)?;
+    if let Err(e) = cli.thread_policy() {
+        e.exit();
+    }
+    Ok(cli)
+}
+
+fn parse_cli_unchecked(warnings: &mut Vec<String>) -> Result<Cli> {
     let argv = strip_ignored(std::env::args().collect(), warnings);
     let first = Cli::command().get_matches_from(argv.clone());
     let Some(path) = first.get_one::<PathBuf>("config_file").cloned() else {
@@ -341,6 +374,7 @@ async fn run(cli: Cli) -> Result<()> {
         workers: cli.num_threads,
         timeout: Duration::from_secs(cli.timeout.max(1)),
         port_rest: Duration::from_secs(cli.delete_delay),
+        thread_policy: cli.thread_policy()?,
         ..MediaConfig::default()
     };
     let relay = Arc::new(Relay::start(config, None).context("starting the media relay")?);
@@ -493,6 +527,136 @@ mod tests {
         assert_eq!(cli.delete_delay, 0);
         assert!(cli.foreground && cli.log_stderr);
         assert_eq!(w, vec!["config redis ignored".to_string()]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn policy_of(args: &[&str]) -> Result<ThreadPolicy, clap::Error> {
+        Cli::try_parse_from(args)?.thread_policy()
+    }
+
+    #[test]
+    fn scheduling_and_priority_from_the_command_line() {
+        assert_eq!(policy_of(&["x"]).expect("ok"), ThreadPolicy::Inherit);
+        assert_eq!(
+            policy_of(&["x", "--scheduling", "fifo", "--priority", "10"]).expect("ok"),
+            ThreadPolicy::Fifo(10)
+        );
+        assert_eq!(
+            policy_of(&["x", "--scheduling=rr", "--priority=99"]).expect("ok"),
+            ThreadPolicy::RoundRobin(99)
+        );
+        assert_eq!(
+            policy_of(&["x", "--scheduling", "other", "--priority", "-5"]).expect("ok"),
+            ThreadPolicy::Other(Some(-5))
+        );
+        assert_eq!(
+            policy_of(&["x", "--scheduling=batch"]).expect("ok"),
+            ThreadPolicy::Batch(None)
+        );
+        assert_eq!(
+            policy_of(&["x", "--scheduling=idle"]).expect("ok"),
+            ThreadPolicy::Idle
+        );
+        // rtpengine: without a policy (or with default/none) the priority is a nice value.
+        assert_eq!(
+            policy_of(&["x", "--priority=5"]).expect("ok"),
+            ThreadPolicy::Nice(5)
+        );
+        assert_eq!(
+            policy_of(&["x", "--scheduling=none", "--priority=3"]).expect("ok"),
+            ThreadPolicy::Nice(3)
+        );
+    }
+
+    #[test]
+    fn bad_scheduling_or_priority_is_a_usage_error() {
+        for (args, needle) in [
+            (&["x", "--scheduling", "fifo"][..], "1..=99"),
+            (&["x", "--scheduling=fifo", "--priority=0"][..], "1..=99"),
+            (&["x", "--scheduling=rr", "--priority=100"][..], "1..=99"),
+            (
+                &["x", "--scheduling=other", "--priority=20"][..],
+                "-20..=19",
+            ),
+            (&["x", "--priority=-21"][..], "-20..=19"),
+            (&["x", "--scheduling=idle", "--priority=5"][..], "idle"),
+            (&["x", "--scheduling=deadline"][..], "deadline"),
+            (&["x", "--priority=high"][..], "high"),
+        ] {
+            let e = policy_of(args).expect_err("must be refused");
+            let text = e.to_string();
+            assert!(text.contains(needle), "{args:?}: {text}");
+            assert_ne!(e.exit_code(), 0, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn idle_thread_options_and_poller_per_thread_are_ignored() {
+        let mut w = Vec::new();
+        let args: Vec<String> = [
+            "x",
+            "--idle-scheduling",
+            "idle",
+            "--idle-priority=10",
+            "--idle-priority",
+            "-5",
+            "--poller-per-thread",
+            "--scheduling",
+            "batch",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let args = strip_ignored(args, &mut w);
+        assert_eq!(args, vec!["x", "--scheduling", "batch"]);
+        assert_eq!(w.len(), 4);
+        assert_eq!(
+            Cli::try_parse_from(args)
+                .expect("cli")
+                .thread_policy()
+                .expect("ok"),
+            ThreadPolicy::Batch(None)
+        );
+    }
+
+    #[test]
+    fn config_file_sets_scheduling_and_priority() {
+        let dir = std::env::temp_dir().join(format!("tl-relay-sched-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("rtpengine.conf");
+        std::fs::write(
+            &path,
+            "[rtpengine]\ninterface = 127.0.0.1\nscheduling = fifo\npriority = 10\n\
+             idle-scheduling = idle\nidle-priority = 10\npoller-per-thread = true\n",
+        )
+        .expect("write");
+        let merged = |argv: &[&str], w: &mut Vec<String>| {
+            let entries = read_ini(&path, "rtpengine").expect("ini");
+            let first = Cli::command().get_matches_from(argv);
+            let mut merged: Vec<String> = vec!["x".into()];
+            merged.extend(config_args(entries, &first, w));
+            merged.extend(argv.iter().skip(1).map(|s| s.to_string()));
+            Cli::from_arg_matches(&Cli::command().get_matches_from(merged)).expect("cli")
+        };
+        let mut w = Vec::new();
+        let cli = merged(&["x"], &mut w);
+        assert_eq!(cli.thread_policy().expect("ok"), ThreadPolicy::Fifo(10));
+        assert_eq!(
+            w,
+            vec![
+                "config idle-scheduling ignored".to_string(),
+                "config idle-priority ignored".to_string(),
+                "config poller-per-thread ignored".to_string(),
+            ]
+        );
+        // The command line wins per option; the pair is interpreted after merging.
+        let cli = merged(&["x", "--priority", "50"], &mut Vec::new());
+        assert_eq!(cli.thread_policy().expect("ok"), ThreadPolicy::Fifo(50));
+        let cli = merged(&["x", "--scheduling", "other"], &mut Vec::new());
+        assert_eq!(
+            cli.thread_policy().expect("ok"),
+            ThreadPolicy::Other(Some(10))
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

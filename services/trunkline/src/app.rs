@@ -92,6 +92,9 @@ impl App {
                         m.workers
                     },
                     timeout: Duration::from_secs(m.timeout_secs),
+                    thread_policy: m
+                        .thread_policy()
+                        .context("invalid media.scheduling/media.priority")?,
                     ..trunkline_media::MediaConfig::default()
                 },
                 Some(registry),

@@ -19,6 +19,7 @@ use figment::error::Kind;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::{Figment, Source};
 use serde::{Deserialize, Serialize};
+use trunkline_media::{Scheduling, ThreadPolicy, ThreadPolicyError};
 use trunkline_transport::TransportConfig;
 
 /// Prefix of the environment variables that override the file.
@@ -72,6 +73,21 @@ pub struct MediaSection {
     pub timeout_secs: u64,
     /// Forwarding threads; 0 means one per core.
     pub workers: usize,
+    /// Scheduling policy the forwarding threads give themselves, named as rtpengine's
+    /// `--scheduling` so a tuned rtpengine setup carries over.
+    pub scheduling: Scheduling,
+    /// rtpengine's `--priority`: the real-time priority (1-99) for `fifo`/`rr`, else the
+    /// threads' nice value (-20..19); unset leaves the nice value alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+}
+
+impl MediaSection {
+    /// The policy the relay applies; [`Config::load`] has already rejected pairs for which
+    /// this fails, so after loading it is only an error for a hand-built section.
+    pub fn thread_policy(&self) -> Result<ThreadPolicy, ThreadPolicyError> {
+        ThreadPolicy::new(self.scheduling, self.priority)
+    }
 }
 
 impl Default for MediaSection {
@@ -84,6 +100,8 @@ impl Default for MediaSection {
             port_max: 39999,
             timeout_secs: 60,
             workers: 0,
+            scheduling: Scheduling::Default,
+            priority: None,
         }
     }
 }
@@ -525,6 +543,9 @@ impl Config {
         }
         if m.timeout_secs == 0 {
             problems.push("media.timeout_secs", "must be at least 1");
+        }
+        if let Err(e) = m.thread_policy() {
+            problems.push("media.priority", e.to_string());
         }
         if m.advertise.is_none() && m.bind.is_unspecified() {
             problems.push(
@@ -990,6 +1011,53 @@ default_trunk = "b"
                 Some("192.0.2.10".parse().unwrap())
             );
         });
+    }
+
+    #[test]
+    fn media_scheduling_and_priority() {
+        let file = "[media]\nscheduling = \"fifo\"\npriority = 10\n";
+        load_in_jail(&[], Some(file), |result, _| {
+            let media = result.unwrap().media;
+            assert_eq!(media.scheduling, Scheduling::Fifo);
+            assert_eq!(media.thread_policy(), Ok(ThreadPolicy::Fifo(10)));
+        });
+        // rtpengine's names, "none" included, and a negative nice value from the environment.
+        let env = [
+            ("TRUNKLINE_MEDIA__SCHEDULING", "none"),
+            ("TRUNKLINE_MEDIA__PRIORITY", "-5"),
+        ];
+        load_in_jail(&env, None, |result, _| {
+            assert_eq!(
+                result.unwrap().media.thread_policy(),
+                Ok(ThreadPolicy::Nice(-5))
+            );
+        });
+        load_in_jail(&[], None, |result, _| {
+            assert_eq!(
+                result.unwrap().media.thread_policy(),
+                Ok(ThreadPolicy::Inherit)
+            );
+        });
+        for (file, needle) in [
+            (
+                "[media]\nscheduling = \"rr\"\n",
+                "media.priority: scheduling rr needs",
+            ),
+            (
+                "[media]\nscheduling = \"fifo\"\npriority = 100\n",
+                "media.priority: priority 100 is outside 1..=99",
+            ),
+            (
+                "[media]\nscheduling = \"batch\"\npriority = 20\n",
+                "media.priority: priority 20 is outside -20..=19",
+            ),
+            ("[media]\nscheduling = \"deadline\"\n", "media.scheduling"),
+        ] {
+            load_in_jail(&[], Some(file), |result, _| {
+                let message = format!("{:#}", result.unwrap_err());
+                assert!(message.contains(needle), "{file}: {message}");
+            });
+        }
     }
 
     #[test]
