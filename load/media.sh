@@ -6,11 +6,14 @@
 #   trunkline  trunkline-relay, same flags/ports as rtpengine
 # one after the other in one run, on loopback.  See load/README.md, "Media benchmark".
 #
-#   load/media.sh [--quick] [--systems direct,rtpengine,trunkline]
+#   load/media.sh [--quick] [--pin] [--systems direct,rtpengine,trunkline]
 #
 # Every step starts a fresh relay, runs one bounded rtpbench (count and time), stops the relay.
-# All children are stopped by PID on exit, error, Ctrl-C or TERM.  Nothing is pinned: the
-# generator and the relay share the machine's cores.
+# All children are stopped by PID on exit, error, Ctrl-C or TERM.  By default nothing is
+# pinned: the generator and the relay share the machine's cores.  With --pin the relay runs
+# on CPU 1 with one forwarding thread and the generator on CPU 0 (the same for both relays).
+# Every run also measures the kernel floor: one loopback send plus one receive per packet on
+# one thread, the least any userspace relay pays per forwarded packet on this machine.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,6 +24,7 @@ usage() {
 	cat <<'EOF'
 Options:
   --quick            smoke run: 3 s steps, short ramp (~1-2 min)
+  --pin              relay on CPU 1 with one forwarding thread, generator on CPU 0
   --systems LIST     comma-separated subset of direct,rtpengine,trunkline (default: all)
   -h, --help         this text
 Environment (defaults full / quick):
@@ -35,14 +39,17 @@ Environment (defaults full / quick):
   RETRY              re-run a failing step this many times before stopping the ramp (1 / 0)
   SEND_THREADS RECV_THREADS   generator threads (1 1)
   NG_PORT CLI_PORT PORT_MIN PORT_MAX   (12223 12224 30000 39999)
+  FLOOR_PAIRS        socket pairs of the kernel-floor measurement (1000)
 EOF
 }
 
 QUICK=0
+PIN=0
 SYSTEMS="direct,rtpengine,trunkline"
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--quick) QUICK=1 ;;
+	--pin) PIN=1 ;;
 	--systems) SYSTEMS="$2"; shift ;;
 	--systems=*) SYSTEMS="${1#*=}" ;;
 	-h | --help) usage; exit 0 ;;
@@ -65,7 +72,15 @@ fi
 : "${LAT_STREAMS:=500}" "${LOSS_MAX_PCT:=0.1}" "${PACE_MIN_PCT:=95}" "${SEND_THREADS:=1}" "${RECV_THREADS:=1}"
 : "${NG_PORT:=12223}" "${CLI_PORT:=12224}" "${PORT_MIN:=30000}" "${PORT_MAX:=39999}"
 : "${RELAY_READY_SECS:=10}"
+: "${FLOOR_PAIRS:=1000}"
 HOST=127.0.0.1
+# --pin: the relay gets CPU 1 and one forwarding thread, the generator CPU 0.
+RELAY_PRE=() GEN_PRE=() RELAY_THREADS=2
+if [ "$PIN" = 1 ]; then
+	[ "$(nproc)" -ge 2 ] || { echo "--pin needs at least 2 CPUs" >&2; exit 2; }
+	command -v taskset >/dev/null || { echo "--pin needs taskset (util-linux)" >&2; exit 2; }
+	RELAY_PRE=(taskset -c 1) GEN_PRE=(taskset -c 0) RELAY_THREADS=1
+fi
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT="$HERE/out/$STAMP"
@@ -167,15 +182,15 @@ port-min = $PORT_MIN
 port-max = $PORT_MAX
 timeout = 60
 silent-timeout = 3600
-num-threads = 2
+num-threads = $RELAY_THREADS
 delete-delay = 0
 pidfile = $dir/rtpengine.pid
 EOF
-		rtpengine --config-file="$dir/rtpengine.conf" >"$dir/relay.log" 2>&1 &
+		"${RELAY_PRE[@]}" rtpengine --config-file="$dir/rtpengine.conf" >"$dir/relay.log" 2>&1 &
 		;;
 	trunkline)
-		"$TLR" --interface "$HOST" --listen-ng "$HOST:$NG_PORT" --port-min "$PORT_MIN" \
-			--port-max "$PORT_MAX" --timeout 60 --foreground >"$dir/relay.log" 2>&1 &
+		"${RELAY_PRE[@]}" "$TLR" --interface "$HOST" --listen-ng "$HOST:$NG_PORT" --port-min "$PORT_MIN" \
+			--port-max "$PORT_MAX" --timeout 60 --num-threads "$RELAY_THREADS" --foreground >"$dir/relay.log" 2>&1 &
 		;;
 	esac
 	RELAY_PID=$!
@@ -215,7 +230,7 @@ run_step() {
 		args+=(--ng "$HOST:$NG_PORT" --relay-pid "$RELAY_PID")
 	fi
 	# bounded: the tool stops after STEP_SECS of traffic; the timeout covers set-up/teardown
-	timeout --signal=TERM --kill-after=5 $((STEP_SECS * 3 + 60)) "$RB" "${args[@]}" \
+	timeout --signal=TERM --kill-after=5 $((STEP_SECS * 3 + 60)) "${GEN_PRE[@]}" "$RB" "${args[@]}" \
 		>"$dir/step.json" 2>"$dir/rtpbench.log" || true
 	[ -s "$dir/step.json" ] || printf '{"label":"%s/%s","error":"rtpbench produced no summary (see rtpbench.log)"}\n' "$sys" "$streams" >"$dir/step.json"
 	[ "$sys" = direct ] || relay_stop
@@ -241,13 +256,26 @@ EOF
 # ------------------------------------------------------------ run
 sessions_max=$(((PORT_MAX - PORT_MIN + 1) / 4)) # RTP+RTCP on both sides of every session
 {
-	echo "STAMP=$STAMP QUICK=$QUICK SYSTEMS=$SYSTEMS STEP_SECS=$STEP_SECS RETRY=$RETRY"
+	echo "STAMP=$STAMP QUICK=$QUICK PIN=$PIN RELAY_THREADS=$RELAY_THREADS FLOOR_PAIRS=$FLOOR_PAIRS SYSTEMS=$SYSTEMS STEP_SECS=$STEP_SECS RETRY=$RETRY"
 	echo "RAMP=\"$RAMP\" LAT_STREAMS=$LAT_STREAMS LOSS_MAX_PCT=$LOSS_MAX_PCT PACE_MIN_PCT=$PACE_MIN_PCT"
 	echo "SEND_THREADS=$SEND_THREADS RECV_THREADS=$RECV_THREADS NG_PORT=$NG_PORT PORT_MIN=$PORT_MIN PORT_MAX=$PORT_MAX"
 	echo "RTPBENCH=$RB TRUNKLINE_RELAY=${TLR:-} rtpengine=$(rtpengine --version 2>&1 | head -1 || true)"
 	echo "nproc=$(nproc) loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
 } >"$OUT/params.env"
-log "output: $OUT  (nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg); nothing pinned: generator and relay share the cores)"
+if [ "$PIN" = 1 ]; then
+	PLACEMENT="pinned: relay on CPU 1 with one forwarding thread, generator on CPU 0"
+else
+	PLACEMENT="nothing pinned: generator and relay ($RELAY_THREADS forwarding threads) share the cores"
+fi
+log "output: $OUT  (nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg); $PLACEMENT)"
+
+# The kernel floor, on the relay's CPU when pinned: what one thread pays per packet for
+# the bare loopback send and receive, with no relay logic, polling or wake-ups.
+mkdir -p "$OUT/floor"
+timeout --signal=TERM --kill-after=5 $((STEP_SECS + 60)) "${RELAY_PRE[@]}" "$RB" --floor \
+	--streams "$FLOOR_PAIRS" --duration "$STEP_SECS" --local-ip "$HOST" --json --label floor \
+	>"$OUT/floor/step.json" 2>"$OUT/floor/rtpbench.log" || true
+log "kernel floor: $(tail -1 "$OUT/floor/rtpbench.log")"
 
 for sys in "${SYS_LIST[@]}"; do
 	if [ -n "${UNAVAILABLE[$sys]:-}" ]; then
@@ -299,6 +327,13 @@ def load(p):
 def ok(d):
     return bool(d) and "error" not in d and d["loss_pct"] < loss_max and d["achieved_send_pps"] >= pace * d["offered_pps"]
 rows, per_step, res = [], [], {}
+direct_lat = load(os.path.join(out, "direct", "latency", "step.json"))
+direct_p99 = direct_lat["latency_us"]["p99"] if direct_lat and "error" not in direct_lat else None
+def lat_cell(p99, lossy):
+    if p99 is None: return "—"
+    cell = str(p99)
+    if direct_p99 is not None: cell += f" (direct {direct_p99}, +{p99 - direct_p99})"
+    return cell + (" (lossy)" if lossy else "")
 for s in systems:
     un = os.path.join(out, s, "unavailable")
     if os.path.exists(un):
@@ -321,16 +356,16 @@ for s in systems:
             per_step.append(f"| {s} | {n} | | | | | | | | | | {(d or {}).get('error', 'no summary')[:80]} |")
     lat = load(os.path.join(out, s, "latency", "step.json"))
     p99 = lat["latency_us"]["p99"] if lat and "error" not in lat else None
-    if lat and "error" not in lat and not ok(lat): p99 = f"{p99} (lossy)"
+    p99 = lat_cell(p99, bool(lat) and "error" not in lat and not ok(lat))
     if best is None:
-        rows.append(f"| {names[s]} | none passed | | | {p99 if p99 is not None else '—'} | |"); continue
+        rows.append(f"| {names[s]} | none passed | | | {p99} | |"); continue
     cores = best.get("relay_cores")
     ppc = best["forwarded_pps"] / cores if cores else None
     res[s] = ppc
     rows.append(f"| {names[s]} | {best['forwarded_pps']:.0f} ({best['flows']} streams) | "
                 f"{'—' if cores is None else format(cores, '.2f')} | {'—' if ppc is None else format(ppc, '.0f')} | "
-                f"{p99 if p99 is not None else '—'} | {'—' if ppc is None else format(ppc / 50, '.0f')} |")
-print(f"| system | max pps at <{loss_max}% loss | relay cores used | pps per core | p99 added latency µs ({lat_streams} streams) | 50 pps streams per core |")
+                f"{p99} | {'—' if ppc is None else format(ppc / 50, '.0f')} |")
+print(f"| system | max pps at <{loss_max}% loss | relay cores used | pps per core | p99 latency µs ({lat_streams} streams; the direct path's p99 and the difference) | 50 pps streams per core |")
 print("|---|---:|---:|---:|---:|---:|")
 print("\n".join(rows))
 print()
@@ -342,7 +377,23 @@ else:
 tl = load(os.path.join(out, "trunkline", "latency", "step.json"))
 if tl and "error" not in tl:
     p = tl["latency_us"]["p99"]
-    print(f"trunkline p99 added latency at {lat_streams} streams: {p} µs (target < 200 µs: {'met' if p is not None and p < 200 else 'NOT met'})")
+    if p is not None and direct_p99 is not None:
+        added = p - direct_p99
+        print(f"trunkline p99 latency at {lat_streams} streams: {p} µs through the relay, {direct_p99} µs direct: "
+              f"{added} µs added (target < 200 µs: {'met' if added < 200 else 'NOT met'})")
+    else:
+        print(f"trunkline p99 latency at {lat_streams} streams: {p} µs through the relay (no direct run to subtract)")
+fl = load(os.path.join(out, "floor", "step.json"))
+if fl and "error" not in fl and fl.get("pps_per_core"):
+    f = fl["pps_per_core"]
+    print(f"kernel floor: {f:.0f} pps per core ({fl['us_per_packet']:.2f} µs per packet: one loopback send + one receive, "
+          f"{fl['pairs']} socket pairs, one thread, no polling or wake-ups), the most any userspace relay can forward per core here.")
+    for s in ("rtpengine", "trunkline"):
+        if res.get(s): print(f"- {s} reaches {res[s] / f * 100:.0f} % of the floor")
+    if res.get("rtpengine"):
+        print(f"- the highest trunkline / rtpengine ratio a userspace relay could reach here: {f / res['rtpengine']:.2f}")
+else:
+    print("kernel floor: not measured (see floor/rtpbench.log)")
 d = {s: max([x for x in [load(p) for p in glob.glob(os.path.join(out, s, 'ramp', '*', 'step.json'))] if ok(x)],
             key=lambda x: x["forwarded_pps"], default=None) for s in ("direct",)}
 if d.get("direct"):
@@ -361,7 +412,7 @@ EOF
 	echo "Parameters: \`$(tr '\n' ' ' <"$OUT/params.env")\`"
 	echo
 	echo "Streams are one-way 50 pps flows of 172-byte PCMU RTP; sessions are bidirectional (2 streams each)."
-	echo "Nothing is pinned: generator (send + receive threads) and relay share $(nproc) cores."
+	echo "Placement: $PLACEMENT ($(nproc) cores)."
 	echo "Relay cores = relay CPU seconds (/proc/PID/stat utime+stime, all threads) over the step ÷ wall seconds."
 	echo
 	cat "$OUT/table.md"

@@ -13,6 +13,7 @@
 //! generator's own scheduling) adds. Run with `--direct` (no relay: A_i sends straight to B_i)
 //! to see the generator's own floor.
 
+mod floor;
 mod ng;
 mod stats;
 
@@ -35,6 +36,8 @@ const PAYLOAD: usize = 160;
 const PKT: usize = RTP_HDR + PAYLOAD;
 const MAGIC: &[u8; 4] = b"TLRB";
 const FLAG_PRIME: u8 = 1;
+/// Bound on the packets of one `--floor` run, whatever the duration.
+const FLOOR_MAX_PACKETS: u64 = 50_000_000;
 /// Direction byte: 0 = A -> B (caller to callee), 1 = B -> A.
 const DIR_AB: u8 = 0;
 const DIR_BA: u8 = 1;
@@ -75,6 +78,11 @@ struct Args {
     /// no relay: A_i sends straight to B_i (the generator's own ceiling and latency floor)
     #[arg(long)]
     direct: bool,
+    /// no relay, no traffic pattern: measure the kernel's cost of one loopback send plus one
+    /// receive per packet over --streams socket pairs on one thread for --duration (the
+    /// floor any userspace relay pays per forwarded packet)
+    #[arg(long, conflicts_with_all = ["direct", "both_directions"])]
+    floor: bool,
     /// sample this PID's CPU (utime+stime of /proc/PID/stat, all threads) over the measurement
     #[arg(long)]
     relay_pid: Option<u32>,
@@ -364,6 +372,19 @@ fn run(a: &Args) -> Result<()> {
     raise_nofile();
     if a.streams == 0 || a.pps_per_stream == 0 || a.duration <= 0.0 {
         bail!("--streams, --pps-per-stream and --duration must be positive");
+    }
+    if a.floor {
+        let mut summary = floor::run(
+            a.local_ip,
+            a.streams,
+            Duration::from_secs_f64(a.duration),
+            FLOOR_MAX_PACKETS,
+        )?;
+        summary["label"] = json!(a.label);
+        if a.json {
+            println!("{summary}");
+        }
+        return Ok(());
     }
     let period_ns = 1_000_000_000u64 / a.pps_per_stream as u64;
     let count = (a.duration * a.pps_per_stream as f64).round().max(1.0) as u32;
