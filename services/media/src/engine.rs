@@ -103,6 +103,14 @@ struct SideCtl {
     shared: Arc<SideShared>,
 }
 
+/// The parsed body, its media sections, the time of the request and the held state lock.
+type Begun<'a> = (
+    trunkline_sdp::Sdp,
+    Vec<MediaInfo>,
+    Instant,
+    MutexGuard<'a, State>,
+);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -250,6 +258,15 @@ impl Relay {
         Ok(Relay { inner })
     }
 
+    /// What offer and answer both do first: refuse once stopped, parse the body before the
+    /// lock is taken (a malformed SDP never holds up other calls), and take the lock.
+    fn begin(&self, sdp: &[u8]) -> Result<Begun<'_>, MediaError> {
+        self.inner.check_running()?;
+        let parsed = trunkline_sdp::parse(sdp)?;
+        let media = parsed.media();
+        Ok((parsed, media, Instant::now(), lock(&self.inner.state)))
+    }
+
     /// Handles an offer from the party tagged `from_tag`: creates the session or
     /// updates it (re-offer from either party), and returns the SDP rewritten to
     /// point at the relay ports the other party must send to.
@@ -260,12 +277,8 @@ impl Relay {
         sdp: &[u8],
         flags: &Flags,
     ) -> Result<Vec<u8>, MediaError> {
-        self.inner.check_running()?;
-        let mut parsed = trunkline_sdp::parse(sdp)?;
-        let media = parsed.media();
-        let now = Instant::now();
+        let (mut parsed, media, now, mut guard) = self.begin(sdp)?;
         let inner = &*self.inner;
-        let mut guard = lock(&inner.state);
         let state = &mut *guard;
         let is_new = !state.sessions.contains_key(call_id);
         if is_new {
@@ -312,12 +325,8 @@ impl Relay {
         sdp: &[u8],
         flags: &Flags,
     ) -> Result<Vec<u8>, MediaError> {
-        self.inner.check_running()?;
-        let mut parsed = trunkline_sdp::parse(sdp)?;
-        let media = parsed.media();
-        let now = Instant::now();
+        let (mut parsed, media, now, mut guard) = self.begin(sdp)?;
         let inner = &*self.inner;
-        let mut guard = lock(&inner.state);
         let state = &mut *guard;
         let session = state
             .sessions
