@@ -91,6 +91,20 @@ struct Session {
     reported_idle_from: Option<u64>,
 }
 
+impl Session {
+    /// Which party a request's `from-tag` names: offer and answer both identify the sender
+    /// by it, whichever side sent the first offer.
+    fn party(&self, tag: &str) -> Option<usize> {
+        if self.offerer_tag == tag {
+            Some(OFFERER)
+        } else if self.answerer_tag.as_deref() == Some(tag) {
+            Some(ANSWERER)
+        } else {
+            None
+        }
+    }
+}
+
 struct StreamCtl {
     id: u64,
     kind: String,
@@ -332,16 +346,14 @@ impl Relay {
             .sessions
             .get_mut(call_id)
             .ok_or_else(|| MediaError::UnknownCall(call_id.to_string()))?;
-        let answering = if session.offerer_tag == from_tag {
+        let offering = session
+            .party(from_tag)
+            .ok_or_else(|| MediaError::UnknownTag(from_tag.to_string()))?;
+        if offering == OFFERER {
             session.answerer_tag = Some(to_tag.to_string());
-            ANSWERER
-        } else if session.answerer_tag.as_deref() == Some(from_tag) {
-            OFFERER
-        } else {
-            return Err(MediaError::UnknownTag(from_tag.to_string()));
-        };
+        }
         session.last_signal = now;
-        let offering = 1 - answering;
+        let answering = 1 - offering;
         let worker = &inner.workers[session.worker];
         let mut plans = Vec::new();
         for m in &media {
@@ -519,13 +531,9 @@ impl Inner {
         let session = sessions
             .get_mut(call_id)
             .ok_or_else(|| MediaError::UnknownCall(call_id.to_string()))?;
-        let offering = if session.offerer_tag == from_tag {
-            OFFERER
-        } else if session.answerer_tag.as_deref() == Some(from_tag) {
-            ANSWERER
-        } else {
-            return Err(MediaError::UnknownTag(from_tag.to_string()));
-        };
+        let offering = session
+            .party(from_tag)
+            .ok_or_else(|| MediaError::UnknownTag(from_tag.to_string()))?;
         session.last_signal = now;
         let other = 1 - offering;
         let worker = &self.workers[session.worker];
