@@ -108,6 +108,7 @@ impl Session {
 struct StreamCtl {
     id: u64,
     kind: String,
+    proto: String,
     sides: [SideCtl; 2],
 }
 
@@ -550,6 +551,7 @@ impl Inner {
             if let Some(stream) = session.streams.get_mut(&m.index) {
                 stream.sides[offering].peer = peer;
                 stream.kind.clone_from(&m.kind);
+                stream.proto.clone_from(&m.proto);
                 worker.send(Command::Update {
                     id: stream.id,
                     side: offering,
@@ -582,6 +584,7 @@ impl Inner {
             let stream = StreamCtl {
                 id,
                 kind: m.kind.clone(),
+                proto: m.proto.clone(),
                 sides: [
                     SideCtl {
                         port: ports_pair[0],
@@ -685,15 +688,15 @@ impl Inner {
             streams: s
                 .streams
                 .iter()
-                .map(|(index, st)| StreamPairStats {
-                    index: *index,
-                    media: st.kind.clone(),
-                    offerer: st.sides[OFFERER]
-                        .shared
-                        .snapshot(now_ms, st.sides[OFFERER].port),
-                    answerer: st.sides[ANSWERER]
-                        .shared
-                        .snapshot(now_ms, st.sides[ANSWERER].port),
+                .map(|(index, st)| {
+                    let side = |s: &SideCtl| s.shared.snapshot(now_ms, s.port, &s.peer);
+                    StreamPairStats {
+                        index: *index,
+                        media: st.kind.clone(),
+                        protocol: st.proto.clone(),
+                        offerer: side(&st.sides[OFFERER]),
+                        answerer: side(&st.sides[ANSWERER]),
+                    }
                 })
                 .collect(),
         }

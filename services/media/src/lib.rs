@@ -71,73 +71,118 @@ impl Default for MediaConfig {
     }
 }
 
-/// Per-request switches, named after rtpengine's ng flags so the ng server maps them 1:1.
-#[derive(Debug, Clone, Default)]
+/// Per-request switches. They are rtpengine's ng flags one for one (the ng name is given
+/// with each), so the ng server fills them in directly and a call actor speaks the same
+/// vocabulary as Kamailio's `rtpengine` module.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flags {
-    /// Use the SDP address as is, even when `received_from` is known.
+    /// ng `trust address`: use the SDP address as is, even when `received_from` is known.
     pub trust_address: bool,
-    /// Where the SIP message carrying this SDP came from; unless `trust_address`, its IP
-    /// replaces the SDP address (rtpengine's "SIP source address"), for endpoints that
-    /// write a private address into SDP.
+    /// ng `received from` (port 0: ng gives none): where the SIP message carrying this SDP
+    /// came from; unless `trust_address`, its IP replaces the SDP address (rtpengine's "SIP
+    /// source address"), for endpoints that write a private address into SDP.
     pub received_from: Option<SocketAddr>,
-    /// Latch onto the real source of packets (the default when neither flag is given).
+    /// ng `symmetric`: latch onto the real source of packets (also the default when
+    /// neither this nor `asymmetric` is given).
     pub symmetric: bool,
-    /// Never latch: send to the SDP address, accept from anyone.
+    /// ng `asymmetric`: never latch; send to the SDP address, accept from anyone.
     pub asymmetric: bool,
-    /// Accept packets only from the expected source (SDP address before latching).
+    /// ng `strict source`: accept packets only from the expected source (SDP address
+    /// before latching).
     pub strict_source: bool,
-    /// Re-latch when packets start arriving from a new source (roaming endpoints).
+    /// ng `media handover`: re-latch when packets start arriving from a new source
+    /// (roaming endpoints).
     pub media_handover: bool,
-    /// Once latched, never re-latch, even after a re-offer with a new address.
+    /// ng `port latching`: once latched, never re-latch, even after a re-offer with a new
+    /// address.
     pub port_latching: bool,
-    /// Keep ICE attributes in the rewritten SDP.
+    /// ng `ICE` = `pass`: keep ICE attributes in the rewritten SDP.
     pub keep_ice: bool,
-    /// Keep `a=rtcp-mux` toward the other party when this party offered it (also the
-    /// default unless `rtcp_mux_demux`).
+    /// ng `rtcp-mux` = `offer`: keep `a=rtcp-mux` toward the other party when this party
+    /// offered it (also the default unless `rtcp_mux_demux`).
     pub rtcp_mux_offer: bool,
-    /// Offer the other party separate RTP and RTCP ports even if this party muxes.
+    /// ng `rtcp-mux` = `demux`: offer the other party separate RTP and RTCP ports even if
+    /// this party muxes.
     pub rtcp_mux_demux: bool,
-    /// Write the relay address into `o=`.
+    /// ng `replace` = `origin`: write the relay address into `o=`.
     pub replace_origin: bool,
-    /// Write the relay address into a session-level `c=`.
+    /// ng `replace` = `session-connection`: write the relay address into a session-level
+    /// `c=`.
     pub replace_session_connection: bool,
-    /// Interface pair (rtpengine "direction"); accepted and ignored: one interface for now.
+    /// ng `direction`: interface pair; accepted and ignored, there is one interface for now.
     pub direction: Option<(String, String)>,
 }
 
-/// Counters for what one party sent to the relay on one stream (RTP and RTCP together).
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct StreamStats {
+/// Traffic of one kind — RTP or RTCP — that one party sent to the relay on one stream.
+/// The kinds are kept apart because they answer different questions: RTP is the media
+/// (did audio flow, how much was lost), RTCP the reports about it; rtpengine reports them
+/// apart too (`totals` → `RTP`/`RTCP`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PacketStats {
     /// Packets accepted from this party.
     pub packets: u64,
     /// Bytes accepted from this party.
     pub bytes: u64,
     /// Packets dropped: wrong source, no destination, truncated, send errors.
     pub errors: u64,
+    /// Milliseconds since the last accepted packet of this kind.
+    pub last_packet_ms_ago: Option<u64>,
+}
+
+/// What one party sent to the relay on one stream, and what the relay knows of it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StreamStats {
+    /// RTP from this party.
+    pub rtp: PacketStats,
+    /// RTCP from this party, on the RTCP port or multiplexed on the RTP port (the relay
+    /// tells them apart by packet type, RFC 5761 §4).
+    pub rtcp: PacketStats,
     /// RTP packets missing in this party's sequence numbers.
     pub rtp_lost: u64,
-    /// Fraction lost (1/256) from the last RTCP report block this party sent.
+    /// Fraction lost (1/256) from the last RTCP report block this party sent about the
+    /// other party's media.
     pub rtcp_fraction_lost: Option<u8>,
-    /// Interarrival jitter (timestamp units) from the last report block this party sent.
+    /// Interarrival jitter (timestamp units) from that same report block.
     pub rtcp_jitter: Option<u32>,
     /// Round trip relay → this party → relay, from LSR/DLSR of its reports on SRs the
     /// relay forwarded to it.
     pub rtt_ms: Option<f64>,
-    /// Milliseconds since the last accepted packet from this party.
-    pub last_packet_ms_ago: Option<u64>,
+    /// SSRC of this party's latest RTP packet.
+    pub ssrc: Option<u32>,
     /// The latched RTP source of this party.
     pub latched: Option<SocketAddr>,
-    /// The relay RTP port this party sends to (RTCP is one above).
+    /// The latched RTCP source of this party (its RTP source when it muxes).
+    pub latched_rtcp: Option<SocketAddr>,
+    /// Where this party said, in SDP, it receives RTP (the SIP source's IP replaces the
+    /// SDP's unless the address is trusted); the destination until it latches.
+    pub advertised: Option<SocketAddr>,
+    /// Where this party receives RTCP, by the same rules (equal to `advertised` when muxed).
+    pub advertised_rtcp: Option<SocketAddr>,
+    /// This party sends and receives RTCP on its RTP port (`a=rtcp-mux`).
+    pub rtcp_mux: bool,
+    /// The relay RTP port this party sends to (its RTCP port is one above).
     pub local_port: u16,
 }
 
+impl StreamStats {
+    /// Milliseconds since the last accepted packet of either kind from this party.
+    pub fn last_packet_ms_ago(&self) -> Option<u64> {
+        match (self.rtp.last_packet_ms_ago, self.rtcp.last_packet_ms_ago) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// One m-line of a call: both parties' counters.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StreamPairStats {
     /// m-line position (0-based).
     pub index: usize,
     /// Media kind from the m-line (`audio`, `video`, ...).
     pub media: String,
+    /// Transport protocol from the last offer's m-line (`RTP/AVP`, ...).
+    pub protocol: String,
     /// What the original offerer sent.
     pub offerer: StreamStats,
     /// What the original answerer sent.
@@ -145,7 +190,7 @@ pub struct StreamPairStats {
 }
 
 /// A call's relay state, for `query`, `delete` and the ng protocol.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct CallStats {
     /// The call's Call-ID.
     pub call_id: String,
@@ -160,7 +205,7 @@ pub struct CallStats {
 }
 
 /// Relay-wide counters.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Totals {
     /// Sessions created since start.
     pub sessions: u64,
@@ -189,7 +234,8 @@ pub struct TimedOut {
     pub idle: Duration,
 }
 
-/// Why a relay request failed; the `Display` text is fit for an ng `error-reason`.
+/// Why a relay request failed. Says which input was wrong; the ng server turns it into
+/// rtpengine's wording for an `error-reason`.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
     /// The SDP body could not be parsed.

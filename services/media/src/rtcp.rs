@@ -106,58 +106,174 @@ fn parse_block(b: &[u8]) -> ReportBlock {
     }
 }
 
-/// Parses a compound RTCP packet, walking every packet by its length field.
-/// `strict` demands an SR or RR first, as RFC 3550 §6.1 does; reduced-size RTCP
-/// (RFC 5506) needs it off.
-pub fn parse_compound(datagram: &[u8], strict: bool) -> Result<Compound, RtcpError> {
-    let mut out = Compound::default();
-    let mut rest = datagram;
+/// One SR or RR borrowed from a datagram: its report blocks are decoded as they are
+/// iterated, so reading a report allocates nothing (the forwarding workers read every
+/// RTCP packet they relay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportRef<'a> {
+    /// SSRC of the packet's sender.
+    pub ssrc: u32,
+    /// Present for SR, absent for RR.
+    pub sender: Option<SenderInfo>,
+    /// The report blocks, 24 bytes each.
+    blocks: &'a [u8],
+}
+
+impl<'a> ReportRef<'a> {
+    /// The reception report blocks, in packet order.
+    pub fn blocks(&self) -> impl ExactSizeIterator<Item = ReportBlock> + 'a {
+        self.blocks.chunks_exact(24).map(parse_block)
+    }
+
+    /// An owned copy.
+    pub fn to_report(&self) -> Report {
+        Report {
+            ssrc: self.ssrc,
+            sender: self.sender,
+            blocks: self.blocks().collect(),
+        }
+    }
+}
+
+/// A compound packet that passed [`validate_compound`]: walking it again cannot fail,
+/// and neither validation nor the walk allocates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompoundRef<'a> {
+    datagram: &'a [u8],
+    /// Number of packets (of any type) in the compound.
+    pub packets: usize,
+}
+
+impl<'a> CompoundRef<'a> {
+    /// The SRs and RRs in order; other packet types are skipped.
+    pub fn reports(&self) -> impl Iterator<Item = ReportRef<'a>> + 'a {
+        let mut rest = self.datagram;
+        std::iter::from_fn(move || {
+            // Validated already: `next_packet` only fails at the end.
+            while let Some((pkt, tail)) = next_packet(rest).ok().flatten() {
+                rest = tail;
+                if let Some(report) = pkt.report() {
+                    return Some(report);
+                }
+            }
+            None
+        })
+    }
+}
+
+/// One packet of a compound, its header read and its report count checked.
+#[derive(Clone, Copy)]
+struct Packet<'a> {
+    /// The whole packet, header included.
+    bytes: &'a [u8],
+    /// Report count (RC) from the header.
+    count: usize,
+    /// Packet type.
+    pt: u8,
+}
+
+impl<'a> Packet<'a> {
+    /// The SR or RR it is; `None` for other types.
+    fn report(&self) -> Option<ReportRef<'a>> {
+        let (pkt, pt) = (self.bytes, self.pt);
+        if pt != PT_SR && pt != PT_RR {
+            return None;
+        }
+        let head = report_head(pt);
+        let sender = (pt == PT_SR).then(|| SenderInfo {
+            ntp: (u64::from(be32(pkt, 8)) << 32) | u64::from(be32(pkt, 12)),
+            rtp_timestamp: be32(pkt, 16),
+            packet_count: be32(pkt, 20),
+            octet_count: be32(pkt, 24),
+        });
+        Some(ReportRef {
+            ssrc: be32(pkt, 4),
+            sender,
+            blocks: pkt.get(head..head + self.count * 24)?,
+        })
+    }
+}
+
+/// Splits the first packet off `rest`, returning it and what follows; `None` when `rest`
+/// is empty.
+fn next_packet(rest: &[u8]) -> Result<Option<(Packet<'_>, &[u8])>, RtcpError> {
     if rest.is_empty() {
+        return Ok(None);
+    }
+    if rest.len() < 4 {
         return Err(RtcpError::TooShort);
     }
-    while !rest.is_empty() {
-        if rest.len() < 4 {
-            return Err(RtcpError::TooShort);
-        }
-        let version = rest[0] >> 6;
-        if version != 2 {
-            return Err(RtcpError::BadVersion(version));
-        }
-        let count = usize::from(rest[0] & 0x1f);
-        let pt = rest[1];
-        let len = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
-        let pkt = rest.get(..len).ok_or(RtcpError::Truncated)?;
-        if strict && out.packets == 0 && pt != PT_SR && pt != PT_RR {
-            return Err(RtcpError::NotReportFirst(pt));
-        }
-        match pt {
-            PT_SR | PT_RR => {
-                let head = if pt == PT_SR { 28 } else { 8 };
-                if pkt.len() < head || pkt.len() < head + count * 24 {
-                    return Err(RtcpError::BadReportCount);
-                }
-                let sender = (pt == PT_SR).then(|| SenderInfo {
-                    ntp: (u64::from(be32(pkt, 8)) << 32) | u64::from(be32(pkt, 12)),
-                    rtp_timestamp: be32(pkt, 16),
-                    packet_count: be32(pkt, 20),
-                    octet_count: be32(pkt, 24),
-                });
-                let blocks = pkt[head..head + count * 24]
-                    .chunks_exact(24)
-                    .map(parse_block)
-                    .collect();
-                out.reports.push(Report {
-                    ssrc: be32(pkt, 4),
-                    sender,
-                    blocks,
-                });
-            }
-            _ => {}
-        }
-        out.packets += 1;
-        rest = &rest[len..];
+    let version = rest[0] >> 6;
+    if version != 2 {
+        return Err(RtcpError::BadVersion(version));
     }
-    Ok(out)
+    let count = usize::from(rest[0] & 0x1f);
+    let pt = rest[1];
+    let len = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+    let bytes = rest.get(..len).ok_or(RtcpError::Truncated)?;
+    if (pt == PT_SR || pt == PT_RR) && bytes.len() < report_head(pt) + count * 24 {
+        return Err(RtcpError::BadReportCount);
+    }
+    Ok(Some((Packet { bytes, count, pt }, &rest[len..])))
+}
+
+/// Bytes before the first report block: header + SSRC, plus sender info for an SR.
+fn report_head(pt: u8) -> usize {
+    if pt == PT_SR {
+        28
+    } else {
+        8
+    }
+}
+
+/// Checks a whole compound RTCP packet, walking every packet by its length field, so a
+/// malformed datagram is refused before any of it is used. `strict` demands an SR or
+/// RR first, as RFC 3550 §6.1 does; reduced-size RTCP (RFC 5506) needs it off.
+pub fn validate_compound(datagram: &[u8], strict: bool) -> Result<CompoundRef<'_>, RtcpError> {
+    if datagram.is_empty() {
+        return Err(RtcpError::TooShort);
+    }
+    let mut rest = datagram;
+    let mut packets = 0;
+    while let Some((pkt, tail)) = next_packet(rest)? {
+        if strict && packets == 0 && pkt.pt != PT_SR && pkt.pt != PT_RR {
+            return Err(RtcpError::NotReportFirst(pkt.pt));
+        }
+        packets += 1;
+        rest = tail;
+    }
+    Ok(CompoundRef { datagram, packets })
+}
+
+/// Parses a compound RTCP packet into owned reports ([`validate_compound`] plus a copy);
+/// for tests, tools and fuzzing — the relay itself reads the borrowed form.
+pub fn parse_compound(datagram: &[u8], strict: bool) -> Result<Compound, RtcpError> {
+    let c = validate_compound(datagram, strict)?;
+    Ok(Compound {
+        reports: c.reports().map(|r| r.to_report()).collect(),
+        packets: c.packets,
+    })
+}
+
+/// The report block about the media a party receives from the other one: the block whose
+/// source is the newest of `sources` (SSRCs the other party sent, newest first), else the
+/// first block. A report holds a block per source its sender hears — several after an SSRC
+/// change or behind a mixer — and only the one about the relayed stream describes this leg.
+pub fn pick_block(
+    blocks: impl IntoIterator<Item = ReportBlock>,
+    sources: &[u32],
+) -> Option<ReportBlock> {
+    let mut first = None;
+    let mut best: Option<(usize, ReportBlock)> = None;
+    for block in blocks {
+        first.get_or_insert(block);
+        if let Some(rank) = sources.iter().position(|s| *s == block.ssrc) {
+            if best.is_none_or(|(r, _)| rank < r) {
+                best = Some((rank, block));
+            }
+        }
+    }
+    best.map(|(_, b)| b).or(first)
 }
 
 /// Round-trip time in milliseconds from a report block's LSR/DLSR, with `now` the
@@ -285,5 +401,62 @@ mod tests {
     fn ntp_middle_units() {
         let d = std::time::Duration::from_millis(1500);
         assert_eq!(ntp_middle_from(d), 0x0001_8000);
+    }
+
+    fn block_about(ssrc: u32, fraction_lost: u8) -> ReportBlock {
+        ReportBlock {
+            ssrc,
+            fraction_lost,
+            ..block()
+        }
+    }
+
+    #[test]
+    fn reads_every_block_of_full_and_chained_reports() {
+        // 31 blocks (the most a 5-bit count holds), then a second RR for the sources
+        // that did not fit, then an SR with none: one compound.
+        let first: Vec<ReportBlock> = (0..31).map(|i| block_about(100 + i, i as u8)).collect();
+        let second: Vec<ReportBlock> = (0..3).map(|i| block_about(200 + i, 0)).collect();
+        let mut p = rr(7, &first);
+        p.extend(rr(7, &second));
+        let mut sr = vec![0x80, PT_SR, 0, 6];
+        sr.extend_from_slice(&8u32.to_be_bytes());
+        sr.extend_from_slice(&[0; 20]);
+        p.extend(sr);
+
+        let c = validate_compound(&p, true).unwrap();
+        assert_eq!(c.packets, 3);
+        let reports: Vec<ReportRef<'_>> = c.reports().collect();
+        assert_eq!(reports.len(), 3);
+        assert_eq!(reports[0].blocks().len(), 31);
+        assert!(reports[0].blocks().eq(first.iter().copied()));
+        assert!(reports[1].blocks().eq(second.iter().copied()));
+        assert_eq!(reports[2].blocks().len(), 0);
+        assert_eq!(reports[2].ssrc, 8);
+        assert!(reports[2].sender.is_some());
+        // The owned form says the same.
+        let owned = parse_compound(&p, true).unwrap();
+        assert_eq!(owned.reports[0].blocks, first);
+        assert_eq!(owned.reports[1].blocks, second);
+        assert_eq!(owned.reports.len(), 3);
+        // A length one block short of the count is refused before anything is read.
+        let mut bad = p.clone();
+        bad[3] -= 6;
+        assert_eq!(
+            validate_compound(&bad, true),
+            Err(RtcpError::BadReportCount)
+        );
+    }
+
+    #[test]
+    fn picks_the_block_about_the_newest_known_source() {
+        let blocks = [block_about(9, 1), block_about(5, 2), block_about(6, 3)];
+        // Newest first: 6 is the current source, 5 an earlier one.
+        assert_eq!(pick_block(blocks, &[6, 5]).map(|b| b.ssrc), Some(6));
+        assert_eq!(pick_block(blocks, &[7, 5]).map(|b| b.ssrc), Some(5));
+        // No source known, or none reported on: the first block.
+        assert_eq!(pick_block(blocks, &[]).map(|b| b.ssrc), Some(9));
+        assert_eq!(pick_block(blocks, &[42]).map(|b| b.ssrc), Some(9));
+        assert_eq!(pick_block([], &[6]), None);
     }
 }

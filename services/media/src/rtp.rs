@@ -188,6 +188,51 @@ impl SeqTracker {
     }
 }
 
+/// How many of a party's recent SSRCs are remembered.
+pub const SSRC_HISTORY: usize = 4;
+
+/// The last few SSRCs one party sent RTP with, newest first. Reports from the other
+/// party name the source they describe by SSRC; after a change (a new call leg behind a
+/// B2BUA, a restarted sender) they may still describe the old one for a while.
+///
+/// Fixed size and `Copy`: updated for every RTP packet without allocating, and a packet
+/// with the newest SSRC (nearly all of them) costs one comparison.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SsrcHistory {
+    ids: [u32; SSRC_HISTORY],
+    len: usize,
+}
+
+impl SsrcHistory {
+    /// Records that a packet with `ssrc` arrived.
+    pub fn note(&mut self, ssrc: u32) {
+        if self.len > 0 && self.ids[0] == ssrc {
+            return;
+        }
+        // Move it (or, when new, the oldest entry's slot) to the front.
+        let seen = self.ids[..self.len].iter().position(|s| *s == ssrc);
+        let end = match seen {
+            Some(p) => p,
+            None => {
+                self.len = (self.len + 1).min(SSRC_HISTORY);
+                self.len - 1
+            }
+        };
+        self.ids[..=end].rotate_right(1);
+        self.ids[0] = ssrc;
+    }
+
+    /// The remembered SSRCs, newest first.
+    pub fn newest_first(&self) -> &[u32] {
+        &self.ids[..self.len]
+    }
+
+    /// The SSRC of the last packet, if any.
+    pub fn latest(&self) -> Option<u32> {
+        self.newest_first().first().copied()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +362,28 @@ mod tests {
         t.update(2, 30000);
         t.update(2, 30002);
         assert_eq!(t.lost(), 2);
+    }
+
+    #[test]
+    fn ssrc_history_keeps_the_newest_first_and_forgets_the_oldest() {
+        let mut h = SsrcHistory::default();
+        assert_eq!(h.latest(), None);
+        assert!(h.newest_first().is_empty());
+        for s in [1, 1, 2, 2, 2] {
+            h.note(s);
+        }
+        assert_eq!(h.newest_first(), &[2, 1]);
+        // An old SSRC coming back moves to the front without a duplicate.
+        h.note(1);
+        assert_eq!(h.newest_first(), &[1, 2]);
+        for s in [3, 4, 5] {
+            h.note(s);
+        }
+        assert_eq!(h.newest_first(), &[5, 4, 3, 1]);
+        h.note(3);
+        assert_eq!(h.newest_first(), &[3, 5, 4, 1]);
+        h.note(6);
+        assert_eq!(h.newest_first(), &[6, 3, 5, 4]);
+        assert_eq!(h.latest(), Some(6));
     }
 }

@@ -6,6 +6,10 @@
 //! each against the latching policy, updates counters it owns, and sends the accepted
 //! ones with `sendmmsg` out of the other party's socket. Counters are published to the
 //! control side with relaxed atomic stores once per batch.
+//!
+//! RTP and RTCP are counted apart. A datagram is RTCP when it arrives on an RTCP port or,
+//! on an RTP port, when its packet type says so (RFC 5761 §4, rtcp-mux); `RTP`/`RTCP`
+//! index both the sockets of a side and its per-kind counters.
 
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
@@ -25,9 +29,9 @@ use nix::sys::socket::{
 };
 
 use crate::latch::{decide, LatchPolicy, LatchState, Verdict};
-use crate::rtcp::{ntp_middle_from, parse_compound, rtt_ms};
-use crate::rtp::{looks_like_rtcp, parse_header, SeqTracker};
-use crate::StreamStats;
+use crate::rtcp::{ntp_middle_from, pick_block, rtt_ms, validate_compound};
+use crate::rtp::{looks_like_rtcp, parse_header, SeqTracker, SsrcHistory};
+use crate::{PacketStats, StreamStats};
 
 /// Token of the control waker; stream tokens are `slot * 4 + side * 2 + component`.
 pub(crate) const WAKER: u64 = u64::MAX;
@@ -35,74 +39,119 @@ pub(crate) const WAKER: u64 = u64::MAX;
 const BUF_SIZE: usize = 8192;
 /// Batches read from one socket per wake-up before the others get a turn.
 const ROUNDS_PER_WAKE: usize = 8;
-/// Component index of RTP and RTCP sockets.
+/// Component index of RTP and RTCP sockets, and of the RTP and RTCP counters.
 pub(crate) const RTP: usize = 0;
 pub(crate) const RTCP: usize = 1;
 const NONE_U32: u32 = u32::MAX;
 const NONE_U64: u64 = u64::MAX;
 
-/// One party's counters, written by its worker once per batch and read by the control side.
-#[derive(Debug)]
-pub(crate) struct SideShared {
+/// One kind of traffic's counters as published.
+#[derive(Debug, Default)]
+struct SharedCount {
     packets: AtomicU64,
     bytes: AtomicU64,
     errors: AtomicU64,
-    rtp_lost: AtomicU64,
     /// Milliseconds since the relay epoch plus one; 0 means never.
     last_packet: AtomicU64,
-    fraction_lost: AtomicU32,
-    jitter: AtomicU64,
-    rtt_us: AtomicU64,
-    /// Written only when the RTP source (re)latches: rare, never per packet.
-    latched: Mutex<Option<SocketAddr>>,
 }
 
-impl Default for SideShared {
-    fn default() -> Self {
-        SideShared {
-            packets: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            rtp_lost: AtomicU64::new(0),
-            last_packet: AtomicU64::new(0),
-            fraction_lost: AtomicU32::new(NONE_U32),
-            jitter: AtomicU64::new(NONE_U64),
-            rtt_us: AtomicU64::new(NONE_U64),
-            latched: Mutex::new(None),
-        }
+impl SharedCount {
+    fn store(&self, c: &Count) {
+        self.packets.store(c.packets, Ordering::Relaxed);
+        self.bytes.store(c.bytes, Ordering::Relaxed);
+        self.errors.store(c.errors, Ordering::Relaxed);
+        self.last_packet.store(c.last_packet, Ordering::Relaxed);
     }
-}
 
-impl SideShared {
-    /// Milliseconds since the epoch of the last accepted packet, if any.
-    pub(crate) fn last_packet_ms(&self) -> Option<u64> {
+    fn last_packet_ms(&self) -> Option<u64> {
         match self.last_packet.load(Ordering::Relaxed) {
             0 => None,
             v => Some(v - 1),
         }
     }
 
-    /// A consistent-enough copy for stats (fields are read one by one).
-    pub(crate) fn snapshot(&self, now_ms: u64, local_port: u16) -> StreamStats {
-        let fraction = self.fraction_lost.load(Ordering::Relaxed);
-        let jitter = self.jitter.load(Ordering::Relaxed);
-        let rtt = self.rtt_us.load(Ordering::Relaxed);
-        StreamStats {
+    fn snapshot(&self, now_ms: u64) -> PacketStats {
+        PacketStats {
             packets: self.packets.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            last_packet_ms_ago: self.last_packet_ms().map(|t| now_ms.saturating_sub(t)),
+        }
+    }
+}
+
+/// One party's counters, written by its worker once per batch and read by the control side.
+#[derive(Debug)]
+pub(crate) struct SideShared {
+    /// By kind: `[RTP]`, `[RTCP]`.
+    traffic: [SharedCount; 2],
+    rtp_lost: AtomicU64,
+    fraction_lost: AtomicU32,
+    jitter: AtomicU64,
+    rtt_us: AtomicU64,
+    ssrc: AtomicU64,
+    /// Latched source per component. Written only when a source (re)latches: rare,
+    /// never per packet.
+    latched: Mutex<[Option<SocketAddr>; 2]>,
+}
+
+impl Default for SideShared {
+    fn default() -> Self {
+        SideShared {
+            traffic: Default::default(),
+            rtp_lost: AtomicU64::new(0),
+            fraction_lost: AtomicU32::new(NONE_U32),
+            jitter: AtomicU64::new(NONE_U64),
+            rtt_us: AtomicU64::new(NONE_U64),
+            ssrc: AtomicU64::new(NONE_U64),
+            latched: Mutex::new([None; 2]),
+        }
+    }
+}
+
+impl SideShared {
+    /// Milliseconds since the epoch of the last accepted packet of any kind, if any.
+    pub(crate) fn last_packet_ms(&self) -> Option<u64> {
+        self.traffic
+            .iter()
+            .filter_map(SharedCount::last_packet_ms)
+            .max()
+    }
+
+    /// A consistent-enough copy for stats (fields are read one by one). `peer` is what
+    /// the control side programmed for this party.
+    pub(crate) fn snapshot(&self, now_ms: u64, local_port: u16, peer: &PeerSpec) -> StreamStats {
+        let fraction = self.fraction_lost.load(Ordering::Relaxed);
+        let jitter = self.jitter.load(Ordering::Relaxed);
+        let rtt = self.rtt_us.load(Ordering::Relaxed);
+        let latched = *self.latched.lock().unwrap_or_else(PoisonError::into_inner);
+        StreamStats {
+            rtp: self.traffic[RTP].snapshot(now_ms),
+            rtcp: self.traffic[RTCP].snapshot(now_ms),
             rtp_lost: self.rtp_lost.load(Ordering::Relaxed),
             rtcp_fraction_lost: u8::try_from(fraction).ok(),
             rtcp_jitter: u32::try_from(jitter).ok(),
             rtt_ms: (rtt != NONE_U64).then(|| rtt as f64 / 1000.0),
-            last_packet_ms_ago: self.last_packet_ms().map(|t| now_ms.saturating_sub(t)),
-            latched: *self.latched.lock().unwrap_or_else(PoisonError::into_inner),
+            ssrc: u32::try_from(self.ssrc.load(Ordering::Relaxed)).ok(),
+            latched: latched[RTP],
+            // A muxing party's RTCP comes from its RTP source, through the RTP socket.
+            latched_rtcp: latched[if peer.mux { RTP } else { RTCP }],
+            advertised: peer.rtp,
+            advertised_rtcp: peer.rtcp,
+            rtcp_mux: peer.mux,
             local_port,
         }
     }
 
-    fn set_latched(&self, addr: Option<SocketAddr>) {
-        *self.latched.lock().unwrap_or_else(PoisonError::into_inner) = addr;
+    fn set_latched(&self, comp: usize, addr: Option<SocketAddr>) {
+        if let Some(slot) = self
+            .latched
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(comp)
+        {
+            *slot = addr;
+        }
     }
 }
 
@@ -148,15 +197,29 @@ pub(crate) enum Command {
     Shutdown,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
+/// One kind of traffic's counters, owned by the worker.
+#[derive(Debug, Default, Clone, Copy)]
+struct Count {
     packets: u64,
     bytes: u64,
     errors: u64,
+    /// As `SharedCount::last_packet`.
+    last_packet: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// By kind: `[RTP]`, `[RTCP]`.
+    traffic: [Count; 2],
+    reading: ReportReading,
+}
+
+/// What the last usable report block a party sent said about the other party's media.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ReportReading {
     fraction_lost: Option<u8>,
     jitter: Option<u32>,
     rtt_us: Option<u64>,
-    last_packet: u64,
 }
 
 /// The last few SRs a party sent through the relay: (NTP middle 32, relay time middle 32).
@@ -192,6 +255,8 @@ struct Side {
     policy: LatchPolicy,
     counters: Counters,
     seq: SeqTracker,
+    /// SSRCs of this party's RTP, for picking the other party's report block about it.
+    ssrcs: SsrcHistory,
     srs: SrLog,
     shared: Arc<SideShared>,
 }
@@ -200,29 +265,35 @@ impl Side {
     fn publish(&self) {
         let c = &self.counters;
         let s = &self.shared;
-        s.packets.store(c.packets, Ordering::Relaxed);
-        s.bytes.store(c.bytes, Ordering::Relaxed);
-        s.errors.store(c.errors, Ordering::Relaxed);
+        s.traffic[RTP].store(&c.traffic[RTP]);
+        s.traffic[RTCP].store(&c.traffic[RTCP]);
         s.rtp_lost.store(self.seq.lost(), Ordering::Relaxed);
-        s.last_packet.store(c.last_packet, Ordering::Relaxed);
+        s.ssrc.store(
+            self.ssrcs.latest().map_or(NONE_U64, u64::from),
+            Ordering::Relaxed,
+        );
+        let r = &c.reading;
         s.fraction_lost.store(
-            c.fraction_lost.map_or(NONE_U32, u32::from),
+            r.fraction_lost.map_or(NONE_U32, u32::from),
             Ordering::Relaxed,
         );
         s.jitter
-            .store(c.jitter.map_or(NONE_U64, u64::from), Ordering::Relaxed);
+            .store(r.jitter.map_or(NONE_U64, u64::from), Ordering::Relaxed);
         s.rtt_us
-            .store(c.rtt_us.unwrap_or(NONE_U64), Ordering::Relaxed);
+            .store(r.rtt_us.unwrap_or(NONE_U64), Ordering::Relaxed);
     }
 
     fn apply(&mut self, peer: &PeerSpec) {
         self.mux = peer.mux;
         self.policy = peer.policy;
-        let before = self.socks[RTP].latch.latched;
-        self.socks[RTP].latch.readvertise(peer.rtp, &peer.policy);
-        self.socks[RTCP].latch.readvertise(peer.rtcp, &peer.policy);
-        if self.socks[RTP].latch.latched != before {
-            self.shared.set_latched(self.socks[RTP].latch.latched);
+        let (rtp, rtcp) = (peer.rtp, peer.rtcp);
+        for (comp, advertised) in [(RTP, rtp), (RTCP, rtcp)] {
+            let latch = &mut self.socks[comp].latch;
+            let before = latch.latched;
+            latch.readvertise(advertised, &peer.policy);
+            if latch.latched != before {
+                self.shared.set_latched(comp, latch.latched);
+            }
         }
     }
 }
@@ -236,6 +307,8 @@ struct Meta {
     len: usize,
     source: Option<SocketAddr>,
     truncated: bool,
+    /// `RTP` or `RTCP`, decided before the packet is accounted.
+    kind: usize,
 }
 
 /// A worker thread's state; `run` is its body.
@@ -420,6 +493,7 @@ impl Worker {
                 policy: LatchPolicy::default(),
                 counters: Counters::default(),
                 seq: SeqTracker::new(),
+                ssrcs: SsrcHistory::default(),
                 srs: SrLog::default(),
                 shared,
             };
@@ -480,6 +554,7 @@ impl Worker {
                             len: m.bytes,
                             source: m.address.as_ref().and_then(to_std),
                             truncated: m.flags.contains(MsgFlags::MSG_TRUNC),
+                            kind: RTP,
                         });
                     }
                 }
@@ -506,46 +581,64 @@ impl Worker {
         self.out[0].clear();
         self.out[1].clear();
         let mut dropped = 0;
-        for (i, m) in self.meta.iter().enumerate() {
+        for (i, m) in self.meta.iter_mut().enumerate() {
             let Some(source) = m.source else {
                 dropped += 1;
                 continue;
             };
+            let buf = &self.bufs[i];
+            let packet = buf.get(..m.len).unwrap_or(buf);
+            let kind = if comp == RTCP || looks_like_rtcp(packet) {
+                RTCP
+            } else {
+                RTP
+            };
+            m.kind = kind;
+            let count = &mut side.counters.traffic[kind];
             if m.truncated {
-                side.counters.errors += 1;
+                count.errors += 1;
                 dropped += 1;
                 continue;
             }
             match decide(&side.socks[comp].latch, &side.policy, source) {
                 Verdict::Drop(reason) => {
                     tracing::trace!(worker = %self.name, %source, ?reason, "media packet dropped");
-                    side.counters.errors += 1;
+                    count.errors += 1;
                     dropped += 1;
                     continue;
                 }
                 Verdict::Accept { latch: Some(addr) } => {
                     side.socks[comp].latch.latched = Some(addr);
-                    if comp == RTP {
-                        side.shared.set_latched(Some(addr));
-                    }
+                    side.shared.set_latched(comp, Some(addr));
                 }
                 Verdict::Accept { latch: None } => {}
             }
-            let packet = &self.bufs[i][..m.len];
-            side.counters.packets += 1;
-            side.counters.bytes += m.len as u64;
-            side.counters.last_packet = now_ms;
-            let is_rtcp = comp == RTCP || looks_like_rtcp(packet);
-            if is_rtcp {
-                inspect_rtcp(side, other, packet, now_mid);
+            count.packets += 1;
+            count.bytes += m.len as u64;
+            count.last_packet = now_ms;
+            if kind == RTCP {
+                if let Some(reading) = read_reports(
+                    packet,
+                    now_mid,
+                    &mut side.srs,
+                    &other.srs,
+                    other.ssrcs.newest_first(),
+                ) {
+                    side.counters.reading = reading;
+                }
             } else if let Ok(h) = parse_header(packet) {
                 side.seq.update(h.ssrc, h.sequence);
+                side.ssrcs.note(h.ssrc);
             }
-            let out_comp = if is_rtcp && !other.mux { RTCP } else { RTP };
+            let out_comp = if kind == RTCP && !other.mux {
+                RTCP
+            } else {
+                RTP
+            };
             match other.socks[out_comp].latch.destination() {
                 Some(dest) => self.out[out_comp].push((i, dest)),
                 None => {
-                    side.counters.errors += 1;
+                    side.counters.traffic[kind].errors += 1;
                     dropped += 1;
                 }
             }
@@ -566,8 +659,10 @@ impl Worker {
             );
             self.relayed += sent;
             self.relayed_bytes += bytes;
-            side.counters.errors += failed;
-            dropped += failed;
+            for kind in [RTP, RTCP] {
+                side.counters.traffic[kind].errors += failed[kind];
+                dropped += failed[kind];
+            }
         }
         self.dropped += dropped;
 
@@ -585,40 +680,53 @@ impl Worker {
     }
 }
 
-/// Reads reports for stats: SRs are logged for later RTT, report blocks give loss,
-/// jitter and (against the other party's logged SRs) the round trip to this party.
-fn inspect_rtcp(side: &mut Side, other: &Side, packet: &[u8], now_mid: u32) {
-    let Ok(compound) = parse_compound(packet, false) else {
-        return;
-    };
-    for report in &compound.reports {
+/// Reads an RTCP packet `side` sent: its SRs are logged (against `now`) for later RTT,
+/// and the report block about the other party's media — the one naming a source the
+/// other party sent (`other_sources`, newest first), else the first — gives loss, jitter
+/// and, against the other party's logged SRs, the round trip to `side`. `None` when the
+/// packet is malformed or carries no block. Allocation-free: it runs per RTCP packet.
+fn read_reports(
+    packet: &[u8],
+    now_mid: u32,
+    srs: &mut SrLog,
+    other_srs: &SrLog,
+    other_sources: &[u32],
+) -> Option<ReportReading> {
+    let compound = validate_compound(packet, false).ok()?;
+    for report in compound.reports() {
         if let Some(sender) = report.sender {
-            side.srs.record(sender.ntp_middle(), now_mid);
-        }
-        if let Some(block) = report.blocks.first() {
-            side.counters.fraction_lost = Some(block.fraction_lost);
-            side.counters.jitter = Some(block.jitter);
-            if let Some(seen) = other.srs.seen_at(block.lsr) {
-                if let Some(rtt) = rtt_ms(now_mid, seen, block.dlsr) {
-                    side.counters.rtt_us = Some((rtt * 1000.0) as u64);
-                }
-            }
+            srs.record(sender.ntp_middle(), now_mid);
         }
     }
+    let block = pick_block(compound.reports().flat_map(|r| r.blocks()), other_sources)?;
+    let rtt_us = other_srs
+        .seen_at(block.lsr)
+        .and_then(|seen| rtt_ms(now_mid, seen, block.dlsr))
+        .map(|rtt| (rtt * 1000.0) as u64);
+    Some(ReportReading {
+        fraction_lost: Some(block.fraction_lost),
+        jitter: Some(block.jitter),
+        rtt_us,
+    })
 }
 
 /// Sends `group` (buffer index, destination) with as few `sendmmsg` calls as the kernel
 /// allows. A datagram the kernel refuses is skipped and counted; a full send buffer
 /// drops the rest of the batch (RTP is better late-never than late).
-/// Returns (sent, bytes sent, failed).
+/// Returns (sent, bytes sent, failed by kind).
 fn send_all(
     fd: std::os::fd::RawFd,
     hdrs: &mut MultiHeaders<SockaddrStorage>,
     bufs: &[Vec<u8>],
     meta: &[Meta],
     group: &[(usize, SocketAddr)],
-) -> (u64, u64, u64) {
-    let (mut sent, mut bytes, mut failed) = (0u64, 0u64, 0u64);
+) -> (u64, u64, [u64; 2]) {
+    let (mut sent, mut bytes, mut failed) = (0u64, 0u64, [0u64; 2]);
+    let mut fail = |i: usize| {
+        if let Some(f) = meta.get(i).and_then(|m| failed.get_mut(m.kind)) {
+            *f += 1;
+        }
+    };
     let mut start = 0;
     let mut attempts = 0;
     while start < group.len() && attempts < group.len() + 4 {
@@ -649,12 +757,90 @@ fn send_all(
             Err(Errno::EAGAIN) => break,
             Err(e) => {
                 tracing::debug!(error = %e, dest = %rest[0].1, "media send failed");
-                failed += 1;
+                fail(rest[0].0);
                 start += 1;
             }
         }
     }
     // Whatever is left (send buffer full, or the kernel stopped taking) is dropped.
-    failed += (group.len() - start) as u64;
+    for (i, _) in &group[start..] {
+        fail(*i);
+    }
     (sent, bytes, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An RR from `ssrc` with one block per (source, fraction lost, jitter, lsr, dlsr).
+    fn rr(ssrc: u32, blocks: &[(u32, u8, u32, u32, u32)]) -> Vec<u8> {
+        let mut p = vec![0x80 | blocks.len() as u8, 201];
+        p.extend_from_slice(&((1 + 6 * blocks.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        for &(source, fraction, jitter, lsr, dlsr) in blocks {
+            p.extend_from_slice(&source.to_be_bytes());
+            p.extend_from_slice(&(u32::from(fraction) << 24).to_be_bytes());
+            for v in [0, jitter, lsr, dlsr] {
+                p.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn reads_the_block_about_the_other_partys_current_source() {
+        let mut other = SsrcHistory::default();
+        for ssrc in [0xaaaa, 0xbbbb] {
+            other.note(ssrc);
+        }
+        let (mut srs, mut other_srs) = (SrLog::default(), SrLog::default());
+        // The other party's SR passed through at relay time 1.0 s with NTP middle 0x5000.
+        other_srs.record(0x5000, 0x0001_0000);
+        // A mixer-side block first, then the old source, then the current one.
+        let p = rr(
+            7,
+            &[
+                (0x1234, 1, 10, 0, 0),
+                (0xaaaa, 2, 20, 0, 0),
+                (0xbbbb, 3, 30, 0x5000, 0x0000_4000),
+            ],
+        );
+        // Arrives at 1.5 s, held 0.25 s by the reporter: RTT 250 ms.
+        let r = read_reports(&p, 0x0001_8000, &mut srs, &other_srs, other.newest_first());
+        assert_eq!(
+            r,
+            Some(ReportReading {
+                fraction_lost: Some(3),
+                jitter: Some(30),
+                rtt_us: Some(250_000),
+            })
+        );
+        // Only the old source reported on: that block.
+        let p = rr(7, &[(0x1234, 1, 10, 0, 0), (0xaaaa, 2, 20, 0, 0)]);
+        let r = read_reports(&p, 0, &mut srs, &other_srs, other.newest_first());
+        assert_eq!(r.and_then(|r| r.fraction_lost), Some(2));
+    }
+
+    #[test]
+    fn falls_back_to_the_first_block_and_logs_srs() {
+        let (mut srs, other_srs) = (SrLog::default(), SrLog::default());
+        let p = rr(7, &[(0x1234, 1, 10, 0, 0), (0x5678, 2, 20, 0, 0)]);
+        // Before any RTP from the other party: nothing to match, first block.
+        let r = read_reports(&p, 0, &mut srs, &other_srs, &[]);
+        assert_eq!(r.and_then(|r| r.fraction_lost), Some(1));
+        assert_eq!(r.and_then(|r| r.rtt_us), None);
+        // An SR with no blocks is logged for later RTT but gives no reading.
+        let mut sr = vec![0x80, 200, 0, 6];
+        sr.extend_from_slice(&7u32.to_be_bytes());
+        sr.extend_from_slice(&0x0000_1234_5678_0000u64.to_be_bytes());
+        sr.extend_from_slice(&[0; 12]);
+        assert_eq!(
+            read_reports(&sr, 0x0002_0000, &mut srs, &other_srs, &[]),
+            None
+        );
+        assert_eq!(srs.seen_at(0x1234_5678), Some(0x0002_0000));
+        // Malformed: nothing read, nothing logged.
+        assert_eq!(read_reports(&sr[..10], 0, &mut srs, &other_srs, &[]), None);
+    }
 }

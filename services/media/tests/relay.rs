@@ -157,15 +157,20 @@ fn offer_answer_relays_rtp_both_ways() {
     let stats = wait_for("stats", || {
         let s = relay.query("call-1")?;
         let st = &s.streams[0];
-        (st.offerer.packets == 1 && st.answerer.packets == 1).then_some(s)
+        (st.offerer.rtp.packets == 1 && st.answerer.rtp.packets == 1).then_some(s)
     });
     let st = &stats.streams[0];
     assert_eq!(st.media, "audio");
     assert_eq!(st.offerer.local_port, ro);
     assert_eq!(st.answerer.local_port, ra);
     assert_eq!(st.offerer.latched, Some(o.local_addr().unwrap()));
-    assert_eq!(st.offerer.bytes, 12 + 12);
-    assert!(st.offerer.last_packet_ms_ago.is_some());
+    assert_eq!(st.offerer.rtp.bytes, 12 + 12);
+    assert!(st.offerer.rtp.last_packet_ms_ago.is_some());
+    assert!(st.offerer.last_packet_ms_ago().is_some());
+    assert_eq!(st.offerer.rtcp, Default::default(), "no RTCP was sent");
+    assert_eq!(st.offerer.ssrc, Some(0x1234_5678));
+    assert_eq!(st.offerer.advertised, Some(o.local_addr().unwrap()));
+    assert_eq!(stats.streams[0].protocol, "RTP/AVP");
     assert_eq!(stats.tags, vec!["ftag".to_string(), "ttag".to_string()]);
     let t = relay.totals();
     assert_eq!(t.packets_relayed, 2);
@@ -230,7 +235,7 @@ fn packets_from_a_stranger_after_latching_are_dropped_and_counted() {
     }
     wait_for("drops", || {
         let s = relay.query("strict")?;
-        (s.streams[0].offerer.errors == 5).then_some(())
+        (s.streams[0].offerer.rtp.errors == 5).then_some(())
     });
     assert_eq!(relay.totals().packets_dropped, 5);
     a.set_read_timeout(Some(Duration::from_millis(200)))
@@ -313,7 +318,7 @@ fn strict_source_drops_before_latching() {
     o.send_to(&rtp(1, b"yes"), to(ro)).unwrap();
     assert_eq!(&recv(&a).unwrap().0[12..], b"yes");
     wait_for("drop", || {
-        (relay.query("strict-src")?.streams[0].offerer.errors == 1).then_some(())
+        (relay.query("strict-src")?.streams[0].offerer.rtp.errors == 1).then_some(())
     });
 }
 
@@ -389,7 +394,14 @@ fn rtcp_is_relayed_on_rtcp_ports_and_read_for_stats() {
     assert_eq!(ans.rtcp_fraction_lost, Some(25));
     assert_eq!(ans.rtcp_jitter, Some(77));
     assert!(ans.rtt_ms.unwrap() >= 0.0);
-    assert_eq!(s.streams[0].offerer.packets, 1);
+    // RTCP is counted as RTCP, apart from RTP.
+    let off = &s.streams[0].offerer;
+    assert_eq!((off.rtcp.packets, off.rtcp.bytes), (1, sr.len() as u64));
+    assert_eq!(off.rtp, Default::default());
+    assert_eq!(ans.rtcp.packets, 1);
+    assert_eq!(ans.latched_rtcp, Some(a_rtcp.local_addr().unwrap()));
+    assert_eq!(ans.advertised_rtcp, Some(a_rtcp.local_addr().unwrap()));
+    assert!(!ans.rtcp_mux);
 }
 
 #[test]
@@ -682,7 +694,7 @@ fn hold_with_zero_address_never_sends_to_it() {
     let ro = relay_ports(&answer)[0].1;
     a.send_to(&rtp(1, b"to nowhere"), to(ra)).unwrap();
     wait_for("dropped toward 0.0.0.0", || {
-        (relay.query("hold")?.streams[0].answerer.errors == 1).then_some(())
+        (relay.query("hold")?.streams[0].answerer.rtp.errors == 1).then_some(())
     });
     // Whatever the held side still sends is forwarded, and latches a return path.
     o.send_to(&rtp(1, b"moh"), to(ro)).unwrap();
@@ -777,7 +789,8 @@ fn bursts_are_relayed_in_batches_intact_and_in_order() {
     }
     wait_for("counters", || {
         let s = relay.query("burst")?;
-        (s.streams[0].offerer.packets == 300 && relay.totals().packets_relayed == 300).then_some(())
+        (s.streams[0].offerer.rtp.packets == 300 && relay.totals().packets_relayed == 300)
+            .then_some(())
     });
     assert_eq!(relay.query("burst").unwrap().streams[0].offerer.rtp_lost, 0);
 }
@@ -817,4 +830,98 @@ fn ipv6_loopback_relays_when_available() {
     a.send_to(&rtp(1, b"back"), SocketAddr::new(v6, ra.1))
         .unwrap();
     assert_eq!(&recv(&o).unwrap().0[12..], b"back");
+}
+
+/// An RR from `ssrc` with a block per (source, fraction lost, jitter), LSR/DLSR zero.
+fn rtcp_rr_blocks(ssrc: u32, blocks: &[(u32, u8, u32)]) -> Vec<u8> {
+    let mut p = vec![0x80 | blocks.len() as u8, 201];
+    p.extend_from_slice(&((1 + 6 * blocks.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    for &(about, fraction, jitter) in blocks {
+        p.extend_from_slice(&about.to_be_bytes());
+        p.extend_from_slice(&(u32::from(fraction) << 24).to_be_bytes());
+        for v in [1000u32, jitter, 0, 0] {
+            p.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+    p
+}
+
+fn muxed_call(relay: &Relay, call: &str, o: &UdpSocket, a: &UdpSocket) -> (u16, u16) {
+    let mux = |p| {
+        sdp(
+            "127.0.0.1",
+            &[M {
+                kind: "audio",
+                port: p,
+                extra: "a=rtcp-mux\r\n",
+            }],
+        )
+    };
+    let offer = relay
+        .offer(call, "f", &mux(port(o)), &Flags::default())
+        .unwrap();
+    let answer = relay
+        .answer(call, "f", "t", &mux(port(a)), &Flags::default())
+        .unwrap();
+    (relay_ports(&answer)[0].1, relay_ports(&offer)[0].1)
+}
+
+#[test]
+fn rtp_and_muxed_rtcp_are_counted_apart() {
+    let relay = relay(21, 20);
+    let (o, a, x) = (endpoint(), endpoint(), endpoint());
+    let (ro, _) = muxed_call(&relay, "split", &o, &a);
+    let media = rtp(1, &[0u8; 160]);
+    let rr = rtcp_rr(0x1234_5678, 1, 0, 0, 0, 0);
+    for p in [&media, &rr, &media, &rr, &media] {
+        o.send_to(p, to(ro)).unwrap();
+        assert_eq!(&recv(&a).expect("relayed").0, p);
+    }
+    // After latching, a stranger's RTCP on the RTP port is an RTCP error, not an RTP one.
+    x.send_to(&rr, to(ro)).unwrap();
+    let s = wait_for("split counters", || {
+        let s = relay.query("split")?;
+        let off = &s.streams[0].offerer;
+        (off.rtp.packets == 3 && off.rtcp.packets == 2 && off.rtcp.errors == 1).then_some(s)
+    });
+    let off = &s.streams[0].offerer;
+    assert_eq!(off.rtp.bytes, 3 * media.len() as u64);
+    assert_eq!(off.rtp.errors, 0);
+    assert_eq!(off.rtcp.bytes, 2 * rr.len() as u64);
+    assert!(off.rtcp.last_packet_ms_ago.is_some());
+    assert!(off.rtcp_mux);
+    // A muxing party's RTCP source is its RTP source.
+    assert_eq!(off.latched_rtcp, Some(o.local_addr().unwrap()));
+    // The relay-wide totals still count every packet relayed.
+    assert_eq!(relay.totals().packets_relayed, 5);
+    assert_eq!(relay.totals().packets_dropped, 1);
+}
+
+#[test]
+fn rtcp_stats_come_from_the_block_about_the_other_partys_media() {
+    let relay = relay(22, 20);
+    let (o, a) = (endpoint(), endpoint());
+    let (ro, ra) = muxed_call(&relay, "blocks", &o, &a);
+    // Before the answerer has heard any RTP: the first block counts.
+    let early = rtcp_rr_blocks(0xbbbb, &[(0x9999, 200, 1), (0x1234_5678, 25, 77)]);
+    a.send_to(&early, to(ra)).unwrap();
+    recv(&o).expect("RR relayed");
+    wait_for("first block", || {
+        let s = relay.query("blocks")?;
+        (s.streams[0].answerer.rtcp_fraction_lost == Some(200)).then_some(())
+    });
+    // Once the offerer's RTP (SSRC 0x12345678) went through, its block is the one read,
+    // wherever it sits in the report.
+    o.send_to(&rtp(1, b"media"), to(ro)).unwrap();
+    recv(&a).expect("RTP relayed");
+    a.send_to(&early, to(ra)).unwrap();
+    recv(&o).expect("RR relayed");
+    let s = wait_for("matching block", || {
+        let s = relay.query("blocks")?;
+        (s.streams[0].answerer.rtcp_fraction_lost == Some(25)).then_some(s)
+    });
+    assert_eq!(s.streams[0].answerer.rtcp_jitter, Some(77));
+    assert_eq!(s.streams[0].answerer.rtcp.packets, 2);
+    assert_eq!(s.streams[0].offerer.ssrc, Some(0x1234_5678));
 }

@@ -564,7 +564,9 @@ fn ng(ng: SocketAddr, cmd: &[(&str, &str)]) -> Result<Bv> {
     bail!("no ng reply from {ng} to {cmd:?}")
 }
 
-/// Per tag of an ng `query` reply: (tag, local port, packets received, latched endpoint).
+/// Per tag of an ng `query` reply: (tag, local port, packets received, endpoint), the
+/// endpoint only once the relay has `confirmed` it from the party's packets (before that,
+/// rtpengine and trunkline-relay show the SDP address there).
 fn query_streams(reply: &Bv) -> Vec<(String, i64, i64, Option<String>)> {
     let mut out = Vec::new();
     let Some(tags) = reply.get("tags").and_then(Bv::dict) else {
@@ -575,7 +577,13 @@ fn query_streams(reply: &Bv) -> Vec<(String, i64, i64, Option<String>)> {
             let Some(st) = m.get("streams").map(Bv::list).and_then(<[Bv]>::first) else {
                 continue;
             };
-            let endpoint = st.get("endpoint").and_then(|e| {
+            let confirmed = st
+                .get("flags")
+                .map(Bv::list)
+                .unwrap_or_default()
+                .iter()
+                .any(|f| f.str().as_deref() == Some("confirmed"));
+            let endpoint = st.get("endpoint").filter(|_| confirmed).and_then(|e| {
                 Some(format!(
                     "{}:{}",
                     e.get("address")?.str()?,

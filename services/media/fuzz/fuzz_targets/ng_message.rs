@@ -7,14 +7,13 @@ use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use trunkline_media::ng::bencode;
-use trunkline_media::ng::{
-    message, CallSummary, Dispatcher, EngineError, EngineTotals, MediaFlags, NgEngine, Request,
-};
+use trunkline_media::ng::{message, Dispatcher, NgEngine, Request};
+use trunkline_media::{CallStats, Flags, MediaError, StreamPairStats, Totals};
 
 struct Stub;
 
 impl NgEngine for Stub {
-    fn offer(&self, _: &str, _: &str, sdp: &[u8], _: &MediaFlags) -> Result<Vec<u8>, EngineError> {
+    fn offer(&self, _: &str, _: &str, sdp: &[u8], _: &Flags) -> Result<Vec<u8>, MediaError> {
         Ok(sdp.to_vec())
     }
     fn answer(
@@ -23,41 +22,41 @@ impl NgEngine for Stub {
         _: &str,
         _: &str,
         sdp: &[u8],
-        _: &MediaFlags,
-    ) -> Result<Vec<u8>, EngineError> {
+        _: &Flags,
+    ) -> Result<Vec<u8>, MediaError> {
         if c.len() % 2 == 0 {
             Ok(sdp.to_vec())
         } else {
-            Err(EngineError::UnknownCall)
+            Err(MediaError::UnknownCall(c.into()))
         }
     }
-    fn delete(
-        &self,
-        c: &str,
-        _: Option<&str>,
-        _: Option<&str>,
-    ) -> Result<CallSummary, EngineError> {
+    fn delete(&self, c: &str, _: Option<&str>, _: Option<&str>) -> Result<CallStats, MediaError> {
         if c.is_empty() {
-            Err(EngineError::UnknownCall)
+            Err(MediaError::UnknownCall(c.into()))
         } else {
-            Ok(CallSummary {
+            Ok(CallStats {
                 call_id: c.into(),
                 ..Default::default()
             })
         }
     }
-    fn query(&self, c: &str) -> Option<CallSummary> {
-        Some(CallSummary {
+    fn query(&self, c: &str) -> Option<CallStats> {
+        // Tags and stream fields from the request exercise the reply shaping.
+        Some(CallStats {
             call_id: c.into(),
             tags: vec![c.into()],
+            streams: vec![StreamPairStats {
+                media: c.into(),
+                ..Default::default()
+            }],
             ..Default::default()
         })
     }
     fn list(&self, limit: usize) -> Vec<String> {
         (0..limit.min(3)).map(|i| i.to_string()).collect()
     }
-    fn totals(&self) -> EngineTotals {
-        EngineTotals::default()
+    fn totals(&self) -> Totals {
+        Totals::default()
     }
 }
 

@@ -6,10 +6,11 @@
 
 use super::bencode::{str_list, Dict};
 use super::message::{self, Command, NgError, Request};
-use super::{CallSummary, EngineError, NgEngine, StreamSummary, REPLY_CACHE_TTL};
+use super::{NgEngine, REPLY_CACHE_TTL};
+use crate::{CallStats, MediaError, PacketStats, StreamPairStats, StreamStats};
 use serde_bencode::value::Value;
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -225,7 +226,7 @@ impl<E: NgEngine> Dispatcher<E> {
                 .answer(call_id, from_tag, to_tag, sdp, &req.flags)
         };
         out.map(|sdp| Dict::new().str("sdp", sdp))
-            .map_err(|e| e.to_string())
+            .map_err(|e| reason(&e))
     }
 
     fn delete(&self, req: &Request) -> Result<Dict, String> {
@@ -242,11 +243,13 @@ impl<E: NgEngine> Dispatcher<E> {
                 Ok(Dict::new())
             }
             Ok(stats) => Ok(call_stats(Dict::new(), &stats)),
-            Err(EngineError::UnknownCall) if !req.fatal => {
+            Err(MediaError::UnknownCall(_) | MediaError::UnknownTag(_)) if !req.fatal => {
                 Ok(Dict::new().str("warning", "Call-ID not found or tags didn't match"))
             }
-            Err(EngineError::UnknownCall) => Err("Call-ID not found or tags didn't match".into()),
-            Err(e) => Err(e.to_string()),
+            Err(MediaError::UnknownCall(_) | MediaError::UnknownTag(_)) => {
+                Err("Call-ID not found or tags didn't match".into())
+            }
+            Err(e) => Err(reason(&e)),
         }
     }
 
@@ -294,6 +297,17 @@ impl<E: NgEngine> Dispatcher<E> {
     }
 }
 
+/// An engine error as rtpengine words it where it has wording (proxies log it, operators
+/// grep for it); otherwise the engine's own text.
+fn reason(e: &MediaError) -> String {
+    match e {
+        MediaError::UnknownCall(_) | MediaError::UnknownTag(_) => "Unknown call-id".into(),
+        MediaError::Sdp(e) => format!("Failed to parse SDP: {e}"),
+        MediaError::NoPorts => "Ran out of ports".into(),
+        other => other.to_string(),
+    }
+}
+
 fn error_reply(reason: &str) -> Value {
     Dict::new()
         .str("result", "error")
@@ -310,93 +324,181 @@ fn unix_ago(ms_ago: u64) -> (u64, u64) {
     (t.as_secs(), u64::from(t.subsec_micros()))
 }
 
-fn stats_dict(packets: u64, bytes: u64, errors: u64) -> Value {
+/// rtpengine's `stats` dictionary of one stream (and of `totals.RTP`/`totals.RTCP`).
+fn stats_dict(s: &PacketStats) -> Value {
     Dict::new()
-        .int("packets", packets)
-        .int("bytes", bytes)
-        .int("errors", errors)
+        .int("packets", s.packets)
+        .int("bytes", s.bytes)
+        .int("errors", s.errors)
         .build()
 }
 
-/// rtpengine's `query`/`delete` stats: `created`, `last signal`, `tags` → `medias` →
-/// `streams`, and `totals` with `RTP`/`RTCP` counters. The engine counts a port's RTP and
-/// RTCP together, so all of it is reported under `RTP`.
-fn call_stats(d: Dict, c: &CallSummary) -> Dict {
+fn add(total: &mut PacketStats, s: &PacketStats) {
+    total.packets = total.packets.saturating_add(s.packets);
+    total.bytes = total.bytes.saturating_add(s.bytes);
+    total.errors = total.errors.saturating_add(s.errors);
+}
+
+/// The key of party `side` in `tags`: its tag, or rtpengine's name for a party whose tag
+/// is not known yet (the answerer before the answer).
+fn tag_key(c: &CallStats, side: usize) -> (String, String) {
+    match c.tags.get(side).filter(|t| !t.is_empty()) {
+        Some(tag) => (tag.clone(), tag.clone()),
+        None => (format!("<untagged {side}>"), String::new()),
+    }
+}
+
+/// rtpengine's `query`/`delete` call stats (`ng_call_stats` in its `call_interfaces.c`):
+/// `created`, `created_us`, `created_ts`, `last signal`, `tags` → per party `medias` →
+/// `streams`, and `totals` with `RTP` and `RTCP` counters.
+///
+/// Each medium has two streams as in rtpengine: the RTP port (flags `RTP`, plus `RTCP` when
+/// the party muxes) and the RTCP port one above (`RTCP`, plus `fallback RTCP` when muxed).
+/// One difference: rtpengine counts RTCP that arrives muxed on the RTP port under the RTP
+/// stream and `totals.RTP`; here all RTCP a party sent is under its RTCP stream and
+/// `totals.RTCP`, so `RTP` counts media alone.
+fn call_stats(d: Dict, c: &CallStats) -> Dict {
     let (created, created_us) = unix_ago(c.created_ms_ago);
     let (last_signal, _) = unix_ago(c.last_signal_ms_ago);
-    let sides = c
-        .media
-        .iter()
-        .map(|m| m.sides.len())
-        .max()
-        .unwrap_or(0)
-        .max(c.tags.len());
-    let tag_name = |i: usize| c.tags.get(i).cloned().unwrap_or_default();
-    let (mut packets, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    // Both parties have ports as soon as there is a stream; before that, the known tags.
+    let sides = if c.streams.is_empty() {
+        c.tags.len().min(2)
+    } else {
+        2
+    };
+    let (mut rtp, mut rtcp) = (PacketStats::default(), PacketStats::default());
     let mut tags = Dict::new();
     for side in 0..sides {
-        let tag = tag_name(side);
-        let mut medias = Vec::new();
-        for (index, m) in c.media.iter().enumerate() {
-            let Some(s) = m.sides.get(side) else { continue };
-            packets = packets.saturating_add(s.packets);
-            bytes = bytes.saturating_add(s.bytes);
-            errors = errors.saturating_add(s.errors);
-            medias.push(
-                Dict::new()
-                    .int("index", index + 1)
-                    .str("type", &m.kind)
-                    .val("flags", str_list(["initialized"]))
-                    .val("streams", Value::List(vec![stream_dict(s)]))
-                    .build(),
-            );
-        }
+        let (key, tag) = tag_key(c, side);
+        let medias: Vec<Value> = c
+            .streams
+            .iter()
+            .map(|pair| {
+                let s = if side == 0 {
+                    &pair.offerer
+                } else {
+                    &pair.answerer
+                };
+                add(&mut rtp, &s.rtp);
+                add(&mut rtcp, &s.rtcp);
+                media_dict(pair, s)
+            })
+            .collect();
         let mut td = Dict::new()
             .str("tag", &tag)
             .int("created", created)
             .val("medias", Value::List(medias));
-        // Two-party calls: each side is in dialogue with the other.
+        // Two-party calls: each side is in dialogue with (subscribed to) the other.
         if sides == 2 {
-            td = td.str("in dialogue with", tag_name(1 - side));
+            let (other_key, other_tag) = tag_key(c, 1 - side);
+            let peer = || {
+                Value::List(vec![Dict::new()
+                    .str("tag", &other_tag)
+                    .str("type", "offer/answer")
+                    .build()])
+            };
+            td = td
+                .str("in dialogue with", other_key)
+                .val("subscriptions", peer())
+                .val("subscribers", peer());
         }
-        tags = tags.val(&tag, td.build());
+        tags = tags.val(&key, td.build());
     }
     let totals = Dict::new()
-        .val("RTP", stats_dict(packets, bytes, errors))
-        .val("RTCP", stats_dict(0, 0, 0))
+        .val("RTP", stats_dict(&rtp))
+        .val("RTCP", stats_dict(&rtcp))
         .build();
     d.int("created", created)
         .int("created_us", created_us)
+        .int(
+            "created_ts",
+            created.saturating_mul(1_000_000).saturating_add(created_us),
+        )
         .int("last signal", last_signal)
         .val("tags", tags.build())
         .val("totals", totals)
 }
 
-fn stream_dict(s: &StreamSummary) -> Value {
-    let mut flags = vec!["RTP"];
-    if s.packets > 0 {
-        flags.push("filled");
-    }
-    if s.latched.is_some() {
-        flags.push("confirmed");
+/// One m-line as one party sees it (rtpengine's `ng_stats_media`).
+fn media_dict(pair: &StreamPairStats, s: &StreamStats) -> Value {
+    let mut flags = vec!["initialized"];
+    if s.rtcp_mux {
+        flags.push("rtcp-mux");
     }
     let mut d = Dict::new()
-        .int("local port", s.local_port)
+        // rtpengine numbers media from 1.
+        .int("index", pair.index.saturating_add(1))
+        .str("type", &pair.media)
         .val("flags", str_list(flags))
-        .val("stats", stats_dict(s.packets, s.bytes, s.errors));
-    if let Some(ep) = s.latched {
-        let family = if ep.is_ipv4() { "IPv4" } else { "IPv6" };
-        let endpoint = Dict::new()
-            .str("family", family)
-            .str("address", ep.ip().to_string())
-            .int("port", ep.port())
-            .build();
-        d = d.val("endpoint", endpoint);
-    }
-    if let Some(ago) = s.last_packet_ms_ago {
-        d = d.int("last packet", unix_ago(ago).0);
+        .val("streams", Value::List(streams(s)));
+    if !pair.protocol.is_empty() {
+        d = d.str("protocol", &pair.protocol);
     }
     d.build()
+}
+
+/// The RTP and RTCP streams of one party (rtpengine's `ng_stats_stream`).
+fn streams(s: &StreamStats) -> Vec<Value> {
+    let mut rtp_flags = vec!["RTP"];
+    let mut rtcp_flags = vec!["RTCP"];
+    if s.rtcp_mux {
+        rtp_flags.push("RTCP");
+        rtcp_flags.push("fallback RTCP");
+    }
+    let rtp = stream_dict(s.local_port, s.latched, s.advertised, &s.rtp, rtp_flags);
+    let rtcp = stream_dict(
+        s.local_port.saturating_add(1),
+        s.latched_rtcp,
+        s.advertised_rtcp,
+        &s.rtcp,
+        rtcp_flags,
+    );
+    let rtp = match s.ssrc {
+        Some(ssrc) => rtp.int("SSRC", ssrc),
+        None => rtp,
+    };
+    vec![rtp.build(), rtcp.build()]
+}
+
+fn stream_dict(
+    local_port: u16,
+    latched: Option<SocketAddr>,
+    advertised: Option<SocketAddr>,
+    stats: &PacketStats,
+    mut flags: Vec<&str>,
+) -> Dict {
+    // rtpengine: `filled` once the endpoint is known from SDP, `confirmed` once packets
+    // came from it.
+    if advertised.is_some() {
+        flags.push("filled");
+    }
+    if latched.is_some() {
+        flags.push("confirmed");
+    }
+    Dict::new()
+        .int("local port", local_port)
+        // Where media for this party goes now: the latched source, else its SDP address.
+        .val("endpoint", endpoint_dict(latched.or(advertised)))
+        .val("advertised endpoint", endpoint_dict(advertised))
+        .int(
+            "last packet",
+            stats.last_packet_ms_ago.map_or(0, |ago| unix_ago(ago).0),
+        )
+        .val("flags", str_list(flags))
+        .val("stats", stats_dict(stats))
+}
+
+/// rtpengine's endpoint dictionary; empty when the address is unknown, as rtpengine sends it.
+fn endpoint_dict(ep: Option<SocketAddr>) -> Value {
+    let Some(ep) = ep else {
+        return Dict::new().build();
+    };
+    let family = if ep.is_ipv4() { "IPv4" } else { "IPv6" };
+    Dict::new()
+        .str("family", family)
+        .str("address", ep.ip().to_string())
+        .int("port", ep.port())
+        .build()
 }
 
 impl From<NgError> for Value {

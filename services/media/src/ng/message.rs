@@ -5,7 +5,7 @@
 //! `trust-address`, `trust address` and `Trust_Address` are one flag.
 
 use super::bencode::{self, BencodeError};
-use super::MediaFlags;
+use crate::Flags;
 use serde_bencode::value::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -168,7 +168,7 @@ pub struct Request {
     pub sdp: Option<Vec<u8>>,
     /// Media behaviour from keys and flags. `trust_address` starts as rtpengine's default
     /// (true: SDP addresses are trusted); see [`Request::address_trust`].
-    pub flags: MediaFlags,
+    pub flags: Flags,
     /// `trust address` (Some(true)) or `SIP source address` (Some(false)) if given; when
     /// absent the relay's `--sip-source` setting decides.
     pub address_trust: Option<bool>,
@@ -246,9 +246,9 @@ impl Request {
                 Some(Value::Bytes(b)) => Some(b.clone()),
                 _ => None,
             },
-            flags: MediaFlags {
+            flags: Flags {
                 trust_address: true,
-                ..MediaFlags::default()
+                ..Flags::default()
             },
             address_trust: None,
             fatal: false,

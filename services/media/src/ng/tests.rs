@@ -4,6 +4,7 @@ use super::bencode::{self, scan, BencodeError, Dict};
 use super::commands::{Dispatcher, ReplyCache};
 use super::message::{self, Command, Request};
 use super::*;
+use crate::{PacketStats, StreamPairStats, StreamStats};
 use serde_bencode::value::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -259,8 +260,32 @@ fn request_errors_match_rtpengine() {
 #[derive(Default)]
 struct Stub {
     offers: AtomicUsize,
-    calls: Mutex<HashMap<String, CallSummary>>,
-    last_flags: Mutex<Option<MediaFlags>>,
+    calls: Mutex<HashMap<String, CallStats>>,
+    last_flags: Mutex<Option<Flags>>,
+}
+
+fn addr(s: &str) -> std::net::SocketAddr {
+    s.parse().expect("addr")
+}
+
+/// What the stub reports for a party: `rtp` and `rtcp` as (packets, bytes).
+fn party(port: u16, rtp: (u64, u64), rtcp: (u64, u64)) -> StreamStats {
+    StreamStats {
+        rtp: PacketStats {
+            packets: rtp.0,
+            bytes: rtp.1,
+            errors: 1,
+            last_packet_ms_ago: Some(20),
+        },
+        rtcp: PacketStats {
+            packets: rtcp.0,
+            bytes: rtcp.1,
+            errors: 0,
+            last_packet_ms_ago: None,
+        },
+        local_port: port,
+        ..StreamStats::default()
+    }
 }
 
 impl NgEngine for Stub {
@@ -269,26 +294,31 @@ impl NgEngine for Stub {
         call_id: &str,
         from_tag: &str,
         sdp: &[u8],
-        f: &MediaFlags,
-    ) -> Result<Vec<u8>, EngineError> {
+        f: &Flags,
+    ) -> Result<Vec<u8>, MediaError> {
         if sdp.starts_with(b"bad") {
-            return Err(EngineError::Failed("Failed to parse SDP".into()));
+            trunkline_sdp::parse(sdp)?;
         }
         self.offers.fetch_add(1, Ordering::SeqCst);
         *self.last_flags.lock().expect("lock") = Some(f.clone());
-        let call = CallSummary {
+        let call = CallStats {
             call_id: call_id.into(),
             created_ms_ago: 1500,
             last_signal_ms_ago: 500,
             tags: vec![from_tag.into()],
-            media: vec![MediaSummary {
-                kind: "audio".into(),
-                sides: vec![StreamSummary {
-                    packets: 10,
-                    bytes: 1720,
-                    local_port: 30000,
-                    ..Default::default()
-                }],
+            streams: vec![StreamPairStats {
+                index: 0,
+                media: "audio".into(),
+                protocol: "RTP/AVP".into(),
+                offerer: StreamStats {
+                    ssrc: Some(0x1234),
+                    latched: Some(addr("192.0.2.10:4000")),
+                    latched_rtcp: Some(addr("192.0.2.10:4001")),
+                    advertised: Some(addr("10.0.0.1:4000")),
+                    advertised_rtcp: Some(addr("10.0.0.1:4001")),
+                    ..party(30000, (10, 1720), (2, 160))
+                },
+                answerer: party(30002, (0, 0), (0, 0)),
             }],
         };
         self.calls
@@ -303,17 +333,19 @@ impl NgEngine for Stub {
         _f: &str,
         to_tag: &str,
         _sdp: &[u8],
-        _fl: &MediaFlags,
-    ) -> Result<Vec<u8>, EngineError> {
+        _fl: &Flags,
+    ) -> Result<Vec<u8>, MediaError> {
         let mut calls = self.calls.lock().expect("lock");
-        let c = calls.get_mut(call_id).ok_or(EngineError::UnknownCall)?;
+        let c = calls
+            .get_mut(call_id)
+            .ok_or_else(|| MediaError::UnknownCall(call_id.into()))?;
         c.tags.push(to_tag.into());
-        c.media[0].sides.push(StreamSummary {
-            packets: 5,
-            bytes: 860,
-            local_port: 30002,
-            ..Default::default()
-        });
+        c.streams[0].answerer = StreamStats {
+            rtcp_mux: true,
+            advertised: Some(addr("198.51.100.2:5000")),
+            advertised_rtcp: Some(addr("198.51.100.2:5000")),
+            ..party(30002, (5, 860), (1, 80))
+        };
         Ok(b"v=0\r\nanswer\r\n".to_vec())
     }
     fn delete(
@@ -321,14 +353,14 @@ impl NgEngine for Stub {
         call_id: &str,
         _f: Option<&str>,
         _t: Option<&str>,
-    ) -> Result<CallSummary, EngineError> {
+    ) -> Result<CallStats, MediaError> {
         self.calls
             .lock()
             .expect("lock")
             .remove(call_id)
-            .ok_or(EngineError::UnknownCall)
+            .ok_or_else(|| MediaError::UnknownCall(call_id.into()))
     }
-    fn query(&self, call_id: &str) -> Option<CallSummary> {
+    fn query(&self, call_id: &str) -> Option<CallStats> {
         self.calls.lock().expect("lock").get(call_id).cloned()
     }
     fn list(&self, limit: usize) -> Vec<String> {
@@ -340,9 +372,9 @@ impl NgEngine for Stub {
             .cloned()
             .collect()
     }
-    fn totals(&self) -> EngineTotals {
+    fn totals(&self) -> Totals {
         let n = self.calls.lock().expect("lock").len() as u64;
-        EngineTotals {
+        Totals {
             sessions: 7,
             current_sessions: n,
             packets_relayed: 99,
@@ -395,10 +427,10 @@ fn offer_answer_query_list_delete() {
     let rtp = get(totals, "RTP").expect("RTP");
     assert_eq!(get_int(rtp, "packets"), Some(15));
     assert_eq!(get_int(rtp, "bytes"), Some(2580));
-    assert_eq!(get_int(rtp, "errors"), Some(0));
+    assert_eq!(get_int(rtp, "errors"), Some(2));
     assert_eq!(
         get_int(get(totals, "RTCP").expect("RTCP"), "packets"),
-        Some(0)
+        Some(3)
     );
     let f1 = get(get(&v, "tags").expect("tags"), "f1").expect("tag f1");
     assert_eq!(get_str(f1, "in dialogue with"), Some("t1"));
@@ -460,6 +492,132 @@ fn offer_answer_query_list_delete() {
     assert_eq!(get_str(&v, "error-reason"), Some("Unknown call-id"));
 }
 
+fn list_of<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    match get(v, key) {
+        Some(Value::List(l)) => l,
+        other => panic!("{key} is not a list: {other:?}"),
+    }
+}
+
+fn strs(v: &Value, key: &str) -> Vec<String> {
+    list_of(v, key)
+        .iter()
+        .map(|x| match x {
+            Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("not a string: {other:?}"),
+        })
+        .collect()
+}
+
+/// (packets, bytes, errors) of a `stats`-shaped dictionary.
+fn counts(v: &Value) -> (i64, i64, i64) {
+    (
+        get_int(v, "packets").expect("packets"),
+        get_int(v, "bytes").expect("bytes"),
+        get_int(v, "errors").expect("errors"),
+    )
+}
+
+/// rtpengine's `ng_call_stats`: per tag `medias` → `streams` (the RTP port and the RTCP port,
+/// each with its own `stats`), and `totals` split into `RTP` and `RTCP`.
+#[test]
+fn query_reply_has_rtpengine_shape_with_rtp_and_rtcp_apart() {
+    let d = stub();
+    run(&d, &format!("1 {OFFER}"));
+    // Before the answer the answerer's party exists, untagged.
+    let v = run(&d, "2 d7:command5:query7:call-id2:c1e");
+    let tags = get(&v, "tags").expect("tags");
+    let untagged = get(tags, "<untagged 1>").expect("untagged answerer");
+    assert_eq!(get_str(untagged, "tag"), Some(""));
+    run(
+        &d,
+        "3 d7:command6:answer7:call-id2:c18:from-tag2:f16:to-tag2:t13:sdp4:v=0\ne",
+    );
+    let v = run(&d, "4 d7:command5:query7:call-id2:c1e");
+
+    let created = get_int(&v, "created").expect("created");
+    let created_us = get_int(&v, "created_us").expect("created_us");
+    assert!((0..1_000_000).contains(&created_us));
+    assert_eq!(
+        get_int(&v, "created_ts"),
+        Some(created * 1_000_000 + created_us)
+    );
+    let totals = get(&v, "totals").expect("totals");
+    assert_eq!(counts(get(totals, "RTP").expect("RTP")), (15, 2580, 2));
+    assert_eq!(counts(get(totals, "RTCP").expect("RTCP")), (3, 240, 0));
+
+    let tags = get(&v, "tags").expect("tags");
+    let Value::Dict(all) = tags else {
+        panic!("tags is not a dictionary")
+    };
+    assert_eq!(all.len(), 2);
+    let f1 = get(tags, "f1").expect("tag f1");
+    assert_eq!(get_str(f1, "tag"), Some("f1"));
+    assert_eq!(get_int(f1, "created"), Some(created));
+    let subs = list_of(f1, "subscriptions");
+    assert_eq!(get_str(&subs[0], "tag"), Some("t1"));
+    assert_eq!(get_str(&subs[0], "type"), Some("offer/answer"));
+    assert_eq!(get_str(&list_of(f1, "subscribers")[0], "tag"), Some("t1"));
+
+    let media = &list_of(f1, "medias")[0];
+    assert_eq!(get_int(media, "index"), Some(1));
+    assert_eq!(get_str(media, "type"), Some("audio"));
+    assert_eq!(get_str(media, "protocol"), Some("RTP/AVP"));
+    assert_eq!(strs(media, "flags"), ["initialized"]);
+    let streams = list_of(media, "streams");
+    assert_eq!(streams.len(), 2);
+    let (rtp, rtcp) = (&streams[0], &streams[1]);
+    assert_eq!(get_int(rtp, "local port"), Some(30000));
+    assert_eq!(get_int(rtp, "SSRC"), Some(0x1234));
+    assert_eq!(strs(rtp, "flags"), ["RTP", "filled", "confirmed"]);
+    assert_eq!(counts(get(rtp, "stats").expect("stats")), (10, 1720, 1));
+    let ep = get(rtp, "endpoint").expect("endpoint");
+    assert_eq!(get_str(ep, "family"), Some("IPv4"));
+    assert_eq!(get_str(ep, "address"), Some("192.0.2.10"));
+    assert_eq!(get_int(ep, "port"), Some(4000));
+    let adv = get(rtp, "advertised endpoint").expect("advertised endpoint");
+    assert_eq!(get_str(adv, "address"), Some("10.0.0.1"));
+    assert!(get_int(rtp, "last packet").expect("last packet") >= created);
+    assert_eq!(get_int(rtcp, "local port"), Some(30001));
+    assert_eq!(strs(rtcp, "flags"), ["RTCP", "filled", "confirmed"]);
+    assert_eq!(counts(get(rtcp, "stats").expect("stats")), (2, 160, 0));
+    assert_eq!(
+        get_int(get(rtcp, "endpoint").expect("ep"), "port"),
+        Some(4001)
+    );
+    assert_eq!(get_int(rtcp, "last packet"), Some(0));
+    assert_eq!(get(rtcp, "SSRC"), None);
+
+    // The answerer muxes and has not sent from anywhere yet: its endpoint is the SDP's.
+    let t1 = get(tags, "t1").expect("tag t1");
+    let media = &list_of(t1, "medias")[0];
+    assert_eq!(strs(media, "flags"), ["initialized", "rtcp-mux"]);
+    let streams = list_of(media, "streams");
+    assert_eq!(strs(&streams[0], "flags"), ["RTP", "RTCP", "filled"]);
+    assert_eq!(
+        strs(&streams[1], "flags"),
+        ["RTCP", "fallback RTCP", "filled"]
+    );
+    assert_eq!(
+        get_str(get(&streams[0], "endpoint").expect("ep"), "address"),
+        Some("198.51.100.2")
+    );
+    assert_eq!(
+        counts(get(&streams[0], "stats").expect("stats")),
+        (5, 860, 1)
+    );
+    assert_eq!(
+        counts(get(&streams[1], "stats").expect("stats")),
+        (1, 80, 0)
+    );
+
+    // delete reports the same shape.
+    let v = run(&d, "5 d7:command6:delete7:call-id2:c18:from-tag2:f1e");
+    let totals = get(&v, "totals").expect("totals");
+    assert_eq!(counts(get(totals, "RTCP").expect("RTCP")), (3, 240, 0));
+    assert!(get(get(&v, "tags").expect("tags"), "t1").is_some());
+}
+
 #[test]
 fn delete_fast_has_no_stats() {
     let d = stub();
@@ -471,6 +629,10 @@ fn delete_fast_has_no_stats() {
 #[test]
 fn errors_have_only_result_and_reason() {
     let d = stub();
+    let bad_sdp = format!(
+        "Failed to parse SDP: {}",
+        trunkline_sdp::parse(b"bad").expect_err("not SDP")
+    );
     let cases = [
         (
             "d7:command5:offer7:call-id1:x8:from-tag1:fe",
@@ -494,7 +656,7 @@ fn errors_have_only_result_and_reason() {
         ),
         (
             "d7:command5:offer3:sdp3:bad7:call-id1:x8:from-tag1:fe",
-            "Failed to parse SDP",
+            &bad_sdp,
         ),
         ("d7:command5:frobse", "Unrecognized command"),
         (
@@ -854,21 +1016,53 @@ async fn real_relay_anchors_a_call_over_ng() {
         .expect("recv");
     assert_eq!(&buf[..n], &rtp[..]);
 
-    let v = tcp_call(
-        &mut tcp,
-        &ng_msg(
-            "q1",
-            Dict::new().str("command", "query").str("call-id", "real-1"),
-        ),
-    )
-    .await;
+    // And an RR from A to its RTCP port (relayed on to B's, where nobody listens).
+    let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
+    a.send_to(&rr, ("127.0.0.1", to_a + 1))
+        .await
+        .expect("send rtcp");
+
+    // The engine publishes counters once per batch: poll until the RR shows.
+    let mut v = Value::Int(0);
+    for i in 0..100 {
+        v = tcp_call(
+            &mut tcp,
+            &ng_msg(
+                &format!("q{i}"),
+                Dict::new().str("command", "query").str("call-id", "real-1"),
+            ),
+        )
+        .await;
+        let rtcp = get(get(&v, "totals").expect("totals"), "RTCP").expect("RTCP");
+        if get_int(rtcp, "packets") == Some(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
-    let rtp_totals = get(get(&v, "totals").expect("totals"), "RTP").expect("RTP");
-    assert!(
-        get_int(rtp_totals, "packets").expect("packets") >= 1,
-        "{v:?}"
+    let totals = get(&v, "totals").expect("totals");
+    let count = |d: &Value, k: &str| get_int(d, k).expect(k);
+    let rtp_totals = get(totals, "RTP").expect("RTP");
+    assert_eq!(count(rtp_totals, "packets"), 1, "{v:?}");
+    assert_eq!(count(rtp_totals, "bytes"), rtp.len() as i64);
+    let rtcp_totals = get(totals, "RTCP").expect("RTCP");
+    assert_eq!(count(rtcp_totals, "packets"), 1, "{v:?}");
+    assert_eq!(count(rtcp_totals, "bytes"), rr.len() as i64);
+    let tags = get(&v, "tags").expect("tags");
+    assert!(get(tags, "tt").is_some());
+    // A's party: the RTP stream has the RTP, the RTCP stream (one port up) the RR.
+    let medias = list_of(get(tags, "ft").expect("tag ft"), "medias");
+    let streams = list_of(&medias[0], "streams");
+    assert_eq!(get_int(&streams[0], "local port"), Some(i64::from(to_a)));
+    assert_eq!(
+        get_int(&streams[1], "local port"),
+        Some(i64::from(to_a) + 1)
     );
-    assert!(get(get(&v, "tags").expect("tags"), "tt").is_some());
+    let stats = |st: &Value| count(get(st, "stats").expect("stats"), "packets");
+    assert_eq!((stats(&streams[0]), stats(&streams[1])), (1, 1));
+    assert_eq!(get_int(&streams[0], "SSRC"), Some(0x0102_0304));
+    let ep = get(&streams[0], "endpoint").expect("endpoint");
+    assert_eq!(get_int(ep, "port"), Some(i64::from(a_port)));
 
     let v = tcp_call(&mut tcp, &ng_msg("l1", Dict::new().str("command", "list"))).await;
     assert_eq!(get(&v, "calls"), Some(&bencode::str_list(["real-1"])));
