@@ -4,11 +4,13 @@
 use crate::config::{CallConfig, Local};
 use crate::event::{EndCause, Event, Leg, MediaOp, Transmit};
 use crate::ids::Ids;
+use crate::multipart;
 use crate::relay::copy_session_headers;
 use crate::snapshot::{CallSnapshot, LegSnapshot};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 use trunkline_sip::transaction::{
@@ -168,6 +170,9 @@ pub struct MediaFailure {
 struct Held {
     /// Media request id; 0 when this message needs no rewrite and only keeps its place.
     media: u64,
+    /// Where the SDP sent to the relay sits in a multipart body (its rewrite is spliced
+    /// in there); `None` when the whole body is the SDP.
+    part: Option<Range<usize>>,
     out: Outgoing,
     done: Option<Result<Bytes, MediaFailure>>,
 }
@@ -202,15 +207,46 @@ impl Outgoing {
         }
     }
 
-    fn is_sdp(&self) -> bool {
-        let ct = match self {
-            Outgoing::Request { req, .. } => req.headers.content_type(),
-            Outgoing::Response { resp, .. } => resp.headers.content_type(),
-            Outgoing::Ack { content_type, .. } => content_type
-                .as_ref()
-                .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase()),
-        };
-        ct.is_some_and(|c| c.trim().starts_with("application/sdp"))
+    /// The raw Content-Type value (parameters and their case kept: a multipart
+    /// boundary is case-sensitive).
+    fn content_type(&self) -> Option<&[u8]> {
+        match self {
+            Outgoing::Request { req, .. } => req.headers.get(HeaderName::ContentType),
+            Outgoing::Response { resp, .. } => resp.headers.get(HeaderName::ContentType),
+            Outgoing::Ack { content_type, .. } => content_type.as_ref(),
+        }
+        .map(|c| &c[..])
+    }
+
+    /// The SDP the relay must anchor, and where it sits in the body: all of an
+    /// `application/sdp` body, or the one SDP part of a `multipart/mixed` body (SIP-I/
+    /// SIP-T trunks put ISUP beside it, RFC 3204). `None` for any other body, and for a
+    /// multipart body whose SDP cannot be told apart safely: it is sent un-anchored,
+    /// exactly as it came, rather than with a part mangled.
+    fn sdp(&self) -> Option<(Bytes, Option<Range<usize>>)> {
+        let ct = self.content_type()?;
+        let body = self.body();
+        if is_sdp_type(ct) {
+            return Some((body.clone(), None));
+        }
+        if !multipart::is_multipart_mixed(ct) {
+            return None;
+        }
+        match multipart::sdp_part(ct, body) {
+            Ok(r) if r.start <= r.end && r.end <= body.len() => {
+                Some((body.slice(r.clone()), Some(r)))
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(
+                    reason = %e,
+                    content_type = %String::from_utf8_lossy(ct),
+                    body_len = body.len(),
+                    "multipart body not anchored: sent as it came"
+                );
+                None
+            }
+        }
     }
 
     fn set_body(&mut self, body: Bytes) {
@@ -220,6 +256,29 @@ impl Outgoing {
             Outgoing::Ack { body: b, .. } => *b = body,
         }
     }
+
+    /// Puts the relay's rewritten SDP in place: the whole body, or only the SDP part's
+    /// range of a multipart body (every other byte kept). Content-Length follows, as
+    /// the serialiser writes it from the body.
+    fn set_sdp(&mut self, part: Option<Range<usize>>, sdp: Bytes) {
+        let Some(r) = part else {
+            self.set_body(sdp);
+            return;
+        };
+        match multipart::splice(self.body(), r, &sdp) {
+            Some(body) => self.set_body(body),
+            // Cannot happen (the range came from this body); if it did, the body
+            // leaves as it came rather than corrupted.
+            None => tracing::debug!("multipart SDP range outside the body: not anchored"),
+        }
+    }
+}
+
+/// An `application/sdp` Content-Type value (parameters ignored, case-insensitive).
+fn is_sdp_type(ct: &[u8]) -> bool {
+    ct.trim_ascii_start()
+        .get(..15)
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"application/sdp"))
 }
 
 /// Requests relayed inside an established dialog.
@@ -597,23 +656,26 @@ impl Call {
     /// Sends `out`, first through the media relay when `op` says its SDP body must be
     /// anchored; keeps the call's output in order while a rewrite is outstanding.
     fn emit(&mut self, now: Instant, out: Outgoing, op: Option<MediaOp>) {
-        let needs_media = self.anchor && !out.body().is_empty() && out.is_sdp();
-        match (op, needs_media) {
-            (Some(op), true) => {
+        let media = match op {
+            Some(op) if self.anchor && !out.body().is_empty() => {
+                out.sdp().map(|(sdp, part)| (op, sdp, part))
+            }
+            _ => None,
+        };
+        match media {
+            Some((op, sdp, part)) => {
                 let id = self.alloc_id();
-                self.events.push_back(Event::Media {
-                    id,
-                    op,
-                    sdp: out.body().clone(),
-                });
+                self.events.push_back(Event::Media { id, op, sdp });
                 self.outbox.push_back(Held {
                     media: id,
+                    part,
                     out,
                     done: None,
                 });
             }
             _ if !self.outbox.is_empty() => self.outbox.push_back(Held {
                 media: 0,
+                part: None,
                 out,
                 done: None,
             }),
@@ -632,9 +694,9 @@ impl Call {
             };
             match h.done {
                 None => self.send_outgoing(now, h.out),
-                Some(Ok(body)) => {
+                Some(Ok(sdp)) => {
                     let mut out = h.out;
-                    out.set_body(body);
+                    out.set_sdp(h.part, sdp);
                     self.send_outgoing(now, out);
                 }
                 Some(Err(f)) => self.media_failed(now, h.out, f),

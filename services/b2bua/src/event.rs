@@ -88,7 +88,9 @@ pub enum Event {
     RetransmissionReceived { leg: Leg },
     /// The call is in a stable state worth replicating (answered, re-INVITE done).
     Settled,
-    /// An SDP body must go through the media relay before it is sent: answer with
+    /// An SDP must go through the media relay before it is sent: answer with
     /// `Call::handle_media(now, id, ..)`. Later output of the call waits behind it.
+    /// `sdp` is the SDP alone even when the body is multipart (SIP-I: SDP + ISUP); the
+    /// call splices the rewrite back into the body, so the relay never sees other parts.
     Media { id: u64, op: MediaOp, sdp: Bytes },
 }

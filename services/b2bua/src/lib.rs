@@ -11,6 +11,7 @@ pub mod call;
 pub mod config;
 pub mod event;
 pub mod ids;
+pub mod multipart;
 pub mod relay;
 pub mod snapshot;
 

@@ -45,6 +45,10 @@ fn is_passable_extension(name: &[u8]) -> bool {
         "Info-Package",
         "Recv-Info",
         "Content-ID",
+        // Describe the body, which crosses (SIP-I carriers send MIME-Version with their
+        // multipart SDP + ISUP bodies; RFC 3261 §20.24).
+        "MIME-Version",
+        "Content-Language",
         "Min-Expires",
         // Mandatory in NOTIFY (RFC 6665 §8.2.1); describes the subscription, not hosts.
         "Subscription-State",
@@ -57,6 +61,7 @@ fn is_passable_extension(name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trunkline_sip::Header;
 
     #[test]
     fn topology_headers_never_cross() {
@@ -72,5 +77,25 @@ mod tests {
         let names: Vec<_> = to.iter().map(|h| h.kind).collect();
         assert_eq!(names, vec![HeaderName::ContentType, HeaderName::Supported]);
         assert_eq!(&to.get(HeaderName::Supported).unwrap()[..], b"replaces");
+    }
+
+    #[test]
+    fn body_description_crosses_with_the_body() {
+        let mut from = Headers::new();
+        from.add(
+            HeaderName::ContentType,
+            "multipart/mixed;boundary=unique-boundary-1",
+        );
+        from.push(Header::other("MIME-Version", "1.0"));
+        from.push(Header::other("content-language", "en"));
+        from.push(Header::other("X-Internal-Route", "pop3"));
+        let mut to = Headers::new();
+        copy_session_headers(&from, &mut to);
+        assert_eq!(&to.get_named("Mime-Version").unwrap()[..], b"1.0");
+        assert_eq!(&to.get_named("Content-Language").unwrap()[..], b"en");
+        assert!(
+            to.get_named("X-Internal-Route").is_none(),
+            "unknown extensions stay behind"
+        );
     }
 }

@@ -45,6 +45,14 @@ pub fn parse(text: &str) -> Message {
         .unwrap_or_else(|e| panic!("harness built bad SIP ({e:?}):\n{text}"))
 }
 
+/// Parses a message whose body may be binary (not UTF-8): `head` ends with the empty line.
+pub fn parse_with_body(head: &str, body: &[u8]) -> Message {
+    let mut raw = head.as_bytes().to_vec();
+    raw.extend_from_slice(body);
+    parse_message(Bytes::from(raw))
+        .unwrap_or_else(|e| panic!("harness built bad SIP ({e:?}):\n{head}"))
+}
+
 // ----- reading messages -------------------------------------------------------------
 
 pub fn hdr(m: &Message, kind: HeaderName) -> String {
@@ -100,6 +108,14 @@ pub fn body(m: &Message) -> String {
         Message::Response(r) => &r.body,
     };
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// The body as bytes (binary parts kept).
+pub fn body_bytes(m: &Message) -> Bytes {
+    match m {
+        Message::Request(r) => r.body.clone(),
+        Message::Response(r) => r.body.clone(),
+    }
 }
 
 pub fn branch(m: &Message) -> String {
@@ -225,6 +241,13 @@ impl Ua {
 
     /// The caller's initial INVITE.
     pub fn invite(&mut self, body: Option<&str>, max_forwards: u32) -> Message {
+        let typed = body.map(|b| ("application/sdp", b.as_bytes()));
+        self.invite_typed(typed, max_forwards)
+    }
+
+    /// The caller's initial INVITE with a body of any type (e.g. a SIP-I multipart
+    /// body with binary ISUP).
+    pub fn invite_typed(&mut self, body: Option<(&str, &[u8])>, max_forwards: u32) -> Message {
         self.cseq = 1;
         let via = self.via();
         let rr = self
@@ -233,25 +256,25 @@ impl Ua {
             .map(|r| format!("Record-Route: {r}\r\n"))
             .unwrap_or_default();
         let (ct, body) = match body {
-            Some(b) => (
-                "Content-Type: application/sdp\r\n".to_string(),
-                b.to_string(),
-            ),
-            None => (String::new(), String::new()),
+            Some((t, b)) => (format!("Content-Type: {t}\r\n"), b),
+            None => (String::new(), &b""[..]),
         };
-        parse(&format!(
-            "INVITE {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {max_forwards}\r\n\
-             From: {from};tag={tag}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\n\
-             Contact: {contact}\r\n{rr}User-Agent: AlicePhone/1.0 ({A_IP})\r\n\
-             Supported: replaces, timer\r\n{ct}Content-Length: {len}\r\n\r\n{body}",
-            ruri = self.remote_target,
-            from = self.local_uri,
-            tag = self.tag,
-            to = self.remote_uri,
-            cid = self.call_id,
-            contact = self.contact,
-            len = body.len(),
-        ))
+        parse_with_body(
+            &format!(
+                "INVITE {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: {max_forwards}\r\n\
+                 From: {from};tag={tag}\r\nTo: {to}\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\n\
+                 Contact: {contact}\r\n{rr}User-Agent: AlicePhone/1.0 ({A_IP})\r\n\
+                 Supported: replaces, timer\r\n{ct}Content-Length: {len}\r\n\r\n",
+                ruri = self.remote_target,
+                from = self.local_uri,
+                tag = self.tag,
+                to = self.remote_uri,
+                cid = self.call_id,
+                contact = self.contact,
+                len = body.len(),
+            ),
+            body,
+        )
     }
 
     /// Learns the dialog from a received dialog-forming request (the callee's view).
@@ -291,6 +314,20 @@ impl Ua {
         extra: &[(&str, &str)],
         body: Option<&str>,
     ) -> Message {
+        let typed = body
+            .filter(|b| !b.is_empty())
+            .map(|b| ("application/sdp", b.as_bytes()));
+        self.respond_typed(req, code, extra, typed)
+    }
+
+    /// A response with a body of any type (e.g. a SIP-I multipart answer).
+    pub fn respond_typed(
+        &self,
+        req: &Message,
+        code: u16,
+        extra: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) -> Message {
         let m = method(req).expect("a request");
         let mut out = format!("SIP/2.0 {code} {}\r\n", trunkline_sip::reason_phrase(code));
         for v in all_hdrs(req, HeaderName::Via) {
@@ -319,12 +356,15 @@ impl Ua {
         for (k, v) in extra {
             out.push_str(&format!("{k}: {v}\r\n"));
         }
-        let body = body.unwrap_or("");
-        if !body.is_empty() {
-            out.push_str("Content-Type: application/sdp\r\n");
-        }
-        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        parse(&out)
+        let body = match body {
+            Some((t, b)) => {
+                out.push_str(&format!("Content-Type: {t}\r\n"));
+                b
+            }
+            None => &b""[..],
+        };
+        out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        parse_with_body(&out, body)
     }
 
     /// A new in-dialog request (CSeq incremented).
@@ -484,6 +524,9 @@ pub struct Setup {
     pub b_transport: Transport,
     /// SDP in the caller's INVITE; `None` for a late offer.
     pub offer: Option<String>,
+    /// A body of another type for the caller's INVITE (Content-Type, bytes); replaces
+    /// `offer` when set.
+    pub typed_offer: Option<(String, Vec<u8>)>,
     pub max_forwards: u32,
     pub pipe: Pipe,
     /// Record-Route the caller's edge adds; Record-Route and Contact host of the callee.
@@ -500,6 +543,7 @@ impl Default for Setup {
             a_transport: Transport::Udp,
             b_transport: Transport::Udp,
             offer: Some(sdp(40000, "sendrecv")),
+            typed_offer: None,
             max_forwards: 70,
             pipe: Pipe::default(),
             topology: false,
@@ -574,7 +618,10 @@ impl World {
             b.record_route = Some("<sip:edge-b.example;lr>".into());
             b.contact = format!("<sip:bob@203.0.113.77:5060{}>", tp_param(setup.b_transport));
         }
-        let invite = a.invite(setup.offer.as_deref(), setup.max_forwards);
+        let invite = match &setup.typed_offer {
+            Some((ct, b)) => a.invite_typed(Some((ct.as_str(), b.as_slice())), setup.max_forwards),
+            None => a.invite(setup.offer.as_deref(), setup.max_forwards),
+        };
         let t0 = Instant::now();
         let req = match invite.clone() {
             Message::Request(r) => r,
