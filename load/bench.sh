@@ -38,22 +38,9 @@ Environment (defaults full / quick):
 EOF
 }
 
-QUICK=0
-SYSTEMS="sipp,kamailio,trunkline"
-while [ $# -gt 0 ]; do
-	case "$1" in
-	--quick) QUICK=1 ;;
-	--systems) SYSTEMS="$2"; shift ;;
-	--systems=*) SYSTEMS="${1#*=}" ;;
-	-h | --help) usage; exit 0 ;;
-	*) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
-	esac
-	shift
-done
-IFS=',' read -r -a SYS_LIST <<<"$SYSTEMS"
-for s in "${SYS_LIST[@]}"; do
-	case "$s" in sipp | kamailio | trunkline) ;; *) echo "unknown system: $s" >&2; exit 2 ;; esac
-done
+# shellcheck source=load/lib.sh
+. "$HERE/lib.sh"
+parse_args "sipp,kamailio,trunkline" "" "$@"
 
 if [ "$QUICK" = 1 ]; then
 	: "${STEP_SECS:=3}" "${BISECT:=1}" "${FIXED_RATE:=100}" "${FIXED_SECS:=5}"
@@ -68,47 +55,9 @@ fi
 HOST=127.0.0.1
 SIPP_COMMON=(-i "$HOST" -nostdin -default_behaviors all,-abortunexp -buff_size 4194304)
 
-STAMP=$(date +%Y%m%d-%H%M%S)
-OUT="$HERE/out/$STAMP"
-[ -e "$OUT" ] && OUT="$OUT-$$"
-mkdir -p "$OUT"
+out_dir bench.log
 RUN=$(mktemp -d /tmp/trunkline-bench.XXXXXX) # sockets, pid files, generated config
-
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/bench.log" >&2; }
-die() { log "ERROR: $*"; exit 2; }
-
-# ------------------------------------------------------------ process control
-STARTED=() # every PID this script started in the background
-
-# stop PID and the descendants it had (Kamailio's workers), TERM then KILL
-stop_pid() {
-	local pid=$1 kids i
-	[ -n "$pid" ] || return 0
-	kill -0 "$pid" 2>/dev/null || return 0
-	kids=$(python3 "$LIB" tree "$pid" 2>/dev/null || true)
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 1 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	for i in $kids; do
-		[ "$i" = "$pid" ] && continue
-		kill -0 "$i" 2>/dev/null && kill -KILL "$i" 2>/dev/null || true
-	done
-	return 0
-}
-
-cleanup() {
-	local rc=$? i
-	trap - EXIT INT TERM
-	for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_pid "${STARTED[$i]}"; done
-	rm -rf "$RUN"
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+ON_EXIT+=('rm -rf "$RUN"')
 
 # ------------------------------------------------------------ SIPp ends
 UAS_PID=""

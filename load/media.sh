@@ -33,7 +33,8 @@ Environment (defaults full / quick):
   STEP_SECS          seconds of traffic per step (10 / 3)
   RAMP               streams per step, one-way 50 pps flows (bidirectional sessions = streams/2)
                      ("100 200 400 800 1200 1600 2000 2400 3000 3600 4000 4800" / "200 1000 2000 4000")
-  LAT_STREAMS        streams of the fixed latency run (500)
+  LAT_STREAMS        streams of the fixed latency runs (500)
+  LAT_RUNS           latency runs per system, interleaved across systems (3 / 1)
   LOSS_MAX_PCT       a step passes below this loss (0.1) ...
   PACE_MIN_PCT       ... and if the generator sent at >= this % of the offered rate (95)
   RETRY              re-run a failing step this many times before stopping the ramp (1 / 0)
@@ -43,30 +44,15 @@ Environment (defaults full / quick):
 EOF
 }
 
-QUICK=0
-PIN=0
-SYSTEMS="direct,rtpengine,trunkline"
-while [ $# -gt 0 ]; do
-	case "$1" in
-	--quick) QUICK=1 ;;
-	--pin) PIN=1 ;;
-	--systems) SYSTEMS="$2"; shift ;;
-	--systems=*) SYSTEMS="${1#*=}" ;;
-	-h | --help) usage; exit 0 ;;
-	*) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
-	esac
-	shift
-done
-IFS=',' read -r -a SYS_LIST <<<"$SYSTEMS"
-for s in "${SYS_LIST[@]}"; do
-	case "$s" in direct | rtpengine | trunkline) ;; *) echo "unknown system: $s" >&2; exit 2 ;; esac
-done
+# shellcheck source=load/lib.sh
+. "$HERE/lib.sh"
+parse_args "direct,rtpengine,trunkline" "pin" "$@"
 
 if [ "$QUICK" = 1 ]; then
-	: "${STEP_SECS:=3}" "${RETRY:=0}"
+	: "${STEP_SECS:=3}" "${RETRY:=0}" "${LAT_RUNS:=1}"
 	: "${RAMP:=200 1000 2000 4000}"
 else
-	: "${STEP_SECS:=10}" "${RETRY:=1}"
+	: "${STEP_SECS:=10}" "${RETRY:=1}" "${LAT_RUNS:=3}"
 	: "${RAMP:=100 200 400 800 1200 1600 2000 2400 3000 3600 4000 4800}"
 fi
 : "${LAT_STREAMS:=500}" "${LOSS_MAX_PCT:=0.1}" "${PACE_MIN_PCT:=95}" "${SEND_THREADS:=1}" "${RECV_THREADS:=1}"
@@ -82,37 +68,7 @@ if [ "$PIN" = 1 ]; then
 	RELAY_PRE=(taskset -c 1) GEN_PRE=(taskset -c 0) RELAY_THREADS=1
 fi
 
-STAMP=$(date +%Y%m%d-%H%M%S)
-OUT="$HERE/out/$STAMP"
-[ -e "$OUT" ] && OUT="$OUT-$$"
-mkdir -p "$OUT"
-
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/media.log" >&2; }
-die() { log "ERROR: $*"; exit 2; }
-
-# ------------------------------------------------------------ process control
-STARTED=()
-stop_pid() {
-	local pid=$1 i
-	[ -n "$pid" ] || return 0
-	kill -0 "$pid" 2>/dev/null || return 0
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 1 50); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	return 0
-}
-cleanup() {
-	local rc=$? i
-	trap - EXIT INT TERM
-	for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_pid "${STARTED[$i]}"; done
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT TERM
+out_dir media.log
 
 # ------------------------------------------------------------ tools
 command -v python3 >/dev/null || die "python3 is required (standard library only)"
@@ -257,7 +213,7 @@ EOF
 sessions_max=$(((PORT_MAX - PORT_MIN + 1) / 4)) # RTP+RTCP on both sides of every session
 {
 	echo "STAMP=$STAMP QUICK=$QUICK PIN=$PIN RELAY_THREADS=$RELAY_THREADS FLOOR_PAIRS=$FLOOR_PAIRS SYSTEMS=$SYSTEMS STEP_SECS=$STEP_SECS RETRY=$RETRY"
-	echo "RAMP=\"$RAMP\" LAT_STREAMS=$LAT_STREAMS LOSS_MAX_PCT=$LOSS_MAX_PCT PACE_MIN_PCT=$PACE_MIN_PCT"
+	echo "RAMP=\"$RAMP\" LAT_STREAMS=$LAT_STREAMS LAT_RUNS=$LAT_RUNS LOSS_MAX_PCT=$LOSS_MAX_PCT PACE_MIN_PCT=$PACE_MIN_PCT"
 	echo "SEND_THREADS=$SEND_THREADS RECV_THREADS=$RECV_THREADS NG_PORT=$NG_PORT PORT_MIN=$PORT_MIN PORT_MAX=$PORT_MAX"
 	echo "RTPBENCH=$RB TRUNKLINE_RELAY=${TLR:-} rtpengine=$(rtpengine --version 2>&1 | head -1 || true)"
 	echo "nproc=$(nproc) loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -309,8 +265,16 @@ for sys in "${SYS_LIST[@]}"; do
 		done
 		[ "$verdict" = pass ] || break
 	done
-	run_step "$sys" "$OUT/$sys/latency" "$LAT_STREAMS"
-	log "$sys: latency run, $LAT_STREAMS streams: $(step_verdict "$OUT/$sys/latency")"
+done
+
+# Latency: LAT_RUNS rounds, each system once per round, so slow phases of the host (other
+# guests, its scheduler) fall on every system alike; the report takes the median p99.
+for round in $(seq 1 "$LAT_RUNS"); do
+	for sys in "${SYS_LIST[@]}"; do
+		[ -n "${UNAVAILABLE[$sys]:-}" ] && continue
+		run_step "$sys" "$OUT/$sys/latency-$round" "$LAT_STREAMS"
+		log "$sys: latency run $round/$LAT_RUNS, $LAT_STREAMS streams: $(step_verdict "$OUT/$sys/latency-$round")"
+	done
 done
 
 # ------------------------------------------------------------ report
@@ -327,12 +291,26 @@ def load(p):
 def ok(d):
     return bool(d) and "error" not in d and d["loss_pct"] < loss_max and d["achieved_send_pps"] >= pace * d["offered_pps"]
 rows, per_step, res = [], [], {}
-direct_lat = load(os.path.join(out, "direct", "latency", "step.json"))
-direct_p99 = direct_lat["latency_us"]["p99"] if direct_lat and "error" not in direct_lat else None
-def lat_cell(p99, lossy):
-    if p99 is None: return "—"
-    cell = str(p99)
-    if direct_p99 is not None: cell += f" (direct {direct_p99}, +{p99 - direct_p99})"
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else None
+def p99s(s):
+    """Median over a system's latency runs of (p99 to arrival on the receiving socket,
+    p99 end to end), the arrival p99s of every run, and whether any run was lossy."""
+    runs = [d for d in (load(p) for p in sorted(glob.glob(os.path.join(out, s, "latency-*", "step.json"))))
+            if d and "error" not in d]
+    arr = [a for a in ((d.get("arrival_latency_us") or {}).get("p99") for d in runs) if a is not None]
+    e2e = [d["latency_us"]["p99"] for d in runs if d["latency_us"]["p99"] is not None]
+    return median(arr), median(e2e), arr, any(not ok(d) for d in runs)
+direct_arr, direct_e2e, _, _ = p99s("direct")
+def lat_cell(s):
+    arr, e2e, runs, lossy = p99s(s)
+    if arr is None and e2e is None: return "—"
+    cell = f"{arr}" if arr is not None else "—"
+    if arr is not None and direct_arr is not None: cell += f" (+{arr - direct_arr})"
+    cell += f" / {e2e}"
+    if e2e is not None and direct_e2e is not None: cell += f" (+{e2e - direct_e2e})"
+    if len(runs) > 1: cell += f"; arrival p99 of each run: {', '.join(map(str, runs))}"
     return cell + (" (lossy)" if lossy else "")
 for s in systems:
     un = os.path.join(out, s, "unavailable")
@@ -348,15 +326,15 @@ for s in systems:
         if ok(d) and (best is None or d["forwarded_pps"] > best["forwarded_pps"]): best = d
         if d and "error" not in d:
             lat = d["latency_us"]
+            arr = d.get("arrival_latency_us") or {}
             per_step.append(f"| {s} | {n} | {d['offered_pps']:.0f} | {d['forwarded_pps']:.0f} | {d['loss_pct']:.3f} | "
-                            f"{d['achieved_send_pps'] / d['offered_pps'] * 100:.1f} | {lat['p50']} | {lat['p99']} | {lat['max']} | "
+                            f"{d['achieved_send_pps'] / d['offered_pps'] * 100:.1f} | {arr.get('p50')} | {arr.get('p99')} | "
+                            f"{lat['p50']} | {lat['p99']} | {lat['max']} | "
                             f"{d['generator_cores']:.2f} | {'' if d['relay_cores'] is None else format(d['relay_cores'], '.2f')} | "
                             f"{'pass' if ok(d) else 'FAIL'} |")
         else:
-            per_step.append(f"| {s} | {n} | | | | | | | | | | {(d or {}).get('error', 'no summary')[:80]} |")
-    lat = load(os.path.join(out, s, "latency", "step.json"))
-    p99 = lat["latency_us"]["p99"] if lat and "error" not in lat else None
-    p99 = lat_cell(p99, bool(lat) and "error" not in lat and not ok(lat))
+            per_step.append(f"| {s} | {n} | | | | | | | | | | | | {(d or {}).get('error', 'no summary')[:80]} |")
+    p99 = lat_cell(s)
     if best is None:
         rows.append(f"| {names[s]} | none passed | | | {p99} | |"); continue
     cores = best.get("relay_cores")
@@ -365,7 +343,7 @@ for s in systems:
     rows.append(f"| {names[s]} | {best['forwarded_pps']:.0f} ({best['flows']} streams) | "
                 f"{'—' if cores is None else format(cores, '.2f')} | {'—' if ppc is None else format(ppc, '.0f')} | "
                 f"{p99} | {'—' if ppc is None else format(ppc / 50, '.0f')} |")
-print(f"| system | max pps at <{loss_max}% loss | relay cores used | pps per core | p99 latency µs ({lat_streams} streams; the direct path's p99 and the difference) | 50 pps streams per core |")
+print(f"| system | max pps at <{loss_max}% loss | relay cores used | pps per core | median p99 latency µs at {lat_streams} streams: to arrival (added) / end to end (added) | 50 pps streams per core |")
 print("|---|---:|---:|---:|---:|---:|")
 print("\n".join(rows))
 print()
@@ -374,15 +352,15 @@ if res.get("trunkline") and res.get("rtpengine"):
     print(f"**trunkline / rtpengine pps per core: {r:.2f}** (target ≥ 2.00: {'met' if r >= 2 else 'NOT met'})")
 else:
     print("trunkline / rtpengine pps per core: n/a (both systems must be measured)")
-tl = load(os.path.join(out, "trunkline", "latency", "step.json"))
-if tl and "error" not in tl:
-    p = tl["latency_us"]["p99"]
-    if p is not None and direct_p99 is not None:
-        added = p - direct_p99
-        print(f"trunkline p99 latency at {lat_streams} streams: {p} µs through the relay, {direct_p99} µs direct: "
-              f"{added} µs added (target < 200 µs: {'met' if added < 200 else 'NOT met'})")
-    else:
-        print(f"trunkline p99 latency at {lat_streams} streams: {p} µs through the relay (no direct run to subtract)")
+for s in [x for x in systems if x != "direct"]:
+    arr, e2e, _, _ = p99s(s)
+    if arr is None or direct_arr is None:
+        print(f"{s} p99 added latency at {lat_streams} streams: n/a (needs the {s} and direct latency runs)")
+        continue
+    added = arr - direct_arr
+    verdict = f" (target < 200 µs: {'met' if added < 200 else 'NOT met'})" if s.startswith("trunkline") else ""
+    print(f"{s} p99 added latency at {lat_streams} streams (median of the runs): **{added} µs**{verdict}: p99 send-to-arrival {arr} µs through the relay, "
+          f"{direct_arr} µs direct; end to end (receiver's own wake-up included) {e2e} µs against {direct_e2e} µs")
 fl = load(os.path.join(out, "floor", "step.json"))
 if fl and "error" not in fl and fl.get("pps_per_core"):
     f = fl["pps_per_core"]
@@ -401,8 +379,8 @@ if d.get("direct"):
 print()
 print("### Per step")
 print()
-print("| system | streams | offered pps | forwarded pps | loss % | sent % of offered | p50 µs | p99 µs | max µs | generator cores | relay cores | verdict |")
-print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|")
+print("| system | streams | offered pps | forwarded pps | loss % | sent % of offered | arrival p50 µs | arrival p99 µs | end-to-end p50 µs | end-to-end p99 µs | max µs | generator cores | relay cores | verdict |")
+print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
 print("\n".join(per_step))
 EOF
 
@@ -414,10 +392,13 @@ EOF
 	echo "Streams are one-way 50 pps flows of 172-byte PCMU RTP; sessions are bidirectional (2 streams each)."
 	echo "Placement: $PLACEMENT ($(nproc) cores)."
 	echo "Relay cores = relay CPU seconds (/proc/PID/stat utime+stime, all threads) over the step ÷ wall seconds."
+	echo "Latency: *to arrival* = the kernel's receive stamp (SO_TIMESTAMPNS) at the receiving socket minus the send time,"
+	echo "what the path in between added; *end to end* = when the receiving thread holds the packet, which adds the"
+	echo "generator's own wake-up. *Added* = the relay's p99 minus the direct path's p99 in the same run."
 	echo
 	cat "$OUT/table.md"
 	echo
-	echo "Raw files: \`<system>/ramp/streams-N/{step.json,rtpbench.log,relay.log,rtpengine.conf}\`, \`<system>/latency/\`, \`media.log\`."
+	echo "Raw files: \`<system>/ramp/streams-N/{step.json,rtpbench.log,relay.log,rtpengine.conf}\`, \`<system>/latency-R/\`, \`media.log\`."
 } >"$OUT/media-results.md"
 log "results: $OUT/media-results.md"
 for s in "${SYS_LIST[@]}"; do [ -n "${UNAVAILABLE[$s]:-}" ] && exit 2; done

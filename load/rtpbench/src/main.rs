@@ -7,11 +7,17 @@
 //! relay -> B_i (and, with --both-directions, B_i -> R_b -> relay -> A_i). Both sides send two
 //! priming packets first so a latching relay learns both endpoints before measuring.
 //!
-//! Every payload carries magic, stream id, sequence, direction and the send time (ns on this
-//! process's monotonic clock, `Instant`/CLOCK_MONOTONIC); sender and receiver are threads of this
-//! one process, so "receive time - send time" is the latency the relay (plus loopback and the
-//! generator's own scheduling) adds. Run with `--direct` (no relay: A_i sends straight to B_i)
-//! to see the generator's own floor.
+//! Every payload carries magic, stream id, sequence, direction and the send time twice: ns on
+//! this process's monotonic clock (`Instant`) and on CLOCK_REALTIME. Sender and receiver are
+//! threads of this one process, so two latencies come out of every packet:
+//! - *end to end*: the receiving thread's monotonic clock once it holds the packet, minus the
+//!   send time. It includes the receiving thread's own wake-up, which in a real deployment
+//!   happens on another host.
+//! - *arrival*: the kernel's receive timestamp (SO_TIMESTAMPNS, CLOCK_REALTIME, taken when the
+//!   packet is queued towards the receiving socket) minus the send time: what the path in
+//!   between (the relay's wake-up, processing and send) added, and nothing of the receiver.
+//!
+//! Run with `--direct` (no relay: A_i sends straight to B_i) to see the generator's own floor.
 
 mod floor;
 mod ng;
@@ -109,6 +115,13 @@ fn now_ns() -> u64 {
     base().elapsed().as_nanos() as u64
 }
 
+/// CLOCK_REALTIME in ns: the clock of the kernel's SO_TIMESTAMPNS receive stamps.
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 struct Stream {
     id: u32,
     a: UdpSocket,
@@ -130,6 +143,8 @@ fn bind_udp(ip: IpAddr) -> Result<UdpSocket> {
     let s = StdUdpSocket::bind(SocketAddr::new(ip, 0))
         .context("bind stream socket (raise `ulimit -n`?)")?;
     s.set_nonblocking(true)?;
+    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::ReceiveTimestampns, &true)
+        .context("SO_TIMESTAMPNS on a stream socket")?;
     Ok(UdpSocket::from_std(s))
 }
 
@@ -177,7 +192,9 @@ fn fill_packet(buf: &mut [u8; PKT], ssrc: u32, seq: u32, stream: u32, dir: u8, f
     p[8..12].copy_from_slice(&seq.to_be_bytes());
     p[20] = dir;
     p[21] = flags;
-    p[12..20].copy_from_slice(&now_ns().to_be_bytes()); // last: as close to the send as possible
+    // Last: as close to the send as possible.
+    p[22..30].copy_from_slice(&realtime_ns().to_be_bytes());
+    p[12..20].copy_from_slice(&now_ns().to_be_bytes());
 }
 
 fn new_packet() -> [u8; PKT] {
@@ -257,6 +274,7 @@ fn receiver(
     let mut last_seq: Vec<[Option<u32>; 2]> = vec![[None, None]; streams.len()];
     let mut events = Events::with_capacity(1024);
     let mut buf = [0u8; 2048];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     loop {
         let stopping = stop.load(Ordering::Relaxed);
         match poll.poll(&mut events, Some(Duration::from_millis(50))) {
@@ -276,11 +294,11 @@ fn receiver(
             // sends to); with --direct, b_dst/a_dst are A's/B's own sockets, so the same holds.
             let expect_src = if side_b { s.b_dst } else { s.a_dst };
             loop {
-                match sock.recv_from(&mut buf) {
-                    Ok((n, from)) => {
+                match recv_stamped(sock, &mut buf, &mut cmsg) {
+                    Ok((n, from, stamp)) => {
                         let t = now_ns();
                         let d = &buf[..n];
-                        if n < RTP_HDR + 22 || &d[RTP_HDR..RTP_HDR + 4] != MAGIC {
+                        if n < RTP_HDR + 30 || &d[RTP_HDR..RTP_HDR + 4] != MAGIC {
                             stats.corrupt += 1;
                             continue;
                         }
@@ -289,6 +307,9 @@ fn receiver(
                         let seq = u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
                         let sent = u64::from_be_bytes([
                             p[12], p[13], p[14], p[15], p[16], p[17], p[18], p[19],
+                        ]);
+                        let sent_real = u64::from_be_bytes([
+                            p[22], p[23], p[24], p[25], p[26], p[27], p[28], p[29],
                         ]);
                         let dir = p[20];
                         let flags = p[21];
@@ -311,7 +332,10 @@ fn receiver(
                             }
                         }
                         *slot = Some(slot.map_or(seq, |p| p.max(seq)));
-                        stats.record_latency(t.saturating_sub(sent));
+                        stats.record_latency(
+                            t.saturating_sub(sent),
+                            stamp.map(|k| k.saturating_sub(sent_real)),
+                        );
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -325,6 +349,41 @@ fn receiver(
         }
     }
     Ok(stats)
+}
+
+/// One datagram with its source and the kernel's receive stamp (CLOCK_REALTIME ns), if any.
+// nix's recvmsg takes the control buffer as `&mut Vec<u8>`, so a slice will not do.
+#[allow(clippy::ptr_arg)]
+fn recv_stamped(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> std::io::Result<(usize, SocketAddr, Option<u64>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)
+        .map_err(std::io::Error::from)?;
+    let from = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        })
+        .ok_or_else(|| std::io::Error::other("datagram without an IP source"))?;
+    let mut stamp = None;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmTimestampns(ts) = c {
+                stamp = Some(ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64);
+            }
+        }
+    }
+    Ok((msg.bytes, from, stamp))
 }
 
 /// Lets a shared (`Arc`) mio socket be registered: mio's `Source` wants `&mut`.
@@ -591,7 +650,8 @@ fn measure(
         _ => None,
     };
     let relay_cores = relay_cpu.map(|c| c / wall_drain);
-    let p = |q| st.percentile_us(q);
+    let p = |q| st.user.percentile_us(q);
+    let k = |q| st.arrival.percentile_us(q);
     let summary = json!({
         "label": a.label,
         "target": if a.direct { "direct".to_string() } else { a.ng.to_string() },
@@ -616,7 +676,8 @@ fn measure(
         "asymmetric_source": st.asymmetric,
         "reordered": st.reordered,
         "corrupt": st.corrupt,
-        "latency_us": {"p50": p(50.0), "p90": p(90.0), "p99": p(99.0), "p999": p(99.9), "max": st.max_ns.div_ceil(1000)},
+        "latency_us": st.user.summary(),
+        "arrival_latency_us": st.arrival.summary(),
         "send_wall_s": wall,
         "sender_max_lag_us": sr.max_lag_ns / 1000,
         "sender_late_1ms": sr.late_1ms,
@@ -631,13 +692,15 @@ fn measure(
     log(a.json, &format!(
         "rtpbench {}: {} sessions, {} flows x {} pps = {:.0} pps offered, {:.1} s (setup {:.2} s)\n  \
          sent {} (errors {}), received {}, lost {} ({:.4} %), forwarded {:.0} pps\n  \
-         added latency us: p50 {} p90 {} p99 {} p99.9 {} max {}\n  \
+         latency us, end to end: p50 {} p90 {} p99 {} p99.9 {} max {}\n  \
+         latency us, to arrival on the socket: p50 {} p90 {} p99 {} p99.9 {} ({} stamped)\n  \
          misrouted {} asymmetric-source {} reordered {} corrupt {} primed {}\n  \
          generator: {:.2} CPU s = {:.2} cores, sent {:.0} pps over {:.2} s ({}), max send lag {} us, {} sends >1 ms late{}",
         if a.direct { "direct".to_string() } else { a.ng.to_string() },
         n, flows, a.pps_per_stream, offered_pps, a.duration, setup_secs,
         sr.sent, sr.errors + prime_errors, st.received, lost, loss_pct, fwd_pps,
-        opt(p(50.0)), opt(p(90.0)), opt(p(99.0)), opt(p(99.9)), st.max_ns.div_ceil(1000),
+        opt(p(50.0)), opt(p(90.0)), opt(p(99.0)), opt(p(99.9)), st.user.max_ns.div_ceil(1000),
+        opt(k(50.0)), opt(k(90.0)), opt(k(99.0)), opt(k(99.9)), st.arrival.samples,
         st.misrouted, st.asymmetric, st.reordered, st.corrupt, st.primed,
         gen_cpu, gen_cpu / wall_drain, send_pps, wall, if kept_pace { "kept pace" } else { "FELL BEHIND" }, sr.max_lag_ns / 1000, sr.late_1ms,
         match (relay_cpu, relay_cores) {
