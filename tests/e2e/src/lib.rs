@@ -16,6 +16,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+// Helpers of the media tests (media.rs, sipi.rs); each test file is its own crate, so what two
+// of them need lives here.
+pub mod media_node;
+pub mod pcap;
+pub mod relay_metrics;
+pub mod relay_sdp;
+pub mod sipp_media;
+
 /// Address of the node under test.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
 /// Address of the caller (SIPp uac).

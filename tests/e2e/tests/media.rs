@@ -17,10 +17,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use trunkline_e2e::media_node::{media_node, MediaSettings};
+use trunkline_e2e::pcap::{make_pcap, PPS};
+use trunkline_e2e::relay_metrics::{dropped, media_idle, one_session_relaying, relayed, settled};
+use trunkline_e2e::relay_sdp::{ensure_names_relay, sdp_audio};
+use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, rtp_caller};
 use trunkline_e2e::*;
-
-/// RTP packets per second in the generated pcap (20 ms PCMU).
-const PPS: u64 = 50;
 
 // ---------------------------------------------------------------------------------------------
 // Assets, ports, processes
@@ -41,37 +43,6 @@ fn relay_binary() -> PathBuf {
         || workspace_root().join("target/release/trunkline-relay"),
         PathBuf::from,
     )
-}
-
-/// Writes `<out>/pcmu.pcap` (tests/media/make_pcap.py: PCMU, 50 packets/s) of `secs` seconds;
-/// returns its packet count.
-fn make_pcap(out: &Path, secs: u64) -> Result<u64> {
-    let status = Command::new("python3")
-        .arg(media_dir().join("make_pcap.py"))
-        .arg(out.join("pcmu.pcap"))
-        .arg(secs.to_string())
-        .stdin(Stdio::null())
-        .status()
-        .context("running python3 tests/media/make_pcap.py")?;
-    ensure!(status.success(), "make_pcap.py failed with {status}");
-    Ok(secs * PPS)
-}
-
-/// An even UDP port on `ip` such that `port..port + n` are all free now.
-fn free_udp_block(ip: Ipv4Addr, n: u16) -> Result<u16> {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind((ip, 0))?;
-        let base = probe.local_addr()?.port() & !1;
-        drop(probe);
-        if base < 1024 || base.checked_add(n).is_none() {
-            continue;
-        }
-        let held: Vec<_> = (base..base + n).map(|p| UdpSocket::bind((ip, p))).collect();
-        if held.iter().all(std::result::Result::is_ok) {
-            return Ok(base);
-        }
-    }
-    bail!("no block of {n} free UDP ports on {ip}")
 }
 
 /// A port free for UDP and TCP whose successor is free too (baresip binds SIP port + 1).
@@ -163,93 +134,8 @@ impl Drop for Proc {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The node with media anchoring
-// ---------------------------------------------------------------------------------------------
-
-/// `[media]` of the node under test (bind 127.0.0.1, one worker per core).
-struct MediaSettings {
-    port_min: u16,
-    port_max: u16,
-    timeout_secs: u64,
-}
-
-/// Starts a node whose only trunk ("carrier", `anchor_media = true`) is `trunk`, anchoring
-/// media on its relay with `media`.
-fn media_node(out: &Path, trunk: SocketAddr, media: &MediaSettings) -> Result<Node> {
-    let cfg = NodeConfig::new(trunk, Transport::Udp)?;
-    let base = cfg.to_toml();
-    ensure!(
-        base.contains("\n[routing]"),
-        "unexpected node TOML layout:\n{base}"
-    );
-    // The trunk table is the last one before [routing].
-    let mut toml = base.replacen("\n[routing]", "anchor_media = true\n\n[routing]", 1);
-    toml.push_str(&format!(
-        "\n[media]\nenabled = true\nbind = \"127.0.0.1\"\nport_min = {}\nport_max = {}\n\
-         timeout_secs = {}\nworkers = 0\n",
-        media.port_min, media.port_max, media.timeout_secs
-    ));
-    Node::start_toml(&cfg, &toml, out)
-}
-
-fn relayed(m: &Metrics) -> f64 {
-    m.get("trunkline_media_packets_total", &[("result", "relayed")])
-        .unwrap_or(0.0)
-}
-
-fn dropped(m: &Metrics) -> f64 {
-    m.get("trunkline_media_packets_total", &[("result", "dropped")])
-        .unwrap_or(0.0)
-}
-
-/// Waits (up to 10 s) until the relay holds no session and no port, then returns the scrape.
-fn media_idle(node: &Node) -> Result<Metrics> {
-    let m = node.wait_metrics(Duration::from_secs(10), |m| {
-        m.get("trunkline_media_sessions_active", &[]) == Some(0.0)
-            && m.get("trunkline_media_ports_in_use", &[]) == Some(0.0)
-    })?;
-    let s = m.value("trunkline_media_sessions_active", &[])?;
-    let p = m.value("trunkline_media_ports_in_use", &[])?;
-    ensure!(
-        s == 0.0 && p == 0.0,
-        "after the call the relay still holds {s} session(s) and {p} port(s)"
-    );
-    Ok(m)
-}
-
-/// Waits (up to 10 s) until the relayed-packet counter stops moving (it is refreshed about once
-/// a second) and returns that scrape.
-fn settled(node: &Node) -> Result<Metrics> {
-    let mut last = node.metrics()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        std::thread::sleep(Duration::from_millis(1300));
-        let m = node.metrics()?;
-        if relayed(&m) == relayed(&last) || Instant::now() >= deadline {
-            return Ok(m);
-        }
-        last = m;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // SDP and SIPp traces
 // ---------------------------------------------------------------------------------------------
-
-/// Connection address and audio port of an SDP body.
-fn sdp_audio(text: &str) -> Option<(IpAddr, u16)> {
-    let mut c = None;
-    let mut port = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(a) = line.strip_prefix("c=IN IP4 ") {
-            c = c.or_else(|| a.trim().parse().ok());
-        }
-        if let Some(m) = line.strip_prefix("m=audio ") {
-            port = m.split_whitespace().next().and_then(|p| p.parse().ok());
-        }
-    }
-    Some((c?, port?))
-}
 
 /// The media address in the SDP of the first message received in `log` whose start line begins
 /// with `start` ("INVITE " or "SIP/2.0 200").
@@ -276,13 +162,8 @@ fn assert_anchored(
     range: (u16, u16),
     other: SocketAddr,
 ) -> Result<()> {
+    ensure_names_relay(&format!("{who}: SDP"), got, range)?;
     let (ip, port) = got;
-    ensure!(
-        ip == IpAddr::V4(NODE_IP) && (range.0..=range.1).contains(&port),
-        "{who}: SDP names {ip}:{port}, not the relay (127.0.0.1, ports {}..={})",
-        range.0,
-        range.1
-    );
     ensure!(
         SocketAddr::new(ip, port) != other && ip != other.ip(),
         "{who}: SDP names the other party's media address {other}"
@@ -657,32 +538,14 @@ fn media_sipp_call_is_anchored_and_relayed() -> Result<()> {
     let sent = make_pcap(&out, 3)?;
     let uas_mp = free_udp_block(UAS_IP, 4)?;
     let uac_mp = free_udp_block(UAC_IP, 4)?;
-    let uas = Sipp::uas(&media_scenario("uas_rtp.xml"))
-        .calls(1)
-        .trace_msg()
+    let uas = echo_callee(&media_scenario("uas_rtp.xml"), uas_mp)
         .timeout_secs(40)
-        .args_media(uas_mp)
-        .arg("-rtp_echo")
         .resolve_port()?;
     let mut server = uas.clone().spawn(&out)?;
-    let node = media_node(
-        &out,
-        uas.addr()?,
-        &MediaSettings {
-            port_min: range.0,
-            port_max: range.1,
-            timeout_secs: 60,
-        },
-    )?;
-    let mut client = Sipp::uac(&media_scenario("uac_rtp.xml"), node.sip_addr())
-        .calls(1)
+    let node = media_node(&out, uas.addr()?, &MediaSettings::new(range, 60))?;
+    let mut client = rtp_caller(&media_scenario("uac_rtp.xml"), node.sip_addr(), uac_mp)
         .duration_ms(6000)
-        .trace_msg()
         .timeout_secs(30)
-        .args_media(uac_mp)
-        .arg("-key")
-        .arg("sdp_ip")
-        .arg(&UAC_IP.to_string())
         .spawn(&out)?;
 
     // During the call: one session, its ports, and the echo reaching the caller's media socket
@@ -698,7 +561,7 @@ fn media_sipp_call_is_anchored_and_relayed() -> Result<()> {
             }
         }
         let m = node.metrics()?;
-        if m.get("trunkline_media_sessions_active", &[]) == Some(1.0) && relayed(&m) > 0.0 {
+        if one_session_relaying(&m) {
             during = Some(m);
         }
         if echo_seen.is_some() && during.is_some() {
@@ -756,20 +619,6 @@ fn media_sipp_call_is_anchored_and_relayed() -> Result<()> {
     Ok(())
 }
 
-trait MediaArgs {
-    fn args_media(self, port: u16) -> Self;
-}
-
-impl MediaArgs for Sipp {
-    /// `-mp PORT` and SIPp's lenient default behaviours of the tests/media scripts.
-    fn args_media(self, port: u16) -> Self {
-        self.arg("-mp")
-            .arg(&port.to_string())
-            .arg("-default_behaviors")
-            .arg("all,-abortunexp")
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 2. NAT: the caller advertises an address it does not send from
 // ---------------------------------------------------------------------------------------------
@@ -788,23 +637,11 @@ fn media_nat_caller_is_latched() -> Result<()> {
     let uas_mp = free_udp_block(UAS_IP, 4)?;
     let rtp_port = free_udp_block(UAC_IP, 2)?;
     let rtp = UdpSocket::bind((UAC_IP, rtp_port)).context("binding the caller's RTP socket")?;
-    let uas = Sipp::uas(&media_scenario("uas_rtp.xml"))
-        .calls(1)
-        .trace_msg()
+    let uas = echo_callee(&media_scenario("uas_rtp.xml"), uas_mp)
         .timeout_secs(40)
-        .args_media(uas_mp)
-        .arg("-rtp_echo")
         .resolve_port()?;
     let mut server = uas.clone().spawn(&out)?;
-    let node = media_node(
-        &out,
-        uas.addr()?,
-        &MediaSettings {
-            port_min: range.0,
-            port_max: range.1,
-            timeout_secs: 60,
-        },
-    )?;
+    let node = media_node(&out, uas.addr()?, &MediaSettings::new(range, 60))?;
     let mut client = Sipp::uac(&media_scenario("uac_sdp_only.xml"), node.sip_addr())
         .calls(1)
         .duration_ms(8000)
@@ -1036,11 +873,7 @@ fn media_baresip_call_through_node() -> Result<()> {
     let node = media_node(
         &out,
         SocketAddr::new(IpAddr::V4(NODE_IP), b_sip),
-        &MediaSettings {
-            port_min: range.0,
-            port_max: range.1,
-            timeout_secs: 60,
-        },
+        &MediaSettings::new(range, 60),
     )?;
     let (mut a, _) = Baresip::start(
         &out,
@@ -1067,7 +900,7 @@ fn media_baresip_call_through_node() -> Result<()> {
     std::thread::sleep(Duration::from_secs(HOLD_SECS / 2));
     let during = node.metrics()?;
     ensure!(
-        during.get("trunkline_media_sessions_active", &[]) == Some(1.0) && relayed(&during) > 0.0,
+        one_session_relaying(&during),
         "mid-call the relay has no active session relaying: sessions {:?}, relayed {}",
         during.get("trunkline_media_sessions_active", &[]),
         relayed(&during)
@@ -1122,32 +955,18 @@ fn media_timeout_hangs_up_both_legs() -> Result<()> {
     let packets = make_pcap(&out, 1)?;
     let uas_mp = free_udp_block(UAS_IP, 4)?;
     let uac_mp = free_udp_block(UAC_IP, 4)?;
-    let uas = Sipp::uas(&media_scenario("uas_rtp.xml"))
-        .calls(1)
-        .trace_msg()
+    let uas = echo_callee(&media_scenario("uas_rtp.xml"), uas_mp)
         .timeout_secs(30)
-        .args_media(uas_mp)
-        .arg("-rtp_echo")
         .resolve_port()?;
     let mut server = uas.clone().spawn(&out)?;
-    let node = media_node(
-        &out,
-        uas.addr()?,
-        &MediaSettings {
-            port_min: range.0,
-            port_max: range.1,
-            timeout_secs: TIMEOUT,
-        },
-    )?;
-    let mut client = Sipp::uac(&media_scenario("uac_rtp_timeout.xml"), node.sip_addr())
-        .calls(1)
-        .trace_msg()
-        .timeout_secs(30)
-        .args_media(uac_mp)
-        .arg("-key")
-        .arg("sdp_ip")
-        .arg(&UAC_IP.to_string())
-        .spawn(&out)?;
+    let node = media_node(&out, uas.addr()?, &MediaSettings::new(range, TIMEOUT))?;
+    let mut client = rtp_caller(
+        &media_scenario("uac_rtp_timeout.xml"),
+        node.sip_addr(),
+        uac_mp,
+    )
+    .timeout_secs(30)
+    .spawn(&out)?;
     client.wait(Duration::from_secs(40))?.assert_all_ok(1)?;
     server.wait(Duration::from_secs(20))?.assert_all_ok(1)?;
 
@@ -1206,12 +1025,8 @@ fn media_kamailio_rtpengine_module_drives_trunkline_relay() -> Result<()> {
 
     let uas_mp = free_udp_block(UAS_IP, 4)?;
     let uac_mp = free_udp_block(UAC_IP, 4)?;
-    let uas = Sipp::uas(&media_scenario("uas_rtp.xml"))
-        .calls(1)
-        .trace_msg()
+    let uas = echo_callee(&media_scenario("uas_rtp.xml"), uas_mp)
         .timeout_secs(40)
-        .args_media(uas_mp)
-        .arg("-rtp_echo")
         .resolve_port()?;
     let mut server = uas.clone().spawn(&out)?;
 
@@ -1252,15 +1067,9 @@ fn media_kamailio_rtpengine_module_drives_trunkline_relay() -> Result<()> {
     );
     std::thread::sleep(Duration::from_millis(500)); // its children start after the bind
 
-    let mut client = Sipp::uac(&media_scenario("uac_rtp.xml"), kam_addr)
-        .calls(1)
+    let mut client = rtp_caller(&media_scenario("uac_rtp.xml"), kam_addr, uac_mp)
         .duration_ms(8000)
-        .trace_msg()
         .timeout_secs(30)
-        .args_media(uac_mp)
-        .arg("-key")
-        .arg("sdp_ip")
-        .arg(&UAC_IP.to_string())
         .spawn(&out)?;
 
     // Mid-call: the call in ng list, both parties with >= 100 packets received.

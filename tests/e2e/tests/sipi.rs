@@ -5,83 +5,22 @@
 //! test checks the same byte for byte from SIPp's message logs: every part but the SDP identical
 //! to what the other side sent, the SDP part naming 127.0.0.1 and a port of the node's [media]
 //! range, Content-Length equal to the body received. RTP then flows through the relay (SIPp plays
-//! a pcap, the callee echoes it) like in media.rs.
-//!
-//! Helpers below mirror the few of tests/media.rs this needs (each test file is its own crate).
+//! a pcap, the callee echoes it) like in media.rs, whose helpers (pcap, media node, relay
+//! counters, SDP checks) it shares from the crate's library.
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use anyhow::{anyhow, ensure, Context, Result};
+use std::net::IpAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use trunkline_e2e::media_node::{media_node, MediaSettings};
+use trunkline_e2e::pcap::make_pcap;
+use trunkline_e2e::relay_metrics::{one_session_relaying, relayed, settled, wait_relay_idle};
+use trunkline_e2e::relay_sdp::{ensure_names_relay, sdp_audio};
+use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, rtp_caller};
 use trunkline_e2e::*;
 
 const BOUNDARY: &[u8] = b"--unique-boundary-1";
 const MULTIPART: &str = "multipart/mixed;boundary=unique-boundary-1";
-/// RTP packets per second in the generated pcap (20 ms PCMU).
-const PPS: u64 = 50;
-
-/// Writes `<out>/pcmu.pcap` (tests/media/make_pcap.py) of `secs` seconds; returns its packets.
-fn make_pcap(out: &Path, secs: u64) -> Result<u64> {
-    let status = Command::new("python3")
-        .arg(workspace_root().join("tests/media/make_pcap.py"))
-        .arg(out.join("pcmu.pcap"))
-        .arg(secs.to_string())
-        .stdin(Stdio::null())
-        .status()
-        .context("running python3 tests/media/make_pcap.py")?;
-    ensure!(status.success(), "make_pcap.py failed with {status}");
-    Ok(secs * PPS)
-}
-
-/// An even UDP port on `ip` such that `port..port + n` are all free now.
-fn free_udp_block(ip: Ipv4Addr, n: u16) -> Result<u16> {
-    for _ in 0..200 {
-        let probe = UdpSocket::bind((ip, 0))?;
-        let base = probe.local_addr()?.port() & !1;
-        drop(probe);
-        if base < 1024 || base.checked_add(n).is_none() {
-            continue;
-        }
-        let held: Vec<_> = (base..base + n).map(|p| UdpSocket::bind((ip, p))).collect();
-        if held.iter().all(std::result::Result::is_ok) {
-            return Ok(base);
-        }
-    }
-    bail!("no block of {n} free UDP ports on {ip}")
-}
-
-/// A node whose only trunk (`anchor_media = true`) is `trunk`, its relay on 127.0.0.1 with
-/// ports `range`.
-fn media_node(out: &Path, trunk: SocketAddr, range: (u16, u16)) -> Result<Node> {
-    let cfg = NodeConfig::new(trunk, Transport::Udp)?;
-    let base = cfg.to_toml();
-    ensure!(
-        base.contains("\n[routing]"),
-        "unexpected node TOML layout:\n{base}"
-    );
-    let mut toml = base.replacen("\n[routing]", "anchor_media = true\n\n[routing]", 1);
-    toml.push_str(&format!(
-        "\n[media]\nenabled = true\nbind = \"127.0.0.1\"\nport_min = {}\nport_max = {}\n\
-         timeout_secs = 60\nworkers = 0\n",
-        range.0, range.1
-    ));
-    Node::start_toml(&cfg, &toml, out)
-}
-
-fn relayed(m: &Metrics) -> f64 {
-    m.get("trunkline_media_packets_total", &[("result", "relayed")])
-        .unwrap_or(0.0)
-}
-
-/// `-mp PORT` and the lenient default behaviours the media scenarios run with.
-fn with_media(sipp: Sipp, port: u16) -> Sipp {
-    sipp.arg("-mp")
-        .arg(&port.to_string())
-        .arg("-default_behaviors")
-        .arg("all,-abortunexp")
-}
-
 // ---------------------------------------------------------------------------------------------
 // SIPp message logs, byte for byte
 // ---------------------------------------------------------------------------------------------
@@ -181,21 +120,6 @@ fn segments(body: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// Connection address and audio port of an SDP text.
-fn sdp_audio(text: &str) -> Option<(IpAddr, u16)> {
-    let mut c = None;
-    let mut port = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(a) = line.strip_prefix("c=IN IP4 ") {
-            c = c.or_else(|| a.trim().parse().ok());
-        }
-        if let Some(m) = line.strip_prefix("m=audio ") {
-            port = m.split_whitespace().next().and_then(|p| p.parse().ok());
-        }
-    }
-    Some((c?, port?))
-}
-
 /// `what` crossed the node: `got` (received) against `sent` (what the other side sent). Same
 /// multipart Content-Type; Content-Length equal to the body on the wire; the same parts in the
 /// same order, every one but the SDP byte for byte (ISUP, part headers, close delimiter); the
@@ -252,12 +176,7 @@ fn assert_sip_i_anchored(
         );
         let (ip, port) =
             sdp_audio(&sdp).ok_or_else(|| anyhow!("{what}: no c=/m=audio in:\n{sdp}"))?;
-        ensure!(
-            ip == IpAddr::V4(NODE_IP) && (range.0..=range.1).contains(&port),
-            "{what}: SDP part names {ip}:{port}, not the relay (127.0.0.1, ports {}..={})",
-            range.0,
-            range.1
-        );
+        ensure_names_relay(&format!("{what}: SDP part"), (ip, port), range)?;
         let before = sdp_audio(&String::from_utf8_lossy(s));
         ensure!(
             before == Some(sender_media),
@@ -279,30 +198,21 @@ fn sipi_multipart_call_is_anchored_and_isup_kept() -> Result<()> {
     let sent = make_pcap(&out, 2)?;
     let uas_mp = free_udp_block(UAS_IP, 4)?;
     let uac_mp = free_udp_block(UAC_IP, 4)?;
-    let uas = with_media(Sipp::uas("uas_sipi.xml"), uas_mp)
-        .calls(1)
-        .trace_msg()
+    let uas = echo_callee("uas_sipi.xml", uas_mp)
         .timeout_secs(40)
-        .arg("-rtp_echo")
         .resolve_port()?;
     let mut server = uas.clone().spawn(&out)?;
-    let node = media_node(&out, uas.addr()?, range)?;
-    let mut client = with_media(Sipp::uac("uac_sipi.xml", node.sip_addr()), uac_mp)
-        .calls(1)
+    let node = media_node(&out, uas.addr()?, &MediaSettings::new(range, 60))?;
+    let mut client = rtp_caller("uac_sipi.xml", node.sip_addr(), uac_mp)
         .duration_ms(4000)
-        .trace_msg()
         .timeout_secs(30)
-        .arg("-key")
-        .arg("sdp_ip")
-        .arg(&UAC_IP.to_string())
         .spawn(&out)?;
 
     // During the call: one session relaying packets.
     let mut during = false;
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline && client.is_running() && !during {
-        let m = node.metrics()?;
-        during = m.get("trunkline_media_sessions_active", &[]) == Some(1.0) && relayed(&m) > 0.0;
+        during = one_session_relaying(&node.metrics()?);
         std::thread::sleep(Duration::from_millis(200));
     }
     client.wait(Duration::from_secs(40))?.assert_all_ok(1)?;
@@ -328,16 +238,7 @@ fn sipi_multipart_call_is_anchored_and_isup_kept() -> Result<()> {
 
     // RTP went through the relay both ways: more packets relayed than the caller sent (the
     // echo came back through it), and no more than sent + echoed.
-    let mut last = node.metrics()?;
-    let settle = Instant::now() + Duration::from_secs(10);
-    let m = loop {
-        std::thread::sleep(Duration::from_millis(1300));
-        let m = node.metrics()?;
-        if relayed(&m) == relayed(&last) || Instant::now() >= settle {
-            break m;
-        }
-        last = m;
-    };
+    let m = settled(&node)?;
     let rel = relayed(&m);
     eprintln!("relay: {rel} packets relayed; the caller sent {sent}");
     ensure!(
@@ -345,10 +246,7 @@ fn sipi_multipart_call_is_anchored_and_isup_kept() -> Result<()> {
         "relayed {rel} packets for {sent} sent and echoed (want more than {sent}, at most {})",
         2 * sent
     );
-    let idle = node.wait_metrics(Duration::from_secs(10), |m| {
-        m.get("trunkline_media_sessions_active", &[]) == Some(0.0)
-            && m.get("trunkline_media_ports_in_use", &[]) == Some(0.0)
-    })?;
+    let idle = wait_relay_idle(&node)?;
     ensure!(
         idle.get("trunkline_media_ports_in_use", &[]) == Some(0.0),
         "the relay still holds ports after the call"
