@@ -15,11 +15,15 @@ use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use trunkline_sdp::{AnchorOptions, MediaInfo, MediaPlan};
 
+use crate::interfaces::Interfaces;
 use crate::latch::LatchPolicy;
 use crate::metrics::Metrics;
 use crate::ports::PortAllocator;
 use crate::worker::{Command, PeerSpec, SideShared, StreamSockets, Worker, WorkerTotals, WAKER};
-use crate::{CallStats, Flags, MediaConfig, MediaError, StreamPairStats, TimedOut, Totals};
+use crate::{
+    AddressFamily, CallStats, Flags, MediaConfig, MediaError, StreamPairStats, StreamStats,
+    TimedOut, Totals,
+};
 
 /// Side 0 is the pair the original offerer sends to, side 1 the answerer's.
 const OFFERER: usize = 0;
@@ -63,6 +67,8 @@ impl WorkerHandle {
 
 struct Inner {
     config: MediaConfig,
+    /// `config.interfaces`, checked; fixed for the relay's life, so indices into it stay valid.
+    interfaces: Interfaces,
     epoch: Instant,
     state: Mutex<State>,
     workers: Vec<WorkerHandle>,
@@ -73,6 +79,10 @@ struct Inner {
 
 struct State {
     sessions: HashMap<String, Session>,
+    /// One port range for every interface: a port number belongs to one socket pair at a
+    /// time whatever address it is bound on, so interfaces never collide — not even two
+    /// names on one address, or a wildcard next to a specific address. (rtpengine keeps a
+    /// pool per address; sharing one only matters when the range itself is the limit.)
     ports: PortAllocator,
     next_worker: usize,
     next_stream: u64,
@@ -86,6 +96,9 @@ struct Session {
     offerer_tag: String,
     answerer_tag: Option<String>,
     worker: usize,
+    /// Logical interface of each party (`[OFFERER]`, `[ANSWERER]`) once an offer gave it
+    /// one: later offers without `direction` keep it (rtpengine remembers it per party).
+    iface: [Option<usize>; 2],
     streams: BTreeMap<usize, StreamCtl>,
     /// The activity time (ms since epoch) the last timeout report was for.
     reported_idle_from: Option<u64>,
@@ -114,6 +127,8 @@ struct StreamCtl {
 
 struct SideCtl {
     port: u16,
+    /// The interface entry `port` is bound on.
+    iface: usize,
     peer: PeerSpec,
     shared: Arc<SideShared>,
 }
@@ -189,12 +204,7 @@ impl Relay {
                 config.port_min, config.port_max
             )));
         }
-        if config.bind.is_ipv4() != config.advertise.is_ipv4() {
-            return Err(MediaError::Config(format!(
-                "bind {} and advertise {} are of different address families",
-                config.bind, config.advertise
-            )));
-        }
+        let interfaces = Interfaces::new(config.interfaces.clone())?;
         let epoch = Instant::now();
         let n = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -249,6 +259,7 @@ impl Relay {
                 timeouts_total: 0,
             }),
             config,
+            interfaces,
             epoch,
             workers,
             metrics: metrics.clone(),
@@ -307,6 +318,7 @@ impl Relay {
                     offerer_tag: from_tag.to_string(),
                     answerer_tag: None,
                     worker,
+                    iface: [None; 2],
                     streams: BTreeMap::new(),
                     reported_idle_from: None,
                 },
@@ -350,6 +362,11 @@ impl Relay {
         let offering = session
             .party(from_tag)
             .ok_or_else(|| MediaError::UnknownTag(from_tag.to_string()))?;
+        // Interfaces are chosen by offers (rtpengine: `direction` "doesn't make sense" in an
+        // answer); a name is still checked, so a typo is an error here as in an offer.
+        for name in flags.direction.iter().flatten() {
+            inner.interfaces.select_name(Some(name), None)?;
+        }
         if offering == OFFERER {
             session.answerer_tag = Some(to_tag.to_string());
         }
@@ -376,7 +393,8 @@ impl Relay {
                 peer,
             });
             let to = &stream.sides[offering];
-            plans.push(plan(m.index, inner.config.advertise, to.port, to.peer.mux));
+            let address = inner.interfaces.get(to.iface).advertise;
+            plans.push(plan(m.index, address, to.port, to.peer.mux));
         }
         parsed.anchor(&plans, &anchor_options(flags));
         Ok(parsed.to_bytes())
@@ -443,6 +461,17 @@ impl Relay {
     /// Relay-wide counters.
     pub fn totals(&self) -> Totals {
         self.inner.totals()
+    }
+
+    /// The configured interfaces; the first is the default.
+    pub fn interfaces(&self) -> &[crate::MediaInterface] {
+        self.inner.interfaces.all()
+    }
+
+    /// Whether `name` is a configured logical interface, so a caller can decide what to do
+    /// about an unknown one before asking for it (the ng layer falls back as rtpengine does).
+    pub fn has_interface(&self, name: &str) -> bool {
+        self.inner.interfaces.contains(name)
     }
 
     /// Sessions idle (no packet on any stream since creation or the last packet) for
@@ -514,6 +543,14 @@ impl Inner {
     }
 
     /// Programs the session from an offer; returns the plans for the rewritten SDP.
+    ///
+    /// Each party's sockets sit on its own interface (rtpengine's `__init_interface` per
+    /// side in `daemon/call.c`): the sending party's side on `direction[0]`, in the family
+    /// of its SDP address; the receiving party's side on `direction[1]`, in the family of
+    /// `address_family`, else the family it already has, else the sender's. A party without
+    /// a name in this offer keeps the interface it has, else gets the default. A side
+    /// already bound elsewhere is moved (new port), as rtpengine re-allocates; the peers
+    /// learn the new address from this offer and its answer.
     fn apply_offer(
         &self,
         state: &mut State,
@@ -535,8 +572,23 @@ impl Inner {
         let offering = session
             .party(from_tag)
             .ok_or_else(|| MediaError::UnknownTag(from_tag.to_string()))?;
-        session.last_signal = now;
         let other = 1 - offering;
+        // Names first: an unknown one fails the offer before anything changed.
+        let mut logical = [None; 2];
+        for (party, name) in [
+            (offering, &flags.direction[0]),
+            (other, &flags.direction[1]),
+        ] {
+            logical[party] = match name {
+                Some(n) => Some(
+                    self.interfaces
+                        .logical_id(n)
+                        .ok_or_else(|| MediaError::UnknownInterface(n.clone()))?,
+                ),
+                None => session.iface[party],
+            };
+        }
+        session.last_signal = now;
         let worker = &self.workers[session.worker];
         let mut plans = Vec::new();
         for m in media {
@@ -548,7 +600,30 @@ impl Inner {
             }
             let peer = peer_spec(m, flags);
             let mux_out = m.rtcp_mux && (flags.rtcp_mux_offer || !flags.rtcp_mux_demux);
+            let existing = session.streams.get(&m.index);
+            let bound_family =
+                |party: usize| existing.map(|s| self.interfaces.get(s.sides[party].iface).family());
+            let sender_family = peer
+                .rtp
+                .map(|a| AddressFamily::of(a.ip()))
+                .or_else(|| bound_family(offering));
+            let receiver_family = flags
+                .address_family
+                .or_else(|| bound_family(other))
+                .or(sender_family);
+            let mut ifaces = [0; 2];
+            ifaces[offering] = self.interfaces.select(logical[offering], sender_family);
+            ifaces[other] = self.interfaces.select(logical[other], receiver_family);
+            for party in [offering, other] {
+                session.iface[party] = Some(self.interfaces.logical_of(ifaces[party]));
+            }
+            let advertise = self.interfaces.get(ifaces[other]).advertise;
             if let Some(stream) = session.streams.get_mut(&m.index) {
+                for party in [offering, other] {
+                    if stream.sides[party].iface != ifaces[party] {
+                        self.rebind_side(ports, worker, stream, party, ifaces[party], now)?;
+                    }
+                }
                 stream.sides[offering].peer = peer;
                 stream.kind.clone_from(&m.kind);
                 stream.proto.clone_from(&m.proto);
@@ -557,15 +632,10 @@ impl Inner {
                     side: offering,
                     peer,
                 });
-                plans.push(plan(
-                    m.index,
-                    self.config.advertise,
-                    stream.sides[other].port,
-                    mux_out,
-                ));
+                plans.push(plan(m.index, advertise, stream.sides[other].port, mux_out));
                 continue;
             }
-            let (ports_pair, sockets) = self.bind_stream(ports, now)?;
+            let (ports_pair, sockets) = self.bind_stream(ports, ifaces, now)?;
             let id = *next_stream;
             *next_stream += 1;
             let mut peers = [PeerSpec::default(); 2];
@@ -588,35 +658,72 @@ impl Inner {
                 sides: [
                     SideCtl {
                         port: ports_pair[0],
+                        iface: ifaces[0],
                         peer: peers[0],
                         shared: s0,
                     },
                     SideCtl {
                         port: ports_pair[1],
+                        iface: ifaces[1],
                         peer: peers[1],
                         shared: s1,
                     },
                 ],
             };
-            plans.push(plan(
-                m.index,
-                self.config.advertise,
-                stream.sides[other].port,
-                mux_out,
-            ));
+            plans.push(plan(m.index, advertise, stream.sides[other].port, mux_out));
             session.streams.insert(m.index, stream);
+        }
+        for party in [offering, other] {
+            if session.iface[party].is_none() {
+                // No m-line chose one (none, or all rejected): the name given, if any.
+                session.iface[party] = logical[party];
+            }
         }
         Ok(plans)
     }
 
-    /// Allocates and binds two port pairs (one per party) for a new stream.
+    /// Moves one party's side of a stream to another interface: a new port pair bound
+    /// there replaces the old sockets on the worker (latching and counters stay), and the
+    /// old port goes to rest.
+    fn rebind_side(
+        &self,
+        ports: &mut PortAllocator,
+        worker: &WorkerHandle,
+        stream: &mut StreamCtl,
+        party: usize,
+        iface: usize,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let (port, sockets) = self.bind_pair(ports, iface, now)?;
+        worker.send(Command::Rebind {
+            id: stream.id,
+            side: party,
+            sockets: Box::new(sockets),
+        });
+        let side = &mut stream.sides[party];
+        tracing::debug!(
+            stream = stream.id,
+            party,
+            from = %self.interfaces.get(side.iface),
+            to = %self.interfaces.get(iface),
+            "media side moved to another interface"
+        );
+        ports.free(side.port, now);
+        side.port = port;
+        side.iface = iface;
+        Ok(())
+    }
+
+    /// Allocates and binds two port pairs (one per party, each on its interface) for a new
+    /// stream.
     fn bind_stream(
         &self,
         ports: &mut PortAllocator,
+        ifaces: [usize; 2],
         now: Instant,
     ) -> Result<([u16; 2], StreamSockets), MediaError> {
-        let first = self.bind_pair(ports, now)?;
-        let second = match self.bind_pair(ports, now) {
+        let first = self.bind_pair(ports, ifaces[0], now)?;
+        let second = match self.bind_pair(ports, ifaces[1], now) {
             Ok(p) => p,
             Err(e) => {
                 ports.free(first.0, now);
@@ -626,19 +733,24 @@ impl Inner {
         Ok(([first.0, second.0], [first.1, second.1]))
     }
 
-    /// Takes the next free pair whose two ports can both be bound; a port someone else
-    /// holds is put to rest and the next one tried.
+    /// Takes the next free pair whose two ports can both be bound on `iface`; a port someone
+    /// else holds is put to rest and the next one tried.
     fn bind_pair(
         &self,
         ports: &mut PortAllocator,
+        iface: usize,
         now: Instant,
     ) -> Result<(u16, [UdpSocket; 2]), MediaError> {
+        let ip = self.interfaces.get(iface).bind;
         for _ in 0..ports.capacity() {
             let port = ports.alloc(now)?;
-            match (self.bind_one(port), self.bind_one(port + 1)) {
+            match (
+                self.bind_one(SocketAddr::new(ip, port)),
+                self.bind_one(SocketAddr::new(ip, port + 1)),
+            ) {
                 (Ok(rtp), Ok(rtcp)) => return Ok((port, [rtp, rtcp])),
                 (Err(e), _) | (_, Err(e)) => {
-                    tracing::debug!(port, error = %e, "media port taken, trying the next");
+                    tracing::debug!(%ip, port, error = %e, "media port taken, trying the next");
                     ports.free(port, now);
                 }
             }
@@ -646,8 +758,7 @@ impl Inner {
         Err(MediaError::NoPorts)
     }
 
-    fn bind_one(&self, port: u16) -> std::io::Result<UdpSocket> {
-        let addr = SocketAddr::new(self.config.bind, port);
+    fn bind_one(&self, addr: SocketAddr) -> std::io::Result<UdpSocket> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if let Err(e) = socket.set_recv_buffer_size(self.config.recv_buffer) {
             tracing::warn!(error = %e, "cannot set SO_RCVBUF on a media socket");
@@ -689,7 +800,14 @@ impl Inner {
                 .streams
                 .iter()
                 .map(|(index, st)| {
-                    let side = |s: &SideCtl| s.shared.snapshot(now_ms, s.port, &s.peer);
+                    let side = |s: &SideCtl| {
+                        let iface = self.interfaces.get(s.iface);
+                        StreamStats {
+                            local_address: Some(iface.bind),
+                            interface: iface.name.clone(),
+                            ..s.shared.snapshot(now_ms, s.port, &s.peer)
+                        }
+                    };
                     StreamPairStats {
                         index: *index,
                         media: st.kind.clone(),

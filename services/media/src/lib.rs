@@ -14,6 +14,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+mod interfaces;
 pub mod latch;
 pub mod ng;
 pub mod ports;
@@ -26,15 +27,103 @@ mod sched;
 mod worker;
 
 pub use engine::Relay;
+pub use interfaces::Interfaces;
 pub use sched::{Scheduling, ThreadPolicy, ThreadPolicyError};
 
-/// Settings of the relay engine; [`Default`] suits a single host and tests.
-#[derive(Debug, Clone)]
-pub struct MediaConfig {
+/// The logical name rtpengine gives an `--interface` written without `NAME/`, and the name
+/// of the interface [`MediaConfig::single`] makes.
+pub const DEFAULT_INTERFACE: &str = "default";
+
+/// Address family of a relay address: ng's `address family` (`IP4`/`IP6`) and the family
+/// an interface is picked by when its logical name has an address of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressFamily {
+    /// IPv4 (`IP4`).
+    Ip4,
+    /// IPv6 (`IP6`).
+    Ip6,
+}
+
+impl AddressFamily {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => AddressFamily::Ip4,
+            IpAddr::V6(_) => AddressFamily::Ip6,
+        }
+    }
+
+    /// SDP's and ng's spelling, `IP4`/`IP6` (ASCII case ignored).
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case("IP4") {
+            Some(AddressFamily::Ip4)
+        } else if s.eq_ignore_ascii_case("IP6") {
+            Some(AddressFamily::Ip6)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for AddressFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AddressFamily::Ip4 => "IPv4",
+            AddressFamily::Ip6 => "IPv6",
+        })
+    }
+}
+
+/// One local address media can be anchored on: rtpengine's `--interface NAME/IP!ADVERTISED`.
+///
+/// Several entries may share a logical `name`, one per address family (an IPv4 and an IPv6
+/// address both called `external`): ng `direction` names the logical interface and the
+/// family of the SDP (or ng `address family`) picks the address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaInterface {
+    /// Logical name, as ng `direction` refers to it.
+    pub name: String,
     /// Local address the media sockets bind to.
     pub bind: IpAddr,
     /// Address written into SDP for endpoints to send to (differs from `bind` behind 1:1 NAT).
     pub advertise: IpAddr,
+}
+
+impl MediaInterface {
+    /// An interface called `name`, bound on `bind`, advertised as `advertise`.
+    pub fn new(name: impl Into<String>, bind: IpAddr, advertise: IpAddr) -> Self {
+        MediaInterface {
+            name: name.into(),
+            bind,
+            advertise,
+        }
+    }
+
+    /// The family of its addresses (both are of one family; [`Relay::start`] checks).
+    pub fn family(&self) -> AddressFamily {
+        AddressFamily::of(self.bind)
+    }
+}
+
+impl std::fmt::Display for MediaInterface {
+    /// rtpengine's `NAME/IP[!ADVERTISED]`, for logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.name, self.bind)?;
+        if self.advertise != self.bind {
+            write!(f, "!{}", self.advertise)?;
+        }
+        Ok(())
+    }
+}
+
+/// Settings of the relay engine; [`Default`] suits a single host and tests.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Where media is anchored. The first entry is the default interface: the one a party
+    /// gets when no `direction` names one (rtpengine: "the first interface given on the
+    /// command line"). Must not be empty, and a logical name may have at most one address
+    /// per family.
+    pub interfaces: Vec<MediaInterface>,
     /// Lowest port of the media range (RTP ports are the even ones).
     pub port_min: u16,
     /// Highest port of the media range (an RTP port needs its RTCP port + 1 inside it).
@@ -56,9 +145,9 @@ pub struct MediaConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         MediaConfig {
-            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            advertise: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            interfaces: vec![MediaInterface::new(DEFAULT_INTERFACE, lo, lo)],
             port_min: 30000,
             port_max: 39999,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -67,6 +156,17 @@ impl Default for MediaConfig {
             batch: 32,
             recv_buffer: 1 << 20,
             thread_policy: ThreadPolicy::Inherit,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The common case — one interface, no names to choose between — with every other
+    /// setting at its default: what the node and most tests need.
+    pub fn single(bind: IpAddr, advertise: IpAddr) -> Self {
+        MediaConfig {
+            interfaces: vec![MediaInterface::new(DEFAULT_INTERFACE, bind, advertise)],
+            ..MediaConfig::default()
         }
     }
 }
@@ -109,8 +209,17 @@ pub struct Flags {
     /// ng `replace` = `session-connection`: write the relay address into a session-level
     /// `c=`.
     pub replace_session_connection: bool,
-    /// ng `direction`: interface pair; accepted and ignored, there is one interface for now.
-    pub direction: Option<(String, String)>,
+    /// ng `direction` (or `from-interface` / `to-interface`): the logical interface facing
+    /// the party that sent this SDP (`[0]`: where it sends its media) and the one facing
+    /// the party the SDP goes to (`[1]`: whose address the rewritten SDP carries). `None`:
+    /// the interface that party already has in this call, else the default (the first
+    /// configured). Honoured by offers; an answer keeps what the offer chose. A name not
+    /// configured is [`MediaError::UnknownInterface`].
+    pub direction: [Option<String>; 2],
+    /// ng `address family`: the family of the relay address written into the rewritten
+    /// offer, when the interface facing the receiving party has one of each. `None`: that
+    /// side's family so far, else the family of the sender's SDP address.
+    pub address_family: Option<AddressFamily>,
 }
 
 /// Traffic of one kind — RTP or RTCP — that one party sent to the relay on one stream.
@@ -162,6 +271,10 @@ pub struct StreamStats {
     pub rtcp_mux: bool,
     /// The relay RTP port this party sends to (its RTCP port is one above).
     pub local_port: u16,
+    /// The local address that port is bound on (its interface's bind address).
+    pub local_address: Option<IpAddr>,
+    /// The logical name of the interface facing this party.
+    pub interface: String,
 }
 
 impl StreamStats {
@@ -256,6 +369,9 @@ pub enum MediaError {
     /// The configuration cannot work.
     #[error("invalid media configuration: {0}")]
     Config(String),
+    /// A request named a logical interface that is not configured (ng `direction`).
+    #[error("unknown media interface: {0}")]
+    UnknownInterface(String),
     /// The relay was shut down.
     #[error("media relay is shut down")]
     ShutDown,

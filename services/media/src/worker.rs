@@ -140,6 +140,9 @@ impl SideShared {
             advertised_rtcp: peer.rtcp,
             rtcp_mux: peer.mux,
             local_port,
+            // The control side knows the interface and fills these in.
+            local_address: None,
+            interface: String::new(),
         }
     }
 
@@ -190,6 +193,13 @@ pub(crate) enum Command {
         id: u64,
         side: usize,
         peer: PeerSpec,
+    },
+    /// A re-offer moved one party to another interface: its RTP and RTCP sockets are
+    /// replaced, its latching and counters kept (the party is the same).
+    Rebind {
+        id: u64,
+        side: usize,
+        sockets: Box<[std::net::UdpSocket; 2]>,
     },
     Remove {
         id: u64,
@@ -441,6 +451,7 @@ impl Worker {
                     }
                 }
             }
+            Command::Rebind { id, side, sockets } => self.rebind(id, side, *sockets),
             Command::Remove { id } => {
                 if let Some(slot) = self.by_id.remove(&id) {
                     if let Some(mut stream) = self.streams.get_mut(slot).and_then(Option::take) {
@@ -509,6 +520,33 @@ impl Worker {
             self.streams[slot] = Some(stream);
         }
         self.by_id.insert(id, slot);
+    }
+
+    fn rebind(&mut self, id: u64, side: usize, sockets: [std::net::UdpSocket; 2]) {
+        let Some(&slot) = self.by_id.get(&id) else {
+            return;
+        };
+        let Some(s) = self
+            .streams
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .and_then(|st| st.sides.get_mut(side))
+        else {
+            return;
+        };
+        for (comp, (sock, new)) in s.socks.iter_mut().zip(sockets).enumerate() {
+            let _ = self.poll.delete(&sock.socket);
+            // Same slot, side and component: the same token, so `service` finds it.
+            let token = (slot * 4 + side * 2 + comp) as u64;
+            if let Err(e) = self
+                .poll
+                .add(&new, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            {
+                tracing::error!(worker = %self.name, error = %e, "cannot watch a media socket");
+            }
+            // The old socket is closed here.
+            sock.socket = new;
+        }
     }
 
     /// Reads and forwards from one socket; true if it may still have data (come back).

@@ -803,8 +803,7 @@ fn ipv6_loopback_relays_when_available() {
     drop(probe);
     let v6: IpAddr = "::1".parse().unwrap();
     let relay = relay_with(20, 20, |c| {
-        c.bind = v6;
-        c.advertise = v6;
+        c.interfaces = MediaConfig::single(v6, v6).interfaces;
     });
     let ep = || {
         let s = UdpSocket::bind("[::1]:0").unwrap();

@@ -12,14 +12,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use trunkline_media::ng::{Dispatcher, NgServer, ServerLimits};
-use trunkline_media::{MediaConfig, Relay, Scheduling, ThreadPolicy};
+use trunkline_media::{
+    Interfaces, MediaConfig, MediaInterface, Relay, Scheduling, ThreadPolicy, DEFAULT_INTERFACE,
+};
 
 /// rtpengine-compatible options. Short forms are rtpengine's.
 #[derive(Parser, Debug)]
 #[command(name = "trunkline-relay", version, about, args_override_self = true)]
 struct Cli {
-    /// Media interface: `IP`, `NAME/IP`, `IP!ADVERTISED`, `NAME/IP!ADVERTISED`; repeatable,
-    /// the first one is used.
+    /// Media interface: `IP`, `NAME/IP`, `IP!ADVERTISED`, `NAME/IP!ADVERTISED` (no name:
+    /// `default`); repeatable, one address per family and name. The ng `direction` key picks
+    /// one per side of a call; without it the first is used.
     #[arg(short = 'i', long = "interface")]
     interface: Vec<String>,
     /// ng over UDP: `IP:PORT` or `PORT` (127.0.0.1); repeatable.
@@ -237,6 +240,27 @@ impl Cli {
     /// `--scheduling` and `--priority` only make sense together (the priority is a nice
     /// value or a real-time priority depending on the policy), so they are checked as a
     /// pair once both the command line and the config file are in.
+    /// Every `--interface`, checked as a set once the command line and the config file are
+    /// merged: a bad form, a missing `--interface` or a name given two addresses of one
+    /// family is a usage error, as a bad value of any other option is.
+    fn interfaces(&self) -> Result<Vec<MediaInterface>, clap::Error> {
+        let usage =
+            |msg: String| Cli::command().error(clap::error::ErrorKind::ValueValidation, msg);
+        if self.interface.is_empty() {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--interface is required",
+            ));
+        }
+        let list = self
+            .interface
+            .iter()
+            .map(|s| parse_interface(s).map_err(|e| usage(format!("{e:#}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Interfaces::new(list.clone()).map_err(|e| usage(format!("--interface: {e}")))?;
+        Ok(list)
+    }
+
     fn thread_policy(&self) -> Result<ThreadPolicy, clap::Error> {
         ThreadPolicy::new(self.scheduling.unwrap_or_default(), self.priority).map_err(|e| {
             Cli::command().error(
@@ -251,6 +275,9 @@ impl Cli {
 fn parse_cli(warnings: &mut Vec<String>) -> Result<Cli> {
     let cli = parse_cli_unchecked(warnings)?;
     if let Err(e) = cli.thread_policy() {
+        e.exit();
+    }
+    if let Err(e) = cli.interfaces() {
         e.exit();
     }
     Ok(cli)
@@ -277,9 +304,19 @@ fn parse_cli_unchecked(warnings: &mut Vec<String>) -> Result<Cli> {
     )?)
 }
 
-/// `IP`, `NAME/IP`, `IP!ADVERTISED`, `NAME/IP!ADVERTISED` → (bind, advertise).
-fn parse_interface(s: &str) -> Result<(IpAddr, IpAddr)> {
-    let addrs = s.split_once('/').map_or(s, |(_, rest)| rest);
+/// rtpengine's legacy interface syntax: `IP`, `NAME/IP`, `IP!ADVERTISED`, `NAME/IP!ADVERTISED`
+/// (no name: `default`, as in rtpengine). Addresses only: rtpengine's system interface names
+/// (`eth0`), host names, `any` and `ALIAS=NAME` are refused with a message saying so.
+fn parse_interface(s: &str) -> Result<MediaInterface> {
+    let (name, addrs) = s
+        .split_once('/')
+        .map_or((DEFAULT_INTERFACE, s), |(n, rest)| (n.trim(), rest));
+    if name.is_empty() {
+        bail!("--interface {s}: empty name before '/'");
+    }
+    if name.contains('=') {
+        bail!("--interface {s}: interface aliases (ALIAS=NAME) are not supported");
+    }
     let (bind, adv) = addrs.split_once('!').unwrap_or((addrs, addrs));
     let bind: IpAddr = bind
         .trim()
@@ -289,7 +326,7 @@ fn parse_interface(s: &str) -> Result<(IpAddr, IpAddr)> {
         .trim()
         .parse()
         .with_context(|| format!("--interface {s}: {adv:?} is not an IP"))?;
-    Ok((bind, adv))
+    Ok(MediaInterface::new(name, bind, adv))
 }
 
 /// `IP:PORT`, `[V6]:PORT`, `HOST:PORT` or a bare `PORT` (127.0.0.1).
@@ -348,11 +385,12 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let first = cli.interface.first().context("--interface is required")?;
-    if cli.interface.len() > 1 {
-        tracing::warn!(used = %first, "several --interface given; only the first is used");
-    }
-    let (bind, advertise) = parse_interface(first)?;
+    let interfaces = cli.interfaces()?;
+    let shown = interfaces
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let udp: Vec<SocketAddr> = cli
         .listen_ng
         .iter()
@@ -367,8 +405,7 @@ async fn run(cli: Cli) -> Result<()> {
         bail!("nothing to listen on: give --listen-ng and/or --listen-tcp-ng");
     }
     let config = MediaConfig {
-        bind,
-        advertise,
+        interfaces,
         port_min: cli.port_min,
         port_max: cli.port_max,
         workers: cli.num_threads,
@@ -398,7 +435,7 @@ async fn run(cli: Cli) -> Result<()> {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("writing pidfile {}", p.display()))?;
     }
-    tracing::info!(%bind, %advertise, port_min = cli.port_min, port_max = cli.port_max, "trunkline-relay running");
+    tracing::info!(interfaces = %shown, port_min = cli.port_min, port_max = cli.port_max, "trunkline-relay running");
 
     let timeouts = tokio::spawn(timeout_loop(Arc::clone(&relay)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -435,21 +472,130 @@ async fn timeout_loop(relay: Arc<Relay>) {
 mod tests {
     use super::*;
 
+    fn iface(name: &str, bind: &str, adv: &str) -> MediaInterface {
+        MediaInterface::new(name, bind.parse().expect("ip"), adv.parse().expect("ip"))
+    }
+
     #[test]
     fn interface_forms() {
-        let lo: IpAddr = "127.0.0.1".parse().expect("ip");
-        let pub_: IpAddr = "203.0.113.5".parse().expect("ip");
-        assert_eq!(parse_interface("127.0.0.1").expect("ok"), (lo, lo));
-        assert_eq!(parse_interface("int/127.0.0.1").expect("ok"), (lo, lo));
+        let lo = "127.0.0.1";
+        let pub_ = "203.0.113.5";
+        assert_eq!(
+            parse_interface("127.0.0.1").expect("ok"),
+            iface("default", lo, lo)
+        );
+        assert_eq!(
+            parse_interface("int/127.0.0.1").expect("ok"),
+            iface("int", lo, lo)
+        );
         assert_eq!(
             parse_interface("127.0.0.1!203.0.113.5").expect("ok"),
-            (lo, pub_)
+            iface("default", lo, pub_)
         );
         assert_eq!(
             parse_interface("ext/127.0.0.1!203.0.113.5").expect("ok"),
-            (lo, pub_)
+            iface("ext", lo, pub_)
+        );
+        assert_eq!(
+            parse_interface("ext/2001:db8::5!2001:db8::6").expect("ok"),
+            iface("ext", "2001:db8::5", "2001:db8::6")
         );
         assert!(parse_interface("eth0").is_err());
+        assert!(parse_interface("ext/eth0").is_err());
+        assert!(parse_interface("/127.0.0.1").is_err());
+        assert!(parse_interface("ext/127.0.0.1!").is_err());
+        assert!(parse_interface("pub=pub1").is_err());
+    }
+
+    fn interfaces_of(args: &[&str]) -> Result<Vec<MediaInterface>, clap::Error> {
+        Cli::try_parse_from(args)?.interfaces()
+    }
+
+    #[test]
+    fn every_interface_is_used_in_order() {
+        let list = interfaces_of(&[
+            "x",
+            "--interface",
+            "internal/10.0.0.5",
+            "-i",
+            "external/192.0.2.5!203.0.113.5",
+            "--interface=external/2001:db8::5",
+        ])
+        .expect("valid");
+        assert_eq!(
+            list,
+            vec![
+                iface("internal", "10.0.0.5", "10.0.0.5"),
+                iface("external", "192.0.2.5", "203.0.113.5"),
+                iface("external", "2001:db8::5", "2001:db8::5"),
+            ]
+        );
+        // Unnamed ones all share `default`: one address per family is fine.
+        let list = interfaces_of(&["x", "-i", "127.0.0.1", "-i", "::1"]).expect("valid");
+        assert_eq!(list.len(), 2);
+    }
+
+    #[test]
+    fn bad_interface_sets_are_usage_errors() {
+        for (args, needle) in [
+            (&["x"][..], "--interface is required"),
+            (&["x", "-i", "eth0"][..], "not an IP"),
+            (
+                &["x", "-i", "ext/192.0.2.5", "-i", "ext/192.0.2.6"][..],
+                "one IPv4 address",
+            ),
+            (
+                &["x", "-i", "127.0.0.1", "-i", "127.0.0.2"][..],
+                "default/127.0.0.2",
+            ),
+            (
+                &["x", "-i", "ext/192.0.2.5!2001:db8::1"][..],
+                "different address families",
+            ),
+        ] {
+            let e = interfaces_of(args).expect_err("must be refused");
+            let text = e.to_string();
+            assert!(text.contains(needle), "{args:?}: {text}");
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn config_file_lists_interfaces_with_semicolons() {
+        let dir = std::env::temp_dir().join(format!("tl-relay-ifaces-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("rtpengine.conf");
+        // rtpengine's documented form, with and without spaces and a trailing separator.
+        std::fs::write(
+            &path,
+            "[rtpengine]\ninterface = internal/10.0.0.5; external/192.0.2.5!203.0.113.5;\
+             external/2001:db8::5;\n",
+        )
+        .expect("write");
+        let parse = |argv: &[&str]| {
+            let entries = read_ini(&path, "rtpengine").expect("ini");
+            let first = Cli::command().get_matches_from(argv);
+            let mut merged: Vec<String> = vec!["x".into()];
+            merged.extend(config_args(entries, &first, &mut Vec::new()));
+            merged.extend(argv.iter().skip(1).map(|s| s.to_string()));
+            Cli::from_arg_matches(&Cli::command().get_matches_from(merged)).expect("cli")
+        };
+        let cli = parse(&["x"]);
+        assert_eq!(
+            cli.interfaces().expect("valid"),
+            vec![
+                iface("internal", "10.0.0.5", "10.0.0.5"),
+                iface("external", "192.0.2.5", "203.0.113.5"),
+                iface("external", "2001:db8::5", "2001:db8::5"),
+            ]
+        );
+        // The command line replaces the file's list, as with rtpengine.
+        let cli = parse(&["x", "--interface", "lo/127.0.0.1"]);
+        assert_eq!(
+            cli.interfaces().expect("valid"),
+            vec![iface("lo", "127.0.0.1", "127.0.0.1")]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -82,8 +82,6 @@ impl App {
             let m = &config.media;
             let relay = trunkline_media::Relay::start(
                 trunkline_media::MediaConfig {
-                    bind: m.bind,
-                    advertise: m.advertise.unwrap_or(m.bind),
                     port_min: m.port_min,
                     port_max: m.port_max,
                     workers: if m.workers == 0 {
@@ -95,7 +93,9 @@ impl App {
                     thread_policy: m
                         .thread_policy()
                         .context("invalid media.scheduling/media.priority")?,
-                    ..trunkline_media::MediaConfig::default()
+                    // The node anchors every call on one interface; the call actor never
+                    // names one, so every party gets it.
+                    ..trunkline_media::MediaConfig::single(m.bind, m.advertise.unwrap_or(m.bind))
                 },
                 Some(registry),
             )

@@ -58,6 +58,10 @@ impl NgEngine for Stub {
     fn totals(&self) -> Totals {
         Totals::default()
     }
+    fn has_interface(&self, name: &str) -> bool {
+        // Some names exist, some do not: both paths of `direction` get exercised.
+        name.len() % 2 == 0
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,9 @@
 use super::bencode::{str_list, Dict};
 use super::message::{self, Command, NgError, Request};
 use super::{NgEngine, REPLY_CACHE_TTL};
-use crate::{CallStats, MediaError, PacketStats, StreamPairStats, StreamStats};
+use crate::{
+    AddressFamily, CallStats, Flags, MediaError, PacketStats, StreamPairStats, StreamStats,
+};
 use serde_bencode::value::Value;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -189,7 +191,10 @@ impl<E: NgEngine> Dispatcher<E> {
         tracing::debug!(command = ?req.command, call_id = ?req.call_id, "ng command");
         let result = match &req.command {
             Command::Ping => return Dict::new().str("result", "pong").build(),
-            Command::Offer | Command::Answer => self.offer_answer(&req),
+            Command::Offer | Command::Answer => {
+                let flags = self.resolve_interfaces(&req.flags, &mut req.warnings);
+                self.offer_answer(&req, &flags)
+            }
             Command::Delete => self.delete(&req),
             Command::Query => self.query(&req),
             Command::List => self.list(&req),
@@ -214,16 +219,46 @@ impl<E: NgEngine> Dispatcher<E> {
         }
     }
 
-    fn offer_answer(&self, req: &Request) -> Result<Dict, String> {
+    /// rtpengine never fails a call over a `direction` name it does not know
+    /// (`__init_interface` in its `daemon/call.c`): `internal` and `external`, when no
+    /// interface is called so, are the legacy selectors of IPv4 and IPv6 — for the side the
+    /// SDP goes to, whose address family they set; for the sending side its SDP's family
+    /// rules — and any other name is logged and the default interface used. So does this
+    /// relay, with the warning in the reply as well as the log. The engine itself refuses
+    /// unknown names, which is what its other users want.
+    fn resolve_interfaces(&self, flags: &Flags, warnings: &mut Vec<String>) -> Flags {
+        let mut flags = flags.clone();
+        for (i, slot) in flags.direction.iter_mut().enumerate() {
+            let Some(name) = slot.as_deref() else {
+                continue;
+            };
+            if self.engine.has_interface(name) {
+                continue;
+            }
+            let legacy = match name {
+                "internal" => Some(AddressFamily::Ip4),
+                "external" => Some(AddressFamily::Ip6),
+                _ => None,
+            };
+            match legacy {
+                Some(family) if i == 1 => flags.address_family = Some(family),
+                Some(_) => {}
+                None => warnings.push(format!("Interface '{name}' not found, using default")),
+            }
+            *slot = None;
+        }
+        flags
+    }
+
+    fn offer_answer(&self, req: &Request, flags: &Flags) -> Result<Dict, String> {
         let sdp = req.sdp.as_deref().ok_or("No SDP body in message")?;
         let call_id = req.call_id.as_deref().ok_or("No call-id in message")?;
         let from_tag = req.from_tag.as_deref().ok_or("No from-tag in message")?;
         let out = if req.command == Command::Offer {
-            self.engine.offer(call_id, from_tag, sdp, &req.flags)
+            self.engine.offer(call_id, from_tag, sdp, flags)
         } else {
             let to_tag = req.to_tag.as_deref().ok_or("No to-tag in message")?;
-            self.engine
-                .answer(call_id, from_tag, to_tag, sdp, &req.flags)
+            self.engine.answer(call_id, from_tag, to_tag, sdp, flags)
         };
         out.map(|sdp| Dict::new().str("sdp", sdp))
             .map_err(|e| reason(&e))
@@ -445,8 +480,9 @@ fn streams(s: &StreamStats) -> Vec<Value> {
         rtp_flags.push("RTCP");
         rtcp_flags.push("fallback RTCP");
     }
-    let rtp = stream_dict(s.local_port, s.latched, s.advertised, &s.rtp, rtp_flags);
+    let rtp = stream_dict(s, s.local_port, s.latched, s.advertised, &s.rtp, rtp_flags);
     let rtcp = stream_dict(
+        s,
         s.local_port.saturating_add(1),
         s.latched_rtcp,
         s.advertised_rtcp,
@@ -461,6 +497,7 @@ fn streams(s: &StreamStats) -> Vec<Value> {
 }
 
 fn stream_dict(
+    party: &StreamStats,
     local_port: u16,
     latched: Option<SocketAddr>,
     advertised: Option<SocketAddr>,
@@ -475,8 +512,14 @@ fn stream_dict(
     if latched.is_some() {
         flags.push("confirmed");
     }
-    Dict::new()
-        .int("local port", local_port)
+    let mut d = Dict::new().int("local port", local_port);
+    // rtpengine's `ng_stats_stream`: the bound address and its family next to the port.
+    if let Some(ip) = party.local_address {
+        d = d
+            .str("local address", ip.to_string())
+            .str("family", AddressFamily::of(ip).to_string());
+    }
+    d
         // Where media for this party goes now: the latched source, else its SDP address.
         .val("endpoint", endpoint_dict(latched.or(advertised)))
         .val("advertised endpoint", endpoint_dict(advertised))

@@ -5,7 +5,7 @@
 //! `trust-address`, `trust address` and `Trust_Address` are one flag.
 
 use super::bencode::{self, BencodeError};
-use crate::Flags;
+use crate::{AddressFamily, Flags};
 use serde_bencode::value::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -120,7 +120,6 @@ const UNSUPPORTED_KEYS: &[&str] = &[
     "dtls fingerprint",
     "osrtp",
     "media address",
-    "address family",
     "record call",
     "t.38",
     "ptime",
@@ -129,8 +128,6 @@ const UNSUPPORTED_KEYS: &[&str] = &[
     "media echo",
     "drop traffic",
     "interface",
-    "from interface",
-    "to interface",
     "output destination",
     "xmlrpc callback",
 ];
@@ -286,11 +283,20 @@ impl Request {
             req.apply_received_from(v);
         }
         if let Some(v) = dict.get("direction") {
-            match str_items(v).as_slice() {
-                [a, b] => req.flags.direction = Some((a.clone(), b.clone())),
-                _ => req
+            req.apply_direction(v);
+        }
+        // rtpengine: the same as the first / second `direction` item.
+        for (key, i) in [("from interface", 0), ("to interface", 1)] {
+            if let Some(name) = get_str(key) {
+                req.flags.direction[i] = Some(name).filter(|n| !n.is_empty());
+            }
+        }
+        if let Some(family) = get_str("address family") {
+            match AddressFamily::parse(family.trim()) {
+                Some(f) => req.flags.address_family = Some(f),
+                None => req
                     .warnings
-                    .push("direction must list two interfaces; ignored".into()),
+                    .push(format!("address family {family} not supported; ignored")),
             }
         }
         let mut unsupported: Vec<&str> = UNSUPPORTED_KEYS
@@ -386,6 +392,20 @@ impl Request {
             _ => self
                 .warnings
                 .push(format!("rtcp-mux {raw} not supported; ignored")),
+        }
+    }
+
+    /// `direction`: the interface facing the sender of this message, then the one facing its
+    /// receiver. rtpengine takes the first two items and ignores the rest; an empty item
+    /// leaves that side to the default. Whether the names exist is the dispatcher's question.
+    fn apply_direction(&mut self, v: &Value) {
+        let items = str_items(v);
+        if items.len() > 2 {
+            self.warnings
+                .push("direction lists more than two interfaces; the rest ignored".into());
+        }
+        for (slot, name) in self.flags.direction.iter_mut().zip(items) {
+            *slot = Some(name).filter(|n| !n.is_empty());
         }
     }
 

@@ -70,6 +70,10 @@ pub trait NgEngine: Send + Sync + 'static {
     fn list(&self, limit: usize) -> Vec<String>;
     /// Relay-wide counters.
     fn totals(&self) -> Totals;
+    /// Whether `name` is a configured logical interface. The dispatcher asks before an
+    /// offer so that an unknown `direction` name falls back to the default the way
+    /// rtpengine does, instead of failing the call.
+    fn has_interface(&self, name: &str) -> bool;
 }
 
 impl NgEngine for Relay {
@@ -113,6 +117,10 @@ impl NgEngine for Relay {
 
     fn totals(&self) -> Totals {
         Relay::totals(self)
+    }
+
+    fn has_interface(&self, name: &str) -> bool {
+        Relay::has_interface(self, name)
     }
 }
 

@@ -183,7 +183,10 @@ fn keys_and_flags_map_to_media_flags() {
     assert!(f.rtcp_mux_offer && f.rtcp_mux_demux);
     assert!(f.replace_origin && f.replace_session_connection);
     assert_eq!(f.received_from, Some("192.0.2.1:0".parse().expect("addr")));
-    assert_eq!(f.direction, Some(("internal".into(), "external".into())));
+    assert_eq!(
+        f.direction,
+        [Some("internal".to_owned()), Some("external".to_owned())]
+    );
     assert_eq!(r.address_trust, Some(true));
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
@@ -223,6 +226,46 @@ fn unknown_and_unsupported_things_become_warnings() {
     ] {
         assert!(w.contains(needle), "{needle} missing in {w}");
     }
+}
+
+#[test]
+fn interface_keys() {
+    use crate::AddressFamily;
+    let some = |n: &str| Some(n.to_owned());
+    // One item: the sender's side only; more than two: the rest ignored, with a warning.
+    let r = req(vec![
+        ("command", s("offer")),
+        ("direction", bencode::str_list(["priv"])),
+    ]);
+    assert_eq!(r.flags.direction, [some("priv"), None]);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let r = req(vec![
+        ("command", s("offer")),
+        ("direction", bencode::str_list(["a", "", "c"])),
+    ]);
+    assert_eq!(r.flags.direction, [some("a"), None]);
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    // from-interface / to-interface are the two items; `address family` is IP4 or IP6.
+    let r = req(vec![
+        ("command", s("offer")),
+        ("direction", bencode::str_list(["a", "b"])),
+        ("to-interface", s("pub")),
+        ("address family", s("IP6")),
+    ]);
+    assert_eq!(r.flags.direction, [some("a"), some("pub")]);
+    assert_eq!(r.flags.address_family, Some(AddressFamily::Ip6));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let r = req(vec![
+        ("command", s("offer")),
+        ("from-interface", s("priv")),
+        ("address-family", s("IPX")),
+    ]);
+    assert_eq!(r.flags.direction, [some("priv"), None]);
+    assert_eq!(r.flags.address_family, None);
+    assert_eq!(
+        r.warnings,
+        vec!["address family IPX not supported; ignored".to_owned()]
+    );
 }
 
 #[test]
@@ -380,6 +423,9 @@ impl NgEngine for Stub {
             packets_relayed: 99,
             ..Default::default()
         }
+    }
+    fn has_interface(&self, name: &str) -> bool {
+        matches!(name, "priv" | "pub")
     }
 }
 
@@ -690,6 +736,45 @@ fn unknown_flag_gives_warning_but_runs() {
     );
     assert!(get(&v, "sdp").is_some());
     assert_eq!(d.engine().offers.load(Ordering::SeqCst), 1);
+}
+
+/// The flags the stub engine last saw.
+fn last_flags(d: &Dispatcher<Stub>) -> Flags {
+    d.engine()
+        .last_flags
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("an offer ran")
+}
+
+#[test]
+fn unknown_direction_names_fall_back_like_rtpengine() {
+    use crate::AddressFamily;
+    let offer = |direction: &str| {
+        format!("d7:command5:offer7:call-id2:c18:from-tag2:f13:sdp4:v=0\n9:direction{direction}e")
+    };
+    let d = stub();
+    // Known names reach the engine as given.
+    let v = run(&d, &format!("1 {}", offer("l4:priv3:pube")));
+    assert_eq!(get(&v, "warning"), None, "{v:?}");
+    let f = last_flags(&d);
+    assert_eq!(f.direction, [Some("priv".into()), Some("pub".into())]);
+    assert_eq!(f.address_family, None);
+    // An unknown name: that side gets the default, the reply says so, the call goes on.
+    let v = run(&d, &format!("2 {}", offer("l4:priv3:dmze")));
+    assert_eq!(get_str(&v, "result"), Some("ok"));
+    assert_eq!(
+        get_str(&v, "warning"),
+        Some("Interface 'dmz' not found, using default")
+    );
+    assert_eq!(last_flags(&d).direction, [Some("priv".into()), None]);
+    // `internal`/`external` not configured: rtpengine's legacy IPv4/IPv6 selectors.
+    let v = run(&d, &format!("3 {}", offer("l8:internal8:externale")));
+    assert_eq!(get(&v, "warning"), None, "{v:?}");
+    let f = last_flags(&d);
+    assert_eq!(f.direction, [None, None]);
+    assert_eq!(f.address_family, Some(AddressFamily::Ip6));
 }
 
 #[test]
@@ -1139,6 +1224,153 @@ async fn real_relay_anchors_a_call_over_ng() {
         ),
         Some(0)
     );
+
+    srv.shutdown();
+    relay.shutdown();
+}
+
+/// `c=` address and port of the first m-line of an SDP.
+fn c_and_port(sdp: &str) -> (IpAddr, u16) {
+    let m = trunkline_sdp::parse(sdp.as_bytes())
+        .expect("sdp")
+        .media()
+        .remove(0);
+    (m.connection.expect("c="), m.port)
+}
+
+#[tokio::test]
+async fn real_relay_picks_interfaces_by_direction_over_ng() {
+    let (internal, external, public) = ("127.0.0.1", "127.0.0.2", "192.0.2.50");
+    let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+    let config = crate::MediaConfig {
+        interfaces: vec![
+            crate::MediaInterface::new("internal", ip(internal), ip(internal)),
+            crate::MediaInterface::new("external", ip(external), ip(public)),
+        ],
+        port_min: 47400,
+        port_max: 47499,
+        workers: 1,
+        port_rest: Duration::ZERO,
+        ..crate::MediaConfig::default()
+    };
+    let relay = Arc::new(crate::Relay::start(config, None).expect("relay starts"));
+    let d = Arc::new(Dispatcher::new(Arc::clone(&relay)));
+    let lo0: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let srv = NgServer::start(Arc::clone(&d), Some(lo0), None, ServerLimits::default())
+        .await
+        .expect("bind");
+    let ctl = tokio::net::UdpSocket::bind(lo0).await.expect("bind");
+    let ng = srv.udp_addr().expect("udp");
+    let a = tokio::net::UdpSocket::bind((ip(internal), 0))
+        .await
+        .expect("a");
+    let b = tokio::net::UdpSocket::bind((ip(external), 0))
+        .await
+        .expect("b");
+    let a_port = a.local_addr().expect("a addr").port();
+    let b_port = b.local_addr().expect("b addr").port();
+
+    // Kamailio's `direction=internal direction=external`.
+    let offer = ng_msg(
+        "o1",
+        Dict::new()
+            .str("command", "offer")
+            .str("call-id", "ifaces-1")
+            .str("from-tag", "ft")
+            .str("sdp", sdp(a_port))
+            .val("direction", bencode::str_list(["internal", "external"])),
+    );
+    let (_, v) = reply_of(&udp_call(&ctl, ng, &offer).await);
+    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    assert_eq!(get(&v, "warning"), None, "{v:?}");
+    let (adv, to_b) = c_and_port(get_str(&v, "sdp").expect("sdp"));
+    assert_eq!(adv, ip(public));
+
+    let answer_sdp = sdp(b_port).replace("127.0.0.1", external);
+    let answer = ng_msg(
+        "a1",
+        Dict::new()
+            .str("command", "answer")
+            .str("call-id", "ifaces-1")
+            .str("from-tag", "ft")
+            .str("to-tag", "tt")
+            .str("sdp", answer_sdp),
+    );
+    let (_, v) = reply_of(&udp_call(&ctl, ng, &answer).await);
+    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    let (adv, to_a) = c_and_port(get_str(&v, "sdp").expect("sdp"));
+    assert_eq!(adv, ip(internal));
+
+    // RTP both ways; each party hears the relay from the address facing it.
+    let mut buf = [0u8; 2048];
+    let pkt = [0x80u8, 0, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 9, 9];
+    a.send_to(&pkt, (ip(internal), to_a)).await.expect("send");
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), b.recv_from(&mut buf))
+        .await
+        .expect("relayed in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], &pkt[..]);
+    assert_eq!(from, std::net::SocketAddr::new(ip(external), to_b));
+    b.send_to(&pkt, (ip(external), to_b)).await.expect("send");
+    let (n, from) = tokio::time::timeout(Duration::from_secs(5), a.recv_from(&mut buf))
+        .await
+        .expect("relayed in time")
+        .expect("recv");
+    assert_eq!(&buf[..n], &pkt[..]);
+    assert_eq!(from, std::net::SocketAddr::new(ip(internal), to_a));
+
+    // `query` shows each stream's local address, as rtpengine's does.
+    let q = ng_msg(
+        "q1",
+        Dict::new()
+            .str("command", "query")
+            .str("call-id", "ifaces-1"),
+    );
+    let (_, v) = reply_of(&udp_call(&ctl, ng, &q).await);
+    let tags = get(&v, "tags").expect("tags");
+    let first_stream = |tag: &str| {
+        let medias = list_of(get(tags, tag).expect("tag"), "medias");
+        list_of(&medias[0], "streams")[0].clone()
+    };
+    let st = first_stream("ft");
+    assert_eq!(get_str(&st, "local address"), Some(internal));
+    assert_eq!(get_int(&st, "local port"), Some(i64::from(to_a)));
+    assert_eq!(get_str(&st, "family"), Some("IPv4"));
+    let st = first_stream("tt");
+    assert_eq!(get_str(&st, "local address"), Some(external));
+    assert_eq!(get_int(&st, "local port"), Some(i64::from(to_b)));
+
+    // An unknown name: rtpengine's answer is not an error but the default interface.
+    let offer = ng_msg(
+        "o2",
+        Dict::new()
+            .str("command", "offer")
+            .str("call-id", "ifaces-2")
+            .str("from-tag", "ft")
+            .str("sdp", sdp(a_port))
+            .str("from-interface", "internal")
+            .str("to-interface", "dmz"),
+    );
+    let (_, v) = reply_of(&udp_call(&ctl, ng, &offer).await);
+    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    assert_eq!(
+        get_str(&v, "warning"),
+        Some("Interface 'dmz' not found, using default")
+    );
+    assert_eq!(c_and_port(get_str(&v, "sdp").expect("sdp")).0, ip(internal));
+
+    // `to-interface` alone picks the side toward the receiver.
+    let offer = ng_msg(
+        "o3",
+        Dict::new()
+            .str("command", "offer")
+            .str("call-id", "ifaces-3")
+            .str("from-tag", "ft")
+            .str("sdp", sdp(a_port))
+            .str("to-interface", "external"),
+    );
+    let (_, v) = reply_of(&udp_call(&ctl, ng, &offer).await);
+    assert_eq!(c_and_port(get_str(&v, "sdp").expect("sdp")).0, ip(public));
 
     srv.shutdown();
     relay.shutdown();
