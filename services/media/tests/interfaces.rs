@@ -3,19 +3,17 @@
 //! (127.0.0.0/8 is all loopback on Linux). Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::time::Duration;
+mod common;
 
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use common::*;
 use trunkline_media::{AddressFamily, Flags, MediaConfig, MediaError, MediaInterface, Relay};
 
 const INTERNAL: &str = "127.0.0.1";
 const EXTERNAL: &str = "127.0.0.2";
 /// What the external interface advertises (as behind 1:1 NAT); nothing listens there.
 const EXTERNAL_PUBLIC: &str = "192.0.2.50";
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 fn interfaces() -> Vec<MediaInterface> {
     vec![
@@ -24,48 +22,16 @@ fn interfaces() -> Vec<MediaInterface> {
     ]
 }
 
-/// Each test gets its own port window (below the kernel's ephemeral range, apart from
-/// `relay.rs`'s windows).
+/// A relay on window `window` of [`INTERFACES_RS`] (20 port pairs, one worker), anchoring
+/// media on `interfaces`.
 fn relay_on(window: u16, interfaces: Vec<MediaInterface>) -> Relay {
-    let port_min = 26000 + window * 100;
-    Relay::start(
-        MediaConfig {
-            interfaces,
-            port_min,
-            port_max: port_min + 39,
-            workers: 1,
-            port_rest: Duration::from_secs(60),
-            ..MediaConfig::default()
-        },
-        None,
-    )
-    .unwrap()
-}
-
-fn endpoint(on: &str) -> UdpSocket {
-    let s = UdpSocket::bind((ip(on), 0)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(2000)))
-        .unwrap();
-    s
-}
-
-fn port(s: &UdpSocket) -> u16 {
-    s.local_addr().unwrap().port()
-}
-
-fn audio(addr: &str, port: u16) -> Vec<u8> {
-    let ty = if ip(addr).is_ipv4() { "IP4" } else { "IP6" };
-    format!(
-        "v=0\r\no=- 1 1 IN {ty} {addr}\r\ns=-\r\nc=IN {ty} {addr}\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 0\r\n"
-    )
-    .into_bytes()
+    start_relay(INTERFACES_RS, window, 20, 1, |c| c.interfaces = interfaces)
 }
 
 /// (connection address, RTP port) of the first m-line of a rewritten SDP.
 fn relay_addr(body: &[u8]) -> (IpAddr, u16) {
-    let m = trunkline_sdp::parse(body).unwrap().media().remove(0);
-    (m.connection.unwrap(), m.port)
+    let m = anchors(body)[0];
+    (m.addr, m.port)
 }
 
 fn direction(from: &str, to: &str) -> Flags {
@@ -75,28 +41,16 @@ fn direction(from: &str, to: &str) -> Flags {
     }
 }
 
-fn rtp(seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
-fn recv(s: &UdpSocket) -> (Vec<u8>, SocketAddr) {
-    let mut buf = [0u8; 2048];
-    let (n, from) = s.recv_from(&mut buf).expect("a relayed packet in time");
-    (buf[..n].to_vec(), from)
-}
-
 /// `from` sends RTP to `relay`; `to` must get it from `expect_src` — the relay port of
 /// `to`'s own side, on `to`'s interface.
 fn flows(seq: u16, from: &UdpSocket, relay: SocketAddr, to: &UdpSocket, expect_src: SocketAddr) {
-    let pkt = rtp(seq, b"media");
-    from.send_to(&pkt, relay).unwrap();
-    let (got, src) = recv(to);
-    assert_eq!(got, pkt);
+    let src = send_through(
+        "a relayed packet in time",
+        from,
+        relay,
+        to,
+        &rtp(seq, b"media"),
+    );
     assert_eq!(
         src, expect_src,
         "packets leave from the receiver's interface"
@@ -111,24 +65,18 @@ fn bound_on(addr: &str, port: u16) -> bool {
     )
 }
 
-fn sa(addr: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip(addr), port)
-}
-
 #[test]
 fn direction_anchors_each_party_on_its_interface() {
     let relay = relay_on(0, interfaces());
-    let (o, a) = (endpoint(INTERNAL), endpoint(EXTERNAL));
+    let (o, a) = (endpoint_on(INTERNAL), endpoint_on(EXTERNAL));
 
     // The offer comes from the internal network and goes out to the external one.
-    let offer = relay
-        .offer(
-            "c1",
-            "ot",
-            &audio(INTERNAL, port(&o)),
-            &direction("internal", "external"),
-        )
-        .unwrap();
+    let offer = offered(
+        &relay,
+        "c1",
+        &audio(INTERNAL, port(&o)),
+        &direction("internal", "external"),
+    );
     let (adv, to_a_side) = relay_addr(&offer);
     assert_eq!(adv, ip(EXTERNAL_PUBLIC), "the external advertised address");
     assert!(
@@ -138,15 +86,7 @@ fn direction_anchors_each_party_on_its_interface() {
     assert!(!bound_on(INTERNAL, to_a_side));
 
     // The answer needs no direction: the offer chose both sides.
-    let answer = relay
-        .answer(
-            "c1",
-            "ot",
-            "at",
-            &audio(EXTERNAL, port(&a)),
-            &Flags::default(),
-        )
-        .unwrap();
+    let answer = answered(&relay, "c1", &audio(EXTERNAL, port(&a)), &Flags::default());
     let (adv, to_o_side) = relay_addr(&answer);
     assert_eq!(adv, ip(INTERNAL));
     assert!(bound_on(INTERNAL, to_o_side), "offerer's port on 127.0.0.1");
@@ -170,22 +110,17 @@ fn direction_anchors_each_party_on_its_interface() {
 #[test]
 fn without_direction_both_parties_get_the_first_interface() {
     let relay = relay_on(1, interfaces());
-    let (o, a) = (endpoint(INTERNAL), endpoint(INTERNAL));
-    let offer = relay
-        .offer("c2", "ot", &audio(INTERNAL, port(&o)), &Flags::default())
-        .unwrap();
-    let answer = relay
-        .answer(
-            "c2",
-            "ot",
-            "at",
-            &audio(INTERNAL, port(&a)),
-            &Flags::default(),
-        )
-        .unwrap();
-    let (adv_a, to_a_side) = relay_addr(&offer);
-    let (adv_o, to_o_side) = relay_addr(&answer);
-    assert_eq!((adv_a, adv_o), (ip(INTERNAL), ip(INTERNAL)));
+    let (o, a) = (endpoint_on(INTERNAL), endpoint_on(INTERNAL));
+    let (to_o, to_a) = offer_answer(
+        &relay,
+        "c2",
+        &audio(INTERNAL, port(&o)),
+        &audio(INTERNAL, port(&a)),
+        &Flags::default(),
+    )
+    .first();
+    let (to_a_side, to_o_side) = (to_a.port, to_o.port);
+    assert_eq!((to_a.addr, to_o.addr), (ip(INTERNAL), ip(INTERNAL)));
     assert!(bound_on(INTERNAL, to_a_side) && bound_on(INTERNAL, to_o_side));
     flows(1, &o, sa(INTERNAL, to_o_side), &a, sa(INTERNAL, to_a_side));
     flows(2, &a, sa(INTERNAL, to_a_side), &o, sa(INTERNAL, to_o_side));
@@ -198,11 +133,11 @@ fn without_direction_both_parties_get_the_first_interface() {
 #[test]
 fn an_unknown_interface_is_an_error_and_changes_nothing() {
     let relay = relay_on(2, interfaces());
-    let o = endpoint(INTERNAL);
+    let o = endpoint_on(INTERNAL);
     let e = relay
         .offer(
             "c3",
-            "ot",
+            FROM_TAG,
             &audio(INTERNAL, port(&o)),
             &direction("internal", "dmz"),
         )
@@ -215,21 +150,19 @@ fn an_unknown_interface_is_an_error_and_changes_nothing() {
     assert_eq!(relay.totals().ports_in_use, 0);
 
     // On a re-offer too, before anything changes.
-    let offer = relay
-        .offer(
-            "c3",
-            "ot",
-            &audio(INTERNAL, port(&o)),
-            &direction("internal", "external"),
-        )
-        .unwrap();
+    let offer = offered(
+        &relay,
+        "c3",
+        &audio(INTERNAL, port(&o)),
+        &direction("internal", "external"),
+    );
     let before = relay.query("c3").unwrap().streams;
     let flags = Flags {
         direction: [None, Some("nowhere".into())],
         ..Flags::default()
     };
     assert!(matches!(
-        relay.offer("c3", "ot", &audio(INTERNAL, port(&o)), &flags),
+        relay.offer("c3", FROM_TAG, &audio(INTERNAL, port(&o)), &flags),
         Err(MediaError::UnknownInterface(_))
     ));
     let after = relay.query("c3").unwrap().streams;
@@ -237,7 +170,7 @@ fn an_unknown_interface_is_an_error_and_changes_nothing() {
     assert_eq!(relay_addr(&offer).0, ip(EXTERNAL_PUBLIC));
     // And in an answer, although an answer does not move anyone.
     assert!(matches!(
-        relay.answer("c3", "ot", "at", &audio(EXTERNAL, 4000), &flags),
+        relay.answer("c3", FROM_TAG, TO_TAG, &audio(EXTERNAL, 4000), &flags),
         Err(MediaError::UnknownInterface(_))
     ));
     relay.shutdown();
@@ -246,41 +179,29 @@ fn an_unknown_interface_is_an_error_and_changes_nothing() {
 #[test]
 fn re_offers_keep_each_party_on_its_interface_unless_told_otherwise() {
     let relay = relay_on(3, interfaces());
-    let (o, a) = (endpoint(INTERNAL), endpoint(EXTERNAL));
-    let offer = relay
-        .offer(
-            "c4",
-            "ot",
-            &audio(INTERNAL, port(&o)),
-            &direction("internal", "external"),
-        )
-        .unwrap();
-    let answer = relay
-        .answer(
-            "c4",
-            "ot",
-            "at",
-            &audio(EXTERNAL, port(&a)),
-            &Flags::default(),
-        )
-        .unwrap();
+    let (o, a) = (endpoint_on(INTERNAL), endpoint_on(EXTERNAL));
+    let offer = offered(
+        &relay,
+        "c4",
+        &audio(INTERNAL, port(&o)),
+        &direction("internal", "external"),
+    );
+    let answer = answered(&relay, "c4", &audio(EXTERNAL, port(&a)), &Flags::default());
     let (_, to_a_side) = relay_addr(&offer);
     let (_, to_o_side) = relay_addr(&answer);
 
     // A re-offer from either party without `direction`: nothing moves.
-    let re = relay
-        .offer("c4", "ot", &audio(INTERNAL, port(&o)), &Flags::default())
-        .unwrap();
+    let re = offered(&relay, "c4", &audio(INTERNAL, port(&o)), &Flags::default());
     assert_eq!(relay_addr(&re), (ip(EXTERNAL_PUBLIC), to_a_side));
     let re = relay
-        .offer("c4", "at", &audio(EXTERNAL, port(&a)), &Flags::default())
+        .offer("c4", TO_TAG, &audio(EXTERNAL, port(&a)), &Flags::default())
         .unwrap();
     assert_eq!(relay_addr(&re), (ip(INTERNAL), to_o_side));
     let re_answer = relay
         .answer(
             "c4",
-            "at",
-            "ot",
+            TO_TAG,
+            FROM_TAG,
             &audio(INTERNAL, port(&o)),
             &Flags::default(),
         )
@@ -291,25 +212,15 @@ fn re_offers_keep_each_party_on_its_interface_unless_told_otherwise() {
 
     // A re-offer naming other interfaces moves both sides (rtpengine re-allocates); the
     // new addresses reach the parties in this offer and its answer.
-    let moved = relay
-        .offer(
-            "c4",
-            "ot",
-            &audio(INTERNAL, port(&o)),
-            &direction("external", "internal"),
-        )
-        .unwrap();
+    let moved = offered(
+        &relay,
+        "c4",
+        &audio(INTERNAL, port(&o)),
+        &direction("external", "internal"),
+    );
     let (adv, new_to_a_side) = relay_addr(&moved);
     assert_eq!(adv, ip(INTERNAL));
-    let answer = relay
-        .answer(
-            "c4",
-            "ot",
-            "at",
-            &audio(EXTERNAL, port(&a)),
-            &Flags::default(),
-        )
-        .unwrap();
+    let answer = answered(&relay, "c4", &audio(EXTERNAL, port(&a)), &Flags::default());
     let (adv, new_to_o_side) = relay_addr(&answer);
     assert_eq!(adv, ip(EXTERNAL_PUBLIC));
     assert!(bound_on(EXTERNAL, new_to_o_side) && bound_on(INTERNAL, new_to_a_side));
@@ -345,35 +256,29 @@ fn one_name_with_an_address_per_family() {
     let mut list = interfaces();
     list.push(MediaInterface::new("external", ip("::1"), ip("::1")));
     let relay = relay_on(4, list);
-    let (o, a) = (endpoint(INTERNAL), endpoint("::1"));
+    let (o, a) = (endpoint_on(INTERNAL), endpoint_on("::1"));
     // The SDP's family (IPv4) would pick 127.0.0.2; `address family` asks for IPv6.
     let flags = Flags {
         address_family: Some(AddressFamily::Ip6),
         ..direction("internal", "external")
     };
-    let offer = relay
-        .offer("c5", "ot", &audio(INTERNAL, port(&o)), &flags)
-        .unwrap();
+    let offer = offered(&relay, "c5", &audio(INTERNAL, port(&o)), &flags);
     let (adv, to_a_side) = relay_addr(&offer);
     assert_eq!(adv, ip("::1"));
     assert!(String::from_utf8_lossy(&offer).contains("c=IN IP6 ::1"));
-    let answer = relay
-        .answer("c5", "ot", "at", &audio("::1", port(&a)), &Flags::default())
-        .unwrap();
+    let answer = answered(&relay, "c5", &audio("::1", port(&a)), &Flags::default());
     let (adv, to_o_side) = relay_addr(&answer);
     assert_eq!(adv, ip(INTERNAL));
     flows(1, &o, sa(INTERNAL, to_o_side), &a, sa("::1", to_a_side));
     flows(2, &a, sa("::1", to_a_side), &o, sa(INTERNAL, to_o_side));
 
     // Without `address family`, an IPv4 offer gets the name's IPv4 address.
-    let offer = relay
-        .offer(
-            "c6",
-            "ot",
-            &audio(INTERNAL, port(&o)),
-            &direction("internal", "external"),
-        )
-        .unwrap();
+    let offer = offered(
+        &relay,
+        "c6",
+        &audio(INTERNAL, port(&o)),
+        &direction("internal", "external"),
+    );
     assert_eq!(relay_addr(&offer).0, ip(EXTERNAL_PUBLIC));
     relay.shutdown();
 }

@@ -2,128 +2,21 @@
 //! endpoints exchanging RTP/RTCP through the relay. Every wait is bounded.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+mod common;
 
-use trunkline_media::{Flags, MediaConfig, MediaError, Relay};
+use std::net::UdpSocket;
+use std::time::Duration;
 
-const LOOP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+use common::*;
+use trunkline_media::{Flags, MediaConfig, MediaError, Relay, TimedOut};
 
-/// Each test gets its own port window (below the kernel's ephemeral range).
+/// A relay on window `window` of [`RELAY_RS`], with two forwarding threads.
 fn relay(window: u16, pairs: u16) -> Relay {
     relay_with(window, pairs, |_| {})
 }
 
 fn relay_with(window: u16, pairs: u16, f: impl FnOnce(&mut MediaConfig)) -> Relay {
-    let port_min = 21000 + window * 200;
-    let mut c = MediaConfig {
-        port_min,
-        port_max: port_min + pairs * 2 - 1,
-        workers: 2,
-        port_rest: Duration::from_secs(60),
-        ..MediaConfig::default()
-    };
-    f(&mut c);
-    Relay::start(c, None).unwrap()
-}
-
-fn endpoint() -> UdpSocket {
-    let s = UdpSocket::bind((LOOP, 0)).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(2000)))
-        .unwrap();
-    s
-}
-
-fn port(s: &UdpSocket) -> u16 {
-    s.local_addr().unwrap().port()
-}
-
-struct M<'a> {
-    kind: &'a str,
-    port: u16,
-    extra: &'a str,
-}
-
-fn sdp(ip: &str, media: &[M<'_>]) -> Vec<u8> {
-    let mut s = format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n");
-    for m in media {
-        let fmt = if m.kind == "audio" { "0" } else { "96" };
-        s.push_str(&format!(
-            "m={} {} RTP/AVP {fmt}\r\n{}",
-            m.kind, m.port, m.extra
-        ));
-    }
-    s.into_bytes()
-}
-
-fn audio(ip: &str, port: u16) -> Vec<u8> {
-    sdp(
-        ip,
-        &[M {
-            kind: "audio",
-            port,
-            extra: "",
-        }],
-    )
-}
-
-/// (relay address, RTP port, RTCP port, rtcp-mux) per m-line of a rewritten SDP.
-fn relay_ports(body: &[u8]) -> Vec<(IpAddr, u16, u16, bool)> {
-    let s = trunkline_sdp::parse(body).unwrap();
-    s.media()
-        .into_iter()
-        .map(|m| {
-            let rtcp = m.rtcp.map_or(m.port.wrapping_add(1), |(p, _)| p);
-            (m.connection.unwrap(), m.port, rtcp, m.rtcp_mux)
-        })
-        .collect()
-}
-
-fn rtp(seq: u16, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, 0];
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
-    p.extend_from_slice(payload);
-    p
-}
-
-fn recv(s: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
-    let mut buf = [0u8; 2048];
-    match s.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(_) => None,
-    }
-}
-
-fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn to(p: u16) -> SocketAddr {
-    SocketAddr::new(LOOP, p)
-}
-
-/// Offer from `o`, answer from `a`; returns (port offerer sends to, port answerer sends to).
-fn setup(relay: &Relay, call: &str, o: &UdpSocket, a: &UdpSocket, flags: &Flags) -> (u16, u16) {
-    let offer = relay
-        .offer(call, "ftag", &audio("127.0.0.1", port(o)), flags)
-        .unwrap();
-    let answer = relay
-        .answer(call, "ftag", "ttag", &audio("127.0.0.1", port(a)), flags)
-        .unwrap();
-    let ra = relay_ports(&offer)[0];
-    let ro = relay_ports(&answer)[0];
-    assert_eq!(ra.0, LOOP);
-    assert_eq!(ro.0, LOOP);
-    (ro.1, ra.1)
+    start_relay(RELAY_RS, window, pairs, 2, f)
 }
 
 #[test]
@@ -136,28 +29,35 @@ fn relay_handle_is_send_sync_clone() {
 fn offer_answer_relays_rtp_both_ways() {
     let relay = relay(0, 20);
     let (o, a) = (endpoint(), endpoint());
-    let (ro, ra) = setup(&relay, "call-1", &o, &a, &Flags::default());
+    let (ro, ra) = audio_call(&relay, "call-1", &o, &a, &Flags::default());
     assert_ne!(ro, ra);
     assert_eq!(ro % 2, 0);
 
-    o.send_to(&rtp(1, b"from offerer"), to(ro)).unwrap();
-    let (p, from) = recv(&a).expect("answerer gets RTP");
-    assert_eq!(&p[12..], b"from offerer");
+    let from = send_through(
+        "answerer gets RTP",
+        &o,
+        to(ro),
+        &a,
+        &rtp(1, b"from offerer"),
+    );
     assert_eq!(
         from,
         to(ra),
         "relay sends from the port the answerer sends to"
     );
 
-    a.send_to(&rtp(9, b"from answerer"), to(ra)).unwrap();
-    let (p, from) = recv(&o).expect("offerer gets RTP");
-    assert_eq!(&p[12..], b"from answerer");
+    let from = send_through(
+        "offerer gets RTP",
+        &a,
+        to(ra),
+        &o,
+        &rtp(9, b"from answerer"),
+    );
     assert_eq!(from, to(ro));
 
-    let stats = wait_for("stats", || {
-        let s = relay.query("call-1")?;
+    let stats = stats_when(&relay, "call-1", "stats", |s| {
         let st = &s.streams[0];
-        (st.offerer.rtp.packets == 1 && st.answerer.rtp.packets == 1).then_some(s)
+        st.offerer.rtp.packets == 1 && st.answerer.rtp.packets == 1
     });
     let st = &stats.streams[0];
     assert_eq!(st.media, "audio");
@@ -184,14 +84,12 @@ fn offer_answer_relays_rtp_both_ways() {
 fn rtp_loss_is_counted_from_sequence_numbers() {
     let relay = relay(1, 20);
     let (o, a) = (endpoint(), endpoint());
-    let (ro, _) = setup(&relay, "loss", &o, &a, &Flags::default());
+    let (ro, _) = audio_call(&relay, "loss", &o, &a, &Flags::default());
     for seq in [1u16, 2, 5, 6] {
-        o.send_to(&rtp(seq, b"x"), to(ro)).unwrap();
-        recv(&a).expect("relayed");
+        send_through("relayed", &o, to(ro), &a, &rtp(seq, b"x"));
     }
-    wait_for("loss", || {
-        let s = relay.query("loss")?;
-        (s.streams[0].offerer.rtp_lost == 2).then_some(())
+    stats_when(&relay, "loss", "loss", |s| {
+        s.streams[0].offerer.rtp_lost == 2
     });
 }
 
@@ -200,25 +98,22 @@ fn nat_latching_sends_back_to_the_real_source() {
     let relay = relay(2, 20);
     let (o, a) = (endpoint(), endpoint());
     // The offerer advertises a documentation address it does not really send from.
-    let offer = relay
-        .offer("nat", "f", &audio("192.0.2.1", 4000), &Flags::default())
-        .unwrap();
-    let answer = relay
-        .answer(
-            "nat",
-            "f",
-            "t",
-            &audio("127.0.0.1", port(&a)),
-            &Flags::default(),
-        )
-        .unwrap();
-    let ra = relay_ports(&offer)[0].1;
-    let ro = relay_ports(&answer)[0].1;
-    o.send_to(&rtp(1, b"hello"), to(ro)).unwrap();
-    assert_eq!(&recv(&a).expect("to answerer").0[12..], b"hello");
-    a.send_to(&rtp(1, b"back"), to(ra)).unwrap();
-    let (p, _) = recv(&o).expect("the latched offerer gets the return path");
-    assert_eq!(&p[12..], b"back");
+    let (ro, ra) = offer_answer(
+        &relay,
+        "nat",
+        &audio("192.0.2.1", 4000),
+        &audio(LOCALHOST, port(&a)),
+        &Flags::default(),
+    )
+    .ports();
+    send_through("to answerer", &o, to(ro), &a, &rtp(1, b"hello"));
+    send_through(
+        "the latched offerer gets the return path",
+        &a,
+        to(ra),
+        &o,
+        &rtp(1, b"back"),
+    );
     let s = relay.query("nat").unwrap();
     assert_eq!(s.streams[0].offerer.latched, Some(o.local_addr().unwrap()));
 }
@@ -227,28 +122,21 @@ fn nat_latching_sends_back_to_the_real_source() {
 fn packets_from_a_stranger_after_latching_are_dropped_and_counted() {
     let relay = relay(3, 20);
     let (o, a, x) = (endpoint(), endpoint(), endpoint());
-    let (ro, _) = setup(&relay, "strict", &o, &a, &Flags::default());
-    o.send_to(&rtp(1, b"real"), to(ro)).unwrap();
-    recv(&a).expect("latching packet relayed");
+    let (ro, _) = audio_call(&relay, "strict", &o, &a, &Flags::default());
+    send_through("latching packet relayed", &o, to(ro), &a, &rtp(1, b"real"));
     for i in 0..5 {
         x.send_to(&rtp(100 + i, b"spray"), to(ro)).unwrap();
     }
-    wait_for("drops", || {
-        let s = relay.query("strict")?;
-        (s.streams[0].offerer.rtp.errors == 5).then_some(())
+    stats_when(&relay, "strict", "drops", |s| {
+        s.streams[0].offerer.rtp.errors == 5
     });
     assert_eq!(relay.totals().packets_dropped, 5);
-    a.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
     assert!(
-        recv(&a).is_none(),
+        stays_quiet(&a),
         "sprayed packets must not reach the answerer"
     );
     // The real source still gets through.
-    o.send_to(&rtp(2, b"still"), to(ro)).unwrap();
-    a.set_read_timeout(Some(Duration::from_millis(2000)))
-        .unwrap();
-    assert_eq!(&recv(&a).unwrap().0[12..], b"still");
+    send_through("still", &o, to(ro), &a, &rtp(2, b"still"));
 }
 
 #[test]
@@ -259,13 +147,10 @@ fn media_handover_relatches_to_the_new_source() {
         media_handover: true,
         ..Flags::default()
     };
-    let (ro, ra) = setup(&relay, "handover", &o, &a, &flags);
-    o.send_to(&rtp(1, b"one"), to(ro)).unwrap();
-    recv(&a).unwrap();
-    moved.send_to(&rtp(2, b"two"), to(ro)).unwrap();
-    assert_eq!(&recv(&a).expect("new source accepted").0[12..], b"two");
-    a.send_to(&rtp(1, b"back"), to(ra)).unwrap();
-    assert_eq!(&recv(&moved).expect("return path follows").0[12..], b"back");
+    let (ro, ra) = audio_call(&relay, "handover", &o, &a, &flags);
+    send_through("first source", &o, to(ro), &a, &rtp(1, b"one"));
+    send_through("new source accepted", &moved, to(ro), &a, &rtp(2, b"two"));
+    send_through("return path follows", &a, to(ra), &moved, &rtp(1, b"back"));
     let s = relay.query("handover").unwrap();
     assert_eq!(
         s.streams[0].offerer.latched,
@@ -281,24 +166,29 @@ fn asymmetric_sends_to_the_advertised_address() {
         asymmetric: true,
         ..Flags::default()
     };
-    let offer = relay
-        .offer("asym", "f", &audio("127.0.0.1", port(&advertised)), &flags)
-        .unwrap();
-    let answer = relay
-        .answer("asym", "f", "t", &audio("127.0.0.1", port(&a)), &flags)
-        .unwrap();
-    let (ra, ro) = (relay_ports(&offer)[0].1, relay_ports(&answer)[0].1);
-    actual.send_to(&rtp(1, b"x"), to(ro)).unwrap();
-    recv(&a).expect("accepted from any source");
-    a.send_to(&rtp(1, b"y"), to(ra)).unwrap();
-    assert_eq!(
-        &recv(&advertised).expect("sent to SDP address").0[12..],
-        b"y"
+    let (ro, ra) = offer_answer(
+        &relay,
+        "asym",
+        &audio(LOCALHOST, port(&advertised)),
+        &audio(LOCALHOST, port(&a)),
+        &flags,
+    )
+    .ports();
+    send_through(
+        "accepted from any source",
+        &actual,
+        to(ro),
+        &a,
+        &rtp(1, b"x"),
     );
-    actual
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    assert!(recv(&actual).is_none());
+    send_through(
+        "sent to SDP address",
+        &a,
+        to(ra),
+        &advertised,
+        &rtp(1, b"y"),
+    );
+    assert!(stays_quiet(&actual));
     assert_eq!(
         relay.query("asym").unwrap().streams[0].offerer.latched,
         None
@@ -313,12 +203,12 @@ fn strict_source_drops_before_latching() {
         strict_source: true,
         ..Flags::default()
     };
-    let (ro, _) = setup(&relay, "strict-src", &o, &a, &flags);
+    let (ro, _) = audio_call(&relay, "strict-src", &o, &a, &flags);
     x.send_to(&rtp(1, b"no"), to(ro)).unwrap();
-    o.send_to(&rtp(1, b"yes"), to(ro)).unwrap();
-    assert_eq!(&recv(&a).unwrap().0[12..], b"yes");
-    wait_for("drop", || {
-        (relay.query("strict-src")?.streams[0].offerer.rtp.errors == 1).then_some(())
+    // What arrives first is the expected source's packet: the stranger's was dropped.
+    send_through("yes", &o, to(ro), &a, &rtp(1, b"yes"));
+    stats_when(&relay, "strict-src", "drop", |s| {
+        s.streams[0].offerer.rtp.errors == 1
     });
 }
 
@@ -345,50 +235,39 @@ fn rtcp_rr(ssrc: u32, about: u32, fraction: u8, jitter: u32, lsr: u32, dlsr: u32
 fn rtcp_is_relayed_on_rtcp_ports_and_read_for_stats() {
     let relay = relay(7, 20);
     let (o, o_rtcp, a, a_rtcp) = (endpoint(), endpoint(), endpoint(), endpoint());
-    let o_extra = format!("a=rtcp:{}\r\n", port(&o_rtcp));
-    let a_extra = format!("a=rtcp:{}\r\n", port(&a_rtcp));
-    let m = |p, extra| M {
-        kind: "audio",
-        port: p,
-        extra,
-    };
-    let offer = relay
-        .offer(
-            "rtcp",
-            "f",
-            &sdp("127.0.0.1", &[m(port(&o), &o_extra)]),
-            &Flags::default(),
-        )
-        .unwrap();
-    let answer = relay
-        .answer(
-            "rtcp",
-            "f",
-            "t",
-            &sdp("127.0.0.1", &[m(port(&a), &a_extra)]),
-            &Flags::default(),
-        )
-        .unwrap();
-    let ra = relay_ports(&offer)[0];
-    let ro = relay_ports(&answer)[0];
-    assert_eq!(ra.2, ra.1 + 1, "RTCP port is RTP + 1");
-    assert!(!ra.3 && !ro.3);
+    let (ro, ra) = offer_answer(
+        &relay,
+        "rtcp",
+        &audio_with(LOCALHOST, port(&o), &rtcp_attr(port(&o_rtcp))),
+        &audio_with(LOCALHOST, port(&a), &rtcp_attr(port(&a_rtcp))),
+        &Flags::default(),
+    )
+    .first();
+    assert_eq!(ra.rtcp_port, ra.port + 1, "RTCP port is RTP + 1");
+    assert!(!ra.rtcp_mux && !ro.rtcp_mux);
 
     let ntp: u64 = 0x0000_1234_5678_0000;
     let sr = rtcp_sr(0xaaaa, ntp);
-    o_rtcp.send_to(&sr, to(ro.2)).unwrap();
-    let (p, from) = recv(&a_rtcp).expect("SR relayed to the answerer's RTCP port");
-    assert_eq!(p, sr);
-    assert_eq!(from, to(ra.2));
+    let from = send_through(
+        "SR relayed to the answerer's RTCP port",
+        &o_rtcp,
+        to(ro.rtcp_port),
+        &a_rtcp,
+        &sr,
+    );
+    assert_eq!(from, to(ra.rtcp_port));
 
     let rr = rtcp_rr(0xbbbb, 0xaaaa, 25, 77, 0x1234_5678, 0);
-    a_rtcp.send_to(&rr, to(ra.2)).unwrap();
-    let (p, _) = recv(&o_rtcp).expect("RR relayed to the offerer's RTCP port");
-    assert_eq!(p, rr);
+    send_through(
+        "RR relayed to the offerer's RTCP port",
+        &a_rtcp,
+        to(ra.rtcp_port),
+        &o_rtcp,
+        &rr,
+    );
 
-    let s = wait_for("rtcp stats", || {
-        let s = relay.query("rtcp")?;
-        s.streams[0].answerer.rtt_ms.is_some().then_some(s)
+    let s = stats_when(&relay, "rtcp", "rtcp stats", |s| {
+        s.streams[0].answerer.rtt_ms.is_some()
     });
     let ans = &s.streams[0].answerer;
     assert_eq!(ans.rtcp_fraction_lost, Some(25));
@@ -408,29 +287,11 @@ fn rtcp_is_relayed_on_rtcp_ports_and_read_for_stats() {
 fn rtcp_mux_keeps_rtcp_on_the_rtp_port() {
     let relay = relay(8, 20);
     let (o, a) = (endpoint(), endpoint());
-    let mux = |p| {
-        sdp(
-            "127.0.0.1",
-            &[M {
-                kind: "audio",
-                port: p,
-                extra: "a=rtcp-mux\r\n",
-            }],
-        )
-    };
-    let offer = relay
-        .offer("mux", "f", &mux(port(&o)), &Flags::default())
-        .unwrap();
-    let answer = relay
-        .answer("mux", "f", "t", &mux(port(&a)), &Flags::default())
-        .unwrap();
-    let (ra, ro) = (relay_ports(&offer)[0], relay_ports(&answer)[0]);
-    assert!(ra.3 && ro.3, "rtcp-mux kept both ways");
+    let (ro, ra) = muxed_call(&relay, "mux", &o, &a);
+    assert!(ra.rtcp_mux && ro.rtcp_mux, "rtcp-mux kept both ways");
     let rr = rtcp_rr(1, 2, 0, 0, 0, 0);
-    o.send_to(&rr, to(ro.1)).unwrap();
-    assert_eq!(recv(&a).expect("muxed RTCP").0, rr);
-    a.send_to(&rtp(5, b"media"), to(ra.1)).unwrap();
-    assert_eq!(&recv(&o).unwrap().0[12..], b"media");
+    send_through("muxed RTCP", &o, to(ro.port), &a, &rr);
+    send_through("media", &a, to(ra.port), &o, &rtp(5, b"media"));
 }
 
 #[test]
@@ -441,50 +302,38 @@ fn demux_gives_the_answerer_separate_rtcp() {
         rtcp_mux_demux: true,
         ..Flags::default()
     };
-    let offer_body = sdp(
-        "127.0.0.1",
-        &[M {
-            kind: "audio",
-            port: port(&o),
-            extra: "a=rtcp-mux\r\n",
-        }],
-    );
-    let offer = relay.offer("demux", "f", &offer_body, &flags).unwrap();
-    let ra = relay_ports(&offer)[0];
-    assert!(!ra.3, "rtcp-mux removed toward the answerer");
-    let a_extra = format!("a=rtcp:{}\r\n", port(&a_rtcp));
-    let answer_body = sdp(
-        "127.0.0.1",
-        &[M {
-            kind: "audio",
-            port: port(&a),
-            extra: &a_extra,
-        }],
-    );
-    let answer = relay
-        .answer("demux", "f", "t", &answer_body, &flags)
-        .unwrap();
-    let ro = relay_ports(&answer)[0];
-    assert!(ro.3, "the offerer keeps mux");
+    let (ro, ra) = offer_answer(
+        &relay,
+        "demux",
+        &audio_with(LOCALHOST, port(&o), RTCP_MUX),
+        &audio_with(LOCALHOST, port(&a), &rtcp_attr(port(&a_rtcp))),
+        &flags,
+    )
+    .first();
+    assert!(!ra.rtcp_mux, "rtcp-mux removed toward the answerer");
+    assert!(ro.rtcp_mux, "the offerer keeps mux");
     // Offerer's muxed RTCP goes to the answerer's RTCP port ...
     let rr = rtcp_rr(1, 2, 0, 0, 0, 0);
-    o.send_to(&rr, to(ro.1)).unwrap();
-    assert_eq!(recv(&a_rtcp).expect("demuxed").0, rr);
+    send_through("demuxed", &o, to(ro.port), &a_rtcp, &rr);
     // ... and the answerer's RTCP comes back on the offerer's RTP port.
-    a_rtcp.send_to(&rr, to(ra.2)).unwrap();
-    assert_eq!(recv(&o).expect("muxed again").0, rr);
+    send_through("muxed again", &a_rtcp, to(ra.rtcp_port), &o, &rr);
+}
+
+/// The next non-empty batch of `relay`'s timeouts.
+fn next_timeouts(relay: &Relay, what: &str) -> Vec<TimedOut> {
+    wait_for(what, || {
+        let t = relay.take_timeouts();
+        (!t.is_empty()).then_some(t)
+    })
 }
 
 #[test]
 fn inactivity_timeout_is_reported_once() {
     let relay = relay_with(10, 20, |c| c.timeout = Duration::from_millis(300));
     let (o, a) = (endpoint(), endpoint());
-    setup(&relay, "idle", &o, &a, &Flags::default());
+    audio_call(&relay, "idle", &o, &a, &Flags::default());
     assert!(relay.take_timeouts().is_empty());
-    let t = wait_for("timeout", || {
-        let t = relay.take_timeouts();
-        (!t.is_empty()).then_some(t)
-    });
+    let t = next_timeouts(&relay, "timeout");
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].call_id, "idle");
     assert!(t[0].idle >= Duration::from_millis(300));
@@ -497,19 +346,12 @@ fn inactivity_timeout_is_reported_once() {
 fn media_activity_defers_the_timeout() {
     let relay = relay_with(11, 20, |c| c.timeout = Duration::from_millis(300));
     let (o, a) = (endpoint(), endpoint());
-    let (ro, _) = setup(&relay, "busy", &o, &a, &Flags::default());
-    let t = wait_for("first timeout", || {
-        let t = relay.take_timeouts();
-        (!t.is_empty()).then_some(t)
-    });
+    let (ro, _) = audio_call(&relay, "busy", &o, &a, &Flags::default());
+    let t = next_timeouts(&relay, "first timeout");
     assert_eq!(t[0].call_id, "busy");
-    o.send_to(&rtp(1, b"x"), to(ro)).unwrap();
-    recv(&a).unwrap();
+    send_through("new media", &o, to(ro), &a, &rtp(1, b"x"));
     // After new media, the session can time out (and be reported) again.
-    let t = wait_for("second timeout", || {
-        let t = relay.take_timeouts();
-        (!t.is_empty()).then_some(t)
-    });
+    let t = next_timeouts(&relay, "second timeout");
     assert_eq!(t[0].call_id, "busy");
 }
 
@@ -517,11 +359,11 @@ fn media_activity_defers_the_timeout() {
 fn deleted_ports_rest_and_exhaustion_is_no_ports() {
     // 4 pairs: two calls with one stream each (2 pairs per stream).
     let relay = relay(12, 4);
-    let body = audio("127.0.0.1", 5000);
-    let first = relay.offer("c1", "f", &body, &Flags::default()).unwrap();
-    relay.offer("c2", "f", &body, &Flags::default()).unwrap();
+    let body = audio(LOCALHOST, 5000);
+    let first = offered(&relay, "c1", &body, &Flags::default());
+    offered(&relay, "c2", &body, &Flags::default());
     let err = relay
-        .offer("c3", "f", &body, &Flags::default())
+        .offer("c3", FROM_TAG, &body, &Flags::default())
         .unwrap_err();
     assert!(matches!(err, MediaError::NoPorts), "{err}");
     assert!(
@@ -534,7 +376,7 @@ fn deleted_ports_rest_and_exhaustion_is_no_ports() {
     assert_eq!((t.ports_in_use, t.ports_resting), (4, 4));
     // Freed ports rest: still nothing to hand out.
     assert!(matches!(
-        relay.offer("c3", "f", &body, &Flags::default()),
+        relay.offer("c3", FROM_TAG, &body, &Flags::default()),
         Err(MediaError::NoPorts)
     ));
     assert!(matches!(
@@ -547,18 +389,18 @@ fn deleted_ports_rest_and_exhaustion_is_no_ports() {
 #[test]
 fn reallocation_within_rest_uses_other_ports_and_rested_ports_come_back() {
     let relay = relay_with(13, 4, |c| c.port_rest = Duration::from_millis(200));
-    let body = audio("127.0.0.1", 5000);
-    let a = relay_ports(&relay.offer("r1", "f", &body, &Flags::default()).unwrap())[0].1;
-    relay.delete("r1", Some("f"), None).unwrap();
-    let b = relay_ports(&relay.offer("r2", "f", &body, &Flags::default()).unwrap())[0].1;
+    let body = audio(LOCALHOST, 5000);
+    let a = anchors(&offered(&relay, "r1", &body, &Flags::default()))[0].port;
+    relay.delete("r1", Some(FROM_TAG), None).unwrap();
+    let b = anchors(&offered(&relay, "r2", &body, &Flags::default()))[0].port;
     assert_ne!(a, b);
     relay.delete("r2", None, None).unwrap();
     // Once rested, the range is usable again (both calls' ports).
     let c = wait_for("rested ports", || {
         relay
-            .offer("r3", "f", &body, &Flags::default())
+            .offer("r3", FROM_TAG, &body, &Flags::default())
             .ok()
-            .map(|sdp| relay_ports(&sdp)[0].1)
+            .map(|sdp| anchors(&sdp)[0].port)
     });
     assert!(c == a || c == b);
 }
@@ -567,55 +409,51 @@ fn reallocation_within_rest_uses_other_ports_and_rested_ports_come_back() {
 fn re_offer_keeps_ports_from_either_side() {
     let relay = relay(14, 20);
     let (o, a) = (endpoint(), endpoint());
-    let (ro, ra) = setup(&relay, "reinvite", &o, &a, &Flags::default());
+    let (ro, ra) = audio_call(&relay, "reinvite", &o, &a, &Flags::default());
     // Re-offer from the offerer with a new port: same relay port toward the answerer.
-    let again = relay
-        .offer(
-            "reinvite",
-            "ftag",
-            &audio("127.0.0.1", port(&o) ^ 1),
-            &Flags::default(),
-        )
-        .unwrap();
-    assert_eq!(relay_ports(&again)[0].1, ra);
+    let again = offered(
+        &relay,
+        "reinvite",
+        &audio(LOCALHOST, port(&o) ^ 1),
+        &Flags::default(),
+    );
+    assert_eq!(anchors(&again)[0].port, ra);
     // Re-INVITE from the answerer: its offer goes to the offerer, with the offerer's port.
     let from_b = relay
         .offer(
             "reinvite",
-            "ttag",
-            &audio("127.0.0.1", port(&a)),
+            TO_TAG,
+            &audio(LOCALHOST, port(&a)),
             &Flags::default(),
         )
         .unwrap();
-    assert_eq!(relay_ports(&from_b)[0].1, ro);
+    assert_eq!(anchors(&from_b)[0].port, ro);
     let answer = relay
         .answer(
             "reinvite",
-            "ttag",
-            "ftag",
-            &audio("127.0.0.1", port(&o)),
+            TO_TAG,
+            FROM_TAG,
+            &audio(LOCALHOST, port(&o)),
             &Flags::default(),
         )
         .unwrap();
-    assert_eq!(relay_ports(&answer)[0].1, ra);
+    assert_eq!(anchors(&answer)[0].port, ra);
     assert_eq!(relay.totals().ports_in_use, 4);
     // Media still flows after all that.
-    o.send_to(&rtp(1, b"after"), to(ro)).unwrap();
-    assert_eq!(&recv(&a).unwrap().0[12..], b"after");
-    a.send_to(&rtp(1, b"back"), to(ra)).unwrap();
-    assert_eq!(&recv(&o).unwrap().0[12..], b"back");
+    send_through("after", &o, to(ro), &a, &rtp(1, b"after"));
+    send_through("back", &a, to(ra), &o, &rtp(1, b"back"));
     // Unknown tags and calls are errors.
     assert!(matches!(
         relay.offer(
             "reinvite",
             "stranger",
-            &audio("127.0.0.1", 1),
+            &audio(LOCALHOST, 1),
             &Flags::default()
         ),
         Err(MediaError::UnknownTag(_))
     ));
     assert!(matches!(
-        relay.answer("nope", "f", "t", &audio("127.0.0.1", 1), &Flags::default()),
+        relay.answer("nope", "f", "t", &audio(LOCALHOST, 1), &Flags::default()),
         Err(MediaError::UnknownCall(_))
     ));
 }
@@ -626,7 +464,7 @@ fn audio_and_video_relay_separately_and_port_zero_frees() {
     let (oa, ov, aa, av) = (endpoint(), endpoint(), endpoint(), endpoint());
     let two = |pa, pv| {
         sdp(
-            "127.0.0.1",
+            LOCALHOST,
             &[
                 M {
                     kind: "audio",
@@ -641,35 +479,30 @@ fn audio_and_video_relay_separately_and_port_zero_frees() {
             ],
         )
     };
-    let offer = relay
-        .offer("av", "f", &two(port(&oa), port(&ov)), &Flags::default())
-        .unwrap();
-    let answer = relay
-        .answer(
-            "av",
-            "f",
-            "t",
-            &two(port(&aa), port(&av)),
-            &Flags::default(),
-        )
-        .unwrap();
-    let (ra, ro) = (relay_ports(&offer), relay_ports(&answer));
+    let Anchored {
+        offerer_side: ro,
+        answerer_side: ra,
+    } = offer_answer(
+        &relay,
+        "av",
+        &two(port(&oa), port(&ov)),
+        &two(port(&aa), port(&av)),
+        &Flags::default(),
+    );
     assert_eq!(ra.len(), 2);
     assert_eq!(relay.totals().ports_in_use, 8);
-    oa.send_to(&rtp(1, b"audio"), to(ro[0].1)).unwrap();
-    ov.send_to(&rtp(1, b"video"), to(ro[1].1)).unwrap();
+    oa.send_to(&rtp(1, b"audio"), to(ro[0].port)).unwrap();
+    ov.send_to(&rtp(1, b"video"), to(ro[1].port)).unwrap();
     assert_eq!(&recv(&aa).unwrap().0[12..], b"audio");
     assert_eq!(&recv(&av).unwrap().0[12..], b"video");
     let s = relay.query("av").unwrap();
     assert_eq!(s.streams[1].media, "video");
 
     // Re-offer turning video off: its ports are freed, audio keeps its ports.
-    let off = relay
-        .offer("av", "f", &two(port(&oa), 0), &Flags::default())
-        .unwrap();
-    let off_ports = relay_ports(&off);
-    assert_eq!(off_ports[0].1, ra[0].1);
-    assert_eq!(off_ports[1].1, 0);
+    let off = offered(&relay, "av", &two(port(&oa), 0), &Flags::default());
+    let off_ports = anchors(&off);
+    assert_eq!(off_ports[0].port, ra[0].port);
+    assert_eq!(off_ports[1].port, 0);
     assert_eq!(relay.totals().ports_in_use, 4);
     assert_eq!(relay.query("av").unwrap().streams.len(), 1);
 }
@@ -678,29 +511,21 @@ fn audio_and_video_relay_separately_and_port_zero_frees() {
 fn hold_with_zero_address_never_sends_to_it() {
     let relay = relay(16, 20);
     let (o, a) = (endpoint(), endpoint());
-    let offer = relay
-        .offer("hold", "f", &audio("0.0.0.0", 4000), &Flags::default())
-        .unwrap();
-    let answer = relay
-        .answer(
-            "hold",
-            "f",
-            "t",
-            &audio("127.0.0.1", port(&a)),
-            &Flags::default(),
-        )
-        .unwrap();
-    let ra = relay_ports(&offer)[0].1;
-    let ro = relay_ports(&answer)[0].1;
+    let (ro, ra) = offer_answer(
+        &relay,
+        "hold",
+        &audio("0.0.0.0", 4000),
+        &audio(LOCALHOST, port(&a)),
+        &Flags::default(),
+    )
+    .ports();
     a.send_to(&rtp(1, b"to nowhere"), to(ra)).unwrap();
-    wait_for("dropped toward 0.0.0.0", || {
-        (relay.query("hold")?.streams[0].answerer.rtp.errors == 1).then_some(())
+    stats_when(&relay, "hold", "dropped toward 0.0.0.0", |s| {
+        s.streams[0].answerer.rtp.errors == 1
     });
     // Whatever the held side still sends is forwarded, and latches a return path.
-    o.send_to(&rtp(1, b"moh"), to(ro)).unwrap();
-    assert_eq!(&recv(&a).unwrap().0[12..], b"moh");
-    a.send_to(&rtp(2, b"now"), to(ra)).unwrap();
-    assert_eq!(&recv(&o).unwrap().0[12..], b"now");
+    send_through("moh", &o, to(ro), &a, &rtp(1, b"moh"));
+    send_through("now", &a, to(ra), &o, &rtp(2, b"now"));
 }
 
 #[test]
@@ -708,46 +533,37 @@ fn received_from_replaces_the_sdp_address_unless_trusted() {
     let relay = relay(17, 20);
     let (o, a) = (endpoint(), endpoint());
     let flags = Flags {
-        received_from: Some(SocketAddr::new(LOOP, 5060)),
+        received_from: Some(sa(LOCALHOST, 5060)),
         asymmetric: true,
         ..Flags::default()
     };
     // SDP says 192.0.2.1, SIP came from 127.0.0.1: media goes to 127.0.0.1:<SDP port>.
-    let offer = relay
-        .offer("src", "f", &audio("192.0.2.1", port(&o)), &flags)
-        .unwrap();
-    relay
-        .answer(
-            "src",
-            "f",
-            "t",
-            &audio("127.0.0.1", port(&a)),
-            &Flags::default(),
-        )
-        .unwrap();
-    let ra = relay_ports(&offer)[0].1;
-    a.send_to(&rtp(1, b"via sip source"), to(ra)).unwrap();
-    assert_eq!(&recv(&o).unwrap().0[12..], b"via sip source");
+    let offer = offered(&relay, "src", &audio("192.0.2.1", port(&o)), &flags);
+    answered(
+        &relay,
+        "src",
+        &audio(LOCALHOST, port(&a)),
+        &Flags::default(),
+    );
+    let ra = anchors(&offer)[0].port;
+    send_through("via sip source", &a, to(ra), &o, &rtp(1, b"via sip source"));
 }
 
 #[test]
 fn metrics_are_registered_and_refreshed() {
     let mut registry = prometheus_client::registry::Registry::default();
-    let port_min = 21000 + 18 * 200;
+    // Not `relay()`: this one registers its metrics, with one worker and the default rest.
     let relay = Relay::start(
         MediaConfig {
-            port_min,
-            port_max: port_min + 39,
             workers: 1,
-            ..MediaConfig::default()
+            ..RELAY_RS.config(18, 20)
         },
         Some(&mut registry),
     )
     .unwrap();
     let (o, a) = (endpoint(), endpoint());
-    let (ro, _) = setup(&relay, "metrics", &o, &a, &Flags::default());
-    o.send_to(&rtp(1, b"m"), to(ro)).unwrap();
-    recv(&a).unwrap();
+    let (ro, _) = audio_call(&relay, "metrics", &o, &a, &Flags::default());
+    send_through("m", &o, to(ro), &a, &rtp(1, b"m"));
     wait_for("relayed total", || {
         (relay.totals().packets_relayed == 1).then_some(())
     });
@@ -764,7 +580,7 @@ fn metrics_are_registered_and_refreshed() {
     assert!(text.contains("trunkline_media_timeouts_total 0"), "{text}");
     relay.shutdown();
     assert!(matches!(
-        relay.offer("late", "f", &audio("127.0.0.1", 1), &Flags::default()),
+        relay.offer("late", "f", &audio(LOCALHOST, 1), &Flags::default()),
         Err(MediaError::ShutDown)
     ));
 }
@@ -774,7 +590,7 @@ fn bursts_are_relayed_in_batches_intact_and_in_order() {
     let relay = relay_with(19, 20, |c| c.batch = 8);
     let (o, a) = (endpoint(), endpoint());
 
-    let (ro, _) = setup(&relay, "burst", &o, &a, &Flags::default());
+    let (ro, _) = audio_call(&relay, "burst", &o, &a, &Flags::default());
     // Bursts of 60 (several relay batches each), drained between bursts: 300 datagrams
     // at once would overflow the receiving endpoint's default buffer (counted in skb
     // truesize, not payload), which would test the kernel rather than the relay.
@@ -787,10 +603,8 @@ fn bursts_are_relayed_in_batches_intact_and_in_order() {
             assert_eq!(&p[12..], &seq.to_be_bytes());
         }
     }
-    wait_for("counters", || {
-        let s = relay.query("burst")?;
-        (s.streams[0].offerer.rtp.packets == 300 && relay.totals().packets_relayed == 300)
-            .then_some(())
+    stats_when(&relay, "burst", "counters", |s| {
+        s.streams[0].offerer.rtp.packets == 300 && relay.totals().packets_relayed == 300
     });
     assert_eq!(relay.query("burst").unwrap().streams[0].offerer.rtp_lost, 0);
 }
@@ -801,34 +615,22 @@ fn ipv6_loopback_relays_when_available() {
         return; // no IPv6 loopback on this host
     };
     drop(probe);
-    let v6: IpAddr = "::1".parse().unwrap();
+    let v6 = "::1";
     let relay = relay_with(20, 20, |c| {
-        c.interfaces = MediaConfig::single(v6, v6).interfaces;
+        c.interfaces = MediaConfig::single(ip(v6), ip(v6)).interfaces;
     });
-    let ep = || {
-        let s = UdpSocket::bind("[::1]:0").unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s
-    };
-    let (o, a) = (ep(), ep());
-    let body = |p: u16| {
-        format!("v=0\r\no=- 1 1 IN IP6 ::1\r\ns=-\r\nc=IN IP6 ::1\r\nt=0 0\r\nm=audio {p} RTP/AVP 0\r\n")
-            .into_bytes()
-    };
-    let offer = relay
-        .offer("v6", "f", &body(port(&o)), &Flags::default())
-        .unwrap();
-    let answer = relay
-        .answer("v6", "f", "t", &body(port(&a)), &Flags::default())
-        .unwrap();
-    let (ra, ro) = (relay_ports(&offer)[0], relay_ports(&answer)[0]);
-    assert_eq!(ra.0, v6);
-    o.send_to(&rtp(1, b"six"), SocketAddr::new(v6, ro.1))
-        .unwrap();
-    assert_eq!(&recv(&a).unwrap().0[12..], b"six");
-    a.send_to(&rtp(1, b"back"), SocketAddr::new(v6, ra.1))
-        .unwrap();
-    assert_eq!(&recv(&o).unwrap().0[12..], b"back");
+    let (o, a) = (endpoint_on(v6), endpoint_on(v6));
+    let (ro, ra) = offer_answer(
+        &relay,
+        "v6",
+        &audio(v6, port(&o)),
+        &audio(v6, port(&a)),
+        &Flags::default(),
+    )
+    .first();
+    assert_eq!(ra.addr, ip(v6));
+    send_through("six", &o, sa(v6, ro.port), &a, &rtp(1, b"six"));
+    send_through("back", &a, sa(v6, ra.port), &o, &rtp(1, b"back"));
 }
 
 /// An RR from `ssrc` with a block per (source, fraction lost, jitter), LSR/DLSR zero.
@@ -846,43 +648,34 @@ fn rtcp_rr_blocks(ssrc: u32, blocks: &[(u32, u8, u32)]) -> Vec<u8> {
     p
 }
 
-fn muxed_call(relay: &Relay, call: &str, o: &UdpSocket, a: &UdpSocket) -> (u16, u16) {
-    let mux = |p| {
-        sdp(
-            "127.0.0.1",
-            &[M {
-                kind: "audio",
-                port: p,
-                extra: "a=rtcp-mux\r\n",
-            }],
-        )
-    };
-    let offer = relay
-        .offer(call, "f", &mux(port(o)), &Flags::default())
-        .unwrap();
-    let answer = relay
-        .answer(call, "f", "t", &mux(port(a)), &Flags::default())
-        .unwrap();
-    (relay_ports(&answer)[0].1, relay_ports(&offer)[0].1)
+/// A call whose parties both offer rtcp-mux; returns the first m-line's (offerer's side,
+/// answerer's side).
+fn muxed_call(relay: &Relay, call: &str, o: &UdpSocket, a: &UdpSocket) -> (Anchor, Anchor) {
+    offer_answer(
+        relay,
+        call,
+        &audio_with(LOCALHOST, port(o), RTCP_MUX),
+        &audio_with(LOCALHOST, port(a), RTCP_MUX),
+        &Flags::default(),
+    )
+    .first()
 }
 
 #[test]
 fn rtp_and_muxed_rtcp_are_counted_apart() {
     let relay = relay(21, 20);
     let (o, a, x) = (endpoint(), endpoint(), endpoint());
-    let (ro, _) = muxed_call(&relay, "split", &o, &a);
+    let ro = muxed_call(&relay, "split", &o, &a).0.port;
     let media = rtp(1, &[0u8; 160]);
     let rr = rtcp_rr(0x1234_5678, 1, 0, 0, 0, 0);
     for p in [&media, &rr, &media, &rr, &media] {
-        o.send_to(p, to(ro)).unwrap();
-        assert_eq!(&recv(&a).expect("relayed").0, p);
+        send_through("relayed", &o, to(ro), &a, p);
     }
     // After latching, a stranger's RTCP on the RTP port is an RTCP error, not an RTP one.
     x.send_to(&rr, to(ro)).unwrap();
-    let s = wait_for("split counters", || {
-        let s = relay.query("split")?;
+    let s = stats_when(&relay, "split", "split counters", |s| {
         let off = &s.streams[0].offerer;
-        (off.rtp.packets == 3 && off.rtcp.packets == 2 && off.rtcp.errors == 1).then_some(s)
+        off.rtp.packets == 3 && off.rtcp.packets == 2 && off.rtcp.errors == 1
     });
     let off = &s.streams[0].offerer;
     assert_eq!(off.rtp.bytes, 3 * media.len() as u64);
@@ -902,23 +695,19 @@ fn rtcp_stats_come_from_the_block_about_the_other_partys_media() {
     let relay = relay(22, 20);
     let (o, a) = (endpoint(), endpoint());
     let (ro, ra) = muxed_call(&relay, "blocks", &o, &a);
+    let (ro, ra) = (ro.port, ra.port);
     // Before the answerer has heard any RTP: the first block counts.
     let early = rtcp_rr_blocks(0xbbbb, &[(0x9999, 200, 1), (0x1234_5678, 25, 77)]);
-    a.send_to(&early, to(ra)).unwrap();
-    recv(&o).expect("RR relayed");
-    wait_for("first block", || {
-        let s = relay.query("blocks")?;
-        (s.streams[0].answerer.rtcp_fraction_lost == Some(200)).then_some(())
+    send_through("RR relayed", &a, to(ra), &o, &early);
+    stats_when(&relay, "blocks", "first block", |s| {
+        s.streams[0].answerer.rtcp_fraction_lost == Some(200)
     });
     // Once the offerer's RTP (SSRC 0x12345678) went through, its block is the one read,
     // wherever it sits in the report.
-    o.send_to(&rtp(1, b"media"), to(ro)).unwrap();
-    recv(&a).expect("RTP relayed");
-    a.send_to(&early, to(ra)).unwrap();
-    recv(&o).expect("RR relayed");
-    let s = wait_for("matching block", || {
-        let s = relay.query("blocks")?;
-        (s.streams[0].answerer.rtcp_fraction_lost == Some(25)).then_some(s)
+    send_through("RTP relayed", &o, to(ro), &a, &rtp(1, b"media"));
+    send_through("RR relayed", &a, to(ra), &o, &early);
+    let s = stats_when(&relay, "blocks", "matching block", |s| {
+        s.streams[0].answerer.rtcp_fraction_lost == Some(25)
     });
     assert_eq!(s.streams[0].answerer.rtcp_jitter, Some(77));
     assert_eq!(s.streams[0].answerer.rtcp.packets, 2);

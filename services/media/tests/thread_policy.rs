@@ -3,8 +3,9 @@
 //! found under /proc are the ones started here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+mod common;
 
+use common::{poll, THREAD_POLICY_RS};
 use trunkline_media::{MediaConfig, Relay, Scheduling, ThreadPolicy};
 
 /// The nice value in a `/proc/.../stat` line: field 19 (proc(5)). Fields after `(comm)`
@@ -49,23 +50,19 @@ fn workers_take_the_configured_nice_value() {
     let policy = ThreadPolicy::new(Scheduling::Other, Some(target)).unwrap();
     let relay = Relay::start(
         MediaConfig {
-            port_min: 25000,
-            port_max: 25099,
             workers: 2,
             thread_policy: policy,
-            ..MediaConfig::default()
+            ..THREAD_POLICY_RS.config(0, 50)
         },
         None,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let seen = loop {
+    // Until both workers have set their value, or what they show when the wait runs out.
+    let seen = poll(|| {
         let seen = nice_of_threads("media-worker-");
-        if seen.len() == 2 && seen.iter().all(|&n| n == target) || Instant::now() > deadline {
-            break seen;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+        (seen.len() == 2 && seen.iter().all(|&n| n == target)).then_some(seen)
+    })
+    .unwrap_or_else(|| nice_of_threads("media-worker-"));
     assert_eq!(
         seen,
         vec![target, target],

@@ -7,7 +7,7 @@ use super::*;
 use crate::{PacketStats, StreamPairStats, StreamStats};
 use serde_bencode::value::Value;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +33,18 @@ fn get_int(v: &Value, key: &str) -> Option<i64> {
         Some(Value::Int(i)) => Some(*i),
         _ => None,
     }
+}
+
+/// The reply says `result: ok`.
+#[track_caller]
+fn assert_ok(v: &Value) {
+    assert_eq!(get_str(v, "result"), Some("ok"), "{v:?}");
+}
+
+/// A counter of a `statistics` reply: `statistics` → `group` → `key`.
+fn statistic(v: &Value, group: &str, key: &str) -> Option<i64> {
+    let st = get(v, "statistics").expect("statistics");
+    get_int(get(st, group).expect(group), key)
 }
 
 /// Splits a framed reply and decodes its dictionary.
@@ -307,7 +319,7 @@ struct Stub {
     last_flags: Mutex<Option<Flags>>,
 }
 
-fn addr(s: &str) -> std::net::SocketAddr {
+fn addr(s: &str) -> SocketAddr {
     s.parse().expect("addr")
 }
 
@@ -441,6 +453,13 @@ fn run(d: &Dispatcher<Stub>, msg: &str) -> Value {
 }
 
 const OFFER: &str = "d7:command5:offer7:call-id2:c18:from-tag2:f13:sdp4:v=0\ne";
+/// The answer to [`OFFER`], from tag `t1`.
+const ANSWER: &str = "d7:command6:answer7:call-id2:c18:from-tag2:f16:to-tag2:t13:sdp4:v=0\ne";
+
+/// Runs [`OFFER`] (cookie `1`) on `d`: call `c1` from tag `f1`.
+fn run_offer(d: &Dispatcher<Stub>) -> Value {
+    run(d, &format!("1 {OFFER}"))
+}
 
 #[test]
 fn ping_pong() {
@@ -452,20 +471,17 @@ fn ping_pong() {
 #[test]
 fn offer_answer_query_list_delete() {
     let d = stub();
-    let v = run(&d, &format!("1 {OFFER}"));
-    assert_eq!(get_str(&v, "result"), Some("ok"));
+    let v = run_offer(&d);
+    assert_ok(&v);
     assert_eq!(get_str(&v, "sdp"), Some("v=0\r\nrewritten\r\n"));
     assert_eq!(get(&v, "warning"), None);
 
-    let v = run(
-        &d,
-        "2 d7:command6:answer7:call-id2:c18:from-tag2:f16:to-tag2:t13:sdp4:v=0\ne",
-    );
-    assert_eq!(get_str(&v, "result"), Some("ok"));
+    let v = run(&d, &format!("2 {ANSWER}"));
+    assert_ok(&v);
     assert_eq!(get_str(&v, "sdp"), Some("v=0\r\nanswer\r\n"));
 
     let v = run(&d, "3 d7:command5:query7:call-id2:c1e");
-    assert_eq!(get_str(&v, "result"), Some("ok"));
+    assert_ok(&v);
     let created = get_int(&v, "created").expect("created");
     assert!(created > 1_600_000_000);
     assert!(get_int(&v, "last signal").expect("last signal") >= created);
@@ -480,14 +496,8 @@ fn offer_answer_query_list_delete() {
     );
     let f1 = get(get(&v, "tags").expect("tags"), "f1").expect("tag f1");
     assert_eq!(get_str(f1, "in dialogue with"), Some("t1"));
-    let Some(Value::List(medias)) = get(f1, "medias") else {
-        panic!("medias")
-    };
-    assert_eq!(get_str(&medias[0], "type"), Some("audio"));
-    let Some(Value::List(streams)) = get(&medias[0], "streams") else {
-        panic!("streams")
-    };
-    assert_eq!(get_int(&streams[0], "local port"), Some(30000));
+    assert_eq!(get_str(&list_of(f1, "medias")[0], "type"), Some("audio"));
+    assert_eq!(get_int(&streams_of(&v, "f1")[0], "local port"), Some(30000));
 
     let v = run(&d, "4 d7:command4:liste");
     assert_eq!(get(&v, "calls"), Some(&bencode::str_list(["c1"])));
@@ -500,30 +510,17 @@ fn offer_answer_query_list_delete() {
     );
 
     let v = run(&d, "5 d7:command10:statisticse");
-    let st = get(&v, "statistics").expect("statistics");
-    assert_eq!(
-        get_int(
-            get(st, "currentstatistics").expect("current"),
-            "sessionstotal"
-        ),
-        Some(1)
-    );
-    assert_eq!(
-        get_int(
-            get(st, "totalstatistics").expect("total"),
-            "managedsessions"
-        ),
-        Some(7)
-    );
+    assert_eq!(statistic(&v, "currentstatistics", "sessionstotal"), Some(1));
+    assert_eq!(statistic(&v, "totalstatistics", "managedsessions"), Some(7));
 
     let v = run(&d, "6 d7:command6:delete7:call-id2:c18:from-tag2:f1e");
-    assert_eq!(get_str(&v, "result"), Some("ok"));
+    assert_ok(&v);
     assert!(get(&v, "totals").is_some());
     assert_eq!(get(&v, "warning"), None);
 
     // Gone: delete warns (rtpengine default), fatal errors, query errors.
     let v = run(&d, "7 d7:command6:delete7:call-id2:c1e");
-    assert_eq!(get_str(&v, "result"), Some("ok"));
+    assert_ok(&v);
     assert_eq!(
         get_str(&v, "warning"),
         Some("Call-ID not found or tags didn't match")
@@ -569,16 +566,13 @@ fn counts(v: &Value) -> (i64, i64, i64) {
 #[test]
 fn query_reply_has_rtpengine_shape_with_rtp_and_rtcp_apart() {
     let d = stub();
-    run(&d, &format!("1 {OFFER}"));
+    run_offer(&d);
     // Before the answer the answerer's party exists, untagged.
     let v = run(&d, "2 d7:command5:query7:call-id2:c1e");
     let tags = get(&v, "tags").expect("tags");
     let untagged = get(tags, "<untagged 1>").expect("untagged answerer");
     assert_eq!(get_str(untagged, "tag"), Some(""));
-    run(
-        &d,
-        "3 d7:command6:answer7:call-id2:c18:from-tag2:f16:to-tag2:t13:sdp4:v=0\ne",
-    );
+    run(&d, &format!("3 {ANSWER}"));
     let v = run(&d, "4 d7:command5:query7:call-id2:c1e");
 
     let created = get_int(&v, "created").expect("created");
@@ -667,7 +661,7 @@ fn query_reply_has_rtpengine_shape_with_rtp_and_rtcp_apart() {
 #[test]
 fn delete_fast_has_no_stats() {
     let d = stub();
-    run(&d, &format!("1 {OFFER}"));
+    run_offer(&d);
     let v = run(&d, "2 d7:command6:delete7:call-id2:c15:flagsl4:fastee");
     assert_eq!(v, Dict::new().str("result", "ok").build());
 }
@@ -729,7 +723,7 @@ fn errors_have_only_result_and_reason() {
 fn unknown_flag_gives_warning_but_runs() {
     let d = stub();
     let v = run(&d, "1 d7:command5:offer7:call-id2:c18:from-tag2:f13:sdp4:v=0\n5:flagsl10:frobnicate13:trust-addressee");
-    assert_eq!(get_str(&v, "result"), Some("ok"));
+    assert_ok(&v);
     assert_eq!(
         get_str(&v, "warning"),
         Some("Unknown flag ignored: frobnicate")
@@ -763,7 +757,7 @@ fn unknown_direction_names_fall_back_like_rtpengine() {
     assert_eq!(f.address_family, None);
     // An unknown name: that side gets the default, the reply says so, the call goes on.
     let v = run(&d, &format!("2 {}", offer("l4:priv3:dmze")));
-    assert_eq!(get_str(&v, "result"), Some("ok"));
+    assert_ok(&v);
     assert_eq!(
         get_str(&v, "warning"),
         Some("Interface 'dmz' not found, using default")
@@ -780,40 +774,16 @@ fn unknown_direction_names_fall_back_like_rtpengine() {
 #[test]
 fn trust_address_default_and_sip_source() {
     let d = stub();
-    run(&d, &format!("1 {OFFER}"));
-    assert!(
-        d.engine()
-            .last_flags
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .expect("flags")
-            .trust_address
-    );
+    run_offer(&d);
+    assert!(last_flags(&d).trust_address);
     let d = stub().sip_source(true);
-    run(&d, &format!("1 {OFFER}"));
-    assert!(
-        !d.engine()
-            .last_flags
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .expect("flags")
-            .trust_address
-    );
+    run_offer(&d);
+    assert!(!last_flags(&d).trust_address);
     run(
         &d,
         "2 d7:command5:offer7:call-id2:c28:from-tag2:f13:sdp4:v=0\n5:flagsl13:trust addressee",
     );
-    assert!(
-        d.engine()
-            .last_flags
-            .lock()
-            .expect("lock")
-            .as_ref()
-            .expect("flags")
-            .trust_address
-    );
+    assert!(last_flags(&d).trust_address);
 }
 
 #[test]
@@ -859,42 +829,54 @@ fn reply_cache_is_bounded_by_age_and_count() {
 
 // ---- servers ----
 
-async fn start_stub() -> (NgServer, Arc<Dispatcher<Stub>>) {
-    let d = Arc::new(stub());
-    let lo0: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let srv = NgServer::start(
-        Arc::clone(&d),
-        Some(lo0),
-        Some(lo0),
-        ServerLimits {
-            max_tcp_message: 4096,
-            max_tcp_connections: 2,
-            tcp_idle: Duration::from_secs(5),
-        },
-    )
-    .await
-    .expect("bind");
-    (srv, d)
+/// The longest any server test waits: for a reply, a relayed packet, a closed connection.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// `f`, which must finish within [`WAIT`] (`what` names it if it does not).
+async fn in_time<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(WAIT, f).await.expect(what)
 }
 
-async fn udp_call(sock: &tokio::net::UdpSocket, to: std::net::SocketAddr, msg: &[u8]) -> Vec<u8> {
-    sock.send_to(msg, to).await.expect("send");
-    let mut buf = vec![0u8; 65536];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+/// Loopback, any port: where the servers listen and the test sockets bind.
+fn lo0() -> SocketAddr {
+    SocketAddr::new(LO, 0)
+}
+
+/// Serves `d` over ng on loopback: UDP, and TCP too when `tcp`.
+async fn serve<E: NgEngine>(d: &Arc<Dispatcher<E>>, tcp: bool, limits: ServerLimits) -> NgServer {
+    NgServer::start(Arc::clone(d), Some(lo0()), tcp.then(lo0), limits)
         .await
-        .expect("reply in time")
-        .expect("recv");
+        .expect("bind")
+}
+
+async fn start_stub() -> (NgServer, Arc<Dispatcher<Stub>>) {
+    let d = Arc::new(stub());
+    let limits = ServerLimits {
+        max_tcp_message: 4096,
+        max_tcp_connections: 2,
+        tcp_idle: Duration::from_secs(5),
+    };
+    (serve(&d, true, limits).await, d)
+}
+
+/// The next datagram on `sock` and where it came from, within [`WAIT`].
+async fn recv_in_time(sock: &tokio::net::UdpSocket, what: &str) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = in_time(what, sock.recv_from(&mut buf)).await.expect("recv");
     buf.truncate(n);
-    buf
+    (buf, from)
+}
+
+async fn udp_call(sock: &tokio::net::UdpSocket, to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    sock.send_to(msg, to).await.expect("send");
+    recv_in_time(sock, "reply in time").await.0
 }
 
 #[tokio::test]
 async fn udp_server_answers_and_drops_cookieless() {
     let (srv, _d) = start_stub().await;
     let to = srv.udp_addr().expect("udp");
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let sock = tokio::net::UdpSocket::bind(lo0()).await.expect("bind");
     assert_eq!(
         udp_call(&sock, to, b"1_1 d7:command4:pinge").await,
         b"1_1 d6:result4:ponge"
@@ -922,17 +904,15 @@ async fn tcp_server_frames_by_bencode_and_handles_split_writes() {
     c.write_all(b"and4:pinge").await.expect("write");
     let want = b"a d6:result4:pongeb d6:result4:ponge";
     let mut got = vec![0u8; want.len()];
-    tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+    in_time("in time", c.read_exact(&mut got))
         .await
-        .expect("in time")
         .expect("read");
     assert_eq!(&got, want);
     // Garbage after a cookie: an error reply, then the connection closes.
     c.write_all(b"c xyz").await.expect("write");
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
+    in_time("in time", c.read_to_end(&mut rest))
         .await
-        .expect("in time")
         .expect("read");
     let (cookie, v) = reply_of(&rest);
     assert_eq!(cookie, "c");
@@ -953,10 +933,7 @@ async fn tcp_server_limits_size_and_connections() {
     big.extend(vec![b'a'; 5000]);
     c.write_all(&big).await.expect("write");
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest))
-        .await
-        .expect("closed")
-        .ok();
+    in_time("closed", c.read_to_end(&mut rest)).await.ok();
     assert!(rest.is_empty());
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Two connections allowed; the third is closed at once.
@@ -965,9 +942,7 @@ async fn tcp_server_limits_size_and_connections() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut buf = [0u8; 1];
-    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
-        .await
-        .expect("closed");
+    let n = in_time("closed", third.read(&mut buf)).await;
     assert!(matches!(n, Ok(0) | Err(_)));
 }
 
@@ -980,17 +955,92 @@ fn sdp(port: u16) -> String {
     )
 }
 
-fn m_port(sdp: &str) -> u16 {
-    let rest = sdp.split("m=audio ").nth(1).expect("m=audio line");
-    rest.split(' ')
-        .next()
-        .expect("port")
-        .parse()
-        .expect("numeric port")
+/// `c=` address and port of the first m-line of an SDP.
+fn c_and_port(sdp: &str) -> (IpAddr, u16) {
+    let m = trunkline_sdp::parse(sdp.as_bytes())
+        .expect("sdp")
+        .media()
+        .remove(0);
+    (m.connection.expect("c="), m.port)
 }
 
 fn ng_msg(cookie: &str, d: Dict) -> Vec<u8> {
     message::frame_reply(cookie.as_bytes(), &d.build()).expect("encode")
+}
+
+/// An ng `command` about `call`; callers add the other keys.
+fn ng_call(command: &str, call: &str) -> Dict {
+    Dict::new().str("command", command).str("call-id", call)
+}
+
+/// An ng `offer` of `sdp` for `call` from the party tagged `ft`.
+fn ng_offer(call: &str, sdp: &str) -> Dict {
+    ng_call("offer", call).str("from-tag", "ft").str("sdp", sdp)
+}
+
+/// An ng `answer` of `sdp` from the party tagged `tt` to `ft`'s offer.
+fn ng_answer(call: &str, sdp: &str) -> Dict {
+    ng_call("answer", call)
+        .str("from-tag", "ft")
+        .str("to-tag", "tt")
+        .str("sdp", sdp)
+}
+
+/// The `streams` of the first media of party `tag` in a `query` or `delete` reply.
+fn streams_of<'a>(reply: &'a Value, tag: &str) -> &'a [Value] {
+    let party = get(get(reply, "tags").expect("tags"), tag).expect(tag);
+    list_of(&list_of(party, "medias")[0], "streams")
+}
+
+/// Config of a real relay behind ng: 100 ports from `port_min` (each test its own, as the
+/// tests run in parallel), one worker, freed ports reusable at once.
+fn real_config(port_min: u16) -> crate::MediaConfig {
+    crate::MediaConfig {
+        port_min,
+        port_max: port_min + 99,
+        workers: 1,
+        port_rest: Duration::ZERO,
+        ..crate::MediaConfig::default()
+    }
+}
+
+/// The real engine behind a dispatcher, served over ng on loopback, and the socket a
+/// proxy's rtpengine module sends its commands from.
+struct RealNg {
+    relay: Arc<Relay>,
+    srv: NgServer,
+    ctl: tokio::net::UdpSocket,
+}
+
+impl RealNg {
+    /// Starts a relay with `config` and serves it over UDP ng, and over TCP too when `tcp`.
+    async fn start(config: crate::MediaConfig, tcp: bool) -> Self {
+        let relay = Arc::new(Relay::start(config, None).expect("relay starts"));
+        let d = Arc::new(Dispatcher::new(Arc::clone(&relay)));
+        let srv = serve(&d, tcp, ServerLimits::default()).await;
+        let ctl = tokio::net::UdpSocket::bind(lo0()).await.expect("bind");
+        RealNg { relay, srv, ctl }
+    }
+
+    /// Sends the framed ng message `msg` over UDP; the decoded reply.
+    async fn udp(&self, msg: &[u8]) -> Value {
+        let ng = self.srv.udp_addr().expect("udp");
+        reply_of(&udp_call(&self.ctl, ng, msg).await).1
+    }
+
+    fn shutdown(self) {
+        self.srv.shutdown();
+        self.relay.shutdown();
+    }
+}
+
+/// A party's media socket on `ip`, and its port.
+async fn media_socket(ip: IpAddr) -> (tokio::net::UdpSocket, u16) {
+    let s = tokio::net::UdpSocket::bind((ip, 0))
+        .await
+        .expect("bind party");
+    let port = s.local_addr().expect("party addr").port();
+    (s, port)
 }
 
 async fn tcp_call(c: &mut tokio::net::TcpStream, msg: &[u8]) -> Value {
@@ -998,11 +1048,10 @@ async fn tcp_call(c: &mut tokio::net::TcpStream, msg: &[u8]) -> Value {
     c.write_all(msg).await.expect("write");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    // Bounded: each read adds bytes; give up after 5 s.
+    // Bounded: each read adds bytes; give up after WAIT.
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
+        let n = in_time("reply in time", c.read(&mut chunk))
             .await
-            .expect("reply in time")
             .expect("read");
         assert!(n > 0, "connection closed");
         buf.extend_from_slice(&chunk[..n]);
@@ -1016,39 +1065,13 @@ async fn tcp_call(c: &mut tokio::net::TcpStream, msg: &[u8]) -> Value {
 
 #[tokio::test]
 async fn real_relay_anchors_a_call_over_ng() {
-    let config = crate::MediaConfig {
-        port_min: 47200,
-        port_max: 47299,
-        workers: 1,
-        port_rest: Duration::ZERO,
-        ..crate::MediaConfig::default()
-    };
-    let relay = Arc::new(crate::Relay::start(config, None).expect("relay starts"));
-    let d = Arc::new(Dispatcher::new(Arc::clone(&relay)));
-    let lo0: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let srv = NgServer::start(
-        Arc::clone(&d),
-        Some(lo0),
-        Some(lo0),
-        ServerLimits::default(),
-    )
-    .await
-    .expect("bind");
-    let ctl = tokio::net::UdpSocket::bind(lo0).await.expect("bind");
-    let ng = srv.udp_addr().expect("udp");
-
-    let a = tokio::net::UdpSocket::bind(lo0).await.expect("a");
-    let b = tokio::net::UdpSocket::bind(lo0).await.expect("b");
-    let a_port = a.local_addr().expect("a addr").port();
-    let b_port = b.local_addr().expect("b addr").port();
+    let rig = RealNg::start(real_config(47200), true).await;
+    let (a, a_port) = media_socket(LO).await;
+    let (b, b_port) = media_socket(LO).await;
 
     let offer = ng_msg(
         "o1",
-        Dict::new()
-            .str("command", "offer")
-            .str("call-id", "real-1")
-            .str("from-tag", "ft")
-            .str("sdp", sdp(a_port))
+        ng_offer("real-1", &sdp(a_port))
             .val("flags", bencode::str_list(["trust-address", "frobnicate"]))
             .val(
                 "replace",
@@ -1056,66 +1079,47 @@ async fn real_relay_anchors_a_call_over_ng() {
             )
             .val("received from", bencode::str_list(["IP4", "127.0.0.1"])),
     );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &offer).await);
-    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    let v = rig.udp(&offer).await;
+    assert_ok(&v);
     assert_eq!(
         get_str(&v, "warning"),
         Some("Unknown flag ignored: frobnicate")
     );
     let offer_sdp = get_str(&v, "sdp").expect("sdp").to_owned();
-    let to_b = m_port(&offer_sdp);
+    let to_b = c_and_port(&offer_sdp).1;
     assert!((47200..=47299).contains(&to_b), "{offer_sdp}");
     // Retransmission: same bytes, no second allocation.
-    let (_, again) = reply_of(&udp_call(&ctl, ng, &offer).await);
+    let again = rig.udp(&offer).await;
     assert_eq!(again, v);
-    assert_eq!(relay.totals().sessions, 1);
+    assert_eq!(rig.relay.totals().sessions, 1);
 
     // The answer goes over TCP, same dispatcher.
-    let mut tcp = tokio::net::TcpStream::connect(srv.tcp_addr().expect("tcp"))
+    let mut tcp = tokio::net::TcpStream::connect(rig.srv.tcp_addr().expect("tcp"))
         .await
         .expect("tcp");
-    let answer = ng_msg(
-        "a1",
-        Dict::new()
-            .str("command", "answer")
-            .str("call-id", "real-1")
-            .str("from-tag", "ft")
-            .str("to-tag", "tt")
-            .str("sdp", sdp(b_port)),
-    );
+    let answer = ng_msg("a1", ng_answer("real-1", &sdp(b_port)));
     let v = tcp_call(&mut tcp, &answer).await;
-    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
-    let to_a = m_port(get_str(&v, "sdp").expect("sdp"));
+    assert_ok(&v);
+    let to_a = c_and_port(get_str(&v, "sdp").expect("sdp")).1;
     assert_ne!(to_a, to_b);
 
     // Media: A → relay → B.
     let mut rtp = vec![0x80u8, 0, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4];
     rtp.extend(std::iter::repeat_n(0xffu8, 160));
-    a.send_to(&rtp, ("127.0.0.1", to_a))
-        .await
-        .expect("send rtp");
-    let mut buf = [0u8; 2048];
-    let (n, _) = tokio::time::timeout(Duration::from_secs(5), b.recv_from(&mut buf))
-        .await
-        .expect("relayed in time")
-        .expect("recv");
-    assert_eq!(&buf[..n], &rtp[..]);
+    a.send_to(&rtp, (LO, to_a)).await.expect("send rtp");
+    let (got, _) = recv_in_time(&b, "relayed in time").await;
+    assert_eq!(got, rtp);
 
     // And an RR from A to its RTCP port (relayed on to B's, where nobody listens).
     let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
-    a.send_to(&rr, ("127.0.0.1", to_a + 1))
-        .await
-        .expect("send rtcp");
+    a.send_to(&rr, (LO, to_a + 1)).await.expect("send rtcp");
 
     // The engine publishes counters once per batch: poll until the RR shows.
     let mut v = Value::Int(0);
     for i in 0..100 {
         v = tcp_call(
             &mut tcp,
-            &ng_msg(
-                &format!("q{i}"),
-                Dict::new().str("command", "query").str("call-id", "real-1"),
-            ),
+            &ng_msg(&format!("q{i}"), ng_call("query", "real-1")),
         )
         .await;
         let rtcp = get(get(&v, "totals").expect("totals"), "RTCP").expect("RTCP");
@@ -1124,7 +1128,7 @@ async fn real_relay_anchors_a_call_over_ng() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    assert_ok(&v);
     let totals = get(&v, "totals").expect("totals");
     let count = |d: &Value, k: &str| get_int(d, k).expect(k);
     let rtp_totals = get(totals, "RTP").expect("RTP");
@@ -1133,11 +1137,9 @@ async fn real_relay_anchors_a_call_over_ng() {
     let rtcp_totals = get(totals, "RTCP").expect("RTCP");
     assert_eq!(count(rtcp_totals, "packets"), 1, "{v:?}");
     assert_eq!(count(rtcp_totals, "bytes"), rr.len() as i64);
-    let tags = get(&v, "tags").expect("tags");
-    assert!(get(tags, "tt").is_some());
+    assert!(get(get(&v, "tags").expect("tags"), "tt").is_some());
     // A's party: the RTP stream has the RTP, the RTCP stream (one port up) the RR.
-    let medias = list_of(get(tags, "ft").expect("tag ft"), "medias");
-    let streams = list_of(&medias[0], "streams");
+    let streams = streams_of(&v, "ft");
     assert_eq!(get_int(&streams[0], "local port"), Some(i64::from(to_a)));
     assert_eq!(
         get_int(&streams[1], "local port"),
@@ -1152,39 +1154,20 @@ async fn real_relay_anchors_a_call_over_ng() {
     let v = tcp_call(&mut tcp, &ng_msg("l1", Dict::new().str("command", "list"))).await;
     assert_eq!(get(&v, "calls"), Some(&bencode::str_list(["real-1"])));
 
-    let del = ng_msg(
-        "d1",
-        Dict::new()
-            .str("command", "delete")
-            .str("call-id", "real-1")
-            .str("from-tag", "ft")
-            .str("to-tag", "tt"),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &del).await);
-    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    let del = ng_call("delete", "real-1")
+        .str("from-tag", "ft")
+        .str("to-tag", "tt");
+    let v = rig.udp(&ng_msg("d1", del)).await;
+    assert_ok(&v);
     assert!(get(&v, "totals").is_some());
-    let del2 = ng_msg(
-        "d2",
-        Dict::new()
-            .str("command", "delete")
-            .str("call-id", "real-1"),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &del2).await);
+    let v = rig.udp(&ng_msg("d2", ng_call("delete", "real-1"))).await;
     assert_eq!(
         get_str(&v, "warning"),
         Some("Call-ID not found or tags didn't match")
     );
 
     // Engine errors come back as rtpengine-style errors.
-    let bad = ng_msg(
-        "b1",
-        Dict::new()
-            .str("command", "offer")
-            .str("call-id", "x")
-            .str("from-tag", "f")
-            .str("sdp", "garbage"),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &bad).await);
+    let v = rig.udp(&ng_msg("b1", ng_offer("x", "garbage"))).await;
     assert_eq!(get_str(&v, "result"), Some("error"));
     assert!(
         get_str(&v, "error-reason")
@@ -1192,16 +1175,7 @@ async fn real_relay_anchors_a_call_over_ng() {
             .starts_with("Failed to parse SDP"),
         "{v:?}"
     );
-    let ans = ng_msg(
-        "b2",
-        Dict::new()
-            .str("command", "answer")
-            .str("call-id", "nope")
-            .str("from-tag", "f")
-            .str("to-tag", "t")
-            .str("sdp", sdp(9)),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &ans).await);
+    let v = rig.udp(&ng_msg("b2", ng_answer("nope", &sdp(9)))).await;
     assert_eq!(get_str(&v, "error-reason"), Some("Unknown call-id"));
 
     let v = tcp_call(
@@ -1209,33 +1183,10 @@ async fn real_relay_anchors_a_call_over_ng() {
         &ng_msg("s1", Dict::new().str("command", "statistics")),
     )
     .await;
-    let st = get(&v, "statistics").expect("statistics");
-    assert_eq!(
-        get_int(
-            get(st, "totalstatistics").expect("total"),
-            "managedsessions"
-        ),
-        Some(1)
-    );
-    assert_eq!(
-        get_int(
-            get(st, "currentstatistics").expect("current"),
-            "sessionstotal"
-        ),
-        Some(0)
-    );
+    assert_eq!(statistic(&v, "totalstatistics", "managedsessions"), Some(1));
+    assert_eq!(statistic(&v, "currentstatistics", "sessionstotal"), Some(0));
 
-    srv.shutdown();
-    relay.shutdown();
-}
-
-/// `c=` address and port of the first m-line of an SDP.
-fn c_and_port(sdp: &str) -> (IpAddr, u16) {
-    let m = trunkline_sdp::parse(sdp.as_bytes())
-        .expect("sdp")
-        .media()
-        .remove(0);
-    (m.connection.expect("c="), m.port)
+    rig.shutdown();
 }
 
 #[tokio::test]
@@ -1247,112 +1198,56 @@ async fn real_relay_picks_interfaces_by_direction_over_ng() {
             crate::MediaInterface::new("internal", ip(internal), ip(internal)),
             crate::MediaInterface::new("external", ip(external), ip(public)),
         ],
-        port_min: 47400,
-        port_max: 47499,
-        workers: 1,
-        port_rest: Duration::ZERO,
-        ..crate::MediaConfig::default()
+        ..real_config(47400)
     };
-    let relay = Arc::new(crate::Relay::start(config, None).expect("relay starts"));
-    let d = Arc::new(Dispatcher::new(Arc::clone(&relay)));
-    let lo0: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let srv = NgServer::start(Arc::clone(&d), Some(lo0), None, ServerLimits::default())
-        .await
-        .expect("bind");
-    let ctl = tokio::net::UdpSocket::bind(lo0).await.expect("bind");
-    let ng = srv.udp_addr().expect("udp");
-    let a = tokio::net::UdpSocket::bind((ip(internal), 0))
-        .await
-        .expect("a");
-    let b = tokio::net::UdpSocket::bind((ip(external), 0))
-        .await
-        .expect("b");
-    let a_port = a.local_addr().expect("a addr").port();
-    let b_port = b.local_addr().expect("b addr").port();
+    let rig = RealNg::start(config, false).await;
+    let (a, a_port) = media_socket(ip(internal)).await;
+    let (b, b_port) = media_socket(ip(external)).await;
 
     // Kamailio's `direction=internal direction=external`.
-    let offer = ng_msg(
-        "o1",
-        Dict::new()
-            .str("command", "offer")
-            .str("call-id", "ifaces-1")
-            .str("from-tag", "ft")
-            .str("sdp", sdp(a_port))
-            .val("direction", bencode::str_list(["internal", "external"])),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &offer).await);
-    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    let offer = ng_offer("ifaces-1", &sdp(a_port))
+        .val("direction", bencode::str_list(["internal", "external"]));
+    let v = rig.udp(&ng_msg("o1", offer)).await;
+    assert_ok(&v);
     assert_eq!(get(&v, "warning"), None, "{v:?}");
     let (adv, to_b) = c_and_port(get_str(&v, "sdp").expect("sdp"));
     assert_eq!(adv, ip(public));
 
     let answer_sdp = sdp(b_port).replace("127.0.0.1", external);
-    let answer = ng_msg(
-        "a1",
-        Dict::new()
-            .str("command", "answer")
-            .str("call-id", "ifaces-1")
-            .str("from-tag", "ft")
-            .str("to-tag", "tt")
-            .str("sdp", answer_sdp),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &answer).await);
-    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    let v = rig
+        .udp(&ng_msg("a1", ng_answer("ifaces-1", &answer_sdp)))
+        .await;
+    assert_ok(&v);
     let (adv, to_a) = c_and_port(get_str(&v, "sdp").expect("sdp"));
     assert_eq!(adv, ip(internal));
 
     // RTP both ways; each party hears the relay from the address facing it.
-    let mut buf = [0u8; 2048];
     let pkt = [0x80u8, 0, 0, 1, 0, 0, 0, 160, 1, 2, 3, 4, 9, 9];
     a.send_to(&pkt, (ip(internal), to_a)).await.expect("send");
-    let (n, from) = tokio::time::timeout(Duration::from_secs(5), b.recv_from(&mut buf))
-        .await
-        .expect("relayed in time")
-        .expect("recv");
-    assert_eq!(&buf[..n], &pkt[..]);
-    assert_eq!(from, std::net::SocketAddr::new(ip(external), to_b));
+    let (got, from) = recv_in_time(&b, "relayed in time").await;
+    assert_eq!(got, pkt);
+    assert_eq!(from, SocketAddr::new(ip(external), to_b));
     b.send_to(&pkt, (ip(external), to_b)).await.expect("send");
-    let (n, from) = tokio::time::timeout(Duration::from_secs(5), a.recv_from(&mut buf))
-        .await
-        .expect("relayed in time")
-        .expect("recv");
-    assert_eq!(&buf[..n], &pkt[..]);
-    assert_eq!(from, std::net::SocketAddr::new(ip(internal), to_a));
+    let (got, from) = recv_in_time(&a, "relayed in time").await;
+    assert_eq!(got, pkt);
+    assert_eq!(from, SocketAddr::new(ip(internal), to_a));
 
     // `query` shows each stream's local address, as rtpengine's does.
-    let q = ng_msg(
-        "q1",
-        Dict::new()
-            .str("command", "query")
-            .str("call-id", "ifaces-1"),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &q).await);
-    let tags = get(&v, "tags").expect("tags");
-    let first_stream = |tag: &str| {
-        let medias = list_of(get(tags, tag).expect("tag"), "medias");
-        list_of(&medias[0], "streams")[0].clone()
-    };
-    let st = first_stream("ft");
-    assert_eq!(get_str(&st, "local address"), Some(internal));
-    assert_eq!(get_int(&st, "local port"), Some(i64::from(to_a)));
-    assert_eq!(get_str(&st, "family"), Some("IPv4"));
-    let st = first_stream("tt");
-    assert_eq!(get_str(&st, "local address"), Some(external));
-    assert_eq!(get_int(&st, "local port"), Some(i64::from(to_b)));
+    let v = rig.udp(&ng_msg("q1", ng_call("query", "ifaces-1"))).await;
+    let st = &streams_of(&v, "ft")[0];
+    assert_eq!(get_str(st, "local address"), Some(internal));
+    assert_eq!(get_int(st, "local port"), Some(i64::from(to_a)));
+    assert_eq!(get_str(st, "family"), Some("IPv4"));
+    let st = &streams_of(&v, "tt")[0];
+    assert_eq!(get_str(st, "local address"), Some(external));
+    assert_eq!(get_int(st, "local port"), Some(i64::from(to_b)));
 
     // An unknown name: rtpengine's answer is not an error but the default interface.
-    let offer = ng_msg(
-        "o2",
-        Dict::new()
-            .str("command", "offer")
-            .str("call-id", "ifaces-2")
-            .str("from-tag", "ft")
-            .str("sdp", sdp(a_port))
-            .str("from-interface", "internal")
-            .str("to-interface", "dmz"),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &offer).await);
-    assert_eq!(get_str(&v, "result"), Some("ok"), "{v:?}");
+    let offer = ng_offer("ifaces-2", &sdp(a_port))
+        .str("from-interface", "internal")
+        .str("to-interface", "dmz");
+    let v = rig.udp(&ng_msg("o2", offer)).await;
+    assert_ok(&v);
     assert_eq!(
         get_str(&v, "warning"),
         Some("Interface 'dmz' not found, using default")
@@ -1360,18 +1255,9 @@ async fn real_relay_picks_interfaces_by_direction_over_ng() {
     assert_eq!(c_and_port(get_str(&v, "sdp").expect("sdp")).0, ip(internal));
 
     // `to-interface` alone picks the side toward the receiver.
-    let offer = ng_msg(
-        "o3",
-        Dict::new()
-            .str("command", "offer")
-            .str("call-id", "ifaces-3")
-            .str("from-tag", "ft")
-            .str("sdp", sdp(a_port))
-            .str("to-interface", "external"),
-    );
-    let (_, v) = reply_of(&udp_call(&ctl, ng, &offer).await);
+    let offer = ng_offer("ifaces-3", &sdp(a_port)).str("to-interface", "external");
+    let v = rig.udp(&ng_msg("o3", offer)).await;
     assert_eq!(c_and_port(get_str(&v, "sdp").expect("sdp")).0, ip(public));
 
-    srv.shutdown();
-    relay.shutdown();
+    rig.shutdown();
 }
