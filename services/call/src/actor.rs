@@ -6,7 +6,7 @@
 //! the next wake-up is scheduled. No other task ever touches the call's state.
 
 use crate::dispatcher::Shared;
-use crate::media::MediaMsg;
+use crate::media::{LegInterfaces, MediaMsg};
 use crate::metrics::Direction;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
@@ -63,6 +63,9 @@ pub struct CallActorState {
     counted_end: bool,
     /// Where the caller's INVITE came from (media NAT handling).
     caller_source: std::net::SocketAddr,
+    /// The relay interface of each leg: A's from the node's configuration, B's from the
+    /// trunk once routed (before B's first offer).
+    media_interfaces: LegInterfaces,
     /// The call has a relay session to free when it ends.
     media_used: bool,
     media_key: std::sync::Arc<str>,
@@ -109,6 +112,10 @@ impl Actor for CallActor {
             .live_calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let a_key_for_media = args.a_key.clone();
+        let media_interfaces = LegInterfaces {
+            a: args.shared.access_interface.clone(),
+            b: None,
+        };
         let mut state = CallActorState {
             call,
             shared: args.shared,
@@ -119,6 +126,7 @@ impl Actor for CallActor {
             generation: 0,
             counted_end: false,
             caller_source,
+            media_interfaces,
             media_used: false,
             media_key: std::sync::Arc::from(String::from_utf8_lossy(&a_key_for_media).as_ref()),
         };
@@ -228,12 +236,15 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
         } => {
             let decision = match state.shared.router.route(&request_uri) {
                 Some(trunk) => match state.shared.local_for(trunk.transport) {
-                    Some(local) => RouteDecision::Trunk {
-                        peer: trunk.peer(),
-                        local,
-                        request_uri: trunk.request_uri(request_uri.user()),
-                        anchor_media: trunk.anchor_media && state.shared.media.is_some(),
-                    },
+                    Some(local) => {
+                        state.media_interfaces.b = trunk.media_interface.clone();
+                        RouteDecision::Trunk {
+                            peer: trunk.peer(),
+                            local,
+                            request_uri: trunk.request_uri(request_uri.user()),
+                            anchor_media: trunk.anchor_media && state.shared.media.is_some(),
+                        }
+                    }
                     None => RouteDecision::Reject {
                         status: 503,
                         cause: EndCause::TransportError,
@@ -281,6 +292,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                     op,
                     sdp,
                     caller_source: state.caller_source,
+                    interfaces: state.media_interfaces.clone(),
                     reply: myself.clone(),
                 };
                 if media.send_message(msg).is_err() {

@@ -38,6 +38,9 @@ pub struct DispatcherConfig {
     /// Answer over UDP to the packet's source port even without `rport`
     /// (RFC 3581 behaviour for every client): what keeps NATed callers reachable.
     pub force_rport: bool,
+    /// The relay interface callers' media (the A leg) is anchored on, by name; `None`: the
+    /// relay's default.
+    pub access_interface: Option<Arc<str>>,
 }
 
 /// State shared by the dispatcher and every call actor.
@@ -47,6 +50,8 @@ pub struct Shared {
     pub(crate) router: Router,
     /// The node's media-relay actor; `None` when media anchoring is off.
     pub(crate) media: Option<ActorRef<MediaMsg>>,
+    /// See [`DispatcherConfig::access_interface`].
+    pub(crate) access_interface: Option<Arc<str>>,
     calls: DashMap<Bytes, (ActorRef<CallMsg>, Leg)>,
     transports: OnceLock<Transports>,
     advertise: IpAddr,
@@ -156,6 +161,7 @@ impl Dispatcher {
                 metrics,
                 router,
                 media,
+                access_interface: cfg.access_interface,
                 calls: DashMap::new(),
                 transports: OnceLock::new(),
                 advertise: cfg.advertise,

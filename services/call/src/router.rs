@@ -4,6 +4,7 @@
 //! shape (a pure decision from the Request-URI to a trunk) stays.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use trunkline_sip::{Host, Peer, SipUri, Transport, Uri};
 
 /// A carrier interconnect the node sends calls to.
@@ -14,6 +15,9 @@ pub struct Trunk {
     pub transport: Transport,
     /// Anchor the RTP of calls to this trunk on the node's relay.
     pub anchor_media: bool,
+    /// The relay interface this trunk's media (the B leg) is anchored on, by name; `None`:
+    /// the relay's default. Carriers are often reached on another network than callers.
+    pub media_interface: Option<Arc<str>>,
 }
 
 impl Trunk {
@@ -92,6 +96,7 @@ mod tests {
             addr: "127.0.0.1:5090".parse().unwrap(),
             transport: Transport::Tcp,
             anchor_media: true,
+            media_interface: Some(Arc::from("carrier")),
         };
         let r = Router::new(vec![t.clone()], Some("carrier")).unwrap();
         let uri = Uri::parse("sip:+15551234@example.com").unwrap();

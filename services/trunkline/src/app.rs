@@ -52,6 +52,7 @@ fn router(config: &Config) -> anyhow::Result<Router> {
                 TrunkTransport::Tcp => trunkline_sip::Transport::Tcp,
             },
             anchor_media: t.anchor_media,
+            media_interface: t.media_interface.as_deref().map(Arc::from),
         });
     }
     Router::new(trunks, config.routing.default_trunk.as_deref()).context("routing")
@@ -93,9 +94,10 @@ impl App {
                     thread_policy: m
                         .thread_policy()
                         .context("invalid media.scheduling/media.priority")?,
-                    // The node anchors every call on one interface; the call actor never
-                    // names one, so every party gets it.
-                    ..trunkline_media::MediaConfig::single(m.bind, m.advertise.unwrap_or(m.bind))
+                    // The default interface first: legs the configuration names no
+                    // interface for get it.
+                    interfaces: m.relay_interfaces(),
+                    ..trunkline_media::MediaConfig::default()
                 },
                 Some(registry),
             )
@@ -114,6 +116,7 @@ impl App {
                 advertise,
                 max_calls: config.sip.max_calls,
                 force_rport: config.sip.force_rport,
+                access_interface: config.media.access_interface.as_deref().map(Arc::from),
             },
             router(&config)?,
             call_metrics,

@@ -19,7 +19,9 @@ use figment::error::Kind;
 use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::{Figment, Source};
 use serde::{Deserialize, Serialize};
-use trunkline_media::{Scheduling, ThreadPolicy, ThreadPolicyError};
+use trunkline_media::{
+    MediaInterface, Scheduling, ThreadPolicy, ThreadPolicyError, DEFAULT_INTERFACE,
+};
 use trunkline_transport::TransportConfig;
 
 /// Prefix of the environment variables that override the file.
@@ -80,6 +82,33 @@ pub struct MediaSection {
     /// threads' nice value (-20..19); unset leaves the nice value alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// The interface callers' media (the A leg) is anchored on; unset: the default one
+    /// (`bind`/`advertise`). An SBC usually faces callers on an access network and trunks on
+    /// a carrier network, each reachable only on its own address.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string::deserialize_option"
+    )]
+    pub access_interface: Option<String>,
+    /// `[[media.interfaces]]`: named interfaces beside the default one, which `bind` and
+    /// `advertise` define and which is called `default` (as rtpengine's unnamed
+    /// `--interface`). `access_interface` and a trunk's `media_interface` pick among them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<MediaInterfaceConfig>,
+}
+
+/// One `[[media.interfaces]]` entry: a named address the relay can anchor a leg's media on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaInterfaceConfig {
+    /// Unique name, referred to by `media.access_interface` and `trunks[].media_interface`.
+    #[serde(deserialize_with = "lenient_string::deserialize")]
+    pub name: String,
+    /// Address the relay's sockets for legs on this interface bind to.
+    pub bind: IpAddr,
+    /// Address written into SDP sent to that leg (behind 1:1 NAT); defaults to `bind`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<IpAddr>,
 }
 
 impl MediaSection {
@@ -87,6 +116,38 @@ impl MediaSection {
     /// this fails, so after loading it is only an error for a hand-built section.
     pub fn thread_policy(&self) -> Result<ThreadPolicy, ThreadPolicyError> {
         ThreadPolicy::new(self.scheduling, self.priority)
+    }
+
+    /// The relay's interfaces: the default one (`bind`/`advertise`, named
+    /// [`DEFAULT_INTERFACE`]) first, because the relay gives the first to every leg no
+    /// name was chosen for; then `[[media.interfaces]]` in order.
+    pub fn relay_interfaces(&self) -> Vec<MediaInterface> {
+        let default = MediaInterface::new(
+            DEFAULT_INTERFACE,
+            self.bind,
+            self.advertise.unwrap_or(self.bind),
+        );
+        std::iter::once(default)
+            .chain(self.interfaces.iter().map(|i| {
+                MediaInterface::new(i.name.clone(), i.bind, i.advertise.unwrap_or(i.bind))
+            }))
+            .collect()
+    }
+
+    /// Whether `name` is an interface of the relay (`default` included).
+    fn has_interface(&self, name: &str) -> bool {
+        name == DEFAULT_INTERFACE || self.interfaces.iter().any(|i| i.name == name)
+    }
+
+    /// Every interface name once, for problem messages that list what could have been meant.
+    fn interface_names(&self) -> String {
+        let mut names = vec![DEFAULT_INTERFACE];
+        for i in &self.interfaces {
+            if !i.name.trim().is_empty() && !names.contains(&i.name.as_str()) {
+                names.push(&i.name);
+            }
+        }
+        names.join(", ")
     }
 }
 
@@ -102,6 +163,8 @@ impl Default for MediaSection {
             workers: 0,
             scheduling: Scheduling::Default,
             priority: None,
+            access_interface: None,
+            interfaces: Vec::new(),
         }
     }
 }
@@ -342,6 +405,15 @@ pub struct TrunkConfig {
     /// Anchor the RTP of calls to this trunk on the node's relay (when `[media]` is enabled).
     #[serde(default = "default_true")]
     pub anchor_media: bool,
+    /// The `[media]` interface this trunk's media (the B leg) is anchored on, so a carrier
+    /// reached on another network gets the relay's address on that network; unset: the
+    /// default interface.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string::deserialize_option"
+    )]
+    pub media_interface: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -547,11 +619,52 @@ impl Config {
         if let Err(e) = m.thread_policy() {
             problems.push("media.priority", e.to_string());
         }
-        if m.advertise.is_none() && m.bind.is_unspecified() {
-            problems.push(
-                "media.advertise",
-                format!("must be set when media.bind is {}", m.bind),
-            );
+        check_interface_addresses(problems, "media", m.bind, m.advertise);
+        self.validate_media_interfaces(problems);
+    }
+
+    /// Interface names are unique (`default` is taken by `bind`/`advertise`), and every name
+    /// a leg is anchored by exists: the relay would refuse the first call's offer otherwise.
+    fn validate_media_interfaces(&self, problems: &mut Problems) {
+        let m = &self.media;
+        let mut names = HashSet::from([DEFAULT_INTERFACE]);
+        for (i, iface) in m.interfaces.iter().enumerate() {
+            let key = format!("media.interfaces[{i}]");
+            if iface.name.trim().is_empty() {
+                problems.push(format!("{key}.name"), "must not be empty");
+            } else if iface.name == DEFAULT_INTERFACE {
+                problems.push(
+                    format!("{key}.name"),
+                    format!(
+                        "{DEFAULT_INTERFACE:?} is the interface media.bind/media.advertise define"
+                    ),
+                );
+            } else if !names.insert(iface.name.as_str()) {
+                problems.push(
+                    format!("{key}.name"),
+                    format!("{:?} is used by another interface", iface.name),
+                );
+            }
+            check_interface_addresses(problems, &key, iface.bind, iface.advertise);
+        }
+        let known = m.interface_names();
+        if let Some(name) = &m.access_interface {
+            if !m.has_interface(name) {
+                problems.push(
+                    "media.access_interface",
+                    format!("{name:?} is not a media interface (configured: {known})"),
+                );
+            }
+        }
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            if let Some(name) = &trunk.media_interface {
+                if !m.has_interface(name) {
+                    problems.push(
+                        format!("trunks[{i}].media_interface"),
+                        format!("{name:?} is not a media interface (configured: {known})"),
+                    );
+                }
+            }
         }
     }
 
@@ -606,6 +719,28 @@ impl Config {
     /// The effective configuration as TOML, for `--check-config`.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         toml::to_string(self).context("cannot render the configuration as TOML")
+    }
+}
+
+/// The addresses of one media interface (`key` is `media` or `media.interfaces[i]`): SDP
+/// must name an address peers can reach, and a socket bound on one family cannot be
+/// reached at an address of the other.
+fn check_interface_addresses(
+    problems: &mut Problems,
+    key: &str,
+    bind: IpAddr,
+    advertise: Option<IpAddr>,
+) {
+    match advertise {
+        None if bind.is_unspecified() => problems.push(
+            format!("{key}.advertise"),
+            format!("must be set when {key}.bind is {bind}"),
+        ),
+        Some(advertise) if advertise.is_ipv4() != bind.is_ipv4() => problems.push(
+            format!("{key}.advertise"),
+            format!("{advertise} and {key}.bind {bind} are of different address families"),
+        ),
+        _ => {}
     }
 }
 
@@ -1060,6 +1195,140 @@ default_trunk = "b"
         }
     }
 
+    /// An access network on the default interface, a carrier network on `carrier`.
+    const TWO_NETWORKS: &str = r#"
+[media]
+bind = "127.0.0.1"
+[[media.interfaces]]
+name = "carrier"
+bind = "127.0.0.2"
+advertise = "192.0.2.20"
+[[media.interfaces]]
+name = "lab"
+bind = "::1"
+[[trunks]]
+name = "pstn"
+address = "127.0.0.1:5090"
+media_interface = "carrier"
+[[trunks]]
+name = "local"
+address = "127.0.0.1:5091"
+[routing]
+default_trunk = "pstn"
+"#;
+
+    #[test]
+    fn media_interfaces_for_access_and_trunks() {
+        load_in_jail(&[], Some(TWO_NETWORKS), |result, _| {
+            let config = result.unwrap();
+            let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+            assert_eq!(
+                config.media.relay_interfaces(),
+                vec![
+                    MediaInterface::new("default", ip("127.0.0.1"), ip("127.0.0.1")),
+                    MediaInterface::new("carrier", ip("127.0.0.2"), ip("192.0.2.20")),
+                    MediaInterface::new("lab", ip("::1"), ip("::1")),
+                ]
+            );
+            assert_eq!(config.media.access_interface, None);
+            assert_eq!(config.trunks[0].media_interface.as_deref(), Some("carrier"));
+            assert_eq!(config.trunks[1].media_interface, None);
+        });
+        // The access side from the environment; `default` names the bind/advertise one.
+        for name in ["carrier", "default"] {
+            let env = [("TRUNKLINE_MEDIA__ACCESS_INTERFACE", name)];
+            load_in_jail(&env, Some(TWO_NETWORKS), |result, _| {
+                assert_eq!(
+                    result.unwrap().media.access_interface.as_deref(),
+                    Some(name)
+                );
+            });
+        }
+        // Interfaces from the environment alone, a numeric-looking name included.
+        let env = [
+            (
+                "TRUNKLINE_MEDIA__INTERFACES",
+                "[{name=\"7\", bind=\"127.0.0.3\"}]",
+            ),
+            ("TRUNKLINE_MEDIA__ACCESS_INTERFACE", "7"),
+        ];
+        load_in_jail(&env, None, |result, _| {
+            let media = result.unwrap().media;
+            assert_eq!(media.access_interface.as_deref(), Some("7"));
+            assert_eq!(media.relay_interfaces()[1].name, "7");
+        });
+        // No interfaces: one, the default, as before.
+        assert_eq!(
+            MediaSection::default().relay_interfaces(),
+            vec![MediaInterface::new(
+                DEFAULT_INTERFACE,
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from([127, 0, 0, 1])
+            )]
+        );
+    }
+
+    #[test]
+    fn media_interface_validation_names_keys() {
+        let file = r#"
+[media]
+access_interface = "acess"
+[[media.interfaces]]
+name = "carrier"
+bind = "127.0.0.2"
+[[media.interfaces]]
+name = "carrier"
+bind = "127.0.0.3"
+[[media.interfaces]]
+name = "default"
+bind = "127.0.0.4"
+[[media.interfaces]]
+name = ""
+bind = "127.0.0.5"
+[[media.interfaces]]
+name = "public"
+bind = "0.0.0.0"
+[[media.interfaces]]
+name = "v6"
+bind = "::1"
+advertise = "192.0.2.1"
+[[trunks]]
+name = "pstn"
+address = "127.0.0.1:5090"
+media_interface = "carrier"
+[[trunks]]
+name = "other"
+address = "127.0.0.1:5091"
+media_interface = "carier"
+"#;
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            for needle in [
+                "media.interfaces[1].name: \"carrier\" is used by another interface",
+                "media.interfaces[2].name: \"default\" is the interface media.bind",
+                "media.interfaces[3].name: must not be empty",
+                "media.interfaces[4].advertise: must be set when media.interfaces[4].bind is 0.0.0.0",
+                "media.interfaces[5].advertise: 192.0.2.1 and media.interfaces[5].bind ::1 are of different address families",
+                "media.access_interface: \"acess\" is not a media interface (configured: default, carrier, public, v6)",
+                "trunks[1].media_interface: \"carier\" is not a media interface",
+            ] {
+                assert!(message.contains(needle), "missing {needle:?} in {message}");
+            }
+            assert!(!message.contains("media.interfaces[0]"), "{message}");
+            assert!(!message.contains("trunks[0]"), "{message}");
+        });
+        // Unknown keys inside an entry are rejected like everywhere else.
+        let file = "[[media.interfaces]]\nname = \"carrier\"\nbind = \"127.0.0.2\"\nadvertize = \"192.0.2.1\"\n";
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("unknown field `advertize`"), "{message}");
+            assert!(
+                message.contains("media.interfaces.0.advertize:"),
+                "{message}"
+            );
+        });
+    }
+
     #[test]
     fn effective_config_round_trips_through_toml() {
         let example = std::fs::read_to_string(example_path()).unwrap();
@@ -1076,5 +1345,12 @@ default_trunk = "b"
         let text = disabled.to_toml().unwrap();
         assert!(text.contains("listen = \"\""), "{text}");
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), disabled);
+        let env = [("TRUNKLINE_MEDIA__ACCESS_INTERFACE", "carrier")];
+        load_in_jail(&env, Some(TWO_NETWORKS), |result, _| {
+            let config = result.unwrap();
+            let text = config.to_toml().unwrap();
+            assert!(text.contains("[[media.interfaces]]"), "{text}");
+            assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+        });
     }
 }

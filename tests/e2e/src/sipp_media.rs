@@ -1,6 +1,7 @@
 //! SIPp as an RTP peer: its media ports and the command-line flags the media scenarios
-//! (tests/media/*.xml, tests/scenarios/*_sipi.xml) run with. Shared by media.rs and sipi.rs so
-//! that every media test gives SIPp the same port block and the same lenient behaviours.
+//! (tests/media/*.xml, tests/scenarios/*_sipi.xml) run with. Shared by media.rs, sipi.rs and
+//! interfaces.rs so that every media test gives SIPp the same port block and the same lenient
+//! behaviours.
 
 use crate::{Sipp, UAC_IP};
 use anyhow::{bail, Result};
@@ -49,11 +50,18 @@ pub fn echo_callee(scenario: &str, media_port: u16) -> Sipp {
 /// `scenario` (under tests/scenarios) with its media on `media_port` of 127.0.0.2, the address
 /// its SDP names (`-key sdp_ip`).
 pub fn rtp_caller(scenario: &str, remote: SocketAddr, media_port: u16) -> Sipp {
+    rtp_caller_from(UAC_IP, scenario, remote, media_port)
+}
+
+/// [`rtp_caller`] on `ip` (its SIP, its media and its SDP's address) instead of 127.0.0.2:
+/// for tests where 127.0.0.2 is one of the node's own media addresses.
+pub fn rtp_caller_from(ip: Ipv4Addr, scenario: &str, remote: SocketAddr, media_port: u16) -> Sipp {
     Sipp::uac(scenario, remote)
+        .local_ip(ip)
         .calls(1)
         .trace_msg()
         .args_media(media_port)
         .arg("-key")
         .arg("sdp_ip")
-        .arg(&UAC_IP.to_string())
+        .arg(&ip.to_string())
 }
