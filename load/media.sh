@@ -34,7 +34,8 @@ Environment (defaults full / quick):
   RAMP               streams per step, one-way 50 pps flows (bidirectional sessions = streams/2)
                      ("100 200 400 800 1200 1600 2000 2400 3000 3600 4000 4800" / "200 1000 2000 4000")
   LAT_STREAMS        streams of the fixed latency runs (500)
-  LAT_RUNS           latency runs per system, interleaved across systems (3 / 1)
+  LAT_RUNS           latency runs per system, interleaved across systems (7 / 1)
+  LAT_SECS           seconds of traffic per latency run (5 / 3)
   LOSS_MAX_PCT       a step passes below this loss (0.1) ...
   PACE_MIN_PCT       ... and if the generator sent at >= this % of the offered rate (95)
   RETRY              re-run a failing step this many times before stopping the ramp (1 / 0)
@@ -49,10 +50,10 @@ EOF
 parse_args "direct,rtpengine,trunkline" "pin" "$@"
 
 if [ "$QUICK" = 1 ]; then
-	: "${STEP_SECS:=3}" "${RETRY:=0}" "${LAT_RUNS:=1}"
+	: "${STEP_SECS:=3}" "${RETRY:=0}" "${LAT_RUNS:=1}" "${LAT_SECS:=3}"
 	: "${RAMP:=200 1000 2000 4000}"
 else
-	: "${STEP_SECS:=10}" "${RETRY:=1}" "${LAT_RUNS:=3}"
+	: "${STEP_SECS:=10}" "${RETRY:=1}" "${LAT_RUNS:=7}" "${LAT_SECS:=5}"
 	: "${RAMP:=100 200 400 800 1200 1600 2000 2400 3000 3600 4000 4800}"
 fi
 : "${LAT_STREAMS:=500}" "${LOSS_MAX_PCT:=0.1}" "${PACE_MIN_PCT:=95}" "${SEND_THREADS:=1}" "${RECV_THREADS:=1}"
@@ -168,11 +169,11 @@ EOF
 relay_stop() { stop_pid "$RELAY_PID"; RELAY_PID=""; }
 
 # one measured step: SYSTEM DIR STREAMS -> DIR/step.json (+ rtpbench.log, relay.log)
-run_step() {
-	local sys=$1 dir=$2 streams=$3 sessions args=()
+run_step() { # SYSTEM DIR STREAMS [SECONDS, default STEP_SECS]
+	local sys=$1 dir=$2 streams=$3 secs=${4:-$STEP_SECS} sessions args=()
 	sessions=$(((streams + 1) / 2))
 	mkdir -p "$dir"
-	args=(--streams "$sessions" --both-directions --duration "$STEP_SECS" --pps-per-stream 50
+	args=(--streams "$sessions" --both-directions --duration "$secs" --pps-per-stream 50
 		--local-ip "$HOST" --send-threads "$SEND_THREADS" --recv-threads "$RECV_THREADS"
 		--json --label "$sys/$streams")
 	if [ "$sys" = direct ]; then
@@ -186,7 +187,7 @@ run_step() {
 		args+=(--ng "$HOST:$NG_PORT" --relay-pid "$RELAY_PID")
 	fi
 	# bounded: the tool stops after STEP_SECS of traffic; the timeout covers set-up/teardown
-	timeout --signal=TERM --kill-after=5 $((STEP_SECS * 3 + 60)) "${GEN_PRE[@]}" "$RB" "${args[@]}" \
+	timeout --signal=TERM --kill-after=5 $((secs * 3 + 60)) "${GEN_PRE[@]}" "$RB" "${args[@]}" \
 		>"$dir/step.json" 2>"$dir/rtpbench.log" || true
 	[ -s "$dir/step.json" ] || printf '{"label":"%s/%s","error":"rtpbench produced no summary (see rtpbench.log)"}\n' "$sys" "$streams" >"$dir/step.json"
 	[ "$sys" = direct ] || relay_stop
@@ -213,7 +214,7 @@ EOF
 sessions_max=$(((PORT_MAX - PORT_MIN + 1) / 4)) # RTP+RTCP on both sides of every session
 {
 	echo "STAMP=$STAMP QUICK=$QUICK PIN=$PIN RELAY_THREADS=$RELAY_THREADS FLOOR_PAIRS=$FLOOR_PAIRS SYSTEMS=$SYSTEMS STEP_SECS=$STEP_SECS RETRY=$RETRY"
-	echo "RAMP=\"$RAMP\" LAT_STREAMS=$LAT_STREAMS LAT_RUNS=$LAT_RUNS LOSS_MAX_PCT=$LOSS_MAX_PCT PACE_MIN_PCT=$PACE_MIN_PCT"
+	echo "RAMP=\"$RAMP\" LAT_STREAMS=$LAT_STREAMS LAT_RUNS=$LAT_RUNS LAT_SECS=$LAT_SECS LOSS_MAX_PCT=$LOSS_MAX_PCT PACE_MIN_PCT=$PACE_MIN_PCT"
 	echo "SEND_THREADS=$SEND_THREADS RECV_THREADS=$RECV_THREADS NG_PORT=$NG_PORT PORT_MIN=$PORT_MIN PORT_MAX=$PORT_MAX"
 	echo "RTPBENCH=$RB TRUNKLINE_RELAY=${TLR:-} rtpengine=$(rtpengine --version 2>&1 | head -1 || true)"
 	echo "nproc=$(nproc) loadavg=$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -272,7 +273,7 @@ done
 for round in $(seq 1 "$LAT_RUNS"); do
 	for sys in "${SYS_LIST[@]}"; do
 		[ -n "${UNAVAILABLE[$sys]:-}" ] && continue
-		run_step "$sys" "$OUT/$sys/latency-$round" "$LAT_STREAMS"
+		run_step "$sys" "$OUT/$sys/latency-$round" "$LAT_STREAMS" "$LAT_SECS"
 		log "$sys: latency run $round/$LAT_RUNS, $LAT_STREAMS streams: $(step_verdict "$OUT/$sys/latency-$round")"
 	done
 done
