@@ -14,6 +14,7 @@
 
 use bytes::{Bytes, BytesMut};
 use std::ops::Range;
+use trunkline_sip::scan::{self, is_ws, quoted_end};
 
 /// Why the SDP of a multipart body cannot be located; the caller then sends the body
 /// untouched (un-anchored) rather than risk corrupting a part it does not understand.
@@ -130,13 +131,9 @@ pub fn splice(body: &[u8], range: Range<usize>, sdp: &[u8]) -> Option<Bytes> {
 
 // ----- Content-Type ---------------------------------------------------------------
 
-fn is_ws(c: u8) -> bool {
-    c == b' ' || c == b'\t'
-}
-
+/// `b` without SP/HT at either end.
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !is_ws(*c)).unwrap_or(b.len());
-    let e = b.iter().rposition(|c| !is_ws(*c)).map_or(s, |e| e + 1);
+    let (s, e) = scan::trim(b);
     b.get(s..e).unwrap_or_default()
 }
 
@@ -207,20 +204,6 @@ fn boundary(v: &[u8]) -> Result<&[u8], MultipartError> {
 /// `bchars` of RFC 2046 §5.1.1.
 fn is_bchar(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&c)
-}
-
-/// Given `b[i] == '"'`, the index just past the closing quote (backslash escapes
-/// honoured); `None` when the quote is never closed.
-fn quoted_end(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    while j < b.len() {
-        match b[j] {
-            b'\\' => j += 2,
-            b'"' => return Some(j + 1),
-            _ => j += 1,
-        }
-    }
-    None
 }
 
 // ----- delimiters -----------------------------------------------------------------
