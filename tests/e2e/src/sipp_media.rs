@@ -65,3 +65,8 @@ pub fn rtp_caller_from(ip: Ipv4Addr, scenario: &str, remote: SocketAddr, media_p
         .arg("sdp_ip")
         .arg(&ip.to_string())
 }
+
+/// A SIPp scenario of tests/media, as the harness's scenario name (relative to tests/scenarios).
+pub fn media_scenario(name: &str) -> String {
+    format!("../media/{name}")
+}

@@ -7,59 +7,19 @@
 //! lists them (/proc/net/udp) and the relay's counters, never from how fast something ran.
 
 use anyhow::{anyhow, ensure, Result};
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use trunkline_e2e::media_node::{media_node, MediaSettings};
 use trunkline_e2e::pcap::make_pcap;
 use trunkline_e2e::relay_metrics::{dropped, media_idle, relayed, settled};
-use trunkline_e2e::relay_sdp::sdp_audio;
-use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, rtp_caller_from};
+use trunkline_e2e::relay_sdp::{ensure_names_relay_on, received_sdp};
+use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, media_scenario, rtp_caller_from};
 use trunkline_e2e::*;
 
 /// The node's address on the carrier network (its `carrier` media interface).
 const CARRIER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// The caller: on the access network, where the node's default interface is.
 const CALLER_IP: Ipv4Addr = NODE_IP;
-
-/// A SIPp scenario of tests/media, as the harness's scenario name (relative to tests/scenarios).
-fn media_scenario(name: &str) -> String {
-    format!("../media/{name}")
-}
-
-/// The media address in the SDP of the first message received in `log` whose start line begins
-/// with `start` ("INVITE " or "SIP/2.0 200").
-fn received_sdp(log: &Path, start: &str) -> Result<(IpAddr, u16)> {
-    let msgs = parse_trace(log)?;
-    let msg = msgs
-        .iter()
-        .find(|m| !m.sent && m.text.starts_with(start) && m.text.contains("m=audio"))
-        .ok_or_else(|| {
-            anyhow!(
-                "no received '{start}' with SDP in {}:\n{}",
-                log.display(),
-                tail(log, 40)
-            )
-        })?;
-    sdp_audio(&msg.text).ok_or_else(|| anyhow!("no c=/m=audio in:\n{}", msg.text))
-}
-
-/// Fails unless `(ip, port)`, the media address `what` names, is the relay's on `want` with a
-/// port of the node's `[media]` range.
-fn ensure_relay_on(
-    what: &str,
-    (ip, port): (IpAddr, u16),
-    want: Ipv4Addr,
-    range: (u16, u16),
-) -> Result<()> {
-    ensure!(
-        ip == IpAddr::V4(want) && (range.0..=range.1).contains(&port),
-        "{what} names {ip}:{port}, not the relay on {want} (ports {}..={})",
-        range.0,
-        range.1
-    );
-    Ok(())
-}
 
 /// Ports in `range` of the UDP sockets bound on `ip`, from /proc/net/udp (local address
 /// `0100007F:A0D2`: the address in host byte order, the port big-endian, both in hex).
@@ -133,9 +93,9 @@ fn media_legs_anchored_on_their_own_interfaces() -> Result<()> {
     eprintln!("relay sockets: access {access:?}, carrier {carrier:?}");
 
     let to_callee = received_sdp(&server.messages_log(), "INVITE ")?;
-    ensure_relay_on("INVITE at the callee: SDP", to_callee, CARRIER_IP, range)?;
+    ensure_names_relay_on("INVITE at the callee: SDP", to_callee, CARRIER_IP, range)?;
     let to_caller = received_sdp(&client.messages_log(), "SIP/2.0 200")?;
-    ensure_relay_on("200 at the caller: SDP", to_caller, NODE_IP, range)?;
+    ensure_names_relay_on("200 at the caller: SDP", to_caller, NODE_IP, range)?;
     ensure!(
         carrier.contains(&to_callee.1) && access.contains(&to_caller.1),
         "the SDP ports ({} to the callee, {} to the caller) are not the relay's sockets on \

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use trunkline_e2e::media_node::{media_node, MediaSettings};
 use trunkline_e2e::pcap::{make_pcap, PPS};
 use trunkline_e2e::relay_metrics::{dropped, media_idle, one_session_relaying, relayed, settled};
-use trunkline_e2e::relay_sdp::{ensure_names_relay, sdp_audio};
-use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, rtp_caller};
+use trunkline_e2e::relay_sdp::{ensure_names_relay, received_sdp};
+use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, media_scenario, rtp_caller};
 use trunkline_e2e::*;
 
 // ---------------------------------------------------------------------------------------------
@@ -30,11 +30,6 @@ use trunkline_e2e::*;
 
 fn media_dir() -> PathBuf {
     workspace_root().join("tests").join("media")
-}
-
-/// A SIPp scenario of tests/media, as the harness's scenario name (relative to tests/scenarios).
-fn media_scenario(name: &str) -> String {
-    format!("../media/{name}")
 }
 
 /// `TRUNKLINE_RELAY_BIN`, else `<workspace>/target/release/trunkline-relay`.
@@ -136,23 +131,6 @@ impl Drop for Proc {
 // ---------------------------------------------------------------------------------------------
 // SDP and SIPp traces
 // ---------------------------------------------------------------------------------------------
-
-/// The media address in the SDP of the first message received in `log` whose start line begins
-/// with `start` ("INVITE " or "SIP/2.0 200").
-fn received_sdp(log: &Path, start: &str) -> Result<(IpAddr, u16)> {
-    let msgs = parse_trace(log)?;
-    let msg = msgs
-        .iter()
-        .find(|m| !m.sent && m.text.starts_with(start) && m.text.contains("m=audio"))
-        .ok_or_else(|| {
-            anyhow!(
-                "no received '{start}' with SDP in {}:\n{}",
-                log.display(),
-                tail(log, 40)
-            )
-        })?;
-    sdp_audio(&msg.text).ok_or_else(|| anyhow!("no c=/m=audio in:\n{}", msg.text))
-}
 
 /// Fails unless the SDP `who` received names the relay (127.0.0.1) and a port in `range`,
 /// rather than the other party's address `other`.
