@@ -269,9 +269,13 @@ for sys in "${SYS_LIST[@]}"; do
 done
 
 # Latency: LAT_RUNS rounds, each system once per round, so slow phases of the host (other
-# guests, its scheduler) fall on every system alike; the report takes the median p99.
+# guests, its scheduler) fall on every system alike; the report takes the median p99. Each
+# round starts one system further along the list, so no system always runs right after
+# the same other one.
 for round in $(seq 1 "$LAT_RUNS"); do
-	for sys in "${SYS_LIST[@]}"; do
+	n=${#SYS_LIST[@]}
+	for ((k = 0; k < n; k++)); do
+		sys=${SYS_LIST[$(((round - 1 + k) % n))]}
 		[ -n "${UNAVAILABLE[$sys]:-}" ] && continue
 		run_step "$sys" "$OUT/$sys/latency-$round" "$LAT_STREAMS" "$LAT_SECS"
 		log "$sys: latency run $round/$LAT_RUNS, $LAT_STREAMS streams: $(step_verdict "$OUT/$sys/latency-$round")"
