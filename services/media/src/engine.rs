@@ -4,7 +4,7 @@
 //! signalling rate, not packet rate. The forwarding plane never takes it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use trunkline_sdp::{AnchorOptions, MediaInfo, MediaPlan};
 
 use crate::interfaces::Interfaces;
+use crate::kernel::KernelPath;
 use crate::latch::LatchPolicy;
 use crate::metrics::Metrics;
 use crate::ports::PortAllocator;
@@ -70,6 +71,11 @@ struct Inner {
     /// `config.interfaces`, checked; fixed for the relay's life, so indices into it stay valid.
     interfaces: Interfaces,
     epoch: Instant,
+    /// The kernel fast path, when asked for and allowed by the kernel; stats read it
+    /// directly so they are never a refresh behind.
+    kernel: Option<Arc<KernelPath>>,
+    /// CLOCK_MONOTONIC at `epoch`, to place the kernel's packet times.
+    epoch_mono: Duration,
     state: Mutex<State>,
     workers: Vec<WorkerHandle>,
     metrics: Option<Arc<Metrics>>,
@@ -211,8 +217,25 @@ impl Relay {
         } else {
             config.workers
         };
+        let kernel = if config.kernel_forwarding {
+            let binds: Vec<IpAddr> = config.interfaces.iter().map(|i| i.bind).collect();
+            match KernelPath::open(&binds) {
+                Ok(k) => {
+                    tracing::info!(?k, "kernel forwarding enabled");
+                    Some(Arc::new(k))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kernel forwarding unavailable, relaying in user space");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let epoch_mono = crate::kernel::monotonic_now().saturating_sub(epoch.elapsed());
         let mut workers = Vec::with_capacity(n);
         for i in 0..n {
+            let kernel = kernel.clone();
             let poll =
                 nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
                     .map_err(std::io::Error::from)?;
@@ -239,7 +262,9 @@ impl Relay {
                 // The worker is built on its thread: its mmsghdr buffers are not Send.
                 .spawn(move || {
                     policy.apply_or_warn(&name);
-                    Worker::new(poll, worker_waker, rx, batch, worker_totals, epoch, name).run()
+                    Worker::new(poll, worker_waker, rx, batch, worker_totals, epoch, name)
+                        .with_kernel(kernel)
+                        .run()
                 })?;
             workers.push(WorkerHandle {
                 tx,
@@ -261,6 +286,8 @@ impl Relay {
             config,
             interfaces,
             epoch,
+            kernel,
+            epoch_mono,
             workers,
             metrics: metrics.clone(),
             housekeeping: Mutex::new(None),
@@ -387,6 +414,7 @@ impl Relay {
             };
             let peer = peer_spec(m, flags);
             stream.sides[answering].peer = peer;
+            inner.take_kernel_routes(worker, stream);
             worker.send(Command::Update {
                 id: stream.id,
                 side: answering,
@@ -461,6 +489,12 @@ impl Relay {
     /// Relay-wide counters.
     pub fn totals(&self) -> Totals {
         self.inner.totals()
+    }
+
+    /// Whether latched RTP is relayed by the kernel fast path: asked for in the config
+    /// and loaded (false when the kernel refused; the reason was logged at start).
+    pub fn kernel_forwarding(&self) -> bool {
+        self.inner.kernel.is_some()
     }
 
     /// The configured interfaces; the first is the default.
@@ -627,6 +661,7 @@ impl Inner {
                 stream.sides[offering].peer = peer;
                 stream.kind.clone_from(&m.kind);
                 stream.proto.clone_from(&m.proto);
+                self.take_kernel_routes(worker, stream);
                 worker.send(Command::Update {
                     id: stream.id,
                     side: offering,
@@ -695,6 +730,7 @@ impl Inner {
         now: Instant,
     ) -> Result<(), MediaError> {
         let (port, sockets) = self.bind_pair(ports, iface, now)?;
+        self.take_kernel_routes(worker, stream);
         worker.send(Command::Rebind {
             id: stream.id,
             side: party,
@@ -768,6 +804,35 @@ impl Inner {
         Ok(socket.into())
     }
 
+    /// Takes a stream's kernel routes out before a command that changes it is sent. The
+    /// worker applies commands before it reads packets, so user-space forwarding never
+    /// uses a destination older than the last command; the kernel path does not wait for
+    /// the worker, so its routes go now, under the state lock, and the worker is handed
+    /// what they forwarded. It installs them again as latching dictates.
+    fn take_kernel_routes(&self, worker: &WorkerHandle, stream: &StreamCtl) {
+        let Some(kernel) = &self.kernel else {
+            return;
+        };
+        let counts = stream.sides.each_ref().map(|side| {
+            let IpAddr::V4(ip) = self.interfaces.get(side.iface).bind else {
+                return None;
+            };
+            match kernel.take(std::net::SocketAddrV4::new(ip, side.port)) {
+                Ok(taken) => taken,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot take a kernel route");
+                    None
+                }
+            }
+        });
+        if counts.iter().any(Option::is_some) {
+            worker.send(Command::KernelTaken {
+                id: stream.id,
+                counts,
+            });
+        }
+    }
+
     fn free_stream(
         &self,
         ports: &mut PortAllocator,
@@ -775,7 +840,10 @@ impl Inner {
         stream: StreamCtl,
         now: Instant,
     ) {
-        self.workers[worker].send(Command::Remove { id: stream.id });
+        if let Some(w) = self.workers.get(worker) {
+            self.take_kernel_routes(w, &stream);
+            w.send(Command::Remove { id: stream.id });
+        }
         for side in &stream.sides {
             ports.free(side.port, now);
         }
@@ -805,7 +873,12 @@ impl Inner {
                         StreamStats {
                             local_address: Some(iface.bind),
                             interface: iface.name.clone(),
-                            ..s.shared.snapshot(now_ms, s.port, &s.peer)
+                            ..s.shared.snapshot(
+                                now_ms,
+                                s.port,
+                                &s.peer,
+                                self.kernel.as_deref().map(|k| (k, self.epoch_mono)),
+                            )
                         }
                     };
                     StreamPairStats {
@@ -836,6 +909,7 @@ impl Inner {
         };
         for w in &self.workers {
             t.packets_relayed += w.totals.relayed.load(Ordering::Relaxed);
+            t.packets_kernel += w.totals.kernel.load(Ordering::Relaxed);
             t.bytes_relayed += w.totals.bytes.load(Ordering::Relaxed);
             t.packets_dropped += w.totals.dropped.load(Ordering::Relaxed);
         }

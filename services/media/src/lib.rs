@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 mod interfaces;
+mod kernel;
 pub mod latch;
 pub mod ng;
 pub mod ports;
@@ -141,6 +142,11 @@ pub struct MediaConfig {
     /// Scheduling each forwarding thread gives itself at start, so media can be kept ahead
     /// of (or behind) other work on the host; a refusal by the kernel is logged, not fatal.
     pub thread_policy: ThreadPolicy,
+    /// Relay the RTP of latched streams inside the kernel (an eBPF program on the
+    /// interfaces' ingress) instead of through the workers, as rtpengine's kernel module
+    /// does. Needs Linux 6.6+ and `CAP_BPF` + `CAP_NET_ADMIN`; when the kernel refuses,
+    /// the relay logs why and forwards in user space.
+    pub kernel_forwarding: bool,
 }
 
 impl Default for MediaConfig {
@@ -156,6 +162,7 @@ impl Default for MediaConfig {
             batch: 32,
             recv_buffer: 1 << 20,
             thread_policy: ThreadPolicy::Inherit,
+            kernel_forwarding: false,
         }
     }
 }
@@ -328,6 +335,8 @@ pub struct Totals {
     pub packets_relayed: u64,
     /// Bytes sent out by the relay.
     pub bytes_relayed: u64,
+    /// Of `packets_relayed`, those the kernel fast path relayed (counted once a second).
+    pub packets_kernel: u64,
     /// Packets received and not relayed.
     pub packets_dropped: u64,
     /// Ports (RTP and RTCP) bound for calls.

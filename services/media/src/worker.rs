@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +29,7 @@ use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
 
+use crate::kernel::{monotonic_now, Forwarded, KernelPath, Route};
 use crate::latch::{decide, LatchPolicy, LatchState, Verdict};
 use crate::rtcp::{ntp_middle_from, pick_block, rtt_ms, validate_compound};
 use crate::rtp::{looks_like_rtcp, parse_header, SeqTracker, SsrcHistory};
@@ -43,6 +45,8 @@ const ROUNDS_PER_WAKE: usize = 8;
 pub(crate) const RTP: usize = 0;
 pub(crate) const RTCP: usize = 1;
 const NONE_U32: u32 = u32::MAX;
+/// How often a worker folds what the kernel fast path forwarded into its counters.
+const KERNEL_REFRESH: Duration = Duration::from_secs(1);
 const NONE_U64: u64 = u64::MAX;
 
 /// One kind of traffic's counters as published.
@@ -93,6 +97,10 @@ pub(crate) struct SideShared {
     /// Latched source per component. Written only when a source (re)latches: rare,
     /// never per packet.
     latched: Mutex<[Option<SocketAddr>; 2]>,
+    /// The kernel route of this party's RTP (its key) and the counts already in
+    /// `traffic`. The worker publishes under this lock and `snapshot` reads under it, so
+    /// a snapshot adds exactly what the kernel forwarded since.
+    kernel: Mutex<Option<(SocketAddrV4, Forwarded)>>,
 }
 
 impl Default for SideShared {
@@ -105,6 +113,7 @@ impl Default for SideShared {
             rtt_us: AtomicU64::new(NONE_U64),
             ssrc: AtomicU64::new(NONE_U64),
             latched: Mutex::new([None; 2]),
+            kernel: Mutex::new(None),
         }
     }
 }
@@ -119,14 +128,36 @@ impl SideShared {
     }
 
     /// A consistent-enough copy for stats (fields are read one by one). `peer` is what
-    /// the control side programmed for this party.
-    pub(crate) fn snapshot(&self, now_ms: u64, local_port: u16, peer: &PeerSpec) -> StreamStats {
+    /// the control side programmed for this party; with `kernel` (the fast path and
+    /// CLOCK_MONOTONIC at the relay epoch), what it forwarded since the worker last
+    /// folded it in is added.
+    pub(crate) fn snapshot(
+        &self,
+        now_ms: u64,
+        local_port: u16,
+        peer: &PeerSpec,
+        kernel: Option<(&KernelPath, Duration)>,
+    ) -> StreamStats {
+        let route = self.kernel.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rtp = self.traffic[RTP].snapshot(now_ms);
+        if let (Some((local, seen)), Some((path, epoch_mono))) = (*route, kernel) {
+            if let Ok(Some(now)) = path.forwarded(local) {
+                let packets = now.packets.saturating_sub(seen.packets);
+                rtp.packets += packets;
+                rtp.bytes += now.bytes.saturating_sub(seen.bytes);
+                if let Some(last) = now.last.filter(|_| packets > 0) {
+                    let at = u64::try_from(last.saturating_sub(epoch_mono).as_millis())
+                        .unwrap_or(u64::MAX);
+                    rtp.last_packet_ms_ago = Some(now_ms.saturating_sub(at));
+                }
+            }
+        }
         let fraction = self.fraction_lost.load(Ordering::Relaxed);
         let jitter = self.jitter.load(Ordering::Relaxed);
         let rtt = self.rtt_us.load(Ordering::Relaxed);
         let latched = *self.latched.lock().unwrap_or_else(PoisonError::into_inner);
         StreamStats {
-            rtp: self.traffic[RTP].snapshot(now_ms),
+            rtp,
             rtcp: self.traffic[RTCP].snapshot(now_ms),
             rtp_lost: self.rtp_lost.load(Ordering::Relaxed),
             rtcp_fraction_lost: u8::try_from(fraction).ok(),
@@ -162,6 +193,8 @@ impl SideShared {
 #[derive(Debug, Default)]
 pub(crate) struct WorkerTotals {
     pub(crate) relayed: AtomicU64,
+    /// Of `relayed`, by the kernel fast path (published once per refresh).
+    pub(crate) kernel: AtomicU64,
     pub(crate) bytes: AtomicU64,
     pub(crate) dropped: AtomicU64,
 }
@@ -203,6 +236,12 @@ pub(crate) enum Command {
     },
     Remove {
         id: u64,
+    },
+    /// The control side took the stream's kernel routes out (before an `Update`,
+    /// `Rebind` or `Remove`), with what each party's route had forwarded.
+    KernelTaken {
+        id: u64,
+        counts: [Option<Forwarded>; 2],
     },
     Shutdown,
 }
@@ -256,6 +295,29 @@ impl SrLog {
 struct Sock {
     socket: std::net::UdpSocket,
     latch: LatchState,
+    /// The socket's own IPv4 address, for kernel routes (IPv6 media stays in user space).
+    local: Option<SocketAddrV4>,
+}
+
+impl Sock {
+    fn new(socket: std::net::UdpSocket) -> Sock {
+        let local = match socket.local_addr() {
+            Ok(SocketAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        Sock {
+            socket,
+            latch: LatchState::default(),
+            local,
+        }
+    }
+}
+
+/// A route this side's RTP has in the kernel, and the counts last folded from it.
+#[derive(Clone, Copy)]
+struct KernelRoute {
+    route: Route,
+    seen: Forwarded,
 }
 
 /// One party's half of a stream: the sockets it sends to and what it sent.
@@ -269,9 +331,23 @@ struct Side {
     ssrcs: SsrcHistory,
     srs: SrLog,
     shared: Arc<SideShared>,
+    /// Set while the kernel relays this party's RTP.
+    kernel: Option<KernelRoute>,
 }
 
 impl Side {
+    /// Publishes the counters together with the kernel route's folded counts (see
+    /// `SideShared::kernel`).
+    fn publish_with_kernel(&self) {
+        let mut route = self
+            .shared
+            .kernel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *route = self.kernel.map(|k| (k.route.local, k.seen));
+        self.publish();
+    }
+
     fn publish(&self) {
         let c = &self.counters;
         let s = &self.shared;
@@ -337,9 +413,19 @@ pub(crate) struct Worker {
     totals: Arc<WorkerTotals>,
     relayed: u64,
     relayed_bytes: u64,
+    /// Of `relayed`, what the kernel fast path relayed.
+    kernel_relayed: u64,
     dropped: u64,
     epoch: Instant,
     name: String,
+    /// The kernel fast path, when the relay runs with one.
+    kernel: Option<Arc<KernelPath>>,
+    /// Sides with a kernel route, and when their counts are folded in next.
+    kernel_routes: usize,
+    next_refresh: Instant,
+    /// CLOCK_MONOTONIC at `epoch`, to turn the program's packet times into relay time.
+    epoch_mono: Duration,
+    kernel_error_logged: AtomicBool,
 }
 
 fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
@@ -370,6 +456,7 @@ impl Worker {
         name: String,
     ) -> Self {
         let batch = batch.max(1);
+        let epoch_mono = monotonic_now().saturating_sub(epoch.elapsed());
         Worker {
             poll,
             waker,
@@ -385,17 +472,39 @@ impl Worker {
             totals,
             relayed: 0,
             relayed_bytes: 0,
+            kernel_relayed: 0,
             dropped: 0,
             epoch,
             name,
+            kernel: None,
+            kernel_routes: 0,
+            next_refresh: Instant::now(),
+            epoch_mono,
+            kernel_error_logged: AtomicBool::new(false),
         }
+    }
+
+    /// Hands latched RTP to the kernel fast path.
+    pub(crate) fn with_kernel(mut self, kernel: Option<Arc<KernelPath>>) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     /// Runs until a `Shutdown` command arrives or the control side goes away.
     pub(crate) fn run(mut self) {
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
-            let n = match self.poll.wait(&mut events, PollTimeout::NONE) {
+            // With kernel routes, wake at least once per refresh to fold in their counts.
+            let timeout = if self.kernel_routes > 0 {
+                let ms = self
+                    .next_refresh
+                    .saturating_duration_since(Instant::now())
+                    .as_millis();
+                PollTimeout::from(u16::try_from(ms.min(1000)).unwrap_or(1000))
+            } else {
+                PollTimeout::NONE
+            };
+            let n = match self.poll.wait(&mut events, timeout) {
                 Ok(n) => n,
                 Err(Errno::EINTR) => 0,
                 Err(e) => {
@@ -418,6 +527,9 @@ impl Worker {
                     self.service(token);
                 }
             }
+            if self.kernel_routes > 0 && Instant::now() >= self.next_refresh {
+                self.refresh_kernel();
+            }
         }
     }
 
@@ -426,7 +538,10 @@ impl Worker {
         loop {
             match self.rx.try_recv() {
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
-                Ok(cmd) => self.apply(cmd),
+                Ok(cmd) => {
+                    self.apply(cmd);
+                    self.publish_totals();
+                }
                 Err(TryRecvError::Empty) => return true,
             }
         }
@@ -450,10 +565,15 @@ impl Worker {
                         side.apply(&peer);
                     }
                 }
+                if let Some(slot) = slot {
+                    self.sync_kernel(slot);
+                }
             }
             Command::Rebind { id, side, sockets } => self.rebind(id, side, *sockets),
+            Command::KernelTaken { id, counts } => self.kernel_taken(id, counts),
             Command::Remove { id } => {
                 if let Some(slot) = self.by_id.remove(&id) {
+                    self.retire_kernel(slot);
                     if let Some(mut stream) = self.streams.get_mut(slot).and_then(Option::take) {
                         for side in &mut stream.sides {
                             for sock in &mut side.socks {
@@ -483,10 +603,7 @@ impl Worker {
                          rtcp: std::net::UdpSocket,
                          side: usize,
                          shared: Arc<SideShared>| {
-            let socks = [rtp, rtcp].map(|s| Sock {
-                socket: s,
-                latch: LatchState::default(),
-            });
+            let socks = [rtp, rtcp].map(Sock::new);
             for (comp, sock) in socks.iter().enumerate() {
                 let token = (slot * 4 + side * 2 + comp) as u64;
                 // Level-triggered: a socket left with data after a full batch is simply
@@ -507,6 +624,7 @@ impl Worker {
                 ssrcs: SsrcHistory::default(),
                 srs: SrLog::default(),
                 shared,
+                kernel: None,
             };
             s.apply(&peers[side]);
             s
@@ -526,6 +644,8 @@ impl Worker {
         let Some(&slot) = self.by_id.get(&id) else {
             return;
         };
+        // The routes name the old sockets' addresses; new ones follow from the next sync.
+        self.retire_kernel(slot);
         let Some(s) = self
             .streams
             .get_mut(slot)
@@ -545,8 +665,12 @@ impl Worker {
                 tracing::error!(worker = %self.name, error = %e, "cannot watch a media socket");
             }
             // The old socket is closed here.
-            sock.socket = new;
+            *sock = Sock {
+                latch: sock.latch,
+                ..Sock::new(new)
+            };
         }
+        self.sync_kernel(slot);
     }
 
     /// Reads and forwards from one socket; true if it may still have data (come back).
@@ -682,6 +806,17 @@ impl Worker {
             }
         }
 
+        // A packet that (re)latched a party changes the kernel's routes of both
+        // directions: update them before it is sent on, so the reply it may prompt
+        // already takes the new route.
+        if self.kernel.is_some() {
+            self.sync_kernel(slot);
+        }
+        let Some(Some(stream)) = self.streams.get_mut(slot) else {
+            return false;
+        };
+        let (side, other) = split_pair(&mut stream.sides, side_idx);
+
         // Send.
         for out_comp in [RTP, RTCP] {
             if self.out[out_comp].is_empty() {
@@ -705,17 +840,227 @@ impl Worker {
         self.dropped += dropped;
 
         side.publish();
-        self.totals.relayed.store(self.relayed, Ordering::Relaxed);
-        self.totals
-            .bytes
-            .store(self.relayed_bytes, Ordering::Relaxed);
-        self.totals.dropped.store(self.dropped, Ordering::Relaxed);
+        self.publish_totals();
+        let full = self.meta.len() >= self.bufs.len();
         // Level-triggered readiness: come back at once only after a full batch; a
         // socket with anything left is reported by the next epoll_wait anyway. A typical
         // RTP socket (a packet per 20 ms) thus costs one recvmmsg per packet, not a
         // second one that only returns EAGAIN.
-        self.meta.len() >= self.bufs.len()
+        full
     }
+}
+
+/// The kernel fast path, seen from a worker: which of its streams' directions the
+/// kernel relays, and folding what it forwarded into the counters the control side reads.
+impl Worker {
+    /// Makes the kernel's routes for both directions of the stream in `slot` match what
+    /// latching now says; a no-op (no syscall) when nothing changed.
+    fn sync_kernel(&mut self, slot: usize) {
+        let Some(kernel) = self.kernel.clone() else {
+            return;
+        };
+        let Some(Some(stream)) = self.streams.get_mut(slot) else {
+            return;
+        };
+        for s in 0..2 {
+            let (side, other) = split_pair(&mut stream.sides, s);
+            let want = wanted_route(side, other);
+            if side.kernel.as_ref().map(|k| k.route) == want {
+                continue;
+            }
+            if let Some(old) = side.kernel.take() {
+                self.kernel_routes -= 1;
+                match take_route(&kernel, side, &old, self.epoch_mono) {
+                    Ok((p, b)) => {
+                        self.relayed += p;
+                        self.relayed_bytes += b;
+                        self.kernel_relayed += p;
+                    }
+                    Err(e) => kernel_failed(&self.name, &self.kernel_error_logged, &e),
+                }
+            }
+            if let Some(route) = want {
+                match kernel.install(&route) {
+                    Ok(true) => {
+                        side.kernel = Some(KernelRoute {
+                            route,
+                            seen: Forwarded::default(),
+                        });
+                        self.kernel_routes += 1;
+                    }
+                    Ok(false) => {}
+                    Err(e) => kernel_failed(&self.name, &self.kernel_error_logged, &e),
+                }
+            }
+            side.publish_with_kernel();
+        }
+    }
+
+    /// The control side took this stream's routes: fold their final counts in and forget
+    /// them. A route this worker installed again in the meantime (from a packet read just
+    /// before the command) is taken out too; then the taken counts' baseline is unknown
+    /// and they are left out rather than counted twice.
+    fn kernel_taken(&mut self, id: u64, counts: [Option<Forwarded>; 2]) {
+        let Some(kernel) = self.kernel.clone() else {
+            return;
+        };
+        let Some(stream) = self
+            .by_id
+            .get(&id)
+            .and_then(|&s| self.streams.get_mut(s))
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        for (side, taken) in stream.sides.iter_mut().zip(counts) {
+            let Some(k) = side.kernel.take() else {
+                continue;
+            };
+            self.kernel_routes -= 1;
+            let last = match kernel.take(k.route.local) {
+                Ok(again) => again.or(taken),
+                Err(e) => {
+                    kernel_failed(&self.name, &self.kernel_error_logged, &e);
+                    taken
+                }
+            };
+            let folded = last.map_or((0, 0), |last| {
+                fold_counts(&mut side.counters, &k.seen, &last, self.epoch_mono)
+            });
+            self.relayed += folded.0;
+            self.relayed_bytes += folded.1;
+            self.kernel_relayed += folded.0;
+            side.publish_with_kernel();
+        }
+    }
+
+    /// Takes the stream in `slot` out of the kernel, keeping what it forwarded so far.
+    fn retire_kernel(&mut self, slot: usize) {
+        let Some(kernel) = self.kernel.clone() else {
+            return;
+        };
+        let Some(Some(stream)) = self.streams.get_mut(slot) else {
+            return;
+        };
+        for side in &mut stream.sides {
+            if let Some(old) = side.kernel.take() {
+                self.kernel_routes -= 1;
+                match take_route(&kernel, side, &old, self.epoch_mono) {
+                    Ok((p, b)) => {
+                        self.relayed += p;
+                        self.relayed_bytes += b;
+                        self.kernel_relayed += p;
+                    }
+                    Err(e) => kernel_failed(&self.name, &self.kernel_error_logged, &e),
+                }
+                side.publish_with_kernel();
+            }
+        }
+    }
+
+    /// Folds every kernel route's new counts in and publishes them (once per
+    /// `KERNEL_REFRESH`, as rtpengine syncs its kernel table's counters).
+    fn refresh_kernel(&mut self) {
+        self.next_refresh = Instant::now() + KERNEL_REFRESH;
+        let Some(kernel) = self.kernel.clone() else {
+            return;
+        };
+        for stream in self.streams.iter_mut().flatten() {
+            for side in &mut stream.sides {
+                if let Some(k) = side.kernel.as_mut() {
+                    let Ok(Some(now)) = kernel.forwarded(k.route.local) else {
+                        continue;
+                    };
+                    let (p, b) = fold_counts(&mut side.counters, &k.seen, &now, self.epoch_mono);
+                    k.seen = now;
+                    self.relayed += p;
+                    self.relayed_bytes += b;
+                    self.kernel_relayed += p;
+                    if p > 0 {
+                        side.publish_with_kernel();
+                    }
+                }
+            }
+        }
+        self.publish_totals();
+    }
+
+    fn publish_totals(&self) {
+        let t = &self.totals;
+        t.relayed.store(self.relayed, Ordering::Relaxed);
+        t.bytes.store(self.relayed_bytes, Ordering::Relaxed);
+        t.kernel.store(self.kernel_relayed, Ordering::Relaxed);
+        t.dropped.store(self.dropped, Ordering::Relaxed);
+    }
+}
+
+/// Logs a failed kernel table update: a warning the first time, then at debug level, so
+/// a full table (or a kernel that changed its mind) cannot flood the log.
+fn kernel_failed(worker: &str, logged: &AtomicBool, e: &std::io::Error) {
+    if !logged.swap(true, Ordering::Relaxed) {
+        tracing::warn!(worker, error = %e,
+            "kernel forwarding table update failed; affected streams stay in user space");
+    } else {
+        tracing::debug!(worker, error = %e, "kernel forwarding table update failed");
+    }
+}
+
+/// The route `side`'s RTP should have in the kernel: only once the party is latched
+/// (never for `asymmetric`, which accepts anyone), toward where `other` receives, and for
+/// IPv4 sockets.
+fn wanted_route(side: &Side, other: &Side) -> Option<Route> {
+    if side.policy.asymmetric {
+        return None;
+    }
+    let sock = &side.socks[RTP];
+    let out = &other.socks[RTP];
+    let v4 = |a: Option<SocketAddr>| match a {
+        Some(SocketAddr::V4(a)) => Some(a),
+        _ => None,
+    };
+    Some(Route {
+        local: sock.local?,
+        from: v4(sock.latch.latched)?,
+        out_local: out.local?,
+        to: v4(out.latch.destination())?,
+    })
+}
+
+/// Removes a route from the kernel and adds what it forwarded since the last fold to
+/// `side` (one atomic read-and-delete, so nothing is lost); returns the new packets and
+/// bytes for the worker's totals.
+fn take_route(
+    kernel: &KernelPath,
+    side: &mut Side,
+    old: &KernelRoute,
+    epoch_mono: Duration,
+) -> std::io::Result<(u64, u64)> {
+    Ok(match kernel.take(old.route.local)? {
+        Some(last) => fold_counts(&mut side.counters, &old.seen, &last, epoch_mono),
+        None => (0, 0),
+    })
+}
+
+/// Adds what the kernel forwarded between two readings of a route (`seen`, `now`) to a
+/// party's RTP counters; returns the new packets and bytes.
+fn fold_counts(
+    counters: &mut Counters,
+    seen: &Forwarded,
+    now: &Forwarded,
+    epoch_mono: Duration,
+) -> (u64, u64) {
+    let packets = now.packets.saturating_sub(seen.packets);
+    let bytes = now.bytes.saturating_sub(seen.bytes);
+    let count = &mut counters.traffic[RTP];
+    count.packets += packets;
+    count.bytes += bytes;
+    if let Some(last) = now.last.filter(|_| packets > 0) {
+        let ms = last.saturating_sub(epoch_mono).as_millis();
+        count.last_packet = count
+            .last_packet
+            .max(u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1);
+    }
+    (packets, bytes)
 }
 
 /// Reads an RTCP packet `side` sent: its SRs are logged (against `now`) for later RTT,

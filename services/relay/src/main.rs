@@ -2,8 +2,10 @@
 //!
 //! It takes rtpengine's command line (and `--config-file` with an `[rtpengine]` section), so an
 //! existing Kamailio/OpenSIPS deployment can swap the binary without touching its config.
-//! rtpengine options with no meaning here (kernel table, redis, recording, CLI port…) are
-//! accepted and ignored with a warning rather than refused.
+//! rtpengine options with no meaning here (redis, recording, CLI port…) are accepted and
+//! ignored with a warning rather than refused. `--table` keeps its meaning: ≥ 0 (the
+//! default) relays latched RTP in the kernel, here with an eBPF program instead of
+//! rtpengine's module, and -1 keeps all forwarding in user space.
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
@@ -69,7 +71,9 @@ struct Cli {
     /// Write our PID here (removed on exit).
     #[arg(short = 'p', long = "pidfile")]
     pidfile: Option<PathBuf>,
-    /// Kernel forwarding table: accepted, ignored (userspace only).
+    /// Kernel forwarding: ≥ 0 (default 0) relays latched RTP with an eBPF program when the
+    /// kernel allows it (Linux 6.6+, CAP_BPF + CAP_NET_ADMIN), else in user space; -1 never.
+    /// The table number itself has no meaning here.
     #[arg(short = 't', long = "table", allow_hyphen_values = true)]
     table: Option<i64>,
     /// Without an explicit `trust address` flag, use the SIP source address.
@@ -369,9 +373,6 @@ fn main() -> Result<()> {
     if !cli.listen_cli.is_empty() {
         tracing::warn!("--listen-cli ignored: no rtpengine CLI");
     }
-    if let Some(t) = cli.table.filter(|t| *t >= 0) {
-        tracing::warn!(table = t, "--table ignored: userspace forwarding only");
-    }
     if cli.silent_timeout.is_some() {
         tracing::info!("--silent-timeout accepted; --timeout applies to all calls");
     }
@@ -412,9 +413,13 @@ async fn run(cli: Cli) -> Result<()> {
         timeout: Duration::from_secs(cli.timeout.max(1)),
         port_rest: Duration::from_secs(cli.delete_delay),
         thread_policy: cli.thread_policy()?,
+        kernel_forwarding: cli.table.unwrap_or(0) >= 0,
         ..MediaConfig::default()
     };
     let relay = Arc::new(Relay::start(config, None).context("starting the media relay")?);
+    if relay.kernel_forwarding() {
+        tracing::info!("latched RTP is relayed in the kernel (eBPF); --table -1 turns it off");
+    }
     let dispatcher = Arc::new(Dispatcher::new(Arc::clone(&relay)).sip_source(cli.sip_source));
 
     let mut servers = Vec::new();

@@ -39,6 +39,12 @@ pub const INTERFACES_RS: PortWindows = PortWindows {
     size: 100,
 };
 
+/// `tests/kernel.rs`: window `n` starts at 28000 + 100·n.
+pub const KERNEL_RS: PortWindows = PortWindows {
+    base: 28000,
+    size: 100,
+};
+
 /// `tests/thread_policy.rs`, a binary with one relay: 25000–25099.
 pub const THREAD_POLICY_RS: PortWindows = PortWindows {
     base: 25000,
