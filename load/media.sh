@@ -3,10 +3,11 @@
 # over the ng protocol) against
 #   direct     no relay: the generator sends straight to its receiver (generator ceiling/floor)
 #   rtpengine  Debian rtpengine, userspace only (table = -1)
-#   trunkline  trunkline-relay, same flags/ports as rtpengine
+#   trunkline  trunkline-relay, same flags/ports as rtpengine, userspace only (--table -1)
+#   trunkline-kernel  trunkline-relay with kernel forwarding (--table 0, eBPF; needs root)
 # one after the other in one run, on loopback.  See load/README.md, "Media benchmark".
 #
-#   load/media.sh [--quick] [--pin] [--systems direct,rtpengine,trunkline]
+#   load/media.sh [--quick] [--pin] [--systems direct,rtpengine,trunkline,trunkline-kernel]
 #
 # Every step starts a fresh relay, runs one bounded rtpbench (count and time), stops the relay.
 # All children are stopped by PID on exit, error, Ctrl-C or TERM.  By default nothing is
@@ -25,7 +26,8 @@ usage() {
 Options:
   --quick            smoke run: 3 s steps, short ramp (~1-2 min)
   --pin              relay on CPU 1 with one forwarding thread, generator on CPU 0
-  --systems LIST     comma-separated subset of direct,rtpengine,trunkline (default: all)
+  --systems LIST     comma-separated subset of direct,rtpengine,trunkline,trunkline-kernel
+                     (default: all)
   -h, --help         this text
 Environment (defaults full / quick):
   TRUNKLINE_RELAY_BIN  use this binary instead of `cargo build --release --bin trunkline-relay`
@@ -47,7 +49,7 @@ EOF
 
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
-parse_args "direct,rtpengine,trunkline" "pin" "$@"
+parse_args "direct,rtpengine,trunkline,trunkline-kernel" "pin" "$@"
 
 if [ "$QUICK" = 1 ]; then
 	: "${STEP_SECS:=3}" "${RETRY:=0}" "${LAT_RUNS:=1}" "${LAT_SECS:=3}"
@@ -87,8 +89,10 @@ declare -A UNAVAILABLE=()
 for s in "${SYS_LIST[@]}"; do
 	case "$s" in
 	rtpengine) command -v rtpengine >/dev/null || UNAVAILABLE[rtpengine]="rtpengine not installed (apt-get install --no-install-recommends rtpengine-daemon)" ;;
-	trunkline)
-		if [ -n "${TRUNKLINE_RELAY_BIN:-}" ]; then
+	trunkline | trunkline-kernel)
+		if [ -n "${TLR:-}" ]; then
+			:
+		elif [ -n "${TRUNKLINE_RELAY_BIN:-}" ]; then
 			TLR=$TRUNKLINE_RELAY_BIN
 		else
 			log "building trunkline-relay (cargo build --release --bin trunkline-relay)"
@@ -96,10 +100,10 @@ for s in "${SYS_LIST[@]}"; do
 				TLR="$ROOT/target/release/trunkline-relay"
 			else
 				TLR=""
-				UNAVAILABLE[trunkline]="build failed: $(tail -3 "$OUT/build-relay.log" | tr '\n' ' ')"
+				UNAVAILABLE[$s]="build failed: $(tail -3 "$OUT/build-relay.log" | tr '\n' ' ')"
 			fi
 		fi
-		[ -z "${UNAVAILABLE[trunkline]:-}" ] && [ ! -x "$TLR" ] && UNAVAILABLE[trunkline]="no binary at $TLR"
+		[ -z "${UNAVAILABLE[$s]:-}" ] && [ ! -x "$TLR" ] && UNAVAILABLE[$s]="no binary at $TLR"
 		;;
 	esac
 done
@@ -145,9 +149,12 @@ pidfile = $dir/rtpengine.pid
 EOF
 		"${RELAY_PRE[@]}" rtpengine --config-file="$dir/rtpengine.conf" >"$dir/relay.log" 2>&1 &
 		;;
-	trunkline)
+	trunkline | trunkline-kernel)
+		local table=-1
+		[ "$sys" = trunkline-kernel ] && table=0
 		"${RELAY_PRE[@]}" "$TLR" --interface "$HOST" --listen-ng "$HOST:$NG_PORT" --port-min "$PORT_MIN" \
-			--port-max "$PORT_MAX" --timeout 60 --num-threads "$RELAY_THREADS" --foreground >"$dir/relay.log" 2>&1 &
+			--port-max "$PORT_MAX" --timeout 60 --num-threads "$RELAY_THREADS" --table "$table" \
+			--foreground >"$dir/relay.log" 2>&1 &
 		;;
 	esac
 	RELAY_PID=$!
@@ -248,6 +255,14 @@ for sys in "${SYS_LIST[@]}"; do
 			echo "${UNAVAILABLE[$sys]}" >"$OUT/$sys/unavailable"
 			continue
 		fi
+		# Without the kernel's consent trunkline-kernel would quietly measure user space.
+		if [ "$sys" = trunkline-kernel ] && ! grep -q "kernel forwarding enabled" "$OUT/$sys/preflight/relay.log"; then
+			UNAVAILABLE[$sys]="kernel forwarding refused: $(grep -m1 'kernel forwarding unavailable' "$OUT/$sys/preflight/relay.log" | cut -c1-200)"
+			log "$sys: UNAVAILABLE: ${UNAVAILABLE[$sys]}"
+			echo "${UNAVAILABLE[$sys]}" >"$OUT/$sys/unavailable"
+			relay_stop
+			continue
+		fi
 		relay_stop
 	fi
 	for streams in $RAMP; do
@@ -289,13 +304,37 @@ out, loss_max, lat_streams, systems = sys.argv[1], float(sys.argv[2]), int(sys.a
 pace = float(sys.argv[5]) / 100
 names = {"direct": "generator direct, no relay (reference: generator ceiling / latency floor)",
          "rtpengine": "rtpengine (Debian, userspace, table = -1)",
-         "trunkline": "trunkline-relay"}
+         "trunkline": "trunkline-relay, userspace (--table -1)",
+         "trunkline-kernel": "trunkline-relay, kernel forwarding (--table 0, eBPF)"}
+# Added cores: what the whole path costs beyond the generator alone at the same load —
+# generator + relay CPU minus the generator's CPU in the direct run at the same step. It
+# counts work a relay makes other processes do (wake-ups, and kernel forwarding, which runs
+# in softirq context charged to the sending generator) that relay CPU alone misses.
+RESOLUTION = 0.05  # cores; below this an added cost is not told apart from run-to-run noise
 def load(p):
     try: return json.load(open(p))
     except Exception: return None
 def ok(d):
     return bool(d) and "error" not in d and d["loss_pct"] < loss_max and d["achieved_send_pps"] >= pace * d["offered_pps"]
-rows, per_step, res = [], [], {}
+rows, per_step, res, res_added = [], [], {}, {}
+def steps_of(s):
+    steps = []
+    for p in glob.glob(os.path.join(out, s, "ramp", "streams-*", "step.json")):
+        m = re.search(r"streams-(\d+)(-retry\d+)?/", p)
+        steps.append((int(m.group(1)), p, load(p)))
+    steps.sort(key=lambda x: (x[0], x[1]))
+    return steps
+direct_gen = {}
+for n, p, d in steps_of("direct"):
+    if ok(d): direct_gen[n] = d["generator_cores"]
+def added(d):
+    n = d["flows"]
+    if n not in direct_gen or d.get("relay_cores") is None: return None
+    return d["generator_cores"] + (d.get("relay_cores") or 0.0) - direct_gen[n]
+def added_cell(a, pps):
+    if a is None: return "—", "—"
+    if a < RESOLUTION: return f"{a:.2f} (< {RESOLUTION})", f"> {pps / RESOLUTION:.0f}"
+    return f"{a:.2f}", f"{pps / a:.0f}"
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2] if xs else None
@@ -321,11 +360,7 @@ for s in systems:
     un = os.path.join(out, s, "unavailable")
     if os.path.exists(un):
         rows.append(f"| {names[s]} | unavailable: {open(un).read().strip()[:120]} | | | | |"); continue
-    steps = []
-    for p in glob.glob(os.path.join(out, s, "ramp", "streams-*", "step.json")):
-        m = re.search(r"streams-(\d+)(-retry\d+)?/", p)
-        steps.append((int(m.group(1)), p, load(p)))
-    steps.sort(key=lambda x: (x[0], x[1]))
+    steps = steps_of(s)
     best = None
     for n, p, d in steps:
         if ok(d) and (best is None or d["forwarded_pps"] > best["forwarded_pps"]): best = d
@@ -336,27 +371,44 @@ for s in systems:
                             f"{d['achieved_send_pps'] / d['offered_pps'] * 100:.1f} | {arr.get('p50')} | {arr.get('p99')} | "
                             f"{lat['p50']} | {lat['p99']} | {lat['max']} | "
                             f"{d['generator_cores']:.2f} | {'' if d['relay_cores'] is None else format(d['relay_cores'], '.2f')} | "
+                            f"{'' if s == 'direct' else added_cell(added(d), d['forwarded_pps'])[0]} | "
                             f"{'pass' if ok(d) else 'FAIL'} |")
         else:
-            per_step.append(f"| {s} | {n} | | | | | | | | | | | | {(d or {}).get('error', 'no summary')[:80]} |")
+            per_step.append(f"| {s} | {n} | | | | | | | | | | | | | {(d or {}).get('error', 'no summary')[:80]} |")
     p99 = lat_cell(s)
     if best is None:
-        rows.append(f"| {names[s]} | none passed | | | {p99} | |"); continue
+        rows.append(f"| {names[s]} | none passed | | | | | {p99} | |"); continue
     cores = best.get("relay_cores")
-    ppc = best["forwarded_pps"] / cores if cores else None
+    # Near-zero relay CPU (kernel forwarding) says nothing about the cost: see added cores.
+    ppc = best["forwarded_pps"] / cores if cores and cores >= RESOLUTION else None
+    a = None if s == "direct" else added(best)
+    a_cell, ppa_cell = added_cell(a, best["forwarded_pps"])
     res[s] = ppc
+    res_added[s] = (a, best["forwarded_pps"])
     rows.append(f"| {names[s]} | {best['forwarded_pps']:.0f} ({best['flows']} streams) | "
                 f"{'—' if cores is None else format(cores, '.2f')} | {'—' if ppc is None else format(ppc, '.0f')} | "
+                f"{a_cell} | {ppa_cell} | "
                 f"{p99} | {'—' if ppc is None else format(ppc / 50, '.0f')} |")
-print(f"| system | max pps at <{loss_max}% loss | relay cores used | pps per core | median p99 latency µs at {lat_streams} streams: to arrival (added) / end to end (added) | 50 pps streams per core |")
-print("|---|---:|---:|---:|---:|---:|")
+print(f"| system | max pps at <{loss_max}% loss | relay cores used | pps per relay core | added cores (all − direct at that load) | pps per added core | median p99 latency µs at {lat_streams} streams: to arrival (added) / end to end (added) | 50 pps streams per relay core |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 print("\n".join(rows))
 print()
 if res.get("trunkline") and res.get("rtpengine"):
     r = res["trunkline"] / res["rtpengine"]
-    print(f"**trunkline / rtpengine pps per core: {r:.2f}** (target ≥ 2.00: {'met' if r >= 2 else 'NOT met'})")
+    print(f"**trunkline (userspace) / rtpengine pps per relay core: {r:.2f}** (target ≥ 2.00: {'met' if r >= 2 else 'NOT met'})")
 else:
-    print("trunkline / rtpengine pps per core: n/a (both systems must be measured)")
+    print("trunkline / rtpengine pps per relay core: n/a (both systems must be measured)")
+ra, rp = res_added.get("rtpengine", (None, None))
+for s in ("trunkline", "trunkline-kernel"):
+    sa, sp = res_added.get(s, (None, None))
+    if ra is None or sa is None or ra < RESOLUTION:
+        continue
+    if sa < RESOLUTION:
+        print(f"**{s} / rtpengine pps per added core: > {(sp / RESOLUTION) / (rp / ra):.1f}** ({s} adds under {RESOLUTION} cores at "
+              f"{sp:.0f} pps, rtpengine {ra:.2f} cores at {rp:.0f} pps; target ≥ 2.00: met)")
+    else:
+        r = (sp / sa) / (rp / ra)
+        print(f"**{s} / rtpengine pps per added core: {r:.2f}** (target ≥ 2.00: {'met' if r >= 2 else 'NOT met'})")
 for s in [x for x in systems if x != "direct"]:
     arr, e2e, _, _ = p99s(s)
     if arr is None or direct_arr is None:
@@ -384,8 +436,8 @@ if d.get("direct"):
 print()
 print("### Per step")
 print()
-print("| system | streams | offered pps | forwarded pps | loss % | sent % of offered | arrival p50 µs | arrival p99 µs | end-to-end p50 µs | end-to-end p99 µs | max µs | generator cores | relay cores | verdict |")
-print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+print("| system | streams | offered pps | forwarded pps | loss % | sent % of offered | arrival p50 µs | arrival p99 µs | end-to-end p50 µs | end-to-end p99 µs | max µs | generator cores | relay cores | added cores | verdict |")
+print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 print("\n".join(per_step))
 EOF
 
@@ -397,6 +449,9 @@ EOF
 	echo "Streams are one-way 50 pps flows of 172-byte PCMU RTP; sessions are bidirectional (2 streams each)."
 	echo "Placement: $PLACEMENT ($(nproc) cores)."
 	echo "Relay cores = relay CPU seconds (/proc/PID/stat utime+stime, all threads) over the step ÷ wall seconds."
+	echo "Added cores = generator cores + relay cores − the generator's cores in the direct run at the same step: the"
+	echo "path's whole cost, including work a relay leaves to other processes (wake-ups; kernel forwarding runs in"
+	echo "softirq context, charged to the sending generator, so its relay cores are near 0). Below 0.05 it is noise."
 	echo "Latency: *to arrival* = the kernel's receive stamp (SO_TIMESTAMPNS) at the receiving socket minus the send time,"
 	echo "what the path in between added; *end to end* = when the receiving thread holds the packet, which adds the"
 	echo "generator's own wake-up. *Added* = the relay's p99 minus the direct path's p99 in the same run."

@@ -180,6 +180,25 @@ fn proc_cpu_secs(pid: u32) -> Option<f64> {
     Some((ut + st) / 100.0)
 }
 
+/// Busy CPU time of the whole machine (user, nice, system, irq, softirq of every CPU), in
+/// seconds. A relay that forwards in the kernel does its work in softirq context, charged
+/// to whichever task was running (often the generator), so its cost shows only here.
+fn machine_busy_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0.0))
+        .sum::<f64>();
+    Some(busy / 100.0)
+}
+
 fn fill_packet(buf: &mut [u8; PKT], ssrc: u32, seq: u32, stream: u32, dir: u8, flags: u8) {
     buf[0] = 0x80;
     buf[1] = if seq == 0 { 0x80 } else { 0x00 }; // marker on the first packet, PT 0 (PCMU)
@@ -589,6 +608,7 @@ fn measure(
     let start = Instant::now() + Duration::from_millis(10);
     let cpu0 = self_cpu_secs();
     let relay0 = a.relay_pid.and_then(proc_cpu_secs);
+    let machine0 = machine_busy_secs();
     let mut shandles = Vec::new();
     for t in 0..sthreads {
         let mine: Vec<(Arc<Stream>, u64)> = streams
@@ -621,6 +641,7 @@ fn measure(
     let wall_drain = start.elapsed().as_secs_f64();
     let cpu1 = self_cpu_secs();
     let relay1 = a.relay_pid.and_then(proc_cpu_secs);
+    let machine1 = machine_busy_secs();
     stop.store(true, Ordering::SeqCst);
     let mut st = Stats::new();
     for h in rhandles {
@@ -650,6 +671,10 @@ fn measure(
         _ => None,
     };
     let relay_cores = relay_cpu.map(|c| c / wall_drain);
+    let machine_cores = match (machine0, machine1) {
+        (Some(x), Some(y)) => Some((y - x) / wall_drain),
+        _ => None,
+    };
     let p = |q| st.user.percentile_us(q);
     let k = |q| st.arrival.percentile_us(q);
     let summary = json!({
@@ -687,9 +712,10 @@ fn measure(
         "relay_cpu_s": relay_cpu,
         "relay_cores": relay_cores,
         "relay_pps_per_core": relay_cores.filter(|c| *c > 0.0).map(|c| fwd_pps / c),
+        "machine_cores": machine_cores,
     });
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |x| x.to_string());
-    log(a.json, &format!(
+    log(a.json, &(format!(
         "rtpbench {}: {} sessions, {} flows x {} pps = {:.0} pps offered, {:.1} s (setup {:.2} s)\n  \
          sent {} (errors {}), received {}, lost {} ({:.4} %), forwarded {:.0} pps\n  \
          latency us, end to end: p50 {} p90 {} p99 {} p99.9 {} max {}\n  \
@@ -707,6 +733,6 @@ fn measure(
             (Some(c), Some(k)) => format!("\n  relay pid {}: {:.2} CPU s = {:.2} cores, {:.0} pps per core", a.relay_pid.unwrap_or(0), c, k, if k > 0.0 { fwd_pps / k } else { f64::NAN }),
             _ => String::new(),
         }
-    ));
+    ) + &machine_cores.map_or(String::new(), |m| format!("\n  machine: {m:.2} cores busy (all processes, softirq included)"))));
     Ok(summary)
 }

@@ -91,6 +91,7 @@ impl App {
                         m.workers
                     },
                     timeout: Duration::from_secs(m.timeout_secs),
+                    kernel_forwarding: m.kernel_forwarding,
                     thread_policy: m
                         .thread_policy()
                         .context("invalid media.scheduling/media.priority")?,

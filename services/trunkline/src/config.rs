@@ -82,6 +82,11 @@ pub struct MediaSection {
     /// threads' nice value (-20..19); unset leaves the nice value alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<i32>,
+    /// Relay latched RTP inside the kernel (an eBPF program, as rtpengine's kernel module
+    /// but with no module to build): the workers set each stream up and keep RTCP, the
+    /// kernel moves the packets. Needs Linux 6.6+ and CAP_BPF + CAP_NET_ADMIN; refused by
+    /// the kernel, it is a warning at start and the workers forward everything.
+    pub kernel_forwarding: bool,
     /// The interface callers' media (the A leg) is anchored on; unset: the default one
     /// (`bind`/`advertise`). An SBC usually faces callers on an access network and trunks on
     /// a carrier network, each reachable only on its own address.
@@ -163,6 +168,7 @@ impl Default for MediaSection {
             workers: 0,
             scheduling: Scheduling::Default,
             priority: None,
+            kernel_forwarding: true,
             access_interface: None,
             interfaces: Vec::new(),
         }
