@@ -208,3 +208,113 @@ fn kernel_traffic_keeps_the_call_alive_and_silence_times_it_out() {
     });
     assert_eq!(t[0].call_id, "k6");
 }
+
+/// A veth pair between this namespace (`relay`, holding the relay's address) and a network
+/// namespace of its own (`parties`), removed on drop. `None` (with the reason on stderr)
+/// where namespaces cannot be made (not root, no iproute2).
+struct Veth {
+    ns: String,
+}
+
+impl Veth {
+    const RELAY: &'static str = "10.201.0.1";
+    const PARTIES: &'static str = "10.201.0.2";
+
+    fn new() -> Option<Veth> {
+        let id = std::process::id() % 100_000;
+        let ns = format!("tlk{id}");
+        let (near, far) = (format!("tlk{id}a"), format!("tlk{id}b"));
+        let steps: [&[&str]; 6] = [
+            &["netns", "add", &ns],
+            &[
+                "link", "add", &near, "type", "veth", "peer", "name", &far, "netns", &ns,
+            ],
+            &["addr", "add", "10.201.0.1/30", "dev", &near],
+            &["link", "set", &near, "up"],
+            &["-n", &ns, "addr", "add", "10.201.0.2/30", "dev", &far],
+            &["-n", &ns, "link", "set", &far, "up"],
+        ];
+        let veth = Veth { ns: ns.clone() };
+        for args in steps {
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("cannot set up a network namespace (ip {args:?}): skipped");
+                return None;
+            }
+        }
+        Some(veth)
+    }
+
+    /// Media sockets of two parties inside the namespace, on `PARTIES`.
+    fn parties(&self) -> (std::net::UdpSocket, std::net::UdpSocket) {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // The network namespace is per thread: only this one moves, and the
+                // sockets it opens stay in the namespace wherever they are used.
+                let ns = std::fs::File::open(&path).unwrap();
+                nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                (endpoint_on(Veth::PARTIES), endpoint_on(Veth::PARTIES))
+            })
+            .join()
+            .unwrap()
+        })
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair with it.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.ns])
+            .status();
+    }
+}
+
+#[test]
+fn parties_behind_a_real_interface_are_served_by_redirect() {
+    let Some(veth) = Veth::new() else { return };
+    // Let the addresses settle (DAD does not apply to IPv4; the link needs to be up).
+    std::thread::sleep(Duration::from_millis(200));
+    let relay = start_relay(KERNEL_RS, 9, 20, 2, |c| {
+        c.kernel_forwarding = true;
+        c.interfaces = vec![trunkline_media::MediaInterface::new(
+            "default",
+            ip(Veth::RELAY),
+            ip(Veth::RELAY),
+        )];
+    });
+    if !relay.kernel_forwarding() {
+        eprintln!("kernel forwarding refused by this kernel: skipped");
+        return;
+    }
+    let (o, a) = veth.parties();
+    let anchored = offer_answer(
+        &relay,
+        "veth",
+        &audio(Veth::PARTIES, port(&o)),
+        &audio(Veth::PARTIES, port(&a)),
+        &Flags::default(),
+    );
+    let (ro, ra) = anchored.first();
+    let (ro, ra) = (sa(Veth::RELAY, ro.port), sa(Veth::RELAY, ra.port));
+    // Both parties latch through the worker; then the program takes their RTP in on the
+    // veth's ingress and sends it back out of it to the other party's MAC.
+    for seq in 1..=20 {
+        assert_eq!(send_through("o to a", &o, ro, &a, &rtp(seq, b"o")), ra);
+        assert_eq!(send_through("a to o", &a, ra, &o, &rtp(seq, b"a")), ro);
+    }
+    let t = wait_for("kernel totals", || {
+        let t = relay.totals();
+        (t.packets_relayed == 40).then_some(t)
+    });
+    assert!(
+        t.packets_kernel >= 36,
+        "kernel relayed {} of 40",
+        t.packets_kernel
+    );
+    relay.shutdown();
+}
