@@ -16,6 +16,7 @@ type Labels = Vec<(String, String)>;
 pub(crate) struct Metrics {
     packets: Family<Labels, Counter>,
     bytes: Counter,
+    kernel_packets: Counter,
     sessions_active: Gauge,
     ports_in_use: Gauge,
     timeouts: Counter,
@@ -34,6 +35,11 @@ impl Metrics {
             "trunkline_media_bytes",
             "Media bytes relayed",
             m.bytes.clone(),
+        );
+        registry.register(
+            "trunkline_media_kernel_packets",
+            "Of the media packets relayed, those the kernel fast path relayed",
+            m.kernel_packets.clone(),
         );
         registry.register(
             "trunkline_media_sessions_active",
@@ -68,6 +74,8 @@ impl Metrics {
             .inc_by(now.packets_dropped.saturating_sub(last.packets_dropped));
         self.bytes
             .inc_by(now.bytes_relayed.saturating_sub(last.bytes_relayed));
+        self.kernel_packets
+            .inc_by(now.packets_kernel.saturating_sub(last.packets_kernel));
         self.timeouts
             .inc_by(now.timeouts.saturating_sub(last.timeouts));
         self.sessions_active

@@ -53,8 +53,8 @@ pub(crate) struct KernelPath {
     _prog: OwnedFd,
     _links: Vec<OwnedFd>,
     loopback: u32,
-    /// Interface of every address of this host.
-    ifindex_of: HashMap<Ipv4Addr, u32>,
+    /// Every address of this host, with its interface if Ethernet-framed.
+    ifindex_of: HashMap<Ipv4Addr, Option<u32>>,
 }
 
 impl std::fmt::Debug for KernelPath {
@@ -65,7 +65,19 @@ impl std::fmt::Debug for KernelPath {
     }
 }
 
-fn host_addresses() -> io::Result<HashMap<Ipv4Addr, u32>> {
+/// Whether interface `name` frames packets as the program reads them: an Ethernet header
+/// (ARPHRD_ETHER, and loopback, which fakes one). Layer-3 devices (tun, WireGuard, GRE)
+/// start at the IP header, so the program would misread them; their media stays in user
+/// space.
+fn ethernet_framed(name: &str) -> bool {
+    const ARPHRD_ETHER: &str = "1";
+    const ARPHRD_LOOPBACK: &str = "772";
+    std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
+        .is_ok_and(|t| matches!(t.trim(), ARPHRD_ETHER | ARPHRD_LOOPBACK))
+}
+
+/// Every IPv4 address of this host, with its interface when the program can serve it.
+fn host_addresses() -> io::Result<HashMap<Ipv4Addr, Option<u32>>> {
     let mut out = HashMap::new();
     for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
         let Some(ip) = ifa
@@ -76,8 +88,14 @@ fn host_addresses() -> io::Result<HashMap<Ipv4Addr, u32>> {
         else {
             continue;
         };
-        let index =
-            nix::net::if_::if_nametoindex(ifa.interface_name.as_str()).map_err(io::Error::from)?;
+        let index = if ethernet_framed(&ifa.interface_name) {
+            Some(
+                nix::net::if_::if_nametoindex(ifa.interface_name.as_str())
+                    .map_err(io::Error::from)?,
+            )
+        } else {
+            None
+        };
         out.insert(ip, index);
     }
     Ok(out)
@@ -101,7 +119,7 @@ impl KernelPath {
         let mut attach = vec![loopback];
         for ip in relay_addresses {
             if let IpAddr::V4(v4) = ip {
-                if let Some(&i) = ifindex_of.get(v4) {
+                if let Some(&Some(i)) = ifindex_of.get(v4) {
                     if !attach.contains(&i) {
                         attach.push(i);
                     }
@@ -130,7 +148,7 @@ impl KernelPath {
         if ip.is_loopback() {
             Some(self.loopback)
         } else {
-            self.ifindex_of.get(&ip).copied()
+            self.ifindex_of.get(&ip).copied().flatten()
         }
     }
 
