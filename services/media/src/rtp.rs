@@ -163,6 +163,33 @@ impl SeqTracker {
         self.received = 1;
     }
 
+    /// The SSRC being tracked, if any packet was seen.
+    pub fn ssrc(&self) -> Option<u32> {
+        self.ssrc
+    }
+
+    /// Highest sequence number seen and how often the numbers wrapped: where a tracker
+    /// that takes over the source (the kernel fast path) starts.
+    pub fn position(&self) -> (u16, u32) {
+        (self.max_seq, self.cycles)
+    }
+
+    /// Takes over what another tracker of the same source saw since it started from
+    /// [`position`](Self::position): its highest sequence number and wrap count, and how
+    /// many packets it received. For another SSRC it does nothing (that tracker's packets
+    /// went elsewhere).
+    pub fn absorb(&mut self, ssrc: u32, max_seq: u16, cycles: u32, received: u64) {
+        if self.ssrc != Some(ssrc) {
+            return;
+        }
+        let theirs = (u64::from(cycles) << 16) | u64::from(max_seq);
+        if theirs > self.extended_max() {
+            self.max_seq = max_seq;
+            self.cycles = cycles;
+        }
+        self.received += received;
+    }
+
     /// Highest sequence number seen, extended with the wrap-around count.
     pub fn extended_max(&self) -> u64 {
         (u64::from(self.cycles) << 16) | u64::from(self.max_seq)
@@ -385,5 +412,23 @@ mod tests {
         h.note(6);
         assert_eq!(h.newest_first(), &[6, 3, 5, 4]);
         assert_eq!(h.latest(), Some(6));
+    }
+
+    #[test]
+    fn absorbs_what_a_tracker_of_the_same_source_saw() {
+        let mut t = SeqTracker::new();
+        for seq in [65530, 65531, 65532] {
+            t.update(7, seq);
+        }
+        assert_eq!(t.position(), (65532, 0));
+        // Another tracker took over at 65532 and received 1, 2 and 4 after the wrap:
+        // 65533, 65534, 65535, 0 and 3 never came.
+        t.absorb(7, 4, 1, 3);
+        assert_eq!(t.extended_max(), (1 << 16) | 4);
+        assert_eq!(t.lost(), 5);
+        // A different source's counts are not this one's.
+        t.absorb(8, 9, 1, 5);
+        assert_eq!(t.extended_max(), (1 << 16) | 4);
+        assert_eq!(t.lost(), 5);
     }
 }

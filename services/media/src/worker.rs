@@ -29,7 +29,7 @@ use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
 
-use crate::kernel::{monotonic_now, Forwarded, KernelPath, Route};
+use crate::kernel::{monotonic_now, Forwarded, KernelPath, Route, SeqPosition};
 use crate::latch::{decide, LatchPolicy, LatchState, Verdict};
 use crate::rtcp::{ntp_middle_from, pick_block, rtt_ms, validate_compound};
 use crate::rtp::{looks_like_rtcp, parse_header, SeqTracker, SsrcHistory};
@@ -880,7 +880,8 @@ impl Worker {
                 }
             }
             if let Some(route) = want {
-                match kernel.install(&route) {
+                let (max_seq, cycles) = side.seq.position();
+                match kernel.install(&route, SeqPosition { max_seq, cycles }) {
                     Ok(true) => {
                         side.kernel = Some(KernelRoute {
                             route,
@@ -925,7 +926,13 @@ impl Worker {
                 }
             };
             let folded = last.map_or((0, 0), |last| {
-                fold_counts(&mut side.counters, &k.seen, &last, self.epoch_mono)
+                fold_counts(
+                    &mut side.counters,
+                    &mut side.seq,
+                    &k,
+                    &last,
+                    self.epoch_mono,
+                )
             });
             self.relayed += folded.0;
             self.relayed_bytes += folded.1;
@@ -971,7 +978,8 @@ impl Worker {
                     let Ok(Some(now)) = kernel.forwarded(k.route.local) else {
                         continue;
                     };
-                    let (p, b) = fold_counts(&mut side.counters, &k.seen, &now, self.epoch_mono);
+                    let (p, b) =
+                        fold_counts(&mut side.counters, &mut side.seq, k, &now, self.epoch_mono);
                     k.seen = now;
                     self.relayed += p;
                     self.relayed_bytes += b;
@@ -1021,6 +1029,7 @@ fn wanted_route(side: &Side, other: &Side) -> Option<Route> {
     Some(Route {
         local: sock.local?,
         from: v4(sock.latch.latched)?,
+        ssrc: side.seq.ssrc()?,
         out_local: out.local?,
         to: v4(out.latch.destination())?,
     })
@@ -1036,20 +1045,23 @@ fn take_route(
     epoch_mono: Duration,
 ) -> std::io::Result<(u64, u64)> {
     Ok(match kernel.take(old.route.local)? {
-        Some(last) => fold_counts(&mut side.counters, &old.seen, &last, epoch_mono),
+        Some(last) => fold_counts(&mut side.counters, &mut side.seq, old, &last, epoch_mono),
         None => (0, 0),
     })
 }
 
-/// Adds what the kernel forwarded between two readings of a route (`seen`, `now`) to a
-/// party's RTP counters; returns the new packets and bytes.
+/// Adds what the kernel forwarded on route `k` since its last reading (`k.seen`) to a
+/// party's RTP counters and sequence tracking; returns the new packets and bytes.
 fn fold_counts(
     counters: &mut Counters,
-    seen: &Forwarded,
+    seq: &mut SeqTracker,
+    k: &KernelRoute,
     now: &Forwarded,
     epoch_mono: Duration,
 ) -> (u64, u64) {
+    let seen = &k.seen;
     let packets = now.packets.saturating_sub(seen.packets);
+    seq.absorb(k.route.ssrc, now.seq.max_seq, now.seq.cycles, packets);
     let bytes = now.bytes.saturating_sub(seen.bytes);
     let count = &mut counters.traffic[RTP];
     count.packets += packets;

@@ -318,3 +318,25 @@ fn parties_behind_a_real_interface_are_served_by_redirect() {
     );
     relay.shutdown();
 }
+
+#[test]
+fn loss_is_counted_from_sequence_numbers_on_the_kernel_path_too() {
+    let Some(relay) = relay(6) else { return };
+    let (o, a) = (endpoint(), endpoint());
+    let (ro, ra) = audio_call(&relay, "k7", &o, &a, &Flags::default());
+    talk(&o, ro, &a, ra, 1, 3);
+    // From here the kernel relays o's RTP: 4..=20 with 7, 8 and 15 missing.
+    for seq in (4..=20).filter(|s| ![7, 8, 15].contains(s)) {
+        send_through("o to a", &o, to(ro), &a, &rtp(seq, b"o"));
+    }
+    stats_when(&relay, "k7", "3 packets lost", |s| {
+        let st = &s.streams[0].offerer;
+        st.rtp_lost == 3 && st.rtp.packets == 17
+    });
+    let t = relay.totals();
+    assert!(
+        t.packets_kernel >= 14,
+        "the kernel relayed {} packets",
+        t.packets_kernel
+    );
+}

@@ -46,6 +46,7 @@ pub(crate) enum Cond {
     Eq,
     Ne,
     Gt,
+    Ge,
     Lt,
     Le,
 }
@@ -55,6 +56,7 @@ impl Cond {
         match self {
             Cond::Eq => 0x10,
             Cond::Gt => 0x20,
+            Cond::Ge => 0x30,
             Cond::Ne => 0x50,
             Cond::Lt => 0xa0,
             Cond::Le => 0xb0,
@@ -65,6 +67,7 @@ impl Cond {
 const CLS_LD: u8 = 0x00;
 const CLS_LDX: u8 = 0x01;
 const CLS_STX: u8 = 0x03;
+const CLS_ALU: u8 = 0x04;
 const CLS_JMP: u8 = 0x05;
 const CLS_ALU64: u8 = 0x07;
 const MODE_IMM: u8 = 0x00;
@@ -73,8 +76,14 @@ const MODE_ATOMIC: u8 = 0xc0;
 const SRC_K: u8 = 0x00;
 const SRC_X: u8 = 0x08;
 const ALU_ADD: u8 = 0x00;
+const ALU_SUB: u8 = 0x10;
+const ALU_END: u8 = 0xd0;
+/// With `ALU_END`: convert to big endian (a byte swap on the little-endian hosts eBPF
+/// runs on here).
+const END_TO_BE: u8 = 0x08;
 const ALU_AND: u8 = 0x50;
 const ALU_MOV: u8 = 0xb0;
+const JMP_JA: u8 = 0x00;
 const JMP_CALL: u8 = 0x80;
 const JMP_EXIT: u8 = 0x90;
 /// `ld_imm64` source register value meaning "the immediate is a map descriptor".
@@ -128,6 +137,16 @@ impl Asm {
     /// `dst += imm`.
     pub(crate) fn add_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
         self.push(CLS_ALU64 | ALU_ADD | SRC_K, dst, R0, 0, imm)
+    }
+
+    /// `dst -= src`.
+    pub(crate) fn sub(&mut self, dst: Reg, src: Reg) -> &mut Self {
+        self.push(CLS_ALU64 | ALU_SUB | SRC_X, dst, src, 0, 0)
+    }
+
+    /// `dst = bswap16(dst)`: a 16-bit network-order field, loaded as is, to its value.
+    pub(crate) fn be16(&mut self, dst: Reg) -> &mut Self {
+        self.push(CLS_ALU | ALU_END | END_TO_BE, dst, R0, 0, 16)
     }
 
     /// `dst &= imm`.
@@ -203,6 +222,12 @@ impl Asm {
         self.push(CLS_JMP | cond.op() | SRC_X, dst, src, 0, 0)
     }
 
+    /// `goto label`.
+    pub(crate) fn goto(&mut self, label: &'static str) -> &mut Self {
+        self.fixups.push((self.insns.len(), label));
+        self.push(CLS_JMP | JMP_JA, R0, R0, 0, 0)
+    }
+
     /// Places `label` at the next instruction.
     pub(crate) fn label(&mut self, label: &'static str) -> &mut Self {
         self.labels.insert(label, self.insns.len());
@@ -247,6 +272,7 @@ mod tests {
             .load(Size::W, R2, R6, 76)
             .jump_imm(Cond::Ne, R2, 0x45, "out")
             .atomic_add64(R7, 24, R1)
+            .be16(R3)
             .load_map_fd(R1, 5)
             .label("out")
             .mov_imm(R0, -1)
@@ -257,16 +283,18 @@ mod tests {
         assert_eq!(insn(0), [0xbf, 0x16, 0, 0, 0, 0, 0, 0]);
         // ldxw r2, [r6+76]
         assert_eq!(insn(1), [0x61, 0x62, 76, 0, 0, 0, 0, 0]);
-        // jne r2, 0x45, +3 (over the atomic add and the two ld_imm64 slots)
-        assert_eq!(insn(2), [0x55, 0x02, 3, 0, 0x45, 0, 0, 0]);
+        // jne r2, 0x45, +4 (over the atomic add, the swap and the two ld_imm64 slots)
+        assert_eq!(insn(2), [0x55, 0x02, 4, 0, 0x45, 0, 0, 0]);
         // lock *(u64 *)(r7 + 24) += r1
         assert_eq!(insn(3), [0xdb, 0x17, 24, 0, 0, 0, 0, 0]);
+        // r3 = be16 r3
+        assert_eq!(insn(4), [0xdc, 0x03, 0, 0, 16, 0, 0, 0]);
         // ld_imm64 r1, map fd 5 (pseudo), and its second half
-        assert_eq!(insn(4), [0x18, 0x11, 0, 0, 5, 0, 0, 0]);
-        assert_eq!(insn(5), [0; 8]);
+        assert_eq!(insn(5), [0x18, 0x11, 0, 0, 5, 0, 0, 0]);
+        assert_eq!(insn(6), [0; 8]);
         // mov64 r0, -1; exit
-        assert_eq!(insn(6), [0xb7, 0x00, 0, 0, 0xff, 0xff, 0xff, 0xff]);
-        assert_eq!(insn(7), [0x95, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(insn(7), [0xb7, 0x00, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(insn(8), [0x95, 0, 0, 0, 0, 0, 0, 0]);
         Ok(())
     }
 

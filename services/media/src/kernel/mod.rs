@@ -36,6 +36,16 @@ pub(crate) struct Route {
     pub(crate) out_local: SocketAddrV4,
     /// Where they go: the other party's latched address.
     pub(crate) to: SocketAddrV4,
+    /// The only SSRC relayed; another goes to the worker, whose statistics follow it.
+    pub(crate) ssrc: u32,
+}
+
+/// Where a route's sequence-number tracking stands: the highest sequence number and how
+/// often it wrapped, as `SeqTracker` keeps them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SeqPosition {
+    pub(crate) max_seq: u16,
+    pub(crate) cycles: u32,
 }
 
 /// What the program counted for one route.
@@ -45,6 +55,8 @@ pub(crate) struct Forwarded {
     pub(crate) bytes: u64,
     /// CLOCK_MONOTONIC time of the last packet, if any.
     pub(crate) last: Option<Duration>,
+    /// Sequence tracking, moved on from where the route was installed.
+    pub(crate) seq: SeqPosition,
 }
 
 /// The loaded program, its links and its map. Dropping it detaches everything.
@@ -176,9 +188,10 @@ impl KernelPath {
         k
     }
 
-    /// Installs (or replaces) a route, with its counters starting from zero. False when
-    /// the kernel cannot relay this route and the worker keeps it.
-    pub(crate) fn install(&self, r: &Route) -> io::Result<bool> {
+    /// Installs (or replaces) a route, with its counters starting from zero and its
+    /// sequence tracking from `seq`. False when the kernel cannot relay this route and the
+    /// worker keeps it.
+    pub(crate) fn install(&self, r: &Route, seq: SeqPosition) -> io::Result<bool> {
         let Some((ingress, egress)) = self.interfaces(r) else {
             return Ok(false);
         };
@@ -192,6 +205,9 @@ impl KernelPath {
         put(value::NEW_DPORT, &r.to.port().to_be_bytes());
         put(value::IN_IFINDEX, &ingress.to_ne_bytes());
         put(value::OUT_IFINDEX, &egress.to_ne_bytes());
+        put(value::SSRC, &r.ssrc.to_be_bytes());
+        put(value::MAX_SEQ, &u32::from(seq.max_seq).to_ne_bytes());
+        put(value::CYCLES, &seq.cycles.to_ne_bytes());
         sys::update(&self.map, &Self::key(r.local), &v)?;
         Ok(true)
     }
@@ -211,11 +227,20 @@ impl KernelPath {
             b.copy_from_slice(&v[at..at + 8]);
             u64::from_ne_bytes(b)
         };
+        let u32_at = |at: usize| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&v[at..at + 4]);
+            u32::from_ne_bytes(b)
+        };
         let last = u64_at(value::LAST_NS);
         Forwarded {
             packets: u64_at(value::PACKETS),
             bytes: u64_at(value::BYTES),
             last: (last != 0).then(|| Duration::from_nanos(last)),
+            seq: SeqPosition {
+                max_seq: u16::try_from(u32_at(value::MAX_SEQ) & 0xffff).unwrap_or(0),
+                cycles: u32_at(value::CYCLES),
+            },
         }
     }
 

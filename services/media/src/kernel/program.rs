@@ -2,12 +2,15 @@
 //! kernel when the worker has told it how (a map entry per relay socket), and leaves every
 //! other packet to the next program and the socket.
 //!
-//! For an IPv4/UDP packet without IP options or fragmentation, carrying RTP version 2 that
-//! is not RTCP (RFC 5761 §4 payload types 64–95 are left to the worker, which reads them),
-//! it looks up (destination address, destination port). The entry must name this packet's
-//! source address and port and the interface it came in on, or the packet goes up to the
-//! relay socket as usual, where the worker's latching policy decides. On a match it counts
-//! the packet, rewrites source and destination to the entry's (fixing the IP and UDP
+//! For an IPv4/UDP packet without IP options or fragmentation, carrying an RTP version 2
+//! header that is not RTCP (RFC 5761 §4 payload types 64–95 are left to the worker, which
+//! reads them), it looks up (destination address, destination port). The entry must name
+//! this packet's source address and port, the interface it came in on and its SSRC, or the
+//! packet goes up to the relay socket as usual, where the worker's latching policy decides
+//! (and a new SSRC is seen by the worker's statistics). The sequence number is tracked as
+//! the worker's `SeqTracker` does (RFC 3550 A.1): forward steps move the extended highest
+//! number, late packets only count, and a jump the worker would treat as a restart goes to
+//! the worker. On a match it counts the packet, rewrites source and destination to the entry's (fixing the IP and UDP
 //! checksums with the kernel's helpers, which know every `ip_summed` state), and passes it
 //! up for local delivery or redirects it out of the outgoing interface with a neighbour
 //! lookup.
@@ -36,7 +39,12 @@ pub(crate) mod value {
     pub(crate) const PACKETS: usize = 32;
     pub(crate) const BYTES: usize = 40;
     pub(crate) const LAST_NS: usize = 48;
-    pub(crate) const SIZE: usize = 56;
+    /// The SSRC accepted, as on the wire [4].
+    pub(crate) const SSRC: usize = 56;
+    /// Highest sequence number and its wrap count (native u32 each).
+    pub(crate) const MAX_SEQ: usize = 60;
+    pub(crate) const CYCLES: usize = 64;
+    pub(crate) const SIZE: usize = 72;
 }
 
 /// `struct __sk_buff` offsets.
@@ -56,6 +64,13 @@ const UDP_SPORT: i16 = 34;
 const UDP_DPORT: i16 = 36;
 const UDP_CSUM: i32 = 40;
 const PAYLOAD: i16 = 42;
+/// RTP header fields, from the start of the UDP payload.
+const RTP_SEQ: i16 = 2;
+const RTP_SSRC: i16 = 8;
+const RTP_HEADER: i32 = 12;
+/// The worker's `SeqTracker` limits (RFC 3550 A.1).
+const MAX_DROPOUT: i32 = 3000;
+const MAX_MISORDER: i32 = 100;
 /// Helpers.
 const MAP_LOOKUP_ELEM: i32 = 1;
 const KTIME_GET_NS: i32 = 5;
@@ -79,12 +94,12 @@ fn off(v: usize) -> i16 {
 pub(crate) fn forwarder(map_fd: i32) -> Result<Vec<u8>, AsmError> {
     use value::*;
     let mut a = Asm::default();
-    // R6 = skb, R2 = data, R3 = data_end; two payload bytes must be readable.
+    // R6 = skb, R2 = data, R3 = data_end; a whole RTP header must be readable.
     a.mov(R6, R1)
         .load(Size::W, R2, R6, SKB_DATA)
         .load(Size::W, R3, R6, SKB_DATA_END)
         .mov(R4, R2)
-        .add_imm(R4, i32::from(PAYLOAD) + 2)
+        .add_imm(R4, i32::from(PAYLOAD) + RTP_HEADER)
         .jump_reg(Cond::Gt, R4, R3, "next");
     // IPv4 (0x0800 read little endian), no options, UDP, neither MF nor an offset.
     a.load(Size::H, R4, R2, ETH_PROTO)
@@ -105,6 +120,13 @@ pub(crate) fn forwarder(map_fd: i32) -> Result<Vec<u8>, AsmError> {
         .jump_imm(Cond::Lt, R4, 64, "rtp")
         .jump_imm(Cond::Le, R4, 95, "next")
         .label("rtp");
+    // SSRC (as on the wire) at R10-16 and sequence number (its value) at R10-12, for
+    // after the lookup, which invalidates packet pointers.
+    a.load(Size::W, R4, R2, PAYLOAD + RTP_SSRC)
+        .store(Size::W, R10, -16, R4)
+        .load(Size::H, R4, R2, PAYLOAD + RTP_SEQ)
+        .be16(R4)
+        .store(Size::W, R10, -12, R4);
     // Key on the stack at R10-8: daddr, dport, zero pad. R8/R9 keep saddr/sport.
     a.load(Size::W, R4, R2, IP_DADDR)
         .store(Size::W, R10, -8, R4)
@@ -125,7 +147,30 @@ pub(crate) fn forwarder(map_fd: i32) -> Result<Vec<u8>, AsmError> {
         .jump_reg(Cond::Ne, R1, R9, "next")
         .load(Size::W, R1, R6, SKB_INGRESS_IFINDEX)
         .load(Size::W, R2, R7, off(IN_IFINDEX))
+        .jump_reg(Cond::Ne, R1, R2, "next")
+        .load(Size::W, R1, R10, -16)
+        .load(Size::W, R2, R7, off(SSRC))
         .jump_reg(Cond::Ne, R1, R2, "next");
+    // Sequence: delta = (seq - max) mod 2^16. 0: a duplicate; below MAX_DROPOUT: forward
+    // (a wrap when seq < max); above 2^16 - MAX_MISORDER: late; between: a restart, which
+    // the worker handles.
+    a.load(Size::W, R1, R10, -12)
+        .load(Size::W, R2, R7, off(MAX_SEQ))
+        .mov(R3, R1)
+        .sub(R3, R2)
+        .and_imm(R3, 0xffff)
+        .jump_imm(Cond::Eq, R3, 0, "count")
+        .jump_imm(Cond::Ge, R3, MAX_DROPOUT, "late")
+        .jump_reg(Cond::Ge, R1, R2, "new_max")
+        .load(Size::W, R4, R7, off(CYCLES))
+        .add_imm(R4, 1)
+        .store(Size::W, R7, off(CYCLES), R4)
+        .label("new_max")
+        .store(Size::W, R7, off(MAX_SEQ), R1)
+        .goto("count")
+        .label("late")
+        .jump_imm(Cond::Le, R3, 0xffff - MAX_MISORDER, "next")
+        .label("count");
     // Count: packets, payload bytes, time.
     a.mov_imm(R1, 1)
         .atomic_add64(R7, off(PACKETS), R1)

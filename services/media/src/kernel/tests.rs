@@ -31,12 +31,24 @@ fn v4(s: &UdpSocket) -> SocketAddrV4 {
     }
 }
 
-fn rtp(seq: u16, pt: u8) -> Vec<u8> {
+const SSRC: u32 = 0xdead_beef;
+
+fn rtp_from(ssrc: u32, seq: u16, pt: u8) -> Vec<u8> {
     let mut p = vec![0x80, pt];
     p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]);
+    p.extend_from_slice(&[0, 0, 0, 1]);
+    p.extend_from_slice(&ssrc.to_be_bytes());
     p.extend_from_slice(&[0x55; 160]);
     p
+}
+
+fn rtp(seq: u16, pt: u8) -> Vec<u8> {
+    rtp_from(SSRC, seq, pt)
+}
+
+/// Sequence tracking as the worker starts it: the last number it saw, no wrap yet.
+fn at(max_seq: u16) -> SeqPosition {
+    SeqPosition { max_seq, cycles: 0 }
 }
 
 fn recv(s: &UdpSocket) -> Option<(Vec<u8>, std::net::SocketAddr)> {
@@ -55,8 +67,9 @@ fn relays_latched_rtp_in_the_kernel_and_leaves_the_rest_to_the_socket() {
         from: v4(&a),
         out_local: v4(&relay_b),
         to: v4(&b),
+        ssrc: SSRC,
     };
-    assert!(k.install(&route).expect("install"));
+    assert!(k.install(&route, at(0)).expect("install"));
 
     // A's RTP reaches B from the relay's B-side socket, byte for byte (so the UDP
     // checksum was right, or B's socket would have dropped it).
@@ -107,15 +120,17 @@ fn two_relays_on_one_host_each_see_their_own_routes() {
         from: v4(&a),
         out_local: v4(&rb),
         to: v4(&b),
+        ssrc: SSRC,
     };
     let r2 = Route {
         local: v4(&rc),
         from: v4(&c),
         out_local: v4(&rd),
         to: v4(&d),
+        ssrc: SSRC,
     };
-    assert!(k1.install(&r1).expect("install"));
-    assert!(k2.install(&r2).expect("install"));
+    assert!(k1.install(&r1, at(0)).expect("install"));
+    assert!(k2.install(&r2, at(0)).expect("install"));
     a.send_to(&rtp(1, 8), ra.local_addr().expect("addr"))
         .expect("send");
     c.send_to(&rtp(1, 8), rc.local_addr().expect("addr"))
@@ -133,4 +148,43 @@ fn two_relays_on_one_host_each_see_their_own_routes() {
     a.send_to(&rtp(2, 8), ra.local_addr().expect("addr"))
         .expect("send");
     assert!(recv(&ra).is_some());
+}
+
+#[test]
+fn tracks_sequence_numbers_and_leaves_new_ssrcs_and_restarts_to_the_worker() {
+    let Some(k) = open() else { return };
+    let (a, relay_a, relay_b, b) = (sock(), sock(), sock(), sock());
+    let route = Route {
+        local: v4(&relay_a),
+        from: v4(&a),
+        out_local: v4(&relay_b),
+        to: v4(&b),
+        ssrc: SSRC,
+    };
+    // The worker saw up to 65534; the kernel carries on across the wrap.
+    assert!(k.install(&route, at(65534)).expect("install"));
+    let dest = relay_a.local_addr().expect("addr");
+    for seq in [65535, 1, 0, 2, 2] {
+        // 0 arrives after 1 (late), and 2 twice (a duplicate): all relayed.
+        a.send_to(&rtp(seq, 0), dest).expect("send");
+        assert!(recv(&b).is_some(), "seq {seq} relayed");
+    }
+    let f = k.forwarded(route.local).expect("lookup").expect("entry");
+    assert_eq!(f.packets, 5);
+    assert_eq!(
+        f.seq,
+        SeqPosition {
+            max_seq: 2,
+            cycles: 1
+        }
+    );
+
+    // Another SSRC, and a jump the worker treats as a restart: up to the socket.
+    a.send_to(&rtp_from(0x0bad_cafe, 3, 0), dest).expect("send");
+    assert!(recv(&relay_a).is_some(), "a new SSRC goes to the worker");
+    a.send_to(&rtp(20_000, 0), dest).expect("send");
+    assert!(recv(&relay_a).is_some(), "a restart goes to the worker");
+    assert!(recv(&b).is_none());
+    let f = k.forwarded(route.local).expect("lookup").expect("entry");
+    assert_eq!((f.packets, f.seq.max_seq), (5, 2));
 }
