@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,11 +28,14 @@ use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
 
-use crate::kernel::{monotonic_now, Forwarded, KernelPath, Route, SeqPosition};
+use crate::kernel::{Forwarded, KernelPath, Route};
+
+mod kernel_routes;
 use crate::latch::{decide, LatchPolicy, LatchState, Verdict};
 use crate::rtcp::{ntp_middle_from, pick_block, rtt_ms, validate_compound};
 use crate::rtp::{looks_like_rtcp, parse_header, SeqTracker, SsrcHistory};
 use crate::{PacketStats, StreamStats};
+use kernel_routes::KernelLink;
 
 /// Token of the control waker; stream tokens are `slot * 4 + side * 2 + component`.
 pub(crate) const WAKER: u64 = u64::MAX;
@@ -45,8 +47,6 @@ const ROUNDS_PER_WAKE: usize = 8;
 pub(crate) const RTP: usize = 0;
 pub(crate) const RTCP: usize = 1;
 const NONE_U32: u32 = u32::MAX;
-/// How often a worker folds what the kernel fast path forwarded into its counters.
-const KERNEL_REFRESH: Duration = Duration::from_secs(1);
 const NONE_U64: u64 = u64::MAX;
 
 /// One kind of traffic's counters as published.
@@ -411,21 +411,30 @@ pub(crate) struct Worker {
     send_hdrs: MultiHeaders<SockaddrStorage>,
     out: [Vec<(usize, SocketAddr)>; 2],
     totals: Arc<WorkerTotals>,
-    relayed: u64,
-    relayed_bytes: u64,
-    /// Of `relayed`, what the kernel fast path relayed.
-    kernel_relayed: u64,
-    dropped: u64,
+    tally: Tally,
     epoch: Instant,
     name: String,
     /// The kernel fast path, when the relay runs with one.
-    kernel: Option<Arc<KernelPath>>,
-    /// Sides with a kernel route, and when their counts are folded in next.
-    kernel_routes: usize,
-    next_refresh: Instant,
-    /// CLOCK_MONOTONIC at `epoch`, to turn the program's packet times into relay time.
-    epoch_mono: Duration,
-    kernel_error_logged: AtomicBool,
+    kernel: Option<KernelLink>,
+}
+
+/// What a worker relayed and dropped so far, published as its `WorkerTotals`.
+#[derive(Debug, Default)]
+struct Tally {
+    relayed: u64,
+    bytes: u64,
+    /// Of `relayed`, what the kernel fast path relayed.
+    kernel: u64,
+    dropped: u64,
+}
+
+impl Tally {
+    /// Adds (packets, bytes) the kernel relayed.
+    fn add_kernel(&mut self, (packets, bytes): (u64, u64)) {
+        self.relayed += packets;
+        self.bytes += bytes;
+        self.kernel += packets;
+    }
 }
 
 fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
@@ -456,7 +465,6 @@ impl Worker {
         name: String,
     ) -> Self {
         let batch = batch.max(1);
-        let epoch_mono = monotonic_now().saturating_sub(epoch.elapsed());
         Worker {
             poll,
             waker,
@@ -470,23 +478,16 @@ impl Worker {
             send_hdrs: MultiHeaders::preallocate(batch, None),
             out: [Vec::with_capacity(batch), Vec::with_capacity(batch)],
             totals,
-            relayed: 0,
-            relayed_bytes: 0,
-            kernel_relayed: 0,
-            dropped: 0,
+            tally: Tally::default(),
             epoch,
             name,
             kernel: None,
-            kernel_routes: 0,
-            next_refresh: Instant::now(),
-            epoch_mono,
-            kernel_error_logged: AtomicBool::new(false),
         }
     }
 
     /// Hands latched RTP to the kernel fast path.
     pub(crate) fn with_kernel(mut self, kernel: Option<Arc<KernelPath>>) -> Self {
-        self.kernel = kernel;
+        self.kernel = kernel.map(|path| KernelLink::new(path, self.epoch));
         self
     }
 
@@ -495,14 +496,11 @@ impl Worker {
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
             // With kernel routes, wake at least once per refresh to fold in their counts.
-            let timeout = if self.kernel_routes > 0 {
-                let ms = self
-                    .next_refresh
-                    .saturating_duration_since(Instant::now())
-                    .as_millis();
-                PollTimeout::from(u16::try_from(ms.min(1000)).unwrap_or(1000))
-            } else {
-                PollTimeout::NONE
+            let timeout = match self.kernel.as_ref().and_then(KernelLink::refresh_in) {
+                Some(wait) => {
+                    PollTimeout::from(u16::try_from(wait.as_millis().min(1000)).unwrap_or(1000))
+                }
+                None => PollTimeout::NONE,
             };
             let n = match self.poll.wait(&mut events, timeout) {
                 Ok(n) => n,
@@ -527,7 +525,12 @@ impl Worker {
                     self.service(token);
                 }
             }
-            if self.kernel_routes > 0 && Instant::now() >= self.next_refresh {
+            if self
+                .kernel
+                .as_ref()
+                .and_then(KernelLink::refresh_in)
+                .is_some_and(|wait| wait.is_zero())
+            {
                 self.refresh_kernel();
             }
         }
@@ -671,6 +674,14 @@ impl Worker {
             };
         }
         self.sync_kernel(slot);
+    }
+
+    fn publish_totals(&self) {
+        let (t, n) = (&self.totals, &self.tally);
+        t.relayed.store(n.relayed, Ordering::Relaxed);
+        t.bytes.store(n.bytes, Ordering::Relaxed);
+        t.kernel.store(n.kernel, Ordering::Relaxed);
+        t.dropped.store(n.dropped, Ordering::Relaxed);
     }
 
     /// Reads and forwards from one socket; true if it may still have data (come back).
@@ -830,14 +841,14 @@ impl Worker {
                 &self.meta,
                 &self.out[out_comp],
             );
-            self.relayed += sent;
-            self.relayed_bytes += bytes;
+            self.tally.relayed += sent;
+            self.tally.bytes += bytes;
             for kind in [RTP, RTCP] {
                 side.counters.traffic[kind].errors += failed[kind];
                 dropped += failed[kind];
             }
         }
-        self.dropped += dropped;
+        self.tally.dropped += dropped;
 
         side.publish();
         self.publish_totals();
@@ -848,231 +859,6 @@ impl Worker {
         // second one that only returns EAGAIN.
         full
     }
-}
-
-/// The kernel fast path, seen from a worker: which of its streams' directions the
-/// kernel relays, and folding what it forwarded into the counters the control side reads.
-impl Worker {
-    /// Makes the kernel's routes for both directions of the stream in `slot` match what
-    /// latching now says; a no-op (no syscall) when nothing changed.
-    fn sync_kernel(&mut self, slot: usize) {
-        let Some(kernel) = self.kernel.clone() else {
-            return;
-        };
-        let Some(Some(stream)) = self.streams.get_mut(slot) else {
-            return;
-        };
-        for s in 0..2 {
-            let (side, other) = split_pair(&mut stream.sides, s);
-            let want = wanted_route(side, other);
-            if side.kernel.as_ref().map(|k| k.route) == want {
-                continue;
-            }
-            if let Some(old) = side.kernel.take() {
-                self.kernel_routes -= 1;
-                match take_route(&kernel, side, &old, self.epoch_mono) {
-                    Ok((p, b)) => {
-                        self.relayed += p;
-                        self.relayed_bytes += b;
-                        self.kernel_relayed += p;
-                    }
-                    Err(e) => kernel_failed(&self.name, &self.kernel_error_logged, &e),
-                }
-            }
-            if let Some(route) = want {
-                let (max_seq, cycles) = side.seq.position();
-                match kernel.install(&route, SeqPosition { max_seq, cycles }) {
-                    Ok(true) => {
-                        side.kernel = Some(KernelRoute {
-                            route,
-                            seen: Forwarded::default(),
-                        });
-                        self.kernel_routes += 1;
-                    }
-                    Ok(false) => {}
-                    Err(e) => kernel_failed(&self.name, &self.kernel_error_logged, &e),
-                }
-            }
-            side.publish_with_kernel();
-        }
-    }
-
-    /// The control side took this stream's routes: fold their final counts in and forget
-    /// them. A route this worker installed again in the meantime (from a packet read just
-    /// before the command) is taken out too; then the taken counts' baseline is unknown
-    /// and they are left out rather than counted twice.
-    fn kernel_taken(&mut self, id: u64, counts: [Option<Forwarded>; 2]) {
-        let Some(kernel) = self.kernel.clone() else {
-            return;
-        };
-        let Some(stream) = self
-            .by_id
-            .get(&id)
-            .and_then(|&s| self.streams.get_mut(s))
-            .and_then(Option::as_mut)
-        else {
-            return;
-        };
-        for (side, taken) in stream.sides.iter_mut().zip(counts) {
-            let Some(k) = side.kernel.take() else {
-                continue;
-            };
-            self.kernel_routes -= 1;
-            let last = match kernel.take(k.route.local) {
-                Ok(again) => again.or(taken),
-                Err(e) => {
-                    kernel_failed(&self.name, &self.kernel_error_logged, &e);
-                    taken
-                }
-            };
-            let folded = last.map_or((0, 0), |last| {
-                fold_counts(
-                    &mut side.counters,
-                    &mut side.seq,
-                    &k,
-                    &last,
-                    self.epoch_mono,
-                )
-            });
-            self.relayed += folded.0;
-            self.relayed_bytes += folded.1;
-            self.kernel_relayed += folded.0;
-            side.publish_with_kernel();
-        }
-    }
-
-    /// Takes the stream in `slot` out of the kernel, keeping what it forwarded so far.
-    fn retire_kernel(&mut self, slot: usize) {
-        let Some(kernel) = self.kernel.clone() else {
-            return;
-        };
-        let Some(Some(stream)) = self.streams.get_mut(slot) else {
-            return;
-        };
-        for side in &mut stream.sides {
-            if let Some(old) = side.kernel.take() {
-                self.kernel_routes -= 1;
-                match take_route(&kernel, side, &old, self.epoch_mono) {
-                    Ok((p, b)) => {
-                        self.relayed += p;
-                        self.relayed_bytes += b;
-                        self.kernel_relayed += p;
-                    }
-                    Err(e) => kernel_failed(&self.name, &self.kernel_error_logged, &e),
-                }
-                side.publish_with_kernel();
-            }
-        }
-    }
-
-    /// Folds every kernel route's new counts in and publishes them (once per
-    /// `KERNEL_REFRESH`, as rtpengine syncs its kernel table's counters).
-    fn refresh_kernel(&mut self) {
-        self.next_refresh = Instant::now() + KERNEL_REFRESH;
-        let Some(kernel) = self.kernel.clone() else {
-            return;
-        };
-        for stream in self.streams.iter_mut().flatten() {
-            for side in &mut stream.sides {
-                if let Some(k) = side.kernel.as_mut() {
-                    let Ok(Some(now)) = kernel.forwarded(k.route.local) else {
-                        continue;
-                    };
-                    let (p, b) =
-                        fold_counts(&mut side.counters, &mut side.seq, k, &now, self.epoch_mono);
-                    k.seen = now;
-                    self.relayed += p;
-                    self.relayed_bytes += b;
-                    self.kernel_relayed += p;
-                    if p > 0 {
-                        side.publish_with_kernel();
-                    }
-                }
-            }
-        }
-        self.publish_totals();
-    }
-
-    fn publish_totals(&self) {
-        let t = &self.totals;
-        t.relayed.store(self.relayed, Ordering::Relaxed);
-        t.bytes.store(self.relayed_bytes, Ordering::Relaxed);
-        t.kernel.store(self.kernel_relayed, Ordering::Relaxed);
-        t.dropped.store(self.dropped, Ordering::Relaxed);
-    }
-}
-
-/// Logs a failed kernel table update: a warning the first time, then at debug level, so
-/// a full table (or a kernel that changed its mind) cannot flood the log.
-fn kernel_failed(worker: &str, logged: &AtomicBool, e: &std::io::Error) {
-    if !logged.swap(true, Ordering::Relaxed) {
-        tracing::warn!(worker, error = %e,
-            "kernel forwarding table update failed; affected streams stay in user space");
-    } else {
-        tracing::debug!(worker, error = %e, "kernel forwarding table update failed");
-    }
-}
-
-/// The route `side`'s RTP should have in the kernel: only once the party is latched
-/// (never for `asymmetric`, which accepts anyone), toward where `other` receives, and for
-/// IPv4 sockets.
-fn wanted_route(side: &Side, other: &Side) -> Option<Route> {
-    if side.policy.asymmetric {
-        return None;
-    }
-    let sock = &side.socks[RTP];
-    let out = &other.socks[RTP];
-    let v4 = |a: Option<SocketAddr>| match a {
-        Some(SocketAddr::V4(a)) => Some(a),
-        _ => None,
-    };
-    Some(Route {
-        local: sock.local?,
-        from: v4(sock.latch.latched)?,
-        ssrc: side.seq.ssrc()?,
-        out_local: out.local?,
-        to: v4(out.latch.destination())?,
-    })
-}
-
-/// Removes a route from the kernel and adds what it forwarded since the last fold to
-/// `side` (one atomic read-and-delete, so nothing is lost); returns the new packets and
-/// bytes for the worker's totals.
-fn take_route(
-    kernel: &KernelPath,
-    side: &mut Side,
-    old: &KernelRoute,
-    epoch_mono: Duration,
-) -> std::io::Result<(u64, u64)> {
-    Ok(match kernel.take(old.route.local)? {
-        Some(last) => fold_counts(&mut side.counters, &mut side.seq, old, &last, epoch_mono),
-        None => (0, 0),
-    })
-}
-
-/// Adds what the kernel forwarded on route `k` since its last reading (`k.seen`) to a
-/// party's RTP counters and sequence tracking; returns the new packets and bytes.
-fn fold_counts(
-    counters: &mut Counters,
-    seq: &mut SeqTracker,
-    k: &KernelRoute,
-    now: &Forwarded,
-    epoch_mono: Duration,
-) -> (u64, u64) {
-    let seen = &k.seen;
-    let packets = now.packets.saturating_sub(seen.packets);
-    seq.absorb(k.route.ssrc, now.seq.max_seq, now.seq.cycles, packets);
-    let bytes = now.bytes.saturating_sub(seen.bytes);
-    let count = &mut counters.traffic[RTP];
-    count.packets += packets;
-    count.bytes += bytes;
-    if let Some(last) = now.last.filter(|_| packets > 0) {
-        let ms = last.saturating_sub(epoch_mono).as_millis();
-        count.last_packet = count
-            .last_packet
-            .max(u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1);
-    }
-    (packets, bytes)
 }
 
 /// Reads an RTCP packet `side` sent: its SRs are logged (against `now`) for later RTT,
