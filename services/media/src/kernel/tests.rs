@@ -46,6 +46,17 @@ fn rtp(seq: u16, pt: u8) -> Vec<u8> {
     rtp_from(SSRC, seq, pt)
 }
 
+/// A route for `local`, accepting `from` with [`SSRC`], out of `out_local` to `to`.
+fn route(local: &UdpSocket, from: &UdpSocket, out_local: &UdpSocket, to: &UdpSocket) -> Route {
+    Route {
+        local: v4(local),
+        from: v4(from),
+        out_local: v4(out_local),
+        to: v4(to),
+        ssrc: SSRC,
+    }
+}
+
 /// Sequence tracking as the worker starts it: the last number it saw, no wrap yet.
 fn at(max_seq: u16) -> SeqPosition {
     SeqPosition { max_seq, cycles: 0 }
@@ -62,13 +73,7 @@ fn recv(s: &UdpSocket) -> Option<(Vec<u8>, std::net::SocketAddr)> {
 fn relays_latched_rtp_in_the_kernel_and_leaves_the_rest_to_the_socket() {
     let Some(k) = open() else { return };
     let (a, relay_a, relay_b, b, stranger) = (sock(), sock(), sock(), sock(), sock());
-    let route = Route {
-        local: v4(&relay_a),
-        from: v4(&a),
-        out_local: v4(&relay_b),
-        to: v4(&b),
-        ssrc: SSRC,
-    };
+    let route = route(&relay_a, &a, &relay_b, &b);
     assert!(k.install(&route, at(0)).expect("install"));
 
     // A's RTP reaches B from the relay's B-side socket, byte for byte (so the UDP
@@ -115,20 +120,8 @@ fn two_relays_on_one_host_each_see_their_own_routes() {
     };
     let (a, ra, rb, b) = (sock(), sock(), sock(), sock());
     let (c, rc, rd, d) = (sock(), sock(), sock(), sock());
-    let r1 = Route {
-        local: v4(&ra),
-        from: v4(&a),
-        out_local: v4(&rb),
-        to: v4(&b),
-        ssrc: SSRC,
-    };
-    let r2 = Route {
-        local: v4(&rc),
-        from: v4(&c),
-        out_local: v4(&rd),
-        to: v4(&d),
-        ssrc: SSRC,
-    };
+    let r1 = route(&ra, &a, &rb, &b);
+    let r2 = route(&rc, &c, &rd, &d);
     assert!(k1.install(&r1, at(0)).expect("install"));
     assert!(k2.install(&r2, at(0)).expect("install"));
     a.send_to(&rtp(1, 8), ra.local_addr().expect("addr"))
@@ -154,13 +147,7 @@ fn two_relays_on_one_host_each_see_their_own_routes() {
 fn tracks_sequence_numbers_and_leaves_new_ssrcs_and_restarts_to_the_worker() {
     let Some(k) = open() else { return };
     let (a, relay_a, relay_b, b) = (sock(), sock(), sock(), sock());
-    let route = Route {
-        local: v4(&relay_a),
-        from: v4(&a),
-        out_local: v4(&relay_b),
-        to: v4(&b),
-        ssrc: SSRC,
-    };
+    let route = route(&relay_a, &a, &relay_b, &b);
     // The worker saw up to 65534; the kernel carries on across the wrap.
     assert!(k.install(&route, at(65534)).expect("install"));
     let dest = relay_a.local_addr().expect("addr");
