@@ -80,10 +80,11 @@ pub(crate) fn hash_map(name: &str, key: u32, value: u32, max: u32) -> io::Result
 }
 
 /// Loads a classifier (GPL: the checksum and redirect helpers require it). On refusal the
-/// error carries the verifier's log, which says which instruction was wrong.
+/// error carries the verifier's log, which says which instruction was wrong: as libbpf
+/// does, the load is tried without a log first (a verbose log can itself fail the load
+/// when it outgrows its buffer) and repeated with one only to explain a refusal.
 pub(crate) fn load_classifier(name: &str, insns: &[u8]) -> io::Result<OwnedFd> {
     let license = b"GPL\0";
-    let mut log = vec![0u8; 64 * 1024];
     let mut a: Attr = [0; ATTR_SIZE];
     put_u32(&mut a, 0, PROG_TYPE_SCHED_CLS);
     put_u32(
@@ -93,11 +94,15 @@ pub(crate) fn load_classifier(name: &str, insns: &[u8]) -> io::Result<OwnedFd> {
     );
     put_u64(&mut a, 8, insns.as_ptr() as u64);
     put_u64(&mut a, 16, license.as_ptr() as u64);
-    put_u32(&mut a, 24, 1); // log_level
+    // log_level 24, log_size 28, log_buf 32, kern_version 40, prog_flags 44, name 48..64
+    put_name(&mut a, 48, name);
+    if let Ok(rc) = bpf(BPF_PROG_LOAD, &mut a.clone()) {
+        return fd_from(rc);
+    }
+    let mut log = vec![0u8; 256 * 1024];
+    put_u32(&mut a, 24, 1);
     put_u32(&mut a, 28, u32::try_from(log.len()).unwrap_or(u32::MAX));
     put_u64(&mut a, 32, log.as_mut_ptr() as u64);
-    // kern_version 40, prog_flags 44, prog_name 48..64
-    put_name(&mut a, 48, name);
     match bpf(BPF_PROG_LOAD, &mut a) {
         Ok(rc) => fd_from(rc),
         Err(e) => {

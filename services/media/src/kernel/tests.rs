@@ -175,3 +175,21 @@ fn tracks_sequence_numbers_and_leaves_new_ssrcs_and_restarts_to_the_worker() {
     let f = k.forwarded(route.local).expect("lookup").expect("entry");
     assert_eq!((f.packets, f.seq.max_seq), (5, 2));
 }
+
+#[test]
+fn a_refused_program_names_the_verifiers_reason() {
+    if open().is_none() {
+        return;
+    }
+    // Returns without setting R0: every verifier refuses it.
+    let mut a = insn::Asm::default();
+    a.exit();
+    let code = a.finish().expect("assembles");
+    match sys::load_classifier("tl_bad", &code) {
+        Ok(_) => panic!("the verifier accepted a program that returns nothing"),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("verifier: ") && text.contains("R0"), "{text}");
+        }
+    }
+}
