@@ -44,6 +44,8 @@ Environment (defaults full / quick):
   SEND_THREADS RECV_THREADS   generator threads (1 1)
   NG_PORT CLI_PORT PORT_MIN PORT_MAX   (12223 12224 30000 39999)
   FLOOR_PAIRS        socket pairs of the kernel-floor measurement (1000)
+  PROG_STATS         1: time trunkline-kernel's eBPF program (kernel.bpf_stats_enabled, a
+                     host-wide setting, on for the run and restored) (0)
 EOF
 }
 
@@ -61,7 +63,7 @@ fi
 : "${LAT_STREAMS:=500}" "${LOSS_MAX_PCT:=0.1}" "${PACE_MIN_PCT:=95}" "${SEND_THREADS:=1}" "${RECV_THREADS:=1}"
 : "${NG_PORT:=12223}" "${CLI_PORT:=12224}" "${PORT_MIN:=30000}" "${PORT_MAX:=39999}"
 : "${RELAY_READY_SECS:=10}"
-: "${FLOOR_PAIRS:=1000}"
+: "${FLOOR_PAIRS:=1000}" "${PROG_STATS:=0}"
 HOST=127.0.0.1
 # --pin: the relay gets CPU 1 and one forwarding thread, the generator CPU 0.
 RELAY_PRE=() GEN_PRE=() RELAY_THREADS=2
@@ -197,6 +199,7 @@ run_step() { # SYSTEM DIR STREAMS [SECONDS, default STEP_SECS]
 	timeout --signal=TERM --kill-after=5 $((secs * 3 + 60)) "${GEN_PRE[@]}" "$RB" "${args[@]}" \
 		>"$dir/step.json" 2>"$dir/rtpbench.log" || true
 	[ -s "$dir/step.json" ] || printf '{"label":"%s/%s","error":"rtpbench produced no summary (see rtpbench.log)"}\n' "$sys" "$streams" >"$dir/step.json"
+	[ "$sys" = trunkline-kernel ] && bpf_prog_stats "$RELAY_PID" >"$dir/bpf_prog.txt"
 	[ "$sys" = direct ] || relay_stop
 }
 
@@ -231,6 +234,26 @@ if [ "$PIN" = 1 ]; then
 else
 	PLACEMENT="nothing pinned: generator and relay ($RELAY_THREADS forwarding threads) share the cores"
 fi
+# The kernel path's own cost, with PROG_STATS=1: kernel.bpf_stats_enabled makes the kernel
+# time every run of an eBPF program, and /proc/PID/fdinfo of the relay's program descriptor
+# shows the sums. The timing itself costs two clock reads per run, counted in the figure
+# (an upper bound), and it is a host-wide setting, so it is off unless asked for, and on
+# for the run only, restored on exit.
+BPF_STATS=/proc/sys/kernel/bpf_stats_enabled
+if [ "$PROG_STATS" = 1 ] && [[ ",$SYSTEMS," == *",trunkline-kernel,"* ]] && [ -w "$BPF_STATS" ]; then
+	BPF_STATS_WAS=$(cat "$BPF_STATS")
+	echo 1 >"$BPF_STATS"
+	ON_EXIT+=("echo $BPF_STATS_WAS >$BPF_STATS")
+fi
+bpf_prog_stats() { # PID -> "run_time_ns N run_cnt M" of its eBPF program(s), summed
+	local f t=0 c=0 v
+	for f in /proc/"$1"/fdinfo/*; do
+		grep -q '^prog_type:' "$f" 2>/dev/null || continue
+		v=$(awk '$1 == "run_time_ns:" {print $2}' "$f"); t=$((t + ${v:-0}))
+		v=$(awk '$1 == "run_cnt:" {print $2}' "$f"); c=$((c + ${v:-0}))
+	done
+	echo "run_time_ns $t run_cnt $c"
+}
 log "output: $OUT  (nproc $(nproc), load $(cut -d' ' -f1-3 /proc/loadavg); $PLACEMENT)"
 
 # The kernel floor, on the relay's CPU when pinned: what one thread pays per packet for
@@ -418,6 +441,32 @@ for s in [x for x in systems if x != "direct"]:
     verdict = f" (target < 200 µs: {'met' if added < 200 else 'NOT met'})" if s.startswith("trunkline") else ""
     print(f"{s} p99 added latency at {lat_streams} streams (median of the runs): **{added} µs**{verdict}: p99 send-to-arrival {arr} µs through the relay, "
           f"{direct_arr} µs direct; end to end (receiver's own wake-up included) {e2e} µs against {direct_e2e} µs")
+def bpf_stats(d):
+    """(ns per program run, program ns per forwarded packet, program cores) of a
+    trunkline-kernel step, from the relay's fdinfo; None without kernel.bpf_stats_enabled."""
+    try:
+        f = open(os.path.join(out, "trunkline-kernel", "ramp", f"streams-{d['flows']}", "bpf_prog.txt")).read().split()
+        t, c = int(f[1]), int(f[3])
+    except Exception:
+        return None
+    if c == 0 or t == 0 or not d.get("received"): return None
+    return t / c, t / d["received"], t / 1e9 / d["send_wall_s"]
+kb = max([x for x in [load(p) for p in glob.glob(os.path.join(out, "trunkline-kernel", "ramp", "streams-*", "step.json"))] if ok(x)],
+         key=lambda x: x["forwarded_pps"], default=None)
+st = bpf_stats(kb)
+if st:
+    print(f"trunkline-kernel program time at {kb['forwarded_pps']:.0f} pps (PROG_STATS=1, kernel.bpf_stats_enabled; an upper bound, "
+          f"the timing's own clock reads included): {st[0]:.0f} ns per run, "
+          f"{st[1]:.0f} ns per forwarded packet (every run on the hooked interfaces, misses included), {st[2]:.3f} cores: "
+          f"{kb['forwarded_pps'] / st[2] if st[2] else float('inf'):.0f} pps per core of program time")
+    rp = res_added.get("rtpengine", (None, None))
+    if res.get("rtpengine") and st[2]:
+        ppc_prog = kb["forwarded_pps"] / st[2]
+        print(f"**trunkline-kernel / rtpengine, pps per core of program time against rtpengine's pps per relay core: "
+              f"{ppc_prog / res['rtpengine']:.1f}**" + (f"; against its pps per added core: {ppc_prog / (rp[1] / rp[0]):.1f}"
+              if rp[0] and rp[0] >= RESOLUTION else "") + " (target ≥ 2.00)")
+elif kb:
+    print("trunkline-kernel program time: not measured (PROG_STATS=1 times it)")
 fl = load(os.path.join(out, "floor", "step.json"))
 if fl and "error" not in fl and fl.get("pps_per_core"):
     f = fl["pps_per_core"]
