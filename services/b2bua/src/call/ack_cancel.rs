@@ -1,0 +1,205 @@
+//! ACK and CANCEL: the ACK of each 2xx (held for a late offer's answer, re-sent for
+//! retransmitted 2xx), the caller's CANCEL and our CANCEL toward the callee.
+
+use super::{Call, CallState, ClientRole, Outgoing, SentAck, ServerRole};
+use crate::event::{EndCause, Event, Leg, MediaOp};
+use bytes::Bytes;
+use std::time::Instant;
+use trunkline_sip::transaction::{ClientState, ServerState, ServerTransaction, TxKey};
+use trunkline_sip::{Dialog, HeaderName, Method, Peer, Request};
+
+/// The CANCEL for a request we sent (RFC 3261 §9.1): same Request-URI, top Via,
+/// From, To, Call-ID and Route; CSeq number with method CANCEL.
+pub(super) fn cancel_for(invite: &Request) -> Request {
+    let mut c = Request::new(Method::Cancel, invite.uri.clone());
+    let h = &invite.headers;
+    if let Some(v) = h.get(HeaderName::Via) {
+        if let Some(first) = trunkline_sip::scan::split_commas(v).and_then(|v| v.into_iter().next())
+        {
+            c.headers.add(HeaderName::Via, first);
+        }
+    }
+    c.headers.add(HeaderName::MaxForwards, "70");
+    for kind in [HeaderName::From, HeaderName::To, HeaderName::CallId] {
+        if let Some(v) = h.get(kind) {
+            c.headers.add(kind, v.clone());
+        }
+    }
+    if let Some(cs) = h.cseq() {
+        c.headers
+            .add(HeaderName::CSeq, format!("{} CANCEL", cs.seq));
+    }
+    for r in h.get_all(HeaderName::Route) {
+        c.headers.add(HeaderName::Route, r.clone());
+    }
+    c
+}
+
+impl Call {
+    pub(super) fn on_ack(&mut self, now: Instant, leg: Leg, ack: Request) {
+        // ACK for a non-2xx final: same branch as the INVITE (hop-by-hop).
+        if let Some(key) = TxKey::server(&ack) {
+            if let Some(e) = self.servers.iter_mut().find(|e| {
+                e.leg == leg && e.tx.key() == &key && e.tx.state() == ServerState::Completed
+            }) {
+                e.tx.handle_request(now, &ack);
+                return;
+            }
+        }
+        // ACK for a 2xx: a transaction of its own, matched by dialog and CSeq.
+        let Some(seq) = ack.headers.cseq().map(|c| c.seq) else {
+            return;
+        };
+        let Some(e) = self.servers.iter_mut().find(|e| {
+            e.leg == leg
+                && *e.tx.method() == Method::Invite
+                && e.tx.state() == ServerState::Accepted
+                && e.request.headers.cseq().is_some_and(|c| c.seq == seq)
+        }) else {
+            return;
+        };
+        let first = e.tx.handle_request(now, &ack);
+        if !first {
+            return;
+        }
+        // The caller has our 2xx, so it never retransmits this INVITE again: the
+        // transaction would only wait out Timer L holding the request and the 2xx.
+        // Dropping it now keeps an established call small (a stray copy of the
+        // INVITE would be answered 482).
+        let acked = e.id;
+        self.servers.retain(|x| x.id != acked);
+        if let Some(p) = self.pending_ack.take() {
+            if p.leg == leg.other() {
+                self.emit(
+                    now,
+                    Outgoing::Ack {
+                        leg: p.leg,
+                        seq: p.seq,
+                        body: ack.body.clone(),
+                        content_type: ack.headers.get(HeaderName::ContentType).cloned(),
+                    },
+                    Some(MediaOp::Answer { offerer: p.leg }),
+                );
+            } else {
+                self.pending_ack = Some(p);
+            }
+        }
+        if self.state == CallState::Established && !self.offer_in_progress {
+            self.events.push_back(Event::Settled);
+        }
+    }
+
+    /// Builds and sends the ACK for a 2xx on `leg`, remembering it for retransmitted 2xx.
+    pub(super) fn send_ack(
+        &mut self,
+        leg: Leg,
+        seq: u32,
+        body: Bytes,
+        content_type: Option<Bytes>,
+    ) {
+        let sent = SentAck {
+            seq,
+            branch: self.ids.branch(),
+            body,
+            content_type,
+        };
+        self.transmit_ack(leg, &sent, false);
+        if let Some(l) = self.leg_mut(leg) {
+            l.last_ack = Some(sent);
+        }
+        // The 2xx is ACKed: from here its retransmissions are the dialog's business
+        // (RFC 3261 §13.2.2.4, `on_unmatched_response`), so the INVITE client
+        // transaction need not wait out Timer M holding the request.
+        self.clients.retain(|e| {
+            !(e.leg == leg
+                && e.tx.request().method == Method::Invite
+                && e.tx.state() == ClientState::Accepted
+                && e.tx.request().headers.cseq().is_some_and(|c| c.seq == seq))
+        });
+    }
+
+    /// (Re)builds the ACK described by `sent` and puts it on the wire.
+    pub(super) fn transmit_ack(&mut self, leg: Leg, sent: &SentAck, retransmission: bool) {
+        let Some(l) = self.leg(leg) else { return };
+        let Some(d) = l.dialog.as_ref() else { return };
+        let via = l.local.via(sent.branch.clone());
+        let mut ack = d.request(Method::Ack, sent.seq, &via, None);
+        if let Some(ct) = &sent.content_type {
+            if !sent.body.is_empty() {
+                ack.headers.add(HeaderName::ContentType, ct.clone());
+            }
+        }
+        ack.body = sent.body.clone();
+        let peer = self.request_peer(leg);
+        self.send_raw(leg, peer, ack.encode(), Method::Ack, retransmission);
+    }
+
+    /// Answers a retransmitted 2xx for CSeq `seq` on `leg` with our ACK again.
+    pub(super) fn resend_ack(&mut self, leg: Leg, seq: u32) -> bool {
+        let Some(sent) = self.leg(leg).and_then(|l| l.last_ack.clone()) else {
+            return false;
+        };
+        if sent.seq != seq {
+            return false;
+        }
+        self.transmit_ack(leg, &sent, true);
+        true
+    }
+
+    pub(super) fn ack_and_bye_stray(&mut self, now: Instant, mut d: Dialog, seq: u32) {
+        let Some(b) = self.b.as_ref() else { return };
+        let local = b.local.clone();
+        let peer = b.peer;
+        let ack = d.request(Method::Ack, seq, &local.via(self.ids.branch()), None);
+        self.send_raw(Leg::B, peer, ack.encode(), Method::Ack, false);
+        let bseq = d.next_seq();
+        let bye = d.request(Method::Bye, bseq, &local.via(self.ids.branch()), None);
+        self.send_request(now, Leg::B, peer, bye, ClientRole::Bye);
+    }
+
+    pub(super) fn on_cancel(&mut self, now: Instant, leg: Leg, cancel: Request, source: Peer) {
+        let target = TxKey::cancel_target(&cancel);
+        let invite = self.servers.iter().find(|e| {
+            e.leg == leg && e.role == ServerRole::Invite && Some(e.tx.key()) == target.as_ref()
+        });
+        let Some(invite) = invite else {
+            self.respond_local(now, leg, cancel, source, 481);
+            return;
+        };
+        let answered = invite.tx.last_status().is_some_and(|s| s >= 200);
+        let tx = ServerTransaction::new(
+            now,
+            &cancel,
+            source.transport.is_reliable(),
+            self.cfg.timers,
+        );
+        let sid = self.add_server(leg, source, tx, ServerRole::Cancel, cancel);
+        self.respond_status(now, sid, 200);
+        if answered {
+            return;
+        }
+        self.abandon_b(now);
+        self.final_to_a(now, 487, EndCause::CallerCancel);
+    }
+
+    /// Stops the B-leg INVITE: CANCEL if the callee has answered provisionally,
+    /// otherwise remember to CANCEL on the first provisional (RFC 3261 §9.1).
+    pub(super) fn abandon_b(&mut self, now: Instant) {
+        let Some(inv) = self
+            .clients
+            .iter()
+            .find(|e| e.role == ClientRole::Invite)
+            .map(|e| (e.tx.state(), e.tx.request().clone(), e.peer))
+        else {
+            return;
+        };
+        match inv.0 {
+            ClientState::Proceeding => {
+                let cancel = cancel_for(&inv.1);
+                self.send_request(now, Leg::B, inv.2, cancel, ClientRole::Cancel);
+            }
+            ClientState::Calling => self.cancel_b_on_provisional = true,
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The initial INVITE across both legs: the B-leg INVITE built from scratch, the
+//! callee's provisional, 2xx and final error answers relayed to the caller.
+
+use super::{cancel_for, Call, CallState, ClientRole, LegState, Outgoing, PendingAck, ServerRole};
+use crate::config::Local;
+use crate::event::{EndCause, Event, Leg, MediaOp};
+use crate::relay::copy_session_headers;
+use bytes::Bytes;
+use std::time::Instant;
+use trunkline_sip::{
+    Dialog, HeaderName, Host, Method, NameAddr, Peer, Request, Response, SipUri, Uri,
+};
+
+/// What the caller hears for the callee's final error. Redirects are not followed
+/// across a border (their Contacts name the far network), so they become 480.
+pub(super) fn map_final_status(status: u16) -> u16 {
+    match status {
+        300..=399 => 480,
+        // Authentication toward the trunk is the node's business, not the caller's.
+        401 | 407 => 403,
+        s => s,
+    }
+}
+
+impl Call {
+    pub(super) fn send_b_invite(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        local: Local,
+        request_uri: Uri,
+    ) {
+        let Some(a_req) = self
+            .servers
+            .iter()
+            .find(|e| e.role == ServerRole::Invite)
+            .map(|e| e.request.clone())
+        else {
+            return;
+        };
+        let mf = a_req.headers.max_forwards().unwrap_or(70);
+        if mf == 0 {
+            self.final_to_a(now, 483, EndCause::TooManyHops);
+            return;
+        }
+        let call_id = self.ids.call_id();
+        let tag = self.ids.tag();
+        let branch = self.ids.branch();
+        let mut req = Request::new(Method::Invite, request_uri.clone());
+        let h = &mut req.headers;
+        h.add(HeaderName::Via, local.via(branch).to_string());
+        h.add(HeaderName::MaxForwards, (mf - 1).to_string());
+        // From keeps the caller's user part and display name; the host becomes ours.
+        let a_from = a_req.headers.from_addr();
+        let mut from = NameAddr::new(Uri::Sip(SipUri::new(
+            a_from
+                .as_ref()
+                .and_then(|f| f.uri.user().map(str::to_string)),
+            local.host.clone(),
+            None,
+        )));
+        from.display = a_from.and_then(|f| f.display);
+        from.set_param("tag", Some(tag.clone()));
+        h.add(HeaderName::From, from.to_string());
+        let to_host = match &request_uri {
+            Uri::Sip(u) => u.host.clone(),
+            Uri::Other { .. } => Host::from(peer.addr.ip()),
+        };
+        let mut to = NameAddr::new(Uri::Sip(SipUri::new(
+            request_uri.user().map(str::to_string),
+            to_host,
+            None,
+        )));
+        to.display = a_req.headers.to_addr().and_then(|t| t.display);
+        h.add(HeaderName::To, to.to_string());
+        h.add(HeaderName::CallId, call_id.clone());
+        h.add(HeaderName::CSeq, "1 INVITE");
+        h.add(HeaderName::Contact, local.contact().to_string());
+        h.add(HeaderName::Allow, self.cfg.allow);
+        copy_session_headers(&a_req.headers, h);
+        req.body = a_req.body.clone();
+        if !req.body.is_empty() {
+            self.initial_offerer = Some(Leg::A);
+        }
+        self.b = Some(LegState {
+            peer,
+            local,
+            call_id,
+            tag,
+            dialog: None,
+            last_ack: None,
+        });
+        let id = self.alloc_id();
+        self.emit(
+            now,
+            Outgoing::Request {
+                id,
+                leg: Leg::B,
+                peer,
+                req,
+                role: ClientRole::Invite,
+            },
+            Some(MediaOp::Offer { from: Leg::A }),
+        );
+        self.state = CallState::Calling;
+        self.no_answer_at = Some(now + self.cfg.no_answer);
+    }
+
+    pub(super) fn on_b_invite_response(&mut self, now: Instant, cid: u64, resp: Response) {
+        let status = resp.status;
+        if status == 100 {
+            return;
+        }
+        let Some(b_req) = self.client(cid).map(|e| e.tx.request().clone()) else {
+            return;
+        };
+        if status < 200 {
+            if self.cancel_b_on_provisional {
+                self.cancel_b_on_provisional = false;
+                if let Some(peer) = self.client(cid).map(|e| e.peer) {
+                    self.send_request(now, Leg::B, peer, cancel_for(&b_req), ClientRole::Cancel);
+                }
+                return;
+            }
+            if matches!(self.state, CallState::Calling | CallState::Early) {
+                self.state = CallState::Early;
+                self.relay_to_a_invite(now, &resp);
+            }
+            return;
+        }
+        if (200..300).contains(&status) {
+            self.on_b_answer(now, &b_req, resp);
+            return;
+        }
+        // Non-2xx final: the transaction has ACKed it already.
+        if matches!(self.state, CallState::Calling | CallState::Early) {
+            let mapped = map_final_status(status);
+            let Some(sid) = self.initial_invite_server() else {
+                return;
+            };
+            let mut out = self
+                .server(sid)
+                .map(|e| e.request.make_response(mapped, None));
+            if let Some(out) = out.as_mut() {
+                copy_session_headers(&resp.headers, &mut out.headers);
+                out.headers.remove(HeaderName::ContentType);
+            }
+            if let Some(out) = out {
+                self.respond(now, sid, out);
+            }
+            self.finish(mapped, EndCause::Rejected);
+        }
+    }
+
+    /// The caller's INVITE server transaction while it still awaits a final answer.
+    pub(super) fn initial_invite_server(&self) -> Option<u64> {
+        self.servers
+            .iter()
+            .find(|e| e.role == ServerRole::Invite && e.tx.last_status().is_none_or(|s| s < 200))
+            .map(|e| e.id)
+    }
+
+    /// Relays a provisional or 2xx from the callee to the caller's INVITE.
+    pub(super) fn relay_to_a_invite(&mut self, now: Instant, resp: &Response) {
+        let Some(sid) = self.initial_invite_server() else {
+            return;
+        };
+        let Some(mut out) = self
+            .server(sid)
+            .map(|e| e.request.make_response(resp.status, None))
+        else {
+            return;
+        };
+        copy_session_headers(&resp.headers, &mut out.headers);
+        out.body = resp.body.clone();
+        let op = match self.initial_offerer {
+            Some(offerer) => MediaOp::Answer { offerer },
+            None => MediaOp::Offer { from: Leg::B },
+        };
+        self.emit(now, Outgoing::Response { sid, resp: out }, Some(op));
+    }
+
+    pub(super) fn on_b_answer(&mut self, now: Instant, b_req: &Request, resp: Response) {
+        let seq = b_req.headers.cseq().map(|c| c.seq).unwrap_or(1);
+        let to_tag = resp
+            .headers
+            .to_addr()
+            .and_then(|t| t.tag().map(str::to_string));
+        let confirmed_tag = self
+            .b
+            .as_ref()
+            .and_then(|b| b.dialog.as_ref().map(|d| d.remote_tag.clone()));
+        match confirmed_tag {
+            Some(tag) if Some(&tag) == to_tag.as_ref() => {
+                // A retransmitted 2xx: repeat our ACK.
+                self.resend_ack(Leg::B, seq);
+                return;
+            }
+            Some(_) => {
+                // A 2xx from a second fork: accept and hang it up (RFC 3261 §13.2.2.4).
+                if let Ok(d) = Dialog::uac(b_req, &resp) {
+                    self.ack_and_bye_stray(now, d, seq);
+                }
+                return;
+            }
+            None => {}
+        }
+        let dialog = match Dialog::uac(b_req, &resp) {
+            Ok(d) => d,
+            Err(_) => {
+                self.abandon_b(now);
+                self.final_to_a(now, 502, EndCause::Rejected);
+                return;
+            }
+        };
+        if let Some(b) = self.b.as_mut() {
+            b.dialog = Some(dialog);
+        }
+        let caller_gone = self.initial_invite_server().is_none() || self.ended;
+        if caller_gone {
+            // The caller cancelled while the callee answered: ACK and hang up.
+            self.send_ack(Leg::B, seq, Bytes::new(), None);
+            self.bye_leg(now, Leg::B);
+            return;
+        }
+        if b_req.body.is_empty() && !resp.body.is_empty() {
+            // Late offer: the caller's ACK will carry the answer.
+            self.pending_ack = Some(PendingAck { leg: Leg::B, seq });
+        } else {
+            self.send_ack(Leg::B, seq, Bytes::new(), None);
+        }
+        self.relay_to_a_invite(now, &resp);
+        self.state = CallState::Established;
+        self.no_answer_at = None;
+        self.events.push_back(Event::Answered);
+    }
+}

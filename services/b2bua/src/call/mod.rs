@@ -1,0 +1,509 @@
+//! The two-leg call: one caller-side dialog (A), one callee-side dialog (B), and
+//! every transaction of both, driven by `handle_*` inputs and drained with `poll_*`.
+
+use crate::config::{CallConfig, Local};
+use crate::event::{EndCause, Event, Leg, Transmit};
+use crate::ids::Ids;
+use crate::snapshot::{CallSnapshot, LegSnapshot};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+use trunkline_sip::transaction::{ClientState, ClientTransaction, ServerTransaction};
+use trunkline_sip::{Dialog, Message, Peer, Request, Uri};
+
+mod ack_cancel;
+mod invite;
+mod outbox;
+mod requests;
+mod responses;
+mod transactions;
+
+use ack_cancel::cancel_for;
+use outbox::{Held, Outgoing};
+
+/// Where the call stands, as an operator would describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallState {
+    /// Waiting for the routing decision.
+    Routing,
+    /// INVITE sent to the callee, nothing heard yet but 100.
+    Calling,
+    /// The callee is ringing or sent early media.
+    Early,
+    /// Answered and ACKed toward the callee.
+    Established,
+    /// A BYE is on its way to one leg.
+    Ending,
+    /// Over; the call only lingers to absorb retransmissions.
+    Ended,
+}
+
+/// The routing decision for a call's INVITE.
+// Made once per call and moved straight in: boxing the big variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum RouteDecision {
+    /// Send the B-leg INVITE to `peer` with `request_uri`, using our address `local`.
+    Trunk {
+        peer: Peer,
+        local: Local,
+        request_uri: Uri,
+        /// Anchor media on the node's relay (SDP bodies go through `Event::Media`).
+        anchor_media: bool,
+    },
+    /// Answer the caller with this final status.
+    Reject { status: u16, cause: EndCause },
+}
+
+/// One dialog side of the call.
+#[derive(Debug, Clone)]
+struct LegState {
+    /// Where requests toward this side go (the caller's source address for A: that
+    /// keeps callers behind NAT reachable; the trunk for B).
+    peer: Peer,
+    local: Local,
+    call_id: String,
+    /// Our tag on this leg (To-tag toward A, From-tag toward B).
+    tag: String,
+    dialog: Option<Dialog>,
+    /// The last ACK we sent on this leg for a 2xx: re-sent when the 2xx is retransmitted.
+    last_ack: Option<SentAck>,
+}
+
+/// The ACK we sent for a 2xx on a leg, kept as what is needed to build it again (not
+/// as bytes: an established call should not carry its ACK for its whole life).
+#[derive(Debug, Clone)]
+struct SentAck {
+    seq: u32,
+    /// Kept so a re-sent ACK is the same ACK (RFC 3261 §13.2.2.4).
+    branch: String,
+    /// The SDP answer of a late offer (empty for most calls: no allocation).
+    body: Bytes,
+    content_type: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerRole {
+    /// The caller's initial INVITE.
+    Invite,
+    Cancel,
+    Bye,
+    /// An in-dialog request relayed to the other leg through client transaction `client`.
+    Relay {
+        client: u64,
+    },
+    /// Answered by the call itself.
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientRole {
+    /// Our INVITE toward the callee.
+    Invite,
+    Cancel,
+    Bye,
+    Relay {
+        server: u64,
+    },
+}
+
+struct ServerEntry {
+    id: u64,
+    leg: Leg,
+    peer: Peer,
+    tx: ServerTransaction,
+    role: ServerRole,
+    request: Request,
+}
+
+struct ClientEntry {
+    id: u64,
+    leg: Leg,
+    peer: Peer,
+    tx: ClientTransaction,
+    role: ClientRole,
+}
+
+/// An ACK we owe one leg for a 2xx, held back until the other leg's ACK brings the
+/// SDP answer (late offer: the INVITE had no body, so the answer travels in the ACK).
+#[derive(Debug, Clone)]
+struct PendingAck {
+    leg: Leg,
+    seq: u32,
+}
+
+/// A call. All state of both legs lives here and changes only through `handle_*`.
+pub struct Call {
+    cfg: Arc<CallConfig>,
+    ids: Ids,
+    state: CallState,
+    a: LegState,
+    b: Option<LegState>,
+    servers: Vec<ServerEntry>,
+    clients: Vec<ClientEntry>,
+    next_id: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    no_answer_at: Option<Instant>,
+    ended: bool,
+    cancel_b_on_provisional: bool,
+    /// An offer/answer exchange (re-INVITE or UPDATE) is being relayed: a second
+    /// one gets 491 (RFC 3261 §14.2, RFC 3311 §5.2).
+    offer_in_progress: bool,
+    pending_ack: Option<PendingAck>,
+    /// SDP bodies go through the media relay (set by the routing decision).
+    anchor: bool,
+    /// Who made the offer of the initial INVITE exchange (None: late offer, the
+    /// callee's 2xx carries it).
+    initial_offerer: Option<Leg>,
+    /// Output held back while the media relay rewrites a body, in send order.
+    outbox: VecDeque<Held>,
+}
+
+/// Why the media relay could not rewrite a body; `status` is what the sender of the
+/// request hears (488 for SDP we cannot anchor, 503 for no capacity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaFailure {
+    pub status: u16,
+}
+
+impl Call {
+    /// Starts a call for a new, already validated INVITE from the caller. Sends 100
+    /// Trying at once and asks for a route (`Event::RouteRequired`).
+    pub fn new(
+        now: Instant,
+        cfg: Arc<CallConfig>,
+        seed: u64,
+        invite: Request,
+        source: Peer,
+        local: Local,
+    ) -> Call {
+        let mut ids = Ids::new(&cfg.node_id, seed);
+        let tag = ids.tag();
+        let call_id = invite
+            .headers
+            .call_id()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default();
+        let tx = ServerTransaction::new(now, &invite, source.transport.is_reliable(), cfg.timers);
+        let mut call = Call {
+            cfg,
+            ids,
+            state: CallState::Routing,
+            a: LegState {
+                peer: source,
+                local,
+                call_id,
+                tag,
+                dialog: None,
+                last_ack: None,
+            },
+            b: None,
+            servers: Vec::with_capacity(2),
+            clients: Vec::with_capacity(2),
+            next_id: 1,
+            transmits: VecDeque::with_capacity(4),
+            events: VecDeque::with_capacity(2),
+            no_answer_at: None,
+            ended: false,
+            cancel_b_on_provisional: false,
+            offer_in_progress: false,
+            pending_ack: None,
+            anchor: false,
+            initial_offerer: None,
+            outbox: VecDeque::new(),
+        };
+        let request_uri = invite.uri.clone();
+        let caller = invite
+            .headers
+            .from_addr()
+            .and_then(|f| f.uri.user().map(str::to_string));
+        let max_forwards = invite.headers.max_forwards();
+        let sid = call.add_server(Leg::A, source, tx, ServerRole::Invite, invite);
+        match call
+            .server(sid)
+            .map(|e| Dialog::uas(&e.request, &call.a.tag))
+        {
+            Some(Ok(_)) if max_forwards == Some(0) => {
+                // Nowhere to forward it: answer 483 without asking for a route.
+                call.respond_status(now, sid, 483);
+                call.finish(483, EndCause::TooManyHops);
+            }
+            Some(Ok(d)) => {
+                call.a.dialog = Some(d);
+                call.respond_status(now, sid, 100);
+                call.events.push_back(Event::RouteRequired {
+                    request_uri,
+                    caller,
+                });
+            }
+            _ => {
+                call.respond_status(now, sid, 400);
+                call.finish(400, EndCause::Rejected);
+            }
+        }
+        call.drain(now);
+        call
+    }
+
+    /// Restores a settled call from a snapshot taken on another node.
+    pub fn restore(cfg: Arc<CallConfig>, snap: CallSnapshot) -> Call {
+        Call {
+            cfg,
+            ids: snap.ids,
+            state: CallState::Established,
+            a: snap.a.into_leg(),
+            b: Some(snap.b.into_leg()),
+            servers: Vec::new(),
+            clients: Vec::new(),
+            next_id: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            no_answer_at: None,
+            ended: false,
+            cancel_b_on_provisional: false,
+            offer_in_progress: false,
+            pending_ack: None,
+            anchor: snap.anchor,
+            initial_offerer: Some(Leg::A),
+            outbox: VecDeque::new(),
+        }
+    }
+
+    /// The state to replicate, available while the call is established and no
+    /// transaction is in flight on either leg.
+    pub fn snapshot(&self) -> Option<CallSnapshot> {
+        // An ACK still owed to one leg (late offer) would be lost with the snapshot.
+        if self.state != CallState::Established
+            || self.offer_in_progress
+            || self.pending_ack.is_some()
+        {
+            return None;
+        }
+        let b = self.b.as_ref()?;
+        Some(CallSnapshot {
+            ids: self.ids.clone(),
+            anchor: self.anchor,
+            a: LegSnapshot::from_leg(&self.a)?,
+            b: LegSnapshot::from_leg(b)?,
+        })
+    }
+
+    pub fn state(&self) -> CallState {
+        self.state
+    }
+
+    /// The caller's Call-ID.
+    pub fn a_call_id(&self) -> &str {
+        &self.a.call_id
+    }
+
+    /// The Call-ID we generated for the callee side, once routed.
+    pub fn b_call_id(&self) -> Option<&str> {
+        self.b.as_ref().map(|b| b.call_id.as_str())
+    }
+
+    /// True when the call has ended and no transaction needs it any more: the
+    /// driver can drop it.
+    pub fn is_finished(&self) -> bool {
+        self.ended && self.servers.is_empty() && self.clients.is_empty()
+    }
+
+    /// Returns spare capacity of the call's queues to the allocator. Worth calling when
+    /// the call goes idle (answered, nothing in flight): tens of thousands of
+    /// established calls otherwise each keep buffers sized for their busiest moment.
+    pub fn compact(&mut self) {
+        if self.servers.is_empty() {
+            self.servers = Vec::new();
+        }
+        if self.clients.is_empty() {
+            self.clients = Vec::new();
+        }
+        if self.transmits.is_empty() {
+            self.transmits = VecDeque::new();
+        }
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.outbox.is_empty() {
+            self.outbox = VecDeque::new();
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest instant at which `handle_timeout` has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let tx = self
+            .servers
+            .iter()
+            .filter_map(|e| e.tx.poll_timeout())
+            .chain(self.clients.iter().filter_map(|e| e.tx.poll_timeout()));
+        tx.chain(self.no_answer_at).min()
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for e in &mut self.servers {
+            if e.tx.poll_timeout().is_some_and(|t| t <= now) {
+                e.tx.handle_timeout(now);
+            }
+        }
+        for e in &mut self.clients {
+            if e.tx.poll_timeout().is_some_and(|t| t <= now) {
+                e.tx.handle_timeout(now);
+            }
+        }
+        if self.no_answer_at.is_some_and(|t| t <= now) {
+            self.no_answer_at = None;
+            if matches!(self.state, CallState::Calling | CallState::Early) {
+                self.abandon_b(now);
+                self.final_to_a(now, 408, EndCause::NoAnswer);
+            }
+        }
+        self.drain(now);
+    }
+
+    /// The media relay's answer to `Event::Media { id, .. }`: the rewritten body, or why
+    /// it could not be anchored. Held output is released in order.
+    pub fn handle_media(&mut self, now: Instant, id: u64, result: Result<Bytes, MediaFailure>) {
+        self.media_done(now, id, result);
+        self.drain(now);
+    }
+
+    /// Ends the call from the node's side (media timeout, operator, drain deadline):
+    /// BYE on both legs of an answered call, CANCEL/final answer for one still ringing.
+    pub fn hangup(&mut self, now: Instant, cause: EndCause) {
+        match self.state {
+            CallState::Established => {
+                self.bye_leg(now, Leg::A);
+                self.bye_leg(now, Leg::B);
+                self.state = CallState::Ending;
+                self.finish_keep_state(200, cause);
+            }
+            CallState::Routing | CallState::Calling | CallState::Early => {
+                self.abandon_b(now);
+                self.final_to_a(now, 480, cause);
+            }
+            CallState::Ending | CallState::Ended => {}
+        }
+        self.drain(now);
+    }
+
+    /// A message we could not deliver on `leg` (e.g. TCP connect refused): every
+    /// transaction still waiting for a first answer on that leg fails (RFC 3261 §8.1.3.1).
+    pub fn handle_transport_error(&mut self, now: Instant, leg: Leg) {
+        for e in &mut self.clients {
+            if e.leg == leg && matches!(e.tx.state(), ClientState::Calling | ClientState::Trying) {
+                e.tx.handle_transport_error(now);
+            }
+        }
+        self.drain(now);
+    }
+
+    /// The routing decision asked for by `Event::RouteRequired`.
+    pub fn handle_route(&mut self, now: Instant, decision: RouteDecision) {
+        if self.state != CallState::Routing || self.ended {
+            return;
+        }
+        match decision {
+            RouteDecision::Reject { status, cause } => self.final_to_a(now, status, cause),
+            RouteDecision::Trunk {
+                peer,
+                local,
+                request_uri,
+                anchor_media,
+            } => {
+                self.anchor = anchor_media;
+                self.send_b_invite(now, peer, local, request_uri)
+            }
+        }
+        self.drain(now);
+    }
+
+    /// A message received on `leg` from `source`.
+    pub fn handle_message(&mut self, now: Instant, leg: Leg, msg: Message, source: Peer) {
+        match msg {
+            Message::Request(r) => self.on_request(now, leg, r, source),
+            Message::Response(r) => self.on_response(now, leg, r),
+        }
+        self.drain(now);
+    }
+
+    fn leg(&self, leg: Leg) -> Option<&LegState> {
+        match leg {
+            Leg::A => Some(&self.a),
+            Leg::B => self.b.as_ref(),
+        }
+    }
+
+    fn leg_mut(&mut self, leg: Leg) -> Option<&mut LegState> {
+        match leg {
+            Leg::A => Some(&mut self.a),
+            Leg::B => self.b.as_mut(),
+        }
+    }
+
+    /// Emits `Ended` once and moves to the Ended state.
+    fn finish(&mut self, status: u16, cause: EndCause) {
+        self.state = CallState::Ended;
+        self.no_answer_at = None;
+        if !self.ended {
+            self.ended = true;
+            self.events.push_back(Event::Ended { status, cause });
+        }
+    }
+
+    /// Sends the caller's INVITE its final (non-2xx) answer and ends the call.
+    fn final_to_a(&mut self, now: Instant, status: u16, cause: EndCause) {
+        let sid = self
+            .servers
+            .iter()
+            .find(|e| e.role == ServerRole::Invite && e.tx.last_status().is_none_or(|s| s < 200))
+            .map(|e| e.id);
+        if let Some(sid) = sid {
+            self.respond_status(now, sid, status);
+        }
+        self.finish(status, cause);
+    }
+
+    /// Like `finish`, but leaves the state as it is (Ending while a BYE is out).
+    fn finish_keep_state(&mut self, status: u16, cause: EndCause) {
+        self.no_answer_at = None;
+        if !self.ended {
+            self.ended = true;
+            self.events.push_back(Event::Ended { status, cause });
+        }
+    }
+}
+
+impl LegSnapshot {
+    fn from_leg(l: &LegState) -> Option<LegSnapshot> {
+        Some(LegSnapshot {
+            peer: l.peer,
+            local: l.local.clone(),
+            call_id: l.call_id.clone(),
+            tag: l.tag.clone(),
+            dialog: l.dialog.clone()?,
+        })
+    }
+
+    fn into_leg(self) -> LegState {
+        LegState {
+            peer: self.peer,
+            local: self.local,
+            call_id: self.call_id,
+            tag: self.tag,
+            dialog: Some(self.dialog),
+            last_ack: None,
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Requests from either leg: dialog and CSeq checks, BYE, and in-dialog requests relayed
+//! to the other leg; the answers the call gives itself.
+
+use super::{Call, CallState, ClientRole, Outgoing, ServerEntry, ServerRole};
+use crate::event::{EndCause, Event, Leg, MediaOp};
+use crate::relay::copy_session_headers;
+use bytes::Bytes;
+use std::time::Instant;
+use trunkline_sip::transaction::{ServerTransaction, TxKey};
+use trunkline_sip::{HeaderName, Method, Peer, Request, Response, Uri};
+
+/// Requests relayed inside an established dialog.
+pub(super) fn is_relayed_in_dialog(m: &Method) -> bool {
+    matches!(
+        m,
+        Method::Invite
+            | Method::Update
+            | Method::Info
+            | Method::Message
+            | Method::Notify
+            | Method::Options
+    )
+}
+
+impl Call {
+    pub(super) fn on_request(&mut self, now: Instant, leg: Leg, req: Request, source: Peer) {
+        if req.method == Method::Ack {
+            self.on_ack(now, leg, req);
+            return;
+        }
+        // Retransmission of a request we already have a transaction for.
+        if let Some(key) = TxKey::server(&req) {
+            if let Some(e) = self
+                .servers
+                .iter_mut()
+                .find(|e| e.leg == leg && e.tx.key() == &key)
+            {
+                e.tx.handle_request(now, &req);
+                self.events.push_back(Event::RetransmissionReceived { leg });
+                return;
+            }
+        }
+        if req.method == Method::Cancel {
+            self.on_cancel(now, leg, req, source);
+            return;
+        }
+        let to_tag = req
+            .headers
+            .to_addr()
+            .and_then(|t| t.tag().map(str::to_string));
+        let Some(to_tag) = to_tag else {
+            // A second dialog-forming request under this Call-ID that is not a
+            // retransmission: a merged or looped request (RFC 3261 §8.2.2.2).
+            let status = if req.method == Method::Invite {
+                482
+            } else {
+                481
+            };
+            self.respond_local(now, leg, req, source, status);
+            return;
+        };
+        let matches_dialog = self.leg(leg).is_some_and(|l| {
+            l.tag == to_tag
+                && l.dialog.as_ref().is_some_and(|d| {
+                    req.headers
+                        .from_addr()
+                        .is_some_and(|f| f.tag().unwrap_or_default() == d.remote_tag)
+                })
+        });
+        if !matches_dialog || self.state == CallState::Ended {
+            self.respond_local(now, leg, req, source, 481);
+            return;
+        }
+        let seq_ok = match (
+            req.headers.cseq(),
+            self.leg_mut(leg).and_then(|l| l.dialog.as_mut()),
+        ) {
+            (Some(c), Some(d)) => d.accept_remote_cseq(c.seq, &req.method),
+            _ => false,
+        };
+        if !seq_ok {
+            self.respond_local(now, leg, req, source, 500);
+            return;
+        }
+        match req.method {
+            Method::Bye => self.on_bye(now, leg, req, source),
+            ref m if is_relayed_in_dialog(m) => self.relay_in_dialog(now, leg, req, source),
+            Method::Prack => self.respond_local(now, leg, req, source, 481),
+            Method::Extension(_) => self.respond_local(now, leg, req, source, 501),
+            _ => self.respond_local(now, leg, req, source, 501),
+        }
+    }
+
+    pub(super) fn on_bye(&mut self, now: Instant, leg: Leg, bye: Request, source: Peer) {
+        let tx = ServerTransaction::new(now, &bye, source.transport.is_reliable(), self.cfg.timers);
+        let sid = self.add_server(leg, source, tx, ServerRole::Bye, bye);
+        self.respond_status(now, sid, 200);
+        match self.state {
+            CallState::Established => {
+                self.bye_leg(now, leg.other());
+                self.state = CallState::Ending;
+                let cause = match leg {
+                    Leg::A => EndCause::CallerHangup,
+                    Leg::B => EndCause::CalleeHangup,
+                };
+                self.finish_keep_state(200, cause);
+            }
+            CallState::Calling | CallState::Early if leg == Leg::A => {
+                // BYE on an early dialog from the caller: stop the attempt.
+                self.abandon_b(now);
+                self.final_to_a(now, 487, EndCause::CallerCancel);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn bye_leg(&mut self, now: Instant, leg: Leg) {
+        let branch = self.ids.branch();
+        let peer = self.request_peer(leg);
+        let Some(l) = self.leg_mut(leg) else { return };
+        let via = l.local.via(branch);
+        let Some(d) = l.dialog.as_mut() else { return };
+        let seq = d.next_seq();
+        let bye = d.request(Method::Bye, seq, &via, None);
+        self.send_request(now, leg, peer, bye, ClientRole::Bye);
+    }
+
+    /// Relays an in-dialog request (re-INVITE, UPDATE, INFO, MESSAGE, NOTIFY, OPTIONS)
+    /// to the other leg.
+    pub(super) fn relay_in_dialog(&mut self, now: Instant, leg: Leg, req: Request, source: Peer) {
+        let offer = matches!(req.method, Method::Invite | Method::Update);
+        if matches!(self.state, CallState::Ending | CallState::Ended) {
+            self.respond_local(now, leg, req, source, 481);
+            return;
+        }
+        if offer && (self.offer_in_progress || self.state != CallState::Established) {
+            self.respond_local(now, leg, req, source, 491);
+            return;
+        }
+        if self.state != CallState::Established {
+            self.respond_local(now, leg, req, source, 481);
+            return;
+        }
+        let mf = req.headers.max_forwards().unwrap_or(70);
+        if mf == 0 {
+            self.respond_local(now, leg, req, source, 483);
+            return;
+        }
+        if offer {
+            if let Some(d) = self.leg_mut(leg).and_then(|l| l.dialog.as_mut()) {
+                d.refresh_target(req.headers.contact());
+            }
+        }
+        let other = leg.other();
+        let branch = self.ids.branch();
+        let peer = self.request_peer(other);
+        let Some(ol) = self.leg_mut(other) else {
+            return;
+        };
+        let via = ol.local.via(branch);
+        let contact = ol.local.contact();
+        let Some(d) = ol.dialog.as_mut() else { return };
+        let seq = d.next_seq();
+        let mut out = d.request(req.method.clone(), seq, &via, offer.then_some(&contact));
+        out.headers
+            .set(HeaderName::MaxForwards, (mf - 1).to_string());
+        copy_session_headers(&req.headers, &mut out.headers);
+        out.body = req.body.clone();
+        let tx = ServerTransaction::new(now, &req, source.transport.is_reliable(), self.cfg.timers);
+        let sid = self.alloc_id();
+        let cid = self.alloc_id();
+        self.servers.push(ServerEntry {
+            id: sid,
+            leg,
+            peer: source,
+            tx,
+            role: ServerRole::Relay { client: cid },
+            request: req,
+        });
+        self.emit(
+            now,
+            Outgoing::Request {
+                id: cid,
+                leg: other,
+                peer,
+                req: out,
+                role: ClientRole::Relay { server: sid },
+            },
+            offer.then_some(MediaOp::Offer { from: leg }),
+        );
+        if offer {
+            self.offer_in_progress = true;
+        }
+    }
+
+    /// Where in-dialog requests toward `leg` go. Toward the caller we use the address
+    /// its INVITE came from (and that connection): phones behind NAT advertise
+    /// unreachable Contacts. Toward the callee we follow the dialog's next hop when
+    /// it is an IP literal, else the trunk address (no DNS on this path).
+    pub(super) fn request_peer(&self, leg: Leg) -> Peer {
+        let Some(l) = self.leg(leg) else {
+            return self.a.peer;
+        };
+        if leg == Leg::A {
+            return l.peer;
+        }
+        let hop = l.dialog.as_ref().map(|d| d.next_hop());
+        match hop.as_ref().and_then(Uri::as_sip) {
+            Some(u) => match u.host.ip() {
+                Some(ip) => {
+                    let port = u.port.unwrap_or(5060);
+                    let addr = std::net::SocketAddr::new(ip, port);
+                    if addr == l.peer.addr {
+                        l.peer
+                    } else {
+                        Peer::new(l.peer.transport, addr)
+                    }
+                }
+                None => l.peer,
+            },
+            None => l.peer,
+        }
+    }
+
+    /// Sends a response through server transaction `sid`, adding our tag and Contact
+    /// where a dialog is being formed.
+    pub(super) fn respond(&mut self, now: Instant, sid: u64, mut resp: Response) {
+        let Some(e) = self.servers.iter().find(|e| e.id == sid) else {
+            return;
+        };
+        let leg = e.leg;
+        let method = e.tx.method().clone();
+        // RFC 3261 §12.1.1: a response that creates the dialog carries the request's
+        // Record-Route, so the caller's route set matches ours (its own topology).
+        let record_route: Vec<Bytes> = if e.role == ServerRole::Invite {
+            e.request
+                .headers
+                .get_all(HeaderName::RecordRoute)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let tag = self.leg(leg).map(|l| l.tag.clone());
+        if resp.status > 100 {
+            if let Some(tag) = &tag {
+                resp.set_to_tag(tag);
+            }
+        }
+        let forms_dialog = matches!(method, Method::Invite | Method::Update)
+            && resp.status > 100
+            && resp.status < 300;
+        if forms_dialog && resp.headers.get(HeaderName::RecordRoute).is_none() {
+            for rr in record_route {
+                resp.headers.add(HeaderName::RecordRoute, rr);
+            }
+        }
+        if forms_dialog && resp.headers.get(HeaderName::Contact).is_none() {
+            if let Some(l) = self.leg(leg) {
+                resp.headers
+                    .add(HeaderName::Contact, l.local.contact().to_string());
+            }
+        }
+        if method == Method::Invite && resp.status >= 200 && resp.status < 300 {
+            resp.headers.add(HeaderName::Allow, self.cfg.allow);
+        }
+        if let Some(e) = self.servers.iter_mut().find(|e| e.id == sid) {
+            e.tx.send_response(now, &resp);
+        }
+    }
+
+    pub(super) fn respond_status(&mut self, now: Instant, sid: u64, status: u16) {
+        if let Some(e) = self.server(sid) {
+            let resp = e.request.make_response(status, None);
+            self.respond(now, sid, resp);
+        }
+    }
+
+    /// Answers a request that needs no transaction of ours beyond this response.
+    pub(super) fn respond_local(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        req: Request,
+        source: Peer,
+        status: u16,
+    ) {
+        let tx = ServerTransaction::new(now, &req, source.transport.is_reliable(), self.cfg.timers);
+        let mut resp = req.make_response(status, None);
+        if status == 405 || status == 501 {
+            resp.headers.add(HeaderName::Allow, self.cfg.allow);
+        }
+        if status == 500 {
+            resp.headers.add(HeaderName::RetryAfter, "1");
+        }
+        let sid = self.add_server(leg, source, tx, ServerRole::Local, req);
+        self.respond(now, sid, resp);
+    }
+}

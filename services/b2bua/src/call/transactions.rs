@@ -1,0 +1,215 @@
+//! The transaction table of both legs: starting client and server transactions, draining
+//! what they send and what happened to them, and forgetting the finished ones.
+
+use super::{Call, CallState, ClientEntry, ClientRole, ServerEntry, ServerRole};
+use crate::event::{EndCause, Event, Leg, Transmit};
+use std::time::Instant;
+use trunkline_sip::transaction::{
+    ClientState, ClientTransaction, ServerState, ServerTransaction, TxEvent,
+};
+use trunkline_sip::{Method, Peer, Request};
+
+/// The status code of an encoded response, for metrics.
+pub(super) fn status_of(data: &[u8]) -> Option<u16> {
+    if data.len() < 12 || !data.starts_with(b"SIP/2.0 ") {
+        return None;
+    }
+    std::str::from_utf8(&data[8..11]).ok()?.parse().ok()
+}
+
+impl Call {
+    pub(super) fn alloc_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub(super) fn add_server(
+        &mut self,
+        leg: Leg,
+        peer: Peer,
+        tx: ServerTransaction,
+        role: ServerRole,
+        request: Request,
+    ) -> u64 {
+        let id = self.alloc_id();
+        self.servers.push(ServerEntry {
+            id,
+            leg,
+            peer,
+            tx,
+            role,
+            request,
+        });
+        id
+    }
+
+    pub(super) fn server(&self, id: u64) -> Option<&ServerEntry> {
+        self.servers.iter().find(|e| e.id == id)
+    }
+
+    pub(super) fn client(&self, id: u64) -> Option<&ClientEntry> {
+        self.clients.iter().find(|e| e.id == id)
+    }
+
+    /// Starts a client transaction on `leg` for `req`, sent to `peer`.
+    pub(super) fn send_request(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        peer: Peer,
+        req: Request,
+        role: ClientRole,
+    ) -> u64 {
+        let id = self.alloc_id();
+        self.start_client(now, id, leg, peer, req, role);
+        id
+    }
+
+    pub(super) fn start_client(
+        &mut self,
+        now: Instant,
+        id: u64,
+        leg: Leg,
+        peer: Peer,
+        req: Request,
+        role: ClientRole,
+    ) {
+        let tx = ClientTransaction::new(now, req, peer.transport.is_reliable(), self.cfg.timers);
+        self.clients.push(ClientEntry {
+            id,
+            leg,
+            peer,
+            tx,
+            role,
+        });
+    }
+
+    /// Collects what every transaction wants to send and what happened to them, reacts
+    /// to timeouts, and forgets terminated transactions.
+    pub(super) fn drain(&mut self, now: Instant) {
+        loop {
+            let mut happened: Vec<(bool, u64, TxEvent)> = Vec::new();
+            for e in &mut self.servers {
+                while let Some(t) = e.tx.poll_transmit() {
+                    self.transmits.push_back(Transmit {
+                        leg: e.leg,
+                        peer: e.peer,
+                        method: e.tx.method().clone(),
+                        status: status_of(&t.data),
+                        data: t.data,
+                        retransmission: t.retransmission,
+                    });
+                }
+                while let Some(ev) = e.tx.poll_event() {
+                    happened.push((true, e.id, ev));
+                }
+            }
+            for e in &mut self.clients {
+                while let Some(t) = e.tx.poll_transmit() {
+                    let method = if t.data.starts_with(b"ACK ") {
+                        Method::Ack
+                    } else {
+                        e.tx.request().method.clone()
+                    };
+                    self.transmits.push_back(Transmit {
+                        leg: e.leg,
+                        peer: e.peer,
+                        method,
+                        status: None,
+                        data: t.data,
+                        retransmission: t.retransmission,
+                    });
+                }
+                while let Some(ev) = e.tx.poll_event() {
+                    happened.push((false, e.id, ev));
+                }
+            }
+            if happened.is_empty() {
+                break;
+            }
+            for (server, id, ev) in happened {
+                if server {
+                    self.on_server_event(now, id, ev);
+                } else {
+                    self.on_client_event(now, id, ev);
+                }
+            }
+        }
+        self.servers.retain(|e| !e.tx.is_terminated());
+        self.clients.retain(|e| !e.tx.is_terminated());
+        let bye_outstanding = self.clients.iter().any(|e| {
+            e.role == ClientRole::Bye
+                && matches!(e.tx.state(), ClientState::Trying | ClientState::Proceeding)
+        });
+        if self.state == CallState::Ended && !bye_outstanding {
+            // Once both dialogs are gone, an INVITE transaction in Accepted only waits out
+            // Timers L/M to absorb retransmissions of an INVITE or 2xx whose dialog no
+            // longer exists; anything that still arrives gets a stateless 481. Dropping
+            // them keeps a hung-up call from holding its INVITEs for 64*T1.
+            self.servers
+                .retain(|e| e.tx.state() != ServerState::Accepted);
+            self.clients
+                .retain(|e| e.tx.state() != ClientState::Accepted);
+        }
+    }
+
+    pub(super) fn on_server_event(&mut self, now: Instant, sid: u64, ev: TxEvent) {
+        let Some((leg, role)) = self.server(sid).map(|e| (e.leg, e.role)) else {
+            return;
+        };
+        match ev {
+            TxEvent::Timeout { timer } => {
+                self.events
+                    .push_back(Event::TransactionTimeout { leg, timer });
+            }
+            TxEvent::NoAck => {
+                self.events
+                    .push_back(Event::TransactionTimeout { leg, timer: 'L' });
+                if matches!(role, ServerRole::Invite | ServerRole::Relay { .. })
+                    && matches!(self.state, CallState::Established)
+                {
+                    // RFC 3261 §13.3.1.4: no ACK for our 2xx ends the dialog.
+                    self.bye_leg(now, Leg::A);
+                    self.bye_leg(now, Leg::B);
+                    self.state = CallState::Ending;
+                    self.finish_keep_state(200, EndCause::NoAck);
+                }
+            }
+            TxEvent::TransportError | TxEvent::Terminated => {}
+        }
+    }
+
+    pub(super) fn on_client_event(&mut self, now: Instant, cid: u64, ev: TxEvent) {
+        let Some((leg, role)) = self.client(cid).map(|e| (e.leg, e.role)) else {
+            return;
+        };
+        let (status, cause) = match ev {
+            TxEvent::Timeout { timer } => {
+                self.events
+                    .push_back(Event::TransactionTimeout { leg, timer });
+                (408, EndCause::NoAnswer)
+            }
+            TxEvent::TransportError => (503, EndCause::TransportError),
+            TxEvent::NoAck | TxEvent::Terminated => return,
+        };
+        match role {
+            ClientRole::Invite => {
+                if matches!(self.state, CallState::Calling | CallState::Early) {
+                    self.final_to_a(now, status, cause);
+                }
+            }
+            ClientRole::Relay { server } => {
+                let is_offer = self
+                    .server(server)
+                    .is_some_and(|e| matches!(e.request.method, Method::Invite | Method::Update));
+                if is_offer {
+                    self.offer_in_progress = false;
+                }
+                self.respond_status(now, server, status);
+            }
+            ClientRole::Bye => self.bye_done(),
+            ClientRole::Cancel => {}
+        }
+    }
+}
