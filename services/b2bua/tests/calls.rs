@@ -449,3 +449,43 @@ fn bye_from_the_caller_while_ringing_cancels_the_attempt() {
     assert!(got.iter().any(|m| is_response(m, 487, Method::Invite)));
     assert!(is_request(&w.recv_b(), Method::Cancel));
 }
+
+/// A 2xx the trunk got wrong still made a call on its side: it is ACKed (or it would be
+/// retransmitted for 32 s) and released with BYE, and the caller hears 502.
+fn broken_2xx_is_acked_and_released(strip: HeaderName) {
+    let mut w = World::new(Setup::default());
+    let inv = w.route_to_b();
+    let mut ok = w.b.respond(&inv, 200, Some(&sdp(50000, "sendrecv")));
+    match strip {
+        HeaderName::To => {
+            let to = hdr(&inv, HeaderName::To);
+            ok.headers_mut().set(HeaderName::To, to);
+        }
+        other => ok.headers_mut().remove(other),
+    }
+    w.b_sends(ok.clone());
+    let got: Vec<_> = w.drain(Leg::B).iter().map(summary).collect();
+    assert_eq!(got, vec!["ACK 1", "BYE 2"], "B got {got:?}");
+    let r = w.recv_a();
+    assert!(
+        is_response(&r, 502, Method::Invite),
+        "A got {}",
+        summary(&r)
+    );
+    assert_eq!(w.ended(), vec![(502, EndCause::Rejected)]);
+    // The trunk retransmits its 2xx: ACKed again, nothing more for A.
+    w.b_sends(ok);
+    let again: Vec<_> = w.drain(Leg::B).iter().map(summary).collect();
+    assert!(again.iter().all(|m| m == "ACK 1"), "B got {again:?}");
+    assert!(w.drain(Leg::A).iter().all(|m| status(m) == Some(502)));
+}
+
+#[test]
+fn trunk_2xx_without_contact_is_acked_and_released() {
+    broken_2xx_is_acked_and_released(HeaderName::Contact);
+}
+
+#[test]
+fn trunk_2xx_without_to_tag_is_acked_and_released() {
+    broken_2xx_is_acked_and_released(HeaderName::To);
+}

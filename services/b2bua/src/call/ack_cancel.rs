@@ -175,31 +175,78 @@ impl Call {
         );
         let sid = self.add_server(leg, source, tx, ServerRole::Cancel, cancel);
         self.respond_status(now, sid, 200);
+        self.flush_server(sid);
         if answered {
             return;
         }
-        self.abandon_b(now);
-        self.final_to_a(now, 487, EndCause::CallerCancel);
+        self.caller_gave_up(now);
     }
 
-    /// Stops the B-leg INVITE: CANCEL if the callee has answered provisionally,
-    /// otherwise remember to CANCEL on the first provisional (RFC 3261 §9.1).
+    /// Stops the B-leg INVITE (see `cancel_client`).
     pub(super) fn abandon_b(&mut self, now: Instant) {
-        let Some(inv) = self
+        if let Some(cid) = self
             .clients
             .iter()
             .find(|e| e.role == ClientRole::Invite)
-            .map(|e| (e.tx.state(), e.tx.request().clone(), e.peer))
-        else {
+            .map(|e| e.id)
+        {
+            self.cancel_client(now, cid);
+        }
+    }
+
+    /// Cancels our INVITE client transaction `cid`: at once if the far side has sent
+    /// any response, else as soon as it sends one — a CANCEL must not overtake the
+    /// INVITE it cancels (RFC 3261 §9.1). After the CANCEL the INVITE gets 64*T1 to
+    /// end with a final response before it is given up.
+    pub(super) fn cancel_client(&mut self, now: Instant, cid: u64) {
+        let Some(e) = self.clients.iter_mut().find(|e| e.id == cid) else {
             return;
         };
-        match inv.0 {
+        match e.tx.state() {
             ClientState::Proceeding => {
-                let cancel = cancel_for(&inv.1);
-                self.send_request(now, Leg::B, inv.2, cancel, ClientRole::Cancel);
+                e.give_up_at = Some(now + self.cfg.timers.t1x64());
+                let (leg, peer, cancel) = (e.leg, e.peer, cancel_for(e.tx.request()));
+                self.send_request(now, leg, peer, cancel, ClientRole::Cancel);
             }
-            ClientState::Calling => self.cancel_b_on_provisional = true,
+            ClientState::Calling => e.cancel_on_response = true,
             _ => {}
         }
+    }
+
+    /// A response arrived for INVITE client `cid`: if we wanted it cancelled, this is
+    /// the moment. True when the response was used up that way.
+    pub(super) fn cancel_if_wanted(&mut self, now: Instant, cid: u64) -> bool {
+        let Some(e) = self.clients.iter_mut().find(|e| e.id == cid) else {
+            return false;
+        };
+        if !e.cancel_on_response {
+            return false;
+        }
+        e.cancel_on_response = false;
+        self.cancel_client(now, cid);
+        true
+    }
+
+    /// The caller gave up (CANCEL, or BYE on its early dialog) before its INVITE had a
+    /// final answer: the INVITE gets 487 and the callee leg goes — CANCELled if it has
+    /// not answered, ACKed and BYE'd if its 2xx is already in (the 2xx may still be at
+    /// the relay for its SDP: it is dropped, never sent after the 487).
+    pub(super) fn caller_gave_up(&mut self, now: Instant) {
+        if let Some(sid) = self.initial_invite_server() {
+            self.drop_held_responses(sid);
+        }
+        if self.state == CallState::Established {
+            if let Some(p) = self.pending_ack.take() {
+                // Late offer: the answer would have come in the caller's ACK. The
+                // callee still needs its ACK; the BYE follows at once.
+                self.send_ack(p.leg, p.seq, Bytes::new(), None);
+            }
+            self.bye_leg(now, Leg::B);
+            self.state = CallState::Ending;
+        } else {
+            self.abandon_b(now);
+        }
+        self.final_to_a(now, 487, EndCause::CallerCancel);
+        self.flush_outbox(now);
     }
 }

@@ -1,7 +1,7 @@
 //! The initial INVITE across both legs: the B-leg INVITE built from scratch, the
 //! callee's provisional, 2xx and final error answers relayed to the caller.
 
-use super::{cancel_for, Call, CallState, ClientRole, LegState, Outgoing, PendingAck, ServerRole};
+use super::{Call, CallState, ClientRole, LegState, Outgoing, PendingAck, ServerRole};
 use crate::config::Local;
 use crate::event::{EndCause, Event, Leg, MediaOp};
 use crate::relay::copy_session_headers;
@@ -108,6 +108,9 @@ impl Call {
 
     pub(super) fn on_b_invite_response(&mut self, now: Instant, cid: u64, resp: Response) {
         let status = resp.status;
+        if status < 200 && self.cancel_if_wanted(now, cid) {
+            return;
+        }
         if status == 100 {
             return;
         }
@@ -115,13 +118,6 @@ impl Call {
             return;
         };
         if status < 200 {
-            if self.cancel_b_on_provisional {
-                self.cancel_b_on_provisional = false;
-                if let Some(peer) = self.client(cid).map(|e| e.peer) {
-                    self.send_request(now, Leg::B, peer, cancel_for(&b_req), ClientRole::Cancel);
-                }
-                return;
-            }
             if matches!(self.state, CallState::Calling | CallState::Early) {
                 self.state = CallState::Early;
                 self.relay_to_a_invite(now, &resp);
@@ -191,7 +187,7 @@ impl Call {
             .as_ref()
             .and_then(|b| b.dialog.as_ref().map(|d| d.remote_tag.clone()));
         match confirmed_tag {
-            Some(tag) if Some(&tag) == to_tag.as_ref() => {
+            Some(tag) if tag == to_tag.as_deref().unwrap_or_default() => {
                 // A retransmitted 2xx: repeat our ACK.
                 self.resend_ack(Leg::B, seq);
                 return;
@@ -207,8 +203,18 @@ impl Call {
         }
         let dialog = match Dialog::uac(b_req, &resp) {
             Ok(d) => d,
-            Err(_) => {
-                self.abandon_b(now);
+            Err(e) => {
+                // The trunk answered with a 2xx that cannot make a dialog (no To-tag, no
+                // Contact, a bad Record-Route). On its side the call is up: ACK it, so
+                // it stops retransmitting, and release it with BYE; the caller hears 502.
+                tracing::debug!(error = %e, "callee's 2xx makes no usable dialog: ACK and BYE");
+                if let Some(d) = lenient_dialog(b_req, &resp) {
+                    if let Some(b) = self.b.as_mut() {
+                        b.dialog = Some(d);
+                    }
+                    self.send_ack(Leg::B, seq, Bytes::new(), None);
+                    self.bye_leg(now, Leg::B);
+                }
                 self.final_to_a(now, 502, EndCause::Rejected);
                 return;
             }
@@ -234,4 +240,31 @@ impl Call {
         self.no_answer_at = None;
         self.events.push_back(Event::Answered);
     }
+}
+
+/// The dialog a malformed 2xx makes as best it can be read: the request's target where
+/// Contact is missing, no route set where Record-Route is unreadable, and an empty remote
+/// tag (To without a tag, as the 2xx had it) where the To-tag is missing. Good enough to
+/// ACK and BYE the far side, never to keep a call on.
+fn lenient_dialog(req: &Request, resp: &Response) -> Option<Dialog> {
+    let mut fixed = resp.clone();
+    let h = &mut fixed.headers;
+    if h.contact().is_none() {
+        h.set(HeaderName::Contact, format!("<{}>", req.uri));
+    }
+    if h.name_addrs(HeaderName::RecordRoute).is_none() {
+        h.remove(HeaderName::RecordRoute);
+    }
+    let tagless = h.to_addr().is_some_and(|t| t.tag().is_none());
+    if tagless {
+        let to = h.get(HeaderName::To)?.clone();
+        let mut tagged = to.to_vec();
+        tagged.extend_from_slice(b";tag=x");
+        h.set(HeaderName::To, Bytes::from(tagged));
+    }
+    let mut d = Dialog::uac(req, &fixed).ok()?;
+    if tagless {
+        d.remote_tag.clear();
+    }
+    Some(d)
 }

@@ -20,7 +20,6 @@ mod requests;
 mod responses;
 mod transactions;
 
-use ack_cancel::cancel_for;
 use outbox::{Held, Outgoing};
 
 /// Where the call stands, as an operator would describe it.
@@ -124,6 +123,13 @@ struct ClientEntry {
     peer: Peer,
     tx: ClientTransaction,
     role: ClientRole,
+    /// We want this INVITE cancelled but nothing has come back yet: the CANCEL goes
+    /// out with the first response, 100 included (RFC 3261 §9.1).
+    cancel_on_response: bool,
+    /// We sent a CANCEL for this INVITE: if no final response has come by then, the
+    /// transaction is given up (RFC 3261 §9.1: 64*T1), so a callee that never
+    /// answers cannot hold the call forever.
+    give_up_at: Option<Instant>,
 }
 
 /// An ACK we owe one leg for a 2xx, held back until the other leg's ACK brings the
@@ -148,7 +154,6 @@ pub struct Call {
     events: VecDeque<Event>,
     no_answer_at: Option<Instant>,
     ended: bool,
-    cancel_b_on_provisional: bool,
     /// An offer/answer exchange (re-INVITE or UPDATE) is being relayed: a second
     /// one gets 491 (RFC 3261 §14.2, RFC 3311 §5.2).
     offer_in_progress: bool,
@@ -208,7 +213,6 @@ impl Call {
             events: VecDeque::with_capacity(2),
             no_answer_at: None,
             ended: false,
-            cancel_b_on_provisional: false,
             offer_in_progress: false,
             pending_ack: None,
             anchor: false,
@@ -263,7 +267,6 @@ impl Call {
             events: VecDeque::new(),
             no_answer_at: None,
             ended: false,
-            cancel_b_on_provisional: false,
             offer_in_progress: false,
             pending_ack: None,
             anchor: snap.anchor,
@@ -346,7 +349,8 @@ impl Call {
             .servers
             .iter()
             .filter_map(|e| e.tx.poll_timeout())
-            .chain(self.clients.iter().filter_map(|e| e.tx.poll_timeout()));
+            .chain(self.clients.iter().filter_map(|e| e.tx.poll_timeout()))
+            .chain(self.clients.iter().filter_map(|e| e.give_up_at));
         tx.chain(self.no_answer_at).min()
     }
 
@@ -362,6 +366,8 @@ impl Call {
                 e.tx.handle_timeout(now);
             }
         }
+        self.clients
+            .retain(|e| e.give_up_at.is_none_or(|t| t > now));
         if self.no_answer_at.is_some_and(|t| t <= now) {
             self.no_answer_at = None;
             if matches!(self.state, CallState::Calling | CallState::Early) {

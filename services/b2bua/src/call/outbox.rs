@@ -172,6 +172,13 @@ impl Call {
         }
     }
 
+    /// Forgets every response to server transaction `sid` still waiting in the outbox:
+    /// the request was answered otherwise in the meantime (a CANCEL won the race).
+    pub(super) fn drop_held_responses(&mut self, sid: u64) {
+        self.outbox
+            .retain(|h| !matches!(h.out, Outgoing::Response { sid: s, .. } if s == sid));
+    }
+
     /// Sends held output whose turn has come.
     pub(super) fn flush_outbox(&mut self, now: Instant) {
         while let Some(front) = self.outbox.front() {

@@ -95,6 +95,14 @@ impl Call {
         let tx = ServerTransaction::new(now, &bye, source.transport.is_reliable(), self.cfg.timers);
         let sid = self.add_server(leg, source, tx, ServerRole::Bye, bye);
         self.respond_status(now, sid, 200);
+        if leg == Leg::A && self.initial_invite_server().is_some() {
+            // BYE on the caller's early dialog, its INVITE still unanswered — even if the
+            // callee's 2xx is in and waiting at the relay: 200 for the BYE, 487 for the
+            // INVITE (RFC 3261 §15.1.2), and the callee leg goes.
+            self.flush_server(sid);
+            self.caller_gave_up(now);
+            return;
+        }
         match self.state {
             CallState::Established => {
                 self.bye_leg(now, leg.other());
@@ -104,11 +112,6 @@ impl Call {
                     Leg::B => EndCause::CalleeHangup,
                 };
                 self.finish_keep_state(200, cause);
-            }
-            CallState::Calling | CallState::Early if leg == Leg::A => {
-                // BYE on an early dialog from the caller: stop the attempt.
-                self.abandon_b(now);
-                self.final_to_a(now, 487, EndCause::CallerCancel);
             }
             _ => {}
         }

@@ -1,7 +1,7 @@
 //! The transaction table of both legs: starting client and server transactions, draining
 //! what they send and what happened to them, and forgetting the finished ones.
 
-use super::{Call, CallState, ClientEntry, ClientRole, ServerEntry, ServerRole};
+use super::{Call, CallState, ClientEntry, ClientRole, Outgoing, ServerEntry, ServerRole};
 use crate::event::{EndCause, Event, Leg, Transmit};
 use std::time::Instant;
 use trunkline_sip::transaction::{
@@ -15,6 +15,18 @@ pub(super) fn status_of(data: &[u8]) -> Option<u16> {
         return None;
     }
     std::str::from_utf8(&data[8..11]).ok()?.parse().ok()
+}
+
+/// What a server transaction's transmit looks like on the call's wire queue.
+fn server_transmit(e: &ServerEntry, t: trunkline_sip::transaction::Transmit) -> Transmit {
+    Transmit {
+        leg: e.leg,
+        peer: e.peer,
+        method: e.tx.method().clone(),
+        status: status_of(&t.data),
+        data: t.data,
+        retransmission: t.retransmission,
+    }
 }
 
 impl Call {
@@ -52,7 +64,9 @@ impl Call {
         self.clients.iter().find(|e| e.id == id)
     }
 
-    /// Starts a client transaction on `leg` for `req`, sent to `peer`.
+    /// Starts a client transaction on `leg` for `req`, sent to `peer` — behind any
+    /// message still waiting in the outbox, so a request never overtakes a response
+    /// the relay is rewriting (the callee's BYE after the 200 it crosses).
     pub(super) fn send_request(
         &mut self,
         now: Instant,
@@ -62,7 +76,17 @@ impl Call {
         role: ClientRole,
     ) -> u64 {
         let id = self.alloc_id();
-        self.start_client(now, id, leg, peer, req, role);
+        self.emit(
+            now,
+            Outgoing::Request {
+                id,
+                leg,
+                peer,
+                req,
+                role,
+            },
+            None,
+        );
         id
     }
 
@@ -82,7 +106,21 @@ impl Call {
             peer,
             tx,
             role,
+            cancel_on_response: false,
+            give_up_at: None,
         });
+    }
+
+    /// Puts what server transaction `sid` has to send on the wire queue now, ahead of
+    /// what other transactions queue in the same step (a CANCEL's 200 before the
+    /// INVITE's 487, RFC 3261 §9.2).
+    pub(super) fn flush_server(&mut self, sid: u64) {
+        let Some(e) = self.servers.iter_mut().find(|e| e.id == sid) else {
+            return;
+        };
+        while let Some(t) = e.tx.poll_transmit() {
+            self.transmits.push_back(server_transmit(e, t));
+        }
     }
 
     /// Collects what every transaction wants to send and what happened to them, reacts
@@ -92,14 +130,7 @@ impl Call {
             let mut happened: Vec<(bool, u64, TxEvent)> = Vec::new();
             for e in &mut self.servers {
                 while let Some(t) = e.tx.poll_transmit() {
-                    self.transmits.push_back(Transmit {
-                        leg: e.leg,
-                        peer: e.peer,
-                        method: e.tx.method().clone(),
-                        status: status_of(&t.data),
-                        data: t.data,
-                        retransmission: t.retransmission,
-                    });
+                    self.transmits.push_back(server_transmit(e, t));
                 }
                 while let Some(ev) = e.tx.poll_event() {
                     happened.push((true, e.id, ev));

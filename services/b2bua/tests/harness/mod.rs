@@ -535,6 +535,9 @@ pub struct Setup {
     pub anchor: bool,
     /// The simulated relay refuses every body with this status.
     pub media_fails: Option<u16>,
+    /// The simulated relay holds its answers until `World::release_media` (a relay that
+    /// has not answered yet: what a race with the rewrite looks like).
+    pub defer_media: bool,
 }
 
 impl Default for Setup {
@@ -549,6 +552,7 @@ impl Default for Setup {
             topology: false,
             anchor: false,
             media_fails: None,
+            defer_media: false,
         }
     }
 }
@@ -575,6 +579,9 @@ pub struct World {
     pub media_fails: Option<u16>,
     /// Every media request the call made, in order.
     pub media_ops: Vec<MediaOp>,
+    pub defer_media: bool,
+    /// Media requests the simulated relay has not answered yet (`defer_media`).
+    pub pending_media: VecDeque<(u64, Bytes)>,
 }
 
 /// The relay address the simulated media relay writes into every body it anchors.
@@ -649,6 +656,8 @@ impl World {
             anchor: setup.anchor,
             media_fails: setup.media_fails,
             media_ops: Vec::new(),
+            defer_media: setup.defer_media,
+            pending_media: VecDeque::new(),
         };
         w.pump();
         w
@@ -708,6 +717,10 @@ impl World {
         }
         for (id, op, sdp) in media {
             self.media_ops.push(op);
+            if self.defer_media {
+                self.pending_media.push_back((id, sdp));
+                continue;
+            }
             let result = match self.media_fails {
                 Some(status) => Err(MediaFailure { status }),
                 None => Ok(relay_rewrite(&sdp)),
@@ -715,6 +728,18 @@ impl World {
             self.call.handle_media(self.now, id, result);
         }
         self.pump();
+    }
+
+    /// Answers every media request the simulated relay has held back, oldest first.
+    pub fn release_media(&mut self) {
+        while let Some((id, sdp)) = self.pending_media.pop_front() {
+            let result = match self.media_fails {
+                Some(status) => Err(MediaFailure { status }),
+                None => Ok(relay_rewrite(&sdp)),
+            };
+            self.call.handle_media(self.now, id, result);
+            self.pump();
+        }
     }
 
     /// Runs every call timer due up to `until`, then sets the clock to `until`.
