@@ -103,17 +103,14 @@ impl Call {
             self.caller_gave_up(now);
             return;
         }
-        match self.state {
-            CallState::Established => {
-                self.bye_leg(now, leg.other());
-                self.state = CallState::Ending;
-                let cause = match leg {
-                    Leg::A => EndCause::CallerHangup,
-                    Leg::B => EndCause::CalleeHangup,
-                };
-                self.finish_keep_state(200, cause);
-            }
-            _ => {}
+        if self.state == CallState::Established {
+            self.bye_leg(now, leg.other());
+            self.state = CallState::Ending;
+            let cause = match leg {
+                Leg::A => EndCause::CallerHangup,
+                Leg::B => EndCause::CalleeHangup,
+            };
+            self.finish_keep_state(200, cause);
         }
     }
 
