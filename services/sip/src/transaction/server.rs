@@ -121,7 +121,7 @@ impl ServerTransaction {
     /// The TU's response. INVITE: 1xx → stay Proceeding; 2xx → Accepted (RFC 6026,
     /// Timer L = 64*T1); in Accepted the transaction ALSO performs the UAS core's
     /// 2xx retransmission of §13.3.1.4 (retransmit the 2xx at T1, 2T1, ... capped
-    /// at T2 while unreliable; on reliable transports no retransmission) until an
+    /// at T2, on reliable transports too: §13.3.1.4 makes no exception) until an
     /// ACK arrives via handle_request (then stop retransmitting, terminate when
     /// Timer L fires) or 64*T1 passes without ACK → TxEvent::NoAck then
     /// Terminated. 3xx-6xx → Completed with Timer G (retransmit the final, T1
@@ -139,7 +139,9 @@ impl ServerTransaction {
                     if (200..300).contains(&status) {
                         self.state = ServerState::Accepted;
                         self.linger_at = after(now, self.timers.t1x64());
-                        self.arm_retransmit(now);
+                        // §13.3.1.4 applies on every transport (unlike Timer G).
+                        self.interval = self.timers.t1;
+                        self.retransmit_at = after(now, self.interval);
                     } else if status >= 300 {
                         self.state = ServerState::Completed;
                         self.timeout_at = after(now, self.timers.t1x64());

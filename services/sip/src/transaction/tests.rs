@@ -612,8 +612,9 @@ fn timer_l_after_ack_reliable() {
     let (t0, mut tx) = invite_server(true);
     tx.send_response(t0, &response(200, "INVITE", INVITE_BRANCH, Some("s")));
     tx.poll_transmit();
-    assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)));
+    assert_eq!(tx.poll_timeout(), Some(t0 + ms(500)), "the 2xx is re-sent");
     assert!(tx.handle_request(t0 + ms(100), &request("ACK", "z9hG4bKack", Some("s"))));
+    assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(32)));
     tx.handle_timeout(t0 + Duration::from_secs(32));
     assert!(tx.poll_transmit().is_none());
     assert_eq!(drain(|| tx.poll_event()), vec![TxEvent::Terminated]);
@@ -636,13 +637,19 @@ fn no_ack_after_64_t1_unreliable() {
     );
 }
 
+/// RFC 3261 §13.3.1.4: the UAS core retransmits its 2xx until the ACK comes whatever
+/// the transport — a proxy further on may be on UDP, and a TCP connection can drop the
+/// 2xx on a reset. Only the transaction layer's own timers (G, A, E) are unreliable-only.
 #[test]
-fn no_ack_after_64_t1_reliable() {
+fn no_ack_after_64_t1_reliable_retransmits_the_2xx_too() {
     let (t0, mut tx) = invite_server(true);
     tx.send_response(t0, &response(200, "INVITE", INVITE_BRANCH, Some("s")));
     tx.poll_transmit();
     let sent = server_retransmissions(&mut tx, t0, Duration::from_secs(40));
-    assert!(sent.is_empty());
+    assert_eq!(
+        sent,
+        secs(&[500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500])
+    );
     assert_eq!(
         drain(|| tx.poll_event()),
         vec![TxEvent::NoAck, TxEvent::Terminated]
