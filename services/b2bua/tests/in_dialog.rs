@@ -414,3 +414,34 @@ fn late_offer_reinvite_from_the_caller() {
     assert_eq!(body(&ack_b), answer);
     assert_eq!(cseq(&ack_b).0, cseq(&relayed).0);
 }
+
+#[test]
+fn stray_requests_into_a_live_call_cost_it_no_state() {
+    let mut w = World::established(Setup::default());
+    assert_eq!(w.call.poll_timeout(), None, "an idle established call");
+    let real = w.a.remote_tag.clone();
+    for i in 0..200 {
+        // Wrong To-tag, stale CSeq and unknown methods, the kinds a scanner sends.
+        if i % 2 == 0 {
+            w.a.remote_tag = Some(format!("n1-{i:012x}"));
+            let req = w.a.request("INFO", &[], None);
+            w.a_sends(req);
+            assert!(is_response(&w.recv_a(), 481, Method::Info));
+        } else {
+            w.a.remote_tag = real.clone();
+            let req = w.a.request_seq("INFO", 1, &[], None);
+            w.a_sends(req);
+            assert!(is_response(&w.recv_a(), 500, Method::Info));
+        }
+    }
+    assert_eq!(
+        w.call.poll_timeout(),
+        None,
+        "no transaction lingers for any of them"
+    );
+    assert!(w.drain(Leg::B).is_empty());
+    w.a.remote_tag = real;
+    let bye = w.a.request("BYE", &[], None);
+    w.a_sends(bye);
+    assert!(is_response(&w.recv_a(), 200, Method::Bye));
+}

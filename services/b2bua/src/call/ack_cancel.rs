@@ -163,7 +163,7 @@ impl Call {
             e.leg == leg && e.role == ServerRole::Invite && Some(e.tx.key()) == target.as_ref()
         });
         let Some(invite) = invite else {
-            self.respond_local(now, leg, cancel, source, 481);
+            self.respond_local(leg, cancel, source, 481);
             return;
         };
         let answered = invite.tx.last_status().is_some_and(|s| s >= 200);

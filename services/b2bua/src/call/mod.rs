@@ -93,8 +93,6 @@ enum ServerRole {
     Relay {
         client: u64,
     },
-    /// Answered by the call itself.
-    Local,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! to the other leg; the answers the call gives itself.
 
 use super::{Call, CallState, ClientRole, Outgoing, ServerEntry, ServerRole};
-use crate::event::{EndCause, Event, Leg, MediaOp};
+use crate::event::{EndCause, Event, Leg, MediaOp, Transmit};
 use crate::relay::copy_session_headers;
 use bytes::Bytes;
 use std::time::Instant;
@@ -56,7 +56,7 @@ impl Call {
             } else {
                 481
             };
-            self.respond_local(now, leg, req, source, status);
+            self.respond_local(leg, req, source, status);
             return;
         };
         let matches_dialog = self.leg(leg).is_some_and(|l| {
@@ -68,7 +68,7 @@ impl Call {
                 })
         });
         if !matches_dialog || self.state == CallState::Ended {
-            self.respond_local(now, leg, req, source, 481);
+            self.respond_local(leg, req, source, 481);
             return;
         }
         let seq_ok = match (
@@ -79,15 +79,15 @@ impl Call {
             _ => false,
         };
         if !seq_ok {
-            self.respond_local(now, leg, req, source, 500);
+            self.respond_local(leg, req, source, 500);
             return;
         }
         match req.method {
             Method::Bye => self.on_bye(now, leg, req, source),
             ref m if is_relayed_in_dialog(m) => self.relay_in_dialog(now, leg, req, source),
-            Method::Prack => self.respond_local(now, leg, req, source, 481),
-            Method::Extension(_) => self.respond_local(now, leg, req, source, 501),
-            _ => self.respond_local(now, leg, req, source, 501),
+            Method::Prack => self.respond_local(leg, req, source, 481),
+            Method::Extension(_) => self.respond_local(leg, req, source, 501),
+            _ => self.respond_local(leg, req, source, 501),
         }
     }
 
@@ -130,20 +130,20 @@ impl Call {
     pub(super) fn relay_in_dialog(&mut self, now: Instant, leg: Leg, req: Request, source: Peer) {
         let offer = matches!(req.method, Method::Invite | Method::Update);
         if matches!(self.state, CallState::Ending | CallState::Ended) {
-            self.respond_local(now, leg, req, source, 481);
+            self.respond_local(leg, req, source, 481);
             return;
         }
         if offer && (self.offer_in_progress || self.state != CallState::Established) {
-            self.respond_local(now, leg, req, source, 491);
+            self.respond_local(leg, req, source, 491);
             return;
         }
         if self.state != CallState::Established {
-            self.respond_local(now, leg, req, source, 481);
+            self.respond_local(leg, req, source, 481);
             return;
         }
         let mf = req.headers.max_forwards().unwrap_or(70);
         if mf == 0 {
-            self.respond_local(now, leg, req, source, 483);
+            self.respond_local(leg, req, source, 483);
             return;
         }
         if offer {
@@ -277,23 +277,29 @@ impl Call {
     }
 
     /// Answers a request that needs no transaction of ours beyond this response.
-    pub(super) fn respond_local(
-        &mut self,
-        now: Instant,
-        leg: Leg,
-        req: Request,
-        source: Peer,
-        status: u16,
-    ) {
-        let tx = ServerTransaction::new(now, &req, source.transport.is_reliable(), self.cfg.timers);
+    /// Answers a request the call refuses (481, 491, 500, 501...) without a transaction:
+    /// a peer, or an attacker, sending strays into a live call costs it no state. A
+    /// retransmitted request is simply refused again.
+    pub(super) fn respond_local(&mut self, leg: Leg, req: Request, source: Peer, status: u16) {
         let mut resp = req.make_response(status, None);
+        if req.headers.to_addr().is_some_and(|t| t.tag().is_none()) {
+            if let Some(l) = self.leg(leg) {
+                resp.set_to_tag(&l.tag);
+            }
+        }
         if status == 405 || status == 501 {
             resp.headers.add(HeaderName::Allow, self.cfg.allow);
         }
         if status == 500 {
             resp.headers.add(HeaderName::RetryAfter, "1");
         }
-        let sid = self.add_server(leg, source, tx, ServerRole::Local, req);
-        self.respond(now, sid, resp);
+        self.transmits.push_back(Transmit {
+            leg,
+            peer: source,
+            data: resp.encode(),
+            method: req.method,
+            status: Some(status),
+            retransmission: false,
+        });
     }
 }
