@@ -5,7 +5,7 @@ mod harness;
 
 use harness::*;
 use trunkline_b2bua::{CallState, EndCause, Leg, MediaOp};
-use trunkline_sip::Method;
+use trunkline_sip::{HeaderName, Message, Method};
 
 fn anchored() -> Setup {
     Setup {
@@ -172,4 +172,89 @@ fn media_timeout_hangs_up_both_legs_and_records_why() {
     w.b_sends(rb);
     w.run_out();
     assert!(w.call.is_finished());
+}
+
+/// A body toward the caller that still carries the callee's own media address.
+fn unanchored(m: &Message) -> bool {
+    body(m).contains(&format!("c=IN IP4 {OUR_IP}"))
+}
+
+#[test]
+fn an_answer_the_relay_cannot_anchor_never_reaches_the_caller() {
+    let mut w = World::new(anchored());
+    let inv = w.route_to_b();
+    // From here the relay refuses: the callee's answers must not leak through as they are.
+    w.media_fails = Some(503);
+    let early = w.b.respond(&inv, 183, Some(&sdp(50000, "sendrecv")));
+    w.b_sends(early);
+    let early_a = w.recv_a();
+    assert_eq!(status(&early_a), Some(183));
+    assert!(body(&early_a).is_empty(), "the 183 goes without its SDP");
+    assert!(hdr(&early_a, HeaderName::ContentType).is_empty());
+    let ok = w.b.respond(&inv, 200, Some(&sdp(50000, "sendrecv")));
+    w.b_sends(ok);
+    let got: Vec<_> = w.drain(Leg::B).iter().map(summary).collect();
+    assert_eq!(got, vec!["ACK 1", "BYE 2"], "B got {got:?}");
+    let r = w.recv_a();
+    assert!(
+        is_response(&r, 503, Method::Invite),
+        "A got {}",
+        summary(&r)
+    );
+    assert!(w.log_a.iter().all(|s| !unanchored(&s.msg)));
+    assert_eq!(w.ended(), vec![(503, EndCause::MediaUnavailable)]);
+}
+
+#[test]
+fn a_late_offer_answer_the_relay_cannot_anchor_hangs_up_both_legs() {
+    let mut w = World::new(Setup {
+        offer: None,
+        ..anchored()
+    });
+    let inv = w.route_to_b();
+    let ok = w.b.respond(&inv, 200, Some(&sdp(50000, "sendrecv")));
+    w.b_sends(ok);
+    let ok_a = w.recv_a();
+    assert!(body(&ok_a).contains(&relay_line()));
+    w.a.learn_answer(&ok_a);
+    w.media_fails = Some(488);
+    let ack = w.a.ack(&ok_a, Some(&sdp(40000, "sendrecv")));
+    w.a_sends(ack);
+    let to_b = w.drain(Leg::B);
+    let names: Vec<_> = to_b.iter().map(summary).collect();
+    assert_eq!(names, vec!["ACK 1", "BYE 2"], "B got {names:?}");
+    assert!(
+        body(&to_b[0]).is_empty(),
+        "the caller's answer does not leak"
+    );
+    assert!(is_request(&w.recv_a(), Method::Bye));
+    assert_eq!(w.ended(), vec![(200, EndCause::MediaUnavailable)]);
+}
+
+#[test]
+fn a_reinvite_answer_the_relay_cannot_anchor_gets_its_status_not_the_sdp() {
+    let mut w = World::established(anchored());
+    let re = w.a.request(
+        "INVITE",
+        &[],
+        Some(("application/sdp", &sdp(40002, "sendonly"))),
+    );
+    w.a_sends(re);
+    let re_b = w.recv_b();
+    assert!(is_request(&re_b, Method::Invite));
+    w.media_fails = Some(503);
+    let ok = w.b.respond(&re_b, 200, Some(&sdp(50002, "recvonly")));
+    w.b_sends(ok);
+    assert!(is_request(&w.recv_b(), Method::Ack));
+    let r = w
+        .drain(Leg::A)
+        .into_iter()
+        .find(|m| status(m).is_some_and(|s| s >= 200))
+        .expect("a final answer for A's re-INVITE");
+    assert!(
+        is_response(&r, 503, Method::Invite),
+        "A got {}",
+        summary(&r)
+    );
+    assert!(w.log_a.iter().all(|s| !unanchored(&s.msg)));
 }

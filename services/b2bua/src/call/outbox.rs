@@ -1,7 +1,7 @@
 //! The call's output queue: messages wait here, in send order, while the media relay
 //! rewrites an SDP body ahead of them (`Event::Media` / `Call::handle_media`).
 
-use super::{Call, ClientRole, MediaFailure};
+use super::{Call, CallState, ClientRole, MediaFailure, ServerRole};
 use crate::event::{EndCause, Event, Leg, MediaOp, Transmit};
 use crate::multipart;
 use bytes::Bytes;
@@ -200,8 +200,14 @@ impl Call {
         }
     }
 
-    /// A body the relay could not anchor: refuse the request that carried it; a
-    /// response or ACK still goes out as it was, so no dialog is left half-made.
+    /// A body the relay could not anchor. Nothing leaves with the far side's SDP
+    /// un-anchored (that would route one party's media around the node, or to an
+    /// address it cannot reach): a request carrying it is refused; a provisional goes
+    /// without its body; the callee's 2xx to the caller's INVITE becomes the relay's
+    /// status toward the caller and a BYE toward the callee; the other leg's 2xx to a
+    /// relayed re-INVITE or UPDATE becomes that status toward its sender; an ACK that
+    /// should carry a late offer's answer goes bare, and the call is hung up, since one
+    /// side now has no answer.
     pub(super) fn media_failed(&mut self, now: Instant, out: Outgoing, f: MediaFailure) {
         match out {
             Outgoing::Request {
@@ -216,11 +222,33 @@ impl Call {
                 if matches!(req.method, Method::Invite | Method::Update) {
                     self.offer_in_progress = false;
                 }
-                self.servers
-                    .retain(|e| e.id != server || e.tx.last_status().is_none());
                 self.respond_status(now, server, f.status);
             }
-            other => self.send_outgoing(now, other),
+            Outgoing::Request { .. } => self.send_outgoing(now, out),
+            Outgoing::Response { sid, mut resp } if resp.status < 200 => {
+                resp.body = Bytes::new();
+                resp.headers.remove(HeaderName::ContentType);
+                self.send_outgoing(now, Outgoing::Response { sid, resp });
+            }
+            Outgoing::Response { sid, .. } => {
+                let initial = self
+                    .server(sid)
+                    .is_some_and(|e| e.role == ServerRole::Invite);
+                self.respond_status(now, sid, f.status);
+                if let Some(p) = self.pending_ack.take() {
+                    // The late offer's answer will never come: ACK bare, then hang up.
+                    self.send_ack(p.leg, p.seq, Bytes::new(), None);
+                    self.hangup(now, EndCause::MediaUnavailable);
+                } else if initial {
+                    self.bye_leg(now, Leg::B);
+                    self.state = CallState::Ending;
+                    self.finish(f.status, EndCause::MediaUnavailable);
+                }
+            }
+            Outgoing::Ack { leg, seq, .. } => {
+                self.send_ack(leg, seq, Bytes::new(), None);
+                self.hangup(now, EndCause::MediaUnavailable);
+            }
         }
     }
 
