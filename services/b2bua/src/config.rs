@@ -17,6 +17,13 @@ pub struct CallConfig {
     pub no_answer: Duration,
     /// Value of the Allow header we advertise.
     pub allow: &'static str,
+    /// What the caller hears when the trunk answers 503. Relayed as it is, a 503 (with
+    /// the trunk's Retry-After) tells the caller's side that *this node* is out of
+    /// service, and carriers blacklist the whole node for it; 500 says the call failed.
+    pub trunk_503_status: u16,
+    /// Longest an answered call may last before the node hangs it up (toll-fraud and
+    /// stuck-call guard); `None`: no limit.
+    pub max_duration: Option<Duration>,
 }
 
 impl Default for CallConfig {
@@ -27,6 +34,8 @@ impl Default for CallConfig {
             max_forwards: 70,
             no_answer: Duration::from_secs(180),
             allow: "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, NOTIFY",
+            trunk_503_status: 500,
+            max_duration: None,
         }
     }
 }

@@ -58,6 +58,8 @@ pub enum EndCause {
     MediaUnavailable,
     /// Ended by the node itself (operator, drain deadline).
     Local,
+    /// The call reached the configured maximum duration.
+    MaxDuration,
 }
 
 /// What the media relay is asked to do with an SDP body before it leaves the call.

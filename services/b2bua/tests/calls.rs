@@ -489,3 +489,63 @@ fn trunk_2xx_without_contact_is_acked_and_released() {
 fn trunk_2xx_without_to_tag_is_acked_and_released() {
     broken_2xx_is_acked_and_released(HeaderName::To);
 }
+
+#[test]
+fn trunk_503_reaches_the_caller_as_500_without_its_retry_after() {
+    let mut w = World::new(Setup::default());
+    let inv = w.route_to_b();
+    let busy = w.b.respond_with(&inv, 503, &[("Retry-After", "300")], None);
+    w.b_sends(busy);
+    assert!(is_request(&w.recv_b(), Method::Ack));
+    let r = w.recv_a();
+    assert!(
+        is_response(&r, 500, Method::Invite),
+        "A got {}",
+        summary(&r)
+    );
+    assert!(
+        hdr(&r, HeaderName::RetryAfter).is_empty(),
+        "the trunk's back-off must not make upstream back off from this node"
+    );
+    assert_eq!(w.ended(), vec![(500, EndCause::Rejected)]);
+
+    // The mapping is the operator's choice.
+    let cfg = trunkline_b2bua::CallConfig {
+        trunk_503_status: 480,
+        ..Default::default()
+    };
+    let mut w = World::with_config(Setup::default(), cfg);
+    let inv = w.route_to_b();
+    let busy = w.b.respond(&inv, 503, None);
+    w.b_sends(busy);
+    w.recv_b();
+    assert!(is_response(&w.recv_a(), 480, Method::Invite));
+}
+
+#[test]
+fn an_answered_call_is_hung_up_at_its_maximum_duration() {
+    let cfg = trunkline_b2bua::CallConfig {
+        max_duration: Some(std::time::Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    let mut w = World::with_config(Setup::default(), cfg);
+    w.establish();
+    let answered_at = w.elapsed();
+    w.advance(std::time::Duration::from_secs(3599));
+    w.assert_quiet();
+    w.advance(std::time::Duration::from_secs(1));
+    let bye_a = w.recv_a();
+    let bye_b = w.recv_b();
+    assert!(is_request(&bye_a, Method::Bye) && is_request(&bye_b, Method::Bye));
+    assert_eq!(
+        w.log_a.last().map(|s| s.at - answered_at),
+        Some(std::time::Duration::from_secs(3600))
+    );
+    assert_eq!(w.ended(), vec![(200, EndCause::MaxDuration)]);
+    let ra = w.a.respond(&bye_a, 200, None);
+    w.a_sends(ra);
+    let rb = w.b.respond(&bye_b, 200, None);
+    w.b_sends(rb);
+    w.run_out();
+    assert!(w.call.is_finished());
+}

@@ -74,6 +74,7 @@ impl App {
             max_forwards: u32::from(config.sip.max_forwards),
             no_answer: timers.no_answer(),
             allow: trunkline_call::stateless::ALLOW,
+            ..CallConfig::default()
         };
         let advertise = config
             .sip

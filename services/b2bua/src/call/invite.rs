@@ -12,12 +12,14 @@ use trunkline_sip::{
 };
 
 /// What the caller hears for the callee's final error. Redirects are not followed
-/// across a border (their Contacts name the far network), so they become 480.
-pub(super) fn map_final_status(status: u16) -> u16 {
+/// across a border (their Contacts name the far network), so they become 480; a 503
+/// becomes `trunk_503` (see `CallConfig::trunk_503_status`).
+pub(super) fn map_final_status(status: u16, trunk_503: u16) -> u16 {
     match status {
         300..=399 => 480,
         // Authentication toward the trunk is the node's business, not the caller's.
         401 | 407 => 403,
+        503 => trunk_503,
         s => s,
     }
 }
@@ -130,7 +132,7 @@ impl Call {
         }
         // Non-2xx final: the transaction has ACKed it already.
         if matches!(self.state, CallState::Calling | CallState::Early) {
-            let mapped = map_final_status(status);
+            let mapped = map_final_status(status, self.cfg.trunk_503_status);
             let Some(sid) = self.initial_invite_server() else {
                 return;
             };
@@ -140,6 +142,10 @@ impl Call {
             if let Some(out) = out.as_mut() {
                 copy_session_headers(&resp.headers, &mut out.headers);
                 out.headers.remove(HeaderName::ContentType);
+                if status == 503 && mapped != 503 {
+                    // The trunk's back-off is about the trunk, not about this node.
+                    out.headers.remove(HeaderName::RetryAfter);
+                }
             }
             if let Some(out) = out {
                 self.respond(now, sid, out);
@@ -238,6 +244,7 @@ impl Call {
         self.relay_to_a_invite(now, &resp);
         self.state = CallState::Established;
         self.no_answer_at = None;
+        self.max_duration_at = self.cfg.max_duration.map(|d| now + d);
         self.events.push_back(Event::Answered);
     }
 }

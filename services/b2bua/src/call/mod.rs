@@ -151,6 +151,8 @@ pub struct Call {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     no_answer_at: Option<Instant>,
+    /// When an answered call reaches `CallConfig::max_duration`.
+    max_duration_at: Option<Instant>,
     ended: bool,
     /// An offer/answer exchange (re-INVITE or UPDATE) is being relayed: a second
     /// one gets 491 (RFC 3261 §14.2, RFC 3311 §5.2).
@@ -210,6 +212,7 @@ impl Call {
             transmits: VecDeque::with_capacity(4),
             events: VecDeque::with_capacity(2),
             no_answer_at: None,
+            max_duration_at: None,
             ended: false,
             offer_in_progress: false,
             pending_ack: None,
@@ -264,6 +267,7 @@ impl Call {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             no_answer_at: None,
+            max_duration_at: None,
             ended: false,
             offer_in_progress: false,
             pending_ack: None,
@@ -349,7 +353,9 @@ impl Call {
             .filter_map(|e| e.tx.poll_timeout())
             .chain(self.clients.iter().filter_map(|e| e.tx.poll_timeout()))
             .chain(self.clients.iter().filter_map(|e| e.give_up_at));
-        tx.chain(self.no_answer_at).min()
+        tx.chain(self.no_answer_at)
+            .chain(self.max_duration_at)
+            .min()
     }
 
     /// Runs every timer due at `now`.
@@ -366,6 +372,12 @@ impl Call {
         }
         self.clients
             .retain(|e| e.give_up_at.is_none_or(|t| t > now));
+        if self.max_duration_at.is_some_and(|t| t <= now) {
+            self.max_duration_at = None;
+            if self.state == CallState::Established {
+                self.hangup(now, EndCause::MaxDuration);
+            }
+        }
         if self.no_answer_at.is_some_and(|t| t <= now) {
             self.no_answer_at = None;
             if matches!(self.state, CallState::Calling | CallState::Early) {
@@ -460,6 +472,7 @@ impl Call {
     fn finish(&mut self, status: u16, cause: EndCause) {
         self.state = CallState::Ended;
         self.no_answer_at = None;
+        self.max_duration_at = None;
         if !self.ended {
             self.ended = true;
             self.events.push_back(Event::Ended { status, cause });
@@ -482,6 +495,7 @@ impl Call {
     /// Like `finish`, but leaves the state as it is (Ending while a BYE is out).
     fn finish_keep_state(&mut self, status: u16, cause: EndCause) {
         self.no_answer_at = None;
+        self.max_duration_at = None;
         if !self.ended {
             self.ended = true;
             self.events.push_back(Event::Ended { status, cause });
