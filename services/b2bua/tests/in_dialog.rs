@@ -25,6 +25,12 @@ fn reinvite(w: &mut World, from: Leg, offer: &str, answer: &str) -> Message {
     let to = from.other();
     let req = ua(w, from).request("INVITE", &[], Some(("application/sdp", offer)));
     w.send(from, req.clone());
+    let trying = recv(w, from);
+    assert!(
+        is_response(&trying, 100, Method::Invite),
+        "{from:?} got {} (100 Trying stops its retransmissions)",
+        summary(&trying)
+    );
     let relayed = recv(w, to);
     assert!(
         is_request(&relayed, Method::Invite),
@@ -124,6 +130,7 @@ fn reinvite_rejected_by_the_other_side_is_relayed_and_acked_per_leg() {
         Some(("application/sdp", &sdp(40000, "sendonly"))),
     );
     w.a_sends(req.clone());
+    assert!(is_response(&w.recv_a(), 100, Method::Invite));
     let relayed = w.recv_b();
     let r488 = w.b.respond(&relayed, 488, None);
     w.b_sends(r488);
@@ -157,6 +164,7 @@ fn glare_gets_491() {
         Some(("application/sdp", &sdp(50000, "sendonly"))),
     );
     w.b_sends(from_b);
+    assert!(is_response(&w.recv_b(), 100, Method::Invite));
     let to_a = w.recv_a();
     assert!(is_request(&to_a, Method::Invite));
 
@@ -398,6 +406,7 @@ fn late_offer_reinvite_from_the_caller() {
     let mut w = World::established(Setup::default());
     let req = w.a.request("INVITE", &[], None);
     w.a_sends(req);
+    assert!(is_response(&w.recv_a(), 100, Method::Invite));
     let relayed = w.recv_b();
     assert!(body(&relayed).is_empty());
     let offer = sdp(50000, "sendrecv");
@@ -444,4 +453,205 @@ fn stray_requests_into_a_live_call_cost_it_no_state() {
     let bye = w.a.request("BYE", &[], None);
     w.a_sends(bye);
     assert!(is_response(&w.recv_a(), 200, Method::Bye));
+}
+
+/// B rings with a To-tag; A learns the early dialog from the 180. Returns B's INVITE.
+fn early(w: &mut World) -> Message {
+    let inv = w.route_to_b();
+    let r180 = w.b.respond(&inv, 180, None);
+    w.b_sends(r180);
+    let r = w.recv_a();
+    assert_eq!(status(&r), Some(180));
+    w.a.learn_answer(&r);
+    inv
+}
+
+#[test]
+fn update_in_the_early_dialog_is_relayed_both_ways() {
+    let mut w = World::new(Setup::default());
+    let inv = early(&mut w);
+    // From the caller: an early UPDATE (RFC 3311) reaches the callee's early dialog.
+    let up = w.a.request(
+        "UPDATE",
+        &[],
+        Some(("application/sdp", &sdp(40002, "sendrecv"))),
+    );
+    w.a_sends(up);
+    let up_b = w.recv_b();
+    assert!(
+        is_request(&up_b, Method::Update),
+        "B got {}",
+        summary(&up_b)
+    );
+    assert_eq!(call_id(&up_b), call_id(&inv));
+    assert_eq!(to_tag(&up_b), Some(w.b.tag.clone()));
+    assert_eq!(body(&up_b), sdp(40002, "sendrecv"));
+    let ok = w.b.respond(&up_b, 200, Some(&sdp(50002, "sendrecv")));
+    w.b_sends(ok);
+    let ok_a = w.recv_a();
+    assert!(
+        is_response(&ok_a, 200, Method::Update),
+        "A got {}",
+        summary(&ok_a)
+    );
+    assert_eq!(body(&ok_a), sdp(50002, "sendrecv"));
+    // And from the callee, with a new Contact: a target refresh of its early dialog.
+    w.b.contact = format!("<sip:bob-early@{B_ADDR}>");
+    let up = w.b.request("UPDATE", &[], None);
+    w.b_sends(up);
+    let up_a = w.recv_a();
+    assert!(
+        is_request(&up_a, Method::Update),
+        "A got {}",
+        summary(&up_a)
+    );
+    let ok = w.a.respond(&up_a, 200, None);
+    w.a_sends(ok);
+    assert!(is_response(&w.recv_b(), 200, Method::Update));
+    // The call is still ringing, then answered as usual.
+    assert_eq!(w.call.state(), CallState::Early);
+    let ok = w.b.respond(&inv, 200, Some(&sdp(50002, "sendrecv")));
+    w.b_sends(ok);
+    assert!(is_request(&w.recv_b(), Method::Ack));
+    assert!(is_response(&w.recv_a(), 200, Method::Invite));
+    assert_eq!(w.call.state(), CallState::Established);
+}
+
+#[test]
+fn update_contact_is_a_target_refresh() {
+    let mut w = World::established(Setup::default());
+    w.b.contact = format!("<sip:bob-moved@{B_ADDR}>");
+    let up = w.b.request("UPDATE", &[], None);
+    w.b_sends(up);
+    let up_a = w.recv_a();
+    let ok = w.a.respond(&up_a, 200, None);
+    w.a_sends(ok);
+    assert!(is_response(&w.recv_b(), 200, Method::Update));
+    let bye = w.a.request("BYE", &[], None);
+    w.a_sends(bye);
+    w.recv_a();
+    let bye_b = w.recv_b();
+    assert_eq!(request_uri(&bye_b), format!("sip:bob-moved@{B_ADDR}"));
+}
+
+#[test]
+fn cancel_of_a_pending_reinvite_is_relayed() {
+    let mut w = World::established(Setup::default());
+    let re = w.a.request(
+        "INVITE",
+        &[],
+        Some(("application/sdp", &sdp(40002, "sendonly"))),
+    );
+    w.a_sends(re.clone());
+    assert!(is_response(&w.recv_a(), 100, Method::Invite));
+    let re_b = w.recv_b();
+    let ringing = w.b.respond(&re_b, 180, None);
+    w.b_sends(ringing);
+    assert!(is_response(&w.recv_a(), 180, Method::Invite));
+    let cancel = w.a.cancel(&re);
+    w.a_sends(cancel);
+    assert!(is_response(&w.recv_a(), 200, Method::Cancel));
+    let cancel_b = w.recv_b();
+    assert!(
+        is_request(&cancel_b, Method::Cancel),
+        "B got {}",
+        summary(&cancel_b)
+    );
+    assert_eq!(branch(&cancel_b), branch(&re_b));
+    assert_eq!(cseq(&cancel_b).0, cseq(&re_b).0);
+    let ok = w.b.respond(&cancel_b, 200, None);
+    w.b_sends(ok);
+    let r487 = w.b.respond(&re_b, 487, None);
+    w.b_sends(r487);
+    assert!(is_request(&w.recv_b(), Method::Ack));
+    let r = w.recv_a();
+    assert!(
+        is_response(&r, 487, Method::Invite),
+        "A got {}",
+        summary(&r)
+    );
+    let ack = w.a.ack_non2xx(&re, &r);
+    w.a_sends(ack);
+    w.assert_quiet();
+    assert_eq!(w.call.state(), CallState::Established, "the call stays up");
+    // The offer is over: a new re-INVITE goes through.
+    let re = w.b.request(
+        "INVITE",
+        &[],
+        Some(("application/sdp", &sdp(50004, "sendrecv"))),
+    );
+    w.b_sends(re);
+    assert!(is_response(&w.recv_b(), 100, Method::Invite));
+    assert!(is_request(&w.recv_a(), Method::Invite));
+}
+
+#[test]
+fn a_callers_reinvite_from_a_new_address_moves_its_requests_there() {
+    let mut w = World::established(Setup::default());
+    // The phone's NAT binding changed: its re-INVITE comes from a new port.
+    let moved: std::net::SocketAddr = "192.0.2.10:6001".parse().unwrap();
+    let re = w.a.request(
+        "INVITE",
+        &[],
+        Some(("application/sdp", &sdp(40002, "sendrecv"))),
+    );
+    w.call.handle_message(
+        w.now,
+        Leg::A,
+        re,
+        trunkline_sip::Peer::new(trunkline_sip::Transport::Udp, moved),
+    );
+    let sent: Vec<_> = std::iter::from_fn(|| w.call.poll_transmit()).collect();
+    let trying = sent.iter().find(|t| t.leg == Leg::A).expect("100 to A");
+    assert_eq!(trying.peer.addr, moved, "answered where it came from");
+    // The callee hangs up: the BYE goes to the caller's new address.
+    let re_b = sent
+        .iter()
+        .find(|t| t.leg == Leg::B)
+        .map(|t| trunkline_sip::parse_message(t.data.clone()).unwrap())
+        .unwrap();
+    let ok = w.b.respond(&re_b, 200, Some(&sdp(50002, "sendrecv")));
+    w.call.handle_message(w.now, Leg::B, ok, w.b.peer());
+    let bye = w.b.request("BYE", &[], None);
+    w.call.handle_message(w.now, Leg::B, bye, w.b.peer());
+    let sent: Vec<_> = std::iter::from_fn(|| w.call.poll_transmit()).collect();
+    let bye_a = sent
+        .iter()
+        .find(|t| t.leg == Leg::A && t.data.starts_with(b"BYE "))
+        .expect("BYE to A");
+    assert_eq!(bye_a.peer.addr, moved);
+}
+
+#[test]
+fn a_trunk_behind_nat_is_reached_where_it_sends_from() {
+    let mut w = World::new(Setup {
+        fix_nated_contact: true,
+        ..Setup::default()
+    });
+    // The PBX writes its private address into Contact; its packets come from B_ADDR.
+    w.b.contact = "<sip:bob@10.0.0.20:5060>".into();
+    w.establish();
+    let bye = w.a.request("BYE", &[], None);
+    w.a_sends(bye);
+    w.recv_a();
+    let bye_b = w.recv_b();
+    assert!(is_request(&bye_b, Method::Bye));
+    assert_eq!(
+        request_uri(&bye_b),
+        format!("sip:bob@{B_ADDR}"),
+        "nathelper-style: the Contact follows the source"
+    );
+}
+
+#[test]
+fn a_trunk_contact_is_kept_when_nat_fixing_is_off() {
+    let mut w = World::new(Setup::default());
+    w.strict_peers = false;
+    w.b.contact = "<sip:bob@10.0.0.20:5060>".into();
+    w.establish();
+    let bye = w.a.request("BYE", &[], None);
+    w.a_sends(bye);
+    let bye_b = w.log_b.last().expect("BYE to B");
+    assert!(is_request(&bye_b.msg, Method::Bye));
+    assert_eq!(bye_b.peer.addr, "10.0.0.20:5060".parse().unwrap());
 }

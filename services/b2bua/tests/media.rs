@@ -65,6 +65,7 @@ fn reinvite_from_the_callee_is_an_offer_from_b() {
         Some(("application/sdp", &sdp(50002, "sendonly"))),
     );
     w.b_sends(re);
+    assert!(is_response(&w.recv_b(), 100, Method::Invite));
     let re_a = w.recv_a();
     assert!(body(&re_a).contains(&relay_line()));
     assert!(body(&re_a).contains("a=sendonly"), "direction kept");
@@ -134,6 +135,7 @@ fn a_reinvite_the_relay_cannot_anchor_gets_its_status_and_the_call_stays_up() {
         Some(("application/sdp", &sdp(40002, "sendonly"))),
     );
     w.a_sends(re);
+    assert!(is_response(&w.recv_a(), 100, Method::Invite));
     let r = w.recv_a();
     assert!(
         is_response(&r, 488, Method::Invite),

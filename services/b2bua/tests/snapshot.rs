@@ -77,6 +77,7 @@ fn restored_call_relays_callees_bye_with_the_same_a_dialog_and_cseq() {
         Some(("application/sdp", &sdp(50000, "sendonly"))),
     );
     w.b_sends(re);
+    assert!(is_response(&w.recv_b(), 100, Method::Invite));
     let to_a = w.recv_a();
     assert!(
         w.call.snapshot().is_none(),

@@ -243,6 +243,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                             local,
                             request_uri: trunk.request_uri(request_uri.user()),
                             anchor_media: trunk.anchor_media && state.shared.media.is_some(),
+                            fix_nated_contact: trunk.fix_nated_contact,
                         }
                     }
                     None => RouteDecision::Reject {

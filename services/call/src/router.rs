@@ -18,6 +18,9 @@ pub struct Trunk {
     /// The relay interface this trunk's media (the B leg) is anchored on, by name; `None`:
     /// the relay's default. Carriers are often reached on another network than callers.
     pub media_interface: Option<Arc<str>>,
+    /// The trunk is a PBX behind NAT: follow its source address where its Contact is
+    /// private (see `RouteDecision::Trunk::fix_nated_contact`).
+    pub fix_nated_contact: bool,
 }
 
 impl Trunk {
@@ -97,6 +100,7 @@ mod tests {
             transport: Transport::Tcp,
             anchor_media: true,
             media_interface: Some(Arc::from("carrier")),
+            fix_nated_contact: false,
         };
         let r = Router::new(vec![t.clone()], Some("carrier")).unwrap();
         let uri = Uri::parse("sip:+15551234@example.com").unwrap();

@@ -53,6 +53,7 @@ fn router(config: &Config) -> anyhow::Result<Router> {
             },
             anchor_media: t.anchor_media,
             media_interface: t.media_interface.as_deref().map(Arc::from),
+            fix_nated_contact: false,
         });
     }
     Router::new(trunks, config.routing.default_trunk.as_deref()).context("routing")

@@ -160,13 +160,20 @@ impl Call {
     pub(super) fn on_cancel(&mut self, now: Instant, leg: Leg, cancel: Request, source: Peer) {
         let target = TxKey::cancel_target(&cancel);
         let invite = self.servers.iter().find(|e| {
-            e.leg == leg && e.role == ServerRole::Invite && Some(e.tx.key()) == target.as_ref()
+            e.leg == leg
+                && *e.tx.method() == Method::Invite
+                && matches!(e.role, ServerRole::Invite | ServerRole::Relay { .. })
+                && Some(e.tx.key()) == target.as_ref()
         });
         let Some(invite) = invite else {
             self.respond_local(leg, cancel, source, 481);
             return;
         };
         let answered = invite.tx.last_status().is_some_and(|s| s >= 200);
+        let relayed = match invite.role {
+            ServerRole::Relay { client } => Some(client),
+            _ => None,
+        };
         let tx = ServerTransaction::new(
             now,
             &cancel,
@@ -179,7 +186,12 @@ impl Call {
         if answered {
             return;
         }
-        self.caller_gave_up(now);
+        match relayed {
+            // A re-INVITE still pending on the other leg: cancel it there; its 487
+            // (or the 2xx that crossed the CANCEL) comes back through the relay.
+            Some(client) => self.cancel_client(now, client),
+            None => self.caller_gave_up(now),
+        }
     }
 
     /// Stops the B-leg INVITE (see `cancel_client`).

@@ -90,6 +90,7 @@ impl Call {
             call_id,
             tag,
             dialog: None,
+            early: false,
             last_ack: None,
         });
         let id = self.alloc_id();
@@ -108,7 +109,13 @@ impl Call {
         self.no_answer_at = Some(now + self.cfg.no_answer);
     }
 
-    pub(super) fn on_b_invite_response(&mut self, now: Instant, cid: u64, resp: Response) {
+    pub(super) fn on_b_invite_response(
+        &mut self,
+        now: Instant,
+        cid: u64,
+        resp: Response,
+        source: Peer,
+    ) {
         let status = resp.status;
         if status < 200 && self.cancel_if_wanted(now, cid) {
             return;
@@ -120,6 +127,7 @@ impl Call {
             return;
         };
         if status < 200 {
+            self.learn_early_dialog(&b_req, &resp, source);
             if matches!(self.state, CallState::Calling | CallState::Early) {
                 self.state = CallState::Early;
                 self.relay_to_a_invite(now, &resp);
@@ -127,7 +135,7 @@ impl Call {
             return;
         }
         if (200..300).contains(&status) {
-            self.on_b_answer(now, &b_req, resp);
+            self.on_b_answer(now, &b_req, resp, source);
             return;
         }
         // Non-2xx final: the transaction has ACKed it already.
@@ -182,7 +190,35 @@ impl Call {
         self.emit(now, Outgoing::Response { sid, resp: out }, Some(op));
     }
 
-    pub(super) fn on_b_answer(&mut self, now: Instant, b_req: &Request, resp: Response) {
+    /// A provisional with a To-tag makes the callee's early dialog (the latest one when
+    /// several forks ring): what an UPDATE or INFO before the answer travels on.
+    fn learn_early_dialog(&mut self, b_req: &Request, resp: &Response, source: Peer) {
+        let Some(tag) = resp
+            .headers
+            .to_addr()
+            .and_then(|t| t.tag().map(str::to_string))
+        else {
+            return;
+        };
+        let Some(b) = self.b.as_mut() else { return };
+        let known = b.dialog.as_ref().is_some_and(|d| d.remote_tag == tag);
+        if known || (b.dialog.is_some() && !b.early) {
+            return;
+        }
+        if let Ok(d) = Dialog::uac(b_req, resp) {
+            b.dialog = Some(d);
+            b.early = true;
+            self.fix_nated_target(Leg::B, source);
+        }
+    }
+
+    pub(super) fn on_b_answer(
+        &mut self,
+        now: Instant,
+        b_req: &Request,
+        resp: Response,
+        source: Peer,
+    ) {
         let seq = b_req.headers.cseq().map(|c| c.seq).unwrap_or(1);
         let to_tag = resp
             .headers
@@ -191,6 +227,7 @@ impl Call {
         let confirmed_tag = self
             .b
             .as_ref()
+            .filter(|b| !b.early)
             .and_then(|b| b.dialog.as_ref().map(|d| d.remote_tag.clone()));
         match confirmed_tag {
             Some(tag) if tag == to_tag.as_deref().unwrap_or_default() => {
@@ -217,6 +254,7 @@ impl Call {
                 if let Some(d) = lenient_dialog(b_req, &resp) {
                     if let Some(b) = self.b.as_mut() {
                         b.dialog = Some(d);
+                        b.early = false;
                     }
                     self.send_ack(Leg::B, seq, Bytes::new(), None);
                     self.bye_leg(now, Leg::B);
@@ -227,7 +265,9 @@ impl Call {
         };
         if let Some(b) = self.b.as_mut() {
             b.dialog = Some(dialog);
+            b.early = false;
         }
+        self.fix_nated_target(Leg::B, source);
         let caller_gone = self.initial_invite_server().is_none() || self.ended;
         if caller_gone {
             // The caller cancelled while the callee answered: ACK and hang up.

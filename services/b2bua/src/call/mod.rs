@@ -18,6 +18,7 @@ mod invite;
 mod outbox;
 mod requests;
 mod responses;
+mod targets;
 mod transactions;
 
 use outbox::{Held, Outgoing};
@@ -51,6 +52,10 @@ pub enum RouteDecision {
         request_uri: Uri,
         /// Anchor media on the node's relay (SDP bodies go through `Event::Media`).
         anchor_media: bool,
+        /// Where the trunk's Contact is a private address but its messages come from a
+        /// public one (a PBX behind NAT), send in-dialog requests to where they come
+        /// from (as Kamailio's nathelper `fix_nated_contact`).
+        fix_nated_contact: bool,
     },
     /// Answer the caller with this final status.
     Reject { status: u16, cause: EndCause },
@@ -67,6 +72,9 @@ struct LegState {
     /// Our tag on this leg (To-tag toward A, From-tag toward B).
     tag: String,
     dialog: Option<Dialog>,
+    /// `dialog` is the callee's early dialog (from a provisional with a To-tag), not yet
+    /// confirmed by a 2xx: UPDATE and INFO may use it (RFC 3311, RFC 6086).
+    early: bool,
     /// The last ACK we sent on this leg for a 2xx: re-sent when the 2xx is retransmitted.
     last_ack: Option<SentAck>,
 }
@@ -160,6 +168,8 @@ pub struct Call {
     pending_ack: Option<PendingAck>,
     /// SDP bodies go through the media relay (set by the routing decision).
     anchor: bool,
+    /// See `RouteDecision::Trunk::fix_nated_contact`.
+    fix_nated_contact: bool,
     /// Who made the offer of the initial INVITE exchange (None: late offer, the
     /// callee's 2xx carries it).
     initial_offerer: Option<Leg>,
@@ -203,6 +213,7 @@ impl Call {
                 call_id,
                 tag,
                 dialog: None,
+                early: false,
                 last_ack: None,
             },
             b: None,
@@ -217,6 +228,7 @@ impl Call {
             offer_in_progress: false,
             pending_ack: None,
             anchor: false,
+            fix_nated_contact: false,
             initial_offerer: None,
             outbox: VecDeque::new(),
         };
@@ -272,6 +284,7 @@ impl Call {
             offer_in_progress: false,
             pending_ack: None,
             anchor: snap.anchor,
+            fix_nated_contact: false,
             initial_offerer: Some(Leg::A),
             outbox: VecDeque::new(),
         }
@@ -437,8 +450,10 @@ impl Call {
                 local,
                 request_uri,
                 anchor_media,
+                fix_nated_contact,
             } => {
                 self.anchor = anchor_media;
+                self.fix_nated_contact = fix_nated_contact;
                 self.send_b_invite(now, peer, local, request_uri)
             }
         }
@@ -449,7 +464,7 @@ impl Call {
     pub fn handle_message(&mut self, now: Instant, leg: Leg, msg: Message, source: Peer) {
         match msg {
             Message::Request(r) => self.on_request(now, leg, r, source),
-            Message::Response(r) => self.on_response(now, leg, r),
+            Message::Response(r) => self.on_response(now, leg, r, source),
         }
         self.drain(now);
     }
@@ -521,6 +536,7 @@ impl LegSnapshot {
             call_id: self.call_id,
             tag: self.tag,
             dialog: Some(self.dialog),
+            early: false,
             last_ack: None,
         }
     }

@@ -7,7 +7,7 @@ use crate::relay::copy_session_headers;
 use bytes::Bytes;
 use std::time::Instant;
 use trunkline_sip::transaction::{ServerTransaction, TxKey};
-use trunkline_sip::{HeaderName, Method, Peer, Request, Response, Uri};
+use trunkline_sip::{HeaderName, Method, Peer, Request, Response};
 
 /// Requests relayed inside an established dialog.
 pub(super) fn is_relayed_in_dialog(m: &Method) -> bool {
@@ -133,12 +133,17 @@ impl Call {
             self.respond_local(leg, req, source, 481);
             return;
         }
-        if offer && (self.offer_in_progress || self.state != CallState::Established) {
-            self.respond_local(leg, req, source, 491);
+        // Before the answer, UPDATE (RFC 3311) and INFO (RFC 6086) may use the early
+        // dialog once the callee has one; a re-INVITE may not.
+        let early_ok = self.state == CallState::Early
+            && matches!(req.method, Method::Update | Method::Info)
+            && self.b.as_ref().is_some_and(|b| b.dialog.is_some());
+        if self.state != CallState::Established && !early_ok {
+            self.respond_local(leg, req, source, if offer { 491 } else { 481 });
             return;
         }
-        if self.state != CallState::Established {
-            self.respond_local(leg, req, source, 481);
+        if offer && self.offer_in_progress {
+            self.respond_local(leg, req, source, 491);
             return;
         }
         let mf = req.headers.max_forwards().unwrap_or(70);
@@ -147,9 +152,7 @@ impl Call {
             return;
         }
         if offer {
-            if let Some(d) = self.leg_mut(leg).and_then(|l| l.dialog.as_mut()) {
-                d.refresh_target(req.headers.contact());
-            }
+            self.refresh_target(leg, req.headers.contact(), source);
         }
         let other = leg.other();
         let branch = self.ids.branch();
@@ -162,6 +165,7 @@ impl Call {
         let Some(d) = ol.dialog.as_mut() else { return };
         let seq = d.next_seq();
         let mut out = d.request(req.method.clone(), seq, &via, offer.then_some(&contact));
+        let offer_is_invite = req.method == Method::Invite;
         out.headers
             .set(HeaderName::MaxForwards, (mf - 1).to_string());
         copy_session_headers(&req.headers, &mut out.headers);
@@ -177,6 +181,11 @@ impl Call {
             role: ServerRole::Relay { client: cid },
             request: req,
         });
+        if offer_is_invite {
+            // The far side may take a while (a person picks up a re-INVITE's hold
+            // prompt): stop the sender's retransmissions now (RFC 3261 §17.2.1).
+            self.respond_status(now, sid, 100);
+        }
         self.emit(
             now,
             Outgoing::Request {
@@ -190,35 +199,6 @@ impl Call {
         );
         if offer {
             self.offer_in_progress = true;
-        }
-    }
-
-    /// Where in-dialog requests toward `leg` go. Toward the caller we use the address
-    /// its INVITE came from (and that connection): phones behind NAT advertise
-    /// unreachable Contacts. Toward the callee we follow the dialog's next hop when
-    /// it is an IP literal, else the trunk address (no DNS on this path).
-    pub(super) fn request_peer(&self, leg: Leg) -> Peer {
-        let Some(l) = self.leg(leg) else {
-            return self.a.peer;
-        };
-        if leg == Leg::A {
-            return l.peer;
-        }
-        let hop = l.dialog.as_ref().map(|d| d.next_hop());
-        match hop.as_ref().and_then(Uri::as_sip) {
-            Some(u) => match u.host.ip() {
-                Some(ip) => {
-                    let port = u.port.unwrap_or(5060);
-                    let addr = std::net::SocketAddr::new(ip, port);
-                    if addr == l.peer.addr {
-                        l.peer
-                    } else {
-                        Peer::new(l.peer.transport, addr)
-                    }
-                }
-                None => l.peer,
-            },
-            None => l.peer,
         }
     }
 

@@ -7,10 +7,10 @@ use crate::relay::copy_session_headers;
 use bytes::Bytes;
 use std::time::Instant;
 use trunkline_sip::transaction::{ClientState, TxKey};
-use trunkline_sip::{HeaderName, Method, Response};
+use trunkline_sip::{HeaderName, Method, Peer, Response};
 
 impl Call {
-    pub(super) fn on_response(&mut self, now: Instant, leg: Leg, resp: Response) {
+    pub(super) fn on_response(&mut self, now: Instant, leg: Leg, resp: Response, source: Peer) {
         let Some(key) = TxKey::client(&resp) else {
             return;
         };
@@ -30,8 +30,10 @@ impl Call {
             return;
         }
         match role {
-            ClientRole::Invite => self.on_b_invite_response(now, id, resp),
-            ClientRole::Relay { server } => self.on_relay_response(now, leg, id, server, resp),
+            ClientRole::Invite => self.on_b_invite_response(now, id, resp, source),
+            ClientRole::Relay { server } => {
+                self.on_relay_response(now, leg, id, server, resp, source)
+            }
             ClientRole::Bye if resp.status >= 200 => self.bye_done(),
             ClientRole::Cancel | ClientRole::Bye => {}
         }
@@ -56,7 +58,11 @@ impl Call {
         cid: u64,
         sid: u64,
         resp: Response,
+        source: Peer,
     ) {
+        if resp.status < 200 && self.cancel_if_wanted(now, cid) {
+            return;
+        }
         if resp.status == 100 {
             return;
         }
@@ -78,14 +84,16 @@ impl Call {
             if self.resend_ack(leg, seq) {
                 return;
             }
-            if let Some(d) = self.leg_mut(leg).and_then(|l| l.dialog.as_mut()) {
-                d.refresh_target(resp.headers.contact());
-            }
+            self.refresh_target(leg, resp.headers.contact(), source);
             if out_req.body.is_empty() && !resp.body.is_empty() {
                 self.pending_ack = Some(PendingAck { leg, seq });
             } else {
                 self.send_ack(leg, seq, Bytes::new(), None);
             }
+        }
+        if method == Method::Update && resp.is_success() {
+            // A 2xx to UPDATE is a target refresh too (RFC 3311 §5.1).
+            self.refresh_target(leg, resp.headers.contact(), source);
         }
         if resp.status >= 200 && is_offer {
             self.offer_in_progress = false;
