@@ -352,4 +352,29 @@ mod tests {
         assert_eq!(json, serde_json::to_string(&as_vec).unwrap());
         assert_eq!(serde_json::from_str::<Params>(&json).unwrap(), p);
     }
+
+    proptest::proptest! {
+        /// Whatever prefix `parse_uri` accepts prints back byte for byte, so a
+        /// relayed URI keeps its parameters exactly as the peer wrote them.
+        #[test]
+        fn accepted_uri_params_print_back_exactly(
+            s in r#"(;[a-zA-Z0-9%:\[\]-]{0,5}(=[a-zA-Z0-9%:\[\]=-]{0,5})?){0,5}[?" ,<>a-z;=]{0,4}"#
+        ) {
+            if let Some((p, end)) = Params::parse_uri(s.as_bytes()) {
+                proptest::prop_assert_eq!(p.to_string(), &s[..end]);
+            }
+        }
+
+        /// Whatever `parse_header` accepts prints to a list it parses back to the
+        /// same parameters (only the LWS around `;` and `=` is dropped).
+        #[test]
+        fn accepted_header_params_reparse_unchanged(
+            s in r#"([ \t]{0,2};[ \t]{0,2}[a-zA-Z0-9.:\[\]-]{0,5}([ \t]{0,2}=[ \t]{0,2}([a-zA-Z0-9.:-]{0,5}|"[a-z ;,\\"]{0,6}"))?){0,5}[ \t]{0,2}"#
+        ) {
+            if let Some(p) = Params::parse_header(s.as_bytes()) {
+                let again = Params::parse_header(p.to_string().as_bytes());
+                proptest::prop_assert_eq!(again, Some(p));
+            }
+        }
+    }
 }
