@@ -36,7 +36,7 @@ pub enum DialogError {
 }
 
 fn strip_tag(mut n: NameAddr) -> NameAddr {
-    n.params.retain(|p| !p.name.eq_ignore_ascii_case("tag"));
+    n.params.remove("tag");
     n
 }
 

@@ -1,6 +1,7 @@
 //! name-addr / addr-spec headers: From, To, Contact, Route, Record-Route (RFC 3261 §20).
 
-use crate::scan::{self, Param};
+use crate::params::Params;
+use crate::scan;
 use crate::uri::Uri;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -11,7 +12,7 @@ pub struct NameAddr {
     /// Display name exactly as written (quoted form keeps its quotes).
     pub display: Option<String>,
     pub uri: Uri,
-    pub params: Vec<Param>,
+    pub params: Params,
 }
 
 impl NameAddr {
@@ -20,7 +21,7 @@ impl NameAddr {
         NameAddr {
             display: None,
             uri,
-            params: Vec::new(),
+            params: Params::new(),
         }
     }
 
@@ -75,10 +76,7 @@ impl NameAddr {
             uri_text = std::str::from_utf8(&v[us..i]).ok()?;
         }
         let uri = Uri::parse(uri_text).ok()?;
-        let (params, end) = scan::parse_params(v, i, &[])?;
-        if end != v.len() {
-            return None;
-        }
+        let params = Params::parse_header(&v[i..])?;
         Some(NameAddr {
             display,
             uri,
@@ -87,7 +85,7 @@ impl NameAddr {
     }
 
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        scan::find_param(&self.params, name)
+        self.params.get(name)
     }
 
     /// The dialog tag (From/To).
@@ -97,15 +95,7 @@ impl NameAddr {
 
     /// Sets or replaces a header parameter.
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        if let Some(p) = self
-            .params
-            .iter_mut()
-            .find(|p| p.name.eq_ignore_ascii_case(name))
-        {
-            p.value = value;
-        } else {
-            self.params.push(Param::new(name, value));
-        }
+        self.params.set(name, value);
     }
 }
 
@@ -115,9 +105,7 @@ impl fmt::Display for NameAddr {
             write!(f, "{d} ")?;
         }
         write!(f, "<{}>", self.uri)?;
-        let mut s = String::new();
-        scan::write_params(&mut s, &self.params);
-        f.write_str(&s)
+        write!(f, "{}", self.params)
     }
 }
 

@@ -1,6 +1,6 @@
 //! SIP and other URIs (RFC 3261 §19.1, §25.1).
 
-use crate::scan::{self, Param};
+use crate::params::Params;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -84,7 +84,7 @@ pub struct SipUri {
     pub password: Option<String>,
     pub host: Host,
     pub port: Option<u16>,
-    pub params: Vec<Param>,
+    pub params: Params,
     /// Everything after `?`, as received.
     pub headers: Option<String>,
 }
@@ -98,32 +98,24 @@ impl SipUri {
             password: None,
             host,
             port,
-            params: Vec::new(),
+            params: Params::new(),
             headers: None,
         }
     }
 
     /// Looks up a URI parameter by case-insensitive name.
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        scan::find_param(&self.params, name)
+        self.params.get(name)
     }
 
     /// Sets or replaces a parameter.
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        if let Some(p) = self
-            .params
-            .iter_mut()
-            .find(|p| p.name.eq_ignore_ascii_case(name))
-        {
-            p.value = value;
-        } else {
-            self.params.push(Param::new(name, value));
-        }
+        self.params.set(name, value);
     }
 
     /// Loose routing flag (RFC 3261 §16.12.1.1).
     pub fn is_lr(&self) -> bool {
-        self.param("lr").is_some()
+        self.params.contains("lr")
     }
 }
 
@@ -250,7 +242,8 @@ fn parse_sip(scheme: SipScheme, s: &str) -> Result<SipUri, &'static str> {
         }
         port = Some(hostpart[ps..i].parse::<u16>().map_err(|_| "bad port")?);
     }
-    let (params, j) = parse_uri_params(b, i).ok_or("bad uri parameter")?;
+    let (params, used) = Params::parse_uri(&b[i..]).ok_or("bad uri parameter")?;
+    let j = i + used;
     let headers = if j < b.len() {
         if b[j] != b'?' {
             return Err("junk after host");
@@ -270,55 +263,6 @@ fn parse_sip(scheme: SipScheme, s: &str) -> Result<SipUri, &'static str> {
     })
 }
 
-/// URI parameters allow more characters than header parameters (RFC 3261 paramchar).
-fn parse_uri_params(b: &[u8], mut i: usize) -> Option<(Vec<Param>, usize)> {
-    let mut params = Vec::new();
-    let is_pchar = |c: u8| {
-        c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'_'
-                    | b'.'
-                    | b'!'
-                    | b'~'
-                    | b'*'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'%'
-                    | b'['
-                    | b']'
-                    | b'/'
-                    | b':'
-                    | b'&'
-                    | b'+'
-                    | b'$'
-            )
-    };
-    while i < b.len() && b[i] == b';' {
-        i += 1;
-        let ns = i;
-        while i < b.len() && is_pchar(b[i]) {
-            i += 1;
-        }
-        if i == ns {
-            return None;
-        }
-        let name = String::from_utf8_lossy(&b[ns..i]).into_owned();
-        let mut value = None;
-        if i < b.len() && b[i] == b'=' {
-            i += 1;
-            let vs = i;
-            while i < b.len() && is_pchar(b[i]) {
-                i += 1;
-            }
-            value = Some(String::from_utf8_lossy(&b[vs..i]).into_owned());
-        }
-        params.push(Param { name, value });
-    }
-    Some((params, i))
-}
-
 impl fmt::Display for SipUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.scheme {
@@ -336,9 +280,7 @@ impl fmt::Display for SipUri {
         if let Some(p) = self.port {
             write!(f, ":{p}")?;
         }
-        let mut s = String::new();
-        scan::write_params(&mut s, &self.params);
-        f.write_str(&s)?;
+        write!(f, "{}", self.params)?;
         if let Some(h) = &self.headers {
             write!(f, "?{h}")?;
         }

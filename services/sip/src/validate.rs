@@ -15,6 +15,7 @@ use crate::name_addr::NameAddr;
 use crate::scan;
 use crate::uri::{Host, Uri};
 use bytes::Bytes;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use thiserror::Error;
 
@@ -290,6 +291,9 @@ fn check_extensions(req: &Request, policy: &Policy) -> Result<(), Rejection> {
         return Ok(());
     }
     let mut unknown: Vec<String> = Vec::new();
+    // Lower-cased tags already listed. A set, not a scan of `unknown`: a 16 KB
+    // Require of distinct short tags made that scan quadratic (~12 ms a request).
+    let mut listed: HashSet<String> = HashSet::new();
     let lines = req
         .headers
         .get_all(HeaderName::Require)
@@ -305,7 +309,7 @@ fn check_extensions(req: &Request, policy: &Policy) -> Result<(), Rejection> {
                 .supported_extensions
                 .iter()
                 .any(|k| k.eq_ignore_ascii_case(&tag));
-            if !known && !unknown.iter().any(|u| u.eq_ignore_ascii_case(&tag)) {
+            if !known && listed.insert(tag.to_ascii_lowercase()) {
                 unknown.push(tag);
             }
         }

@@ -1,6 +1,7 @@
 //! The Via header (RFC 3261 §20.42, RFC 3581 rport).
 
-use crate::scan::{self, Param};
+use crate::params::{Param, Params};
+use crate::scan;
 use crate::uri::Host;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -18,7 +19,7 @@ pub struct Via {
     pub transport: String,
     pub host: Host,
     pub port: Option<u16>,
-    pub params: Vec<Param>,
+    pub params: Params,
 }
 
 impl Via {
@@ -74,10 +75,7 @@ impl Via {
             port = std::str::from_utf8(&v[ps..i]).ok()?.parse().ok();
             port?;
         }
-        let (params, end) = scan::parse_params(v, i, &[])?;
-        if end != v.len() {
-            return None;
-        }
+        let params = Params::parse_header(&v[i..])?;
         Some(Via {
             protocol: format!("{}/{}", parts[0], parts[1]),
             transport: parts[2].to_string(),
@@ -94,15 +92,15 @@ impl Via {
             transport: transport.to_string(),
             host,
             port,
-            params: vec![
+            params: Params::from(vec![
                 Param::new("branch", Some(branch)),
                 Param::new("rport", None),
-            ],
+            ]),
         }
     }
 
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        scan::find_param(&self.params, name)
+        self.params.get(name)
     }
 
     /// The branch parameter, the transaction id for RFC 3261 peers.
@@ -119,15 +117,7 @@ impl Via {
 
     /// Sets or replaces a parameter.
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        if let Some(p) = self
-            .params
-            .iter_mut()
-            .find(|p| p.name.eq_ignore_ascii_case(name))
-        {
-            p.value = value;
-        } else {
-            self.params.push(Param::new(name, value));
-        }
+        self.params.set(name, value);
     }
 
     /// Applies RFC 3261 §18.2.1 and RFC 3581 §4 for a request received from `source`:
@@ -136,7 +126,7 @@ impl Via {
     /// `force_rport` answers to the source port even if the client did not ask,
     /// which is what keeps clients behind NAT reachable.
     pub fn stamp_received(&mut self, source: SocketAddr, force_rport: bool) {
-        let asked_rport = self.param("rport").is_some();
+        let asked_rport = self.params.contains("rport");
         if asked_rport || force_rport {
             self.set_param("rport", Some(source.port().to_string()));
         }
@@ -166,9 +156,7 @@ impl fmt::Display for Via {
         if let Some(p) = self.port {
             write!(f, ":{p}")?;
         }
-        let mut s = String::new();
-        scan::write_params(&mut s, &self.params);
-        f.write_str(&s)
+        write!(f, "{}", self.params)
     }
 }
 

@@ -1,12 +1,12 @@
 //! Client transactions: RFC 3261 §17.1.1 (INVITE, Fig. 5, with the RFC 6026
 //! Accepted state and Timer M) and §17.1.2 (non-INVITE, Fig. 6).
 
-use super::{after, due, earliest, ClientState, Timers, Transmit, TxEvent, TxKey};
+use super::outbox::{Due, Outbox};
+use super::{ClientState, Timers, Transmit, TxEvent, TxKey};
 use crate::header::{Header, HeaderName};
 use crate::message::{Request, Response};
 use crate::method::Method;
 use bytes::Bytes;
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// One outgoing request and the responses to it.
@@ -23,16 +23,9 @@ pub struct ClientTransaction {
     reliable: bool,
     timers: Timers,
     state: ClientState,
-    /// Timer A (INVITE) or E (non-INVITE); unreliable transports only.
-    retransmit_at: Option<Instant>,
-    /// The interval Timer A/E was last armed with.
-    interval: Duration,
-    /// Timer B (INVITE) or F (non-INVITE).
-    timeout_at: Option<Instant>,
-    /// Timer D, K or M: how long the transaction lingers to absorb retransmissions.
-    linger_at: Option<Instant>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<TxEvent>,
+    /// Retransmit is Timer A (INVITE) or E (non-INVITE), unreliable transports
+    /// only; timeout is B or F; linger is D, K or M.
+    out: Outbox,
 }
 
 impl ClientTransaction {
@@ -45,11 +38,12 @@ impl ClientTransaction {
         let key = TxKey::client_for_request(&request).unwrap_or_else(|| TxKey::degraded(&request));
         let invite = request.method == Method::Invite;
         let encoded = request.encode();
-        let mut transmits = VecDeque::with_capacity(1);
-        transmits.push_back(Transmit {
-            data: encoded.clone(),
-            retransmission: false,
-        });
+        let mut out = Outbox::default();
+        out.send(encoded.clone());
+        if !reliable {
+            out.arm_retransmit(now, timers.t1);
+        }
+        out.arm_timeout(now, timers.t1x64());
         ClientTransaction {
             key,
             request,
@@ -63,16 +57,7 @@ impl ClientTransaction {
             } else {
                 ClientState::Trying
             },
-            retransmit_at: if reliable {
-                None
-            } else {
-                after(now, timers.t1)
-            },
-            interval: timers.t1,
-            timeout_at: after(now, timers.t1x64()),
-            linger_at: None,
-            transmits,
-            events: VecDeque::new(),
+            out,
         }
     }
 
@@ -102,28 +87,16 @@ impl ClientTransaction {
                     if status < 200 {
                         // Provisional: stop retransmitting; Timer B only runs in Calling.
                         self.state = ClientState::Proceeding;
-                        self.retransmit_at = None;
-                        self.timeout_at = None;
+                        self.out.stop_retransmit_and_timeout();
                     } else if status < 300 {
                         self.state = ClientState::Accepted;
-                        self.retransmit_at = None;
-                        self.timeout_at = None;
-                        self.linger_at = after(now, self.timers.t1x64());
+                        self.out.stop_retransmit_and_timeout();
+                        self.out.arm_linger(now, self.timers.t1x64());
                     } else {
                         let ack = self.build_ack(resp).encode();
-                        self.transmits.push_back(Transmit {
-                            data: ack.clone(),
-                            retransmission: false,
-                        });
+                        self.out.send(ack.clone());
                         self.ack = Some(ack);
-                        self.state = ClientState::Completed;
-                        self.retransmit_at = None;
-                        self.timeout_at = None;
-                        if self.reliable {
-                            self.terminate();
-                        } else {
-                            self.linger_at = after(now, self.timers.timer_d());
-                        }
+                        self.complete(now, self.timers.timer_d());
                     }
                     true
                 }
@@ -133,10 +106,7 @@ impl ClientTransaction {
                 ClientState::Completed => {
                     if status >= 300 {
                         if let Some(ack) = &self.ack {
-                            self.transmits.push_back(Transmit {
-                                data: ack.clone(),
-                                retransmission: true,
-                            });
+                            self.out.resend(ack.clone());
                         }
                     }
                     false
@@ -150,14 +120,7 @@ impl ClientTransaction {
                         // Timer E keeps running; it switches to T2 when it next fires.
                         self.state = ClientState::Proceeding;
                     } else {
-                        self.state = ClientState::Completed;
-                        self.retransmit_at = None;
-                        self.timeout_at = None;
-                        if self.reliable {
-                            self.terminate();
-                        } else {
-                            self.linger_at = after(now, self.timers.t4);
-                        }
+                        self.complete(now, self.timers.t4);
                     }
                     true
                 }
@@ -170,30 +133,31 @@ impl ClientTransaction {
     /// it early or twice is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         while self.state != ClientState::Terminated {
-            if due(self.timeout_at, now) {
-                // B or F: no final response in time.
-                let timer = if self.invite { 'B' } else { 'F' };
-                self.events.push_back(TxEvent::Timeout { timer });
-                self.terminate();
-            } else if due(self.linger_at, now) {
-                // D, K or M: nothing more to absorb.
-                self.terminate();
-            } else if due(self.retransmit_at, now) {
-                self.transmits.push_back(Transmit {
-                    data: self.encoded.clone(),
-                    retransmission: true,
-                });
-                self.interval = if self.invite {
-                    // Timer A doubles without a cap (§17.1.1.2); B ends it.
-                    self.interval.saturating_mul(2)
-                } else if self.state == ClientState::Proceeding {
-                    self.timers.t2
-                } else {
-                    self.timers.backoff(self.interval)
-                };
-                self.retransmit_at = after(now, self.interval);
-            } else {
+            let Some(fired) = self.out.due(now) else {
                 break;
+            };
+            match fired {
+                Due::Timeout => {
+                    // B or F: no final response in time.
+                    let timer = if self.invite { 'B' } else { 'F' };
+                    self.out.event(TxEvent::Timeout { timer });
+                    self.terminate();
+                }
+                // D, K or M: nothing more to absorb.
+                Due::Linger => self.terminate(),
+                Due::Retransmit => {
+                    self.out.resend(self.encoded.clone());
+                    let interval = self.out.interval();
+                    let next = if self.invite {
+                        // Timer A doubles without a cap (§17.1.1.2); B ends it.
+                        interval.saturating_mul(2)
+                    } else if self.state == ClientState::Proceeding {
+                        self.timers.t2
+                    } else {
+                        self.timers.backoff(interval)
+                    };
+                    self.out.arm_retransmit(now, next);
+                }
             }
         }
     }
@@ -204,7 +168,7 @@ impl ClientTransaction {
     pub fn handle_transport_error(&mut self, _now: Instant) {
         match self.state {
             ClientState::Calling | ClientState::Trying | ClientState::Proceeding => {
-                self.events.push_back(TxEvent::TransportError);
+                self.out.event(TxEvent::TransportError);
                 self.terminate();
             }
             ClientState::Completed => self.terminate(),
@@ -214,17 +178,17 @@ impl ClientTransaction {
 
     /// The next message to send, oldest first.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.out.poll_transmit()
     }
 
     /// When `handle_timeout` must next be called; `None` once nothing is pending.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(&[self.retransmit_at, self.timeout_at, self.linger_at])
+        self.out.poll_timeout()
     }
 
     /// The next event for the TU, oldest first.
     pub fn poll_event(&mut self) -> Option<TxEvent> {
-        self.events.pop_front()
+        self.out.poll_event()
     }
 
     /// The current state (for the TU's decisions and for logs).
@@ -238,12 +202,21 @@ impl ClientTransaction {
         self.state == ClientState::Terminated
     }
 
+    /// A final response arrived: absorb retransmissions of it for `linger`
+    /// (Timer D or K), which is zero on reliable transports.
+    fn complete(&mut self, now: Instant, linger: Duration) {
+        self.state = ClientState::Completed;
+        self.out.stop_retransmit_and_timeout();
+        if self.reliable {
+            self.terminate();
+        } else {
+            self.out.arm_linger(now, linger);
+        }
+    }
+
     fn terminate(&mut self) {
         self.state = ClientState::Terminated;
-        self.retransmit_at = None;
-        self.timeout_at = None;
-        self.linger_at = None;
-        self.events.push_back(TxEvent::Terminated);
+        self.out.terminate();
     }
 
     /// §17.1.1.3: the ACK for a non-2xx final belongs to the INVITE transaction

@@ -18,6 +18,7 @@
 
 mod client;
 mod key;
+mod outbox;
 mod server;
 
 #[cfg(test)]
@@ -31,7 +32,7 @@ pub use server::ServerTransaction;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The RFC 3261 timer base values. Everything else derives from them (Table 4):
 /// A/E/G start at T1 and cap at T2 (A never caps), B/F/H/J/L/M are 64*T1, D is
@@ -133,20 +134,4 @@ pub enum TxEvent {
     TransportError,
     /// The transaction reached Terminated; the TU removes it from its table.
     Terminated,
-}
-
-/// A deadline `d` after `now`; `None` (never) if it does not fit in an `Instant`,
-/// which only absurd configured timer values can cause.
-pub(crate) fn after(now: Instant, d: Duration) -> Option<Instant> {
-    now.checked_add(d)
-}
-
-/// The earliest of several optional deadlines.
-pub(crate) fn earliest(deadlines: &[Option<Instant>]) -> Option<Instant> {
-    deadlines.iter().flatten().min().copied()
-}
-
-/// True when the deadline is set and not after `now`.
-pub(crate) fn due(deadline: Option<Instant>, now: Instant) -> bool {
-    deadline.is_some_and(|d| d <= now)
 }

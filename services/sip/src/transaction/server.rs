@@ -4,12 +4,12 @@
 //! In Accepted the transaction also does the UAS core's 2xx retransmission
 //! (§13.3.1.4), so the TU has one object to drive per INVITE.
 
-use super::{after, due, earliest, ServerState, Timers, Transmit, TxEvent, TxKey};
+use super::outbox::{Due, Outbox};
+use super::{ServerState, Timers, Transmit, TxEvent, TxKey};
 use crate::message::{Request, Response};
 use crate::method::Method;
 use bytes::Bytes;
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// One received request and the responses the TU sends to it. Holds only the
 /// key, the method and the encoded last response: no parsed copies.
@@ -27,16 +27,10 @@ pub struct ServerTransaction {
     last_status: Option<u16>,
     /// Accepted only: the ACK for our 2xx has arrived.
     acked: bool,
-    /// Timer G (non-2xx final) or the §13.3.1.4 2xx retransmission timer.
-    retransmit_at: Option<Instant>,
-    /// The interval the retransmission timer was last armed with.
-    interval: Duration,
-    /// Timer H: no ACK for our non-2xx final.
-    timeout_at: Option<Instant>,
-    /// Timer I, J or L: how long the transaction lingers to absorb retransmissions.
-    linger_at: Option<Instant>,
-    transmits: VecDeque<Transmit>,
-    events: VecDeque<TxEvent>,
+    /// Retransmit is Timer G (non-2xx final) or the §13.3.1.4 2xx
+    /// retransmission; timeout is H (no ACK for our non-2xx final); linger is
+    /// I, J or L.
+    out: Outbox,
 }
 
 impl ServerTransaction {
@@ -60,12 +54,7 @@ impl ServerTransaction {
             last_response: None,
             last_status: None,
             acked: false,
-            retransmit_at: None,
-            interval: timers.t1,
-            timeout_at: None,
-            linger_at: None,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            out: Outbox::default(),
         }
     }
 
@@ -94,19 +83,18 @@ impl ServerTransaction {
                 ServerState::Proceeding if !is_ack => self.resend_last(),
                 ServerState::Completed if is_ack => {
                     self.state = ServerState::Confirmed;
-                    self.retransmit_at = None;
-                    self.timeout_at = None;
+                    self.out.stop_retransmit_and_timeout();
                     if self.reliable {
                         self.terminate();
                     } else {
-                        self.linger_at = after(now, self.timers.t4);
+                        self.out.arm_linger(now, self.timers.t4);
                     }
                 }
                 ServerState::Completed => self.resend_last(),
                 ServerState::Accepted if is_ack => {
                     let first = !self.acked;
                     self.acked = true;
-                    self.retransmit_at = None;
+                    self.out.stop_retransmit();
                     return first;
                 }
                 _ => {}
@@ -138,13 +126,12 @@ impl ServerTransaction {
                     self.send(resp);
                     if (200..300).contains(&status) {
                         self.state = ServerState::Accepted;
-                        self.linger_at = after(now, self.timers.t1x64());
+                        self.out.arm_linger(now, self.timers.t1x64());
                         // §13.3.1.4 applies on every transport (unlike Timer G).
-                        self.interval = self.timers.t1;
-                        self.retransmit_at = after(now, self.interval);
+                        self.out.arm_retransmit(now, self.timers.t1);
                     } else if status >= 300 {
                         self.state = ServerState::Completed;
-                        self.timeout_at = after(now, self.timers.t1x64());
+                        self.out.arm_timeout(now, self.timers.t1x64());
                         self.arm_retransmit(now);
                     }
                 }
@@ -162,7 +149,7 @@ impl ServerTransaction {
                         if self.reliable {
                             self.terminate();
                         } else {
-                            self.linger_at = after(now, self.timers.t1x64());
+                            self.out.arm_linger(now, self.timers.t1x64());
                         }
                     }
                 }
@@ -175,23 +162,28 @@ impl ServerTransaction {
     /// it early or twice is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         while self.state != ServerState::Terminated {
-            if due(self.timeout_at, now) {
-                // H: the ACK for our non-2xx never came.
-                self.events.push_back(TxEvent::Timeout { timer: 'H' });
-                self.terminate();
-            } else if due(self.linger_at, now) {
-                // I, J or L. L without an ACK means the 2xx was never acknowledged.
-                if self.state == ServerState::Accepted && !self.acked {
-                    self.events.push_back(TxEvent::NoAck);
-                }
-                self.terminate();
-            } else if due(self.retransmit_at, now) {
-                // G, or the §13.3.1.4 2xx retransmission.
-                self.resend_last();
-                self.interval = self.timers.backoff(self.interval);
-                self.retransmit_at = after(now, self.interval);
-            } else {
+            let Some(fired) = self.out.due(now) else {
                 break;
+            };
+            match fired {
+                Due::Timeout => {
+                    // H: the ACK for our non-2xx never came.
+                    self.out.event(TxEvent::Timeout { timer: 'H' });
+                    self.terminate();
+                }
+                Due::Linger => {
+                    // I, J or L. L without an ACK means the 2xx was never acknowledged.
+                    if self.state == ServerState::Accepted && !self.acked {
+                        self.out.event(TxEvent::NoAck);
+                    }
+                    self.terminate();
+                }
+                Due::Retransmit => {
+                    // G, or the §13.3.1.4 2xx retransmission.
+                    self.resend_last();
+                    let next = self.timers.backoff(self.out.interval());
+                    self.out.arm_retransmit(now, next);
+                }
             }
         }
     }
@@ -205,7 +197,7 @@ impl ServerTransaction {
             | ServerState::Proceeding
             | ServerState::Completed
             | ServerState::Confirmed => {
-                self.events.push_back(TxEvent::TransportError);
+                self.out.event(TxEvent::TransportError);
                 self.terminate();
             }
             ServerState::Accepted | ServerState::Terminated => {}
@@ -214,18 +206,18 @@ impl ServerTransaction {
 
     /// The next message to send, oldest first.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        self.out.poll_transmit()
     }
 
     /// When `handle_timeout` must next be called; `None` once nothing is pending
     /// (or while waiting for the TU's response).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        earliest(&[self.retransmit_at, self.timeout_at, self.linger_at])
+        self.out.poll_timeout()
     }
 
     /// The next event for the TU, oldest first.
     pub fn poll_event(&mut self) -> Option<TxEvent> {
-        self.events.pop_front()
+        self.out.poll_event()
     }
 
     /// The current state (for the TU's decisions and for logs).
@@ -246,36 +238,26 @@ impl ServerTransaction {
 
     fn send(&mut self, resp: &Response) {
         let data = resp.encode();
-        self.transmits.push_back(Transmit {
-            data: data.clone(),
-            retransmission: false,
-        });
+        self.out.send(data.clone());
         self.last_response = Some(data);
         self.last_status = Some(resp.status);
     }
 
     fn resend_last(&mut self) {
         if let Some(data) = &self.last_response {
-            self.transmits.push_back(Transmit {
-                data: data.clone(),
-                retransmission: true,
-            });
+            self.out.resend(data.clone());
         }
     }
 
-    /// Starts Timer G / the 2xx retransmission at T1, on unreliable transports.
+    /// Starts Timer G at T1, on unreliable transports only.
     fn arm_retransmit(&mut self, now: Instant) {
         if !self.reliable {
-            self.interval = self.timers.t1;
-            self.retransmit_at = after(now, self.interval);
+            self.out.arm_retransmit(now, self.timers.t1);
         }
     }
 
     fn terminate(&mut self) {
         self.state = ServerState::Terminated;
-        self.retransmit_at = None;
-        self.timeout_at = None;
-        self.linger_at = None;
-        self.events.push_back(TxEvent::Terminated);
+        self.out.terminate();
     }
 }
