@@ -2,64 +2,37 @@
 //!
 //! The actor turns each message or timer tick into a `handle_*` call and then pumps
 //! the call's outputs: routing requests are answered from the router, messages go
-//! straight to the transports, events update metrics and the dispatcher's map, and
+//! straight to the transports, events update metrics and the dispatch index, and
 //! the next wake-up is scheduled. No other task ever touches the call's state.
 
-use crate::dispatcher::Shared;
 use crate::media::{LegInterfaces, MediaMsg};
+use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::Direction;
+use crate::registry::{CallHandle, DialogKey};
+use crate::shared::{send_token, Shared};
+use crate::trust::Origin;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinHandle;
-use trunkline_b2bua::{Call, EndCause, Event, Leg, Local, RouteDecision};
-use trunkline_sip::{Message, Peer, Request};
-
-/// What a call actor receives.
-// Nearly every message is `Sip`; boxing it would add an allocation per packet to spare
-// a few bytes on the rare ticks.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum CallMsg {
-    /// A parsed SIP message for this call.
-    Sip {
-        leg: Leg,
-        msg: Message,
-        source: Peer,
-    },
-    /// A timer set by the actor itself; stale generations are ignored.
-    Tick { generation: u64 },
-    /// Sending toward a leg failed at the transport.
-    SendFailed { leg: Leg },
-    /// The media actor's answer to a rewrite request.
-    MediaDone {
-        id: u64,
-        result: Result<bytes::Bytes, trunkline_b2bua::MediaFailure>,
-    },
-    /// No media flowed for the relay's inactivity timeout.
-    MediaTimeout,
-}
-
-/// Start-up arguments: the INVITE that creates the call.
-pub struct CallArgs {
-    pub shared: Arc<Shared>,
-    pub invite: Request,
-    pub source: Peer,
-    pub local: Local,
-    pub seed: u64,
-    /// The map key of the A-leg Call-ID, to unregister on exit.
-    pub a_key: bytes::Bytes,
-}
+use trunkline_b2bua::{Call, EndCause, Event, Leg, RouteDecision};
 
 /// The actor's state: the call and what the actor needs to drive it.
 pub struct CallActorState {
     call: Call,
     shared: Arc<Shared>,
     span: tracing::Span,
-    a_key: bytes::Bytes,
-    b_key: Option<bytes::Bytes>,
+    serial: u64,
+    origin: Origin,
+    queued: Arc<AtomicUsize>,
+    /// Index entries this call registered, removed when it stops.
+    invite_key: DialogKey,
+    a_key: DialogKey,
+    b_key: Option<DialogKey>,
     timer: Option<(Instant, JoinHandle<()>)>,
     generation: u64,
+    /// The call has ended and given its live-call slot back.
     counted_end: bool,
     /// Where the caller's INVITE came from (media NAT handling).
     caller_source: std::net::SocketAddr,
@@ -68,7 +41,7 @@ pub struct CallActorState {
     media_interfaces: LegInterfaces,
     /// The call has a relay session to free when it ends.
     media_used: bool,
-    media_key: std::sync::Arc<str>,
+    media_key: Arc<str>,
 }
 
 /// The call actor (stateless handler; all state is in [`CallActorState`]).
@@ -79,56 +52,90 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+impl CallActor {
+    fn handle_msg(myself: &ActorRef<CallMsg>, msg: CallMsg, state: &mut CallActorState) {
+        let t = now();
+        match msg {
+            CallMsg::Sip { leg, msg, source } => {
+                state.queued.fetch_sub(1, Ordering::AcqRel);
+                state.call.handle_message(t, leg, msg, source)
+            }
+            CallMsg::Tick { generation } => {
+                if generation != state.generation {
+                    return;
+                }
+                state.timer = None;
+                state.call.handle_timeout(t);
+            }
+            CallMsg::SendFailed { leg } => state.call.handle_transport_error(t, leg),
+            CallMsg::MediaDone { id, result } => state.call.handle_media(t, id, result),
+            CallMsg::MediaTimeout => state.call.hangup(t, EndCause::MediaTimeout),
+        }
+        pump(myself, state);
+    }
+}
+
 impl Actor for CallActor {
     type Msg = CallMsg;
     type State = CallActorState;
-    type Arguments = CallArgs;
+    type Arguments = (Arc<Shared>, CallArgs);
 
     async fn pre_start(
         &self,
         myself: ActorRef<CallMsg>,
-        args: CallArgs,
+        (shared, args): (Arc<Shared>, CallArgs),
     ) -> Result<CallActorState, ActorProcessingErr> {
+        let a_call_id = args.invite_key.call_id.clone();
         let span = tracing::debug_span!(
             "call",
-            a_call_id = %String::from_utf8_lossy(&args.a_key),
+            a_call_id = %String::from_utf8_lossy(&a_call_id),
             b_call_id = tracing::field::Empty
         );
         let call = {
             let _e = span.enter();
-            tracing::debug!(peer = %args.source, uri = %args.invite.uri, "new call");
+            tracing::debug!(peer = %args.source, uri = %args.invite.uri, origin = ?args.origin, "new call");
             Call::new(
                 now(),
-                args.shared.call_config.clone(),
+                shared.cfg.call.clone(),
                 args.seed,
                 args.invite,
                 args.source,
                 args.local,
             )
         };
-        let caller_source = args.source.addr;
-        args.shared.metrics.call_started();
-        args.shared
-            .live_calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let a_key_for_media = args.a_key.clone();
+        // Registered before the call's first message leaves, so the caller's requests in
+        // the dialog find it.
+        let a_key = DialogKey::new(&a_call_id, call.a_tag().as_bytes());
+        let handle = CallHandle {
+            actor: myself.clone(),
+            queued: args.queued.clone(),
+            serial: args.serial,
+        };
+        shared
+            .registry
+            .register_dialog(a_key.clone(), handle, Leg::A);
+        shared.metrics.call_started();
         let media_interfaces = LegInterfaces {
-            a: args.shared.access_interface.clone(),
+            a: shared.cfg.access_interface.clone(),
             b: None,
         };
         let mut state = CallActorState {
             call,
-            shared: args.shared,
             span,
-            a_key: args.a_key,
+            serial: args.serial,
+            origin: args.origin,
+            queued: args.queued,
+            invite_key: args.invite_key,
+            a_key,
             b_key: None,
             timer: None,
             generation: 0,
             counted_end: false,
-            caller_source,
+            caller_source: args.source.addr,
             media_interfaces,
             media_used: false,
-            media_key: std::sync::Arc::from(String::from_utf8_lossy(&a_key_for_media).as_ref()),
+            media_key: Arc::from(String::from_utf8_lossy(&a_call_id).as_ref()),
+            shared,
         };
         pump(&myself, &mut state);
         Ok(state)
@@ -140,21 +147,7 @@ impl Actor for CallActor {
         msg: CallMsg,
         state: &mut CallActorState,
     ) -> Result<(), ActorProcessingErr> {
-        let t = now();
-        match msg {
-            CallMsg::Sip { leg, msg, source } => state.call.handle_message(t, leg, msg, source),
-            CallMsg::Tick { generation } => {
-                if generation != state.generation {
-                    return Ok(());
-                }
-                state.timer = None;
-                state.call.handle_timeout(t);
-            }
-            CallMsg::SendFailed { leg } => state.call.handle_transport_error(t, leg),
-            CallMsg::MediaDone { id, result } => state.call.handle_media(t, id, result),
-            CallMsg::MediaTimeout => state.call.hangup(t, EndCause::MediaTimeout),
-        }
-        pump(&myself, state);
+        Self::handle_msg(&myself, msg, state);
         Ok(())
     }
 
@@ -167,17 +160,18 @@ impl Actor for CallActor {
             h.abort();
         }
         release_media(state);
-        state.shared.unregister(&state.a_key);
+        let registry = &state.shared.registry;
+        registry.unregister_dialog(&state.a_key, state.serial);
         if let Some(b) = &state.b_key {
-            state.shared.unregister(b);
+            registry.unregister_dialog(b, state.serial);
         }
+        registry.unregister_invite(&state.invite_key, state.serial);
+        registry.unregister_serial(state.serial);
         if !state.counted_end {
-            // Stopped before it ended (node shutdown): still balance the gauge.
+            // Stopped before it ended (node shutdown): still balance the gauges.
+            state.counted_end = true;
             state.shared.metrics.call_ended(500);
-            state
-                .shared
-                .live_calls
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            state.shared.release();
         }
         Ok(())
     }
@@ -193,10 +187,18 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
             on_event(myself, state, ev);
         }
         if state.b_key.is_none() {
-            if let Some(b) = state.call.b_call_id() {
-                let key = bytes::Bytes::copy_from_slice(b.as_bytes());
-                state.span.record("b_call_id", b);
-                state.shared.register(key.clone(), myself.clone(), Leg::B);
+            if let (Some(call_id), Some(tag)) = (state.call.b_call_id(), state.call.b_tag()) {
+                let key = DialogKey::new(call_id.as_bytes(), tag.as_bytes());
+                state.span.record("b_call_id", call_id);
+                let handle = CallHandle {
+                    actor: myself.clone(),
+                    queued: state.queued.clone(),
+                    serial: state.serial,
+                };
+                state
+                    .shared
+                    .registry
+                    .register_dialog(key.clone(), handle, Leg::B);
                 state.b_key = Some(key);
             }
         }
@@ -211,7 +213,8 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
                     None => m.request(Direction::Out, &t.method),
                 }
             }
-            state.shared.send(t.peer, t.data);
+            let token = send_token(state.serial, t.leg);
+            state.shared.send(&t.peer, t.data, Some(token));
         }
         if !progressed {
             break;
@@ -234,15 +237,16 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             request_uri,
             caller,
         } => {
-            let decision = match state.shared.router.route(&request_uri) {
-                Some(trunk) => match state.shared.local_for(trunk.transport) {
+            let shared = &state.shared;
+            let decision = match shared.router.decide(&request_uri, state.origin) {
+                Some(trunk) => match shared.local_for(trunk.transport, trunk.local) {
                     Some(local) => {
                         state.media_interfaces.b = trunk.media_interface.clone();
                         RouteDecision::Trunk {
                             peer: trunk.peer(),
                             local,
                             request_uri: trunk.request_uri(request_uri.user()),
-                            anchor_media: trunk.anchor_media && state.shared.media.is_some(),
+                            anchor_media: trunk.anchor_media && shared.media.is_some(),
                             fix_nated_contact: trunk.fix_nated_contact,
                         }
                     }
@@ -266,10 +270,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             if !state.counted_end {
                 state.counted_end = true;
                 state.shared.metrics.call_ended(status);
-                state
-                    .shared
-                    .live_calls
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                state.shared.release();
             }
         }
         Event::TransactionTimeout { leg, timer } => {
@@ -347,7 +348,7 @@ fn schedule(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
 }
 
 /// Spawns a call actor without waiting for it to start: messages sent meanwhile queue.
-pub fn spawn(args: CallArgs) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
-    let (actor, _join) = ractor::ActorRuntime::spawn_instant(None, CallActor, args)?;
+pub fn spawn(shared: Arc<Shared>, args: CallArgs) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
+    let (actor, _join) = ractor::ActorRuntime::spawn_instant(None, CallActor, (shared, args))?;
     Ok(actor)
 }

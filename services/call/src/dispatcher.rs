@@ -1,145 +1,50 @@
-//! The hot path from a received datagram to a call actor's mailbox.
+//! The hot path from a received message to a call actor's mailbox.
 //!
-//! Parse once, bound and validate, answer what needs no call (OPTIONS, REGISTER,
-//! stray requests, validation failures) statelessly, and hand everything else to
-//! the call actor found by Call-ID in a sharded map (ARCHITECTURE.md rule 3). A new
-//! INVITE creates its actor here; the map entry is inserted before the actor runs so
-//! retransmissions arriving meanwhile queue in its mailbox instead of making a
-//! second call.
+//! A message crosses the dispatcher once: it is parsed, then classified — validated,
+//! checked against the source rules, matched to a call by dialog or transaction — into
+//! one [`Action`], which is then carried out: a stateless answer, a hand-over to a call
+//! actor, or a new call (ARCHITECTURE.md rule 3). Strangers, floods and strays cost no
+//! call state: they are answered (or ignored) here.
 
-use crate::actor::{self, CallArgs, CallMsg};
+use crate::actor;
 use crate::media::MediaMsg;
+use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::{CallMetrics, Direction};
+use crate::outbound::Outbound;
+use crate::registry::{CallHandle, DialogKey, InitialInvite};
 use crate::router::Router;
+use crate::shared::{token_target, DispatcherConfig, Shared};
 use crate::stateless;
+use crate::trust::{Origin, Trust};
 use bytes::Bytes;
-use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use ractor::ActorRef;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use trunkline_b2bua::{CallConfig, Leg, Local};
-use trunkline_sip::validate::{validate_request, validate_response, Policy};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use trunkline_b2bua::Leg;
+use trunkline_sip::validate::{validate_request, validate_response};
 use trunkline_sip::{
-    parse_message, salvage, HeaderName, Headers, Host, Message, Method, Peer, Request, Response,
-    Transport,
+    parse_message, salvage, HeaderName, Headers, Message, Method, Peer, Request, Response,
 };
-use trunkline_transport::{ConnectionId, Inbound, Received, Target, Transports};
 
-/// Node-wide settings of the dispatcher.
-#[derive(Debug, Clone)]
-pub struct DispatcherConfig {
-    pub call: Arc<CallConfig>,
-    /// IP written in our Via and Contact headers.
-    pub advertise: IpAddr,
-    /// Calls beyond this get 503 (admission control before any per-call allocation).
-    pub max_calls: usize,
-    /// Answer over UDP to the packet's source port even without `rport`
-    /// (RFC 3581 behaviour for every client): what keeps NATed callers reachable.
-    pub force_rport: bool,
-    /// The relay interface callers' media (the A leg) is anchored on, by name; `None`: the
-    /// relay's default.
-    pub access_interface: Option<Arc<str>>,
-}
-
-/// State shared by the dispatcher and every call actor.
-pub struct Shared {
-    pub(crate) call_config: Arc<CallConfig>,
-    pub(crate) metrics: CallMetrics,
-    pub(crate) router: Router,
-    /// The node's media-relay actor; `None` when media anchoring is off.
-    pub(crate) media: Option<ActorRef<MediaMsg>>,
-    /// See [`DispatcherConfig::access_interface`].
-    pub(crate) access_interface: Option<Arc<str>>,
-    calls: DashMap<Bytes, (ActorRef<CallMsg>, Leg)>,
-    transports: OnceLock<Transports>,
-    advertise: IpAddr,
-    max_calls: usize,
-    force_rport: bool,
-    draining: AtomicBool,
-    policy: Policy,
-    seed: AtomicU64,
-    log_budget: LogBudget,
-    /// Calls started and not yet ended (ended calls may linger to absorb retransmissions).
-    pub(crate) live_calls: AtomicU64,
-}
-
-/// Limits warn-level logs about bad input so a flood cannot flood the log.
-struct LogBudget {
-    second: AtomicU64,
-    count: AtomicU64,
-}
-
-impl LogBudget {
-    const PER_SECOND: u64 = 20;
-
-    fn allow(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if self.second.swap(now, Ordering::Relaxed) != now {
-            self.count.store(0, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND
-    }
-}
-
-impl Shared {
-    pub(crate) fn register(&self, key: Bytes, actor: ActorRef<CallMsg>, leg: Leg) {
-        self.calls.insert(key, (actor, leg));
-    }
-
-    pub(crate) fn unregister(&self, key: &Bytes) {
-        self.calls.remove(key);
-    }
-
-    /// Our address for requests sent over `transport`.
-    pub(crate) fn local_for(&self, transport: Transport) -> Option<Local> {
-        let t = self.transports.get()?;
-        let addr = t.local_addr(to_transport(transport))?;
-        Some(Local {
-            transport,
-            host: Host::from(self.advertise),
-            port: addr.port(),
-        })
-    }
-
-    /// Hands bytes to the transports; never blocks.
-    pub(crate) fn send(&self, peer: Peer, data: Bytes) {
-        if let Some(t) = self.transports.get() {
-            t.send(
-                Target {
-                    transport: to_transport(peer.transport),
-                    addr: peer.addr,
-                    connection: peer.connection.map(ConnectionId),
-                },
-                data,
-            );
-        }
-    }
-
-    fn next_seed(&self) -> u64 {
-        let base = self
-            .seed
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
-        base ^ rand::random::<u64>()
-    }
-}
-
-fn to_transport(t: Transport) -> trunkline_transport::Transport {
-    match t {
-        Transport::Udp => trunkline_transport::Transport::Udp,
-        Transport::Tcp => trunkline_transport::Transport::Tcp,
-    }
-}
-
-fn from_transport(t: trunkline_transport::Transport) -> Transport {
-    match t {
-        trunkline_transport::Transport::Udp => Transport::Udp,
-        trunkline_transport::Transport::Tcp => Transport::Tcp,
-    }
+/// What one received message comes to.
+// Built and consumed at once for every message; boxing the big variants would add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Action {
+    /// Nothing to send (already counted and, within budget, logged).
+    Drop,
+    /// A stateless answer; `method` is the request's, for metrics.
+    Reply { resp: Response, method: Method },
+    /// Hand the message to a call.
+    Deliver {
+        handle: CallHandle,
+        leg: Leg,
+        msg: Message,
+    },
+    /// An INVITE without To-tag from a trusted source: a retransmission, a merged
+    /// request, or a new call, decided against the registry under its lock.
+    Invite { req: Request, origin: Origin },
 }
 
 /// Receives every framed message from the transports.
@@ -152,37 +57,19 @@ impl Dispatcher {
     pub fn new(
         cfg: DispatcherConfig,
         router: Router,
+        trust: Trust,
         metrics: CallMetrics,
         media: Option<ActorRef<MediaMsg>>,
     ) -> Dispatcher {
         Dispatcher {
-            shared: Arc::new(Shared {
-                call_config: cfg.call,
-                metrics,
-                router,
-                media,
-                access_interface: cfg.access_interface,
-                calls: DashMap::new(),
-                transports: OnceLock::new(),
-                advertise: cfg.advertise,
-                max_calls: cfg.max_calls,
-                force_rport: cfg.force_rport,
-                draining: AtomicBool::new(false),
-                policy: Policy::default(),
-                seed: AtomicU64::new(rand::random()),
-                log_budget: LogBudget {
-                    second: AtomicU64::new(0),
-                    count: AtomicU64::new(0),
-                },
-                live_calls: AtomicU64::new(0),
-            }),
+            shared: Arc::new(Shared::new(cfg, router, trust, metrics, media)),
         }
     }
 
     /// Completes the wiring once the transports are bound (they need the dispatcher
     /// as their inbound handler first).
-    pub fn attach(&self, transports: Transports) {
-        let _ = self.shared.transports.set(transports);
+    pub fn attach(&self, outbound: Arc<dyn Outbound>) {
+        self.shared.attach(outbound);
     }
 
     /// Stop taking new calls: new INVITEs get 503 so callers try another node.
@@ -192,40 +79,75 @@ impl Dispatcher {
 
     /// Calls on this node that have not ended yet.
     pub fn active_calls(&self) -> u64 {
-        self.shared.live_calls.load(Ordering::Relaxed)
+        self.shared.live_calls()
     }
 
-    fn reply(&self, rx: &Received, resp: &Response, method: &Method) {
-        self.shared
-            .metrics
-            .response(Direction::Out, method, resp.status);
-        if let Some(t) = self.shared.transports.get() {
-            t.send(Target::reply_to(rx), resp.encode());
-        }
+    /// Calls with an actor, ended ones still absorbing retransmissions included.
+    pub fn call_actors(&self) -> usize {
+        self.shared.registry.calls()
     }
 
-    fn bad_input(&self, rx: &Received, reason: &'static str, detail: &dyn std::fmt::Display) {
-        self.shared.metrics.parse_error(reason);
-        if self.shared.log_budget.allow() {
-            tracing::warn!(peer = %rx.peer, transport = %rx.transport, reason, error = %detail, "bad SIP message");
-        }
+    /// Entries of the dispatch index; returns to zero when every call is gone.
+    pub fn index_entries(&self) -> usize {
+        self.shared.registry.entries()
     }
 
-    fn on_parse_error(&self, rx: &Received, err: trunkline_sip::ParseError) {
-        self.bad_input(rx, err.reason(), &err);
-        // Answer 400 when enough headers survive to address it (never to a response).
-        let Some(s) = salvage(&rx.data) else { return };
-        if !s.is_request {
+    /// One framed message from the network: `source` is where it came from (and the
+    /// socket it arrived at, `source.local`).
+    pub fn on_received(&self, source: Peer, data: Bytes) {
+        let action = match parse_message(data.clone()) {
+            Ok(Message::Request(req)) => self.classify_request(&source, req),
+            Ok(Message::Response(resp)) => self.classify_response(&source, resp),
+            Err(e) => self.classify_garbage(&source, &data, e),
+        };
+        self.act(&source, action);
+    }
+
+    /// A send with `token` failed at the transport: the call hears of it at once, so a
+    /// trunk that refuses connections gives the caller a 503 now (RFC 3261 §8.1.3.1),
+    /// not a 408 after Timer B.
+    pub fn on_send_error(&self, peer: &Peer, token: Option<u64>, error: &dyn std::fmt::Display) {
+        tracing::debug!(peer = %peer.addr, error = %error, "send failed");
+        let Some((serial, leg)) = token.map(token_target) else {
             return;
+        };
+        if let Some(h) = self.shared.registry.by_serial(serial) {
+            let _ = h.actor.send_message(CallMsg::SendFailed { leg });
+        }
+    }
+
+    // ----- classification ----------------------------------------------------------
+
+    fn classify_garbage(
+        &self,
+        source: &Peer,
+        data: &Bytes,
+        err: trunkline_sip::ParseError,
+    ) -> Action {
+        self.bad_input(source, err.reason(), &err);
+        // Answer 400 when enough headers survive to address it (never to a response,
+        // never to a stranger).
+        if !self.shared.trust.classify(source.addr).is_trusted() {
+            return Action::Drop;
+        }
+        let Some(s) = salvage(data) else {
+            return Action::Drop;
+        };
+        if !s.is_request {
+            return Action::Drop;
         }
         let h = &s.headers;
-        let addressable = h.get(HeaderName::Via).is_some()
-            && h.get(HeaderName::From).is_some()
-            && h.get(HeaderName::To).is_some()
-            && h.get(HeaderName::CallId).is_some()
-            && h.get(HeaderName::CSeq).is_some();
+        let addressable = [
+            HeaderName::Via,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+            HeaderName::CSeq,
+        ]
+        .iter()
+        .all(|k| h.get(*k).is_some());
         if !addressable || h.cseq().is_some_and(|c| c.method == Method::Ack) {
-            return;
+            return Action::Drop;
         }
         let mut resp = Response {
             status: 400,
@@ -250,152 +172,283 @@ impl Dispatcher {
             .cseq()
             .map(|c| c.method)
             .unwrap_or(Method::Extension("?".into()));
-        self.reply(rx, &resp, &method);
+        Action::Reply { resp, method }
     }
 
-    fn on_response(&self, rx: &Received, resp: Response) {
-        let method = resp.headers.cseq().map(|c| c.method);
+    fn classify_response(&self, source: &Peer, resp: Response) -> Action {
         if let Err(reason) = validate_response(&resp) {
-            self.bad_input(rx, "invalid_response", &reason);
-            return;
+            self.bad_input(source, "invalid_response", &reason);
+            return Action::Drop;
         }
-        if let Some(m) = &method {
-            self.shared.metrics.response(Direction::In, m, resp.status);
+        if let Some(c) = resp.headers.cseq() {
+            self.shared
+                .metrics
+                .response(Direction::In, &c.method, resp.status);
         }
-        let Some(call_id) = resp.headers.call_id() else {
-            return;
+        // A response to a request the node sent carries the node's tag in From.
+        let (Some(call_id), Some(tag)) = (resp.headers.call_id(), from_tag(&resp.headers)) else {
+            return Action::Drop;
         };
-        let Some(entry) = self.shared.calls.get(call_id.as_ref()) else {
-            // A response to nothing we have: drop silently (RFC 3261 §18.1.2).
-            tracing::debug!(peer = %rx.peer, "stray response dropped");
-            return;
-        };
-        let (actor, leg) = (entry.0.clone(), entry.1);
-        drop(entry);
-        let _ = actor.send_message(CallMsg::Sip {
-            leg,
-            msg: Message::Response(resp),
-            source: peer_of(rx),
-        });
+        match self.shared.registry.dialog(call_id, tag.as_bytes()) {
+            Some((handle, leg)) => Action::Deliver {
+                handle,
+                leg,
+                msg: Message::Response(resp),
+            },
+            None => {
+                // A response to nothing we have: drop silently (RFC 3261 §18.1.2).
+                tracing::debug!(peer = %source.addr, "stray response dropped");
+                Action::Drop
+            }
+        }
     }
 
-    fn on_request(&self, rx: &Received, mut req: Request) {
-        self.shared.metrics.request(Direction::In, &req.method);
-        let node = self.shared.call_config.node_id.as_str();
-        if let Err(rejection) = validate_request(&req, &self.shared.policy) {
-            if self.shared.log_budget.allow() {
-                tracing::info!(peer = %rx.peer, status = rejection.status, reason = rejection.reason, "request rejected");
-            }
-            if req.method != Method::Ack {
-                let resp = stateless::reject(&req, &rejection, node);
-                self.reply(rx, &resp, &req.method);
-            }
-            return;
+    fn classify_request(&self, source: &Peer, mut req: Request) -> Action {
+        let shared = &self.shared;
+        shared.metrics.request(Direction::In, &req.method);
+        let origin = shared.trust.classify(source.addr);
+        if !origin.is_trusted() {
+            return self.untrusted(source, &req);
         }
-        stamp_top_via(&mut req.headers, rx, self.shared.force_rport);
+        if let Err(rejection) = validate_request(&req, &shared.policy) {
+            if shared.log_budget.allow() {
+                tracing::info!(peer = %source.addr, status = rejection.status, reason = rejection.reason, "request rejected");
+            }
+            if req.method == Method::Ack {
+                return Action::Drop;
+            }
+            let resp = stateless::reject(&req, &rejection, shared.node());
+            return Action::Reply {
+                resp,
+                method: req.method,
+            };
+        }
+        stamp_top_via(&mut req.headers, source, shared.cfg.force_rport);
         let Some(call_id) = req.headers.call_id().cloned() else {
-            return;
+            return Action::Drop;
         };
-        if let Some(entry) = self.shared.calls.get(call_id.as_ref()) {
-            let (actor, leg) = (entry.0.clone(), entry.1);
-            drop(entry);
-            let _ = actor.send_message(CallMsg::Sip {
-                leg,
-                msg: Message::Request(req),
-                source: peer_of(rx),
-            });
-            return;
+        let node = shared.node();
+        if let Some(to_tag) = to_tag(&req.headers) {
+            // In a dialog: one of ours, or nothing at all.
+            return match shared.registry.dialog(&call_id, to_tag.as_bytes()) {
+                Some((handle, leg)) => Action::Deliver {
+                    handle,
+                    leg,
+                    msg: Message::Request(req),
+                },
+                None if req.method == Method::Ack => Action::Drop,
+                None => self.reply(stateless::no_dialog(&req, node), req.method),
+            };
         }
-        let has_to_tag = req.headers.to_addr().is_some_and(|t| t.tag().is_some());
         match req.method {
-            Method::Invite if !has_to_tag => self.new_call(rx, req, call_id),
-            Method::Ack => {}
-            Method::Options if !has_to_tag => {
-                let draining = self.shared.draining.load(Ordering::Relaxed);
-                let resp = stateless::options(&req, node, draining);
-                self.reply(rx, &resp, &req.method);
+            Method::Invite => Action::Invite { req, origin },
+            Method::Cancel => self.classify_cancel(&call_id, req),
+            Method::Ack => Action::Drop,
+            Method::Options => {
+                let draining = shared.draining.load(Ordering::Relaxed);
+                self.reply(stateless::options(&req, node, draining), req.method)
             }
             Method::Register => {
-                let resp = stateless::register(&req, node, rand::random());
-                self.reply(rx, &resp, &req.method);
+                self.reply(stateless::register(&req, node, rand::random()), req.method)
             }
-            _ => {
-                let resp = stateless::no_dialog(&req, node);
-                self.reply(rx, &resp, &req.method);
-            }
+            _ => self.reply(stateless::no_dialog(&req, node), req.method),
         }
     }
 
-    fn new_call(&self, rx: &Received, req: Request, call_id: Bytes) {
-        let node = self.shared.call_config.node_id.as_str();
-        let draining = self.shared.draining.load(Ordering::Relaxed);
-        if draining || self.shared.calls.len() >= self.shared.max_calls.saturating_mul(2) {
-            let resp = stateless::unavailable(&req, node);
-            self.reply(rx, &resp, &req.method);
-            return;
-        }
-        let Some(local) = self.shared.local_for(from_transport(rx.transport)) else {
-            return;
-        };
-        let key = Bytes::copy_from_slice(&call_id);
-        let source = peer_of(rx);
-        match self.shared.calls.entry(key.clone()) {
-            Entry::Occupied(e) => {
-                // Raced with a retransmission on another receive task: hand it over.
-                let _ = e.get().0.send_message(CallMsg::Sip {
-                    leg: e.get().1,
+    /// A CANCEL goes to the call whose pending INVITE it names (same Call-ID, From-tag
+    /// and branch, RFC 3261 §9.2); anything else gets 481 here.
+    fn classify_cancel(&self, call_id: &Bytes, req: Request) -> Action {
+        let pending = from_tag(&req.headers)
+            .map(|tag| DialogKey::new(call_id, tag.as_bytes()))
+            .and_then(|key| self.shared.registry.invite(&key));
+        let branch = top_branch(&req.headers);
+        match pending {
+            Some(e) if branch.as_deref().map(str::as_bytes) == Some(&e.branch[..]) => {
+                Action::Deliver {
+                    handle: e.handle,
+                    leg: Leg::A,
                     msg: Message::Request(req),
-                    source,
-                });
-            }
-            Entry::Vacant(v) => {
-                let args = CallArgs {
-                    shared: self.shared.clone(),
-                    invite: req,
-                    source,
-                    local: Local {
-                        host: local.host,
-                        ..local
-                    },
-                    seed: self.shared.next_seed(),
-                    a_key: key,
-                };
-                match actor::spawn(args) {
-                    Ok(actor) => {
-                        v.insert((actor, Leg::A));
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot start call actor"),
                 }
             }
+            _ => self.reply(stateless::no_dialog(&req, self.shared.node()), req.method),
+        }
+    }
+
+    /// A request from a source no rule names: 403, or silence when the node is told not
+    /// to answer strangers. Nothing is kept.
+    fn untrusted(&self, source: &Peer, req: &Request) -> Action {
+        self.shared.metrics.rejected("untrusted_source");
+        if self.shared.log_budget.allow() {
+            tracing::info!(peer = %source.addr, method = %req.method, "request from an untrusted source refused");
+        }
+        if !self.shared.cfg.reply_to_unknown || req.method == Method::Ack {
+            return Action::Drop;
+        }
+        self.reply(
+            stateless::forbidden(req, self.shared.node()),
+            req.method.clone(),
+        )
+    }
+
+    fn reply(&self, resp: Response, method: Method) -> Action {
+        Action::Reply { resp, method }
+    }
+
+    // ----- acting -------------------------------------------------------------------
+
+    fn act(&self, source: &Peer, action: Action) {
+        match action {
+            Action::Drop => {}
+            Action::Reply { resp, method } => self.send_reply(source, &resp, &method),
+            Action::Deliver { handle, leg, msg } => {
+                let refusal = match &msg {
+                    Message::Request(r) if r.method != Method::Ack => Some(r.clone()),
+                    _ => None,
+                };
+                let sip = CallMsg::Sip {
+                    leg,
+                    msg,
+                    source: *source,
+                };
+                if handle.deliver(sip).is_err() {
+                    self.shared.metrics.rejected("mailbox_full");
+                    if let Some(req) = refusal {
+                        let resp = stateless::unavailable(&req, self.shared.node());
+                        self.send_reply(source, &resp, &req.method);
+                    }
+                }
+            }
+            Action::Invite { req, origin } => self.initial_invite(source, req, origin),
+        }
+    }
+
+    fn send_reply(&self, source: &Peer, resp: &Response, method: &Method) {
+        self.shared
+            .metrics
+            .response(Direction::Out, method, resp.status);
+        self.shared.send(source, resp.encode(), None);
+    }
+
+    fn initial_invite(&self, source: &Peer, req: Request, origin: Origin) {
+        let shared = &self.shared;
+        let node = shared.node();
+        let (Some(call_id), Some(tag), Some(cseq), Some(branch)) = (
+            req.headers.call_id().cloned(),
+            from_tag(&req.headers),
+            req.headers.cseq().map(|c| c.seq),
+            top_branch(&req.headers),
+        ) else {
+            return;
+        };
+        let key = DialogKey::new(&call_id, tag.as_bytes());
+        let draining = shared.draining.load(Ordering::Relaxed);
+        let mut refusal = None;
+        let mut invite = Some(req);
+        let outcome = shared
+            .registry
+            .initial_invite(key.clone(), cseq, branch.as_bytes(), || {
+                if draining {
+                    refusal = Some("draining");
+                    return None;
+                }
+                if !shared.admit() {
+                    refusal = Some("overload");
+                    return None;
+                }
+                let started = invite
+                    .take()
+                    .and_then(|req| self.start_call(source, req, origin, key));
+                if started.is_none() {
+                    shared.release();
+                    refusal = Some("internal");
+                }
+                started
+            });
+        let Some(req) = invite else {
+            return;
+        };
+        match outcome {
+            InitialInvite::Retransmission(handle) => {
+                let sip = CallMsg::Sip {
+                    leg: Leg::A,
+                    msg: Message::Request(req),
+                    source: *source,
+                };
+                let _ = handle.deliver(sip);
+            }
+            InitialInvite::Merged => {
+                shared.metrics.rejected("merged");
+                let resp = stateless::respond(&req, 482, node);
+                self.send_reply(source, &resp, &req.method);
+            }
+            InitialInvite::Started(_) => {}
+            InitialInvite::Refused => {
+                shared.metrics.rejected(refusal.unwrap_or("internal"));
+                let resp = stateless::unavailable(&req, node);
+                self.send_reply(source, &resp, &req.method);
+            }
+        }
+    }
+
+    /// Spawns the call actor for a new INVITE; its first message (the INVITE) is in
+    /// `CallArgs`, and later ones queue in its mailbox until it runs.
+    fn start_call(
+        &self,
+        source: &Peer,
+        invite: Request,
+        origin: Origin,
+        invite_key: DialogKey,
+    ) -> Option<CallHandle> {
+        let shared = &self.shared;
+        let local = shared.local_for(source.transport, source.local)?;
+        let serial = shared.next_serial();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let args = CallArgs {
+            invite,
+            source: *source,
+            origin,
+            local,
+            seed: shared.next_seed(),
+            serial,
+            invite_key,
+            queued: queued.clone(),
+        };
+        match actor::spawn(shared.clone(), args) {
+            Ok(actor) => Some(CallHandle {
+                actor,
+                queued,
+                serial,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start call actor");
+                None
+            }
+        }
+    }
+
+    fn bad_input(&self, source: &Peer, reason: &'static str, detail: &dyn std::fmt::Display) {
+        self.shared.metrics.parse_error(reason);
+        if self.shared.log_budget.allow() {
+            tracing::warn!(peer = %source.addr, transport = %source.transport, reason, error = %detail, "bad SIP message");
         }
     }
 }
 
-impl Inbound for Dispatcher {
-    fn on_message(&self, rx: Received) {
-        match parse_message(rx.data.clone()) {
-            Ok(Message::Request(req)) => self.on_request(&rx, req),
-            Ok(Message::Response(resp)) => self.on_response(&rx, resp),
-            Err(e) => self.on_parse_error(&rx, e),
-        }
-    }
-
-    fn on_send_error(&self, target: Target, error: &trunkline_transport::TransportError) {
-        tracing::debug!(peer = %target.addr, error = %error, "send failed");
-    }
+fn from_tag(h: &Headers) -> Option<String> {
+    h.from_addr().and_then(|f| f.tag().map(str::to_string))
 }
 
-fn peer_of(rx: &Received) -> Peer {
-    Peer {
-        transport: from_transport(rx.transport),
-        addr: rx.peer,
-        connection: rx.connection.map(|c| c.0),
-    }
+fn to_tag(h: &Headers) -> Option<String> {
+    h.to_addr().and_then(|t| t.tag().map(str::to_string))
+}
+
+fn top_branch(h: &Headers) -> Option<String> {
+    h.top_via().and_then(|v| v.branch().map(str::to_string))
 }
 
 /// RFC 3261 §18.2.1 / RFC 3581: records where the request really came from in its
 /// top Via, so every response we build from it carries `received`/`rport`.
-fn stamp_top_via(headers: &mut Headers, rx: &Received, force_rport: bool) {
+fn stamp_top_via(headers: &mut Headers, source: &Peer, force_rport: bool) {
     let Some(h) = headers.first_mut(HeaderName::Via) else {
         return;
     };
@@ -406,12 +459,46 @@ fn stamp_top_via(headers: &mut Headers, rx: &Received, force_rport: bool) {
     let Some(mut via) = trunkline_sip::Via::parse(first) else {
         return;
     };
-    let reliable = rx.transport.is_reliable();
-    via.stamp_received(rx.peer, force_rport && !reliable);
+    let reliable = source.transport.is_reliable();
+    via.stamp_received(source.addr, force_rport && !reliable);
     let mut out = via.to_string();
     for v in &values[1..] {
         out.push_str(", ");
         out.push_str(&String::from_utf8_lossy(v));
     }
     h.value = Bytes::from(out);
+}
+
+/// The peer of a message the transport received.
+pub fn peer_of(
+    transport: trunkline_sip::Transport,
+    addr: SocketAddr,
+    connection: Option<u64>,
+    local: SocketAddr,
+) -> Peer {
+    Peer {
+        transport,
+        addr,
+        connection,
+        local: Some(local),
+    }
+}
+
+impl trunkline_transport::Inbound for Dispatcher {
+    fn on_message(&self, rx: trunkline_transport::Received) {
+        let transport = match rx.transport {
+            trunkline_transport::Transport::Udp => trunkline_sip::Transport::Udp,
+            trunkline_transport::Transport::Tcp => trunkline_sip::Transport::Tcp,
+        };
+        let source = peer_of(transport, rx.peer, rx.connection.map(|c| c.0), rx.local);
+        self.on_received(source, rx.data);
+    }
+
+    fn on_send_error(
+        &self,
+        target: trunkline_transport::Target,
+        error: &trunkline_transport::TransportError,
+    ) {
+        tracing::debug!(peer = %target.addr, error = %error, "send failed");
+    }
 }

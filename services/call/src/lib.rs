@@ -1,13 +1,22 @@
 //! `trunkline-call`: the actor layer. One ractor actor per call drives a
-//! `trunkline_b2bua::Call`; the dispatcher parses what the transports receive and
-//! routes it by Call-ID; the router picks the trunk.
+//! `trunkline_b2bua::Call`; the dispatcher classifies what the transports receive and
+//! hands it to the call its dialog or transaction names; the router picks the trunk and
+//! the trust rules say who may call at all.
 
 pub mod actor;
 pub mod dispatcher;
 pub mod media;
+pub mod messages;
 pub mod metrics;
+pub mod outbound;
+pub mod registry;
 pub mod router;
+pub mod shared;
 pub mod stateless;
+pub mod trust;
 
-pub use dispatcher::{Dispatcher, DispatcherConfig};
-pub use router::{Router, Trunk};
+pub use dispatcher::Dispatcher;
+pub use outbound::{Listener, Outbound};
+pub use router::{Route, Router, Trunk};
+pub use shared::DispatcherConfig;
+pub use trust::{Origin, Source, Trust};

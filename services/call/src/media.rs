@@ -5,7 +5,7 @@
 //! the relay's worker threads forward them (ARCHITECTURE.md rule 5). Once a second it
 //! collects sessions whose media stopped and tells their call actors, which hang up.
 
-use crate::actor::CallMsg;
+use crate::messages::CallMsg;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;

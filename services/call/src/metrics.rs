@@ -94,6 +94,7 @@ pub struct CallMetrics {
     sip_retransmissions: Family<DirectionLabels, Counter>,
     transaction_timeouts: Family<TimerLabels, Counter>,
     sip_parse_errors: Family<ReasonLabels, Counter>,
+    sip_rejected: Family<ReasonLabels, Counter>,
 }
 
 impl CallMetrics {
@@ -109,6 +110,7 @@ impl CallMetrics {
             sip_retransmissions: Family::default(),
             transaction_timeouts: Family::default(),
             sip_parse_errors: Family::default(),
+            sip_rejected: Family::default(),
         };
         registry.register(
             "trunkline_calls_active",
@@ -144,6 +146,12 @@ impl CallMetrics {
             "trunkline_sip_parse_errors",
             "Received SIP messages rejected by the parser, by reason",
             metrics.sip_parse_errors.clone(),
+        );
+        registry.register(
+            "trunkline_sip_rejected",
+            "Requests the node refused before any call handled them, by reason \
+             (untrusted_source, overload, draining, mailbox_full, merged, internal)",
+            metrics.sip_rejected.clone(),
         );
         metrics
     }
@@ -196,6 +204,14 @@ impl CallMetrics {
             .get_or_create(&TimerLabels {
                 timer: Cow::Owned(timer.to_owned()),
             })
+            .inc();
+    }
+
+    /// The dispatcher refused a request without giving it to a call; `reason` is one of
+    /// a fixed set of constants.
+    pub fn rejected(&self, reason: &'static str) {
+        self.sip_rejected
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

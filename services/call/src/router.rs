@@ -1,18 +1,22 @@
-//! Static routing: named trunks from configuration and a default route.
+//! Static routing: named trunks, prefix routes on the dialled number, a default route.
 //!
-//! Prefix and least-cost routing, failover and RFC 3263 resolution come later; the
-//! shape (a pure decision from the Request-URI to a trunk) stays.
+//! `Router::decide` is a pure function of the Request-URI and where the call came from,
+//! so every routing rule is a unit test. Least-cost routing, failover and RFC 3263
+//! resolution come later; this shape stays.
 
+use crate::trust::{Origin, Source};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use trunkline_sip::{Host, Peer, SipUri, Transport, Uri};
 
-/// A carrier interconnect the node sends calls to.
+/// A carrier interconnect the node sends calls to, and takes calls from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trunk {
     pub name: String,
     pub addr: SocketAddr,
     pub transport: Transport,
+    /// Addresses the trunk's requests come from; calls from these are the trunk's.
+    pub sources: Vec<Source>,
     /// Anchor the RTP of calls to this trunk on the node's relay.
     pub anchor_media: bool,
     /// The relay interface this trunk's media (the B leg) is anchored on, by name; `None`:
@@ -21,12 +25,18 @@ pub struct Trunk {
     /// The trunk is a PBX behind NAT: follow its source address where its Contact is
     /// private (see `RouteDecision::Trunk::fix_nated_contact`).
     pub fix_nated_contact: bool,
+    /// The node's socket the trunk is reached from (`None`: the first listener of the
+    /// trunk's transport): on a multi-homed node, the one on the carrier's network.
+    pub local: Option<SocketAddr>,
 }
 
 impl Trunk {
     /// The peer the B-leg INVITE goes to.
     pub fn peer(&self) -> Peer {
-        Peer::new(self.transport, self.addr)
+        Peer {
+            local: self.local,
+            ..Peer::new(self.transport, self.addr)
+        }
     }
 
     /// The B-leg Request-URI: the dialled user at the trunk.
@@ -43,10 +53,19 @@ impl Trunk {
     }
 }
 
+/// `[[routes]]`: calls whose dialled number starts with `prefix` go to `trunk`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub prefix: String,
+    pub trunk: String,
+}
+
 /// Picks the trunk for a call.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     trunks: Vec<Trunk>,
+    /// (prefix, trunk index), longest prefix first.
+    routes: Vec<(String, usize)>,
     default: Option<usize>,
 }
 
@@ -55,32 +74,68 @@ pub struct Router {
 pub enum RouterError {
     #[error("default route names trunk {0:?}, which is not configured")]
     UnknownDefault(String),
+    #[error("route for prefix {prefix:?} names trunk {trunk:?}, which is not configured")]
+    UnknownTrunk { prefix: String, trunk: String },
+    #[error("prefix {0:?} is routed twice")]
+    DuplicatePrefix(String),
     #[error("trunk {0:?} is configured twice")]
     Duplicate(String),
 }
 
 impl Router {
-    pub fn new(trunks: Vec<Trunk>, default: Option<&str>) -> Result<Router, RouterError> {
+    pub fn new(
+        trunks: Vec<Trunk>,
+        routes: Vec<Route>,
+        default: Option<&str>,
+    ) -> Result<Router, RouterError> {
         for (i, t) in trunks.iter().enumerate() {
             if trunks[..i].iter().any(|o| o.name == t.name) {
                 return Err(RouterError::Duplicate(t.name.clone()));
             }
         }
+        let index = |name: &str| trunks.iter().position(|t| t.name == name);
         let default = match default {
-            Some(name) => Some(
-                trunks
-                    .iter()
-                    .position(|t| t.name == name)
-                    .ok_or_else(|| RouterError::UnknownDefault(name.to_string()))?,
-            ),
+            Some(name) => {
+                Some(index(name).ok_or_else(|| RouterError::UnknownDefault(name.to_string()))?)
+            }
             None => None,
         };
-        Ok(Router { trunks, default })
+        let mut table = Vec::with_capacity(routes.len());
+        for r in routes {
+            if table.iter().any(|(p, _)| *p == r.prefix) {
+                return Err(RouterError::DuplicatePrefix(r.prefix));
+            }
+            let i = index(&r.trunk).ok_or_else(|| RouterError::UnknownTrunk {
+                prefix: r.prefix.clone(),
+                trunk: r.trunk.clone(),
+            })?;
+            table.push((r.prefix, i));
+        }
+        table.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Ok(Router {
+            trunks,
+            routes: table,
+            default,
+        })
     }
 
-    /// The trunk for a Request-URI, or `None` (the caller gets 404).
-    pub fn route(&self, _request_uri: &Uri) -> Option<&Trunk> {
-        self.default.and_then(|i| self.trunks.get(i))
+    /// The trunk for a call to `request_uri` from `origin`: the longest prefix of the
+    /// dialled number with a route, else the default. A call that came from a trunk is
+    /// never sent back to that same trunk (a loop between two carriers that each
+    /// default to the other would otherwise bounce until Max-Forwards runs out, and a
+    /// carrier could use the node to reach its own network at someone's expense).
+    /// `None`: no route (the caller gets 404).
+    pub fn decide(&self, request_uri: &Uri, origin: Origin) -> Option<&Trunk> {
+        let from = origin.trunk();
+        let dialled = request_uri.user().unwrap_or_default();
+        let routed = self
+            .routes
+            .iter()
+            .filter(|(prefix, i)| dialled.starts_with(prefix.as_str()) && Some(*i) != from)
+            .map(|(_, i)| *i)
+            .next();
+        let pick = routed.or(self.default.filter(|i| Some(*i) != from))?;
+        self.trunks.get(pick)
     }
 
     pub fn trunks(&self) -> &[Trunk] {
@@ -92,27 +147,131 @@ impl Router {
 mod tests {
     use super::*;
 
-    #[test]
-    fn default_route_and_request_uri() {
-        let t = Trunk {
-            name: "carrier".into(),
-            addr: "127.0.0.1:5090".parse().unwrap(),
-            transport: Transport::Tcp,
+    fn trunk(name: &str, addr: &str) -> Trunk {
+        Trunk {
+            name: name.into(),
+            addr: addr.parse().unwrap(),
+            transport: Transport::Udp,
+            sources: Vec::new(),
             anchor_media: true,
-            media_interface: Some(Arc::from("carrier")),
+            media_interface: None,
             fix_nated_contact: false,
-        };
-        let r = Router::new(vec![t.clone()], Some("carrier")).unwrap();
-        let uri = Uri::parse("sip:+15551234@example.com").unwrap();
-        assert_eq!(r.route(&uri), Some(&t));
+            local: None,
+        }
+    }
+
+    fn route(prefix: &str, trunk: &str) -> Route {
+        Route {
+            prefix: prefix.into(),
+            trunk: trunk.into(),
+        }
+    }
+
+    fn uri(s: &str) -> Uri {
+        Uri::parse(s).unwrap()
+    }
+
+    fn picked<'a>(r: &'a Router, to: &str, origin: Origin) -> Option<&'a str> {
+        r.decide(&uri(to), origin).map(|t| t.name.as_str())
+    }
+
+    #[test]
+    fn longest_prefix_then_default() {
+        let r = Router::new(
+            vec![
+                trunk("world", "192.0.2.1:5060"),
+                trunk("uk", "192.0.2.2:5060"),
+                trunk("london", "192.0.2.3:5060"),
+            ],
+            vec![route("+44", "uk"), route("+4420", "london")],
+            Some("world"),
+        )
+        .unwrap();
         assert_eq!(
-            t.request_uri(uri.user()).to_string(),
-            "sip:+15551234@127.0.0.1:5090;transport=tcp"
+            picked(&r, "sip:+442071234567@x", Origin::Access),
+            Some("london")
         );
-        assert!(Router::new(vec![], None).unwrap().route(&uri).is_none());
         assert_eq!(
-            Router::new(vec![], Some("x")).unwrap_err(),
+            picked(&r, "sip:+441611234567@x", Origin::Access),
+            Some("uk")
+        );
+        assert_eq!(picked(&r, "sip:+15551234@x", Origin::Access), Some("world"));
+        assert_eq!(picked(&r, "sip:x.example", Origin::Access), Some("world"));
+    }
+
+    #[test]
+    fn a_call_never_goes_back_to_the_trunk_it_came_from() {
+        let r = Router::new(
+            vec![
+                trunk("world", "192.0.2.1:5060"),
+                trunk("uk", "192.0.2.2:5060"),
+                trunk("london", "192.0.2.3:5060"),
+            ],
+            vec![route("+44", "uk"), route("+4420", "london")],
+            Some("world"),
+        )
+        .unwrap();
+        // From london to a london number: the next shorter prefix.
+        assert_eq!(
+            picked(&r, "sip:+442071234567@x", Origin::Trunk(2)),
+            Some("uk")
+        );
+        // From uk to a uk number: past the prefix routes to the default.
+        assert_eq!(
+            picked(&r, "sip:+441611234567@x", Origin::Trunk(1)),
+            Some("world")
+        );
+        // From the default trunk to a number only the default serves: no route.
+        assert_eq!(picked(&r, "sip:+15551234@x", Origin::Trunk(0)), None);
+    }
+
+    #[test]
+    fn no_default_no_route() {
+        let r = Router::new(
+            vec![trunk("uk", "192.0.2.2:5060")],
+            vec![route("+44", "uk")],
+            None,
+        )
+        .unwrap();
+        assert_eq!(picked(&r, "sip:+15551234@x", Origin::Access), None);
+        assert!(Router::default()
+            .decide(&uri("sip:1@x"), Origin::Access)
+            .is_none());
+    }
+
+    #[test]
+    fn refuses_configurations_that_name_nothing() {
+        let t = || vec![trunk("uk", "192.0.2.2:5060")];
+        assert_eq!(
+            Router::new(t(), vec![], Some("x")).unwrap_err(),
             RouterError::UnknownDefault("x".into())
+        );
+        assert_eq!(
+            Router::new(t(), vec![route("+1", "us")], None).unwrap_err(),
+            RouterError::UnknownTrunk {
+                prefix: "+1".into(),
+                trunk: "us".into()
+            }
+        );
+        assert_eq!(
+            Router::new(t(), vec![route("+44", "uk"), route("+44", "uk")], None).unwrap_err(),
+            RouterError::DuplicatePrefix("+44".into())
+        );
+        let mut two = t();
+        two.push(trunk("uk", "192.0.2.9:5060"));
+        assert_eq!(
+            Router::new(two, vec![], None).unwrap_err(),
+            RouterError::Duplicate("uk".into())
+        );
+    }
+
+    #[test]
+    fn request_uri_names_the_trunk() {
+        let mut t = trunk("carrier", "127.0.0.1:5090");
+        t.transport = Transport::Tcp;
+        assert_eq!(
+            t.request_uri(Some("+15551234")).to_string(),
+            "sip:+15551234@127.0.0.1:5090;transport=tcp"
         );
     }
 }

@@ -56,6 +56,11 @@ pub fn options(req: &Request, node: &str, draining: bool) -> Response {
     r
 }
 
+/// 403: the source is not one the node serves (see `trust`).
+pub fn forbidden(req: &Request, node: &str) -> Response {
+    respond(req, 403, node)
+}
+
 /// 503 with Retry-After: overload or drain, try another node.
 pub fn unavailable(req: &Request, node: &str) -> Response {
     let mut r = respond(req, 503, node);

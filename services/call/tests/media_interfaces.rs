@@ -14,8 +14,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use trunkline_b2bua::{Leg, MediaFailure, MediaOp};
-use trunkline_call::actor::CallMsg;
 use trunkline_call::media::{self, LegInterfaces, MediaMsg};
+use trunkline_call::messages::CallMsg;
 use trunkline_media::{MediaConfig, MediaInterface, Relay, DEFAULT_INTERFACE};
 
 const ACCESS: &str = "127.0.0.1";

@@ -48,6 +48,9 @@ pub struct Peer {
     pub transport: Transport,
     pub addr: SocketAddr,
     pub connection: Option<u64>,
+    /// Which of our bound sockets the hop uses (`None`: the transport's first): on a
+    /// multi-homed node a dialog stays on the socket, and the network, it began on.
+    pub local: Option<SocketAddr>,
 }
 
 impl Peer {
@@ -56,6 +59,7 @@ impl Peer {
             transport,
             addr,
             connection: None,
+            local: None,
         }
     }
 }

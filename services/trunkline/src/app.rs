@@ -15,7 +15,8 @@ use anyhow::{anyhow, Context as _};
 use prometheus_client::registry::Registry;
 use trunkline_b2bua::CallConfig;
 use trunkline_call::metrics::CallMetrics;
-use trunkline_call::{Dispatcher, DispatcherConfig, Router, Trunk};
+use trunkline_call::outbound::TransportOutbound;
+use trunkline_call::{Dispatcher, DispatcherConfig, Route, Router, Source, Trunk, Trust};
 use trunkline_sip::transaction::Timers;
 use trunkline_transport::Transports;
 
@@ -37,13 +38,25 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// The static routing table from `[[trunks]]` and `[routing]`.
-fn router(config: &Config) -> anyhow::Result<Router> {
+/// Parses a source list the configuration has already validated.
+fn sources(list: &[String], key: &str) -> anyhow::Result<Vec<Source>> {
+    list.iter()
+        .map(|s| s.parse::<Source>().with_context(|| key.to_string()))
+        .collect()
+}
+
+/// The static routing table and the trust rules from `[[trunks]]`, `[[routes]]`,
+/// `[routing]` and `sip.access_sources`.
+fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust)> {
     let mut trunks = Vec::with_capacity(config.trunks.len());
     for t in &config.trunks {
         let addr = t
             .socket_addr()
             .ok_or_else(|| anyhow!("trunks.{}: address {:?} is not ip:port", t.name, t.address))?;
+        let mut own = sources(&t.sources, &format!("trunks.{}.sources", t.name))?;
+        if own.is_empty() {
+            own.push(Source::Exact(addr));
+        }
         trunks.push(Trunk {
             name: t.name.clone(),
             addr,
@@ -51,12 +64,28 @@ fn router(config: &Config) -> anyhow::Result<Router> {
                 TrunkTransport::Udp => trunkline_sip::Transport::Udp,
                 TrunkTransport::Tcp => trunkline_sip::Transport::Tcp,
             },
+            sources: own,
             anchor_media: t.anchor_media,
             media_interface: t.media_interface.as_deref().map(Arc::from),
-            fix_nated_contact: false,
+            fix_nated_contact: t.fix_nated_contact,
+            local: t.local_address,
         });
     }
-    Router::new(trunks, config.routing.default_trunk.as_deref()).context("routing")
+    let trust = Trust::new(
+        trunks.iter().map(|t| t.sources.clone()).collect(),
+        sources(&config.sip.access_sources, "sip.access_sources")?,
+    );
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| Route {
+            prefix: r.prefix.clone(),
+            trunk: r.trunk.clone(),
+        })
+        .collect();
+    let router =
+        Router::new(trunks, routes, config.routing.default_trunk.as_deref()).context("routing")?;
+    Ok((router, trust))
 }
 
 impl App {
@@ -75,7 +104,9 @@ impl App {
             max_forwards: u32::from(config.sip.max_forwards),
             no_answer: timers.no_answer(),
             allow: trunkline_call::stateless::ALLOW,
-            ..CallConfig::default()
+            trunk_503_status: config.sip.trunk_503_status,
+            max_duration: (config.sip.max_call_duration_secs > 0)
+                .then(|| Duration::from_secs(config.sip.max_call_duration_secs)),
         };
         let advertise = config
             .sip
@@ -113,15 +144,17 @@ impl App {
         } else {
             None
         };
+        let (router, trust) = router_and_trust(&config)?;
         let dispatcher = Dispatcher::new(
             DispatcherConfig {
                 call: Arc::new(call),
-                advertise,
                 max_calls: config.sip.max_calls,
                 force_rport: config.sip.force_rport,
+                reply_to_unknown: config.sip.reply_to_unknown,
                 access_interface: config.media.access_interface.as_deref().map(Arc::from),
             },
-            router(&config)?,
+            router,
+            trust,
             call_metrics,
             media.clone(),
         );
@@ -132,7 +165,10 @@ impl App {
         )
         .await
         .context("cannot bind the SIP listeners (sip.udp / sip.tcp)")?;
-        dispatcher.attach(transports.clone());
+        dispatcher.attach(Arc::new(TransportOutbound {
+            transports: transports.clone(),
+            advertise: trunkline_sip::Host::from(advertise),
+        }));
         Ok(Self {
             dispatcher,
             transports,

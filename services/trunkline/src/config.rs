@@ -51,8 +51,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Static SIP trunks (next hops). In a cluster these come from etcd instead.
     pub trunks: Vec<TrunkConfig>,
-    /// Static routing.
+    /// Static routing: the default trunk.
     pub routing: RoutingConfig,
+    /// `[[routes]]`: prefix routes on the dialled number, longest prefix first.
+    pub routes: Vec<RouteConfig>,
     /// The media relay that anchors RTP of every call.
     pub media: MediaSection,
 }
@@ -224,6 +226,20 @@ pub struct SipConfig {
     pub force_rport: bool,
     /// RFC 3261 timers.
     pub timers: TimersConfig,
+    /// Networks of the callers the node serves (CIDRs, addresses, or `ip:port`). An
+    /// INVITE is taken only from here or from a trunk's `sources`; anything else gets 403
+    /// (or nothing, see `reply_to_unknown`) and costs no call state. Loopback by default,
+    /// so a first run on one machine works; list your access networks to open it up.
+    pub access_sources: Vec<String>,
+    /// Answer requests from unknown sources with 403; `false`: drop them unanswered, so
+    /// scanners cannot even tell a SIP service is there.
+    pub reply_to_unknown: bool,
+    /// What the caller hears when a trunk answers 503: relayed as it is, with the
+    /// trunk's Retry-After, it would make the caller's side take this whole node out of
+    /// service.
+    pub trunk_503_status: u16,
+    /// Hang up answered calls after this many seconds (0: no limit).
+    pub max_call_duration_secs: u64,
 }
 
 impl Default for SipConfig {
@@ -241,6 +257,10 @@ impl Default for SipConfig {
             max_calls: 50_000,
             force_rport: true,
             timers: TimersConfig::default(),
+            access_sources: vec!["127.0.0.0/8".into(), "::1".into()],
+            reply_to_unknown: true,
+            trunk_503_status: 500,
+            max_call_duration_secs: 0,
         }
     }
 }
@@ -420,6 +440,32 @@ pub struct TrunkConfig {
         deserialize_with = "lenient_string::deserialize_option"
     )]
     pub media_interface: Option<String>,
+    /// Addresses the trunk's own requests come from (CIDRs, addresses or `ip:port`):
+    /// calls from these are the trunk's, and are never routed back to it. Empty: exactly
+    /// `address` (its IP and port).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
+    /// The trunk is a PBX behind NAT: where its Contact names a private address but its
+    /// messages come from elsewhere, in-dialog requests go to where they come from (as
+    /// Kamailio's nathelper `fix_nated_contact`).
+    #[serde(default)]
+    pub fix_nated_contact: bool,
+    /// Which of the node's listeners (`sip.udp` / `sip.tcp` address of the trunk's
+    /// transport) the trunk is reached from; unset: the first. On a multi-homed node,
+    /// the one on the carrier's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_address: Option<SocketAddr>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Leading part of the dialled number (the Request-URI's user part), e.g. `+44`.
+    #[serde(deserialize_with = "lenient_string::deserialize")]
+    pub prefix: String,
+    /// The trunk such calls go to.
+    pub trunk: String,
 }
 
 fn default_true() -> bool {
@@ -591,6 +637,20 @@ impl Config {
                 problems.push(key, format!("{value} is outside 1..={max}"));
             }
         }
+        for (j, s) in sip.access_sources.iter().enumerate() {
+            if let Err(e) = s.parse::<trunkline_call::Source>() {
+                problems.push(format!("sip.access_sources[{j}]"), e);
+            }
+        }
+        if !(400..=699).contains(&sip.trunk_503_status) {
+            problems.push(
+                "sip.trunk_503_status",
+                format!(
+                    "{} is not a final error status (400-699)",
+                    sip.trunk_503_status
+                ),
+            );
+        }
         if timers.t1_ms > timers.t2_ms {
             problems.push(
                 "sip.timers.t1_ms",
@@ -709,6 +769,45 @@ impl Config {
                         "{:?} is not an ip:port (DNS names are not supported yet)",
                         trunk.address
                     ),
+                );
+            }
+        }
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            for (j, s) in trunk.sources.iter().enumerate() {
+                if let Err(e) = s.parse::<trunkline_call::Source>() {
+                    problems.push(format!("trunks[{i}].sources[{j}]"), e);
+                }
+            }
+            if let Some(local) = trunk.local_address {
+                let listeners = match trunk.transport {
+                    TrunkTransport::Udp => (&self.sip.udp, "sip.udp"),
+                    TrunkTransport::Tcp => (&self.sip.tcp, "sip.tcp"),
+                };
+                if !listeners.0.contains(&local) {
+                    problems.push(
+                        format!("trunks[{i}].local_address"),
+                        format!("{local} is not one of the {} listeners", listeners.1),
+                    );
+                }
+            }
+        }
+        let mut prefixes = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.prefix.is_empty() {
+                problems.push(
+                    format!("routes[{i}].prefix"),
+                    "must not be empty (use routing.default_trunk for everything else)",
+                );
+            } else if !prefixes.insert(route.prefix.as_str()) {
+                problems.push(
+                    format!("routes[{i}].prefix"),
+                    format!("{:?} is routed twice", route.prefix),
+                );
+            }
+            if !names.contains(route.trunk.as_str()) {
+                problems.push(
+                    format!("routes[{i}].trunk"),
+                    format!("{:?} is not the name of a trunk in [[trunks]]", route.trunk),
                 );
             }
         }

@@ -318,6 +318,17 @@ impl Call {
         &self.a.call_id
     }
 
+    /// Our tag toward the caller (the To-tag of our responses): with the caller's
+    /// Call-ID, what the caller's in-dialog requests name.
+    pub fn a_tag(&self) -> &str {
+        &self.a.tag
+    }
+
+    /// Our tag toward the callee (the From-tag of the B-leg INVITE), once routed.
+    pub fn b_tag(&self) -> Option<&str> {
+        self.b.as_ref().map(|b| b.tag.as_str())
+    }
+
     /// The Call-ID we generated for the callee side, once routed.
     pub fn b_call_id(&self) -> Option<&str> {
         self.b.as_ref().map(|b| b.call_id.as_str())

@@ -21,6 +21,10 @@ pub(super) struct Held {
 }
 
 /// A message the call is about to send, in a form that can wait for its body.
+// Most outgoing messages are requests or responses of similar size; an ACK waits here
+// only for a late offer's answer, so boxing the big variants would cost an allocation per
+// message to spare a few bytes on a rare one.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Outgoing {
     Request {
         id: u64,

@@ -1,0 +1,51 @@
+//! What call actors receive, and what starts one.
+
+use crate::registry::DialogKey;
+use crate::trust::Origin;
+use bytes::Bytes;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use trunkline_b2bua::{Leg, Local, MediaFailure};
+use trunkline_sip::{Message, Peer, Request};
+
+/// What a call actor receives.
+// Nearly every message is `Sip`; boxing it would add an allocation per packet to spare
+// a few bytes on the rare ticks.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum CallMsg {
+    /// A parsed SIP message for this call (counted in the mailbox bound).
+    Sip {
+        leg: Leg,
+        msg: Message,
+        source: Peer,
+    },
+    /// A timer set by the actor itself; stale generations are ignored.
+    Tick { generation: u64 },
+    /// Sending toward a leg failed at the transport.
+    SendFailed { leg: Leg },
+    /// The media actor's answer to a rewrite request.
+    MediaDone {
+        id: u64,
+        result: Result<Bytes, MediaFailure>,
+    },
+    /// No media flowed for the relay's inactivity timeout.
+    MediaTimeout,
+}
+
+/// Start-up arguments: the INVITE that creates the call.
+pub struct CallArgs {
+    pub invite: Request,
+    pub source: Peer,
+    /// Who the caller is (routing never sends a trunk's call back to it).
+    pub origin: Origin,
+    /// Our address toward the caller: the listener the INVITE arrived on.
+    pub local: Local,
+    pub seed: u64,
+    /// The call's number: the token of its sends, its index in the registry.
+    pub serial: u64,
+    /// Where the caller's INVITE is registered (Call-ID and its From-tag).
+    pub invite_key: DialogKey,
+    /// The mailbox counter the dispatcher counts up.
+    pub queued: Arc<AtomicUsize>,
+}

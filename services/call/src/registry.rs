@@ -1,0 +1,187 @@
+//! The dispatcher's index from what a message says to the call actor it belongs to.
+//!
+//! Dispatch is by dialog and transaction, not by Call-ID alone (RFC 3261 §12, §17.2.3):
+//! a Call-ID can carry several calls at once — a UA retrying after 422/488/503 under the
+//! same Call-ID, or a hairpin where the node's own B-leg INVITE comes back to it.
+//! - In-dialog requests and responses name one of the node's own tags (the To-tag of a
+//!   request, the From-tag of a response to a request the node sent), so
+//!   `(Call-ID, our tag)` finds the call and the leg.
+//! - A caller's INVITE, its retransmissions and its CANCEL carry no To-tag yet: they are
+//!   found by `(Call-ID, the caller's From-tag)` and checked against the INVITE's CSeq
+//!   and branch, which tells a retransmission from a merged request (482) and from a
+//!   new attempt (a new call).
+//! - Each call also has a serial number, the token the transport hands back when a send
+//!   of that call fails.
+
+use crate::messages::CallMsg;
+use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use ractor::ActorRef;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use trunkline_b2bua::Leg;
+
+/// Messages a call may have waiting in its mailbox before more are refused. A call
+/// handles a message in microseconds; a backlog this deep means it is flooded, and a
+/// ractor mailbox would otherwise grow without bound.
+pub const MAILBOX_LIMIT: usize = 256;
+
+/// A call actor as the dispatcher reaches it.
+#[derive(Clone)]
+pub struct CallHandle {
+    pub actor: ActorRef<CallMsg>,
+    /// Network messages queued and not yet handled (the actor counts them down).
+    pub queued: Arc<AtomicUsize>,
+    pub serial: u64,
+}
+
+/// The call's mailbox is full (or the actor is gone): the message was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Undelivered;
+
+impl CallHandle {
+    /// Queues a network message for the call, unless `MAILBOX_LIMIT` are already waiting.
+    pub fn deliver(&self, msg: CallMsg) -> Result<(), Undelivered> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= MAILBOX_LIMIT {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Undelivered);
+        }
+        self.actor.send_message(msg).map_err(|_| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            Undelivered
+        })
+    }
+}
+
+/// `(Call-ID, tag)`: a dialog side the node is one end of, or a caller's pending INVITE.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DialogKey {
+    pub call_id: Bytes,
+    pub tag: Bytes,
+}
+
+impl DialogKey {
+    pub fn new(call_id: &[u8], tag: &[u8]) -> DialogKey {
+        DialogKey {
+            call_id: Bytes::copy_from_slice(call_id),
+            tag: Bytes::copy_from_slice(tag),
+        }
+    }
+}
+
+/// A caller's INVITE the node is serving.
+#[derive(Clone)]
+pub struct InviteEntry {
+    pub handle: CallHandle,
+    pub cseq: u32,
+    pub branch: Bytes,
+}
+
+/// What to do with an INVITE without To-tag, decided against what is registered.
+pub enum InitialInvite {
+    /// The same INVITE again: hand it to its call.
+    Retransmission(CallHandle),
+    /// Same Call-ID, From-tag and CSeq as an ongoing INVITE, but another transaction:
+    /// it reached the node twice by different paths (RFC 3261 §8.2.2.2: 482).
+    Merged,
+    /// A new call; the entry is registered for it.
+    Started(CallHandle),
+    /// A new call could not be started.
+    Refused,
+}
+
+#[derive(Default)]
+pub struct CallRegistry {
+    dialogs: DashMap<DialogKey, (CallHandle, Leg)>,
+    invites: DashMap<DialogKey, InviteEntry>,
+    serials: DashMap<u64, CallHandle>,
+}
+
+impl CallRegistry {
+    /// The call and leg whose dialog has our tag `tag` under `call_id`.
+    pub fn dialog(&self, call_id: &[u8], tag: &[u8]) -> Option<(CallHandle, Leg)> {
+        let key = DialogKey::new(call_id, tag);
+        self.dialogs.get(&key).map(|e| e.value().clone())
+    }
+
+    pub fn register_dialog(&self, key: DialogKey, handle: CallHandle, leg: Leg) {
+        self.dialogs.insert(key, (handle, leg));
+    }
+
+    /// Removes `key` if it still belongs to call `serial`.
+    pub fn unregister_dialog(&self, key: &DialogKey, serial: u64) {
+        self.dialogs.remove_if(key, |_, (h, _)| h.serial == serial);
+    }
+
+    /// The caller's INVITE registered under `key` (Call-ID and the caller's From-tag).
+    pub fn invite(&self, key: &DialogKey) -> Option<InviteEntry> {
+        self.invites.get(key).map(|e| e.value().clone())
+    }
+
+    /// Decides, atomically against concurrent receive tasks, what an INVITE without
+    /// To-tag is; for a new call runs `start` and registers what it returns.
+    pub fn initial_invite(
+        &self,
+        key: DialogKey,
+        cseq: u32,
+        branch: &[u8],
+        start: impl FnOnce() -> Option<CallHandle>,
+    ) -> InitialInvite {
+        let entry = self.invites.entry(key);
+        if let Entry::Occupied(e) = &entry {
+            let known = e.get();
+            if known.branch == branch && known.cseq == cseq {
+                return InitialInvite::Retransmission(known.handle.clone());
+            }
+            if known.cseq == cseq {
+                return InitialInvite::Merged;
+            }
+            // A new CSeq: the caller tries again under the same Call-ID (after a 422,
+            // 488 or 503). The old call keeps its dialog keys for its last ACKs.
+        }
+        let Some(handle) = start() else {
+            return InitialInvite::Refused;
+        };
+        self.serials.insert(handle.serial, handle.clone());
+        let registered = InviteEntry {
+            handle: handle.clone(),
+            cseq,
+            branch: Bytes::copy_from_slice(branch),
+        };
+        match entry {
+            Entry::Occupied(mut e) => {
+                e.insert(registered);
+            }
+            Entry::Vacant(v) => {
+                v.insert(registered);
+            }
+        }
+        InitialInvite::Started(handle)
+    }
+
+    /// Removes the INVITE entry under `key` if it still belongs to call `serial`.
+    pub fn unregister_invite(&self, key: &DialogKey, serial: u64) {
+        self.invites
+            .remove_if(key, |_, e| e.handle.serial == serial);
+    }
+
+    /// The call a send-error token names.
+    pub fn by_serial(&self, serial: u64) -> Option<CallHandle> {
+        self.serials.get(&serial).map(|e| e.value().clone())
+    }
+
+    pub fn unregister_serial(&self, serial: u64) {
+        self.serials.remove(&serial);
+    }
+
+    /// Calls with an actor (live or lingering).
+    pub fn calls(&self) -> usize {
+        self.serials.len()
+    }
+
+    /// Index entries of every kind: what a leak would grow.
+    pub fn entries(&self) -> usize {
+        self.dialogs.len() + self.invites.len() + self.serials.len()
+    }
+}

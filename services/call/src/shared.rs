@@ -1,0 +1,201 @@
+//! State shared by the dispatcher and every call actor of a node.
+
+use crate::media::MediaMsg;
+use crate::metrics::CallMetrics;
+use crate::outbound::{Listener, Outbound};
+use crate::registry::CallRegistry;
+use crate::router::Router;
+use crate::trust::Trust;
+use bytes::Bytes;
+use ractor::ActorRef;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use trunkline_b2bua::{CallConfig, Leg, Local};
+use trunkline_sip::validate::Policy;
+use trunkline_sip::{Peer, Transport};
+
+/// Node-wide settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    pub call: Arc<CallConfig>,
+    /// Calls beyond this get 503 (admission control before any per-call allocation).
+    pub max_calls: usize,
+    /// Answer over UDP to the packet's source port even without `rport`
+    /// (RFC 3581 behaviour for every client): what keeps NATed callers reachable.
+    pub force_rport: bool,
+    /// Answer requests from sources no rule names with 403; `false`: say nothing at
+    /// all, so a scanner cannot even tell a SIP service is there.
+    pub reply_to_unknown: bool,
+    /// The relay interface callers' media (the A leg) is anchored on, by name; `None`: the
+    /// relay's default.
+    pub access_interface: Option<Arc<str>>,
+}
+
+/// Limits warn-level logs about bad input so a flood cannot flood the log.
+pub(crate) struct LogBudget {
+    second: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LogBudget {
+    const PER_SECOND: u64 = 20;
+
+    pub(crate) fn new() -> LogBudget {
+        LogBudget {
+            second: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn allow(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.count.store(0, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND
+    }
+}
+
+/// State shared by the dispatcher and every call actor.
+pub struct Shared {
+    pub(crate) cfg: DispatcherConfig,
+    pub(crate) metrics: CallMetrics,
+    pub(crate) router: Router,
+    pub(crate) trust: Trust,
+    /// The node's media-relay actor; `None` when media anchoring is off.
+    pub(crate) media: Option<ActorRef<MediaMsg>>,
+    pub(crate) registry: CallRegistry,
+    outbound: OnceLock<Arc<dyn Outbound>>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) policy: Policy,
+    seed: AtomicU64,
+    next_serial: AtomicU64,
+    pub(crate) log_budget: LogBudget,
+    /// Calls admitted and not yet ended (ended calls may linger to absorb
+    /// retransmissions; they no longer count).
+    live_calls: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        cfg: DispatcherConfig,
+        router: Router,
+        trust: Trust,
+        metrics: CallMetrics,
+        media: Option<ActorRef<MediaMsg>>,
+    ) -> Shared {
+        Shared {
+            cfg,
+            metrics,
+            router,
+            trust,
+            media,
+            registry: CallRegistry::default(),
+            outbound: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            policy: Policy::default(),
+            seed: AtomicU64::new(rand::random()),
+            next_serial: AtomicU64::new(1),
+            log_budget: LogBudget::new(),
+            live_calls: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn attach(&self, outbound: Arc<dyn Outbound>) {
+        let _ = self.outbound.set(outbound);
+    }
+
+    pub(crate) fn node(&self) -> &str {
+        &self.cfg.call.node_id
+    }
+
+    /// Our address toward a hop over `transport` through the socket `local` (`None`:
+    /// that transport's first listener): what Via and Contact carry.
+    pub(crate) fn local_for(
+        &self,
+        transport: Transport,
+        local: Option<SocketAddr>,
+    ) -> Option<Local> {
+        let Listener {
+            transport,
+            local,
+            advertise,
+        } = self.outbound.get()?.listener(transport, local)?;
+        Some(Local {
+            transport,
+            host: advertise,
+            port: local.port(),
+        })
+    }
+
+    /// Hands bytes to the transports; never blocks. `token` makes a failure come back
+    /// to the call (see `send_token`).
+    pub(crate) fn send(&self, peer: &Peer, data: Bytes, token: Option<u64>) {
+        if let Some(o) = self.outbound.get() {
+            o.send(peer, data, token);
+        }
+    }
+
+    /// A fresh per-call seed for identifiers (`Ids`).
+    pub(crate) fn next_seed(&self) -> u64 {
+        let base = self
+            .seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        base ^ rand::random::<u64>()
+    }
+
+    pub(crate) fn next_serial(&self) -> u64 {
+        self.next_serial.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a live-call slot if fewer than `max_calls` calls are live: exact under
+    /// concurrency, so the limit holds however many receive tasks admit at once.
+    pub(crate) fn admit(&self) -> bool {
+        let max = self.cfg.max_calls as u64;
+        self.live_calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives a live-call slot back (the call ended, or never started).
+    pub(crate) fn release(&self) {
+        self.live_calls.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn live_calls(&self) -> u64 {
+        self.live_calls.load(Ordering::Acquire)
+    }
+}
+
+/// The token of a send by call `serial` toward `leg`: what the transport hands back
+/// when that send fails.
+pub(crate) fn send_token(serial: u64, leg: Leg) -> u64 {
+    serial << 1
+        | match leg {
+            Leg::A => 0,
+            Leg::B => 1,
+        }
+}
+
+/// The call and leg a send-failure token names.
+pub(crate) fn token_target(token: u64) -> (u64, Leg) {
+    (token >> 1, if token & 1 == 0 { Leg::A } else { Leg::B })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        for leg in [Leg::A, Leg::B] {
+            assert_eq!(token_target(send_token(77, leg)), (77, leg));
+        }
+    }
+}

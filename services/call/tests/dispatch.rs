@@ -1,0 +1,460 @@
+//! The dispatcher and the call actors together, on tokio's paused clock: who may call,
+//! where calls go, how a message finds its call (dialog and transaction, not Call-ID
+//! alone), admission limits, and transport failures reaching the caller. A recorder
+//! stands in for the transports; time moves only when every task waits.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use trunkline_b2bua::CallConfig;
+use trunkline_call::metrics::CallMetrics;
+use trunkline_call::{
+    Dispatcher, DispatcherConfig, Listener, Outbound, Route, Router, Source, Trunk, Trust,
+};
+use trunkline_sip::{parse_message, Host, Message, Peer, Transport};
+
+const NODE: &str = "127.0.0.1:5062";
+const CALLER: &str = "127.0.0.1:5070";
+const CARRIER: &str = "127.0.0.1:5090";
+const UK: &str = "127.0.0.2:5090";
+const STRANGER: &str = "192.0.2.66:5060";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Records every send; one UDP listener.
+#[derive(Default)]
+struct Recorder {
+    sent: Mutex<Vec<(Peer, Message, Option<u64>)>>,
+}
+
+impl Outbound for Recorder {
+    fn send(&self, peer: &Peer, data: Bytes, token: Option<u64>) {
+        let msg = parse_message(data).expect("the node sends parsable SIP");
+        self.sent.lock().unwrap().push((*peer, msg, token));
+    }
+
+    fn listener(&self, transport: Transport, _local: Option<SocketAddr>) -> Option<Listener> {
+        Some(Listener {
+            transport,
+            local: addr(NODE),
+            advertise: Host::parse("127.0.0.1").unwrap(),
+        })
+    }
+}
+
+fn trunk(name: &str, at: &str) -> Trunk {
+    Trunk {
+        name: name.into(),
+        addr: addr(at),
+        transport: Transport::Udp,
+        sources: vec![Source::Exact(addr(at))],
+        anchor_media: false,
+        media_interface: None,
+        fix_nated_contact: false,
+        local: None,
+    }
+}
+
+struct Node {
+    d: Dispatcher,
+    out: Arc<Recorder>,
+    registry: Registry,
+}
+
+struct Opts {
+    max_calls: usize,
+    reply_to_unknown: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            max_calls: 100,
+            reply_to_unknown: true,
+        }
+    }
+}
+
+fn node(opts: Opts) -> Node {
+    let trunks = vec![trunk("carrier", CARRIER), trunk("uk", UK)];
+    let trust = Trust::new(
+        trunks.iter().map(|t| t.sources.clone()).collect(),
+        vec!["127.0.0.0/8".parse().unwrap()],
+    );
+    let router = Router::new(
+        trunks,
+        vec![Route {
+            prefix: "+44".into(),
+            trunk: "uk".into(),
+        }],
+        Some("carrier"),
+    )
+    .unwrap();
+    let mut registry = Registry::default();
+    let metrics = CallMetrics::register(&mut registry);
+    let d = Dispatcher::new(
+        DispatcherConfig {
+            call: Arc::new(CallConfig::default()),
+            max_calls: opts.max_calls,
+            force_rport: true,
+            reply_to_unknown: opts.reply_to_unknown,
+            access_interface: None,
+        },
+        router,
+        trust,
+        metrics,
+        None,
+    );
+    let out = Arc::new(Recorder::default());
+    d.attach(out.clone());
+    Node { d, out, registry }
+}
+
+impl Node {
+    fn recv(&self, from: &str, text: &str) {
+        let peer = Peer {
+            local: Some(addr(NODE)),
+            ..Peer::new(Transport::Udp, addr(from))
+        };
+        self.d.on_received(peer, Bytes::from(text.to_string()));
+    }
+
+    /// Lets the actors run (the paused clock moves only when all wait).
+    async fn settle(&self) {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Everything sent to `to` so far, taken.
+    fn take(&self, to: &str) -> Vec<(Message, Option<u64>)> {
+        let mut sent = self.out.sent.lock().unwrap();
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            sent.drain(..).partition(|(p, _, _)| p.addr == addr(to));
+        *sent = rest;
+        mine.into_iter().map(|(_, m, t)| (m, t)).collect()
+    }
+
+    fn metrics(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).unwrap();
+        s
+    }
+}
+
+fn summary(m: &Message) -> String {
+    let c = m.headers().cseq().unwrap();
+    match m {
+        Message::Request(r) => format!("{} {}", r.method, c.seq),
+        Message::Response(r) => format!("{} ({} {})", r.status, c.seq, c.method),
+    }
+}
+
+fn names(v: &[(Message, Option<u64>)]) -> Vec<String> {
+    v.iter().map(|(m, _)| summary(m)).collect()
+}
+
+fn invite(from: &str, to_user: &str, call_id: &str, tag: &str, cseq: u32, branch: &str) -> String {
+    format!(
+        "INVITE sip:{to_user}@{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK{branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@{from}>;tag={tag}\r\nTo: <sip:{to_user}@{NODE}>\r\n\
+         Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:alice@{from}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// A response to `req` as its recipient would send it (Via, From, To, Call-ID, CSeq
+/// copied; a To-tag added).
+fn respond(req: &Message, status: u16, to_tag: &str, contact: &str) -> String {
+    let h = req.headers();
+    let get = |k| String::from_utf8_lossy(h.get(k).unwrap()).into_owned();
+    use trunkline_sip::HeaderName as H;
+    let mut to = get(H::To);
+    if !to.contains("tag=") {
+        to.push_str(&format!(";tag={to_tag}"));
+    }
+    format!(
+        "SIP/2.0 {status} X\r\nVia: {}\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {}\r\n\
+         Contact: <sip:{contact}>\r\nContent-Length: 0\r\n\r\n",
+        get(H::Via),
+        get(H::From),
+        get(H::CallId),
+        get(H::CSeq)
+    )
+}
+
+fn ack_for(resp: &Message, via_host: &str) -> String {
+    let h = resp.headers();
+    use trunkline_sip::HeaderName as H;
+    let get = |k| String::from_utf8_lossy(h.get(k).unwrap()).into_owned();
+    let seq = h.cseq().unwrap().seq;
+    format!(
+        "ACK sip:{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {via_host};branch=z9hG4bKack{seq}\r\n\
+         Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} ACK\r\n\
+         Content-Length: 0\r\n\r\n",
+        get(H::From),
+        get(H::To),
+        get(H::CallId)
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stranger_gets_403_and_costs_nothing() {
+    let n = node(Opts::default());
+    n.recv(
+        STRANGER,
+        &invite(STRANGER, "+15550100", "c1@x", "t1", 1, "s1"),
+    );
+    n.settle().await;
+    assert_eq!(names(&n.take(STRANGER)), vec!["403 (1 INVITE)"]);
+    assert!(n.take(CARRIER).is_empty(), "no call toward any trunk");
+    assert_eq!(n.d.call_actors(), 0);
+    assert_eq!(n.d.index_entries(), 0);
+    assert!(n
+        .metrics()
+        .contains("trunkline_sip_rejected_total{reason=\"untrusted_source\"} 1"));
+
+    let quiet = node(Opts {
+        reply_to_unknown: false,
+        ..Opts::default()
+    });
+    quiet.recv(
+        STRANGER,
+        &invite(STRANGER, "+15550100", "c1@x", "t1", 1, "s1"),
+    );
+    let options = format!(
+        "OPTIONS sip:{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {STRANGER};branch=z9hG4bKo\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:s@x>;tag=1\r\nTo: <sip:{NODE}>\r\nCall-ID: o@x\r\n\
+         CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    quiet.recv(STRANGER, &options);
+    quiet.recv(STRANGER, "garbage\r\n\r\n");
+    quiet.settle().await;
+    assert!(quiet.take(STRANGER).is_empty(), "not a word to a scanner");
+    assert_eq!(quiet.d.call_actors(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_are_routed_by_prefix_and_retransmissions_make_no_second_call() {
+    let n = node(Opts::default());
+    let inv = invite(CALLER, "+442071234567", "c2@x", "t2", 1, "a2");
+    n.recv(CALLER, &inv);
+    n.recv(CALLER, &inv);
+    n.settle().await;
+    let to_uk = n.take(UK);
+    assert_eq!(
+        names(&to_uk),
+        vec!["INVITE 1"],
+        "one call, to the +44 trunk"
+    );
+    assert!(n.take(CARRIER).is_empty());
+    assert!(names(&n.take(CALLER)).iter().all(|s| s == "100 (1 INVITE)"));
+    assert_eq!(n.d.active_calls(), 1);
+
+    // The trunk refuses: the call ends, its slot is free, and nothing is left behind.
+    let busy = respond(&to_uk[0].0, 486, "uk1", UK);
+    n.recv(UK, &busy);
+    n.settle().await;
+    let got = n.take(CALLER);
+    assert_eq!(names(&got), vec!["486 (1 INVITE)"]);
+    n.recv(CALLER, &ack_for(&got[0].0, CALLER));
+    assert_eq!(n.d.active_calls(), 0);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert_eq!(n.d.call_actors(), 0);
+    assert_eq!(n.d.index_entries(), 0, "every index entry is gone");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_from_a_trunk_never_goes_back_to_it() {
+    let n = node(Opts::default());
+    // The uk trunk sends a +44 call: the +44 route would send it back to uk, so it goes to
+    // the default trunk.
+    n.recv(UK, &invite(UK, "+441611234567", "c3@x", "t3", 1, "u3"));
+    n.settle().await;
+    assert!(n
+        .take(UK)
+        .iter()
+        .all(|(m, _)| summary(m) == "100 (1 INVITE)"));
+    assert_eq!(names(&n.take(CARRIER)), vec!["INVITE 1"]);
+    // The default trunk sends a call only the default serves: 404, not a loop.
+    n.recv(
+        CARRIER,
+        &invite(CARRIER, "+15550100", "c4@x", "t4", 1, "c4"),
+    );
+    n.settle().await;
+    let got = n.take(CARRIER);
+    assert!(
+        names(&got).contains(&"404 (1 INVITE)".to_string()),
+        "carrier got {:?}",
+        names(&got)
+    );
+    assert!(!names(&got).contains(&"INVITE 1".to_string()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn merged_requests_get_482_and_a_retry_under_the_same_call_id_is_a_new_call() {
+    let n = node(Opts::default());
+    n.recv(CALLER, &invite(CALLER, "+15550100", "c5@x", "t5", 1, "m1"));
+    n.settle().await;
+    let first = n.take(CARRIER);
+    assert_eq!(names(&first), vec!["INVITE 1"]);
+    // The same INVITE by another path (same Call-ID, From-tag and CSeq, new branch).
+    n.recv(CALLER, &invite(CALLER, "+15550100", "c5@x", "t5", 1, "m2"));
+    n.settle().await;
+    assert!(names(&n.take(CALLER)).contains(&"482 (1 INVITE)".to_string()));
+    assert!(n.take(CARRIER).is_empty());
+    // The trunk answers 503; the caller retries under the same Call-ID with CSeq 2.
+    n.recv(CARRIER, &respond(&first[0].0, 503, "ca5", CARRIER));
+    n.settle().await;
+    let got = n.take(CALLER);
+    assert_eq!(
+        names(&got),
+        vec!["500 (1 INVITE)"],
+        "a trunk's 503 is mapped"
+    );
+    assert_eq!(names(&n.take(CARRIER)), vec!["ACK 1"]);
+    n.recv(CALLER, &ack_for(&got[0].0, CALLER));
+    n.recv(CALLER, &invite(CALLER, "+15550100", "c5@x", "t5", 2, "m3"));
+    n.settle().await;
+    let retry = n.take(CARRIER);
+    assert_eq!(names(&retry), vec!["INVITE 1"], "a new call, not a 482");
+    assert_ne!(
+        retry[0].0.headers().call_id(),
+        first[0].0.headers().call_id(),
+        "with a B-leg of its own"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hairpin_back_into_the_node_is_a_second_call_that_connects() {
+    let n = node(Opts::default());
+    n.recv(CALLER, &invite(CALLER, "+15550100", "c6@x", "t6", 1, "h1"));
+    n.settle().await;
+    // The carrier trunk is the node itself: its B-leg INVITE arrives back at the node,
+    // from the node's own address (an access source on loopback).
+    let b_inv = n.take(CARRIER).remove(0).0;
+    let looped = String::from_utf8(b_inv.encode().to_vec()).unwrap();
+    n.recv(NODE, &looped);
+    n.settle().await;
+    let second = n.take(CARRIER);
+    assert_eq!(names(&second), vec!["INVITE 1"], "the loop is a new call");
+    assert_ne!(second[0].0.headers().call_id(), b_inv.headers().call_id());
+    assert_eq!(n.d.active_calls(), 2);
+    // The far end answers the second call; its 200 reaches the first call through the
+    // node's own A-leg response, and the caller gets its 200.
+    n.recv(CARRIER, &respond(&second[0].0, 200, "far6", CARRIER));
+    n.settle().await;
+    assert!(names(&n.take(CARRIER)).contains(&"ACK 1".to_string()));
+    let to_self = n.take(NODE);
+    let ok = to_self
+        .iter()
+        .find(|(m, _)| summary(m) == "200 (1 INVITE)")
+        .expect("the second call answers the first");
+    let ok_text = String::from_utf8(ok.0.encode().to_vec()).unwrap();
+    n.recv(NODE, &ok_text);
+    n.settle().await;
+    let to_caller = n.take(CALLER);
+    assert!(
+        names(&to_caller).contains(&"200 (1 INVITE)".to_string()),
+        "caller got {:?}",
+        names(&to_caller)
+    );
+    // The first call ACKs the second over the loop.
+    assert!(n.take(NODE).iter().any(|(m, _)| summary(m) == "ACK 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_calls_counts_live_calls_exactly() {
+    let n = node(Opts {
+        max_calls: 2,
+        ..Opts::default()
+    });
+    for i in 0..3 {
+        n.recv(
+            CALLER,
+            &invite(
+                CALLER,
+                "+15550100",
+                &format!("c7-{i}@x"),
+                "t7",
+                1,
+                &format!("x{i}"),
+            ),
+        );
+    }
+    n.settle().await;
+    let b = n.take(CARRIER);
+    assert_eq!(b.len(), 2, "two calls admitted");
+    let got = names(&n.take(CALLER));
+    assert_eq!(got.iter().filter(|s| *s == "503 (1 INVITE)").count(), 1);
+    // One call ends: its slot is free at once, while its actor still lingers.
+    n.recv(CARRIER, &respond(&b[0].0, 486, "b7", CARRIER));
+    n.settle().await;
+    assert_eq!(n.d.active_calls(), 1);
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+15550100", "c7-3@x", "t7", 1, "x3"),
+    );
+    n.settle().await;
+    assert_eq!(
+        n.take(CARRIER).len(),
+        2,
+        "the ACK of the 486 and the new call's INVITE"
+    );
+    assert!(n
+        .metrics()
+        .contains("trunkline_sip_rejected_total{reason=\"overload\"} 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_failure_toward_the_trunk_gives_the_caller_503_at_once() {
+    let n = node(Opts::default());
+    n.recv(CALLER, &invite(CALLER, "+15550100", "c8@x", "t8", 1, "f1"));
+    n.settle().await;
+    let (_, token) = n.take(CARRIER).remove(0);
+    let token = token.expect("the B-leg INVITE is tracked");
+    n.take(CALLER);
+    n.d.on_send_error(
+        &Peer::new(Transport::Tcp, addr(CARRIER)),
+        Some(token),
+        &"connection refused",
+    );
+    n.settle().await;
+    let got = n.take(CALLER);
+    assert_eq!(
+        names(&got),
+        vec!["503 (1 INVITE)"],
+        "not a 408 after Timer B"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn strays_are_answered_statelessly() {
+    let n = node(Opts::default());
+    let bye = format!(
+        "BYE sip:{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKs\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>;tag=n1-000000000001\r\n\
+         Call-ID: nope@x\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    n.recv(CALLER, &bye);
+    let cancel = format!(
+        "CANCEL sip:{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKq\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\n\
+         Call-ID: nope@x\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    );
+    n.recv(CALLER, &cancel);
+    n.recv(CARRIER, "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKz\r\nFrom: <sip:a@x>;tag=n1-0\r\nTo: <sip:b@x>;tag=2\r\nCall-ID: gone@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n");
+    n.settle().await;
+    assert_eq!(
+        names(&n.take(CALLER)),
+        vec!["481 (2 BYE)", "481 (1 CANCEL)"]
+    );
+    assert!(n.take(CARRIER).is_empty(), "a stray response is dropped");
+    assert_eq!(n.d.call_actors(), 0);
+    assert_eq!(n.d.index_entries(), 0);
+}
