@@ -43,11 +43,19 @@ impl fmt::Display for Transport {
 
 /// A remote hop: transport, address and, for connection-oriented transports, the
 /// connection a request arrived on (responses go back over it, RFC 3261 §18.2.2).
+///
+/// `local` names which of our bound sockets the hop uses, so that on a multi-homed node
+/// a dialog keeps leaving from the address (and network) its peer knows us by; `None`
+/// leaves the choice to the transport (its first listener of the peer's address family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Peer {
     pub transport: Transport,
     pub addr: SocketAddr,
     pub connection: Option<u64>,
+    /// Our socket's bound address (a listener's, port resolved), as the transport
+    /// reports it for received messages. Absent in state saved before it existed.
+    #[serde(default)]
+    pub local: Option<SocketAddr>,
 }
 
 impl Peer {
@@ -56,6 +64,7 @@ impl Peer {
             transport,
             addr,
             connection: None,
+            local: None,
         }
     }
 }
