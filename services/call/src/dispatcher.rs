@@ -25,7 +25,7 @@ use trunkline_sip::{
     parse_message, salvage, HeaderName, Headers, Host, Message, Method, Peer, Request, Response,
     Transport,
 };
-use trunkline_transport::{ConnectionId, Inbound, Received, Target, Transports};
+use trunkline_transport::{Inbound, Received, Transports};
 
 /// Node-wide settings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -98,7 +98,7 @@ impl Shared {
     /// Our address for requests sent over `transport`.
     pub(crate) fn local_for(&self, transport: Transport) -> Option<Local> {
         let t = self.transports.get()?;
-        let addr = t.local_addr(to_transport(transport))?;
+        let addr = t.local_addr(transport)?;
         Some(Local {
             transport,
             host: Host::from(self.advertise),
@@ -109,14 +109,7 @@ impl Shared {
     /// Hands bytes to the transports; never blocks.
     pub(crate) fn send(&self, peer: Peer, data: Bytes) {
         if let Some(t) = self.transports.get() {
-            t.send(
-                Target {
-                    transport: to_transport(peer.transport),
-                    addr: peer.addr,
-                    connection: peer.connection.map(ConnectionId),
-                },
-                data,
-            );
+            t.send(&peer, data);
         }
     }
 
@@ -125,20 +118,6 @@ impl Shared {
             .seed
             .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
         base ^ rand::random::<u64>()
-    }
-}
-
-fn to_transport(t: Transport) -> trunkline_transport::Transport {
-    match t {
-        Transport::Udp => trunkline_transport::Transport::Udp,
-        Transport::Tcp => trunkline_transport::Transport::Tcp,
-    }
-}
-
-fn from_transport(t: trunkline_transport::Transport) -> Transport {
-    match t {
-        trunkline_transport::Transport::Udp => Transport::Udp,
-        trunkline_transport::Transport::Tcp => Transport::Tcp,
     }
 }
 
@@ -200,14 +179,14 @@ impl Dispatcher {
             .metrics
             .response(Direction::Out, method, resp.status);
         if let Some(t) = self.shared.transports.get() {
-            t.send(Target::reply_to(rx), resp.encode());
+            t.send(&rx.peer, resp.encode());
         }
     }
 
     fn bad_input(&self, rx: &Received, reason: &'static str, detail: &dyn std::fmt::Display) {
         self.shared.metrics.parse_error(reason);
         if self.shared.log_budget.allow() {
-            tracing::warn!(peer = %rx.peer, transport = %rx.transport, reason, error = %detail, "bad SIP message");
+            tracing::warn!(peer = %rx.peer.addr, transport = %rx.peer.transport, reason, error = %detail, "bad SIP message");
         }
     }
 
@@ -267,7 +246,7 @@ impl Dispatcher {
         };
         let Some(entry) = self.shared.calls.get(call_id.as_ref()) else {
             // A response to nothing we have: drop silently (RFC 3261 §18.1.2).
-            tracing::debug!(peer = %rx.peer, "stray response dropped");
+            tracing::debug!(peer = %rx.peer.addr, "stray response dropped");
             return;
         };
         let (actor, leg) = (entry.0.clone(), entry.1);
@@ -284,7 +263,7 @@ impl Dispatcher {
         let node = self.shared.call_config.node_id.as_str();
         if let Err(rejection) = validate_request(&req, &self.shared.policy) {
             if self.shared.log_budget.allow() {
-                tracing::info!(peer = %rx.peer, status = rejection.status, reason = rejection.reason, "request rejected");
+                tracing::info!(peer = %rx.peer.addr, status = rejection.status, reason = rejection.reason, "request rejected");
             }
             if req.method != Method::Ack {
                 let resp = stateless::reject(&req, &rejection, node);
@@ -334,7 +313,7 @@ impl Dispatcher {
             self.reply(rx, &resp, &req.method);
             return;
         }
-        let Some(local) = self.shared.local_for(from_transport(rx.transport)) else {
+        let Some(local) = self.shared.local_for(rx.peer.transport) else {
             return;
         };
         let key = Bytes::copy_from_slice(&call_id);
@@ -380,17 +359,18 @@ impl Inbound for Dispatcher {
         }
     }
 
-    fn on_send_error(&self, target: Target, error: &trunkline_transport::TransportError) {
-        tracing::debug!(peer = %target.addr, error = %error, "send failed");
+    fn on_send_error(
+        &self,
+        peer: &Peer,
+        _token: Option<u64>,
+        error: &trunkline_transport::TransportError,
+    ) {
+        tracing::debug!(peer = %peer.addr, error = %error, "send failed");
     }
 }
 
 fn peer_of(rx: &Received) -> Peer {
-    Peer {
-        transport: from_transport(rx.transport),
-        addr: rx.peer,
-        connection: rx.connection.map(|c| c.0),
-    }
+    rx.peer
 }
 
 /// RFC 3261 §18.2.1 / RFC 3581: records where the request really came from in its
@@ -406,8 +386,8 @@ fn stamp_top_via(headers: &mut Headers, rx: &Received, force_rport: bool) {
     let Some(mut via) = trunkline_sip::Via::parse(first) else {
         return;
     };
-    let reliable = rx.transport.is_reliable();
-    via.stamp_received(rx.peer, force_rport && !reliable);
+    let reliable = rx.peer.transport.is_reliable();
+    via.stamp_received(rx.peer.addr, force_rport && !reliable);
     let mut out = via.to_string();
     for v in &values[1..] {
         out.push_str(", ");

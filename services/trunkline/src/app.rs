@@ -78,7 +78,7 @@ impl App {
         let advertise = config
             .sip
             .advertise_ip()
-            .ok_or_else(|| anyhow!("sip: no listen address to advertise"))?;
+            .ok_or_else(|| anyhow!("sip: no listener has an IP to advertise; set sip.advertise"))?;
         let media = if config.media.enabled {
             let m = &config.media;
             let relay = trunkline_media::Relay::start(
