@@ -18,7 +18,6 @@ use crate::stateless;
 use crate::trust::{Origin, Trust};
 use bytes::Bytes;
 use ractor::ActorRef;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use trunkline_b2bua::Leg;
@@ -469,36 +468,17 @@ fn stamp_top_via(headers: &mut Headers, source: &Peer, force_rport: bool) {
     h.value = Bytes::from(out);
 }
 
-/// The peer of a message the transport received.
-pub fn peer_of(
-    transport: trunkline_sip::Transport,
-    addr: SocketAddr,
-    connection: Option<u64>,
-    local: SocketAddr,
-) -> Peer {
-    Peer {
-        transport,
-        addr,
-        connection,
-        local: Some(local),
-    }
-}
-
 impl trunkline_transport::Inbound for Dispatcher {
     fn on_message(&self, rx: trunkline_transport::Received) {
-        let transport = match rx.transport {
-            trunkline_transport::Transport::Udp => trunkline_sip::Transport::Udp,
-            trunkline_transport::Transport::Tcp => trunkline_sip::Transport::Tcp,
-        };
-        let source = peer_of(transport, rx.peer, rx.connection.map(|c| c.0), rx.local);
-        self.on_received(source, rx.data);
+        self.on_received(rx.peer, rx.data);
     }
 
     fn on_send_error(
         &self,
-        target: trunkline_transport::Target,
+        peer: &Peer,
+        token: Option<u64>,
         error: &trunkline_transport::TransportError,
     ) {
-        tracing::debug!(peer = %target.addr, error = %error, "send failed");
+        Dispatcher::on_send_error(self, peer, token, error);
     }
 }

@@ -4,17 +4,11 @@
 
 use bytes::Bytes;
 use std::net::SocketAddr;
-use trunkline_sip::{Host, Peer, Transport};
+use trunkline_sip::{Peer, Transport};
 
-/// One of the node's SIP sockets, as the call layer needs to know it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listener {
-    pub transport: Transport,
-    /// The bound address (port 0 resolved).
-    pub local: SocketAddr,
-    /// What Via and Contact carry for messages through this socket.
-    pub advertise: Host,
-}
+/// One of the node's SIP sockets: its bound address and what Via and Contact carry for
+/// messages through it.
+pub use trunkline_transport::Listener;
 
 /// The node's transports, seen from the call layer.
 pub trait Outbound: Send + Sync + 'static {
@@ -27,38 +21,19 @@ pub trait Outbound: Send + Sync + 'static {
     fn listener(&self, transport: Transport, local: Option<SocketAddr>) -> Option<Listener>;
 }
 
-/// The node's transports as the call layer's [`Outbound`].
-pub struct TransportOutbound {
-    pub transports: trunkline_transport::Transports,
-    /// What Via and Contact carry on every listener.
-    pub advertise: Host,
-}
-
-fn to_transport(t: Transport) -> trunkline_transport::Transport {
-    match t {
-        Transport::Udp => trunkline_transport::Transport::Udp,
-        Transport::Tcp => trunkline_transport::Transport::Tcp,
-    }
-}
-
-impl Outbound for TransportOutbound {
-    fn send(&self, peer: &Peer, data: Bytes, _token: Option<u64>) {
-        self.transports.send(
-            trunkline_transport::Target {
-                transport: to_transport(peer.transport),
-                addr: peer.addr,
-                connection: peer.connection.map(trunkline_transport::ConnectionId),
-            },
-            data,
-        );
+impl Outbound for trunkline_transport::Transports {
+    fn send(&self, peer: &Peer, data: Bytes, token: Option<u64>) {
+        match token {
+            Some(token) => self.send_tracked(peer, data, token),
+            None => trunkline_transport::Transports::send(self, peer, data),
+        }
     }
 
-    fn listener(&self, transport: Transport, _local: Option<SocketAddr>) -> Option<Listener> {
-        let local = self.transports.local_addr(to_transport(transport))?;
-        Some(Listener {
-            transport,
-            local,
-            advertise: self.advertise.clone(),
-        })
+    fn listener(&self, transport: Transport, local: Option<SocketAddr>) -> Option<Listener> {
+        match local {
+            Some(local) => trunkline_transport::Transports::listener(self, transport, local),
+            None => self.listeners().iter().find(|l| l.transport == transport),
+        }
+        .cloned()
     }
 }

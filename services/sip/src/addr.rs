@@ -43,6 +43,10 @@ impl fmt::Display for Transport {
 
 /// A remote hop: transport, address and, for connection-oriented transports, the
 /// connection a request arrived on (responses go back over it, RFC 3261 §18.2.2).
+///
+/// `local` names which of our bound sockets the hop uses, so that on a multi-homed node
+/// a dialog keeps leaving from the address (and network) its peer knows us by; `None`
+/// leaves the choice to the transport (its first listener of the peer's address family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Peer {
     pub transport: Transport,
@@ -50,6 +54,8 @@ pub struct Peer {
     pub connection: Option<u64>,
     /// Which of our bound sockets the hop uses (`None`: the transport's first): on a
     /// multi-homed node a dialog stays on the socket, and the network, it began on.
+    /// Absent in state saved before it existed.
+    #[serde(default)]
     pub local: Option<SocketAddr>,
 }
 

@@ -3,28 +3,76 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use trunkline_sip::Host;
+
+/// One socket to bind, and the name peers reach it by.
+///
+/// A node on several networks (access and carrier, or public and private) is reached at a
+/// different address on each, and behind 1:1 NAT at an address it does not own; the Via and
+/// Contact of a message must carry the address of the socket it leaves from, so each socket
+/// carries its own advertised host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Address to bind (port 0 picks a free port).
+    pub addr: SocketAddr,
+    /// Host written into Via and Contact for this socket; `None`: the bound IP, which must
+    /// then not be unspecified (`0.0.0.0`, `::`).
+    pub advertise: Option<Host>,
+}
+
+impl ListenerConfig {
+    /// A socket advertised by its own IP.
+    pub fn new(addr: SocketAddr) -> Self {
+        ListenerConfig {
+            addr,
+            advertise: None,
+        }
+    }
+
+    /// A socket advertised under another host (NAT, DNS name, wildcard bind).
+    pub fn advertised(addr: SocketAddr, advertise: Host) -> Self {
+        ListenerConfig {
+            addr,
+            advertise: Some(advertise),
+        }
+    }
+}
+
+impl From<SocketAddr> for ListenerConfig {
+    fn from(addr: SocketAddr) -> Self {
+        ListenerConfig::new(addr)
+    }
+}
+
 /// What to bind and how much to trust peers.
 ///
 /// The defaults bind UDP and TCP on `127.0.0.1:5060`, so a node with no config at all starts and
 /// serves locally; production configs list their public addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportConfig {
-    /// UDP addresses to bind (port 0 picks a free port).
-    pub udp: Vec<SocketAddr>,
-    /// TCP addresses to listen on (port 0 picks a free port).
-    pub tcp: Vec<SocketAddr>,
+    /// UDP sockets to bind. The first of each address family is the default for sends that
+    /// name no socket.
+    pub udp: Vec<ListenerConfig>,
+    /// TCP listeners. Outbound connections that name a listener are bound to its IP.
+    pub tcp: Vec<ListenerConfig>,
     /// Largest message accepted. Larger datagrams are dropped; a TCP peer announcing or sending
     /// a larger message is disconnected. Bounds memory before anything is parsed.
     pub max_message_bytes: usize,
-    /// A TCP connection on which nothing at all is received for this long is closed, so idle
-    /// peers cannot hold sockets and memory for ever.
+    /// A TCP connection with no traffic either way (messages or CRLF keep-alives) for this
+    /// long is closed, unless a call has pinned it, so idle peers cannot hold sockets and
+    /// memory for ever.
     pub tcp_idle_timeout: Duration,
     /// A TCP message that was started but not completed within this time gets the connection
     /// closed (slowloris defence). Also bounds how long one write to a peer may take.
     pub tcp_partial_timeout: Duration,
-    /// Most TCP connections (inbound and outbound together); beyond it accepts are closed at
-    /// once and outbound connects fail.
-    pub tcp_max_connections: usize,
+    /// Most accepted TCP connections; beyond it accepts are closed at once. Kept apart from
+    /// the outbound limit so a flood of inbound connections cannot stop us reaching trunks.
+    pub tcp_max_inbound: usize,
+    /// Most TCP connections we open; beyond it sends that need a new connection fail.
+    pub tcp_max_outbound: usize,
+    /// Most accepted TCP connections from one source IP, so one host cannot take the whole
+    /// inbound budget.
+    pub tcp_max_per_source: usize,
     /// How long an outbound TCP connect may take before the send is reported failed.
     pub tcp_connect_timeout: Duration,
     /// Requested SO_RCVBUF of UDP sockets, so bursts are not dropped by the kernel. The kernel
@@ -36,12 +84,14 @@ impl Default for TransportConfig {
     fn default() -> Self {
         let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 5060));
         TransportConfig {
-            udp: vec![local],
-            tcp: vec![local],
+            udp: vec![ListenerConfig::new(local)],
+            tcp: vec![ListenerConfig::new(local)],
             max_message_bytes: 16 * 1024,
             tcp_idle_timeout: Duration::from_secs(300),
             tcp_partial_timeout: Duration::from_secs(10),
-            tcp_max_connections: 4096,
+            tcp_max_inbound: 4096,
+            tcp_max_outbound: 1024,
+            tcp_max_per_source: 64,
             tcp_connect_timeout: Duration::from_secs(5),
             udp_recv_buffer: 4 * 1024 * 1024,
         }

@@ -1,50 +1,93 @@
-//! The table of open TCP connections, by id and by peer address.
+//! The table of open TCP connections: by id, by (peer, listener), and counted against the
+//! connection limits.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
+use trunkline_sip::Peer;
 
+use crate::activity::{Activity, ConnectionPin};
 use crate::error::TransportError;
-use crate::message::{ConnectionId, Target};
+use crate::metrics::Direction;
 
 /// How many outgoing messages may wait for one connection's writer. A peer that reads slower
 /// than this fills it, and further sends to it fail instead of growing memory.
 pub(crate) const SEND_QUEUE: usize = 256;
 
+/// Who sent a queued message, to tell them if it is never written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    /// The peer as given to `send`.
+    pub(crate) peer: Peer,
+    /// The token given to `send_tracked`.
+    pub(crate) token: Option<u64>,
+}
+
+/// One message waiting for a connection's writer.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// The bytes to write.
+    pub(crate) data: Bytes,
+    /// Whom to report a failure to; `None` for our own keep-alive pongs.
+    pub(crate) origin: Option<Origin>,
+}
+
+/// The connection limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Accepted connections.
+    pub(crate) inbound: usize,
+    /// Connections we open.
+    pub(crate) outbound: usize,
+    /// Accepted connections from one IP.
+    pub(crate) per_source: usize,
+}
+
 /// One open (or opening) connection, as seen by senders.
 #[derive(Debug)]
 struct Entry {
-    /// The peer, to clean the address index on removal.
+    /// The remote address.
     peer: SocketAddr,
+    /// The listener it belongs to (`Peer::local`).
+    listener: Option<SocketAddr>,
+    direction: Direction,
     /// The connection's outgoing queue, drained by its writer task.
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Outgoing>,
+    activity: Arc<Activity>,
 }
 
-/// Both indexes under one lock so they never disagree.
+/// Every index and count under one lock so they never disagree.
 #[derive(Debug, Default)]
 struct Tables {
-    by_id: HashMap<ConnectionId, Entry>,
-    by_peer: HashMap<SocketAddr, ConnectionId>,
+    by_id: HashMap<u64, Entry>,
+    /// The latest connection to a peer address from a listener.
+    by_route: HashMap<(SocketAddr, Option<SocketAddr>), u64>,
+    inbound: usize,
+    outbound: usize,
+    /// Accepted connections per source IP; entries go when they reach zero.
+    per_source: HashMap<IpAddr, usize>,
+}
+
+/// What a new connection's tasks need; its entry is already in the table.
+#[derive(Debug)]
+pub(crate) struct NewConnection {
+    pub(crate) id: u64,
+    pub(crate) tx: mpsc::Sender<Outgoing>,
+    pub(crate) rx: mpsc::Receiver<Outgoing>,
+    pub(crate) activity: Arc<Activity>,
 }
 
 /// How a TCP send is to be carried out, decided under the table lock.
 #[derive(Debug)]
 pub(crate) enum Route {
     /// Queue on this open connection.
-    Existing(mpsc::Sender<Bytes>),
+    Existing(mpsc::Sender<Outgoing>),
     /// A new outbound connection was reserved; the caller must connect and run it.
-    Connect {
-        /// Its id, already in the table.
-        id: ConnectionId,
-        /// Its queue.
-        tx: mpsc::Sender<Bytes>,
-        /// The writer side of its queue.
-        rx: mpsc::Receiver<Bytes>,
-    },
+    Connect(NewConnection),
 }
 
 /// Connection table shared by the accept loops, connection tasks and `send`.
@@ -55,17 +98,17 @@ pub(crate) enum Route {
 pub(crate) struct ConnectionTable {
     tables: Mutex<Tables>,
     next_id: AtomicU64,
-    limit: usize,
+    limits: Limits,
     emptied: Notify,
 }
 
 impl ConnectionTable {
-    /// An empty table admitting at most `limit` connections.
-    pub(crate) fn new(limit: usize) -> Self {
+    /// An empty table enforcing `limits`.
+    pub(crate) fn new(limits: Limits) -> Self {
         ConnectionTable {
             tables: Mutex::new(Tables::default()),
             next_id: AtomicU64::new(1),
-            limit,
+            limits,
             emptied: Notify::new(),
         }
     }
@@ -74,61 +117,128 @@ impl ConnectionTable {
         self.tables.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn reserve(
+    fn insert(
         &self,
         tables: &mut Tables,
         peer: SocketAddr,
-        tx: mpsc::Sender<Bytes>,
-    ) -> Result<ConnectionId, TransportError> {
-        if tables.by_id.len() >= self.limit {
-            return Err(TransportError::ConnectionLimit { limit: self.limit });
+        listener: Option<SocketAddr>,
+        direction: Direction,
+    ) -> NewConnection {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let activity = Arc::new(Activity::new());
+        tables.by_id.insert(
+            id,
+            Entry {
+                peer,
+                listener,
+                direction,
+                tx: tx.clone(),
+                activity: activity.clone(),
+            },
+        );
+        tables.by_route.insert((peer, listener), id);
+        match direction {
+            Direction::Inbound => {
+                tables.inbound += 1;
+                *tables.per_source.entry(peer.ip()).or_insert(0) += 1;
+            }
+            Direction::Outbound => tables.outbound += 1,
         }
-        let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        tables.by_id.insert(id, Entry { peer, tx });
-        tables.by_peer.insert(peer, id);
-        Ok(id)
+        NewConnection {
+            id,
+            tx,
+            rx,
+            activity,
+        }
     }
 
-    /// Registers an accepted connection, unless the limit is reached.
-    pub(crate) fn insert(
+    /// Registers an accepted connection, unless the inbound or the per-source limit is
+    /// reached.
+    pub(crate) fn accept(
         &self,
         peer: SocketAddr,
-        tx: mpsc::Sender<Bytes>,
-    ) -> Result<ConnectionId, TransportError> {
+        listener: SocketAddr,
+    ) -> Result<NewConnection, TransportError> {
         let mut tables = self.lock();
-        self.reserve(&mut tables, peer, tx)
+        if tables.inbound >= self.limits.inbound {
+            return Err(TransportError::InboundLimit {
+                limit: self.limits.inbound,
+            });
+        }
+        let from_source = tables.per_source.get(&peer.ip()).copied().unwrap_or(0);
+        if from_source >= self.limits.per_source {
+            return Err(TransportError::SourceLimit {
+                ip: peer.ip(),
+                limit: self.limits.per_source,
+            });
+        }
+        Ok(self.insert(&mut tables, peer, Some(listener), Direction::Inbound))
     }
 
-    /// Finds the connection for a send: the one named in the target if still open, else the
-    /// latest one to the target address, else reserves a new outbound one.
-    pub(crate) fn route(&self, target: &Target) -> Result<Route, TransportError> {
+    /// The queue of connection `id`, if it is still open.
+    pub(crate) fn named(&self, id: u64) -> Option<mpsc::Sender<Outgoing>> {
+        let tables = self.lock();
+        let entry = tables.by_id.get(&id).filter(|e| !e.tx.is_closed())?;
+        Some(entry.tx.clone())
+    }
+
+    /// Finds the connection for a send: the latest open one to `addr` from `listener`, else
+    /// reserves a new outbound one unless the outbound limit is reached.
+    pub(crate) fn route(
+        &self,
+        addr: SocketAddr,
+        listener: Option<SocketAddr>,
+    ) -> Result<Route, TransportError> {
         let mut tables = self.lock();
-        let named = target
-            .connection
-            .and_then(|id| tables.by_id.get(&id))
-            .filter(|e| !e.tx.is_closed());
-        if let Some(entry) = named {
-            return Ok(Route::Existing(entry.tx.clone()));
-        }
-        let by_addr = tables
-            .by_peer
-            .get(&target.addr)
+        let existing = tables
+            .by_route
+            .get(&(addr, listener))
             .and_then(|id| tables.by_id.get(id))
             .filter(|e| !e.tx.is_closed());
-        if let Some(entry) = by_addr {
+        if let Some(entry) = existing {
             return Ok(Route::Existing(entry.tx.clone()));
         }
-        let (tx, rx) = mpsc::channel(SEND_QUEUE);
-        let id = self.reserve(&mut tables, target.addr, tx.clone())?;
-        Ok(Route::Connect { id, tx, rx })
+        if tables.outbound >= self.limits.outbound {
+            return Err(TransportError::OutboundLimit {
+                limit: self.limits.outbound,
+            });
+        }
+        Ok(Route::Connect(self.insert(
+            &mut tables,
+            addr,
+            listener,
+            Direction::Outbound,
+        )))
+    }
+
+    /// A pin on connection `id`, if it is still open.
+    pub(crate) fn pin(&self, id: u64) -> Option<ConnectionPin> {
+        let tables = self.lock();
+        let entry = tables.by_id.get(&id).filter(|e| !e.tx.is_closed())?;
+        Some(ConnectionPin::new(id, entry.activity.clone()))
     }
 
     /// Forgets a closed connection.
-    pub(crate) fn remove(&self, id: ConnectionId) {
+    pub(crate) fn remove(&self, id: u64) {
         let mut tables = self.lock();
         if let Some(entry) = tables.by_id.remove(&id) {
-            if tables.by_peer.get(&entry.peer) == Some(&id) {
-                tables.by_peer.remove(&entry.peer);
+            let key = (entry.peer, entry.listener);
+            if tables.by_route.get(&key) == Some(&id) {
+                tables.by_route.remove(&key);
+            }
+            match entry.direction {
+                Direction::Inbound => {
+                    tables.inbound = tables.inbound.saturating_sub(1);
+                    let ip = entry.peer.ip();
+                    if let Some(n) = tables.per_source.get_mut(&ip) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            tables.per_source.remove(&ip);
+                        }
+                    }
+                }
+                Direction::Outbound => tables.outbound = tables.outbound.saturating_sub(1),
             }
         }
         let empty = tables.by_id.is_empty();
@@ -161,39 +271,97 @@ impl ConnectionTable {
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
-    use crate::Transport;
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::from((ip, port))
+    }
+
+    const LISTENER: [u8; 4] = [127, 0, 0, 1];
+
+    #[test]
+    fn route_reuses_per_listener_then_connects_within_the_limit() {
+        let table = ConnectionTable::new(Limits {
+            inbound: 10,
+            outbound: 2,
+            per_source: 10,
+        });
+        let a = addr(LISTENER, 5060);
+        let b = addr([127, 0, 0, 2], 5060);
+        let accepted = table.accept(addr([192, 0, 2, 1], 1), a).unwrap();
+        assert!(table.named(accepted.id).is_some());
+        // The accepted connection serves sends to its peer from its listener only.
+        assert!(matches!(
+            table.route(addr([192, 0, 2, 1], 1), Some(a)),
+            Ok(Route::Existing(_))
+        ));
+        let Ok(Route::Connect(from_b)) = table.route(addr([192, 0, 2, 1], 1), Some(b)) else {
+            panic!("expected a new connection from the other listener");
+        };
+        assert_ne!(from_b.id, accepted.id);
+        let Ok(Route::Connect(other)) = table.route(addr([192, 0, 2, 9], 5060), None) else {
+            panic!("expected a new connection");
+        };
+        // Two outbound connections: the limit; inbound ones do not count against it.
+        assert!(matches!(
+            table.route(addr([192, 0, 2, 10], 5060), None),
+            Err(TransportError::OutboundLimit { limit: 2 })
+        ));
+        table.remove(other.id);
+        assert!(matches!(
+            table.route(addr([192, 0, 2, 10], 5060), None),
+            Ok(Route::Connect(_))
+        ));
     }
 
     #[test]
-    fn route_prefers_named_then_peer_then_connects() {
-        let table = ConnectionTable::new(2);
-        let (tx, _rx) = mpsc::channel(1);
-        let id = table.insert(addr(1), tx).unwrap();
+    fn inbound_and_per_source_limits_count_and_release() {
+        let table = ConnectionTable::new(Limits {
+            inbound: 3,
+            outbound: 1,
+            per_source: 2,
+        });
+        let listener = addr(LISTENER, 5060);
+        let one = table.accept(addr([192, 0, 2, 1], 1), listener).unwrap();
+        let _two = table.accept(addr([192, 0, 2, 1], 2), listener).unwrap();
+        assert!(matches!(
+            table.accept(addr([192, 0, 2, 1], 3), listener),
+            Err(TransportError::SourceLimit { limit: 2, .. })
+        ));
+        let _three = table.accept(addr([192, 0, 2, 2], 1), listener).unwrap();
+        assert!(matches!(
+            table.accept(addr([192, 0, 2, 3], 1), listener),
+            Err(TransportError::InboundLimit { limit: 3 })
+        ));
+        // The outbound budget is untouched by inbound connections.
+        assert!(matches!(
+            table.route(addr([192, 0, 2, 50], 5060), None),
+            Ok(Route::Connect(_))
+        ));
+        table.remove(one.id);
+        assert!(table.accept(addr([192, 0, 2, 1], 4), listener).is_ok());
+        assert!(table.named(one.id).is_none());
+        assert!(table.pin(one.id).is_none());
+    }
 
-        let named = Target {
-            transport: Transport::Tcp,
-            addr: addr(9),
-            connection: Some(id),
-        };
-        assert!(matches!(table.route(&named), Ok(Route::Existing(_))));
-        let by_peer = Target::new(Transport::Tcp, addr(1));
-        assert!(matches!(table.route(&by_peer), Ok(Route::Existing(_))));
-        let fresh = Target::new(Transport::Tcp, addr(2));
-        let Ok(Route::Connect { id: new_id, .. }) = table.route(&fresh) else {
+    #[test]
+    fn removal_empties_every_index() {
+        let table = ConnectionTable::new(Limits {
+            inbound: 2,
+            outbound: 2,
+            per_source: 2,
+        });
+        let a = table
+            .accept(addr([192, 0, 2, 1], 1), addr(LISTENER, 5060))
+            .unwrap();
+        let Ok(Route::Connect(b)) = table.route(addr([192, 0, 2, 2], 5060), None) else {
             panic!("expected a new connection");
         };
-        assert_ne!(new_id, id);
-        // The limit of two is reached.
-        assert!(matches!(
-            table.route(&Target::new(Transport::Tcp, addr(3))),
-            Err(TransportError::ConnectionLimit { limit: 2 })
-        ));
-        table.remove(id);
-        table.remove(new_id);
+        table.remove(a.id);
+        table.remove(b.id);
         assert_eq!(table.len(), 0);
-        assert!(table.lock().by_peer.is_empty());
+        let tables = table.lock();
+        assert!(tables.by_route.is_empty());
+        assert!(tables.per_source.is_empty());
+        assert_eq!((tables.inbound, tables.outbound), (0, 0));
     }
 }

@@ -1,12 +1,15 @@
 //! Errors of the transport layer.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use trunkline_sip::Transport;
 
 /// Everything that can go wrong binding, framing or sending.
 ///
-/// Send errors reach the transaction layer through `Inbound::on_send_error`; framing errors
-/// close the offending TCP connection and are logged with the peer.
+/// Send errors reach the call through `Inbound::on_send_error`, where each is a reason to
+/// treat the request as answered with 503 (RFC 3261 §8.1.3.1); framing errors close the
+/// offending TCP connection and are logged with the peer.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// A configured address could not be bound (in use, not local, no permission).
@@ -16,6 +19,15 @@ pub enum TransportError {
         addr: SocketAddr,
         /// The OS error.
         source: io::Error,
+    },
+    /// A listener bound to an unspecified address (`0.0.0.0`, `::`) has no advertised host,
+    /// so there is nothing to put in Via and Contact for it.
+    #[error("{transport} listener {addr} is bound to an unspecified address and needs an advertised host")]
+    NoAdvertise {
+        /// The listener's transport.
+        transport: Transport,
+        /// The address from the configuration.
+        addr: SocketAddr,
     },
     /// A socket operation failed.
     #[error("socket I/O error: {0}")]
@@ -34,9 +46,23 @@ pub enum TransportError {
         /// The destination.
         addr: SocketAddr,
     },
-    /// `tcp_max_connections` connections are already open.
-    #[error("TCP connection limit of {limit} reached")]
-    ConnectionLimit {
+    /// `tcp_max_outbound` connections are already open, so a send needing a new one fails.
+    #[error("outbound TCP connection limit of {limit} reached")]
+    OutboundLimit {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// `tcp_max_inbound` accepted connections are open; a new one is closed at accept.
+    #[error("inbound TCP connection limit of {limit} reached")]
+    InboundLimit {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// One source IP already has `tcp_max_per_source` accepted connections.
+    #[error("{ip} already has {limit} TCP connections")]
+    SourceLimit {
+        /// The source.
+        ip: IpAddr,
         /// The configured limit.
         limit: usize,
     },
@@ -66,20 +92,49 @@ pub enum TransportError {
         /// The peer.
         addr: SocketAddr,
     },
-    /// No socket of that transport and address family is bound.
+    /// Writing to the connection failed (reset, broken pipe).
+    #[error("cannot write to {addr}: {source}")]
+    Write {
+        /// The peer.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Writing to the connection did not finish within `tcp_partial_timeout`: the peer
+    /// stopped reading.
+    #[error("write to {addr} timed out")]
+    WriteTimeout {
+        /// The peer.
+        addr: SocketAddr,
+    },
+    /// No socket of that transport and of the destination's address family is bound.
     #[error("no {transport} socket bound for {addr}")]
     NoSocket {
         /// The transport asked for.
-        transport: crate::Transport,
+        transport: Transport,
+        /// The destination.
+        addr: SocketAddr,
+    },
+    /// The send names a local socket (`Peer::local`) that is not one of ours, e.g. state
+    /// saved on a node with other listeners.
+    #[error("no {transport} listener on {local}")]
+    UnknownLocal {
+        /// The transport asked for.
+        transport: Transport,
+        /// The local address named.
+        local: SocketAddr,
+    },
+    /// The named local socket and the destination are of different address families.
+    #[error("cannot send from {local} to {addr}: different address families")]
+    FamilyMismatch {
+        /// The local socket named.
+        local: SocketAddr,
         /// The destination.
         addr: SocketAddr,
     },
     /// The transports are shutting down.
     #[error("transports are shut down")]
     Shutdown,
-    /// A transport name other than `udp` or `tcp`.
-    #[error("unknown transport {0:?}")]
-    UnknownTransport(String),
     /// No tokio runtime is running where `Transports::start` was called.
     #[error("no tokio runtime available")]
     NoRuntime,

@@ -1,7 +1,8 @@
 //! The upcall interface from the transport to the dispatcher.
 
 use crate::error::TransportError;
-use crate::message::{Received, Target};
+use crate::message::Received;
+use trunkline_sip::Peer;
 
 /// Receives what the transport reads, and learns about sends that failed.
 ///
@@ -13,10 +14,17 @@ pub trait Inbound: Send + Sync + 'static {
     /// block: a slow implementation stalls every message on that socket or connection.
     fn on_message(&self, msg: Received);
 
-    /// Called when a send could not be done (connection refused, connect timeout, queue full…),
-    /// so the transaction layer can act on it at once (RFC 3261 §8.1.3.1: treat as a 503)
-    /// instead of waiting for timer B/F. The default ignores it.
-    fn on_send_error(&self, target: Target, error: &TransportError) {
-        let _ = (target, error);
+    /// Called exactly once for every message that could not be sent: at once from inside
+    /// `Transports::send`/`send_tracked` (queue full, shut down, no socket, connection
+    /// limit), or later from a connection task (connect refused or timed out, connection
+    /// closed or write failed before the message was written).
+    ///
+    /// `peer` is the one the message was sent to and `token` the one given to
+    /// `send_tracked` (`None` for `send`), so the transaction that sent it can act at once
+    /// (RFC 3261 §8.1.3.1: treat as a 503) instead of waiting for timer B/F. Because it may
+    /// run inside `send`, it must not block nor take a lock the sender may hold. The
+    /// default ignores it.
+    fn on_send_error(&self, peer: &Peer, token: Option<u64>, error: &TransportError) {
+        let _ = (peer, token, error);
     }
 }

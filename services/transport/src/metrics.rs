@@ -8,7 +8,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::transport::Transport;
+use trunkline_sip::Transport;
+
+use crate::log_limiter::LogLimiter;
+
+/// The lower-case transport name used as a label value.
+pub(crate) fn label(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    }
+}
 
 /// Label set `transport`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,11 +50,15 @@ pub(crate) enum DropReason {
     BadContentLength,
     /// Slowloris: a message not completed in `tcp_partial_timeout`.
     PartialTimeout,
-    /// Nothing received for `tcp_idle_timeout`.
+    /// No traffic either way for `tcp_idle_timeout`, and no call pinned the connection.
     IdleTimeout,
-    /// Accept beyond `tcp_max_connections`.
-    ConnectionLimit,
-    /// A send that could not be done.
+    /// Accept beyond `tcp_max_inbound`.
+    InboundLimit,
+    /// Accept beyond `tcp_max_per_source` from one IP.
+    SourceLimit,
+    /// A send that needed a new connection beyond `tcp_max_outbound`.
+    OutboundLimit,
+    /// Any other send that could not be done.
     SendError,
 }
 
@@ -57,7 +71,9 @@ impl DropReason {
             DropReason::BadContentLength => "bad_content_length",
             DropReason::PartialTimeout => "partial_timeout",
             DropReason::IdleTimeout => "idle_timeout",
-            DropReason::ConnectionLimit => "connection_limit",
+            DropReason::InboundLimit => "inbound_limit",
+            DropReason::SourceLimit => "source_limit",
+            DropReason::OutboundLimit => "outbound_limit",
             DropReason::SendError => "send_error",
         }
     }
@@ -82,13 +98,17 @@ impl Direction {
     }
 }
 
-/// The transport's metric handles, registered once on the registry passed to `start`.
-#[derive(Debug, Clone, Default)]
+/// The transport's metric handles, registered once on the registry passed to `start`, and
+/// the log budget of its drop events.
+#[derive(Debug, Default)]
 pub(crate) struct Metrics {
     connections_active: Family<TransportLabel, Gauge>,
     connections_total: Family<DirectionLabels, Counter>,
     dropped: Family<ReasonLabel, Counter>,
     bytes: Family<DirectionLabels, Counter>,
+    /// Drop events are counted always and logged within this budget: a peer that makes us
+    /// drop thousands of messages must not make us write thousands of lines.
+    log: LogLimiter,
 }
 
 impl Metrics {
@@ -123,13 +143,13 @@ impl Metrics {
     pub(crate) fn connection_opened(&self, transport: Transport, direction: Direction) {
         self.connections_total
             .get_or_create(&DirectionLabels {
-                transport: transport.label(),
+                transport: label(transport),
                 direction: direction.as_str(),
             })
             .inc();
         self.connections_active
             .get_or_create(&TransportLabel {
-                transport: transport.label(),
+                transport: label(transport),
             })
             .inc();
     }
@@ -138,7 +158,7 @@ impl Metrics {
     pub(crate) fn connection_closed(&self, transport: Transport) {
         self.connections_active
             .get_or_create(&TransportLabel {
-                transport: transport.label(),
+                transport: label(transport),
             })
             .dec();
     }
@@ -156,14 +176,19 @@ impl Metrics {
     fn bytes(&self, transport: Transport, direction: &'static str, n: usize) {
         self.bytes
             .get_or_create(&DirectionLabels {
-                transport: transport.label(),
+                transport: label(transport),
                 direction,
             })
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
-    /// Something was dropped: logs it with the peer and counts it under one reason, so the log
-    /// and the metric can never disagree.
+    /// The shared log budget, for other warnings about peers (accept errors).
+    pub(crate) fn log_allowed(&self) -> bool {
+        self.log.allow()
+    }
+
+    /// Something was dropped: counts it under one reason and logs it with the peer, within
+    /// the log budget (`suppressed` says how many lines the budget left out before this one).
     pub(crate) fn dropped(
         &self,
         reason: DropReason,
@@ -171,23 +196,28 @@ impl Metrics {
         peer: SocketAddr,
         detail: &dyn std::fmt::Display,
     ) {
-        // An idle peer being closed is routine; everything else is worth a warning.
-        if reason == DropReason::IdleTimeout {
-            tracing::info!(
-                %peer,
-                %transport,
-                reason = reason.as_str(),
-                detail = %detail,
-                "transport closed an idle connection"
-            );
-        } else {
-            tracing::warn!(
-                %peer,
-                %transport,
-                reason = reason.as_str(),
-                detail = %detail,
-                "transport dropped a message or connection"
-            );
+        if self.log.allow() {
+            let suppressed = self.log.take_suppressed();
+            // An idle peer being closed is routine; everything else is worth a warning.
+            if reason == DropReason::IdleTimeout {
+                tracing::info!(
+                    %peer,
+                    %transport,
+                    reason = reason.as_str(),
+                    detail = %detail,
+                    suppressed,
+                    "transport closed an idle connection"
+                );
+            } else {
+                tracing::warn!(
+                    %peer,
+                    %transport,
+                    reason = reason.as_str(),
+                    detail = %detail,
+                    suppressed,
+                    "transport dropped a message or connection"
+                );
+            }
         }
         self.dropped
             .get_or_create(&ReasonLabel {

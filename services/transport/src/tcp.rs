@@ -13,15 +13,17 @@ use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use trunkline_sip::{Peer, Transport};
 
+use crate::activity::{idle_deadline, Activity};
+use crate::connections::{NewConnection, Outgoing};
 use crate::error::TransportError;
 use crate::framing::{message_started, Frame, StreamFramer, PONG};
-use crate::message::{ConnectionId, Received, Target};
+use crate::message::Received;
 use crate::metrics::{Direction, DropReason};
-use crate::transport::Transport;
 use crate::transports::Shared;
 
 /// Space reserved before each read. Small enough that idle connections stay cheap.
@@ -47,8 +49,9 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
     TcpListener::from_std(socket.into()).map_err(bind_err)
 }
 
-/// Accepts connections until shutdown; beyond `tcp_max_connections` a new connection is closed
-/// at once, before any buffer or task is spent on it.
+/// Accepts connections until shutdown; beyond `tcp_max_inbound`, or `tcp_max_per_source`
+/// from one IP, a new connection is closed at once, before any buffer or task is spent on it.
+/// `local` is the listener's bound address, which received messages carry as `Peer::local`.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, local: SocketAddr) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
@@ -57,39 +60,33 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, loca
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                // A wildcard listener's connections have a concrete local address.
-                let local = stream.local_addr().unwrap_or(local);
-                let (tx, rx) = mpsc::channel(crate::connections::SEND_QUEUE);
-                match shared.table.insert(peer, tx.clone()) {
-                    Ok(id) => {
-                        shared
-                            .metrics
-                            .connection_opened(Transport::Tcp, Direction::Inbound);
-                        tracing::debug!(%peer, %local, connection = id.0, "TCP connection accepted");
-                        tokio::spawn(run_connection(
-                            shared.clone(),
-                            stream,
-                            id,
-                            peer,
-                            local,
-                            tx,
-                            rx,
-                        ));
-                    }
-                    Err(e) => {
-                        drop(stream);
-                        shared.metrics.dropped(
-                            DropReason::ConnectionLimit,
-                            Transport::Tcp,
-                            peer,
-                            &e,
-                        );
-                    }
+            Ok((stream, peer)) => match shared.table.accept(peer, local) {
+                Ok(conn) => {
+                    shared
+                        .metrics
+                        .connection_opened(Transport::Tcp, Direction::Inbound);
+                    tracing::debug!(%peer, %local, connection = conn.id, "TCP connection accepted");
+                    tokio::spawn(run_connection(
+                        shared.clone(),
+                        stream,
+                        conn,
+                        peer,
+                        Some(local),
+                    ));
                 }
-            }
+                Err(e) => {
+                    drop(stream);
+                    let reason = match e {
+                        TransportError::SourceLimit { .. } => DropReason::SourceLimit,
+                        _ => DropReason::InboundLimit,
+                    };
+                    shared.metrics.dropped(reason, Transport::Tcp, peer, &e);
+                }
+            },
             Err(e) => {
-                tracing::warn!(%local, error = %e, "TCP accept failed");
+                if shared.metrics.log_allowed() {
+                    tracing::warn!(%local, error = %e, "TCP accept failed");
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
@@ -97,41 +94,66 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, loca
 }
 
 /// Opens an outbound connection reserved by `send`, then runs it like an accepted one (the
-/// trunk's responses come back on it). On failure every queued message is reported.
+/// trunk's responses come back on it). `bind` is the local IP (port 0) of the listener the
+/// send named. On failure every queued message is reported, each with its own token.
 pub(crate) async fn connect_and_run(
     shared: Arc<Shared>,
-    id: ConnectionId,
+    conn: NewConnection,
     addr: SocketAddr,
-    tx: mpsc::Sender<Bytes>,
-    mut rx: mpsc::Receiver<Bytes>,
+    listener: Option<SocketAddr>,
+    bind: Option<SocketAddr>,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
     let timeout = shared.config.tcp_connect_timeout;
+    let connect = async {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(bind) = bind {
+            socket.bind(bind)?;
+        }
+        socket.connect(addr).await
+    };
     let outcome = tokio::select! {
         _ = shutdown.wait_for(|s| *s) => Err(TransportError::Shutdown),
-        r = tokio::time::timeout(timeout, TcpStream::connect(addr)) => match r {
-            Ok(Ok(stream)) => stream.local_addr().map(|local| (stream, local)).map_err(TransportError::Io),
+        r = tokio::time::timeout(timeout, connect) => match r {
+            Ok(Ok(stream)) => Ok(stream),
             Ok(Err(source)) => Err(TransportError::Connect { addr, source }),
             Err(_) => Err(TransportError::ConnectTimeout { addr }),
         },
     };
     match outcome {
-        Ok((stream, local)) => {
+        Ok(stream) => {
             shared
                 .metrics
                 .connection_opened(Transport::Tcp, Direction::Outbound);
-            tracing::debug!(peer = %addr, %local, connection = id.0, "TCP connection opened");
-            run_connection(shared, stream, id, addr, local, tx, rx).await;
+            tracing::debug!(
+                peer = %addr,
+                local = ?stream.local_addr().ok(),
+                connection = conn.id,
+                "TCP connection opened"
+            );
+            run_connection(shared, stream, conn, addr, listener).await;
         }
         Err(error) => {
+            let NewConnection { id, tx, mut rx, .. } = conn;
             shared.table.remove(id);
             drop(tx);
+            // Sends racing with the removal find the queue closed and report themselves.
             rx.close();
-            let target = Target::new(Transport::Tcp, addr);
-            while let Ok(_unsent) = rx.try_recv() {
-                shared.send_failed(target.clone(), &error);
+            while let Ok(unsent) = rx.try_recv() {
+                report(&shared, unsent, &error);
             }
         }
+    }
+}
+
+/// Reports a message that will never be written.
+fn report(shared: &Shared, unsent: Outgoing, error: &TransportError) {
+    if let Some(origin) = unsent.origin {
+        shared.send_failed(&origin, error);
     }
 }
 
@@ -167,95 +189,137 @@ impl CloseCause {
 async fn run_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
-    id: ConnectionId,
+    conn: NewConnection,
     peer: SocketAddr,
-    local: SocketAddr,
-    tx: mpsc::Sender<Bytes>,
-    rx: mpsc::Receiver<Bytes>,
+    listener: Option<SocketAddr>,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
     }
+    let NewConnection {
+        id,
+        tx,
+        rx,
+        activity,
+    } = conn;
+    // The connection is active from the moment it is up, not from when it was reserved.
+    activity.touch();
     let (read, write) = stream.into_split();
-    tokio::spawn(write_loop(shared.clone(), write, rx, id, peer));
-    let closed = read_loop(&shared, read, id, peer, local, &tx).await;
+    tokio::spawn(write_loop(
+        shared.clone(),
+        write,
+        rx,
+        activity.clone(),
+        peer,
+    ));
+    let hop = Peer {
+        local: listener,
+        connection: Some(id),
+        ..Peer::new(Transport::Tcp, peer)
+    };
+    let closed = read_loop(&shared, read, hop, &activity, &tx).await;
     shared.table.remove(id);
     drop(tx);
     shared.metrics.connection_closed(Transport::Tcp);
-    tracing::debug!(%peer, connection = id.0, reason = closed.as_str(), "TCP connection closed");
+    tracing::debug!(%peer, connection = id, reason = closed.as_str(), "TCP connection closed");
+}
+
+/// What ended a wait in the read loop.
+enum Wake {
+    Read(std::io::Result<usize>),
+    Timer,
+    Closed(CloseCause),
 }
 
 /// Reads and frames until the connection must end, enforcing the idle and partial-message
-/// timeouts and the size limit.
+/// timeouts and the size limit. Idle means no traffic either way (the writer touches
+/// `activity` too) and no pin.
 async fn read_loop(
     shared: &Shared,
     mut read: OwnedReadHalf,
-    id: ConnectionId,
-    peer: SocketAddr,
-    local: SocketAddr,
-    tx: &mpsc::Sender<Bytes>,
+    hop: Peer,
+    activity: &Activity,
+    tx: &mpsc::Sender<Outgoing>,
 ) -> CloseCause {
     let config = &shared.config;
+    let peer = hop.addr;
     let limit = config.max_message_bytes;
+    let idle = config.tcp_idle_timeout;
     let mut shutdown = shared.shutdown.subscribe();
     let mut buf = BytesMut::new();
     let mut framer = StreamFramer::new();
-    let mut last_read = Instant::now();
+    let mut idle_at = activity.last() + idle;
     let mut partial_since: Option<Instant> = None;
-    let timer = tokio::time::sleep_until(last_read + config.tcp_idle_timeout);
+    let timer = tokio::time::sleep_until(idle_at);
     tokio::pin!(timer);
 
     loop {
-        let idle_deadline = last_read + config.tcp_idle_timeout;
         let deadline = match partial_since {
-            Some(start) => idle_deadline.min(start + config.tcp_partial_timeout),
-            None => idle_deadline,
+            Some(start) => idle_at.min(start + config.tcp_partial_timeout),
+            None => idle_at,
         };
         timer.as_mut().reset(deadline);
         buf.reserve(READ_CHUNK);
 
-        let read_result = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return CloseCause::Shutdown,
-            _ = tx.closed() => return CloseCause::WriterGone,
-            _ = &mut timer => {
-                let (reason, error) = if partial_since.is_some() {
-                    (DropReason::PartialTimeout, "message not completed in time")
-                } else {
-                    (DropReason::IdleTimeout, "connection idle")
-                };
-                shared.metrics.dropped(reason, Transport::Tcp, peer, &error);
-                return CloseCause::Dropped(reason);
-            }
-            r = read.read_buf(&mut buf) => r,
+        let wake = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => Wake::Closed(CloseCause::Shutdown),
+            _ = tx.closed() => Wake::Closed(CloseCause::WriterGone),
+            _ = &mut timer => Wake::Timer,
+            r = read.read_buf(&mut buf) => Wake::Read(r),
         };
-        let n = match read_result {
-            Ok(0) => return CloseCause::PeerClosed,
-            Ok(n) => n,
-            Err(e) => {
+        let n = match wake {
+            Wake::Closed(cause) => return cause,
+            Wake::Timer => {
+                let now = Instant::now();
+                if partial_since.is_some_and(|start| start + config.tcp_partial_timeout <= now) {
+                    let reason = DropReason::PartialTimeout;
+                    let detail = "message not completed in time";
+                    shared
+                        .metrics
+                        .dropped(reason, Transport::Tcp, peer, &detail);
+                    return CloseCause::Dropped(reason);
+                }
+                if idle_at <= now {
+                    match idle_deadline(activity.last(), activity.is_pinned(), now, idle) {
+                        Some(next) => idle_at = next,
+                        None => {
+                            let reason = DropReason::IdleTimeout;
+                            let detail = "connection idle";
+                            shared
+                                .metrics
+                                .dropped(reason, Transport::Tcp, peer, &detail);
+                            return CloseCause::Dropped(reason);
+                        }
+                    }
+                }
+                continue;
+            }
+            Wake::Read(Ok(0)) => return CloseCause::PeerClosed,
+            Wake::Read(Ok(n)) => n,
+            Wake::Read(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "TCP read error");
                 return CloseCause::ReadError;
             }
         };
         shared.metrics.bytes_in(Transport::Tcp, n);
         let now = Instant::now();
-        last_read = now;
+        activity.touch();
+        idle_at = now + idle;
 
         let mut completed = false;
         loop {
             match framer.decode(&mut buf, limit) {
                 Ok(Some(Frame::Message(data))) => {
                     completed = true;
-                    shared.inbound.on_message(Received {
-                        transport: Transport::Tcp,
-                        local,
-                        peer,
-                        connection: Some(id),
-                        data,
-                    });
+                    shared.inbound.on_message(Received { peer: hop, data });
                 }
                 Ok(Some(Frame::Ping)) => {
                     // A full queue means the peer is not reading; dropping a pong is harmless.
-                    if tx.try_send(Bytes::from_static(PONG)).is_err() {
+                    let pong = Outgoing {
+                        data: Bytes::from_static(PONG),
+                        origin: None,
+                    };
+                    if tx.try_send(pong).is_err() {
                         tracing::debug!(%peer, "keep-alive pong not queued");
                     }
                 }
@@ -280,37 +344,31 @@ async fn read_loop(
 }
 
 /// Writes queued messages in order until every sender is gone or a write fails; each write is
-/// bounded by `tcp_partial_timeout` so a peer that stops reading cannot pin the task.
+/// bounded by `tcp_partial_timeout` so a peer that stops reading cannot pin the task. A failed
+/// write is reported, and so is every message still queued behind it.
 async fn write_loop(
     shared: Arc<Shared>,
     mut write: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Bytes>,
-    id: ConnectionId,
+    mut rx: mpsc::Receiver<Outgoing>,
+    activity: Arc<Activity>,
     peer: SocketAddr,
 ) {
     let timeout = shared.config.tcp_partial_timeout;
-    let target = Target {
-        transport: Transport::Tcp,
-        addr: peer,
-        connection: Some(id),
-    };
-    while let Some(data) = rx.recv().await {
-        let error = match tokio::time::timeout(timeout, write.write_all(&data)).await {
+    while let Some(msg) = rx.recv().await {
+        let error = match tokio::time::timeout(timeout, write.write_all(&msg.data)).await {
             Ok(Ok(())) => {
-                shared.metrics.bytes_out(Transport::Tcp, data.len());
+                shared.metrics.bytes_out(Transport::Tcp, msg.data.len());
+                activity.touch();
                 continue;
             }
-            Ok(Err(e)) => TransportError::Io(e),
-            Err(_) => TransportError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "write to peer timed out",
-            )),
+            Ok(Err(source)) => TransportError::Write { addr: peer, source },
+            Err(_) => TransportError::WriteTimeout { addr: peer },
         };
         // Closing the queue makes the reader end the connection.
         rx.close();
-        shared.send_failed(target.clone(), &error);
-        while let Ok(_unsent) = rx.try_recv() {
-            shared.send_failed(target.clone(), &error);
+        report(&shared, msg, &error);
+        while let Ok(unsent) = rx.try_recv() {
+            report(&shared, unsent, &error);
         }
         return;
     }

@@ -1,4 +1,4 @@
-//! The `Transports` handle: binding, sending, shutdown.
+//! The `Transports` handle: binding, sending, pinning, shutdown.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,16 +8,18 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use trunkline_sip::{Peer, Transport};
 
+use crate::activity::ConnectionPin;
 use crate::config::TransportConfig;
-use crate::connections::{ConnectionTable, Route};
+use crate::connections::{ConnectionTable, Limits, Origin, Outgoing, Route};
 use crate::error::TransportError;
 use crate::inbound::Inbound;
-use crate::message::Target;
+use crate::listeners::{self, Listener};
 use crate::metrics::{DropReason, Metrics};
-use crate::transport::Transport;
 use crate::{tcp, udp};
 
 /// How long `shutdown` waits for connection tasks to finish.
@@ -29,10 +31,10 @@ pub(crate) struct Shared {
     pub(crate) inbound: Arc<dyn Inbound>,
     pub(crate) metrics: Metrics,
     pub(crate) table: ConnectionTable,
-    /// Bound UDP sockets with their real local addresses.
-    pub(crate) udp: Vec<(SocketAddr, Arc<UdpSocket>)>,
-    /// Real local addresses of the TCP listeners.
-    pub(crate) tcp: Vec<SocketAddr>,
+    /// Every bound socket, UDP first, each transport in configuration order.
+    listeners: Vec<Listener>,
+    /// The UDP socket of each entry of `listeners` (`None` for TCP listeners).
+    udp_sockets: Vec<Option<Arc<UdpSocket>>>,
     /// `true` once shutdown has begun; every task watches it.
     pub(crate) shutdown: watch::Sender<bool>,
     /// Runtime to spawn on, so `send` works from threads outside it.
@@ -47,11 +49,16 @@ impl Shared {
         *self.shutdown.borrow()
     }
 
-    /// Logs, counts and reports a send that could not be done.
-    pub(crate) fn send_failed(&self, target: Target, error: &TransportError) {
+    /// Counts, logs (within the log budget) and reports a message that could not be sent.
+    pub(crate) fn send_failed(&self, origin: &Origin, error: &TransportError) {
+        let reason = match error {
+            TransportError::OutboundLimit { .. } => DropReason::OutboundLimit,
+            _ => DropReason::SendError,
+        };
+        let peer = &origin.peer;
         self.metrics
-            .dropped(DropReason::SendError, target.transport, target.addr, error);
-        self.inbound.on_send_error(target, error);
+            .dropped(reason, peer.transport, peer.addr, error);
+        self.inbound.on_send_error(peer, origin.token, error);
     }
 }
 
@@ -67,11 +74,7 @@ pub struct Transports {
 impl std::fmt::Debug for Transports {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transports")
-            .field(
-                "udp",
-                &self.shared.udp.iter().map(|(a, _)| a).collect::<Vec<_>>(),
-            )
-            .field("tcp", &self.shared.tcp)
+            .field("listeners", &self.shared.listeners)
             .field("connections", &self.shared.table.len())
             .finish()
     }
@@ -80,135 +83,212 @@ impl std::fmt::Debug for Transports {
 impl Transports {
     /// Binds every configured address, registers the metrics and starts receiving.
     ///
-    /// Binding happens before anything is spawned, so a bad address fails start-up instead of
-    /// leaving half a node running. Must be called inside a tokio runtime.
+    /// Binding happens before anything is spawned, so a bad address (or a wildcard one with
+    /// no advertised host) fails start-up instead of leaving half a node running. Must be
+    /// called inside a tokio runtime.
     pub async fn start(
         config: TransportConfig,
         inbound: Arc<dyn Inbound>,
         registry: &mut Registry,
     ) -> Result<Transports, TransportError> {
         let runtime = Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
-        let mut udp_sockets = Vec::with_capacity(config.udp.len());
-        for &addr in &config.udp {
-            let socket = udp::bind(addr, config.udp_recv_buffer)?;
+        let mut listeners = Vec::with_capacity(config.udp.len() + config.tcp.len());
+        let mut udp_sockets = Vec::with_capacity(listeners.capacity());
+        for entry in &config.udp {
+            let socket = udp::bind(entry.addr, config.udp_recv_buffer)?;
             let local = socket.local_addr()?;
-            udp_sockets.push((local, Arc::new(socket)));
+            listeners.push(Listener::new(Transport::Udp, entry, local)?);
+            udp_sockets.push(Some(Arc::new(socket)));
         }
-        let mut listeners = Vec::with_capacity(config.tcp.len());
-        for &addr in &config.tcp {
-            let listener = tcp::bind(addr)?;
+        let mut tcp_listeners = Vec::with_capacity(config.tcp.len());
+        for entry in &config.tcp {
+            let listener = tcp::bind(entry.addr)?;
             let local = listener.local_addr()?;
-            listeners.push((local, listener));
+            listeners.push(Listener::new(Transport::Tcp, entry, local)?);
+            udp_sockets.push(None);
+            tcp_listeners.push((local, listener));
         }
 
         let metrics = Metrics::register(registry);
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            table: ConnectionTable::new(config.tcp_max_connections),
+            table: ConnectionTable::new(Limits {
+                inbound: config.tcp_max_inbound,
+                outbound: config.tcp_max_outbound,
+                per_source: config.tcp_max_per_source,
+            }),
             config,
             inbound,
             metrics,
-            udp: udp_sockets,
-            tcp: listeners.iter().map(|(a, _)| *a).collect(),
+            listeners,
+            udp_sockets,
             shutdown,
             runtime,
             tasks: Mutex::new(Vec::new()),
         });
 
         let mut tasks = Vec::new();
-        for (local, socket) in &shared.udp {
-            tasks.push(tokio::spawn(udp::receive_loop(
-                shared.clone(),
-                socket.clone(),
-                *local,
-            )));
-            tracing::info!(local = %local, transport = "UDP", "listening");
+        for (listener, socket) in shared.listeners.iter().zip(&shared.udp_sockets) {
+            if let Some(socket) = socket {
+                tasks.push(tokio::spawn(udp::receive_loop(
+                    shared.clone(),
+                    socket.clone(),
+                    listener.local,
+                )));
+            }
         }
-        for (local, listener) in listeners {
+        for (local, listener) in tcp_listeners {
             tasks.push(tokio::spawn(tcp::accept_loop(
                 shared.clone(),
                 listener,
                 local,
             )));
-            tracing::info!(local = %local, transport = "TCP", "listening");
+        }
+        for l in &shared.listeners {
+            tracing::info!(local = %l.local, advertise = %l.advertise, transport = %l.transport, "listening");
         }
         *shared.tasks.lock().unwrap_or_else(PoisonError::into_inner) = tasks;
         Ok(Transports { shared })
     }
 
-    /// Sends one message, without blocking, from any thread or actor.
+    /// Sends one message to `peer`, without blocking, from any thread or actor.
     ///
-    /// UDP tries the send at once and falls back to a spawned send if the socket buffer is full.
-    /// TCP uses the target's connection if it is still open, else an open connection to the
-    /// address, else opens one (bounded by `tcp_connect_timeout`); bytes are queued on the
-    /// connection's bounded queue. Failures are logged, counted and reported through
-    /// [`Inbound::on_send_error`].
-    pub fn send(&self, target: Target, data: Bytes) {
+    /// It leaves from the socket `peer.local` names, else from the first listener of the
+    /// peer's transport and address family. UDP tries the send at once and falls back to a
+    /// spawned send if the socket buffer is full. TCP uses `peer.connection` if it is still
+    /// open, else the latest open connection to the address from that listener, else opens
+    /// one (bound to the listener's IP when `peer.local` is given, bounded by
+    /// `tcp_connect_timeout`); bytes are queued on the connection's bounded queue.
+    /// Failures are counted, logged and reported through [`Inbound::on_send_error`] with no
+    /// token.
+    pub fn send(&self, peer: &Peer, data: Bytes) {
+        self.dispatch(
+            Origin {
+                peer: *peer,
+                token: None,
+            },
+            data,
+        );
+    }
+
+    /// As [`Transports::send`], and every failure of this message, at once or after a
+    /// connect that failed or a connection that closed before writing it, is reported
+    /// exactly once through [`Inbound::on_send_error`] with `token`, so the transaction
+    /// that sent it can fail over at once instead of waiting for its timer.
+    pub fn send_tracked(&self, peer: &Peer, data: Bytes, token: u64) {
+        self.dispatch(
+            Origin {
+                peer: *peer,
+                token: Some(token),
+            },
+            data,
+        );
+    }
+
+    fn dispatch(&self, origin: Origin, data: Bytes) {
         let shared = &self.shared;
         if shared.is_shut_down() {
-            shared.send_failed(target, &TransportError::Shutdown);
+            shared.send_failed(&origin, &TransportError::Shutdown);
             return;
         }
-        match target.transport {
-            Transport::Udp => udp::send(shared, target, data),
-            Transport::Tcp => self.send_tcp(target, data),
+        match origin.peer.transport {
+            Transport::Udp => self.send_udp(origin, data),
+            Transport::Tcp => self.send_tcp(origin, data),
         }
     }
 
-    fn send_tcp(&self, target: Target, data: Bytes) {
+    fn send_udp(&self, origin: Origin, data: Bytes) {
         let shared = &self.shared;
-        match shared.table.route(&target) {
-            Ok(Route::Existing(tx)) => {
-                if let Err(e) = tx.try_send(data) {
-                    let error = match e {
-                        tokio::sync::mpsc::error::TrySendError::Full(_) => {
-                            TransportError::QueueFull { addr: target.addr }
-                        }
-                        tokio::sync::mpsc::error::TrySendError::Closed(_) => {
-                            TransportError::ConnectionClosed { addr: target.addr }
-                        }
-                    };
-                    shared.send_failed(target, &error);
-                }
+        let socket = listeners::resolve(&shared.listeners, &origin.peer)
+            .map(|index| shared.udp_sockets.get(index).and_then(Option::as_ref));
+        match socket {
+            Ok(Some(socket)) => udp::send(shared, socket, origin, data),
+            // A UDP listener always has its socket; answer like a missing one if not.
+            Ok(None) => shared.send_failed(
+                &origin,
+                &TransportError::NoSocket {
+                    transport: Transport::Udp,
+                    addr: origin.peer.addr,
+                },
+            ),
+            Err(error) => shared.send_failed(&origin, &error),
+        }
+    }
+
+    fn send_tcp(&self, origin: Origin, data: Bytes) {
+        let shared = &self.shared;
+        let peer = origin.peer;
+        if let Some(tx) = peer.connection.and_then(|id| shared.table.named(id)) {
+            queue(shared, &tx, origin, data);
+            return;
+        }
+        // With no listener named and none of the family, connect from wherever the
+        // kernel picks (a TCP trunk on a node listening on UDP only).
+        let listener = match listeners::resolve(&shared.listeners, &peer) {
+            Ok(index) => shared.listeners.get(index).map(|l| l.local),
+            Err(TransportError::NoSocket { .. }) if peer.local.is_none() => None,
+            Err(error) => {
+                shared.send_failed(&origin, &error);
+                return;
             }
-            Ok(Route::Connect { id, tx, rx }) => {
-                // A fresh queue has room for at least one message.
-                if let Err(e) = tx.try_send(data) {
-                    drop(e);
-                    shared.send_failed(
-                        target.clone(),
-                        &TransportError::ConnectionClosed { addr: target.addr },
-                    );
-                }
+        };
+        match shared.table.route(peer.addr, listener) {
+            Ok(Route::Existing(tx)) => queue(shared, &tx, origin, data),
+            Ok(Route::Connect(conn)) => {
+                // A fresh queue has room: this cannot fail, and if it did it would report.
+                queue(shared, &conn.tx, origin, data);
+                let bind = peer
+                    .local
+                    .filter(|l| !l.ip().is_unspecified())
+                    .map(|l| SocketAddr::new(l.ip(), 0));
                 shared.runtime.spawn(tcp::connect_and_run(
                     shared.clone(),
-                    id,
-                    target.addr,
-                    tx,
-                    rx,
+                    conn,
+                    peer.addr,
+                    listener,
+                    bind,
                 ));
             }
-            Err(error) => shared.send_failed(target, &error),
+            Err(error) => shared.send_failed(&origin, &error),
         }
     }
 
-    /// The first bound address of a transport, with port 0 resolved to the real port: what the
-    /// dispatcher puts in Via and Contact.
-    pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
-        match transport {
-            Transport::Udp => self.shared.udp.first().map(|(a, _)| *a),
-            Transport::Tcp => self.shared.tcp.first().copied(),
-        }
+    /// Every bound socket with its real address and advertised host, UDP first, each
+    /// transport in configuration order.
+    pub fn listeners(&self) -> &[Listener] {
+        &self.shared.listeners
     }
 
-    /// Every bound address, UDP first.
-    pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
+    /// The listener of `transport` bound at `local` (a `Peer::local` value).
+    pub fn listener(&self, transport: Transport, local: SocketAddr) -> Option<&Listener> {
         self.shared
-            .udp
+            .listeners
             .iter()
-            .map(|(a, _)| (Transport::Udp, *a))
-            .chain(self.shared.tcp.iter().map(|a| (Transport::Tcp, *a)))
-            .collect()
+            .find(|l| l.transport == transport && l.local == local)
+    }
+
+    /// The listener a send to `peer` leaves from, as [`Transports::send`] chooses it
+    /// (`peer.local`, else the first of the transport and family): what the call layer
+    /// writes into Via and Contact toward that peer. `None` when no listener fits: a UDP
+    /// send then fails, a TCP one connects from an address the kernel picks.
+    pub fn listener_for(&self, peer: &Peer) -> Option<&Listener> {
+        let index = listeners::resolve(&self.shared.listeners, peer).ok()?;
+        self.shared.listeners.get(index)
+    }
+
+    /// The first bound address of a transport, with port 0 resolved to the real port.
+    pub fn local_addr(&self, transport: Transport) -> Option<SocketAddr> {
+        self.shared
+            .listeners
+            .iter()
+            .find(|l| l.transport == transport)
+            .map(|l| l.local)
+    }
+
+    /// Keeps TCP connection `connection` (a `Peer::connection` value) from being closed as
+    /// idle for as long as the returned guard lives; `None` if it is no longer open.
+    pub fn pin(&self, connection: u64) -> Option<ConnectionPin> {
+        self.shared.table.pin(connection)
     }
 
     /// Number of open (or opening) TCP connections; for tests and the admin API.
@@ -244,5 +324,21 @@ impl Transports {
                 "transport connections still closing after shutdown grace"
             );
         }
+    }
+}
+
+/// Queues a message on a connection, reporting it if the queue is full or closed.
+fn queue(shared: &Shared, tx: &mpsc::Sender<Outgoing>, origin: Origin, data: Bytes) {
+    let msg = Outgoing {
+        data,
+        origin: Some(origin),
+    };
+    if let Err(e) = tx.try_send(msg) {
+        let addr = origin.peer.addr;
+        let error = match e {
+            TrySendError::Full(_) => TransportError::QueueFull { addr },
+            TrySendError::Closed(_) => TransportError::ConnectionClosed { addr },
+        };
+        shared.send_failed(&origin, &error);
     }
 }

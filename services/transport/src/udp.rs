@@ -7,11 +7,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+use trunkline_sip::{Peer, Transport};
+
+use crate::connections::Origin;
 use crate::error::TransportError;
 use crate::framing::is_datagram_keepalive;
-use crate::message::{Received, Target};
+use crate::message::Received;
 use crate::metrics::DropReason;
-use crate::transport::Transport;
 use crate::transports::Shared;
 
 /// Receive buffers are carved out of blocks this big, so small datagrams share one allocation
@@ -37,6 +39,7 @@ pub(crate) fn bind(addr: SocketAddr, recv_buffer: usize) -> Result<UdpSocket, Tr
 
 /// Reads datagrams until shutdown, dropping keep-alives and oversize ones, and hands each other
 /// datagram up whole: Content-Length rules for datagrams are the parser's (RFC 3261 §18.3).
+/// `local` is the socket's bound address, which received messages carry as `Peer::local`.
 pub(crate) async fn receive_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr) {
     let limit = shared.config.max_message_bytes;
     // One byte more than the limit tells an oversize datagram from one exactly at the limit.
@@ -82,43 +85,30 @@ pub(crate) async fn receive_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, lo
         // whole block for as long as any call keeps a header of this message.
         let data = Bytes::copy_from_slice(&buf[..n]);
         buf.clear();
-        shared.inbound.on_message(Received {
-            transport: Transport::Udp,
-            local,
-            peer,
-            connection: None,
-            data,
-        });
+        let peer = Peer {
+            local: Some(local),
+            ..Peer::new(Transport::Udp, peer)
+        };
+        shared.inbound.on_message(Received { peer, data });
     }
 }
 
-/// Sends a datagram from the first socket of the target's address family, without blocking:
-/// a full socket buffer hands the send to a task instead of waiting.
-pub(crate) fn send(shared: &Arc<Shared>, target: Target, data: Bytes) {
-    let socket = shared
-        .udp
-        .iter()
-        .find(|(local, _)| local.is_ipv4() == target.addr.is_ipv4())
-        .map(|(_, s)| s.clone());
-    let Some(socket) = socket else {
-        let error = TransportError::NoSocket {
-            transport: Transport::Udp,
-            addr: target.addr,
-        };
-        shared.send_failed(target, &error);
-        return;
-    };
-    match socket.try_send_to(&data, target.addr) {
+/// Sends a datagram from `socket` without blocking: a full socket buffer hands the send to a
+/// task instead of waiting.
+pub(crate) fn send(shared: &Arc<Shared>, socket: &Arc<UdpSocket>, origin: Origin, data: Bytes) {
+    let to = origin.peer.addr;
+    match socket.try_send_to(&data, to) {
         Ok(n) => shared.metrics.bytes_out(Transport::Udp, n),
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
             let shared = shared.clone();
+            let socket = socket.clone();
             shared.clone().runtime.spawn(async move {
-                match socket.send_to(&data, target.addr).await {
+                match socket.send_to(&data, to).await {
                     Ok(n) => shared.metrics.bytes_out(Transport::Udp, n),
-                    Err(e) => shared.send_failed(target, &TransportError::Io(e)),
+                    Err(e) => shared.send_failed(&origin, &TransportError::Io(e)),
                 }
             });
         }
-        Err(e) => shared.send_failed(target, &TransportError::Io(e)),
+        Err(e) => shared.send_failed(&origin, &TransportError::Io(e)),
     }
 }

@@ -9,28 +9,38 @@ use std::time::Duration;
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use trunkline_transport::{
-    Inbound, Received, Target, Transport, TransportConfig, TransportError, Transports,
+    Host, Inbound, ListenerConfig, Peer, Received, Transport, TransportConfig, TransportError,
+    Transports,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// One `on_send_error` call.
+#[derive(Debug, Clone)]
+struct SendError {
+    peer: Peer,
+    token: Option<u64>,
+    error: String,
+}
+
 struct Collect {
     messages: mpsc::UnboundedSender<Received>,
-    errors: Mutex<Vec<(Target, String)>>,
+    errors: Mutex<Vec<SendError>>,
 }
 
 impl Inbound for Collect {
     fn on_message(&self, msg: Received) {
         let _ = self.messages.send(msg);
     }
-    fn on_send_error(&self, target: Target, error: &TransportError) {
-        self.errors
-            .lock()
-            .unwrap()
-            .push((target, error.to_string()));
+    fn on_send_error(&self, peer: &Peer, token: Option<u64>, error: &TransportError) {
+        self.errors.lock().unwrap().push(SendError {
+            peer: *peer,
+            token,
+            error: error.to_string(),
+        });
     }
 }
 
@@ -75,6 +85,17 @@ impl Node {
         self.transports.local_addr(Transport::Udp).unwrap()
     }
 
+    fn errors(&self) -> Vec<SendError> {
+        self.inbound.errors.lock().unwrap().clone()
+    }
+
+    /// Tokens of every reported error, sorted.
+    fn error_tokens(&self) -> Vec<Option<u64>> {
+        let mut tokens: Vec<_> = self.errors().iter().map(|e| e.token).collect();
+        tokens.sort();
+        tokens
+    }
+
     /// Value of one sample in the text exposition, 0 if absent.
     fn metric(&self, sample: &str) -> f64 {
         let mut text = String::new();
@@ -93,13 +114,50 @@ impl Node {
     }
 }
 
+fn any_port(ip: [u8; 4]) -> SocketAddr {
+    SocketAddr::from((ip, 0))
+}
+
 fn loopback() -> TransportConfig {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let any = any_port([127, 0, 0, 1]);
     TransportConfig {
-        udp: vec![any],
-        tcp: vec![any],
+        udp: vec![any.into()],
+        tcp: vec![any.into()],
         ..TransportConfig::default()
     }
+}
+
+/// Listeners on 127.0.0.1 and 127.0.0.2, the second advertised as `sbc.example.net`: a node
+/// on two networks.
+fn two_homed() -> TransportConfig {
+    let second = || {
+        ListenerConfig::advertised(
+            any_port([127, 0, 0, 2]),
+            Host::parse("sbc.example.net").unwrap(),
+        )
+    };
+    TransportConfig {
+        udp: vec![any_port([127, 0, 0, 1]).into(), second()],
+        tcp: vec![any_port([127, 0, 0, 1]).into(), second()],
+        ..TransportConfig::default()
+    }
+}
+
+fn tcp_to(addr: SocketAddr) -> Peer {
+    Peer::new(Transport::Tcp, addr)
+}
+
+/// A TCP client bound to a source IP, for per-source tests.
+async fn connect_from(ip: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(any_port(ip)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// A loopback port with nothing listening.
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
 }
 
 async fn eventually(mut check: impl FnMut() -> bool) {
@@ -162,19 +220,17 @@ async fn udp_round_trip_keepalive_and_oversize() {
 
     let msg = node.next().await;
     assert_eq!(msg.data, Bytes::from(request));
-    assert_eq!(msg.peer, client.local_addr().unwrap());
-    assert_eq!(msg.local, server);
-    assert_eq!(msg.transport, Transport::Udp);
-    assert_eq!(msg.connection, None);
+    assert_eq!(msg.peer.addr, client.local_addr().unwrap());
+    assert_eq!(msg.peer.local, Some(server));
+    assert_eq!(msg.peer.transport, Transport::Udp);
+    assert_eq!(msg.peer.connection, None);
     assert_eq!(
         node.metric("trunkline_transport_dropped_total{reason=\"oversize\"}"),
         1.0
     );
 
-    node.transports.send(
-        Target::reply_to(&msg),
-        Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"),
-    );
+    node.transports
+        .send(&msg.peer, Bytes::from_static(b"SIP/2.0 200 OK\r\n\r\n"));
     let mut buf = [0u8; 2048];
     let (n, from) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
         .await
@@ -196,8 +252,8 @@ async fn udp_and_tcp_on_ipv6_loopback() {
         return; // no IPv6 on this host
     };
     let mut node = Node::start(TransportConfig {
-        udp: vec![any6],
-        tcp: vec![any6],
+        udp: vec![any6.into()],
+        tcp: vec![any6.into()],
         ..loopback()
     })
     .await;
@@ -206,12 +262,12 @@ async fn udp_and_tcp_on_ipv6_loopback() {
         .send_to(sip("").as_bytes(), node.udp())
         .await
         .unwrap();
-    assert!(node.next().await.peer.is_ipv6());
+    assert!(node.next().await.peer.addr.is_ipv6());
 
     let mut stream = TcpStream::connect(node.tcp()).await.unwrap();
     stream.write_all(sip("v6").as_bytes()).await.unwrap();
     let msg = node.next().await;
-    assert_eq!(msg.peer, stream.local_addr().unwrap());
+    assert_eq!(msg.peer.addr, stream.local_addr().unwrap());
     node.transports.shutdown().await;
 }
 
@@ -230,14 +286,14 @@ async fn tcp_response_goes_back_on_the_request_connection() {
     client.write_all(&b.as_bytes()[10..]).await.unwrap();
     let second = node.next().await;
     assert_eq!(second.data, Bytes::from(b));
-    assert_eq!(first.connection, second.connection);
-    assert!(first.connection.is_some());
-    assert_eq!(first.peer, client.local_addr().unwrap());
-    assert_eq!(first.local, node.tcp());
+    assert_eq!(first.peer.connection, second.peer.connection);
+    assert!(first.peer.connection.is_some());
+    assert_eq!(first.peer.addr, client.local_addr().unwrap());
+    assert_eq!(first.peer.local, Some(node.tcp()));
 
     let response = sip("response");
     node.transports
-        .send(Target::reply_to(&first), Bytes::from(response.clone()));
+        .send(&first.peer, Bytes::from(response.clone()));
     assert_eq!(
         read_exact_in_time(&mut client, response.len()).await,
         response.as_bytes()
@@ -280,10 +336,8 @@ async fn outbound_tcp_connection_is_opened_reused_and_read() {
     let trunk_addr = trunk.local_addr().unwrap();
 
     let request = sip("invite");
-    node.transports.send(
-        Target::new(Transport::Tcp, trunk_addr),
-        Bytes::from(request.clone()),
-    );
+    node.transports
+        .send(&tcp_to(trunk_addr), Bytes::from(request.clone()));
     let (mut conn, _) = tokio::time::timeout(WAIT, trunk.accept())
         .await
         .unwrap()
@@ -294,10 +348,8 @@ async fn outbound_tcp_connection_is_opened_reused_and_read() {
     );
 
     // A second send to the same address reuses the connection.
-    node.transports.send(
-        Target::new(Transport::Tcp, trunk_addr),
-        Bytes::from(request.clone()),
-    );
+    node.transports
+        .send(&tcp_to(trunk_addr), Bytes::from(request.clone()));
     assert_eq!(
         read_exact_in_time(&mut conn, request.len()).await,
         request.as_bytes()
@@ -308,8 +360,9 @@ async fn outbound_tcp_connection_is_opened_reused_and_read() {
     conn.write_all(response.as_bytes()).await.unwrap();
     let msg = node.next().await;
     assert_eq!(msg.data, Bytes::from(response));
-    assert_eq!(msg.peer, trunk_addr);
-    assert!(msg.connection.is_some());
+    assert_eq!(msg.peer.addr, trunk_addr);
+    assert!(msg.peer.connection.is_some());
+    assert_eq!(msg.peer.local, Some(node.tcp()));
     assert_eq!(
         node.metric(
             "trunkline_transport_connections_total{transport=\"tcp\",direction=\"outbound\"}"
@@ -319,26 +372,6 @@ async fn outbound_tcp_connection_is_opened_reused_and_read() {
     assert_eq!(node.transports.connection_count(), 1);
 
     drop(conn);
-    node.wait_no_connections().await;
-    node.transports.shutdown().await;
-}
-
-#[tokio::test]
-async fn refused_connect_is_reported() {
-    let node = Node::start(loopback()).await;
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
-    node.transports
-        .send(Target::new(Transport::Tcp, closed), Bytes::from(sip("")));
-    eventually(|| !node.inbound.errors.lock().unwrap().is_empty()).await;
-    let (target, _) = node.inbound.errors.lock().unwrap()[0].clone();
-    assert_eq!(target.addr, closed);
-    assert_eq!(
-        node.metric("trunkline_transport_dropped_total{reason=\"send_error\"}"),
-        1.0
-    );
     node.wait_no_connections().await;
     node.transports.shutdown().await;
 }
@@ -388,9 +421,9 @@ async fn idle_connection_is_closed() {
 }
 
 #[tokio::test]
-async fn connection_limit_is_enforced() {
+async fn inbound_limit_is_enforced() {
     let node = Node::start(TransportConfig {
-        tcp_max_connections: 2,
+        tcp_max_inbound: 2,
         ..loopback()
     })
     .await;
@@ -404,7 +437,7 @@ async fn connection_limit_is_enforced() {
     let mut third = TcpStream::connect(node.tcp()).await.unwrap();
     assert!(read_to_eof(&mut third).await.is_empty());
     assert_eq!(
-        node.metric("trunkline_transport_dropped_total{reason=\"connection_limit\"}"),
+        node.metric("trunkline_transport_dropped_total{reason=\"inbound_limit\"}"),
         1.0
     );
     assert_eq!(node.transports.connection_count(), 2);
@@ -469,18 +502,27 @@ async fn shutdown_closes_connections_and_refuses_sends() {
     node.transports.shutdown().await;
     assert!(read_to_eof(&mut client).await.is_empty());
     assert_eq!(node.transports.connection_count(), 0);
+    node.transports.send_tracked(
+        &Peer::new(Transport::Udp, "127.0.0.1:9".parse().unwrap()),
+        Bytes::from_static(b"x"),
+        7,
+    );
     node.transports.send(
-        Target::new(Transport::Udp, "127.0.0.1:9".parse().unwrap()),
+        &tcp_to("127.0.0.1:9".parse().unwrap()),
         Bytes::from_static(b"x"),
     );
-    assert_eq!(node.inbound.errors.lock().unwrap().len(), 1);
-    assert_eq!(node.transports.local_addrs().len(), 2);
+    // Reported at once, from inside the calls.
+    assert_eq!(node.error_tokens(), vec![None, Some(7)]);
+    assert!(node.errors().iter().all(|e| e.error.contains("shut down")));
+    assert_eq!(node.transports.listeners().len(), 2);
 }
 
 #[tokio::test]
 async fn a_thousand_idle_connections_are_all_closed_and_freed() {
     let node = Node::start(TransportConfig {
         tcp_idle_timeout: Duration::from_millis(300),
+        // All from 127.0.0.1.
+        tcp_max_per_source: 1000,
         ..loopback()
     })
     .await;
@@ -502,5 +544,453 @@ async fn a_thousand_idle_connections_are_all_closed_and_freed() {
         node.metric("trunkline_transport_dropped_total{reason=\"idle_timeout\"}"),
         1000.0
     );
+    node.transports.shutdown().await;
+}
+
+// --- Send errors reach the sender, once per message -------------------------------------
+
+#[tokio::test]
+async fn refused_connect_reports_every_queued_message_with_its_token() {
+    let node = Node::start(loopback()).await;
+    let closed = closed_port().await;
+    // Back to back, before the connect task runs (this is a current-thread runtime): the
+    // first send opens the connection, the others queue behind it.
+    for token in 1..=3 {
+        node.transports
+            .send_tracked(&tcp_to(closed), Bytes::from(sip("")), token);
+    }
+    node.transports.send(&tcp_to(closed), Bytes::from(sip("")));
+    assert!(node.errors().is_empty(), "nothing failed yet");
+
+    eventually(|| node.errors().len() >= 4).await;
+    node.wait_no_connections().await;
+    assert_eq!(node.error_tokens(), vec![None, Some(1), Some(2), Some(3)]);
+    for e in node.errors() {
+        assert_eq!(e.peer, tcp_to(closed));
+        assert!(e.error.contains("cannot connect"), "{}", e.error);
+    }
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"send_error\"}"),
+        4.0
+    );
+    node.transports.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_reports_every_queued_message_with_its_token() {
+    let node = Node::start(TransportConfig {
+        tcp_connect_timeout: Duration::from_secs(1),
+        ..loopback()
+    })
+    .await;
+    // A listener with a full accept queue that never accepts: Linux drops further SYNs, so
+    // a connect to it neither succeeds nor fails until our timeout.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&any_port([127, 0, 0, 1]).into()).unwrap();
+    socket.listen(0).unwrap();
+    let full: SocketAddr = socket.local_addr().unwrap().as_socket().unwrap();
+    let _queued = TcpStream::connect(full).await.unwrap();
+
+    for token in 10..15 {
+        node.transports
+            .send_tracked(&tcp_to(full), Bytes::from(sip("")), token);
+    }
+    eventually(|| node.errors().len() >= 5).await;
+    node.wait_no_connections().await;
+    assert_eq!(node.error_tokens(), (10..15).map(Some).collect::<Vec<_>>());
+    assert!(node.errors().iter().all(|e| e.error.contains("timed out")));
+    node.transports.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_queue_is_reported_at_once_and_nothing_else_fails() {
+    let node = Node::start(loopback()).await;
+    let trunk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trunk_addr = trunk.local_addr().unwrap();
+    let request = sip("queued");
+    // Nothing is written while this loop runs (the connect task has not run yet), so the
+    // queue fills; the first send that does not fit is reported from inside the call.
+    let mut sent = 0u64;
+    while node.errors().is_empty() && sent < 10_000 {
+        node.transports
+            .send_tracked(&tcp_to(trunk_addr), Bytes::from(request.clone()), sent);
+        sent += 1;
+    }
+    let errors = node.errors();
+    assert_eq!(errors.len(), 1);
+    let rejected = sent - 1;
+    assert_eq!(errors[0].token, Some(rejected));
+    assert!(errors[0].error.contains("full"), "{}", errors[0].error);
+
+    // Every message that was queued arrives, and none is reported.
+    let (mut conn, _) = tokio::time::timeout(WAIT, trunk.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let len = usize::try_from(rejected).unwrap() * request.len();
+    let got = read_exact_in_time(&mut conn, len).await;
+    assert!(got.chunks(request.len()).all(|m| m == request.as_bytes()));
+    assert_eq!(node.errors().len(), 1);
+    node.transports.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_writes_report_each_unwritten_message_once() {
+    const MESSAGES: u64 = 200;
+    const SIZE: usize = 512 * 1024;
+    let node = Node::start(TransportConfig {
+        tcp_partial_timeout: Duration::from_secs(2),
+        ..loopback()
+    })
+    .await;
+    // A trunk that accepts and then does not read: the socket buffers fill, a write stalls
+    // and times out.
+    let trunk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trunk_addr = trunk.local_addr().unwrap();
+    let message = Bytes::from(vec![b'x'; SIZE]);
+    for token in 0..MESSAGES {
+        node.transports
+            .send_tracked(&tcp_to(trunk_addr), message.clone(), token);
+    }
+    let (mut conn, _) = trunk.accept().await.unwrap();
+    eventually(|| !node.errors().is_empty()).await;
+    node.wait_no_connections().await;
+
+    // What was written arrives (the last one perhaps in part); everything else was
+    // reported, once, in order: the failed ones are exactly the tail.
+    let delivered = read_to_eof(&mut conn).await.len() / SIZE;
+    let failed = node.error_tokens();
+    assert!(!failed.is_empty() && failed.len() < MESSAGES as usize);
+    let first_failed = MESSAGES - failed.len() as u64;
+    assert_eq!(
+        failed,
+        (first_failed..MESSAGES).map(Some).collect::<Vec<_>>()
+    );
+    assert_eq!(delivered as u64, first_failed);
+    assert!(node
+        .errors()
+        .iter()
+        .all(|e| e.error.contains("timed out") || e.error.contains("closed")));
+    node.transports.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_local_socket_is_reported_with_the_token() {
+    let node = Node::start(loopback()).await;
+    let peer = Peer {
+        local: Some("127.0.0.1:1".parse().unwrap()),
+        ..Peer::new(Transport::Udp, "127.0.0.1:9".parse().unwrap())
+    };
+    node.transports
+        .send_tracked(&peer, Bytes::from(sip("")), 42);
+    let errors = node.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0].peer, errors[0].token), (peer, Some(42)));
+    assert!(errors[0].error.contains("no UDP listener on 127.0.0.1:1"));
+    node.transports.shutdown().await;
+}
+
+// --- Multi-homed: each message leaves from its socket --------------------------------------
+
+#[tokio::test]
+async fn udp_replies_and_sends_leave_from_the_named_socket() {
+    let mut node = Node::start(two_homed()).await;
+    let listeners = node.transports.listeners().to_vec();
+    let (first, second) = (listeners[0].local, listeners[1].local);
+    assert_eq!(first.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    assert_eq!(second.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+    assert_ne!(second.port(), 0, "port 0 is resolved");
+    assert_eq!(listeners[0].advertise, Host::parse("127.0.0.1").unwrap());
+    assert_eq!(
+        listeners[1].advertise,
+        Host::parse("sbc.example.net").unwrap()
+    );
+
+    // A request to 127.0.0.2 is answered from 127.0.0.2.
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(sip("").as_bytes(), second).await.unwrap();
+    let msg = node.next().await;
+    assert_eq!(msg.peer.local, Some(second));
+    let via = node.transports.listener_for(&msg.peer).unwrap();
+    assert_eq!(via.advertise, Host::parse("sbc.example.net").unwrap());
+    node.transports
+        .send(&msg.peer, Bytes::from_static(b"reply"));
+    let mut buf = [0u8; 64];
+    let (_, from) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, second);
+
+    // A new hop: `local` picks the socket, none means the first.
+    let other = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = Peer::new(Transport::Udp, other.local_addr().unwrap());
+    for (peer, expected) in [
+        (
+            Peer {
+                local: Some(second),
+                ..to
+            },
+            second,
+        ),
+        (to, first),
+    ] {
+        node.transports.send(&peer, Bytes::from_static(b"hello"));
+        let (_, from) = tokio::time::timeout(WAIT, other.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, expected);
+        assert_eq!(node.transports.listener_for(&peer).unwrap().local, expected);
+    }
+    assert!(node.errors().is_empty());
+    node.transports.shutdown().await;
+}
+
+#[tokio::test]
+async fn tcp_connections_are_bound_to_the_named_listener() {
+    let mut node = Node::start(two_homed()).await;
+    let listeners = node.transports.listeners().to_vec();
+    let (first, second) = (listeners[2].local, listeners[3].local);
+    assert_eq!(listeners[3].transport, Transport::Tcp);
+    assert_eq!(
+        node.transports.listener(Transport::Tcp, second),
+        Some(&listeners[3])
+    );
+
+    // Toward a trunk from 127.0.0.2: the trunk sees that address, and its answer comes up
+    // marked with our 127.0.0.2 listener.
+    let trunk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trunk_addr = trunk.local_addr().unwrap();
+    let via_second = Peer {
+        local: Some(second),
+        ..tcp_to(trunk_addr)
+    };
+    node.transports.send(&via_second, Bytes::from(sip("a")));
+    let (mut conn, from) = tokio::time::timeout(WAIT, trunk.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from.ip(), second.ip());
+    read_exact_in_time(&mut conn, sip("a").len()).await;
+    conn.write_all(sip("answer").as_bytes()).await.unwrap();
+    let answer = node.next().await;
+    assert_eq!(answer.peer.local, Some(second));
+    assert_eq!(
+        node.transports
+            .listener_for(&answer.peer)
+            .unwrap()
+            .advertise,
+        Host::parse("sbc.example.net").unwrap()
+    );
+
+    // The same trunk without a listener named: the first listener's connection, a new one.
+    node.transports
+        .send(&tcp_to(trunk_addr), Bytes::from(sip("b")));
+    let (_conn2, _) = tokio::time::timeout(WAIT, trunk.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(node.transports.connection_count(), 2);
+
+    // A request accepted on 127.0.0.2 is answered on its connection.
+    let mut client = TcpStream::connect(second).await.unwrap();
+    client.write_all(sip("req").as_bytes()).await.unwrap();
+    let req = node.next().await;
+    assert_eq!(req.peer.local, Some(second));
+    node.transports.send(&req.peer, Bytes::from(sip("resp")));
+    assert_eq!(
+        read_exact_in_time(&mut client, sip("resp").len()).await,
+        sip("resp").as_bytes()
+    );
+    assert_ne!(first, second);
+    assert!(node.errors().is_empty());
+    node.transports.shutdown().await;
+}
+
+#[tokio::test]
+async fn wildcard_listener_without_advertise_fails_start() {
+    let mut registry = Registry::default();
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let inbound = Arc::new(Collect {
+        messages: tx,
+        errors: Mutex::new(Vec::new()),
+    });
+    let config = TransportConfig {
+        udp: vec![any_port([0, 0, 0, 0]).into()],
+        tcp: vec![],
+        ..TransportConfig::default()
+    };
+    let error = Transports::start(config, inbound, &mut registry)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, TransportError::NoAdvertise { .. }),
+        "{error}"
+    );
+}
+
+// --- TCP limits ------------------------------------------------------------------------------
+
+/// Connects and proves the node serves the connection (a ping gets its pong).
+async fn served(mut c: TcpStream) -> TcpStream {
+    c.write_all(b"\r\n\r\n").await.unwrap();
+    assert_eq!(read_exact_in_time(&mut c, 2).await, b"\r\n");
+    c
+}
+
+#[tokio::test]
+async fn per_source_limit_closes_only_that_source() {
+    let node = Node::start(TransportConfig {
+        tcp_max_per_source: 2,
+        ..loopback()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(served(connect_from([127, 0, 0, 1], node.tcp()).await).await);
+    }
+    let mut third = connect_from([127, 0, 0, 1], node.tcp()).await;
+    assert!(read_to_eof(&mut third).await.is_empty());
+    // Another source still gets in.
+    held.push(served(connect_from([127, 0, 0, 2], node.tcp()).await).await);
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"source_limit\"}"),
+        1.0
+    );
+    assert_eq!(node.transports.connection_count(), 3);
+    drop(held);
+    node.wait_no_connections().await;
+    node.transports.shutdown().await;
+}
+
+#[tokio::test]
+async fn outbound_limit_fails_the_send_but_not_inbound() {
+    let node = Node::start(TransportConfig {
+        tcp_max_outbound: 1,
+        tcp_max_inbound: 1,
+        ..loopback()
+    })
+    .await;
+    let trunk_a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trunk_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    node.transports.send_tracked(
+        &tcp_to(trunk_a.local_addr().unwrap()),
+        Bytes::from(sip("")),
+        1,
+    );
+    let _a = tokio::time::timeout(WAIT, trunk_a.accept()).await.unwrap();
+    // Inbound connections have their own budget.
+    let _inbound = served(TcpStream::connect(node.tcp()).await.unwrap()).await;
+
+    let to_b = tcp_to(trunk_b.local_addr().unwrap());
+    node.transports.send_tracked(&to_b, Bytes::from(sip("")), 2);
+    let errors = node.errors();
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0].peer, errors[0].token), (to_b, Some(2)));
+    assert!(errors[0].error.contains("outbound"), "{}", errors[0].error);
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"outbound_limit\"}"),
+        1.0
+    );
+    node.transports.shutdown().await;
+}
+
+// --- Idle: traffic either way, and pins ----------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn writes_count_as_activity() {
+    let mut node = Node::start(TransportConfig {
+        tcp_idle_timeout: Duration::from_secs(3),
+        ..loopback()
+    })
+    .await;
+    let mut client = TcpStream::connect(node.tcp()).await.unwrap();
+    client.write_all(sip("hello").as_bytes()).await.unwrap();
+    let hop = node.next().await.peer;
+    // The client never writes again; we write every 2 s for five idle periods.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        node.transports.send(&hop, Bytes::from(sip("tick")));
+        read_exact_in_time(&mut client, sip("tick").len()).await;
+    }
+    assert_eq!(node.transports.connection_count(), 1);
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"idle_timeout\"}"),
+        0.0
+    );
+    // Silence both ways: now it is idle.
+    assert!(read_to_eof(&mut client).await.is_empty());
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"idle_timeout\"}"),
+        1.0
+    );
+    node.wait_no_connections().await;
+    node.transports.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pinned_connection_is_not_closed_as_idle() {
+    let mut node = Node::start(TransportConfig {
+        tcp_idle_timeout: Duration::from_secs(3),
+        tcp_partial_timeout: Duration::from_secs(2),
+        ..loopback()
+    })
+    .await;
+    let mut pinned = TcpStream::connect(node.tcp()).await.unwrap();
+    pinned.write_all(sip("call").as_bytes()).await.unwrap();
+    let id = node.next().await.peer.connection.unwrap();
+    let pin = node.transports.pin(id).unwrap();
+    assert_eq!(pin.connection(), id);
+    assert!(node.transports.pin(id + 1000).is_none());
+
+    // An unpinned neighbour of the same age is closed; the pinned one outlives an hour.
+    let mut other = TcpStream::connect(node.tcp()).await.unwrap();
+    assert!(read_to_eof(&mut other).await.is_empty());
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(node.transports.connection_count(), 1);
+
+    // The pinned connection still carries traffic both ways.
+    pinned.write_all(sip("bye").as_bytes()).await.unwrap();
+    let bye = node.next().await;
+    assert_eq!(bye.peer.connection, Some(id));
+    node.transports.send(&bye.peer, Bytes::from(sip("ok")));
+    read_exact_in_time(&mut pinned, sip("ok").len()).await;
+
+    // Unpinned, it idles out like any other.
+    drop(pin);
+    assert!(read_to_eof(&mut pinned).await.is_empty());
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"idle_timeout\"}"),
+        2.0
+    );
+    node.wait_no_connections().await;
+    node.transports.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pin_does_not_protect_a_stalled_message() {
+    let mut node = Node::start(TransportConfig {
+        tcp_idle_timeout: Duration::from_secs(3),
+        tcp_partial_timeout: Duration::from_secs(2),
+        ..loopback()
+    })
+    .await;
+    let mut client = TcpStream::connect(node.tcp()).await.unwrap();
+    client.write_all(sip("call").as_bytes()).await.unwrap();
+    let id = node.next().await.peer.connection.unwrap();
+    let _pin = node.transports.pin(id).unwrap();
+    let m = sip("half");
+    client
+        .write_all(&m.as_bytes()[..m.len() / 2])
+        .await
+        .unwrap();
+    assert!(read_to_eof(&mut client).await.is_empty());
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"partial_timeout\"}"),
+        1.0
+    );
+    node.wait_no_connections().await;
+    assert!(node.transports.pin(id).is_none());
     node.transports.shutdown().await;
 }

@@ -15,7 +15,6 @@ use anyhow::{anyhow, Context as _};
 use prometheus_client::registry::Registry;
 use trunkline_b2bua::CallConfig;
 use trunkline_call::metrics::CallMetrics;
-use trunkline_call::outbound::TransportOutbound;
 use trunkline_call::{Dispatcher, DispatcherConfig, Route, Router, Source, Trunk, Trust};
 use trunkline_sip::transaction::Timers;
 use trunkline_transport::Transports;
@@ -108,10 +107,6 @@ impl App {
             max_duration: (config.sip.max_call_duration_secs > 0)
                 .then(|| Duration::from_secs(config.sip.max_call_duration_secs)),
         };
-        let advertise = config
-            .sip
-            .advertise_ip()
-            .ok_or_else(|| anyhow!("sip: no listen address to advertise"))?;
         let media = if config.media.enabled {
             let m = &config.media;
             let relay = trunkline_media::Relay::start(
@@ -165,10 +160,7 @@ impl App {
         )
         .await
         .context("cannot bind the SIP listeners (sip.udp / sip.tcp)")?;
-        dispatcher.attach(Arc::new(TransportOutbound {
-            transports: transports.clone(),
-            advertise: trunkline_sip::Host::from(advertise),
-        }));
+        dispatcher.attach(Arc::new(transports.clone()));
         Ok(Self {
             dispatcher,
             transports,

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use trunkline_media::{
     MediaInterface, Scheduling, ThreadPolicy, ThreadPolicyError, DEFAULT_INTERFACE,
 };
-use trunkline_transport::TransportConfig;
+use trunkline_sip::Host;
+use trunkline_transport::{ListenerConfig, TransportConfig};
 
 /// Prefix of the environment variables that override the file.
 const ENV_PREFIX: &str = "TRUNKLINE_";
@@ -199,12 +200,12 @@ impl Default for NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SipConfig {
-    /// UDP listen addresses.
-    pub udp: Vec<SocketAddr>,
-    /// TCP listen addresses.
-    pub tcp: Vec<SocketAddr>,
-    /// Address written into our Via, Contact and From/To URIs; when absent, the IP of the first
-    /// listen address (see [`SipConfig::advertise_ip`]).
+    /// UDP sockets: `"IP:PORT"` or `{ listen = "IP:PORT", advertise = "HOST" }`.
+    pub udp: Vec<ListenEntry>,
+    /// TCP listeners, in the same two forms.
+    pub tcp: Vec<ListenEntry>,
+    /// Address written into our Via, Contact and From/To URIs for every listener that names
+    /// no `advertise` of its own; when absent, each listener's own IP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<IpAddr>,
     /// Largest SIP message accepted or sent, in bytes; bounds every buffer before parsing
@@ -215,8 +216,13 @@ pub struct SipConfig {
     /// Drop a TCP connection whose partial message has not completed within this many seconds
     /// (slow-loris protection).
     pub tcp_partial_timeout_secs: u64,
-    /// Cap on concurrent TCP connections, inbound and outbound together.
-    pub tcp_max_connections: usize,
+    /// Cap on accepted TCP connections; beyond it new ones are closed at accept.
+    pub tcp_max_inbound: usize,
+    /// Cap on TCP connections we open toward trunks and peers; beyond it the send fails
+    /// (and the call fails over as for a 503).
+    pub tcp_max_outbound: usize,
+    /// Cap on accepted TCP connections from one source IP.
+    pub tcp_max_per_source: usize,
     /// Max-Forwards we set on requests we originate.
     pub max_forwards: u8,
     /// Calls the node carries at once; new INVITEs beyond get 503 with Retry-After.
@@ -246,13 +252,15 @@ impl Default for SipConfig {
     fn default() -> Self {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 5060));
         Self {
-            udp: vec![loopback],
-            tcp: vec![loopback],
+            udp: vec![loopback.into()],
+            tcp: vec![loopback.into()],
             advertise: None,
             max_message_bytes: 16384,
             tcp_idle_timeout_secs: 300,
             tcp_partial_timeout_secs: 10,
-            tcp_max_connections: 4096,
+            tcp_max_inbound: 4096,
+            tcp_max_outbound: 1024,
+            tcp_max_per_source: 64,
             max_forwards: 70,
             max_calls: 50_000,
             force_rport: true,
@@ -270,23 +278,43 @@ impl Default for SipConfig {
 impl SipConfig {
     /// The transport layer's settings. `tcp_connect_timeout` and `udp_recv_buffer` have no
     /// key yet and keep the transport crate's defaults (add keys here when operators need them).
+    /// Each listener advertises its own `advertise`, else `sip.advertise`, else its IP.
     pub fn transport_config(&self) -> TransportConfig {
+        let listeners = |entries: &[ListenEntry]| {
+            entries
+                .iter()
+                .map(|e| ListenerConfig {
+                    addr: e.listen,
+                    advertise: e.advertise_host().or(self.advertise.map(Host::from)),
+                })
+                .collect()
+        };
         TransportConfig {
-            udp: self.udp.clone(),
-            tcp: self.tcp.clone(),
+            udp: listeners(&self.udp),
+            tcp: listeners(&self.tcp),
             max_message_bytes: self.max_message_bytes,
             tcp_idle_timeout: self.tcp_idle_timeout(),
             tcp_partial_timeout: self.tcp_partial_timeout(),
-            tcp_max_connections: self.tcp_max_connections,
+            tcp_max_inbound: self.tcp_max_inbound,
+            tcp_max_outbound: self.tcp_max_outbound,
+            tcp_max_per_source: self.tcp_max_per_source,
             ..TransportConfig::default()
         }
     }
 
-    /// The address to put in our headers: `advertise`, else the IP of the first UDP, then TCP,
-    /// listen address. `None` only when there are no listeners, which validation rejects.
+    /// One IP for headers where the listener is not known: `advertise`, else the first
+    /// listener (UDP, then TCP) with an IP to offer (its advertised IP, else its listen IP
+    /// unless that is unspecified). `None` when every listener is advertised by name only.
     pub fn advertise_ip(&self) -> Option<IpAddr> {
-        self.advertise
-            .or_else(|| self.udp.first().or(self.tcp.first()).map(SocketAddr::ip))
+        self.advertise.or_else(|| {
+            self.udp.iter().chain(&self.tcp).find_map(|e| {
+                match e.advertise_host() {
+                    Some(host) => host.ip(),
+                    None => Some(e.listen.ip()),
+                }
+                .filter(|ip| !ip.is_unspecified())
+            })
+        })
     }
 
     /// `tcp_idle_timeout_secs` as a `Duration`.
@@ -297,6 +325,111 @@ impl SipConfig {
     /// `tcp_partial_timeout_secs` as a `Duration`.
     pub fn tcp_partial_timeout(&self) -> Duration {
         Duration::from_secs(self.tcp_partial_timeout_secs)
+    }
+}
+
+/// One `sip.udp` / `sip.tcp` entry: a socket to bind and, optionally, the host peers reach
+/// it at (1:1 NAT, a DNS name, a wildcard bind). Written as `"IP:PORT"` or as
+/// `{ listen = "IP:PORT", advertise = "HOST" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenEntry {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Host or IP written into Via and Contact for messages through this socket; validated
+    /// at load (see [`ListenEntry::advertise_host`]).
+    pub advertise: Option<String>,
+}
+
+impl ListenEntry {
+    /// `advertise` as a host; `None` when absent or (only in a configuration that did not
+    /// pass [`Config::load`]) invalid.
+    pub fn advertise_host(&self) -> Option<Host> {
+        self.advertise.as_deref().and_then(Host::parse)
+    }
+}
+
+/// The short form, `"IP:PORT"`.
+impl std::str::FromStr for ListenEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse::<SocketAddr>()
+            .map(ListenEntry::from)
+            .map_err(|_| format!("{s:?} is not an IP:PORT"))
+    }
+}
+
+impl From<SocketAddr> for ListenEntry {
+    fn from(listen: SocketAddr) -> Self {
+        ListenEntry {
+            listen,
+            advertise: None,
+        }
+    }
+}
+
+/// The table form of a [`ListenEntry`], with unknown keys rejected like everywhere else.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenTable {
+    #[serde(deserialize_with = "listen_addr")]
+    listen: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    advertise: Option<String>,
+}
+
+/// `listen` of the table form, with the same message as the short form.
+fn listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse::<ListenEntry>()
+        .map(|e| e.listen)
+        .map_err(serde::de::Error::custom)
+}
+
+impl Serialize for ListenEntry {
+    /// The short string form when there is nothing to advertise, so the effective
+    /// configuration reads like the file it came from.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.advertise {
+            None => s.collect_str(&self.listen),
+            Some(advertise) => ListenTable {
+                listen: self.listen,
+                advertise: Some(advertise.clone()),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+
+        struct EntryVisitor;
+
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = ListenEntry;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"IP:PORT\" or { listen = \"IP:PORT\", advertise = \"HOST\" }")
+            }
+
+            fn visit_str<E: Error>(self, v: &str) -> Result<ListenEntry, E> {
+                v.parse().map_err(E::custom)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ListenEntry, A::Error> {
+                let table =
+                    ListenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ListenEntry {
+                    listen: table.listen,
+                    advertise: table.advertise,
+                })
+            }
+        }
+
+        d.deserialize_any(EntryVisitor)
     }
 }
 
@@ -583,30 +716,21 @@ impl Config {
                 "no SIP listener: sip.udp and sip.tcp are both empty",
             );
         }
-        for (key, addrs) in [("sip.udp", &sip.udp), ("sip.tcp", &sip.tcp)] {
+        for (key, entries) in [("sip.udp", &sip.udp), ("sip.tcp", &sip.tcp)] {
             let mut seen = HashSet::new();
-            for addr in addrs {
+            for (i, entry) in entries.iter().enumerate() {
+                let addr = entry.listen;
                 if !seen.insert(addr) {
                     problems.push(key, format!("{addr} is listed twice"));
                 }
+                check_listen_entry(problems, &format!("{key}[{i}]"), entry, sip.advertise);
             }
         }
-        match sip.advertise {
-            Some(ip) if ip.is_unspecified() => {
-                problems.push(
-                    "sip.advertise",
-                    format!("{ip} is not an address peers can reach"),
-                );
-            }
-            Some(_) => {}
-            None => {
-                if let Some(ip) = sip.advertise_ip().filter(IpAddr::is_unspecified) {
-                    problems.push(
-                        "sip.advertise",
-                        format!("must be set when the first listen address is {ip}"),
-                    );
-                }
-            }
+        if let Some(ip) = sip.advertise.filter(IpAddr::is_unspecified) {
+            problems.push(
+                "sip.advertise",
+                format!("{ip} is not an address peers can reach"),
+            );
         }
         if !(1024..=65535).contains(&sip.max_message_bytes) {
             problems.push(
@@ -617,7 +741,9 @@ impl Config {
         for (key, value) in [
             ("sip.tcp_idle_timeout_secs", sip.tcp_idle_timeout_secs),
             ("sip.tcp_partial_timeout_secs", sip.tcp_partial_timeout_secs),
-            ("sip.tcp_max_connections", sip.tcp_max_connections as u64),
+            ("sip.tcp_max_inbound", sip.tcp_max_inbound as u64),
+            ("sip.tcp_max_outbound", sip.tcp_max_outbound as u64),
+            ("sip.tcp_max_per_source", sip.tcp_max_per_source as u64),
             ("sip.max_forwards", u64::from(sip.max_forwards)),
         ] {
             if value == 0 {
@@ -736,7 +862,7 @@ impl Config {
 
     fn validate_metrics(&self, problems: &mut Problems) {
         if let Some(listen) = self.metrics.listen {
-            if self.sip.tcp.contains(&listen) {
+            if self.sip.tcp.iter().any(|e| e.listen == listen) {
                 problems.push(
                     "metrics.listen",
                     format!("{listen} is also a sip.tcp listener"),
@@ -783,7 +909,7 @@ impl Config {
                     TrunkTransport::Udp => (&self.sip.udp, "sip.udp"),
                     TrunkTransport::Tcp => (&self.sip.tcp, "sip.tcp"),
                 };
-                if !listeners.0.contains(&local) {
+                if !listeners.0.iter().any(|l| l.listen == local) {
                     problems.push(
                         format!("trunks[{i}].local_address"),
                         format!("{local} is not one of the {} listeners", listeners.1),
@@ -824,6 +950,42 @@ impl Config {
     /// The effective configuration as TOML, for `--check-config`.
     pub fn to_toml(&self) -> anyhow::Result<String> {
         toml::to_string(self).context("cannot render the configuration as TOML")
+    }
+}
+
+/// One `sip.udp`/`sip.tcp` entry (`key` is e.g. `sip.udp[0]`): its `advertise` must be a
+/// host peers can use, of the listen address's family when it is an IP, and a wildcard
+/// listen address needs one (here or `sip.advertise`): Via and Contact cannot say `0.0.0.0`.
+fn check_listen_entry(
+    problems: &mut Problems,
+    key: &str,
+    entry: &ListenEntry,
+    default: Option<IpAddr>,
+) {
+    let listen = entry.listen;
+    match &entry.advertise {
+        Some(text) => match Host::parse(text) {
+            None => problems.push(
+                format!("{key}.advertise"),
+                format!("{text:?} is not a host name or IP address"),
+            ),
+            Some(host) => match host.ip() {
+                Some(ip) if ip.is_unspecified() => problems.push(
+                    format!("{key}.advertise"),
+                    format!("{ip} is not an address peers can reach"),
+                ),
+                Some(ip) if ip.is_ipv4() != listen.is_ipv4() => problems.push(
+                    format!("{key}.advertise"),
+                    format!("{ip} and listen address {listen} are of different address families"),
+                ),
+                _ => {}
+            },
+        },
+        None if listen.ip().is_unspecified() && default.is_none() => problems.push(
+            format!("{key}.advertise"),
+            format!("must be set (here or as sip.advertise) when listening on {listen}"),
+        ),
+        None => {}
     }
 }
 
@@ -1010,7 +1172,7 @@ mod tests {
             let config = result.unwrap();
             assert_eq!(config, Config::default());
             assert_eq!(config.node.id, "n1");
-            assert_eq!(config.sip.udp, vec!["127.0.0.1:5060".parse().unwrap()]);
+            assert_eq!(config.sip.udp, vec![entry("127.0.0.1:5060")]);
             assert_eq!(
                 config.metrics.listen,
                 Some("127.0.0.1:9464".parse().unwrap())
@@ -1091,8 +1253,8 @@ mod tests {
         load_in_jail(&env, Some(&example), |result, _| {
             let config = result.unwrap();
             assert_eq!(config.node.id, "n7");
-            assert_eq!(config.sip.udp, vec!["127.0.0.1:5070".parse().unwrap()]);
-            assert_eq!(config.sip.tcp, vec!["127.0.0.1:5060".parse().unwrap()]);
+            assert_eq!(config.sip.udp, vec![entry("127.0.0.1:5070")]);
+            assert_eq!(config.sip.tcp, vec![entry("127.0.0.1:5060")]);
             assert_eq!(config.sip.timers.t1_ms, 250);
             assert_eq!(config.sip.timers.t2_ms, 4000);
             assert_eq!(config.metrics.listen, None);
@@ -1101,24 +1263,41 @@ mod tests {
         });
     }
 
+    /// A `sip.udp`/`sip.tcp` entry in its short form.
+    fn entry(addr: &str) -> ListenEntry {
+        addr.parse().unwrap()
+    }
+
     #[test]
     fn maps_to_transport_config() {
         let mut sip = SipConfig {
-            udp: vec!["127.0.0.1:5070".parse().unwrap()],
+            udp: vec![entry("127.0.0.1:5070")],
             tcp: vec![],
             max_message_bytes: 4096,
             tcp_idle_timeout_secs: 7,
             tcp_partial_timeout_secs: 3,
-            tcp_max_connections: 9,
+            tcp_max_inbound: 9,
+            tcp_max_outbound: 8,
+            tcp_max_per_source: 7,
             ..SipConfig::default()
         };
         let transport = sip.transport_config();
-        assert_eq!(transport.udp, sip.udp);
+        assert_eq!(
+            transport.udp,
+            vec![ListenerConfig::new("127.0.0.1:5070".parse().unwrap())]
+        );
         assert!(transport.tcp.is_empty());
         assert_eq!(transport.max_message_bytes, 4096);
         assert_eq!(transport.tcp_idle_timeout, Duration::from_secs(7));
         assert_eq!(transport.tcp_partial_timeout, Duration::from_secs(3));
-        assert_eq!(transport.tcp_max_connections, 9);
+        assert_eq!(
+            (
+                transport.tcp_max_inbound,
+                transport.tcp_max_outbound,
+                transport.tcp_max_per_source
+            ),
+            (9, 8, 7)
+        );
         let defaults = TransportConfig::default();
         assert_eq!(transport.tcp_connect_timeout, defaults.tcp_connect_timeout);
         assert_eq!(transport.udp_recv_buffer, defaults.udp_recv_buffer);
@@ -1127,7 +1306,9 @@ mod tests {
         let ours = sip.transport_config();
         assert_eq!(ours.max_message_bytes, defaults.max_message_bytes);
         assert_eq!(ours.tcp_idle_timeout, defaults.tcp_idle_timeout);
-        assert_eq!(ours.tcp_max_connections, defaults.tcp_max_connections);
+        assert_eq!(ours.tcp_max_inbound, defaults.tcp_max_inbound);
+        assert_eq!(ours.tcp_max_outbound, defaults.tcp_max_outbound);
+        assert_eq!(ours.tcp_max_per_source, defaults.tcp_max_per_source);
     }
 
     #[test]
@@ -1240,7 +1421,10 @@ default_trunk = "b"
             Some("[sip]\nudp = [\"0.0.0.0:5060\"]\ntcp = []\n"),
             |result, _| {
                 let message = format!("{:#}", result.unwrap_err());
-                assert!(message.contains("sip.advertise:"), "{message}");
+                assert!(
+                    message.contains("sip.udp[0].advertise: must be set (here or as sip.advertise) when listening on 0.0.0.0:5060"),
+                    "{message}"
+                );
             },
         );
         let file = "[sip]\nudp = [\"0.0.0.0:5060\"]\ntcp = []\nadvertise = \"192.0.2.10\"\n";
@@ -1457,5 +1641,147 @@ media_interface = "carier"
             assert!(text.contains("[[media.interfaces]]"), "{text}");
             assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
         });
+    }
+
+    #[test]
+    fn listeners_in_string_and_table_form_with_their_own_advertise() {
+        let file = r#"
+[sip]
+advertise = "192.0.2.10"
+udp = ["127.0.0.1:5060", { listen = "127.0.0.2:5060", advertise = "carrier.example.net" }]
+tcp = [{ listen = "0.0.0.0:5061", advertise = "203.0.113.7" }, { listen = "127.0.0.1:5061" }]
+"#;
+        load_in_jail(&[], Some(file), |result, _| {
+            let config = result.unwrap();
+            let sip = &config.sip;
+            assert_eq!(sip.udp[0], entry("127.0.0.1:5060"));
+            assert_eq!(
+                sip.udp[1],
+                ListenEntry {
+                    listen: "127.0.0.2:5060".parse().unwrap(),
+                    advertise: Some("carrier.example.net".into()),
+                }
+            );
+            assert_eq!(sip.tcp[1], entry("127.0.0.1:5061"));
+            // Entries without their own advertise take sip.advertise.
+            let transport = sip.transport_config();
+            let host = |s: &str| Some(Host::parse(s).unwrap());
+            let advertised: Vec<_> = transport
+                .udp
+                .iter()
+                .chain(&transport.tcp)
+                .map(|l| l.advertise.clone())
+                .collect();
+            assert_eq!(
+                advertised,
+                vec![
+                    host("192.0.2.10"),
+                    host("carrier.example.net"),
+                    host("203.0.113.7"),
+                    host("192.0.2.10"),
+                ]
+            );
+            // The effective configuration keeps both forms.
+            let text = config.to_toml().unwrap();
+            assert_eq!(toml::from_str::<Config>(&text).unwrap(), config);
+        });
+        // No sip.advertise: each listener its own IP; a table with only `listen` is fine.
+        let file = "[sip]\nudp = [{ listen = \"127.0.0.2:5062\" }]\ntcp = []\n";
+        load_in_jail(&[], Some(file), |result, _| {
+            let config = result.unwrap();
+            assert_eq!(config.sip.transport_config().udp[0].advertise, None);
+            assert_eq!(
+                config.sip.advertise_ip(),
+                Some(IpAddr::from([127, 0, 0, 2]))
+            );
+        });
+        // From the environment, in the table form too.
+        let env = [(
+            "TRUNKLINE_SIP__UDP",
+            "[{listen=\"0.0.0.0:5070\", advertise=\"198.51.100.1\"}]",
+        )];
+        load_in_jail(&env, None, |result, _| {
+            let config = result.unwrap();
+            assert_eq!(
+                config.sip.udp[0].advertise_host(),
+                Host::parse("198.51.100.1")
+            );
+            // What the dispatcher writes until it asks the transport per listener.
+            assert_eq!(
+                config.sip.advertise_ip(),
+                Some(IpAddr::from([198, 51, 100, 1]))
+            );
+        });
+    }
+
+    #[test]
+    fn listener_problems_name_the_entry() {
+        let file = r#"
+[sip]
+udp = [
+  "127.0.0.1:5060",
+  { listen = "127.0.0.1:5062", advertise = "bad host!" },
+  { listen = "[::1]:5062", advertise = "192.0.2.1" },
+  { listen = "127.0.0.1:5063", advertise = "0.0.0.0" },
+]
+tcp = ["0.0.0.0:5060"]
+tcp_max_inbound = 0
+tcp_max_outbound = 0
+tcp_max_per_source = 0
+"#;
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            for needle in [
+                "sip.udp[1].advertise: \"bad host!\" is not a host name or IP address",
+                "sip.udp[2].advertise: 192.0.2.1 and listen address [::1]:5062 are of different address families",
+                "sip.udp[3].advertise: 0.0.0.0 is not an address peers can reach",
+                "sip.tcp[0].advertise: must be set (here or as sip.advertise) when listening on 0.0.0.0:5060",
+                "sip.tcp_max_inbound: must be greater than 0",
+                "sip.tcp_max_outbound: must be greater than 0",
+                "sip.tcp_max_per_source: must be greater than 0",
+            ] {
+                assert!(message.contains(needle), "missing {needle:?} in {message}");
+            }
+            assert!(!message.contains("sip.udp[0]"), "{message}");
+        });
+        // Type errors name the key: a bad address in either form, an unknown key in a table.
+        for (file, needles) in [
+            (
+                "[sip]\nudp = [\"127.0.0.1\"]\n",
+                ["sip.udp", "\"127.0.0.1\" is not an IP:PORT"],
+            ),
+            (
+                "[sip]\ntcp = [{ listen = \"nowhere\" }]\n",
+                ["sip.tcp", "nowhere"],
+            ),
+            (
+                "[sip]\ntcp = [{ listen = \"127.0.0.1:5060\", advertize = \"x\" }]\n",
+                ["sip.tcp", "unknown field `advertize`"],
+            ),
+            ("[sip]\ntcp = [5060]\n", ["sip.tcp", "IP:PORT"]),
+        ] {
+            load_in_jail(&[], Some(file), |result, path| {
+                let message = format!("{:#}", result.unwrap_err());
+                for needle in needles {
+                    assert!(
+                        message.contains(needle),
+                        "{file}: missing {needle:?} in {message}"
+                    );
+                }
+                assert!(message.contains(&path.display().to_string()), "{message}");
+            });
+        }
+        // The old single limit is gone, and says so.
+        load_in_jail(
+            &[],
+            Some("[sip]\ntcp_max_connections = 10\n"),
+            |result, _| {
+                let message = format!("{:#}", result.unwrap_err());
+                assert!(
+                    message.contains("sip.tcp_max_connections: unknown field"),
+                    "{message}"
+                );
+            },
+        );
     }
 }

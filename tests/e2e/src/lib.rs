@@ -190,7 +190,9 @@ pub struct NodeConfig {
     pub max_message_bytes: u32,
     pub tcp_idle_timeout_secs: u64,
     pub tcp_partial_timeout_secs: u64,
-    pub tcp_max_connections: u32,
+    pub tcp_max_inbound: u32,
+    pub tcp_max_outbound: u32,
+    pub tcp_max_per_source: u32,
     pub t1_ms: u64,
     pub t2_ms: u64,
     pub t4_ms: u64,
@@ -210,7 +212,9 @@ impl NodeConfig {
             max_message_bytes: 16384,
             tcp_idle_timeout_secs: 300,
             tcp_partial_timeout_secs: 10,
-            tcp_max_connections: 4096,
+            tcp_max_inbound: 4096,
+            tcp_max_outbound: 1024,
+            tcp_max_per_source: 64,
             t1_ms: 500,
             t2_ms: 4000,
             t4_ms: 5000,
@@ -236,11 +240,14 @@ impl NodeConfig {
         let _ = writeln!(
             s,
             "[sip]\nudp = [\"{sip}\"]\ntcp = [\"{sip}\"]\nmax_message_bytes = {}\n\
-             tcp_idle_timeout_secs = {}\ntcp_partial_timeout_secs = {}\ntcp_max_connections = {}\n",
+             tcp_idle_timeout_secs = {}\ntcp_partial_timeout_secs = {}\n\
+             tcp_max_inbound = {}\ntcp_max_outbound = {}\ntcp_max_per_source = {}\n",
             self.max_message_bytes,
             self.tcp_idle_timeout_secs,
             self.tcp_partial_timeout_secs,
-            self.tcp_max_connections
+            self.tcp_max_inbound,
+            self.tcp_max_outbound,
+            self.tcp_max_per_source
         );
         let _ = writeln!(
             s,

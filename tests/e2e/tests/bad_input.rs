@@ -174,6 +174,8 @@ fn idle_tcp_connections_are_reaped() -> Result<()> {
         .timeout_secs(300);
     let (mut node, mut server) = node_with_callee(&out, uas, Transport::Udp, |c| {
         c.tcp_idle_timeout_secs = 3;
+        // Every connection comes from 127.0.0.1.
+        c.tcp_max_per_source = CONNS as u32;
     })?;
     let addr = node.sip_addr();
     // The contract spells the label value "TCP"; the node may spell it "tcp". Either counts.
