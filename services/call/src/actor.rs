@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinHandle;
 use trunkline_b2bua::{Call, EndCause, Event, Leg, RouteDecision};
+use trunkline_transport::ConnectionPin;
 
 /// The actor's state: the call and what the actor needs to drive it.
 pub struct CallActorState {
@@ -41,6 +42,8 @@ pub struct CallActorState {
     media_interfaces: LegInterfaces,
     /// The call has a relay session to free when it ends.
     media_used: bool,
+    /// The TCP connection each leg's peer uses, held open while the call lives.
+    pins: [Option<ConnectionPin>; 2],
     media_key: Arc<str>,
 }
 
@@ -52,12 +55,36 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+impl CallActorState {
+    /// Holds `connection` open for `leg` while the call is up (moving the pin when the
+    /// leg's peer moved to another connection).
+    fn pin(&mut self, leg: Leg, connection: u64) {
+        if self.counted_end {
+            return;
+        }
+        let slot = &mut self.pins[leg_index(leg)];
+        if slot.as_ref().map(ConnectionPin::connection) != Some(connection) {
+            *slot = self.shared.pin(connection);
+        }
+    }
+}
+
+fn leg_index(leg: Leg) -> usize {
+    match leg {
+        Leg::A => 0,
+        Leg::B => 1,
+    }
+}
+
 impl CallActor {
     fn handle_msg(myself: &ActorRef<CallMsg>, msg: CallMsg, state: &mut CallActorState) {
         let t = now();
         match msg {
             CallMsg::Sip { leg, msg, source } => {
                 state.queued.fetch_sub(1, Ordering::AcqRel);
+                if let Some(c) = source.connection {
+                    state.pin(leg, c);
+                }
                 state.call.handle_message(t, leg, msg, source)
             }
             CallMsg::Tick { generation } => {
@@ -134,9 +161,13 @@ impl Actor for CallActor {
             caller_source: args.source.addr,
             media_interfaces,
             media_used: false,
+            pins: [None, None],
             media_key: Arc::from(String::from_utf8_lossy(&a_call_id).as_ref()),
             shared,
         };
+        if let Some(c) = args.source.connection {
+            state.pin(Leg::A, c);
+        }
         pump(&myself, &mut state);
         Ok(state)
     }
@@ -267,6 +298,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
         Event::Ended { status, cause } => {
             tracing::debug!(status, ?cause, "call ended");
             release_media(state);
+            state.pins = [None, None];
             if !state.counted_end {
                 state.counted_end = true;
                 state.shared.metrics.call_ended(status);

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use std::net::SocketAddr;
 use trunkline_sip::{Peer, Transport};
 
+use trunkline_transport::ConnectionPin;
 /// One of the node's SIP sockets: its bound address and what Via and Contact carry for
 /// messages through it.
 pub use trunkline_transport::Listener;
@@ -19,6 +20,11 @@ pub trait Outbound: Send + Sync + 'static {
 
     /// The listener of `transport` bound at `local` (`None`: that transport's first).
     fn listener(&self, transport: Transport, local: Option<SocketAddr>) -> Option<Listener>;
+
+    /// Keeps TCP connection `connection` from being closed as idle while the guard
+    /// lives: a call may be silent for an hour, and a phone behind NAT can only be
+    /// reached over the connection it opened.
+    fn pin(&self, connection: u64) -> Option<ConnectionPin>;
 }
 
 impl Outbound for trunkline_transport::Transports {
@@ -35,5 +41,9 @@ impl Outbound for trunkline_transport::Transports {
             None => self.listeners().iter().find(|l| l.transport == transport),
         }
         .cloned()
+    }
+
+    fn pin(&self, connection: u64) -> Option<ConnectionPin> {
+        trunkline_transport::Transports::pin(self, connection)
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use trunkline_b2bua::{CallConfig, Leg, Local};
 use trunkline_sip::validate::Policy;
 use trunkline_sip::{Peer, Transport};
+use trunkline_transport::{ConnectionPin, LogLimiter};
 
 /// Node-wide settings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -32,34 +33,6 @@ pub struct DispatcherConfig {
     pub access_interface: Option<Arc<str>>,
 }
 
-/// Limits warn-level logs about bad input so a flood cannot flood the log.
-pub(crate) struct LogBudget {
-    second: AtomicU64,
-    count: AtomicU64,
-}
-
-impl LogBudget {
-    const PER_SECOND: u64 = 20;
-
-    pub(crate) fn new() -> LogBudget {
-        LogBudget {
-            second: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-
-    pub(crate) fn allow(&self) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        if self.second.swap(now, Ordering::Relaxed) != now {
-            self.count.store(0, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND
-    }
-}
-
 /// State shared by the dispatcher and every call actor.
 pub struct Shared {
     pub(crate) cfg: DispatcherConfig,
@@ -74,7 +47,9 @@ pub struct Shared {
     pub(crate) policy: Policy,
     seed: AtomicU64,
     next_serial: AtomicU64,
-    pub(crate) log_budget: LogBudget,
+    /// Bounds the warn/info logs about bad input and strangers, so a flood cannot
+    /// flood the log (the transport's limiter, one for the whole node's SIP path).
+    pub(crate) log_budget: LogLimiter,
     /// Calls admitted and not yet ended (ended calls may linger to absorb
     /// retransmissions; they no longer count).
     live_calls: AtomicU64,
@@ -100,7 +75,7 @@ impl Shared {
             policy: Policy::default(),
             seed: AtomicU64::new(rand::random()),
             next_serial: AtomicU64::new(1),
-            log_budget: LogBudget::new(),
+            log_budget: LogLimiter::default(),
             live_calls: AtomicU64::new(0),
         }
     }
@@ -138,6 +113,11 @@ impl Shared {
         if let Some(o) = self.outbound.get() {
             o.send(peer, data, token);
         }
+    }
+
+    /// Keeps TCP connection `connection` open while a call uses it (see `Outbound::pin`).
+    pub(crate) fn pin(&self, connection: u64) -> Option<ConnectionPin> {
+        self.outbound.get()?.pin(connection)
     }
 
     /// A fresh per-call seed for identifiers (`Ids`).

@@ -45,6 +45,10 @@ impl Outbound for Recorder {
             advertise: Host::parse("127.0.0.1").unwrap(),
         })
     }
+
+    fn pin(&self, _connection: u64) -> Option<trunkline_transport::ConnectionPin> {
+        None
+    }
 }
 
 fn trunk(name: &str, at: &str) -> Trunk {
