@@ -271,6 +271,7 @@ tl_resolve_bin() {
 	if [ -n "${TRUNKLINE_BIN:-}" ]; then
 		[ -x "$TRUNKLINE_BIN" ] || die "TRUNKLINE_BIN=$TRUNKLINE_BIN is not an executable file"
 		TL_BIN_RESOLVED=$TRUNKLINE_BIN
+		log "trunkline binary: $TL_BIN_RESOLVED (TRUNKLINE_BIN)"
 		return
 	fi
 	log "building trunkline: cargo build --release --bin trunkline (log: $OUT/cargo-build.log)"
@@ -283,6 +284,7 @@ tl_resolve_bin() {
 		python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null || echo "$ROOT/target")
 	TL_BIN_RESOLVED="$tdir/release/trunkline"
 	[ -x "$TL_BIN_RESOLVED" ] || die "build succeeded but $TL_BIN_RESOLVED is missing"
+	log "trunkline binary: $TL_BIN_RESOLVED"
 }
 
 tl_start() { # DIR MEDIA(0|1)
@@ -615,7 +617,6 @@ for s in "${SYS_LIST[@]}"; do
 		;;
 	trunkline*)
 		tl_resolve_bin
-		log "trunkline binary: $TL_BIN_RESOLVED"
 		;;
 	esac
 	case "$s" in sipp) ;; *) sut_start "$s" "$OUT/$s/preflight" && sut_stop "$s" ;; esac
