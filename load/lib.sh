@@ -1,3 +1,6 @@
+# shellcheck shell=bash
+# QUICK, SYSTEMS_GIVEN and the flag variables are read by the sourcing script.
+# shellcheck disable=SC2034
 # Shared by load/bench.sh and load/media.sh (sourced, not run): the common command line, the
 # output directory and log, and process control that stops every child by PID on exit.
 #
@@ -5,19 +8,21 @@
 
 # parse_args "ALLOWED,SYSTEMS" "FLAG ..." "$@"
 # Handles --quick, --systems LIST, -h/--help and the boolean flags named in the second
-# argument (e.g. "pin" accepts --pin and sets PIN=1). Sets QUICK, SYSTEMS (default: all
-# allowed), SYS_LIST and one 0/1 variable per flag; exits 2 on anything else.
+# argument (e.g. "pin" accepts --pin and sets PIN=1). Sets QUICK, SYSTEMS (default:
+# $DEFAULT_SYSTEMS if the caller set it, else all allowed), SYSTEMS_GIVEN (1 when --systems
+# was passed), SYS_LIST and one 0/1 variable per flag; exits 2 on anything else.
 parse_args() {
 	local allowed=$1 flags=$2 f s ok
 	shift 2
 	QUICK=0
-	SYSTEMS=$allowed
+	SYSTEMS=${DEFAULT_SYSTEMS:-$allowed}
+	SYSTEMS_GIVEN=0
 	for f in $flags; do printf -v "${f^^}" '%s' 0; done
 	while [ $# -gt 0 ]; do
 		case "$1" in
 		--quick) QUICK=1 ;;
-		--systems) [ $# -ge 2 ] || { echo "--systems needs a list" >&2; exit 2; }; SYSTEMS="$2"; shift ;;
-		--systems=*) SYSTEMS="${1#*=}" ;;
+		--systems) [ $# -ge 2 ] || { echo "--systems needs a list" >&2; exit 2; }; SYSTEMS="$2"; SYSTEMS_GIVEN=1; shift ;;
+		--systems=*) SYSTEMS="${1#*=}"; SYSTEMS_GIVEN=1 ;;
 		-h | --help) usage; exit 0 ;;
 		--*)
 			ok=0

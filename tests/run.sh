@@ -82,14 +82,12 @@ fuzz_target() {
   (cd "$1" && mkdir -p "$corpus" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$2" "$corpus" ${4:+"$4"} -- -max_total_time="$3")
 }
 
-SHARED=${TRUNKLINE_SHARED:-$ROOT/../shared}
-
 if [ "$WHAT" = unit ] || [ "$WHAT" = all ]; then
   step "unit tests" cargo test --workspace --exclude trunkline-e2e
   step "rustfmt" cargo fmt --all -- --check
   step "clippy" cargo clippy --workspace --all-targets -- -D warnings
   step "layer check (pure crates stay pure)" tests/check-layers.sh
-  step "fuzz parse_message (45 s)" fuzz_target services/sip parse_message 45 "$SHARED/conformance/rfc4475"
+  step "fuzz parse_message (45 s)" fuzz_target services/sip parse_message 45 "$ROOT/tests/conformance/rfc4475"
   step "fuzz parse_sdp (20 s)" fuzz_target services/sdp parse_sdp 20
   for target in rtp_header rtcp_packet ng_message; do
     step "fuzz $target (20 s)" fuzz_target services/media "$target" 20

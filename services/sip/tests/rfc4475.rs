@@ -1,5 +1,5 @@
 //! RFC 4475 torture tests: every message of the set, with what a border element must
-//! do with it (shared/conformance/rfc4475/EXPECTATIONS.tsv).
+//! do with it (tests/conformance/rfc4475/EXPECTATIONS.tsv in the repository).
 //!
 //! The table below pins the outcome this stack produces for each file; the test also
 //! checks that the table and the TSV name the same files with the same section and
@@ -105,11 +105,9 @@ const TABLE: &[(&str, &str, &str, Outcome)] = &[
     ("inv2543.dat", "3.4.1", "compat", Process),
 ];
 
+/// The messages and their TSV live in the repository, two levels above this crate.
 fn dir() -> PathBuf {
-    let shared = std::env::var_os("TRUNKLINE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("conformance/rfc4475")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/rfc4475")
 }
 
 fn raw(file: &str) -> Bytes {

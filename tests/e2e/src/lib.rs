@@ -31,7 +31,8 @@ pub const UAC_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// Address of the callee (SIPp uas behind the node's trunk).
 pub const UAS_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 
-/// SIPp socket buffer size (see shared/bench/README.md: default buffers cap SIPp early).
+/// SIPp socket buffer size: with SIPp's default buffers the load generator itself caps early
+/// (about a third of its rate with 4 MiB on loopback; see load/README.md).
 pub const SIPP_BUFF_SIZE: &str = "4194304";
 
 // ---------------------------------------------------------------------------------------------
@@ -47,12 +48,10 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or(here)
 }
 
-/// `shared/` beside the workspace, or `TRUNKLINE_SHARED`.
-pub fn shared_dir() -> PathBuf {
-    match std::env::var_os("TRUNKLINE_SHARED") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join("..").join("shared"),
-    }
+/// `tests/conformance/`: test data the repository carries (RFC 4475 torture messages), so a
+/// clone with nothing beside it runs every test.
+pub fn conformance_dir() -> PathBuf {
+    workspace_root().join("tests").join("conformance")
 }
 
 /// The node binary: `TRUNKLINE_BIN`, else `<workspace>/target/release/trunkline`.

@@ -1,5 +1,5 @@
 //! RFC 4475 torture messages sent raw to the node over UDP, judged against
-//! shared/conformance/rfc4475/EXPECTATIONS.tsv; afterwards the node must still carry calls.
+//! tests/conformance/rfc4475/EXPECTATIONS.tsv; afterwards the node must still carry calls.
 
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeSet;
@@ -117,9 +117,9 @@ fn judge(file: &str, expect: Expect, first_line: &str, answers: &[String]) -> Op
 
 #[test]
 fn rfc4475_torture_messages() -> Result<()> {
-    let dir = shared_dir().join("conformance").join("rfc4475");
+    let dir = conformance_dir().join("rfc4475");
     let tsv = std::fs::read_to_string(dir.join("EXPECTATIONS.tsv"))
-        .with_context(|| format!("reading {} (set TRUNKLINE_SHARED)", dir.display()))?;
+        .with_context(|| format!("reading {}", dir.display()))?;
     let in_tsv: BTreeSet<&str> = tsv
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())

@@ -1,4 +1,4 @@
-// tests/run.sh: cd services/sip/fuzz && mkdir -p corpus/parse_message && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_message corpus/parse_message "$SHARED/conformance/rfc4475" -- -max_total_time=60 (libFuzzer writes new inputs to the first dir, so shared/ is only read).
+// tests/run.sh: cd services/sip && RUSTC_BOOTSTRAP=1 cargo fuzz run parse_message fuzz/corpus/parse_message ../../tests/conformance/rfc4475 -- -max_total_time=45 (libFuzzer writes new inputs to the first dir, so the RFC 4475 seeds are only read).
 //! Whatever bytes arrive, the parser, validation, salvage, the encoder and what a
 //! TU derives from a received message (transaction keys, dialogs) must not panic,
 //! and anything the parser accepts must encode to bytes that parse back to the
