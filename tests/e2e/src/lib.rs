@@ -199,6 +199,10 @@ pub struct NodeConfig {
     pub log_level: String,
     pub trunk: SocketAddr,
     pub trunk_transport: Transport,
+    /// More `key = value` lines for `[sip]` (e.g. `access_sources`, `reply_to_unknown`).
+    pub sip_extra: Vec<String>,
+    /// More `key = value` lines for `[media]` (e.g. `timeout_secs`, `port_max`).
+    pub media_extra: Vec<String>,
 }
 
 impl NodeConfig {
@@ -221,6 +225,8 @@ impl NodeConfig {
             log_level: "info".into(),
             trunk,
             trunk_transport,
+            sip_extra: Vec::new(),
+            media_extra: Vec::new(),
         })
     }
 
@@ -248,6 +254,12 @@ impl NodeConfig {
             self.tcp_max_outbound,
             self.tcp_max_per_source
         );
+        for line in &self.sip_extra {
+            let _ = writeln!(s, "{line}");
+        }
+        if !self.media_extra.is_empty() {
+            let _ = writeln!(s, "[media]\n{}\n", self.media_extra.join("\n"));
+        }
         let _ = writeln!(
             s,
             "[sip.timers]\nt1_ms = {}\nt2_ms = {}\nt4_ms = {}\nno_answer_secs = {}\n",

@@ -112,8 +112,10 @@ impl Callee {
                 let c = self.calls.entry(call_id.clone()).or_default();
                 if !c.answered {
                     let tag = format!("b{}", self.calls.len());
-                    self.sock
-                        .send_to(reply(&msg, 180, &tag, &me.to_string(), None).as_bytes(), from)?;
+                    self.sock.send_to(
+                        reply(&msg, 180, &tag, &me.to_string(), None).as_bytes(),
+                        from,
+                    )?;
                     let ok = reply(&msg, 200, &tag, &me.to_string(), Some(&sdp(42000)));
                     self.sock.send_to(ok.as_bytes(), from)?;
                     let c = self.calls.entry(call_id).or_default();
@@ -128,12 +130,16 @@ impl Callee {
                 c.next_retransmit = None;
             }
             Some("CANCEL") => {
-                self.sock
-                    .send_to(reply(&msg, 200, "x", &me.to_string(), None).as_bytes(), from)?;
+                self.sock.send_to(
+                    reply(&msg, 200, "x", &me.to_string(), None).as_bytes(),
+                    from,
+                )?;
             }
             Some("BYE") => {
-                self.sock
-                    .send_to(reply(&msg, 200, "x", &me.to_string(), None).as_bytes(), from)?;
+                self.sock.send_to(
+                    reply(&msg, 200, "x", &me.to_string(), None).as_bytes(),
+                    from,
+                )?;
                 self.calls.entry(call_id).or_default().byed = true;
             }
             _ => {}
@@ -151,12 +157,7 @@ enum Outcome {
 }
 
 /// One caller attempt: INVITE, CANCEL on the 180, then whatever the node says.
-fn caller(
-    sock: &UdpSocket,
-    node: SocketAddr,
-    callee: &mut Callee,
-    n: usize,
-) -> Result<Outcome> {
+fn caller(sock: &UdpSocket, node: SocketAddr, callee: &mut Callee, n: usize) -> Result<Outcome> {
     let me = sock.local_addr()?;
     let call_id = format!("race-{n}@127.0.0.1");
     let tag = format!("a{n}");
@@ -264,12 +265,19 @@ fn cancel_racing_the_callees_anchored_200_leaves_no_leg_up() -> Result<()> {
     while Instant::now() < settle {
         callee.poll(node.sip_addr())?;
     }
-    let cancelled = outcomes.iter().filter(|o| **o == Outcome::Cancelled).count();
+    let cancelled = outcomes
+        .iter()
+        .filter(|o| **o == Outcome::Cancelled)
+        .count();
     println!(
         "{CALLS} races: {cancelled} cancelled (487), {} answered",
         CALLS - cancelled
     );
-    ensure!(callee.calls.len() == CALLS, "callee saw {} calls", callee.calls.len());
+    ensure!(
+        callee.calls.len() == CALLS,
+        "callee saw {} calls",
+        callee.calls.len()
+    );
     let up: Vec<_> = callee
         .calls
         .iter()
@@ -292,7 +300,9 @@ fn cancel_racing_the_callees_anchored_200_leaves_no_leg_up() -> Result<()> {
         "calls or relay sessions left up"
     );
     ensure!(
-        m.get("trunkline_calls_total", &[("status", "487")]).unwrap_or(0.0) as usize == cancelled,
+        m.get("trunkline_calls_total", &[("status", "487")])
+            .unwrap_or(0.0) as usize
+            == cancelled,
         "487s counted as sent"
     );
     node.assert_healthy()?;
