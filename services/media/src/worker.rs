@@ -297,11 +297,14 @@ struct Sock {
     latch: LatchState,
     /// The socket's own IPv4 address, for kernel routes (IPv6 media stays in user space).
     local: Option<SocketAddrV4>,
+    /// `V4` or `V6`: which receive headers the socket is read with.
+    family: usize,
 }
 
 impl Sock {
     fn new(socket: std::net::UdpSocket) -> Sock {
-        let local = match socket.local_addr() {
+        let addr = socket.local_addr();
+        let local = match addr {
             Ok(SocketAddr::V4(a)) => Some(a),
             _ => None,
         };
@@ -309,9 +312,22 @@ impl Sock {
             socket,
             latch: LatchState::default(),
             local,
+            family: if matches!(addr, Ok(SocketAddr::V6(_))) {
+                V6
+            } else {
+                V4
+            },
         }
     }
 }
+
+/// Indices of the receive headers by address family. nix's `recvmmsg` leaves each header's
+/// address length as the kernel set it on the previous call, and the kernel truncates a
+/// source address to that length: after an IPv4 packet (16 bytes) an IPv6 source (28) in
+/// the same header would come back cut, a wrong address latched. Each family keeps headers
+/// of its own, whose length never shrinks below its addresses.
+const V4: usize = 0;
+const V6: usize = 1;
 
 /// A route this side's RTP has in the kernel, and the counts last folded from it.
 #[derive(Clone, Copy)]
@@ -407,7 +423,8 @@ pub(crate) struct Worker {
     by_id: HashMap<u64, usize>,
     bufs: Vec<Vec<u8>>,
     meta: Vec<Meta>,
-    recv_hdrs: MultiHeaders<SockaddrStorage>,
+    /// By family of the socket read: `[V4]`, `[V6]`.
+    recv_hdrs: [MultiHeaders<SockaddrStorage>; 2],
     send_hdrs: MultiHeaders<SockaddrStorage>,
     out: [Vec<(usize, SocketAddr)>; 2],
     totals: Arc<WorkerTotals>,
@@ -441,8 +458,9 @@ fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(a) = addr.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::from(*a)));
     }
+    // The flow label is per packet, not part of where the party is.
     addr.as_sockaddr_in6()
-        .map(|a| SocketAddr::V6(SocketAddrV6::from(*a)))
+        .map(|a| SocketAddr::V6(SocketAddrV6::new(a.ip(), a.port(), 0, a.scope_id())))
 }
 
 fn split_pair<T>(pair: &mut [T; 2], first: usize) -> (&mut T, &mut T) {
@@ -474,7 +492,10 @@ impl Worker {
             by_id: HashMap::new(),
             bufs: (0..batch).map(|_| vec![0u8; BUF_SIZE]).collect(),
             meta: Vec::with_capacity(batch),
-            recv_hdrs: MultiHeaders::preallocate(batch, None),
+            recv_hdrs: [
+                MultiHeaders::preallocate(batch, None),
+                MultiHeaders::preallocate(batch, None),
+            ],
             send_hdrs: MultiHeaders::preallocate(batch, None),
             out: [Vec::with_capacity(batch), Vec::with_capacity(batch)],
             totals,
@@ -703,7 +724,8 @@ impl Worker {
         let Some(Some(stream)) = self.streams.get_mut(slot) else {
             return false;
         };
-        let fd = stream.sides[side_idx].socks[comp].socket.as_raw_fd();
+        let sock = &stream.sides[side_idx].socks[comp];
+        let (fd, family) = (sock.socket.as_raw_fd(), sock.family);
 
         // Receive.
         self.meta.clear();
@@ -715,7 +737,7 @@ impl Worker {
                 .collect();
             let res = recvmmsg(
                 fd,
-                &mut self.recv_hdrs,
+                &mut self.recv_hdrs[family],
                 iovs.iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
                 None,

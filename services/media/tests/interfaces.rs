@@ -271,6 +271,10 @@ fn one_name_with_an_address_per_family() {
     assert_eq!(adv, ip(INTERNAL));
     flows(1, &o, sa(INTERNAL, to_o_side), &a, sa("::1", to_a_side));
     flows(2, &a, sa("::1", to_a_side), &o, sa(INTERNAL, to_o_side));
+    // The IPv6 party is latched at its own address: its source, read by a worker that had
+    // just read IPv4 sources, comes back whole.
+    let s = relay.query("c5").unwrap();
+    assert_eq!(s.streams[0].answerer.latched, Some(a.local_addr().unwrap()));
 
     // Without `address family`, an IPv4 offer gets the name's IPv4 address.
     let offer = offered(
