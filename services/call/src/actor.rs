@@ -6,7 +6,7 @@
 //! the next wake-up is scheduled. No other task ever touches the call's state.
 
 use crate::dispatcher::Shared;
-use crate::media::{LegInterfaces, MediaMsg};
+use crate::media::{LegAddressing, LegInterfaces, MediaMsg};
 use crate::metrics::Direction;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
@@ -36,8 +36,10 @@ pub enum CallMsg {
         id: u64,
         result: Result<bytes::Bytes, trunkline_b2bua::MediaFailure>,
     },
-    /// No media flowed for the relay's inactivity timeout.
-    MediaTimeout,
+    /// One of the relay's timeouts caught the call's media session.
+    MediaTimeout {
+        reason: trunkline_media::TimeoutReason,
+    },
 }
 
 /// Start-up arguments: the INVITE that creates the call.
@@ -152,7 +154,7 @@ impl Actor for CallActor {
             }
             CallMsg::SendFailed { leg } => state.call.handle_transport_error(t, leg),
             CallMsg::MediaDone { id, result } => state.call.handle_media(t, id, result),
-            CallMsg::MediaTimeout => state.call.hangup(t, EndCause::MediaTimeout),
+            CallMsg::MediaTimeout { .. } => state.call.hangup(t, EndCause::MediaTimeout),
         }
         pump(&myself, state);
         Ok(())
@@ -258,7 +260,15 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             tracing::debug!(caller = caller.as_deref().unwrap_or(""), uri = %request_uri, ?decision, "routed");
             state.call.handle_route(now(), decision);
         }
-        Event::Answered => tracing::debug!("answered"),
+        Event::Answered => {
+            tracing::debug!("answered");
+            // The relay's inactivity timeouts run from here on, not while the callee rings.
+            if let (true, Some(media)) = (state.media_used, &state.shared.media) {
+                let _ = media.send_message(MediaMsg::Established {
+                    key: state.media_key.clone(),
+                });
+            }
+        }
         Event::Ended { status, cause } => {
             tracing::debug!(status, ?cause, "call ended");
             release_media(state);
@@ -292,7 +302,9 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                     op,
                     sdp,
                     caller_source: state.caller_source,
+                    callee_source: None,
                     interfaces: state.media_interfaces.clone(),
+                    addressing: LegAddressing::default(),
                     reply: myself.clone(),
                 };
                 if media.send_message(msg).is_err() {
