@@ -15,12 +15,16 @@ case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or a
 #   baresip-core: /usr/bin/baresip and the g711/ausine/alsa/account/menu/ctrl_tcp modules
 #     (the "baresip" package only adds GUI/video recommends); ALSA's "null" device comes from
 #     libasound2-data, a dependency, so no alsa-utils;
-#   python3: tests/media/make_pcap.py writes the RTP pcaps (kamailio depends on it anyway).
+#   python3: tests/media/make_pcap.py writes the RTP pcaps (kamailio depends on it anyway);
+#   rtpengine-daemon: rtpengine alone, in user space (the "rtpengine" metapackage would build
+#     its kernel module with DKMS), for tests/e2e/tests/rtp_bleed.rs, which holds it and
+#     trunkline-relay to one assertion.
 DEB_PACKAGES=(
   "sipp sip-tester"
   "kamailio kamailio"
   "baresip baresip-core"
   "python3 python3"
+  "rtpengine rtpengine-daemon"
 )
 
 declare -a RESULTS=()
