@@ -16,13 +16,17 @@ case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or a
 #     (the "baresip" package only adds GUI/video recommends); ALSA's "null" device comes from
 #     libasound2-data, a dependency, so no alsa-utils;
 #   python3: tests/media/make_pcap.py writes the RTP pcaps (kamailio depends on it anyway);
-#   sipvicious: svmap scans the node from a stranger's address (tests/e2e/tests/edge.rs).
+#   sipvicious: svmap scans the node from a stranger's address (tests/e2e/tests/edge.rs);
+#   rtpengine-daemon: rtpengine alone, in user space (the "rtpengine" metapackage would build
+#     its kernel module with DKMS), for tests/e2e/tests/rtp_bleed.rs, which holds it and
+#     trunkline-relay to one assertion.
 DEB_PACKAGES=(
   "sipp sip-tester"
   "kamailio kamailio"
   "baresip baresip-core"
   "python3 python3"
   "svmap sipvicious"
+  "rtpengine rtpengine-daemon"
 )
 
 declare -a RESULTS=()

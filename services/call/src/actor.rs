@@ -5,7 +5,7 @@
 //! straight to the transports, events update metrics and the dispatch index, and
 //! the next wake-up is scheduled. No other task ever touches the call's state.
 
-use crate::media::{LegInterfaces, MediaMsg};
+use crate::media::{LegAddressing, LegInterfaces, MediaMsg};
 use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::Direction;
 use crate::registry::{CallHandle, DialogKey};
@@ -96,7 +96,7 @@ impl CallActor {
             }
             CallMsg::SendFailed { leg } => state.call.handle_transport_error(t, leg),
             CallMsg::MediaDone { id, result } => state.call.handle_media(t, id, result),
-            CallMsg::MediaTimeout => state.call.hangup(t, EndCause::MediaTimeout),
+            CallMsg::MediaTimeout { .. } => state.call.hangup(t, EndCause::MediaTimeout),
         }
         pump(myself, state);
     }
@@ -294,7 +294,15 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             tracing::debug!(caller = caller.as_deref().unwrap_or(""), uri = %request_uri, ?decision, "routed");
             state.call.handle_route(now(), decision);
         }
-        Event::Answered => tracing::debug!("answered"),
+        Event::Answered => {
+            tracing::debug!("answered");
+            // The relay's inactivity timeouts run from here on, not while the callee rings.
+            if let (true, Some(media)) = (state.media_used, &state.shared.media) {
+                let _ = media.send_message(MediaMsg::Established {
+                    key: state.media_key.clone(),
+                });
+            }
+        }
         Event::Ended { status, cause } => {
             tracing::debug!(status, ?cause, "call ended");
             release_media(state);
@@ -326,7 +334,9 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                     op,
                     sdp,
                     caller_source: state.caller_source,
+                    callee_source: None,
                     interfaces: state.media_interfaces.clone(),
+                    addressing: LegAddressing::default(),
                     reply: myself.clone(),
                 };
                 if media.send_message(msg).is_err() {

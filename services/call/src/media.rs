@@ -2,8 +2,14 @@
 //!
 //! Call actors send it SDP bodies to anchor (`MediaMsg::Rewrite`) and get the
 //! rewritten body back as `CallMsg::MediaDone`; packets never come near a mailbox —
-//! the relay's worker threads forward them (ARCHITECTURE.md rule 5). Once a second it
-//! collects sessions whose media stopped and tells their call actors, which hang up.
+//! the relay's worker threads forward them (ARCHITECTURE.md rule 5). A call actor says
+//! when its call is answered (`MediaMsg::Established`): only then do the relay's
+//! inactivity timeouts apply to it, so a callee may ring as long as the call's own timers
+//! allow. Once a second the actor collects the sessions a timeout caught and tells their
+//! call actors why (`CallMsg::MediaTimeout`), which hang up.
+//!
+//! Time is the node's one clock (tokio's, as the call actors read it), passed to the relay
+//! with every request.
 
 use crate::messages::CallMsg;
 use bytes::Bytes;
@@ -11,9 +17,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use trunkline_b2bua::{Leg, MediaFailure, MediaOp};
-use trunkline_media::{Flags, MediaError, Relay};
+use trunkline_media::{AddressPolicy, Flags, MediaError, Relay};
 
 /// What the media actor does.
 pub enum MediaMsg {
@@ -25,14 +31,54 @@ pub enum MediaMsg {
         sdp: Bytes,
         /// Where the caller's signalling comes from (NAT handling of the A side).
         caller_source: SocketAddr,
+        /// Where the callee's signalling comes from, if known: used only when the B leg's
+        /// address policy is not [`AddressPolicy::Sdp`].
+        callee_source: Option<SocketAddr>,
         /// The interface each leg is anchored on.
         interfaces: LegInterfaces,
+        /// How each leg's SDP address is read.
+        addressing: LegAddressing,
         reply: ActorRef<CallMsg>,
     },
+    /// The call is answered: from now on its media is subject to the relay's inactivity
+    /// timeouts (before, only to the final one). Idempotent.
+    Established { key: Arc<str> },
     /// The call is over: free its ports.
     Delete { key: Arc<str> },
     /// Collect media timeouts.
     Poll,
+}
+
+/// How each leg's SDP connection address is read (see [`AddressPolicy`]): where the relay
+/// sends the leg's media until it is latched, and the source it expects from the leg.
+/// The default is an SBC's: callers (A) behind NAT write private addresses into SDP, so
+/// theirs is `Auto` (the signalling source replaces an address the node cannot reach);
+/// trunks (B) mean what they write, so theirs is `Sdp`. A trunk can be given another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegAddressing {
+    /// Toward the caller.
+    pub a: AddressPolicy,
+    /// Toward the trunk.
+    pub b: AddressPolicy,
+}
+
+impl Default for LegAddressing {
+    fn default() -> Self {
+        LegAddressing {
+            a: AddressPolicy::Auto,
+            b: AddressPolicy::Sdp,
+        }
+    }
+}
+
+impl LegAddressing {
+    /// The policy of `leg`.
+    pub fn of(&self, leg: Leg) -> AddressPolicy {
+        match leg {
+            Leg::A => self.a,
+            Leg::B => self.b,
+        }
+    }
 }
 
 /// The relay interface each leg's media is anchored on, by name; `None` is the relay's
@@ -73,23 +119,35 @@ fn tag(leg: Leg) -> &'static str {
     }
 }
 
+/// Where each leg's signalling comes from, as far as the call actor knows.
+#[derive(Debug, Clone, Copy)]
+struct Sources {
+    caller: SocketAddr,
+    callee: Option<SocketAddr>,
+}
+
 /// The flags of `op`, for the SDP of the leg that sent it.
 ///
-/// How that leg's SDP addresses are treated: toward the caller (the access side, often
-/// behind NAT) the relay starts from the SIP source address rather than the private
-/// address a phone writes into SDP; toward the trunk it trusts the SDP. Both sides then
-/// latch onto where packets really come from.
-///
-/// Offers name both legs' interfaces (`direction`); an answer names none, because the
-/// relay keeps what its offer chose.
-fn flags(op: MediaOp, caller_source: SocketAddr, interfaces: &LegInterfaces) -> Flags {
+/// That leg's SDP address is read by its policy in `addressing`, with its signalling source
+/// as the alternative; the relay then learns where its packets really come from, preferring
+/// that address (endpoint learning). Offers name both legs' interfaces (`direction`); an
+/// answer names none, because the relay keeps what its offer chose.
+fn flags(
+    op: MediaOp,
+    sources: Sources,
+    interfaces: &LegInterfaces,
+    addressing: LegAddressing,
+) -> Flags {
     let (leg, direction) = match op {
         MediaOp::Offer { from } => (from, interfaces.direction(from)),
         MediaOp::Answer { offerer } => (offerer.other(), [None, None]),
     };
     Flags {
-        trust_address: leg == Leg::B,
-        received_from: (leg == Leg::A).then_some(caller_source),
+        address: addressing.of(leg),
+        received_from: match leg {
+            Leg::A => Some(sources.caller),
+            Leg::B => sources.callee,
+        },
         symmetric: true,
         replace_origin: true,
         replace_session_connection: true,
@@ -98,13 +156,17 @@ fn flags(op: MediaOp, caller_source: SocketAddr, interfaces: &LegInterfaces) -> 
     }
 }
 
+/// The SIP status for a refused SDP: 488 when the SDP is at fault (unparseable, too many
+/// m-lines, too many ports for one call), 503 when the relay is (no ports, shut down).
 fn failure(e: &MediaError) -> MediaFailure {
     MediaFailure {
-        status: match e {
-            MediaError::Sdp(_) => 488,
-            _ => 503,
-        },
+        status: if e.is_offer_fault() { 488 } else { 503 },
     }
+}
+
+/// The node's one clock (ARCHITECTURE.md rule 7), as the call actors read it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// The media actor.
@@ -146,17 +208,27 @@ impl Actor for MediaActor {
                 op,
                 sdp,
                 caller_source,
+                callee_source,
                 interfaces,
+                addressing,
                 reply,
             } => {
-                let flags = flags(op, caller_source, &interfaces);
+                let sources = Sources {
+                    caller: caller_source,
+                    callee: callee_source,
+                };
+                let flags = flags(op, sources, &interfaces, addressing);
+                let t = now();
                 let result = match op {
-                    MediaOp::Offer { from } => state.relay.offer(&key, tag(from), &sdp, &flags),
-                    MediaOp::Answer { offerer } => {
-                        state
-                            .relay
-                            .answer(&key, tag(offerer), tag(offerer.other()), &sdp, &flags)
-                    }
+                    MediaOp::Offer { from } => state.relay.offer(&key, tag(from), &sdp, &flags, t),
+                    MediaOp::Answer { offerer } => state.relay.answer(
+                        &key,
+                        tag(offerer),
+                        tag(offerer.other()),
+                        &sdp,
+                        &flags,
+                        t,
+                    ),
                 };
                 let result = match result {
                     Ok(body) => Ok(Bytes::from(body)),
@@ -168,22 +240,29 @@ impl Actor for MediaActor {
                 state.owners.insert(key, reply.clone());
                 let _ = reply.send_message(CallMsg::MediaDone { id, result });
             }
+            MediaMsg::Established { key } => {
+                if let Err(e) = state.relay.established(&key, now()) {
+                    tracing::debug!(call = %key, error = %e, "media established");
+                }
+            }
             MediaMsg::Delete { key } => {
                 if state.owners.remove(&key).is_some() {
-                    match state.relay.delete(&key, None, None) {
+                    match state.relay.delete(&key, None, None, now()) {
                         Ok(stats) => tracing::debug!(call = %key, ?stats, "media session closed"),
                         Err(e) => tracing::debug!(call = %key, error = %e, "media delete"),
                     }
                 }
             }
             MediaMsg::Poll => {
-                for t in state.relay.take_timeouts() {
-                    let key: Arc<str> = Arc::from(t.call_id.as_str());
+                let t = now();
+                for out in state.relay.take_timeouts(t) {
+                    let key: Arc<str> = Arc::from(out.call_id.as_str());
                     if let Some(owner) = state.owners.get(&key) {
-                        tracing::info!(call = %key, idle_secs = t.idle.as_secs(), "media timeout");
-                        let _ = owner.send_message(CallMsg::MediaTimeout);
+                        tracing::info!(call = %key, reason = %out.reason,
+                            after_secs = out.elapsed.as_secs(), "media timeout");
+                        let _ = owner.send_message(CallMsg::MediaTimeout { reason: out.reason });
                     } else {
-                        let _ = state.relay.delete(&key, None, None);
+                        let _ = state.relay.delete(&key, None, None, t);
                     }
                 }
             }
@@ -222,23 +301,99 @@ mod tests {
         SocketAddr::from(([192, 0, 2, 7], 5060))
     }
 
+    fn sources() -> Sources {
+        Sources {
+            caller: source(),
+            callee: None,
+        }
+    }
+
+    fn sbc() -> LegAddressing {
+        LegAddressing::default()
+    }
+
     #[test]
     fn offers_name_the_offering_legs_interface_first() {
-        let f = flags(MediaOp::Offer { from: Leg::A }, source(), &carrier_b());
+        let f = flags(
+            MediaOp::Offer { from: Leg::A },
+            sources(),
+            &carrier_b(),
+            sbc(),
+        );
         assert_eq!(
             f.direction,
             [Some("access".to_owned()), Some("carrier".to_owned())]
         );
         assert_eq!(f.received_from, Some(source()));
-        assert!(!f.trust_address);
+        assert_eq!(f.address, AddressPolicy::Auto);
         // A re-INVITE from the callee: the same two interfaces, the other way round.
-        let f = flags(MediaOp::Offer { from: Leg::B }, source(), &carrier_b());
+        let f = flags(
+            MediaOp::Offer { from: Leg::B },
+            sources(),
+            &carrier_b(),
+            sbc(),
+        );
         assert_eq!(
             f.direction,
             [Some("carrier".to_owned()), Some("access".to_owned())]
         );
-        assert!(f.trust_address);
+        assert_eq!(f.address, AddressPolicy::Sdp);
         assert_eq!(f.received_from, None);
+    }
+
+    /// The caller's address is `Auto` (its SDP unless unreachable), the trunk's its SDP;
+    /// a call can give either leg another policy, with the leg's own signalling source.
+    #[test]
+    fn each_leg_is_read_by_its_own_address_policy() {
+        let callee = SocketAddr::from(([198, 51, 100, 9], 5060));
+        let both = Sources {
+            caller: source(),
+            callee: Some(callee),
+        };
+        let answer_from_b = MediaOp::Answer { offerer: Leg::A };
+        let f = flags(answer_from_b, both, &carrier_b(), sbc());
+        assert_eq!(
+            (f.address, f.received_from),
+            (AddressPolicy::Sdp, Some(callee))
+        );
+        let source_trunk = LegAddressing {
+            b: AddressPolicy::Source,
+            ..sbc()
+        };
+        let f = flags(answer_from_b, both, &carrier_b(), source_trunk);
+        assert_eq!(f.address, AddressPolicy::Source);
+        let trusted_caller = LegAddressing {
+            a: AddressPolicy::Sdp,
+            ..sbc()
+        };
+        let f = flags(
+            MediaOp::Offer { from: Leg::A },
+            both,
+            &carrier_b(),
+            trusted_caller,
+        );
+        assert_eq!(
+            (f.address, f.received_from),
+            (AddressPolicy::Sdp, Some(source()))
+        );
+    }
+
+    #[test]
+    fn refusals_map_to_488_when_the_sdp_is_at_fault() {
+        let status = |e: MediaError| failure(&e).status;
+        assert_eq!(
+            status(MediaError::TooManyStreams { count: 17, max: 16 }),
+            488
+        );
+        assert_eq!(
+            status(MediaError::TooManyPorts {
+                needed: 68,
+                max: 64
+            }),
+            488
+        );
+        assert_eq!(status(MediaError::NoPorts), 503);
+        assert_eq!(status(MediaError::ShutDown), 503);
     }
 
     #[test]
@@ -247,15 +402,25 @@ mod tests {
             a: None,
             b: Some(Arc::from("carrier")),
         };
-        let f = flags(MediaOp::Offer { from: Leg::A }, source(), &b_only);
+        let f = flags(MediaOp::Offer { from: Leg::A }, sources(), &b_only, sbc());
         assert_eq!(f.direction, [None, Some("carrier".to_owned())]);
-        let f = flags(MediaOp::Answer { offerer: Leg::A }, source(), &carrier_b());
+        let f = flags(
+            MediaOp::Answer { offerer: Leg::A },
+            sources(),
+            &carrier_b(),
+            sbc(),
+        );
         assert_eq!(f.direction, [None, None]);
-        assert!(f.trust_address, "the answer comes from the callee");
+        assert_eq!(
+            f.address,
+            AddressPolicy::Sdp,
+            "the answer comes from the callee"
+        );
         let f = flags(
             MediaOp::Offer { from: Leg::A },
-            source(),
+            sources(),
             &LegInterfaces::default(),
+            sbc(),
         );
         assert_eq!(f.direction, [None, None]);
     }

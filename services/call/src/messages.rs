@@ -29,8 +29,10 @@ pub enum CallMsg {
         id: u64,
         result: Result<Bytes, MediaFailure>,
     },
-    /// No media flowed for the relay's inactivity timeout.
-    MediaTimeout,
+    /// One of the relay's timeouts caught the call's media session.
+    MediaTimeout {
+        reason: trunkline_media::TimeoutReason,
+    },
 }
 
 /// Start-up arguments: the INVITE that creates the call.

@@ -108,7 +108,9 @@ impl Call {
                 op,
                 sdp: Bytes::from(sdp),
                 caller_source: SocketAddr::new(ip(ACCESS), 5070),
+                callee_source: None,
                 interfaces: self.interfaces.clone(),
+                addressing: media::LegAddressing::default(),
                 reply: self.reply.clone(),
             })
             .unwrap();

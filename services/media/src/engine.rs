@@ -1,11 +1,14 @@
-//! The control side: sessions, port allocation, SDP glue and programming the workers.
+//! The control side: sessions, port allocation, SDP glue, timeouts and programming the
+//! workers.
 //!
 //! All control state sits behind one mutex, taken per offer/answer/delete/query —
-//! signalling rate, not packet rate. The forwarding plane never takes it.
+//! signalling rate, not packet rate. The forwarding plane never takes it. Every request
+//! carries the caller's `now` (see the crate documentation for how it relates to the
+//! workers' packet stamps).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
@@ -13,22 +16,25 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use trunkline_sdp::{AnchorOptions, MediaInfo, MediaPlan};
+use trunkline_sdp::{AnchorOptions, Direction, MediaInfo, MediaPlan};
 
 use crate::interfaces::Interfaces;
 use crate::kernel::KernelPath;
-use crate::latch::LatchPolicy;
+use crate::latch::{EndpointLearning, LatchPolicy};
 use crate::metrics::Metrics;
+use crate::pool::PortPool;
 use crate::ports::PortAllocator;
 use crate::worker::{Command, PeerSpec, SideShared, StreamSockets, Worker, WorkerTotals, WAKER};
 use crate::{
     AddressFamily, CallStats, Flags, MediaConfig, MediaError, StreamPairStats, StreamStats,
-    TimedOut, Totals,
+    TimedOut, TimeoutCounts, TimeoutReason, Totals,
 };
 
 /// Side 0 is the pair the original offerer sends to, side 1 the answerer's.
 const OFFERER: usize = 0;
 const ANSWERER: usize = 1;
+/// Ports one anchored m-line holds: an RTP/RTCP pair on each side.
+const PORTS_PER_STREAM: usize = 4;
 /// How often the metrics are refreshed from the totals.
 const METRICS_PERIOD: Duration = Duration::from_secs(1);
 
@@ -47,14 +53,21 @@ impl std::fmt::Debug for Relay {
 }
 
 struct WorkerHandle {
+    /// Its position in `Inner::workers`.
+    index: usize,
     tx: Sender<Command>,
+    /// The sequence number of the last command sent (the worker counts those it applied).
+    sent: AtomicU64,
     waker: Arc<nix::sys::eventfd::EventFd>,
     totals: Arc<WorkerTotals>,
     join: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl WorkerHandle {
-    fn send(&self, cmd: Command) {
+    /// Sends a command and wakes the worker; returns the command's sequence number, which
+    /// the worker's `applied` count reaches once it has applied it.
+    fn send(&self, cmd: Command) -> u64 {
+        let seq = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         // A failed send means the worker is gone (shut down); nothing left to program.
         if self.tx.send(cmd).is_ok() {
             // EAGAIN means the counter is already non-zero: the worker is awake.
@@ -63,6 +76,7 @@ impl WorkerHandle {
                 Err(e) => tracing::error!(error = %e, "cannot wake media worker"),
             }
         }
+        seq
     }
 }
 
@@ -83,17 +97,25 @@ struct Inner {
     stopped: AtomicBool,
 }
 
+/// The control side's clock for what has no caller (the metrics thread's totals): the
+/// latest `now` a request brought, or the real clock if that is later.
+fn later(a: Instant, b: Instant) -> Instant {
+    a.max(b)
+}
+
 struct State {
     sessions: HashMap<String, Session>,
     /// One port range for every interface: a port number belongs to one socket pair at a
     /// time whatever address it is bound on, so interfaces never collide — not even two
     /// names on one address, or a wildcard next to a specific address. (rtpengine keeps a
     /// pool per address; sharing one only matters when the range itself is the limit.)
-    ports: PortAllocator,
+    ports: PortPool,
     next_worker: usize,
     next_stream: u64,
     sessions_total: u64,
-    timeouts_total: u64,
+    timeouts: TimeoutCounts,
+    /// The latest `now` a request brought.
+    clock: Instant,
 }
 
 struct Session {
@@ -106,8 +128,14 @@ struct Session {
     /// one: later offers without `direction` keep it (rtpengine remembers it per party).
     iface: [Option<usize>; 2],
     streams: BTreeMap<usize, StreamCtl>,
-    /// The activity time (ms since epoch) the last timeout report was for.
-    reported_idle_from: Option<u64>,
+    /// An answer was applied: the offer timeout no longer applies.
+    answered: bool,
+    /// When the call was established ([`Relay::established`]): from then on, and only
+    /// then, its streams are subject to the inactivity and silent timeouts.
+    established: Option<Instant>,
+    /// The last timeout reported: its reason and since when the condition held, so each
+    /// is reported once (and again only after activity moved that moment).
+    reported: Option<(TimeoutReason, Instant)>,
 }
 
 impl Session {
@@ -136,7 +164,44 @@ struct SideCtl {
     /// The interface entry `port` is bound on.
     iface: usize,
     peer: PeerSpec,
+    /// What the party sending to this side said in its latest SDP for the m-line.
+    direction: Flow,
     shared: Arc<SideShared>,
+}
+
+/// Whether a party sends and receives on an m-line, from its SDP (RFC 3264 §5.1, §8.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Flow {
+    /// `sendrecv` or `sendonly`.
+    sends: bool,
+    /// `sendrecv` or `recvonly`, and not `c=0.0.0.0` (the RFC 2543 hold: do not send to me).
+    receives: bool,
+}
+
+impl Flow {
+    /// Before a party's SDP is known it may do both.
+    const BOTH: Flow = Flow {
+        sends: true,
+        receives: true,
+    };
+
+    fn of(m: &MediaInfo) -> Flow {
+        Flow {
+            sends: matches!(m.direction, Direction::SendRecv | Direction::SendOnly),
+            receives: matches!(m.direction, Direction::SendRecv | Direction::RecvOnly)
+                && !m.hold_zero_address,
+        }
+    }
+}
+
+impl StreamCtl {
+    /// Whether the traffic into side `party` is on hold or muted, so the silent timeout
+    /// applies to it rather than the inactivity one: its sender said it does not send, or
+    /// the other party said it does not receive (rtpengine looks at the sender's
+    /// direction; the receiver's catches `c=0.0.0.0` holds and one-sided answers too).
+    fn silent(&self, party: usize) -> bool {
+        !self.sides[party].direction.sends || !self.sides[1 - party].direction.receives
+    }
 }
 
 /// The parsed body, its media sections, the time of the request and the held state lock.
@@ -155,23 +220,27 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Reads one party's addresses and policy from its m-line and the request flags.
-fn peer_spec(m: &MediaInfo, flags: &Flags) -> PeerSpec {
-    let source_ip = if flags.trust_address || m.hold_zero_address {
-        None
-    } else {
-        flags.received_from.map(|a| a.ip())
+/// Reads one party's expected addresses and policy from its m-line and the request flags:
+/// the flags' address policy picks between the SDP address and the signalling source (a
+/// hold, `c=0.0.0.0`, stays a hold); `learning` is the relay's default mode.
+fn peer_spec(m: &MediaInfo, flags: &Flags, learning: EndpointLearning) -> PeerSpec {
+    let source = flags.received_from.map(|a| a.ip());
+    let resolve = |sdp: Option<IpAddr>| {
+        if m.hold_zero_address {
+            sdp
+        } else {
+            flags.address.resolve(sdp, source)
+        }
     };
-    let ip = source_ip.or(m.connection);
+    let ip = resolve(m.connection);
     let rtp = ip.map(|ip| SocketAddr::new(ip, m.port));
     let rtcp = if m.rtcp_mux {
         rtp
     } else {
         match m.rtcp {
-            Some((port, addr)) => source_ip
-                .or(addr)
-                .or(ip)
-                .map(|ip| SocketAddr::new(ip, port)),
+            Some((port, addr)) => {
+                resolve(addr.or(m.connection)).map(|ip| SocketAddr::new(ip, port))
+            }
             None => ip.and_then(|ip| Some(SocketAddr::new(ip, m.port.checked_add(1)?))),
         }
     };
@@ -184,6 +253,7 @@ fn peer_spec(m: &MediaInfo, flags: &Flags) -> PeerSpec {
             strict_source: flags.strict_source,
             media_handover: flags.media_handover,
             port_latching: flags.port_latching,
+            learning: flags.endpoint_learning.unwrap_or(learning),
         },
     }
 }
@@ -210,8 +280,18 @@ impl Relay {
                 config.port_min, config.port_max
             )));
         }
+        if config.timeout.is_zero() {
+            return Err(MediaError::Config("timeout must be above zero".into()));
+        }
+        if config.max_streams == 0 || config.max_ports_per_call < PORTS_PER_STREAM {
+            return Err(MediaError::Config(format!(
+                "max_streams ({}) must be at least 1 and max_ports_per_call ({}) at least {PORTS_PER_STREAM}",
+                config.max_streams, config.max_ports_per_call
+            )));
+        }
         let interfaces = Interfaces::new(config.interfaces.clone())?;
         let epoch = Instant::now();
+        let window_ms = ms(config.learning_window);
         let n = if config.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -263,11 +343,14 @@ impl Relay {
                 .spawn(move || {
                     policy.apply_or_warn(&name);
                     Worker::new(poll, worker_waker, rx, batch, worker_totals, epoch, name)
+                        .with_learning_window(window_ms)
                         .with_kernel(kernel)
                         .run()
                 })?;
             workers.push(WorkerHandle {
+                index: i,
                 tx,
+                sent: AtomicU64::new(0),
                 waker,
                 totals,
                 join: Mutex::new(Some(join)),
@@ -277,11 +360,15 @@ impl Relay {
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
                 sessions: HashMap::new(),
-                ports: PortAllocator::new(config.port_min, config.port_max, config.port_rest),
+                ports: PortPool::new(
+                    PortAllocator::new(config.port_min, config.port_max, config.port_rest),
+                    workers.iter().map(|w| w.totals.clone()).collect(),
+                ),
                 next_worker: 0,
                 next_stream: 1,
                 sessions_total: 0,
-                timeouts_total: 0,
+                timeouts: TimeoutCounts::default(),
+                clock: epoch,
             }),
             config,
             interfaces,
@@ -311,26 +398,38 @@ impl Relay {
         Ok(Relay { inner })
     }
 
-    /// What offer and answer both do first: refuse once stopped, parse the body before the
-    /// lock is taken (a malformed SDP never holds up other calls), and take the lock.
-    fn begin(&self, sdp: &[u8]) -> Result<Begun<'_>, MediaError> {
+    /// What offer and answer both do first: refuse once stopped, parse the body and check
+    /// its m-line count before the lock is taken (a malformed or oversized SDP never holds
+    /// up other calls), and take the lock.
+    fn begin(&self, sdp: &[u8], now: Instant) -> Result<Begun<'_>, MediaError> {
         self.inner.check_running()?;
         let parsed = trunkline_sdp::parse(sdp)?;
         let media = parsed.media();
-        Ok((parsed, media, Instant::now(), lock(&self.inner.state)))
+        let max = self.inner.config.max_streams;
+        if media.len() > max {
+            return Err(MediaError::TooManyStreams {
+                count: media.len(),
+                max,
+            });
+        }
+        let mut guard = lock(&self.inner.state);
+        guard.clock = later(guard.clock, now);
+        Ok((parsed, media, now, guard))
     }
 
-    /// Handles an offer from the party tagged `from_tag`: creates the session or
-    /// updates it (re-offer from either party), and returns the SDP rewritten to
-    /// point at the relay ports the other party must send to.
+    /// Handles an offer from the party tagged `from_tag` at `now`: creates the session
+    /// or updates it (re-offer from either party), and returns the SDP rewritten to
+    /// point at the relay ports the other party must send to. An offer over the limits
+    /// ([`MediaError::TooManyStreams`], [`MediaError::TooManyPorts`]) changes nothing.
     pub fn offer(
         &self,
         call_id: &str,
         from_tag: &str,
         sdp: &[u8],
         flags: &Flags,
+        now: Instant,
     ) -> Result<Vec<u8>, MediaError> {
-        let (mut parsed, media, now, mut guard) = self.begin(sdp)?;
+        let (mut parsed, media, now, mut guard) = self.begin(sdp, now)?;
         let inner = &*self.inner;
         let state = &mut *guard;
         let is_new = !state.sessions.contains_key(call_id);
@@ -347,7 +446,9 @@ impl Relay {
                     worker,
                     iface: [None; 2],
                     streams: BTreeMap::new(),
-                    reported_idle_from: None,
+                    answered: false,
+                    established: None,
+                    reported: None,
                 },
             );
             state.sessions_total += 1;
@@ -369,8 +470,10 @@ impl Relay {
         }
     }
 
-    /// Handles the answer to the last offer: `from_tag` is that offer's `from_tag`, and
-    /// `to_tag` the answering party's. Returns the SDP rewritten for the offerer.
+    /// Handles the answer to the last offer at `now`: `from_tag` is that offer's
+    /// `from_tag`, and `to_tag` the answering party's. Returns the SDP rewritten for the
+    /// offerer. An answer (early media included) does not establish the call: see
+    /// [`Relay::established`].
     pub fn answer(
         &self,
         call_id: &str,
@@ -378,8 +481,9 @@ impl Relay {
         to_tag: &str,
         sdp: &[u8],
         flags: &Flags,
+        now: Instant,
     ) -> Result<Vec<u8>, MediaError> {
-        let (mut parsed, media, now, mut guard) = self.begin(sdp)?;
+        let (mut parsed, media, now, mut guard) = self.begin(sdp, now)?;
         let inner = &*self.inner;
         let state = &mut *guard;
         let session = state
@@ -398,6 +502,7 @@ impl Relay {
             session.answerer_tag = Some(to_tag.to_string());
         }
         session.last_signal = now;
+        session.answered = true;
         let answering = 1 - offering;
         let worker = &inner.workers[session.worker];
         let mut plans = Vec::new();
@@ -412,8 +517,9 @@ impl Relay {
                 // The answer has an m-line the offer did not (a broken answer): leave it.
                 continue;
             };
-            let peer = peer_spec(m, flags);
+            let peer = peer_spec(m, flags, inner.config.endpoint_learning);
             stream.sides[answering].peer = peer;
+            stream.sides[answering].direction = Flow::of(m);
             inner.take_kernel_routes(worker, stream);
             worker.send(Command::Update {
                 id: stream.id,
@@ -428,18 +534,20 @@ impl Relay {
         Ok(parsed.to_bytes())
     }
 
-    /// Deletes the call (all its streams), freeing its ports into the resting queue,
-    /// and returns its final stats. A tag, when given, must be one of the call's.
+    /// Deletes the call (all its streams) at `now`, freeing its ports to the back of the
+    /// reuse queue, and returns its final stats. A tag, when given, must be one of the
+    /// call's.
     pub fn delete(
         &self,
         call_id: &str,
         from_tag: Option<&str>,
         to_tag: Option<&str>,
+        now: Instant,
     ) -> Result<CallStats, MediaError> {
         let inner = &*self.inner;
-        let now = Instant::now();
         let mut guard = lock(&inner.state);
         let state = &mut *guard;
+        state.clock = later(state.clock, now);
         let session = state
             .sessions
             .get(call_id)
@@ -460,14 +568,32 @@ impl Relay {
         Ok(stats)
     }
 
-    /// Current stats of a call, `None` if unknown.
-    pub fn query(&self, call_id: &str) -> Option<CallStats> {
+    /// The call is established (answered, in SIP terms) at `now`: from then on — and only
+    /// from then on — its streams are subject to the inactivity and silent timeouts,
+    /// measured from this moment at the earliest. Before it a session only ends by the
+    /// offer or final timeout, so a callee that rings long without early media never
+    /// times the call out. Idempotent: the first call fixes the moment. The ng `answer`
+    /// command calls it (rtpengine's timeouts start with the answer); the node's call
+    /// actor when its call is answered.
+    pub fn established(&self, call_id: &str, now: Instant) -> Result<(), MediaError> {
+        let mut guard = lock(&self.inner.state);
+        guard.clock = later(guard.clock, now);
+        let session = guard
+            .sessions
+            .get_mut(call_id)
+            .ok_or_else(|| MediaError::UnknownCall(call_id.to_string()))?;
+        session.established.get_or_insert(now);
+        Ok(())
+    }
+
+    /// Stats of a call as of `now`, `None` if unknown.
+    pub fn query(&self, call_id: &str, now: Instant) -> Option<CallStats> {
         let inner = &*self.inner;
         let state = lock(&inner.state);
         state
             .sessions
             .get(call_id)
-            .map(|s| inner.stats(call_id, s, Instant::now()))
+            .map(|s| inner.stats(call_id, s, now))
     }
 
     /// Up to `limit` Call-IDs, oldest session first.
@@ -508,34 +634,33 @@ impl Relay {
         self.inner.interfaces.contains(name)
     }
 
-    /// Sessions idle (no packet on any stream since creation or the last packet) for
-    /// longer than `config.timeout`, each reported once per idle period. Sessions are
-    /// not deleted: the owner decides (BYE the call, or keep it).
-    pub fn take_timeouts(&self) -> Vec<TimedOut> {
+    /// Sessions one of rtpengine's timeouts caught as of `now` (see [`TimeoutReason`]):
+    /// the final timeout for any session; the offer timeout before an answer; once
+    /// [`Relay::established`], the inactivity timeout while any stream is active, else the
+    /// silent one. A session is idle from its last accepted packet on any stream, or from
+    /// its establishment or last signal if later. Each condition is reported once (again
+    /// only after new activity). Sessions are not deleted: the owner decides.
+    pub fn take_timeouts(&self, now: Instant) -> Vec<TimedOut> {
         let inner = &*self.inner;
-        let now_ms = ms(inner.epoch.elapsed());
-        let timeout = ms(inner.config.timeout);
         let mut guard = lock(&inner.state);
         let state = &mut *guard;
+        state.clock = later(state.clock, now);
         let mut out = Vec::new();
         for (call_id, s) in state.sessions.iter_mut() {
-            let created = ms(s.created.saturating_duration_since(inner.epoch));
-            let last = s
-                .streams
-                .values()
-                .flat_map(|st| st.sides.iter())
-                .filter_map(|side| side.shared.last_packet_ms())
-                .fold(created, u64::max);
-            let idle = now_ms.saturating_sub(last);
-            if idle >= timeout && s.reported_idle_from != Some(last) {
-                s.reported_idle_from = Some(last);
-                out.push(TimedOut {
-                    call_id: call_id.clone(),
-                    idle: Duration::from_millis(idle),
-                });
+            let Some((reason, since)) = inner.timeout_of(s, now) else {
+                continue;
+            };
+            if s.reported == Some((reason, since)) {
+                continue;
             }
+            s.reported = Some((reason, since));
+            state.timeouts.add(reason);
+            out.push(TimedOut {
+                call_id: call_id.clone(),
+                reason,
+                elapsed: now.saturating_duration_since(since),
+            });
         }
-        state.timeouts_total += out.len() as u64;
         out
     }
 
@@ -544,9 +669,9 @@ impl Relay {
     pub fn shutdown(&self) {
         self.inner.stop(true);
         let inner = &*self.inner;
-        let now = Instant::now();
         let mut guard = lock(&inner.state);
         let state = &mut *guard;
+        let now = later(state.clock, Instant::now());
         for (_, session) in state.sessions.drain() {
             for (_, stream) in session.streams {
                 for side in &stream.sides {
@@ -607,7 +732,24 @@ impl Inner {
             .party(from_tag)
             .ok_or_else(|| MediaError::UnknownTag(from_tag.to_string()))?;
         let other = 1 - offering;
-        // Names first: an unknown one fails the offer before anything changed.
+        // Limits first: an offer over them fails before anything changed. The call keeps
+        // its streams this offer does not reject and gains the new ones it anchors.
+        let mut kept: BTreeSet<usize> = session.streams.keys().copied().collect();
+        for m in media {
+            if m.rejected {
+                kept.remove(&m.index);
+            } else {
+                kept.insert(m.index);
+            }
+        }
+        let needed = kept.len() * PORTS_PER_STREAM;
+        if needed > self.config.max_ports_per_call {
+            return Err(MediaError::TooManyPorts {
+                needed,
+                max: self.config.max_ports_per_call,
+            });
+        }
+        // Names next: an unknown one fails the offer before anything changed.
         let mut logical = [None; 2];
         for (party, name) in [
             (offering, &flags.direction[0]),
@@ -632,7 +774,8 @@ impl Inner {
                 }
                 continue;
             }
-            let peer = peer_spec(m, flags);
+            let peer = peer_spec(m, flags, self.config.endpoint_learning);
+            let flow = Flow::of(m);
             let mux_out = m.rtcp_mux && (flags.rtcp_mux_offer || !flags.rtcp_mux_demux);
             let existing = session.streams.get(&m.index);
             let bound_family =
@@ -659,6 +802,7 @@ impl Inner {
                     }
                 }
                 stream.sides[offering].peer = peer;
+                stream.sides[offering].direction = flow;
                 stream.kind.clone_from(&m.kind);
                 stream.proto.clone_from(&m.proto);
                 self.take_kernel_routes(worker, stream);
@@ -675,6 +819,8 @@ impl Inner {
             *next_stream += 1;
             let mut peers = [PeerSpec::default(); 2];
             peers[offering] = peer;
+            let mut flows = [Flow::BOTH; 2];
+            flows[offering] = flow;
             let shared = [
                 Arc::new(SideShared::default()),
                 Arc::new(SideShared::default()),
@@ -695,12 +841,14 @@ impl Inner {
                         port: ports_pair[0],
                         iface: ifaces[0],
                         peer: peers[0],
+                        direction: flows[0],
                         shared: s0,
                     },
                     SideCtl {
                         port: ports_pair[1],
                         iface: ifaces[1],
                         peer: peers[1],
+                        direction: flows[1],
                         shared: s1,
                     },
                 ],
@@ -722,7 +870,7 @@ impl Inner {
     /// old port goes to rest.
     fn rebind_side(
         &self,
-        ports: &mut PortAllocator,
+        ports: &mut PortPool,
         worker: &WorkerHandle,
         stream: &mut StreamCtl,
         party: usize,
@@ -731,7 +879,7 @@ impl Inner {
     ) -> Result<(), MediaError> {
         let (port, sockets) = self.bind_pair(ports, iface, now)?;
         self.take_kernel_routes(worker, stream);
-        worker.send(Command::Rebind {
+        let closed = worker.send(Command::Rebind {
             id: stream.id,
             side: party,
             sockets: Box::new(sockets),
@@ -744,7 +892,7 @@ impl Inner {
             to = %self.interfaces.get(iface),
             "media side moved to another interface"
         );
-        ports.free(side.port, now);
+        ports.free_after(worker.index, closed, side.port, now);
         side.port = port;
         side.iface = iface;
         Ok(())
@@ -754,7 +902,7 @@ impl Inner {
     /// stream.
     fn bind_stream(
         &self,
-        ports: &mut PortAllocator,
+        ports: &mut PortPool,
         ifaces: [usize; 2],
         now: Instant,
     ) -> Result<([u16; 2], StreamSockets), MediaError> {
@@ -773,7 +921,7 @@ impl Inner {
     /// else holds is put to rest and the next one tried.
     fn bind_pair(
         &self,
-        ports: &mut PortAllocator,
+        ports: &mut PortPool,
         iface: usize,
         now: Instant,
     ) -> Result<(u16, [UdpSocket; 2]), MediaError> {
@@ -833,26 +981,61 @@ impl Inner {
         }
     }
 
-    fn free_stream(
-        &self,
-        ports: &mut PortAllocator,
-        worker: usize,
-        stream: StreamCtl,
-        now: Instant,
-    ) {
-        if let Some(w) = self.workers.get(worker) {
-            self.take_kernel_routes(w, &stream);
-            w.send(Command::Remove { id: stream.id });
-        }
+    fn free_stream(&self, ports: &mut PortPool, worker: usize, stream: StreamCtl, now: Instant) {
+        let Some(w) = self.workers.get(worker) else {
+            return;
+        };
+        self.take_kernel_routes(w, &stream);
+        let closed = w.send(Command::Remove { id: stream.id });
         for side in &stream.sides {
-            ports.free(side.port, now);
+            ports.free_after(worker, closed, side.port, now);
         }
     }
 
-    fn release(&self, ports: &mut PortAllocator, session: Session, now: Instant) {
+    fn release(&self, ports: &mut PortPool, session: Session, now: Instant) {
         for (_, stream) in session.streams {
             self.free_stream(ports, session.worker, stream, now);
         }
+    }
+
+    /// The last accepted packet into `side`, as an instant on the workers' clock.
+    fn last_packet(&self, side: &SideCtl) -> Option<Instant> {
+        side.shared
+            .last_packet_ms()
+            .map(|ms| self.epoch + Duration::from_millis(ms))
+    }
+
+    /// Which timeout, if any, has caught session `s` at `now`, and since when its
+    /// condition holds.
+    fn timeout_of(&self, s: &Session, now: Instant) -> Option<(TimeoutReason, Instant)> {
+        let expired = |since: Instant, limit: Option<Duration>| {
+            limit.is_some_and(|l| now.saturating_duration_since(since) >= l)
+        };
+        let c = &self.config;
+        if expired(s.created, c.final_timeout) {
+            return Some((TimeoutReason::Final, s.created));
+        }
+        let Some(established) = s.established else {
+            // Ringing: only an offer never answered times out.
+            return (!s.answered && expired(s.last_signal, c.offer_timeout))
+                .then_some((TimeoutReason::Offer, s.last_signal));
+        };
+        let mut idle_since = established.max(s.last_signal);
+        let mut active = s.streams.is_empty();
+        for stream in s.streams.values() {
+            for (party, side) in stream.sides.iter().enumerate() {
+                active |= !stream.silent(party);
+                if let Some(t) = self.last_packet(side) {
+                    idle_since = idle_since.max(t);
+                }
+            }
+        }
+        let (reason, limit) = if active {
+            (TimeoutReason::NoMedia, Some(c.timeout))
+        } else {
+            (TimeoutReason::Silent, c.silent_timeout)
+        };
+        expired(idle_since, limit).then_some((reason, idle_since))
     }
 
     fn stats(&self, call_id: &str, s: &Session, now: Instant) -> CallStats {
@@ -896,14 +1079,16 @@ impl Inner {
     fn totals(&self) -> Totals {
         let mut t = {
             let mut state = lock(&self.state);
-            let now = Instant::now();
+            let now = later(state.clock, Instant::now());
+            state.ports.reap();
             let resting = state.ports.resting_at(now) as u64;
             Totals {
                 sessions: state.sessions_total,
                 current_sessions: state.sessions.len() as u64,
                 ports_in_use: 2 * state.ports.in_use() as u64,
                 ports_resting: 2 * resting,
-                timeouts: state.timeouts_total,
+                ports_reused_early: 2 * state.ports.reused_early(),
+                timeouts: state.timeouts,
                 ..Totals::default()
             }
         };

@@ -8,12 +8,25 @@
 //! channel plus an eventfd wake-up — never per packet (ARCHITECTURE rule 5). Counters are
 //! published to the control side through atomics once per batch.
 //!
-//! The packet logic (RTP/RTCP parsing, loss, RTT, latching, port allocation) lives in
-//! pure modules ([`rtp`], [`rtcp`], [`latch`], [`ports`]) that take bytes and `now`.
+//! The packet logic (RTP/RTCP parsing, loss, RTT, endpoint learning and latching, port
+//! allocation) lives in pure modules ([`rtp`], [`rtcp`], [`latch`], [`ports`]) that take bytes
+//! and `now`.
+//!
+//! Two clocks, kept apart on purpose. The control side takes `now` from its caller with every
+//! request (offer, answer, established, delete, query, take_timeouts), so timeouts and port
+//! reuse run on whatever clock the caller runs on — a virtual one in tests. The workers, being
+//! I/O threads, stamp packets with their own monotonic clock (`Instant::now()`), as
+//! milliseconds since the relay's start, and time endpoint learning with it. Where the two
+//! meet — how long a stream has been idle — a packet stamp is read as that `Instant` and
+//! compared with the caller's `now`: in production both are the one monotonic clock; a caller
+//! whose clock runs ahead of it (paused tokio time advanced by a test) sees packets as older,
+//! so its timeouts fire on its own time, never later; a `now` before a packet's stamp counts
+//! as no idle time at all.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+mod address;
 mod interfaces;
 mod kernel;
 pub mod latch;
@@ -24,11 +37,14 @@ pub mod rtp;
 
 mod engine;
 mod metrics;
+mod pool;
 mod sched;
 mod worker;
 
+pub use address::{unroutable, AddressPolicy};
 pub use engine::Relay;
 pub use interfaces::Interfaces;
+pub use latch::EndpointLearning;
 pub use sched::{Scheduling, ThreadPolicy, ThreadPolicyError};
 
 /// The logical name rtpengine gives an `--interface` written without `NAME/`, and the name
@@ -131,10 +147,38 @@ pub struct MediaConfig {
     pub port_max: u16,
     /// Number of forwarding threads; one per core is the design.
     pub workers: usize,
-    /// A session with no packet on any stream for this long is reported by `take_timeouts`.
+    /// rtpengine's `--timeout`: an established session whose active streams all went this
+    /// long without a packet is reported by `take_timeouts` ([`TimeoutReason::NoMedia`]).
     pub timeout: Duration,
-    /// A freed port stays unused this long, so stale packets never reach the next call.
+    /// rtpengine's `--silent-timeout`: the same for a session whose every stream is on
+    /// hold or muted (see [`TimeoutReason::Silent`]); `None`: such a session never times
+    /// out for want of media.
+    pub silent_timeout: Option<Duration>,
+    /// rtpengine's `--offer-timeout`: a session whose offer was never answered, this long
+    /// after the last offer ([`TimeoutReason::Offer`]); `None`: never.
+    pub offer_timeout: Option<Duration>,
+    /// rtpengine's `--final-timeout`: any session this long after it was created,
+    /// whatever happens in it ([`TimeoutReason::Final`]); `None` (rtpengine's default):
+    /// never.
+    pub final_timeout: Option<Duration>,
+    /// How long a freed port pair should rest before another call gets it. Pairs are
+    /// reused least recently freed first, so they rest as long as the range allows; this
+    /// only decides what counts as reused early ([`Totals::ports_reused_early`]) and as
+    /// resting. It never blocks an allocation.
     pub port_rest: Duration,
+    /// How a party's real source is learnt when it differs from its signalled address
+    /// (rtpengine's `--endpoint-learning`); a request may choose otherwise
+    /// ([`Flags::endpoint_learning`]).
+    pub endpoint_learning: EndpointLearning,
+    /// How long after each signal a source other than the signalled one is only a
+    /// candidate (`delayed`, `heuristic`); rtpengine's is 3 s.
+    pub learning_window: Duration,
+    /// Most m-lines one SDP may carry; a bigger one is refused whole
+    /// ([`MediaError::TooManyStreams`]) before anything is allocated.
+    pub max_streams: usize,
+    /// Most media ports (RTP and RTCP, both sides: 4 per anchored m-line) one call may
+    /// hold; an offer that would need more is refused ([`MediaError::TooManyPorts`]).
+    pub max_ports_per_call: usize,
     /// Datagrams per `recvmmsg`/`sendmmsg` call.
     pub batch: usize,
     /// `SO_RCVBUF` for each media socket, to absorb bursts while a worker is busy.
@@ -158,7 +202,14 @@ impl Default for MediaConfig {
             port_max: 39999,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             timeout: Duration::from_secs(60),
+            silent_timeout: Some(Duration::from_secs(3600)),
+            offer_timeout: Some(Duration::from_secs(3600)),
+            final_timeout: None,
             port_rest: Duration::from_secs(30),
+            endpoint_learning: EndpointLearning::Delayed,
+            learning_window: Duration::from_millis(latch::LEARNING_WINDOW_MS),
+            max_streams: 16,
+            max_ports_per_call: 64,
             batch: 32,
             recv_buffer: 1 << 20,
             thread_policy: ThreadPolicy::Inherit,
@@ -183,11 +234,13 @@ impl MediaConfig {
 /// vocabulary as Kamailio's `rtpengine` module.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flags {
-    /// ng `trust address`: use the SDP address as is, even when `received_from` is known.
-    pub trust_address: bool,
+    /// Where the sending party's media goes before it is latched, and which source is
+    /// expected from it: its SDP address (ng `trust address`), the IP its signalling came
+    /// from (ng `SIP source address`), or the SDP address unless unreachable
+    /// ([`AddressPolicy::Auto`], the SBC's rule for callers).
+    pub address: AddressPolicy,
     /// ng `received from` (port 0: ng gives none): where the SIP message carrying this SDP
-    /// came from; unless `trust_address`, its IP replaces the SDP address (rtpengine's "SIP
-    /// source address"), for endpoints that write a private address into SDP.
+    /// came from, for [`AddressPolicy::Source`] and [`AddressPolicy::Auto`].
     pub received_from: Option<SocketAddr>,
     /// ng `symmetric`: latch onto the real source of packets (also the default when
     /// neither this nor `asymmetric` is given).
@@ -227,6 +280,9 @@ pub struct Flags {
     /// offer, when the interface facing the receiving party has one of each. `None`: that
     /// side's family so far, else the family of the sender's SDP address.
     pub address_family: Option<AddressFamily>,
+    /// ng `endpoint-learning`: how the sending party's source is learnt; `None`: the
+    /// relay's [`MediaConfig::endpoint_learning`].
+    pub endpoint_learning: Option<EndpointLearning>,
 }
 
 /// Traffic of one kind — RTP or RTCP — that one party sent to the relay on one stream.
@@ -341,19 +397,103 @@ pub struct Totals {
     pub packets_dropped: u64,
     /// Ports (RTP and RTCP) bound for calls.
     pub ports_in_use: u64,
-    /// Ports freed and still resting.
+    /// Free ports freed less than [`MediaConfig::port_rest`] ago.
     pub ports_resting: u64,
-    /// Inactivity timeouts reported.
-    pub timeouts: u64,
+    /// Ports (RTP and RTCP) handed to a call before they had rested
+    /// [`MediaConfig::port_rest`]: the range is small for the call rate.
+    pub ports_reused_early: u64,
+    /// Timeouts reported, by reason.
+    pub timeouts: TimeoutCounts,
 }
 
-/// A session that saw no media for longer than the configured timeout.
-#[derive(Debug, Clone)]
+/// Timeouts reported since start, by reason (rtpengine's `timeoutsessions`,
+/// `silenttimeoutsessions`, `offertimeoutsessions`, `finaltimeoutsessions`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TimeoutCounts {
+    /// [`TimeoutReason::NoMedia`].
+    pub no_media: u64,
+    /// [`TimeoutReason::Silent`].
+    pub silent: u64,
+    /// [`TimeoutReason::Offer`].
+    pub offer: u64,
+    /// [`TimeoutReason::Final`].
+    pub final_timeout: u64,
+}
+
+impl TimeoutCounts {
+    /// All reasons together.
+    pub fn total(&self) -> u64 {
+        self.no_media + self.silent + self.offer + self.final_timeout
+    }
+
+    /// The count of `reason`.
+    pub fn of(&self, reason: TimeoutReason) -> u64 {
+        match reason {
+            TimeoutReason::NoMedia => self.no_media,
+            TimeoutReason::Silent => self.silent,
+            TimeoutReason::Offer => self.offer,
+            TimeoutReason::Final => self.final_timeout,
+        }
+    }
+
+    pub(crate) fn add(&mut self, reason: TimeoutReason) {
+        let slot = match reason {
+            TimeoutReason::NoMedia => &mut self.no_media,
+            TimeoutReason::Silent => &mut self.silent,
+            TimeoutReason::Offer => &mut self.offer,
+            TimeoutReason::Final => &mut self.final_timeout,
+        };
+        *slot += 1;
+    }
+}
+
+/// Which of rtpengine's timeouts ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum TimeoutReason {
+    /// `--timeout`: the session is established and none of its active streams (those
+    /// whose sender may send, toward a party that accepts media) carried a packet for
+    /// [`MediaConfig::timeout`].
+    NoMedia,
+    /// `--silent-timeout`: every stream of the established session is on hold or muted —
+    /// its sender said it does not send (`recvonly`, `inactive`) or the other party said it
+    /// does not receive (`sendonly`, `inactive`, `c=0.0.0.0`) — and none carried a packet for
+    /// [`MediaConfig::silent_timeout`].
+    Silent,
+    /// `--offer-timeout`: the offer was never answered, for
+    /// [`MediaConfig::offer_timeout`].
+    Offer,
+    /// `--final-timeout`: the session is older than [`MediaConfig::final_timeout`].
+    Final,
+}
+
+impl TimeoutReason {
+    /// rtpengine's name for it (its Prometheus `reason` label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutReason::NoMedia => "timeout",
+            TimeoutReason::Silent => "silent_timeout",
+            TimeoutReason::Offer => "offer_timeout",
+            TimeoutReason::Final => "final_timeout",
+        }
+    }
+}
+
+impl std::fmt::Display for TimeoutReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session one of the timeouts caught; [`Relay::take_timeouts`] reports each once.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimedOut {
-    /// The idle call.
+    /// The call.
     pub call_id: String,
-    /// How long it has been idle.
-    pub idle: Duration,
+    /// Which timeout fired.
+    pub reason: TimeoutReason,
+    /// How long the condition had held: idle time for `NoMedia`/`Silent`, time since the
+    /// offer for `Offer`, age for `Final`.
+    pub elapsed: Duration,
 }
 
 /// Why a relay request failed. Says which input was wrong; the ng server turns it into
@@ -363,9 +503,26 @@ pub enum MediaError {
     /// The SDP body could not be parsed.
     #[error("invalid SDP: {0}")]
     Sdp(#[from] trunkline_sdp::SdpError),
-    /// Every port pair in the range is in use or resting.
+    /// Every port pair in the range is in use.
     #[error("no free media ports in the configured range")]
     NoPorts,
+    /// The SDP has more m-lines than [`MediaConfig::max_streams`]; nothing was allocated.
+    #[error("SDP has {count} m-lines, more than the {max} allowed")]
+    TooManyStreams {
+        /// m-lines in the SDP.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The call would hold more ports than [`MediaConfig::max_ports_per_call`]; nothing
+    /// was allocated.
+    #[error("the call would hold {needed} media ports, more than the {max} allowed per call")]
+    TooManyPorts {
+        /// Ports the call would hold with this offer.
+        needed: usize,
+        /// The limit.
+        max: usize,
+    },
     /// No session with this Call-ID.
     #[error("unknown call-id: {0}")]
     UnknownCall(String),
@@ -384,4 +541,18 @@ pub enum MediaError {
     /// The relay was shut down.
     #[error("media relay is shut down")]
     ShutDown,
+}
+
+impl MediaError {
+    /// Whether the fault is in the SDP the party sent (unparseable, or asking for more
+    /// than a call may have): SIP answers it with 488, where other errors are the
+    /// relay's (503).
+    pub fn is_offer_fault(&self) -> bool {
+        matches!(
+            self,
+            MediaError::Sdp(_)
+                | MediaError::TooManyStreams { .. }
+                | MediaError::TooManyPorts { .. }
+        )
+    }
 }

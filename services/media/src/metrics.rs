@@ -7,7 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::Totals;
+use crate::{TimeoutReason, Totals};
 
 type Labels = Vec<(String, String)>;
 
@@ -19,7 +19,8 @@ pub(crate) struct Metrics {
     kernel_packets: Counter,
     sessions_active: Gauge,
     ports_in_use: Gauge,
-    timeouts: Counter,
+    ports_reused_early: Counter,
+    timeouts: Family<Labels, Counter>,
     last: std::sync::Mutex<Totals>,
 }
 
@@ -52,8 +53,16 @@ impl Metrics {
             m.ports_in_use.clone(),
         );
         registry.register(
+            "trunkline_media_ports_reused_early",
+            "Media ports handed to a call before they had rested the configured rest period \
+             (the port range is small for the call rate)",
+            m.ports_reused_early.clone(),
+        );
+        registry.register(
             "trunkline_media_timeouts",
-            "Sessions reported for media inactivity",
+            "Sessions a media timeout caught, by rtpengine's reason: timeout (no media on an \
+             active stream), silent_timeout (on hold), offer_timeout (never answered), \
+             final_timeout (too old)",
             m.timeouts.clone(),
         );
         m
@@ -76,8 +85,24 @@ impl Metrics {
             .inc_by(now.bytes_relayed.saturating_sub(last.bytes_relayed));
         self.kernel_packets
             .inc_by(now.packets_kernel.saturating_sub(last.packets_kernel));
-        self.timeouts
-            .inc_by(now.timeouts.saturating_sub(last.timeouts));
+        for reason in [
+            TimeoutReason::NoMedia,
+            TimeoutReason::Silent,
+            TimeoutReason::Offer,
+            TimeoutReason::Final,
+        ] {
+            self.timeouts
+                .get_or_create(&vec![("reason".to_string(), reason.as_str().to_string())])
+                .inc_by(
+                    now.timeouts
+                        .of(reason)
+                        .saturating_sub(last.timeouts.of(reason)),
+                );
+        }
+        self.ports_reused_early.inc_by(
+            now.ports_reused_early
+                .saturating_sub(last.ports_reused_early),
+        );
         self.sessions_active
             .set(i64::try_from(now.current_sessions).unwrap_or(i64::MAX));
         self.ports_in_use

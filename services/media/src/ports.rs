@@ -1,6 +1,10 @@
-//! Even-port pair allocator over the configured range, with a resting queue so a port
-//! freed by one call is not handed to the next until stale packets have stopped
-//! arriving (a late RTP packet of the old call must never reach the new one).
+//! Even-port pair allocator over the configured range. A freed pair goes to the back of the
+//! free queue and pairs are handed out from the front, least recently freed first: every
+//! pair rests as long as the range allows before it serves another call, and a busy range
+//! never blocks on rest — when the queue holds only recently freed pairs, the one that rested
+//! longest is taken (and counted as reused early). Late packets of the old call that still
+//! reach a reused port are kept out of the new one by latching: they do not come from where
+//! the new parties signalled.
 //!
 //! Sans-IO: `now` is passed in; the caller binds the sockets.
 
@@ -12,59 +16,55 @@ use crate::MediaError;
 /// Hands out RTP ports (even; RTCP is RTP + 1) from `[min, max]`.
 #[derive(Debug)]
 pub struct PortAllocator {
-    free: VecDeque<u16>,
-    resting: VecDeque<(u16, Instant)>,
+    /// Free pairs with when they were freed (`None`: never used), least recently freed
+    /// first.
+    free: VecDeque<(u16, Option<Instant>)>,
     in_use: HashSet<u16>,
     rest: Duration,
+    reused_early: u64,
 }
 
 impl PortAllocator {
-    /// Every even port `p` with `min <= p` and `p + 1 <= max` is a candidate.
+    /// Every even port `p` with `min <= p` and `p + 1 <= max` is a candidate; a pair should
+    /// rest `rest` after it was freed, and does whenever the range allows.
     pub fn new(min: u16, max: u16, rest: Duration) -> Self {
         let start = min.saturating_add(min % 2);
         let mut free = VecDeque::new();
         let mut p = u32::from(start);
         while p < u32::from(max) {
             // p + 1 <= max <= u16::MAX, so p fits.
-            free.push_back(p as u16);
+            free.push_back((p as u16, None));
             p += 2;
         }
         Self {
             free,
-            resting: VecDeque::new(),
             in_use: HashSet::new(),
             rest,
+            reused_early: 0,
         }
     }
 
     /// Total number of pairs the range holds.
     pub fn capacity(&self) -> usize {
-        self.free.len() + self.resting.len() + self.in_use.len()
+        self.free.len() + self.in_use.len()
     }
 
-    fn wake_rested(&mut self, now: Instant) {
-        while let Some(&(port, since)) = self.resting.front() {
-            if now.saturating_duration_since(since) < self.rest {
-                break;
-            }
-            self.resting.pop_front();
-            self.free.push_back(port);
-        }
-    }
-
-    /// Takes the least recently used free pair; its RTP port is returned.
+    /// Takes the pair freed longest ago (a never-used one first); its RTP port is
+    /// returned. Fails only when every pair is in use.
     pub fn alloc(&mut self, now: Instant) -> Result<u16, MediaError> {
-        self.wake_rested(now);
-        let port = self.free.pop_front().ok_or(MediaError::NoPorts)?;
+        let (port, freed) = self.free.pop_front().ok_or(MediaError::NoPorts)?;
+        if freed.is_some_and(|t| now.saturating_duration_since(t) < self.rest) {
+            self.reused_early += 1;
+        }
         self.in_use.insert(port);
         Ok(port)
     }
 
-    /// Returns a pair; it rests for the configured time before it can be handed out again.
-    /// Freeing a port that is not in use is ignored (double free after a failed bind).
+    /// Returns a pair to the back of the queue. Freeing a port that is not in use is
+    /// ignored (double free after a failed bind).
     pub fn free(&mut self, port: u16, now: Instant) {
         if self.in_use.remove(&port) {
-            self.resting.push_back((port, now));
+            self.free.push_back((port, Some(now)));
         }
     }
 
@@ -73,10 +73,21 @@ impl PortAllocator {
         self.in_use.len()
     }
 
-    /// Pairs freed but still resting (as of the last `alloc`/`resting_at`).
-    pub fn resting_at(&mut self, now: Instant) -> usize {
-        self.wake_rested(now);
-        self.resting.len()
+    /// Free pairs freed less than the rest period before `now`.
+    pub fn resting_at(&self, now: Instant) -> usize {
+        self.free
+            .iter()
+            .rev()
+            .take_while(|(_, freed)| {
+                freed.is_some_and(|t| now.saturating_duration_since(t) < self.rest)
+            })
+            .count()
+    }
+
+    /// Pairs handed out before they had rested the rest period, since start: a range too
+    /// small for the call rate shows here first.
+    pub fn reused_early(&self) -> u64 {
+        self.reused_early
     }
 }
 
@@ -103,23 +114,30 @@ mod tests {
     }
 
     #[test]
-    fn freed_ports_rest_before_reuse() {
+    fn least_recently_freed_first_and_never_blocked_by_rest() {
         let t0 = Instant::now();
         let rest = Duration::from_secs(30);
-        let mut a = PortAllocator::new(40000, 40003, rest);
-        let p = a.alloc(t0).unwrap();
-        let q = a.alloc(t0).unwrap();
-        a.free(p, t0);
+        let mut a = PortAllocator::new(40000, 40005, rest);
+        let (p, q, r) = (
+            a.alloc(t0).unwrap(),
+            a.alloc(t0).unwrap(),
+            a.alloc(t0).unwrap(),
+        );
+        a.free(q, t0);
+        a.free(p, t0 + Duration::from_secs(1));
+        a.free(p, t0 + Duration::from_secs(1)); // double free ignored
         assert_eq!(a.in_use(), 1);
-        assert_eq!(a.resting_at(t0), 1);
-        assert!(matches!(
-            a.alloc(t0 + Duration::from_secs(29)),
-            Err(MediaError::NoPorts)
-        ));
-        assert_eq!(a.alloc(t0 + rest).unwrap(), p);
-        a.free(q, t0 + rest);
-        a.free(q, t0 + rest); // double free ignored
-        assert_eq!(a.resting_at(t0 + rest), 1);
+        assert_eq!(a.resting_at(t0 + Duration::from_secs(2)), 2);
+        // Nothing has rested 30 s, yet nothing blocks: the longest-rested comes first.
+        let t = t0 + Duration::from_secs(5);
+        assert_eq!(a.alloc(t).unwrap(), q);
+        assert_eq!(a.alloc(t).unwrap(), p);
+        assert_eq!(a.reused_early(), 2);
+        assert!(matches!(a.alloc(t), Err(MediaError::NoPorts)), "all in use");
+        a.free(r, t);
+        assert_eq!(a.resting_at(t + rest), 0, "rested");
+        assert_eq!(a.alloc(t + rest).unwrap(), r);
+        assert_eq!(a.reused_early(), 2, "a rested pair is not reused early");
     }
 
     #[test]
@@ -129,5 +147,30 @@ mod tests {
         let p = a.alloc(t0).unwrap();
         a.free(p, t0);
         assert_ne!(a.alloc(t0).unwrap(), p);
+    }
+
+    /// The example node's load: 500 short calls/s, two pairs each, for 10 s, on the default
+    /// range. With a hard 30 s rest the range ran dry after 2 500 calls; reused least
+    /// recently freed first, every call gets ports.
+    #[test]
+    fn a_high_call_rate_never_runs_dry() {
+        let t0 = Instant::now();
+        let mut a = PortAllocator::new(30000, 39999, Duration::from_secs(30));
+        let mut live: VecDeque<(Instant, [u16; 2])> = VecDeque::new();
+        for i in 0..5000u64 {
+            let now = t0 + Duration::from_millis(i * 2);
+            // Calls last 1 s.
+            while live.front().is_some_and(|(end, _)| *end <= now) {
+                if let Some((end, pair)) = live.pop_front() {
+                    pair.into_iter().for_each(|p| a.free(p, end));
+                }
+            }
+            let pair = [a.alloc(now).unwrap(), a.alloc(now).unwrap()];
+            live.push_back((now + Duration::from_secs(1), pair));
+        }
+        assert!(
+            a.reused_early() > 0,
+            "the range is too small for 30 s of rest"
+        );
     }
 }

@@ -31,7 +31,7 @@ use nix::sys::socket::{
 use crate::kernel::{Forwarded, KernelPath, Route};
 
 mod kernel_routes;
-use crate::latch::{decide, LatchPolicy, LatchState, Verdict};
+use crate::latch::{LatchPolicy, LatchState, Verdict};
 use crate::rtcp::{ntp_middle_from, pick_block, rtt_ms, validate_compound};
 use crate::rtp::{looks_like_rtcp, parse_header, SeqTracker, SsrcHistory};
 use crate::{PacketStats, StreamStats};
@@ -197,6 +197,9 @@ pub(crate) struct WorkerTotals {
     pub(crate) kernel: AtomicU64,
     pub(crate) bytes: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// Commands applied so far: the control side numbers the commands it sends, so it
+    /// knows when the sockets a command closes are closed.
+    pub(crate) applied: AtomicU64,
 }
 
 /// What the control side knows about the party sending to one side of a stream.
@@ -297,11 +300,14 @@ struct Sock {
     latch: LatchState,
     /// The socket's own IPv4 address, for kernel routes (IPv6 media stays in user space).
     local: Option<SocketAddrV4>,
+    /// `V4` or `V6`: which receive headers the socket is read with.
+    family: usize,
 }
 
 impl Sock {
     fn new(socket: std::net::UdpSocket) -> Sock {
-        let local = match socket.local_addr() {
+        let addr = socket.local_addr();
+        let local = match addr {
             Ok(SocketAddr::V4(a)) => Some(a),
             _ => None,
         };
@@ -309,9 +315,22 @@ impl Sock {
             socket,
             latch: LatchState::default(),
             local,
+            family: if matches!(addr, Ok(SocketAddr::V6(_))) {
+                V6
+            } else {
+                V4
+            },
         }
     }
 }
+
+/// Indices of the receive headers by address family. nix's `recvmmsg` leaves each header's
+/// address length as the kernel set it on the previous call, and the kernel truncates a
+/// source address to that length: after an IPv4 packet (16 bytes) an IPv6 source (28) in
+/// the same header would come back cut, a wrong address latched. Each family keeps headers
+/// of its own, whose length never shrinks below its addresses.
+const V4: usize = 0;
+const V6: usize = 1;
 
 /// A route this side's RTP has in the kernel, and the counts last folded from it.
 #[derive(Clone, Copy)]
@@ -369,14 +388,16 @@ impl Side {
             .store(r.rtt_us.unwrap_or(NONE_U64), Ordering::Relaxed);
     }
 
-    fn apply(&mut self, peer: &PeerSpec) {
+    /// Applies a signal about this party at `now_ms` (worker clock), opening a learning
+    /// window of `window_ms`.
+    fn apply(&mut self, peer: &PeerSpec, now_ms: u64, window_ms: u64) {
         self.mux = peer.mux;
         self.policy = peer.policy;
         let (rtp, rtcp) = (peer.rtp, peer.rtcp);
-        for (comp, advertised) in [(RTP, rtp), (RTCP, rtcp)] {
+        for (comp, expected) in [(RTP, rtp), (RTCP, rtcp)] {
             let latch = &mut self.socks[comp].latch;
             let before = latch.latched;
-            latch.readvertise(advertised, &peer.policy);
+            latch.signal(expected, &peer.policy, now_ms, window_ms);
             if latch.latched != before {
                 self.shared.set_latched(comp, latch.latched);
             }
@@ -407,13 +428,16 @@ pub(crate) struct Worker {
     by_id: HashMap<u64, usize>,
     bufs: Vec<Vec<u8>>,
     meta: Vec<Meta>,
-    recv_hdrs: MultiHeaders<SockaddrStorage>,
+    /// By family of the socket read: `[V4]`, `[V6]`.
+    recv_hdrs: [MultiHeaders<SockaddrStorage>; 2],
     send_hdrs: MultiHeaders<SockaddrStorage>,
     out: [Vec<(usize, SocketAddr)>; 2],
     totals: Arc<WorkerTotals>,
     tally: Tally,
     epoch: Instant,
     name: String,
+    /// How long after a signal an unconfirmed source stays a candidate (ms).
+    learning_window_ms: u64,
     /// The kernel fast path, when the relay runs with one.
     kernel: Option<KernelLink>,
 }
@@ -441,8 +465,15 @@ fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(a) = addr.as_sockaddr_in() {
         return Some(SocketAddr::V4(SocketAddrV4::from(*a)));
     }
+    // The flow label is per packet, not part of where the party is.
     addr.as_sockaddr_in6()
-        .map(|a| SocketAddr::V6(SocketAddrV6::from(*a)))
+        .map(|a| SocketAddr::V6(SocketAddrV6::new(a.ip(), a.port(), 0, a.scope_id())))
+}
+
+/// A packet stamp: `elapsed` since the relay epoch in milliseconds, plus one so that 0 can
+/// mean "never".
+fn stamp(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX - 1) + 1
 }
 
 fn split_pair<T>(pair: &mut [T; 2], first: usize) -> (&mut T, &mut T) {
@@ -474,15 +505,31 @@ impl Worker {
             by_id: HashMap::new(),
             bufs: (0..batch).map(|_| vec![0u8; BUF_SIZE]).collect(),
             meta: Vec::with_capacity(batch),
-            recv_hdrs: MultiHeaders::preallocate(batch, None),
+            recv_hdrs: [
+                MultiHeaders::preallocate(batch, None),
+                MultiHeaders::preallocate(batch, None),
+            ],
             send_hdrs: MultiHeaders::preallocate(batch, None),
             out: [Vec::with_capacity(batch), Vec::with_capacity(batch)],
             totals,
             tally: Tally::default(),
             epoch,
             name,
+            learning_window_ms: crate::latch::LEARNING_WINDOW_MS,
             kernel: None,
         }
+    }
+
+    /// Sets the endpoint-learning window.
+    pub(crate) fn with_learning_window(mut self, ms: u64) -> Self {
+        self.learning_window_ms = ms;
+        self
+    }
+
+    /// The worker's clock: milliseconds since the relay epoch, plus one so that 0 can mean
+    /// "never" in the published counters.
+    fn now_ms(&self) -> u64 {
+        stamp(self.epoch.elapsed())
     }
 
     /// Hands latched RTP to the kernel fast path.
@@ -544,6 +591,7 @@ impl Worker {
                 Ok(cmd) => {
                     self.apply(cmd);
                     self.publish_totals();
+                    self.totals.applied.fetch_add(1, Ordering::Release);
                 }
                 Err(TryRecvError::Empty) => return true,
             }
@@ -560,12 +608,13 @@ impl Worker {
             } => self.add(id, *sockets, peers, shared),
             Command::Update { id, side, peer } => {
                 let slot = self.by_id.get(&id).copied();
+                let (now_ms, window_ms) = (self.now_ms(), self.learning_window_ms);
                 if let Some(stream) = slot
                     .and_then(|s| self.streams.get_mut(s))
                     .and_then(Option::as_mut)
                 {
                     if let Some(side) = stream.sides.get_mut(side) {
-                        side.apply(&peer);
+                        side.apply(&peer, now_ms, window_ms);
                     }
                 }
                 if let Some(slot) = slot {
@@ -600,6 +649,7 @@ impl Worker {
         shared: [Arc<SideShared>; 2],
     ) {
         let slot = self.free_slots.pop().unwrap_or(self.streams.len());
+        let (now_ms, window_ms) = (self.now_ms(), self.learning_window_ms);
         let [[o_rtp, o_rtcp], [a_rtp, a_rtcp]] = sockets;
         let [o_shared, a_shared] = shared;
         let make_side = |rtp: std::net::UdpSocket,
@@ -629,7 +679,7 @@ impl Worker {
                 shared,
                 kernel: None,
             };
-            s.apply(&peers[side]);
+            s.apply(&peers[side], now_ms, window_ms);
             s
         };
         let o = make_side(o_rtp, o_rtcp, 0, o_shared);
@@ -703,7 +753,8 @@ impl Worker {
         let Some(Some(stream)) = self.streams.get_mut(slot) else {
             return false;
         };
-        let fd = stream.sides[side_idx].socks[comp].socket.as_raw_fd();
+        let sock = &stream.sides[side_idx].socks[comp];
+        let (fd, family) = (sock.socket.as_raw_fd(), sock.family);
 
         // Receive.
         self.meta.clear();
@@ -715,7 +766,7 @@ impl Worker {
                 .collect();
             let res = recvmmsg(
                 fd,
-                &mut self.recv_hdrs,
+                &mut self.recv_hdrs[family],
                 iovs.iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
                 None,
@@ -747,7 +798,7 @@ impl Worker {
 
         // Decide, account and route.
         let elapsed = self.epoch.elapsed();
-        let now_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let now_ms = stamp(elapsed);
         // +1 s so the relay's own "NTP" clock never reads 0 (0 means "no SR" in LSR).
         let now_mid = ntp_middle_from(elapsed + Duration::from_secs(1));
         let (side, other) = split_pair(&mut stream.sides, side_idx);
@@ -773,18 +824,19 @@ impl Worker {
                 dropped += 1;
                 continue;
             }
-            match decide(&side.socks[comp].latch, &side.policy, source) {
-                Verdict::Drop(reason) => {
-                    tracing::trace!(worker = %self.name, %source, ?reason, "media packet dropped");
-                    count.errors += 1;
-                    dropped += 1;
-                    continue;
-                }
-                Verdict::Accept { latch: Some(addr) } => {
-                    side.socks[comp].latch.latched = Some(addr);
-                    side.shared.set_latched(comp, Some(addr));
-                }
-                Verdict::Accept { latch: None } => {}
+            let latch = &mut side.socks[comp].latch;
+            let before = latch.latched;
+            let verdict = latch.on_packet(&side.policy, source, now_ms);
+            if latch.latched != before {
+                tracing::debug!(worker = %self.name, from = ?before, to = ?latch.latched,
+                    "media source latched");
+                side.shared.set_latched(comp, latch.latched);
+            }
+            if let Verdict::Drop(reason) = verdict {
+                tracing::trace!(worker = %self.name, %source, ?reason, "media packet dropped");
+                count.errors += 1;
+                dropped += 1;
+                continue;
             }
             count.packets += 1;
             count.bytes += m.len as u64;

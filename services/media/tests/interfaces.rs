@@ -96,7 +96,7 @@ fn direction_anchors_each_party_on_its_interface() {
     flows(1, &o, sa(INTERNAL, to_o_side), &a, sa(EXTERNAL, to_a_side));
     flows(2, &a, sa(EXTERNAL, to_a_side), &o, sa(INTERNAL, to_o_side));
 
-    let q = relay.query("c1").unwrap();
+    let q = relay.query("c1", now()).unwrap();
     let st = &q.streams[0];
     assert_eq!(st.offerer.interface, "internal");
     assert_eq!(st.offerer.local_address, Some(ip(INTERNAL)));
@@ -124,7 +124,7 @@ fn without_direction_both_parties_get_the_first_interface() {
     assert!(bound_on(INTERNAL, to_a_side) && bound_on(INTERNAL, to_o_side));
     flows(1, &o, sa(INTERNAL, to_o_side), &a, sa(INTERNAL, to_a_side));
     flows(2, &a, sa(INTERNAL, to_a_side), &o, sa(INTERNAL, to_o_side));
-    let q = relay.query("c2").unwrap();
+    let q = relay.query("c2", now()).unwrap();
     assert_eq!(q.streams[0].offerer.interface, "internal");
     assert_eq!(q.streams[0].answerer.interface, "internal");
     relay.shutdown();
@@ -140,13 +140,14 @@ fn an_unknown_interface_is_an_error_and_changes_nothing() {
             FROM_TAG,
             &audio(INTERNAL, port(&o)),
             &direction("internal", "dmz"),
+            now(),
         )
         .unwrap_err();
     assert!(
         matches!(e, MediaError::UnknownInterface(ref n) if n == "dmz"),
         "{e}"
     );
-    assert!(relay.query("c3").is_none(), "no session left behind");
+    assert!(relay.query("c3", now()).is_none(), "no session left behind");
     assert_eq!(relay.totals().ports_in_use, 0);
 
     // On a re-offer too, before anything changes.
@@ -156,21 +157,28 @@ fn an_unknown_interface_is_an_error_and_changes_nothing() {
         &audio(INTERNAL, port(&o)),
         &direction("internal", "external"),
     );
-    let before = relay.query("c3").unwrap().streams;
+    let before = relay.query("c3", now()).unwrap().streams;
     let flags = Flags {
         direction: [None, Some("nowhere".into())],
         ..Flags::default()
     };
     assert!(matches!(
-        relay.offer("c3", FROM_TAG, &audio(INTERNAL, port(&o)), &flags),
+        relay.offer("c3", FROM_TAG, &audio(INTERNAL, port(&o)), &flags, now()),
         Err(MediaError::UnknownInterface(_))
     ));
-    let after = relay.query("c3").unwrap().streams;
+    let after = relay.query("c3", now()).unwrap().streams;
     assert_eq!(after[0].answerer.local_port, before[0].answerer.local_port);
     assert_eq!(relay_addr(&offer).0, ip(EXTERNAL_PUBLIC));
     // And in an answer, although an answer does not move anyone.
     assert!(matches!(
-        relay.answer("c3", FROM_TAG, TO_TAG, &audio(EXTERNAL, 4000), &flags),
+        relay.answer(
+            "c3",
+            FROM_TAG,
+            TO_TAG,
+            &audio(EXTERNAL, 4000),
+            &flags,
+            now()
+        ),
         Err(MediaError::UnknownInterface(_))
     ));
     relay.shutdown();
@@ -194,7 +202,13 @@ fn re_offers_keep_each_party_on_its_interface_unless_told_otherwise() {
     let re = offered(&relay, "c4", &audio(INTERNAL, port(&o)), &Flags::default());
     assert_eq!(relay_addr(&re), (ip(EXTERNAL_PUBLIC), to_a_side));
     let re = relay
-        .offer("c4", TO_TAG, &audio(EXTERNAL, port(&a)), &Flags::default())
+        .offer(
+            "c4",
+            TO_TAG,
+            &audio(EXTERNAL, port(&a)),
+            &Flags::default(),
+            now(),
+        )
         .unwrap();
     assert_eq!(relay_addr(&re), (ip(INTERNAL), to_o_side));
     let re_answer = relay
@@ -204,6 +218,7 @@ fn re_offers_keep_each_party_on_its_interface_unless_told_otherwise() {
             FROM_TAG,
             &audio(INTERNAL, port(&o)),
             &Flags::default(),
+            now(),
         )
         .unwrap();
     assert_eq!(relay_addr(&re_answer), (ip(EXTERNAL_PUBLIC), to_a_side));
@@ -224,7 +239,7 @@ fn re_offers_keep_each_party_on_its_interface_unless_told_otherwise() {
     let (adv, new_to_o_side) = relay_addr(&answer);
     assert_eq!(adv, ip(EXTERNAL_PUBLIC));
     assert!(bound_on(EXTERNAL, new_to_o_side) && bound_on(INTERNAL, new_to_a_side));
-    let q = relay.query("c4").unwrap();
+    let q = relay.query("c4", now()).unwrap();
     assert_eq!(q.streams[0].offerer.interface, "external");
     assert_eq!(q.streams[0].answerer.interface, "internal");
     // Wherever the kernel routes it: loopback reaches 127.0.0.2 from 127.0.0.1 sockets.
@@ -271,6 +286,10 @@ fn one_name_with_an_address_per_family() {
     assert_eq!(adv, ip(INTERNAL));
     flows(1, &o, sa(INTERNAL, to_o_side), &a, sa("::1", to_a_side));
     flows(2, &a, sa("::1", to_a_side), &o, sa(INTERNAL, to_o_side));
+    // The IPv6 party is latched at its own address: its source, read by a worker that had
+    // just read IPv4 sources, comes back whole.
+    let s = relay.query("c5", now()).unwrap();
+    assert_eq!(s.streams[0].answerer.latched, Some(a.local_addr().unwrap()));
 
     // Without `address family`, an IPv4 offer gets the name's IPv4 address.
     let offer = offered(

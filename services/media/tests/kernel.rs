@@ -134,7 +134,7 @@ fn media_handover_moves_the_kernel_route_to_the_new_source() {
         send_through("new source again", &moved, to(ro), &a, &rtp(seq + 1, b"m"));
     }
     assert!(stays_quiet(&o), "nothing may go to the old address");
-    let s = relay.query("k3").unwrap();
+    let s = relay.query("k3", now()).unwrap();
     assert_eq!(
         s.streams[0].offerer.latched,
         Some(moved.local_addr().unwrap())
@@ -154,6 +154,7 @@ fn a_re_offer_with_a_new_address_re_latches() {
             TO_TAG,
             &audio(LOCALHOST, port(&a2)),
             &Flags::default(),
+            now(),
         )
         .unwrap();
     assert_eq!(anchors(&again)[0].port, ro);
@@ -164,6 +165,7 @@ fn a_re_offer_with_a_new_address_re_latches() {
             FROM_TAG,
             &audio(LOCALHOST, port(&o)),
             &Flags::default(),
+            now(),
         )
         .unwrap();
     send_through("to the new address", &o, to(ro), &a2, &rtp(6, b"new"));
@@ -178,7 +180,7 @@ fn a_deleted_call_leaves_no_route_behind() {
     let (o, a) = (endpoint(), endpoint());
     let (ro, ra) = audio_call(&relay, "k5", &o, &a, &Flags::default());
     talk(&o, ro, &a, ra, 1, 5);
-    let stats = relay.delete("k5", None, None).unwrap();
+    let stats = relay.delete("k5", None, None, now()).unwrap();
     assert_eq!(
         stats.streams[0].offerer.rtp.packets, 5,
         "final stats include the kernel's"
@@ -194,16 +196,20 @@ fn kernel_traffic_keeps_the_call_alive_and_silence_times_it_out() {
     };
     let (o, a) = (endpoint(), endpoint());
     let (ro, ra) = audio_call(&relay, "k6", &o, &a, &Flags::default());
+    relay.established("k6", now()).unwrap();
     // 3 s of kernel-relayed RTP, twice the timeout: no timeout may be reported.
     for seq in 1..=60 {
         send_through("o to a", &o, to(ro), &a, &rtp(seq, b"o"));
         send_through("a to o", &a, to(ra), &o, &rtp(seq, b"a"));
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(relay.take_timeouts().is_empty(), "media flowed all along");
+    assert!(
+        relay.take_timeouts(now()).is_empty(),
+        "media flowed all along"
+    );
     // Then silence: reported once the timeout passes.
     let t = wait_for("the timeout", || {
-        let t = relay.take_timeouts();
+        let t = relay.take_timeouts(now());
         (!t.is_empty()).then_some(t)
     });
     assert_eq!(t[0].call_id, "k6");

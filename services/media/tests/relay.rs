@@ -8,7 +8,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::*;
-use trunkline_media::{Flags, MediaConfig, MediaError, Relay, TimedOut};
+use trunkline_media::{AddressPolicy, Flags, MediaConfig, MediaError, Relay};
 
 /// A relay on window `window` of [`RELAY_RS`], with two forwarding threads.
 fn relay(window: u16, pairs: u16) -> Relay {
@@ -93,9 +93,11 @@ fn rtp_loss_is_counted_from_sequence_numbers() {
     });
 }
 
+/// A party that does not send from its signalled address is latched where it really sends
+/// from once the learning window is over (here: at once, the window set to zero).
 #[test]
 fn nat_latching_sends_back_to_the_real_source() {
-    let relay = relay(2, 20);
+    let relay = relay_with(2, 20, |c| c.learning_window = Duration::ZERO);
     let (o, a) = (endpoint(), endpoint());
     // The offerer advertises a documentation address it does not really send from.
     let (ro, ra) = offer_answer(
@@ -114,7 +116,7 @@ fn nat_latching_sends_back_to_the_real_source() {
         &o,
         &rtp(1, b"back"),
     );
-    let s = relay.query("nat").unwrap();
+    let s = relay.query("nat", now()).unwrap();
     assert_eq!(s.streams[0].offerer.latched, Some(o.local_addr().unwrap()));
 }
 
@@ -151,7 +153,7 @@ fn media_handover_relatches_to_the_new_source() {
     send_through("first source", &o, to(ro), &a, &rtp(1, b"one"));
     send_through("new source accepted", &moved, to(ro), &a, &rtp(2, b"two"));
     send_through("return path follows", &a, to(ra), &moved, &rtp(1, b"back"));
-    let s = relay.query("handover").unwrap();
+    let s = relay.query("handover", now()).unwrap();
     assert_eq!(
         s.streams[0].offerer.latched,
         Some(moved.local_addr().unwrap())
@@ -190,7 +192,9 @@ fn asymmetric_sends_to_the_advertised_address() {
     );
     assert!(stays_quiet(&actual));
     assert_eq!(
-        relay.query("asym").unwrap().streams[0].offerer.latched,
+        relay.query("asym", now()).unwrap().streams[0]
+            .offerer
+            .latched,
         None
     );
 }
@@ -319,90 +323,71 @@ fn demux_gives_the_answerer_separate_rtcp() {
     send_through("muxed again", &a_rtcp, to(ra.rtcp_port), &o, &rr);
 }
 
-/// The next non-empty batch of `relay`'s timeouts.
-fn next_timeouts(relay: &Relay, what: &str) -> Vec<TimedOut> {
-    wait_for(what, || {
-        let t = relay.take_timeouts();
-        (!t.is_empty()).then_some(t)
-    })
-}
-
+/// Ports are never held back by their rest: with every pair in use an offer is refused,
+/// but once a call is deleted the next one gets its ports at once (counted as reused early,
+/// they rested less than the configured 60 s).
 #[test]
-fn inactivity_timeout_is_reported_once() {
-    let relay = relay_with(10, 20, |c| c.timeout = Duration::from_millis(300));
-    let (o, a) = (endpoint(), endpoint());
-    audio_call(&relay, "idle", &o, &a, &Flags::default());
-    assert!(relay.take_timeouts().is_empty());
-    let t = next_timeouts(&relay, "timeout");
-    assert_eq!(t.len(), 1);
-    assert_eq!(t[0].call_id, "idle");
-    assert!(t[0].idle >= Duration::from_millis(300));
-    assert!(relay.take_timeouts().is_empty(), "reported once");
-    assert_eq!(relay.totals().timeouts, 1);
-    assert!(relay.query("idle").is_some(), "not deleted");
-}
-
-#[test]
-fn media_activity_defers_the_timeout() {
-    let relay = relay_with(11, 20, |c| c.timeout = Duration::from_millis(300));
-    let (o, a) = (endpoint(), endpoint());
-    let (ro, _) = audio_call(&relay, "busy", &o, &a, &Flags::default());
-    let t = next_timeouts(&relay, "first timeout");
-    assert_eq!(t[0].call_id, "busy");
-    send_through("new media", &o, to(ro), &a, &rtp(1, b"x"));
-    // After new media, the session can time out (and be reported) again.
-    let t = next_timeouts(&relay, "second timeout");
-    assert_eq!(t[0].call_id, "busy");
-}
-
-#[test]
-fn deleted_ports_rest_and_exhaustion_is_no_ports() {
+fn exhaustion_is_no_ports_and_freed_ports_serve_the_next_call_at_once() {
     // 4 pairs: two calls with one stream each (2 pairs per stream).
     let relay = relay(12, 4);
     let body = audio(LOCALHOST, 5000);
-    let first = offered(&relay, "c1", &body, &Flags::default());
+    let first = anchors(&offered(&relay, "c1", &body, &Flags::default()))[0].port;
     offered(&relay, "c2", &body, &Flags::default());
     let err = relay
-        .offer("c3", FROM_TAG, &body, &Flags::default())
+        .offer("c3", FROM_TAG, &body, &Flags::default(), now())
         .unwrap_err();
     assert!(matches!(err, MediaError::NoPorts), "{err}");
     assert!(
-        relay.query("c3").is_none(),
+        relay.query("c3", now()).is_none(),
         "a failed offer leaves no session"
     );
-    let stats = relay.delete("c1", None, None).unwrap();
+    let stats = relay.delete("c1", None, None, now()).unwrap();
     assert_eq!(stats.call_id, "c1");
+    // Freed once the worker has closed their sockets (it does so at once).
+    let t = wait_for("c1's sockets closed", || {
+        let t = relay.totals();
+        (t.ports_in_use == 4).then_some(t)
+    });
+    assert_eq!(t.ports_resting, 4);
+    let reused = anchors(&offered(&relay, "c3", &body, &Flags::default()))[0].port;
+    assert!(
+        reused == first || reused == first + 2,
+        "c3 gets c1's ports ({first}/{}), got {reused}",
+        first + 2
+    );
     let t = relay.totals();
-    assert_eq!((t.ports_in_use, t.ports_resting), (4, 4));
-    // Freed ports rest: still nothing to hand out.
+    assert_eq!(
+        (t.ports_in_use, t.ports_resting, t.ports_reused_early),
+        (8, 0, 4)
+    );
     assert!(matches!(
-        relay.offer("c3", FROM_TAG, &body, &Flags::default()),
-        Err(MediaError::NoPorts)
-    ));
-    assert!(matches!(
-        relay.delete("c1", None, None),
+        relay.delete("c1", None, None, now()),
         Err(MediaError::UnknownCall(_))
     ));
-    let _ = first;
 }
 
+/// Freed pairs are reused least recently freed first: a never-used pair before any freed
+/// one, then the pairs freed longest ago.
 #[test]
-fn reallocation_within_rest_uses_other_ports_and_rested_ports_come_back() {
-    let relay = relay_with(13, 4, |c| c.port_rest = Duration::from_millis(200));
+fn ports_are_reused_least_recently_freed_first() {
+    // One worker: it closes the calls' sockets in the order they were deleted.
+    let relay = start_relay(RELAY_RS, 13, 6, 1, |_| {});
     let body = audio(LOCALHOST, 5000);
-    let a = anchors(&offered(&relay, "r1", &body, &Flags::default()))[0].port;
-    relay.delete("r1", Some(FROM_TAG), None).unwrap();
-    let b = anchors(&offered(&relay, "r2", &body, &Flags::default()))[0].port;
-    assert_ne!(a, b);
-    relay.delete("r2", None, None).unwrap();
-    // Once rested, the range is usable again (both calls' ports).
-    let c = wait_for("rested ports", || {
-        relay
-            .offer("r3", FROM_TAG, &body, &Flags::default())
-            .ok()
-            .map(|sdp| anchors(&sdp)[0].port)
+    // The port the answerer sends to (a call's second pair: the first is the offerer's).
+    let port_of = |call: &str| anchors(&offered(&relay, call, &body, &Flags::default()))[0].port;
+    let r1 = port_of("r1");
+    let r2 = port_of("r2");
+    relay.delete("r1", Some(FROM_TAG), None, now()).unwrap();
+    relay.delete("r2", None, None, now()).unwrap();
+    wait_for("the deleted calls' sockets closed", || {
+        (relay.totals().ports_in_use == 0).then_some(())
     });
-    assert!(c == a || c == b);
+    // The two pairs never used yet come first ...
+    let r3 = port_of("r3");
+    assert!(![r1, r1 - 2, r2, r2 - 2].contains(&r3), "{r3}");
+    // ... then r1's pairs (freed before r2's), then r2's.
+    assert_eq!(port_of("r4"), r1);
+    assert_eq!(port_of("r5"), r2);
 }
 
 #[test]
@@ -425,6 +410,7 @@ fn re_offer_keeps_ports_from_either_side() {
             TO_TAG,
             &audio(LOCALHOST, port(&a)),
             &Flags::default(),
+            now(),
         )
         .unwrap();
     assert_eq!(anchors(&from_b)[0].port, ro);
@@ -435,6 +421,7 @@ fn re_offer_keeps_ports_from_either_side() {
             FROM_TAG,
             &audio(LOCALHOST, port(&o)),
             &Flags::default(),
+            now(),
         )
         .unwrap();
     assert_eq!(anchors(&answer)[0].port, ra);
@@ -448,12 +435,20 @@ fn re_offer_keeps_ports_from_either_side() {
             "reinvite",
             "stranger",
             &audio(LOCALHOST, 1),
-            &Flags::default()
+            &Flags::default(),
+            now()
         ),
         Err(MediaError::UnknownTag(_))
     ));
     assert!(matches!(
-        relay.answer("nope", "f", "t", &audio(LOCALHOST, 1), &Flags::default()),
+        relay.answer(
+            "nope",
+            "f",
+            "t",
+            &audio(LOCALHOST, 1),
+            &Flags::default(),
+            now()
+        ),
         Err(MediaError::UnknownCall(_))
     ));
 }
@@ -495,7 +490,7 @@ fn audio_and_video_relay_separately_and_port_zero_frees() {
     ov.send_to(&rtp(1, b"video"), to(ro[1].port)).unwrap();
     assert_eq!(&recv(&aa).unwrap().0[12..], b"audio");
     assert_eq!(&recv(&av).unwrap().0[12..], b"video");
-    let s = relay.query("av").unwrap();
+    let s = relay.query("av", now()).unwrap();
     assert_eq!(s.streams[1].media, "video");
 
     // Re-offer turning video off: its ports are freed, audio keeps its ports.
@@ -503,13 +498,17 @@ fn audio_and_video_relay_separately_and_port_zero_frees() {
     let off_ports = anchors(&off);
     assert_eq!(off_ports[0].port, ra[0].port);
     assert_eq!(off_ports[1].port, 0);
-    assert_eq!(relay.totals().ports_in_use, 4);
-    assert_eq!(relay.query("av").unwrap().streams.len(), 1);
+    wait_for("video's sockets closed", || {
+        (relay.totals().ports_in_use == 4).then_some(())
+    });
+    assert_eq!(relay.query("av", now()).unwrap().streams.len(), 1);
 }
 
+/// A party on hold from the start (`c=0.0.0.0`) is never sent to before it sends; what it
+/// sends (music on hold) latches a return path once learnt (the window is zero here).
 #[test]
 fn hold_with_zero_address_never_sends_to_it() {
-    let relay = relay(16, 20);
+    let relay = relay_with(16, 20, |c| c.learning_window = Duration::ZERO);
     let (o, a) = (endpoint(), endpoint());
     let (ro, ra) = offer_answer(
         &relay,
@@ -533,6 +532,7 @@ fn received_from_replaces_the_sdp_address_unless_trusted() {
     let relay = relay(17, 20);
     let (o, a) = (endpoint(), endpoint());
     let flags = Flags {
+        address: AddressPolicy::Source,
         received_from: Some(sa(LOCALHOST, 5060)),
         asymmetric: true,
         ..Flags::default()
@@ -567,20 +567,28 @@ fn metrics_are_registered_and_refreshed() {
     wait_for("relayed total", || {
         (relay.totals().packets_relayed == 1).then_some(())
     });
-    relay.delete("metrics", None, None).unwrap();
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    relay.delete("metrics", None, None, now()).unwrap();
+    // Refreshed on delete and once a second; the ports count as free once the worker closed
+    // their sockets, which the next refresh shows.
+    let text = wait_for("metrics after the delete", || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.contains("trunkline_media_ports_in_use 0")
+            .then_some(text)
+    });
     assert!(
         text.contains("trunkline_media_packets_total{result=\"relayed\"} 1"),
         "{text}"
     );
     assert!(text.contains("trunkline_media_sessions_active 0"), "{text}");
-    assert!(text.contains("trunkline_media_ports_in_use 0"), "{text}");
     assert!(text.contains("trunkline_media_bytes_total 13"), "{text}");
-    assert!(text.contains("trunkline_media_timeouts_total 0"), "{text}");
+    assert!(
+        text.contains("trunkline_media_timeouts_total{reason=\"timeout\"} 0"),
+        "{text}"
+    );
     relay.shutdown();
     assert!(matches!(
-        relay.offer("late", "f", &audio(LOCALHOST, 1), &Flags::default()),
+        relay.offer("late", "f", &audio(LOCALHOST, 1), &Flags::default(), now()),
         Err(MediaError::ShutDown)
     ));
 }
@@ -606,7 +614,12 @@ fn bursts_are_relayed_in_batches_intact_and_in_order() {
     stats_when(&relay, "burst", "counters", |s| {
         s.streams[0].offerer.rtp.packets == 300 && relay.totals().packets_relayed == 300
     });
-    assert_eq!(relay.query("burst").unwrap().streams[0].offerer.rtp_lost, 0);
+    assert_eq!(
+        relay.query("burst", now()).unwrap().streams[0]
+            .offerer
+            .rtp_lost,
+        0
+    );
 }
 
 #[test]
@@ -712,4 +725,82 @@ fn rtcp_stats_come_from_the_block_about_the_other_partys_media() {
     assert_eq!(s.streams[0].answerer.rtcp_jitter, Some(77));
     assert_eq!(s.streams[0].answerer.rtcp.packets, 2);
     assert_eq!(s.streams[0].offerer.ssrc, Some(0x1234_5678));
+}
+
+/// One SDP cannot take the port range: more m-lines than `max_streams` are refused whole,
+/// with nothing allocated and no session left behind.
+#[test]
+fn too_many_m_lines_are_refused_whole() {
+    let relay = relay_with(23, 20, |c| c.max_streams = 2);
+    let m = |kind| M {
+        kind,
+        port: 5000,
+        extra: "",
+    };
+    let three = sdp(LOCALHOST, &[m("audio"), m("video"), m("audio")]);
+    let err = relay
+        .offer("big", FROM_TAG, &three, &Flags::default(), now())
+        .unwrap_err();
+    assert!(
+        matches!(err, MediaError::TooManyStreams { count: 3, max: 2 }),
+        "{err}"
+    );
+    assert!(err.is_offer_fault(), "SIP answers it with 488");
+    assert!(relay.query("big", now()).is_none());
+    assert_eq!(relay.totals().ports_in_use, 0);
+    // Two are fine; an answer with three is refused too, and changes nothing.
+    let two = sdp(LOCALHOST, &[m("audio"), m("video")]);
+    offered(&relay, "ok", &two, &Flags::default());
+    assert!(matches!(
+        relay.answer("ok", FROM_TAG, TO_TAG, &three, &Flags::default(), now()),
+        Err(MediaError::TooManyStreams { .. })
+    ));
+    assert_eq!(
+        relay.query("ok", now()).unwrap().tags.len(),
+        1,
+        "not answered"
+    );
+}
+
+/// A call's ports are bounded: an offer (first or re-offer) that would make the call hold
+/// more than `max_ports_per_call` is refused and changes nothing; the call goes on.
+#[test]
+fn a_call_may_not_hold_more_ports_than_its_budget() {
+    // Two streams' worth: 2 x (RTP + RTCP) x 2 sides.
+    let relay = relay_with(24, 20, |c| c.max_ports_per_call = 8);
+    let (o, a) = (endpoint(), endpoint());
+    let m = |kind, port| M {
+        kind,
+        port,
+        extra: "",
+    };
+    let three = sdp(
+        LOCALHOST,
+        &[m("audio", 5000), m("video", 5002), m("audio", 5004)],
+    );
+    let err = relay
+        .offer("greedy", FROM_TAG, &three, &Flags::default(), now())
+        .unwrap_err();
+    assert!(
+        matches!(err, MediaError::TooManyPorts { needed: 12, max: 8 }),
+        "{err}"
+    );
+    assert!(err.is_offer_fault());
+    assert!(relay.query("greedy", now()).is_none());
+    assert_eq!(relay.totals().ports_in_use, 0);
+
+    let (ro, ra) = audio_call(&relay, "budget", &o, &a, &Flags::default());
+    // A re-offer adding two streams would need 12 ports.
+    let more = sdp(
+        LOCALHOST,
+        &[m("audio", port(&o)), m("video", 5002), m("audio", 5004)],
+    );
+    assert!(matches!(
+        relay.offer("budget", FROM_TAG, &more, &Flags::default(), now()),
+        Err(MediaError::TooManyPorts { needed: 12, max: 8 })
+    ));
+    assert_eq!(relay.query("budget", now()).unwrap().streams.len(), 1);
+    assert_eq!(relay.totals().ports_in_use, 4);
+    send_through("the call goes on", &o, to(ro), &a, &rtp(1, b"still"));
+    send_through("both ways", &a, to(ra), &o, &rtp(1, b"still"));
 }

@@ -3,9 +3,11 @@
 //! It takes rtpengine's command line (and `--config-file` with an `[rtpengine]` section), so an
 //! existing Kamailio/OpenSIPS deployment can swap the binary without touching its config.
 //! rtpengine options with no meaning here (redis, recording, CLI port…) are accepted and
-//! ignored with a warning rather than refused. `--table` keeps its meaning: ≥ 0 (the
-//! default) relays latched RTP in the kernel, here with an eBPF program instead of
-//! rtpengine's module, and -1 keeps all forwarding in user space.
+//! ignored with a warning rather than refused; `--help` lists them apart from the options
+//! that work. `--table` keeps its meaning: ≥ 0 (the default) relays latched RTP in the
+//! kernel, here with an eBPF program instead of rtpengine's module, and -1 keeps all
+//! forwarding in user space. The four timeouts and `--endpoint-learning` are rtpengine's,
+//! with rtpengine's defaults.
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
@@ -15,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use trunkline_media::ng::{Dispatcher, NgServer, ServerLimits};
 use trunkline_media::{
-    Interfaces, MediaConfig, MediaInterface, Relay, Scheduling, ThreadPolicy, DEFAULT_INTERFACE,
+    EndpointLearning, Interfaces, MediaConfig, MediaInterface, Relay, Scheduling, ThreadPolicy,
+    DEFAULT_INTERFACE,
 };
 
 /// rtpengine-compatible options. Short forms are rtpengine's.
@@ -39,15 +42,41 @@ struct Cli {
     /// Highest media port.
     #[arg(short = 'M', long = "port-max", default_value_t = 40000)]
     port_max: u16,
-    /// Seconds without media before a call is deleted.
+    /// Seconds without a packet on any active stream of an answered call before it is
+    /// deleted.
     #[arg(short = 'o', long = "timeout", default_value_t = 60)]
     timeout: u64,
-    /// Accepted for compatibility (no silence detection; `--timeout` applies).
-    #[arg(short = 's', long = "silent-timeout")]
-    silent_timeout: Option<u64>,
-    /// Seconds a deleted call's ports rest before reuse (rtpengine: delay before freeing).
+    /// The same for an answered call whose every stream is on hold or muted (sendonly,
+    /// recvonly, inactive, c=0.0.0.0); 0: never.
+    #[arg(short = 's', long = "silent-timeout", default_value_t = 3600)]
+    silent_timeout: u64,
+    /// Seconds after its last offer before a call never answered is deleted; 0: never.
+    #[arg(long = "offer-timeout", default_value_t = 3600)]
+    offer_timeout: u64,
+    /// Seconds after its creation before any call is deleted, whatever happens in it; 0
+    /// (the default): never.
+    #[arg(short = 'a', long = "final-timeout", default_value_t = 0)]
+    final_timeout: u64,
+    /// How parties' real sources are learnt when they differ from the SDP: delayed (wait
+    /// 3 s after each signal for the SDP address, then take the first source), heuristic
+    /// (after 3 s, the source most like the SDP address), immediate (no wait for the SDP
+    /// address's IP with another port), off (the SDP address only). Strangers are never
+    /// latched ahead of a party sending from its SDP address, in any mode.
+    #[arg(long = "endpoint-learning", default_value = "delayed")]
+    endpoint_learning: EndpointLearning,
+    /// Seconds freed ports should rest before another call gets them. Ports are reused
+    /// least recently freed first, so they rest as long as the range allows; this only
+    /// decides what counts as reused early. (rtpengine's delete delay keeps a deleted call
+    /// alive this long; here a delete is immediate.)
     #[arg(short = 'd', long = "delete-delay", default_value_t = 30)]
     delete_delay: u64,
+    /// Most m-lines per SDP; an offer or answer with more is refused (not in rtpengine).
+    #[arg(long = "max-streams", default_value_t = 16)]
+    max_streams: usize,
+    /// Most media ports one call may hold, 4 per anchored m-line; an offer needing more
+    /// is refused (not in rtpengine).
+    #[arg(long = "max-ports-per-call", default_value_t = 64)]
+    max_ports_per_call: usize,
     /// Forwarding threads (0: one per core).
     #[arg(long = "num-threads", default_value_t = 0)]
     num_threads: usize,
@@ -99,8 +128,6 @@ const IGNORED: &[(&str, Option<char>, bool)] = &[
     ("redis-write", Some('w'), true),
     ("no-redis-required", Some('q'), false),
     ("subscribe-keyspace", Some('k'), true),
-    ("final-timeout", Some('a'), true),
-    ("offer-timeout", None, true),
     ("listen-tcp", Some('l'), true),
     ("listen-udp", Some('u'), true),
     ("listen-http", None, true),
@@ -139,6 +166,22 @@ const IGNORED: &[(&str, Option<char>, bool)] = &[
     ("nftables-chain", None, true),
     ("nftables-base-chain", None, true),
 ];
+
+/// [`Cli`]'s command, with the rtpengine options it accepts and ignores listed after the
+/// options it honours, so `--help` says which is which.
+fn command() -> clap::Command {
+    let ignored = IGNORED
+        .iter()
+        .map(|(long, short, _)| match short {
+            Some(s) => format!("--{long} (-{s})"),
+            None => format!("--{long}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Cli::command().after_help(format!(
+        "Accepted for rtpengine compatibility and ignored (a warning is logged): {ignored}."
+    ))
+}
 
 /// Long names (as in the config file) of the options [`Cli`] understands.
 fn known_keys() -> Vec<String> {
@@ -265,6 +308,27 @@ impl Cli {
         Ok(list)
     }
 
+    /// The engine's settings from the options, on `interfaces`.
+    fn media_config(&self, interfaces: Vec<MediaInterface>) -> Result<MediaConfig, clap::Error> {
+        Ok(MediaConfig {
+            interfaces,
+            port_min: self.port_min,
+            port_max: self.port_max,
+            workers: self.num_threads,
+            timeout: Duration::from_secs(self.timeout.max(1)),
+            silent_timeout: secs_or_off(self.silent_timeout),
+            offer_timeout: secs_or_off(self.offer_timeout),
+            final_timeout: secs_or_off(self.final_timeout),
+            endpoint_learning: self.endpoint_learning,
+            max_streams: self.max_streams.max(1),
+            max_ports_per_call: self.max_ports_per_call.max(4),
+            port_rest: Duration::from_secs(self.delete_delay),
+            thread_policy: self.thread_policy()?,
+            kernel_forwarding: self.table.unwrap_or(0) >= 0,
+            ..MediaConfig::default()
+        })
+    }
+
     fn thread_policy(&self) -> Result<ThreadPolicy, clap::Error> {
         ThreadPolicy::new(self.scheduling.unwrap_or_default(), self.priority).map_err(|e| {
             Cli::command().error(
@@ -289,7 +353,7 @@ fn parse_cli(warnings: &mut Vec<String>) -> Result<Cli> {
 
 fn parse_cli_unchecked(warnings: &mut Vec<String>) -> Result<Cli> {
     let argv = strip_ignored(std::env::args().collect(), warnings);
-    let first = Cli::command().get_matches_from(argv.clone());
+    let first = command().get_matches_from(argv.clone());
     let Some(path) = first.get_one::<PathBuf>("config_file").cloned() else {
         return Ok(Cli::from_arg_matches(&first)?);
     };
@@ -303,9 +367,7 @@ fn parse_cli_unchecked(warnings: &mut Vec<String>) -> Result<Cli> {
     merged.extend(argv.first().cloned());
     merged.extend(extra);
     merged.extend(argv.into_iter().skip(1));
-    Ok(Cli::from_arg_matches(
-        &Cli::command().get_matches_from(merged),
-    )?)
+    Ok(Cli::from_arg_matches(&command().get_matches_from(merged))?)
 }
 
 /// rtpengine's legacy interface syntax: `IP`, `NAME/IP`, `IP!ADVERTISED`, `NAME/IP!ADVERTISED`
@@ -373,9 +435,6 @@ fn main() -> Result<()> {
     if !cli.listen_cli.is_empty() {
         tracing::warn!("--listen-cli ignored: no rtpengine CLI");
     }
-    if cli.silent_timeout.is_some() {
-        tracing::info!("--silent-timeout accepted; --timeout applies to all calls");
-    }
     let _ = (cli.foreground, cli.log_stderr);
     // Control work is light and the packet workers are threads of their own: one runtime
     // thread leaves the cores to forwarding.
@@ -405,17 +464,7 @@ async fn run(cli: Cli) -> Result<()> {
     if udp.is_empty() && tcp.is_empty() {
         bail!("nothing to listen on: give --listen-ng and/or --listen-tcp-ng");
     }
-    let config = MediaConfig {
-        interfaces,
-        port_min: cli.port_min,
-        port_max: cli.port_max,
-        workers: cli.num_threads,
-        timeout: Duration::from_secs(cli.timeout.max(1)),
-        port_rest: Duration::from_secs(cli.delete_delay),
-        thread_policy: cli.thread_policy()?,
-        kernel_forwarding: cli.table.unwrap_or(0) >= 0,
-        ..MediaConfig::default()
-    };
+    let config = cli.media_config(interfaces)?;
     let relay = Arc::new(Relay::start(config, None).context("starting the media relay")?);
     if relay.kernel_forwarding() {
         tracing::info!("latched RTP is relayed in the kernel (eBPF); --table -1 turns it off");
@@ -459,14 +508,21 @@ async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// rtpengine deletes calls whose media stopped; so do we, once a second.
+/// rtpengine's `0` for a timeout it can switch off.
+fn secs_or_off(secs: u64) -> Option<Duration> {
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// rtpengine deletes calls its timeouts catch; so do we, once a second.
 async fn timeout_loop(relay: Arc<Relay>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        for t in relay.take_timeouts() {
-            tracing::info!(call_id = %t.call_id, idle_s = t.idle.as_secs(), "media timeout; deleting call");
-            if let Err(e) = relay.delete(&t.call_id, None, None) {
+        let now = std::time::Instant::now();
+        for t in relay.take_timeouts(now) {
+            tracing::info!(call_id = %t.call_id, reason = %t.reason,
+                after_s = t.elapsed.as_secs(), "call timed out; deleting it");
+            if let Err(e) = relay.delete(&t.call_id, None, None, now) {
                 tracing::debug!(call_id = %t.call_id, error = %e, "timed-out call already gone");
             }
         }
@@ -601,6 +657,71 @@ mod tests {
             vec![iface("lo", "127.0.0.1", "127.0.0.1")]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn media_config_of(args: &[&str]) -> MediaConfig {
+        let cli = Cli::try_parse_from(args).expect("cli");
+        cli.media_config(Vec::new()).expect("config")
+    }
+
+    #[test]
+    fn timeouts_are_rtpengines_with_its_defaults() {
+        let c = media_config_of(&["x"]);
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert_eq!(c.silent_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.offer_timeout, Some(Duration::from_secs(3600)));
+        assert_eq!(c.final_timeout, None);
+        let c = media_config_of(&[
+            "x",
+            "-o",
+            "20",
+            "--silent-timeout=0",
+            "--offer-timeout",
+            "90",
+            "-a",
+            "7200",
+        ]);
+        assert_eq!(c.timeout, Duration::from_secs(20));
+        assert_eq!(c.silent_timeout, None, "0 switches it off");
+        assert_eq!(c.offer_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(c.final_timeout, Some(Duration::from_secs(7200)));
+        // No longer stripped as ignored: honoured.
+        let mut w = Vec::new();
+        let args: Vec<String> = ["x", "--final-timeout", "5", "--offer-timeout=6"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(strip_ignored(args.clone(), &mut w), args);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn endpoint_learning_and_limits_are_honoured() {
+        let c = media_config_of(&["x"]);
+        assert_eq!(c.endpoint_learning, EndpointLearning::Delayed);
+        assert_eq!((c.max_streams, c.max_ports_per_call), (16, 64));
+        for mode in ["delayed", "immediate", "off", "heuristic"] {
+            let c = media_config_of(&["x", "--endpoint-learning", mode]);
+            assert_eq!(c.endpoint_learning.as_str(), mode);
+        }
+        let c = media_config_of(&["x", "--max-streams=4", "--max-ports-per-call", "16"]);
+        assert_eq!((c.max_streams, c.max_ports_per_call), (4, 16));
+        let e =
+            Cli::try_parse_from(["x", "--endpoint-learning", "sometimes"]).expect_err("refused");
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn help_lists_what_is_ignored_apart() {
+        let help = command().render_help().to_string();
+        assert!(help.contains("--endpoint-learning"), "{help}");
+        assert!(help.contains("--final-timeout"), "{help}");
+        let (honoured, ignored) = help
+            .split_once("Accepted for rtpengine compatibility and ignored")
+            .expect("the ignored list");
+        assert!(ignored.contains("--redis (-r)") && ignored.contains("--tos (-T)"));
+        assert!(!ignored.contains("timeout"), "{ignored}");
+        assert!(!honoured.contains("--redis"));
     }
 
     #[test]

@@ -109,28 +109,12 @@ impl App {
         };
         let media = if config.media.enabled {
             let m = &config.media;
-            let relay = trunkline_media::Relay::start(
-                trunkline_media::MediaConfig {
-                    port_min: m.port_min,
-                    port_max: m.port_max,
-                    workers: if m.workers == 0 {
-                        std::thread::available_parallelism().map_or(1, usize::from)
-                    } else {
-                        m.workers
-                    },
-                    timeout: Duration::from_secs(m.timeout_secs),
-                    kernel_forwarding: m.kernel_forwarding,
-                    thread_policy: m
-                        .thread_policy()
-                        .context("invalid media.scheduling/media.priority")?,
-                    // The default interface first: legs the configuration names no
-                    // interface for get it.
-                    interfaces: m.relay_interfaces(),
-                    ..trunkline_media::MediaConfig::default()
-                },
-                Some(registry),
-            )
-            .context("cannot start the media relay ([media])")?;
+            let thread_policy = m
+                .thread_policy()
+                .context("invalid media.scheduling/media.priority")?;
+            let relay =
+                trunkline_media::Relay::start(m.relay_config(thread_policy), Some(registry))
+                    .context("cannot start the media relay ([media])")?;
             Some(
                 trunkline_call::media::spawn(relay)
                     .await

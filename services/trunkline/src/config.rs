@@ -20,7 +20,8 @@ use figment::providers::{Env, Format as _, Serialized, Toml};
 use figment::{Figment, Source};
 use serde::{Deserialize, Serialize};
 use trunkline_media::{
-    MediaInterface, Scheduling, ThreadPolicy, ThreadPolicyError, DEFAULT_INTERFACE,
+    EndpointLearning, MediaConfig, MediaInterface, Scheduling, ThreadPolicy, ThreadPolicyError,
+    DEFAULT_INTERFACE,
 };
 use trunkline_sip::Host;
 use trunkline_transport::{ListenerConfig, TransportConfig};
@@ -71,11 +72,30 @@ pub struct MediaSection {
     /// Address written into rewritten SDP; defaults to `bind`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<IpAddr>,
-    /// RTP port range (even ports carry RTP, the next odd one RTCP).
+    /// RTP port range (even ports carry RTP, the next odd one RTCP). An audio call holds
+    /// four ports (an RTP/RTCP pair toward each leg); ports are reused least recently freed
+    /// first, so the range bounds concurrent calls, not the call rate.
     pub port_min: u16,
     pub port_max: u16,
-    /// A call with no RTP for this long is hung up with BYE on both legs.
+    /// An answered call whose active streams carry no packet for this long is hung up with
+    /// BYE on both legs (rtpengine's `--timeout`). Never while the callee rings.
     pub timeout_secs: u64,
+    /// The same for an answered call whose every stream is on hold or muted (rtpengine's
+    /// `--silent-timeout`); 0: never.
+    pub silent_timeout_secs: u64,
+    /// Any call this long after it started is hung up, whatever happens in it (rtpengine's
+    /// `--final-timeout`); 0: never.
+    pub final_timeout_secs: u64,
+    /// How a party's real source is learnt when it is not where signalling said (behind
+    /// NAT): rtpengine's `--endpoint-learning`, `delayed`, `heuristic`, `immediate` or `off`.
+    /// In every mode a stranger never takes a call's media from a party that sends from its
+    /// signalled address (RTP Bleed).
+    pub endpoint_learning: EndpointLearning,
+    /// Most m-lines one SDP may carry; more is answered 488.
+    pub max_streams: usize,
+    /// Most media ports one call may hold (4 per anchored m-line); an offer needing more is
+    /// answered 488.
+    pub max_ports_per_call: usize,
     /// Forwarding threads; 0 means one per core.
     pub workers: usize,
     /// Scheduling policy the forwarding threads give themselves, named as rtpengine's
@@ -126,6 +146,29 @@ impl MediaSection {
         ThreadPolicy::new(self.scheduling, self.priority)
     }
 
+    /// The relay's settings from this section (workers: `0` is one per core); `thread_policy`
+    /// is [`MediaSection::thread_policy`], checked by the caller.
+    pub fn relay_config(&self, thread_policy: ThreadPolicy) -> MediaConfig {
+        let off_if_zero = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+        MediaConfig {
+            port_min: self.port_min,
+            port_max: self.port_max,
+            workers: self.workers,
+            timeout: Duration::from_secs(self.timeout_secs),
+            silent_timeout: off_if_zero(self.silent_timeout_secs),
+            final_timeout: off_if_zero(self.final_timeout_secs),
+            endpoint_learning: self.endpoint_learning,
+            max_streams: self.max_streams,
+            max_ports_per_call: self.max_ports_per_call,
+            kernel_forwarding: self.kernel_forwarding,
+            thread_policy,
+            // The default interface first: legs the configuration names no interface for
+            // get it.
+            interfaces: self.relay_interfaces(),
+            ..MediaConfig::default()
+        }
+    }
+
     /// The relay's interfaces: the default one (`bind`/`advertise`, named
     /// [`DEFAULT_INTERFACE`]) first, because the relay gives the first to every leg no
     /// name was chosen for; then `[[media.interfaces]]` in order.
@@ -168,6 +211,11 @@ impl Default for MediaSection {
             port_min: 30000,
             port_max: 39999,
             timeout_secs: 60,
+            silent_timeout_secs: 3600,
+            final_timeout_secs: 0,
+            endpoint_learning: EndpointLearning::Delayed,
+            max_streams: 16,
+            max_ports_per_call: 64,
             workers: 0,
             scheduling: Scheduling::Default,
             priority: None,
@@ -808,6 +856,15 @@ impl Config {
         if m.timeout_secs == 0 {
             problems.push("media.timeout_secs", "must be at least 1");
         }
+        if m.max_streams == 0 {
+            problems.push("media.max_streams", "must be at least 1");
+        }
+        if m.max_ports_per_call < 4 {
+            problems.push(
+                "media.max_ports_per_call",
+                "must be at least 4 (one audio stream: an RTP/RTCP pair toward each leg)",
+            );
+        }
         if let Err(e) = m.thread_policy() {
             problems.push("media.priority", e.to_string());
         }
@@ -1433,6 +1490,51 @@ default_trunk = "b"
             assert_eq!(
                 config.sip.advertise_ip(),
                 Some("192.0.2.10".parse().unwrap())
+            );
+        });
+    }
+
+    #[test]
+    fn media_learning_timeouts_and_limits() {
+        // Defaults: rtpengine's, and the relay gets them.
+        load_in_jail(&[], None, |result, _| {
+            let media = result.unwrap().media;
+            assert_eq!(media.endpoint_learning, EndpointLearning::Delayed);
+            let c = media.relay_config(ThreadPolicy::Inherit);
+            assert_eq!(c.timeout, Duration::from_secs(60));
+            assert_eq!(c.silent_timeout, Some(Duration::from_secs(3600)));
+            assert_eq!(c.final_timeout, None);
+            assert_eq!((c.max_streams, c.max_ports_per_call), (16, 64));
+        });
+        let file = "[media]\nendpoint_learning = \"heuristic\"\nsilent_timeout_secs = 0\n\
+                    final_timeout_secs = 7200\nmax_streams = 4\nmax_ports_per_call = 16\n";
+        load_in_jail(
+            &[("TRUNKLINE_MEDIA__TIMEOUT_SECS", "20")],
+            Some(file),
+            |result, _| {
+                let c = result.unwrap().media.relay_config(ThreadPolicy::Inherit);
+                assert_eq!(c.endpoint_learning, EndpointLearning::Heuristic);
+                assert_eq!(c.timeout, Duration::from_secs(20));
+                assert_eq!(c.silent_timeout, None, "0 is off");
+                assert_eq!(c.final_timeout, Some(Duration::from_secs(7200)));
+                assert_eq!((c.max_streams, c.max_ports_per_call), (4, 16));
+            },
+        );
+        let file = "[media]\nendpoint_learning = \"sometimes\"\n";
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("endpoint_learning"), "{message}");
+        });
+        let file = "[media]\nmax_streams = 0\nmax_ports_per_call = 3\n";
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(
+                message.contains("media.max_streams: must be at least 1"),
+                "{message}"
+            );
+            assert!(
+                message.contains("media.max_ports_per_call: must be at least 4"),
+                "{message}"
             );
         });
     }

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 // Helpers of the media tests (media.rs, sipi.rs); each test file is its own crate, so what two
 // of them need lives here.
+pub mod child;
 pub mod media_node;
+pub mod ng;
 pub mod pcap;
 pub mod relay_metrics;
 pub mod relay_sdp;

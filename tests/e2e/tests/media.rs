@@ -7,17 +7,19 @@
 //! the only time bound asserted is the media timeout's (hang-up within timeout + 2 s of the
 //! last packet), which is the feature itself. Sleeps and polls only bound how long a test runs.
 //!
-//! Network rule: everything is on loopback. The NAT test advertises 192.0.2.1 (TEST-NET-1) in
-//! SDP and proves from counters that nothing was relayed anywhere but to the real source.
+//! Network rule: everything is on loopback. The NAT test advertises a private address
+//! (192.168.77.1) in SDP and proves from counters that nothing was relayed anywhere but to the
+//! real source.
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+use trunkline_e2e::child::Proc;
 use trunkline_e2e::media_node::{media_node, MediaSettings};
+use trunkline_e2e::ng::{ng, query_streams, Bv};
 use trunkline_e2e::pcap::{make_pcap, PPS};
 use trunkline_e2e::relay_metrics::{dropped, media_idle, one_session_relaying, relayed, settled};
 use trunkline_e2e::relay_sdp::{ensure_names_relay, received_sdp};
@@ -53,79 +55,6 @@ fn free_port_pair(ip: Ipv4Addr) -> Result<u16> {
 
 fn free_port_is(ip: Ipv4Addr, p: u16) -> bool {
     std::net::TcpListener::bind((ip, p)).is_ok() && UdpSocket::bind((ip, p)).is_ok()
-}
-
-/// A child process other than the node or SIPp (relay, Kamailio, baresip), stopped by PID on
-/// drop: SIGTERM, then SIGKILL after 5 s.
-struct Proc {
-    name: String,
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
-        std::fs::write(log.with_extension("cmdline"), format!("{cmd:?}"))?;
-        let file = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {name} ({cmd:?})"))?;
-        Ok(Proc {
-            name: name.into(),
-            child: Some(child),
-            log,
-        })
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Fails with the log tail if the process has exited.
-    fn check_alive(&mut self) -> Result<()> {
-        if self.alive() {
-            return Ok(());
-        }
-        bail!("{} exited; log tail:\n{}", self.name, tail(&self.log, 30))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read(&self.log)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if matches!(child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            let exited = wait_until(Duration::from_secs(5), || {
-                matches!(child.try_wait(), Ok(Some(_)))
-            });
-            if !exited {
-                let _ = child.kill();
-            }
-        }
-        let _ = child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,196 +202,6 @@ fn udp_sockets_towards(ip: Ipv4Addr) -> Vec<String> {
 // ng protocol (rtpengine's control protocol) client, for trunkline-relay
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug)]
-enum Bv {
-    Int(i64),
-    Str(Vec<u8>),
-    List(Vec<Bv>),
-    Dict(BTreeMap<Vec<u8>, Bv>),
-}
-
-impl Bv {
-    fn encode(&self, out: &mut Vec<u8>) {
-        match self {
-            Bv::Int(i) => out.extend_from_slice(format!("i{i}e").as_bytes()),
-            Bv::Str(s) => {
-                out.extend_from_slice(format!("{}:", s.len()).as_bytes());
-                out.extend_from_slice(s);
-            }
-            Bv::List(l) => {
-                out.push(b'l');
-                l.iter().for_each(|v| v.encode(out));
-                out.push(b'e');
-            }
-            Bv::Dict(d) => {
-                out.push(b'd');
-                for (k, v) in d {
-                    Bv::Str(k.clone()).encode(out);
-                    v.encode(out);
-                }
-                out.push(b'e');
-            }
-        }
-    }
-
-    fn decode(b: &[u8], i: &mut usize) -> Result<Bv> {
-        let c = *b.get(*i).ok_or_else(|| anyhow!("bencode: truncated"))?;
-        match c {
-            b'i' => {
-                let end = *i
-                    + b[*i..]
-                        .iter()
-                        .position(|&x| x == b'e')
-                        .ok_or_else(|| anyhow!("bencode: bad int"))?;
-                let n = std::str::from_utf8(&b[*i + 1..end])?.parse()?;
-                *i = end + 1;
-                Ok(Bv::Int(n))
-            }
-            b'l' | b'd' => {
-                *i += 1;
-                let mut list = Vec::new();
-                let mut dict = BTreeMap::new();
-                while b.get(*i) != Some(&b'e') {
-                    ensure!(*i < b.len(), "bencode: truncated container");
-                    if c == b'l' {
-                        list.push(Bv::decode(b, i)?);
-                    } else {
-                        let Bv::Str(k) = Bv::decode(b, i)? else {
-                            bail!("bencode: non-string key");
-                        };
-                        dict.insert(k, Bv::decode(b, i)?);
-                    }
-                }
-                *i += 1;
-                Ok(if c == b'l' {
-                    Bv::List(list)
-                } else {
-                    Bv::Dict(dict)
-                })
-            }
-            b'0'..=b'9' => {
-                let colon = *i
-                    + b[*i..]
-                        .iter()
-                        .position(|&x| x == b':')
-                        .ok_or_else(|| anyhow!("bencode: bad string"))?;
-                let n: usize = std::str::from_utf8(&b[*i..colon])?.parse()?;
-                let s = b
-                    .get(colon + 1..colon + 1 + n)
-                    .ok_or_else(|| anyhow!("bencode: truncated string"))?;
-                *i = colon + 1 + n;
-                Ok(Bv::Str(s.to_vec()))
-            }
-            _ => bail!("bencode: unexpected byte {c:#x}"),
-        }
-    }
-
-    fn get(&self, key: &str) -> Option<&Bv> {
-        match self {
-            Bv::Dict(d) => d.get(key.as_bytes()),
-            _ => None,
-        }
-    }
-    fn str(&self) -> Option<String> {
-        match self {
-            Bv::Str(s) => Some(String::from_utf8_lossy(s).into_owned()),
-            _ => None,
-        }
-    }
-    fn int(&self) -> Option<i64> {
-        match self {
-            Bv::Int(i) => Some(*i),
-            _ => None,
-        }
-    }
-    fn list(&self) -> &[Bv] {
-        match self {
-            Bv::List(l) => l,
-            _ => &[],
-        }
-    }
-    fn dict(&self) -> Option<&BTreeMap<Vec<u8>, Bv>> {
-        match self {
-            Bv::Dict(d) => Some(d),
-            _ => None,
-        }
-    }
-}
-
-/// One ng request (a dictionary of strings) to `ng`; returns the reply dictionary.
-fn ng(ng: SocketAddr, cmd: &[(&str, &str)]) -> Result<Bv> {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let cookie = format!(
-        "e2e{}_{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let dict = Bv::Dict(
-        cmd.iter()
-            .map(|(k, v)| (k.as_bytes().to_vec(), Bv::Str(v.as_bytes().to_vec())))
-            .collect(),
-    );
-    let mut msg = format!("{cookie} ").into_bytes();
-    dict.encode(&mut msg);
-    let sock = UdpSocket::bind((NODE_IP, 0))?;
-    sock.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut buf = vec![0u8; 65536];
-    for _ in 0..4 {
-        sock.send_to(&msg, ng)?;
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            let Ok((n, _)) = sock.recv_from(&mut buf) else {
-                break;
-            };
-            let data = &buf[..n];
-            if let Some(body) = data.strip_prefix(format!("{cookie} ").as_bytes()) {
-                return Bv::decode(body, &mut 0);
-            }
-        }
-    }
-    bail!("no ng reply from {ng} to {cmd:?}")
-}
-
-/// Per tag of an ng `query` reply: (tag, local port, packets received, endpoint), the
-/// endpoint only once the relay has `confirmed` it from the party's packets (before that,
-/// rtpengine and trunkline-relay show the SDP address there).
-fn query_streams(reply: &Bv) -> Vec<(String, i64, i64, Option<String>)> {
-    let mut out = Vec::new();
-    let Some(tags) = reply.get("tags").and_then(Bv::dict) else {
-        return out;
-    };
-    for (tag, t) in tags {
-        for m in t.get("medias").map(Bv::list).unwrap_or_default() {
-            let Some(st) = m.get("streams").map(Bv::list).and_then(<[Bv]>::first) else {
-                continue;
-            };
-            let confirmed = st
-                .get("flags")
-                .map(Bv::list)
-                .unwrap_or_default()
-                .iter()
-                .any(|f| f.str().as_deref() == Some("confirmed"));
-            let endpoint = st.get("endpoint").filter(|_| confirmed).and_then(|e| {
-                Some(format!(
-                    "{}:{}",
-                    e.get("address")?.str()?,
-                    e.get("port")?.int()?
-                ))
-            });
-            out.push((
-                String::from_utf8_lossy(tag).into_owned(),
-                st.get("local port").and_then(Bv::int).unwrap_or(-1),
-                st.get("stats")
-                    .and_then(|s| s.get("packets"))
-                    .and_then(Bv::int)
-                    .unwrap_or(0),
-                endpoint,
-            ));
-        }
-    }
-    out
-}
-
 /// Starts `trunkline-relay` (rtpengine's command line) and waits for an ng pong.
 fn start_relay(out: &Path, ng_addr: SocketAddr, ports: (u16, u16)) -> Result<Proc> {
     let bin = relay_binary();
@@ -601,14 +340,17 @@ fn media_sipp_call_is_anchored_and_relayed() -> Result<()> {
 // 2. NAT: the caller advertises an address it does not send from
 // ---------------------------------------------------------------------------------------------
 
-/// The caller's SDP says `c=IN IP4 192.0.2.1` (TEST-NET-1), but its RTP (sent by this test from
-/// 127.0.0.2, first) comes from loopback. Every packet sent is echoed back by the SIPp callee
-/// through the relay and arrives at the real source; the relay's counters then prove that no
-/// packet was relayed anywhere else: it relayed exactly 2 x sent (sent to the callee + as many
-/// echoes, all of which we received) and dropped none. No UDP socket is connected to 192.0.2.1.
+/// The caller is behind a NAT: its SDP says `c=IN IP4 192.168.77.1` (its LAN address), but its
+/// SIP and its RTP (sent by this test, first) come from 127.0.0.2. The node's rule for callers
+/// sends to the SIP source's address with the SDP's port, which is where the RTP comes from, so
+/// the caller is latched by its first packet. Every packet sent is echoed back by the SIPp
+/// callee through the relay and arrives at the real source; the relay's counters then prove that
+/// no packet was relayed anywhere else: it relayed exactly 2 x sent (sent to the callee + as many
+/// echoes, all of which we received) and dropped none. No UDP socket is connected to
+/// 192.168.77.1.
 #[test]
 fn media_nat_caller_is_latched() -> Result<()> {
-    const NAT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const NAT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
     const PACKETS: u16 = 150;
     let out = out_dir("media_nat_latching")?;
     let range = (41100, 41199);
@@ -720,7 +462,7 @@ fn media_nat_caller_is_latched() -> Result<()> {
     eprintln!("relay: {rel} relayed, {drp} dropped; caller sent {PACKETS}, got {echoes} echoes");
     // Caller -> callee is at most PACKETS, callee -> caller at most what the callee got (it only
     // echoes), and we received PACKETS echoes: so exactly 2 x PACKETS relayed means every packet
-    // relayed toward the caller reached 127.0.0.2, none went to the advertised 192.0.2.1.
+    // relayed toward the caller reached 127.0.0.2, none went to the advertised 192.168.77.1.
     ensure!(
         rel == 2.0 * f64::from(PACKETS),
         "relayed {rel} packets, want exactly {} (caller's {PACKETS} + their echoes)",
@@ -975,9 +717,53 @@ fn media_timeout_hangs_up_both_legs() -> Result<()> {
     let m = node.wait_metrics(Duration::from_secs(5), |m| {
         m.sum("trunkline_media_timeouts_total") >= 1.0
     })?;
-    let t = m.value("trunkline_media_timeouts_total", &[])?;
-    ensure!(t >= 1.0, "trunkline_media_timeouts_total = {t}, want >= 1");
+    let t = m.value("trunkline_media_timeouts_total", &[("reason", "timeout")])?;
+    ensure!(
+        t >= 1.0,
+        "trunkline_media_timeouts_total{{reason=\"timeout\"}} = {t}, want >= 1"
+    );
     ensure!(relayed(&m) > 0.0, "no RTP relayed before the silence");
+    media_idle(&node)?;
+    assert_calls(&node, "200", 1.0)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4b. No media timeout while the callee rings
+// ---------------------------------------------------------------------------------------------
+
+/// `[media] timeout_secs = 2`, and a callee that rings 5 s (180, no early media) before it
+/// answers: the relay's inactivity timeout does not run while the call rings, so the caller
+/// gets the 200 (before, the silent ringing session timed out and the caller got an error),
+/// the call completes, and no media timeout is counted.
+#[test]
+fn media_timeout_does_not_run_while_the_callee_rings() -> Result<()> {
+    const TIMEOUT: u64 = 2;
+    let out = out_dir("media_long_ring")?;
+    let range = (41500, 41599);
+    let uas = Sipp::uas("uas_long_ring.xml")
+        .calls(1)
+        .timeout_secs(30)
+        .trace_msg()
+        .resolve_port()?;
+    let mut server = uas.clone().spawn(&out)?;
+    let node = media_node(&out, uas.addr()?, &MediaSettings::new(range, TIMEOUT))?;
+    let mut client = Sipp::uac("uac_basic.xml", node.sip_addr())
+        .calls(1)
+        .duration_ms(1000)
+        .timeout_secs(30)
+        .trace_msg()
+        .spawn(&out)?;
+    client.wait(Duration::from_secs(40))?.assert_all_ok(1)?;
+    server.wait(Duration::from_secs(20))?.assert_all_ok(1)?;
+    let statuses = final_invite_statuses(&client.messages_log())?;
+    ensure!(
+        !statuses.is_empty() && statuses.iter().all(|s| *s == 200),
+        "the caller's INVITE got {statuses:?}, want [200] after 5 s of ringing"
+    );
+    let m = settled(&node)?;
+    let timeouts = m.sum("trunkline_media_timeouts_total");
+    ensure!(timeouts == 0.0, "{timeouts} media timeouts counted");
     media_idle(&node)?;
     assert_calls(&node, "200", 1.0)?;
     Ok(())

@@ -6,6 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
+use std::time::Instant;
 use trunkline_media::ng::bencode;
 use trunkline_media::ng::{message, Dispatcher, NgEngine, Request};
 use trunkline_media::{CallStats, Flags, MediaError, StreamPairStats, Totals};
@@ -13,7 +14,14 @@ use trunkline_media::{CallStats, Flags, MediaError, StreamPairStats, Totals};
 struct Stub;
 
 impl NgEngine for Stub {
-    fn offer(&self, _: &str, _: &str, sdp: &[u8], _: &Flags) -> Result<Vec<u8>, MediaError> {
+    fn offer(
+        &self,
+        _: &str,
+        _: &str,
+        sdp: &[u8],
+        _: &Flags,
+        _: Instant,
+    ) -> Result<Vec<u8>, MediaError> {
         Ok(sdp.to_vec())
     }
     fn answer(
@@ -23,6 +31,7 @@ impl NgEngine for Stub {
         _: &str,
         sdp: &[u8],
         _: &Flags,
+        _: Instant,
     ) -> Result<Vec<u8>, MediaError> {
         if c.len() % 2 == 0 {
             Ok(sdp.to_vec())
@@ -30,7 +39,20 @@ impl NgEngine for Stub {
             Err(MediaError::UnknownCall(c.into()))
         }
     }
-    fn delete(&self, c: &str, _: Option<&str>, _: Option<&str>) -> Result<CallStats, MediaError> {
+    fn established(&self, c: &str, _: Instant) -> Result<(), MediaError> {
+        if c.len() % 3 == 0 {
+            Err(MediaError::UnknownCall(c.into()))
+        } else {
+            Ok(())
+        }
+    }
+    fn delete(
+        &self,
+        c: &str,
+        _: Option<&str>,
+        _: Option<&str>,
+        _: Instant,
+    ) -> Result<CallStats, MediaError> {
         if c.is_empty() {
             Err(MediaError::UnknownCall(c.into()))
         } else {
@@ -40,7 +62,7 @@ impl NgEngine for Stub {
             })
         }
     }
-    fn query(&self, c: &str) -> Option<CallStats> {
+    fn query(&self, c: &str, _: Instant) -> Option<CallStats> {
         // Tags and stream fields from the request exercise the reply shaping.
         Some(CallStats {
             call_id: c.into(),

@@ -8,7 +8,8 @@ use super::bencode::{str_list, Dict};
 use super::message::{self, Command, NgError, Request};
 use super::{NgEngine, REPLY_CACHE_TTL};
 use crate::{
-    AddressFamily, CallStats, Flags, MediaError, PacketStats, StreamPairStats, StreamStats,
+    AddressFamily, AddressPolicy, CallStats, Flags, MediaError, PacketStats, StreamPairStats,
+    StreamStats, TimeoutReason,
 };
 use serde_bencode::value::Value;
 use std::collections::{HashMap, VecDeque};
@@ -187,7 +188,11 @@ impl<E: NgEngine> Dispatcher<E> {
                 return error_reply(&e.to_string());
             }
         };
-        req.flags.trust_address = req.address_trust.unwrap_or(!self.sip_source);
+        req.flags.address = if req.address_trust.unwrap_or(!self.sip_source) {
+            AddressPolicy::Sdp
+        } else {
+            AddressPolicy::Source
+        };
         tracing::debug!(command = ?req.command, call_id = ?req.call_id, "ng command");
         let result = match &req.command {
             Command::Ping => return Dict::new().str("result", "pong").build(),
@@ -254,11 +259,21 @@ impl<E: NgEngine> Dispatcher<E> {
         let sdp = req.sdp.as_deref().ok_or("No SDP body in message")?;
         let call_id = req.call_id.as_deref().ok_or("No call-id in message")?;
         let from_tag = req.from_tag.as_deref().ok_or("No from-tag in message")?;
+        let now = Instant::now();
         let out = if req.command == Command::Offer {
-            self.engine.offer(call_id, from_tag, sdp, flags)
+            self.engine.offer(call_id, from_tag, sdp, flags, now)
         } else {
             let to_tag = req.to_tag.as_deref().ok_or("No to-tag in message")?;
-            self.engine.answer(call_id, from_tag, to_tag, sdp, flags)
+            let answered = self
+                .engine
+                .answer(call_id, from_tag, to_tag, sdp, flags, now);
+            if answered.is_ok() {
+                // rtpengine's media timeouts run from the answer on.
+                if let Err(e) = self.engine.established(call_id, now) {
+                    tracing::debug!(call_id, error = %e, "established after answer");
+                }
+            }
+            answered
         };
         out.map(|sdp| Dict::new().str("sdp", sdp))
             .map_err(|e| reason(&e))
@@ -272,7 +287,10 @@ impl<E: NgEngine> Dispatcher<E> {
         } else {
             None
         };
-        match self.engine.delete(call_id, req.from_tag.as_deref(), to_tag) {
+        match self
+            .engine
+            .delete(call_id, req.from_tag.as_deref(), to_tag, Instant::now())
+        {
             Ok(stats) if req.fast => {
                 let _ = stats;
                 Ok(Dict::new())
@@ -290,7 +308,10 @@ impl<E: NgEngine> Dispatcher<E> {
 
     fn query(&self, req: &Request) -> Result<Dict, String> {
         let call_id = req.call_id.as_deref().ok_or("No call-id in message")?;
-        let stats = self.engine.query(call_id).ok_or("Unknown call-id")?;
+        let stats = self
+            .engine
+            .query(call_id, Instant::now())
+            .ok_or("Unknown call-id")?;
         Ok(call_stats(Dict::new(), &stats))
     }
 
@@ -316,7 +337,13 @@ impl<E: NgEngine> Dispatcher<E> {
         let total = Dict::new()
             .str("uptime", self.started.elapsed().as_secs().to_string())
             .int("managedsessions", t.sessions)
-            .int("timeoutsessions", t.timeouts)
+            .int("timeoutsessions", t.timeouts.of(TimeoutReason::NoMedia))
+            .int(
+                "silenttimeoutsessions",
+                t.timeouts.of(TimeoutReason::Silent),
+            )
+            .int("offertimeoutsessions", t.timeouts.of(TimeoutReason::Offer))
+            .int("finaltimeoutsessions", t.timeouts.of(TimeoutReason::Final))
             .int("relayedpackets_user", t.packets_relayed)
             .int("relayedbytes_user", t.bytes_relayed)
             .int("relayedpacketerrors_user", t.packets_dropped)

@@ -5,7 +5,7 @@
 //! `trust-address`, `trust address` and `Trust_Address` are one flag.
 
 use super::bencode::{self, BencodeError};
-use crate::{AddressFamily, Flags};
+use crate::{AddressFamily, AddressPolicy, EndpointLearning, Flags};
 use serde_bencode::value::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -163,8 +163,8 @@ pub struct Request {
     pub via_branch: Option<String>,
     /// `sdp`.
     pub sdp: Option<Vec<u8>>,
-    /// Media behaviour from keys and flags. `trust_address` starts as rtpengine's default
-    /// (true: SDP addresses are trusted); see [`Request::address_trust`].
+    /// Media behaviour from keys and flags. `address` starts as rtpengine's default (SDP
+    /// addresses are trusted); see [`Request::address_trust`].
     pub flags: Flags,
     /// `trust address` (Some(true)) or `SIP source address` (Some(false)) if given; when
     /// absent the relay's `--sip-source` setting decides.
@@ -244,7 +244,7 @@ impl Request {
                 _ => None,
             },
             flags: Flags {
-                trust_address: true,
+                address: AddressPolicy::Sdp,
                 ..Flags::default()
             },
             address_trust: None,
@@ -291,6 +291,9 @@ impl Request {
                 req.flags.direction[i] = Some(name).filter(|n| !n.is_empty());
             }
         }
+        if let Some(mode) = get_str("endpoint learning") {
+            req.apply_endpoint_learning(&mode);
+        }
         if let Some(family) = get_str("address family") {
             match AddressFamily::parse(family.trim()) {
                 Some(f) => req.flags.address_family = Some(f),
@@ -324,11 +327,11 @@ impl Request {
         let f = &mut self.flags;
         match n.as_str() {
             "trust address" => {
-                f.trust_address = true;
+                f.address = AddressPolicy::Sdp;
                 self.address_trust = Some(true);
             }
             "sip source address" => {
-                f.trust_address = false;
+                f.address = AddressPolicy::Source;
                 self.address_trust = Some(false);
             }
             "symmetric" => {
@@ -354,6 +357,8 @@ impl Request {
                     self.apply_rtcp_mux(rest);
                 } else if let Some(rest) = n.strip_prefix("ice=") {
                     self.apply_ice(rest);
+                } else if let Some(rest) = n.strip_prefix("endpoint learning ") {
+                    self.apply_endpoint_learning(rest);
                 } else {
                     self.warnings.push(format!("Unknown flag ignored: {raw}"));
                 }
@@ -392,6 +397,17 @@ impl Request {
             _ => self
                 .warnings
                 .push(format!("rtcp-mux {raw} not supported; ignored")),
+        }
+    }
+
+    /// `endpoint-learning` (key, or flag with that prefix): how this party's source is
+    /// learnt, overriding `--endpoint-learning`.
+    fn apply_endpoint_learning(&mut self, raw: &str) {
+        match EndpointLearning::parse(raw) {
+            Some(mode) => self.flags.endpoint_learning = Some(mode),
+            None => self
+                .warnings
+                .push(format!("endpoint-learning {raw} not supported; ignored")),
         }
     }
 

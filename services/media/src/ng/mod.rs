@@ -26,7 +26,7 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::{CallStats, Flags, MediaError, Relay, Totals};
 
@@ -38,7 +38,8 @@ pub use server::{NgServer, ServerLimits};
 /// fuzzing can put a stub in its place.
 ///
 /// Methods are synchronous and quick (a control lock, maybe a socket bind; never a network
-/// wait), so the servers call them inline rather than via `spawn_blocking`.
+/// wait), so the servers call them inline rather than via `spawn_blocking`. `now` is the
+/// dispatcher's clock, passed on as [`Relay`] takes it.
 pub trait NgEngine: Send + Sync + 'static {
     /// Anchors the offer's media; returns the rewritten SDP.
     fn offer(
@@ -47,6 +48,7 @@ pub trait NgEngine: Send + Sync + 'static {
         from_tag: &str,
         sdp: &[u8],
         flags: &Flags,
+        now: Instant,
     ) -> Result<Vec<u8>, MediaError>;
     /// Anchors the answer's media; returns the rewritten SDP.
     fn answer(
@@ -56,16 +58,21 @@ pub trait NgEngine: Send + Sync + 'static {
         to_tag: &str,
         sdp: &[u8],
         flags: &Flags,
+        now: Instant,
     ) -> Result<Vec<u8>, MediaError>;
+    /// The call is established: its inactivity timeouts start (the dispatcher calls it on
+    /// every successful `answer`, as rtpengine starts its timeouts with the answer).
+    fn established(&self, call_id: &str, now: Instant) -> Result<(), MediaError>;
     /// Ends a call and returns its final stats.
     fn delete(
         &self,
         call_id: &str,
         from_tag: Option<&str>,
         to_tag: Option<&str>,
+        now: Instant,
     ) -> Result<CallStats, MediaError>;
     /// Current stats of a call.
-    fn query(&self, call_id: &str) -> Option<CallStats>;
+    fn query(&self, call_id: &str, now: Instant) -> Option<CallStats>;
     /// Up to `limit` active Call-IDs.
     fn list(&self, limit: usize) -> Vec<String>;
     /// Relay-wide counters.
@@ -83,8 +90,9 @@ impl NgEngine for Relay {
         from_tag: &str,
         sdp: &[u8],
         flags: &Flags,
+        now: Instant,
     ) -> Result<Vec<u8>, MediaError> {
-        Relay::offer(self, call_id, from_tag, sdp, flags)
+        Relay::offer(self, call_id, from_tag, sdp, flags, now)
     }
 
     fn answer(
@@ -94,8 +102,13 @@ impl NgEngine for Relay {
         to_tag: &str,
         sdp: &[u8],
         flags: &Flags,
+        now: Instant,
     ) -> Result<Vec<u8>, MediaError> {
-        Relay::answer(self, call_id, from_tag, to_tag, sdp, flags)
+        Relay::answer(self, call_id, from_tag, to_tag, sdp, flags, now)
+    }
+
+    fn established(&self, call_id: &str, now: Instant) -> Result<(), MediaError> {
+        Relay::established(self, call_id, now)
     }
 
     fn delete(
@@ -103,12 +116,13 @@ impl NgEngine for Relay {
         call_id: &str,
         from_tag: Option<&str>,
         to_tag: Option<&str>,
+        now: Instant,
     ) -> Result<CallStats, MediaError> {
-        Relay::delete(self, call_id, from_tag, to_tag)
+        Relay::delete(self, call_id, from_tag, to_tag, now)
     }
 
-    fn query(&self, call_id: &str) -> Option<CallStats> {
-        Relay::query(self, call_id)
+    fn query(&self, call_id: &str, now: Instant) -> Option<CallStats> {
+        Relay::query(self, call_id, now)
     }
 
     fn list(&self, limit: usize) -> Vec<String> {

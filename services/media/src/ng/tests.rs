@@ -4,13 +4,13 @@ use super::bencode::{self, scan, BencodeError, Dict};
 use super::commands::{Dispatcher, ReplyCache};
 use super::message::{self, Command, Request};
 use super::*;
-use crate::{PacketStats, StreamPairStats, StreamStats};
+use crate::{AddressPolicy, EndpointLearning, PacketStats, StreamPairStats, StreamStats};
 use serde_bencode::value::Value;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -190,7 +190,8 @@ fn keys_and_flags_map_to_media_flags() {
     assert_eq!(r.via_branch.as_deref(), Some("z9"));
     assert_eq!(r.sdp.as_deref(), Some(&b"v=0\r\n"[..]));
     let f = &r.flags;
-    assert!(f.trust_address && f.symmetric && !f.asymmetric && f.strict_source);
+    assert_eq!(f.address, AddressPolicy::Sdp);
+    assert!(f.symmetric && !f.asymmetric && f.strict_source);
     assert!(f.media_handover && f.port_latching && f.keep_ice);
     assert!(f.rtcp_mux_offer && f.rtcp_mux_demux);
     assert!(f.replace_origin && f.replace_session_connection);
@@ -224,7 +225,8 @@ fn unknown_and_unsupported_things_become_warnings() {
                 .build(),
         ),
     ]);
-    assert!(!r.flags.trust_address && r.flags.asymmetric && !r.flags.keep_ice);
+    assert_eq!(r.flags.address, AddressPolicy::Source);
+    assert!(r.flags.asymmetric && !r.flags.keep_ice);
     assert_eq!(r.address_trust, Some(false));
     assert_eq!(r.flags.received_from, None);
     let w = r.warnings.join("|");
@@ -317,6 +319,7 @@ struct Stub {
     offers: AtomicUsize,
     calls: Mutex<HashMap<String, CallStats>>,
     last_flags: Mutex<Option<Flags>>,
+    established: Mutex<Vec<String>>,
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -350,6 +353,7 @@ impl NgEngine for Stub {
         from_tag: &str,
         sdp: &[u8],
         f: &Flags,
+        _now: Instant,
     ) -> Result<Vec<u8>, MediaError> {
         if sdp.starts_with(b"bad") {
             trunkline_sdp::parse(sdp)?;
@@ -389,6 +393,7 @@ impl NgEngine for Stub {
         to_tag: &str,
         _sdp: &[u8],
         _fl: &Flags,
+        _now: Instant,
     ) -> Result<Vec<u8>, MediaError> {
         let mut calls = self.calls.lock().expect("lock");
         let c = calls
@@ -408,6 +413,7 @@ impl NgEngine for Stub {
         call_id: &str,
         _f: Option<&str>,
         _t: Option<&str>,
+        _now: Instant,
     ) -> Result<CallStats, MediaError> {
         self.calls
             .lock()
@@ -415,8 +421,15 @@ impl NgEngine for Stub {
             .remove(call_id)
             .ok_or_else(|| MediaError::UnknownCall(call_id.into()))
     }
-    fn query(&self, call_id: &str) -> Option<CallStats> {
+    fn query(&self, call_id: &str, _now: Instant) -> Option<CallStats> {
         self.calls.lock().expect("lock").get(call_id).cloned()
+    }
+    fn established(&self, call_id: &str, _now: Instant) -> Result<(), MediaError> {
+        self.established
+            .lock()
+            .expect("lock")
+            .push(call_id.to_string());
+        Ok(())
     }
     fn list(&self, limit: usize) -> Vec<String> {
         self.calls
@@ -775,15 +788,72 @@ fn unknown_direction_names_fall_back_like_rtpengine() {
 fn trust_address_default_and_sip_source() {
     let d = stub();
     run_offer(&d);
-    assert!(last_flags(&d).trust_address);
+    assert_eq!(last_flags(&d).address, AddressPolicy::Sdp);
     let d = stub().sip_source(true);
     run_offer(&d);
-    assert!(!last_flags(&d).trust_address);
+    assert_eq!(last_flags(&d).address, AddressPolicy::Source);
     run(
         &d,
         "2 d7:command5:offer7:call-id2:c28:from-tag2:f13:sdp4:v=0\n5:flagsl13:trust addressee",
     );
-    assert!(last_flags(&d).trust_address);
+    assert_eq!(last_flags(&d).address, AddressPolicy::Sdp);
+}
+
+/// rtpengine's `endpoint-learning` key, and its `endpoint-learning-` flag prefix, choose the
+/// learning mode of the party whose SDP this is; an unknown mode is a warning.
+#[test]
+fn endpoint_learning_key_and_flag() {
+    let d = stub();
+    run_offer(&d);
+    assert_eq!(
+        last_flags(&d).endpoint_learning,
+        None,
+        "the relay's default"
+    );
+    run(
+        &d,
+        "2 d7:command5:offer7:call-id2:c28:from-tag2:f13:sdp4:v=0\n17:endpoint-learning9:heuristice",
+    );
+    assert_eq!(
+        last_flags(&d).endpoint_learning,
+        Some(EndpointLearning::Heuristic)
+    );
+    run(
+        &d,
+        "3 d7:command5:offer7:call-id2:c38:from-tag2:f13:sdp4:v=0\n5:flagsl27:endpoint-learning-immediateee",
+    );
+    assert_eq!(
+        last_flags(&d).endpoint_learning,
+        Some(EndpointLearning::Immediate)
+    );
+    let v = run(
+        &d,
+        "4 d7:command5:offer7:call-id2:c48:from-tag2:f13:sdp4:v=0\n17:endpoint-learning9:sometimese",
+    );
+    assert_eq!(last_flags(&d).endpoint_learning, None);
+    assert_eq!(
+        get_str(&v, "warning"),
+        Some("endpoint-learning sometimes not supported; ignored")
+    );
+}
+
+/// A successful `answer` establishes the call in the engine (its media timeouts start, as
+/// rtpengine's do with the answer); an offer or a failed answer does not.
+#[test]
+fn answer_establishes_the_call() {
+    let d = stub();
+    run_offer(&d);
+    assert!(d.engine().established.lock().expect("lock").is_empty());
+    run(
+        &d,
+        "2 d7:command6:answer7:call-id4:nope8:from-tag2:f16:to-tag2:t13:sdp4:v=0\ne",
+    );
+    assert!(d.engine().established.lock().expect("lock").is_empty());
+    assert_ok(&run(&d, &format!("3 {ANSWER}")));
+    assert_eq!(
+        *d.engine().established.lock().expect("lock"),
+        vec!["c1".to_string()]
+    );
 }
 
 #[test]
@@ -1077,7 +1147,10 @@ async fn real_relay_anchors_a_call_over_ng() {
                 "replace",
                 bencode::str_list(["origin", "session-connection"]),
             )
-            .val("received from", bencode::str_list(["IP4", "127.0.0.1"])),
+            .val("received from", bencode::str_list(["IP4", "127.0.0.1"]))
+            // A sends its RTCP from its RTP port, not the one its SDP implies: learnt at
+            // once rather than after the window.
+            .str("endpoint-learning", "immediate"),
     );
     let v = rig.udp(&offer).await;
     assert_ok(&v);

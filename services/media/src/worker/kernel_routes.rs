@@ -194,9 +194,10 @@ impl Worker {
     }
 }
 
-/// The route `side`'s RTP should have in the kernel: only once the party is latched and
-/// its SSRC known (never for `asymmetric`, which accepts anyone), toward where `other`
-/// receives, and for IPv4 sockets.
+/// The route `side`'s RTP should have in the kernel: only for a final latch — this party
+/// confirmed and its SSRC known, toward the other party's confirmed source — so the kernel
+/// never relays for a source still being learnt, nor toward one (never for `asymmetric`,
+/// which accepts anyone), and for IPv4 sockets.
 fn wanted_route(side: &Side, other: &Side) -> Option<Route> {
     if side.policy.asymmetric {
         return None;
@@ -212,7 +213,7 @@ fn wanted_route(side: &Side, other: &Side) -> Option<Route> {
         from: v4(sock.latch.latched)?,
         ssrc: side.seq.ssrc()?,
         out_local: out.local?,
-        to: v4(out.latch.destination())?,
+        to: v4(out.latch.latched)?,
     })
 }
 
@@ -238,4 +239,73 @@ fn fold_counts(
             .max(u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1);
     }
     (packets, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{PeerSpec, SideShared, Sock, SrLog};
+    use super::*;
+    use crate::latch::LatchPolicy;
+    use crate::rtp::SsrcHistory;
+
+    /// One party's side: sockets on loopback, signalled at `expected`, at time 1 ms with
+    /// the default (delayed) learning window.
+    fn side(expected: SocketAddr) -> Side {
+        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut s = Side {
+            socks: [Sock::new(bind()), Sock::new(bind())],
+            mux: false,
+            policy: LatchPolicy::default(),
+            counters: Counters::default(),
+            seq: SeqTracker::new(),
+            ssrcs: SsrcHistory::default(),
+            srs: SrLog::default(),
+            shared: Arc::new(SideShared::default()),
+            kernel: None,
+        };
+        let peer = PeerSpec {
+            rtp: Some(expected),
+            rtcp: None,
+            mux: false,
+            policy: LatchPolicy::default(),
+        };
+        s.apply(&peer, 1, crate::latch::LEARNING_WINDOW_MS);
+        s
+    }
+
+    /// A packet from `source` at 2 ms, as the worker decides it.
+    fn packet(s: &mut Side, source: SocketAddr) {
+        let policy = s.policy;
+        s.socks[RTP].latch.on_packet(&policy, source, 2);
+        s.seq.update(0x1234, 1);
+    }
+
+    /// The kernel gets a direction only once both its ends are confirmed: not toward the
+    /// other party's signalled address while that party is still being learnt (the route
+    /// would outlive a different latch), and never from a source being learnt.
+    #[test]
+    fn routes_only_for_a_final_latch() {
+        let (o_addr, a_addr) = (
+            "127.0.0.1:4000".parse().unwrap(),
+            "127.0.0.1:4002".parse().unwrap(),
+        );
+        let (mut o, mut a) = (side(o_addr), side(a_addr));
+        // A candidate source of o's during the window: nothing.
+        packet(&mut o, "127.0.0.9:7000".parse().unwrap());
+        assert_eq!(o.socks[RTP].latch.latched, None);
+        assert_eq!(wanted_route(&o, &a), None);
+        // o confirmed, a not yet: still nothing, in either direction.
+        packet(&mut o, o_addr);
+        assert_eq!(wanted_route(&o, &a), None);
+        assert_eq!(wanted_route(&a, &o), None);
+        // Both confirmed: from o's latch to a's.
+        packet(&mut a, a_addr);
+        let route = wanted_route(&o, &a).unwrap();
+        let v4 = |s: SocketAddr| match s {
+            SocketAddr::V4(v) => v,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        assert_eq!((route.from, route.to), (v4(o_addr), v4(a_addr)));
+        assert!(wanted_route(&a, &o).is_some());
+    }
 }

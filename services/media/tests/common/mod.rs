@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 
 use trunkline_media::{CallStats, Flags, MediaConfig, Relay};
 
+// ---- time ----
+
+/// The `now` the tests on real sockets give the relay: the real clock, which the workers
+/// stamp packets with too. Tests of timeouts pass virtual instants instead.
+pub fn now() -> Instant {
+    Instant::now()
+}
+
 // ---- ports ----
 
 /// One test binary's share of the port space, cut into a window per test.
@@ -43,6 +51,18 @@ pub const INTERFACES_RS: PortWindows = PortWindows {
 pub const KERNEL_RS: PortWindows = PortWindows {
     base: 28000,
     size: 100,
+};
+
+/// `tests/learning.rs`: window `n` starts at 22000 + 100·n.
+pub const LEARNING_RS: PortWindows = PortWindows {
+    base: 22000,
+    size: 100,
+};
+
+/// `tests/timeouts.rs`: window `n` starts at 24000 + 40·n.
+pub const TIMEOUTS_RS: PortWindows = PortWindows {
+    base: 24000,
+    size: 40,
 };
 
 /// `tests/thread_policy.rs`, a binary with one relay: 25000–25099.
@@ -268,13 +288,15 @@ pub const TO_TAG: &str = "ttag";
 /// The offerer ([`FROM_TAG`]) offers `sdp`, which must succeed; returns the rewritten SDP,
 /// which tells the answerer where to send.
 pub fn offered(relay: &Relay, call: &str, sdp: &[u8], flags: &Flags) -> Vec<u8> {
-    relay.offer(call, FROM_TAG, sdp, flags).unwrap()
+    relay.offer(call, FROM_TAG, sdp, flags, now()).unwrap()
 }
 
 /// The answerer ([`TO_TAG`]) answers the offer with `sdp`, which must succeed; returns the
 /// rewritten SDP, which tells the offerer where to send.
 pub fn answered(relay: &Relay, call: &str, sdp: &[u8], flags: &Flags) -> Vec<u8> {
-    relay.answer(call, FROM_TAG, TO_TAG, sdp, flags).unwrap()
+    relay
+        .answer(call, FROM_TAG, TO_TAG, sdp, flags, now())
+        .unwrap()
 }
 
 /// What an offer and its answer anchored, per m-line and per side of the relay.
@@ -377,5 +399,5 @@ pub fn stats_when(
     what: &str,
     done: impl Fn(&CallStats) -> bool,
 ) -> CallStats {
-    wait_for(what, || relay.query(call).filter(|s| done(s)))
+    wait_for(what, || relay.query(call, now()).filter(|s| done(s)))
 }

@@ -1,0 +1,118 @@
+//! The relay's port pairs: the pure allocator ([`PortAllocator`]), plus the pairs the
+//! control side freed whose sockets a worker has not closed yet.
+//!
+//! A worker owns a stream's sockets and closes them when it applies the command that removes
+//! (or rebinds) the stream. Until then the ports are still bound, and handing them to the
+//! next call would fail its bind. So a freed pair waits here, tagged with the sequence number
+//! of that command, and returns to the allocator once the worker has applied it. With pairs
+//! reused least recently freed first this only matters when the range is nearly exhausted:
+//! then an allocation waits (briefly, bounded) for the workers rather than failing.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ports::PortAllocator;
+use crate::worker::WorkerTotals;
+use crate::MediaError;
+
+/// The longest an allocation waits for workers to close freed sockets when nothing else is
+/// free. A worker applies commands before it reads packets, so it is normally done within
+/// microseconds; the bound only matters for a stuck worker.
+const CLOSE_WAIT: Duration = Duration::from_millis(100);
+
+/// A freed pair whose sockets close when `worker` applies command `seq`.
+#[derive(Debug)]
+struct Closing {
+    worker: usize,
+    seq: u64,
+    port: u16,
+    freed: Instant,
+}
+
+/// Port pairs of the relay: free, in use, or closing.
+#[derive(Debug)]
+pub(crate) struct PortPool {
+    alloc: PortAllocator,
+    closing: Vec<Closing>,
+    /// Each worker's counters; `applied` says how far its commands have been applied.
+    workers: Vec<Arc<WorkerTotals>>,
+}
+
+impl PortPool {
+    pub(crate) fn new(alloc: PortAllocator, workers: Vec<Arc<WorkerTotals>>) -> Self {
+        PortPool {
+            alloc,
+            closing: Vec::new(),
+            workers,
+        }
+    }
+
+    /// Frees a pair whose sockets worker `worker` closes when it applies command `seq`;
+    /// `now` is when it was freed (its rest starts then).
+    pub(crate) fn free_after(&mut self, worker: usize, seq: u64, port: u16, now: Instant) {
+        self.closing.push(Closing {
+            worker,
+            seq,
+            port,
+            freed: now,
+        });
+    }
+
+    /// Frees a pair whose sockets are closed already (never handed to a worker).
+    pub(crate) fn free(&mut self, port: u16, now: Instant) {
+        self.alloc.free(port, now);
+    }
+
+    /// Moves the pairs whose sockets are now closed to the allocator.
+    pub(crate) fn reap(&mut self) {
+        let workers = &self.workers;
+        let alloc = &mut self.alloc;
+        self.closing.retain(|c| {
+            let closed = workers
+                .get(c.worker)
+                .is_none_or(|w| w.applied.load(Ordering::Acquire) >= c.seq);
+            if closed {
+                alloc.free(c.port, c.freed);
+            }
+            !closed
+        });
+    }
+
+    /// Takes the pair freed longest ago (see [`PortAllocator::alloc`]). When the only pairs
+    /// not in use are still being closed, waits up to [`CLOSE_WAIT`] for their workers.
+    pub(crate) fn alloc(&mut self, now: Instant) -> Result<u16, MediaError> {
+        self.reap();
+        let deadline = Instant::now() + CLOSE_WAIT;
+        loop {
+            match self.alloc.alloc(now) {
+                Ok(port) => return Ok(port),
+                Err(e) if self.closing.is_empty() || Instant::now() >= deadline => return Err(e),
+                Err(_) => {
+                    std::thread::sleep(Duration::from_micros(200));
+                    self.reap();
+                }
+            }
+        }
+    }
+
+    /// Total number of pairs the range holds.
+    pub(crate) fn capacity(&self) -> usize {
+        self.alloc.capacity()
+    }
+
+    /// Pairs allocated, or freed with their sockets still open.
+    pub(crate) fn in_use(&self) -> usize {
+        self.alloc.in_use()
+    }
+
+    /// See [`PortAllocator::resting_at`].
+    pub(crate) fn resting_at(&self, now: Instant) -> usize {
+        self.alloc.resting_at(now)
+    }
+
+    /// See [`PortAllocator::reused_early`].
+    pub(crate) fn reused_early(&self) -> u64 {
+        self.alloc.reused_early()
+    }
+}
