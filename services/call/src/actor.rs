@@ -37,6 +37,11 @@ pub struct CallActorState {
     counted_end: bool,
     /// Where the caller's INVITE came from (media NAT handling).
     caller_source: std::net::SocketAddr,
+    /// Where the trunk's messages come from, once routed.
+    callee_source: Option<std::net::SocketAddr>,
+    /// How each leg's SDP addresses are read: the caller's as an access caller's (`Auto`)
+    /// or as its trunk's, the callee's as its trunk's.
+    addressing: LegAddressing,
     /// The relay interface of each leg: A's from the node's configuration, B's from the
     /// trunk once routed (before B's first offer).
     media_interfaces: LegInterfaces,
@@ -159,6 +164,18 @@ impl Actor for CallActor {
             generation: 0,
             counted_end: false,
             caller_source: args.source.addr,
+            callee_source: None,
+            addressing: LegAddressing {
+                a: match args.origin {
+                    Origin::Trunk(i) => shared
+                        .router
+                        .trunks()
+                        .get(i)
+                        .map_or(LegAddressing::default().a, |t| t.media_address),
+                    _ => LegAddressing::default().a,
+                },
+                ..LegAddressing::default()
+            },
             media_interfaces,
             media_used: false,
             pins: [None, None],
@@ -273,6 +290,8 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                 Some(trunk) => match shared.local_for(trunk.transport, trunk.local) {
                     Some(local) => {
                         state.media_interfaces.b = trunk.media_interface.clone();
+                        state.addressing.b = trunk.media_address;
+                        state.callee_source = Some(trunk.addr);
                         RouteDecision::Trunk {
                             peer: trunk.peer(),
                             local,
@@ -334,9 +353,9 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                     op,
                     sdp,
                     caller_source: state.caller_source,
-                    callee_source: None,
+                    callee_source: state.callee_source,
                     interfaces: state.media_interfaces.clone(),
-                    addressing: LegAddressing::default(),
+                    addressing: state.addressing,
                     reply: myself.clone(),
                 };
                 if media.send_message(msg).is_err() {

@@ -7,6 +7,7 @@
 use crate::trust::{Origin, Source};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use trunkline_media::AddressPolicy;
 use trunkline_sip::{Host, Peer, SipUri, Transport, Uri};
 
 /// A carrier interconnect the node sends calls to, and takes calls from.
@@ -25,6 +26,11 @@ pub struct Trunk {
     /// The trunk is a PBX behind NAT: follow its source address where its Contact is
     /// private (see `RouteDecision::Trunk::fix_nated_contact`).
     pub fix_nated_contact: bool,
+    /// How the trunk's SDP addresses are read (the relay's `AddressPolicy`): as written
+    /// (`Sdp`, the default: carriers mean what they write), the signalling source
+    /// (`Source`), or the SDP address unless the node cannot reach it (`Auto`, for a PBX
+    /// behind NAT). Applies to the trunk's leg of calls to it and from it.
+    pub media_address: AddressPolicy,
     /// The node's socket the trunk is reached from (`None`: the first listener of the
     /// trunk's transport): on a multi-homed node, the one on the carrier's network.
     pub local: Option<SocketAddr>,
@@ -156,6 +162,7 @@ mod tests {
             anchor_media: true,
             media_interface: None,
             fix_nated_contact: false,
+            media_address: AddressPolicy::Sdp,
             local: None,
         }
     }

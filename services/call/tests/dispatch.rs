@@ -60,6 +60,7 @@ fn trunk(name: &str, at: &str) -> Trunk {
         anchor_media: false,
         media_interface: None,
         fix_nated_contact: false,
+        media_address: trunkline_media::AddressPolicy::Sdp,
         local: None,
     }
 }

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use trunkline_b2bua::{Leg, MediaOp};
-use trunkline_call::messages::CallMsg;
 use trunkline_call::media::{self, LegAddressing, LegInterfaces, MediaMsg};
+use trunkline_call::messages::CallMsg;
 use trunkline_media::{MediaConfig, Relay, TimeoutReason};
 
 const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

@@ -67,6 +67,7 @@ fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust)> {
             anchor_media: t.anchor_media,
             media_interface: t.media_interface.as_deref().map(Arc::from),
             fix_nated_contact: t.fix_nated_contact,
+            media_address: t.media_address,
             local: t.local_address,
         });
     }

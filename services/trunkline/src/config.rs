@@ -631,6 +631,11 @@ pub struct TrunkConfig {
     /// Kamailio's nathelper `fix_nated_contact`).
     #[serde(default)]
     pub fix_nated_contact: bool,
+    /// How the trunk's SDP addresses are read: `sdp` (as written, the default),
+    /// `source` (the IP its signalling comes from) or `auto` (the SDP address unless the
+    /// node cannot reach it, e.g. a PBX behind NAT writing a private one).
+    #[serde(default)]
+    pub media_address: trunkline_media::AddressPolicy,
     /// Which of the node's listeners (`sip.udp` / `sip.tcp` address of the trunk's
     /// transport) the trunk is reached from; unset: the first. On a multi-homed node,
     /// the one on the carrier's network.
@@ -1444,6 +1449,77 @@ default_trunk = "b"
                 assert!(message.contains(key), "missing {key} in {message}");
             }
             assert!(!message.contains("trunks[1].address"), "{message}");
+        });
+    }
+
+    #[test]
+    fn trust_routes_and_trunk_options_load_and_are_checked() {
+        let good = r#"
+[sip]
+access_sources = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
+reply_to_unknown = false
+trunk_503_status = 480
+max_call_duration_secs = 7200
+[[trunks]]
+name = "uk"
+address = "127.0.0.1:5090"
+sources = ["203.0.113.0/24", "198.51.100.7:5060"]
+fix_nated_contact = true
+media_address = "auto"
+local_address = "127.0.0.1:5060"
+[[routes]]
+prefix = "+44"
+trunk = "uk"
+[routing]
+default_trunk = "uk"
+"#;
+        load_in_jail(&[], Some(good), |result, _| {
+            let c = result.unwrap();
+            assert_eq!(c.sip.access_sources.len(), 3);
+            assert!(!c.sip.reply_to_unknown);
+            assert_eq!(c.sip.trunk_503_status, 480);
+            assert_eq!(c.sip.max_call_duration_secs, 7200);
+            let t = &c.trunks[0];
+            assert_eq!(t.sources, vec!["203.0.113.0/24", "198.51.100.7:5060"]);
+            assert!(t.fix_nated_contact);
+            assert_eq!(t.media_address, trunkline_media::AddressPolicy::Auto);
+            assert_eq!(c.routes[0].prefix, "+44");
+        });
+        let bad = r#"
+[sip]
+access_sources = ["10.0.0.0/33", "callers.example"]
+trunk_503_status = 200
+[[trunks]]
+name = "uk"
+address = "127.0.0.1:5090"
+sources = ["not an address"]
+local_address = "127.0.0.9:5060"
+[[routes]]
+prefix = ""
+trunk = "uk"
+[[routes]]
+prefix = "+1"
+trunk = "us"
+"#;
+        load_in_jail(&[], Some(bad), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            for key in [
+                "sip.access_sources[0]:",
+                "sip.access_sources[1]:",
+                "sip.trunk_503_status:",
+                "trunks[0].sources[0]:",
+                "trunks[0].local_address:",
+                "routes[0].prefix:",
+                "routes[1].trunk:",
+            ] {
+                assert!(message.contains(key), "missing {key} in {message}");
+            }
+        });
+        let bad_policy =
+            "[[trunks]]\nname = \"uk\"\naddress = \"127.0.0.1:5090\"\nmedia_address = \"nat\"\n";
+        load_in_jail(&[], Some(bad_policy), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("media_address"), "{message}");
         });
     }
 
