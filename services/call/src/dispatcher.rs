@@ -185,10 +185,10 @@ impl Dispatcher {
                 .response(Direction::In, &c.method, resp.status);
         }
         // A response to a request the node sent carries the node's tag in From.
-        let (Some(call_id), Some(tag)) = (resp.headers.call_id(), from_tag(&resp.headers)) else {
+        let (Some(call_id), Some(tag)) = (resp.headers.call_id(), resp.headers.from_tag()) else {
             return Action::Drop;
         };
-        match self.shared.registry.dialog(call_id, tag.as_bytes()) {
+        match self.shared.registry.dialog(call_id, tag) {
             Some((handle, leg)) => Action::Deliver {
                 handle,
                 leg,
@@ -227,9 +227,9 @@ impl Dispatcher {
             return Action::Drop;
         };
         let node = shared.node();
-        if let Some(to_tag) = to_tag(&req.headers) {
+        if let Some(to_tag) = req.headers.to_tag() {
             // In a dialog: one of ours, or nothing at all.
-            return match shared.registry.dialog(&call_id, to_tag.as_bytes()) {
+            return match shared.registry.dialog(&call_id, to_tag) {
                 Some((handle, leg)) => Action::Deliver {
                     handle,
                     leg,
@@ -257,18 +257,16 @@ impl Dispatcher {
     /// A CANCEL goes to the call whose pending INVITE it names (same Call-ID, From-tag
     /// and branch, RFC 3261 §9.2); anything else gets 481 here.
     fn classify_cancel(&self, call_id: &Bytes, req: Request) -> Action {
-        let pending = from_tag(&req.headers)
-            .map(|tag| DialogKey::new(call_id, tag.as_bytes()))
-            .and_then(|key| self.shared.registry.invite(&key));
-        let branch = top_branch(&req.headers);
+        let pending = req
+            .headers
+            .from_tag()
+            .and_then(|tag| self.shared.registry.invite(call_id, tag));
         match pending {
-            Some(e) if branch.as_deref().map(str::as_bytes) == Some(&e.branch[..]) => {
-                Action::Deliver {
-                    handle: e.handle,
-                    leg: Leg::A,
-                    msg: Message::Request(req),
-                }
-            }
+            Some(e) if req.headers.top_branch() == Some(&e.branch[..]) => Action::Deliver {
+                handle: e.handle,
+                leg: Leg::A,
+                msg: Message::Request(req),
+            },
             _ => self.reply(stateless::no_dialog(&req, self.shared.node()), req.method),
         }
     }
@@ -332,20 +330,21 @@ impl Dispatcher {
         let shared = &self.shared;
         let node = shared.node();
         let (Some(call_id), Some(tag), Some(cseq), Some(branch)) = (
-            req.headers.call_id().cloned(),
-            from_tag(&req.headers),
+            req.headers.call_id(),
+            req.headers.from_tag(),
             req.headers.cseq().map(|c| c.seq),
-            top_branch(&req.headers),
+            req.headers.top_branch(),
         ) else {
             return;
         };
-        let key = DialogKey::new(&call_id, tag.as_bytes());
+        let key = DialogKey::new(call_id, tag);
+        let branch = Bytes::copy_from_slice(branch);
         let draining = shared.draining.load(Ordering::Relaxed);
         let mut refusal = None;
         let mut invite = Some(req);
         let outcome = shared
             .registry
-            .initial_invite(key.clone(), cseq, branch.as_bytes(), || {
+            .initial_invite(key.clone(), cseq, &branch, || {
                 if draining {
                     refusal = Some("draining");
                     return None;
@@ -431,18 +430,6 @@ impl Dispatcher {
             tracing::warn!(peer = %source.addr, transport = %source.transport, reason, error = %detail, "bad SIP message");
         }
     }
-}
-
-fn from_tag(h: &Headers) -> Option<String> {
-    h.from_addr().and_then(|f| f.tag().map(str::to_string))
-}
-
-fn to_tag(h: &Headers) -> Option<String> {
-    h.to_addr().and_then(|t| t.tag().map(str::to_string))
-}
-
-fn top_branch(h: &Headers) -> Option<String> {
-    h.top_via().and_then(|v| v.branch().map(str::to_string))
 }
 
 /// RFC 3261 §18.2.1 / RFC 3581: records where the request really came from in its

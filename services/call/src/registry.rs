@@ -18,6 +18,8 @@ use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use ractor::ActorRef;
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use trunkline_b2bua::Leg;
@@ -55,7 +57,10 @@ impl CallHandle {
 }
 
 /// `(Call-ID, tag)`: a dialog side the node is one end of, or a caller's pending INVITE.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Registered keys own their bytes (a key must not keep a whole received message alive
+/// for the length of a call); lookups borrow them from the message (`KeyParts`), so
+/// finding a call allocates nothing.
+#[derive(Debug, Clone)]
 pub struct DialogKey {
     pub call_id: Bytes,
     pub tag: Bytes,
@@ -69,6 +74,72 @@ impl DialogKey {
         }
     }
 }
+
+/// The two parts of a dialog key, owned or borrowed.
+pub trait KeyParts {
+    fn call_id(&self) -> &[u8];
+    fn tag(&self) -> &[u8];
+}
+
+impl KeyParts for DialogKey {
+    fn call_id(&self) -> &[u8] {
+        &self.call_id
+    }
+    fn tag(&self) -> &[u8] {
+        &self.tag
+    }
+}
+
+/// A key made of slices of a received message, for lookups.
+struct Lookup<'a>(&'a [u8], &'a [u8]);
+
+impl KeyParts for Lookup<'_> {
+    fn call_id(&self) -> &[u8] {
+        self.0
+    }
+    fn tag(&self) -> &[u8] {
+        self.1
+    }
+}
+
+impl Hash for dyn KeyParts + '_ {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.call_id().hash(h);
+        self.tag().hash(h);
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.call_id() == other.call_id() && self.tag() == other.tag()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+impl Hash for DialogKey {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        (self as &dyn KeyParts).hash(h);
+    }
+}
+
+impl PartialEq for DialogKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn KeyParts) == (other as &dyn KeyParts)
+    }
+}
+
+impl Eq for DialogKey {}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for DialogKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+/// The maps' hasher: keyed per process (Call-IDs and tags come from the network, so a
+/// fixed hash could be aimed at), and several times cheaper than SipHash per lookup.
+type Hasher_ = foldhash::quality::RandomState;
 
 /// A caller's INVITE the node is serving.
 #[derive(Clone)]
@@ -93,16 +164,18 @@ pub enum InitialInvite {
 
 #[derive(Default)]
 pub struct CallRegistry {
-    dialogs: DashMap<DialogKey, (CallHandle, Leg)>,
-    invites: DashMap<DialogKey, InviteEntry>,
-    serials: DashMap<u64, CallHandle>,
+    dialogs: DashMap<DialogKey, (CallHandle, Leg), Hasher_>,
+    invites: DashMap<DialogKey, InviteEntry, Hasher_>,
+    serials: DashMap<u64, CallHandle, Hasher_>,
 }
 
 impl CallRegistry {
     /// The call and leg whose dialog has our tag `tag` under `call_id`.
     pub fn dialog(&self, call_id: &[u8], tag: &[u8]) -> Option<(CallHandle, Leg)> {
-        let key = DialogKey::new(call_id, tag);
-        self.dialogs.get(&key).map(|e| e.value().clone())
+        let key = Lookup(call_id, tag);
+        self.dialogs
+            .get(&key as &dyn KeyParts)
+            .map(|e| e.value().clone())
     }
 
     pub fn register_dialog(&self, key: DialogKey, handle: CallHandle, leg: Leg) {
@@ -115,8 +188,11 @@ impl CallRegistry {
     }
 
     /// The caller's INVITE registered under `key` (Call-ID and the caller's From-tag).
-    pub fn invite(&self, key: &DialogKey) -> Option<InviteEntry> {
-        self.invites.get(key).map(|e| e.value().clone())
+    pub fn invite(&self, call_id: &[u8], from_tag: &[u8]) -> Option<InviteEntry> {
+        let key = Lookup(call_id, from_tag);
+        self.invites
+            .get(&key as &dyn KeyParts)
+            .map(|e| e.value().clone())
     }
 
     /// Decides, atomically against concurrent receive tasks, what an INVITE without

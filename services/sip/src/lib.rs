@@ -15,6 +15,7 @@ pub mod name_addr;
 pub mod params;
 pub mod parse;
 pub mod scan;
+pub mod tags;
 pub mod transaction;
 pub mod uri;
 pub mod validate;

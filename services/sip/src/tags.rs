@@ -1,0 +1,178 @@
+//! Dialog and transaction identifiers read straight from header bytes.
+//!
+//! Dispatching a message needs only its From-tag, To-tag and top Via branch. Parsing
+//! the whole name-addr (display name, URI, every parameter, each into owned strings) to
+//! get one parameter costs allocations on every message of the hot path, several times
+//! over; these readers return a slice of the header value instead. They agree with
+//! `NameAddr::parse(..).tag()` and `Via::parse(..).branch()` on what those accept (a
+//! property test holds them to it); on values those reject they may still find a tag,
+//! which only means the message reaches a call that then refuses it.
+
+use crate::header::{HeaderName, Headers};
+use crate::scan;
+
+/// The value of parameter `name` in a `;`-separated parameter list (`;a=1;tag=x`).
+fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    params.split(|c| *c == b';').skip(1).find_map(|p| {
+        let (s, e) = scan::trim(p);
+        let p = &p[s..e];
+        let (n, v) = match p.iter().position(|c| *c == b'=') {
+            Some(eq) => (&p[..eq], &p[eq + 1..]),
+            None => (p, &p[p.len()..]),
+        };
+        let (ns, ne) = scan::trim(n);
+        if !n[ns..ne].eq_ignore_ascii_case(name) {
+            return None;
+        }
+        let (vs, ve) = scan::trim(v);
+        Some(&v[vs..ve])
+    })
+}
+
+/// The `tag` of a From or To value.
+pub fn name_addr_tag(v: &[u8]) -> Option<&[u8]> {
+    let mut i = scan::skip_ws(v, 0);
+    if v.get(i) == Some(&b'"') {
+        i = scan::quoted_end(v, i)?;
+    }
+    let params = match v[i..].iter().position(|c| *c == b'<') {
+        Some(lt) => {
+            let lt = i + lt;
+            let gt = lt + v[lt..].iter().position(|c| *c == b'>')?;
+            &v[gt + 1..]
+        }
+        // addr-spec: the URI ends at the first ';' or whitespace (RFC 3261 §20.10).
+        None => {
+            let end = v[i..]
+                .iter()
+                .position(|c| *c == b';' || scan::is_ws(*c))
+                .map_or(v.len(), |p| i + p);
+            &v[end..]
+        }
+    };
+    param(params, b"tag").filter(|t| !t.is_empty())
+}
+
+/// The `branch` of the first value of a Via header.
+pub fn via_branch(v: &[u8]) -> Option<&[u8]> {
+    let first = v.split(|c| *c == b',').next()?;
+    let semi = first.iter().position(|c| *c == b';')?;
+    param(&first[semi..], b"branch").filter(|b| !b.is_empty())
+}
+
+impl Headers {
+    /// The From-tag, as written.
+    pub fn from_tag(&self) -> Option<&[u8]> {
+        name_addr_tag(self.get(HeaderName::From)?)
+    }
+
+    /// The To-tag, as written.
+    pub fn to_tag(&self) -> Option<&[u8]> {
+        name_addr_tag(self.get(HeaderName::To)?)
+    }
+
+    /// The branch of the top Via.
+    pub fn top_branch(&self) -> Option<&[u8]> {
+        via_branch(self.get(HeaderName::Via)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name_addr::NameAddr;
+    use crate::via::Via;
+    use proptest::prelude::*;
+
+    fn tag(s: &str) -> Option<&str> {
+        name_addr_tag(s.as_bytes()).map(|t| std::str::from_utf8(t).unwrap())
+    }
+
+    #[test]
+    fn reads_tags_of_every_form() {
+        assert_eq!(tag("<sip:a@b>;tag=x1"), Some("x1"));
+        assert_eq!(
+            tag("\"A;tag=no\" <sip:a@b;tag=uri>;foo=1; TAG = x2 "),
+            Some("x2")
+        );
+        assert_eq!(tag("Alice <sip:a@b>;tag=x3;expires=5"), Some("x3"));
+        assert_eq!(tag("sip:a@b;tag=x4"), Some("x4"));
+        assert_eq!(tag("sip:a@b"), None);
+        assert_eq!(tag("<sip:a@b;tag=inside>"), None);
+        assert_eq!(tag("<sip:a@b>;tag="), None);
+        assert_eq!(tag("<sip:a@b>;tagx=1"), None);
+        assert_eq!(tag("\"unterminated <sip:a@b>;tag=1"), None);
+        assert_eq!(tag("<sip:a@b;tag=1"), None);
+    }
+
+    #[test]
+    fn reads_the_top_branch() {
+        fn b(s: &str) -> Option<&str> {
+            via_branch(s.as_bytes()).map(|t| std::str::from_utf8(t).unwrap())
+        }
+        assert_eq!(
+            b("SIP/2.0/UDP [2001:db8::1]:5060;rport;branch=z9hG4bK1, SIP/2.0/UDP x;branch=2"),
+            Some("z9hG4bK1")
+        );
+        assert_eq!(
+            b("SIP/2.0/UDP h ; Branch = z9hG4bK3 ;received=1.2.3.4"),
+            Some("z9hG4bK3")
+        );
+        assert_eq!(b("SIP/2.0/UDP h, SIP/2.0/UDP x;branch=2"), None);
+        assert_eq!(b("SIP/2.0/UDP h;branchx=1"), None);
+    }
+
+    fn part() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "\"Al;ice\" ",
+            "Bob ",
+            "",
+            "<sip:a@b.example>",
+            "<sip:a@b;tag=u>",
+            "sip:c@d",
+            ";tag=t1",
+            ";TAG=t2",
+            "; tag = t3 ",
+            ";foo",
+            ";foo=bar",
+            ";tag=",
+            " ",
+            "<",
+            ">",
+            "\"",
+            ";",
+            "=",
+            ",",
+        ])
+        .prop_map(str::to_string)
+    }
+
+    proptest! {
+        /// Wherever the full parser accepts a value, both read the same tag.
+        #[test]
+        fn agrees_with_the_name_addr_parser(parts in prop::collection::vec(part(), 1..7)) {
+            let v = parts.concat();
+            if let Some(na) = NameAddr::parse(v.as_bytes()) {
+                let full = na.tag().filter(|t| !t.is_empty());
+                prop_assert_eq!(tag(&v), full, "{}", v);
+            }
+        }
+
+        #[test]
+        fn agrees_with_the_via_parser(
+            params in prop::collection::vec(prop::sample::select(vec![
+                ";branch=z9hG4bKa", ";BRANCH=z9hG4bKb", "; branch = c ", ";rport", ";received=1.2.3.4",
+                ";branch=", ";x=y", ", SIP/2.0/TCP h2;branch=z9hG4bKz",
+            ]), 0..5)
+        ) {
+            let v = format!("SIP/2.0/UDP 192.0.2.1:5060{}", params.concat());
+            let bytes = bytes::Bytes::from(v.clone());
+            let first = crate::scan::split_commas(&bytes).and_then(|vs| vs.into_iter().next());
+            if let Some(via) = first.and_then(|f| Via::parse(&f)) {
+                let full = via.branch().filter(|b| !b.is_empty()).map(str::to_string);
+                let fast = via_branch(v.as_bytes()).map(|b| String::from_utf8_lossy(b).into_owned());
+                prop_assert_eq!(fast, full, "{}", v);
+            }
+        }
+    }
+}
