@@ -15,7 +15,7 @@ pub mod multipart;
 pub mod relay;
 pub mod snapshot;
 
-pub use call::{Call, CallState, MediaFailure, RouteDecision};
+pub use call::{Call, CallState, Leftovers, MediaFailure, Replay, RouteDecision};
 pub use config::{CallConfig, Local};
 pub use event::{EndCause, Event, Leg, MediaOp, Transmit};
 pub use ids::{owner_of, Ids};

@@ -8,7 +8,7 @@
 use crate::media::{LegAddressing, LegInterfaces, MediaMsg};
 use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::Direction;
-use crate::registry::{CallHandle, DialogKey};
+use crate::registry::{CallHandle, DialogKey, Grave};
 use crate::shared::{send_token, Shared};
 use crate::trust::Origin;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -269,6 +269,23 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
         }
     }
     if state.call.is_finished() {
+        myself.stop(None);
+        return;
+    }
+    if let Some(left) = state.call.take_leftovers() {
+        // Ended, and only retransmissions are left to answer: the registry answers
+        // them from here on, and the call goes now rather than in 32 s.
+        if let (Some(until), false) = (left.until, left.replays.is_empty()) {
+            let mut keys = vec![&state.a_key, &state.invite_key];
+            keys.extend(state.b_key.as_ref());
+            state.shared.registry.bury(
+                &keys,
+                Grave {
+                    replays: left.replays,
+                    until,
+                },
+            );
+        }
         myself.stop(None);
         return;
     }

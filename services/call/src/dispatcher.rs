@@ -35,6 +35,8 @@ enum Action {
     Drop,
     /// A stateless answer; `method` is the request's, for metrics.
     Reply { resp: Response, method: Method },
+    /// Send `data` to `to` again: a call that is gone answering a retransmission.
+    Replay { data: Bytes, to: Peer },
     /// Hand the message to a call.
     Deliver {
         handle: CallHandle,
@@ -69,6 +71,21 @@ impl Dispatcher {
     /// as their inbound handler first).
     pub fn attach(&self, outbound: Arc<dyn Outbound>) {
         self.shared.attach(outbound);
+        // Forget what gone calls left behind once it has expired (see `Grave`).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let shared = Arc::downgrade(&self.shared);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = shared.upgrade() else {
+                        break;
+                    };
+                    shared.registry.sweep(now());
+                }
+            });
+        }
     }
 
     /// Stop taking new calls: new INVITEs get 503 so callers try another node.
@@ -195,9 +212,23 @@ impl Dispatcher {
                 msg: Message::Response(resp),
             },
             None => {
-                // A response to nothing we have: drop silently (RFC 3261 §18.1.2).
-                tracing::debug!(peer = %source.addr, "stray response dropped");
-                Action::Drop
+                // A call that is gone re-ACKs a retransmitted final; anything else is a
+                // response to nothing we have: drop it silently (RFC 3261 §18.1.2).
+                let replay = resp.headers.top_branch().and_then(|branch| {
+                    self.shared
+                        .registry
+                        .replay(call_id, tag, branch, false, now())
+                });
+                match replay {
+                    Some(r) => Action::Replay {
+                        data: r.data,
+                        to: r.peer,
+                    },
+                    None => {
+                        tracing::debug!(peer = %source.addr, "stray response dropped");
+                        Action::Drop
+                    }
+                }
             }
         }
     }
@@ -236,12 +267,15 @@ impl Dispatcher {
                     msg: Message::Request(req),
                 },
                 None if req.method == Method::Ack => Action::Drop,
-                None => self.reply(stateless::no_dialog(&req, node), req.method),
+                None => match self.replay_to(source, &call_id, to_tag, &req) {
+                    Some(action) => action,
+                    None => self.reply(stateless::no_dialog(&req, node), req.method),
+                },
             };
         }
         match req.method {
             Method::Invite => Action::Invite { req, origin },
-            Method::Cancel => self.classify_cancel(&call_id, req),
+            Method::Cancel => self.classify_cancel(source, &call_id, req),
             Method::Ack => Action::Drop,
             Method::Options => {
                 let draining = shared.draining.load(Ordering::Relaxed);
@@ -256,7 +290,7 @@ impl Dispatcher {
 
     /// A CANCEL goes to the call whose pending INVITE it names (same Call-ID, From-tag
     /// and branch, RFC 3261 §9.2); anything else gets 481 here.
-    fn classify_cancel(&self, call_id: &Bytes, req: Request) -> Action {
+    fn classify_cancel(&self, source: &Peer, call_id: &Bytes, req: Request) -> Action {
         let pending = req
             .headers
             .from_tag()
@@ -267,8 +301,39 @@ impl Dispatcher {
                 leg: Leg::A,
                 msg: Message::Request(req),
             },
-            _ => self.reply(stateless::no_dialog(&req, self.shared.node()), req.method),
+            Some(_) => self.reply(stateless::no_dialog(&req, self.shared.node()), req.method),
+            None => {
+                let replay = req
+                    .headers
+                    .from_tag()
+                    .and_then(|tag| self.replay_to(source, call_id, tag, &req));
+                match replay {
+                    Some(action) => action,
+                    None => self.reply(stateless::no_dialog(&req, self.shared.node()), req.method),
+                }
+            }
         }
+    }
+
+    /// The answer a gone call left for a retransmission of `req`, sent where the
+    /// retransmission came from.
+    fn replay_to(
+        &self,
+        source: &Peer,
+        call_id: &[u8],
+        tag: &[u8],
+        req: &Request,
+    ) -> Option<Action> {
+        let branch = req.headers.top_branch()?;
+        let r = self
+            .shared
+            .registry
+            .replay(call_id, tag, branch, true, now())?;
+        self.shared.metrics.retransmission(Direction::In);
+        Some(Action::Replay {
+            data: r.data,
+            to: *source,
+        })
     }
 
     /// A request from a source no rule names: 403, or silence when the node is told not
@@ -297,6 +362,10 @@ impl Dispatcher {
         match action {
             Action::Drop => {}
             Action::Reply { resp, method } => self.send_reply(source, &resp, &method),
+            Action::Replay { data, to } => {
+                self.shared.metrics.retransmission(Direction::Out);
+                self.shared.send(&to, data, None);
+            }
             Action::Deliver { handle, leg, msg } => {
                 let refusal = match &msg {
                     Message::Request(r) if r.method != Method::Ack => Some(r.clone()),
@@ -468,4 +537,9 @@ impl trunkline_transport::Inbound for Dispatcher {
     ) {
         Dispatcher::on_send_error(self, peer, token, error);
     }
+}
+
+/// The one clock (ARCHITECTURE.md rule 7): tokio's, as the call actors read it.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }

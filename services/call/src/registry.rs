@@ -22,7 +22,8 @@ use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use trunkline_b2bua::Leg;
+use std::time::Instant;
+use trunkline_b2bua::{Leg, Replay};
 
 /// Messages a call may have waiting in its mailbox before more are refused. A call
 /// handles a message in microseconds; a backlog this deep means it is flooded, and a
@@ -162,11 +163,19 @@ pub enum InitialInvite {
     Refused,
 }
 
+/// What a call that is gone still answers (`trunkline_b2bua::Leftovers`), kept under
+/// each of its keys until it expires: a few hundred bytes instead of a live call.
+pub struct Grave {
+    pub replays: Vec<Replay>,
+    pub until: Instant,
+}
+
 #[derive(Default)]
 pub struct CallRegistry {
     dialogs: DashMap<DialogKey, (CallHandle, Leg), Hasher_>,
     invites: DashMap<DialogKey, InviteEntry, Hasher_>,
     serials: DashMap<u64, CallHandle, Hasher_>,
+    graves: DashMap<DialogKey, Arc<Grave>, Hasher_>,
 }
 
 impl CallRegistry {
@@ -251,13 +260,49 @@ impl CallRegistry {
         self.serials.remove(&serial);
     }
 
-    /// Calls with an actor (live or lingering).
+    /// Calls with an actor.
     pub fn calls(&self) -> usize {
         self.serials.len()
     }
 
-    /// Index entries of every kind: what a leak would grow.
+    /// Index entries of every kind, graves included: what a leak would grow.
     pub fn entries(&self) -> usize {
-        self.dialogs.len() + self.invites.len() + self.serials.len()
+        self.dialogs.len() + self.invites.len() + self.serials.len() + self.graves.len()
+    }
+
+    /// Keeps what a finished call still answers under each of its keys.
+    pub fn bury(&self, keys: &[&DialogKey], grave: Grave) {
+        let grave = Arc::new(grave);
+        for key in keys {
+            self.graves.insert((*key).clone(), grave.clone());
+        }
+    }
+
+    /// The answer a gone call owes a retransmission with top Via `branch` of a request
+    /// (`to_request`) or of a response, found by `(Call-ID, tag)` as a live call would be.
+    pub fn replay(
+        &self,
+        call_id: &[u8],
+        tag: &[u8],
+        branch: &[u8],
+        to_request: bool,
+        now: Instant,
+    ) -> Option<Replay> {
+        let key = Lookup(call_id, tag);
+        let grave = self.graves.get(&key as &dyn KeyParts)?;
+        if grave.until <= now {
+            return None;
+        }
+        grave
+            .replays
+            .iter()
+            .find(|r| r.to_request == to_request && r.branch == branch)
+            .cloned()
+    }
+
+    /// Forgets graves whose time is up; returns how many are left.
+    pub fn sweep(&self, now: Instant) -> usize {
+        self.graves.retain(|_, g| g.until > now);
+        self.graves.len()
     }
 }

@@ -463,3 +463,59 @@ async fn strays_are_answered_statelessly() {
     assert_eq!(n.d.call_actors(), 0);
     assert_eq!(n.d.index_entries(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_up_call_is_gone_at_once_and_still_answers_a_retransmitted_bye() {
+    let n = node(Opts::default());
+    n.recv(CALLER, &invite(CALLER, "+15550100", "c9@x", "t9", 1, "g1"));
+    n.settle().await;
+    let b_inv = n.take(CARRIER).remove(0).0;
+    n.recv(CARRIER, &respond(&b_inv, 200, "far9", CARRIER));
+    n.settle().await;
+    let ok = n
+        .take(CALLER)
+        .into_iter()
+        .find(|(m, _)| summary(m) == "200 (1 INVITE)")
+        .expect("answered")
+        .0;
+    n.recv(CALLER, &ack_for(&ok, CALLER));
+    let to_tag = ok
+        .headers()
+        .to_tag()
+        .map(|t| String::from_utf8_lossy(t).into_owned())
+        .unwrap();
+    let bye = format!(
+        "BYE sip:{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKbye9\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@{CALLER}>;tag=t9\r\nTo: <sip:+15550100@{NODE}>;tag={to_tag}\r\n\
+         Call-ID: c9@x\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    n.recv(CALLER, &bye);
+    n.settle().await;
+    let ok_bye = n.take(CALLER);
+    assert_eq!(names(&ok_bye), vec!["200 (2 BYE)"]);
+    let b_bye = n
+        .take(CARRIER)
+        .into_iter()
+        .find(|(m, _)| summary(m) == "BYE 2")
+        .expect("BYE to the callee")
+        .0;
+    n.recv(CARRIER, &respond(&b_bye, 200, "far9", CARRIER));
+    n.settle().await;
+    assert_eq!(
+        n.d.call_actors(),
+        0,
+        "the call is gone, not lingering for Timer J"
+    );
+    // The caller missed our 200 and retransmits its BYE: the same 200 again, not 481.
+    n.recv(CALLER, &bye);
+    n.settle().await;
+    let again = n.take(CALLER);
+    assert_eq!(names(&again), vec!["200 (2 BYE)"]);
+    assert_eq!(again[0].0.encode(), ok_bye[0].0.encode(), "byte for byte");
+    // Once Timer J would have ended the transaction, nothing is left.
+    tokio::time::sleep(Duration::from_secs(34)).await;
+    assert_eq!(n.d.index_entries(), 0);
+    n.recv(CALLER, &bye);
+    n.settle().await;
+    assert_eq!(names(&n.take(CALLER)), vec!["481 (2 BYE)"]);
+}

@@ -15,12 +15,14 @@ use trunkline_sip::{Dialog, Message, Peer, Request, Uri};
 
 mod ack_cancel;
 mod invite;
+mod leftovers;
 mod outbox;
 mod requests;
 mod responses;
 mod targets;
 mod transactions;
 
+pub use leftovers::{Leftovers, Replay};
 use outbox::{Held, Outgoing};
 
 /// Where the call stands, as an operator would describe it.

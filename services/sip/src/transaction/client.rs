@@ -2,7 +2,7 @@
 //! Accepted state and Timer M) and §17.1.2 (non-INVITE, Fig. 6).
 
 use super::outbox::{Due, Outbox};
-use super::{ClientState, Timers, Transmit, TxEvent, TxKey};
+use super::{ClientState, Leftover, Timers, Transmit, TxEvent, TxKey};
 use crate::header::{Header, HeaderName};
 use crate::message::{Request, Response};
 use crate::method::Method;
@@ -194,6 +194,24 @@ impl ClientTransaction {
     /// The current state (for the TU's decisions and for logs).
     pub fn state(&self) -> ClientState {
         self.state
+    }
+
+    /// What is left to do (see [`Leftover`]): an INVITE transaction in Completed only
+    /// re-sends its ACK to retransmitted non-2xx finals until Timer D; a non-INVITE
+    /// one in Completed only absorbs retransmitted responses.
+    pub fn leftover(&self) -> Leftover {
+        match self.state {
+            ClientState::Terminated => Leftover::Nothing,
+            ClientState::Completed if !self.invite => Leftover::Nothing,
+            ClientState::Completed => match (&self.ack, self.out.linger_at()) {
+                (Some(data), Some(until)) => Leftover::Replay {
+                    data: data.clone(),
+                    until,
+                },
+                _ => Leftover::Nothing,
+            },
+            _ => Leftover::Busy,
+        }
     }
 
     /// True once the transaction is over; the TU may drop it after draining

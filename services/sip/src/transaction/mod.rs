@@ -27,6 +27,25 @@ mod sim_tests;
 mod tests;
 
 pub use client::ClientTransaction;
+
+/// What a transaction still has to do once its TU is done with everything else (see
+/// `leftover` on both kinds). A call that has ended keeps only these, and only as long
+/// as they matter, so it can free the rest at once instead of holding two whole
+/// transactions for 32 s to answer a BYE that is retransmitted once in a blue moon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leftover {
+    /// Still working: retransmitting, waiting for a response or an ACK, or for the TU.
+    Busy,
+    /// Only absorbing retransmissions that need no answer; can be dropped.
+    Nothing,
+    /// Only answering each retransmission of the other side with `data` (the last
+    /// response of a non-INVITE server transaction, the ACK of an INVITE client
+    /// transaction) until `until`.
+    Replay {
+        data: bytes::Bytes,
+        until: std::time::Instant,
+    },
+}
 pub use key::TxKey;
 pub use server::ServerTransaction;
 

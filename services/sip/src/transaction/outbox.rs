@@ -54,6 +54,11 @@ impl Outbox {
         self.events.push_back(event);
     }
 
+    /// When the absorbing period ends, if it runs.
+    pub(super) fn linger_at(&self) -> Option<Instant> {
+        self.linger_at
+    }
+
     /// Arms the retransmission timer `interval` after `now`.
     pub(super) fn arm_retransmit(&mut self, now: Instant, interval: Duration) {
         self.interval = interval;

@@ -5,7 +5,7 @@
 //! (§13.3.1.4), so the TU has one object to drive per INVITE.
 
 use super::outbox::{Due, Outbox};
-use super::{ServerState, Timers, Transmit, TxEvent, TxKey};
+use super::{Leftover, ServerState, Timers, Transmit, TxEvent, TxKey};
 use crate::message::{Request, Response};
 use crate::method::Method;
 use bytes::Bytes;
@@ -234,6 +234,26 @@ impl ServerTransaction {
     /// The last response sent (for CANCEL handling and for logs).
     pub fn last_status(&self) -> Option<u16> {
         self.last_status
+    }
+
+    /// What is left to do (see [`Leftover`]): a non-INVITE transaction in Completed
+    /// only re-sends its final response to retransmitted requests until Timer J; an
+    /// INVITE transaction in Confirmed, or in Accepted once ACKed, only absorbs.
+    pub fn leftover(&self) -> Leftover {
+        match self.state {
+            ServerState::Terminated | ServerState::Confirmed => Leftover::Nothing,
+            ServerState::Accepted if self.acked => Leftover::Nothing,
+            ServerState::Completed if !self.invite => {
+                match (&self.last_response, self.out.linger_at()) {
+                    (Some(data), Some(until)) => Leftover::Replay {
+                        data: data.clone(),
+                        until,
+                    },
+                    _ => Leftover::Nothing,
+                }
+            }
+            _ => Leftover::Busy,
+        }
     }
 
     fn send(&mut self, resp: &Response) {

@@ -908,3 +908,69 @@ fn transactions_stay_small() {
     assert!(server <= 320, "{server}");
     assert!(client <= 640, "{client}");
 }
+
+// ------------------------------------------------------------ leftovers
+
+#[test]
+fn leftovers_say_what_a_finished_tu_still_owes() {
+    let t0 = Instant::now();
+    // Non-INVITE server: busy until final, then it only replays the final until J.
+    let mut bye = ServerTransaction::new(
+        t0,
+        &request("BYE", "z9hG4bKbye", Some("s")),
+        false,
+        Timers::default(),
+    );
+    assert_eq!(bye.leftover(), Leftover::Busy);
+    let ok = response(200, "BYE", "z9hG4bKbye", Some("s"));
+    bye.send_response(t0, &ok);
+    assert_eq!(
+        bye.leftover(),
+        Leftover::Replay {
+            data: ok.encode(),
+            until: t0 + Duration::from_secs(32)
+        }
+    );
+    // Over TCP the final ends it at once.
+    let mut tcp = ServerTransaction::new(
+        t0,
+        &request("BYE", "z9hG4bKt", Some("s")),
+        true,
+        Timers::default(),
+    );
+    tcp.send_response(t0, &response(200, "BYE", "z9hG4bKt", Some("s")));
+    assert_eq!(tcp.leftover(), Leftover::Nothing);
+
+    // INVITE server: busy while its non-2xx awaits the ACK, nothing after it.
+    let (t0, mut inv) = invite_server(false);
+    inv.send_response(t0, &response(486, "INVITE", INVITE_BRANCH, Some("s")));
+    assert_eq!(inv.leftover(), Leftover::Busy);
+    inv.handle_request(t0 + ms(10), &request("ACK", INVITE_BRANCH, Some("s")));
+    assert_eq!(inv.state(), ServerState::Confirmed);
+    assert_eq!(inv.leftover(), Leftover::Nothing);
+
+    // INVITE client: after a non-2xx it only re-sends its ACK until D.
+    let mut c = ClientTransaction::new(t0, invite(), false, Timers::default());
+    assert_eq!(c.leftover(), Leftover::Busy);
+    c.poll_transmit();
+    c.handle_response(
+        t0 + ms(10),
+        &response(486, "INVITE", INVITE_BRANCH, Some("c")),
+    );
+    let ack = c.poll_transmit().expect("the ACK").data;
+    assert_eq!(
+        c.leftover(),
+        Leftover::Replay {
+            data: ack,
+            until: t0 + ms(10) + Duration::from_secs(32)
+        }
+    );
+    // Non-INVITE client: after its final it only absorbs.
+    let mut o = ClientTransaction::new(t0, options(), false, Timers::default());
+    o.poll_transmit();
+    o.handle_response(
+        t0 + ms(5),
+        &response(200, "OPTIONS", INVITE_BRANCH, Some("o")),
+    );
+    assert_eq!(o.leftover(), Leftover::Nothing);
+}
