@@ -402,11 +402,14 @@ fn release_media(state: &mut CallActorState) {
     }
 }
 
-/// Keeps exactly one pending wake-up, at the call's next deadline.
+/// Keeps one pending wake-up, no later than the call's next deadline. A wake-up already
+/// armed at or before that deadline is kept: firing early only makes the call look at
+/// its timers and arm the next one, which is far cheaper than a new timer task each time
+/// a deadline moves later (most of a call's deadline changes do).
 fn schedule(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
     let next = state.call.poll_timeout();
-    if let (Some(next), Some((at, _))) = (next, state.timer.as_ref()) {
-        if *at == next {
+    if let Some((at, _)) = state.timer.as_ref() {
+        if next.is_none_or(|next| *at <= next) {
             return;
         }
     }

@@ -69,7 +69,7 @@ impl WorkerHandle {
     fn send(&self, cmd: Command) -> u64 {
         let seq = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         // A failed send means the worker is gone (shut down); nothing left to program.
-        if self.tx.send(cmd).is_ok() {
+        if self.tx.send(cmd).is_ok() && !self.totals.wake_pending.swap(true, Ordering::AcqRel) {
             // EAGAIN means the counter is already non-zero: the worker is awake.
             match self.waker.write(1) {
                 Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
@@ -314,7 +314,9 @@ impl Relay {
         };
         let epoch_mono = crate::kernel::monotonic_now().saturating_sub(epoch.elapsed());
         let mut workers = Vec::with_capacity(n);
+        let (spares_tx, spares_rx) = mpsc::channel();
         for i in 0..n {
+            let spares = spares_tx.clone();
             let kernel = kernel.clone();
             let poll =
                 nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
@@ -344,6 +346,7 @@ impl Relay {
                     policy.apply_or_warn(&name);
                     Worker::new(poll, worker_waker, rx, batch, worker_totals, epoch, name)
                         .with_learning_window(window_ms)
+                        .with_spares(spares)
                         .with_kernel(kernel)
                         .run()
                 })?;
@@ -363,6 +366,7 @@ impl Relay {
                 ports: PortPool::new(
                     PortAllocator::new(config.port_min, config.port_max, config.port_rest),
                     workers.iter().map(|w| w.totals.clone()).collect(),
+                    Some(spares_rx),
                 ),
                 next_worker: 0,
                 next_stream: 1,
@@ -929,8 +933,8 @@ impl Inner {
         for _ in 0..ports.capacity() {
             let port = ports.alloc(now)?;
             match (
-                self.bind_one(SocketAddr::new(ip, port)),
-                self.bind_one(SocketAddr::new(ip, port + 1)),
+                self.bind_one(ports, SocketAddr::new(ip, port)),
+                self.bind_one(ports, SocketAddr::new(ip, port + 1)),
             ) {
                 (Ok(rtp), Ok(rtcp)) => return Ok((port, [rtp, rtcp])),
                 (Err(e), _) | (_, Err(e)) => {
@@ -942,7 +946,16 @@ impl Inner {
         Err(MediaError::NoPorts)
     }
 
-    fn bind_one(&self, addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    /// A socket bound at `addr`: the one a worker handed back for it, or a new one.
+    fn bind_one(&self, ports: &mut PortPool, addr: SocketAddr) -> std::io::Result<UdpSocket> {
+        if let Some(spare) = ports.take_spare(addr) {
+            if socket2::SockRef::from(&spare)
+                .set_recv_buffer_size(self.config.recv_buffer)
+                .is_ok()
+            {
+                return Ok(spare);
+            }
+        }
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if let Err(e) = socket.set_recv_buffer_size(self.config.recv_buffer) {
             tracing::warn!(error = %e, "cannot set SO_RCVBUF on a media socket");

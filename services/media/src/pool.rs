@@ -8,7 +8,10 @@
 //! reused least recently freed first this only matters when the range is nearly exhausted:
 //! then an allocation waits (briefly, bounded) for the workers rather than failing.
 
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,15 +40,39 @@ pub(crate) struct PortPool {
     closing: Vec<Closing>,
     /// Each worker's counters; `applied` says how far its commands have been applied.
     workers: Vec<Arc<WorkerTotals>>,
+    /// Sockets of removed streams, still bound, handed back by the workers: the next
+    /// call on the port reuses them instead of binding new ones.
+    spare: HashMap<SocketAddr, UdpSocket>,
+    returns: Option<Receiver<(SocketAddr, UdpSocket)>>,
 }
 
 impl PortPool {
-    pub(crate) fn new(alloc: PortAllocator, workers: Vec<Arc<WorkerTotals>>) -> Self {
+    pub(crate) fn new(
+        alloc: PortAllocator,
+        workers: Vec<Arc<WorkerTotals>>,
+        returns: Option<Receiver<(SocketAddr, UdpSocket)>>,
+    ) -> Self {
         PortPool {
             alloc,
             closing: Vec::new(),
             workers,
+            spare: HashMap::new(),
+            returns,
         }
+    }
+
+    /// The still-bound socket of `addr` a worker handed back, emptied of whatever
+    /// arrived while it waited (late packets of the call that had it, a stranger's).
+    pub(crate) fn take_spare(&mut self, addr: SocketAddr) -> Option<UdpSocket> {
+        let sock = self.spare.remove(&addr)?;
+        let mut scratch = [0u8; 64];
+        // Its receive buffer was shrunk to the minimum: a couple of packets at most.
+        for _ in 0..64 {
+            if sock.recv(&mut scratch).is_err() {
+                break;
+            }
+        }
+        Some(sock)
     }
 
     /// Frees a pair whose sockets worker `worker` closes when it applies command `seq`;
@@ -64,8 +91,15 @@ impl PortPool {
         self.alloc.free(port, now);
     }
 
-    /// Moves the pairs whose sockets are now closed to the allocator.
+    /// Moves the pairs whose sockets are now closed (or handed back) to the allocator.
     pub(crate) fn reap(&mut self) {
+        // Sockets are handed back before their command counts as applied, so every
+        // spare of a pair returned below is in `spare` by then.
+        if let Some(returns) = &self.returns {
+            while let Ok((addr, sock)) = returns.try_recv() {
+                self.spare.insert(addr, sock);
+            }
+        }
         let workers = &self.workers;
         let alloc = &mut self.alloc;
         self.closing.retain(|c| {

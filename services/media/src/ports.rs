@@ -73,15 +73,14 @@ impl PortAllocator {
         self.in_use.len()
     }
 
-    /// Free pairs freed less than the rest period before `now`.
+    /// Free pairs freed less than the rest period before `now`. The queue is in freeing
+    /// order (never-used pairs first), so this is a binary search: it runs on every
+    /// delete's metrics refresh, with thousands of pairs resting on a busy node.
     pub fn resting_at(&self, now: Instant) -> usize {
-        self.free
-            .iter()
-            .rev()
-            .take_while(|(_, freed)| {
-                freed.is_some_and(|t| now.saturating_duration_since(t) < self.rest)
-            })
-            .count()
+        let rested = |(_, freed): &(u16, Option<Instant>)| {
+            freed.is_none_or(|t| now.saturating_duration_since(t) >= self.rest)
+        };
+        self.free.len() - self.free.partition_point(rested)
     }
 
     /// Pairs handed out before they had rested the rest period, since start: a range too

@@ -200,6 +200,10 @@ pub(crate) struct WorkerTotals {
     /// Commands applied so far: the control side numbers the commands it sends, so it
     /// knows when the sockets a command closes are closed.
     pub(crate) applied: AtomicU64,
+    /// The worker has been woken and not yet drained its commands: a burst of commands
+    /// (an offer's streams, a delete's) costs one eventfd write and one wake-up, not one
+    /// each.
+    pub(crate) wake_pending: std::sync::atomic::AtomicBool,
 }
 
 /// What the control side knows about the party sending to one side of a stream.
@@ -297,6 +301,8 @@ impl SrLog {
 
 struct Sock {
     socket: std::net::UdpSocket,
+    /// The socket's own address, to hand it back to the control side by.
+    addr: Option<SocketAddr>,
     latch: LatchState,
     /// The socket's own IPv4 address, for kernel routes (IPv6 media stays in user space).
     local: Option<SocketAddrV4>,
@@ -313,6 +319,7 @@ impl Sock {
         };
         Sock {
             socket,
+            addr: addr.as_ref().ok().copied(),
             latch: LatchState::default(),
             local,
             family: if matches!(addr, Ok(SocketAddr::V6(_))) {
@@ -440,6 +447,8 @@ pub(crate) struct Worker {
     learning_window_ms: u64,
     /// The kernel fast path, when the relay runs with one.
     kernel: Option<KernelLink>,
+    /// Where sockets of removed streams go back to the control side (see `put_away`).
+    spares: Option<std::sync::mpsc::Sender<(SocketAddr, std::net::UdpSocket)>>,
 }
 
 /// What a worker relayed and dropped so far, published as its `WorkerTotals`.
@@ -513,6 +522,7 @@ impl Worker {
             out: [Vec::with_capacity(batch), Vec::with_capacity(batch)],
             totals,
             tally: Tally::default(),
+            spares: None,
             epoch,
             name,
             learning_window_ms: crate::latch::LEARNING_WINDOW_MS,
@@ -523,6 +533,15 @@ impl Worker {
     /// Sets the endpoint-learning window.
     pub(crate) fn with_learning_window(mut self, ms: u64) -> Self {
         self.learning_window_ms = ms;
+        self
+    }
+
+    /// Hands sockets of removed streams back through `spares` instead of closing them.
+    pub(crate) fn with_spares(
+        mut self,
+        spares: std::sync::mpsc::Sender<(SocketAddr, std::net::UdpSocket)>,
+    ) -> Self {
+        self.spares = Some(spares);
         self
     }
 
@@ -563,6 +582,9 @@ impl Worker {
                 // Level-triggered: reset the eventfd or it keeps waking us.
                 let _ = self.waker.read();
             }
+            // Cleared before draining: a command sent after the drain's last look finds
+            // the flag down and wakes us again.
+            self.totals.wake_pending.store(false, Ordering::Release);
             if !self.drain_commands() {
                 return;
             }
@@ -626,11 +648,10 @@ impl Worker {
             Command::Remove { id } => {
                 if let Some(slot) = self.by_id.remove(&id) {
                     self.retire_kernel(slot);
-                    if let Some(mut stream) = self.streams.get_mut(slot).and_then(Option::take) {
-                        for side in &mut stream.sides {
-                            for sock in &mut side.socks {
-                                // Closing the socket removes it from epoll anyway.
-                                let _ = self.poll.delete(&sock.socket);
+                    if let Some(stream) = self.streams.get_mut(slot).and_then(Option::take) {
+                        for side in stream.sides {
+                            for sock in side.socks {
+                                self.put_away(sock);
                             }
                         }
                         self.free_slots.push(slot);
@@ -693,6 +714,21 @@ impl Worker {
         self.by_id.insert(id, slot);
     }
 
+    /// A socket its stream no longer uses: out of epoll and back to the control side,
+    /// which reuses it for the next call on that port rather than closing it and binding
+    /// a new one (socket, bind and close are most of what anchoring a call costs). Until
+    /// then it holds at most a packet or two: its receive buffer shrinks to the minimum,
+    /// so ports sprayed by a stranger cost the kernel no memory, and whatever it holds is
+    /// thrown away before reuse. Without a way back it is closed here.
+    fn put_away(&mut self, sock: Sock) {
+        let _ = self.poll.delete(&sock.socket);
+        let (Some(spares), Some(addr)) = (&self.spares, sock.addr) else {
+            return;
+        };
+        let _ = socket2::SockRef::from(&sock.socket).set_recv_buffer_size(0);
+        let _ = spares.send((addr, sock.socket));
+    }
+
     fn rebind(&mut self, id: u64, side: usize, sockets: [std::net::UdpSocket; 2]) {
         let Some(&slot) = self.by_id.get(&id) else {
             return;
@@ -707,6 +743,7 @@ impl Worker {
         else {
             return;
         };
+        let mut old_socks = Vec::with_capacity(2);
         for (comp, (sock, new)) in s.socks.iter_mut().zip(sockets).enumerate() {
             let _ = self.poll.delete(&sock.socket);
             // Same slot, side and component: the same token, so `service` finds it.
@@ -717,11 +754,16 @@ impl Worker {
             {
                 tracing::error!(worker = %self.name, error = %e, "cannot watch a media socket");
             }
-            // The old socket is closed here.
-            *sock = Sock {
-                latch: sock.latch,
-                ..Sock::new(new)
-            };
+            old_socks.push(std::mem::replace(
+                sock,
+                Sock {
+                    latch: sock.latch,
+                    ..Sock::new(new)
+                },
+            ));
+        }
+        for old in old_socks {
+            self.put_away(old);
         }
         self.sync_kernel(slot);
     }
