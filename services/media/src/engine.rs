@@ -316,7 +316,7 @@ impl Relay {
         let mut workers = Vec::with_capacity(n);
         let (spares_tx, spares_rx) = mpsc::channel();
         for i in 0..n {
-            let spares = spares_tx.clone();
+            let spares = (!config.spare_ttl.is_zero()).then(|| spares_tx.clone());
             let kernel = kernel.clone();
             let poll =
                 nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
@@ -366,7 +366,8 @@ impl Relay {
                 ports: PortPool::new(
                     PortAllocator::new(config.port_min, config.port_max, config.port_rest),
                     workers.iter().map(|w| w.totals.clone()).collect(),
-                    Some(spares_rx),
+                    (!config.spare_ttl.is_zero()).then_some(spares_rx),
+                    config.spare_ttl,
                 ),
                 next_worker: 0,
                 next_stream: 1,
@@ -384,18 +385,22 @@ impl Relay {
             housekeeping: Mutex::new(None),
             stopped: AtomicBool::new(false),
         });
-        if let Some(metrics) = metrics {
+        {
+            // Once a second: close spare sockets idle too long, refresh the metrics.
             let (tx, rx) = mpsc::channel::<()>();
             let weak: Weak<Inner> = Arc::downgrade(&inner);
             std::thread::Builder::new()
-                .name("media-metrics".into())
+                .name("media-housekeeping".into())
                 .spawn(move || loop {
                     match rx.recv_timeout(METRICS_PERIOD) {
                         Err(RecvTimeoutError::Timeout) => {}
                         _ => return,
                     }
                     let Some(inner) = weak.upgrade() else { return };
-                    metrics.refresh(&inner.totals());
+                    let totals = inner.totals();
+                    if let Some(metrics) = &metrics {
+                        metrics.refresh(&totals);
+                    }
                 })?;
             *lock(&inner.housekeeping) = Some(tx);
         }
@@ -1093,7 +1098,7 @@ impl Inner {
         let mut t = {
             let mut state = lock(&self.state);
             let now = later(state.clock, Instant::now());
-            state.ports.reap();
+            state.ports.reap(now);
             let resting = state.ports.resting_at(now) as u64;
             Totals {
                 sessions: state.sessions_total,
@@ -1101,6 +1106,7 @@ impl Inner {
                 ports_in_use: 2 * state.ports.in_use() as u64,
                 ports_resting: 2 * resting,
                 ports_reused_early: 2 * state.ports.reused_early(),
+                spare_sockets: state.ports.spares() as u64,
                 timeouts: state.timeouts,
                 ..Totals::default()
             }

@@ -166,6 +166,10 @@ pub struct MediaConfig {
     /// only decides what counts as reused early ([`Totals::ports_reused_early`]) and as
     /// resting. It never blocks an allocation.
     pub port_rest: Duration,
+    /// How long a removed stream's sockets are kept bound for reuse by the next call on
+    /// their ports (binding new ones is most of what anchoring a call costs); idle longer,
+    /// they are closed. `Duration::ZERO`: closed at once.
+    pub spare_ttl: Duration,
     /// How a party's real source is learnt when it differs from its signalled address
     /// (rtpengine's `--endpoint-learning`); a request may choose otherwise
     /// ([`Flags::endpoint_learning`]).
@@ -206,6 +210,7 @@ impl Default for MediaConfig {
             offer_timeout: Some(Duration::from_secs(3600)),
             final_timeout: None,
             port_rest: Duration::from_secs(30),
+            spare_ttl: Duration::from_secs(60),
             endpoint_learning: EndpointLearning::Delayed,
             learning_window: Duration::from_millis(latch::LEARNING_WINDOW_MS),
             max_streams: 16,
@@ -402,6 +407,9 @@ pub struct Totals {
     /// Ports (RTP and RTCP) handed to a call before they had rested
     /// [`MediaConfig::port_rest`]: the range is small for the call rate.
     pub ports_reused_early: u64,
+    /// Sockets of ended calls kept bound for the next call on their ports
+    /// ([`MediaConfig::spare_ttl`]).
+    pub spare_sockets: u64,
     /// Timeouts reported, by reason.
     pub timeouts: TimeoutCounts,
 }

@@ -20,6 +20,7 @@ pub(crate) struct Metrics {
     sessions_active: Gauge,
     ports_in_use: Gauge,
     ports_reused_early: Counter,
+    spare_sockets: Gauge,
     timeouts: Family<Labels, Counter>,
     last: std::sync::Mutex<Totals>,
 }
@@ -57,6 +58,11 @@ impl Metrics {
             "Media ports handed to a call before they had rested the configured rest period \
              (the port range is small for the call rate)",
             m.ports_reused_early.clone(),
+        );
+        registry.register(
+            "trunkline_media_spare_sockets",
+            "Sockets of ended calls kept bound for reuse by the next call on their ports",
+            m.spare_sockets.clone(),
         );
         registry.register(
             "trunkline_media_timeouts",
@@ -107,6 +113,8 @@ impl Metrics {
             .set(i64::try_from(now.current_sessions).unwrap_or(i64::MAX));
         self.ports_in_use
             .set(i64::try_from(now.ports_in_use).unwrap_or(i64::MAX));
+        self.spare_sockets
+            .set(i64::try_from(now.spare_sockets).unwrap_or(i64::MAX));
         *last = now.clone();
     }
 }

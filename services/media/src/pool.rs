@@ -8,7 +8,7 @@
 //! reused least recently freed first this only matters when the range is nearly exhausted:
 //! then an allocation waits (briefly, bounded) for the workers rather than failing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -42,7 +42,10 @@ pub(crate) struct PortPool {
     workers: Vec<Arc<WorkerTotals>>,
     /// Sockets of removed streams, still bound, handed back by the workers: the next
     /// call on the port reuses them instead of binding new ones.
-    spare: HashMap<SocketAddr, UdpSocket>,
+    spare: HashMap<SocketAddr, (UdpSocket, Instant)>,
+    /// `spare` in the order the sockets came back, to close those idle for `spare_ttl`.
+    spare_order: VecDeque<(Instant, SocketAddr)>,
+    spare_ttl: Duration,
     returns: Option<Receiver<(SocketAddr, UdpSocket)>>,
 }
 
@@ -51,20 +54,28 @@ impl PortPool {
         alloc: PortAllocator,
         workers: Vec<Arc<WorkerTotals>>,
         returns: Option<Receiver<(SocketAddr, UdpSocket)>>,
+        spare_ttl: Duration,
     ) -> Self {
         PortPool {
             alloc,
             closing: Vec::new(),
             workers,
             spare: HashMap::new(),
+            spare_order: VecDeque::new(),
+            spare_ttl,
             returns,
         }
+    }
+
+    /// Sockets kept bound for reuse.
+    pub(crate) fn spares(&self) -> usize {
+        self.spare.len()
     }
 
     /// The still-bound socket of `addr` a worker handed back, emptied of whatever
     /// arrived while it waited (late packets of the call that had it, a stranger's).
     pub(crate) fn take_spare(&mut self, addr: SocketAddr) -> Option<UdpSocket> {
-        let sock = self.spare.remove(&addr)?;
+        let (sock, _) = self.spare.remove(&addr)?;
         let mut scratch = [0u8; 64];
         // Its receive buffer was shrunk to the minimum: a couple of packets at most.
         for _ in 0..64 {
@@ -91,13 +102,25 @@ impl PortPool {
         self.alloc.free(port, now);
     }
 
-    /// Moves the pairs whose sockets are now closed (or handed back) to the allocator.
-    pub(crate) fn reap(&mut self) {
+    /// Moves the pairs whose sockets are now closed (or handed back) to the allocator, and
+    /// closes spare sockets idle for longer than their time to live.
+    pub(crate) fn reap(&mut self, now: Instant) {
         // Sockets are handed back before their command counts as applied, so every
         // spare of a pair returned below is in `spare` by then.
         if let Some(returns) = &self.returns {
             while let Ok((addr, sock)) = returns.try_recv() {
-                self.spare.insert(addr, sock);
+                self.spare.insert(addr, (sock, now));
+                self.spare_order.push_back((now, addr));
+            }
+        }
+        while let Some(&(since, addr)) = self.spare_order.front() {
+            if now.saturating_duration_since(since) < self.spare_ttl {
+                break;
+            }
+            self.spare_order.pop_front();
+            // Only if it is still that spare (not reused, and not handed back again since).
+            if self.spare.get(&addr).is_some_and(|(_, t)| *t == since) {
+                self.spare.remove(&addr);
             }
         }
         let workers = &self.workers;
@@ -116,7 +139,7 @@ impl PortPool {
     /// Takes the pair freed longest ago (see [`PortAllocator::alloc`]). When the only pairs
     /// not in use are still being closed, waits up to [`CLOSE_WAIT`] for their workers.
     pub(crate) fn alloc(&mut self, now: Instant) -> Result<u16, MediaError> {
-        self.reap();
+        self.reap(now);
         let deadline = Instant::now() + CLOSE_WAIT;
         loop {
             match self.alloc.alloc(now) {
@@ -124,7 +147,7 @@ impl PortPool {
                 Err(e) if self.closing.is_empty() || Instant::now() >= deadline => return Err(e),
                 Err(_) => {
                     std::thread::sleep(Duration::from_micros(200));
-                    self.reap();
+                    self.reap(now);
                 }
             }
         }

@@ -539,9 +539,9 @@ impl Worker {
     /// Hands sockets of removed streams back through `spares` instead of closing them.
     pub(crate) fn with_spares(
         mut self,
-        spares: std::sync::mpsc::Sender<(SocketAddr, std::net::UdpSocket)>,
+        spares: Option<std::sync::mpsc::Sender<(SocketAddr, std::net::UdpSocket)>>,
     ) -> Self {
-        self.spares = Some(spares);
+        self.spares = spares;
         self
     }
 

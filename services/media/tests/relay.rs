@@ -366,6 +366,53 @@ fn exhaustion_is_no_ports_and_freed_ports_serve_the_next_call_at_once() {
     ));
 }
 
+/// An ended call's sockets stay bound for the next call on their ports (no new socket,
+/// bind and close per call); whatever reaches them meanwhile never reaches the next call;
+/// and idle longer than `spare_ttl`, they are closed.
+#[test]
+fn ended_calls_sockets_serve_the_next_call_and_close_when_idle() {
+    let relay = relay_with(25, 2, |c| c.spare_ttl = Duration::from_secs(2));
+    let (o, a) = (endpoint(), endpoint());
+    let (ro, _) = audio_call(&relay, "s1", &o, &a, &Flags::default());
+    relay.delete("s1", None, None, now()).unwrap();
+    wait_for("the call's sockets handed back", || {
+        (relay.totals().spare_sockets == 4).then_some(())
+    });
+    // A stranger sprays the idle port: nothing is kept for the next call.
+    let stranger = endpoint();
+    for seq in 0..20 {
+        stranger.send_to(&rtp(seq, b"junk"), to(ro)).unwrap();
+    }
+    // The only two pairs: the next call gets the same ports, on the same sockets.
+    let (o2, a2) = (endpoint(), endpoint());
+    let (ro2, ra2) = audio_call(&relay, "s2", &o2, &a2, &Flags::default());
+    assert_eq!(ro2, ro);
+    assert_eq!(relay.totals().spare_sockets, 0, "reused, not bound anew");
+    o2.send_to(&rtp(1, b"hello"), to(ro2)).unwrap();
+    let (got, _) = recv(&a2).expect("the new call's media flows");
+    assert_eq!(
+        &got[12..],
+        b"hello",
+        "and it is the new call's, not the stranger's"
+    );
+    a2.send_to(&rtp(1, b"back"), to(ra2)).unwrap();
+    assert_eq!(&recv(&o2).expect("both ways").0[12..], b"back");
+    assert!(stays_quiet(&stranger), "the stranger gets nothing");
+    relay.delete("s2", None, None, now()).unwrap();
+    wait_for("handed back again", || {
+        (relay.totals().spare_sockets == 4).then_some(())
+    });
+    // Idle past spare_ttl: closed (the housekeeping runs every second).
+    std::thread::sleep(Duration::from_secs(2));
+    wait_for("spares closed", || {
+        (relay.totals().spare_sockets == 0).then_some(())
+    });
+    assert!(
+        std::net::UdpSocket::bind(sa(LOCALHOST, ro)).is_ok(),
+        "the port is free"
+    );
+}
+
 /// Freed pairs are reused least recently freed first: a never-used pair before any freed
 /// one, then the pairs freed longest ago.
 #[test]

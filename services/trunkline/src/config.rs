@@ -96,6 +96,10 @@ pub struct MediaSection {
     /// Most media ports one call may hold (4 per anchored m-line); an offer needing more is
     /// answered 488.
     pub max_ports_per_call: usize,
+    /// Seconds an ended call's sockets stay bound for the next call on their ports (0:
+    /// closed at once). Binding fresh sockets is most of what anchoring a call costs; idle
+    /// spares hold a file descriptor each and no packets.
+    pub spare_socket_secs: u64,
     /// Forwarding threads; 0 means one per core.
     pub workers: usize,
     /// Scheduling policy the forwarding threads give themselves, named as rtpengine's
@@ -160,6 +164,7 @@ impl MediaSection {
             endpoint_learning: self.endpoint_learning,
             max_streams: self.max_streams,
             max_ports_per_call: self.max_ports_per_call,
+            spare_ttl: Duration::from_secs(self.spare_socket_secs),
             kernel_forwarding: self.kernel_forwarding,
             thread_policy,
             // The default interface first: legs the configuration names no interface for
@@ -216,6 +221,7 @@ impl Default for MediaSection {
             endpoint_learning: EndpointLearning::Delayed,
             max_streams: 16,
             max_ports_per_call: 64,
+            spare_socket_secs: 60,
             workers: 0,
             scheduling: Scheduling::Default,
             priority: None,

@@ -16,6 +16,9 @@ pub struct MediaSettings {
     /// A `[[media.interfaces]]` entry (name, bind) that the trunk's `media_interface` names;
     /// `None`: both legs on the default interface.
     pub trunk_interface: Option<(String, Ipv4Addr)>,
+    /// `spare_socket_secs`: how long an ended call's sockets stay bound for reuse;
+    /// `None`: the node's default.
+    pub spare_socket_secs: Option<u64>,
 }
 
 impl MediaSettings {
@@ -26,7 +29,14 @@ impl MediaSettings {
             port_max: range.1,
             timeout_secs,
             trunk_interface: None,
+            spare_socket_secs: None,
         }
+    }
+
+    /// Ended calls' sockets are closed `secs` after the call (not kept for reuse longer).
+    pub fn spare_sockets(mut self, secs: u64) -> Self {
+        self.spare_socket_secs = Some(secs);
+        self
     }
 
     /// Anchors the trunk's leg on an interface `name` bound on `bind`, callers' staying on
@@ -57,6 +67,9 @@ pub fn media_node(out: &Path, trunk: SocketAddr, media: &MediaSettings) -> Resul
          timeout_secs = {}\nworkers = 0\n",
         media.port_min, media.port_max, media.timeout_secs
     ));
+    if let Some(secs) = media.spare_socket_secs {
+        toml.push_str(&format!("spare_socket_secs = {secs}\n"));
+    }
     if let Some((name, bind)) = &media.trunk_interface {
         toml.push_str(&format!(
             "\n[[media.interfaces]]\nname = \"{name}\"\nbind = \"{bind}\"\n"

@@ -42,7 +42,8 @@ fn udp_bound_on(ip: Ipv4Addr, range: (u16, u16)) -> Vec<u16> {
 /// callee echoes it. The INVITE at the callee offers the relay on 127.0.0.2, the 200 at the
 /// caller answers with the relay on 127.0.0.1, both with ports of [media]; during the call the
 /// relay holds RTP+RTCP sockets in its range on both addresses; it relayed the caller's packets
-/// and the echo (1.5x to 2x what was sent), and frees everything after the call.
+/// and the echo (1.5x to 2x what was sent), and frees everything after the call: its ports at
+/// once, the sockets it keeps for reuse once `spare_socket_secs` (1 s here) has passed.
 #[test]
 fn media_legs_anchored_on_their_own_interfaces() -> Result<()> {
     let out = out_dir("interfaces_two_networks")?;
@@ -54,7 +55,9 @@ fn media_legs_anchored_on_their_own_interfaces() -> Result<()> {
         .timeout_secs(40)
         .resolve_port()?;
     let mut server = uas.clone().spawn(&out)?;
-    let media = MediaSettings::new(range, 60).trunk_interface("carrier", CARRIER_IP);
+    let media = MediaSettings::new(range, 60)
+        .trunk_interface("carrier", CARRIER_IP)
+        .spare_sockets(1);
     let node = media_node(&out, uas.addr()?, &media)?;
     let mut client = rtp_caller_from(
         CALLER_IP,
