@@ -193,15 +193,14 @@ impl Call {
     /// A provisional with a To-tag makes the callee's early dialog (the latest one when
     /// several forks ring): what an UPDATE or INFO before the answer travels on.
     fn learn_early_dialog(&mut self, b_req: &Request, resp: &Response, source: Peer) {
-        let Some(tag) = resp
-            .headers
-            .to_addr()
-            .and_then(|t| t.tag().map(str::to_string))
-        else {
+        let Some(tag) = resp.headers.to_tag() else {
             return;
         };
         let Some(b) = self.b.as_mut() else { return };
-        let known = b.dialog.as_ref().is_some_and(|d| d.remote_tag == tag);
+        let known = b
+            .dialog
+            .as_ref()
+            .is_some_and(|d| d.remote_tag.as_bytes() == tag);
         if known || (b.dialog.is_some() && !b.early) {
             return;
         }
@@ -220,17 +219,14 @@ impl Call {
         source: Peer,
     ) {
         let seq = b_req.headers.cseq().map(|c| c.seq).unwrap_or(1);
-        let to_tag = resp
-            .headers
-            .to_addr()
-            .and_then(|t| t.tag().map(str::to_string));
+        let to_tag = resp.headers.to_tag().unwrap_or_default();
         let confirmed_tag = self
             .b
             .as_ref()
             .filter(|b| !b.early)
             .and_then(|b| b.dialog.as_ref().map(|d| d.remote_tag.clone()));
         match confirmed_tag {
-            Some(tag) if tag == to_tag.as_deref().unwrap_or_default() => {
+            Some(tag) if tag.as_bytes() == to_tag => {
                 // A retransmitted 2xx: repeat our ACK.
                 self.resend_ack(Leg::B, seq);
                 return;

@@ -28,8 +28,14 @@ impl Call {
             self.on_ack(now, leg, req);
             return;
         }
-        // Retransmission of a request we already have a transaction for.
-        if let Some(key) = TxKey::server(&req) {
+        // Retransmission of a request we already have a transaction for (the full key
+        // only when a transaction has its branch: most requests are new).
+        let branch = req.headers.top_branch().unwrap_or_default();
+        let known = self
+            .servers
+            .iter()
+            .any(|e| e.leg == leg && e.tx.key().branch().is_none_or(|b| b.as_bytes() == branch));
+        if let Some(key) = known.then(|| TxKey::server(&req)).flatten() {
             if let Some(e) = self
                 .servers
                 .iter_mut()
@@ -44,11 +50,7 @@ impl Call {
             self.on_cancel(now, leg, req, source);
             return;
         }
-        let to_tag = req
-            .headers
-            .to_addr()
-            .and_then(|t| t.tag().map(str::to_string));
-        let Some(to_tag) = to_tag else {
+        let Some(to_tag) = req.headers.to_tag() else {
             // A second dialog-forming request under this Call-ID that is not a
             // retransmission: a merged or looped request (RFC 3261 §8.2.2.2).
             let status = if req.method == Method::Invite {
@@ -60,11 +62,9 @@ impl Call {
             return;
         };
         let matches_dialog = self.leg(leg).is_some_and(|l| {
-            l.tag == to_tag
+            l.tag.as_bytes() == to_tag
                 && l.dialog.as_ref().is_some_and(|d| {
-                    req.headers
-                        .from_addr()
-                        .is_some_and(|f| f.tag().unwrap_or_default() == d.remote_tag)
+                    req.headers.from_tag().unwrap_or_default() == d.remote_tag.as_bytes()
                 })
         });
         if !matches_dialog || self.state == CallState::Ended {

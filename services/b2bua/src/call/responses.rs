@@ -123,12 +123,8 @@ impl Call {
         }
         let Some(l) = self.leg(leg) else { return };
         let Some(d) = l.dialog.as_ref() else { return };
-        let to_tag = resp
-            .headers
-            .to_addr()
-            .and_then(|t| t.tag().map(str::to_string))
-            .unwrap_or_default();
-        if to_tag == d.remote_tag {
+        let to_tag = resp.headers.to_tag().unwrap_or_default();
+        if to_tag == d.remote_tag.as_bytes() {
             if self.resend_ack(leg, cseq.seq) {
                 self.events.push_back(Event::RetransmissionReceived { leg });
             }
@@ -136,7 +132,7 @@ impl Call {
         }
         if leg == Leg::B && cseq.seq == 1 {
             let mut stray = d.clone();
-            stray.remote_tag = to_tag;
+            stray.remote_tag = String::from_utf8_lossy(to_tag).into_owned();
             stray.refresh_target(resp.headers.contact());
             if let Some(mut rr) = resp.headers.name_addrs(HeaderName::RecordRoute) {
                 rr.reverse();

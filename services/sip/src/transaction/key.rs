@@ -99,8 +99,9 @@ impl TxKey {
     /// §17.1.3 matching of a response to a client transaction: top Via branch +
     /// CSeq method (a CANCEL's 200 shares the INVITE's branch but not its method).
     pub fn client(resp: &Response) -> Option<TxKey> {
-        let via = resp.headers.top_via()?;
-        let branch = via.branch()?;
+        // The branch as written (what `Via::parse(..).branch()` gives, without parsing
+        // the whole Via: this runs for every response).
+        let branch = std::str::from_utf8(resp.headers.top_branch()?).ok()?;
         let method = resp.headers.cseq()?.method;
         Some(TxKey::client_key(branch, method))
     }
@@ -108,8 +109,7 @@ impl TxKey {
     /// The key a client transaction for this outgoing request will match
     /// responses with, so the TU can index it before the first response arrives.
     pub fn client_for_request(req: &Request) -> Option<TxKey> {
-        let via = req.headers.top_via()?;
-        let branch = via.branch()?;
+        let branch = std::str::from_utf8(req.headers.top_branch()?).ok()?;
         Some(TxKey::client_key(branch, req.method.clone()))
     }
 
