@@ -84,15 +84,7 @@ impl Call {
         if !req.body.is_empty() {
             self.initial_offerer = Some(Leg::A);
         }
-        self.b = Some(LegState {
-            peer,
-            local,
-            call_id,
-            tag,
-            dialog: None,
-            early: false,
-            last_ack: None,
-        });
+        self.b = Some(LegState::new(peer, local, call_id, tag));
         let id = self.alloc_id();
         self.emit(
             now,

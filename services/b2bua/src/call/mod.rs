@@ -81,6 +81,21 @@ struct LegState {
     last_ack: Option<SentAck>,
 }
 
+impl LegState {
+    /// A leg whose dialog is still to come.
+    fn new(peer: Peer, local: Local, call_id: String, tag: String) -> LegState {
+        LegState {
+            peer,
+            local,
+            call_id,
+            tag,
+            dialog: None,
+            early: false,
+            last_ack: None,
+        }
+    }
+}
+
 /// The ACK we sent for a 2xx on a leg, kept as what is needed to build it again (not
 /// as bytes: an established call should not carry its ACK for its whole life).
 #[derive(Debug, Clone)]
@@ -209,15 +224,7 @@ impl Call {
             cfg,
             ids,
             state: CallState::Routing,
-            a: LegState {
-                peer: source,
-                local,
-                call_id,
-                tag,
-                dialog: None,
-                early: false,
-                last_ack: None,
-            },
+            a: LegState::new(source, local, call_id, tag),
             b: None,
             servers: Vec::with_capacity(2),
             clients: Vec::with_capacity(2),
