@@ -21,6 +21,9 @@ const CALLER: &str = "127.0.0.1:5070";
 const CARRIER: &str = "127.0.0.1:5090";
 const UK: &str = "127.0.0.2:5090";
 const STRANGER: &str = "192.0.2.66:5060";
+/// The node's second socket, on the carrier's network, and what it is reached at there.
+const NODE2: &str = "127.0.0.2:5062";
+const CARRIER_SIDE: &str = "203.0.113.5";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -38,11 +41,18 @@ impl Outbound for Recorder {
         self.sent.lock().unwrap().push((*peer, msg, token));
     }
 
-    fn listener(&self, transport: Transport, _local: Option<SocketAddr>) -> Option<Listener> {
+    /// Two sockets: NODE (the first, advertised as itself) and NODE2 on a carrier network,
+    /// advertised as CARRIER_SIDE.
+    fn listener(&self, transport: Transport, local: Option<SocketAddr>) -> Option<Listener> {
+        let (at, advertise) = match local {
+            Some(l) if l == addr(NODE2) => (NODE2, CARRIER_SIDE),
+            Some(l) if l != addr(NODE) => return None,
+            _ => (NODE, "127.0.0.1"),
+        };
         Some(Listener {
             transport,
-            local: addr(NODE),
-            advertise: Host::parse("127.0.0.1").unwrap(),
+            local: addr(at),
+            advertise: Host::parse(advertise).unwrap(),
         })
     }
 
@@ -74,6 +84,8 @@ struct Node {
 struct Opts {
     max_calls: usize,
     reply_to_unknown: bool,
+    /// The socket the carrier trunk is reached from.
+    carrier_local: Option<SocketAddr>,
 }
 
 impl Default for Opts {
@@ -81,12 +93,17 @@ impl Default for Opts {
         Opts {
             max_calls: 100,
             reply_to_unknown: true,
+            carrier_local: None,
         }
     }
 }
 
 fn node(opts: Opts) -> Node {
-    let trunks = vec![trunk("carrier", CARRIER), trunk("uk", UK)];
+    let carrier = Trunk {
+        local: opts.carrier_local,
+        ..trunk("carrier", CARRIER)
+    };
+    let trunks = vec![carrier, trunk("uk", UK)];
     let trust = Trust::new(
         trunks.iter().map(|t| t.sources.clone()).collect(),
         vec!["127.0.0.0/8".parse().unwrap()],
@@ -518,4 +535,104 @@ async fn a_hung_up_call_is_gone_at_once_and_still_answers_a_retransmitted_bye() 
     n.recv(CALLER, &bye);
     n.settle().await;
     assert_eq!(names(&n.take(CALLER)), vec!["481 (2 BYE)"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_leg_stays_on_its_socket_and_advertises_that_sockets_address() {
+    let n = node(Opts {
+        carrier_local: Some(addr(NODE2)),
+        ..Opts::default()
+    });
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+15550100", "c10@x", "t10", 1, "m10"),
+    );
+    n.settle().await;
+    let sent = n.out.sent.lock().unwrap().clone();
+    let (b_peer, b_inv, _) = sent
+        .iter()
+        .find(|(p, _, _)| p.addr == addr(CARRIER))
+        .expect("the B-leg INVITE");
+    assert_eq!(
+        b_peer.local,
+        Some(addr(NODE2)),
+        "leaves from the carrier-side socket"
+    );
+    let h = b_inv.headers();
+    let via = String::from_utf8_lossy(h.get(trunkline_sip::HeaderName::Via).unwrap()).into_owned();
+    assert!(via.contains(&format!("{CARRIER_SIDE}:5062")), "Via {via}");
+    let contact = h.contact().unwrap().uri.to_string();
+    assert!(contact.contains(CARRIER_SIDE), "Contact {contact}");
+    let (a_peer, trying, _) = sent
+        .iter()
+        .find(|(p, _, _)| p.addr == addr(CALLER))
+        .expect("100 to the caller");
+    assert_eq!(summary(trying), "100 (1 INVITE)");
+    assert_eq!(
+        a_peer.local,
+        Some(addr(NODE)),
+        "answers leave from the socket the INVITE came to"
+    );
+    // The answer's Contact toward the caller names the access socket.
+    let b_inv = b_inv.clone();
+    n.take(CARRIER);
+    n.take(CALLER);
+    n.recv(CARRIER, &respond(&b_inv, 200, "far10", CARRIER));
+    n.settle().await;
+    let ok = n
+        .take(CALLER)
+        .into_iter()
+        .find(|(m, _)| summary(m) == "200 (1 INVITE)")
+        .expect("answered")
+        .0;
+    let contact = ok.headers().contact().unwrap().uri.to_string();
+    assert!(contact.contains("127.0.0.1:5062"), "Contact {contact}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flooded_call_refuses_what_its_mailbox_cannot_hold() {
+    use trunkline_call::registry::MAILBOX_LIMIT;
+    let n = node(Opts::default());
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+15550100", "c11@x", "t11", 1, "f11"),
+    );
+    n.settle().await;
+    let b_inv = n.take(CARRIER).remove(0).0;
+    // The callee rings; the caller learns our tag and floods the call with INFOs faster
+    // than it is given time to handle them (nothing runs between these sends).
+    n.recv(CARRIER, &respond(&b_inv, 180, "far11", CARRIER));
+    n.settle().await;
+    let ringing = n
+        .take(CALLER)
+        .into_iter()
+        .find(|(m, _)| summary(m) == "180 (1 INVITE)")
+        .unwrap()
+        .0;
+    let tag = String::from_utf8_lossy(ringing.headers().to_tag().unwrap()).into_owned();
+    for i in 0..(MAILBOX_LIMIT + 50) {
+        let info = format!(
+            "INFO sip:{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bKinfo{i}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{CALLER}>;tag=t11\r\nTo: <sip:+15550100@{NODE}>;tag={tag}\r\n\
+             Call-ID: c11@x\r\nCSeq: {} INFO\r\nContent-Length: 0\r\n\r\n",
+            i + 2
+        );
+        n.recv(CALLER, &info);
+    }
+    let refused = names(&n.take(CALLER))
+        .iter()
+        .filter(|s| s.starts_with("503"))
+        .count();
+    assert_eq!(
+        refused, 50,
+        "the INFOs past the mailbox bound get 503 at once"
+    );
+    assert!(n
+        .metrics()
+        .contains("trunkline_sip_rejected_total{reason=\"mailbox_full\"} 50"));
+    n.settle().await;
+    // The call itself is fine and takes messages again once it has caught up.
+    n.recv(CARRIER, &respond(&b_inv, 200, "far11", CARRIER));
+    n.settle().await;
+    assert!(names(&n.take(CALLER)).contains(&"200 (1 INVITE)".to_string()));
 }
