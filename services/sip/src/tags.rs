@@ -11,9 +11,33 @@
 use crate::header::{HeaderName, Headers};
 use crate::scan;
 
+/// Splits `v` at each `sep` outside a quoted string (a generic parameter's value may be
+/// quoted and hold `;` or `,`), without allocating.
+fn split_unquoted(v: &[u8], sep: u8) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(v);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, c) in s.iter().enumerate() {
+            if escaped {
+                escaped = false;
+            } else if quoted && *c == b'\\' {
+                escaped = true;
+            } else if *c == b'"' {
+                quoted = !quoted;
+            } else if *c == sep && !quoted {
+                rest = Some(&s[i + 1..]);
+                return Some(&s[..i]);
+            }
+        }
+        rest = None;
+        Some(s)
+    })
+}
+
 /// The value of parameter `name` in a `;`-separated parameter list (`;a=1;tag=x`).
 fn param<'a>(params: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    params.split(|c| *c == b';').skip(1).find_map(|p| {
+    split_unquoted(params, b';').skip(1).find_map(|p| {
         let (s, e) = scan::trim(p);
         let p = &p[s..e];
         let (n, v) = match p.iter().position(|c| *c == b'=') {
@@ -55,7 +79,7 @@ pub fn name_addr_tag(v: &[u8]) -> Option<&[u8]> {
 
 /// The `branch` of the first value of a Via header.
 pub fn via_branch(v: &[u8]) -> Option<&[u8]> {
-    let first = v.split(|c| *c == b',').next()?;
+    let first = split_unquoted(v, b',').next()?;
     let semi = first.iter().position(|c| *c == b';')?;
     param(&first[semi..], b"branch").filter(|b| !b.is_empty())
 }
@@ -103,6 +127,9 @@ mod tests {
         assert_eq!(tag("<sip:a@b>;tagx=1"), None);
         assert_eq!(tag("\"unterminated <sip:a@b>;tag=1"), None);
         assert_eq!(tag("<sip:a@b;tag=1"), None);
+        // A quoted parameter value may hold ';' (found by the property test below).
+        assert_eq!(tag("<sip:a@b.example>;tag=\"Al;ice\""), Some("\"Al;ice\""));
+        assert_eq!(tag("<sip:a@b>;x=\"a;tag=no\";tag=yes"), Some("yes"));
     }
 
     #[test]
@@ -120,6 +147,10 @@ mod tests {
         );
         assert_eq!(b("SIP/2.0/UDP h, SIP/2.0/UDP x;branch=2"), None);
         assert_eq!(b("SIP/2.0/UDP h;branchx=1"), None);
+        assert_eq!(
+            b("SIP/2.0/UDP h;x=\"a,b;branch=no\";branch=z9hG4bK4"),
+            Some("z9hG4bK4")
+        );
     }
 
     fn part() -> impl Strategy<Value = String> {
