@@ -980,6 +980,11 @@ impl Inner {
             return;
         };
         let counts = stream.sides.each_ref().map(|side| {
+            // A worker sets this before it installs a route; one that installs after this
+            // check retires the route itself when it applies the command that follows.
+            if !side.shared.kernel_routed.load(Ordering::SeqCst) {
+                return None;
+            }
             let IpAddr::V4(ip) = self.interfaces.get(side.iface).bind else {
                 return None;
             };

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -101,6 +101,10 @@ pub(crate) struct SideShared {
     /// `traffic`. The worker publishes under this lock and `snapshot` reads under it, so
     /// a snapshot adds exactly what the kernel forwarded since.
     kernel: Mutex<Option<(SocketAddrV4, Forwarded)>>,
+    /// Set (never cleared) before the worker first hands this party's RTP to the kernel,
+    /// so the control side spends no bpf syscalls taking routes that never existed: most
+    /// short calls, and every call set up and torn down before its media starts.
+    pub(crate) kernel_routed: AtomicBool,
 }
 
 impl Default for SideShared {
@@ -114,6 +118,7 @@ impl Default for SideShared {
             ssrc: AtomicU64::new(NONE_U64),
             latched: Mutex::new([None; 2]),
             kernel: Mutex::new(None),
+            kernel_routed: AtomicBool::new(false),
         }
     }
 }

@@ -66,6 +66,9 @@ impl KernelLink {
     /// the worker's.
     fn install(&mut self, side: &mut Side, route: Route, worker: &str) {
         let (max_seq, cycles) = side.seq.position();
+        side.shared
+            .kernel_routed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         match self.path.install(&route, SeqPosition { max_seq, cycles }) {
             Ok(true) => {
                 side.kernel = Some(KernelRoute {
