@@ -24,6 +24,7 @@ pub mod ng;
 pub mod pcap;
 pub mod relay_metrics;
 pub mod relay_sdp;
+pub mod scripted;
 pub mod sipp_media;
 
 /// Address of the node under test.

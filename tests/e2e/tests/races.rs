@@ -14,68 +14,10 @@ use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
+use trunkline_e2e::scripted::{cseq_method, method, recv, reply, sdp, summary, wait_for};
 use trunkline_e2e::*;
 
 const CALLS: usize = 300;
-
-fn sdp(port: u16) -> String {
-    format!(
-        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n"
-    )
-}
-
-fn recv(sock: &UdpSocket, wait: Duration) -> Option<(String, SocketAddr)> {
-    let mut buf = vec![0u8; 65536];
-    sock.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-        .ok()?;
-    let (n, from) = sock.recv_from(&mut buf).ok()?;
-    Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
-}
-
-fn method(msg: &str) -> Option<&str> {
-    let first = msg.lines().next()?;
-    (!first.starts_with("SIP/2.0")).then(|| first.split(' ').next().unwrap_or(""))
-}
-
-fn cseq_method(msg: &str) -> &str {
-    header(msg, "CSeq", None)
-        .and_then(|c| c.split_whitespace().nth(1))
-        .unwrap_or("")
-}
-
-/// A response to `req` with our `tag` (when it has none), an optional SDP body.
-fn reply(req: &str, status: u16, tag: &str, contact: &str, body: Option<&str>) -> String {
-    let mut out = format!("SIP/2.0 {status} X\r\n");
-    for line in req.split("\r\n").skip(1) {
-        if line.is_empty() {
-            break;
-        }
-        let name = line.split(':').next().unwrap_or("").trim();
-        if ["Via", "v", "From", "f", "Call-ID", "i", "CSeq"]
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name))
-        {
-            out.push_str(line);
-            out.push_str("\r\n");
-        } else if name.eq_ignore_ascii_case("To") || name == "t" {
-            out.push_str(line);
-            if !line.contains("tag=") {
-                out.push_str(&format!(";tag={tag}"));
-            }
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str(&format!("Contact: <sip:bob@{contact}>\r\n"));
-    match body {
-        Some(b) => out.push_str(&format!(
-            "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{b}",
-            b.len()
-        )),
-        None => out.push_str("Content-Length: 0\r\n\r\n"),
-    }
-    out
-}
 
 /// The callee: 180 and 200 at once for every INVITE, 200 retransmitted until ACKed, 200
 /// for CANCEL and BYE. Remembers per B-leg Call-ID what it got.
@@ -304,6 +246,160 @@ fn cancel_racing_the_callees_anchored_200_leaves_no_leg_up() -> Result<()> {
             .unwrap_or(0.0) as usize
             == cancelled,
         "487s counted as sent"
+    );
+    node.assert_healthy()?;
+    let status = node.stop()?;
+    ensure!(status.success(), "node exited with {status}");
+    Ok(())
+}
+
+/// The caller cancels while the trunk has not answered anything yet. RFC 3261 §9.1 forbids
+/// a CANCEL before a provisional, so the node answers the caller's CANCEL with 200 at once
+/// (§9.2: before the INVITE's 487), holds its own CANCEL toward the trunk, and sends it the
+/// moment the trunk's 100 arrives — this trunk never sends an 18x, so a node that waited
+/// for one would send no CANCEL until its 64×T1 give-up. The trunk then ends the INVITE
+/// with 487, and nothing of the call is left.
+#[test]
+fn cancel_before_the_trunks_first_provisional_goes_out_on_its_100() -> Result<()> {
+    let out = out_dir("races_cancel_before_100")?;
+    let trunk = UdpSocket::bind("127.0.0.3:0")?;
+    let trunk_addr = trunk.local_addr()?;
+    let cfg = NodeConfig::new(trunk_addr, Transport::Udp)?;
+    let mut node = Node::start(&cfg, &out)?;
+    let node_addr = node.sip_addr();
+    let caller = UdpSocket::bind("127.0.0.2:0")?;
+    let me = caller.local_addr()?;
+    let branch = "z9hG4bKearlycancel1";
+    let head = |m: &str, to_tag: Option<&str>| {
+        let to = match to_tag {
+            Some(t) => format!("<sip:+15550100@{node_addr}>;tag={t}"),
+            None => format!("<sip:+15550100@{node_addr}>"),
+        };
+        format!(
+            "{m} sip:+15550100@{node_addr} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{me}>;tag=early1\r\nTo: {to}\r\n\
+             Call-ID: early-cancel@127.0.0.2\r\nCSeq: 1 {m}\r\nContact: <sip:alice@{me}>\r\n"
+        )
+    };
+    let body = sdp(40100);
+    let invite = format!(
+        "{}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+        head("INVITE", None),
+        body.len()
+    );
+    caller.send_to(invite.as_bytes(), node_addr)?;
+
+    let mut at_trunk = Vec::new();
+    let (b_invite, node_b) = wait_for(&trunk, Duration::from_secs(5), &mut at_trunk, |m| {
+        method(m) == Some("INVITE")
+    })
+    .context("the trunk got no INVITE")?;
+    let mut at_caller = Vec::new();
+    wait_for(&caller, Duration::from_secs(5), &mut at_caller, |m| {
+        status_code(m) == Some(100)
+    })
+    .context("the caller got no 100 Trying")?;
+    caller.send_to(
+        format!("{}Content-Length: 0\r\n\r\n", head("CANCEL", None)).as_bytes(),
+        node_addr,
+    )?;
+    wait_for(&caller, Duration::from_secs(5), &mut at_caller, |m| {
+        status_code(m) == Some(200) && cseq_method(m) == "CANCEL"
+    })
+    .with_context(|| {
+        format!(
+            "no 200 for the CANCEL; caller got {:?}",
+            summary(&at_caller)
+        )
+    })?;
+    ensure!(
+        !at_caller.iter().any(|m| status_code(m) == Some(487)),
+        "487 before the CANCEL's 200 (RFC 3261 §9.2): {:?}",
+        summary(&at_caller)
+    );
+
+    // The trunk has sent nothing: for two seconds it may see its INVITE retransmitted,
+    // never a CANCEL.
+    let early = wait_for(&trunk, Duration::from_secs(2), &mut at_trunk, |m| {
+        method(m) == Some("CANCEL")
+    });
+    ensure!(
+        early.is_none(),
+        "CANCEL sent to the trunk before any provisional (RFC 3261 §9.1): {:?}",
+        summary(&at_trunk)
+    );
+
+    // Its 100 releases the CANCEL, for the same transaction as the INVITE.
+    trunk.send_to(
+        reply(&b_invite, 100, "t1", &trunk_addr.to_string(), None).as_bytes(),
+        node_b,
+    )?;
+    let (cancel, _) = wait_for(&trunk, Duration::from_secs(10), &mut at_trunk, |m| {
+        method(m) == Some("CANCEL")
+    })
+    .with_context(|| {
+        format!(
+            "no CANCEL after the trunk's 100; trunk got {:?}",
+            summary(&at_trunk)
+        )
+    })?;
+    let invite_branch = header(&b_invite, "Via", Some("v")).and_then(|v| header_param(v, "branch"));
+    let cancel_branch = header(&cancel, "Via", Some("v")).and_then(|v| header_param(v, "branch"));
+    ensure!(
+        invite_branch.is_some() && invite_branch == cancel_branch,
+        "CANCEL branch {cancel_branch:?} is not the INVITE's {invite_branch:?}"
+    );
+    ensure!(
+        header(&cancel, "Call-ID", Some("i")) == header(&b_invite, "Call-ID", Some("i")),
+        "CANCEL for another Call-ID"
+    );
+    trunk.send_to(
+        reply(&cancel, 200, "t1", &trunk_addr.to_string(), None).as_bytes(),
+        node_b,
+    )?;
+    trunk.send_to(
+        reply(&b_invite, 487, "t1", &trunk_addr.to_string(), None).as_bytes(),
+        node_b,
+    )?;
+    wait_for(&trunk, Duration::from_secs(5), &mut at_trunk, |m| {
+        method(m) == Some("ACK")
+    })
+    .with_context(|| format!("the trunk's 487 was not ACKed: {:?}", summary(&at_trunk)))?;
+
+    let (final_, _) = wait_for(&caller, Duration::from_secs(5), &mut at_caller, |m| {
+        status_code(m).is_some_and(|s| s >= 200) && cseq_method(m) == "INVITE"
+    })
+    .with_context(|| {
+        format!(
+            "the caller's INVITE got no final answer: {:?}",
+            summary(&at_caller)
+        )
+    })?;
+    ensure!(
+        status_code(&final_) == Some(487),
+        "caller's INVITE ended with {:?}, not 487",
+        status_code(&final_)
+    );
+    let to_tag = header(&final_, "To", Some("t"))
+        .and_then(|t| header_param(t, "tag"))
+        .context("487 without To-tag")?;
+    caller.send_to(
+        format!("{}Content-Length: 0\r\n\r\n", head("ACK", Some(&to_tag))).as_bytes(),
+        node_addr,
+    )?;
+
+    let m = node.wait_metrics(Duration::from_secs(10), |m| {
+        m.get("trunkline_calls_active", &[]) == Some(0.0)
+            && m.get("trunkline_media_sessions_active", &[]) == Some(0.0)
+    })?;
+    ensure!(
+        m.value("trunkline_calls_active", &[])? == 0.0
+            && m.value("trunkline_media_sessions_active", &[])? == 0.0,
+        "the cancelled call or its relay session is still up"
+    );
+    ensure!(
+        m.get("trunkline_calls_total", &[("status", "487")]) == Some(1.0),
+        "the call was not counted as ended with 487"
     );
     node.assert_healthy()?;
     let status = node.stop()?;
