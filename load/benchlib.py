@@ -365,8 +365,10 @@ def report(out, systems):
     for s in systems:
         for j in steps_of(out, s):
             if j.get("no_free_media_ports"):
-                verdicts.append("WARNING: %s ran out of media ports at %g calls/s (%s): its sustained "
-                                "rate is the port pool's, not the node's." % (s, j["rate"], j["refused"]))
+                verdicts.append("WARNING: %s ran out of media ports at %g calls/s (%s): the range "
+                                "was full of live calls, i.e. calls were piling up past the knee "
+                                "(calls here hold no time), or the range is too small for the "
+                                "calls held." % (s, j["rate"], j["refused"]))
                 break
         try:
             fixed = json.load(open(os.path.join(out, s, "fixed", "step.json")))
