@@ -93,6 +93,16 @@ impl Dispatcher {
         self.shared.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Take new calls again after `begin_drain` (an operator's undrain).
+    pub fn end_drain(&self) {
+        self.shared.draining.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether new INVITEs are refused with 503.
+    pub fn is_draining(&self) -> bool {
+        self.shared.draining.load(Ordering::Relaxed)
+    }
+
     /// Calls on this node that have not ended yet.
     pub fn active_calls(&self) -> u64 {
         self.shared.live_calls()

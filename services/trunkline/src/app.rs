@@ -153,6 +153,11 @@ impl App {
         })
     }
 
+    /// The dispatcher, for the admin API (drain, live calls).
+    pub fn dispatcher(&self) -> Dispatcher {
+        self.dispatcher.clone()
+    }
+
     /// Serves until shutdown. On drain: new INVITEs get 503, and the node returns once the
     /// last call is gone (or at terminate).
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {

@@ -47,6 +47,8 @@ pub struct Config {
     pub sip: SipConfig,
     /// The Prometheus scrape endpoint.
     pub metrics: MetricsConfig,
+    /// The gRPC admin API.
+    pub admin: AdminConfig,
     /// Log filter and format.
     pub log: LogConfig,
     /// Graceful shutdown.
@@ -550,6 +552,25 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where the gRPC admin API (node, health, reflection) listens; the empty string
+    /// disables it. Loopback only: the API has no authentication yet, and whoever reaches
+    /// it can drain the node.
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -747,6 +768,7 @@ impl Config {
         self.validate_node(&mut problems);
         self.validate_sip(&mut problems);
         self.validate_metrics(&mut problems);
+        self.validate_admin(&mut problems);
         self.validate_log(&mut problems);
         self.validate_trunks_and_routing(&mut problems);
         self.validate_media(&mut problems);
@@ -936,6 +958,27 @@ impl Config {
                     format!("{listen} is also a sip.tcp listener"),
                 );
             }
+        }
+    }
+
+    fn validate_admin(&self, problems: &mut Problems) {
+        let Some(listen) = self.admin.listen else {
+            return;
+        };
+        if !listen.ip().is_loopback() {
+            problems.push(
+                "admin.listen",
+                format!(
+                    "{listen} is not a loopback address: the admin API has no authentication \
+                     yet, so it listens on loopback only (127.0.0.1, ::1)"
+                ),
+            );
+        }
+        if self.metrics.listen == Some(listen) || self.sip.tcp.iter().any(|e| e.listen == listen) {
+            problems.push(
+                "admin.listen",
+                format!("{listen} is also metrics.listen or a sip.tcp listener"),
+            );
         }
     }
 
@@ -1283,6 +1326,40 @@ mod tests {
                 path.display()
             );
             assert!(message.contains(&expected), "{message}");
+        });
+    }
+
+    #[test]
+    fn admin_api_listens_on_loopback_by_default_and_nowhere_else() {
+        load_in_jail(&[], None, |result, _| {
+            assert_eq!(
+                result.unwrap().admin.listen,
+                Some("127.0.0.1:50051".parse().unwrap())
+            );
+        });
+        load_in_jail(
+            &[],
+            Some("[admin]\nlisten = \"[::1]:50051\"\n"),
+            |result, _| {
+                assert!(result.is_ok(), "{:#}", result.unwrap_err());
+            },
+        );
+        load_in_jail(&[], Some("[admin]\nlisten = \"\"\n"), |result, _| {
+            assert_eq!(result.unwrap().admin.listen, None);
+        });
+        for open in ["0.0.0.0:50051", "192.0.2.7:50051"] {
+            let file = format!("[admin]\nlisten = \"{open}\"\n");
+            load_in_jail(&[], Some(&file), |result, _| {
+                let message = format!("{:#}", result.unwrap_err());
+                assert!(message.contains("admin.listen"), "{message}");
+                assert!(message.contains("loopback"), "{message}");
+            });
+        }
+        let clash =
+            "[metrics]\nlisten = \"127.0.0.1:9000\"\n[admin]\nlisten = \"127.0.0.1:9000\"\n";
+        load_in_jail(&[], Some(clash), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("also metrics.listen"), "{message}");
         });
     }
 

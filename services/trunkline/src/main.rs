@@ -1,9 +1,10 @@
 //! `trunkline`, the SBC node binary.
 //!
 //! Kept thin on purpose: parse the CLI, load the configuration, install logging and signal
-//! handlers, serve metrics, and run [`app::App`] until a drain completes. The SIP machinery
+//! handlers, serve metrics and the admin API, and run [`app::App`] until a drain completes. The SIP machinery
 //! lives in the library crates and is wired together in `app.rs`.
 
+mod admin;
 mod alloc;
 mod app;
 mod cli;
@@ -109,12 +110,34 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Some(addr) => Some(MetricsServer::start(addr, registry, metrics_stop.clone()).await?),
         None => None,
     };
+    let admin_stop = CancellationToken::new();
+    let admin = match config.admin.listen {
+        Some(addr) => Some(
+            admin::AdminServer::start(
+                addr,
+                admin::NodeFacts {
+                    id: config.node.id.clone(),
+                    started_at: std::time::SystemTime::now(),
+                    started: std::time::Instant::now(),
+                    sip_listeners: admin::sip_listeners(&config.sip),
+                    metrics_address: metrics.as_ref().map(MetricsServer::local_addr),
+                    limits: admin::limits(&config),
+                },
+                app.dispatcher(),
+                shutdown.clone(),
+                admin_stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     tracing::info!(
         node_id = %config.node.id,
         sip_udp = ?config.sip.udp,
         sip_tcp = ?config.sip.tcp,
         advertise = %config.sip.advertise_ip().map_or_else(|| "none".to_owned(), |ip| ip.to_string()),
         metrics = %metrics.as_ref().map_or_else(|| "disabled".to_owned(), |m| m.local_addr().to_string()),
+        admin = %admin.as_ref().map_or_else(|| "disabled".to_owned(), |a| a.local_addr().to_string()),
         trunks = config.trunks.len(),
         "trunkline started"
     );
@@ -126,8 +149,12 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     };
 
     metrics_stop.cancel();
+    admin_stop.cancel();
     if let Some(metrics) = metrics {
         metrics.join().await;
+    }
+    if let Some(admin) = admin {
+        admin.join().await;
     }
     result
 }
@@ -179,6 +206,7 @@ mod tests {
         // Ephemeral SIP ports: tests must not depend on 5060 being free.
         config.sip.udp = vec!["127.0.0.1:0".parse().unwrap()];
         config.sip.tcp = vec!["127.0.0.1:0".parse().unwrap()];
+        config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
         config
     }
 
@@ -224,6 +252,15 @@ mod tests {
         shutdown.begin_drain();
         let err = drain(&config, &shutdown, app).await.unwrap_err();
         assert!(format!("{err:#}").contains("transport died"));
+    }
+
+    #[tokio::test]
+    async fn admin_bind_failure_fails_start() {
+        let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut config = test_config();
+        config.admin.listen = Some(taken.local_addr().unwrap());
+        let err = run_node(config, Shutdown::new()).await.unwrap_err();
+        assert!(format!("{err:#}").contains("admin.listen"), "{err:#}");
     }
 
     #[tokio::test]

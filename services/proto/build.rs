@@ -1,0 +1,22 @@
+//! Compiles `proto/` with protox (a protobuf compiler in Rust, so the build needs nothing
+//! outside Cargo) into Rust types, tonic clients and servers, and the encoded descriptor
+//! set that server reflection hands to generic clients.
+
+use std::path::PathBuf;
+
+const FILES: &[&str] = &["trunkline/admin/v1/node.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    for file in FILES {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
+    let fds = protox::compile(FILES, [&root])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("trunkline_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! The gRPC admin API (`proto/trunkline/admin/v1`): `NodeService`, the standard
+//! `grpc.health.v1` health service and server reflection, on `[admin] listen`.
+//!
+//! The API has no authentication yet, so the configuration accepts only a loopback
+//! address for it (see `Config::validate_admin`): whoever can reach it can drain the node.
+//! Every state-changing call is logged with the peer that made it.
+//!
+//! Health: the overall service ("") and `trunkline.admin.v1.NodeService` report SERVING
+//! while the node takes calls and NOT_SERVING while it drains (through this API or on
+//! SIGTERM), which is what a Kubernetes gRPC readiness probe wants to see.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use anyhow::Context as _;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use trunkline_call::Dispatcher;
+use trunkline_proto::admin::v1::node_service_server::{NodeService, NodeServiceServer};
+use trunkline_proto::admin::v1::{
+    DrainRequest, GetNodeRequest, Limits, Node, NodeState, SipListener, UndrainRequest,
+};
+
+use crate::config::{Config, ListenEntry, SipConfig};
+use crate::shutdown::Shutdown;
+
+/// What `GetNode` reports that does not change while the node runs.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    pub id: String,
+    pub started_at: SystemTime,
+    pub started: Instant,
+    pub sip_listeners: Vec<SipListener>,
+    pub metrics_address: Option<SocketAddr>,
+    pub limits: Limits,
+}
+
+/// The SIP sockets as `GetNode` lists them, with the advertised host each one writes.
+pub fn sip_listeners(sip: &SipConfig) -> Vec<SipListener> {
+    let list = |transport: &str, entries: &[ListenEntry]| {
+        entries
+            .iter()
+            .map(|e| SipListener {
+                transport: transport.to_string(),
+                address: e.listen.to_string(),
+                advertise: e
+                    .advertise
+                    .clone()
+                    .or(sip.advertise.map(|ip| ip.to_string()))
+                    .unwrap_or_else(|| e.listen.ip().to_string()),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut out = list("udp", &sip.udp);
+    out.extend(list("tcp", &sip.tcp));
+    out
+}
+
+/// The limits `GetNode` reports.
+pub fn limits(config: &Config) -> Limits {
+    let (media_port_min, media_port_max) = if config.media.enabled {
+        (
+            u32::from(config.media.port_min),
+            u32::from(config.media.port_max),
+        )
+    } else {
+        (0, 0)
+    };
+    Limits {
+        max_calls: config.sip.max_calls as u64,
+        media_port_min,
+        media_port_max,
+    }
+}
+
+/// The running admin endpoint.
+#[derive(Debug)]
+pub struct AdminServer {
+    local: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Binds `addr` now (so a taken port fails start-up, not a later request) and serves
+    /// until `stop` is cancelled.
+    pub async fn start(
+        addr: SocketAddr,
+        facts: NodeFacts,
+        dispatcher: Dispatcher,
+        shutdown: Shutdown,
+        stop: CancellationToken,
+    ) -> anyhow::Result<AdminServer> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind admin.listen {addr}"))?;
+        let local = listener.local_addr().context("admin.listen")?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = |b: tonic_reflection::server::Builder<'static>| {
+            b.register_encoded_file_descriptor_set(trunkline_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .context("cannot build the reflection service")?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .context("cannot build the reflection service")?;
+        let admin = Admin {
+            facts: Arc::new(facts),
+            admin_address: local,
+            dispatcher,
+            shutdown: shutdown.clone(),
+            health: health.clone(),
+        };
+        admin.publish_health().await;
+        // SIGTERM drains without this API: the probe must see it all the same.
+        {
+            let admin = admin.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = shutdown.drain_requested() => admin.publish_health().await,
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let task = tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
+                .add_service(NodeServiceServer::new(admin))
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+        tracing::info!(%local, "admin API listening");
+        Ok(AdminServer { local, task })
+    }
+
+    /// The bound address (the configured one, with the port filled in if it was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Waits for the server to finish after its stop token was cancelled.
+    pub async fn join(self) {
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Clone)]
+struct Admin {
+    facts: Arc<NodeFacts>,
+    admin_address: SocketAddr,
+    dispatcher: Dispatcher,
+    shutdown: Shutdown,
+    health: HealthReporter,
+}
+
+impl Admin {
+    fn draining(&self) -> bool {
+        self.dispatcher.is_draining() || self.shutdown.is_draining()
+    }
+
+    async fn publish_health(&self) {
+        let status = if self.draining() {
+            ServingStatus::NotServing
+        } else {
+            ServingStatus::Serving
+        };
+        self.health.set_service_status("", status).await;
+        self.health
+            .set_service_status(
+                <NodeServiceServer<Admin> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+    }
+
+    /// Only this node answers for now; a request for another is for a node it does not
+    /// know (a cluster will forward it).
+    fn check_node(&self, node_id: &str) -> Result<(), Status> {
+        if node_id.is_empty() || node_id == self.facts.id {
+            return Ok(());
+        }
+        if node_id.len() > 64 || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Status::invalid_argument("node_id: not a node id"));
+        }
+        Err(Status::not_found(format!("node_id: no node {node_id:?}")))
+    }
+
+    fn node(&self) -> Node {
+        let f = &self.facts;
+        let uptime = f.started.elapsed();
+        Node {
+            id: f.id.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: Some(prost_types::Timestamp::from(f.started_at)),
+            uptime: prost_types::Duration::try_from(uptime).ok(),
+            state: if self.draining() {
+                NodeState::Draining
+            } else {
+                NodeState::Active
+            } as i32,
+            active_calls: self.dispatcher.active_calls(),
+            sip_listeners: f.sip_listeners.clone(),
+            admin_address: self.admin_address.to_string(),
+            metrics_address: f.metrics_address.map(|a| a.to_string()).unwrap_or_default(),
+            limits: Some(f.limits),
+        }
+    }
+}
+
+fn peer<T>(req: &Request<T>) -> String {
+    req.remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+#[tonic::async_trait]
+impl NodeService for Admin {
+    async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<Node>, Status> {
+        self.check_node(&req.get_ref().node_id)?;
+        Ok(Response::new(self.node()))
+    }
+
+    async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<Node>, Status> {
+        self.check_node(&req.get_ref().node_id)?;
+        tracing::warn!(peer = %peer(&req), action = "drain", "admin: new calls refused (503)");
+        self.dispatcher.begin_drain();
+        self.publish_health().await;
+        Ok(Response::new(self.node()))
+    }
+
+    async fn undrain(&self, req: Request<UndrainRequest>) -> Result<Response<Node>, Status> {
+        self.check_node(&req.get_ref().node_id)?;
+        if self.shutdown.is_draining() {
+            return Err(Status::failed_precondition(
+                "the node is shutting down (SIGTERM); it cannot take calls again",
+            ));
+        }
+        tracing::warn!(peer = %peer(&req), action = "undrain", "admin: new calls taken again");
+        self.dispatcher.end_drain();
+        self.publish_health().await;
+        Ok(Response::new(self.node()))
+    }
+}
