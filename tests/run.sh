@@ -71,6 +71,28 @@ install_packages() {
   return $rc
 }
 
+# The generic gRPC client of the admin API tests (tests/grpc/admin_client.py): grpcio with its
+# reflection and health packages from PyPI, in a virtualenv of the workspace (target/, so
+# `cargo clean` removes it). Debian's python3-venv is installed if the interpreter lacks venv.
+GRPC_VENV="$ROOT/target/grpc-venv"
+GRPC_PACKAGES=(grpcio==1.85.3 grpcio-reflection==1.85.1 grpcio-health-checking==1.85.1)
+grpc_client_venv() {
+  if "$GRPC_VENV/bin/python3" -c 'import grpc, grpc_reflection, grpc_health' 2>/dev/null; then
+    echo "gRPC client virtualenv present"
+    return 0
+  fi
+  rm -rf "$GRPC_VENV"
+  if ! python3 -m venv "$GRPC_VENV"; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv
+    rm -rf "$GRPC_VENV"
+    python3 -m venv "$GRPC_VENV"
+  fi
+  "$GRPC_VENV/bin/pip" install -q --disable-pip-version-check "${GRPC_PACKAGES[@]}"
+}
+
 tune_system() {
   # SIPp runs with -buff_size 4194304; allow that much socket buffer if we may (ignore failure).
   sysctl -w net.core.rmem_max=8388608 >/dev/null 2>&1 || true
@@ -102,6 +124,8 @@ fi
 
 if [ "$WHAT" = e2e ] || [ "$WHAT" = all ]; then
   step "test packages" install_packages
+  step "gRPC client virtualenv" grpc_client_venv
+  export TRUNKLINE_GRPC_PYTHON="$GRPC_VENV/bin/python3"
   tune_system
   step "build node and relay (release)" cargo build --release --bin trunkline --bin trunkline-relay
   # Single-threaded: SIPp load is timing sensitive on 2 cores.

@@ -68,6 +68,57 @@ pub fn node_binary() -> PathBuf {
     }
 }
 
+/// The Python with grpcio, grpcio-reflection and grpcio-health-checking that
+/// `tests/run.sh` installs in a virtualenv: `TRUNKLINE_GRPC_PYTHON`, else
+/// `<workspace>/target/grpc-venv/bin/python3`.
+pub fn grpc_python() -> Result<PathBuf> {
+    let python = match std::env::var_os("TRUNKLINE_GRPC_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root()
+            .join("target")
+            .join("grpc-venv")
+            .join("bin")
+            .join("python3"),
+    };
+    if !python.exists() {
+        bail!(
+            "{} does not exist: run tests/run.sh (it makes the gRPC client virtualenv) or set \
+             TRUNKLINE_GRPC_PYTHON",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+/// Runs `tests/grpc/admin_client.py` (a generic, reflection-driven gRPC client) against
+/// `addr`; returns its stdout, trimmed, and whether it succeeded. A gRPC error is a result
+/// (`ERROR <code> <details>`), not a failure of the tool.
+pub fn grpc_client(addr: SocketAddr, args: &[&str]) -> Result<(bool, String)> {
+    let script = workspace_root()
+        .join("tests")
+        .join("grpc")
+        .join("admin_client.py");
+    let out = Command::new(grpc_python()?)
+        .arg(&script)
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    match out.status.code() {
+        Some(0) => Ok((true, stdout)),
+        Some(1) if stdout.starts_with("ERROR ") => Ok((false, stdout)),
+        _ => bail!(
+            "{} {args:?} failed ({}): {}{}",
+            script.display(),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
 /// A scenario file under `tests/scenarios/`.
 pub fn scenario(name: &str) -> PathBuf {
     workspace_root().join("tests").join("scenarios").join(name)
@@ -189,6 +240,8 @@ pub struct NodeConfig {
     /// SIP port on 127.0.0.1, both UDP and TCP.
     pub sip_port: u16,
     pub metrics_port: u16,
+    /// The gRPC admin API's port on 127.0.0.1.
+    pub admin_port: u16,
     pub max_message_bytes: u32,
     pub tcp_idle_timeout_secs: u64,
     pub tcp_partial_timeout_secs: u64,
@@ -215,6 +268,7 @@ impl NodeConfig {
             id: "n1".into(),
             sip_port: free_port(NODE_IP)?,
             metrics_port: free_port(NODE_IP)?,
+            admin_port: free_port(NODE_IP)?,
             max_message_bytes: 16384,
             tcp_idle_timeout_secs: 300,
             tcp_partial_timeout_secs: 10,
@@ -239,6 +293,10 @@ impl NodeConfig {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         SocketAddr::new(IpAddr::V4(NODE_IP), self.metrics_port)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(NODE_IP), self.admin_port)
     }
 
     pub fn to_toml(&self) -> String {
@@ -269,6 +327,7 @@ impl NodeConfig {
             self.t1_ms, self.t2_ms, self.t4_ms, self.no_answer_secs
         );
         let _ = writeln!(s, "[metrics]\nlisten = \"{}\"\n", self.metrics_addr());
+        let _ = writeln!(s, "[admin]\nlisten = \"{}\"\n", self.admin_addr());
         let _ = writeln!(s, "[log]\nlevel = \"{}\"\n", self.log_level);
         let _ = writeln!(
             s,

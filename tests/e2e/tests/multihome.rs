@@ -41,11 +41,13 @@ fn start(out: &std::path::Path) -> Result<Setup> {
                 {{ listen = \"{trunk_side}\", advertise = \"{TRUNK_ADVERTISE}\" }}]\n\
          tcp = []\n\n\
          [metrics]\nlisten = \"{}\"\n\n\
+         [admin]\nlisten = \"{}\"\n\n\
          [log]\nlevel = \"info\"\n\n\
          [[trunks]]\nname = \"carrier\"\naddress = \"{}\"\ntransport = \"udp\"\n\
          local_address = \"{trunk_side}\"\n\n\
          [routing]\ndefault_trunk = \"carrier\"\n",
         cfg.metrics_addr(),
+        cfg.admin_addr(),
         trunk.local_addr()?,
     );
     let node = Node::start_toml(&cfg, &toml, out)?;

@@ -1,0 +1,227 @@
+//! The gRPC admin API end to end, driven by a generic client (Python grpcio with its
+//! reflection and health packages, from PyPI) that has no .proto file: everything it
+//! calls it learns from the node's reflection service, as grpcurl or an operator's own
+//! tooling would. SIP peers are scripted over UDP.
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+use trunkline_e2e::scripted::{cseq_method, method, reply, summary, wait_for};
+use trunkline_e2e::*;
+
+const NODE_SERVICE: &str = "trunkline.admin.v1.NodeService";
+
+/// Calls `NodeService/<method>` with a JSON request; the JSON response, or the error line.
+fn call(admin: SocketAddr, method: &str, request: &str) -> Result<Result<Value, String>> {
+    let (ok, out) = grpc_client(
+        admin,
+        &["call", &format!("{NODE_SERVICE}/{method}"), request],
+    )?;
+    if !ok {
+        return Ok(Err(out));
+    }
+    Ok(Ok(serde_json::from_str(&out).with_context(|| {
+        format!("{method} answered no JSON: {out}")
+    })?))
+}
+
+fn health(admin: SocketAddr, service: &str) -> Result<String> {
+    let (ok, out) = grpc_client(admin, &["health", service])?;
+    ensure!(ok, "health check of {service:?} failed: {out}");
+    Ok(out)
+}
+
+/// Sends an INVITE from `caller` and returns the first final response it gets.
+fn invite(caller: &UdpSocket, node: SocketAddr, n: u32) -> Result<String> {
+    let me = caller.local_addr()?;
+    let msg = format!(
+        "INVITE sip:+15550100@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKadm{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@{me}>;tag=adm{n}\r\nTo: <sip:+15550100@{node}>\r\n\
+         Call-ID: admin-{n}@127.0.0.2\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{me}>\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    caller.send_to(msg.as_bytes(), node)?;
+    let mut seen = Vec::new();
+    let (fin, _) = wait_for(caller, Duration::from_secs(10), &mut seen, |m| {
+        status_code(m).is_some_and(|s| s >= 200) && cseq_method(m) == "INVITE"
+    })
+    .with_context(|| format!("INVITE {n} got no final answer: {:?}", summary(&seen)))?;
+    let to = header(&fin, "To", Some("t")).context("final response without To")?;
+    let ack = format!(
+        "ACK sip:+15550100@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKadm{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:alice@{me}>;tag=adm{n}\r\nTo: {to}\r\n\
+         Call-ID: admin-{n}@127.0.0.2\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+    );
+    caller.send_to(ack.as_bytes(), node)?;
+    Ok(fin)
+}
+
+#[test]
+fn a_generic_client_finds_the_node_service_and_drains_the_node() -> Result<()> {
+    let out = out_dir("admin_node")?;
+    let trunk = UdpSocket::bind((UAS_IP, 0))?;
+    let mut cfg = NodeConfig::new(trunk.local_addr()?, Transport::Udp)?;
+    // An id of this run: a stale node on the port would answer with another.
+    cfg.id = format!("adm{}", std::process::id() % 1_000_000);
+    let mut node = Node::start(&cfg, &out)?;
+    let admin = cfg.admin_addr();
+
+    // Reflection: the services and methods, with no .proto file on the client's side.
+    let (ok, services) = grpc_client(admin, &["services"])?;
+    ensure!(ok, "listing services failed: {services}");
+    for want in [NODE_SERVICE, "grpc.health.v1.Health"] {
+        ensure!(
+            services.lines().any(|l| l == want),
+            "reflection does not list {want}: {services}"
+        );
+    }
+    let (ok, methods) = grpc_client(admin, &["methods", NODE_SERVICE])?;
+    ensure!(ok, "listing methods failed: {methods}");
+    ensure!(
+        methods.lines().collect::<Vec<_>>() == ["GetNode", "Drain", "Undrain"],
+        "NodeService methods: {methods}"
+    );
+
+    // GetNode describes this node.
+    let n = call(admin, "GetNode", "{}")?.map_err(anyhow::Error::msg)?;
+    ensure!(
+        n["id"] == cfg.id.as_str(),
+        "GetNode answered for {}",
+        n["id"]
+    );
+    ensure!(n["state"] == "NODE_STATE_ACTIVE", "state {}", n["state"]);
+    ensure!(
+        n["adminAddress"] == admin.to_string().as_str(),
+        "adminAddress {}",
+        n["adminAddress"]
+    );
+    let sip = cfg.sip_addr().to_string();
+    ensure!(
+        n["sipListeners"].as_array().is_some_and(|l| l
+            .iter()
+            .any(|x| x["transport"] == "udp" && x["address"] == sip.as_str())),
+        "sipListeners {} lack udp {sip}",
+        n["sipListeners"]
+    );
+    ensure!(
+        n["uptime"].as_str().is_some_and(|u| u.ends_with('s')),
+        "uptime {}",
+        n["uptime"]
+    );
+    ensure!(health(admin, "")? == "SERVING", "not SERVING at start");
+
+    // Drain: reported, refused at the SIP edge with 503 + Retry-After, not sent on.
+    let n = call(admin, "Drain", "{}")?.map_err(anyhow::Error::msg)?;
+    ensure!(
+        n["state"] == "NODE_STATE_DRAINING",
+        "after Drain: {}",
+        n["state"]
+    );
+    ensure!(
+        health(admin, "")? == "NOT_SERVING",
+        "overall health while draining"
+    );
+    ensure!(
+        health(admin, NODE_SERVICE)? == "NOT_SERVING",
+        "NodeService health while draining"
+    );
+    let caller = UdpSocket::bind((UAC_IP, 0))?;
+    let refused = invite(&caller, node.sip_addr(), 1)?;
+    ensure!(
+        status_code(&refused) == Some(503),
+        "while draining an INVITE got {:?}",
+        refused.lines().next()
+    );
+    ensure!(
+        header(&refused, "Retry-After", None).is_some(),
+        "503 without Retry-After"
+    );
+    let mut at_trunk = Vec::new();
+    ensure!(
+        wait_for(&trunk, Duration::from_millis(500), &mut at_trunk, |m| {
+            method(m) == Some("INVITE")
+        })
+        .is_none(),
+        "a drained node sent the INVITE on"
+    );
+
+    // Undrain: calls go through again.
+    let n = call(admin, "Undrain", "{}")?.map_err(anyhow::Error::msg)?;
+    ensure!(
+        n["state"] == "NODE_STATE_ACTIVE",
+        "after Undrain: {}",
+        n["state"]
+    );
+    ensure!(health(admin, "")? == "SERVING", "not SERVING after Undrain");
+    let trunk_addr = trunk.local_addr()?.to_string();
+    let caller2 = UdpSocket::bind((UAC_IP, 0))?;
+    let node_sip = node.sip_addr();
+    let handle = std::thread::spawn(move || invite(&caller2, node_sip, 2));
+    let (b_invite, from) = wait_for(&trunk, Duration::from_secs(5), &mut at_trunk, |m| {
+        method(m) == Some("INVITE")
+    })
+    .context("after Undrain the INVITE did not reach the trunk")?;
+    trunk.send_to(
+        reply(&b_invite, 486, "busy", &trunk_addr, None).as_bytes(),
+        from,
+    )?;
+    let fin = handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("caller thread panicked"))??;
+    ensure!(
+        status_code(&fin) == Some(486),
+        "after Undrain the call ended with {:?}",
+        fin.lines().next()
+    );
+
+    // Errors a client can act on.
+    let other = call(admin, "GetNode", r#"{"nodeId": "elsewhere"}"#)?;
+    ensure!(
+        other
+            .as_ref()
+            .is_err_and(|e| e.starts_with("ERROR NOT_FOUND")),
+        "GetNode of another node: {other:?}"
+    );
+    let bad = call(admin, "Drain", r#"{"nodeId": "no such id"}"#)?;
+    ensure!(
+        bad.as_ref()
+            .is_err_and(|e| e.starts_with("ERROR INVALID_ARGUMENT") && e.contains("node_id")),
+        "Drain with a malformed id: {bad:?}"
+    );
+
+    node.assert_healthy()?;
+    let status = node.stop()?;
+    ensure!(status.success(), "node exited with {status}");
+    Ok(())
+}
+
+/// The admin API has no authentication yet: a node asked to serve it beyond loopback
+/// refuses to start and says why.
+#[test]
+fn the_admin_api_is_refused_on_a_non_loopback_address() -> Result<()> {
+    let out = out_dir("admin_not_loopback")?;
+    let trunk = UdpSocket::bind((UAS_IP, 0))?;
+    let cfg = NodeConfig::new(trunk.local_addr()?, Transport::Udp)?;
+    let toml = cfg.to_toml().replace(
+        &format!("[admin]\nlisten = \"{}\"", cfg.admin_addr()),
+        &format!("[admin]\nlisten = \"0.0.0.0:{}\"", cfg.admin_port),
+    );
+    ensure!(
+        toml.contains("0.0.0.0:"),
+        "the test did not change admin.listen"
+    );
+    let started = Node::start_toml(&cfg, &toml, &out);
+    let err = match started {
+        Ok(mut node) => {
+            let _ = node.stop();
+            anyhow::bail!("the node started with its admin API on 0.0.0.0");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("admin.listen") && err.contains("loopback"),
+        "start-up failed without naming admin.listen: {err}"
+    );
+    Ok(())
+}
