@@ -127,7 +127,7 @@ if [ "$WHAT" = e2e ] || [ "$WHAT" = all ]; then
   step "gRPC client virtualenv" grpc_client_venv
   export TRUNKLINE_GRPC_PYTHON="$GRPC_VENV/bin/python3"
   tune_system
-  step "build node and relay (release)" cargo build --release --bin trunkline --bin trunkline-relay
+  step "build node, relay and trunkctl (release)" cargo build --release --bin trunkline --bin trunkline-relay --bin trunkctl
   # Single-threaded: SIPp load is timing sensitive on 2 cores.
   step "end-to-end tests" cargo test -p trunkline-e2e --release --no-fail-fast -- --test-threads=1
 fi

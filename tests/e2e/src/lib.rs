@@ -68,6 +68,44 @@ pub fn node_binary() -> PathBuf {
     }
 }
 
+/// The operator CLI: `TRUNKCTL_BIN`, else `<workspace>/target/release/trunkctl`.
+pub fn trunkctl_binary() -> PathBuf {
+    match std::env::var_os("TRUNKCTL_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_root()
+            .join("target")
+            .join("release")
+            .join("trunkctl"),
+    }
+}
+
+/// Runs `trunkctl` with `args` (and `env`); returns its exit code, stdout and stderr.
+pub fn trunkctl(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, String)> {
+    let bin = trunkctl_binary();
+    if !bin.exists() {
+        bail!(
+            "{} does not exist: run `cargo build --release --bin trunkctl` or set TRUNKCTL_BIN",
+            bin.display()
+        );
+    }
+    let mut cmd = Command::new(&bin);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env_remove("TRUNKCTL_SERVER")
+        .env_remove("TRUNKCTL_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// The Python with grpcio, grpcio-reflection and grpcio-health-checking that
 /// `tests/run.sh` installs in a virtualenv: `TRUNKLINE_GRPC_PYTHON`, else
 /// `<workspace>/target/grpc-venv/bin/python3`.

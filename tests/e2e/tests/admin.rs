@@ -225,3 +225,79 @@ fn the_admin_api_is_refused_on_a_non_loopback_address() -> Result<()> {
     );
     Ok(())
 }
+
+/// `trunkctl` against a node it started: tables for people, JSON and YAML for scripts,
+/// the server from `--server` or `TRUNKCTL_SERVER`, and the documented exit codes.
+#[test]
+fn trunkctl_reads_and_drains_the_node_with_documented_exit_codes() -> Result<()> {
+    let out = out_dir("admin_trunkctl")?;
+    let trunk = UdpSocket::bind((UAS_IP, 0))?;
+    let mut cfg = NodeConfig::new(trunk.local_addr()?, Transport::Udp)?;
+    cfg.id = format!("ctl{}", std::process::id() % 1_000_000);
+    let mut node = Node::start(&cfg, &out)?;
+    let admin = cfg.admin_addr().to_string();
+
+    let (code, json, err) = trunkctl(&["--server", &admin, "node", "get", "-o", "json"], &[])?;
+    ensure!(code == 0, "node get exited {code}: {err}");
+    let n: Value = serde_json::from_str(&json).with_context(|| format!("not JSON: {json}"))?;
+    ensure!(
+        n["id"] == cfg.id.as_str(),
+        "node get answered for {}",
+        n["id"]
+    );
+    ensure!(n["state"] == "NODE_STATE_ACTIVE", "state {}", n["state"]);
+
+    let (code, table, err) = trunkctl(&["node", "drain"], &[("TRUNKCTL_SERVER", &admin)])?;
+    ensure!(code == 0, "node drain exited {code}: {err}");
+    let state_row = table
+        .lines()
+        .find(|l| l.starts_with("STATE"))
+        .with_context(|| format!("no STATE row: {table}"))?;
+    ensure!(
+        state_row.ends_with("DRAINING"),
+        "after drain: {state_row:?}"
+    );
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.starts_with("ID") && l.ends_with(&cfg.id)),
+        "table without this node's id: {table}"
+    );
+    ensure!(
+        health(cfg.admin_addr(), "")? == "NOT_SERVING",
+        "drained node still SERVING"
+    );
+
+    let (code, yaml, err) = trunkctl(&["--server", &admin, "node", "undrain", "-o", "yaml"], &[])?;
+    ensure!(code == 0, "node undrain exited {code}: {err}");
+    ensure!(
+        yaml.lines().any(|l| l == "state: NODE_STATE_ACTIVE"),
+        "after undrain: {yaml}"
+    );
+
+    let (code, _, err) = trunkctl(
+        &["--server", &admin, "node", "get", "--node", "elsewhere"],
+        &[],
+    )?;
+    ensure!(code == 3, "unknown node: exit {code} ({err})");
+    let (code, _, err) = trunkctl(
+        &["--server", &admin, "node", "get", "--node", "no such id"],
+        &[],
+    )?;
+    ensure!(code == 2, "malformed node id: exit {code} ({err})");
+    let (code, _, err) = trunkctl(&["--server", &admin, "node", "frobnicate"], &[])?;
+    ensure!(code == 2, "usage error: exit {code} ({err})");
+    let (code, completions, _) = trunkctl(&["completions", "bash"], &[])?;
+    ensure!(
+        code == 0 && completions.contains("_trunkctl"),
+        "bash completions: exit {code}"
+    );
+
+    node.assert_healthy()?;
+    let status = node.stop()?;
+    ensure!(status.success(), "node exited with {status}");
+    // The node is gone: the server cannot be reached.
+    let (code, _, err) = trunkctl(&["--server", &admin, "node", "get"], &[])?;
+    ensure!(code == 1, "no server: exit {code} ({err})");
+    Ok(())
+}
