@@ -79,8 +79,14 @@ pub enum Event {
         request_uri: Uri,
         caller: Option<String>,
     },
+    /// The callee's provisional answer (18x) was relayed to the caller; `early_media`:
+    /// it carried SDP, so media flows before the answer.
+    Progress { status: u16, early_media: bool },
     /// The callee answered.
     Answered,
+    /// An offer/answer exchange on the established call completed; `held`: the offer
+    /// `by` made put the media on hold (`sendonly`, `inactive` or a zero address).
+    Hold { by: Leg, held: bool },
     /// The caller has its final answer (`status`), or an answered call hung up (200).
     /// Emitted once per call.
     Ended { status: u16, cause: EndCause },

@@ -10,6 +10,7 @@
 pub mod call;
 pub mod config;
 pub mod event;
+pub mod hold;
 pub mod ids;
 pub mod multipart;
 pub mod relay;

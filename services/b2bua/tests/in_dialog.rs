@@ -86,12 +86,27 @@ fn hold_and_resume_from_the_caller() {
         &sdp(50000, "recvonly"),
     );
     assert!(w.events.iter().any(|e| matches!(e, Event::Settled)));
+    let holds = |w: &mut World| -> Vec<(Leg, bool)> {
+        w.take_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Hold { by, held } => Some((by, held)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        holds(&mut w),
+        vec![(Leg::A, true)],
+        "the caller held the call"
+    );
     reinvite(
         &mut w,
         Leg::A,
         &sdp(40000, "sendrecv"),
         &sdp(50000, "sendrecv"),
     );
+    assert_eq!(holds(&mut w), vec![(Leg::A, false)], "and took it off hold");
     // B's next request carries CSeq numbers past both re-INVITEs of ours.
     let bye = w.a.request("BYE", &[], None);
     w.a_sends(bye);

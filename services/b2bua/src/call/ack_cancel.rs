@@ -217,7 +217,10 @@ impl Call {
         match e.tx.state() {
             ClientState::Proceeding => {
                 e.give_up_at = Some(now + self.cfg.timers.t1x64());
-                let (leg, peer, cancel) = (e.leg, e.peer, cancel_for(e.tx.request()));
+                let (leg, peer, mut cancel) = (e.leg, e.peer, cancel_for(e.tx.request()));
+                if let Some(reason) = &self.reason {
+                    cancel.headers.add(HeaderName::Reason, reason.clone());
+                }
                 self.send_request(now, leg, peer, cancel, ClientRole::Cancel);
             }
             ClientState::Calling => e.cancel_on_response = true,

@@ -123,6 +123,10 @@ impl Call {
             if matches!(self.state, CallState::Calling | CallState::Early) {
                 self.state = CallState::Early;
                 self.relay_to_a_invite(now, &resp);
+                self.events.push_back(Event::Progress {
+                    status,
+                    early_media: !resp.body.is_empty(),
+                });
             }
             return;
         }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 use trunkline_sip::transaction::{ClientState, ClientTransaction, ServerTransaction};
-use trunkline_sip::{Dialog, Message, Peer, Request, Uri};
+use trunkline_sip::{Dialog, HeaderName, Message, Peer, Request, Uri};
 
 mod ack_cancel;
 mod invite;
@@ -192,6 +192,9 @@ pub struct Call {
     initial_offerer: Option<Leg>,
     /// Output held back while the media relay rewrites a body, in send order.
     outbox: VecDeque<Held>,
+    /// The RFC 3326 `Reason` value the node's own BYEs and CANCELs carry when the node
+    /// ends the call (an operator's hang-up).
+    reason: Option<Bytes>,
 }
 
 /// Why the media relay could not rewrite a body; `status` is what the sender of the
@@ -240,6 +243,7 @@ impl Call {
             fix_nated_contact: false,
             initial_offerer: None,
             outbox: VecDeque::new(),
+            reason: None,
         };
         let request_uri = invite.uri.clone();
         let caller = invite
@@ -296,6 +300,7 @@ impl Call {
             fix_nated_contact: false,
             initial_offerer: Some(Leg::A),
             outbox: VecDeque::new(),
+            reason: None,
         }
     }
 
@@ -431,6 +436,15 @@ impl Call {
     /// Ends the call from the node's side (media timeout, operator, drain deadline):
     /// BYE on both legs of an answered call, CANCEL/final answer for one still ringing.
     pub fn hangup(&mut self, now: Instant, cause: EndCause) {
+        self.hangup_with_reason(now, cause, None);
+    }
+
+    /// `hangup`, with an RFC 3326 `Reason` header value (`Q.850;cause=16;text="..."`)
+    /// on the BYEs, the CANCEL and the caller's final answer, so both ends can tell why.
+    pub fn hangup_with_reason(&mut self, now: Instant, cause: EndCause, reason: Option<Bytes>) {
+        if reason.is_some() && !self.ended {
+            self.reason = reason;
+        }
         match self.state {
             CallState::Established => {
                 self.bye_leg(now, Leg::A);
@@ -522,7 +536,18 @@ impl Call {
             .find(|e| e.role == ServerRole::Invite && e.tx.last_status().is_none_or(|s| s < 200))
             .map(|e| e.id);
         if let Some(sid) = sid {
-            self.respond_status(now, sid, status);
+            match self.reason.clone() {
+                Some(reason) => {
+                    if let Some(mut resp) = self
+                        .server(sid)
+                        .map(|e| e.request.make_response(status, None))
+                    {
+                        resp.headers.add(HeaderName::Reason, reason);
+                        self.respond(now, sid, resp);
+                    }
+                }
+                None => self.respond_status(now, sid, status),
+            }
         }
         self.finish(status, cause);
     }

@@ -121,7 +121,10 @@ impl Call {
         let via = l.local.via(branch);
         let Some(d) = l.dialog.as_mut() else { return };
         let seq = d.next_seq();
-        let bye = d.request(Method::Bye, seq, &via, None);
+        let mut bye = d.request(Method::Bye, seq, &via, None);
+        if let Some(reason) = &self.reason {
+            bye.headers.add(HeaderName::Reason, reason.clone());
+        }
         self.send_request(now, leg, peer, bye, ClientRole::Bye);
     }
 

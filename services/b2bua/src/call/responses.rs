@@ -76,6 +76,7 @@ impl Call {
         out.body = resp.body.clone();
         let is_offer = matches!(method, Method::Invite | Method::Update);
         let origin_offered = !server.request.body.is_empty();
+        let holds = origin_offered && crate::hold::sdp_holds(&server.request.body);
         if method == Method::Invite && resp.is_success() {
             let Some(out_req) = self.client(cid).map(|e| e.tx.request().clone()) else {
                 return;
@@ -107,6 +108,12 @@ impl Call {
         };
         self.emit(now, Outgoing::Response { sid, resp: out }, op);
         if resp.status >= 200 && is_offer && self.state == CallState::Established {
+            if resp.is_success() && origin_offered {
+                self.events.push_back(Event::Hold {
+                    by: origin,
+                    held: holds,
+                });
+            }
             self.events.push_back(Event::Settled);
         }
     }
