@@ -4,7 +4,10 @@
 
 use std::path::PathBuf;
 
-const FILES: &[&str] = &["trunkline/admin/v1/node.proto"];
+const FILES: &[&str] = &[
+    "trunkline/admin/v1/node.proto",
+    "trunkline/admin/v1/calls.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -5,6 +5,7 @@
 //! straight to the transports, events update metrics and the dispatch index, and
 //! the next wake-up is scheduled. No other task ever touches the call's state.
 
+use crate::directory::{CallRecord, CalleeLeg, NewCall};
 use crate::media::{LegAddressing, LegInterfaces, MediaMsg};
 use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::Direction;
@@ -50,6 +51,10 @@ pub struct CallActorState {
     /// The TCP connection each leg's peer uses, held open while the call lives.
     pins: [Option<ConnectionPin>; 2],
     media_key: Arc<str>,
+    /// The call as the admin API sees it.
+    record: Arc<CallRecord>,
+    /// The trunk the call was routed to (for the record, once the B-leg exists).
+    callee_trunk: Option<(Arc<str>, trunkline_sip::Transport)>,
 }
 
 /// The call actor (stateless handler; all state is in [`CallActorState`]).
@@ -102,6 +107,10 @@ impl CallActor {
             CallMsg::SendFailed { leg } => state.call.handle_transport_error(t, leg),
             CallMsg::MediaDone { id, result } => state.call.handle_media(t, id, result),
             CallMsg::MediaTimeout { .. } => state.call.hangup(t, EndCause::MediaTimeout),
+            CallMsg::Hangup { reason } => {
+                tracing::info!(call = %state.record.id, "hung up by an operator");
+                state.call.hangup_with_reason(t, EndCause::Local, reason);
+            }
         }
         pump(myself, state);
     }
@@ -123,6 +132,13 @@ impl Actor for CallActor {
             a_call_id = %String::from_utf8_lossy(&a_call_id),
             b_call_id = tracing::field::Empty
         );
+        let caller = args
+            .invite
+            .headers
+            .from_addr()
+            .and_then(|f| f.uri.user().map(str::to_string))
+            .unwrap_or_default();
+        let callee = args.invite.uri.user().unwrap_or_default().to_string();
         let call = {
             let _e = span.enter();
             tracing::debug!(peer = %args.source, uri = %args.invite.uri, origin = ?args.origin, "new call");
@@ -147,6 +163,20 @@ impl Actor for CallActor {
             .registry
             .register_dialog(a_key.clone(), handle, Leg::A);
         shared.metrics.call_started();
+        let media_key: Arc<str> = Arc::from(String::from_utf8_lossy(&a_call_id).as_ref());
+        let record = shared.directory.open(NewCall {
+            serial: args.serial,
+            caller,
+            callee,
+            a_call_id: media_key.to_string(),
+            a_peer: args.source.addr,
+            a_transport: args.source.transport,
+            from_trunk: match args.origin {
+                Origin::Trunk(i) => shared.router.trunks().get(i).map(|t| t.name.clone()),
+                _ => None,
+            },
+            media_key: media_key.clone(),
+        });
         let media_interfaces = LegInterfaces {
             a: shared.cfg.access_interface.clone(),
             b: None,
@@ -179,7 +209,9 @@ impl Actor for CallActor {
             media_interfaces,
             media_used: false,
             pins: [None, None],
-            media_key: Arc::from(String::from_utf8_lossy(&a_call_id).as_ref()),
+            media_key,
+            record,
+            callee_trunk: None,
             shared,
         };
         if let Some(c) = args.source.connection {
@@ -215,6 +247,7 @@ impl Actor for CallActor {
         }
         registry.unregister_invite(&state.invite_key, state.serial);
         registry.unregister_serial(state.serial);
+        state.shared.directory.closed(&state.record);
         if !state.counted_end {
             // Stopped before it ended (node shutdown): still balance the gauges.
             state.counted_end = true;
@@ -248,6 +281,19 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
                     .registry
                     .register_dialog(key.clone(), handle, Leg::B);
                 state.b_key = Some(key);
+                if let (Some((trunk, transport)), Some(peer)) =
+                    (state.callee_trunk.take(), state.callee_source)
+                {
+                    state.shared.directory.routed(
+                        &state.record,
+                        CalleeLeg {
+                            trunk,
+                            call_id: call_id.to_string(),
+                            peer,
+                            transport,
+                        },
+                    );
+                }
             }
         }
         while let Some(t) = state.call.poll_transmit() {
@@ -309,6 +355,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                         state.media_interfaces.b = trunk.media_interface.clone();
                         state.addressing.b = trunk.media_address;
                         state.callee_source = Some(trunk.addr);
+                        state.callee_trunk = Some((trunk.name.clone(), trunk.transport));
                         RouteDecision::Trunk {
                             peer: trunk.peer(),
                             local,
@@ -330,8 +377,21 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             tracing::debug!(caller = caller.as_deref().unwrap_or(""), uri = %request_uri, ?decision, "routed");
             state.call.handle_route(now(), decision);
         }
+        Event::Progress {
+            status,
+            early_media,
+        } => {
+            state
+                .shared
+                .directory
+                .progress(&state.record, status, early_media);
+        }
+        Event::Hold { by, held } => {
+            state.shared.directory.hold(&state.record, by, held);
+        }
         Event::Answered => {
             tracing::debug!("answered");
+            state.shared.directory.answered(&state.record);
             // The relay's inactivity timeouts run from here on, not while the callee rings.
             if let (true, Some(media)) = (state.media_used, &state.shared.media) {
                 let _ = media.send_message(MediaMsg::Established {
@@ -341,6 +401,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
         }
         Event::Ended { status, cause } => {
             tracing::debug!(status, ?cause, "call ended");
+            state.shared.directory.ended(&state.record, status, cause);
             release_media(state);
             state.pins = [None, None];
             if !state.counted_end {
@@ -363,6 +424,9 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
         Event::Settled => {}
         Event::Media { id, op, sdp } => match &state.shared.media {
             Some(media) => {
+                if !state.media_used {
+                    state.shared.directory.anchored(&state.record);
+                }
                 state.media_used = true;
                 let msg = MediaMsg::Rewrite {
                     key: state.media_key.clone(),

@@ -7,6 +7,7 @@
 //! call state: they are answered (or ignored) here.
 
 use crate::actor;
+use crate::directory::{CallDirectory, CallRecord};
 use crate::media::MediaMsg;
 use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::{CallMetrics, Direction};
@@ -48,6 +49,15 @@ enum Action {
     Invite { req: Request, origin: Origin },
 }
 
+/// Why an operator's hang-up was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HangupError {
+    #[error("no such call on this node")]
+    NotFound,
+    #[error("the call has already ended")]
+    Ended,
+}
+
 /// Receives every framed message from the transports.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -61,10 +71,44 @@ impl Dispatcher {
         trust: Trust,
         metrics: CallMetrics,
         media: Option<ActorRef<MediaMsg>>,
+        relay: Option<trunkline_media::Relay>,
     ) -> Dispatcher {
         Dispatcher {
-            shared: Arc::new(Shared::new(cfg, router, trust, metrics, media)),
+            shared: Arc::new(Shared::new(cfg, router, trust, metrics, media, relay)),
         }
+    }
+
+    /// Every call of the node, as the admin API reads them.
+    pub fn calls(&self) -> &Arc<CallDirectory> {
+        &self.shared.directory
+    }
+
+    /// Ends call `serial` from the node's side (an operator's hang-up): BYE on both legs
+    /// of an answered call, CANCEL toward the callee and a final answer to the caller of
+    /// one still ringing, each with `reason` as its RFC 3326 `Reason` header.
+    pub fn hangup(&self, serial: u64, reason: Option<Bytes>) -> Result<(), HangupError> {
+        let record = self
+            .shared
+            .directory
+            .find(serial)
+            .ok_or(HangupError::NotFound)?;
+        if record.ended_ms().is_some() {
+            return Err(HangupError::Ended);
+        }
+        let handle = self
+            .shared
+            .registry
+            .by_serial(serial)
+            .ok_or(HangupError::Ended)?;
+        handle
+            .actor
+            .send_message(CallMsg::Hangup { reason })
+            .map_err(|_| HangupError::Ended)
+    }
+
+    /// The relay's counters of a call's media, when it is anchored and still has ports.
+    pub fn media_stats(&self, record: &CallRecord) -> Option<trunkline_media::CallStats> {
+        self.shared.relay.as_ref()?.query(&record.media_key, now())
     }
 
     /// Completes the wiring once the transports are bound (they need the dispatcher

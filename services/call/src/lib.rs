@@ -4,6 +4,7 @@
 //! the trust rules say who may call at all.
 
 pub mod actor;
+pub mod directory;
 pub mod dispatcher;
 pub mod media;
 pub mod messages;
@@ -15,7 +16,8 @@ pub mod shared;
 pub mod stateless;
 pub mod trust;
 
-pub use dispatcher::Dispatcher;
+pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallRecord, EndedBy};
+pub use dispatcher::{Dispatcher, HangupError};
 pub use outbound::{Listener, Outbound};
 pub use router::{Route, Router, Trunk};
 pub use shared::DispatcherConfig;

@@ -33,6 +33,9 @@ pub enum CallMsg {
     MediaTimeout {
         reason: trunkline_media::TimeoutReason,
     },
+    /// An operator ends the call (admin API): BYE on both legs, or CANCEL and a final
+    /// answer while it rings, each carrying `reason` (an RFC 3326 `Reason` value).
+    Hangup { reason: Option<Bytes> },
 }
 
 /// Start-up arguments: the INVITE that creates the call.

@@ -13,7 +13,7 @@ use trunkline_sip::{Host, Peer, SipUri, Transport, Uri};
 /// A carrier interconnect the node sends calls to, and takes calls from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trunk {
-    pub name: String,
+    pub name: Arc<str>,
     pub addr: SocketAddr,
     pub transport: Transport,
     /// Addresses the trunk's requests come from; calls from these are the trunk's.
@@ -96,10 +96,10 @@ impl Router {
     ) -> Result<Router, RouterError> {
         for (i, t) in trunks.iter().enumerate() {
             if trunks[..i].iter().any(|o| o.name == t.name) {
-                return Err(RouterError::Duplicate(t.name.clone()));
+                return Err(RouterError::Duplicate(t.name.to_string()));
             }
         }
-        let index = |name: &str| trunks.iter().position(|t| t.name == name);
+        let index = |name: &str| trunks.iter().position(|t| &*t.name == name);
         let default = match default {
             Some(name) => {
                 Some(index(name).ok_or_else(|| RouterError::UnknownDefault(name.to_string()))?)
@@ -179,7 +179,7 @@ mod tests {
     }
 
     fn picked<'a>(r: &'a Router, to: &str, origin: Origin) -> Option<&'a str> {
-        r.decide(&uri(to), origin).map(|t| t.name.as_str())
+        r.decide(&uri(to), origin).map(|t| &*t.name)
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! State shared by the dispatcher and every call actor of a node.
 
+use crate::directory::CallDirectory;
 use crate::media::MediaMsg;
 use crate::metrics::CallMetrics;
 use crate::outbound::{Listener, Outbound};
@@ -42,6 +43,11 @@ pub struct Shared {
     /// The node's media-relay actor; `None` when media anchoring is off.
     pub(crate) media: Option<ActorRef<MediaMsg>>,
     pub(crate) registry: CallRegistry,
+    /// Every call as the admin API sees it.
+    pub(crate) directory: Arc<CallDirectory>,
+    /// The relay engine itself, for reading a call's media counters; `None` when media
+    /// anchoring is off.
+    pub(crate) relay: Option<trunkline_media::Relay>,
     outbound: OnceLock<Arc<dyn Outbound>>,
     pub(crate) draining: AtomicBool,
     pub(crate) policy: Policy,
@@ -62,8 +68,12 @@ impl Shared {
         trust: Trust,
         metrics: CallMetrics,
         media: Option<ActorRef<MediaMsg>>,
+        relay: Option<trunkline_media::Relay>,
     ) -> Shared {
+        let directory = Arc::new(CallDirectory::new(&cfg.call.node_id));
         Shared {
+            directory,
+            relay,
             cfg,
             metrics,
             router,
@@ -74,7 +84,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             policy: Policy::default(),
             seed: AtomicU64::new(rand::random()),
-            next_serial: AtomicU64::new(1),
+            next_serial: AtomicU64::new(first_serial()),
             log_budget: LogLimiter::default(),
             live_calls: AtomicU64::new(0),
         }
@@ -151,6 +161,17 @@ impl Shared {
     pub(crate) fn live_calls(&self) -> u64 {
         self.live_calls.load(Ordering::Acquire)
     }
+}
+
+/// Where this run's call serials start: the seconds since the epoch, shifted so that a
+/// node restarted under the same id does not give a call an id an earlier run used (a
+/// run would need 16 million calls per second of the gap between the two starts to
+/// catch up). Serials stay below 2^62, so a send token (`send_token`) still fits.
+fn first_serial() -> u64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ((secs & ((1 << 37) - 1)) << 24) | 1
 }
 
 /// The token of a send by call `serial` toward `leg`: what the transport hands back

@@ -131,6 +131,7 @@ fn node(opts: Opts) -> Node {
         trust,
         metrics,
         None,
+        None,
     );
     let out = Arc::new(Recorder::default());
     d.attach(out.clone());

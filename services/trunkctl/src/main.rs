@@ -4,6 +4,7 @@
 //! Exit codes: 0 done; 1 the server failed or could not be reached; 2 usage (a wrong
 //! command line, or a request the server found malformed); 3 not found.
 
+mod calls;
 mod output;
 
 use std::process::ExitCode;
@@ -13,8 +14,12 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
+use trunkline_proto::admin::v1::call_service_client::CallServiceClient;
 use trunkline_proto::admin::v1::node_service_client::NodeServiceClient;
-use trunkline_proto::admin::v1::{DrainRequest, GetNodeRequest, UndrainRequest};
+use trunkline_proto::admin::v1::{
+    CallState, DrainRequest, GetCallRequest, GetNodeRequest, HangupCallRequest, ListCallsRequest,
+    UndrainRequest, WatchCallsRequest,
+};
 
 use crate::output::Format;
 
@@ -50,6 +55,11 @@ enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// The node's calls: list, show, watch, hang up.
+    Calls {
+        #[command(subcommand)]
+        action: CallsAction,
+    },
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -74,6 +84,56 @@ enum NodeAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CallsAction {
+    /// Calls in creation order, one per row.
+    List {
+        /// Only calls in this state (setup, ringing, early_media, established, held, or
+        /// ended for the recently ended ones).
+        #[arg(long, value_parser = calls::parse_state)]
+        state: Option<CallState>,
+        /// Only calls from or to this trunk.
+        #[arg(long)]
+        trunk: Option<String>,
+        /// Only calls whose caller number starts with this.
+        #[arg(long)]
+        caller: Option<String>,
+        /// Only calls whose called number starts with this.
+        #[arg(long)]
+        callee: Option<String>,
+        /// Only calls of this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Calls per page (the server caps it at 1000).
+        #[arg(long, default_value_t = 500)]
+        page_size: u32,
+        /// Fetch every page, not only the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One call: both legs, times, and the relay's media counters.
+    Get { id: String },
+    /// The calls that exist, then one line per event until interrupted (Ctrl-C).
+    Watch {
+        /// Only this call.
+        id: Option<String>,
+        /// Only calls of this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// End a call: BYE on both legs (CANCEL and 480 while it is being set up), with an
+    /// RFC 3326 Reason header.
+    Hangup {
+        id: String,
+        /// The Q.850 cause in the Reason header (default 16, normal clearing).
+        #[arg(long, default_value_t = 16)]
+        cause: u32,
+        /// The Reason header's text (default "Terminated by operator").
+        #[arg(long)]
+        text: Option<String>,
+    },
+}
+
 /// Exit code for a gRPC status, as documented above.
 fn exit_code(status: &Status) -> u8 {
     match status.code() {
@@ -91,11 +151,19 @@ fn endpoint(server: &str) -> anyhow::Result<Endpoint> {
     };
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30)))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
 }
 
-/// Wraps `message` with the bearer token, if any.
+/// Wraps `message` with the bearer token, if any, and a 30 s deadline.
 fn request<T>(message: T, token: Option<&str>) -> anyhow::Result<Request<T>> {
+    let mut req = streaming_request(message, token)?;
+    req.set_timeout(Duration::from_secs(30));
+    Ok(req)
+}
+
+/// Like `request`, without a deadline: a watch runs until the user stops it.
+fn streaming_request<T>(message: T, token: Option<&str>) -> anyhow::Result<Request<T>> {
     let mut req = Request::new(message);
     if let Some(token) = token {
         let value: MetadataValue<_> = format!("Bearer {token}")
@@ -104,6 +172,15 @@ fn request<T>(message: T, token: Option<&str>) -> anyhow::Result<Request<T>> {
         req.metadata_mut().insert("authorization", value);
     }
     Ok(req)
+}
+
+/// Connects to `--server` (exit 2 for an address that cannot be one, 1 for no answer).
+async fn connect(server: &str) -> Result<Channel, (u8, String)> {
+    endpoint(server)
+        .map_err(|e| (2, format!("--server {server}: {e:#}")))?
+        .connect()
+        .await
+        .map_err(|e| (1, format!("cannot reach {server}: {e}")))
 }
 
 async fn run(cli: Cli) -> Result<(), (u8, String)> {
@@ -119,12 +196,108 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             );
             Ok(())
         }
+        Command::Calls { action } => {
+            let channel = connect(&cli.server).await?;
+            let mut client = CallServiceClient::new(channel);
+            let token = cli.token.as_deref();
+            match action {
+                CallsAction::List {
+                    state,
+                    trunk,
+                    caller,
+                    callee,
+                    node,
+                    page_size,
+                    all,
+                } => {
+                    let mut query = ListCallsRequest {
+                        node_id: node.unwrap_or_default(),
+                        state: state.unwrap_or(CallState::Unspecified) as i32,
+                        trunk: trunk.unwrap_or_default(),
+                        caller_number: caller.unwrap_or_default(),
+                        callee_number: callee.unwrap_or_default(),
+                        page_size,
+                        page_token: String::new(),
+                    };
+                    let mut listed = Vec::new();
+                    loop {
+                        let page = client
+                            .list_calls(request(query.clone(), token).map_err(server_error)?)
+                            .await
+                            .map_err(status_error)?
+                            .into_inner();
+                        listed.extend(page.calls);
+                        if !all || page.next_page_token.is_empty() {
+                            break;
+                        }
+                        query.page_token = page.next_page_token;
+                    }
+                    let now = prost_types::Timestamp::from(std::time::SystemTime::now());
+                    let doc = serde_json::json!({
+                        "calls": listed.iter().map(calls::call_json).collect::<Vec<_>>(),
+                    });
+                    calls::print(&doc, || calls::calls_table(&listed, &now), cli.output)
+                        .map_err(server_error)
+                }
+                CallsAction::Get { id } => {
+                    let call = client
+                        .get_call(request(GetCallRequest { id }, token).map_err(server_error)?)
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    calls::print(
+                        &calls::call_json(&call),
+                        || calls::call_detail(&call),
+                        cli.output,
+                    )
+                    .map_err(server_error)
+                }
+                CallsAction::Watch { id, node } => {
+                    let watch = WatchCallsRequest {
+                        node_id: node.unwrap_or_default(),
+                        call_id: id.unwrap_or_default(),
+                    };
+                    let mut stream = client
+                        .watch_calls(streaming_request(watch, token).map_err(server_error)?)
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    loop {
+                        let next = tokio::select! {
+                            next = stream.message() => next,
+                            _ = tokio::signal::ctrl_c() => return Ok(()),
+                        };
+                        match next.map_err(status_error)? {
+                            Some(event) => {
+                                calls::print_event(&event, cli.output).map_err(server_error)?
+                            }
+                            None => return Ok(()),
+                        }
+                    }
+                }
+                CallsAction::Hangup { id, cause, text } => {
+                    let hangup = HangupCallRequest {
+                        id,
+                        reason_cause: cause,
+                        reason_text: text.unwrap_or_default(),
+                    };
+                    let done = client
+                        .hangup_call(request(hangup, token).map_err(server_error)?)
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    let call = done.call.unwrap_or_default();
+                    calls::print(
+                        &serde_json::json!({ "call": calls::call_json(&call) }),
+                        || format!("{}  hangup sent\n", call.id),
+                        cli.output,
+                    )
+                    .map_err(server_error)
+                }
+            }
+        }
         Command::Node { action } => {
-            let channel: Channel = endpoint(&cli.server)
-                .map_err(|e| (2, format!("--server {}: {e:#}", cli.server)))?
-                .connect()
-                .await
-                .map_err(|e| (1, format!("cannot reach {}: {e}", cli.server)))?;
+            let channel = connect(&cli.server).await?;
             let mut client = NodeServiceClient::new(channel);
             let token = cli.token.as_deref();
             let node = match action {

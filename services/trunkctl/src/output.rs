@@ -23,7 +23,7 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
-fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
     ts.map(ToString::to_string).unwrap_or_default()
 }
 

@@ -57,7 +57,7 @@ fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust)> {
             own.push(Source::Exact(addr));
         }
         trunks.push(Trunk {
-            name: t.name.clone(),
+            name: Arc::from(t.name.as_str()),
             addr,
             transport: match t.transport {
                 TrunkTransport::Udp => trunkline_sip::Transport::Udp,
@@ -116,14 +116,16 @@ impl App {
             let relay =
                 trunkline_media::Relay::start(m.relay_config(thread_policy), Some(registry))
                     .context("cannot start the media relay ([media])")?;
-            Some(
-                trunkline_call::media::spawn(relay)
+            Some((
+                trunkline_call::media::spawn(relay.clone())
                     .await
                     .context("cannot start the media actor")?,
-            )
+                relay,
+            ))
         } else {
             None
         };
+        let (media, relay) = media.unzip();
         let (router, trust) = router_and_trust(&config)?;
         let dispatcher = Dispatcher::new(
             DispatcherConfig {
@@ -137,6 +139,7 @@ impl App {
             trust,
             call_metrics,
             media.clone(),
+            relay,
         );
         let transports = Transports::start(
             config.sip.transport_config(),

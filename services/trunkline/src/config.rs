@@ -561,12 +561,16 @@ pub struct AdminConfig {
     /// it can drain the node.
     #[serde(with = "optional_addr")]
     pub listen: Option<SocketAddr>,
+    /// `WatchCalls` streams open at once; one more gets RESOURCE_EXHAUSTED. Each costs a
+    /// task and a bounded queue, so this bounds what watchers can make the node hold.
+    pub max_watchers: usize,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            max_watchers: 64,
         }
     }
 }
@@ -962,6 +966,12 @@ impl Config {
     }
 
     fn validate_admin(&self, problems: &mut Problems) {
+        if !(1..=10_000).contains(&self.admin.max_watchers) {
+            problems.push(
+                "admin.max_watchers",
+                format!("{} is not within 1..=10000", self.admin.max_watchers),
+            );
+        }
         let Some(listen) = self.admin.listen else {
             return;
         };
@@ -1326,6 +1336,17 @@ mod tests {
                 path.display()
             );
             assert!(message.contains(&expected), "{message}");
+        });
+    }
+
+    #[test]
+    fn watchers_are_bounded() {
+        load_in_jail(&[], None, |result, _| {
+            assert_eq!(result.unwrap().admin.max_watchers, 64);
+        });
+        load_in_jail(&[], Some("[admin]\nmax_watchers = 0\n"), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("admin.max_watchers"), "{message}");
         });
     }
 

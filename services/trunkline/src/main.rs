@@ -122,6 +122,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     sip_listeners: admin::sip_listeners(&config.sip),
                     metrics_address: metrics.as_ref().map(MetricsServer::local_addr),
                     limits: admin::limits(&config),
+                    max_watchers: config.admin.max_watchers,
                 },
                 app.dispatcher(),
                 shutdown.clone(),

@@ -146,7 +146,14 @@ pub fn grpc_client(addr: SocketAddr, args: &[&str]) -> Result<(bool, String)> {
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
     match out.status.code() {
         Some(0) => Ok((true, stdout)),
-        Some(1) if stdout.starts_with("ERROR ") => Ok((false, stdout)),
+        Some(1)
+            if stdout
+                .lines()
+                .last()
+                .is_some_and(|l| l.starts_with("ERROR ")) =>
+        {
+            Ok((false, stdout))
+        }
         _ => bail!(
             "{} {args:?} failed ({}): {}{}",
             script.display(),

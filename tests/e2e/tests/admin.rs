@@ -70,7 +70,11 @@ fn a_generic_client_finds_the_node_service_and_drains_the_node() -> Result<()> {
     // Reflection: the services and methods, with no .proto file on the client's side.
     let (ok, services) = grpc_client(admin, &["services"])?;
     ensure!(ok, "listing services failed: {services}");
-    for want in [NODE_SERVICE, "grpc.health.v1.Health"] {
+    for want in [
+        NODE_SERVICE,
+        "trunkline.admin.v1.CallService",
+        "grpc.health.v1.Health",
+    ] {
         ensure!(
             services.lines().any(|l| l == want),
             "reflection does not list {want}: {services}"
@@ -110,6 +114,19 @@ fn a_generic_client_finds_the_node_service_and_drains_the_node() -> Result<()> {
         n["uptime"]
     );
     ensure!(health(admin, "")? == "SERVING", "not SERVING at start");
+
+    // CallService through reflection too: an idle node lists no calls.
+    let (ok, methods) = grpc_client(admin, &["methods", "trunkline.admin.v1.CallService"])?;
+    ensure!(ok, "listing CallService methods failed: {methods}");
+    ensure!(
+        methods.lines().collect::<Vec<_>>() == ["ListCalls", "GetCall", "WatchCalls", "HangupCall"],
+        "CallService methods: {methods}"
+    );
+    let (ok, listed) = grpc_client(
+        admin,
+        &["call", "trunkline.admin.v1.CallService/ListCalls", "{}"],
+    )?;
+    ensure!(ok && listed == "{}", "ListCalls on an idle node: {listed}");
 
     // Drain: reported, refused at the SIP edge with 503 + Retry-After, not sent on.
     let n = call(admin, "Drain", "{}")?.map_err(anyhow::Error::msg)?;

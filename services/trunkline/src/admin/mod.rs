@@ -1,8 +1,10 @@
-//! The gRPC admin API (`proto/trunkline/admin/v1`): `NodeService`, the standard
-//! `grpc.health.v1` health service and server reflection, on `[admin] listen`.
+//! The gRPC admin API (`proto/trunkline/admin/v1`): `NodeService`, `CallService`
+//! (`calls`), the standard `grpc.health.v1` health service and server reflection, on
+//! `[admin] listen`.
 //!
 //! The API has no authentication yet, so the configuration accepts only a loopback
-//! address for it (see `Config::validate_admin`): whoever can reach it can drain the node.
+//! address for it (see `Config::validate_admin`): whoever can reach it can drain the node
+//! and end its calls.
 //! Every state-changing call is logged with the peer that made it.
 //!
 //! Health: the overall service ("") and `trunkline.admin.v1.NodeService` report SERVING
@@ -20,12 +22,15 @@ use tonic::{Request, Response, Status};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use trunkline_call::Dispatcher;
+use trunkline_proto::admin::v1::call_service_server::CallServiceServer;
 use trunkline_proto::admin::v1::node_service_server::{NodeService, NodeServiceServer};
 use trunkline_proto::admin::v1::{
     DrainRequest, GetNodeRequest, Limits, Node, NodeState, SipListener, UndrainRequest,
 };
 
 use crate::config::{Config, ListenEntry, SipConfig};
+
+pub mod calls;
 use crate::shutdown::Shutdown;
 
 /// What `GetNode` reports that does not change while the node runs.
@@ -37,6 +42,8 @@ pub struct NodeFacts {
     pub sip_listeners: Vec<SipListener>,
     pub metrics_address: Option<SocketAddr>,
     pub limits: Limits,
+    /// `[admin] max_watchers`.
+    pub max_watchers: usize,
 }
 
 /// The SIP sockets as `GetNode` lists them, with the advertised host each one writes.
@@ -109,6 +116,7 @@ impl AdminServer {
         let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
             .build_v1alpha()
             .context("cannot build the reflection service")?;
+        let calls = calls::Calls::new(&facts.id, dispatcher.clone(), facts.max_watchers);
         let admin = Admin {
             facts: Arc::new(facts),
             admin_address: local,
@@ -135,6 +143,7 @@ impl AdminServer {
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
                 .add_service(NodeServiceServer::new(admin))
+                .add_service(CallServiceServer::new(calls))
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await;
             if let Err(e) = served {
