@@ -8,6 +8,10 @@
 #   trunkline           the trunkline node (B2BUA) with [media] enabled = false
 #   trunkline-media     the trunkline node in its default configuration: media anchored
 #   kamailio            Kamailio + dialog + topos in redis (optional; not in the default set)
+#   trunkline-watch10   trunkline (media off) with 10 `trunkctl calls watch` streaming every
+#                       call event from its admin API (optional)
+#   trunkline-listcalls trunkline (media off) holding 10 000 established calls while a gRPC
+#                       client polls ListCalls (a 500-call page) once a second (optional)
 # one after the other in one run, on loopback.  See load/README.md.
 #
 #   load/bench.sh [--quick] [--systems LIST]
@@ -29,14 +33,23 @@ usage() {
 Options:
   --quick            smoke run: 3 s steps, one bisection, 1000 held calls (~2-3 min per system)
   --systems LIST     comma-separated subset of
-                     sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio
-                     (default: all but kamailio, whose topos row needs redis)
+                     sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,
+                     trunkline-watch10,trunkline-listcalls
+                     (default: all but kamailio, whose topos row needs redis, and the two
+                     admin API rows: --systems trunkline,trunkline-watch10,trunkline-listcalls
+                     compares them with the idle API)
   --profile          no rate search: run each system (default: trunkline-media) at PROFILE_RATE
                      for PROFILE_SECS under `perf record -g` and write `perf report --no-children`
                      to load/out/<ts>/<system>/profile/
   -h, --help         this text
 Environment (defaults full / quick):
   TRUNKLINE_BIN      use this binary instead of `cargo build --release --bin trunkline`
+  TRUNKCTL_BIN       likewise for trunkctl (the watchers of trunkline-watch10)
+  WATCHERS           watch streams of trunkline-watch10 (10)
+  LIST_HELD_CALLS, LIST_HELD_RATE   calls trunkline-listcalls holds while ListCalls is polled,
+                     and the rate they are placed at (10000, 1000)
+  GRPC_PYTHON        a python3 with grpcio and grpcio-reflection (the ListCalls poller;
+                     default: target/grpc-venv/bin/python3, which tests/run.sh makes)
   STEP_SECS          length of one rate-search step (10 / 3)
   BISECT             bisection steps after the doubling phase (3 / 1)
   SEARCH_START       first offered rate for the Kamailio and trunkline rows (100 / 100)
@@ -51,14 +64,15 @@ Environment (defaults full / quick):
   RTPE_LOG_LEVEL     rtpengine log-level (5)
   PROFILE_RATE, PROFILE_SECS, PROFILE_CALLGRAPH   --profile: calls/s, seconds, perf call-graph
                      mode (200, 12, fp; "dwarf" gives fuller stacks at a higher cost)
-  UAC_PORT UAS_PORT KAM_PORT TL_PORT TL_METRICS_PORT REDIS_PORT RTPE_NG_PORT RTPE_CLI_PORT
-                     (5080 5090 5060 5062 9465 16379 12222 12224)
+  UAC_PORT UAS_PORT KAM_PORT TL_PORT TL_METRICS_PORT TL_ADMIN_PORT HELD_UAC_PORT REDIS_PORT
+  RTPE_NG_PORT RTPE_CLI_PORT
+                     (5080 5090 5060 5062 9465 50061 5082 16379 12222 12224)
 EOF
 }
 
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
-ALL_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio"
+ALL_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,trunkline-watch10,trunkline-listcalls"
 DEFAULT_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media"
 parse_args "$ALL_SYSTEMS" "profile" "$@"
 if [ "$PROFILE" = 1 ] && [ "$SYSTEMS_GIVEN" = 0 ]; then SYS_LIST=(trunkline-media); fi
@@ -84,6 +98,9 @@ fi
 : "${SEARCH_START:=100}" "${SIPP_SEARCH_START:=1000}" "${SEARCH_MAX:=64000}"
 : "${UAC_PORT:=5080}" "${UAS_PORT:=5090}" "${KAM_PORT:=5060}" "${TL_PORT:=5062}"
 : "${TL_METRICS_PORT:=9465}" "${REDIS_PORT:=16379}" "${TL_READY_SECS:=20}"
+: "${TL_ADMIN_PORT:=50061}" "${HELD_UAC_PORT:=5082}" "${WATCHERS:=10}"
+: "${LIST_HELD_CALLS:=10000}" "${LIST_HELD_RATE:=1000}"
+: "${GRPC_PYTHON:=$ROOT/target/grpc-venv/bin/python3}"
 : "${RTPE_NG_PORT:=12222}" "${RTPE_CLI_PORT:=12224}" "${RTPE_LOG_LEVEL:=5}" "${RTPE_READY_SECS:=10}"
 : "${MEDIA_PORT_MIN:=30000}" "${MEDIA_PORT_MAX:=39999}"
 : "${PROFILE_RATE:=200}" "${PROFILE_SECS:=12}" "${PROFILE_CALLGRAPH:=fp}"
@@ -315,6 +332,9 @@ tcp = []
 [metrics]
 listen = "$HOST:$TL_METRICS_PORT"
 
+[admin]
+listen = "$HOST:$TL_ADMIN_PORT"
+
 [log]
 level = "warn"
 
@@ -350,6 +370,81 @@ $(tail -10 "$d/trunkline.log")"
 }
 tl_stop() { stop_pid "$TL_PID"; TL_PID=""; }
 
+# ------------------------------------------------------------ admin API clients
+TRUNKCTL_RESOLVED=""
+ctl_resolve_bin() {
+	[ -n "$TRUNKCTL_RESOLVED" ] && return 0
+	if [ -n "${TRUNKCTL_BIN:-}" ]; then
+		[ -x "$TRUNKCTL_BIN" ] || die "TRUNKCTL_BIN=$TRUNKCTL_BIN is not an executable file"
+		TRUNKCTL_RESOLVED=$TRUNKCTL_BIN
+	else
+		TRUNKCTL_RESOLVED="$(dirname "$TL_BIN_RESOLVED")/trunkctl"
+		if [ -z "${TRUNKLINE_BIN:-}" ] || [ ! -x "$TRUNKCTL_RESOLVED" ]; then
+			log "building trunkctl: cargo build --release --bin trunkctl"
+			(cd "$ROOT" && cargo build --release --bin trunkctl) >>"$OUT/cargo-build.log" 2>&1 ||
+				die "cargo build --release --bin trunkctl failed (log: $OUT/cargo-build.log)"
+			TRUNKCTL_RESOLVED="$(dirname "$TL_BIN_RESOLVED")/trunkctl"
+		fi
+	fi
+	[ -x "$TRUNKCTL_RESOLVED" ] || die "no trunkctl at $TRUNKCTL_RESOLVED; set TRUNKCTL_BIN"
+	log "trunkctl binary: $TRUNKCTL_RESOLVED"
+}
+
+API_PIDS=()
+HELD_PID=""
+# What a row adds once the node and the uas run: watchers, or held calls and a poller.
+sut_ready() { # SYSTEM DIR
+	local i n
+	case "$1" in
+	trunkline-watch10)
+		for i in $(seq 1 "$WATCHERS"); do
+			"$TRUNKCTL_RESOLVED" --server "$HOST:$TL_ADMIN_PORT" calls watch >/dev/null 2>"$2/watch-$i.stderr" &
+			API_PIDS+=($!)
+			STARTED+=($!)
+		done
+		sleep 0.5
+		;;
+	trunkline-listcalls)
+		(cd "$2" && exec sipp "$SUT_TARGET" -sf "$SCEN/uac.xml" "${SIPP_COMMON[@]}" -p "$HELD_UAC_PORT" \
+			-r "$LIST_HELD_RATE" -m "$LIST_HELD_CALLS" -d 3600000 -trace_err -trace_screen) \
+			>"$2/held.stdout" 2>"$2/held.stderr" &
+		HELD_PID=$!
+		STARTED+=("$HELD_PID")
+		for i in $(seq 1 $((LIST_HELD_CALLS / 100 + 60))); do
+			n=$(curl -s -m 2 "http://$HOST:$TL_METRICS_PORT/metrics" | awk '/^trunkline_calls_active /{print $2}')
+			[ "${n%.*}" -ge "$LIST_HELD_CALLS" ] 2>/dev/null && break
+			sleep 0.5
+		done
+		[ "${n%.*}" -ge "$LIST_HELD_CALLS" ] 2>/dev/null ||
+			die "trunkline-listcalls: only ${n:-0} of $LIST_HELD_CALLS held calls established; see $2/held.stderr"
+		log "  $LIST_HELD_CALLS calls held; polling ListCalls (500 per page) once a second"
+		"$GRPC_PYTHON" "$ROOT/tests/grpc/admin_client.py" "$HOST:$TL_ADMIN_PORT" poll \
+			trunkline.admin.v1.CallService/ListCalls '{"pageSize": 500}' 1 "$2/listcalls-ms.txt" \
+			2>"$2/poller.stderr" &
+		API_PIDS+=($!)
+		STARTED+=($!)
+		sleep 1.5
+		;;
+	esac
+}
+# Before the row stops: how many watchers are still streaming (one that fell behind ends).
+sut_api_collect() { # SYSTEM DIR
+	local p alive=0
+	case "$1" in
+	trunkline-watch10)
+		for p in "${API_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=$((alive + 1)); done
+		echo "$alive" >"$2/watchers-alive.txt"
+		;;
+	esac
+}
+api_stop() {
+	local p
+	for p in "${API_PIDS[@]}"; do stop_pid "$p"; done
+	API_PIDS=()
+	[ -n "$HELD_PID" ] && stop_pid "$HELD_PID"
+	HELD_PID=""
+}
+
 sut_start() { # SYSTEM DIR
 	case "$1" in
 	sipp) SUT_PIDS="" SUT_TARGET="$HOST:$UAS_PORT" HELPER_PID="" HELPER_NAME="" ;;
@@ -358,12 +453,13 @@ sut_start() { # SYSTEM DIR
 	kamailio-rtpengine) kam_start "$2" rtpengine ;;
 	trunkline) tl_start "$2" 0 ;;
 	trunkline-media) tl_start "$2" 1 ;;
+	trunkline-watch10 | trunkline-listcalls) tl_start "$2" 0 ;;
 	esac
 }
 sut_stop() {
 	case "$1" in
 	kamailio*) kam_stop ;;
-	trunkline*) tl_stop ;;
+	trunkline*) api_stop; tl_stop ;;
 	esac
 	SUT_PIDS=""
 }
@@ -375,7 +471,10 @@ sut_collect() { # SYSTEM DIR
 		sleep 1.2 # the relay's gauges are refreshed once a second
 		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
 		;;
-	trunkline) curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true ;;
+	trunkline | trunkline-watch10 | trunkline-listcalls)
+		sut_api_collect "$1" "$2"
+		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
+		;;
 	kamailio*) kamcmd -s "$KAM_CTL" stats.get_statistics all >"$2/kamailio-stats.txt" 2>&1 || true ;;&
 	kamailio-rtpengine) ng_sessions >"$2/rtpengine-sessions.txt" || true ;;
 	esac
@@ -393,6 +492,7 @@ run_step() { # SYSTEM RATE
 	mkdir -p "$d"
 	sut_start "$sys" "$d"
 	uas_start "$d"
+	sut_ready "$sys" "$d"
 	uac_start "$d" "$SUT_TARGET" "$rate" "$calls" 0 $((STEP_SECS + 20))
 	uac_wait || true
 	sut_collect "$sys" "$d"
@@ -431,6 +531,7 @@ fixed_run() { # SYSTEM — latency and CPU at FIXED_RATE
 	log "$sys: fixed-rate run, $FIXED_RATE calls/s x ${FIXED_SECS}s (latency, CPU)"
 	sut_start "$sys" "$d"
 	uas_start "$d"
+	sut_ready "$sys" "$d"
 	pids=$(sut_tree)
 	hname=$HELPER_NAME
 	[ -n "$HELPER_PID" ] && hpids=$(python3 "$LIB" tree "$HELPER_PID")
@@ -537,6 +638,7 @@ profile_run() { # SYSTEM
 	log "$sys: profile, $PROFILE_RATE calls/s x ${PROFILE_SECS}s under perf record ${cg[*]}"
 	sut_start "$sys" "$d"
 	uas_start "$d"
+	sut_ready "$sys" "$d"
 	pids=$(sut_tree)
 	[ -n "$pids" ] || die "$sys: no process to profile"
 	perf record "${cg[@]}" -o "$d/perf.data" -p "${pids// /,}" >"$d/perf-record.log" 2>&1 &
@@ -586,7 +688,8 @@ for s in "${SYS_LIST[@]}"; do mkdir -p "$OUT/$s"; : >"$OUT/$s/summary.env"; done
 	echo "hold_rate=$HOLD_RATE"
 	echo "media_ports=$MEDIA_PORT_MIN-$MEDIA_PORT_MAX"
 	[ "$PROFILE" = 1 ] && echo "profile=$PROFILE_RATE calls/s x ${PROFILE_SECS}s, call graph $PROFILE_CALLGRAPH"
-	echo "ports=uac $UAC_PORT, uas $UAS_PORT, kamailio $KAM_PORT, trunkline $TL_PORT (metrics $TL_METRICS_PORT), redis $REDIS_PORT, rtpengine ng $RTPE_NG_PORT"
+	echo "ports=uac $UAC_PORT, uas $UAS_PORT, kamailio $KAM_PORT, trunkline $TL_PORT (metrics $TL_METRICS_PORT, admin $TL_ADMIN_PORT), redis $REDIS_PORT, rtpengine ng $RTPE_NG_PORT"
+	echo "admin_rows=$WATCHERS watchers; $LIST_HELD_CALLS held calls at $LIST_HELD_RATE calls/s, ListCalls page 500 once a second"
 	echo "host=$(uname -srm), $(nproc) cpus, load avg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "sipp=$(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
 	echo "kamailio=$(kamailio -v 2>/dev/null | head -1 || true)"
@@ -617,6 +720,10 @@ for s in "${SYS_LIST[@]}"; do
 		;;
 	trunkline*)
 		tl_resolve_bin
+		;;&
+	trunkline-watch10) ctl_resolve_bin ;;
+	trunkline-listcalls)
+		[ -x "$GRPC_PYTHON" ] || die "trunkline-listcalls needs a python3 with grpcio ($GRPC_PYTHON): run tests/run.sh once, or set GRPC_PYTHON"
 		;;
 	esac
 	case "$s" in sipp) ;; *) sut_start "$s" "$OUT/$s/preflight" && sut_stop "$s" ;; esac
@@ -631,7 +738,7 @@ fi
 for s in "${SYS_LIST[@]}"; do
 	if [ "$s" = sipp ]; then search sipp "$SIPP_SEARCH_START"; else search "$s" "$SEARCH_START"; fi
 	fixed_run "$s"
-	[ "$s" = sipp ] || hold_run "$s"
+	case "$s" in sipp | trunkline-watch10 | trunkline-listcalls) ;; *) hold_run "$s" ;; esac
 done
 
 log "done; results: $OUT/results.md"

@@ -276,6 +276,8 @@ LABELS = {
     "trunkline": "trunkline, media off",
     "trunkline-media": "trunkline, media anchored (default configuration)",
     "kamailio": "Kamailio 5.6 + dialog + topos (redis)",
+    "trunkline-watch10": "trunkline, media off, 10 admin API watchers streaming every event",
+    "trunkline-listcalls": "trunkline, media off, ListCalls polled over 10 000 held calls",
 }
 
 # (numerator, denominator, target): sustained calls/s ratios the issue sets.
@@ -284,6 +286,10 @@ RATIOS = [
     ("trunkline", "kamailio-dialog", 1.0),
     ("trunkline", "kamailio", 1.0),
 ]
+# The admin API must not slow the call path: calls/s with 10 watchers, as a share of the
+# idle API's; and a 500-call ListCalls page over 10 000 calls.
+WATCH_RATIO_TARGET = 0.95
+LISTCALLS_TARGET_MS = 50.0
 MEDIA_CPU_TARGET = 0.35  # trunkline-media CPU s per 1000 calls
 MEMORY_TARGET_KIB = 16
 
@@ -361,6 +367,38 @@ def report(out, systems):
                 s, kib, MEMORY_TARGET_KIB, "met" if kib <= MEMORY_TARGET_KIB else "NOT met"))
         except (TypeError, ValueError):
             pass
+    if "trunkline-watch10" in env and "trunkline" in env:
+        try:
+            r = float(env["trunkline-watch10"]["sustained"]) / float(env["trunkline"]["sustained"])
+            verdicts.append("**trunkline-watch10 / trunkline sustained calls/s: %.3f** (target ≥ %.2f: %s)"
+                            % (r, WATCH_RATIO_TARGET, "met" if r >= WATCH_RATIO_TARGET else "NOT met"))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            verdicts.append("trunkline-watch10 / trunkline sustained calls/s: n/a")
+        try:
+            alive = open(os.path.join(out, "trunkline-watch10", "fixed", "watchers-alive.txt")).read().strip()
+            verdicts.append("trunkline-watch10: %s of %s watchers still streaming at the end of the "
+                            "fixed-rate run (a watcher that falls behind is told and its stream ends)"
+                            % (alive, params.get("admin_rows", "?").split()[0]))
+        except OSError:
+            pass
+    if "trunkline-listcalls" in env:
+        ms = []
+        for path in glob.glob(os.path.join(out, "trunkline-listcalls", "*", "*", "listcalls-ms.txt")) + \
+                glob.glob(os.path.join(out, "trunkline-listcalls", "fixed", "listcalls-ms.txt")):
+            for line in open(path):
+                parts = line.split()
+                if parts:
+                    ms.append(float(parts[0]))
+        if ms:
+            ms.sort()
+            p50, p99 = ms[len(ms) // 2], ms[min(len(ms) - 1, int(len(ms) * 0.99))]
+            verdicts.append("**ListCalls, 500-call page of %s held calls: p50 %.1f ms, p99 %.1f ms, "
+                            "max %.1f ms over %d polls** (target < %.0f ms: %s)" % (
+                                params.get("admin_rows", "?").split("; ")[-1].split()[0], p50, p99,
+                                ms[-1], len(ms), LISTCALLS_TARGET_MS,
+                                "met" if p99 < LISTCALLS_TARGET_MS else "NOT met"))
+        else:
+            verdicts.append("ListCalls latency: n/a (no poll recorded)")
     # A rate search cut short by refusals measures whatever refused, not the system: say so.
     for s in systems:
         for j in steps_of(out, s):
