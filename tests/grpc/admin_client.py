@@ -67,10 +67,13 @@ def main(argv):
         print(__doc__, file=sys.stderr)
         return 2
     addr, cmd, args = argv[1], argv[2], argv[3:]
-    # A fixed flow-control window: a stream the client does not read then stalls the
-    # server after a known amount, as a slow client on a slow link would (BDP probing
-    # would otherwise grow the window while the transport buffers unread messages).
-    options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
+    # Streams get a fixed flow-control window: a stream the client does not read then
+    # stalls the server after a known amount, as a slow client on a slow link would (BDP
+    # probing would otherwise grow the window while the transport buffers unread
+    # messages). Other calls keep grpc's defaults.
+    options = []
+    if cmd in ("stream", "churn"):
+        options = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65536)]
     with grpc.insecure_channel(addr, options=options) as channel:
         try:
             if cmd == "services":

@@ -108,7 +108,7 @@ impl CallActor {
             CallMsg::MediaDone { id, result } => state.call.handle_media(t, id, result),
             CallMsg::MediaTimeout { .. } => state.call.hangup(t, EndCause::MediaTimeout),
             CallMsg::Hangup { reason } => {
-                tracing::info!(call = %state.record.id, "hung up by an operator");
+                tracing::info!(call = %state.record.id(), "hung up by an operator");
                 state.call.hangup_with_reason(t, EndCause::Local, reason);
             }
         }
@@ -168,7 +168,6 @@ impl Actor for CallActor {
             serial: args.serial,
             caller,
             callee,
-            a_call_id: media_key.to_string(),
             a_peer: args.source.addr,
             a_transport: args.source.transport,
             from_trunk: match args.origin {

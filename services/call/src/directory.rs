@@ -132,8 +132,6 @@ pub struct CalleeLeg {
 pub struct CallRecord {
     /// The call's number on this node (the registry's serial).
     pub serial: u64,
-    /// The call's id in the API: `<node id>-<serial in hex>`, unique across the cluster.
-    pub id: String,
     pub node: Arc<str>,
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
@@ -141,12 +139,11 @@ pub struct CallRecord {
     pub caller: String,
     /// The number called: the user part of the caller's Request-URI.
     pub callee: String,
-    pub a_call_id: String,
     pub a_peer: SocketAddr,
     pub a_transport: Transport,
     /// The trunk the call came from; `None` for a caller on the access side.
     pub from_trunk: Option<Arc<str>>,
-    /// The relay session of the call (its media key), when media is anchored.
+    /// The caller's Call-ID, which is also the call's relay session key.
     pub media_key: Arc<str>,
     b: OnceLock<CalleeLeg>,
     phase: AtomicU8,
@@ -166,14 +163,25 @@ pub struct NewCall {
     pub serial: u64,
     pub caller: String,
     pub callee: String,
-    pub a_call_id: String,
     pub a_peer: SocketAddr,
     pub a_transport: Transport,
     pub from_trunk: Option<Arc<str>>,
+    /// The caller's Call-ID (the relay's session key).
     pub media_key: Arc<str>,
 }
 
 impl CallRecord {
+    /// The call's id in the API: `<node id>-<serial in hex>`, unique across the cluster.
+    /// Built when asked, not stored: most calls are never looked at.
+    pub fn id(&self) -> String {
+        format!("{}-{:x}", self.node, self.serial)
+    }
+
+    /// The caller's SIP Call-ID.
+    pub fn a_call_id(&self) -> &str {
+        &self.media_key
+    }
+
     pub fn phase(&self) -> CallPhase {
         CallPhase::from_u8(self.phase.load(Ordering::Acquire))
     }
@@ -293,21 +301,14 @@ impl CallDirectory {
         }
     }
 
-    /// The API id of call `serial` on this node.
-    pub fn id_of(&self, serial: u64) -> String {
-        format!("{}-{serial:x}", self.node)
-    }
-
     /// A new call: its record, listed from now on, and its `Created` event.
     pub fn open(&self, new: NewCall) -> Arc<CallRecord> {
         let record = Arc::new(CallRecord {
             serial: new.serial,
-            id: self.id_of(new.serial),
             node: self.node.clone(),
             created_ms: now_ms(),
             caller: new.caller,
             callee: new.callee,
-            a_call_id: new.a_call_id,
             a_peer: new.a_peer,
             a_transport: new.a_transport,
             from_trunk: new.from_trunk,
@@ -532,7 +533,6 @@ mod tests {
             serial,
             caller: "100".into(),
             callee: "200".into(),
-            a_call_id: format!("a-{serial}"),
             a_peer: "127.0.0.1:5070".parse().unwrap(),
             a_transport: Transport::Udp,
             from_trunk: None,
@@ -555,7 +555,8 @@ mod tests {
         assert_eq!(quiet.seq(), 1, "counted even with nobody watching");
         let mut w = dir.watch();
         let r = dir.open(new_call(0x2a));
-        assert_eq!(r.id, "n1-2a");
+        assert_eq!(r.id(), "n1-2a");
+        assert_eq!(r.a_call_id(), "a-42");
         dir.progress(&r, 180, false);
         dir.progress(&r, 183, true);
         dir.progress(&r, 180, false);
@@ -567,7 +568,7 @@ mod tests {
         dir.ended(&r, 200, EndCause::CallerHangup);
         let mut kinds = Vec::new();
         while let Ok(ev) = w.rx.try_recv() {
-            assert_eq!(ev.call.id, "n1-2a");
+            assert_eq!(ev.call.id(), "n1-2a");
             assert_eq!(ev.seq as usize, kinds.len() + 1);
             kinds.push(ev.kind);
         }

@@ -291,39 +291,61 @@ pub fn call_detail(c: &Call) -> String {
         .collect()
 }
 
-/// One line per event for `calls watch`.
-pub fn event_line(e: &CallEvent) -> String {
-    let at = rfc3339(e.at.as_ref());
-    let ty = event_name(e.r#type);
-    match CallEventType::try_from(e.r#type) {
-        Ok(CallEventType::Synced) => format!("{at}  {ty}"),
-        Ok(CallEventType::EventsLost) => format!("{at}  {ty}  {} events", e.events_lost),
-        _ => {
-            let c = e.call.clone().unwrap_or_default();
-            let mut line = format!(
-                "{at}  {ty:<11}  {}  #{}  {} -> {}  {}",
-                e.call_id,
-                e.sequence,
-                dash(&c.caller_number),
-                dash(&c.callee_number),
-                state_name(c.state)
-            );
-            if e.status != 0 {
-                line.push_str(&format!("  status={}", e.status));
+/// Turns `calls watch` events into lines. Only a call's first event (CREATED or
+/// EXISTING) and its last (ENDED) carry the call itself, so the numbers are remembered
+/// in between to put on every line.
+#[derive(Default)]
+pub struct Watching {
+    numbers: std::collections::HashMap<String, (String, String)>,
+}
+
+impl Watching {
+    /// One line for an event.
+    pub fn line(&mut self, e: &CallEvent) -> String {
+        let at = rfc3339(e.at.as_ref());
+        let ty = event_name(e.r#type);
+        match CallEventType::try_from(e.r#type) {
+            Ok(CallEventType::Synced) => return format!("{at}  {ty}"),
+            Ok(CallEventType::EventsLost) => {
+                return format!("{at}  {ty}  {} events", e.events_lost)
             }
-            if e.by != 0 {
-                line.push_str(&format!("  by={}", party_name(e.by)));
-            }
-            if let Some(end) = &c.end {
-                line.push_str(&format!(
-                    "  cause={} total={} talk={}",
-                    end.cause,
-                    duration_json(end.total.as_ref()).as_str().unwrap_or("-"),
-                    duration_json(end.talk.as_ref()).as_str().unwrap_or("-"),
-                ));
-            }
-            line
+            _ => {}
         }
+        if let Some(c) = &e.call {
+            self.numbers.insert(
+                e.call_id.clone(),
+                (c.caller_number.clone(), c.callee_number.clone()),
+            );
+        }
+        let (caller, callee) = self.numbers.get(&e.call_id).cloned().unwrap_or_default();
+        let mut line = format!(
+            "{at}  {ty:<11}  {}  #{}  {} -> {}",
+            e.call_id,
+            e.sequence,
+            dash(&caller),
+            dash(&callee),
+        );
+        if let Some(c) = &e.call {
+            line.push_str(&format!("  {}", state_name(c.state)));
+        }
+        if e.status != 0 {
+            line.push_str(&format!("  status={}", e.status));
+        }
+        if e.by != 0 {
+            line.push_str(&format!("  by={}", party_name(e.by)));
+        }
+        if let Some(end) = e.call.as_ref().and_then(|c| c.end.as_ref()) {
+            line.push_str(&format!(
+                "  cause={} total={} talk={}",
+                end.cause,
+                duration_json(end.total.as_ref()).as_str().unwrap_or("-"),
+                duration_json(end.talk.as_ref()).as_str().unwrap_or("-"),
+            ));
+        }
+        if CallEventType::try_from(e.r#type) == Ok(CallEventType::Ended) {
+            self.numbers.remove(&e.call_id);
+        }
+        line
     }
 }
 
@@ -338,9 +360,9 @@ pub fn print(value: &Value, table: impl FnOnce() -> String, format: Format) -> a
 }
 
 /// Prints one watch event: a line, one compact JSON object per line, or a YAML document.
-pub fn print_event(e: &CallEvent, format: Format) -> anyhow::Result<()> {
+pub fn print_event(w: &mut Watching, e: &CallEvent, format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Table => println!("{}", event_line(e)),
+        Format::Table => println!("{}", w.line(e)),
         Format::Json => println!("{}", serde_json::to_string(&event_json(e))?),
         Format::Yaml => print!("---\n{}", serde_yaml_ng::to_string(&event_json(e))?),
     }
@@ -430,7 +452,16 @@ mod tests {
             status: 180,
             ..CallEvent::default()
         };
-        let line = event_line(&e);
+        let mut w = Watching::default();
+        let created = CallEvent {
+            r#type: CallEventType::Created as i32,
+            call_id: "n1-1f".into(),
+            sequence: 1,
+            call: Some(call()),
+            ..CallEvent::default()
+        };
+        assert!(w.line(&created).contains("CREATED"));
+        let line = w.line(&CallEvent { call: None, ..e });
         assert!(line.contains("RINGING"), "{line}");
         assert!(line.contains("n1-1f  #2  1001 -> 4930123"), "{line}");
         assert!(line.contains("status=180"), "{line}");

@@ -262,15 +262,15 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                         .await
                         .map_err(status_error)?
                         .into_inner();
+                    let mut watching = calls::Watching::default();
                     loop {
                         let next = tokio::select! {
                             next = stream.message() => next,
                             _ = tokio::signal::ctrl_c() => return Ok(()),
                         };
                         match next.map_err(status_error)? {
-                            Some(event) => {
-                                calls::print_event(&event, cli.output).map_err(server_error)?
-                            }
+                            Some(event) => calls::print_event(&mut watching, &event, cli.output)
+                                .map_err(server_error)?,
                             None => return Ok(()),
                         }
                     }

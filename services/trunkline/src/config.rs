@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -564,6 +564,12 @@ pub struct AdminConfig {
     /// `WatchCalls` streams open at once; one more gets RESOURCE_EXHAUSTED. Each costs a
     /// task and a bounded queue, so this bounds what watchers can make the node hold.
     pub max_watchers: usize,
+    /// Bearer tokens, one `role:name:token` per line (role `viewer` or `operator`); the
+    /// `TRUNKLINE_ADMIN_TOKENS` environment variable adds comma-separated entries. With
+    /// any token configured every API call needs one; without, the API listens on
+    /// loopback only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -571,6 +577,7 @@ impl Default for AdminConfig {
         Self {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_watchers: 64,
+            tokens_file: None,
         }
     }
 }
@@ -975,12 +982,16 @@ impl Config {
         let Some(listen) = self.admin.listen else {
             return;
         };
-        if !listen.ip().is_loopback() {
+        let authenticated = self.admin.tokens_file.is_some()
+            || std::env::var_os(crate::admin::auth::TOKENS_ENV).is_some_and(|v| !v.is_empty());
+        if !listen.ip().is_loopback() && !authenticated {
             problems.push(
                 "admin.listen",
                 format!(
-                    "{listen} is not a loopback address: the admin API has no authentication \
-                     yet, so it listens on loopback only (127.0.0.1, ::1)"
+                    "{listen} is not a loopback address and the admin API has no authentication \
+                     configured: set admin.tokens_file or {} (role:name:token entries), or \
+                     listen on loopback only (127.0.0.1, ::1)",
+                    crate::admin::auth::TOKENS_ENV
                 ),
             );
         }
@@ -1337,6 +1348,26 @@ mod tests {
             );
             assert!(message.contains(&expected), "{message}");
         });
+    }
+
+    #[test]
+    fn a_non_loopback_admin_api_needs_tokens() {
+        let open = "[admin]\nlisten = \"192.0.2.7:50051\"\n";
+        load_in_jail(&[], Some(open), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("admin.tokens_file"), "{message}");
+        });
+        let with_file = format!("{open}tokens_file = \"/etc/trunkline/admin-tokens\"\n");
+        load_in_jail(&[], Some(&with_file), |result, _| {
+            assert!(result.is_ok(), "{:#}", result.unwrap_err());
+        });
+        load_in_jail(
+            &[("TRUNKLINE_ADMIN_TOKENS", "operator:ops:0123456789abcdef")],
+            Some(open),
+            |result, _| {
+                assert!(result.is_ok(), "{:#}", result.unwrap_err());
+            },
+        );
     }
 
     #[test]

@@ -123,6 +123,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     metrics_address: metrics.as_ref().map(MetricsServer::local_addr),
                     limits: admin::limits(&config),
                     max_watchers: config.admin.max_watchers,
+                    tokens: admin_tokens(&config)?,
                 },
                 app.dispatcher(),
                 shutdown.clone(),
@@ -161,6 +162,25 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 }
 
 /// Waits for the app to finish draining, terminating it at the deadline.
+/// The admin API's tokens from `[admin] tokens_file` and `TRUNKLINE_ADMIN_TOKENS`. A
+/// listener beyond loopback with no usable token (a file of comments only) is refused
+/// here, as the configuration refuses one with no token source at all.
+fn admin_tokens(config: &Config) -> anyhow::Result<admin::auth::Tokens> {
+    let env = std::env::var(admin::auth::TOKENS_ENV).ok();
+    let tokens = admin::auth::Tokens::load(config.admin.tokens_file.as_deref(), env.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    if let Some(listen) = config.admin.listen {
+        if !listen.ip().is_loopback() && !tokens.enabled() {
+            anyhow::bail!(
+                "admin.listen {listen} is not loopback and no admin token is configured \
+                 (admin.tokens_file and {} hold none)",
+                admin::auth::TOKENS_ENV
+            );
+        }
+    }
+    Ok(tokens)
+}
+
 async fn drain(
     config: &Config,
     shutdown: &Shutdown,

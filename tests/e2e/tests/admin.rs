@@ -318,3 +318,105 @@ fn trunkctl_reads_and_drains_the_node_with_documented_exit_codes() -> Result<()>
     ensure!(code == 1, "no server: exit {code} ({err})");
     Ok(())
 }
+
+/// Bearer tokens with two roles: no token or a wrong one is UNAUTHENTICATED, a viewer
+/// reads but may not drain or hang up (PERMISSION_DENIED), an operator may, and the log
+/// says who did it. Health stays open for probes.
+#[test]
+fn tokens_gate_the_api_by_role() -> Result<()> {
+    let out = out_dir("admin_tokens")?;
+    let trunk = UdpSocket::bind((UAS_IP, 0))?;
+    let mut cfg = NodeConfig::new(trunk.local_addr()?, Transport::Udp)?;
+    cfg.id = format!("tok{}", std::process::id() % 1_000_000);
+    let operator = format!("op-{:016x}", std::process::id() as u64 * 0x9e37_79b9);
+    let viewer = format!("view-{:016x}", std::process::id() as u64 * 0x7f4a_7c15);
+    let tokens = out.join("admin-tokens");
+    std::fs::write(
+        &tokens,
+        format!("# test tokens\noperator:night-shift:{operator}\nviewer:grafana:{viewer}\n"),
+    )?;
+    let toml = cfg.to_toml().replace(
+        "[admin]\n",
+        &format!("[admin]\ntokens_file = \"{}\"\n", tokens.display()),
+    );
+    let mut node = Node::start_toml(&cfg, &toml, &out)?;
+    let admin = cfg.admin_addr().to_string();
+    let ctl = |token: Option<&str>, args: &[&str]| {
+        let mut all = vec!["--server", admin.as_str()];
+        if let Some(t) = token {
+            all.extend_from_slice(&["--token", t]);
+        }
+        all.extend_from_slice(args);
+        trunkctl(&all, &[])
+    };
+
+    let (code, _, err) = ctl(None, &["node", "get"])?;
+    ensure!(
+        code == 1 && err.contains("Unauthenticated"),
+        "no token: {code} {err}"
+    );
+    let (code, _, err) = ctl(Some("not-the-right-token-at-all"), &["node", "get"])?;
+    ensure!(
+        code == 1 && err.contains("Unauthenticated"),
+        "wrong token: {code} {err}"
+    );
+    let (code, _, err) = ctl(None, &["calls", "list"])?;
+    ensure!(
+        code == 1 && err.contains("Unauthenticated"),
+        "calls without token: {code} {err}"
+    );
+
+    // The viewer reads, and is refused what changes anything.
+    let (code, _, err) = ctl(Some(&viewer), &["node", "get"])?;
+    ensure!(code == 0, "viewer node get: {code} {err}");
+    let (code, _, err) = ctl(Some(&viewer), &["calls", "list"])?;
+    ensure!(code == 0, "viewer calls list: {code} {err}");
+    let (code, _, err) = ctl(Some(&viewer), &["node", "drain"])?;
+    ensure!(
+        code == 1 && err.contains("PermissionDenied") && err.contains("grafana"),
+        "viewer drain: {code} {err}"
+    );
+    let some_call = format!("{}-1", cfg.id);
+    let (code, _, err) = ctl(Some(&viewer), &["calls", "hangup", &some_call])?;
+    ensure!(
+        code == 1 && err.contains("PermissionDenied"),
+        "viewer hangup: {code} {err}"
+    );
+    // TRUNKCTL_TOKEN works as --token does.
+    let (code, _, err) = trunkctl(
+        &["--server", &admin, "calls", "list"],
+        &[("TRUNKCTL_TOKEN", &viewer)],
+    )?;
+    ensure!(code == 0, "TRUNKCTL_TOKEN: {code} {err}");
+
+    // The operator drains and undrains; the log names it.
+    let (code, _, err) = ctl(Some(&operator), &["node", "drain"])?;
+    ensure!(code == 0, "operator drain: {code} {err}");
+    let (code, _, err) = ctl(Some(&operator), &["node", "undrain"])?;
+    ensure!(code == 0, "operator undrain: {code} {err}");
+    let logged = wait_until(Duration::from_secs(5), || {
+        let log = node.log_text();
+        log.lines()
+            .any(|l| l.contains("night-shift") && l.contains("drain"))
+    });
+    ensure!(
+        logged,
+        "the drain is not logged with its caller:\n{}",
+        node.log_text()
+    );
+    ensure!(
+        !node.log_text().contains(&operator),
+        "a token appears in the log"
+    );
+
+    // Probes carry no token.
+    ensure!(
+        health(cfg.admin_addr(), "")? == "SERVING",
+        "health behind auth"
+    );
+
+    node.assert_healthy()?;
+    let status = node.stop()?;
+    ensure!(status.success(), "node exited with {status}");
+    Ok(())
+}

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use trunkline_b2bua::{EndCause, Leg as CallLeg};
@@ -28,14 +27,15 @@ use trunkline_proto::admin::v1::{
     WatchCallsRequest,
 };
 
+use super::auth::{require, Role};
 use super::peer;
 
 /// Calls per page when the request does not say, and the most it may ask for.
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
-/// Events queued toward one watcher's HTTP/2 stream; past it the watcher falls behind
+/// Batches queued toward one watcher's HTTP/2 stream; past it the watcher falls behind
 /// on the shared ring instead, and loses events there.
-const WATCH_QUEUE: usize = 256;
+const WATCH_QUEUE: usize = 16;
 
 /// The call service of one node.
 #[derive(Clone)]
@@ -183,7 +183,7 @@ fn transport_name(t: trunkline_sip::Transport) -> String {
 /// A call as the API shows it; `media`: the relay's counters, for `GetCall`.
 pub fn call_view(r: &CallRecord, media: Option<&trunkline_media::CallStats>) -> Call {
     let mut caller = Leg {
-        sip_call_id: r.a_call_id.clone(),
+        sip_call_id: r.a_call_id().to_string(),
         peer: r.a_peer.to_string(),
         transport: transport_name(r.a_transport),
         trunk: r.from_trunk.as_deref().unwrap_or_default().to_string(),
@@ -225,7 +225,7 @@ pub fn call_view(r: &CallRecord, media: Option<&trunkline_media::CallStats>) -> 
         }
     });
     Call {
-        id: r.id.clone(),
+        id: r.id(),
         node_id: r.node.to_string(),
         state: state_of(r.phase()) as i32,
         caller_number: r.caller.clone(),
@@ -342,12 +342,19 @@ fn event_view(ev: &DirEvent) -> CallEvent {
             (CallEventType::Ended, *status, party_of_end(*by))
         }
     };
+    // The whole call rides only on its first and last events; the others say what
+    // changed, which keeps a busy node's event stream cheap to build and to send.
+    let call = matches!(
+        ev.kind,
+        CallEventKind::Created | CallEventKind::Ended { .. }
+    )
+    .then(|| call_view(&ev.call, None));
     CallEvent {
         r#type: ty as i32,
-        call_id: ev.call.id.clone(),
+        call_id: ev.call.id(),
         sequence: ev.seq,
         at: Some(timestamp(ev.at_ms)),
-        call: Some(call_view(&ev.call, None)),
+        call,
         status: u32::from(status),
         by: by as i32,
         events_lost: 0,
@@ -363,12 +370,97 @@ impl Drop for WatchSlot {
     }
 }
 
-/// Feeds one watcher: the calls that exist, SYNCED, then live events, until the client
-/// goes away, falls behind or the node stops.
+/// Gathers a watcher's events for this long after the first one, so that it gets one
+/// HTTP/2 write per batch rather than one per event: at thousands of calls a second, per
+/// event writes would cost each watcher a system call per event.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// The most events in one batch.
+const BATCH_MAX: usize = 512;
+
+type Batch = Vec<Result<CallEvent, Status>>;
+
+/// A stream of batches, flattened into the stream of events tonic sends (it encodes what
+/// is ready back to back into one buffer, so a batch leaves in one write).
+struct Batches {
+    rx: mpsc::Receiver<Batch>,
+    current: std::vec::IntoIter<Result<CallEvent, Status>>,
+}
+
+impl Stream for Batches {
+    type Item = Result<CallEvent, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        loop {
+            if let Some(item) = self.current.next() {
+                return std::task::Poll::Ready(Some(item));
+            }
+            match self.rx.poll_recv(cx) {
+                std::task::Poll::Ready(Some(batch)) => self.current = batch.into_iter(),
+                std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            }
+        }
+    }
+}
+
+fn batches(rx: mpsc::Receiver<Batch>) -> Batches {
+    Batches {
+        rx,
+        current: Vec::new().into_iter(),
+    }
+}
+
+/// What one watcher has shown so far: the sequence number of each call the initial
+/// snapshot showed, so later events the snapshot already reflected are skipped.
+struct Seen {
+    only: Option<u64>,
+    shown: HashMap<u64, u32>,
+}
+
+impl Seen {
+    /// The API form of `ev` if this watcher is to get it.
+    fn admit(&mut self, ev: &DirEvent) -> Option<CallEvent> {
+        if self.only.is_some_and(|s| s != ev.call.serial) {
+            return None;
+        }
+        if let Some(seen) = self.shown.get(&ev.call.serial) {
+            if ev.seq <= *seen {
+                return None;
+            }
+        }
+        if matches!(ev.kind, CallEventKind::Ended { .. }) {
+            self.shown.remove(&ev.call.serial);
+        }
+        Some(event_view(ev))
+    }
+}
+
+/// The end of a stream whose watcher fell `lost` events behind the ring.
+fn lost_batch(lost: u64) -> Batch {
+    tracing::info!(lost, "admin: a call watcher fell behind; its stream ends");
+    vec![
+        Ok(CallEvent {
+            r#type: CallEventType::EventsLost as i32,
+            at: Some(prost_types::Timestamp::from(SystemTime::now())),
+            events_lost: lost,
+            ..CallEvent::default()
+        }),
+        Err(Status::data_loss(format!(
+            "{lost} call events lost: the watcher read too slowly; \
+             resynchronise with ListCalls or watch again"
+        ))),
+    ]
+}
+
+/// Feeds one watcher: the calls that exist, SYNCED, then live events in batches, until
+/// the client goes away, falls behind or the node stops.
 async fn watch(
     dispatcher: Dispatcher,
     only: Option<u64>,
-    tx: mpsc::Sender<Result<CallEvent, Status>>,
+    tx: mpsc::Sender<Batch>,
     slot: WatchSlot,
 ) {
     let _slot = slot;
@@ -378,75 +470,71 @@ async fn watch(
     let mut watch = directory.watch();
     let mut existing = directory.live();
     existing.sort_unstable_by_key(|r| r.serial);
-    let mut shown: HashMap<u64, u32> = HashMap::with_capacity(existing.len());
+    let mut seen = Seen {
+        only,
+        shown: HashMap::with_capacity(existing.len()),
+    };
+    let now = Some(prost_types::Timestamp::from(SystemTime::now()));
+    let mut batch: Batch = Vec::new();
     for r in existing {
         if only.is_some_and(|s| s != r.serial) {
             continue;
         }
-        shown.insert(r.serial, r.seq());
-        let ev = CallEvent {
+        seen.shown.insert(r.serial, r.seq());
+        batch.push(Ok(CallEvent {
             r#type: CallEventType::Existing as i32,
-            call_id: r.id.clone(),
+            call_id: r.id(),
             sequence: r.seq(),
-            at: Some(prost_types::Timestamp::from(SystemTime::now())),
+            at: now,
             call: Some(call_view(&r, None)),
             ..CallEvent::default()
-        };
-        if tx.send(Ok(ev)).await.is_err() {
+        }));
+        if batch.len() >= BATCH_MAX && tx.send(std::mem::take(&mut batch)).await.is_err() {
             return;
         }
     }
-    let synced = CallEvent {
+    batch.push(Ok(CallEvent {
         r#type: CallEventType::Synced as i32,
-        at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        at: now,
         ..CallEvent::default()
-    };
-    if tx.send(Ok(synced)).await.is_err() {
+    }));
+    if tx.send(std::mem::take(&mut batch)).await.is_err() {
         return;
     }
     loop {
-        let ev = tokio::select! {
+        let first = tokio::select! {
             () = tx.closed() => return,
             ev = watch.rx.recv() => ev,
         };
-        match ev {
-            Ok(ev) => {
-                if only.is_some_and(|s| s != ev.call.serial) {
-                    continue;
-                }
-                if let Some(seen) = shown.get(&ev.call.serial) {
-                    if ev.seq <= *seen {
-                        continue;
-                    }
-                }
-                if matches!(ev.kind, CallEventKind::Ended { .. }) {
-                    shown.remove(&ev.call.serial);
-                }
-                if tx.send(Ok(event_view(&ev))).await.is_err() {
-                    return;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(lost)) => {
-                // Unsubscribe first: the last two messages wait for the client, and
-                // nothing more is kept for it meanwhile.
-                drop(watch);
-                tracing::info!(lost, "admin: a call watcher fell behind; its stream ends");
-                let ev = CallEvent {
-                    r#type: CallEventType::EventsLost as i32,
-                    at: Some(prost_types::Timestamp::from(SystemTime::now())),
-                    events_lost: lost,
-                    ..CallEvent::default()
-                };
-                let _ = tx.send(Ok(ev)).await;
-                let _ = tx
-                    .send(Err(Status::data_loss(format!(
-                        "{lost} call events lost: the watcher read too slowly; \
-                         resynchronise with ListCalls or watch again"
-                    ))))
-                    .await;
-                return;
-            }
+        let mut lost = None;
+        match first {
+            Ok(ev) => batch.extend(seen.admit(&ev).map(Ok)),
+            Err(broadcast::error::RecvError::Lagged(n)) => lost = Some(n),
             Err(broadcast::error::RecvError::Closed) => return,
+        }
+        if lost.is_none() {
+            tokio::time::sleep(BATCH_WINDOW).await;
+            while batch.len() < BATCH_MAX {
+                match watch.rx.try_recv() {
+                    Ok(ev) => batch.extend(seen.admit(&ev).map(Ok)),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        lost = Some(n);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if let Some(n) = lost {
+            // Unsubscribe first: the last messages wait for the client, and nothing more
+            // is kept for it meanwhile.
+            drop(watch);
+            batch.extend(lost_batch(n));
+            let _ = tx.send(batch).await;
+            return;
+        }
+        if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+            return;
         }
     }
 }
@@ -457,6 +545,7 @@ impl CallService for Calls {
         &self,
         req: Request<ListCallsRequest>,
     ) -> Result<Response<ListCallsResponse>, Status> {
+        require(&req, Role::Viewer, "ListCalls")?;
         let q = req.into_inner();
         let state = CallState::try_from(q.state)
             .map_err(|_| Status::invalid_argument(format!("state: {} is not a state", q.state)))?;
@@ -506,6 +595,7 @@ impl CallService for Calls {
     }
 
     async fn get_call(&self, req: Request<GetCallRequest>) -> Result<Response<Call>, Status> {
+        require(&req, Role::Viewer, "GetCall")?;
         let record = self.record("id", &req.get_ref().id)?;
         let media = if record.media_anchored() && record.ended_ms().is_none() {
             self.dispatcher.media_stats(&record)
@@ -521,6 +611,7 @@ impl CallService for Calls {
         &self,
         req: Request<WatchCallsRequest>,
     ) -> Result<Response<Self::WatchCallsStream>, Status> {
+        require(&req, Role::Viewer, "WatchCalls")?;
         let q = req.into_inner();
         let ours = self.for_this_node("node_id", &q.node_id)?;
         let only = if q.call_id.is_empty() {
@@ -557,25 +648,26 @@ impl CallService for Calls {
                     r#type: CallEventType::Synced as i32,
                     ..CallEvent::default()
                 };
-                if tx.send(Ok(synced)).await.is_ok() {
+                if tx.send(vec![Ok(synced)]).await.is_ok() {
                     tx.closed().await;
                 }
             });
         }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(batches(rx))))
     }
 
     async fn hangup_call(
         &self,
         req: Request<HangupCallRequest>,
     ) -> Result<Response<HangupCallResponse>, Status> {
-        let who = peer(&req);
+        let who = require(&req, Role::Operator, "HangupCall")?;
+        let from = peer(&req);
         let q = req.into_inner();
         let reason = reason_header(q.reason_cause, &q.reason_text)?;
         let record = self.record("id", &q.id)?;
         match self.dispatcher.hangup(record.serial, Some(reason.clone())) {
             Ok(()) => {
-                tracing::warn!(peer = %who, action = "hangup", call = %record.id,
+                tracing::warn!(caller = %who.name, peer = %from, action = "hangup", call = %record.id(),
                     reason = %String::from_utf8_lossy(&reason), "admin: call hung up");
                 Ok(Response::new(HangupCallResponse {
                     call: Some(call_view(&record, None)),
@@ -583,7 +675,7 @@ impl CallService for Calls {
             }
             Err(HangupError::Ended) => Err(Status::failed_precondition(format!(
                 "id: call {} has already ended",
-                record.id
+                record.id()
             ))),
             Err(HangupError::NotFound) => Err(Status::not_found(format!("id: no call {}", q.id))),
         }

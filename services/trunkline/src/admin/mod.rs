@@ -2,10 +2,11 @@
 //! (`calls`), the standard `grpc.health.v1` health service and server reflection, on
 //! `[admin] listen`.
 //!
-//! The API has no authentication yet, so the configuration accepts only a loopback
-//! address for it (see `Config::validate_admin`): whoever can reach it can drain the node
-//! and end its calls.
-//! Every state-changing call is logged with the peer that made it.
+//! Authentication is by bearer token with a viewer and an operator role (`auth`); without
+//! any token configured the configuration accepts only a loopback address for the API
+//! (see `Config::validate_admin`), since whoever reaches it can drain the node and end its
+//! calls. Every state-changing call is logged with who made it (the token's name, or the
+//! peer's address when authentication is off).
 //!
 //! Health: the overall service ("") and `trunkline.admin.v1.NodeService` report SERVING
 //! while the node takes calls and NOT_SERVING while it drains (through this API or on
@@ -30,6 +31,7 @@ use trunkline_proto::admin::v1::{
 
 use crate::config::{Config, ListenEntry, SipConfig};
 
+pub mod auth;
 pub mod calls;
 use crate::shutdown::Shutdown;
 
@@ -44,6 +46,8 @@ pub struct NodeFacts {
     pub limits: Limits,
     /// `[admin] max_watchers`.
     pub max_watchers: usize,
+    /// Who may call the API (empty: anyone who reaches it).
+    pub tokens: auth::Tokens,
 }
 
 /// The SIP sockets as `GetNode` lists them, with the advertised host each one writes.
@@ -117,6 +121,10 @@ impl AdminServer {
             .build_v1alpha()
             .context("cannot build the reflection service")?;
         let calls = calls::Calls::new(&facts.id, dispatcher.clone(), facts.max_watchers);
+        let tokens = facts.tokens.clone();
+        if tokens.enabled() {
+            tracing::info!(tokens = tokens.len(), "admin API: bearer tokens required");
+        }
         let admin = Admin {
             facts: Arc::new(facts),
             admin_address: local,
@@ -142,8 +150,13 @@ impl AdminServer {
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(NodeServiceServer::new(admin))
-                .add_service(CallServiceServer::new(calls))
+                .add_service(NodeServiceServer::with_interceptor(admin, {
+                    let tokens = tokens.clone();
+                    move |req| tokens.check(req)
+                }))
+                .add_service(CallServiceServer::with_interceptor(calls, move |req| {
+                    tokens.check(req)
+                }))
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await;
             if let Err(e) = served {
@@ -236,26 +249,31 @@ fn peer<T>(req: &Request<T>) -> String {
 #[tonic::async_trait]
 impl NodeService for Admin {
     async fn get_node(&self, req: Request<GetNodeRequest>) -> Result<Response<Node>, Status> {
+        auth::require(&req, auth::Role::Viewer, "GetNode")?;
         self.check_node(&req.get_ref().node_id)?;
         Ok(Response::new(self.node()))
     }
 
     async fn drain(&self, req: Request<DrainRequest>) -> Result<Response<Node>, Status> {
+        let who = auth::require(&req, auth::Role::Operator, "Drain")?;
         self.check_node(&req.get_ref().node_id)?;
-        tracing::warn!(peer = %peer(&req), action = "drain", "admin: new calls refused (503)");
+        tracing::warn!(caller = %who.name, peer = %peer(&req), action = "drain",
+            "admin: new calls refused (503)");
         self.dispatcher.begin_drain();
         self.publish_health().await;
         Ok(Response::new(self.node()))
     }
 
     async fn undrain(&self, req: Request<UndrainRequest>) -> Result<Response<Node>, Status> {
+        let who = auth::require(&req, auth::Role::Operator, "Undrain")?;
         self.check_node(&req.get_ref().node_id)?;
         if self.shutdown.is_draining() {
             return Err(Status::failed_precondition(
                 "the node is shutting down (SIGTERM); it cannot take calls again",
             ));
         }
-        tracing::warn!(peer = %peer(&req), action = "undrain", "admin: new calls taken again");
+        tracing::warn!(caller = %who.name, peer = %peer(&req), action = "undrain",
+            "admin: new calls taken again");
         self.dispatcher.end_drain();
         self.publish_health().await;
         Ok(Response::new(self.node()))
