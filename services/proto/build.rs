@@ -7,6 +7,7 @@ use std::path::PathBuf;
 const FILES: &[&str] = &[
     "trunkline/admin/v1/node.proto",
     "trunkline/admin/v1/calls.proto",
+    "trunkline/admin/v1/trunks.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -53,6 +53,8 @@ pub struct CallActorState {
     media_key: Arc<str>,
     /// The call as the admin API sees it.
     record: Arc<CallRecord>,
+    /// The trunks and routes in force when the call arrived.
+    routing: Arc<crate::router::Routing>,
     /// The trunk the call was routed to (for the record, once the B-leg exists).
     callee_trunk: Option<(Arc<str>, trunkline_sip::Transport)>,
 }
@@ -171,7 +173,7 @@ impl Actor for CallActor {
             a_peer: args.source.addr,
             a_transport: args.source.transport,
             from_trunk: match args.origin {
-                Origin::Trunk(i) => shared.router.trunks().get(i).map(|t| t.name.clone()),
+                Origin::Trunk(i) => args.routing.router.trunks().get(i).map(|t| t.name.clone()),
                 _ => None,
             },
             media_key: media_key.clone(),
@@ -196,7 +198,8 @@ impl Actor for CallActor {
             callee_source: None,
             addressing: LegAddressing {
                 a: match args.origin {
-                    Origin::Trunk(i) => shared
+                    Origin::Trunk(i) => args
+                        .routing
                         .router
                         .trunks()
                         .get(i)
@@ -211,6 +214,7 @@ impl Actor for CallActor {
             media_key,
             record,
             callee_trunk: None,
+            routing: args.routing,
             shared,
         };
         if let Some(c) = args.source.connection {
@@ -348,7 +352,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             caller,
         } => {
             let shared = &state.shared;
-            let decision = match shared.router.decide(&request_uri, state.origin) {
+            let decision = match state.routing.router.decide(&request_uri, state.origin) {
                 Some(trunk) => match shared.local_for(trunk.transport, trunk.local) {
                     Some(local) => {
                         state.media_interfaces.b = trunk.media_interface.clone();

@@ -13,7 +13,7 @@ use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::{CallMetrics, Direction};
 use crate::outbound::Outbound;
 use crate::registry::{CallHandle, DialogKey, InitialInvite};
-use crate::router::Router;
+use crate::router::{Router, Routing};
 use crate::shared::{token_target, DispatcherConfig, Shared};
 use crate::stateless;
 use crate::trust::{Origin, Trust};
@@ -46,7 +46,11 @@ enum Action {
     },
     /// An INVITE without To-tag from a trusted source: a retransmission, a merged
     /// request, or a new call, decided against the registry under its lock.
-    Invite { req: Request, origin: Origin },
+    Invite {
+        req: Request,
+        origin: Origin,
+        routing: Arc<Routing>,
+    },
 }
 
 /// Why an operator's hang-up was refused.
@@ -76,6 +80,19 @@ impl Dispatcher {
         Dispatcher {
             shared: Arc::new(Shared::new(cfg, router, trust, metrics, media, relay)),
         }
+    }
+
+    /// The trunks, routes and trust rules new calls get from now on (an operator's
+    /// change through the admin API). Calls in progress keep theirs.
+    pub fn set_routing(&self, router: Router, trust: Trust) {
+        self.shared
+            .routing
+            .store(Arc::new(Routing { router, trust }));
+    }
+
+    /// The trunks, routes and trust rules in force.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.shared.routing.load_full()
     }
 
     /// Every call of the node, as the admin API reads them.
@@ -197,7 +214,14 @@ impl Dispatcher {
         self.bad_input(source, err.reason(), &err);
         // Answer 400 when enough headers survive to address it (never to a response,
         // never to a stranger).
-        if !self.shared.trust.classify(source.addr).is_trusted() {
+        if !self
+            .shared
+            .routing
+            .load()
+            .trust
+            .classify(source.addr)
+            .is_trusted()
+        {
             return Action::Drop;
         }
         let Some(s) = salvage(data) else {
@@ -290,8 +314,9 @@ impl Dispatcher {
     fn classify_request(&self, source: &Peer, mut req: Request) -> Action {
         let shared = &self.shared;
         shared.metrics.request(Direction::In, &req.method);
-        let origin = shared.trust.classify(source.addr);
-        if !origin.is_trusted() {
+        let routing = shared.routing.load();
+        let origin = routing.trust.classify(source.addr);
+        if !origin.is_trusted() && !self.names_live_dialog(&req) {
             return self.untrusted(source, &req);
         }
         if let Err(rejection) = validate_request(&req, &shared.policy) {
@@ -328,7 +353,13 @@ impl Dispatcher {
             };
         }
         match req.method {
-            Method::Invite => Action::Invite { req, origin },
+            Method::Invite if origin.is_trusted() => Action::Invite {
+                req,
+                origin,
+                routing: arc_swap::Guard::into_inner(routing),
+            },
+            // Only a request inside a live dialog gets this far from a stranger.
+            _ if !origin.is_trusted() => self.untrusted(source, &req),
             Method::Cancel => self.classify_cancel(source, &call_id, req),
             Method::Ack => Action::Drop,
             Method::Options => {
@@ -392,6 +423,17 @@ impl Dispatcher {
 
     /// A request from a source no rule names: 403, or silence when the node is told not
     /// to answer strangers. Nothing is kept.
+    /// Whether `req` names a dialog the node has (a To-tag of its own): such a request
+    /// reaches its call from any source, so a call outlives a change of the trust rules
+    /// (a trunk deleted or its sources narrowed) and a caller whose address moved. A
+    /// stranger would have to know the Call-ID and the node's random tag.
+    fn names_live_dialog(&self, req: &Request) -> bool {
+        match (req.headers.call_id(), req.headers.to_tag()) {
+            (Some(call_id), Some(tag)) => self.shared.registry.dialog(call_id, tag).is_some(),
+            _ => false,
+        }
+    }
+
     fn untrusted(&self, source: &Peer, req: &Request) -> Action {
         self.shared.metrics.rejected("untrusted_source");
         if self.shared.log_budget.allow() {
@@ -438,7 +480,11 @@ impl Dispatcher {
                     }
                 }
             }
-            Action::Invite { req, origin } => self.initial_invite(source, req, origin),
+            Action::Invite {
+                req,
+                origin,
+                routing,
+            } => self.initial_invite(source, req, origin, routing),
         }
     }
 
@@ -449,7 +495,7 @@ impl Dispatcher {
         self.shared.send(source, resp.encode(), None);
     }
 
-    fn initial_invite(&self, source: &Peer, req: Request, origin: Origin) {
+    fn initial_invite(&self, source: &Peer, req: Request, origin: Origin, routing: Arc<Routing>) {
         let shared = &self.shared;
         let node = shared.node();
         let (Some(call_id), Some(tag), Some(cseq), Some(branch)) = (
@@ -478,7 +524,7 @@ impl Dispatcher {
                 }
                 let started = invite
                     .take()
-                    .and_then(|req| self.start_call(source, req, origin, key));
+                    .and_then(|req| self.start_call(source, req, origin, key, routing));
                 if started.is_none() {
                     shared.release();
                     refusal = Some("internal");
@@ -519,6 +565,7 @@ impl Dispatcher {
         invite: Request,
         origin: Origin,
         invite_key: DialogKey,
+        routing: Arc<Routing>,
     ) -> Option<CallHandle> {
         let shared = &self.shared;
         let local = shared.local_for(source.transport, source.local)?;
@@ -533,6 +580,7 @@ impl Dispatcher {
             serial,
             invite_key,
             queued: queued.clone(),
+            routing,
         };
         match actor::spawn(shared.clone(), args) {
             Ok(actor) => Some(CallHandle {

@@ -19,6 +19,6 @@ pub mod trust;
 pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallRecord, EndedBy};
 pub use dispatcher::{Dispatcher, HangupError};
 pub use outbound::{Listener, Outbound};
-pub use router::{Route, Router, Trunk};
+pub use router::{Route, Router, Routing, Trunk};
 pub use shared::DispatcherConfig;
 pub use trust::{Origin, Source, Trust};

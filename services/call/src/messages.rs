@@ -53,4 +53,7 @@ pub struct CallArgs {
     pub invite_key: DialogKey,
     /// The mailbox counter the dispatcher counts up.
     pub queued: Arc<AtomicUsize>,
+    /// The trunks and routes in force when the call arrived (`origin` indexes its
+    /// trunks); the call keeps them for its whole life.
+    pub routing: Arc<crate::router::Routing>,
 }

@@ -66,6 +66,16 @@ pub struct Route {
     pub trunk: String,
 }
 
+/// The trunks, routes and trust rules in force: what a new call is classified and
+/// routed with. The node swaps in a whole new one when an operator changes trunks or
+/// routes; a call keeps the one it started with, so a change never touches calls in
+/// progress.
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    pub router: Router,
+    pub trust: crate::trust::Trust,
+}
+
 /// Picks the trunk for a call.
 #[derive(Debug, Clone, Default)]
 pub struct Router {

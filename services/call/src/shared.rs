@@ -5,8 +5,9 @@ use crate::media::MediaMsg;
 use crate::metrics::CallMetrics;
 use crate::outbound::{Listener, Outbound};
 use crate::registry::CallRegistry;
-use crate::router::Router;
+use crate::router::{Router, Routing};
 use crate::trust::Trust;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use ractor::ActorRef;
 use std::net::SocketAddr;
@@ -38,8 +39,8 @@ pub struct DispatcherConfig {
 pub struct Shared {
     pub(crate) cfg: DispatcherConfig,
     pub(crate) metrics: CallMetrics,
-    pub(crate) router: Router,
-    pub(crate) trust: Trust,
+    /// Trunks, routes and trust rules; replaced whole by `Dispatcher::set_routing`.
+    pub(crate) routing: ArcSwap<Routing>,
     /// The node's media-relay actor; `None` when media anchoring is off.
     pub(crate) media: Option<ActorRef<MediaMsg>>,
     pub(crate) registry: CallRegistry,
@@ -76,8 +77,7 @@ impl Shared {
             relay,
             cfg,
             metrics,
-            router,
-            trust,
+            routing: ArcSwap::from_pointee(Routing { router, trust }),
             media,
             registry: CallRegistry::default(),
             outbound: OnceLock::new(),

@@ -637,3 +637,68 @@ async fn a_flooded_call_refuses_what_its_mailbox_cannot_hold() {
     n.settle().await;
     assert!(names(&n.take(CALLER)).contains(&"200 (1 INVITE)".to_string()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_routing_change_applies_to_new_calls_and_leaves_calls_in_progress_alone() {
+    use trunkline_sip::HeaderName as H;
+    let n = node(Opts::default());
+    // Call 1 to +44 goes to uk and is answered.
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+442071234567", "r1@x", "r1", 1, "r1"),
+    );
+    n.settle().await;
+    let b_inv = n.take(UK).remove(0).0;
+    n.recv(UK, &respond(&b_inv, 200, "uk1", UK));
+    n.settle().await;
+    let ok = n
+        .take(CALLER)
+        .into_iter()
+        .find(|(m, _)| summary(m) == "200 (1 INVITE)")
+        .expect("answered")
+        .0;
+    n.recv(CALLER, &ack_for(&ok, CALLER));
+
+    // A new table: no uk trunk, callers only from the caller's address, all to carrier.
+    let router = Router::new(vec![trunk("carrier", CARRIER)], vec![], Some("carrier")).unwrap();
+    let trust = Trust::new(
+        vec![vec![Source::Exact(addr(CARRIER))]],
+        vec!["127.0.0.1/32".parse().unwrap()],
+    );
+    n.d.set_routing(router, trust);
+
+    // The next +44 call follows it.
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+442079999999", "r2@x", "r2", 1, "r2"),
+    );
+    n.settle().await;
+    assert_eq!(names(&n.take(CARRIER)), vec!["INVITE 1"]);
+    assert!(
+        !names(&n.take(UK)).iter().any(|s| s.starts_with("INVITE")),
+        "uk is no longer a trunk"
+    );
+
+    // uk, now a stranger, hangs call 1 up: its BYE names a live dialog and is served.
+    let h = b_inv.headers();
+    let get = |k| String::from_utf8_lossy(h.get(k).unwrap()).into_owned();
+    let call_id = get(H::CallId);
+    let bye = format!(
+        "BYE sip:{NODE} SIP/2.0\r\nVia: SIP/2.0/UDP {UK};branch=z9hG4bKukbye\r\n\
+         Max-Forwards: 70\r\nFrom: {};tag=uk1\r\nTo: {}\r\nCall-ID: {call_id}\r\n\
+         CSeq: 5 BYE\r\nContent-Length: 0\r\n\r\n",
+        get(H::To),
+        get(H::From),
+    );
+    n.recv(UK, &bye);
+    n.settle().await;
+    assert_eq!(names(&n.take(UK)), vec!["200 (5 BYE)"]);
+    assert!(
+        names(&n.take(CALLER)).iter().any(|s| s.starts_with("BYE")),
+        "the caller is told"
+    );
+    // A stranger's request naming no live dialog is still refused.
+    n.recv(UK, &bye.replace(&call_id, "other@x"));
+    n.settle().await;
+    assert_eq!(names(&n.take(UK)), vec!["403 (5 BYE)"]);
+}

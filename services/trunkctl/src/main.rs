@@ -6,6 +6,7 @@
 
 mod calls;
 mod output;
+mod trunks;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,9 +17,11 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 use trunkline_proto::admin::v1::call_service_client::CallServiceClient;
 use trunkline_proto::admin::v1::node_service_client::NodeServiceClient;
+use trunkline_proto::admin::v1::trunk_service_client::TrunkServiceClient;
 use trunkline_proto::admin::v1::{
-    CallState, DrainRequest, GetCallRequest, GetNodeRequest, HangupCallRequest, ListCallsRequest,
-    UndrainRequest, WatchCallsRequest,
+    CallState, DeleteTrunkRequest, DrainRequest, GetCallRequest, GetNodeRequest, GetRoutesRequest,
+    GetTrunkRequest, HangupCallRequest, ListCallsRequest, ListTrunksRequest, SetRoutesRequest,
+    UndrainRequest, UpsertTrunkRequest, WatchCallsRequest,
 };
 
 use crate::output::Format;
@@ -59,6 +62,16 @@ enum Command {
     Calls {
         #[command(subcommand)]
         action: CallsAction,
+    },
+    /// The node's trunks: list, show, add or change from a file, delete.
+    Trunks {
+        #[command(subcommand)]
+        action: TrunksAction,
+    },
+    /// The node's routing table: show, replace from a file.
+    Routes {
+        #[command(subcommand)]
+        action: RoutesAction,
     },
     /// Print a completion script for a shell (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
@@ -131,6 +144,34 @@ enum CallsAction {
         /// The Reason header's text (default "Terminated by operator").
         #[arg(long)]
         text: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrunksAction {
+    /// Every trunk.
+    List,
+    /// One trunk.
+    Get { name: String },
+    /// Add or replace the `[[trunks]]` of a file (TOML as in the node's configuration, or
+    /// YAML); new calls use them at once, calls in progress keep theirs.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
+    /// Remove a trunk (refused while a route names it).
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutesAction {
+    /// The prefix routes and the default trunk.
+    List,
+    /// Replace the whole table with the `[[routes]]` and `[routing] default_trunk` of a
+    /// file (TOML as in the node's configuration, or YAML).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
     },
 }
 
@@ -295,6 +336,117 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     .map_err(server_error)
                 }
             }
+        }
+        Command::Trunks { action } => {
+            let channel = connect(&cli.server).await?;
+            let mut client = TrunkServiceClient::new(channel);
+            let token = cli.token.as_deref();
+            let listed = match action {
+                TrunksAction::List => {
+                    client
+                        .list_trunks(
+                            request(ListTrunksRequest::default(), token).map_err(server_error)?,
+                        )
+                        .await
+                        .map_err(status_error)?
+                        .into_inner()
+                        .trunks
+                }
+                TrunksAction::Get { name } => vec![client
+                    .get_trunk(
+                        request(
+                            GetTrunkRequest {
+                                node_id: String::new(),
+                                name,
+                            },
+                            token,
+                        )
+                        .map_err(server_error)?,
+                    )
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()],
+                TrunksAction::Apply { file } => {
+                    let wanted = trunks::trunks_from(&file).map_err(|e| (2, e))?;
+                    let mut done = Vec::new();
+                    for trunk in wanted {
+                        done.push(
+                            client
+                                .upsert_trunk(
+                                    request(
+                                        UpsertTrunkRequest {
+                                            node_id: String::new(),
+                                            trunk: Some(trunk),
+                                        },
+                                        token,
+                                    )
+                                    .map_err(server_error)?,
+                                )
+                                .await
+                                .map_err(status_error)?
+                                .into_inner(),
+                        );
+                    }
+                    done
+                }
+                TrunksAction::Delete { name } => {
+                    client
+                        .delete_trunk(
+                            request(
+                                DeleteTrunkRequest {
+                                    node_id: String::new(),
+                                    name: name.clone(),
+                                },
+                                token,
+                            )
+                            .map_err(server_error)?,
+                        )
+                        .await
+                        .map_err(status_error)?;
+                    let doc = serde_json::json!({ "deleted": name });
+                    return calls::print(&doc, || format!("{name}  deleted\n"), cli.output)
+                        .map_err(server_error);
+                }
+            };
+            let doc = serde_json::json!({
+                "trunks": listed.iter().map(trunks::trunk_json).collect::<Vec<_>>(),
+            });
+            calls::print(&doc, || trunks::trunks_table(&listed), cli.output).map_err(server_error)
+        }
+        Command::Routes { action } => {
+            let channel = connect(&cli.server).await?;
+            let mut client = TrunkServiceClient::new(channel);
+            let token = cli.token.as_deref();
+            let table = match action {
+                RoutesAction::List => client
+                    .get_routes(request(GetRoutesRequest::default(), token).map_err(server_error)?)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner(),
+                RoutesAction::Apply { file } => {
+                    let table = trunks::table_from(&file).map_err(|e| (2, e))?;
+                    client
+                        .set_routes(
+                            request(
+                                SetRoutesRequest {
+                                    node_id: String::new(),
+                                    table: Some(table),
+                                },
+                                token,
+                            )
+                            .map_err(server_error)?,
+                        )
+                        .await
+                        .map_err(status_error)?
+                        .into_inner()
+                }
+            };
+            calls::print(
+                &trunks::table_json(&table),
+                || trunks::routes_table(&table),
+                cli.output,
+            )
+            .map_err(server_error)
         }
         Command::Node { action } => {
             let channel = connect(&cli.server).await?;

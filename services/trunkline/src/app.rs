@@ -46,7 +46,7 @@ fn sources(list: &[String], key: &str) -> anyhow::Result<Vec<Source>> {
 
 /// The static routing table and the trust rules from `[[trunks]]`, `[[routes]]`,
 /// `[routing]` and `sip.access_sources`.
-fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust)> {
+pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust)> {
     let mut trunks = Vec::with_capacity(config.trunks.len());
     for t in &config.trunks {
         let addr = t

@@ -774,7 +774,7 @@ impl Config {
 
     /// Checks what the types cannot: formats, ranges and cross references. Returns every
     /// problem at once, each as `key: what is wrong`, so one edit fixes them all.
-    fn problems(&self) -> Vec<String> {
+    pub(crate) fn problems(&self) -> Vec<String> {
         let mut problems = Problems::default();
         self.validate_node(&mut problems);
         self.validate_sip(&mut problems);

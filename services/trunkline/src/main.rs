@@ -125,6 +125,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     max_watchers: config.admin.max_watchers,
                     tokens: admin_tokens(&config)?,
                 },
+                config.clone(),
                 app.dispatcher(),
                 shutdown.clone(),
                 admin_stop.clone(),

@@ -25,6 +25,7 @@ use tonic_health::ServingStatus;
 use trunkline_call::Dispatcher;
 use trunkline_proto::admin::v1::call_service_server::CallServiceServer;
 use trunkline_proto::admin::v1::node_service_server::{NodeService, NodeServiceServer};
+use trunkline_proto::admin::v1::trunk_service_server::TrunkServiceServer;
 use trunkline_proto::admin::v1::{
     DrainRequest, GetNodeRequest, Limits, Node, NodeState, SipListener, UndrainRequest,
 };
@@ -33,6 +34,7 @@ use crate::config::{Config, ListenEntry, SipConfig};
 
 pub mod auth;
 pub mod calls;
+pub mod trunks;
 use crate::shutdown::Shutdown;
 
 /// What `GetNode` reports that does not change while the node runs.
@@ -101,6 +103,7 @@ impl AdminServer {
     pub async fn start(
         addr: SocketAddr,
         facts: NodeFacts,
+        config: Config,
         dispatcher: Dispatcher,
         shutdown: Shutdown,
         stop: CancellationToken,
@@ -121,6 +124,7 @@ impl AdminServer {
             .build_v1alpha()
             .context("cannot build the reflection service")?;
         let calls = calls::Calls::new(&facts.id, dispatcher.clone(), facts.max_watchers);
+        let trunks = trunks::Trunks::new(config, dispatcher.clone());
         let tokens = facts.tokens.clone();
         if tokens.enabled() {
             tracing::info!(tokens = tokens.len(), "admin API: bearer tokens required");
@@ -154,7 +158,11 @@ impl AdminServer {
                     let tokens = tokens.clone();
                     move |req| tokens.check(req)
                 }))
-                .add_service(CallServiceServer::with_interceptor(calls, move |req| {
+                .add_service(CallServiceServer::with_interceptor(calls, {
+                    let tokens = tokens.clone();
+                    move |req| tokens.check(req)
+                }))
+                .add_service(TrunkServiceServer::with_interceptor(trunks, move |req| {
                     tokens.check(req)
                 }))
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())

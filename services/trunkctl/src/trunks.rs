@@ -1,0 +1,217 @@
+//! `trunkctl trunks …` and `trunkctl routes …`: files in the node's own configuration
+//! format (`[[trunks]]`, `[[routes]]`, `[routing] default_trunk`), so what an operator
+//! applies is what a node's file would say; printing as tables, JSON or YAML.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use trunkline_proto::admin::v1::{Route, RoutingTable, Trunk};
+
+use crate::calls::table;
+
+/// A `[[trunks]]` entry as the node's configuration spells it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrunkFile {
+    name: String,
+    address: String,
+    #[serde(default)]
+    transport: Option<String>,
+    #[serde(default)]
+    anchor_media: Option<bool>,
+    #[serde(default)]
+    media_interface: Option<String>,
+    #[serde(default)]
+    sources: Vec<String>,
+    #[serde(default)]
+    fix_nated_contact: bool,
+    #[serde(default)]
+    media_address: Option<String>,
+    #[serde(default)]
+    local_address: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    prefix: String,
+    trunk: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutingFile {
+    #[serde(default)]
+    default_trunk: Option<String>,
+}
+
+/// What `apply -f` reads: trunks, or routes and the default trunk.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyFile {
+    #[serde(default)]
+    trunks: Vec<TrunkFile>,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+    #[serde(default)]
+    routing: Option<RoutingFile>,
+}
+
+fn read(path: &Path) -> Result<ApplyFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    if yaml {
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    } else {
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// The trunks of a file, for `trunks apply -f`.
+pub fn trunks_from(path: &Path) -> Result<Vec<Trunk>, String> {
+    let file = read(path)?;
+    if file.trunks.is_empty() {
+        return Err(format!("{}: no [[trunks]] entry", path.display()));
+    }
+    Ok(file
+        .trunks
+        .into_iter()
+        .map(|t| Trunk {
+            name: t.name,
+            address: t.address,
+            transport: t.transport.unwrap_or_default(),
+            sources: t.sources,
+            anchor_media: t.anchor_media,
+            media_interface: t.media_interface.unwrap_or_default(),
+            fix_nated_contact: t.fix_nated_contact,
+            media_address: t.media_address.unwrap_or_default(),
+            local_address: t.local_address.unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// The routing table of a file, for `routes apply -f` (the whole table: routes the file
+/// does not list are removed).
+pub fn table_from(path: &Path) -> Result<RoutingTable, String> {
+    let file = read(path)?;
+    Ok(RoutingTable {
+        routes: file
+            .routes
+            .into_iter()
+            .map(|r| Route {
+                prefix: r.prefix,
+                trunk: r.trunk,
+            })
+            .collect(),
+        default_trunk: file
+            .routing
+            .and_then(|r| r.default_trunk)
+            .unwrap_or_default(),
+    })
+}
+
+pub fn trunk_json(t: &Trunk) -> Value {
+    json!({
+        "name": t.name,
+        "address": t.address,
+        "transport": t.transport,
+        "sources": t.sources,
+        "anchorMedia": t.anchor_media,
+        "mediaInterface": t.media_interface,
+        "fixNatedContact": t.fix_nated_contact,
+        "mediaAddress": t.media_address,
+        "localAddress": t.local_address,
+    })
+}
+
+pub fn trunks_table(trunks: &[Trunk]) -> String {
+    let rows: Vec<Vec<String>> = trunks
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.address.clone(),
+                t.transport.clone(),
+                if t.anchor_media.unwrap_or(true) {
+                    "anchored"
+                } else {
+                    "direct"
+                }
+                .to_string(),
+                if t.sources.is_empty() {
+                    t.address.clone()
+                } else {
+                    t.sources.join(",")
+                },
+            ]
+        })
+        .collect();
+    table(&["NAME", "ADDRESS", "TRANSPORT", "MEDIA", "SOURCES"], &rows)
+}
+
+pub fn table_json(t: &RoutingTable) -> Value {
+    json!({
+        "routes": t.routes.iter().map(|r| json!({"prefix": r.prefix, "trunk": r.trunk})).collect::<Vec<_>>(),
+        "defaultTrunk": t.default_trunk,
+    })
+}
+
+pub fn routes_table(t: &RoutingTable) -> String {
+    let mut rows: Vec<Vec<String>> = t
+        .routes
+        .iter()
+        .map(|r| vec![r.prefix.clone(), r.trunk.clone()])
+        .collect();
+    if !t.default_trunk.is_empty() {
+        rows.push(vec!["(default)".to_string(), t.default_trunk.clone()]);
+    }
+    table(&["PREFIX", "TRUNK"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("trunkctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_node_file_format_applies_as_is() {
+        let p = write(
+            "t.toml",
+            "[[trunks]]\nname = \"b\"\naddress = \"192.0.2.1:5060\"\ntransport = \"tcp\"\n\
+             anchor_media = false\n\n[[routes]]\nprefix = \"49\"\ntrunk = \"b\"\n\n\
+             [routing]\ndefault_trunk = \"b\"\n",
+        );
+        let trunks = trunks_from(&p).unwrap();
+        assert_eq!(trunks[0].transport, "tcp");
+        assert_eq!(trunks[0].anchor_media, Some(false));
+        let t = table_from(&p).unwrap();
+        assert_eq!(t.routes[0].prefix, "49");
+        assert_eq!(t.default_trunk, "b");
+        assert!(routes_table(&t).contains("(default)"));
+    }
+
+    #[test]
+    fn yaml_works_and_unknown_keys_are_refused() {
+        let p = write(
+            "r.yaml",
+            "routes:\n  - prefix: \"44\"\n    trunk: uk\nrouting:\n  default_trunk: uk\n",
+        );
+        assert_eq!(table_from(&p).unwrap().routes[0].trunk, "uk");
+        let p = write("bad.toml", "[[trunks]]\nname = \"b\"\naddres = \"x\"\n");
+        let err = trunks_from(&p).unwrap_err();
+        assert!(err.contains("addres"), "{err}");
+        let p = write("none.toml", "[[routes]]\nprefix = \"1\"\ntrunk = \"b\"\n");
+        assert!(trunks_from(&p).unwrap_err().contains("no [[trunks]]"));
+    }
+}

@@ -1,0 +1,378 @@
+//! `trunkline.admin.v1.TrunkService`: trunks and the routing table, changed while the
+//! node runs.
+//!
+//! A change is made to a copy of the node's configuration, checked by the very rules the
+//! configuration file is checked by at start (`Config::problems`), built into a new
+//! router and trust table the way start-up builds them (`app::router_and_trust`) and
+//! swapped in whole: new calls use it at once, calls in progress keep the table they
+//! started with. Changes last until the node restarts; the file is not rewritten.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+use trunkline_call::Dispatcher;
+use trunkline_proto::admin::v1::trunk_service_server::TrunkService;
+use trunkline_proto::admin::v1::{
+    DeleteTrunkRequest, DeleteTrunkResponse, GetRoutesRequest, GetTrunkRequest, ListTrunksRequest,
+    ListTrunksResponse, Route, RoutingTable, SetRoutesRequest, Trunk, UpsertTrunkRequest,
+};
+
+use super::auth::{require, Role};
+use super::peer;
+use crate::config::{Config, RouteConfig, TrunkConfig, TrunkTransport};
+
+/// The trunk service of one node.
+#[derive(Clone)]
+pub struct Trunks {
+    node_id: Arc<str>,
+    dispatcher: Dispatcher,
+    /// The configuration in force (trunks and routes as last changed). One change at a
+    /// time: each is checked against the one before.
+    config: Arc<Mutex<Config>>,
+}
+
+impl Trunks {
+    pub fn new(config: Config, dispatcher: Dispatcher) -> Trunks {
+        Trunks {
+            node_id: Arc::from(config.node.id.as_str()),
+            dispatcher,
+            config: Arc::new(Mutex::new(config)),
+        }
+    }
+
+    /// Empty or this node's id is fine; another well-formed id is a node this one does
+    /// not answer for.
+    fn check_node(&self, node_id: &str) -> Result<(), Status> {
+        if node_id.is_empty() || node_id == &*self.node_id {
+            return Ok(());
+        }
+        if node_id.len() > 64 || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Status::invalid_argument("node_id: not a node id"));
+        }
+        Err(Status::not_found(format!("node_id: no node {node_id:?}")))
+    }
+
+    /// Checks `candidate` as a configuration file is checked, and puts it in force.
+    fn apply(&self, current: &mut Config, candidate: Config) -> Result<(), Status> {
+        let problems = candidate.problems();
+        if !problems.is_empty() {
+            let missing = problems
+                .iter()
+                .any(|p| p.contains("is not the name of a trunk"));
+            let text = problems.join("; ");
+            return Err(if missing {
+                Status::failed_precondition(text)
+            } else {
+                Status::invalid_argument(text)
+            });
+        }
+        let (router, trust) = crate::app::router_and_trust(&candidate)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        self.dispatcher.set_routing(router, trust);
+        *current = candidate;
+        Ok(())
+    }
+}
+
+fn trunk_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+fn check_name(field: &str, name: &str) -> Result<(), Status> {
+    if trunk_name_ok(name) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{field}: {name:?} is not a trunk name (1-64 letters, digits, '-', '_', '.')"
+        )))
+    }
+}
+
+fn trunk_view(t: &TrunkConfig) -> Trunk {
+    Trunk {
+        name: t.name.clone(),
+        address: t.address.clone(),
+        transport: match t.transport {
+            TrunkTransport::Udp => "udp",
+            TrunkTransport::Tcp => "tcp",
+        }
+        .to_string(),
+        sources: t.sources.clone(),
+        anchor_media: Some(t.anchor_media),
+        media_interface: t.media_interface.clone().unwrap_or_default(),
+        fix_nated_contact: t.fix_nated_contact,
+        media_address: match t.media_address {
+            trunkline_media::AddressPolicy::Sdp => "sdp",
+            trunkline_media::AddressPolicy::Source => "source",
+            trunkline_media::AddressPolicy::Auto => "auto",
+        }
+        .to_string(),
+        local_address: t.local_address.map(|a| a.to_string()).unwrap_or_default(),
+    }
+}
+
+/// The configuration form of an API trunk; what a file could not say is refused here,
+/// the rest by `Config::problems`.
+fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
+    check_name("trunk.name", &t.name)?;
+    let transport = match t.transport.as_str() {
+        "" | "udp" => TrunkTransport::Udp,
+        "tcp" => TrunkTransport::Tcp,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "trunk.transport: {other:?} is neither udp nor tcp"
+            )))
+        }
+    };
+    let media_address = match t.media_address.as_str() {
+        "" | "sdp" => trunkline_media::AddressPolicy::Sdp,
+        "source" => trunkline_media::AddressPolicy::Source,
+        "auto" => trunkline_media::AddressPolicy::Auto,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "trunk.media_address: {other:?} is not sdp, source or auto"
+            )))
+        }
+    };
+    let local_address = if t.local_address.is_empty() {
+        None
+    } else {
+        Some(t.local_address.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "trunk.local_address: {:?} is not an ip:port",
+                t.local_address
+            ))
+        })?)
+    };
+    Ok(TrunkConfig {
+        name: t.name,
+        address: t.address,
+        transport,
+        anchor_media: t.anchor_media.unwrap_or(true),
+        media_interface: (!t.media_interface.is_empty()).then_some(t.media_interface),
+        sources: t.sources,
+        fix_nated_contact: t.fix_nated_contact,
+        media_address,
+        local_address,
+    })
+}
+
+fn table_view(config: &Config) -> RoutingTable {
+    RoutingTable {
+        routes: config
+            .routes
+            .iter()
+            .map(|r| Route {
+                prefix: r.prefix.clone(),
+                trunk: r.trunk.clone(),
+            })
+            .collect(),
+        default_trunk: config.routing.default_trunk.clone().unwrap_or_default(),
+    }
+}
+
+/// What in the routing table names `trunk`, for a refusal to delete it.
+fn uses_of(config: &Config, trunk: &str) -> Vec<String> {
+    let mut uses: Vec<String> = config
+        .routes
+        .iter()
+        .filter(|r| r.trunk == trunk)
+        .map(|r| format!("route {:?}", r.prefix))
+        .collect();
+    if config.routing.default_trunk.as_deref() == Some(trunk) {
+        uses.push("default_trunk".to_string());
+    }
+    uses
+}
+
+#[tonic::async_trait]
+impl TrunkService for Trunks {
+    async fn list_trunks(
+        &self,
+        req: Request<ListTrunksRequest>,
+    ) -> Result<Response<ListTrunksResponse>, Status> {
+        require(&req, Role::Viewer, "ListTrunks")?;
+        self.check_node(&req.get_ref().node_id)?;
+        let config = self.config.lock().await;
+        let mut trunks: Vec<Trunk> = config.trunks.iter().map(trunk_view).collect();
+        trunks.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListTrunksResponse { trunks }))
+    }
+
+    async fn get_trunk(&self, req: Request<GetTrunkRequest>) -> Result<Response<Trunk>, Status> {
+        require(&req, Role::Viewer, "GetTrunk")?;
+        let q = req.get_ref();
+        self.check_node(&q.node_id)?;
+        check_name("name", &q.name)?;
+        let config = self.config.lock().await;
+        config
+            .trunks
+            .iter()
+            .find(|t| t.name == q.name)
+            .map(|t| Response::new(trunk_view(t)))
+            .ok_or_else(|| Status::not_found(format!("name: no trunk {:?}", q.name)))
+    }
+
+    async fn upsert_trunk(
+        &self,
+        req: Request<UpsertTrunkRequest>,
+    ) -> Result<Response<Trunk>, Status> {
+        let who = require(&req, Role::Operator, "UpsertTrunk")?;
+        let from = peer(&req);
+        let q = req.into_inner();
+        self.check_node(&q.node_id)?;
+        let trunk = trunk_config(
+            q.trunk
+                .ok_or_else(|| Status::invalid_argument("trunk: missing"))?,
+        )?;
+        let mut config = self.config.lock().await;
+        let mut candidate = config.clone();
+        let replaced = match candidate.trunks.iter_mut().find(|t| t.name == trunk.name) {
+            Some(slot) => {
+                *slot = trunk.clone();
+                true
+            }
+            None => {
+                candidate.trunks.push(trunk.clone());
+                false
+            }
+        };
+        self.apply(&mut config, candidate)?;
+        tracing::warn!(caller = %who.name, peer = %from, action = "upsert_trunk",
+            trunk = %trunk.name, address = %trunk.address, replaced,
+            "admin: trunk set; new calls use it");
+        Ok(Response::new(trunk_view(&trunk)))
+    }
+
+    async fn delete_trunk(
+        &self,
+        req: Request<DeleteTrunkRequest>,
+    ) -> Result<Response<DeleteTrunkResponse>, Status> {
+        let who = require(&req, Role::Operator, "DeleteTrunk")?;
+        let from = peer(&req);
+        let q = req.into_inner();
+        self.check_node(&q.node_id)?;
+        check_name("name", &q.name)?;
+        let mut config = self.config.lock().await;
+        if !config.trunks.iter().any(|t| t.name == q.name) {
+            return Err(Status::not_found(format!("name: no trunk {:?}", q.name)));
+        }
+        let uses = uses_of(&config, &q.name);
+        if !uses.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "trunk {:?} is still named by {}: change the routes first",
+                q.name,
+                uses.join(", ")
+            )));
+        }
+        let mut candidate = config.clone();
+        candidate.trunks.retain(|t| t.name != q.name);
+        self.apply(&mut config, candidate)?;
+        tracing::warn!(caller = %who.name, peer = %from, action = "delete_trunk",
+            trunk = %q.name, "admin: trunk deleted; calls in progress on it go on");
+        Ok(Response::new(DeleteTrunkResponse {}))
+    }
+
+    async fn get_routes(
+        &self,
+        req: Request<GetRoutesRequest>,
+    ) -> Result<Response<RoutingTable>, Status> {
+        require(&req, Role::Viewer, "GetRoutes")?;
+        self.check_node(&req.get_ref().node_id)?;
+        let config = self.config.lock().await;
+        Ok(Response::new(table_view(&config)))
+    }
+
+    async fn set_routes(
+        &self,
+        req: Request<SetRoutesRequest>,
+    ) -> Result<Response<RoutingTable>, Status> {
+        let who = require(&req, Role::Operator, "SetRoutes")?;
+        let from = peer(&req);
+        let q = req.into_inner();
+        self.check_node(&q.node_id)?;
+        let table = q.table.unwrap_or_default();
+        if !table.default_trunk.is_empty() {
+            check_name("table.default_trunk", &table.default_trunk)?;
+        }
+        for (i, r) in table.routes.iter().enumerate() {
+            check_name(&format!("table.routes[{i}].trunk"), &r.trunk)?;
+            let prefix_ok = r.prefix.len() <= 32
+                && r.prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+*#".contains(&b));
+            if !prefix_ok {
+                return Err(Status::invalid_argument(format!(
+                    "table.routes[{i}].prefix: {:?} is not a number prefix",
+                    r.prefix
+                )));
+            }
+        }
+        let mut config = self.config.lock().await;
+        let mut candidate = config.clone();
+        candidate.routes = table
+            .routes
+            .iter()
+            .map(|r| RouteConfig {
+                prefix: r.prefix.clone(),
+                trunk: r.trunk.clone(),
+            })
+            .collect();
+        candidate.routing.default_trunk =
+            (!table.default_trunk.is_empty()).then(|| table.default_trunk.clone());
+        self.apply(&mut config, candidate)?;
+        tracing::warn!(caller = %who.name, peer = %from, action = "set_routes",
+            routes = config.routes.len(), default_trunk = %table.default_trunk,
+            "admin: routing table replaced; new calls use it");
+        Ok(Response::new(table_view(&config)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_trunk_round_trips_through_the_configuration_form() {
+        let t = Trunk {
+            name: "carrier-b".into(),
+            address: "192.0.2.10:5060".into(),
+            transport: "tcp".into(),
+            sources: vec!["192.0.2.0/28".into()],
+            anchor_media: None,
+            media_interface: String::new(),
+            fix_nated_contact: true,
+            media_address: "auto".into(),
+            local_address: String::new(),
+        };
+        let c = trunk_config(t.clone()).unwrap();
+        assert!(c.anchor_media, "absent anchor_media means anchored");
+        assert_eq!(c.transport, TrunkTransport::Tcp);
+        let back = trunk_view(&c);
+        assert_eq!(back.name, t.name);
+        assert_eq!(back.media_address, "auto");
+        assert_eq!(back.anchor_media, Some(true));
+    }
+
+    #[test]
+    fn malformed_fields_are_named() {
+        let bad = |f: fn(&mut Trunk)| {
+            let mut t = Trunk {
+                name: "x".into(),
+                address: "192.0.2.10:5060".into(),
+                ..Trunk::default()
+            };
+            f(&mut t);
+            trunk_config(t).unwrap_err().message().to_string()
+        };
+        assert!(bad(|t| t.name = "no spaces".into()).starts_with("trunk.name"));
+        assert!(bad(|t| t.transport = "sctp".into()).starts_with("trunk.transport"));
+        assert!(bad(|t| t.media_address = "x".into()).starts_with("trunk.media_address"));
+        assert!(bad(|t| t.local_address = "nowhere".into()).starts_with("trunk.local_address"));
+    }
+}
