@@ -537,10 +537,16 @@ fixed_run() { # SYSTEM — latency and CPU at FIXED_RATE
 	[ -n "$HELPER_PID" ] && hpids=$(python3 "$LIB" tree "$HELPER_PID")
 	[ -n "$pids" ] && cpu0=$(python3 "$LIB" cpu $pids)
 	[ -n "$hpids" ] && hcpu0=$(python3 "$LIB" cpu $hpids)
+	local api0="" api1=""
+	[ "${#API_PIDS[@]}" -gt 0 ] && api0=$(python3 "$LIB" cpu "${API_PIDS[@]}")
 	uac_start "$d" "$SUT_TARGET" "$FIXED_RATE" "$calls" 0 $((FIXED_SECS + 20))
 	uac_wait || true
 	[ -n "$pids" ] && cpu1=$(python3 "$LIB" cpu $pids)
 	[ -n "$hpids" ] && hcpu1=$(python3 "$LIB" cpu $hpids)
+	[ "${#API_PIDS[@]}" -gt 0 ] && api1=$(python3 "$LIB" cpu "${API_PIDS[@]}")
+	# The API clients (watchers, poller) are not the node: their CPU is reported apart.
+	[ -n "$api0" ] && [ -n "$api1" ] &&
+		summary "$sys" api_clients_cpu_seconds_fixed_run "$(python3 -c "print('%.2f' % ($api1 - $api0))")"
 	sut_collect "$sys" "$d"
 	uas_stop
 	sut_stop "$sys"
