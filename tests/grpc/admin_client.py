@@ -4,7 +4,7 @@ learns every service, method and message from the server's reflection service.
 
   admin_client.py ADDR services              list the services the server offers
   admin_client.py ADDR methods SERVICE        list a service's methods
-  admin_client.py ADDR call SERVICE/METHOD JSON
+  admin_client.py ADDR call SERVICE/METHOD JSON|@FILE
                                               call a unary method with a JSON request and
                                               print the JSON response
   admin_client.py ADDR health [SERVICE]       grpc.health.v1 Check: SERVING, NOT_SERVING...
@@ -35,6 +35,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+
+
+def json_arg(text):
+    """A JSON argument, or with a leading @ the JSON in that file (for requests larger
+    than a command line may carry)."""
+    if text.startswith("@"):
+        with open(text[1:]) as f:
+            return f.read()
+    return text
 
 
 def pool_for(channel):
@@ -90,7 +99,7 @@ def main(argv):
                 method = pool.FindServiceByName(service_name).FindMethodByName(method_name)
                 request_cls = message_factory.GetMessageClass(method.input_type)
                 response_cls = message_factory.GetMessageClass(method.output_type)
-                request = json_format.Parse(args[1] if len(args) > 1 else "{}", request_cls())
+                request = json_format.Parse(json_arg(args[1] if len(args) > 1 else "{}"), request_cls())
                 call = channel.unary_unary(
                     "/%s/%s" % (service_name, method_name),
                     request_serializer=lambda m: m.SerializeToString(),

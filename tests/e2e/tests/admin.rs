@@ -420,3 +420,66 @@ fn tokens_gate_the_api_by_role() -> Result<()> {
     ensure!(status.success(), "node exited with {status}");
     Ok(())
 }
+
+/// Oversize and malformed input to the API: an oversize request is refused before it is
+/// decoded (OUT_OF_RANGE, as tonic reports a message past its limit), a field past its bound is refused naming it, and garbage, plain HTTP/1 and a
+/// connection that never speaks leave the node serving.
+#[test]
+fn oversize_and_malformed_api_input_is_refused_and_the_node_goes_on() -> Result<()> {
+    use std::io::{Read, Write};
+    let out = out_dir("admin_bad_input")?;
+    let trunk = UdpSocket::bind((UAS_IP, 0))?;
+    let mut cfg = NodeConfig::new(trunk.local_addr()?, Transport::Udp)?;
+    cfg.id = format!("bad{}", std::process::id() % 1_000_000);
+    let mut node = Node::start(&cfg, &out)?;
+    let admin = cfg.admin_addr();
+
+    let big = out.join("big.json");
+    std::fs::write(
+        &big,
+        format!(r#"{{"callerNumber": "{}"}}"#, "1".repeat(1024 * 1024)),
+    )?;
+    let big_arg = format!("@{}", big.display());
+    let (ok, said) = grpc_client(
+        admin,
+        &["call", "trunkline.admin.v1.CallService/ListCalls", &big_arg],
+    )?;
+    ensure!(
+        !ok && said.contains("OUT_OF_RANGE") && said.contains("too large"),
+        "a 1 MiB request: {said}"
+    );
+    let long = format!(r#"{{"callerNumber": "{}"}}"#, "1".repeat(1000));
+    let (ok, said) = grpc_client(
+        admin,
+        &["call", "trunkline.admin.v1.CallService/ListCalls", &long],
+    )?;
+    ensure!(
+        !ok && said.contains("INVALID_ARGUMENT") && said.contains("caller_number"),
+        "a 1000-digit number: {said}"
+    );
+
+    // Garbage, HTTP/1 and a silent connection at the gRPC port.
+    let mut silent = std::net::TcpStream::connect(admin)?;
+    for junk in [
+        &b"\x16\x03\x01\x02\x00garbage garbage garbage"[..],
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &[0u8; 4096][..],
+    ] {
+        let mut c = std::net::TcpStream::connect(admin)?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(junk)?;
+        let mut buf = [0u8; 1024];
+        // The server answers or closes; it must not hang on to it or fall over.
+        let _ = c.read(&mut buf);
+    }
+    silent.set_read_timeout(Some(Duration::from_millis(200)))?;
+    ensure!(health(admin, "")? == "SERVING", "after bad input");
+    let n = call(admin, "GetNode", "{}")?.map_err(anyhow::Error::msg)?;
+    ensure!(n["id"] == cfg.id.as_str(), "GetNode after bad input: {n}");
+    let _ = silent.write_all(b"");
+
+    node.assert_healthy()?;
+    let status = node.stop()?;
+    ensure!(status.success(), "node exited with {status}");
+    Ok(())
+}

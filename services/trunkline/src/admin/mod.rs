@@ -19,6 +19,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::Context as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -36,6 +37,11 @@ pub mod auth;
 pub mod calls;
 pub mod trunks;
 use crate::shutdown::Shutdown;
+
+/// The largest request the API decodes (tonic's default is 4 MiB). No admin request
+/// needs more than a few KiB: a trunk, a routing table of a few thousand prefixes. A
+/// bigger one is refused (OUT_OF_RANGE, tonic's status for it) before it is decoded.
+const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// What `GetNode` reports that does not change while the node runs.
 #[derive(Debug, Clone)]
@@ -150,21 +156,34 @@ impl AdminServer {
         }
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let task = tokio::spawn(async move {
+            // Half-open and idle peers are found by HTTP/2 pings and TCP keep-alives; one
+            // connection cannot open streams without bound.
             let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(128))
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+                .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
-                .add_service(NodeServiceServer::with_interceptor(admin, {
-                    let tokens = tokens.clone();
-                    move |req| tokens.check(req)
-                }))
-                .add_service(CallServiceServer::with_interceptor(calls, {
-                    let tokens = tokens.clone();
-                    move |req| tokens.check(req)
-                }))
-                .add_service(TrunkServiceServer::with_interceptor(trunks, move |req| {
-                    tokens.check(req)
-                }))
+                .add_service(InterceptedService::new(
+                    NodeServiceServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES),
+                    {
+                        let tokens = tokens.clone();
+                        move |req| tokens.check(req)
+                    },
+                ))
+                .add_service(InterceptedService::new(
+                    CallServiceServer::new(calls).max_decoding_message_size(MAX_REQUEST_BYTES),
+                    {
+                        let tokens = tokens.clone();
+                        move |req| tokens.check(req)
+                    },
+                ))
+                .add_service(InterceptedService::new(
+                    TrunkServiceServer::new(trunks).max_decoding_message_size(MAX_REQUEST_BYTES),
+                    move |req| tokens.check(req),
+                ))
                 .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
                 .await;
             if let Err(e) = served {
@@ -180,9 +199,19 @@ impl AdminServer {
         self.local
     }
 
-    /// Waits for the server to finish after its stop token was cancelled.
-    pub async fn join(self) {
-        let _ = self.task.await;
+    /// Waits for the server to finish after its stop token was cancelled: open streams
+    /// get a moment to end, then the rest is dropped. A graceful shutdown alone waits for
+    /// every connection to close, so one client that connected and never spoke (or a
+    /// watcher that never reads) would hold the node's exit forever.
+    pub async fn join(mut self) {
+        if tokio::time::timeout(std::time::Duration::from_secs(2), &mut self.task)
+            .await
+            .is_err()
+        {
+            tracing::info!("admin API: closing connections still open at shutdown");
+            self.task.abort();
+            let _ = self.task.await;
+        }
     }
 }
 
