@@ -359,12 +359,17 @@ pub fn print(value: &Value, table: impl FnOnce() -> String, format: Format) -> a
     Ok(())
 }
 
-/// Prints one watch event: a line, one compact JSON object per line, or a YAML document.
-pub fn print_event(w: &mut Watching, e: &CallEvent, format: Format) -> anyhow::Result<()> {
+/// Writes one watch event: a line, one compact JSON object per line, or a YAML document.
+pub fn write_event(
+    out: &mut impl std::io::Write,
+    w: &mut Watching,
+    e: &CallEvent,
+    format: Format,
+) -> anyhow::Result<()> {
     match format {
-        Format::Table => println!("{}", w.line(e)),
-        Format::Json => println!("{}", serde_json::to_string(&event_json(e))?),
-        Format::Yaml => print!("---\n{}", serde_yaml_ng::to_string(&event_json(e))?),
+        Format::Table => writeln!(out, "{}", w.line(e))?,
+        Format::Json => writeln!(out, "{}", serde_json::to_string(&event_json(e))?)?,
+        Format::Yaml => write!(out, "---\n{}", serde_yaml_ng::to_string(&event_json(e))?)?,
     }
     Ok(())
 }

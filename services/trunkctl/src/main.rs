@@ -303,16 +303,45 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                         .await
                         .map_err(status_error)?
                         .into_inner();
+                    // Lines are buffered and flushed within 100 ms of the first one
+                    // waiting: a busy node sends thousands of events a second, and a
+                    // write per line would cost more than everything else trunkctl does.
                     let mut watching = calls::Watching::default();
+                    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+                    let ctrl_c = tokio::signal::ctrl_c();
+                    tokio::pin!(ctrl_c);
+                    let mut flush_at: Option<tokio::time::Instant> = None;
+                    let flush = |out: &mut std::io::BufWriter<std::io::Stdout>| {
+                        std::io::Write::flush(out).map_err(|e| (1u8, format!("stdout: {e}")))
+                    };
                     loop {
                         let next = tokio::select! {
                             next = stream.message() => next,
-                            _ = tokio::signal::ctrl_c() => return Ok(()),
+                            () = async {
+                                match flush_at {
+                                    Some(at) => tokio::time::sleep_until(at).await,
+                                    None => std::future::pending().await,
+                                }
+                            } => {
+                                flush(&mut out)?;
+                                flush_at = None;
+                                continue;
+                            }
+                            _ = &mut ctrl_c => return flush(&mut out),
                         };
-                        match next.map_err(status_error)? {
-                            Some(event) => calls::print_event(&mut watching, &event, cli.output)
-                                .map_err(server_error)?,
-                            None => return Ok(()),
+                        match next {
+                            Ok(Some(event)) => {
+                                calls::write_event(&mut out, &mut watching, &event, cli.output)
+                                    .map_err(server_error)?;
+                                flush_at.get_or_insert_with(|| {
+                                    tokio::time::Instant::now() + Duration::from_millis(100)
+                                });
+                            }
+                            Ok(None) => return flush(&mut out),
+                            Err(status) => {
+                                flush(&mut out)?;
+                                return Err(status_error(status));
+                            }
                         }
                     }
                 }

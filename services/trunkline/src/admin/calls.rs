@@ -34,8 +34,9 @@ use super::peer;
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 /// Batches queued toward one watcher's HTTP/2 stream; past it the watcher falls behind
-/// on the shared ring instead, and loses events there.
-const WATCH_QUEUE: usize = 16;
+/// on the shared ring instead, and loses events there. With `BATCH_MAX` this bounds what
+/// a stuck watcher holds to a few hundred KiB.
+const WATCH_QUEUE: usize = 4;
 
 /// The call service of one node.
 #[derive(Clone)]
@@ -372,8 +373,9 @@ impl Drop for WatchSlot {
 
 /// Gathers a watcher's events for this long after the first one, so that it gets one
 /// HTTP/2 write per batch rather than one per event: at thousands of calls a second, per
-/// event writes would cost each watcher a system call per event.
-const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// event writes would cost each watcher a system call per event, and at a few hundred
+/// the wake-ups per batch are most of what a watcher costs the node.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
 /// The most events in one batch.
 const BATCH_MAX: usize = 512;
 
