@@ -60,13 +60,7 @@ impl Calls {
     /// `node_id` of a request: empty or this node is fine; another well-formed id names
     /// a node this one does not answer for (a cluster will forward it).
     fn for_this_node(&self, field: &str, node_id: &str) -> Result<bool, Status> {
-        if node_id.is_empty() || node_id == &*self.node_id {
-            return Ok(true);
-        }
-        if node_id.len() > 64 || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Status::invalid_argument(format!("{field}: not a node id")));
-        }
-        Ok(false)
+        super::is_local_node(&self.node_id, field, node_id)
     }
 
     /// The serial of call `id` on this node. A malformed id is INVALID_ARGUMENT; a
@@ -110,11 +104,7 @@ fn number_filter(field: &str, value: &str) -> Result<(), Status> {
 }
 
 fn trunk_filter(value: &str) -> Result<(), Status> {
-    let ok = value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    if value.is_empty() || super::trunks::trunk_name_ok(value) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(

@@ -244,16 +244,8 @@ impl Admin {
             .await;
     }
 
-    /// Only this node answers for now; a request for another is for a node it does not
-    /// know (a cluster will forward it).
     fn check_node(&self, node_id: &str) -> Result<(), Status> {
-        if node_id.is_empty() || node_id == self.facts.id {
-            return Ok(());
-        }
-        if node_id.len() > 64 || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Status::invalid_argument("node_id: not a node id"));
-        }
-        Err(Status::not_found(format!("node_id: no node {node_id:?}")))
+        require_local_node(&self.facts.id, node_id)
     }
 
     fn node(&self) -> Node {
@@ -275,6 +267,30 @@ impl Admin {
             metrics_address: f.metrics_address.map(|a| a.to_string()).unwrap_or_default(),
             limits: Some(f.limits),
         }
+    }
+}
+
+/// Whether the `node_id` of a request (`field`) names the node `local` that serves it:
+/// empty or `local` is this node (true), another well-formed id a node it does not answer
+/// for (false; a cluster will forward it), anything else INVALID_ARGUMENT.
+#[allow(clippy::result_large_err)] // tonic's Status
+fn is_local_node(local: &str, field: &str, node_id: &str) -> Result<bool, Status> {
+    if node_id.is_empty() || node_id == local {
+        return Ok(true);
+    }
+    if node_id.len() > 64 || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!("{field}: not a node id")));
+    }
+    Ok(false)
+}
+
+/// `is_local_node` for requests only this node can answer: another node is NOT_FOUND.
+#[allow(clippy::result_large_err)]
+fn require_local_node(local: &str, node_id: &str) -> Result<(), Status> {
+    if is_local_node(local, "node_id", node_id)? {
+        Ok(())
+    } else {
+        Err(Status::not_found(format!("node_id: no node {node_id:?}")))
     }
 }
 

@@ -41,16 +41,8 @@ impl Trunks {
         }
     }
 
-    /// Empty or this node's id is fine; another well-formed id is a node this one does
-    /// not answer for.
     fn check_node(&self, node_id: &str) -> Result<(), Status> {
-        if node_id.is_empty() || node_id == &*self.node_id {
-            return Ok(());
-        }
-        if node_id.len() > 64 || !node_id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Status::invalid_argument("node_id: not a node id"));
-        }
-        Err(Status::not_found(format!("node_id: no node {node_id:?}")))
+        super::require_local_node(&self.node_id, node_id)
     }
 
     /// Checks `candidate` as a configuration file is checked, and puts it in force.
@@ -75,7 +67,8 @@ impl Trunks {
     }
 }
 
-fn trunk_name_ok(name: &str) -> bool {
+/// What a trunk may be called: what routes and filters name it by.
+pub(super) fn trunk_name_ok(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
