@@ -87,6 +87,15 @@ pub enum Event {
     /// An offer/answer exchange on the established call completed; `held`: the offer
     /// `by` made put the media on hold (`sendonly`, `inactive` or a zero address).
     Hold { by: Leg, held: bool },
+    /// A transfer target answered; its offer is on its way to the remaining leg. From
+    /// here the relay's side of `leg` belongs to the target (its address, interface).
+    TransferAnswered { leg: Leg },
+    /// `leg` now is the transfer target; the old party was sent BYE.
+    Transferred { leg: Leg },
+    /// The transfer of `leg` failed with `status` (the target's answer, 408 when it
+    /// never answered, 487 when the call ended first); the call goes on as it was
+    /// unless an `Ended` follows.
+    TransferFailed { leg: Leg, status: u16 },
     /// The caller has its final answer (`status`), or an answered call hung up (200).
     /// Emitted once per call.
     Ended { status: u16, cause: EndCause },

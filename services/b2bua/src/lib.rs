@@ -16,7 +16,9 @@ pub mod multipart;
 pub mod relay;
 pub mod snapshot;
 
-pub use call::{Call, CallState, Leftovers, MediaFailure, Replay, RouteDecision};
+pub use call::{
+    Call, CallState, Leftovers, MediaFailure, Replay, RouteDecision, TransferError, TransferTarget,
+};
 pub use config::{CallConfig, Local};
 pub use event::{EndCause, Event, Leg, MediaOp, Transmit};
 pub use ids::{owner_of, Ids};

@@ -146,15 +146,29 @@ impl Call {
         true
     }
 
-    pub(super) fn ack_and_bye_stray(&mut self, now: Instant, mut d: Dialog, seq: u32) {
+    pub(super) fn ack_and_bye_stray(&mut self, now: Instant, d: Dialog, seq: u32) {
         let Some(b) = self.b.as_ref() else { return };
         let local = b.local.clone();
         let peer = b.peer;
+        self.ack_and_bye_dialog(now, Leg::B, &local, peer, d, seq);
+    }
+
+    /// ACKs the 2xx (CSeq `seq`) that made dialog `d`, which the call will not keep,
+    /// and releases it with BYE (RFC 3261 §13.2.2.4).
+    pub(super) fn ack_and_bye_dialog(
+        &mut self,
+        now: Instant,
+        leg: Leg,
+        local: &crate::config::Local,
+        peer: Peer,
+        mut d: Dialog,
+        seq: u32,
+    ) {
         let ack = d.request(Method::Ack, seq, &local.via(self.ids.branch()), None);
-        self.send_raw(Leg::B, peer, ack.encode(), Method::Ack, false);
+        self.send_raw(leg, peer, ack.encode(), Method::Ack, false);
         let bseq = d.next_seq();
         let bye = d.request(Method::Bye, bseq, &local.via(self.ids.branch()), None);
-        self.send_request(now, Leg::B, peer, bye, ClientRole::Bye);
+        self.send_request(now, leg, peer, bye, ClientRole::Bye);
     }
 
     pub(super) fn on_cancel(&mut self, now: Instant, leg: Leg, cancel: Request, source: Peer) {

@@ -285,7 +285,7 @@ impl Call {
 /// Contact is missing, no route set where Record-Route is unreadable, and an empty remote
 /// tag (To without a tag, as the 2xx had it) where the To-tag is missing. Good enough to
 /// ACK and BYE the far side, never to keep a call on.
-fn lenient_dialog(req: &Request, resp: &Response) -> Option<Dialog> {
+pub(super) fn lenient_dialog(req: &Request, resp: &Response) -> Option<Dialog> {
     let mut fixed = resp.clone();
     let h = &mut fixed.headers;
     if h.contact().is_none() {

@@ -41,7 +41,11 @@ impl Call {
     /// retransmissions, takes those answers and drops the transactions, so that
     /// `is_finished()` holds. `None` while anything is still in flight.
     pub fn take_leftovers(&mut self) -> Option<Leftovers> {
-        if !self.ended || !self.outbox.is_empty() || self.pending_ack.is_some() {
+        if !self.ended
+            || !self.outbox.is_empty()
+            || self.pending_ack.is_some()
+            || self.transfer.is_some()
+        {
             return None;
         }
         let mut replays = Vec::new();

@@ -21,9 +21,11 @@ mod requests;
 mod responses;
 mod targets;
 mod transactions;
+mod transfer;
 
 pub use leftovers::{Leftovers, Replay};
 use outbox::{Held, Outgoing};
+pub use transfer::{TransferError, TransferTarget};
 
 /// Where the call stands, as an operator would describe it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +131,10 @@ enum ClientRole {
     Relay {
         server: u64,
     },
+    /// Our INVITE to a transfer target.
+    TransferInvite,
+    /// The re-INVITE carrying a transfer target's offer to the remaining leg.
+    TransferReinvite,
 }
 
 struct ServerEntry {
@@ -195,6 +201,8 @@ pub struct Call {
     /// The RFC 3326 `Reason` value the node's own BYEs and CANCELs carry when the node
     /// ends the call (an operator's hang-up).
     reason: Option<Bytes>,
+    /// A blind transfer of one leg, while it runs.
+    transfer: Option<transfer::Transfer>,
 }
 
 /// Why the media relay could not rewrite a body; `status` is what the sender of the
@@ -244,6 +252,7 @@ impl Call {
             initial_offerer: None,
             outbox: VecDeque::new(),
             reason: None,
+            transfer: None,
         };
         let request_uri = invite.uri.clone();
         let caller = invite
@@ -301,6 +310,7 @@ impl Call {
             initial_offerer: Some(Leg::A),
             outbox: VecDeque::new(),
             reason: None,
+            transfer: None,
         }
     }
 
@@ -311,6 +321,7 @@ impl Call {
         if self.state != CallState::Established
             || self.offer_in_progress
             || self.pending_ack.is_some()
+            || self.transfer.is_some()
         {
             return None;
         }
@@ -393,6 +404,11 @@ impl Call {
             .chain(self.clients.iter().filter_map(|e| e.give_up_at));
         tx.chain(self.no_answer_at)
             .chain(self.max_duration_at)
+            .chain(
+                self.transfer
+                    .as_ref()
+                    .and_then(transfer::Transfer::deadline),
+            )
             .min()
     }
 
@@ -410,6 +426,7 @@ impl Call {
         }
         self.clients
             .retain(|e| e.give_up_at.is_none_or(|t| t > now));
+        self.transfer_timeout(now);
         if self.max_duration_at.is_some_and(|t| t <= now) {
             self.max_duration_at = None;
             if self.state == CallState::Established {

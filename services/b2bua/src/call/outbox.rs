@@ -228,6 +228,10 @@ impl Call {
                 }
                 self.respond_status(now, server, f.status);
             }
+            Outgoing::Request {
+                role: ClientRole::TransferReinvite,
+                ..
+            } => self.transfer_reinvite_failed(now, f.status),
             Outgoing::Request { .. } => self.send_outgoing(now, out),
             Outgoing::Response { sid, mut resp } if resp.status < 200 => {
                 resp.body = Bytes::new();

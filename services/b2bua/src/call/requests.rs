@@ -24,6 +24,16 @@ pub(super) fn is_relayed_in_dialog(m: &Method) -> bool {
 
 impl Call {
     pub(super) fn on_request(&mut self, now: Instant, leg: Leg, req: Request, source: Peer) {
+        if self.transfer.as_ref().is_some_and(|t| {
+            t.leg() == leg
+                && req
+                    .headers
+                    .call_id()
+                    .is_some_and(|c| c[..] == *t.call_id().as_bytes())
+        }) {
+            self.on_transfer_request(now, req, source);
+            return;
+        }
         if req.method == Method::Ack {
             self.on_ack(now, leg, req);
             return;

@@ -34,6 +34,10 @@ impl Call {
             ClientRole::Relay { server } => {
                 self.on_relay_response(now, leg, id, server, resp, source)
             }
+            ClientRole::TransferInvite => self.on_transfer_invite_response(now, id, resp),
+            ClientRole::TransferReinvite => {
+                self.on_transfer_reinvite_response(now, leg, id, resp, source)
+            }
             ClientRole::Bye if resp.status >= 200 => self.bye_done(),
             ClientRole::Cancel | ClientRole::Bye => {}
         }

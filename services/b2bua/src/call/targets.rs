@@ -3,7 +3,7 @@
 
 use super::Call;
 use crate::event::Leg;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use trunkline_sip::{Host, NameAddr, Peer, Uri};
 
 /// An address that is not reachable across the public network: RFC 1918, shared
@@ -35,26 +35,7 @@ impl Call {
         if leg == Leg::A {
             return l.peer;
         }
-        let hop = l.dialog.as_ref().map(|d| d.next_hop());
-        match hop.as_ref().and_then(Uri::as_sip) {
-            Some(u) => match u.host.ip() {
-                Some(ip) => {
-                    let port = u.port.unwrap_or(5060);
-                    let addr = SocketAddr::new(ip, port);
-                    if addr == l.peer.addr {
-                        l.peer
-                    } else {
-                        Peer {
-                            addr,
-                            connection: None,
-                            ..l.peer
-                        }
-                    }
-                }
-                None => l.peer,
-            },
-            None => l.peer,
-        }
+        super::transfer::leg_peer(l)
     }
 
     /// A target refresh from `leg` (re-INVITE, UPDATE, or a 2xx to one of ours) that

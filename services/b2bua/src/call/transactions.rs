@@ -126,6 +126,9 @@ impl Call {
     /// Collects what every transaction wants to send and what happened to them, reacts
     /// to timeouts, and forgets terminated transactions.
     pub(super) fn drain(&mut self, now: Instant) {
+        if self.ended {
+            self.abandon_transfer(now);
+        }
         loop {
             let mut happened: Vec<(bool, u64, TxEvent)> = Vec::new();
             for e in &mut self.servers {
@@ -239,6 +242,8 @@ impl Call {
                 }
                 self.respond_status(now, server, status);
             }
+            ClientRole::TransferInvite => self.transfer_invite_failed(now, status),
+            ClientRole::TransferReinvite => self.transfer_reinvite_failed(now, status),
             ClientRole::Bye => self.bye_done(),
             ClientRole::Cancel => {}
         }

@@ -848,6 +848,12 @@ impl World {
         }
     }
 
+    /// The next message delivered toward `leg`, with where it was sent (a leg whose
+    /// party changes, as in a transfer, has two peers for a while).
+    pub fn recv_sent(&mut self, leg: Leg) -> Option<Sent> {
+        self.inbox(leg).pop_front()
+    }
+
     pub fn try_recv(&mut self, leg: Leg) -> Option<Message> {
         self.inbox(leg).pop_front().map(|s| s.msg)
     }
