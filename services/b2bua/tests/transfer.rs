@@ -241,6 +241,18 @@ fn a_target_that_refuses_leaves_the_call_as_it_was() {
         }]
     ));
     w.assert_quiet();
+    // Over: another transfer may start.
+    let now = w.now;
+    w.call
+        .transfer(now, Leg::B, target(&w))
+        .expect("a second transfer starts");
+    w.pump();
+    let again = recv_at(&mut w, Leg::B, T_ADDR);
+    assert!(is_request(&again, Method::Invite));
+    let busy = t.respond(&again, 486, None);
+    sent_by(&mut w, Leg::B, &t, busy);
+    let _ack = recv_at(&mut w, Leg::B, T_ADDR);
+    transfer_events(&mut w);
     // The old callee is still the callee: A's re-INVITE reaches it, and A's BYE too.
     let reinv = w.a.request(
         "INVITE",

@@ -20,6 +20,8 @@ use tokio::task::JoinHandle;
 use trunkline_b2bua::{Call, EndCause, Event, Leg, RouteDecision};
 use trunkline_transport::ConnectionPin;
 
+mod transfer;
+
 /// The actor's state: the call and what the actor needs to drive it.
 pub struct CallActorState {
     call: Call,
@@ -57,6 +59,10 @@ pub struct CallActorState {
     routing: Arc<crate::router::Routing>,
     /// The trunk the call was routed to (for the record, once the B-leg exists).
     callee_trunk: Option<(Arc<str>, trunkline_sip::Transport)>,
+    /// An operator's transfer while it runs.
+    transfer: Option<transfer::Pending>,
+    /// Dispatch entries of parties a transfer brought in (removed when the call stops).
+    extra_keys: Vec<DialogKey>,
 }
 
 /// The call actor (stateless handler; all state is in [`CallActorState`]).
@@ -113,6 +119,12 @@ impl CallActor {
                 tracing::info!(call = %state.record.id(), "hung up by an operator");
                 state.call.hangup_with_reason(t, EndCause::Local, reason);
             }
+            CallMsg::Transfer {
+                leg,
+                number,
+                trunk,
+                reply,
+            } => transfer::start(myself, state, leg, number, trunk, reply),
         }
         pump(myself, state);
     }
@@ -214,6 +226,8 @@ impl Actor for CallActor {
             media_key,
             record,
             callee_trunk: None,
+            transfer: None,
+            extra_keys: Vec::new(),
             routing: args.routing,
             shared,
         };
@@ -247,6 +261,9 @@ impl Actor for CallActor {
         registry.unregister_dialog(&state.a_key, state.serial);
         if let Some(b) = &state.b_key {
             registry.unregister_dialog(b, state.serial);
+        }
+        for k in &state.extra_keys {
+            registry.unregister_dialog(k, state.serial);
         }
         registry.unregister_invite(&state.invite_key, state.serial);
         registry.unregister_serial(state.serial);
@@ -327,6 +344,7 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
         if let (Some(until), false) = (left.until, left.replays.is_empty()) {
             let mut keys = vec![&state.a_key, &state.invite_key];
             keys.extend(state.b_key.as_ref());
+            keys.extend(state.extra_keys.iter());
             state.shared.registry.bury(
                 &keys,
                 Grave {
@@ -425,6 +443,9 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             state.shared.metrics.retransmission(Direction::In);
         }
         Event::Settled => {}
+        Event::TransferAnswered { leg } => transfer::answered(state, leg),
+        Event::Transferred { leg } => transfer::done(state, leg),
+        Event::TransferFailed { leg, status } => transfer::failed(state, leg, status),
         Event::Media { id, op, sdp } => match &state.shared.media {
             Some(media) => {
                 if !state.media_used {

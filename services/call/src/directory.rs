@@ -12,11 +12,12 @@
 //! - ended calls stay readable for a while in a bounded ring of recent ends, so a client
 //!   that asks about a call that just ended hears how it ended rather than "not found".
 
+use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use trunkline_b2bua::{EndCause, Leg};
@@ -98,6 +99,10 @@ pub enum CallEventKind {
     Resumed {
         by: Leg,
     },
+    /// A transfer replaced the party on `leg`.
+    Transferred {
+        leg: Leg,
+    },
     /// The call is over: the caller's final status (200 for an answered call),
     /// why, and who ended it.
     Ended {
@@ -117,7 +122,8 @@ pub struct CallEvent {
     pub kind: CallEventKind,
 }
 
-/// The callee side, known once the call is routed.
+/// One side of the call as the API shows it: the callee side once routed, and either
+/// side after a transfer put another party there.
 #[derive(Debug, Clone)]
 pub struct CalleeLeg {
     pub trunk: Arc<str>,
@@ -145,7 +151,10 @@ pub struct CallRecord {
     pub from_trunk: Option<Arc<str>>,
     /// The caller's Call-ID, which is also the call's relay session key.
     pub media_key: Arc<str>,
-    b: OnceLock<CalleeLeg>,
+    b: ArcSwapOption<CalleeLeg>,
+    /// The caller side after a transfer moved it to another party (`None`: the
+    /// original caller, described by the plain fields).
+    a_moved: ArcSwapOption<CalleeLeg>,
     phase: AtomicU8,
     ringing_ms: AtomicU64,
     answered_ms: AtomicU64,
@@ -177,17 +186,28 @@ impl CallRecord {
         format!("{}-{:x}", self.node, self.serial)
     }
 
-    /// The caller's SIP Call-ID.
+    /// The caller's SIP Call-ID: the original caller's, which also keys the relay
+    /// session (see `caller_moved` for a caller side transferred elsewhere).
     pub fn a_call_id(&self) -> &str {
         &self.media_key
+    }
+
+    /// The party now on the caller side, when a transfer replaced the original caller.
+    pub fn caller_moved(&self) -> Option<Arc<CalleeLeg>> {
+        self.a_moved.load_full()
     }
 
     pub fn phase(&self) -> CallPhase {
         CallPhase::from_u8(self.phase.load(Ordering::Acquire))
     }
 
-    pub fn callee_leg(&self) -> Option<&CalleeLeg> {
-        self.b.get()
+    pub fn callee_leg(&self) -> Option<Arc<CalleeLeg>> {
+        self.b.load_full()
+    }
+
+    /// Whether the callee side is reached through `trunk` (cheap: no clone).
+    pub fn callee_trunk_is(&self, trunk: &str) -> bool {
+        self.b.load().as_ref().is_some_and(|b| &*b.trunk == trunk)
     }
 
     /// When the callee first rang, answered and the call ended (ms since the epoch).
@@ -313,7 +333,8 @@ impl CallDirectory {
             a_transport: new.a_transport,
             from_trunk: new.from_trunk,
             media_key: new.media_key,
-            b: OnceLock::new(),
+            b: ArcSwapOption::empty(),
+            a_moved: ArcSwapOption::empty(),
             phase: AtomicU8::new(CallPhase::Setup as u8),
             ringing_ms: AtomicU64::new(0),
             answered_ms: AtomicU64::new(0),
@@ -331,7 +352,17 @@ impl CallDirectory {
 
     /// The call is routed: its callee side.
     pub fn routed(&self, record: &CallRecord, b: CalleeLeg) {
-        let _ = record.b.set(b);
+        record.b.store(Some(Arc::new(b)));
+    }
+
+    /// A transfer put another party on `leg`.
+    pub fn transferred(&self, record: &Arc<CallRecord>, leg: Leg, party: CalleeLeg) {
+        let slot = match leg {
+            Leg::A => &record.a_moved,
+            Leg::B => &record.b,
+        };
+        slot.store(Some(Arc::new(party)));
+        self.publish(record, CallEventKind::Transferred { leg });
     }
 
     /// The call's media is anchored on the relay.

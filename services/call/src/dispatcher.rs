@@ -123,6 +123,44 @@ impl Dispatcher {
             .map_err(|_| HangupError::Ended)
     }
 
+    /// Moves `leg` of answered call `serial` to `number` (through `trunk`, or where the
+    /// routing table sends the number) and waits for the outcome: the target answered and
+    /// the other leg took its session, or why not.
+    pub async fn transfer(
+        &self,
+        serial: u64,
+        leg: trunkline_b2bua::Leg,
+        number: String,
+        trunk: Option<String>,
+    ) -> Result<(), crate::messages::TransferFailure> {
+        use crate::messages::TransferFailure;
+        let record = self
+            .shared
+            .directory
+            .find(serial)
+            .ok_or(TransferFailure::NotFound)?;
+        if record.ended_ms().is_some() {
+            return Err(TransferFailure::Ended);
+        }
+        let handle = self
+            .shared
+            .registry
+            .by_serial(serial)
+            .ok_or(TransferFailure::Ended)?;
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        handle
+            .actor
+            .send_message(CallMsg::Transfer {
+                leg,
+                number,
+                trunk,
+                reply,
+            })
+            .map_err(|_| TransferFailure::Ended)?;
+        // A call that stops without answering has ended.
+        outcome.await.unwrap_or(Err(TransferFailure::Ended))
+    }
+
     /// The relay's counters of a call's media, when it is anchored and still has ports.
     pub fn media_stats(&self, record: &CallRecord) -> Option<trunkline_media::CallStats> {
         self.shared.relay.as_ref()?.query(&record.media_key, now())

@@ -18,6 +18,7 @@ pub mod trust;
 
 pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallRecord, EndedBy};
 pub use dispatcher::{Dispatcher, HangupError};
+pub use messages::TransferFailure;
 pub use outbound::{Listener, Outbound};
 pub use router::{Route, Router, Routing, Trunk};
 pub use shared::DispatcherConfig;

@@ -36,6 +36,38 @@ pub enum CallMsg {
     /// An operator ends the call (admin API): BYE on both legs, or CANCEL and a final
     /// answer while it rings, each carrying `reason` (an RFC 3326 `Reason` value).
     Hangup { reason: Option<Bytes> },
+    /// An operator moves `leg` of the answered call to `number`, through `trunk` or
+    /// wherever the routing table sends that number; `reply` hears the outcome.
+    Transfer {
+        leg: Leg,
+        number: String,
+        trunk: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Result<(), TransferFailure>>,
+    },
+}
+
+/// Why an operator's transfer did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferFailure {
+    #[error("no such call on this node")]
+    NotFound,
+    #[error("the call has already ended")]
+    Ended,
+    #[error("the call is not answered yet")]
+    NotEstablished,
+    #[error("another transfer or an offer/answer exchange is in progress on the call")]
+    Busy,
+    #[error("no trunk named {0:?}")]
+    UnknownTrunk(String),
+    #[error("no route for {0:?}")]
+    NoRoute(String),
+    #[error("no listener for the trunk's transport")]
+    NoTransport,
+    /// The target refused (its final status), never answered (408), or the remaining
+    /// leg refused the target's session; the call goes on with its old parties unless
+    /// it ended meanwhile.
+    #[error("the transfer failed with SIP status {0}")]
+    Failed(u16),
 }
 
 /// Start-up arguments: the INVITE that creates the call.

@@ -43,6 +43,24 @@ fn party_name(p: i32) -> &'static str {
     }
 }
 
+/// What `calls transfer` prints when the transfer is done: the new party.
+pub fn transferred_line(call: &Call, caller_side: bool) -> String {
+    let leg = if caller_side {
+        &call.caller
+    } else {
+        &call.callee
+    };
+    let leg = leg.clone().unwrap_or_default();
+    format!(
+        "{}  transferred: {} is now {} via {} (Call-ID {})\n",
+        call.id,
+        if caller_side { "caller" } else { "callee" },
+        dash(&leg.peer),
+        dash(&leg.trunk),
+        dash(&leg.sip_call_id),
+    )
+}
+
 fn event_name(t: i32) -> &'static str {
     match CallEventType::try_from(t) {
         Ok(CallEventType::Existing) => "EXISTING",
@@ -55,6 +73,7 @@ fn event_name(t: i32) -> &'static str {
         Ok(CallEventType::Resumed) => "RESUMED",
         Ok(CallEventType::Ended) => "ENDED",
         Ok(CallEventType::EventsLost) => "EVENTS_LOST",
+        Ok(CallEventType::Transferred) => "TRANSFERRED",
         _ => "UNKNOWN",
     }
 }

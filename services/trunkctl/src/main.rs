@@ -20,8 +20,8 @@ use trunkline_proto::admin::v1::node_service_client::NodeServiceClient;
 use trunkline_proto::admin::v1::trunk_service_client::TrunkServiceClient;
 use trunkline_proto::admin::v1::{
     CallState, DeleteTrunkRequest, DrainRequest, GetCallRequest, GetNodeRequest, GetRoutesRequest,
-    GetTrunkRequest, HangupCallRequest, ListCallsRequest, ListTrunksRequest, SetRoutesRequest,
-    UndrainRequest, UpsertTrunkRequest, WatchCallsRequest,
+    GetTrunkRequest, HangupCallRequest, ListCallsRequest, ListTrunksRequest, Party,
+    SetRoutesRequest, TransferCallRequest, UndrainRequest, UpsertTrunkRequest, WatchCallsRequest,
 };
 
 use crate::output::Format;
@@ -145,6 +145,29 @@ enum CallsAction {
         #[arg(long)]
         text: Option<String>,
     },
+    /// Blind transfer by the node: call NUMBER and, once it answers, connect it to the
+    /// other party in place of the transferred one (no REFER needed at either end).
+    /// Waits for the outcome (up to --wait seconds).
+    Transfer {
+        id: String,
+        number: String,
+        /// The party to replace.
+        #[arg(long, value_enum, default_value_t = Side::Callee)]
+        party: Side,
+        /// Call NUMBER through this trunk (default: where the routing table sends it).
+        #[arg(long)]
+        trunk: Option<String>,
+        /// How long to wait for the target to answer, in seconds.
+        #[arg(long, default_value_t = 190)]
+        wait: u64,
+    },
+}
+
+/// A side of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Side {
+    Caller,
+    Callee,
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,6 +383,37 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     calls::print(
                         &serde_json::json!({ "call": calls::call_json(&call) }),
                         || format!("{}  hangup sent\n", call.id),
+                        cli.output,
+                    )
+                    .map_err(server_error)
+                }
+                CallsAction::Transfer {
+                    id,
+                    number,
+                    party,
+                    trunk,
+                    wait,
+                } => {
+                    let transfer = TransferCallRequest {
+                        id,
+                        party: match party {
+                            Side::Caller => Party::Caller,
+                            Side::Callee => Party::Callee,
+                        } as i32,
+                        number,
+                        trunk: trunk.unwrap_or_default(),
+                    };
+                    let mut req = streaming_request(transfer, token).map_err(server_error)?;
+                    req.set_timeout(Duration::from_secs(wait.max(1)));
+                    let done = client
+                        .transfer_call(req)
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    let call = done.call.unwrap_or_default();
+                    calls::print(
+                        &serde_json::json!({ "call": calls::call_json(&call) }),
+                        || calls::transferred_line(&call, party == Side::Caller),
                         cli.output,
                     )
                     .map_err(server_error)

@@ -16,6 +16,7 @@ use trunkline_sip::{Dialog, HeaderName, Message, Peer, Request, Uri};
 mod ack_cancel;
 mod invite;
 mod leftovers;
+mod originate;
 mod outbox;
 mod requests;
 mod responses;
@@ -24,6 +25,7 @@ mod transactions;
 mod transfer;
 
 pub use leftovers::{Leftovers, Replay};
+pub use originate::Party;
 use outbox::{Held, Outgoing};
 pub use transfer::{TransferError, TransferTarget};
 
@@ -131,6 +133,10 @@ enum ClientRole {
     Relay {
         server: u64,
     },
+    /// Our INVITE to the first party of a call the node places.
+    OriginateA,
+    /// Our INVITE, with the first party's offer, to the second party.
+    OriginateB,
     /// Our INVITE to a transfer target.
     TransferInvite,
     /// The re-INVITE carrying a transfer target's offer to the remaining leg.
@@ -203,6 +209,9 @@ pub struct Call {
     reason: Option<Bytes>,
     /// A blind transfer of one leg, while it runs.
     transfer: Option<transfer::Transfer>,
+    /// A call the node places itself (third-party call control), until both parties
+    /// are up.
+    originate: Option<originate::Originate>,
 }
 
 /// Why the media relay could not rewrite a body; `status` is what the sender of the
@@ -231,29 +240,7 @@ impl Call {
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .unwrap_or_default();
         let tx = ServerTransaction::new(now, &invite, source.transport.is_reliable(), cfg.timers);
-        let mut call = Call {
-            cfg,
-            ids,
-            state: CallState::Routing,
-            a: LegState::new(source, local, call_id, tag),
-            b: None,
-            servers: Vec::with_capacity(2),
-            clients: Vec::with_capacity(2),
-            next_id: 1,
-            transmits: VecDeque::with_capacity(4),
-            events: VecDeque::with_capacity(2),
-            no_answer_at: None,
-            max_duration_at: None,
-            ended: false,
-            offer_in_progress: false,
-            pending_ack: None,
-            anchor: false,
-            fix_nated_contact: false,
-            initial_offerer: None,
-            outbox: VecDeque::new(),
-            reason: None,
-            transfer: None,
-        };
+        let mut call = Call::blank(cfg, ids, LegState::new(source, local, call_id, tag));
         let request_uri = invite.uri.clone();
         let caller = invite
             .headers
@@ -289,28 +276,39 @@ impl Call {
 
     /// Restores a settled call from a snapshot taken on another node.
     pub fn restore(cfg: Arc<CallConfig>, snap: CallSnapshot) -> Call {
+        let mut call = Call::blank(cfg, snap.ids, snap.a.into_leg());
+        call.state = CallState::Established;
+        call.b = Some(snap.b.into_leg());
+        call.anchor = snap.anchor;
+        call.initial_offerer = Some(Leg::A);
+        call
+    }
+
+    /// A call with leg A only, nothing sent and nothing pending.
+    fn blank(cfg: Arc<CallConfig>, ids: Ids, a: LegState) -> Call {
         Call {
             cfg,
-            ids: snap.ids,
-            state: CallState::Established,
-            a: snap.a.into_leg(),
-            b: Some(snap.b.into_leg()),
-            servers: Vec::new(),
-            clients: Vec::new(),
+            ids,
+            state: CallState::Routing,
+            a,
+            b: None,
+            servers: Vec::with_capacity(2),
+            clients: Vec::with_capacity(2),
             next_id: 1,
-            transmits: VecDeque::new(),
-            events: VecDeque::new(),
+            transmits: VecDeque::with_capacity(4),
+            events: VecDeque::with_capacity(2),
             no_answer_at: None,
             max_duration_at: None,
             ended: false,
             offer_in_progress: false,
             pending_ack: None,
-            anchor: snap.anchor,
+            anchor: false,
             fix_nated_contact: false,
-            initial_offerer: Some(Leg::A),
+            initial_offerer: None,
             outbox: VecDeque::new(),
             reason: None,
             transfer: None,
+            originate: None,
         }
     }
 
@@ -435,7 +433,9 @@ impl Call {
         }
         if self.no_answer_at.is_some_and(|t| t <= now) {
             self.no_answer_at = None;
-            if matches!(self.state, CallState::Calling | CallState::Early) {
+            if self.originating() {
+                self.originate_abort(now, 408, EndCause::NoAnswer);
+            } else if matches!(self.state, CallState::Calling | CallState::Early) {
                 self.abandon_b(now);
                 self.final_to_a(now, 408, EndCause::NoAnswer);
             }
@@ -468,6 +468,9 @@ impl Call {
                 self.bye_leg(now, Leg::B);
                 self.state = CallState::Ending;
                 self.finish_keep_state(200, cause);
+            }
+            CallState::Routing | CallState::Calling | CallState::Early if self.originating() => {
+                self.originate_abort(now, 480, cause);
             }
             CallState::Routing | CallState::Calling | CallState::Early => {
                 self.abandon_b(now);

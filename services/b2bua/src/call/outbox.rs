@@ -232,6 +232,10 @@ impl Call {
                 role: ClientRole::TransferReinvite,
                 ..
             } => self.transfer_reinvite_failed(now, f.status),
+            Outgoing::Request {
+                role: ClientRole::OriginateB,
+                ..
+            } => self.originate_failed(now, Leg::B, f.status, EndCause::MediaUnavailable),
             Outgoing::Request { .. } => self.send_outgoing(now, out),
             Outgoing::Response { sid, mut resp } if resp.status < 200 => {
                 resp.body = Bytes::new();
@@ -263,7 +267,7 @@ impl Call {
     pub(super) fn send_outgoing(&mut self, now: Instant, out: Outgoing) {
         match out {
             Outgoing::Request {
-                role: ClientRole::Invite,
+                role: ClientRole::Invite | ClientRole::OriginateB,
                 ..
             } if self.ended => {
                 // The caller gave up while the relay was rewriting the offer.

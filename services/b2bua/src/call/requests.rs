@@ -105,6 +105,12 @@ impl Call {
         let tx = ServerTransaction::new(now, &bye, source.transport.is_reliable(), self.cfg.timers);
         let sid = self.add_server(leg, source, tx, ServerRole::Bye, bye);
         self.respond_status(now, sid, 200);
+        if leg == Leg::A && self.originating() {
+            // The first party of a call the node places hung up while the second rings.
+            self.flush_server(sid);
+            self.originate_a_left(now);
+            return;
+        }
         if leg == Leg::A && self.initial_invite_server().is_some() {
             // BYE on the caller's early dialog, its INVITE still unanswered — even if the
             // callee's 2xx is in and waiting at the relay: 200 for the BYE, 487 for the

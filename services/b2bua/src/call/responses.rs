@@ -34,6 +34,8 @@ impl Call {
             ClientRole::Relay { server } => {
                 self.on_relay_response(now, leg, id, server, resp, source)
             }
+            ClientRole::OriginateA => self.on_originate_a_response(now, id, resp),
+            ClientRole::OriginateB => self.on_originate_b_response(now, id, resp),
             ClientRole::TransferInvite => self.on_transfer_invite_response(now, id, resp),
             ClientRole::TransferReinvite => {
                 self.on_transfer_reinvite_response(now, leg, id, resp, source)

@@ -14,6 +14,7 @@ use crate::event::{Event, Leg, MediaOp};
 use crate::relay::copy_session_headers;
 use bytes::Bytes;
 use std::time::Instant;
+use trunkline_sip::transaction::ClientState;
 use trunkline_sip::{
     Dialog, HeaderName, Host, Method, NameAddr, Peer, Request, Response, SipUri, Uri,
 };
@@ -105,32 +106,16 @@ impl Call {
         let tag = self.ids.tag();
         let branch = self.ids.branch();
         let local = target.local;
-        let mut req = Request::new(Method::Invite, target.request_uri.clone());
-        let h = &mut req.headers;
-        h.add(HeaderName::Via, local.via(branch).to_string());
-        h.add(HeaderName::MaxForwards, self.cfg.max_forwards.to_string());
-        let mut from = NameAddr::new(Uri::Sip(SipUri::new(
-            party.uri.user().map(str::to_string),
-            local.host.clone(),
-            None,
-        )));
-        from.display = party.display;
-        from.set_param("tag", Some(tag.clone()));
-        h.add(HeaderName::From, from.to_string());
-        let to_host = match &target.request_uri {
-            Uri::Sip(u) => u.host.clone(),
-            Uri::Other { .. } => Host::from(target.peer.addr.ip()),
-        };
-        let to = NameAddr::new(Uri::Sip(SipUri::new(
-            target.request_uri.user().map(str::to_string),
-            to_host,
-            None,
-        )));
-        h.add(HeaderName::To, to.to_string());
-        h.add(HeaderName::CallId, call_id.clone());
-        h.add(HeaderName::CSeq, "1 INVITE");
-        h.add(HeaderName::Contact, local.contact().to_string());
-        h.add(HeaderName::Allow, self.cfg.allow);
+        let req = fresh_invite(
+            &self.cfg,
+            &local,
+            &target.request_uri,
+            target.peer,
+            (party.uri.user().map(str::to_string), party.display),
+            &call_id,
+            &tag,
+            branch,
+        );
         let cid = self.send_request(now, leg, target.peer, req, ClientRole::TransferInvite);
         self.transfer = Some(Transfer {
             leg,
@@ -386,12 +371,17 @@ impl Call {
         };
         match t.phase {
             Phase::Calling { cid } => {
-                self.cancel_client(now, cid);
-                // Kept until the INVITE ends, to release a 2xx that crosses the CANCEL.
-                self.transfer = Some(Transfer {
-                    phase: Phase::Abandoned { cid },
-                    ..t
+                let pending = self.client(cid).is_some_and(|e| {
+                    matches!(e.tx.state(), ClientState::Calling | ClientState::Proceeding)
                 });
+                if pending {
+                    self.cancel_client(now, cid);
+                    // Kept until the INVITE ends, to release a 2xx that crosses the CANCEL.
+                    self.transfer = Some(Transfer {
+                        phase: Phase::Abandoned { cid },
+                        ..t
+                    });
+                }
             }
             Phase::Answered { seq } => {
                 if let Some(d) = t.new.dialog.clone() {
@@ -501,4 +491,44 @@ pub(super) fn leg_peer(l: &LegState) -> Peer {
         },
         None => l.peer,
     }
+}
+
+/// The INVITE of a dialog the node opens itself (a transfer target, the parties of a call
+/// it places): our Via, From `who` (user part and display name) at our host with `tag`,
+/// To the Request-URI's user at its host, `call_id`, CSeq 1, our Contact and Allow, and
+/// no body (the far side makes the offer, or gets one set by the caller).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fresh_invite(
+    cfg: &crate::config::CallConfig,
+    local: &Local,
+    request_uri: &Uri,
+    peer: Peer,
+    who: (Option<String>, Option<String>),
+    call_id: &str,
+    tag: &str,
+    branch: String,
+) -> Request {
+    let mut req = Request::new(Method::Invite, request_uri.clone());
+    let h = &mut req.headers;
+    h.add(HeaderName::Via, local.via(branch).to_string());
+    h.add(HeaderName::MaxForwards, cfg.max_forwards.to_string());
+    let mut from = NameAddr::new(Uri::Sip(SipUri::new(who.0, local.host.clone(), None)));
+    from.display = who.1;
+    from.set_param("tag", Some(tag.to_string()));
+    h.add(HeaderName::From, from.to_string());
+    let to_host = match request_uri {
+        Uri::Sip(u) => u.host.clone(),
+        Uri::Other { .. } => Host::from(peer.addr.ip()),
+    };
+    let to = NameAddr::new(Uri::Sip(SipUri::new(
+        request_uri.user().map(str::to_string),
+        to_host,
+        None,
+    )));
+    h.add(HeaderName::To, to.to_string());
+    h.add(HeaderName::CallId, call_id.to_string());
+    h.add(HeaderName::CSeq, "1 INVITE");
+    h.add(HeaderName::Contact, local.contact().to_string());
+    h.add(HeaderName::Allow, cfg.allow);
+    req
 }

@@ -19,12 +19,13 @@ use tonic::{Request, Response, Status};
 use trunkline_b2bua::{EndCause, Leg as CallLeg};
 use trunkline_call::{
     CallEvent as DirEvent, CallEventKind, CallPhase, CallRecord, Dispatcher, EndedBy, HangupError,
+    TransferFailure,
 };
 use trunkline_proto::admin::v1::call_service_server::CallService;
 use trunkline_proto::admin::v1::{
     Call, CallEnd, CallEvent, CallEventType, CallState, GetCallRequest, HangupCallRequest,
     HangupCallResponse, Leg, ListCallsRequest, ListCallsResponse, MediaStream, Party,
-    WatchCallsRequest,
+    TransferCallRequest, TransferCallResponse, WatchCallsRequest,
 };
 
 use super::auth::{require, Role};
@@ -173,12 +174,21 @@ fn transport_name(t: trunkline_sip::Transport) -> String {
 
 /// A call as the API shows it; `media`: the relay's counters, for `GetCall`.
 pub fn call_view(r: &CallRecord, media: Option<&trunkline_media::CallStats>) -> Call {
-    let mut caller = Leg {
-        sip_call_id: r.a_call_id().to_string(),
-        peer: r.a_peer.to_string(),
-        transport: transport_name(r.a_transport),
-        trunk: r.from_trunk.as_deref().unwrap_or_default().to_string(),
-        media: Vec::new(),
+    let mut caller = match r.caller_moved() {
+        Some(a) => Leg {
+            sip_call_id: a.call_id.clone(),
+            peer: a.peer.to_string(),
+            transport: transport_name(a.transport),
+            trunk: a.trunk.to_string(),
+            media: Vec::new(),
+        },
+        None => Leg {
+            sip_call_id: r.a_call_id().to_string(),
+            peer: r.a_peer.to_string(),
+            transport: transport_name(r.a_transport),
+            trunk: r.from_trunk.as_deref().unwrap_or_default().to_string(),
+            media: Vec::new(),
+        },
     };
     let mut callee = r.callee_leg().map(|b| Leg {
         sip_call_id: b.call_id.clone(),
@@ -265,9 +275,7 @@ impl Filter {
     fn matches(&self, r: &CallRecord) -> bool {
         if !self.trunk.is_empty() {
             let from = r.from_trunk.as_deref() == Some(self.trunk.as_str());
-            let to = r
-                .callee_leg()
-                .is_some_and(|b| &*b.trunk == self.trunk.as_str());
+            let to = r.callee_trunk_is(&self.trunk);
             if !from && !to {
                 return false;
             }
@@ -332,6 +340,7 @@ fn event_view(ev: &DirEvent) -> CallEvent {
         CallEventKind::Ended { status, by, .. } => {
             (CallEventType::Ended, *status, party_of_end(*by))
         }
+        CallEventKind::Transferred { leg } => (CallEventType::Transferred, 0, party_of_leg(*leg)),
     };
     // The whole call rides only on its first and last events; the others say what
     // changed, which keeps a busy node's event stream cheap to build and to send.
@@ -671,6 +680,77 @@ impl CallService for Calls {
             ))),
             Err(HangupError::NotFound) => Err(Status::not_found(format!("id: no call {}", q.id))),
         }
+    }
+
+    async fn transfer_call(
+        &self,
+        req: Request<TransferCallRequest>,
+    ) -> Result<Response<TransferCallResponse>, Status> {
+        let who = require(&req, Role::Operator, "TransferCall")?;
+        let from = peer(&req);
+        let q = req.into_inner();
+        let leg = match Party::try_from(q.party) {
+            Ok(Party::Unspecified | Party::Callee) => CallLeg::B,
+            Ok(Party::Caller) => CallLeg::A,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "party: PARTY_CALLER or PARTY_CALLEE (the default)",
+                ))
+            }
+        };
+        if q.number.is_empty() {
+            return Err(Status::invalid_argument("number: required"));
+        }
+        number_filter("number", &q.number)?;
+        let trunk = (!q.trunk.is_empty()).then(|| q.trunk.clone());
+        if trunk
+            .as_deref()
+            .is_some_and(|t| !super::trunks::trunk_name_ok(t))
+        {
+            return Err(Status::invalid_argument(format!(
+                "trunk: {:?} is not a trunk name",
+                q.trunk
+            )));
+        }
+        let record = self.record("id", &q.id)?;
+        tracing::warn!(caller = %who.name, peer = %from, action = "transfer", call = %record.id(),
+            party = ?leg, number = %q.number, trunk = %q.trunk, "admin: transfer requested");
+        let outcome = self
+            .dispatcher
+            .transfer(record.serial, leg, q.number.clone(), trunk)
+            .await;
+        match outcome {
+            Ok(()) => Ok(Response::new(TransferCallResponse {
+                call: Some(call_view(&record, None)),
+            })),
+            Err(e) => Err(transfer_status(&record, &e)),
+        }
+    }
+}
+
+/// The gRPC status of a transfer that did not happen.
+fn transfer_status(record: &CallRecord, e: &TransferFailure) -> Status {
+    let id = record.id();
+    match e {
+        TransferFailure::NotFound => Status::not_found(format!("id: no call {id}")),
+        TransferFailure::Ended => {
+            Status::failed_precondition(format!("id: call {id} has already ended"))
+        }
+        TransferFailure::NotEstablished => {
+            Status::failed_precondition(format!("id: call {id} is not answered yet"))
+        }
+        TransferFailure::Busy => Status::aborted(format!("id: call {id}: {e}")),
+        TransferFailure::UnknownTrunk(_) => Status::invalid_argument(format!("trunk: {e}")),
+        TransferFailure::NoRoute(_) => Status::failed_precondition(format!("number: {e}")),
+        TransferFailure::NoTransport => Status::failed_precondition(format!("trunk: {e}")),
+        TransferFailure::Failed(status) => Status::aborted(format!(
+            "transfer of call {id} failed with SIP status {status}{}",
+            if record.ended_ms().is_some() {
+                "; the call has ended"
+            } else {
+                "; the call goes on with its old parties"
+            }
+        )),
     }
 }
 
