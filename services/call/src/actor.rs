@@ -7,7 +7,7 @@
 
 use crate::directory::{CallRecord, CalleeLeg, NewCall};
 use crate::media::{LegAddressing, LegInterfaces, MediaMsg};
-use crate::messages::{CallArgs, CallMsg};
+use crate::messages::{CallArgs, CallMsg, CallStart, OriginateArgs};
 use crate::metrics::Direction;
 use crate::registry::{CallHandle, DialogKey, Grave};
 use crate::shared::{send_token, Shared};
@@ -133,105 +133,79 @@ impl CallActor {
 impl Actor for CallActor {
     type Msg = CallMsg;
     type State = CallActorState;
-    type Arguments = (Arc<Shared>, CallArgs);
+    type Arguments = (Arc<Shared>, CallStart);
 
     async fn pre_start(
         &self,
         myself: ActorRef<CallMsg>,
-        (shared, args): (Arc<Shared>, CallArgs),
+        (shared, start): (Arc<Shared>, CallStart),
     ) -> Result<CallActorState, ActorProcessingErr> {
-        let a_call_id = args.invite_key.call_id.clone();
-        let span = tracing::debug_span!(
-            "call",
-            a_call_id = %String::from_utf8_lossy(&a_call_id),
-            b_call_id = tracing::field::Empty
-        );
-        let caller = args
-            .invite
-            .headers
-            .from_addr()
-            .and_then(|f| f.uri.user().map(str::to_string))
-            .unwrap_or_default();
-        let callee = args.invite.uri.user().unwrap_or_default().to_string();
-        let call = {
-            let _e = span.enter();
-            tracing::debug!(peer = %args.source, uri = %args.invite.uri, origin = ?args.origin, "new call");
-            Call::new(
-                now(),
-                shared.cfg.call.clone(),
-                args.seed,
-                args.invite,
-                args.source,
-                args.local,
-            )
+        let opening = match start {
+            CallStart::Invite(args) => open_answering(&shared, args),
+            CallStart::Originate(args) => open_placing(&shared, args),
         };
+        let Opening {
+            call,
+            span,
+            new_call,
+            invite_key,
+            origin,
+            serial,
+            queued,
+            routing,
+            caller_source,
+            callee_source,
+            callee_trunk,
+            addressing,
+            media_interfaces,
+            a_connection,
+            placed,
+        } = opening;
+        let media_key = new_call.media_key.clone();
         // Registered before the call's first message leaves, so the caller's requests in
         // the dialog find it.
-        let a_key = DialogKey::new(&a_call_id, call.a_tag().as_bytes());
+        let a_key = DialogKey::new(call.a_call_id().as_bytes(), call.a_tag().as_bytes());
         let handle = CallHandle {
             actor: myself.clone(),
-            queued: args.queued.clone(),
-            serial: args.serial,
+            queued: queued.clone(),
+            serial,
         };
+        if placed {
+            // No caller's INVITE registered this call: the API finds it by serial.
+            shared.registry.register_serial(handle.clone());
+        }
         shared
             .registry
             .register_dialog(a_key.clone(), handle, Leg::A);
         shared.metrics.call_started();
-        let media_key: Arc<str> = Arc::from(String::from_utf8_lossy(&a_call_id).as_ref());
-        let record = shared.directory.open(NewCall {
-            serial: args.serial,
-            caller,
-            callee,
-            a_peer: args.source.addr,
-            a_transport: args.source.transport,
-            from_trunk: match args.origin {
-                Origin::Trunk(i) => args.routing.router.trunks().get(i).map(|t| t.name.clone()),
-                _ => None,
-            },
-            media_key: media_key.clone(),
-        });
-        let media_interfaces = LegInterfaces {
-            a: shared.cfg.access_interface.clone(),
-            b: None,
-        };
+        let record = shared.directory.open(new_call);
         let mut state = CallActorState {
             call,
             span,
-            serial: args.serial,
-            origin: args.origin,
-            queued: args.queued,
-            invite_key: args.invite_key,
+            serial,
+            origin,
+            queued,
+            invite_key,
             a_key,
             b_key: None,
             timer: None,
             generation: 0,
             counted_end: false,
-            caller_source: args.source.addr,
-            callee_source: None,
-            addressing: LegAddressing {
-                a: match args.origin {
-                    Origin::Trunk(i) => args
-                        .routing
-                        .router
-                        .trunks()
-                        .get(i)
-                        .map_or(LegAddressing::default().a, |t| t.media_address),
-                    _ => LegAddressing::default().a,
-                },
-                ..LegAddressing::default()
-            },
+            caller_source,
+            callee_source,
+            addressing,
             media_interfaces,
             media_used: false,
             pins: [None, None],
             media_key,
             record,
-            callee_trunk: None,
+            callee_trunk,
             transfer: None,
             extra_keys: Vec::new(),
-            routing: args.routing,
+            routing,
             shared,
         };
-        if let Some(c) = args.source.connection {
+        if let Some(c) = a_connection {
             state.pin(Leg::A, c);
         }
         pump(&myself, &mut state);
@@ -518,6 +492,155 @@ fn schedule(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
 
 /// Spawns a call actor without waiting for it to start: messages sent meanwhile queue.
 pub fn spawn(shared: Arc<Shared>, args: CallArgs) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
-    let (actor, _join) = ractor::ActorRuntime::spawn_instant(None, CallActor, (shared, args))?;
+    let (actor, _join) =
+        ractor::ActorRuntime::spawn_instant(None, CallActor, (shared, CallStart::Invite(args)))?;
     Ok(actor)
+}
+
+/// Spawns the actor of a call the node places itself and waits until it has started
+/// (its record is in the directory and its first INVITE is on its way).
+pub async fn spawn_originated(
+    shared: Arc<Shared>,
+    args: OriginateArgs,
+) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
+    let (actor, _join) =
+        Actor::spawn(None, CallActor, (shared, CallStart::Originate(args))).await?;
+    Ok(actor)
+}
+
+/// What differs between a call a caller made and one the node places, as the actor
+/// starts.
+struct Opening {
+    call: Call,
+    span: tracing::Span,
+    new_call: NewCall,
+    invite_key: DialogKey,
+    origin: Origin,
+    serial: u64,
+    queued: Arc<AtomicUsize>,
+    routing: Arc<crate::router::Routing>,
+    caller_source: std::net::SocketAddr,
+    callee_source: Option<std::net::SocketAddr>,
+    callee_trunk: Option<(Arc<str>, trunkline_sip::Transport)>,
+    addressing: LegAddressing,
+    media_interfaces: LegInterfaces,
+    a_connection: Option<u64>,
+    /// The node places this call itself.
+    placed: bool,
+}
+
+/// A caller's INVITE: the call answers it and asks for a route.
+fn open_answering(shared: &Arc<Shared>, args: CallArgs) -> Opening {
+    let a_call_id = args.invite_key.call_id.clone();
+    let span = tracing::debug_span!(
+        "call",
+        a_call_id = %String::from_utf8_lossy(&a_call_id),
+        b_call_id = tracing::field::Empty
+    );
+    let caller = args
+        .invite
+        .headers
+        .from_addr()
+        .and_then(|f| f.uri.user().map(str::to_string))
+        .unwrap_or_default();
+    let callee = args.invite.uri.user().unwrap_or_default().to_string();
+    let call = {
+        let _e = span.enter();
+        tracing::debug!(peer = %args.source, uri = %args.invite.uri, origin = ?args.origin, "new call");
+        Call::new(
+            now(),
+            shared.cfg.call.clone(),
+            args.seed,
+            args.invite,
+            args.source,
+            args.local,
+        )
+    };
+    let media_key: Arc<str> = Arc::from(String::from_utf8_lossy(&a_call_id).as_ref());
+    let origin_trunk = match args.origin {
+        Origin::Trunk(i) => args.routing.router.trunks().get(i),
+        _ => None,
+    };
+    Opening {
+        call,
+        span,
+        new_call: NewCall {
+            serial: args.serial,
+            caller,
+            callee,
+            a_peer: args.source.addr,
+            a_transport: args.source.transport,
+            from_trunk: origin_trunk.map(|t| t.name.clone()),
+            media_key,
+        },
+        invite_key: args.invite_key,
+        origin: args.origin,
+        serial: args.serial,
+        queued: args.queued,
+        caller_source: args.source.addr,
+        callee_source: None,
+        callee_trunk: None,
+        addressing: LegAddressing {
+            a: origin_trunk.map_or(LegAddressing::default().a, |t| t.media_address),
+            ..LegAddressing::default()
+        },
+        media_interfaces: LegInterfaces {
+            a: shared.cfg.access_interface.clone(),
+            b: None,
+        },
+        a_connection: args.source.connection,
+        placed: false,
+        routing: args.routing,
+    }
+}
+
+/// A call the node places: both parties' trunks are known from the start.
+fn open_placing(shared: &Arc<Shared>, args: OriginateArgs) -> Opening {
+    let call = Call::originate(
+        now(),
+        shared.cfg.call.clone(),
+        args.seed,
+        args.a,
+        args.b,
+        args.anchor_media,
+    );
+    let a_call_id = call.a_call_id().to_string();
+    let span = tracing::debug_span!(
+        "call",
+        a_call_id = %a_call_id,
+        b_call_id = tracing::field::Empty
+    );
+    tracing::info!(parent: &span, a = %args.a_number, b = %args.b_number, "placing a call");
+    let invite_key = DialogKey::new(a_call_id.as_bytes(), call.a_tag().as_bytes());
+    Opening {
+        call,
+        span,
+        new_call: NewCall {
+            serial: args.serial,
+            caller: args.a_number,
+            callee: args.b_number,
+            a_peer: args.a_trunk.addr,
+            a_transport: args.a_trunk.transport,
+            from_trunk: Some(args.a_trunk.name.clone()),
+            media_key: Arc::from(a_call_id.as_str()),
+        },
+        invite_key,
+        origin: Origin::Access,
+        serial: args.serial,
+        queued: args.queued,
+        caller_source: args.a_trunk.addr,
+        callee_source: Some(args.b_trunk.addr),
+        callee_trunk: Some((args.b_trunk.name.clone(), args.b_trunk.transport)),
+        addressing: LegAddressing {
+            a: args.a_trunk.media_address,
+            b: args.b_trunk.media_address,
+        },
+        media_interfaces: LegInterfaces {
+            a: args.a_trunk.media_interface.clone(),
+            b: args.b_trunk.media_interface.clone(),
+        },
+        a_connection: None,
+        placed: true,
+        routing: args.routing,
+    }
 }

@@ -53,6 +53,25 @@ enum Action {
     },
 }
 
+/// Why a call the node was asked to place did not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginateFailure {
+    #[error("the node is draining: it places no new calls")]
+    Draining,
+    #[error("the node is at its call limit")]
+    Overloaded,
+    /// `field` names the party ("a" or "b").
+    #[error("{field}: {error}")]
+    Target {
+        field: &'static str,
+        error: crate::router::TargetError,
+    },
+    #[error("{field}: no listener for the trunk's transport")]
+    NoTransport { field: &'static str },
+    #[error("the call could not be started")]
+    Internal,
+}
+
 /// Why an operator's hang-up was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HangupError {
@@ -159,6 +178,69 @@ impl Dispatcher {
             .map_err(|_| TransferFailure::Ended)?;
         // A call that stops without answering has ended.
         outcome.await.unwrap_or(Err(TransferFailure::Ended))
+    }
+
+    /// Places a call between `a` and `b` (each a number, and the trunk to reach it
+    /// through, or `None` for the routing table's choice): A is called at once, B once A
+    /// has answered. Returns the new call's record; its progress shows in the directory.
+    pub async fn originate(
+        &self,
+        a: (String, Option<String>),
+        b: (String, Option<String>),
+    ) -> Result<Arc<CallRecord>, OriginateFailure> {
+        let shared = &self.shared;
+        if shared.draining.load(Ordering::Relaxed) {
+            return Err(OriginateFailure::Draining);
+        }
+        let routing = shared.routing.load_full();
+        let side = |field: &'static str, (number, trunk): &(String, Option<String>)| {
+            let t = routing
+                .router
+                .target(number, trunk.as_deref())
+                .map_err(|e| OriginateFailure::Target { field, error: e })?
+                .clone();
+            let local = shared
+                .local_for(t.transport, t.local)
+                .ok_or(OriginateFailure::NoTransport { field })?;
+            let party = trunkline_b2bua::Party {
+                peer: t.peer(),
+                local,
+                request_uri: t.request_uri(Some(number)),
+            };
+            Ok::<_, OriginateFailure>((t, party))
+        };
+        let (a_trunk, a_party) = side("a", &a)?;
+        let (b_trunk, b_party) = side("b", &b)?;
+        if !shared.admit() {
+            shared.metrics.rejected("overload");
+            return Err(OriginateFailure::Overloaded);
+        }
+        let serial = shared.next_serial();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let args = crate::messages::OriginateArgs {
+            a: a_party,
+            b: b_party,
+            a_number: a.0,
+            b_number: b.0,
+            anchor_media: b_trunk.anchor_media && shared.media.is_some(),
+            a_trunk,
+            b_trunk,
+            seed: shared.next_seed(),
+            serial,
+            queued: queued.clone(),
+            routing,
+        };
+        match actor::spawn_originated(shared.clone(), args).await {
+            Ok(_) => shared
+                .directory
+                .find(serial)
+                .ok_or(OriginateFailure::Internal),
+            Err(e) => {
+                shared.release();
+                tracing::error!(error = %e, "cannot start call actor");
+                Err(OriginateFailure::Internal)
+            }
+        }
     }
 
     /// The relay's counters of a call's media, when it is anchored and still has ports.

@@ -17,9 +17,9 @@ pub mod stateless;
 pub mod trust;
 
 pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallRecord, EndedBy};
-pub use dispatcher::{Dispatcher, HangupError};
+pub use dispatcher::{Dispatcher, HangupError, OriginateFailure};
 pub use messages::TransferFailure;
 pub use outbound::{Listener, Outbound};
-pub use router::{Route, Router, Routing, Trunk};
+pub use router::{Route, Router, Routing, TargetError, Trunk};
 pub use shared::DispatcherConfig;
 pub use trust::{Origin, Source, Trust};

@@ -70,6 +70,30 @@ pub enum TransferFailure {
     Failed(u16),
 }
 
+/// Start-up arguments of a call the node places itself (admin API `OriginateCall`): the
+/// two parties, already routed to their trunks.
+pub struct OriginateArgs {
+    pub a: trunkline_b2bua::Party,
+    pub b: trunkline_b2bua::Party,
+    pub a_number: String,
+    pub b_number: String,
+    pub a_trunk: crate::router::Trunk,
+    pub b_trunk: crate::router::Trunk,
+    pub anchor_media: bool,
+    pub seed: u64,
+    pub serial: u64,
+    pub queued: Arc<AtomicUsize>,
+    pub routing: Arc<crate::router::Routing>,
+}
+
+/// How a call actor starts: from a caller's INVITE, or placing a call itself.
+// One per call, moved straight into the actor.
+#[allow(clippy::large_enum_variant)]
+pub enum CallStart {
+    Invite(CallArgs),
+    Originate(OriginateArgs),
+}
+
 /// Start-up arguments: the INVITE that creates the call.
 pub struct CallArgs {
     pub invite: Request,

@@ -251,6 +251,12 @@ impl CallRegistry {
             .remove_if(key, |_, e| e.handle.serial == serial);
     }
 
+    /// Registers a call by serial alone: one the node places itself, which no INVITE of a
+    /// caller names.
+    pub fn register_serial(&self, handle: CallHandle) {
+        self.serials.insert(handle.serial, handle);
+    }
+
     /// The call a send-error token names.
     pub fn by_serial(&self, serial: u64) -> Option<CallHandle> {
         self.serials.get(&serial).map(|e| e.value().clone())

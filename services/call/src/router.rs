@@ -10,6 +10,15 @@ use std::sync::Arc;
 use trunkline_media::AddressPolicy;
 use trunkline_sip::{Host, Peer, SipUri, Transport, Uri};
 
+/// Why a number the node calls on an operator's behalf has no trunk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("no trunk named {0:?}")]
+    UnknownTrunk(String),
+    #[error("no route for {0:?}")]
+    NoRoute(String),
+}
+
 /// A carrier interconnect the node sends calls to, and takes calls from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trunk {
@@ -142,8 +151,26 @@ impl Router {
     /// carrier could use the node to reach its own network at someone's expense).
     /// `None`: no route (the caller gets 404).
     pub fn decide(&self, request_uri: &Uri, origin: Origin) -> Option<&Trunk> {
-        let from = origin.trunk();
-        let dialled = request_uri.user().unwrap_or_default();
+        self.route_number(request_uri.user().unwrap_or_default(), origin.trunk())
+    }
+
+    /// The trunk a call the node makes itself goes through (a transfer target, a party of
+    /// a call it places): `trunk` by name, else the route of `number`. No trunk is
+    /// excluded: the node is the caller.
+    pub fn target(&self, number: &str, trunk: Option<&str>) -> Result<&Trunk, TargetError> {
+        match trunk {
+            Some(name) => self
+                .trunks
+                .iter()
+                .find(|t| &*t.name == name)
+                .ok_or_else(|| TargetError::UnknownTrunk(name.to_string())),
+            None => self
+                .route_number(number, None)
+                .ok_or_else(|| TargetError::NoRoute(number.to_string())),
+        }
+    }
+
+    fn route_number(&self, dialled: &str, from: Option<usize>) -> Option<&Trunk> {
         let routed = self
             .routes
             .iter()

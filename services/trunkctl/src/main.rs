@@ -20,8 +20,9 @@ use trunkline_proto::admin::v1::node_service_client::NodeServiceClient;
 use trunkline_proto::admin::v1::trunk_service_client::TrunkServiceClient;
 use trunkline_proto::admin::v1::{
     CallState, DeleteTrunkRequest, DrainRequest, GetCallRequest, GetNodeRequest, GetRoutesRequest,
-    GetTrunkRequest, HangupCallRequest, ListCallsRequest, ListTrunksRequest, Party,
-    SetRoutesRequest, TransferCallRequest, UndrainRequest, UpsertTrunkRequest, WatchCallsRequest,
+    GetTrunkRequest, HangupCallRequest, ListCallsRequest, ListTrunksRequest, OriginateCallRequest,
+    Party, SetRoutesRequest, TransferCallRequest, UndrainRequest, UpsertTrunkRequest,
+    WatchCallsRequest,
 };
 
 use crate::output::Format;
@@ -160,6 +161,24 @@ enum CallsAction {
         /// How long to wait for the target to answer, in seconds.
         #[arg(long, default_value_t = 190)]
         wait: u64,
+    },
+    /// Place a call between two parties (third-party call control): the node calls A,
+    /// and once A answers calls B and bridges them, media anchored. Prints the new call.
+    Originate {
+        /// The first party's number (called first).
+        a: String,
+        /// The second party's number (called once A answers).
+        b: String,
+        /// Reach A through this trunk (default: where the routing table sends A's number).
+        #[arg(long)]
+        a_trunk: Option<String>,
+        /// Reach B through this trunk.
+        #[arg(long)]
+        b_trunk: Option<String>,
+        /// Wait up to this many seconds for both parties to answer: exit 0 once they do,
+        /// 1 if the call ends first or is still being set up when the time is up.
+        #[arg(long)]
+        wait: Option<u64>,
     },
 }
 
@@ -383,6 +402,83 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     calls::print(
                         &serde_json::json!({ "call": calls::call_json(&call) }),
                         || format!("{}  hangup sent\n", call.id),
+                        cli.output,
+                    )
+                    .map_err(server_error)
+                }
+                CallsAction::Originate {
+                    a,
+                    b,
+                    a_trunk,
+                    b_trunk,
+                    wait,
+                } => {
+                    let placed = OriginateCallRequest {
+                        a_number: a,
+                        a_trunk: a_trunk.unwrap_or_default(),
+                        b_number: b,
+                        b_trunk: b_trunk.unwrap_or_default(),
+                    };
+                    let mut call = client
+                        .originate_call(request(placed, token).map_err(server_error)?)
+                        .await
+                        .map_err(status_error)?
+                        .into_inner()
+                        .call
+                        .unwrap_or_default();
+                    if let Some(secs) = wait {
+                        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+                        loop {
+                            let state = CallState::try_from(call.state);
+                            if matches!(state, Ok(CallState::Established | CallState::Held)) {
+                                break;
+                            }
+                            if state == Ok(CallState::Ended) {
+                                let end = call.end.clone().unwrap_or_default();
+                                return Err((
+                                    1,
+                                    format!(
+                                        "call {} ended before both parties answered: status {} ({})",
+                                        call.id, end.status, end.cause
+                                    ),
+                                ));
+                            }
+                            if tokio::time::Instant::now() >= deadline {
+                                return Err((
+                                    1,
+                                    format!(
+                                        "call {} is still being set up after {secs} s",
+                                        call.id
+                                    ),
+                                ));
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            call = client
+                                .get_call(
+                                    request(
+                                        GetCallRequest {
+                                            id: call.id.clone(),
+                                        },
+                                        token,
+                                    )
+                                    .map_err(server_error)?,
+                                )
+                                .await
+                                .map_err(status_error)?
+                                .into_inner();
+                        }
+                    }
+                    calls::print(
+                        &serde_json::json!({ "call": calls::call_json(&call) }),
+                        || {
+                            format!(
+                                "{}  {}  {} -> {}\n",
+                                call.id,
+                                calls::state_name(call.state),
+                                call.caller_number,
+                                call.callee_number
+                            )
+                        },
                         cli.output,
                     )
                     .map_err(server_error)

@@ -177,3 +177,99 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
     node.assert_healthy()?;
     Ok(())
 }
+
+#[test]
+fn originate_bridges_two_sipp_parties_with_media_anchored() -> Result<()> {
+    let out = out_dir("admin_originate")?;
+    make_pcap(&out, 3)?;
+    let a_mp = free_udp_block(UAS_IP, 4)?;
+    let first = echo_callee("uas_originate_first.xml", a_mp)
+        .name("first")
+        .timeout_secs(60)
+        .resolve_port()?;
+    let mut first_run = first.clone().spawn(&out)?;
+    let b_mp = free_udp_block(UAS_IP, 4)?;
+    let second = Sipp::uas("uas_originate_second.xml")
+        .name("second")
+        .calls(1)
+        .trace_msg()
+        .args_media(b_mp)
+        .timeout_secs(60)
+        .resolve_port()?;
+    let mut second_run = second.clone().spawn(&out)?;
+
+    let mut cfg = NodeConfig::new(first.addr()?, Transport::Udp)?;
+    cfg.id = format!("orig{}", std::process::id() % 1_000_000);
+    let toml = format!(
+        "{}\n[[trunks]]\nname = \"second\"\naddress = \"{}\"\ntransport = \"udp\"\n\n\
+         [[routes]]\nprefix = \"5\"\ntrunk = \"second\"\n",
+        cfg.to_toml(),
+        second.addr()?,
+    );
+    let mut node = Node::start_toml(&cfg, &toml, &out)?;
+    let admin = cfg.admin_addr().to_string();
+
+    // Refused before anything is sent: a party the routing table cannot reach.
+    let (code, _, err) = ctl(
+        &admin,
+        &["calls", "originate", "1001", "2002", "--b-trunk", "nope"],
+    )?;
+    ensure!(
+        code == 2 && err.contains("b_trunk"),
+        "unknown trunk: {code} {err}"
+    );
+
+    let placed = ctl_json(
+        &admin,
+        &["calls", "originate", "1001", "5002", "--wait", "30"],
+    )?;
+    let call = &placed["call"];
+    let id = call["id"].as_str().unwrap_or_default().to_string();
+    ensure!(
+        call["state"] == "CALL_STATE_ESTABLISHED"
+            && call["callerNumber"] == "1001"
+            && call["calleeNumber"] == "5002"
+            && call["caller"]["trunk"] == "carrier"
+            && call["callee"]["trunk"] == "second"
+            && call["mediaAnchored"] == true,
+        "the placed call: {call}"
+    );
+
+    // The second party plays RTP, the first echoes it: both sides latched and counting.
+    let first_media = SocketAddr::new(IpAddr::V4(UAS_IP), a_mp).to_string();
+    let second_media = SocketAddr::new(IpAddr::V4(UAS_IP), b_mp).to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = Value::Null;
+    let flowed = loop {
+        let v = ctl_json(&admin, &["calls", "get", &id])?;
+        let a = &v["caller"]["media"][0];
+        let b = &v["callee"]["media"][0];
+        let count =
+            |m: &Value| -> u64 { m["rtpPackets"].as_str().unwrap_or("0").parse().unwrap_or(0) };
+        if a["latchedAddress"] == first_media.as_str()
+            && b["latchedAddress"] == second_media.as_str()
+            && count(a) > 0
+            && count(b) > 0
+        {
+            break true;
+        }
+        last = v;
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    ensure!(
+        flowed,
+        "media did not flow both ways through the relay; last GetCall: {last}"
+    );
+
+    let (code, _, err) = ctl(&admin, &["calls", "hangup", &id])?;
+    ensure!(code == 0, "hangup exited {code}: {err}");
+    first_run.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
+    second_run.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
+    let v = ctl_json(&admin, &["calls", "get", &id])?;
+    ensure!(v["state"] == "CALL_STATE_ENDED", "after the hang-up: {v}");
+    node.assert_healthy()?;
+    Ok(())
+}

@@ -7,15 +7,14 @@ use super::{now, CallActorState};
 use crate::directory::CalleeLeg;
 use crate::messages::{CallMsg, TransferFailure};
 use crate::registry::{CallHandle, DialogKey};
-use crate::router::Trunk;
-use crate::trust::Origin;
+use crate::router::{TargetError, Trunk};
 use ractor::ActorRef;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use trunkline_b2bua::{Leg, TransferError, TransferTarget};
 use trunkline_media::AddressPolicy;
-use trunkline_sip::{Transport, Uri};
+use trunkline_sip::Transport;
 
 /// A leg's media parameters: where its signalling comes from, how its SDP addresses
 /// are read, and the relay interface it is anchored on.
@@ -37,30 +36,18 @@ pub(super) struct Pending {
     reply: Option<oneshot::Sender<Result<(), TransferFailure>>>,
 }
 
-/// The trunk a transfer to `number` goes through.
+/// The trunk a transfer to `number` goes through, from the routing table in force now
+/// (an operator may just have added the target's trunk).
 fn pick_trunk(
     state: &CallActorState,
     number: &str,
     trunk: Option<&str>,
 ) -> Result<Trunk, TransferFailure> {
     let routing = state.shared.routing.load();
-    let router = &routing.router;
-    match trunk {
-        Some(name) => router
-            .trunks()
-            .iter()
-            .find(|t| &*t.name == name)
-            .cloned()
-            .ok_or_else(|| TransferFailure::UnknownTrunk(name.to_string())),
-        None => {
-            let uri = Uri::parse(&format!("sip:{number}@transfer.invalid"))
-                .map_err(|_| TransferFailure::NoRoute(number.to_string()))?;
-            // An operator's transfer is the node's own call: no trunk is excluded.
-            router
-                .decide(&uri, Origin::Access)
-                .cloned()
-                .ok_or_else(|| TransferFailure::NoRoute(number.to_string()))
-        }
+    match routing.router.target(number, trunk) {
+        Ok(t) => Ok(t.clone()),
+        Err(TargetError::UnknownTrunk(n)) => Err(TransferFailure::UnknownTrunk(n)),
+        Err(TargetError::NoRoute(n)) => Err(TransferFailure::NoRoute(n)),
     }
 }
 

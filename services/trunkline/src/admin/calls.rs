@@ -19,13 +19,14 @@ use tonic::{Request, Response, Status};
 use trunkline_b2bua::{EndCause, Leg as CallLeg};
 use trunkline_call::{
     CallEvent as DirEvent, CallEventKind, CallPhase, CallRecord, Dispatcher, EndedBy, HangupError,
-    TransferFailure,
+    OriginateFailure, TargetError, TransferFailure,
 };
 use trunkline_proto::admin::v1::call_service_server::CallService;
 use trunkline_proto::admin::v1::{
     Call, CallEnd, CallEvent, CallEventType, CallState, GetCallRequest, HangupCallRequest,
-    HangupCallResponse, Leg, ListCallsRequest, ListCallsResponse, MediaStream, Party,
-    TransferCallRequest, TransferCallResponse, WatchCallsRequest,
+    HangupCallResponse, Leg, ListCallsRequest, ListCallsResponse, MediaStream,
+    OriginateCallRequest, OriginateCallResponse, Party, TransferCallRequest, TransferCallResponse,
+    WatchCallsRequest,
 };
 
 use super::auth::{require, Role};
@@ -725,6 +726,76 @@ impl CallService for Calls {
             })),
             Err(e) => Err(transfer_status(&record, &e)),
         }
+    }
+
+    async fn originate_call(
+        &self,
+        req: Request<OriginateCallRequest>,
+    ) -> Result<Response<OriginateCallResponse>, Status> {
+        let who = require(&req, Role::Operator, "OriginateCall")?;
+        let from = peer(&req);
+        let q = req.into_inner();
+        let a = originate_party("a_number", &q.a_number, "a_trunk", &q.a_trunk)?;
+        let b = originate_party("b_number", &q.b_number, "b_trunk", &q.b_trunk)?;
+        match self.dispatcher.originate(a, b).await {
+            Ok(record) => {
+                tracing::warn!(caller = %who.name, peer = %from, action = "originate", call = %record.id(),
+                    a = %q.a_number, b = %q.b_number, "admin: call placed");
+                Ok(Response::new(OriginateCallResponse {
+                    call: Some(call_view(&record, None)),
+                }))
+            }
+            Err(e) => Err(originate_status(&e)),
+        }
+    }
+}
+
+/// A party of `OriginateCall`: its number and optional trunk, checked.
+fn originate_party(
+    number_field: &str,
+    number: &str,
+    trunk_field: &str,
+    trunk: &str,
+) -> Result<(String, Option<String>), Status> {
+    if number.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{number_field}: required"
+        )));
+    }
+    number_filter(number_field, number)?;
+    if !trunk.is_empty() && !super::trunks::trunk_name_ok(trunk) {
+        return Err(Status::invalid_argument(format!(
+            "{trunk_field}: {trunk:?} is not a trunk name"
+        )));
+    }
+    Ok((
+        number.to_string(),
+        (!trunk.is_empty()).then(|| trunk.to_string()),
+    ))
+}
+
+/// The gRPC status of a call the node could not place.
+fn originate_status(e: &OriginateFailure) -> Status {
+    match e {
+        OriginateFailure::Draining | OriginateFailure::Overloaded => {
+            Status::unavailable(e.to_string())
+        }
+        OriginateFailure::Target {
+            field,
+            error: TargetError::UnknownTrunk(_),
+        } => Status::invalid_argument(format!("{field}_trunk: {}", e_target(e))),
+        OriginateFailure::Target { field, .. } => {
+            Status::failed_precondition(format!("{field}_number: {}", e_target(e)))
+        }
+        OriginateFailure::NoTransport { .. } => Status::failed_precondition(e.to_string()),
+        OriginateFailure::Internal => Status::internal(e.to_string()),
+    }
+}
+
+fn e_target(e: &OriginateFailure) -> String {
+    match e {
+        OriginateFailure::Target { error, .. } => error.to_string(),
+        other => other.to_string(),
     }
 }
 
