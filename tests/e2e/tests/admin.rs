@@ -119,7 +119,15 @@ fn a_generic_client_finds_the_node_service_and_drains_the_node() -> Result<()> {
     let (ok, methods) = grpc_client(admin, &["methods", "trunkline.admin.v1.CallService"])?;
     ensure!(ok, "listing CallService methods failed: {methods}");
     ensure!(
-        methods.lines().collect::<Vec<_>>() == ["ListCalls", "GetCall", "WatchCalls", "HangupCall"],
+        methods.lines().collect::<Vec<_>>()
+            == [
+                "ListCalls",
+                "GetCall",
+                "WatchCalls",
+                "HangupCall",
+                "TransferCall",
+                "OriginateCall"
+            ],
         "CallService methods: {methods}"
     );
     let (ok, listed) = grpc_client(
@@ -382,6 +390,26 @@ fn tokens_gate_the_api_by_role() -> Result<()> {
         code == 1 && err.contains("PermissionDenied"),
         "viewer hangup: {code} {err}"
     );
+    for args in [
+        vec!["calls", "transfer", some_call.as_str(), "3000"],
+        vec!["calls", "originate", "1001", "2002"],
+    ] {
+        let (code, _, err) = ctl(Some(&viewer), &args)?;
+        ensure!(
+            code == 1 && err.contains("PermissionDenied"),
+            "viewer {args:?}: {code} {err}"
+        );
+    }
+    // An operator may; while the node drains it places no calls.
+    let (code, _, err) = ctl(Some(&operator), &["node", "drain"])?;
+    ensure!(code == 0, "operator drain: {code} {err}");
+    let (code, _, err) = ctl(Some(&operator), &["calls", "originate", "1001", "2002"])?;
+    ensure!(
+        code == 1 && err.contains("Unavailable") && err.contains("draining"),
+        "originate while draining: {code} {err}"
+    );
+    let (code, _, err) = ctl(Some(&operator), &["node", "undrain"])?;
+    ensure!(code == 0, "operator undrain: {code} {err}");
     // TRUNKCTL_TOKEN works as --token does.
     let (code, _, err) = trunkctl(
         &["--server", &admin, "calls", "list"],
