@@ -19,7 +19,8 @@ case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or a
 #   sipvicious: svmap scans the node from a stranger's address (tests/e2e/tests/edge.rs);
 #   rtpengine-daemon: rtpengine alone, in user space (the "rtpengine" metapackage would build
 #     its kernel module with DKMS), for tests/e2e/tests/rtp_bleed.rs, which holds it and
-#     trunkline-relay to one assertion.
+#     trunkline-relay to one assertion;
+#   openssl: makes the CA, node and client certificates of the admin API's TLS test.
 DEB_PACKAGES=(
   "sipp sip-tester"
   "kamailio kamailio"
@@ -27,6 +28,7 @@ DEB_PACKAGES=(
   "python3 python3"
   "svmap sipvicious"
   "rtpengine rtpengine-daemon"
+  "openssl openssl"
 )
 
 declare -a RESULTS=()

@@ -11,9 +11,10 @@ mod trunks;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Request, Status};
 use trunkline_proto::admin::v1::call_service_client::CallServiceClient;
 use trunkline_proto::admin::v1::node_service_client::NodeServiceClient;
@@ -45,6 +46,20 @@ struct Cli {
     /// A bearer token, sent as `authorization: Bearer <token>`.
     #[arg(long, global = true, env = "TRUNKCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Speak TLS, trusting the node's certificate if one of these PEM CA certificates
+    /// signs it (the node's `[admin] tls_cert_file`).
+    #[arg(long, global = true, env = "TRUNKCTL_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// A PEM client certificate for nodes that require one (`[admin]
+    /// tls_client_ca_file`); implies TLS, with --key.
+    #[arg(long, global = true, env = "TRUNKCTL_CERT", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --cert.
+    #[arg(long, global = true, env = "TRUNKCTL_KEY", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// The name the node's certificate must carry (default: the host of --server).
+    #[arg(long, global = true, env = "TRUNKCTL_TLS_NAME")]
+    tls_name: Option<String>,
     /// Output: an aligned table, or JSON or YAML for scripts.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -226,16 +241,70 @@ fn exit_code(status: &Status) -> u8 {
     }
 }
 
-fn endpoint(server: &str) -> anyhow::Result<Endpoint> {
+/// What a bare transport failure most likely means: a node that speaks TLS to a client
+/// that does not, or one that dropped the connection over our client certificate.
+fn hint(s: &Status, tls: bool) -> &'static str {
+    match (s.code(), tls) {
+        (Code::Internal | Code::Unavailable | Code::Unknown, false)
+            if s.message().contains("h2 protocol error") =>
+        {
+            " (does the node's API speak TLS? give --ca)"
+        }
+        (Code::Cancelled | Code::Unavailable | Code::Unknown, true) => {
+            " (the node may have refused our client certificate: check --cert and --key)"
+        }
+        _ => "",
+    }
+}
+
+/// How to reach the node: plain HTTP/2, or TLS with the trusted CA and our certificate.
+#[derive(Debug, Clone, Default)]
+struct Tls {
+    ca: Option<std::path::PathBuf>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    name: Option<String>,
+}
+
+impl Tls {
+    fn enabled(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some()
+    }
+
+    fn config(&self) -> anyhow::Result<ClientTlsConfig> {
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("--{what} {}", p.display()))
+        };
+        let mut c = ClientTlsConfig::new();
+        if let Some(ca) = &self.ca {
+            c = c.ca_certificate(Certificate::from_pem(read("ca", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            c = c.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+        }
+        if let Some(name) = &self.name {
+            c = c.domain_name(name.clone());
+        }
+        Ok(c)
+    }
+}
+
+fn endpoint(server: &str, tls: &Tls) -> anyhow::Result<Endpoint> {
     let uri = if server.contains("://") {
         server.to_string()
+    } else if tls.enabled() {
+        format!("https://{server}")
     } else {
         format!("http://{server}")
     };
-    Ok(Endpoint::from_shared(uri)?
+    let mut e = Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    if tls.enabled() {
+        e = e.tls_config(tls.config()?)?;
+    }
+    Ok(e)
 }
 
 /// Wraps `message` with the bearer token, if any, and a 30 s deadline.
@@ -258,17 +327,34 @@ fn streaming_request<T>(message: T, token: Option<&str>) -> anyhow::Result<Reque
 }
 
 /// Connects to `--server` (exit 2 for an address that cannot be one, 1 for no answer).
-async fn connect(server: &str) -> Result<Channel, (u8, String)> {
-    endpoint(server)
+async fn connect(server: &str, tls: &Tls) -> Result<Channel, (u8, String)> {
+    endpoint(server, tls)
         .map_err(|e| (2, format!("--server {server}: {e:#}")))?
         .connect()
         .await
-        .map_err(|e| (1, format!("cannot reach {server}: {e}")))
+        .map_err(|e| {
+            (
+                1,
+                format!("cannot reach {server}: {:#}", anyhow::Error::new(e)),
+            )
+        })
 }
 
 async fn run(cli: Cli) -> Result<(), (u8, String)> {
     let server_error = |e: anyhow::Error| (1u8, format!("{e:#}"));
-    let status_error = |s: Status| (exit_code(&s), format!("{:?}: {}", s.code(), s.message()));
+    let tls = Tls {
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        name: cli.tls_name.clone(),
+    };
+    let tls_on = tls.enabled();
+    let status_error = move |s: Status| {
+        (
+            exit_code(&s),
+            format!("{:?}: {}{}", s.code(), s.message(), hint(&s, tls_on)),
+        )
+    };
     match cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -280,7 +366,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             Ok(())
         }
         Command::Calls { action } => {
-            let channel = connect(&cli.server).await?;
+            let channel = connect(&cli.server, &tls).await?;
             let mut client = CallServiceClient::new(channel);
             let token = cli.token.as_deref();
             match action {
@@ -517,7 +603,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             }
         }
         Command::Trunks { action } => {
-            let channel = connect(&cli.server).await?;
+            let channel = connect(&cli.server, &tls).await?;
             let mut client = TrunkServiceClient::new(channel);
             let token = cli.token.as_deref();
             let listed = match action {
@@ -593,7 +679,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             calls::print(&doc, || trunks::trunks_table(&listed), cli.output).map_err(server_error)
         }
         Command::Routes { action } => {
-            let channel = connect(&cli.server).await?;
+            let channel = connect(&cli.server, &tls).await?;
             let mut client = TrunkServiceClient::new(channel);
             let token = cli.token.as_deref();
             let table = match action {
@@ -628,7 +714,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             .map_err(server_error)
         }
         Command::Node { action } => {
-            let channel = connect(&cli.server).await?;
+            let channel = connect(&cli.server, &tls).await?;
             let mut client = NodeServiceClient::new(channel);
             let token = cli.token.as_deref();
             let node = match action {

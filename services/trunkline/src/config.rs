@@ -556,9 +556,9 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Where the gRPC admin API (node, health, reflection) listens; the empty string
-    /// disables it. Loopback only: the API has no authentication yet, and whoever reaches
-    /// it can drain the node.
+    /// Where the gRPC admin API (node, calls, trunks, health, reflection) listens; the
+    /// empty string disables it. Beyond loopback only with authentication (tokens or
+    /// client certificates): whoever reaches an open API can drain the node.
     #[serde(with = "optional_addr")]
     pub listen: Option<SocketAddr>,
     /// `WatchCalls` streams open at once; one more gets RESOURCE_EXHAUSTED. Each costs a
@@ -570,6 +570,19 @@ pub struct AdminConfig {
     /// loopback only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_file: Option<PathBuf>,
+    /// PEM certificate chain of the API's TLS listener (with `tls_key_file`): the API then
+    /// speaks only TLS. Read at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates that sign the API's clients: with it every connection must
+    /// present a client certificate that chains to one of them (mutual TLS). Without
+    /// tokens, such a client is an operator, named in the logs by its certificate's
+    /// SHA-256 fingerprint; with tokens, it still needs one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -578,6 +591,9 @@ impl Default for AdminConfig {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             max_watchers: 64,
             tokens_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
         }
     }
 }
@@ -979,10 +995,30 @@ impl Config {
                 format!("{} is not within 1..=10000", self.admin.max_watchers),
             );
         }
+        let a = &self.admin;
+        match (&a.tls_cert_file, &a.tls_key_file) {
+            (Some(_), None) => problems.push(
+                "admin.tls_key_file",
+                "admin.tls_cert_file is set without its key".to_string(),
+            ),
+            (None, Some(_)) => problems.push(
+                "admin.tls_cert_file",
+                "admin.tls_key_file is set without a certificate".to_string(),
+            ),
+            _ => {}
+        }
+        if a.tls_client_ca_file.is_some() && a.tls_cert_file.is_none() {
+            problems.push(
+                "admin.tls_client_ca_file",
+                "client certificates need TLS: set admin.tls_cert_file and admin.tls_key_file"
+                    .to_string(),
+            );
+        }
         let Some(listen) = self.admin.listen else {
             return;
         };
         let authenticated = self.admin.tokens_file.is_some()
+            || self.admin.tls_client_ca_file.is_some()
             || std::env::var_os(crate::admin::auth::TOKENS_ENV).is_some_and(|v| !v.is_empty());
         if !listen.ip().is_loopback() && !authenticated {
             problems.push(
@@ -990,7 +1026,8 @@ impl Config {
                 format!(
                     "{listen} is not a loopback address and the admin API has no authentication \
                      configured: set admin.tokens_file or {} (role:name:token entries), or \
-                     listen on loopback only (127.0.0.1, ::1)",
+                     admin.tls_client_ca_file (client certificates), or listen on loopback \
+                     only (127.0.0.1, ::1)",
                     crate::admin::auth::TOKENS_ENV
                 ),
             );
@@ -1368,6 +1405,34 @@ mod tests {
                 assert!(result.is_ok(), "{:#}", result.unwrap_err());
             },
         );
+    }
+
+    #[test]
+    fn client_certificates_authenticate_a_non_loopback_admin_api() {
+        let tls = "[admin]\nlisten = \"192.0.2.7:50051\"\n\
+                   tls_cert_file = \"/etc/trunkline/admin.crt\"\n\
+                   tls_key_file = \"/etc/trunkline/admin.key\"\n";
+        load_in_jail(&[], Some(tls), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(
+                message.contains("admin.listen"),
+                "TLS alone is not authentication: {message}"
+            );
+        });
+        let mtls = format!("{tls}tls_client_ca_file = \"/etc/trunkline/admin-clients.crt\"\n");
+        load_in_jail(&[], Some(&mtls), |result, _| {
+            assert!(result.is_ok(), "{:#}", result.unwrap_err());
+        });
+        let no_key = "[admin]\ntls_cert_file = \"/etc/trunkline/admin.crt\"\n";
+        load_in_jail(&[], Some(no_key), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("admin.tls_key_file"), "{message}");
+        });
+        let ca_only = "[admin]\ntls_client_ca_file = \"/etc/trunkline/ca.crt\"\n";
+        load_in_jail(&[], Some(ca_only), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("admin.tls_client_ca_file"), "{message}");
+        });
     }
 
     #[test]

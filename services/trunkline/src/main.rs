@@ -124,6 +124,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     limits: admin::limits(&config),
                     max_watchers: config.admin.max_watchers,
                     tokens: admin_tokens(&config)?,
+                    tls: admin::tls::load(&config.admin)?,
                 },
                 config.clone(),
                 app.dispatcher(),
@@ -171,7 +172,10 @@ fn admin_tokens(config: &Config) -> anyhow::Result<admin::auth::Tokens> {
     let tokens = admin::auth::Tokens::load(config.admin.tokens_file.as_deref(), env.as_deref())
         .map_err(anyhow::Error::msg)?;
     if let Some(listen) = config.admin.listen {
-        if !listen.ip().is_loopback() && !tokens.enabled() {
+        if !listen.ip().is_loopback()
+            && !tokens.enabled()
+            && config.admin.tls_client_ca_file.is_none()
+        {
             anyhow::bail!(
                 "admin.listen {listen} is not loopback and no admin token is configured \
                  (admin.tokens_file and {} hold none)",

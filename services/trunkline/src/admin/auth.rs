@@ -9,8 +9,10 @@
 //! presented token is compared with every one of them in constant time, so neither a
 //! token's bytes nor its length leak through timing.
 //!
-//! With no token configured the API is open, which the configuration allows on loopback
-//! only. Health and reflection stay open either way: a Kubernetes probe carries no token,
+//! With no token configured the API is open to whoever reaches it, which the
+//! configuration allows on loopback only, or behind mutual TLS (`admin.tls_client_ca_file`):
+//! then every client has proved a certificate from the configured CA, and acts as an
+//! operator named by that certificate's fingerprint. Health and reflection stay open either way: a Kubernetes probe carries no token,
 //! and reflection describes only what `proto/` already publishes.
 
 use std::path::Path;
@@ -217,12 +219,22 @@ pub fn require<T>(req: &Request<T>, role: Role, action: &str) -> Result<Caller, 
             caller.role.name()
         ))),
         None => Ok(Caller {
-            name: req
-                .remote_addr()
-                .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+            name: anonymous_name(req),
             role: Role::Operator,
         }),
     }
+}
+
+/// Who a caller without a token is: the client certificate it presented (mutual TLS,
+/// named by the first 16 hex digits of its SHA-256), else its address.
+fn anonymous_name<T>(req: &Request<T>) -> String {
+    if let Some(cert) = req.peer_certs().and_then(|c| c.first().cloned()) {
+        let d = Sha256::digest(cert.as_ref());
+        let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+        return format!("cert:{hex}");
+    }
+    req.remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
 
 #[cfg(test)]

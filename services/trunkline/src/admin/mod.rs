@@ -35,6 +35,7 @@ use crate::config::{Config, ListenEntry, SipConfig};
 
 pub mod auth;
 pub mod calls;
+pub mod tls;
 pub mod trunks;
 use crate::shutdown::Shutdown;
 
@@ -56,6 +57,8 @@ pub struct NodeFacts {
     pub max_watchers: usize,
     /// Who may call the API (empty: anyone who reaches it).
     pub tokens: auth::Tokens,
+    /// TLS of the listener, and whether clients must present certificates.
+    pub tls: Option<tls::ApiTls>,
 }
 
 /// The SIP sockets as `GetNode` lists them, with the advertised host each one writes.
@@ -135,6 +138,16 @@ impl AdminServer {
         if tokens.enabled() {
             tracing::info!(tokens = tokens.len(), "admin API: bearer tokens required");
         }
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &facts.tls {
+            builder = builder.tls_config(tls.config.clone()).context(
+                "admin API TLS (admin.tls_cert_file, admin.tls_key_file, admin.tls_client_ca_file)",
+            )?;
+            tracing::info!(
+                client_certificates = tls.client_certificates,
+                "admin API: TLS"
+            );
+        }
         let admin = Admin {
             facts: Arc::new(facts),
             admin_address: local,
@@ -158,7 +171,7 @@ impl AdminServer {
         let task = tokio::spawn(async move {
             // Half-open and idle peers are found by HTTP/2 pings and TCP keep-alives; one
             // connection cannot open streams without bound.
-            let served = tonic::transport::Server::builder()
+            let served = builder
                 .max_concurrent_streams(Some(128))
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
