@@ -95,6 +95,22 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
         std::thread::sleep(Duration::from_millis(100));
     };
 
+    // A watcher of this call sees the transfer among its events.
+    let watch_path = out.join("watch.jsonl");
+    let mut watcher = std::process::Command::new(trunkctl_binary())
+        .args(["--server", &admin, "calls", "watch", &id, "-o", "json"])
+        .env_remove("TRUNKCTL_SERVER")
+        .env_remove("TRUNKCTL_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&watch_path)?)
+        .stderr(std::fs::File::create(out.join("watch.stderr"))?)
+        .spawn()
+        .context("starting trunkctl calls watch")?;
+    let synced = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&watch_path).is_ok_and(|t| t.contains("CALL_EVENT_TYPE_SYNCED"))
+    });
+    ensure!(synced, "the watcher never synced");
+
     // A target that is busy: the operator hears why, and the call goes on as it was.
     let (code, _, err) = ctl(&admin, &["calls", "transfer", &id, "4000"])?;
     ensure!(code == 1, "transfer to a busy target exited {code}: {err}");
@@ -161,6 +177,39 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
     caller.wait(Duration::from_secs(60))?.assert_all_ok(1)?;
     callee_run.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
     target_run.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
+
+    let ended = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&watch_path).is_ok_and(|t| t.contains("CALL_EVENT_TYPE_ENDED"))
+    });
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    ensure!(ended, "the watcher never saw the call end");
+    let types: Vec<String> = std::fs::read_to_string(&watch_path)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["callId"] == id.as_str())
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap_or(""),
+                e["by"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let pos = |t: &str| types.iter().position(|x| x.starts_with(t));
+    ensure!(
+        pos("CALL_EVENT_TYPE_TRANSFERRED PARTY_CALLEE").is_some()
+            && pos("CALL_EVENT_TYPE_TRANSFERRED") < pos("CALL_EVENT_TYPE_ENDED"),
+        "events of the call: {types:?}"
+    );
+    ensure!(
+        types
+            .iter()
+            .filter(|t| t.starts_with("CALL_EVENT_TYPE_TRANSFERRED"))
+            .count()
+            == 1,
+        "one transfer done (the busy target's attempt is no event): {types:?}"
+    );
 
     // The ended call is still readable, with the target as its callee.
     let v = ctl_json(&admin, &["calls", "get", &id])?;
