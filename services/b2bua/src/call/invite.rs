@@ -307,3 +307,43 @@ pub(super) fn lenient_dialog(req: &Request, resp: &Response) -> Option<Dialog> {
     }
     Some(d)
 }
+
+/// The INVITE of a dialog the node opens itself (a transfer target, the parties of a call
+/// it places): our Via, From `who` (user part and display name) at our host with `tag`,
+/// To the Request-URI's user at its host, `call_id`, CSeq 1, our Contact and Allow, and
+/// no body (the far side makes the offer, or gets one set by the caller).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fresh_invite(
+    cfg: &crate::config::CallConfig,
+    local: &Local,
+    request_uri: &Uri,
+    peer: Peer,
+    who: (Option<String>, Option<String>),
+    call_id: &str,
+    tag: &str,
+    branch: String,
+) -> Request {
+    let mut req = Request::new(Method::Invite, request_uri.clone());
+    let h = &mut req.headers;
+    h.add(HeaderName::Via, local.via(branch).to_string());
+    h.add(HeaderName::MaxForwards, cfg.max_forwards.to_string());
+    let mut from = NameAddr::new(Uri::Sip(SipUri::new(who.0, local.host.clone(), None)));
+    from.display = who.1;
+    from.set_param("tag", Some(tag.to_string()));
+    h.add(HeaderName::From, from.to_string());
+    let to_host = match request_uri {
+        Uri::Sip(u) => u.host.clone(),
+        Uri::Other { .. } => Host::from(peer.addr.ip()),
+    };
+    let to = NameAddr::new(Uri::Sip(SipUri::new(
+        request_uri.user().map(str::to_string),
+        to_host,
+        None,
+    )));
+    h.add(HeaderName::To, to.to_string());
+    h.add(HeaderName::CallId, call_id.to_string());
+    h.add(HeaderName::CSeq, "1 INVITE");
+    h.add(HeaderName::Contact, local.contact().to_string());
+    h.add(HeaderName::Allow, cfg.allow);
+    req
+}

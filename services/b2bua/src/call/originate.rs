@@ -9,7 +9,8 @@
 //! party failing ends the other cleanly: a ringing B is cancelled, an answered A is
 //! ACKed and released with BYE.
 
-use super::transfer::{fresh_invite, leg_peer};
+use super::invite::fresh_invite;
+use super::targets::leg_peer;
 use super::{Call, CallState, ClientRole, LegState, Outgoing};
 use crate::config::{CallConfig, Local};
 use crate::event::{EndCause, Event, Leg, MediaOp};

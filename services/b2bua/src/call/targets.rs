@@ -1,7 +1,7 @@
 //! Where the call's requests toward each leg go: the caller's real source address
 //! (NAT), the callee's dialog target, and the refreshes that move them.
 
-use super::Call;
+use super::{Call, LegState};
 use crate::event::Leg;
 use std::net::IpAddr;
 use trunkline_sip::{Host, NameAddr, Peer, Uri};
@@ -35,7 +35,7 @@ impl Call {
         if leg == Leg::A {
             return l.peer;
         }
-        super::transfer::leg_peer(l)
+        leg_peer(l)
     }
 
     /// A target refresh from `leg` (re-INVITE, UPDATE, or a 2xx to one of ours) that
@@ -76,6 +76,30 @@ impl Call {
             u.host = Host::from(source.addr.ip());
             u.port = Some(source.addr.port());
         }
+    }
+}
+
+/// Where requests on a dialog we opened go: its next hop when that is an IP literal,
+/// else the peer it was opened toward (no DNS on this path).
+pub(super) fn leg_peer(l: &LegState) -> Peer {
+    let hop = l.dialog.as_ref().map(|d| d.next_hop());
+    match hop.as_ref().and_then(Uri::as_sip) {
+        Some(u) => match u.host.ip() {
+            Some(ip) => {
+                let addr = std::net::SocketAddr::new(ip, u.port.unwrap_or(5060));
+                if addr == l.peer.addr {
+                    l.peer
+                } else {
+                    Peer {
+                        addr,
+                        connection: None,
+                        ..l.peer
+                    }
+                }
+            }
+            None => l.peer,
+        },
+        None => l.peer,
     }
 }
 

@@ -8,6 +8,8 @@
 //! the old party released with BYE. This is RFC 3725's flow I, run on one leg of a call
 //! that is already up; until the remaining leg has accepted, the call goes on as it was.
 
+use super::invite::fresh_invite;
+use super::targets::leg_peer;
 use super::{Call, CallState, ClientRole, LegState, Outgoing};
 use crate::config::Local;
 use crate::event::{Event, Leg, MediaOp};
@@ -15,9 +17,7 @@ use crate::relay::copy_session_headers;
 use bytes::Bytes;
 use std::time::Instant;
 use trunkline_sip::transaction::ClientState;
-use trunkline_sip::{
-    Dialog, HeaderName, Host, Method, NameAddr, Peer, Request, Response, SipUri, Uri,
-};
+use trunkline_sip::{Dialog, HeaderName, Method, Peer, Request, Response, Uri};
 
 /// Where a transferred leg goes: the first hop and the Request-URI of the new INVITE.
 #[derive(Debug, Clone)]
@@ -467,68 +467,4 @@ impl Call {
         let bye = d.request(Method::Bye, seq, &old.local.via(self.ids.branch()), None);
         self.send_request(now, leg, peer, bye, ClientRole::Bye);
     }
-}
-
-/// Where requests on a dialog we opened go: its next hop when that is an IP literal,
-/// else the peer it was opened toward (no DNS on this path).
-pub(super) fn leg_peer(l: &LegState) -> Peer {
-    let hop = l.dialog.as_ref().map(|d| d.next_hop());
-    match hop.as_ref().and_then(Uri::as_sip) {
-        Some(u) => match u.host.ip() {
-            Some(ip) => {
-                let addr = std::net::SocketAddr::new(ip, u.port.unwrap_or(5060));
-                if addr == l.peer.addr {
-                    l.peer
-                } else {
-                    Peer {
-                        addr,
-                        connection: None,
-                        ..l.peer
-                    }
-                }
-            }
-            None => l.peer,
-        },
-        None => l.peer,
-    }
-}
-
-/// The INVITE of a dialog the node opens itself (a transfer target, the parties of a call
-/// it places): our Via, From `who` (user part and display name) at our host with `tag`,
-/// To the Request-URI's user at its host, `call_id`, CSeq 1, our Contact and Allow, and
-/// no body (the far side makes the offer, or gets one set by the caller).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn fresh_invite(
-    cfg: &crate::config::CallConfig,
-    local: &Local,
-    request_uri: &Uri,
-    peer: Peer,
-    who: (Option<String>, Option<String>),
-    call_id: &str,
-    tag: &str,
-    branch: String,
-) -> Request {
-    let mut req = Request::new(Method::Invite, request_uri.clone());
-    let h = &mut req.headers;
-    h.add(HeaderName::Via, local.via(branch).to_string());
-    h.add(HeaderName::MaxForwards, cfg.max_forwards.to_string());
-    let mut from = NameAddr::new(Uri::Sip(SipUri::new(who.0, local.host.clone(), None)));
-    from.display = who.1;
-    from.set_param("tag", Some(tag.to_string()));
-    h.add(HeaderName::From, from.to_string());
-    let to_host = match request_uri {
-        Uri::Sip(u) => u.host.clone(),
-        Uri::Other { .. } => Host::from(peer.addr.ip()),
-    };
-    let to = NameAddr::new(Uri::Sip(SipUri::new(
-        request_uri.user().map(str::to_string),
-        to_host,
-        None,
-    )));
-    h.add(HeaderName::To, to.to_string());
-    h.add(HeaderName::CallId, call_id.to_string());
-    h.add(HeaderName::CSeq, "1 INVITE");
-    h.add(HeaderName::Contact, local.contact().to_string());
-    h.add(HeaderName::Allow, cfg.allow);
-    req
 }
