@@ -87,6 +87,18 @@ impl CallActorState {
     }
 }
 
+impl CallActorState {
+    /// Routes what names dialog `key` to this call, as a message of `leg`.
+    fn register_dialog(&self, myself: &ActorRef<CallMsg>, key: DialogKey, leg: Leg) {
+        let handle = CallHandle {
+            actor: myself.clone(),
+            queued: self.queued.clone(),
+            serial: self.serial,
+        };
+        self.shared.registry.register_dialog(key, handle, leg);
+    }
+}
+
 fn leg_index(leg: Leg) -> usize {
     match leg {
         Leg::A => 0,
@@ -265,15 +277,7 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
             if let (Some(call_id), Some(tag)) = (state.call.b_call_id(), state.call.b_tag()) {
                 let key = DialogKey::new(call_id.as_bytes(), tag.as_bytes());
                 state.span.record("b_call_id", call_id);
-                let handle = CallHandle {
-                    actor: myself.clone(),
-                    queued: state.queued.clone(),
-                    serial: state.serial,
-                };
-                state
-                    .shared
-                    .registry
-                    .register_dialog(key.clone(), handle, Leg::B);
+                state.register_dialog(myself, key.clone(), Leg::B);
                 state.b_key = Some(key);
                 if let (Some((trunk, transport)), Some(peer)) =
                     (state.callee_trunk.take(), state.callee_source)

@@ -106,6 +106,24 @@ pub fn trunkctl(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, Str
     ))
 }
 
+/// `trunkctl --server <admin> <args>`: its exit code, stdout and stderr.
+pub fn trunkctl_at(admin: &str, args: &[&str]) -> Result<(i32, String, String)> {
+    let mut all = vec!["--server", admin];
+    all.extend_from_slice(args);
+    trunkctl(&all, &[])
+}
+
+/// `trunkctl --server <admin> <args> -o json`, parsed; an error on a non-zero exit.
+pub fn trunkctl_json(admin: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.extend_from_slice(&["-o", "json"]);
+    let (code, out, err) = trunkctl_at(admin, &all)?;
+    if code != 0 {
+        bail!("trunkctl {args:?} exited {code}: {err}");
+    }
+    serde_json::from_str(&out).with_context(|| format!("trunkctl {args:?}: not JSON: {out}"))
+}
+
 /// The Python with grpcio, grpcio-reflection and grpcio-health-checking that
 /// `tests/run.sh` installs in a virtualenv: `TRUNKLINE_GRPC_PYTHON`, else
 /// `<workspace>/target/grpc-venv/bin/python3`.

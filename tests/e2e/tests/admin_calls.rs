@@ -14,20 +14,10 @@ use trunkline_e2e::*;
 const CALLS: u64 = 50;
 const CALLEE: &str = "15550123";
 
-/// `trunkctl --server <admin> <args> -o json`, parsed; fails on a non-zero exit.
-fn ctl_json(admin: &str, args: &[&str]) -> Result<Value> {
-    let mut all = vec!["--server", admin];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["-o", "json"]);
-    let (code, out, err) = trunkctl(&all, &[])?;
-    ensure!(code == 0, "trunkctl {args:?} exited {code}: {err}");
-    serde_json::from_str(&out).with_context(|| format!("trunkctl {args:?}: not JSON: {out}"))
-}
-
 fn listed(admin: &str, args: &[&str]) -> Result<Vec<Value>> {
     let mut all = vec!["calls", "list"];
     all.extend_from_slice(args);
-    let v = ctl_json(admin, &all)?;
+    let v = trunkctl_json(admin, &all)?;
     Ok(v["calls"].as_array().cloned().unwrap_or_default())
 }
 
@@ -229,7 +219,7 @@ fn trunkctl_lists_watches_and_hangs_up_calls_carried_by_sipp() -> Result<()> {
 
     // One call in detail: both legs, distinct Call-IDs, the relay ports of each side.
     let first = calls[0]["id"].as_str().context("call id")?.to_string();
-    let one = ctl_json(&admin, &["calls", "get", &first])?;
+    let one = trunkctl_json(&admin, &["calls", "get", &first])?;
     ensure!(one["id"] == first.as_str(), "get answered {}", one["id"]);
     let (a_cid, b_cid) = (&one["caller"]["sipCallId"], &one["callee"]["sipCallId"]);
     ensure!(

@@ -16,20 +16,6 @@ use trunkline_e2e::*;
 
 const CALLEE: &str = "15550123";
 
-fn ctl(admin: &str, args: &[&str]) -> Result<(i32, String, String)> {
-    let mut all = vec!["--server", admin];
-    all.extend_from_slice(args);
-    trunkctl(&all, &[])
-}
-
-fn ctl_json(admin: &str, args: &[&str]) -> Result<Value> {
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["-o", "json"]);
-    let (code, out, err) = ctl(admin, &all)?;
-    ensure!(code == 0, "trunkctl {args:?} exited {code}: {err}");
-    serde_json::from_str(&out).with_context(|| format!("trunkctl {args:?}: not JSON: {out}"))
-}
-
 #[test]
 fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<()> {
     let out = out_dir("admin_transfer")?;
@@ -83,7 +69,7 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let id = loop {
-        let v = ctl_json(&admin, &["calls", "list", "--state", "established"])?;
+        let v = trunkctl_json(&admin, &["calls", "list", "--state", "established"])?;
         if let Some(id) = v["calls"][0]["id"].as_str() {
             break id.to_string();
         }
@@ -112,13 +98,13 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
     ensure!(synced, "the watcher never synced");
 
     // A target that is busy: the operator hears why, and the call goes on as it was.
-    let (code, _, err) = ctl(&admin, &["calls", "transfer", &id, "4000"])?;
+    let (code, _, err) = trunkctl_at(&admin, &["calls", "transfer", &id, "4000"])?;
     ensure!(code == 1, "transfer to a busy target exited {code}: {err}");
     ensure!(
         err.contains("486"),
         "the error names the target's answer: {err}"
     );
-    let v = ctl_json(&admin, &["calls", "get", &id])?;
+    let v = trunkctl_json(&admin, &["calls", "get", &id])?;
     ensure!(
         v["state"] == "CALL_STATE_ESTABLISHED" && v["callee"]["trunk"] == "carrier",
         "after a failed transfer the call is unchanged: {v}"
@@ -126,12 +112,12 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
     busy_run.wait(Duration::from_secs(20))?.assert_all_ok(1)?;
 
     // Arguments the node refuses, naming the field (INVALID_ARGUMENT: exit code 2).
-    let (code, _, err) = ctl(&admin, &["calls", "transfer", &id, "not a number"])?;
+    let (code, _, err) = trunkctl_at(&admin, &["calls", "transfer", &id, "not a number"])?;
     ensure!(
         code == 2 && err.contains("number"),
         "bad number: {code} {err}"
     );
-    let (code, _, err) = ctl(
+    let (code, _, err) = trunkctl_at(
         &admin,
         &["calls", "transfer", &id, "3000", "--trunk", "nope"],
     )?;
@@ -140,7 +126,7 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
         "unknown trunk: {code} {err}"
     );
 
-    let done = ctl_json(&admin, &["calls", "transfer", &id, "3000"])?;
+    let done = trunkctl_json(&admin, &["calls", "transfer", &id, "3000"])?;
     let call = &done["call"];
     ensure!(
         call["callee"]["trunk"] == "third"
@@ -157,7 +143,7 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = Value::Null;
     let flowed = loop {
-        let v = ctl_json(&admin, &["calls", "get", &id])?;
+        let v = trunkctl_json(&admin, &["calls", "get", &id])?;
         let m = &v["callee"]["media"][0];
         let packets: u64 = m["rtpPackets"].as_str().unwrap_or("0").parse().unwrap_or(0);
         if m["latchedAddress"] == target_media.as_str() && packets > 0 {
@@ -212,7 +198,7 @@ fn transfer_moves_the_callee_to_a_third_sipp_and_the_media_follows() -> Result<(
     );
 
     // The ended call is still readable, with the target as its callee.
-    let v = ctl_json(&admin, &["calls", "get", &id])?;
+    let v = trunkctl_json(&admin, &["calls", "get", &id])?;
     ensure!(
         v["state"] == "CALL_STATE_ENDED" && v["callee"]["trunk"] == "third",
         "ended call record: {v}"
@@ -259,7 +245,7 @@ fn originate_bridges_two_sipp_parties_with_media_anchored() -> Result<()> {
     let admin = cfg.admin_addr().to_string();
 
     // Refused before anything is sent: a party the routing table cannot reach.
-    let (code, _, err) = ctl(
+    let (code, _, err) = trunkctl_at(
         &admin,
         &["calls", "originate", "1001", "2002", "--b-trunk", "nope"],
     )?;
@@ -268,7 +254,7 @@ fn originate_bridges_two_sipp_parties_with_media_anchored() -> Result<()> {
         "unknown trunk: {code} {err}"
     );
 
-    let placed = ctl_json(
+    let placed = trunkctl_json(
         &admin,
         &["calls", "originate", "1001", "5002", "--wait", "30"],
     )?;
@@ -290,7 +276,7 @@ fn originate_bridges_two_sipp_parties_with_media_anchored() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = Value::Null;
     let flowed = loop {
-        let v = ctl_json(&admin, &["calls", "get", &id])?;
+        let v = trunkctl_json(&admin, &["calls", "get", &id])?;
         let a = &v["caller"]["media"][0];
         let b = &v["callee"]["media"][0];
         let count =
@@ -313,11 +299,11 @@ fn originate_bridges_two_sipp_parties_with_media_anchored() -> Result<()> {
         "media did not flow both ways through the relay; last GetCall: {last}"
     );
 
-    let (code, _, err) = ctl(&admin, &["calls", "hangup", &id])?;
+    let (code, _, err) = trunkctl_at(&admin, &["calls", "hangup", &id])?;
     ensure!(code == 0, "hangup exited {code}: {err}");
     first_run.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
     second_run.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
-    let v = ctl_json(&admin, &["calls", "get", &id])?;
+    let v = trunkctl_json(&admin, &["calls", "get", &id])?;
     ensure!(v["state"] == "CALL_STATE_ENDED", "after the hang-up: {v}");
     node.assert_healthy()?;
     Ok(())

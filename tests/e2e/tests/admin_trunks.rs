@@ -3,24 +3,9 @@
 //! keeps its trunk — even when that trunk is deleted and the carrier then hangs up — and
 //! a change that would leave a route naming a missing trunk is refused, saying which.
 
-use anyhow::{ensure, Context, Result};
-use serde_json::Value;
+use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
 use trunkline_e2e::*;
-
-fn ctl(admin: &str, args: &[&str]) -> Result<(i32, String, String)> {
-    let mut all = vec!["--server", admin];
-    all.extend_from_slice(args);
-    trunkctl(&all, &[])
-}
-
-fn ctl_json(admin: &str, args: &[&str]) -> Result<Value> {
-    let mut all = args.to_vec();
-    all.extend_from_slice(&["-o", "json"]);
-    let (code, out, err) = ctl(admin, &all)?;
-    ensure!(code == 0, "trunkctl {args:?} exited {code}: {err}");
-    serde_json::from_str(&out).with_context(|| format!("trunkctl {args:?}: not JSON: {out}"))
-}
 
 #[test]
 fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Result<()> {
@@ -56,7 +41,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         .spawn(&out)?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v = ctl_json(&admin, &["calls", "list", "--state", "established"])?;
+        let v = trunkctl_json(&admin, &["calls", "list", "--state", "established"])?;
         if v["calls"].as_array().is_some_and(|c| c.len() == 1) {
             ensure!(
                 v["calls"][0]["callee"]["trunk"] == "carrier",
@@ -78,7 +63,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
             carrier_b.addr
         ),
     )?;
-    let (code, table, err) = ctl(
+    let (code, table, err) = trunkctl_at(
         &admin,
         &[
             "trunks",
@@ -96,7 +81,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         &routes_file,
         "[[routes]]\nprefix = \"1555\"\ntrunk = \"carrier2\"\n\n[routing]\ndefault_trunk = \"carrier2\"\n",
     )?;
-    let routes = ctl_json(
+    let routes = trunkctl_json(
         &admin,
         &[
             "routes",
@@ -109,9 +94,9 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         routes["routes"][0]["prefix"] == "1555" && routes["defaultTrunk"] == "carrier2",
         "routes apply answered {routes}"
     );
-    let (code, said, err) = ctl(&admin, &["trunks", "delete", "carrier"])?;
+    let (code, said, err) = trunkctl_at(&admin, &["trunks", "delete", "carrier"])?;
     ensure!(code == 0, "delete carrier: {code} {err} {said}");
-    let listed = ctl_json(&admin, &["trunks", "list"])?;
+    let listed = trunkctl_json(&admin, &["trunks", "list"])?;
     let names: Vec<&str> = listed["trunks"]
         .as_array()
         .map(|t| t.iter().filter_map(|x| x["name"].as_str()).collect())
@@ -136,7 +121,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
     carrier_a.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
 
     // Changes that would leave the table naming a missing trunk are refused, saying which.
-    let (code, _, err) = ctl(&admin, &["trunks", "delete", "carrier2"])?;
+    let (code, _, err) = trunkctl_at(&admin, &["trunks", "delete", "carrier2"])?;
     ensure!(
         code == 1
             && err.contains("FailedPrecondition")
@@ -149,7 +134,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         &bad_routes,
         "[[routes]]\nprefix = \"44\"\ntrunk = \"nosuch\"\n",
     )?;
-    let (code, _, err) = ctl(
+    let (code, _, err) = trunkctl_at(
         &admin,
         &[
             "routes",
@@ -162,7 +147,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         code == 1 && err.contains("FailedPrecondition") && err.contains("nosuch"),
         "a route to a missing trunk: {code} {err}"
     );
-    let routes = ctl_json(&admin, &["routes", "list"])?;
+    let routes = trunkctl_json(&admin, &["routes", "list"])?;
     ensure!(
         routes["routes"][0]["trunk"] == "carrier2",
         "a refused change changed the table: {routes}"
@@ -172,7 +157,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         &bad_trunk,
         "[[trunks]]\nname = \"x\"\naddress = \"not-an-address\"\n",
     )?;
-    let (code, _, err) = ctl(
+    let (code, _, err) = trunkctl_at(
         &admin,
         &[
             "trunks",
@@ -185,7 +170,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         code == 2 && err.contains("address"),
         "a malformed trunk: {code} {err}"
     );
-    let (code, _, err) = ctl(&admin, &["trunks", "get", "carrier"])?;
+    let (code, _, err) = trunkctl_at(&admin, &["trunks", "get", "carrier"])?;
     ensure!(code == 3, "a deleted trunk: {code} {err}");
 
     node.assert_healthy()?;

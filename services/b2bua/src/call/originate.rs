@@ -98,10 +98,7 @@ impl Call {
 
     /// A's answer to our INVITE.
     pub(super) fn on_originate_a_response(&mut self, now: Instant, cid: u64, resp: Response) {
-        if resp.status < 200 {
-            if !self.cancel_if_wanted(now, cid) && resp.status > 100 {
-                self.progress(resp.status);
-            }
+        if self.provisional(now, cid, resp.status) {
             return;
         }
         let Some(req) = self.client(cid).map(|e| e.tx.request().clone()) else {
@@ -197,10 +194,7 @@ impl Call {
 
     /// B's answer to our INVITE.
     pub(super) fn on_originate_b_response(&mut self, now: Instant, cid: u64, resp: Response) {
-        if resp.status < 200 {
-            if !self.cancel_if_wanted(now, cid) && resp.status > 100 {
-                self.progress(resp.status);
-            }
+        if self.provisional(now, cid, resp.status) {
             return;
         }
         let Some(req) = self.client(cid).map(|e| e.tx.request().clone()) else {
@@ -342,6 +336,18 @@ impl Call {
         if let Some(d) = d {
             self.ack_and_bye_dialog(now, leg, &local, peer, d, seq);
         }
+    }
+
+    /// A provisional answer to one of our INVITEs: the moment to CANCEL it if we want to,
+    /// else progress to report. False for a final answer.
+    fn provisional(&mut self, now: Instant, cid: u64, status: u16) -> bool {
+        if status >= 200 {
+            return false;
+        }
+        if !self.cancel_if_wanted(now, cid) && status > 100 {
+            self.progress(status);
+        }
+        true
     }
 
     fn progress(&mut self, status: u16) {

@@ -130,14 +130,29 @@ impl Call {
         }
     }
 
-    pub(super) fn bye_leg(&mut self, now: Instant, leg: Leg) {
+    /// A new request on `leg`'s dialog (the next CSeq, our Via; our Contact when
+    /// `contact`, for a target refresh), and where it goes; `None` while the leg has no
+    /// dialog.
+    pub(super) fn dialog_request(
+        &mut self,
+        leg: Leg,
+        method: Method,
+        contact: bool,
+    ) -> Option<(Peer, Request)> {
         let branch = self.ids.branch();
         let peer = self.request_peer(leg);
-        let Some(l) = self.leg_mut(leg) else { return };
+        let l = self.leg_mut(leg)?;
         let via = l.local.via(branch);
-        let Some(d) = l.dialog.as_mut() else { return };
+        let contact = contact.then(|| l.local.contact());
+        let d = l.dialog.as_mut()?;
         let seq = d.next_seq();
-        let mut bye = d.request(Method::Bye, seq, &via, None);
+        Some((peer, d.request(method, seq, &via, contact.as_ref())))
+    }
+
+    pub(super) fn bye_leg(&mut self, now: Instant, leg: Leg) {
+        let Some((peer, mut bye)) = self.dialog_request(leg, Method::Bye, false) else {
+            return;
+        };
         if let Some(reason) = &self.reason {
             bye.headers.add(HeaderName::Reason, reason.clone());
         }
@@ -174,16 +189,9 @@ impl Call {
             self.refresh_target(leg, req.headers.contact(), source);
         }
         let other = leg.other();
-        let branch = self.ids.branch();
-        let peer = self.request_peer(other);
-        let Some(ol) = self.leg_mut(other) else {
+        let Some((peer, mut out)) = self.dialog_request(other, req.method.clone(), offer) else {
             return;
         };
-        let via = ol.local.via(branch);
-        let contact = ol.local.contact();
-        let Some(d) = ol.dialog.as_mut() else { return };
-        let seq = d.next_seq();
-        let mut out = d.request(req.method.clone(), seq, &via, offer.then_some(&contact));
         let offer_is_invite = req.method == Method::Invite;
         out.headers
             .set(HeaderName::MaxForwards, (mf - 1).to_string());

@@ -202,16 +202,9 @@ impl Call {
         }
         self.events.push_back(Event::TransferAnswered { leg });
         let remaining = leg.other();
-        let branch = self.ids.branch();
-        let peer = self.request_peer(remaining);
-        let Some(l) = self.leg_mut(remaining) else {
+        let Some((peer, mut out)) = self.dialog_request(remaining, Method::Invite, true) else {
             return;
         };
-        let via = l.local.via(branch);
-        let contact = l.local.contact();
-        let Some(d) = l.dialog.as_mut() else { return };
-        let rseq = d.next_seq();
-        let mut out = d.request(Method::Invite, rseq, &via, Some(&contact));
         copy_session_headers(&resp.headers, &mut out.headers);
         out.body = resp.body.clone();
         let id = self.alloc_id();

@@ -6,7 +6,7 @@
 use super::{now, CallActorState};
 use crate::directory::CalleeLeg;
 use crate::messages::{CallMsg, TransferFailure};
-use crate::registry::{CallHandle, DialogKey};
+use crate::registry::DialogKey;
 use crate::router::{TargetError, Trunk};
 use ractor::ActorRef;
 use std::net::SocketAddr;
@@ -90,15 +90,7 @@ pub(super) fn start(
     // The target's answers name its dialog: they reach this call, on the moved leg.
     if let Some((call_id, tag)) = state.call.transfer_key() {
         let key = DialogKey::new(call_id.as_bytes(), tag.as_bytes());
-        let handle = CallHandle {
-            actor: myself.clone(),
-            queued: state.queued.clone(),
-            serial: state.serial,
-        };
-        state
-            .shared
-            .registry
-            .register_dialog(key.clone(), handle, leg);
+        state.register_dialog(myself, key.clone(), leg);
         state.extra_keys.push(key);
     }
     tracing::info!(call = %state.record.id(), ?leg, %number, trunk = %trunk.name, "transfer started by an operator");
