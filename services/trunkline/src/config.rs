@@ -577,6 +577,12 @@ pub struct AdminConfig {
     /// PEM private key of `tls_cert_file`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<PathBuf>,
+    /// Connections open at once; past it new ones wait in the kernel's backlog. Bounds
+    /// the descriptors and tasks API clients (or a flood) can take from the node.
+    pub max_connections: usize,
+    /// A new connection must send its first bytes (HTTP/2 preface, TLS ClientHello)
+    /// within this many seconds, else it is closed: silent connections free their slot.
+    pub first_bytes_timeout_secs: u64,
     /// PEM CA certificates that sign the API's clients: with it every connection must
     /// present a client certificate that chains to one of them (mutual TLS). Without
     /// tokens, such a client is an operator, named in the logs by its certificate's
@@ -594,6 +600,8 @@ impl Default for AdminConfig {
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
+            max_connections: 256,
+            first_bytes_timeout_secs: 10,
         }
     }
 }
@@ -996,6 +1004,18 @@ impl Config {
             );
         }
         let a = &self.admin;
+        if !(1..=65_536).contains(&a.max_connections) {
+            problems.push(
+                "admin.max_connections",
+                format!("{} is not within 1..=65536", a.max_connections),
+            );
+        }
+        if !(1..=300).contains(&a.first_bytes_timeout_secs) {
+            problems.push(
+                "admin.first_bytes_timeout_secs",
+                format!("{} is not within 1..=300", a.first_bytes_timeout_secs),
+            );
+        }
         match (&a.tls_cert_file, &a.tls_key_file) {
             (Some(_), None) => problems.push(
                 "admin.tls_key_file",

@@ -125,6 +125,12 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     max_watchers: config.admin.max_watchers,
                     tokens: admin_tokens(&config)?,
                     tls: admin::tls::load(&config.admin)?,
+                    connections: admin::incoming::Limits {
+                        max_connections: config.admin.max_connections,
+                        first_bytes_timeout: std::time::Duration::from_secs(
+                            config.admin.first_bytes_timeout_secs,
+                        ),
+                    },
                 },
                 config.clone(),
                 app.dispatcher(),

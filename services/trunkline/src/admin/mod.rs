@@ -35,6 +35,7 @@ use crate::config::{Config, ListenEntry, SipConfig};
 
 pub mod auth;
 pub mod calls;
+pub mod incoming;
 pub mod tls;
 pub mod trunks;
 use crate::shutdown::Shutdown;
@@ -59,6 +60,8 @@ pub struct NodeFacts {
     pub tokens: auth::Tokens,
     /// TLS of the listener, and whether clients must present certificates.
     pub tls: Option<tls::ApiTls>,
+    /// `[admin] max_connections` and `first_bytes_timeout_secs`.
+    pub connections: incoming::Limits,
 }
 
 /// The SIP sockets as `GetNode` lists them, with the advertised host each one writes.
@@ -135,6 +138,7 @@ impl AdminServer {
         let calls = calls::Calls::new(&facts.id, dispatcher.clone(), facts.max_watchers);
         let trunks = trunks::Trunks::new(config, dispatcher.clone());
         let tokens = facts.tokens.clone();
+        let connections = facts.connections;
         if tokens.enabled() {
             tracing::info!(tokens = tokens.len(), "admin API: bearer tokens required");
         }
@@ -167,7 +171,7 @@ impl AdminServer {
                 }
             });
         }
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let incoming = incoming::incoming(listener, connections, stop.clone());
         let task = tokio::spawn(async move {
             // Half-open and idle peers are found by HTTP/2 pings and TCP keep-alives; one
             // connection cannot open streams without bound.
@@ -175,7 +179,6 @@ impl AdminServer {
                 .max_concurrent_streams(Some(128))
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-                .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
                 .add_service(health_service)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)
