@@ -20,7 +20,8 @@ case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or a
 #   rtpengine-daemon: rtpengine alone, in user space (the "rtpengine" metapackage would build
 #     its kernel module with DKMS), for tests/e2e/tests/rtp_bleed.rs, which holds it and
 #     trunkline-relay to one assertion;
-#   openssl: makes the CA, node and client certificates of the admin API's TLS test.
+#   openssl: makes the CA, node and client certificates of the admin API's TLS test;
+#   etcd-server: the etcd the cluster tests start (tests/e2e/tests/cluster_membership.rs).
 DEB_PACKAGES=(
   "sipp sip-tester"
   "kamailio kamailio"
@@ -29,6 +30,7 @@ DEB_PACKAGES=(
   "svmap sipvicious"
   "rtpengine rtpengine-daemon"
   "openssl openssl"
+  "etcd etcd-server"
 )
 
 declare -a RESULTS=()

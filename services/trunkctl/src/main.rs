@@ -21,9 +21,9 @@ use trunkline_proto::admin::v1::node_service_client::NodeServiceClient;
 use trunkline_proto::admin::v1::trunk_service_client::TrunkServiceClient;
 use trunkline_proto::admin::v1::{
     CallState, DeleteTrunkRequest, DrainRequest, GetCallRequest, GetNodeRequest, GetRoutesRequest,
-    GetTrunkRequest, HangupCallRequest, ListCallsRequest, ListTrunksRequest, OriginateCallRequest,
-    Party, SetRoutesRequest, TransferCallRequest, UndrainRequest, UpsertTrunkRequest,
-    WatchCallsRequest,
+    GetTrunkRequest, HangupCallRequest, ListCallsRequest, ListNodesRequest, ListTrunksRequest,
+    OriginateCallRequest, Party, SetRoutesRequest, TransferCallRequest, UndrainRequest,
+    UpsertTrunkRequest, WatchCallsRequest,
 };
 
 use crate::output::Format;
@@ -111,6 +111,9 @@ enum NodeAction {
         #[arg(long)]
         node: Option<String>,
     },
+    /// The cluster's nodes as the node at --server sees them in etcd (itself alone when
+    /// standalone).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -718,6 +721,14 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             let mut client = NodeServiceClient::new(channel);
             let token = cli.token.as_deref();
             let node = match action {
+                NodeAction::List => {
+                    let listed = client
+                        .list_nodes(request(ListNodesRequest {}, token).map_err(server_error)?)
+                        .await
+                        .map_err(status_error)?
+                        .into_inner();
+                    return output::print_nodes(&listed, cli.output).map_err(server_error);
+                }
                 NodeAction::Get { node } => client
                     .get_node(
                         request(

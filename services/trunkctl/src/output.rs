@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
-use trunkline_proto::admin::v1::{Node, NodeState};
+use trunkline_proto::admin::v1::{ClusterNode, ListNodesResponse, Node, NodeState};
 
 /// `-o`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,6 +110,59 @@ pub fn node_table(n: &Node) -> String {
     rows.iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
         .collect()
+}
+
+fn cluster_node_json(n: &ClusterNode) -> Value {
+    json!({
+        "id": n.id,
+        "version": n.version,
+        "state": format!("NODE_STATE_{}", state_name(n.state)),
+        "sip": n.sip,
+        "adminAddress": n.admin_address,
+        "startedAt": rfc3339(n.started_at.as_ref()),
+        "local": n.local,
+    })
+}
+
+/// `node list`: the members, and how this node sees etcd.
+pub fn print_nodes(r: &ListNodesResponse, format: Format) -> anyhow::Result<()> {
+    let value = json!({
+        "nodes": r.nodes.iter().map(cluster_node_json).collect::<Vec<_>>(),
+        "clustered": r.clustered,
+        "etcdConnected": r.etcd_connected,
+        "registered": r.registered,
+    });
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&value)?),
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(&value)?),
+        Format::Table => {
+            let rows: Vec<Vec<String>> = r
+                .nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        if n.local {
+                            format!("{} *", n.id)
+                        } else {
+                            n.id.clone()
+                        },
+                        state_name(n.state).to_string(),
+                        n.version.clone(),
+                        n.sip.join(" "),
+                        n.admin_address.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                crate::calls::table(&["ID", "STATE", "VERSION", "SIP", "ADMIN"], &rows)
+            );
+            if r.clustered && !r.etcd_connected {
+                println!("(etcd unreachable: the last membership seen)");
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn print_node(n: &Node, format: Format) -> anyhow::Result<()> {

@@ -49,6 +49,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The gRPC admin API.
     pub admin: AdminConfig,
+    /// Membership of a cluster (etcd); absent: standalone.
+    pub cluster: ClusterConfig,
     /// Log filter and format.
     pub log: LogConfig,
     /// Graceful shutdown.
@@ -606,6 +608,27 @@ impl Default for AdminConfig {
     }
 }
 
+/// `[cluster]`: empty `etcd_endpoints` (the default) runs the node standalone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// etcd's client URLs (`["http://127.0.0.1:2379"]`); the node registers itself there
+    /// and watches the other nodes.
+    pub etcd_endpoints: Vec<String>,
+    /// The lease of the node's registration: how long after the node dies (or loses
+    /// etcd) its entry disappears.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            etcd_endpoints: Vec::new(),
+            lease_ttl_secs: 10,
+        }
+    }
+}
+
 /// `[log]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -804,6 +827,7 @@ impl Config {
         self.validate_sip(&mut problems);
         self.validate_metrics(&mut problems);
         self.validate_admin(&mut problems);
+        self.validate_cluster(&mut problems);
         self.validate_log(&mut problems);
         self.validate_trunks_and_routing(&mut problems);
         self.validate_media(&mut problems);
@@ -1057,6 +1081,33 @@ impl Config {
                 "admin.listen",
                 format!("{listen} is also metrics.listen or a sip.tcp listener"),
             );
+        }
+    }
+
+    fn validate_cluster(&self, problems: &mut Problems) {
+        let c = &self.cluster;
+        if !(2..=300).contains(&c.lease_ttl_secs) {
+            problems.push(
+                "cluster.lease_ttl_secs",
+                format!("{} is not within 2..=300", c.lease_ttl_secs),
+            );
+        }
+        for e in &c.etcd_endpoints {
+            let rest = e
+                .strip_prefix("http://")
+                .or_else(|| e.strip_prefix("https://"))
+                .unwrap_or(e);
+            let ok = !rest.is_empty()
+                && rest.len() <= 255
+                && rest.contains(':')
+                && !rest.contains('/')
+                && rest.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                problems.push(
+                    "cluster.etcd_endpoints",
+                    format!("{e:?} is not an etcd client URL (http://host:port)"),
+                );
+            }
         }
     }
 
@@ -1452,6 +1503,26 @@ mod tests {
         load_in_jail(&[], Some(ca_only), |result, _| {
             let message = format!("{:#}", result.unwrap_err());
             assert!(message.contains("admin.tls_client_ca_file"), "{message}");
+        });
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        load_in_jail(&[], None, |result, _| {
+            assert!(
+                result.unwrap().cluster.etcd_endpoints.is_empty(),
+                "standalone by default"
+            );
+        });
+        let good = "[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl_secs = 3\n";
+        load_in_jail(&[], Some(good), |result, _| {
+            assert!(result.is_ok(), "{:#}", result.unwrap_err());
+        });
+        let bad = "[cluster]\netcd_endpoints = [\"http://etcd/path\"]\nlease_ttl_secs = 1\n";
+        load_in_jail(&[], Some(bad), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("cluster.etcd_endpoints"), "{message}");
+            assert!(message.contains("cluster.lease_ttl_secs"), "{message}");
         });
     }
 

@@ -110,6 +110,19 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         Some(addr) => Some(MetricsServer::start(addr, registry, metrics_stop.clone()).await?),
         None => None,
     };
+    let cluster_stop = CancellationToken::new();
+    let membership = start_membership(&config, cluster_stop.clone());
+    if let Some(m) = membership.clone() {
+        // A SIGTERM drain is published whether or not the admin API runs.
+        let shutdown = shutdown.clone();
+        let stop = cluster_stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.drain_requested() => m.set_state(trunkline_cluster::NodeState::Draining),
+                () = stop.cancelled() => {}
+            }
+        });
+    }
     let admin_stop = CancellationToken::new();
     let admin = match config.admin.listen {
         Some(addr) => Some(
@@ -131,6 +144,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                             config.admin.first_bytes_timeout_secs,
                         ),
                     },
+                    membership: membership.clone(),
                 },
                 config.clone(),
                 app.dispatcher(),
@@ -158,6 +172,11 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         () = shutdown.drain_requested() => drain(&config, &shutdown, app_task).await,
     };
 
+    // Leave the cluster first (the lease is revoked: the others see this node go now).
+    if let Some(m) = &membership {
+        m.leave().await;
+    }
+    cluster_stop.cancel();
     metrics_stop.cancel();
     admin_stop.cancel();
     if let Some(metrics) = metrics {
@@ -167,6 +186,45 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         admin.join().await;
     }
     result
+}
+
+/// Joins the cluster when `[cluster] etcd_endpoints` names etcd: registration and the
+/// membership watch run in the background (etcd may be down at start), and a SIGTERM
+/// drain is published as this node's state.
+fn start_membership(
+    config: &Config,
+    stop: CancellationToken,
+) -> Option<Arc<trunkline_cluster::Membership>> {
+    if config.cluster.etcd_endpoints.is_empty() {
+        return None;
+    }
+    let sip = config
+        .sip
+        .udp
+        .iter()
+        .map(|e| format!("udp/{}", e.listen))
+        .chain(config.sip.tcp.iter().map(|e| format!("tcp/{}", e.listen)))
+        .collect();
+    let me = trunkline_cluster::NodeInfo {
+        id: config.node.id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        state: trunkline_cluster::NodeState::Active,
+        sip,
+        admin: config.admin.listen.map(|a| a.to_string()),
+        started_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    tracing::info!(endpoints = ?config.cluster.etcd_endpoints, ttl = config.cluster.lease_ttl_secs,
+        "cluster mode: joining through etcd");
+    Some(trunkline_cluster::Membership::start(
+        trunkline_cluster::MembershipConfig {
+            endpoints: config.cluster.etcd_endpoints.clone(),
+            lease_ttl: std::time::Duration::from_secs(config.cluster.lease_ttl_secs),
+            me,
+        },
+        stop,
+    ))
 }
 
 /// Waits for the app to finish draining, terminating it at the deadline.

@@ -28,7 +28,8 @@ use trunkline_proto::admin::v1::call_service_server::CallServiceServer;
 use trunkline_proto::admin::v1::node_service_server::{NodeService, NodeServiceServer};
 use trunkline_proto::admin::v1::trunk_service_server::TrunkServiceServer;
 use trunkline_proto::admin::v1::{
-    DrainRequest, GetNodeRequest, Limits, Node, NodeState, SipListener, UndrainRequest,
+    ClusterNode, DrainRequest, GetNodeRequest, Limits, ListNodesRequest, ListNodesResponse, Node,
+    NodeState, SipListener, UndrainRequest,
 };
 
 use crate::config::{Config, ListenEntry, SipConfig};
@@ -62,6 +63,8 @@ pub struct NodeFacts {
     pub tls: Option<tls::ApiTls>,
     /// `[admin] max_connections` and `first_bytes_timeout_secs`.
     pub connections: incoming::Limits,
+    /// The cluster membership (`[cluster]`); `None` standalone.
+    pub membership: Option<Arc<trunkline_cluster::Membership>>,
 }
 
 /// The SIP sockets as `GetNode` lists them, with the advertised host each one writes.
@@ -251,6 +254,13 @@ impl Admin {
         } else {
             ServingStatus::Serving
         };
+        if let Some(m) = &self.facts.membership {
+            m.set_state(if self.draining() {
+                trunkline_cluster::NodeState::Draining
+            } else {
+                trunkline_cluster::NodeState::Active
+            });
+        }
         self.health.set_service_status("", status).await;
         self.health
             .set_service_status(
@@ -346,5 +356,64 @@ impl NodeService for Admin {
         self.dispatcher.end_drain();
         self.publish_health().await;
         Ok(Response::new(self.node()))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        auth::require(&req, auth::Role::Viewer, "ListNodes")?;
+        let me = self.node();
+        let local = ClusterNode {
+            id: me.id.clone(),
+            version: me.version.clone(),
+            state: me.state,
+            sip: me
+                .sip_listeners
+                .iter()
+                .map(|l| format!("{}/{}", l.transport, l.address))
+                .collect(),
+            admin_address: me.admin_address.clone(),
+            started_at: me.started_at,
+            local: true,
+        };
+        let Some(m) = &self.facts.membership else {
+            return Ok(Response::new(ListNodesResponse {
+                nodes: vec![local],
+                clustered: false,
+                etcd_connected: false,
+                registered: false,
+            }));
+        };
+        let members = m.members();
+        let mut nodes: Vec<ClusterNode> = members
+            .nodes
+            .values()
+            .filter(|n| n.id != me.id)
+            .map(|n| ClusterNode {
+                id: n.id.clone(),
+                version: n.version.clone(),
+                state: match n.state {
+                    trunkline_cluster::NodeState::Active => NodeState::Active,
+                    trunkline_cluster::NodeState::Draining => NodeState::Draining,
+                } as i32,
+                sip: n.sip.clone(),
+                admin_address: n.admin.clone().unwrap_or_default(),
+                started_at: Some(prost_types::Timestamp::from(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(n.started_ms),
+                )),
+                local: false,
+            })
+            .collect();
+        // This node as it is now (its etcd entry may lag by a put, or be missing while
+        // etcd is away).
+        nodes.push(local);
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Response::new(ListNodesResponse {
+            nodes,
+            clustered: true,
+            etcd_connected: m.connected(),
+            registered: m.registered(),
+        }))
     }
 }
