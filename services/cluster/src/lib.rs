@@ -4,10 +4,12 @@
 //! path: the call layer reads the membership from memory (`Membership::members`), and an
 //! etcd outage leaves the last known membership in place.
 
+pub mod document;
 pub mod member;
 pub mod membership;
 pub mod ring;
 
+pub use document::{Document, WriteError};
 pub use member::{NodeInfo, NodeState};
 pub use membership::{Members, Membership, MembershipConfig};
 pub use ring::Ring;

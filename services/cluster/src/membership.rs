@@ -142,7 +142,7 @@ impl Membership {
     }
 }
 
-async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
+pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))

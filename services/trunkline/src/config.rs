@@ -618,6 +618,10 @@ pub struct ClusterConfig {
     /// The lease of the node's registration: how long after the node dies (or loses
     /// etcd) its entry disappears.
     pub lease_ttl_secs: u64,
+    /// Where the node keeps the last trunks and routes it applied from etcd, to use when
+    /// it starts while etcd is down (none: it starts from the file's then).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_cache: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -625,6 +629,7 @@ impl Default for ClusterConfig {
         Self {
             etcd_endpoints: Vec::new(),
             lease_ttl_secs: 10,
+            config_cache: None,
         }
     }
 }

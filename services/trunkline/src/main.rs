@@ -10,6 +10,7 @@ mod app;
 mod cli;
 mod config;
 mod metrics_http;
+mod shared_config;
 mod shutdown;
 mod telemetry;
 
@@ -123,6 +124,14 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             }
         });
     }
+    // Trunks and routes in force: the file's, then (in a cluster) etcd's.
+    let routing = Arc::new(admin::trunks::RoutingState::new(
+        config.clone(),
+        app.dispatcher(),
+    ));
+    let shared = (!config.cluster.etcd_endpoints.is_empty()).then(|| {
+        shared_config::SharedConfig::start(&config, routing.clone(), cluster_stop.clone())
+    });
     let admin_stop = CancellationToken::new();
     let admin = match config.admin.listen {
         Some(addr) => Some(
@@ -146,7 +155,8 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
                     },
                     membership: membership.clone(),
                 },
-                config.clone(),
+                routing.clone(),
+                shared.clone(),
                 app.dispatcher(),
                 shutdown.clone(),
                 admin_stop.clone(),

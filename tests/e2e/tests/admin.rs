@@ -83,7 +83,7 @@ fn a_generic_client_finds_the_node_service_and_drains_the_node() -> Result<()> {
     let (ok, methods) = grpc_client(admin, &["methods", NODE_SERVICE])?;
     ensure!(ok, "listing methods failed: {methods}");
     ensure!(
-        methods.lines().collect::<Vec<_>>() == ["GetNode", "Drain", "Undrain"],
+        methods.lines().collect::<Vec<_>>() == ["GetNode", "Drain", "Undrain", "ListNodes"],
         "NodeService methods: {methods}"
     );
 
@@ -271,6 +271,15 @@ fn trunkctl_reads_and_drains_the_node_with_documented_exit_codes() -> Result<()>
         n["id"]
     );
     ensure!(n["state"] == "NODE_STATE_ACTIVE", "state {}", n["state"]);
+    // Standalone, the node lists itself alone.
+    let listed = trunkctl_json(&admin, &["node", "list"])?;
+    ensure!(
+        listed["clustered"] == false
+            && listed["nodes"].as_array().map(Vec::len) == Some(1)
+            && listed["nodes"][0]["id"] == cfg.id.as_str()
+            && listed["nodes"][0]["local"] == true,
+        "node list of a standalone node: {listed}"
+    );
 
     let (code, table, err) = trunkctl(&["node", "drain"], &[("TRUNKCTL_SERVER", &admin)])?;
     ensure!(code == 0, "node drain exited {code}: {err}");

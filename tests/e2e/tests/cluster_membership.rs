@@ -59,10 +59,22 @@ fn start_etcd(out: &Path, dir: &Path, client: u16, peer: u16, run: u32) -> Resul
 
 fn start_node(out: &Path, id: &str, etcd_port: u16) -> Result<(Node, String)> {
     let trunk = UdpSocket::bind((UAS_IP, 0))?;
-    let mut cfg = NodeConfig::new(trunk.local_addr()?, Transport::Udp)?;
+    start_node_with(out, id, etcd_port, trunk.local_addr()?, "")
+}
+
+/// A clustered node whose file names `trunk` as "carrier", with `extra` lines in
+/// `[cluster]`.
+fn start_node_with(
+    out: &Path,
+    id: &str,
+    etcd_port: u16,
+    trunk: SocketAddr,
+    extra: &str,
+) -> Result<(Node, String)> {
+    let mut cfg = NodeConfig::new(trunk, Transport::Udp)?;
     cfg.id = id.to_string();
     let toml = format!(
-        "{}\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:{etcd_port}\"]\nlease_ttl_secs = {TTL}\n",
+        "{}\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:{etcd_port}\"]\nlease_ttl_secs = {TTL}\n{extra}",
         cfg.to_toml()
     );
     let dir = out.join(id);
@@ -216,5 +228,151 @@ fn nodes_see_each_other_through_etcd_and_survive_its_restart() -> Result<()> {
     );
     eprintln!("a stopped node left after {took:?}");
     na.assert_healthy()?;
+    Ok(())
+}
+
+/// The trunk addresses `admin` lists, by name.
+fn trunks(admin: &str) -> Result<Vec<(String, String)>> {
+    let v = trunkctl_json(admin, &["trunks", "list"])?;
+    let mut out: Vec<(String, String)> = v["trunks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    (
+                        t["name"].as_str().unwrap_or("").to_string(),
+                        t["address"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    Ok(out)
+}
+
+fn wait_trunks(admin: &str, want: &[(String, String)], limit: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    while start.elapsed() < limit {
+        last = trunks(admin)?;
+        if last == want {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{admin} never listed trunks {want:?} within {limit:?}; last: {last:?}")
+}
+
+#[test]
+fn trunks_and_routes_are_shared_through_etcd_and_cached_on_disk() -> Result<()> {
+    let out = out_dir("cluster_config")?;
+    let run = std::process::id() % 1_000_000;
+    let (client, peer) = (free_port(NODE_IP)?, free_port(NODE_IP)?);
+    let data = out.join("etcd-data");
+    let mut etcd = start_etcd(&out, &data, client, peer, 1)?;
+    let carrier_a = UdpSocket::bind((UAS_IP, 0))?;
+    let carrier_b = UdpSocket::bind((UAS_IP, 0))?;
+    let (a, b) = (format!("ca{run}"), format!("cb{run}"));
+    let cache_b = out.join("b-config.json");
+
+    // a seeds the empty cluster with its file; b, whose file says otherwise, takes the
+    // cluster's.
+    let (na, admin_a) = start_node_with(&out, &a, client, carrier_a.local_addr()?, "")?;
+    let seeded = vec![("carrier".to_string(), carrier_a.local_addr()?.to_string())];
+    wait_trunks(&admin_a, &seeded, Duration::from_secs(5))?;
+    let (mut nb, admin_b) = start_node_with(
+        &out,
+        &b,
+        client,
+        carrier_b.local_addr()?,
+        &format!("config_cache = \"{}\"\n", cache_b.display()),
+    )?;
+    wait_trunks(&admin_b, &seeded, Duration::from_secs(5))?;
+
+    // A change through a's API reaches b within a second.
+    let file = out.join("trunks.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[trunks]]\nname = \"second\"\naddress = \"{}\"\ntransport = \"udp\"\n",
+            carrier_b.local_addr()?
+        ),
+    )?;
+    let (code, _, err) = trunkctl_at(
+        &admin_a,
+        &["trunks", "apply", "-f", &file.display().to_string()],
+    )?;
+    ensure!(code == 0, "trunks apply on a: {code} {err}");
+    let mut both = seeded.clone();
+    both.push(("second".to_string(), carrier_b.local_addr()?.to_string()));
+    both.sort();
+    let took = wait_trunks(&admin_b, &both, Duration::from_secs(1))?;
+    eprintln!("a trunk added on a was in force on b after {took:?}");
+
+    // b's routing table change reaches a, and a's next call follows it.
+    let routes = out.join("routes.toml");
+    std::fs::write(&routes, "[routing]\ndefault_trunk = \"second\"\n")?;
+    let (code, _, err) = trunkctl_at(
+        &admin_b,
+        &["routes", "apply", "-f", &routes.display().to_string()],
+    )?;
+    ensure!(code == 0, "routes apply on b: {code} {err}");
+    let start = Instant::now();
+    loop {
+        let v = trunkctl_json(&admin_a, &["routes", "list"])?;
+        if v["defaultTrunk"] == "second" {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(1),
+            "a never saw b's routing table: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The next call on a goes to the new default trunk.
+    let caller = UdpSocket::bind((UAC_IP, 0))?;
+    let me = caller.local_addr()?;
+    let node = na.sip_addr();
+    caller.send_to(
+        format!(
+            "INVITE sip:+15550100@{node} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKshared1;rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:alice@{me}>;tag=shared1\r\nTo: <sip:+15550100@{node}>\r\n\
+             Call-ID: shared-1@127.0.0.2\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{me}>\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .as_bytes(),
+        node,
+    )?;
+    let mut seen = Vec::new();
+    let reached =
+        trunkline_e2e::scripted::wait_for(&carrier_b, Duration::from_secs(5), &mut seen, |m| {
+            m.starts_with("INVITE ")
+        });
+    ensure!(
+        reached.is_some(),
+        "a's call did not go to the trunk b made its default; carrier_b saw {seen:?}"
+    );
+    ensure!(
+        cache_b.exists(),
+        "b kept no copy of the shared configuration"
+    );
+
+    // b restarts while etcd is down: it uses what it last saw, not its file.
+    nb.stop()?;
+    etcd.stop();
+    let (_nb2, admin_b2) = start_node_with(
+        &out,
+        &format!("{b}r"),
+        client,
+        carrier_b.local_addr()?,
+        &format!("config_cache = \"{}\"\n", cache_b.display()),
+    )?;
+    wait_trunks(&admin_b2, &both, Duration::from_secs(2))?;
+    let v = trunkctl_json(&admin_b2, &["routes", "list"])?;
+    ensure!(
+        v["defaultTrunk"] == "second",
+        "b after a restart without etcd: {v}"
+    );
     Ok(())
 }

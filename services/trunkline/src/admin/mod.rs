@@ -118,7 +118,8 @@ impl AdminServer {
     pub async fn start(
         addr: SocketAddr,
         facts: NodeFacts,
-        config: Config,
+        routing: Arc<trunks::RoutingState>,
+        shared: Option<Arc<crate::shared_config::SharedConfig>>,
         dispatcher: Dispatcher,
         shutdown: Shutdown,
         stop: CancellationToken,
@@ -139,7 +140,7 @@ impl AdminServer {
             .build_v1alpha()
             .context("cannot build the reflection service")?;
         let calls = calls::Calls::new(&facts.id, dispatcher.clone(), facts.max_watchers);
-        let trunks = trunks::Trunks::new(config, dispatcher.clone());
+        let trunks = trunks::Trunks::new(&facts.id, routing, shared);
         let tokens = facts.tokens.clone();
         let connections = facts.connections;
         if tokens.enabled() {

@@ -5,11 +5,12 @@
 //! configuration file is checked by at start (`Config::problems`), built into a new
 //! router and trust table the way start-up builds them (`app::router_and_trust`) and
 //! swapped in whole: new calls use it at once, calls in progress keep the table they
-//! started with. Changes last until the node restarts; the file is not rewritten.
+//! started with. Standalone, changes last until the node restarts (the file is not
+//! rewritten); in a cluster they are written to etcd (`crate::shared_config`), from where
+//! every node applies them.
 
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use trunkline_call::Dispatcher;
 use trunkline_proto::admin::v1::trunk_service_server::TrunkService;
@@ -26,18 +27,21 @@ use crate::config::{Config, RouteConfig, TrunkConfig, TrunkTransport};
 #[derive(Clone)]
 pub struct Trunks {
     node_id: Arc<str>,
-    dispatcher: Dispatcher,
-    /// The configuration in force (trunks and routes as last changed). One change at a
-    /// time: each is checked against the one before.
-    config: Arc<Mutex<Config>>,
+    state: Arc<RoutingState>,
+    /// In a cluster: the shared document changes are written to.
+    shared: Option<Arc<crate::shared_config::SharedConfig>>,
 }
 
 impl Trunks {
-    pub fn new(config: Config, dispatcher: Dispatcher) -> Trunks {
+    pub fn new(
+        node_id: &str,
+        state: Arc<RoutingState>,
+        shared: Option<Arc<crate::shared_config::SharedConfig>>,
+    ) -> Trunks {
         Trunks {
-            node_id: Arc::from(config.node.id.as_str()),
-            dispatcher,
-            config: Arc::new(Mutex::new(config)),
+            node_id: Arc::from(node_id),
+            state,
+            shared,
         }
     }
 
@@ -45,8 +49,9 @@ impl Trunks {
         super::require_local_node(&self.node_id, node_id)
     }
 
-    /// Checks `candidate` as a configuration file is checked, and puts it in force.
-    fn apply(&self, current: &mut Config, candidate: Config) -> Result<(), Status> {
+    /// Checks `candidate` as a configuration file is checked and puts it in force: here,
+    /// or, in a cluster, in etcd (then here once the watch brings it back).
+    async fn commit(&self, candidate: Config) -> Result<(), Status> {
         let problems = candidate.problems();
         if !problems.is_empty() {
             let missing = problems
@@ -59,10 +64,44 @@ impl Trunks {
                 Status::invalid_argument(text)
             });
         }
-        let (router, trust) = crate::app::router_and_trust(&candidate)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        match &self.shared {
+            None => self
+                .state
+                .put_in_force(candidate)
+                .map_err(|e| Status::invalid_argument(format!("{e:#}"))),
+            Some(shared) => shared.write(&candidate).await,
+        }
+    }
+}
+
+/// The trunks and routes in force, and the lock that makes operators' changes one at a
+/// time (each is checked against the one before). Readers never take the lock; a cluster
+/// node's etcd follower swaps in what the cluster decided without it.
+pub struct RoutingState {
+    current: arc_swap::ArcSwap<Config>,
+    writer: tokio::sync::Mutex<()>,
+    dispatcher: Dispatcher,
+}
+
+impl RoutingState {
+    pub fn new(config: Config, dispatcher: Dispatcher) -> RoutingState {
+        RoutingState {
+            current: arc_swap::ArcSwap::from_pointee(config),
+            writer: tokio::sync::Mutex::new(()),
+            dispatcher,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<Config> {
+        self.current.load_full()
+    }
+
+    /// Builds `config`'s router and trust table and swaps them in for new calls.
+    pub fn put_in_force(&self, config: Config) -> anyhow::Result<()> {
+        let (router, trust) = crate::app::router_and_trust(&config)?;
         self.dispatcher.set_routing(router, trust);
-        *current = candidate;
+        self.current.store(Arc::new(config));
         Ok(())
     }
 }
@@ -191,7 +230,7 @@ impl TrunkService for Trunks {
     ) -> Result<Response<ListTrunksResponse>, Status> {
         require(&req, Role::Viewer, "ListTrunks")?;
         self.check_node(&req.get_ref().node_id)?;
-        let config = self.config.lock().await;
+        let config = self.state.current();
         let mut trunks: Vec<Trunk> = config.trunks.iter().map(trunk_view).collect();
         trunks.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListTrunksResponse { trunks }))
@@ -202,7 +241,7 @@ impl TrunkService for Trunks {
         let q = req.get_ref();
         self.check_node(&q.node_id)?;
         check_name("name", &q.name)?;
-        let config = self.config.lock().await;
+        let config = self.state.current();
         config
             .trunks
             .iter()
@@ -223,8 +262,8 @@ impl TrunkService for Trunks {
             q.trunk
                 .ok_or_else(|| Status::invalid_argument("trunk: missing"))?,
         )?;
-        let mut config = self.config.lock().await;
-        let mut candidate = config.clone();
+        let _one_at_a_time = self.state.writer.lock().await;
+        let mut candidate = (*self.state.current()).clone();
         let replaced = match candidate.trunks.iter_mut().find(|t| t.name == trunk.name) {
             Some(slot) => {
                 *slot = trunk.clone();
@@ -235,7 +274,7 @@ impl TrunkService for Trunks {
                 false
             }
         };
-        self.apply(&mut config, candidate)?;
+        self.commit(candidate).await?;
         tracing::warn!(caller = %who.name, peer = %from, action = "upsert_trunk",
             trunk = %trunk.name, address = %trunk.address, replaced,
             "admin: trunk set; new calls use it");
@@ -251,7 +290,8 @@ impl TrunkService for Trunks {
         let q = req.into_inner();
         self.check_node(&q.node_id)?;
         check_name("name", &q.name)?;
-        let mut config = self.config.lock().await;
+        let _one_at_a_time = self.state.writer.lock().await;
+        let config = self.state.current();
         if !config.trunks.iter().any(|t| t.name == q.name) {
             return Err(Status::not_found(format!("name: no trunk {:?}", q.name)));
         }
@@ -263,9 +303,9 @@ impl TrunkService for Trunks {
                 uses.join(", ")
             )));
         }
-        let mut candidate = config.clone();
+        let mut candidate = (*config).clone();
         candidate.trunks.retain(|t| t.name != q.name);
-        self.apply(&mut config, candidate)?;
+        self.commit(candidate).await?;
         tracing::warn!(caller = %who.name, peer = %from, action = "delete_trunk",
             trunk = %q.name, "admin: trunk deleted; calls in progress on it go on");
         Ok(Response::new(DeleteTrunkResponse {}))
@@ -277,7 +317,7 @@ impl TrunkService for Trunks {
     ) -> Result<Response<RoutingTable>, Status> {
         require(&req, Role::Viewer, "GetRoutes")?;
         self.check_node(&req.get_ref().node_id)?;
-        let config = self.config.lock().await;
+        let config = self.state.current();
         Ok(Response::new(table_view(&config)))
     }
 
@@ -306,8 +346,8 @@ impl TrunkService for Trunks {
                 )));
             }
         }
-        let mut config = self.config.lock().await;
-        let mut candidate = config.clone();
+        let _one_at_a_time = self.state.writer.lock().await;
+        let mut candidate = (*self.state.current()).clone();
         candidate.routes = table
             .routes
             .iter()
@@ -318,11 +358,13 @@ impl TrunkService for Trunks {
             .collect();
         candidate.routing.default_trunk =
             (!table.default_trunk.is_empty()).then(|| table.default_trunk.clone());
-        self.apply(&mut config, candidate)?;
+        let view = table_view(&candidate);
+        let routes = candidate.routes.len();
+        self.commit(candidate).await?;
         tracing::warn!(caller = %who.name, peer = %from, action = "set_routes",
-            routes = config.routes.len(), default_trunk = %table.default_trunk,
+            routes, default_trunk = %table.default_trunk,
             "admin: routing table replaced; new calls use it");
-        Ok(Response::new(table_view(&config)))
+        Ok(Response::new(view))
     }
 }
 
