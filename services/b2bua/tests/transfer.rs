@@ -450,3 +450,69 @@ fn one_transfer_at_a_time_and_no_offers_meanwhile() {
         Err(TransferError::NotEstablished)
     );
 }
+
+#[test]
+fn the_target_hanging_up_before_the_remaining_leg_answers_ends_the_call() {
+    let mut w = world(false);
+    let (mut t, _inv, _ok, reinv) = up_to_reinvite(&mut w);
+    t.remote_target = format!("sip:{OUR_IP}:{B_LOCAL_PORT}");
+    let bye = t.request("BYE", &[], None);
+    sent_by(&mut w, Leg::B, &t, bye);
+    assert_eq!(status(&recv_at(&mut w, Leg::B, T_ADDR)), Some(200));
+    // A may be taking the target's session: the call cannot go on with the old callee.
+    let bye_a = w
+        .drain(Leg::A)
+        .into_iter()
+        .find(|m| is_request(m, Method::Bye))
+        .expect("A gets BYE");
+    let old = recv_at(&mut w, Leg::B, B_ADDR);
+    assert!(is_request(&old, Method::Bye), "the old callee gets BYE");
+    let evs = transfer_events(&mut w);
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, Event::TransferFailed { status: 487, .. })));
+    assert!(
+        evs.iter().any(|e| matches!(e, Event::Ended { .. })),
+        "{evs:?}"
+    );
+    // A's late 200 to the re-INVITE is still ACKed.
+    let ok_a = w.a.respond(&reinv, 200, Some(&sdp(40002, "sendrecv")));
+    w.a_sends(ok_a);
+    assert!(w.drain(Leg::A).iter().any(|m| is_request(m, Method::Ack)));
+    let ok = w.a.respond(&bye_a, 200, None);
+    w.a_sends(ok);
+    let ok = w.b.respond(&old, 200, None);
+    w.b_sends(ok);
+    w.run_out();
+    assert!(w.call.is_finished());
+}
+
+#[test]
+fn a_remaining_leg_that_never_answers_the_reinvite_ends_the_call() {
+    let mut w = world(false);
+    let (_t, _inv, _ok, _reinv) = up_to_reinvite(&mut w);
+    // A is silent: the re-INVITE times out (Timer B).
+    w.advance(std::time::Duration::from_secs(40));
+    let to_t = w.drain(Leg::B);
+    assert!(to_t
+        .iter()
+        .any(|m| is_request(m, Method::Ack) && call_id(m) != w.b.call_id));
+    assert!(to_t
+        .iter()
+        .any(|m| is_request(m, Method::Bye) && call_id(m) != w.b.call_id));
+    assert!(
+        to_t.iter()
+            .any(|m| is_request(m, Method::Bye) && call_id(m) == w.b.call_id),
+        "the old callee is released too"
+    );
+    let evs = transfer_events(&mut w);
+    assert!(
+        evs.iter()
+            .any(|e| matches!(e, Event::TransferFailed { status: 408, .. })),
+        "{evs:?}"
+    );
+    assert!(
+        evs.iter().any(|e| matches!(e, Event::Ended { .. })),
+        "{evs:?}"
+    );
+}

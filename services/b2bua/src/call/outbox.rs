@@ -231,7 +231,7 @@ impl Call {
             Outgoing::Request {
                 role: ClientRole::TransferReinvite,
                 ..
-            } => self.transfer_reinvite_failed(now, f.status),
+            } => self.transfer_reinvite_failed(now, f.status, false),
             Outgoing::Request {
                 role: ClientRole::OriginateB,
                 ..

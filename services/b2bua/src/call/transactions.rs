@@ -245,7 +245,7 @@ impl Call {
             ClientRole::OriginateA => self.originate_failed(now, Leg::A, status, cause),
             ClientRole::OriginateB => self.originate_failed(now, Leg::B, status, cause),
             ClientRole::TransferInvite => self.transfer_invite_failed(now, status),
-            ClientRole::TransferReinvite => self.transfer_reinvite_failed(now, status),
+            ClientRole::TransferReinvite => self.transfer_reinvite_failed(now, status, true),
             ClientRole::Bye => self.bye_done(),
             ClientRole::Cancel => {}
         }

@@ -286,16 +286,18 @@ impl Call {
         self.events.push_back(Event::Settled);
     }
 
-    /// The re-INVITE toward the remaining leg got no answer (timeout, transport error)
-    /// or could not be anchored: the transfer fails as if it had been refused.
-    pub(super) fn transfer_reinvite_failed(&mut self, now: Instant, status: u16) {
+    /// The re-INVITE toward the remaining leg could not be sent (the relay could not
+    /// anchor the target's offer: `sent` false) or got no answer (timeout, transport
+    /// error). Unsent, nothing changed anywhere and the call goes on; unanswered, no one
+    /// knows which session the remaining party now has, so the call ends rather than
+    /// going on with audio that may go nowhere.
+    pub(super) fn transfer_reinvite_failed(&mut self, now: Instant, status: u16, sent: bool) {
         if self
             .transfer
             .as_ref()
             .is_some_and(|t| matches!(t.phase, Phase::Answered { .. }))
         {
-            let anchored = self.anchor;
-            self.transfer_failed(now, status, anchored);
+            self.transfer_failed(now, status, sent);
         }
     }
 
@@ -331,8 +333,9 @@ impl Call {
                 // Nothing to release on its side any more.
                 t.new.dialog = None;
             }
-            let anchored = self.anchor;
-            self.transfer_failed(now, 487, anchored);
+            // The remaining party may be taking the target's session right now: with the
+            // target gone, that session goes nowhere, so the call ends.
+            self.transfer_failed(now, 487, true);
             return;
         }
         let status = if req.method == Method::Invite {
