@@ -8,6 +8,7 @@ mod admin;
 mod alloc;
 mod app;
 mod cli;
+mod cluster_metrics;
 mod config;
 mod metrics_http;
 mod shared_config;
@@ -103,6 +104,8 @@ async fn start_and_run(config: Config) -> anyhow::Result<()> {
 async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let app = App::build(config.clone(), &mut registry).await?;
+    let cluster_gauges = (!config.cluster.etcd_endpoints.is_empty())
+        .then(|| cluster_metrics::ClusterGauges::register(&mut registry));
     let registry = Arc::new(registry);
 
     // The endpoint outlives the app so Prometheus can watch the drain.
@@ -132,6 +135,9 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let shared = (!config.cluster.etcd_endpoints.is_empty()).then(|| {
         shared_config::SharedConfig::start(&config, routing.clone(), cluster_stop.clone())
     });
+    if let (Some(gauges), Some(m)) = (cluster_gauges, membership.clone()) {
+        gauges.follow(m, shared.clone(), cluster_stop.clone());
+    }
     let admin_stop = CancellationToken::new();
     let admin = match config.admin.listen {
         Some(addr) => Some(

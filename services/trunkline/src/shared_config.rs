@@ -133,6 +133,11 @@ impl SharedConfig {
         Arc::new(SharedConfig { doc })
     }
 
+    /// The etcd revision of the version in force (0: none from etcd yet).
+    pub fn revision(&self) -> i64 {
+        self.doc.revision()
+    }
+
     /// Writes `candidate`'s trunks and routes to etcd if no one changed them since this
     /// node last applied them, and waits (up to 2 s) until the node has them in force.
     pub async fn write(&self, candidate: &Config) -> Result<(), Status> {

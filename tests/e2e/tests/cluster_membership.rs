@@ -161,6 +161,13 @@ fn nodes_see_each_other_through_etcd_and_survive_its_restart() -> Result<()> {
         v["clustered"] == true && v["etcdConnected"] == true && v["registered"] == true,
         "a's view of etcd: {v}"
     );
+    na.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("trunkline_cluster_members", &[]) == Some(2.0)
+            && m.get("trunkline_cluster_etcd_connected", &[]) == Some(1.0)
+            && m.get("trunkline_cluster_registered", &[]) == Some(1.0)
+            && m.get("trunkline_cluster_config_revision", &[])
+                .is_some_and(|r| r > 0.0)
+    })?;
 
     // A drain is published; the others see it.
     let (code, _, err) = trunkctl_at(&admin_b, &["node", "drain"])?;
@@ -189,6 +196,10 @@ fn nodes_see_each_other_through_etcd_and_survive_its_restart() -> Result<()> {
         view(&v) == vec![(a.clone(), "NODE_STATE_ACTIVE".to_string())],
         "a's view without etcd: {v}"
     );
+    na.wait_metrics(Duration::from_secs(15), |m| {
+        m.get("trunkline_cluster_etcd_connected", &[]) == Some(0.0)
+            && m.get("trunkline_cluster_members", &[]) == Some(1.0)
+    })?;
     // A node started while etcd is down runs, alone.
     let (mut nc, admin_c) = start_node(&out, &c, client)?;
     ensure!(
