@@ -27,6 +27,9 @@ pub struct Document {
     endpoints: Vec<String>,
     /// The `mod_revision` of the version last applied (0: none yet).
     revision: AtomicI64,
+    /// The `mod_revision` of the latest version seen, applied or refused: what a write
+    /// must replace (so an operator can replace a version the nodes refused).
+    seen: AtomicI64,
     connected: AtomicBool,
 }
 
@@ -58,6 +61,7 @@ impl Document {
             key: key.to_string(),
             endpoints,
             revision: AtomicI64::new(0),
+            seen: AtomicI64::new(0),
             connected: AtomicBool::new(false),
         });
         let follower = doc.clone();
@@ -94,6 +98,12 @@ impl Document {
         self.revision.load(Ordering::Acquire)
     }
 
+    /// The revision of the latest version seen, applied or not: what `write` compares
+    /// against.
+    pub fn seen(&self) -> i64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
     /// Whether the follower is connected to etcd now.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
@@ -114,6 +124,7 @@ impl Document {
         let mut revision = got.header().map_or(0, |h| h.revision());
         match got.kvs().first() {
             Some(kv) => {
+                self.seen.store(kv.mod_revision(), Ordering::Release);
                 if kv.mod_revision() != self.revision() && apply(kv.value(), kv.mod_revision()) {
                     self.revision.store(kv.mod_revision(), Ordering::Release);
                 }
@@ -158,6 +169,7 @@ impl Document {
                     tracing::warn!(key = %self.key, "cluster: the shared configuration was deleted; keeping the one in force");
                     continue;
                 }
+                self.seen.fetch_max(kv.mod_revision(), Ordering::AcqRel);
                 if kv.mod_revision() > self.revision() && apply(kv.value(), kv.mod_revision()) {
                     self.revision.store(kv.mod_revision(), Ordering::Release);
                 }

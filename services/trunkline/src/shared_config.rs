@@ -143,7 +143,9 @@ impl SharedConfig {
     pub async fn write(&self, candidate: &Config) -> Result<(), Status> {
         let bytes = serde_json::to_vec_pretty(&RoutingDoc::of(candidate))
             .map_err(|e| Status::internal(e.to_string()))?;
-        let expected = self.doc.revision();
+        // Against the latest version seen, even one this node refused: an operator must be
+        // able to replace a bad document.
+        let expected = self.doc.seen();
         let revision = self.doc.write(bytes, expected).await.map_err(|e| match e {
             WriteError::Conflict(_) => Status::aborted(format!(
                 "the cluster's trunks and routes changed meanwhile (or this node has not read them yet): {e}"

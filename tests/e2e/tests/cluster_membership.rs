@@ -57,6 +57,35 @@ fn start_etcd(out: &Path, dir: &Path, client: u16, peer: u16, run: u32) -> Resul
     }
 }
 
+/// Puts `value` under `key` in etcd directly (its JSON gateway, /v3/kv/put), as a bad
+/// script or a careless operator might.
+fn etcd_put(client: u16, key: &str, value: &str) -> Result<()> {
+    use base64::Engine as _;
+    use std::io::{Read, Write};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = format!(
+        "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+        b64.encode(key),
+        b64.encode(value)
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{client}").parse()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "POST /v3/kv/put HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    ensure!(
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200"),
+        "etcd put: {reply}"
+    );
+    Ok(())
+}
+
 fn start_node(out: &Path, id: &str, etcd_port: u16) -> Result<(Node, String)> {
     let trunk = UdpSocket::bind((UAS_IP, 0))?;
     start_node_with(out, id, etcd_port, trunk.local_addr()?, "")
@@ -368,6 +397,46 @@ fn trunks_and_routes_are_shared_through_etcd_and_cached_on_disk() -> Result<()> 
         cache_b.exists(),
         "b kept no copy of the shared configuration"
     );
+
+    // A document that breaks the rules (its default trunk does not exist) is refused by
+    // every node, which keep what they have; an operator can still replace it.
+    let bad = r#"{"trunks":[],"routes":[],"routing":{"default_trunk":"nowhere"}}"#;
+    etcd_put(client, "/trunkline/config/routing", bad)?;
+    std::thread::sleep(Duration::from_millis(500));
+    wait_trunks(&admin_a, &both, Duration::from_secs(1))?;
+    wait_trunks(&admin_b, &both, Duration::from_secs(1))?;
+    let refused = wait_until(Duration::from_secs(5), || {
+        na.log_text().contains("shared configuration refused")
+    });
+    ensure!(refused, "a did not say it refused the bad document");
+    std::fs::write(&routes, "[routing]\ndefault_trunk = \"carrier\"\n")?;
+    let (code, _, err) = trunkctl_at(
+        &admin_a,
+        &["routes", "apply", "-f", &routes.display().to_string()],
+    )?;
+    ensure!(
+        code == 0,
+        "routes apply over a refused document: {code} {err}"
+    );
+    let start = Instant::now();
+    loop {
+        let v = trunkctl_json(&admin_b, &["routes", "list"])?;
+        if v["defaultTrunk"] == "carrier" {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(2),
+            "b never saw the repair: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What b restarts from below: its cache holds the last version it applied.
+    std::fs::write(&routes, "[routing]\ndefault_trunk = \"second\"\n")?;
+    let (code, _, err) = trunkctl_at(
+        &admin_b,
+        &["routes", "apply", "-f", &routes.display().to_string()],
+    )?;
+    ensure!(code == 0, "routes apply on b again: {code} {err}");
 
     // b restarts while etcd is down: it uses what it last saw, not its file.
     nb.stop()?;
