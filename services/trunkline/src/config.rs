@@ -1449,6 +1449,22 @@ mod tests {
     }
 
     #[test]
+    fn cluster_example_file_loads() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples/cluster-node.toml");
+        let example = std::fs::read_to_string(path).unwrap();
+        load_in_jail(&[], Some(&example), |result, _| {
+            let config = result.unwrap();
+            assert_eq!(
+                config.cluster.etcd_endpoints,
+                vec!["http://127.0.0.1:2379".to_string()]
+            );
+            assert_eq!(config.cluster.lease_ttl_secs, 10);
+            assert_eq!(config.routing.default_trunk.as_deref(), Some("carrier"));
+        });
+    }
+
+    #[test]
     fn unknown_key_names_key_and_file() {
         let file = "[metrics]\nlistne = \"127.0.0.1:1\"\n";
         load_in_jail(&[], Some(file), |result, path| {
