@@ -10,6 +10,8 @@ const FILES: &[&str] = &[
     "trunkline/admin/v1/trunks.proto",
 ];
 
+const CLUSTER_FILES: &[&str] = &["trunkline/cluster/v1/replication.proto"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     for file in FILES {
@@ -22,5 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
+    // The node-to-node API is compiled apart: it is not in the reflection set the admin
+    // API publishes.
+    for file in CLUSTER_FILES {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
+    let cluster = protox::compile(CLUSTER_FILES, [&root])?;
+    tonic_prost_build::configure().compile_fds(cluster)?;
     Ok(())
 }

@@ -400,6 +400,9 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
         }
         Event::Ended { status, cause } => {
             tracing::debug!(status, ?cause, "call ended");
+            if let Some(r) = state.shared.replicator.get() {
+                r.remove(Arc::from(state.record.id()));
+            }
             state.shared.directory.ended(&state.record, status, cause);
             release_media(state);
             state.pins = [None, None];
@@ -420,7 +423,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
         Event::RetransmissionReceived { .. } => {
             state.shared.metrics.retransmission(Direction::In);
         }
-        Event::Settled => {}
+        Event::Settled => replicate(state),
         Event::TransferAnswered { leg } => transfer::answered(state, leg),
         Event::Transferred { leg } => transfer::done(state, leg),
         Event::TransferFailed { leg, status } => transfer::failed(state, leg, status),
@@ -452,6 +455,22 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             // No relay on this node: the body passes as it is.
             None => state.call.handle_media(now(), id, Ok(sdp)),
         },
+    }
+}
+
+/// Sends the settled call's state to its buddies (cluster mode): a snapshot exists only
+/// when both dialogs are up and nothing is in flight.
+fn replicate(state: &CallActorState) {
+    let Some(r) = state.shared.replicator.get() else {
+        return;
+    };
+    let Some(snap) = state.call.snapshot() else {
+        return;
+    };
+    let replica = crate::replicate::ReplicaState::new(&state.record, &snap);
+    match serde_json::to_vec(&replica) {
+        Ok(bytes) => r.upsert(Arc::from(replica.id.as_str()), bytes),
+        Err(e) => tracing::warn!(error = %e, "call state not replicated"),
     }
 }
 

@@ -142,6 +142,11 @@ impl Dispatcher {
             .map_err(|_| HangupError::Ended)
     }
 
+    /// Sends settled calls' state to `r` from now on (cluster mode).
+    pub fn set_replicator(&self, r: Arc<dyn crate::replicate::Replicate>) {
+        let _ = self.shared.replicator.set(r);
+    }
+
     /// Moves `leg` of answered call `serial` to `number` (through `trunk`, or where the
     /// routing table sends the number) and waits for the outcome: the target answered and
     /// the other leg took its session, or why not.

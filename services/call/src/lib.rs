@@ -11,6 +11,7 @@ pub mod messages;
 pub mod metrics;
 pub mod outbound;
 pub mod registry;
+pub mod replicate;
 pub mod router;
 pub mod shared;
 pub mod stateless;
@@ -20,6 +21,7 @@ pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallReco
 pub use dispatcher::{Dispatcher, HangupError, OriginateFailure};
 pub use messages::TransferFailure;
 pub use outbound::{Listener, Outbound};
+pub use replicate::Replicate;
 pub use router::{Route, Router, Routing, TargetError, Trunk};
 pub use shared::DispatcherConfig;
 pub use trust::{Origin, Source, Trust};

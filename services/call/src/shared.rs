@@ -60,6 +60,8 @@ pub struct Shared {
     /// Calls admitted and not yet ended (ended calls may linger to absorb
     /// retransmissions; they no longer count).
     live_calls: AtomicU64,
+    /// Where settled calls send their state (cluster mode only).
+    pub(crate) replicator: OnceLock<Arc<dyn crate::replicate::Replicate>>,
 }
 
 impl Shared {
@@ -87,6 +89,7 @@ impl Shared {
             next_serial: AtomicU64::new(first_serial()),
             log_budget: LogLimiter::default(),
             live_calls: AtomicU64::new(0),
+            replicator: OnceLock::new(),
         }
     }
 

@@ -23,6 +23,9 @@ pub struct NodeInfo {
     /// The admin API's address, if it listens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// Where other nodes reach this one (`trunkline.cluster.v1`), as host:port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Milliseconds since the Unix epoch when the node started.
     pub started_ms: u64,
 }

@@ -10,6 +10,14 @@ pub mod admin {
     }
 }
 
+/// `trunkline.cluster.v1`: what nodes of a cluster say to each other.
+pub mod cluster {
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic, missing_docs)]
+        tonic::include_proto!("trunkline.cluster.v1");
+    }
+}
+
 /// The encoded descriptors of every file under `proto/`, for server reflection: with it
 /// a generic client lists and calls every method without the .proto files.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -17,6 +17,9 @@ pub struct ClusterGauges {
     etcd_connected: Gauge,
     registered: Gauge,
     config_revision: Gauge,
+    replicas_held: Gauge,
+    replicated_calls: Gauge,
+    replication_dropped: Gauge,
 }
 
 impl ClusterGauges {
@@ -42,6 +45,21 @@ impl ClusterGauges {
             "etcd revision of the shared trunks and routes in force (0: none from etcd yet)",
             g.config_revision.clone(),
         );
+        registry.register(
+            "trunkline_cluster_replicas_held",
+            "Calls of other nodes whose state this node holds as their buddy",
+            g.replicas_held.clone(),
+        );
+        registry.register(
+            "trunkline_cluster_replicated_calls",
+            "Live calls of this node whose state is kept for its buddies",
+            g.replicated_calls.clone(),
+        );
+        registry.register(
+            "trunkline_cluster_replication_dropped",
+            "Call state changes dropped because the replication queue was full",
+            g.replication_dropped.clone(),
+        );
         g
     }
 
@@ -50,6 +68,8 @@ impl ClusterGauges {
         self,
         membership: Arc<trunkline_cluster::Membership>,
         shared: Option<Arc<SharedConfig>>,
+        replicator: Option<trunkline_cluster::Replicator>,
+        replicas: Arc<trunkline_cluster::ReplicaStore>,
         stop: CancellationToken,
     ) {
         tokio::spawn(async move {
@@ -65,6 +85,15 @@ impl ClusterGauges {
                 self.registered.set(i64::from(membership.registered()));
                 if let Some(s) = &shared {
                     self.config_revision.set(s.revision());
+                }
+                let held: usize = replicas.held().values().sum();
+                self.replicas_held
+                    .set(i64::try_from(held).unwrap_or(i64::MAX));
+                if let Some(r) = &replicator {
+                    self.replicated_calls
+                        .set(i64::try_from(r.owned()).unwrap_or(i64::MAX));
+                    self.replication_dropped
+                        .set(i64::try_from(r.dropped()).unwrap_or(i64::MAX));
                 }
             }
         });

@@ -618,6 +618,21 @@ pub struct ClusterConfig {
     /// The lease of the node's registration: how long after the node dies (or loses
     /// etcd) its entry disappears.
     pub lease_ttl_secs: u64,
+    /// Where other nodes reach this one (node-to-node gRPC, `trunkline.cluster.v1`: call
+    /// replication). Port 0 takes a free port; the address actually bound is what the
+    /// node registers, unless `advertise` says otherwise. Put it on a network only the
+    /// cluster's nodes reach.
+    #[serde(with = "optional_addr")]
+    pub listen: Option<SocketAddr>,
+    /// host:port other nodes use to reach `listen` (behind NAT, or a DNS name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// How many buddies hold each settled call's state (1 or 2).
+    pub replication_factor: usize,
+    /// A shared secret node-to-node requests carry (at least 16 characters); without it
+    /// anyone who reaches `listen` can push call state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// Where the node keeps the last trunks and routes it applied from etcd, to use when
     /// it starts while etcd is down (none: it starts from the file's then).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -629,6 +644,10 @@ impl Default for ClusterConfig {
         Self {
             etcd_endpoints: Vec::new(),
             lease_ttl_secs: 10,
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            advertise: None,
+            replication_factor: 1,
+            secret: None,
             config_cache: None,
         }
     }
@@ -1095,6 +1114,27 @@ impl Config {
             problems.push(
                 "cluster.lease_ttl_secs",
                 format!("{} is not within 2..=300", c.lease_ttl_secs),
+            );
+        }
+        if !(1..=2).contains(&c.replication_factor) {
+            problems.push(
+                "cluster.replication_factor",
+                format!("{} is not 1 or 2", c.replication_factor),
+            );
+        }
+        if c.secret
+            .as_ref()
+            .is_some_and(|s| s.len() < 16 || !s.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            problems.push(
+                "cluster.secret",
+                "must be at least 16 printable characters without spaces".to_string(),
+            );
+        }
+        if !c.etcd_endpoints.is_empty() && c.listen.is_none() {
+            problems.push(
+                "cluster.listen",
+                "a clustered node needs its node-to-node listener".to_string(),
             );
         }
         for e in &c.etcd_endpoints {

@@ -9,6 +9,7 @@ mod alloc;
 mod app;
 mod cli;
 mod cluster_metrics;
+mod cluster_server;
 mod config;
 mod metrics_http;
 mod shared_config;
@@ -115,7 +116,38 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         None => None,
     };
     let cluster_stop = CancellationToken::new();
-    let membership = start_membership(&config, cluster_stop.clone());
+    // The node-to-node listener first: its bound address is part of the registration.
+    let replicas = trunkline_cluster::ReplicaStore::new(config.cluster.secret.as_deref());
+    let cluster_addr = match (
+        config.cluster.etcd_endpoints.is_empty(),
+        config.cluster.listen,
+    ) {
+        (false, Some(listen)) => {
+            let bound =
+                cluster_server::start(listen, replicas.clone(), cluster_stop.clone()).await?;
+            Some(
+                config
+                    .cluster
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| bound.to_string()),
+            )
+        }
+        _ => None,
+    };
+    let membership = start_membership(&config, cluster_addr, cluster_stop.clone());
+    let replicator = membership.clone().map(|m| {
+        let r = trunkline_cluster::Replicator::start(
+            m,
+            config.node.id.clone(),
+            config.cluster.replication_factor,
+            config.cluster.secret.clone(),
+            cluster_stop.clone(),
+        );
+        app.dispatcher()
+            .set_replicator(Arc::new(cluster_server::ToBuddies(r.clone())));
+        r
+    });
     if let Some(m) = membership.clone() {
         // A SIGTERM drain is published whether or not the admin API runs.
         let shutdown = shutdown.clone();
@@ -136,7 +168,13 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         shared_config::SharedConfig::start(&config, routing.clone(), cluster_stop.clone())
     });
     if let (Some(gauges), Some(m)) = (cluster_gauges, membership.clone()) {
-        gauges.follow(m, shared.clone(), cluster_stop.clone());
+        gauges.follow(
+            m,
+            shared.clone(),
+            replicator.clone(),
+            replicas.clone(),
+            cluster_stop.clone(),
+        );
     }
     let admin_stop = CancellationToken::new();
     let admin = match config.admin.listen {
@@ -209,6 +247,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 /// drain is published as this node's state.
 fn start_membership(
     config: &Config,
+    cluster_addr: Option<String>,
     stop: CancellationToken,
 ) -> Option<Arc<trunkline_cluster::Membership>> {
     if config.cluster.etcd_endpoints.is_empty() {
@@ -227,6 +266,7 @@ fn start_membership(
         state: trunkline_cluster::NodeState::Active,
         sip,
         admin: config.admin.listen.map(|a| a.to_string()),
+        cluster: cluster_addr,
         started_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),

@@ -456,3 +456,55 @@ fn trunks_and_routes_are_shared_through_etcd_and_cached_on_disk() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn settled_calls_are_replicated_to_a_buddy_and_dropped_when_they_end() -> Result<()> {
+    const CALLS: u64 = 20;
+    let out = out_dir("cluster_replication")?;
+    let run = std::process::id() % 1_000_000;
+    let (client, peer) = (free_port(NODE_IP)?, free_port(NODE_IP)?);
+    let _etcd = start_etcd(&out, &out.join("etcd-data"), client, peer, 1)?;
+    let uas_builder = Sipp::uas("uas_basic.xml")
+        .calls(CALLS)
+        .timeout_secs(60)
+        .resolve_port()?;
+    let mut uas = uas_builder.clone().spawn(&out)?;
+    let (a, b) = (format!("ra{run}"), format!("rb{run}"));
+    let (na, admin_a) = start_node_with(&out, &a, client, uas_builder.addr()?, "")?;
+    let (nb, _admin_b) = start_node(&out, &b, client)?;
+    converge(
+        &admin_a,
+        &[(&a, "ACTIVE"), (&b, "ACTIVE")],
+        Duration::from_secs(10),
+    )?;
+
+    let mut uac = Sipp::uac("uac_basic.xml", na.sip_addr())
+        .calls(CALLS)
+        .rate(20)
+        .duration_ms(6000)
+        .timeout_secs(60)
+        .spawn(&out)?;
+    // Every settled call of a is held by b, a's only buddy.
+    let want = CALLS as f64;
+    na.wait_metrics(Duration::from_secs(15), |m| {
+        m.get("trunkline_cluster_replicated_calls", &[]) == Some(want)
+    })?;
+    let held = nb.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("trunkline_cluster_replicas_held", &[]) == Some(want)
+    });
+    ensure!(held.is_ok(), "b does not hold a's {CALLS} calls: {held:?}");
+    uac.wait(Duration::from_secs(60))?.assert_all_ok(CALLS)?;
+    uas.wait(Duration::from_secs(30))?.assert_all_ok(CALLS)?;
+    // Ended: nothing is held any more, on either side.
+    nb.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("trunkline_cluster_replicas_held", &[]) == Some(0.0)
+    })?;
+    let m = na.wait_metrics(Duration::from_secs(5), |m| {
+        m.get("trunkline_cluster_replicated_calls", &[]) == Some(0.0)
+    })?;
+    ensure!(
+        m.get("trunkline_cluster_replication_dropped", &[]) == Some(0.0),
+        "changes dropped on the way"
+    );
+    Ok(())
+}

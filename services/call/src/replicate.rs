@@ -1,0 +1,49 @@
+//! Where settled calls send their state in a cluster (`trunkline-cluster`'s replicator,
+//! behind this trait so the call layer does not depend on the layer above it). A call
+//! sends its state when it settles (answered and ACKed, a re-INVITE or a transfer done)
+//! and says when it ends; neither waits for anything.
+
+use crate::directory::CallRecord;
+use serde::Serialize;
+use std::sync::Arc;
+use trunkline_b2bua::CallSnapshot;
+
+/// Takes calls' state for replication. Implementations must not block.
+pub trait Replicate: Send + Sync {
+    /// The call's whole replicable state, as it is now.
+    fn upsert(&self, call_id: Arc<str>, state: Vec<u8>);
+    /// The call ended.
+    fn remove(&self, call_id: Arc<str>);
+}
+
+/// What a buddy keeps of a call: the B2BUA's snapshot (both dialogs, peers, our
+/// addresses, the identifier source) and what the call directory shows, so an adopted
+/// call keeps its id, numbers and times.
+#[derive(Debug, Serialize)]
+pub struct ReplicaState<'a> {
+    pub id: String,
+    pub caller: &'a str,
+    pub callee: &'a str,
+    pub created_ms: u64,
+    pub answered_ms: Option<u64>,
+    pub from_trunk: Option<&'a str>,
+    pub callee_trunk: Option<String>,
+    pub media_key: &'a str,
+    pub snapshot: &'a CallSnapshot,
+}
+
+impl<'a> ReplicaState<'a> {
+    pub fn new(record: &'a CallRecord, snapshot: &'a CallSnapshot) -> ReplicaState<'a> {
+        ReplicaState {
+            id: record.id(),
+            caller: &record.caller,
+            callee: &record.callee,
+            created_ms: record.created_ms,
+            answered_ms: record.answered_ms(),
+            from_trunk: record.from_trunk.as_deref(),
+            callee_trunk: record.callee_leg().map(|b| b.trunk.to_string()),
+            media_key: &record.media_key,
+            snapshot,
+        }
+    }
+}

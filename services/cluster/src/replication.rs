@@ -1,0 +1,491 @@
+//! Call replication: each settled call's state goes to its buddies (the next nodes on
+//! the ring after its owner), so that a buddy can take the call over when the owner dies.
+//!
+//! - **Owner side** (`Replicator`): call actors hand it changes with `try_send` and never
+//!   wait (a full queue drops the change and counts it; the call's next change carries the
+//!   whole state again). One task keeps the latest state of every live call, and every
+//!   `BATCH_EVERY` sends each buddy one batch of what it lacks: one RPC per buddy per
+//!   tick, however many calls changed. When the ring changes (a buddy left or a node
+//!   joined), calls whose buddies changed are sent to their new ones, and the old ones
+//!   are told to drop them. No etcd request is ever made for a call.
+//! - **Buddy side** (`ReplicaStore`): the `trunkline.cluster.v1.Replication` service, the
+//!   replicas held per owner.
+//!
+//! Node-to-node requests carry `[cluster] secret` as a bearer token when one is set.
+
+use crate::membership::Membership;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
+use trunkline_proto::cluster::v1::replication_server::{Replication, ReplicationServer};
+use trunkline_proto::cluster::v1::{Replica, ReplicaAck, ReplicaBatch};
+
+/// How often changes go out.
+const BATCH_EVERY: Duration = Duration::from_millis(50);
+/// Changes waiting for the replication task; past it a change is dropped (and counted).
+const QUEUE: usize = 65_536;
+/// Upserts per RPC at most (a batch stays well under gRPC's 4 MiB default).
+const MAX_BATCH: usize = 512;
+
+/// A change of one call, from its actor.
+#[derive(Debug)]
+pub enum Change {
+    /// The call's whole replicable state, as it is now.
+    Upsert { call_id: Arc<str>, state: Vec<u8> },
+    /// The call ended.
+    Remove { call_id: Arc<str> },
+}
+
+/// The owner side: what call actors send their changes to.
+#[derive(Debug, Clone)]
+pub struct Replicator {
+    tx: mpsc::Sender<Change>,
+    dropped: Arc<AtomicU64>,
+    owned: Arc<AtomicU64>,
+}
+
+impl Replicator {
+    /// Hands a change over without waiting.
+    pub fn send(&self, change: Change) {
+        if self.tx.try_send(change).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Changes dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Live calls of this node the replicator keeps state for.
+    pub fn owned(&self) -> u64 {
+        self.owned.load(Ordering::Relaxed)
+    }
+
+    /// Starts the replication task.
+    pub fn start(
+        membership: Arc<Membership>,
+        me: String,
+        factor: usize,
+        secret: Option<String>,
+        stop: CancellationToken,
+    ) -> Replicator {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let r = Replicator {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            owned: Arc::new(AtomicU64::new(0)),
+        };
+        let owned = r.owned.clone();
+        tokio::spawn(async move {
+            let mut task = Task {
+                me,
+                factor: factor.max(1),
+                secret,
+                membership,
+                calls: HashMap::new(),
+                removals: HashMap::new(),
+                clients: HashMap::new(),
+                version: 0,
+                ring_revision: -1,
+                full_sent: HashSet::new(),
+            };
+            task.run(rx, owned, stop).await;
+        });
+        r
+    }
+}
+
+struct Held {
+    version: u64,
+    state: Arc<[u8]>,
+    /// The buddies that have this version.
+    sent_to: Vec<String>,
+}
+
+struct Task {
+    me: String,
+    factor: usize,
+    secret: Option<String>,
+    membership: Arc<Membership>,
+    calls: HashMap<Arc<str>, Held>,
+    /// Removals still owed to each buddy.
+    removals: HashMap<String, Vec<String>>,
+    clients: HashMap<String, (String, ReplicationClient<tonic::transport::Channel>)>,
+    version: u64,
+    ring_revision: i64,
+    /// Buddies that got a full batch since they (re)appeared.
+    full_sent: HashSet<String>,
+}
+
+impl Task {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Change>,
+        owned: Arc<AtomicU64>,
+        stop: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(BATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            while let Ok(change) = rx.try_recv() {
+                self.apply(change);
+            }
+            owned.store(self.calls.len() as u64, Ordering::Relaxed);
+            self.flush().await;
+        }
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Upsert { call_id, state } => {
+                self.version += 1;
+                self.calls.insert(
+                    call_id,
+                    Held {
+                        version: self.version,
+                        state: Arc::from(state),
+                        sent_to: Vec::new(),
+                    },
+                );
+            }
+            Change::Remove { call_id } => {
+                if let Some(held) = self.calls.remove(&call_id) {
+                    for b in held.sent_to {
+                        self.removals
+                            .entry(b)
+                            .or_default()
+                            .push(call_id.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends every buddy what it lacks.
+    async fn flush(&mut self) {
+        let members = self.membership.members();
+        let ring_changed = members.revision != self.ring_revision;
+        self.ring_revision = members.revision;
+        let mut batches: HashMap<String, ReplicaBatch> = HashMap::new();
+        for (call_id, held) in &mut self.calls {
+            let buddies: Vec<String> = members
+                .ring
+                .nodes_for(call_id, self.factor, Some(&self.me))
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            if ring_changed {
+                // A buddy that no longer is one drops the call.
+                for old in held.sent_to.iter().filter(|b| !buddies.contains(b)) {
+                    self.removals
+                        .entry(old.clone())
+                        .or_default()
+                        .push(call_id.to_string());
+                }
+                held.sent_to.retain(|b| buddies.contains(b));
+            }
+            for b in buddies {
+                if held.sent_to.contains(&b) {
+                    continue;
+                }
+                let batch = batches.entry(b.clone()).or_insert_with(|| ReplicaBatch {
+                    owner: self.me.clone(),
+                    ..ReplicaBatch::default()
+                });
+                if batch.upserts.len() < MAX_BATCH {
+                    batch.upserts.push(Replica {
+                        call_id: call_id.to_string(),
+                        version: held.version,
+                        state: held.state.to_vec(),
+                    });
+                }
+            }
+        }
+        for (b, removed) in &self.removals {
+            if removed.is_empty() {
+                continue;
+            }
+            batches
+                .entry(b.clone())
+                .or_insert_with(|| ReplicaBatch {
+                    owner: self.me.clone(),
+                    ..ReplicaBatch::default()
+                })
+                .removals
+                .extend(removed.iter().cloned());
+        }
+        // A buddy seen for the first time (or back) gets a full batch, so it drops what
+        // it may still hold from an earlier life of this node.
+        for (id, _) in members.nodes.iter().filter(|(id, _)| **id != self.me) {
+            if !self.full_sent.contains(id) {
+                batches
+                    .entry(id.clone())
+                    .or_insert_with(|| ReplicaBatch {
+                        owner: self.me.clone(),
+                        ..ReplicaBatch::default()
+                    })
+                    .full = true;
+            }
+        }
+        self.full_sent.retain(|id| members.nodes.contains_key(id));
+        for (buddy, batch) in batches {
+            let Some(addr) = members.nodes.get(&buddy).and_then(|n| n.cluster.clone()) else {
+                continue;
+            };
+            let full = batch.full;
+            let sent: Vec<(String, u64)> = batch
+                .upserts
+                .iter()
+                .map(|r| (r.call_id.clone(), r.version))
+                .collect();
+            let removals = batch.removals.len();
+            match self.send(&buddy, &addr, batch).await {
+                Ok(()) => {
+                    for (call_id, version) in sent {
+                        if let Some(h) = self.calls.get_mut(call_id.as_str()) {
+                            if h.version == version && !h.sent_to.contains(&buddy) {
+                                h.sent_to.push(buddy.clone());
+                            }
+                        }
+                    }
+                    if let Some(r) = self.removals.get_mut(&buddy) {
+                        r.drain(..removals.min(r.len()));
+                    }
+                    if full {
+                        self.full_sent.insert(buddy.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(buddy = %buddy, error = %e, "cluster: replication batch failed; retried");
+                    self.clients.remove(&buddy);
+                }
+            }
+        }
+        self.removals
+            .retain(|b, r| !r.is_empty() && members.nodes.contains_key(b));
+    }
+
+    async fn send(&mut self, buddy: &str, addr: &str, batch: ReplicaBatch) -> Result<(), String> {
+        let stale = self.clients.get(buddy).is_none_or(|(a, _)| a != addr);
+        if stale {
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(2));
+            let channel = endpoint.connect_lazy();
+            self.clients.insert(
+                buddy.to_string(),
+                (addr.to_string(), ReplicationClient::new(channel)),
+            );
+        }
+        let Some((_, client)) = self.clients.get_mut(buddy) else {
+            return Err("no client".into());
+        };
+        let mut req = Request::new(batch);
+        if let Some(s) = &self.secret {
+            let value = format!("Bearer {s}")
+                .parse()
+                .map_err(|_| "the cluster secret is not a valid header value".to_string())?;
+            req.metadata_mut().insert("authorization", value);
+        }
+        client
+            .replicate(req)
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+/// One owner's calls as a buddy holds them: call id to (version, state).
+type OwnerReplicas = HashMap<String, (u64, Vec<u8>)>;
+
+/// The buddy side: replicas held, per owner.
+#[derive(Debug, Default)]
+pub struct ReplicaStore {
+    by_owner: Mutex<HashMap<String, OwnerReplicas>>,
+    secret: Option<[u8; 32]>,
+}
+
+impl ReplicaStore {
+    pub fn new(secret: Option<&str>) -> Arc<ReplicaStore> {
+        Arc::new(ReplicaStore {
+            by_owner: Mutex::new(HashMap::new()),
+            secret: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
+        })
+    }
+
+    /// Replicas held, per owner.
+    pub fn held(&self) -> HashMap<String, usize> {
+        self.by_owner
+            .lock()
+            .map(|m| m.iter().map(|(o, c)| (o.clone(), c.len())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The state of `call_id` held for `owner`, if any.
+    pub fn get(&self, owner: &str, call_id: &str) -> Option<Vec<u8>> {
+        let m = self.by_owner.lock().ok()?;
+        m.get(owner)?.get(call_id).map(|(_, s)| s.clone())
+    }
+
+    /// The tonic service over this store.
+    pub fn service(self: &Arc<Self>) -> ReplicationServer<StoreService> {
+        ReplicationServer::new(StoreService(self.clone())).max_decoding_message_size(8 << 20)
+    }
+
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn check(&self, req: &Request<ReplicaBatch>) -> Result<(), Status> {
+        let Some(want) = &self.secret else {
+            return Ok(());
+        };
+        let got = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| Sha256::digest(t.trim().as_bytes()));
+        match got {
+            Some(d) if bool::from(d.as_slice().ct_eq(want)) => Ok(()),
+            _ => Err(Status::unauthenticated("cluster secret missing or wrong")),
+        }
+    }
+}
+
+/// The `Replication` service of a `ReplicaStore`.
+#[derive(Debug, Clone)]
+pub struct StoreService(Arc<ReplicaStore>);
+
+#[tonic::async_trait]
+impl Replication for StoreService {
+    async fn replicate(&self, req: Request<ReplicaBatch>) -> Result<Response<ReplicaAck>, Status> {
+        self.0.check(&req)?;
+        let batch = req.into_inner();
+        if batch.owner.is_empty() || batch.owner.len() > 64 {
+            return Err(Status::invalid_argument("owner: a node id"));
+        }
+        let mut m = self
+            .0
+            .by_owner
+            .lock()
+            .map_err(|_| Status::internal("replica store poisoned"))?;
+        let held = m.entry(batch.owner.clone()).or_default();
+        if batch.full {
+            let named: HashSet<&str> = batch.upserts.iter().map(|r| r.call_id.as_str()).collect();
+            held.retain(|k, _| named.contains(k.as_str()));
+        }
+        for r in batch.upserts {
+            let newer = held.get(&r.call_id).is_none_or(|(v, _)| *v < r.version);
+            if newer {
+                held.insert(r.call_id, (r.version, r.state));
+            }
+        }
+        for id in &batch.removals {
+            held.remove(id);
+        }
+        let count = u32::try_from(held.len()).unwrap_or(u32::MAX);
+        if held.is_empty() {
+            m.remove(&batch.owner);
+        }
+        Ok(Response::new(ReplicaAck { held: count }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(id: &str, version: u64) -> Replica {
+        Replica {
+            call_id: id.into(),
+            version,
+            state: format!("{id}@{version}").into_bytes(),
+        }
+    }
+
+    async fn push(svc: &StoreService, batch: ReplicaBatch) -> Result<u32, Status> {
+        svc.replicate(Request::new(batch))
+            .await
+            .map(|r| r.into_inner().held)
+    }
+
+    #[tokio::test]
+    async fn newer_versions_win_removals_apply_and_a_full_batch_replaces() {
+        let store = ReplicaStore::new(None);
+        let svc = StoreService(store.clone());
+        let batch = |upserts, removals: Vec<&str>, full| ReplicaBatch {
+            owner: "n1".into(),
+            upserts,
+            removals: removals.into_iter().map(String::from).collect(),
+            full,
+        };
+        assert_eq!(
+            push(
+                &svc,
+                batch(vec![replica("c1", 2), replica("c2", 1)], vec![], false)
+            )
+            .await
+            .unwrap(),
+            2
+        );
+        // An older version arriving late does not overwrite a newer one.
+        push(&svc, batch(vec![replica("c1", 1)], vec![], false))
+            .await
+            .unwrap();
+        assert_eq!(store.get("n1", "c1").unwrap(), b"c1@2");
+        assert_eq!(
+            push(&svc, batch(vec![], vec!["c2"], false)).await.unwrap(),
+            1
+        );
+        // A full batch: what it does not name is dropped.
+        assert_eq!(
+            push(&svc, batch(vec![replica("c3", 5)], vec![], true))
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(store.get("n1", "c1").is_none());
+        assert_eq!(store.held().get("n1"), Some(&1));
+        assert_eq!(
+            push(&svc, batch(vec![], vec!["c3"], false)).await.unwrap(),
+            0
+        );
+        assert!(
+            store.held().is_empty(),
+            "an owner with nothing held is forgotten"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_gates_the_store() {
+        let store = ReplicaStore::new(Some("0123456789abcdef-cluster"));
+        let svc = StoreService(store.clone());
+        let batch = ReplicaBatch {
+            owner: "n1".into(),
+            upserts: vec![replica("c1", 1)],
+            ..ReplicaBatch::default()
+        };
+        let denied = svc
+            .replicate(Request::new(batch.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+        let mut req = Request::new(batch);
+        req.metadata_mut().insert(
+            "authorization",
+            "Bearer 0123456789abcdef-cluster".parse().unwrap(),
+        );
+        assert_eq!(svc.replicate(req).await.unwrap().into_inner().held, 1);
+    }
+}

@@ -1,0 +1,54 @@
+//! The node-to-node gRPC listener (`[cluster] listen`): today the replicas other nodes
+//! push here. It takes the same connection bounds as the admin API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use trunkline_cluster::{Change, ReplicaStore, Replicator};
+
+use crate::admin::incoming;
+
+/// Binds `addr` and serves the replica store until `stop`; returns the bound address.
+pub async fn start(
+    addr: SocketAddr,
+    store: Arc<ReplicaStore>,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind cluster.listen {addr}"))?;
+    let local = listener.local_addr().context("cluster.listen")?;
+    let limits = incoming::Limits {
+        max_connections: 256,
+        first_bytes_timeout: std::time::Duration::from_secs(10),
+    };
+    let conns = incoming::incoming(listener, limits, stop.clone());
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+            .add_service(store.service())
+            .serve_with_incoming_shutdown(conns, stop.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "cluster listener stopped");
+        }
+    });
+    tracing::info!(%local, "cluster: node-to-node listener");
+    Ok(local)
+}
+
+/// The call layer's view of the replicator.
+pub struct ToBuddies(pub Replicator);
+
+impl trunkline_call::Replicate for ToBuddies {
+    fn upsert(&self, call_id: Arc<str>, state: Vec<u8>) {
+        self.0.send(Change::Upsert { call_id, state });
+    }
+
+    fn remove(&self, call_id: Arc<str>) {
+        self.0.send(Change::Remove { call_id });
+    }
+}
