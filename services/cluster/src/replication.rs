@@ -91,6 +91,7 @@ impl Replicator {
                 secret,
                 membership,
                 calls: HashMap::new(),
+                dirty: HashSet::new(),
                 removals: HashMap::new(),
                 clients: HashMap::new(),
                 version: 0,
@@ -108,6 +109,8 @@ struct Held {
     state: Arc<[u8]>,
     /// The buddies that have this version.
     sent_to: Vec<String>,
+    /// How many buddies should have it (as of the last look).
+    want: usize,
 }
 
 struct Task {
@@ -116,6 +119,8 @@ struct Task {
     secret: Option<String>,
     membership: Arc<Membership>,
     calls: HashMap<Arc<str>, Held>,
+    /// Calls to look at on the next tick.
+    dirty: HashSet<Arc<str>>,
     /// Removals still owed to each buddy.
     removals: HashMap<String, Vec<String>>,
     clients: HashMap<String, (String, ReplicationClient<tonic::transport::Channel>)>,
@@ -151,16 +156,19 @@ impl Task {
         match change {
             Change::Upsert { call_id, state } => {
                 self.version += 1;
+                self.dirty.insert(call_id.clone());
                 self.calls.insert(
                     call_id,
                     Held {
                         version: self.version,
                         state: Arc::from(state),
                         sent_to: Vec::new(),
+                        want: 0,
                     },
                 );
             }
             Change::Remove { call_id } => {
+                self.dirty.remove(&call_id);
                 if let Some(held) = self.calls.remove(&call_id) {
                     for b in held.sent_to {
                         self.removals
@@ -179,7 +187,17 @@ impl Task {
         let ring_changed = members.revision != self.ring_revision;
         self.ring_revision = members.revision;
         let mut batches: HashMap<String, ReplicaBatch> = HashMap::new();
-        for (call_id, held) in &mut self.calls {
+        // Only calls that changed (or still lack a buddy) are looked at, unless the ring
+        // moved: a tick costs what changed, not the number of live calls.
+        let candidates: Vec<Arc<str>> = if ring_changed {
+            self.calls.keys().cloned().collect()
+        } else {
+            self.dirty.drain().collect()
+        };
+        for call_id in &candidates {
+            let Some(held) = self.calls.get_mut(call_id) else {
+                continue;
+            };
             let buddies: Vec<String> = members
                 .ring
                 .nodes_for(call_id, self.factor, Some(&self.me))
@@ -196,6 +214,7 @@ impl Task {
                 }
                 held.sent_to.retain(|b| buddies.contains(b));
             }
+            held.want = buddies.len();
             for b in buddies {
                 if held.sent_to.contains(&b) {
                     continue;
@@ -275,6 +294,17 @@ impl Task {
         }
         self.removals
             .retain(|b, r| !r.is_empty() && members.nodes.contains_key(b));
+        // A call some buddy still lacks (a failed send, a full batch cut short) is looked
+        // at again on the next tick.
+        for call_id in candidates {
+            if self
+                .calls
+                .get(&call_id)
+                .is_some_and(|h| h.sent_to.len() < h.want)
+            {
+                self.dirty.insert(call_id);
+            }
+        }
     }
 
     async fn send(&mut self, buddy: &str, addr: &str, batch: ReplicaBatch) -> Result<(), String> {

@@ -457,8 +457,15 @@ fn trunks_and_routes_are_shared_through_etcd_and_cached_on_disk() -> Result<()> 
     Ok(())
 }
 
+fn held(node: &Node) -> f64 {
+    node.metrics()
+        .ok()
+        .and_then(|m| m.get("trunkline_cluster_replicas_held", &[]))
+        .unwrap_or(-1.0)
+}
+
 #[test]
-fn settled_calls_are_replicated_to_a_buddy_and_dropped_when_they_end() -> Result<()> {
+fn settled_calls_are_replicated_to_buddies_move_when_one_dies_and_go_when_they_end() -> Result<()> {
     const CALLS: u64 = 20;
     let out = out_dir("cluster_replication")?;
     let run = std::process::id() % 1_000_000;
@@ -469,34 +476,44 @@ fn settled_calls_are_replicated_to_a_buddy_and_dropped_when_they_end() -> Result
         .timeout_secs(60)
         .resolve_port()?;
     let mut uas = uas_builder.clone().spawn(&out)?;
-    let (a, b) = (format!("ra{run}"), format!("rb{run}"));
+    let (a, b, c) = (format!("ra{run}"), format!("rb{run}"), format!("rc{run}"));
     let (na, admin_a) = start_node_with(&out, &a, client, uas_builder.addr()?, "")?;
     let (nb, _admin_b) = start_node(&out, &b, client)?;
+    let (nc, _admin_c) = start_node(&out, &c, client)?;
     converge(
         &admin_a,
-        &[(&a, "ACTIVE"), (&b, "ACTIVE")],
+        &[(&a, "ACTIVE"), (&b, "ACTIVE"), (&c, "ACTIVE")],
         Duration::from_secs(10),
     )?;
 
     let mut uac = Sipp::uac("uac_basic.xml", na.sip_addr())
         .calls(CALLS)
         .rate(20)
-        .duration_ms(6000)
+        .duration_ms(12_000)
         .timeout_secs(60)
         .spawn(&out)?;
-    // Every settled call of a is held by b, a's only buddy.
+    // Every settled call of a is held by its buddy: b or c, as the ring says.
     let want = CALLS as f64;
     na.wait_metrics(Duration::from_secs(15), |m| {
         m.get("trunkline_cluster_replicated_calls", &[]) == Some(want)
     })?;
-    let held = nb.wait_metrics(Duration::from_secs(5), |m| {
-        m.get("trunkline_cluster_replicas_held", &[]) == Some(want)
-    });
-    ensure!(held.is_ok(), "b does not hold a's {CALLS} calls: {held:?}");
+    let spread = wait_until(Duration::from_secs(5), || held(&nb) + held(&nc) == want);
+    ensure!(
+        spread,
+        "b and c hold {} and {} of a's {CALLS} calls",
+        held(&nb),
+        held(&nc)
+    );
+    eprintln!("a's calls held by b: {}, by c: {}", held(&nb), held(&nc));
+    // b dies: the calls it held move to c, the next node on the ring.
+    kill9(&nb);
+    let moved = wait_until(Duration::from_secs(TTL + 4), || held(&nc) == want);
+    ensure!(moved, "after b's death c holds {} of {CALLS}", held(&nc));
+    drop(nb);
     uac.wait(Duration::from_secs(60))?.assert_all_ok(CALLS)?;
     uas.wait(Duration::from_secs(30))?.assert_all_ok(CALLS)?;
     // Ended: nothing is held any more, on either side.
-    nb.wait_metrics(Duration::from_secs(5), |m| {
+    nc.wait_metrics(Duration::from_secs(5), |m| {
         m.get("trunkline_cluster_replicas_held", &[]) == Some(0.0)
     })?;
     let m = na.wait_metrics(Duration::from_secs(5), |m| {
