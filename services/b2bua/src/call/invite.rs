@@ -84,7 +84,21 @@ impl Call {
         if !req.body.is_empty() {
             self.initial_offerer = Some(Leg::A);
         }
-        self.b = Some(LegState::new(peer, local, call_id, tag));
+        self.open_b(
+            now,
+            LegState::new(peer, local, call_id, tag),
+            req,
+            ClientRole::Invite,
+        );
+        self.state = CallState::Calling;
+        self.no_answer_at = Some(now + self.cfg.no_answer);
+    }
+
+    /// Makes `b` the callee side and sends it `invite`, whose body (if any) is A's offer
+    /// and goes through the relay as such.
+    pub(super) fn open_b(&mut self, now: Instant, b: LegState, invite: Request, role: ClientRole) {
+        let peer = b.peer;
+        self.b = Some(b);
         let id = self.alloc_id();
         self.emit(
             now,
@@ -92,13 +106,11 @@ impl Call {
                 id,
                 leg: Leg::B,
                 peer,
-                req,
-                role: ClientRole::Invite,
+                req: invite,
+                role,
             },
             Some(MediaOp::Offer { from: Leg::A }),
         );
-        self.state = CallState::Calling;
-        self.no_answer_at = Some(now + self.cfg.no_answer);
     }
 
     pub(super) fn on_b_invite_response(

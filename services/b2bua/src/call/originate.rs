@@ -174,18 +174,11 @@ impl Call {
         );
         copy_session_headers(&a_answer.headers, &mut req.headers);
         req.body = a_answer.body.clone();
-        self.b = Some(LegState::new(b.peer, b.local, call_id, tag));
-        let id = self.alloc_id();
-        self.emit(
+        self.open_b(
             now,
-            Outgoing::Request {
-                id,
-                leg: Leg::B,
-                peer: b.peer,
-                req,
-                role: ClientRole::OriginateB,
-            },
-            Some(MediaOp::Offer { from: Leg::A }),
+            LegState::new(b.peer, b.local, call_id, tag),
+            req,
+            ClientRole::OriginateB,
         );
         // A retransmits its 2xx for 64*T1 at most while it waits for our ACK.
         let limit = self.cfg.no_answer.min(self.cfg.timers.t1x64());

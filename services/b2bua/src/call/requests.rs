@@ -288,10 +288,24 @@ impl Call {
     /// a peer, or an attacker, sending strays into a live call costs it no state. A
     /// retransmitted request is simply refused again.
     pub(super) fn respond_local(&mut self, leg: Leg, req: Request, source: Peer, status: u16) {
+        let tag = self.leg(leg).map(|l| l.tag.clone());
+        self.respond_local_as(leg, req, source, status, tag.as_deref());
+    }
+
+    /// `respond_local` for a dialog whose To-tag is `tag` (a transfer target's, which is
+    /// not yet the leg's).
+    pub(super) fn respond_local_as(
+        &mut self,
+        leg: Leg,
+        req: Request,
+        source: Peer,
+        status: u16,
+        tag: Option<&str>,
+    ) {
         let mut resp = req.make_response(status, None);
         if req.headers.to_addr().is_some_and(|t| t.tag().is_none()) {
-            if let Some(l) = self.leg(leg) {
-                resp.set_to_tag(&l.tag);
+            if let Some(tag) = tag {
+                resp.set_to_tag(tag);
             }
         }
         if status == 405 || status == 501 {

@@ -194,10 +194,8 @@ impl Call {
             }
         };
         if let Some(t) = self.transfer.as_mut() {
+            // `Dialog::uac` took the 2xx's Contact as the remote target.
             t.new.dialog = Some(dialog);
-            if let Some(d) = t.new.dialog.as_mut() {
-                d.refresh_target(resp.headers.contact());
-            }
             t.phase = Phase::Answered { seq };
         }
         self.events.push_back(Event::TransferAnswered { leg });
@@ -315,20 +313,11 @@ impl Call {
         let Some(t) = self.transfer.as_ref() else {
             return;
         };
-        let leg = t.leg;
-        let ours = req.headers.to_tag() == Some(t.new.tag.as_bytes());
+        let (leg, tag) = (t.leg, t.new.tag.clone());
+        let ours = req.headers.to_tag() == Some(tag.as_bytes());
         if req.method == Method::Bye && ours && matches!(t.phase, Phase::Answered { .. }) {
             // The target hung up before the remaining leg took its session.
-            let mut ok = req.make_response(200, None);
-            ok.set_to_tag(&t.new.tag);
-            self.transmits.push_back(crate::event::Transmit {
-                leg,
-                peer: source,
-                data: ok.encode(),
-                method: Method::Bye,
-                status: Some(200),
-                retransmission: false,
-            });
+            self.respond_local_as(leg, req, source, 200, Some(&tag));
             if let Some(t) = self.transfer.as_mut() {
                 // Nothing to release on its side any more.
                 t.new.dialog = None;
@@ -343,19 +332,8 @@ impl Call {
         } else {
             481
         };
-        let mut resp = req.make_response(status, None);
-        if req.headers.to_tag().is_none() {
-            resp.set_to_tag(&t.new.tag);
-        }
         if req.method != Method::Ack {
-            self.transmits.push_back(crate::event::Transmit {
-                leg,
-                peer: source,
-                data: resp.encode(),
-                method: req.method,
-                status: Some(status),
-                retransmission: false,
-            });
+            self.respond_local_as(leg, req, source, status, Some(&tag));
         }
     }
 
