@@ -24,6 +24,10 @@ pub struct CallConfig {
     /// Longest an answered call may last before the node hangs it up (toll-fraud and
     /// stuck-call guard); `None`: no limit.
     pub max_duration: Option<Duration>,
+    /// Keep the last SDP each party sent, for the call's snapshot (cluster mode: an
+    /// adopter offers each party the other's session). Off on a standalone node, where
+    /// nothing would read them.
+    pub keep_sdp: bool,
 }
 
 impl Default for CallConfig {
@@ -36,6 +40,7 @@ impl Default for CallConfig {
             allow: "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO, MESSAGE, NOTIFY",
             trunk_503_status: 500,
             max_duration: None,
+            keep_sdp: false,
         }
     }
 }

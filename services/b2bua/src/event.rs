@@ -105,6 +105,9 @@ pub enum Event {
     RetransmissionReceived { leg: Leg },
     /// The call is in a stable state worth replicating (answered, re-INVITE done).
     Settled,
+    /// An adopted call's legs answered the adopter's re-INVITEs: with `ok` both
+    /// accepted and the call goes on here; without, it is being hung up.
+    Adopted { ok: bool },
     /// An SDP must go through the media relay before it is sent: answer with
     /// `Call::handle_media(now, id, ..)`. Later output of the call waits behind it.
     /// `sdp` is the SDP alone even when the body is multipart (SIP-I: SDP + ISUP); the

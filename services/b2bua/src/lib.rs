@@ -17,8 +17,8 @@ pub mod relay;
 pub mod snapshot;
 
 pub use call::{
-    Call, CallState, Leftovers, MediaFailure, Party, Replay, RouteDecision, TransferError,
-    TransferTarget,
+    Adoption, Call, CallState, Leftovers, MediaFailure, Party, Replay, RouteDecision,
+    TransferError, TransferTarget,
 };
 pub use config::{CallConfig, Local};
 pub use event::{EndCause, Event, Leg, MediaOp, Transmit};

@@ -28,4 +28,10 @@ pub struct CallSnapshot {
     pub anchor: bool,
     pub a: LegSnapshot,
     pub b: LegSnapshot,
+    /// The last SDP the caller and the callee sent (with `CallConfig::keep_sdp`): what
+    /// an adopter offers the other party.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a_sdp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b_sdp: Option<String>,
 }

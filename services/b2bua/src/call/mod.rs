@@ -14,6 +14,7 @@ use trunkline_sip::transaction::{ClientState, ClientTransaction, ServerTransacti
 use trunkline_sip::{Dialog, HeaderName, Message, Peer, Request, Uri};
 
 mod ack_cancel;
+mod adopt;
 mod invite;
 mod leftovers;
 mod originate;
@@ -24,6 +25,7 @@ mod targets;
 mod transactions;
 mod transfer;
 
+pub use adopt::Adoption;
 pub use leftovers::{Leftovers, Replay};
 pub use originate::Party;
 use outbox::{Held, Outgoing};
@@ -141,6 +143,8 @@ enum ClientRole {
     TransferInvite,
     /// The re-INVITE carrying a transfer target's offer to the remaining leg.
     TransferReinvite,
+    /// The re-INVITE that moves a leg of an adopted call to this node.
+    AdoptReinvite,
 }
 
 struct ServerEntry {
@@ -212,6 +216,10 @@ pub struct Call {
     /// A call the node places itself (third-party call control), until both parties
     /// are up.
     originate: Option<originate::Originate>,
+    /// A call taken over from another node, until both legs have accepted.
+    adopting: Option<adopt::Adopting>,
+    /// The last SDP each party (A, B) sent, with `CallConfig::keep_sdp`.
+    sdps: Option<Box<[Bytes; 2]>>,
 }
 
 /// Why the media relay could not rewrite a body; `status` is what the sender of the
@@ -281,6 +289,10 @@ impl Call {
         call.b = Some(snap.b.into_leg());
         call.anchor = snap.anchor;
         call.initial_offerer = Some(Leg::A);
+        if call.cfg.keep_sdp {
+            let sdp = |s: Option<String>| s.map(Bytes::from).unwrap_or_default();
+            call.sdps = Some(Box::new([sdp(snap.a_sdp), sdp(snap.b_sdp)]));
+        }
         call
     }
 
@@ -309,6 +321,8 @@ impl Call {
             reason: None,
             transfer: None,
             originate: None,
+            adopting: None,
+            sdps: None,
         }
     }
 
@@ -320,15 +334,25 @@ impl Call {
             || self.offer_in_progress
             || self.pending_ack.is_some()
             || self.transfer.is_some()
+            || self.adopting.is_some()
         {
             return None;
         }
         let b = self.b.as_ref()?;
+        let sdp = |i: usize| {
+            self.sdps
+                .as_ref()
+                .map(|s| &s[i])
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+        };
         Some(CallSnapshot {
             ids: self.ids.clone(),
             anchor: self.anchor,
             a: LegSnapshot::from_leg(&self.a)?,
             b: LegSnapshot::from_leg(b)?,
+            a_sdp: sdp(0),
+            b_sdp: sdp(1),
         })
     }
 

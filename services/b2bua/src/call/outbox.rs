@@ -149,6 +149,9 @@ impl Call {
     /// Sends `out`, first through the media relay when `op` says its SDP body must be
     /// anchored; keeps the call's output in order while a rewrite is outstanding.
     pub(super) fn emit(&mut self, now: Instant, out: Outgoing, op: Option<MediaOp>) {
+        if self.cfg.keep_sdp {
+            self.keep_sdp(&out, op);
+        }
         let media = match op {
             Some(op) if self.anchor && !out.body().is_empty() => {
                 out.sdp().map(|(sdp, part)| (op, sdp, part))
@@ -204,6 +207,26 @@ impl Call {
         }
     }
 
+    /// Remembers the SDP of an offer or answer as its sender's latest (copied: the body
+    /// is a slice of the whole received message, which should not live as long as the
+    /// call).
+    fn keep_sdp(&mut self, out: &Outgoing, op: Option<MediaOp>) {
+        let Some(op) = op else { return };
+        if out.body().is_empty() {
+            return;
+        }
+        let Some((sdp, _)) = out.sdp() else { return };
+        let party = match op {
+            MediaOp::Offer { from } => from,
+            MediaOp::Answer { offerer } => offerer.other(),
+        };
+        let slot = self.sdps.get_or_insert_with(Box::default);
+        slot[match party {
+            Leg::A => 0,
+            Leg::B => 1,
+        }] = Bytes::copy_from_slice(&sdp);
+    }
+
     /// A body the relay could not anchor. Nothing leaves with the far side's SDP
     /// un-anchored (that would route one party's media around the node, or to an
     /// address it cannot reach): a request carrying it is refused; a provisional goes
@@ -236,6 +259,11 @@ impl Call {
                 role: ClientRole::OriginateB,
                 ..
             } => self.originate_failed(now, Leg::B, f.status, EndCause::MediaUnavailable),
+            Outgoing::Request {
+                role: ClientRole::AdoptReinvite,
+                leg,
+                ..
+            } => self.adoption_failed(now, leg, f.status),
             Outgoing::Request { .. } => self.send_outgoing(now, out),
             Outgoing::Response { sid, mut resp } if resp.status < 200 => {
                 resp.body = Bytes::new();

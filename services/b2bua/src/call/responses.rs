@@ -40,6 +40,7 @@ impl Call {
             ClientRole::TransferReinvite => {
                 self.on_transfer_reinvite_response(now, leg, id, resp, source)
             }
+            ClientRole::AdoptReinvite => self.on_adoption_response(now, leg, id, resp, source),
             ClientRole::Bye if resp.status >= 200 => self.bye_done(),
             ClientRole::Cancel | ClientRole::Bye => {}
         }

@@ -246,6 +246,7 @@ impl Call {
             ClientRole::OriginateB => self.originate_failed(now, Leg::B, status, cause),
             ClientRole::TransferInvite => self.transfer_invite_failed(now, status),
             ClientRole::TransferReinvite => self.transfer_reinvite_failed(now, status, true),
+            ClientRole::AdoptReinvite => self.adoption_failed(now, leg, status),
             ClientRole::Bye => self.bye_done(),
             ClientRole::Cancel => {}
         }
