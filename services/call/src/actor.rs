@@ -20,7 +20,10 @@ use tokio::task::JoinHandle;
 use trunkline_b2bua::{Call, EndCause, Event, Leg, RouteDecision};
 use trunkline_transport::ConnectionPin;
 
+mod adopt;
 mod transfer;
+
+pub use adopt::AdoptError;
 
 /// The actor's state: the call and what the actor needs to drive it.
 pub struct CallActorState {
@@ -155,6 +158,12 @@ impl Actor for CallActor {
         let opening = match start {
             CallStart::Invite(args) => open_answering(&shared, args),
             CallStart::Originate(args) => open_placing(&shared, args),
+            CallStart::Adopt(args) => adopt::open_adopted(&shared, args).map_err(|e| {
+                shared.release();
+                shared.adoptions.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "call not adopted");
+                Box::new(e) as ActorProcessingErr
+            })?,
         };
         let Opening {
             call,
@@ -172,6 +181,7 @@ impl Actor for CallActor {
             media_interfaces,
             a_connection,
             placed,
+            answered_ms,
         } = opening;
         let media_key = new_call.media_key.clone();
         // Registered before the call's first message leaves, so the caller's requests in
@@ -191,6 +201,9 @@ impl Actor for CallActor {
             .register_dialog(a_key.clone(), handle, Leg::A);
         shared.metrics.call_started();
         let record = shared.directory.open(new_call);
+        if let Some(ms) = answered_ms {
+            shared.directory.answered_at(&record, ms);
+        }
         let mut state = CallActorState {
             call,
             span,
@@ -424,6 +437,22 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             state.shared.metrics.retransmission(Direction::In);
         }
         Event::Settled => replicate(state),
+        Event::Adopted { ok } => {
+            let counters = &state.shared.adoptions;
+            if ok {
+                counters.adopted.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(call = %state.record.id(), "call adopted: both legs moved here");
+                // The relay's inactivity timeouts run from here on.
+                if let (true, Some(media)) = (state.media_used, &state.shared.media) {
+                    let _ = media.send_message(MediaMsg::Established {
+                        key: state.media_key.clone(),
+                    });
+                }
+            } else {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(call = %state.record.id(), "adopted call refused by a leg: hung up");
+            }
+        }
         Event::TransferAnswered { leg } => transfer::answered(state, leg),
         Event::Transferred { leg } => transfer::done(state, leg),
         Event::TransferFailed { leg, status } => transfer::failed(state, leg, status),
@@ -520,6 +549,16 @@ pub fn spawn(shared: Arc<Shared>, args: CallArgs) -> Result<ActorRef<CallMsg>, r
     Ok(actor)
 }
 
+/// Spawns the actor of a call taken over from a node that is gone and waits until it
+/// has started (its re-INVITEs are on their way).
+pub async fn spawn_adopted(
+    shared: Arc<Shared>,
+    args: crate::messages::AdoptArgs,
+) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
+    let (actor, _join) = Actor::spawn(None, CallActor, (shared, CallStart::Adopt(args))).await?;
+    Ok(actor)
+}
+
 /// Spawns the actor of a call the node places itself and waits until it has started
 /// (its record is in the directory and its first INVITE is on its way).
 pub async fn spawn_originated(
@@ -548,8 +587,11 @@ struct Opening {
     addressing: LegAddressing,
     media_interfaces: LegInterfaces,
     a_connection: Option<u64>,
-    /// The node places this call itself.
+    /// No caller's INVITE registered the call (the node places it, or adopted it): the
+    /// API finds it by serial.
     placed: bool,
+    /// An adopted call was answered before it came here (ms since the epoch).
+    answered_ms: Option<u64>,
 }
 
 /// A caller's INVITE: the call answers it and asks for a route.
@@ -595,6 +637,7 @@ fn open_answering(shared: &Arc<Shared>, args: CallArgs) -> Opening {
             a_transport: args.source.transport,
             from_trunk: origin_trunk.map(|t| t.name.clone()),
             media_key,
+            adopted: None,
         },
         invite_key: args.invite_key,
         origin: args.origin,
@@ -613,6 +656,7 @@ fn open_answering(shared: &Arc<Shared>, args: CallArgs) -> Opening {
         },
         a_connection: args.source.connection,
         placed: false,
+        answered_ms: None,
         routing: args.routing,
     }
 }
@@ -646,6 +690,7 @@ fn open_placing(shared: &Arc<Shared>, args: OriginateArgs) -> Opening {
             a_transport: args.a_trunk.transport,
             from_trunk: Some(args.a_trunk.name.clone()),
             media_key: Arc::from(a_call_id.as_str()),
+            adopted: None,
         },
         invite_key,
         origin: Origin::Access,
@@ -664,6 +709,7 @@ fn open_placing(shared: &Arc<Shared>, args: OriginateArgs) -> Opening {
         },
         a_connection: None,
         placed: true,
+        answered_ms: None,
         routing: args.routing,
     }
 }

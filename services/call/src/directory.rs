@@ -138,7 +138,10 @@ pub struct CalleeLeg {
 pub struct CallRecord {
     /// The call's number on this node (the registry's serial).
     pub serial: u64,
+    /// The node that took the call first, and its serial there: the call's id, which
+    /// an adopted call keeps.
     pub node: Arc<str>,
+    pub id_serial: u64,
     /// Milliseconds since the Unix epoch.
     pub created_ms: u64,
     /// The caller's number: the user part of the caller's From.
@@ -177,13 +180,23 @@ pub struct NewCall {
     pub from_trunk: Option<Arc<str>>,
     /// The caller's Call-ID (the relay's session key).
     pub media_key: Arc<str>,
+    /// A call taken over from another node keeps its id and creation time.
+    pub adopted: Option<AdoptedFrom>,
+}
+
+/// Where an adopted call came from.
+#[derive(Debug, Clone)]
+pub struct AdoptedFrom {
+    pub node: Arc<str>,
+    pub serial: u64,
+    pub created_ms: u64,
 }
 
 impl CallRecord {
     /// The call's id in the API: `<node id>-<serial in hex>`, unique across the cluster.
     /// Built when asked, not stored: most calls are never looked at.
     pub fn id(&self) -> String {
-        format!("{}-{:x}", self.node, self.serial)
+        format!("{}-{:x}", self.node, self.id_serial)
     }
 
     /// The caller's SIP Call-ID: the original caller's, which also keys the relay
@@ -323,10 +336,15 @@ impl CallDirectory {
 
     /// A new call: its record, listed from now on, and its `Created` event.
     pub fn open(&self, new: NewCall) -> Arc<CallRecord> {
+        let (node, id_serial, created_ms) = match new.adopted {
+            Some(a) => (a.node, a.serial, a.created_ms),
+            None => (self.node.clone(), new.serial, now_ms()),
+        };
         let record = Arc::new(CallRecord {
             serial: new.serial,
-            node: self.node.clone(),
-            created_ms: now_ms(),
+            node,
+            id_serial,
+            created_ms,
             caller: new.caller,
             callee: new.callee,
             a_peer: new.a_peer,
@@ -394,7 +412,11 @@ impl CallDirectory {
     }
 
     pub fn answered(&self, record: &Arc<CallRecord>) {
-        let now = now_ms();
+        self.answered_at(record, now_ms());
+    }
+
+    /// An adopted call: answered when its first node saw it answered.
+    pub fn answered_at(&self, record: &Arc<CallRecord>, now: u64) {
         record.answered_ms.store(now, Ordering::Release);
         record
             .phase
@@ -502,6 +524,24 @@ impl CallDirectory {
         })
     }
 
+    /// A call by its id's parts where the node is another one's (an adopted call).
+    pub fn find_adopted(&self, node: &str, id_serial: u64) -> Option<Arc<CallRecord>> {
+        let live = self
+            .calls
+            .iter()
+            .find(|e| e.value().id_serial == id_serial && &*e.value().node == node)
+            .map(|e| e.value().clone());
+        live.or_else(|| {
+            self.recent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .rev()
+                .find(|r| r.id_serial == id_serial && &*r.node == node)
+                .cloned()
+        })
+    }
+
     /// Every call that has not ended, in no particular order.
     pub fn live(&self) -> Vec<Arc<CallRecord>> {
         self.calls.iter().map(|e| e.value().clone()).collect()
@@ -568,6 +608,7 @@ mod tests {
             a_transport: Transport::Udp,
             from_trunk: None,
             media_key: Arc::from(format!("a-{serial}").as_str()),
+            adopted: None,
         }
     }
 

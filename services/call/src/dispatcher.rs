@@ -53,6 +53,15 @@ enum Action {
     },
 }
 
+/// Why a call of a node that is gone was not taken over.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdoptFailure {
+    #[error("the replica does not decode: {0}")]
+    Undecodable(String),
+    #[error("the call did not start: {0}")]
+    NotStarted(String),
+}
+
 /// Why a call the node was asked to place did not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OriginateFailure {
@@ -246,6 +255,54 @@ impl Dispatcher {
                 Err(OriginateFailure::Internal)
             }
         }
+    }
+
+    /// Takes over a call of a node that is gone, from the state its buddy holds (a
+    /// `ReplicaState` as JSON): the call is restored here and both legs are re-INVITEd
+    /// toward this node. Not refused while draining or at the call limit: the call is
+    /// already up, and refusing it would drop it.
+    pub async fn adopt(&self, state: &[u8]) -> Result<(), AdoptFailure> {
+        let shared = &self.shared;
+        let replica: crate::replicate::Replica = match serde_json::from_slice(state) {
+            Ok(r) => r,
+            Err(e) => {
+                shared.adoptions.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(AdoptFailure::Undecodable(e.to_string()));
+            }
+        };
+        shared.take_slot();
+        let args = crate::messages::AdoptArgs {
+            replica,
+            seed: shared.next_seed(),
+            serial: shared.next_serial(),
+            queued: Arc::new(AtomicUsize::new(0)),
+            routing: shared.routing.load_full(),
+        };
+        // A failed start has already given its slot back and counted itself.
+        actor::spawn_adopted(shared.clone(), args)
+            .await
+            .map(|_| ())
+            .map_err(|e| AdoptFailure::NotStarted(e.to_string()))
+    }
+
+    /// Stops every call actor without sending anything for its call: the calls were
+    /// handed over to buddies, which re-INVITE both legs toward themselves. The node's
+    /// own records of them close as it leaves.
+    pub fn let_go_all(&self) -> usize {
+        let handles = self.shared.registry.handles();
+        for h in &handles {
+            h.actor.stop(Some("handed over".into()));
+        }
+        handles.len()
+    }
+
+    /// Calls adopted so far, and adoptions that failed.
+    pub fn adoptions(&self) -> (u64, u64) {
+        let c = &self.shared.adoptions;
+        (
+            c.adopted.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// The relay's counters of a call's media, when it is anchored and still has ports.

@@ -18,7 +18,7 @@ pub mod stateless;
 pub mod trust;
 
 pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallRecord, EndedBy};
-pub use dispatcher::{Dispatcher, HangupError, OriginateFailure};
+pub use dispatcher::{AdoptFailure, Dispatcher, HangupError, OriginateFailure};
 pub use messages::TransferFailure;
 pub use outbound::{Listener, Outbound};
 pub use replicate::Replicate;

@@ -92,6 +92,16 @@ pub struct OriginateArgs {
 pub enum CallStart {
     Invite(CallArgs),
     Originate(OriginateArgs),
+    Adopt(AdoptArgs),
+}
+
+/// Start-up arguments of a call taken over from a node that is gone.
+pub struct AdoptArgs {
+    pub replica: crate::replicate::Replica,
+    pub seed: u64,
+    pub serial: u64,
+    pub queued: Arc<AtomicUsize>,
+    pub routing: Arc<crate::router::Routing>,
 }
 
 /// Start-up arguments: the INVITE that creates the call.

@@ -262,6 +262,11 @@ impl CallRegistry {
         self.serials.get(&serial).map(|e| e.value().clone())
     }
 
+    /// Every call with an actor.
+    pub fn handles(&self) -> Vec<CallHandle> {
+        self.serials.iter().map(|e| e.value().clone()).collect()
+    }
+
     pub fn unregister_serial(&self, serial: u64) {
         self.serials.remove(&serial);
     }

@@ -4,7 +4,7 @@
 //! and says when it ends; neither waits for anything.
 
 use crate::directory::CallRecord;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use trunkline_b2bua::CallSnapshot;
 
@@ -45,5 +45,29 @@ impl<'a> ReplicaState<'a> {
             media_key: &record.media_key,
             snapshot,
         }
+    }
+}
+
+/// A replica as the adopter reads it back (the owned form of `ReplicaState`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Replica {
+    pub id: String,
+    pub caller: String,
+    pub callee: String,
+    pub created_ms: u64,
+    pub answered_ms: Option<u64>,
+    pub from_trunk: Option<String>,
+    pub callee_trunk: Option<String>,
+    pub media_key: String,
+    pub snapshot: CallSnapshot,
+}
+
+impl Replica {
+    /// The node that took the call first and its serial there, from the call's id
+    /// (`<node>-<hex serial>`).
+    pub fn origin(&self) -> Option<(&str, u64)> {
+        let (node, serial) = self.id.rsplit_once('-')?;
+        let serial = u64::from_str_radix(serial, 16).ok()?;
+        (!node.is_empty()).then_some((node, serial))
     }
 }

@@ -54,6 +54,8 @@ pub struct Shared {
     pub(crate) policy: Policy,
     seed: AtomicU64,
     next_serial: AtomicU64,
+    /// Calls taken over from nodes that are gone.
+    pub(crate) adoptions: AdoptionCounters,
     /// Bounds the warn/info logs about bad input and strangers, so a flood cannot
     /// flood the log (the transport's limiter, one for the whole node's SIP path).
     pub(crate) log_budget: LogLimiter,
@@ -87,6 +89,7 @@ impl Shared {
             policy: Policy::default(),
             seed: AtomicU64::new(rand::random()),
             next_serial: AtomicU64::new(first_serial()),
+            adoptions: AdoptionCounters::default(),
             log_budget: LogLimiter::default(),
             live_calls: AtomicU64::new(0),
             replicator: OnceLock::new(),
@@ -156,6 +159,11 @@ impl Shared {
             .is_ok()
     }
 
+    /// Takes a live-call slot whatever the limit (a call that is already up elsewhere).
+    pub(crate) fn take_slot(&self) {
+        self.live_calls.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Gives a live-call slot back (the call ended, or never started).
     pub(crate) fn release(&self) {
         self.live_calls.fetch_sub(1, Ordering::AcqRel);
@@ -164,6 +172,14 @@ impl Shared {
     pub(crate) fn live_calls(&self) -> u64 {
         self.live_calls.load(Ordering::Acquire)
     }
+}
+
+/// Calls taken over from nodes that are gone: adopted (both legs moved here), and
+/// failed (the replica could not be used, or a leg refused its re-INVITE).
+#[derive(Debug, Default)]
+pub struct AdoptionCounters {
+    pub adopted: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 /// Where this run's call serials start: the seconds since the epoch, shifted so that a

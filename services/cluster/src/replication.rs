@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
 use trunkline_proto::cluster::v1::replication_server::{Replication, ReplicationServer};
-use trunkline_proto::cluster::v1::{Replica, ReplicaAck, ReplicaBatch};
+use trunkline_proto::cluster::v1::{
+    HandoverReply, HandoverRequest, Replica, ReplicaAck, ReplicaBatch,
+};
 
 /// How often changes go out.
 const BATCH_EVERY: Duration = Duration::from_millis(50);
@@ -41,6 +43,21 @@ pub enum Change {
     Upsert { call_id: Arc<str>, state: Vec<u8> },
     /// The call ended.
     Remove { call_id: Arc<str> },
+    /// The node is leaving with calls up: bring every buddy up to date, then ask each
+    /// to adopt what it holds (see `Replicator::handover`).
+    Handover {
+        reply: tokio::sync::oneshot::Sender<Handover>,
+    },
+}
+
+/// What a handover achieved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handover {
+    /// Calls the buddies said they are adopting.
+    pub adopting: u64,
+    /// Live calls no buddy had when the handover was asked for (never settled, or no
+    /// buddy reachable): they end with the node.
+    pub unreplicated: u64,
 }
 
 /// The owner side: what call actors send their changes to.
@@ -57,6 +74,18 @@ impl Replicator {
         if self.tx.try_send(change).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Hands every replicated call to its buddy (a planned leave): the queue is flushed
+    /// first, so the buddies hold the latest state of every call, then each adopts
+    /// what it holds. Waits for the buddies' answers (each re-INVITEs its calls at
+    /// once); the node then lets its calls go without sending anything for them.
+    pub async fn handover(&self) -> Handover {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Change::Handover { reply }).await.is_err() {
+            return Handover::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Changes dropped because the queue was full.
@@ -97,6 +126,7 @@ impl Replicator {
                 version: 0,
                 ring_revision: -1,
                 full_sent: HashSet::new(),
+                handover: None,
             };
             task.run(rx, owned, stop).await;
         });
@@ -128,6 +158,8 @@ struct Task {
     ring_revision: i64,
     /// Buddies that got a full batch since they (re)appeared.
     full_sent: HashSet<String>,
+    /// A handover asked for, answered once the buddies are up to date.
+    handover: Option<tokio::sync::oneshot::Sender<Handover>>,
 }
 
 impl Task {
@@ -149,11 +181,72 @@ impl Task {
             }
             owned.store(self.calls.len() as u64, Ordering::Relaxed);
             self.flush().await;
+            if let Some(reply) = self.handover.take() {
+                let outcome = self.hand_over().await;
+                let _ = reply.send(outcome);
+            }
         }
+    }
+
+    /// Flushes until every call is with its buddies (a few ticks at most), then asks
+    /// each buddy to adopt the calls it holds.
+    async fn hand_over(&mut self) -> Handover {
+        for _ in 0..20 {
+            if self
+                .calls
+                .values()
+                .all(|h| h.want > 0 && h.sent_to.len() >= h.want)
+            {
+                break;
+            }
+            tokio::time::sleep(BATCH_EVERY).await;
+            self.dirty.extend(self.calls.keys().cloned());
+            self.flush().await;
+        }
+        let unreplicated = self.calls.values().filter(|h| h.sent_to.is_empty()).count() as u64;
+        let buddies: HashSet<String> = self
+            .calls
+            .values()
+            .flat_map(|h| h.sent_to.iter().cloned())
+            .collect();
+        let members = self.membership.members();
+        let mut adopting = 0u64;
+        for buddy in buddies {
+            let Some(addr) = members.nodes.get(&buddy).and_then(|n| n.cluster.clone()) else {
+                continue;
+            };
+            match self.call_handover(&buddy, &addr).await {
+                Ok(n) => adopting += u64::from(n),
+                Err(e) => tracing::warn!(buddy = %buddy, error = %e, "cluster: handover refused"),
+            }
+        }
+        tracing::info!(
+            adopting,
+            unreplicated,
+            "cluster: calls handed over to buddies"
+        );
+        Handover {
+            adopting,
+            unreplicated,
+        }
+    }
+
+    async fn call_handover(&mut self, buddy: &str, addr: &str) -> Result<u32, String> {
+        let mut req = Request::new(HandoverRequest {
+            owner: self.me.clone(),
+        });
+        self.authorize(&mut req)?;
+        let client = self.client(buddy, addr)?;
+        client
+            .handover(req)
+            .await
+            .map(|r| r.into_inner().adopting)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     }
 
     fn apply(&mut self, change: Change) {
         match change {
+            Change::Handover { reply } => self.handover = Some(reply),
             Change::Upsert { call_id, state } => {
                 self.version += 1;
                 self.dirty.insert(call_id.clone());
@@ -308,6 +401,22 @@ impl Task {
     }
 
     async fn send(&mut self, buddy: &str, addr: &str, batch: ReplicaBatch) -> Result<(), String> {
+        let mut req = Request::new(batch);
+        self.authorize(&mut req)?;
+        let client = self.client(buddy, addr)?;
+        client
+            .replicate(req)
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    }
+
+    /// The gRPC client of `buddy` at `addr` (a new one when its address changed).
+    fn client(
+        &mut self,
+        buddy: &str,
+        addr: &str,
+    ) -> Result<&mut ReplicationClient<tonic::transport::Channel>, String> {
         let stale = self.clients.get(buddy).is_none_or(|(a, _)| a != addr);
         if stale {
             let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -320,21 +429,21 @@ impl Task {
                 (addr.to_string(), ReplicationClient::new(channel)),
             );
         }
-        let Some((_, client)) = self.clients.get_mut(buddy) else {
-            return Err("no client".into());
-        };
-        let mut req = Request::new(batch);
+        self.clients
+            .get_mut(buddy)
+            .map(|(_, c)| c)
+            .ok_or_else(|| "no client".to_string())
+    }
+
+    /// Puts `[cluster] secret` on a request as a bearer token, when one is set.
+    fn authorize<T>(&self, req: &mut Request<T>) -> Result<(), String> {
         if let Some(s) = &self.secret {
             let value = format!("Bearer {s}")
                 .parse()
                 .map_err(|_| "the cluster secret is not a valid header value".to_string())?;
             req.metadata_mut().insert("authorization", value);
         }
-        client
-            .replicate(req)
-            .await
-            .map(|_| ())
-            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        Ok(())
     }
 }
 
@@ -346,6 +455,8 @@ type OwnerReplicas = HashMap<String, (u64, Vec<u8>)>;
 pub struct ReplicaStore {
     by_owner: Mutex<HashMap<String, OwnerReplicas>>,
     secret: Option<[u8; 32]>,
+    /// Where calls handed over by a draining owner go (the takeover's adoption queue).
+    orphans: std::sync::OnceLock<mpsc::UnboundedSender<crate::takeover::Orphan>>,
 }
 
 impl ReplicaStore {
@@ -353,6 +464,7 @@ impl ReplicaStore {
         Arc::new(ReplicaStore {
             by_owner: Mutex::new(HashMap::new()),
             secret: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
+            orphans: std::sync::OnceLock::new(),
         })
     }
 
@@ -370,13 +482,29 @@ impl ReplicaStore {
         m.get(owner)?.get(call_id).map(|(_, s)| s.clone())
     }
 
+    /// Removes and returns everything held for `owner` (call id, state): the owner is
+    /// gone and its calls are being taken over.
+    pub fn take_owner(&self, owner: &str) -> Vec<(String, Vec<u8>)> {
+        let Ok(mut m) = self.by_owner.lock() else {
+            return Vec::new();
+        };
+        m.remove(owner)
+            .map(|calls| calls.into_iter().map(|(id, (_, s))| (id, s)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends calls handed over by a draining owner to `orphans` from now on.
+    pub fn set_orphans(&self, orphans: mpsc::UnboundedSender<crate::takeover::Orphan>) {
+        let _ = self.orphans.set(orphans);
+    }
+
     /// The tonic service over this store.
     pub fn service(self: &Arc<Self>) -> ReplicationServer<StoreService> {
         ReplicationServer::new(StoreService(self.clone())).max_decoding_message_size(8 << 20)
     }
 
     #[allow(clippy::result_large_err)] // tonic's Status
-    fn check(&self, req: &Request<ReplicaBatch>) -> Result<(), Status> {
+    fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let Some(want) = &self.secret else {
             return Ok(());
         };
@@ -429,6 +557,31 @@ impl Replication for StoreService {
             m.remove(&batch.owner);
         }
         Ok(Response::new(ReplicaAck { held: count }))
+    }
+
+    async fn handover(
+        &self,
+        req: Request<HandoverRequest>,
+    ) -> Result<Response<HandoverReply>, Status> {
+        self.0.check(&req)?;
+        let owner = req.into_inner().owner;
+        if owner.is_empty() || owner.len() > 64 {
+            return Err(Status::invalid_argument("owner: a node id"));
+        }
+        let Some(orphans) = self.0.orphans.get() else {
+            return Err(Status::unavailable("this node does not adopt calls"));
+        };
+        let calls = self.0.take_owner(&owner);
+        let adopting = u32::try_from(calls.len()).unwrap_or(u32::MAX);
+        for (call_id, state) in calls {
+            let _ = orphans.send(crate::takeover::Orphan {
+                owner: owner.clone(),
+                call_id,
+                state,
+            });
+        }
+        tracing::info!(owner = %owner, adopting, "cluster: calls handed over by a draining node");
+        Ok(Response::new(HandoverReply { adopting }))
     }
 }
 

@@ -107,6 +107,8 @@ impl App {
             trunk_503_status: config.sip.trunk_503_status,
             max_duration: (config.sip.max_call_duration_secs > 0)
                 .then(|| Duration::from_secs(config.sip.max_call_duration_secs)),
+            // In a cluster a call's snapshot carries both parties' SDP for its adopter.
+            keep_sdp: !config.cluster.etcd_endpoints.is_empty(),
         };
         let media = if config.media.enabled {
             let m = &config.media;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,26 @@ pub struct ClusterGauges {
     replicas_held: Gauge,
     replicated_calls: Gauge,
     replication_dropped: Gauge,
+    adopted: Counter,
+    lost: Counter,
+    owners_dead: Counter,
+}
+
+/// What the gauges are sampled from.
+pub struct Sources {
+    pub shared: Option<Arc<SharedConfig>>,
+    pub replicator: Option<trunkline_cluster::Replicator>,
+    pub replicas: Arc<trunkline_cluster::ReplicaStore>,
+    pub takeover: Option<Arc<trunkline_cluster::TakeoverStats>>,
+    pub dispatcher: trunkline_call::Dispatcher,
+}
+
+/// Moves `counter` up to `total` (the sources keep totals; counters only go up).
+fn catch_up(counter: &Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
 }
 
 impl ClusterGauges {
@@ -60,18 +81,38 @@ impl ClusterGauges {
             "Call state changes dropped because the replication queue was full",
             g.replication_dropped.clone(),
         );
+        registry.register(
+            "trunkline_cluster_calls_adopted",
+            "Calls of dead nodes this node took over (both legs re-INVITEd here and accepted)",
+            g.adopted.clone(),
+        );
+        registry.register(
+            "trunkline_cluster_calls_lost",
+            "Calls of dead nodes this node could not take over (state unusable, or a leg refused its re-INVITE)",
+            g.lost.clone(),
+        );
+        registry.register(
+            "trunkline_cluster_owners_dead",
+            "Nodes this node found dead (left etcd, address silent) while holding their calls",
+            g.owners_dead.clone(),
+        );
         g
     }
 
-    /// Samples `membership` and `shared` once a second until `stop`.
+    /// Samples `membership` and `sources` once a second until `stop`.
     pub fn follow(
         self,
         membership: Arc<trunkline_cluster::Membership>,
-        shared: Option<Arc<SharedConfig>>,
-        replicator: Option<trunkline_cluster::Replicator>,
-        replicas: Arc<trunkline_cluster::ReplicaStore>,
+        sources: Sources,
         stop: CancellationToken,
     ) {
+        let Sources {
+            shared,
+            replicator,
+            replicas,
+            takeover,
+            dispatcher,
+        } = sources;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -94,6 +135,15 @@ impl ClusterGauges {
                         .set(i64::try_from(r.owned()).unwrap_or(i64::MAX));
                     self.replication_dropped
                         .set(i64::try_from(r.dropped()).unwrap_or(i64::MAX));
+                }
+                let (adopted, lost) = dispatcher.adoptions();
+                catch_up(&self.adopted, adopted);
+                catch_up(&self.lost, lost);
+                if let Some(t) = &takeover {
+                    catch_up(
+                        &self.owners_dead,
+                        t.owners_dead.load(std::sync::atomic::Ordering::Relaxed),
+                    );
                 }
             }
         });

@@ -35,6 +35,8 @@ use crate::shutdown::Shutdown;
 /// After terminate (drain deadline or second signal), how long the app gets to return before
 /// the process exits regardless.
 const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+/// Longest a drain waits for the buddies to take its calls before it lets them go anyway.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     alloc::tune();
@@ -167,12 +169,27 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let shared = (!config.cluster.etcd_endpoints.is_empty()).then(|| {
         shared_config::SharedConfig::start(&config, routing.clone(), cluster_stop.clone())
     });
+    // A dead node's calls this node holds are adopted here.
+    let takeover = membership.clone().map(|m| {
+        let (orphans, stats) = trunkline_cluster::takeover::start(
+            m,
+            replicas.clone(),
+            config.node.id.clone(),
+            cluster_stop.clone(),
+        );
+        tokio::spawn(adopt_orphans(orphans, app.dispatcher()));
+        stats
+    });
     if let (Some(gauges), Some(m)) = (cluster_gauges, membership.clone()) {
         gauges.follow(
             m,
-            shared.clone(),
-            replicator.clone(),
-            replicas.clone(),
+            cluster_metrics::Sources {
+                shared: shared.clone(),
+                replicator: replicator.clone(),
+                replicas: replicas.clone(),
+                takeover,
+                dispatcher: app.dispatcher(),
+            },
             cluster_stop.clone(),
         );
     }
@@ -220,10 +237,14 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         "trunkline started"
     );
 
+    let app_dispatcher = app.dispatcher();
     let mut app_task = tokio::spawn(app.run(shutdown.clone()));
     let result = tokio::select! {
         joined = &mut app_task => app_result(joined),
-        () = shutdown.drain_requested() => drain(&config, &shutdown, app_task).await,
+        () = shutdown.drain_requested() => {
+            let handover = replicator.clone().map(|r| (r, app_dispatcher.clone()));
+            drain(&config, &shutdown, app_task, handover).await
+        }
     };
 
     // Leave the cluster first (the lease is revoked: the others see this node go now).
@@ -240,6 +261,19 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         admin.join().await;
     }
     result
+}
+
+/// Turns each orphan the takeover hands over into a call on this node, one after the
+/// other (each start is an actor spawn and two re-INVITEs leaving: microseconds).
+async fn adopt_orphans(
+    mut orphans: tokio::sync::mpsc::UnboundedReceiver<trunkline_cluster::Orphan>,
+    dispatcher: trunkline_call::Dispatcher,
+) {
+    while let Some(o) = orphans.recv().await {
+        if let Err(e) = dispatcher.adopt(&o.state).await {
+            tracing::warn!(owner = %o.owner, call = %o.call_id, error = %e, "call of a dead node lost");
+        }
+    }
 }
 
 /// Joins the cluster when `[cluster] etcd_endpoints` names etcd: registration and the
@@ -306,17 +340,30 @@ fn admin_tokens(config: &Config) -> anyhow::Result<admin::auth::Tokens> {
     Ok(tokens)
 }
 
+/// Lets calls end until `drain_secs`; then, in a cluster, hands the rest to their
+/// buddies (`handover`) and lets them go, and terminates.
 async fn drain(
     config: &Config,
     shutdown: &Shutdown,
     mut app_task: JoinHandle<anyhow::Result<()>>,
+    handover: Option<(trunkline_cluster::Replicator, trunkline_call::Dispatcher)>,
 ) -> anyhow::Result<()> {
     let deadline = config.shutdown.drain();
     tracing::info!(drain_secs = config.shutdown.drain_secs, "draining");
     tokio::select! {
         joined = &mut app_task => return app_result(joined),
         () = tokio::time::sleep(deadline) => {
-            tracing::warn!(drain_secs = config.shutdown.drain_secs, "drain deadline passed, terminating");
+            match handover {
+                Some((r, d)) if d.active_calls() > 0 => {
+                    let started = std::time::Instant::now();
+                    let outcome = tokio::time::timeout(HANDOVER_LIMIT, r.handover()).await.unwrap_or_default();
+                    let released = d.let_go_all();
+                    tracing::info!(adopting = outcome.adopting, unreplicated = outcome.unreplicated,
+                        released, took_ms = started.elapsed().as_millis() as u64,
+                        "drain deadline passed: calls handed over to buddies");
+                }
+                _ => tracing::warn!(drain_secs = config.shutdown.drain_secs, "drain deadline passed, terminating"),
+            }
             shutdown.terminate();
         }
         () = shutdown.terminate_requested() => {}
@@ -382,7 +429,7 @@ mod tests {
             })
         };
         shutdown.begin_drain();
-        tokio::time::timeout(Duration::from_secs(5), drain(&config, &shutdown, app))
+        tokio::time::timeout(Duration::from_secs(5), drain(&config, &shutdown, app, None))
             .await
             .unwrap()
             .unwrap();
@@ -396,7 +443,7 @@ mod tests {
         let shutdown = Shutdown::new();
         let app = tokio::spawn(async { Err(anyhow!("transport died")) });
         shutdown.begin_drain();
-        let err = drain(&config, &shutdown, app).await.unwrap_err();
+        let err = drain(&config, &shutdown, app, None).await.unwrap_err();
         assert!(format!("{err:#}").contains("transport died"));
     }
 

@@ -81,6 +81,16 @@ impl Calls {
     }
 
     fn record(&self, field: &str, id: &str) -> Result<Arc<CallRecord>, Status> {
+        // A call adopted from a node that is gone keeps that node's id.
+        if let Some((node, serial)) = id.rsplit_once('-') {
+            if node != &*self.node_id && !node.is_empty() && serial.len() <= 16 {
+                if let Ok(serial) = u64::from_str_radix(serial, 16) {
+                    if let Some(r) = self.dispatcher.calls().find_adopted(node, serial) {
+                        return Ok(r);
+                    }
+                }
+            }
+        }
         let serial = self.serial_of(field, id)?;
         self.dispatcher
             .calls()

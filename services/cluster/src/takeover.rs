@@ -1,0 +1,178 @@
+//! Deciding when a node's calls are orphans, and which of them this node adopts.
+//!
+//! A node is dead when both hold: its key left the membership (its lease expired or
+//! was revoked) and its cluster address does not take a TCP connection. Either alone
+//! is not enough: an etcd outage or restart must not make live nodes look dead (the
+//! membership is only believed while the watch is connected), and a node cut off from
+//! etcd but still serving its calls must keep them.
+//!
+//! Of a dead owner's calls this node holds, it adopts those for which it is the first
+//! live node on the ring after the owner (the buddy the owner picked, unless that one is
+//! gone too); a replica another node is first for is dropped, since that node adopts
+//! it. What is adopted goes out as `Orphan`s; the node above turns each into a call.
+
+use crate::membership::Membership;
+use crate::replication::ReplicaStore;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often the membership is looked at for owners that left.
+const LOOK_EVERY: Duration = Duration::from_millis(200);
+/// How long a dead node's cluster address gets to take a connection.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often an owner that left etcd but still answers is probed again.
+const REPROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// A call of a dead node that this node adopts: its replicated state as the owner sent
+/// it.
+#[derive(Debug)]
+pub struct Orphan {
+    pub owner: String,
+    pub call_id: String,
+    pub state: Vec<u8>,
+}
+
+/// Takeover counters, for the metrics.
+#[derive(Debug, Default)]
+pub struct TakeoverStats {
+    /// Owners found dead, whose replicas this node went through.
+    pub owners_dead: AtomicU64,
+    /// Replicas handed over for adoption.
+    pub orphans: AtomicU64,
+    /// Replicas dropped because another node is first on the ring for them.
+    pub left_to_others: AtomicU64,
+}
+
+/// Starts the takeover task; adopted calls come out of the returned channel.
+pub fn start(
+    membership: Arc<Membership>,
+    store: Arc<ReplicaStore>,
+    me: String,
+    stop: CancellationToken,
+) -> (mpsc::UnboundedReceiver<Orphan>, Arc<TakeoverStats>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    store.set_orphans(tx.clone());
+    let stats = Arc::new(TakeoverStats::default());
+    let s = stats.clone();
+    tokio::spawn(async move {
+        let mut task = Task {
+            membership,
+            store,
+            me,
+            addresses: HashMap::new(),
+            alive_at: HashMap::new(),
+            tx,
+            stats: s,
+        };
+        let mut tick = tokio::time::interval(LOOK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            task.look().await;
+        }
+    });
+    (rx, stats)
+}
+
+struct Task {
+    membership: Arc<Membership>,
+    store: Arc<ReplicaStore>,
+    me: String,
+    /// The last cluster address seen for each node (kept after it leaves: it is what
+    /// gets probed).
+    addresses: HashMap<String, String>,
+    /// Owners that left etcd but answered a probe, and when.
+    alive_at: HashMap<String, Instant>,
+    tx: mpsc::UnboundedSender<Orphan>,
+    stats: Arc<TakeoverStats>,
+}
+
+impl Task {
+    async fn look(&mut self) {
+        // Only a membership read from a connected watch says who left.
+        if !self.membership.connected() {
+            return;
+        }
+        let members = self.membership.members();
+        if members.revision == 0 {
+            return;
+        }
+        for (id, node) in &members.nodes {
+            if let Some(addr) = &node.cluster {
+                self.addresses.insert(id.clone(), addr.clone());
+            }
+        }
+        let gone: Vec<String> = self
+            .store
+            .held()
+            .into_keys()
+            .filter(|o| *o != self.me && !members.nodes.contains_key(o))
+            .collect();
+        self.alive_at.retain(|o, _| gone.contains(o));
+        for owner in gone {
+            if self
+                .alive_at
+                .get(&owner)
+                .is_some_and(|t| t.elapsed() < REPROBE_EVERY)
+            {
+                continue;
+            }
+            if let Some(addr) = self.addresses.get(&owner) {
+                if answers(addr).await {
+                    if self
+                        .alive_at
+                        .insert(owner.clone(), Instant::now())
+                        .is_none()
+                    {
+                        tracing::warn!(owner = %owner, addr = %addr,
+                            "cluster: node left etcd but still answers; its calls stay with it");
+                    }
+                    continue;
+                }
+            }
+            self.take_over(&owner);
+        }
+    }
+
+    fn take_over(&mut self, owner: &str) {
+        let calls = self.store.take_owner(owner);
+        // The ring as it is now: the owner is not on it, nor any node that died with it.
+        let ring = self.membership.members().ring.clone();
+        let (mut mine, mut others) = (0u64, 0u64);
+        for (call_id, state) in calls {
+            let first = ring.nodes_for(&call_id, 1, Some(owner));
+            if first.first().is_some_and(|n| *n == self.me) {
+                mine += 1;
+                let _ = self.tx.send(Orphan {
+                    owner: owner.to_string(),
+                    call_id,
+                    state,
+                });
+            } else {
+                others += 1;
+            }
+        }
+        self.stats.owners_dead.fetch_add(1, Ordering::Relaxed);
+        self.stats.orphans.fetch_add(mine, Ordering::Relaxed);
+        self.stats
+            .left_to_others
+            .fetch_add(others, Ordering::Relaxed);
+        tracing::warn!(owner = %owner, adopting = mine, left_to_others = others,
+            "cluster: node is gone (lease expired, address silent); adopting its calls");
+    }
+}
+
+/// Whether something accepts a TCP connection at `addr` within `PROBE_TIMEOUT`.
+async fn answers(addr: &str) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
