@@ -329,6 +329,55 @@ fn streaming_request<T>(message: T, token: Option<&str>) -> anyhow::Result<Reque
     Ok(req)
 }
 
+/// The other members of the answering node's cluster that have an admin API: (id,
+/// address). Empty for a standalone node, or when the node cannot say.
+async fn cluster_peers(channel: &Channel, token: Option<&str>) -> Vec<(String, String)> {
+    let Ok(req) = request(ListNodesRequest {}, token) else {
+        return Vec::new();
+    };
+    match NodeServiceClient::new(channel.clone())
+        .list_nodes(req)
+        .await
+    {
+        Ok(r) => {
+            let r = r.into_inner();
+            r.nodes
+                .into_iter()
+                .filter(|n| r.clustered && !n.local && !n.admin_address.is_empty())
+                .map(|n| (n.id, n.admin_address))
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+enum ListError {
+    Request(anyhow::Error),
+    Status(Status),
+}
+
+/// The calls `query` names: the first page, or every page with `all`.
+async fn list_all(
+    client: &mut CallServiceClient<Channel>,
+    mut query: ListCallsRequest,
+    all: bool,
+    token: Option<&str>,
+) -> Result<Vec<trunkline_proto::admin::v1::Call>, ListError> {
+    let mut listed = Vec::new();
+    loop {
+        let page = client
+            .list_calls(request(query.clone(), token).map_err(ListError::Request)?)
+            .await
+            .map_err(ListError::Status)?
+            .into_inner();
+        listed.extend(page.calls);
+        if !all || page.next_page_token.is_empty() {
+            return Ok(listed);
+        }
+        query.page_token = page.next_page_token;
+    }
+}
+
 /// Connects to `--server` (exit 2 for an address that cannot be one, 1 for no answer).
 async fn connect(server: &str, tls: &Tls) -> Result<Channel, (u8, String)> {
     endpoint(server, tls)
@@ -370,7 +419,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         }
         Command::Calls { action } => {
             let channel = connect(&cli.server, &tls).await?;
-            let mut client = CallServiceClient::new(channel);
+            let mut client = CallServiceClient::new(channel.clone());
             let token = cli.token.as_deref();
             match action {
                 CallsAction::List {
@@ -382,7 +431,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     page_size,
                     all,
                 } => {
-                    let mut query = ListCallsRequest {
+                    let query = ListCallsRequest {
                         node_id: node.unwrap_or_default(),
                         state: state.unwrap_or(CallState::Unspecified) as i32,
                         trunk: trunk.unwrap_or_default(),
@@ -391,18 +440,37 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                         page_size,
                         page_token: String::new(),
                     };
-                    let mut listed = Vec::new();
-                    loop {
-                        let page = client
-                            .list_calls(request(query.clone(), token).map_err(server_error)?)
-                            .await
-                            .map_err(status_error)?
-                            .into_inner();
-                        listed.extend(page.calls);
-                        if !all || page.next_page_token.is_empty() {
-                            break;
+                    // Without --node, a clustered node's peers are asked too: the list
+                    // is the cluster's. A peer that does not answer is named on stderr.
+                    let peers = if query.node_id.is_empty() {
+                        cluster_peers(&channel, token).await
+                    } else {
+                        Vec::new()
+                    };
+                    let mut listed = list_all(&mut client, query.clone(), all, token)
+                        .await
+                        .map_err(|e| match e {
+                            ListError::Request(e) => server_error(e),
+                            ListError::Status(s) => status_error(s),
+                        })?;
+                    for (id, addr) in peers {
+                        let mut q = query.clone();
+                        q.node_id.clone_from(&id);
+                        let got = match connect(&addr, &tls).await {
+                            Ok(ch) => list_all(&mut CallServiceClient::new(ch), q, all, token)
+                                .await
+                                .map_err(|e| match e {
+                                    ListError::Request(e) => format!("{e:#}"),
+                                    ListError::Status(s) => {
+                                        format!("{:?}: {}", s.code(), s.message())
+                                    }
+                                }),
+                            Err((_, e)) => Err(e),
+                        };
+                        match got {
+                            Ok(calls) => listed.extend(calls),
+                            Err(e) => eprintln!("trunkctl: node {id} ({addr}) not listed: {e}"),
                         }
-                        query.page_token = page.next_page_token;
                     }
                     let now = prost_types::Timestamp::from(std::time::SystemTime::now());
                     let doc = serde_json::json!({
@@ -412,11 +480,28 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                         .map_err(server_error)
                 }
                 CallsAction::Get { id } => {
-                    let call = client
-                        .get_call(request(GetCallRequest { id }, token).map_err(server_error)?)
-                        .await
-                        .map_err(status_error)?
-                        .into_inner();
+                    let mut got = client
+                        .get_call(
+                            request(GetCallRequest { id: id.clone() }, token)
+                                .map_err(server_error)?,
+                        )
+                        .await;
+                    // A call this node does not have may be on another node of the cluster.
+                    if matches!(&got, Err(s) if s.code() == tonic::Code::NotFound) {
+                        for (_, addr) in cluster_peers(&channel, token).await {
+                            let Ok(ch) = connect(&addr, &tls).await else {
+                                continue;
+                            };
+                            let req = request(GetCallRequest { id: id.clone() }, token)
+                                .map_err(server_error)?;
+                            let there = CallServiceClient::new(ch).get_call(req).await;
+                            if there.is_ok() {
+                                got = there;
+                                break;
+                            }
+                        }
+                    }
+                    let call = got.map_err(status_error)?.into_inner();
                     calls::print(
                         &calls::call_json(&call),
                         || calls::call_detail(&call),
@@ -482,11 +567,23 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                         reason_cause: cause,
                         reason_text: text.unwrap_or_default(),
                     };
-                    let done = client
-                        .hangup_call(request(hangup, token).map_err(server_error)?)
-                        .await
-                        .map_err(status_error)?
-                        .into_inner();
+                    let mut done = client
+                        .hangup_call(request(hangup.clone(), token).map_err(server_error)?)
+                        .await;
+                    if matches!(&done, Err(s) if s.code() == tonic::Code::NotFound) {
+                        for (_, addr) in cluster_peers(&channel, token).await {
+                            let Ok(ch) = connect(&addr, &tls).await else {
+                                continue;
+                            };
+                            let req = request(hangup.clone(), token).map_err(server_error)?;
+                            let there = CallServiceClient::new(ch).hangup_call(req).await;
+                            if there.is_ok() {
+                                done = there;
+                                break;
+                            }
+                        }
+                    }
+                    let done = done.map_err(status_error)?.into_inner();
                     let call = done.call.unwrap_or_default();
                     calls::print(
                         &serde_json::json!({ "call": calls::call_json(&call) }),
