@@ -6,7 +6,8 @@
 //! statistics) goes to `<workspace>/tests/out/<test>/` for diagnosis.
 //!
 //! Addresses: the caller (SIPp uac) runs on 127.0.0.2, the callee (SIPp uas, the node's trunk) on
-//! 127.0.0.3 and the node on 127.0.0.1, so topology hiding can be checked by address.
+//! 127.0.0.3 and the node on 127.0.0.1, so topology hiding can be checked by address. Tests with
+//! several nodes may give each an address of its own ([`NodeConfig::on_ip`]).
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::fmt::Write as _;
@@ -16,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-// Helpers of the media tests (media.rs, sipi.rs); each test file is its own crate, so what two
-// of them need lives here.
+// Helpers of the media tests (media.rs, sipi.rs) and of the cluster tests (cluster_*.rs); each
+// test file is its own crate, so what two of them need lives here.
 pub mod child;
+pub mod cluster;
 pub mod media_node;
 pub mod ng;
 pub mod pcap;
@@ -300,10 +302,14 @@ impl Transport {
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub id: String,
-    /// SIP port on 127.0.0.1, both UDP and TCP.
+    /// The node's address: its SIP listeners, metrics, admin API and, when it is not
+    /// 127.0.0.1, its media relay (`[media] bind`) are on it. 127.0.0.1 ([`NODE_IP`]) unless
+    /// built with [`NodeConfig::on_ip`]; the ports below were found free on it.
+    pub ip: Ipv4Addr,
+    /// SIP port on `ip`, both UDP and TCP.
     pub sip_port: u16,
     pub metrics_port: u16,
-    /// The gRPC admin API's port on 127.0.0.1.
+    /// The gRPC admin API's port on `ip`.
     pub admin_port: u16,
     pub max_message_bytes: u32,
     pub tcp_idle_timeout_secs: u64,
@@ -327,11 +333,19 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Defaults of the contract, fresh ports, one trunk "carrier" at `trunk`.
     pub fn new(trunk: SocketAddr, trunk_transport: Transport) -> Result<Self> {
+        Self::on_ip(NODE_IP, trunk, trunk_transport)
+    }
+
+    /// Like [`NodeConfig::new`] for a node on `ip` (another loopback address, such as
+    /// 127.0.0.11): several nodes that each have an address of their own, so a peer can
+    /// tell by address which node it talks to.
+    pub fn on_ip(ip: Ipv4Addr, trunk: SocketAddr, trunk_transport: Transport) -> Result<Self> {
         Ok(NodeConfig {
             id: "n1".into(),
-            sip_port: free_port(NODE_IP)?,
-            metrics_port: free_port(NODE_IP)?,
-            admin_port: free_port(NODE_IP)?,
+            ip,
+            sip_port: free_port(ip)?,
+            metrics_port: free_port(ip)?,
+            admin_port: free_port(ip)?,
             max_message_bytes: 16384,
             tcp_idle_timeout_secs: 300,
             tcp_partial_timeout_secs: 10,
@@ -351,15 +365,26 @@ impl NodeConfig {
     }
 
     pub fn sip_addr(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(NODE_IP), self.sip_port)
+        SocketAddr::new(IpAddr::V4(self.ip), self.sip_port)
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(NODE_IP), self.metrics_port)
+        SocketAddr::new(IpAddr::V4(self.ip), self.metrics_port)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        SocketAddr::new(IpAddr::V4(NODE_IP), self.admin_port)
+        SocketAddr::new(IpAddr::V4(self.ip), self.admin_port)
+    }
+
+    /// The `[media]` lines: `media_extra`, preceded by `bind = "<ip>"` for a node off
+    /// 127.0.0.1 (whose relay would otherwise anchor media on the default, 127.0.0.1) unless
+    /// `media_extra` names a `bind` of its own.
+    fn media_lines(&self) -> Vec<String> {
+        let mut lines = self.media_extra.clone();
+        if self.ip != NODE_IP && !sets_key(&lines, "bind") {
+            lines.insert(0, format!("bind = \"{}\"", self.ip));
+        }
+        lines
     }
 
     pub fn to_toml(&self) -> String {
@@ -381,8 +406,9 @@ impl NodeConfig {
         for line in &self.sip_extra {
             let _ = writeln!(s, "{line}");
         }
-        if !self.media_extra.is_empty() {
-            let _ = writeln!(s, "[media]\n{}\n", self.media_extra.join("\n"));
+        let media = self.media_lines();
+        if !media.is_empty() {
+            let _ = writeln!(s, "[media]\n{}\n", media.join("\n"));
         }
         let _ = writeln!(
             s,
@@ -401,6 +427,13 @@ impl NodeConfig {
         let _ = writeln!(s, "[routing]\ndefault_trunk = \"carrier\"");
         s
     }
+}
+
+/// Whether one of the TOML `lines` (`key = value`) sets `key`.
+pub fn sets_key(lines: &[String], key: &str) -> bool {
+    lines
+        .iter()
+        .any(|l| l.split_once('=').is_some_and(|(k, _)| k.trim() == key))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -625,7 +658,7 @@ impl Drop for Node {
 }
 
 /// Sends a signal to one process by PID (through kill(1), to stay free of unsafe code).
-fn signal(pid: u32, sig: &str) {
+pub(crate) fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())

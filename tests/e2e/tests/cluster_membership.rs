@@ -5,57 +5,13 @@
 //! a node started meanwhile runs standalone until etcd is back, and then they converge.
 
 use anyhow::{bail, ensure, Result};
-use serde_json::Value;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
-use trunkline_e2e::child::Proc;
+use trunkline_e2e::cluster::{converge, kill9, nodes, start_clustered, start_etcd, view};
 use trunkline_e2e::*;
 
 const TTL: u64 = 4;
-
-/// etcd on 127.0.0.1 with its data in `dir`; ready once it answers /health and its own
-/// log says it serves the client port (so a stale etcd on the port cannot pass for it).
-fn start_etcd(out: &Path, dir: &Path, client: u16, peer: u16, run: u32) -> Result<Proc> {
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut cmd = Command::new("etcd");
-    cmd.args([
-        "--name",
-        "tl-test",
-        "--data-dir",
-        &dir.display().to_string(),
-        "--listen-client-urls",
-        &client_url,
-        "--advertise-client-urls",
-        &client_url,
-        "--listen-peer-urls",
-        &peer_url,
-        "--initial-advertise-peer-urls",
-        &peer_url,
-        "--initial-cluster",
-        &format!("tl-test={peer_url}"),
-    ]);
-    let mut etcd = Proc::spawn("etcd", &mut cmd, out.join(format!("etcd-{run}.log")))?;
-    let addr: SocketAddr = format!("127.0.0.1:{client}").parse()?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        etcd.check_alive()?;
-        let healthy = http_get(addr, "/health").is_ok_and(|(s, b)| s == 200 && b.contains("true"));
-        let ours = etcd.log_text().contains(&format!("127.0.0.1:{client}"));
-        if healthy && ours {
-            return Ok(etcd);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "etcd never became healthy on {client_url}:\n{}",
-                tail(&etcd.log, 20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Puts `value` under `key` in etcd directly (its JSON gateway, /v3/kv/put), as a bad
 /// script or a careless operator might.
@@ -102,65 +58,7 @@ fn start_node_with(
 ) -> Result<(Node, String)> {
     let mut cfg = NodeConfig::new(trunk, Transport::Udp)?;
     cfg.id = id.to_string();
-    let toml = format!(
-        "{}\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:{etcd_port}\"]\nlease_ttl_secs = {TTL}\n{extra}",
-        cfg.to_toml()
-    );
-    let dir = out.join(id);
-    std::fs::create_dir_all(&dir)?;
-    let admin = cfg.admin_addr().to_string();
-    Ok((Node::start_toml(&cfg, &toml, &dir)?, admin))
-}
-
-fn nodes(admin: &str) -> Result<Value> {
-    trunkctl_json(admin, &["node", "list"])
-}
-
-/// The ids and states `admin` lists.
-fn view(v: &Value) -> Vec<(String, String)> {
-    v["nodes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|n| {
-                    (
-                        n["id"].as_str().unwrap_or("").to_string(),
-                        n["state"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits until `admin` lists exactly `want` (id, state), returning how long it took.
-fn converge(admin: &str, want: &[(&str, &str)], limit: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    let mut want: Vec<(String, String)> = want
-        .iter()
-        .map(|(i, s)| (i.to_string(), format!("NODE_STATE_{s}")))
-        .collect();
-    want.sort();
-    let mut last = Value::Null;
-    while start.elapsed() < limit {
-        let v = nodes(admin)?;
-        let mut got = view(&v);
-        got.sort();
-        if got == want {
-            return Ok(start.elapsed());
-        }
-        last = v;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("{admin} never listed {want:?} within {limit:?}; last: {last}")
-}
-
-fn kill9(node: &Node) {
-    if let Some(pid) = node.pid() {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
+    start_clustered(out, &cfg, etcd_port, TTL, extra)
 }
 
 #[test]

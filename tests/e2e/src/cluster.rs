@@ -1,0 +1,143 @@
+//! Clustered nodes: a real etcd (Debian's `etcd-server`) started by the test, nodes that
+//! register in it, their membership as `trunkctl node list` shows it, and a node's sudden
+//! death (SIGKILL). Shared by cluster_membership.rs and cluster_adoption.rs.
+
+use crate::child::Proc;
+use crate::{http_get, sets_key, signal, tail, trunkctl_json, Node, NodeConfig};
+use anyhow::{bail, Result};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// etcd on 127.0.0.1 with its data in `dir`; ready once it answers /health and its own
+/// log says it serves the client port (so a stale etcd on the port cannot pass for it).
+/// `run` numbers its log (`etcd-<run>.log`) when one test starts etcd more than once.
+pub fn start_etcd(out: &Path, dir: &Path, client: u16, peer: u16, run: u32) -> Result<Proc> {
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut cmd = Command::new("etcd");
+    cmd.args([
+        "--name",
+        "tl-test",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--listen-client-urls",
+        &client_url,
+        "--advertise-client-urls",
+        &client_url,
+        "--listen-peer-urls",
+        &peer_url,
+        "--initial-advertise-peer-urls",
+        &peer_url,
+        "--initial-cluster",
+        &format!("tl-test={peer_url}"),
+    ]);
+    let mut etcd = Proc::spawn("etcd", &mut cmd, out.join(format!("etcd-{run}.log")))?;
+    let addr: SocketAddr = format!("127.0.0.1:{client}").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        etcd.check_alive()?;
+        let healthy = http_get(addr, "/health").is_ok_and(|(s, b)| s == 200 && b.contains("true"));
+        let ours = etcd.log_text().contains(&format!("127.0.0.1:{client}"));
+        if healthy && ours {
+            return Ok(etcd);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "etcd never became healthy on {client_url}:\n{}",
+                tail(&etcd.log, 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `cfg`'s TOML with a `[cluster]` section: etcd on 127.0.0.1:`etcd_port`, a lease of
+/// `ttl_secs`, the node-to-node listener on the node's own address (port 0: any free one)
+/// unless `extra` names one, and the `extra` lines.
+pub fn cluster_toml(cfg: &NodeConfig, etcd_port: u16, ttl_secs: u64, extra: &str) -> String {
+    let extra_lines: Vec<String> = extra.lines().map(str::to_string).collect();
+    // On 127.0.0.1 this is the node's default; elsewhere it keeps the node's replication
+    // traffic (and the liveness check of a dead node's address) on the node's address.
+    let listen = if sets_key(&extra_lines, "listen") {
+        String::new()
+    } else {
+        format!("listen = \"{}:0\"\n", cfg.ip)
+    };
+    format!(
+        "{}\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:{etcd_port}\"]\n\
+         lease_ttl_secs = {ttl_secs}\n{listen}{extra}",
+        cfg.to_toml()
+    )
+}
+
+/// Starts a clustered node (see [`cluster_toml`]) with its files in `<out>/<cfg.id>/`;
+/// returns it and its admin API's address.
+pub fn start_clustered(
+    out: &Path,
+    cfg: &NodeConfig,
+    etcd_port: u16,
+    ttl_secs: u64,
+    extra: &str,
+) -> Result<(Node, String)> {
+    let toml = cluster_toml(cfg, etcd_port, ttl_secs, extra);
+    let dir = out.join(&cfg.id);
+    std::fs::create_dir_all(&dir)?;
+    let admin = cfg.admin_addr().to_string();
+    Ok((Node::start_toml(cfg, &toml, &dir)?, admin))
+}
+
+/// `trunkctl node list` of the node whose admin API is `admin`.
+pub fn nodes(admin: &str) -> Result<Value> {
+    trunkctl_json(admin, &["node", "list"])
+}
+
+/// The ids and states a `node list` answer names.
+pub fn view(v: &Value) -> Vec<(String, String)> {
+    v["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| {
+                    (
+                        n["id"].as_str().unwrap_or("").to_string(),
+                        n["state"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `admin` lists exactly `want` (id, state without its `NODE_STATE_` prefix),
+/// returning how long it took.
+pub fn converge(admin: &str, want: &[(&str, &str)], limit: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(i, s)| (i.to_string(), format!("NODE_STATE_{s}")))
+        .collect();
+    want.sort();
+    let mut last = Value::Null;
+    while start.elapsed() < limit {
+        let v = nodes(admin)?;
+        let mut got = view(&v);
+        got.sort();
+        if got == want {
+            return Ok(start.elapsed());
+        }
+        last = v;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("{admin} never listed {want:?} within {limit:?}; last: {last}")
+}
+
+/// SIGKILL to the node's process (by its PID): it dies without revoking its lease or
+/// saying goodbye to anyone. The `Node` guard reaps it when dropped.
+pub fn kill9(node: &Node) {
+    if let Some(pid) = node.pid() {
+        signal(pid, "KILL");
+    }
+}
