@@ -51,6 +51,9 @@ enum Action {
         origin: Origin,
         routing: Arc<Routing>,
     },
+    /// A message of a dialog another node of the cluster made (its id is in the tag or
+    /// branch): sent to that node as it came.
+    Forward { owner: String },
 }
 
 /// Why a call of a node that is gone was not taken over.
@@ -364,12 +367,53 @@ impl Dispatcher {
     /// One framed message from the network: `source` is where it came from (and the
     /// socket it arrived at, `source.local`).
     pub fn on_received(&self, source: Peer, data: Bytes) {
+        self.receive(source, data, true);
+    }
+
+    /// A message another node of the cluster received for a dialog of this node and
+    /// forwarded here, with where it came from. It is handled as if it had arrived here
+    /// (answers leave from this node's socket), and never forwarded again.
+    pub fn on_forwarded(&self, source: Peer, data: Bytes) {
+        self.shared.metrics.forwarded(Direction::In);
+        self.receive(source, data, false);
+    }
+
+    fn receive(&self, source: Peer, data: Bytes, may_forward: bool) {
         let action = match parse_message(data.clone()) {
-            Ok(Message::Request(req)) => self.classify_request(&source, req),
-            Ok(Message::Response(resp)) => self.classify_response(&source, resp),
+            Ok(Message::Request(req)) => self.classify_request(&source, req, may_forward),
+            Ok(Message::Response(resp)) => self.classify_response(&source, resp, may_forward),
             Err(e) => self.classify_garbage(&source, &data, e),
         };
+        if let Action::Forward { owner } = &action {
+            let sent = self
+                .shared
+                .strays
+                .get()
+                .is_some_and(|s| s.forward(owner, data, source));
+            if sent {
+                self.shared.metrics.forwarded(Direction::Out);
+            }
+            return;
+        }
         self.act(&source, action);
+    }
+
+    /// Sends what names another node's dialogs to that node from now on (cluster mode).
+    pub fn set_strays(&self, s: Arc<dyn crate::replicate::Strays>) {
+        let _ = self.shared.strays.set(s);
+    }
+
+    /// The live node that made identifier `id` (a tag or branch), when it is not this
+    /// one and a stray may go there: over UDP only (a stream's answers must go back on
+    /// its own connection, which only this node has).
+    fn owner_elsewhere(&self, id: &[u8], source: &Peer, may_forward: bool) -> Option<String> {
+        if !may_forward || source.transport != trunkline_sip::Transport::Udp {
+            return None;
+        }
+        let strays = self.shared.strays.get()?;
+        let id = std::str::from_utf8(id).ok()?;
+        let owner = trunkline_b2bua::owner_of(id)?;
+        (owner != self.shared.node() && strays.is_live(owner)).then(|| owner.to_string())
     }
 
     /// A send with `token` failed at the transport: the call hears of it at once, so a
@@ -451,7 +495,7 @@ impl Dispatcher {
         Action::Reply { resp, method }
     }
 
-    fn classify_response(&self, source: &Peer, resp: Response) -> Action {
+    fn classify_response(&self, source: &Peer, resp: Response, may_forward: bool) -> Action {
         if let Err(reason) = validate_response(&resp) {
             self.bad_input(source, "invalid_response", &reason);
             return Action::Drop;
@@ -484,18 +528,36 @@ impl Dispatcher {
                         data: r.data,
                         to: r.peer,
                     },
-                    None => {
-                        tracing::debug!(peer = %source.addr, "stray response dropped");
-                        Action::Drop
-                    }
+                    None => match self.owner_elsewhere(tag, source, may_forward) {
+                        Some(owner) => Action::Forward { owner },
+                        None => {
+                            tracing::debug!(peer = %source.addr, "stray response dropped");
+                            Action::Drop
+                        }
+                    },
                 }
             }
         }
     }
 
-    fn classify_request(&self, source: &Peer, mut req: Request) -> Action {
+    fn classify_request(&self, source: &Peer, mut req: Request, may_forward: bool) -> Action {
         let shared = &self.shared;
         shared.metrics.request(Direction::In, &req.method);
+        // In a cluster, a dialog another node made is that node's business: its owner
+        // decides (trust included), and answers.
+        // (An adopted call's tags name the node it came from, so a dialog found here
+        // stays here whatever its tag says.)
+        if let Some(to_tag) = req.headers.to_tag() {
+            if let Some(owner) = self.owner_elsewhere(to_tag, source, may_forward) {
+                let here = req
+                    .headers
+                    .call_id()
+                    .is_some_and(|c| shared.registry.dialog(c, to_tag).is_some());
+                if !here {
+                    return Action::Forward { owner };
+                }
+            }
+        }
         let routing = shared.routing.load();
         let origin = routing.trust.classify(source.addr);
         if !origin.is_trusted() && !self.names_live_dialog(&req) {
@@ -638,7 +700,7 @@ impl Dispatcher {
 
     fn act(&self, source: &Peer, action: Action) {
         match action {
-            Action::Drop => {}
+            Action::Drop | Action::Forward { .. } => {}
             Action::Reply { resp, method } => self.send_reply(source, &resp, &method),
             Action::Replay { data, to } => {
                 self.shared.metrics.retransmission(Direction::Out);

@@ -92,6 +92,7 @@ pub struct CallMetrics {
     sip_requests: Family<RequestLabels, Counter>,
     sip_responses: Family<ResponseLabels, Counter>,
     sip_retransmissions: Family<DirectionLabels, Counter>,
+    sip_forwarded: Family<DirectionLabels, Counter>,
     transaction_timeouts: Family<TimerLabels, Counter>,
     sip_parse_errors: Family<ReasonLabels, Counter>,
     sip_rejected: Family<ReasonLabels, Counter>,
@@ -108,6 +109,7 @@ impl CallMetrics {
             sip_requests: Family::default(),
             sip_responses: Family::default(),
             sip_retransmissions: Family::default(),
+            sip_forwarded: Family::default(),
             transaction_timeouts: Family::default(),
             sip_parse_errors: Family::default(),
             sip_rejected: Family::default(),
@@ -136,6 +138,11 @@ impl CallMetrics {
             "trunkline_sip_retransmissions",
             "SIP retransmissions: duplicates absorbed (in) or retransmissions sent (out)",
             metrics.sip_retransmissions.clone(),
+        );
+        registry.register(
+            "trunkline_sip_forwarded",
+            "SIP messages of dialogs another cluster node made: sent to it (out), or received from another node (in)",
+            metrics.sip_forwarded.clone(),
         );
         registry.register(
             "trunkline_transaction_timeouts",
@@ -194,6 +201,14 @@ impl CallMetrics {
     /// A retransmission was absorbed (`In`) or sent (`Out`).
     pub fn retransmission(&self, direction: Direction) {
         self.sip_retransmissions
+            .get_or_create(&DirectionLabels { direction })
+            .inc();
+    }
+
+    /// A message of another node's dialog sent to that node (`Out`), or one another
+    /// node sent here (`In`).
+    pub fn forwarded(&self, direction: Direction) {
+        self.sip_forwarded
             .get_or_create(&DirectionLabels { direction })
             .inc();
     }

@@ -16,6 +16,15 @@ pub trait Replicate: Send + Sync {
     fn remove(&self, call_id: Arc<str>);
 }
 
+/// Where messages of other nodes' dialogs go in a cluster (the node-to-node service,
+/// behind this trait like `Replicate`). Implementations must not block.
+pub trait Strays: Send + Sync {
+    /// Whether `node` is a live member other than this node.
+    fn is_live(&self, node: &str) -> bool;
+    /// Queues `data`, received from `source`, for `owner`; false when it cannot go.
+    fn forward(&self, owner: &str, data: bytes::Bytes, source: trunkline_sip::Peer) -> bool;
+}
+
 /// What a buddy keeps of a call: the B2BUA's snapshot (both dialogs, peers, our
 /// addresses, the identifier source) and what the call directory shows, so an adopted
 /// call keeps its id, numbers and times.

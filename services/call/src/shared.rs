@@ -64,6 +64,8 @@ pub struct Shared {
     live_calls: AtomicU64,
     /// Where settled calls send their state (cluster mode only).
     pub(crate) replicator: OnceLock<Arc<dyn crate::replicate::Replicate>>,
+    /// Where other nodes' strays go (cluster mode).
+    pub(crate) strays: OnceLock<Arc<dyn crate::replicate::Strays>>,
 }
 
 impl Shared {
@@ -93,6 +95,7 @@ impl Shared {
             log_budget: LogLimiter::default(),
             live_calls: AtomicU64::new(0),
             replicator: OnceLock::new(),
+            strays: OnceLock::new(),
         }
     }
 

@@ -26,8 +26,12 @@ use tonic::{Request, Response, Status};
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
 use trunkline_proto::cluster::v1::replication_server::{Replication, ReplicationServer};
 use trunkline_proto::cluster::v1::{
-    HandoverReply, HandoverRequest, Replica, ReplicaAck, ReplicaBatch,
+    ForwardAck, ForwardedMessage, HandoverReply, HandoverRequest, Replica, ReplicaAck, ReplicaBatch,
 };
+
+/// What handles a SIP message another node forwarded here: (where it came from, the
+/// message as it came).
+pub type ForwardedHandler = Arc<dyn Fn(std::net::SocketAddr, bytes::Bytes) + Send + Sync>;
 
 /// How often changes go out.
 const BATCH_EVERY: Duration = Duration::from_millis(50);
@@ -451,12 +455,22 @@ impl Task {
 type OwnerReplicas = HashMap<String, (u64, Vec<u8>)>;
 
 /// The buddy side: replicas held, per owner.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ReplicaStore {
     by_owner: Mutex<HashMap<String, OwnerReplicas>>,
     secret: Option<[u8; 32]>,
     /// Where calls handed over by a draining owner go (the takeover's adoption queue).
     orphans: std::sync::OnceLock<mpsc::UnboundedSender<crate::takeover::Orphan>>,
+    /// Where messages forwarded by other nodes go (the dispatcher).
+    forwarded: std::sync::OnceLock<ForwardedHandler>,
+}
+
+impl std::fmt::Debug for ReplicaStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaStore")
+            .field("held", &self.held())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReplicaStore {
@@ -465,6 +479,7 @@ impl ReplicaStore {
             by_owner: Mutex::new(HashMap::new()),
             secret: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
             orphans: std::sync::OnceLock::new(),
+            forwarded: std::sync::OnceLock::new(),
         })
     }
 
@@ -496,6 +511,11 @@ impl ReplicaStore {
     /// Sends calls handed over by a draining owner to `orphans` from now on.
     pub fn set_orphans(&self, orphans: mpsc::UnboundedSender<crate::takeover::Orphan>) {
         let _ = self.orphans.set(orphans);
+    }
+
+    /// Hands SIP messages other nodes forward here to `handler` from now on.
+    pub fn set_forwarded(&self, handler: ForwardedHandler) {
+        let _ = self.forwarded.set(handler);
     }
 
     /// The tonic service over this store.
@@ -582,6 +602,26 @@ impl Replication for StoreService {
         }
         tracing::info!(owner = %owner, adopting, "cluster: calls handed over by a draining node");
         Ok(Response::new(HandoverReply { adopting }))
+    }
+
+    async fn forward(
+        &self,
+        req: Request<ForwardedMessage>,
+    ) -> Result<Response<ForwardAck>, Status> {
+        self.0.check(&req)?;
+        let m = req.into_inner();
+        if m.data.is_empty() || m.data.len() > crate::forward::MAX_FORWARD {
+            return Err(Status::invalid_argument("data: one SIP datagram"));
+        }
+        let source: std::net::SocketAddr = m
+            .source
+            .parse()
+            .map_err(|_| Status::invalid_argument("source: ip:port"))?;
+        let Some(handler) = self.0.forwarded.get() else {
+            return Err(Status::unavailable("this node takes no forwarded messages"));
+        };
+        handler(source, bytes::Bytes::from(m.data));
+        Ok(Response::new(ForwardAck {}))
     }
 }
 

@@ -1,5 +1,5 @@
-//! The node-to-node gRPC listener (`[cluster] listen`): today the replicas other nodes
-//! push here. It takes the same connection bounds as the admin API.
+//! The node-to-node gRPC listener (`[cluster] listen`): the replicas other nodes push
+//! here, their handovers, and the SIP messages they forward to this node's dialogs. It takes the same connection bounds as the admin API.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,5 +50,18 @@ impl trunkline_call::Replicate for ToBuddies {
 
     fn remove(&self, call_id: Arc<str>) {
         self.0.send(Change::Remove { call_id });
+    }
+}
+
+/// The call layer's view of owner routing.
+pub struct ToOwners(pub Arc<trunkline_cluster::Forwarder>);
+
+impl trunkline_call::Strays for ToOwners {
+    fn is_live(&self, node: &str) -> bool {
+        self.0.is_live(node)
+    }
+
+    fn forward(&self, owner: &str, data: bytes::Bytes, source: trunkline_sip::Peer) -> bool {
+        self.0.forward(owner, data, source.addr)
     }
 }

@@ -169,6 +169,23 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let shared = (!config.cluster.etcd_endpoints.is_empty()).then(|| {
         shared_config::SharedConfig::start(&config, routing.clone(), cluster_stop.clone())
     });
+    // Messages of other nodes' dialogs go to them; theirs for ours come here.
+    if let Some(m) = membership.clone() {
+        let forwarder = trunkline_cluster::Forwarder::start(
+            m,
+            config.node.id.clone(),
+            config.cluster.secret.clone(),
+            cluster_stop.clone(),
+        );
+        let dispatcher = app.dispatcher();
+        dispatcher.set_strays(Arc::new(cluster_server::ToOwners(forwarder)));
+        replicas.set_forwarded(Arc::new(move |source, data| {
+            dispatcher.on_forwarded(
+                trunkline_sip::Peer::new(trunkline_sip::Transport::Udp, source),
+                data,
+            );
+        }));
+    }
     // A dead node's calls this node holds are adopted here.
     let takeover = membership.clone().map(|m| {
         let (orphans, stats) = trunkline_cluster::takeover::start(
