@@ -140,6 +140,14 @@ impl CallActor {
                 trunk,
                 reply,
             } => transfer::start(myself, state, leg, number, trunk, reply),
+            CallMsg::LetGo => {
+                tracing::warn!(call = %state.record.id(), "call adopted by another node: let go");
+                if let Some(r) = state.shared.replicator.get() {
+                    r.remove(Arc::from(state.record.id()));
+                }
+                myself.stop(Some("adopted elsewhere".into()));
+                return;
+            }
         }
         pump(myself, state);
     }
@@ -393,10 +401,14 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             status,
             early_media,
         } => {
+            let first = state.record.ringing_ms().is_none();
             state
                 .shared
                 .directory
                 .progress(&state.record, status, early_media);
+            if first {
+                replicate_ringing(state);
+            }
         }
         Event::Hold { by, held } => {
             state.shared.directory.hold(&state.record, by, held);
@@ -500,6 +512,23 @@ fn replicate(state: &CallActorState) {
     match serde_json::to_vec(&replica) {
         Ok(bytes) => r.upsert(Arc::from(replica.id.as_str()), bytes),
         Err(e) => tracing::warn!(error = %e, "call state not replicated"),
+    }
+}
+
+/// Tells the buddies a call is ringing (cluster mode): nothing of it can be adopted,
+/// but if this node dies meanwhile its buddy counts and names it as lost. Its answer
+/// (`Event::Settled`) or end replaces or removes this record.
+fn replicate_ringing(state: &CallActorState) {
+    let Some(r) = state.shared.replicator.get() else {
+        return;
+    };
+    let id = state.record.id();
+    let ringing = crate::replicate::Ringing {
+        id: &id,
+        ringing: true,
+    };
+    if let Ok(bytes) = serde_json::to_vec(&ringing) {
+        r.upsert(Arc::from(id.as_str()), bytes);
     }
 }
 

@@ -63,6 +63,9 @@ pub enum AdoptFailure {
     Undecodable(String),
     #[error("the call did not start: {0}")]
     NotStarted(String),
+    /// The call was still ringing on its node: nothing of it can be taken over.
+    #[error("call {0} was still ringing on the dead node")]
+    Ringing(String),
 }
 
 /// Why a call the node was asked to place did not start.
@@ -266,6 +269,12 @@ impl Dispatcher {
     /// already up, and refusing it would drop it.
     pub async fn adopt(&self, state: &[u8]) -> Result<(), AdoptFailure> {
         let shared = &self.shared;
+        if let Ok(head) = serde_json::from_slice::<crate::replicate::Head>(state) {
+            if head.ringing {
+                shared.adoptions.failed.fetch_add(1, Ordering::Relaxed);
+                return Err(AdoptFailure::Ringing(head.id));
+            }
+        }
         let replica: crate::replicate::Replica = match serde_json::from_slice(state) {
             Ok(r) => r,
             Err(e) => {
@@ -291,12 +300,53 @@ impl Dispatcher {
     /// Stops every call actor without sending anything for its call: the calls were
     /// handed over to buddies, which re-INVITE both legs toward themselves. The node's
     /// own records of them close as it leaves.
+    /// Calls that were not answered yet (never replicated, so nobody took them) are hung
+    /// up instead: their callers get a final answer rather than silence.
     pub fn let_go_all(&self) -> usize {
         let handles = self.shared.registry.handles();
+        let mut released = 0;
         for h in &handles {
-            h.actor.stop(Some("handed over".into()));
+            let answered = self
+                .shared
+                .directory
+                .get(h.serial)
+                .is_some_and(|r| r.answered_ms().is_some());
+            if answered {
+                h.actor.stop(Some("handed over".into()));
+                released += 1;
+            } else {
+                let _ = h.actor.send_message(CallMsg::Hangup { reason: None });
+            }
         }
-        handles.len()
+        released
+    }
+
+    /// Lets go of the calls among `ids` that this node still has (another node adopted
+    /// them while this one was cut off): their actors stop without sending anything.
+    /// Returns how many were here.
+    pub fn let_go(&self, ids: &[String]) -> u32 {
+        let node = self.shared.node();
+        let mut released = 0;
+        for id in ids {
+            let Some((n, serial)) = id.rsplit_once('-') else {
+                continue;
+            };
+            let Ok(serial) = u64::from_str_radix(serial, 16) else {
+                continue;
+            };
+            let record = if n == node {
+                self.shared.directory.get(serial)
+            } else {
+                self.shared.directory.find_adopted(n, serial)
+            };
+            let Some(handle) = record.and_then(|r| self.shared.registry.by_serial(r.serial)) else {
+                continue;
+            };
+            if handle.actor.send_message(CallMsg::LetGo).is_ok() {
+                released += 1;
+            }
+        }
+        released
     }
 
     /// Calls adopted so far, and adoptions that failed.

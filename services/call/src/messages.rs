@@ -36,6 +36,9 @@ pub enum CallMsg {
     /// An operator ends the call (admin API): BYE on both legs, or CANCEL and a final
     /// answer while it rings, each carrying `reason` (an RFC 3326 `Reason` value).
     Hangup { reason: Option<Bytes> },
+    /// Another node took the call over while this one looked dead: stop without
+    /// sending anything for it, and stop replicating it.
+    LetGo,
     /// An operator moves `leg` of the answered call to `number`, through `trunk` or
     /// wherever the routing table sends that number; `reply` hears the outcome.
     Transfer {

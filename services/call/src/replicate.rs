@@ -57,6 +57,21 @@ impl<'a> ReplicaState<'a> {
     }
 }
 
+/// What a buddy holds of a call that is still ringing: its id only.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Ringing<'a> {
+    pub id: &'a str,
+    pub ringing: bool,
+}
+
+/// The first look an adopter takes at a replica: a ringing call cannot be adopted.
+#[derive(Debug, Deserialize)]
+pub struct Head {
+    pub id: String,
+    #[serde(default)]
+    pub ringing: bool,
+}
+
 /// A replica as the adopter reads it back (the owned form of `ReplicaState`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Replica {

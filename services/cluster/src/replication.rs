@@ -26,8 +26,13 @@ use tonic::{Request, Response, Status};
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
 use trunkline_proto::cluster::v1::replication_server::{Replication, ReplicationServer};
 use trunkline_proto::cluster::v1::{
-    ForwardAck, ForwardedMessage, HandoverReply, HandoverRequest, Replica, ReplicaAck, ReplicaBatch,
+    AdoptedAck, AdoptedCalls, ForwardAck, ForwardedMessage, HandoverReply, HandoverRequest,
+    Replica, ReplicaAck, ReplicaBatch,
 };
+
+/// What lets go of this node's calls another node adopted (call ids in, how many were
+/// still here out).
+pub type AdoptedHandler = Arc<dyn Fn(&[String]) -> u32 + Send + Sync>;
 
 /// What handles a SIP message another node forwarded here: (where it came from, the
 /// message as it came).
@@ -463,6 +468,8 @@ pub struct ReplicaStore {
     orphans: std::sync::OnceLock<mpsc::UnboundedSender<crate::takeover::Orphan>>,
     /// Where messages forwarded by other nodes go (the dispatcher).
     forwarded: std::sync::OnceLock<ForwardedHandler>,
+    /// What lets go of calls another node adopted (the dispatcher).
+    adopted: std::sync::OnceLock<AdoptedHandler>,
 }
 
 impl std::fmt::Debug for ReplicaStore {
@@ -480,6 +487,7 @@ impl ReplicaStore {
             secret: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
             orphans: std::sync::OnceLock::new(),
             forwarded: std::sync::OnceLock::new(),
+            adopted: std::sync::OnceLock::new(),
         })
     }
 
@@ -516,6 +524,11 @@ impl ReplicaStore {
     /// Hands SIP messages other nodes forward here to `handler` from now on.
     pub fn set_forwarded(&self, handler: ForwardedHandler) {
         let _ = self.forwarded.set(handler);
+    }
+
+    /// Lets `handler` release calls other nodes say they adopted, from now on.
+    pub fn set_adopted(&self, handler: AdoptedHandler) {
+        let _ = self.adopted.set(handler);
     }
 
     /// The tonic service over this store.
@@ -622,6 +635,18 @@ impl Replication for StoreService {
         };
         handler(source, bytes::Bytes::from(m.data));
         Ok(Response::new(ForwardAck {}))
+    }
+
+    async fn adopted(&self, req: Request<AdoptedCalls>) -> Result<Response<AdoptedAck>, Status> {
+        self.0.check(&req)?;
+        let m = req.into_inner();
+        let Some(handler) = self.0.adopted.get() else {
+            return Err(Status::unavailable("this node has no calls to let go"));
+        };
+        let released = handler(&m.call_ids);
+        tracing::warn!(adopter = %m.adopter, named = m.call_ids.len(), released,
+            "cluster: calls of this node were adopted while it looked dead; let go");
+        Ok(Response::new(AdoptedAck { released }))
     }
 }
 

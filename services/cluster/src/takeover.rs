@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
+use trunkline_proto::cluster::v1::AdoptedCalls;
 
 /// How often the membership is looked at for owners that left.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
@@ -52,6 +54,7 @@ pub fn start(
     membership: Arc<Membership>,
     store: Arc<ReplicaStore>,
     me: String,
+    secret: Option<String>,
     stop: CancellationToken,
 ) -> (mpsc::UnboundedReceiver<Orphan>, Arc<TakeoverStats>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -65,6 +68,8 @@ pub fn start(
             me,
             addresses: HashMap::new(),
             alive_at: HashMap::new(),
+            adopted_from: HashMap::new(),
+            secret,
             tx,
             stats: s,
         };
@@ -90,6 +95,10 @@ struct Task {
     addresses: HashMap<String, String>,
     /// Owners that left etcd but answered a probe, and when.
     alive_at: HashMap<String, Instant>,
+    /// Calls adopted from each owner found dead, and when: told to the owner if it comes
+    /// back (it was cut off, not dead), so it lets them go.
+    adopted_from: HashMap<String, (Instant, Vec<String>)>,
+    secret: Option<String>,
     tx: mpsc::UnboundedSender<Orphan>,
     stats: Arc<TakeoverStats>,
 }
@@ -109,6 +118,7 @@ impl Task {
                 self.addresses.insert(id.clone(), addr.clone());
             }
         }
+        self.tell_the_returned(&members).await;
         let gone: Vec<String> = self
             .store
             .held()
@@ -150,6 +160,11 @@ impl Task {
             let first = ring.nodes_for(&call_id, 1, Some(owner));
             if first.first().is_some_and(|n| *n == self.me) {
                 mine += 1;
+                self.adopted_from
+                    .entry(owner.to_string())
+                    .or_insert_with(|| (Instant::now(), Vec::new()))
+                    .1
+                    .push(call_id.clone());
                 let _ = self.tx.send(Orphan {
                     owner: owner.to_string(),
                     call_id,
@@ -167,6 +182,71 @@ impl Task {
         tracing::warn!(owner = %owner, adopting = mine, left_to_others = others,
             "cluster: node is gone (lease expired, address silent); adopting its calls");
     }
+}
+
+impl Task {
+    /// An owner whose calls this node adopted is a member again: it was cut off, not
+    /// dead, and still holds those calls; it is told to let them go. Forgotten after
+    /// `REMEMBER_ADOPTED` (the owner's calls would have ended or timed out by then).
+    async fn tell_the_returned(&mut self, members: &crate::membership::Members) {
+        self.adopted_from
+            .retain(|_, (at, _)| at.elapsed() < REMEMBER_ADOPTED);
+        let back: Vec<String> = self
+            .adopted_from
+            .keys()
+            .filter(|o| members.nodes.contains_key(*o))
+            .cloned()
+            .collect();
+        for owner in back {
+            let Some(addr) = members.nodes.get(&owner).and_then(|n| n.cluster.clone()) else {
+                continue;
+            };
+            let Some((_, ids)) = self.adopted_from.get(&owner) else {
+                continue;
+            };
+            match tell(&addr, &self.me, ids.clone(), self.secret.as_deref()).await {
+                Ok(released) => {
+                    tracing::warn!(owner = %owner, released,
+                        "cluster: a node whose calls were adopted is back; told to let them go");
+                    self.adopted_from.remove(&owner);
+                }
+                Err(e) => {
+                    tracing::debug!(owner = %owner, error = %e, "cluster: cannot tell a returned node yet")
+                }
+            }
+        }
+    }
+}
+
+/// How long a node remembers which calls it adopted from an owner found dead.
+const REMEMBER_ADOPTED: Duration = Duration::from_secs(600);
+
+async fn tell(
+    addr: &str,
+    me: &str,
+    call_ids: Vec<String>,
+    secret: Option<&str>,
+) -> Result<u32, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2));
+    let mut client = ReplicationClient::new(endpoint.connect_lazy());
+    let mut req = tonic::Request::new(AdoptedCalls {
+        adopter: me.to_string(),
+        call_ids,
+    });
+    if let Some(s) = secret {
+        let v = format!("Bearer {s}")
+            .parse()
+            .map_err(|_| "the cluster secret is not a valid header value".to_string())?;
+        req.metadata_mut().insert("authorization", v);
+    }
+    client
+        .adopted(req)
+        .await
+        .map(|r| r.into_inner().released)
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
 /// Whether something accepts a TCP connection at `addr` within `PROBE_TIMEOUT`.

@@ -192,9 +192,13 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             m,
             replicas.clone(),
             config.node.id.clone(),
+            config.cluster.secret.clone(),
             cluster_stop.clone(),
         );
         tokio::spawn(adopt_orphans(orphans, app.dispatcher()));
+        // Calls of this node another one adopted while this one was cut off are let go.
+        let dispatcher = app.dispatcher();
+        replicas.set_adopted(Arc::new(move |ids: &[String]| dispatcher.let_go(ids)));
         stats
     });
     if let (Some(gauges), Some(m)) = (cluster_gauges, membership.clone()) {
