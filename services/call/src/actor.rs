@@ -528,7 +528,7 @@ fn replicate_ringing(state: &CallActorState) {
         ringing: true,
     };
     if let Ok(bytes) = serde_json::to_vec(&ringing) {
-        r.upsert(Arc::from(id.as_str()), bytes);
+        r.ringing(Arc::from(id.as_str()), bytes);
     }
 }
 

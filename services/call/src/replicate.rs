@@ -12,6 +12,9 @@ use trunkline_b2bua::CallSnapshot;
 pub trait Replicate: Send + Sync {
     /// The call's whole replicable state, as it is now.
     fn upsert(&self, call_id: Arc<str>, state: Vec<u8>);
+    /// The call is ringing: `state` names it only (see `Ringing`); nothing can be
+    /// adopted from it.
+    fn ringing(&self, call_id: Arc<str>, state: Vec<u8>);
     /// The call ended.
     fn remove(&self, call_id: Arc<str>);
 }

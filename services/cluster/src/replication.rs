@@ -48,8 +48,13 @@ const MAX_BATCH: usize = 512;
 /// A change of one call, from its actor.
 #[derive(Debug)]
 pub enum Change {
-    /// The call's whole replicable state, as it is now.
-    Upsert { call_id: Arc<str>, state: Vec<u8> },
+    /// The call's whole replicable state, as it is now; `adoptable` is false for a call
+    /// still ringing (its buddy can only report it lost).
+    Upsert {
+        call_id: Arc<str>,
+        state: Vec<u8>,
+        adoptable: bool,
+    },
     /// The call ended.
     Remove { call_id: Arc<str> },
     /// The node is leaving with calls up: bring every buddy up to date, then ask each
@@ -145,6 +150,7 @@ impl Replicator {
 
 struct Held {
     version: u64,
+    adoptable: bool,
     state: Arc<[u8]>,
     /// The buddies that have this version.
     sent_to: Vec<String>,
@@ -212,19 +218,40 @@ impl Task {
             self.dirty.extend(self.calls.keys().cloned());
             self.flush().await;
         }
-        let unreplicated = self.calls.values().filter(|h| h.sent_to.is_empty()).count() as u64;
-        let buddies: HashSet<String> = self
+        let unreplicated = self
             .calls
             .values()
-            .flat_map(|h| h.sent_to.iter().cloned())
-            .collect();
+            .filter(|h| h.adoptable && h.sent_to.is_empty())
+            .count() as u64;
+        // Each answered call goes to one buddy: the first on the ring that has it (with
+        // two buddies, the other only drops its copy). Ringing calls go to nobody: they
+        // end with this node.
         let members = self.membership.members();
+        let mut by_buddy: HashMap<String, Vec<String>> = HashMap::new();
+        for (call_id, h) in &self.calls {
+            for b in h.sent_to.iter() {
+                by_buddy.entry(b.clone()).or_default();
+            }
+            if !h.adoptable {
+                continue;
+            }
+            let first = members
+                .ring
+                .nodes_for(call_id, self.factor, Some(&self.me))
+                .into_iter()
+                .find(|b| h.sent_to.iter().any(|s| s == b))
+                .or_else(|| h.sent_to.first().map(String::as_str))
+                .map(str::to_string);
+            if let Some(b) = first {
+                by_buddy.entry(b).or_default().push(call_id.to_string());
+            }
+        }
         let mut adopting = 0u64;
-        for buddy in buddies {
+        for (buddy, call_ids) in by_buddy {
             let Some(addr) = members.nodes.get(&buddy).and_then(|n| n.cluster.clone()) else {
                 continue;
             };
-            match self.call_handover(&buddy, &addr).await {
+            match self.call_handover(&buddy, &addr, call_ids).await {
                 Ok(n) => adopting += u64::from(n),
                 Err(e) => tracing::warn!(buddy = %buddy, error = %e, "cluster: handover refused"),
             }
@@ -240,9 +267,15 @@ impl Task {
         }
     }
 
-    async fn call_handover(&mut self, buddy: &str, addr: &str) -> Result<u32, String> {
+    async fn call_handover(
+        &mut self,
+        buddy: &str,
+        addr: &str,
+        call_ids: Vec<String>,
+    ) -> Result<u32, String> {
         let mut req = Request::new(HandoverRequest {
             owner: self.me.clone(),
+            call_ids,
         });
         self.authorize(&mut req)?;
         let client = self.client(buddy, addr)?;
@@ -256,13 +289,18 @@ impl Task {
     fn apply(&mut self, change: Change) {
         match change {
             Change::Handover { reply } => self.handover = Some(reply),
-            Change::Upsert { call_id, state } => {
+            Change::Upsert {
+                call_id,
+                state,
+                adoptable,
+            } => {
                 self.version += 1;
                 self.dirty.insert(call_id.clone());
                 self.calls.insert(
                     call_id,
                     Held {
                         version: self.version,
+                        adoptable,
                         state: Arc::from(state),
                         sent_to: Vec::new(),
                         want: 0,
@@ -597,14 +635,22 @@ impl Replication for StoreService {
         req: Request<HandoverRequest>,
     ) -> Result<Response<HandoverReply>, Status> {
         self.0.check(&req)?;
-        let owner = req.into_inner().owner;
+        let m = req.into_inner();
+        let owner = m.owner;
         if owner.is_empty() || owner.len() > 64 {
             return Err(Status::invalid_argument("owner: a node id"));
         }
         let Some(orphans) = self.0.orphans.get() else {
             return Err(Status::unavailable("this node does not adopt calls"));
         };
-        let calls = self.0.take_owner(&owner);
+        let named: HashSet<String> = m.call_ids.into_iter().collect();
+        // What the owner did not name is another buddy's to adopt, or a ringing call.
+        let calls: Vec<(String, Vec<u8>)> = self
+            .0
+            .take_owner(&owner)
+            .into_iter()
+            .filter(|(id, _)| named.contains(id))
+            .collect();
         let adopting = u32::try_from(calls.len()).unwrap_or(u32::MAX);
         for (call_id, state) in calls {
             let _ = orphans.send(crate::takeover::Orphan {

@@ -176,7 +176,10 @@ impl App {
             }
             tokio::select! {
                 () = shutdown.terminate_requested() => {
-                    tracing::warn!(calls = self.dispatcher.active_calls(), "terminating with calls still up");
+                    let calls = self.dispatcher.active_calls();
+                    if calls > 0 {
+                        tracing::warn!(calls, "terminating with calls still up");
+                    }
                     break;
                 }
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}

@@ -45,7 +45,19 @@ pub struct ToBuddies(pub Replicator);
 
 impl trunkline_call::Replicate for ToBuddies {
     fn upsert(&self, call_id: Arc<str>, state: Vec<u8>) {
-        self.0.send(Change::Upsert { call_id, state });
+        self.0.send(Change::Upsert {
+            call_id,
+            state,
+            adoptable: true,
+        });
+    }
+
+    fn ringing(&self, call_id: Arc<str>, state: Vec<u8>) {
+        self.0.send(Change::Upsert {
+            call_id,
+            state,
+            adoptable: false,
+        });
     }
 
     fn remove(&self, call_id: Arc<str>) {
