@@ -141,3 +141,13 @@ pub fn kill9(node: &Node) {
         signal(pid, "KILL");
     }
 }
+
+/// SIGTERM to the node's process (by its PID), once, without waiting: it starts its drain
+/// (and in a cluster hands its calls over at the deadline) while the test watches the
+/// others. [`Node::wait_exit`] reads its exit status; a second SIGTERM would cut the drain
+/// short, so this is not [`Node::stop`].
+pub fn sigterm(node: &Node) {
+    if let Some(pid) = node.pid() {
+        signal(pid, "TERM");
+    }
+}

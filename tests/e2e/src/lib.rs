@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 // Helpers of the media tests (media.rs, sipi.rs) and of the cluster tests (cluster_*.rs); each
 // test file is its own crate, so what two of them need lives here.
+pub mod baresip;
 pub mod child;
 pub mod cluster;
 pub mod media_node;
@@ -632,6 +633,33 @@ impl Node {
                 let _ = child.wait();
                 bail!(
                     "node did not exit within 10 s of SIGTERM; log tail:\n{}",
+                    tail(&self.log, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Node {
+    /// Waits up to `timeout` for the process to exit on its own (after a signal the test
+    /// sent, e.g. [`cluster::sigterm`]) and returns its exit status; sends nothing. Still
+    /// running at `timeout` is an error (with the log tail) and the process is left to the
+    /// guard, which stops it when dropped.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("node already stopped"))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = child.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node still running {timeout:?} later; log tail:\n{}",
                     tail(&self.log, 30)
                 );
             }
