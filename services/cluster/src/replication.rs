@@ -80,6 +80,15 @@ pub struct Replicator {
     tx: mpsc::Sender<Change>,
     dropped: Arc<AtomicU64>,
     owned: Arc<AtomicU64>,
+    /// Batches and encoded bytes sent to buddies (the cost of replication on the wire).
+    sent: Arc<SentCounters>,
+}
+
+/// What the replicator has put on the wire.
+#[derive(Debug, Default)]
+pub struct SentCounters {
+    pub batches: AtomicU64,
+    pub bytes: AtomicU64,
 }
 
 impl Replicator {
@@ -107,6 +116,14 @@ impl Replicator {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Batches and bytes sent to buddies so far.
+    pub fn sent(&self) -> (u64, u64) {
+        (
+            self.sent.batches.load(Ordering::Relaxed),
+            self.sent.bytes.load(Ordering::Relaxed),
+        )
+    }
+
     /// Live calls of this node the replicator keeps state for.
     pub fn owned(&self) -> u64 {
         self.owned.load(Ordering::Relaxed)
@@ -125,8 +142,10 @@ impl Replicator {
             tx,
             dropped: Arc::new(AtomicU64::new(0)),
             owned: Arc::new(AtomicU64::new(0)),
+            sent: Arc::new(SentCounters::default()),
         };
         let owned = r.owned.clone();
+        let sent = r.sent.clone();
         tokio::spawn(async move {
             let mut task = Task {
                 me,
@@ -141,6 +160,7 @@ impl Replicator {
                 ring_revision: -1,
                 full_sent: HashSet::new(),
                 handover: None,
+                sent,
             };
             task.run(rx, owned, stop).await;
         });
@@ -159,6 +179,7 @@ struct Held {
 }
 
 struct Task {
+    sent: Arc<SentCounters>,
     me: String,
     factor: usize,
     secret: Option<String>,
@@ -410,6 +431,11 @@ impl Task {
                 .map(|r| (r.call_id.clone(), r.version))
                 .collect();
             let removals = batch.removals.len();
+            self.sent.batches.fetch_add(1, Ordering::Relaxed);
+            self.sent.bytes.fetch_add(
+                prost::Message::encoded_len(&batch) as u64,
+                Ordering::Relaxed,
+            );
             match self.send(&buddy, &addr, batch).await {
                 Ok(()) => {
                     for (call_id, version) in sent {

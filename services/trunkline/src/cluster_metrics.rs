@@ -24,6 +24,8 @@ pub struct ClusterGauges {
     adopted: Counter,
     lost: Counter,
     owners_dead: Counter,
+    replication_batches: Counter,
+    replication_bytes: Counter,
 }
 
 /// What the gauges are sampled from.
@@ -92,6 +94,16 @@ impl ClusterGauges {
             g.lost.clone(),
         );
         registry.register(
+            "trunkline_cluster_replication_batches",
+            "Replication batches this node sent to its buddies (one RPC each)",
+            g.replication_batches.clone(),
+        );
+        registry.register(
+            "trunkline_cluster_replication_bytes",
+            "Protobuf bytes of the replication batches this node sent to its buddies",
+            g.replication_bytes.clone(),
+        );
+        registry.register(
             "trunkline_cluster_owners_dead",
             "Nodes this node found dead (left etcd, address silent) while holding their calls",
             g.owners_dead.clone(),
@@ -135,6 +147,9 @@ impl ClusterGauges {
                         .set(i64::try_from(r.owned()).unwrap_or(i64::MAX));
                     self.replication_dropped
                         .set(i64::try_from(r.dropped()).unwrap_or(i64::MAX));
+                    let (batches, bytes) = r.sent();
+                    catch_up(&self.replication_batches, batches);
+                    catch_up(&self.replication_bytes, bytes);
                 }
                 let (adopted, lost) = dispatcher.adoptions();
                 catch_up(&self.adopted, adopted);
