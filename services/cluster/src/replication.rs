@@ -27,7 +27,7 @@ use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
 use trunkline_proto::cluster::v1::replication_server::{Replication, ReplicationServer};
 use trunkline_proto::cluster::v1::{
     AdoptedAck, AdoptedCalls, ForwardAck, ForwardedMessage, HandoverReply, HandoverRequest,
-    Replica, ReplicaAck, ReplicaBatch,
+    PingReply, PingRequest, Replica, ReplicaAck, ReplicaBatch,
 };
 
 /// What lets go of this node's calls another node adopted (call ids in, how many were
@@ -526,6 +526,8 @@ type OwnerReplicas = HashMap<String, (u64, Vec<u8>)>;
 /// The buddy side: replicas held, per owner.
 #[derive(Default)]
 pub struct ReplicaStore {
+    /// This node's id, for `Ping`.
+    me: std::sync::OnceLock<String>,
     by_owner: Mutex<HashMap<String, OwnerReplicas>>,
     secret: Option<[u8; 32]>,
     /// Where calls handed over by a draining owner go (the takeover's adoption queue).
@@ -552,6 +554,7 @@ impl ReplicaStore {
             orphans: std::sync::OnceLock::new(),
             forwarded: std::sync::OnceLock::new(),
             adopted: std::sync::OnceLock::new(),
+            me: std::sync::OnceLock::new(),
         })
     }
 
@@ -588,6 +591,11 @@ impl ReplicaStore {
     /// Hands SIP messages other nodes forward here to `handler` from now on.
     pub fn set_forwarded(&self, handler: ForwardedHandler) {
         let _ = self.forwarded.set(handler);
+    }
+
+    /// Names this node in `Ping` answers.
+    pub fn set_me(&self, me: &str) {
+        let _ = self.me.set(me.to_string());
     }
 
     /// Lets `handler` release calls other nodes say they adopted, from now on.
@@ -707,6 +715,13 @@ impl Replication for StoreService {
         };
         handler(source, bytes::Bytes::from(m.data));
         Ok(Response::new(ForwardAck {}))
+    }
+
+    async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        self.0.check(&req)?;
+        Ok(Response::new(PingReply {
+            node: self.0.me.get().cloned().unwrap_or_default(),
+        }))
     }
 
     async fn adopted(&self, req: Request<AdoptedCalls>) -> Result<Response<AdoptedAck>, Status> {

@@ -1,7 +1,7 @@
 //! Deciding when a node's calls are orphans, and which of them this node adopts.
 //!
 //! A node is dead when both hold: its key left the membership (its lease expired or
-//! was revoked) and its cluster address does not take a TCP connection. Either alone
+//! was revoked) and its cluster address does not answer a `Ping`. Either alone
 //! is not enough: an etcd outage or restart must not make live nodes look dead (the
 //! membership is only believed while the watch is connected), and a node cut off from
 //! etcd but still serving its calls must keep them.
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
-use trunkline_proto::cluster::v1::AdoptedCalls;
+use trunkline_proto::cluster::v1::{AdoptedCalls, PingRequest};
 
 /// How often the membership is looked at for owners that left.
 const LOOK_EVERY: Duration = Duration::from_millis(200);
@@ -135,7 +135,7 @@ impl Task {
                 continue;
             }
             if let Some(addr) = self.addresses.get(&owner) {
-                if answers(addr).await {
+                if answers(addr, self.secret.as_deref()).await {
                     if self
                         .alive_at
                         .insert(owner.clone(), Instant::now())
@@ -249,10 +249,29 @@ async fn tell(
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
 }
 
-/// Whether something accepts a TCP connection at `addr` within `PROBE_TIMEOUT`.
-async fn answers(addr: &str) -> bool {
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
+/// Whether the node at `addr` answers a `Ping` within `PROBE_TIMEOUT`. An application
+/// answer, not a TCP connect: the kernel completes connections to a frozen (stopped,
+/// hung) process's listening socket, and such a node relays no media either. An answer
+/// that is an error (a wrong secret, say) still shows the node alive.
+async fn answers(addr: &str, secret: Option<&str>) -> bool {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let endpoint = endpoint
+        .connect_timeout(PROBE_TIMEOUT)
+        .timeout(PROBE_TIMEOUT);
+    let mut client = ReplicationClient::new(endpoint.connect_lazy());
+    let mut req = tonic::Request::new(PingRequest {});
+    if let Some(v) = secret.and_then(|s| format!("Bearer {s}").parse().ok()) {
+        req.metadata_mut().insert("authorization", v);
+    }
+    let answered = tokio::time::timeout(PROBE_TIMEOUT, client.ping(req)).await;
+    match answered {
+        Ok(Ok(_)) => true,
+        Ok(Err(status)) => !matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        Err(_) => false,
+    }
 }

@@ -120,6 +120,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let cluster_stop = CancellationToken::new();
     // The node-to-node listener first: its bound address is part of the registration.
     let replicas = trunkline_cluster::ReplicaStore::new(config.cluster.secret.as_deref());
+    replicas.set_me(&config.node.id);
     let cluster_addr = match (
         config.cluster.etcd_endpoints.is_empty(),
         config.cluster.listen,
