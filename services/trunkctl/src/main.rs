@@ -105,6 +105,10 @@ enum NodeAction {
     Drain {
         #[arg(long)]
         node: Option<String>,
+        /// Shut the node down as SIGTERM does: calls end until its drain_secs, the rest
+        /// go to their buddies (in a cluster), and it exits 0. Cannot be undone.
+        #[arg(long)]
+        shutdown: bool,
     },
     /// Take new calls again.
     Undrain {
@@ -838,11 +842,12 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                     )
                     .await
                     .map_err(status_error)?,
-                NodeAction::Drain { node } => client
+                NodeAction::Drain { node, shutdown } => client
                     .drain(
                         request(
                             DrainRequest {
                                 node_id: node.unwrap_or_default(),
+                                shutdown,
                             },
                             token,
                         )

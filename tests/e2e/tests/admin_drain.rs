@@ -83,3 +83,44 @@ fn a_drained_node_refuses_new_calls_and_lets_established_ones_end() -> Result<()
     node.assert_healthy()?;
     Ok(())
 }
+
+/// `trunkctl node drain --shutdown` is SIGTERM through the API: the node refuses new
+/// calls, lets the established ones end, and exits 0 once they have, before its
+/// drain_secs; `undrain` cannot take it back.
+#[test]
+fn a_shutdown_drain_through_the_api_ends_the_process_with_status_0() -> Result<()> {
+    let out = out_dir("admin_drain_shutdown")?;
+    let uas_builder = Sipp::uas("uas_basic.xml")
+        .calls(2)
+        .timeout_secs(60)
+        .resolve_port()?;
+    let mut cfg = NodeConfig::new(uas_builder.addr()?, Transport::Udp)?;
+    cfg.id = format!("drsd{}", std::process::id() % 1_000_000);
+    let mut node = Node::start(&cfg, &out)?;
+    let admin = cfg.admin_addr().to_string();
+    let mut uas = uas_builder.spawn(&out)?;
+    let mut established = Sipp::uac("uac_basic.xml", node.sip_addr())
+        .calls(2)
+        .rate(10)
+        .duration_ms(3000)
+        .timeout_secs(60)
+        .spawn(&out)?;
+    let up = wait_until(Duration::from_secs(10), || {
+        trunkctl_json(&admin, &["calls", "list", "--state", "established"])
+            .ok()
+            .and_then(|v| v["calls"].as_array().map(Vec::len))
+            == Some(2)
+    });
+    ensure!(up, "the two calls never got established");
+    let (code, _, err) = trunkctl_at(&admin, &["node", "drain", "--shutdown"])?;
+    ensure!(code == 0, "node drain --shutdown: {code} {err}");
+    let (code, _, err) = trunkctl_at(&admin, &["node", "undrain"])?;
+    ensure!(code != 0, "undrain after a shutdown drain succeeded: {err}");
+    established
+        .wait(Duration::from_secs(30))?
+        .assert_all_ok(2)?;
+    uas.wait(Duration::from_secs(30))?.assert_all_ok(2)?;
+    let status = node.wait_exit(Duration::from_secs(10))?;
+    ensure!(status.success(), "the node exited with {status}");
+    Ok(())
+}

@@ -338,8 +338,12 @@ impl NodeService for Admin {
         let who = auth::require(&req, auth::Role::Operator, "Drain")?;
         self.check_node(&req.get_ref().node_id)?;
         tracing::warn!(caller = %who.name, peer = %peer(&req), action = "drain",
-            "admin: new calls refused (503)");
+            shutdown = req.get_ref().shutdown, "admin: new calls refused (503)");
         self.dispatcher.begin_drain();
+        if req.get_ref().shutdown {
+            // The SIGTERM path: hand over at the deadline, then exit.
+            self.shutdown.begin_drain();
+        }
         self.publish_health().await;
         Ok(Response::new(self.node()))
     }
