@@ -448,6 +448,24 @@ impl Dispatcher {
         self.act(&source, action);
     }
 
+    /// Sends `data` to `dest` from our socket `local`, for another node whose dialog's
+    /// peer talks to us (`Replication/Emit`).
+    pub fn send_for_other(
+        &self,
+        dest: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+        data: Bytes,
+    ) {
+        let peer = Peer {
+            transport: trunkline_sip::Transport::Udp,
+            addr: dest,
+            connection: None,
+            local: Some(local),
+        };
+        self.shared.metrics.sent_for_others();
+        self.shared.send(&peer, data, None);
+    }
+
     /// Sends what names another node's dialogs to that node from now on (cluster mode).
     pub fn set_strays(&self, s: Arc<dyn crate::replicate::Strays>) {
         let _ = self.shared.strays.set(s);

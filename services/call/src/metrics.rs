@@ -93,6 +93,7 @@ pub struct CallMetrics {
     sip_responses: Family<ResponseLabels, Counter>,
     sip_retransmissions: Family<DirectionLabels, Counter>,
     sip_forwarded: Family<DirectionLabels, Counter>,
+    sip_sent_for_others: Counter,
     transaction_timeouts: Family<TimerLabels, Counter>,
     sip_parse_errors: Family<ReasonLabels, Counter>,
     sip_rejected: Family<ReasonLabels, Counter>,
@@ -110,6 +111,7 @@ impl CallMetrics {
             sip_responses: Family::default(),
             sip_retransmissions: Family::default(),
             sip_forwarded: Family::default(),
+            sip_sent_for_others: Counter::default(),
             transaction_timeouts: Family::default(),
             sip_parse_errors: Family::default(),
             sip_rejected: Family::default(),
@@ -143,6 +145,11 @@ impl CallMetrics {
             "trunkline_sip_forwarded",
             "SIP messages of dialogs another cluster node made: sent to it (out), or received from another node (in)",
             metrics.sip_forwarded.clone(),
+        );
+        registry.register(
+            "trunkline_sip_sent_for_other_nodes",
+            "SIP messages another cluster node had this node send, to a peer that talks to this node",
+            metrics.sip_sent_for_others.clone(),
         );
         registry.register(
             "trunkline_transaction_timeouts",
@@ -211,6 +218,11 @@ impl CallMetrics {
         self.sip_forwarded
             .get_or_create(&DirectionLabels { direction })
             .inc();
+    }
+
+    /// A message another node had this one send (`Dispatcher::send_for_other`).
+    pub fn sent_for_others(&self) {
+        self.sip_sent_for_others.inc();
     }
 
     /// A transaction timer fired and ended the transaction (`"B"`, `"F"`, `"H"`, `"J"`, ...).

@@ -19,6 +19,11 @@ pub trait Replicate: Send + Sync {
     fn remove(&self, call_id: Arc<str>);
 }
 
+/// Marks a UDP peer reached through another node of the cluster: `Peer::connection`
+/// (which UDP peers otherwise never carry) is this bit with the node's via index, and
+/// `Peer::local` is that node's socket. Sends to such a peer go through that node.
+pub const VIA_NODE: u64 = 1 << 63;
+
 /// Where messages of other nodes' dialogs go in a cluster (the node-to-node service,
 /// behind this trait like `Replicate`). Implementations must not block.
 pub trait Strays: Send + Sync {
@@ -26,6 +31,9 @@ pub trait Strays: Send + Sync {
     fn is_live(&self, node: &str) -> bool;
     /// Queues `data`, received from `source`, for `owner`; false when it cannot go.
     fn forward(&self, owner: &str, data: bytes::Bytes, source: trunkline_sip::Peer) -> bool;
+    /// Queues `data` for `peer`, a peer reached through the node at via index `via`
+    /// (see `VIA_NODE`).
+    fn emit(&self, via: u32, peer: &trunkline_sip::Peer, data: bytes::Bytes);
 }
 
 /// What a buddy keeps of a call: the B2BUA's snapshot (both dialogs, peers, our

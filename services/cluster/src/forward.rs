@@ -1,10 +1,13 @@
 //! Owner routing: a SIP message that reaches this node for a dialog another live node
 //! made (its id is in the tag or branch, ARCHITECTURE.md rule 3) goes to that node over
 //! the cluster service (`Replication/Forward`), which handles it as if it had come
-//! straight from the peer. This is what lets a load balancer spread SIP over the nodes.
+//! straight from the peer. What the owner sends back to that peer goes through the node
+//! the peer sent to (`Replication/Emit`), so it leaves from the address the peer knows
+//! (and that its NAT lets in). This is what lets a load balancer spread SIP over the
+//! nodes.
 //!
 //! The call path only queues (`try_send`); one task sends, each message in its own
-//! request so a slow owner holds up nothing else. A full queue drops the message (SIP
+//! request so a slow node holds up nothing else. A full queue drops the message (SIP
 //! retransmits it).
 
 use crate::membership::Membership;
@@ -12,31 +15,47 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
-use trunkline_proto::cluster::v1::ForwardedMessage;
+use trunkline_proto::cluster::v1::{EmitRequest, ForwardedMessage};
 
-/// Messages waiting to be forwarded; past it they are dropped (and counted).
+/// Messages waiting to be sent; past it they are dropped (and counted).
 const QUEUE: usize = 4096;
 /// Largest message forwarded (a UDP datagram fits).
 pub const MAX_FORWARD: usize = 65_535;
+/// Nodes a peer may be reached through, at most (the index table never grows past it).
+const MAX_VIA: usize = 1024;
 
-struct Job {
-    owner: String,
-    data: Bytes,
-    source: SocketAddr,
+enum Job {
+    /// A message of `node`'s dialog, received here.
+    Forward {
+        node: String,
+        data: Bytes,
+        source: SocketAddr,
+        local: Option<SocketAddr>,
+    },
+    /// A message of ours for a peer that talks to `node`: sent from its socket `local`.
+    Emit {
+        node: String,
+        data: Bytes,
+        dest: SocketAddr,
+        local: SocketAddr,
+    },
 }
 
-/// Sends other nodes' messages to them.
+/// Sends other nodes' messages to them, and ours through them.
 pub struct Forwarder {
     me: String,
     membership: Arc<Membership>,
     tx: mpsc::Sender<Job>,
-    /// Messages dropped: queue full, owner unreachable or refusing.
+    /// Node ids by a small index: a peer reached through another node carries that index
+    /// (see `via_index`).
+    via: Mutex<Vec<String>>,
+    /// Messages dropped: queue full, node unknown, unreachable or refusing.
     pub dropped: Arc<AtomicU64>,
 }
 
@@ -52,6 +71,7 @@ impl Forwarder {
             me: me.clone(),
             membership: membership.clone(),
             tx,
+            via: Mutex::new(Vec::new()),
             dropped: Arc::new(AtomicU64::new(0)),
         });
         tokio::spawn(run(rx, membership, me, secret, f.dropped.clone(), stop));
@@ -63,16 +83,59 @@ impl Forwarder {
         node != self.me && self.membership.members().nodes.contains_key(node)
     }
 
-    /// Queues `data` (from `source`) for `owner`; false when it is dropped at once.
-    pub fn forward(&self, owner: &str, data: Bytes, source: SocketAddr) -> bool {
+    /// Queues `data` (from `source`, received on our socket `local`) for `owner`; false
+    /// when it is dropped at once.
+    pub fn forward(
+        &self,
+        owner: &str,
+        data: Bytes,
+        source: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> bool {
         if data.len() > MAX_FORWARD {
             return false;
         }
-        let job = Job {
-            owner: owner.to_string(),
+        self.queue(Job::Forward {
+            node: owner.to_string(),
             data,
             source,
+            local,
+        })
+    }
+
+    /// The index of `node` in the via table (added if new; `None` once it is full).
+    pub fn via_index(&self, node: &str) -> Option<u32> {
+        let mut via = self.via.lock().ok()?;
+        if let Some(i) = via.iter().position(|n| n == node) {
+            return u32::try_from(i).ok();
+        }
+        if via.len() >= MAX_VIA {
+            return None;
+        }
+        via.push(node.to_string());
+        u32::try_from(via.len() - 1).ok()
+    }
+
+    /// Queues `data` for `dest`, to leave from socket `local` of the node at `via`.
+    pub fn emit(&self, via: u32, data: Bytes, dest: SocketAddr, local: SocketAddr) -> bool {
+        let node = self
+            .via
+            .lock()
+            .ok()
+            .and_then(|v| v.get(via as usize).cloned());
+        let Some(node) = node else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
         };
+        self.queue(Job::Emit {
+            node,
+            data,
+            dest,
+            local,
+        })
+    }
+
+    fn queue(&self, job: Job) -> bool {
         if self.tx.try_send(job).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -80,6 +143,8 @@ impl Forwarder {
         true
     }
 }
+
+type Client = ReplicationClient<tonic::transport::Channel>;
 
 async fn run(
     mut rx: mpsc::Receiver<Job>,
@@ -89,55 +154,80 @@ async fn run(
     dropped: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let mut clients: HashMap<String, (String, ReplicationClient<tonic::transport::Channel>)> =
-        HashMap::new();
+    let mut clients: HashMap<String, (String, Client)> = HashMap::new();
+    let bearer = secret.and_then(|s| format!("Bearer {s}").parse().ok());
     loop {
         let job = tokio::select! {
             j = rx.recv() => match j { Some(j) => j, None => return },
             () = stop.cancelled() => return,
         };
-        let members = membership.members();
-        let Some(addr) = members
-            .nodes
-            .get(&job.owner)
-            .and_then(|n| n.cluster.clone())
-        else {
+        let node = match &job {
+            Job::Forward { node, .. } | Job::Emit { node, .. } => node.clone(),
+        };
+        let Some(mut client) = client_for(&mut clients, &membership, &node) else {
             dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let stale = clients.get(&job.owner).is_none_or(|(a, _)| *a != addr);
-        if stale {
-            let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            else {
-                dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let channel = endpoint
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(2))
-                .connect_lazy();
-            clients.insert(job.owner.clone(), (addr, ReplicationClient::new(channel)));
-        }
-        let Some((_, client)) = clients.get(&job.owner) else {
-            continue;
-        };
-        let mut client = client.clone();
-        let mut req = Request::new(ForwardedMessage {
-            from_node: me.clone(),
-            data: job.data.to_vec(),
-            source: job.source.to_string(),
-        });
-        if let Some(s) = &secret {
-            if let Ok(v) = format!("Bearer {s}").parse() {
-                req.metadata_mut().insert("authorization", v);
-            }
-        }
         let dropped = dropped.clone();
+        let bearer = bearer.clone();
+        let me = me.clone();
         tokio::spawn(async move {
-            if let Err(e) = client.forward(req).await {
+            let sent = match job {
+                Job::Forward {
+                    data,
+                    source,
+                    local,
+                    ..
+                } => {
+                    let mut req = Request::new(ForwardedMessage {
+                        from_node: me,
+                        data: data.to_vec(),
+                        source: source.to_string(),
+                        local: local.map(|l| l.to_string()).unwrap_or_default(),
+                    });
+                    if let Some(b) = bearer {
+                        req.metadata_mut().insert("authorization", b);
+                    }
+                    client.forward(req).await.map(|_| ())
+                }
+                Job::Emit {
+                    data, dest, local, ..
+                } => {
+                    let mut req = Request::new(EmitRequest {
+                        data: data.to_vec(),
+                        dest: dest.to_string(),
+                        local: local.to_string(),
+                    });
+                    if let Some(b) = bearer {
+                        req.metadata_mut().insert("authorization", b);
+                    }
+                    client.emit(req).await.map(|_| ())
+                }
+            };
+            if let Err(e) = sent {
                 dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(owner = %job.owner, error = %e, "cluster: forward failed");
+                tracing::debug!(node = %node, error = %e, "cluster: forward or emit failed");
             }
         });
     }
+}
+
+/// The gRPC client of live member `node` (a new one when its address changed).
+fn client_for(
+    clients: &mut HashMap<String, (String, Client)>,
+    membership: &Membership,
+    node: &str,
+) -> Option<Client> {
+    let members = membership.members();
+    let addr = members.nodes.get(node)?.cluster.clone()?;
+    let stale = clients.get(node).is_none_or(|(a, _)| *a != addr);
+    if stale {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .connect_lazy();
+        clients.insert(node.to_string(), (addr, ReplicationClient::new(channel)));
+    }
+    clients.get(node).map(|(_, c)| c.clone())
 }

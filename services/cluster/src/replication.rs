@@ -26,17 +26,32 @@ use tonic::{Request, Response, Status};
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
 use trunkline_proto::cluster::v1::replication_server::{Replication, ReplicationServer};
 use trunkline_proto::cluster::v1::{
-    AdoptedAck, AdoptedCalls, ForwardAck, ForwardedMessage, HandoverReply, HandoverRequest,
-    PingReply, PingRequest, Replica, ReplicaAck, ReplicaBatch,
+    AdoptedAck, AdoptedCalls, EmitAck, EmitRequest, ForwardAck, ForwardedMessage, HandoverReply,
+    HandoverRequest, PingReply, PingRequest, Replica, ReplicaAck, ReplicaBatch,
 };
 
 /// What lets go of this node's calls another node adopted (call ids in, how many were
 /// still here out).
 pub type AdoptedHandler = Arc<dyn Fn(&[String]) -> u32 + Send + Sync>;
 
-/// What handles a SIP message another node forwarded here: (where it came from, the
-/// message as it came).
-pub type ForwardedHandler = Arc<dyn Fn(std::net::SocketAddr, bytes::Bytes) + Send + Sync>;
+/// What handles a SIP message another node forwarded here.
+pub type ForwardedHandler = Arc<dyn Fn(Forwarded) + Send + Sync>;
+
+/// A SIP message another node received for one of this node's dialogs.
+#[derive(Debug)]
+pub struct Forwarded {
+    /// The node that received it.
+    pub from_node: String,
+    /// Where it came from.
+    pub source: std::net::SocketAddr,
+    /// That node's socket it arrived on.
+    pub local: Option<std::net::SocketAddr>,
+    pub data: bytes::Bytes,
+}
+
+/// What sends a datagram another node asks this one to send (dest, our socket, data).
+pub type EmitHandler =
+    Arc<dyn Fn(std::net::SocketAddr, std::net::SocketAddr, bytes::Bytes) + Send + Sync>;
 
 /// How often changes go out.
 const BATCH_EVERY: Duration = Duration::from_millis(50);
@@ -536,6 +551,8 @@ pub struct ReplicaStore {
     forwarded: std::sync::OnceLock<ForwardedHandler>,
     /// What lets go of calls another node adopted (the dispatcher).
     adopted: std::sync::OnceLock<AdoptedHandler>,
+    /// What sends datagrams other nodes' dialogs need sent from here (the transports).
+    emit: std::sync::OnceLock<EmitHandler>,
 }
 
 impl std::fmt::Debug for ReplicaStore {
@@ -554,6 +571,7 @@ impl ReplicaStore {
             orphans: std::sync::OnceLock::new(),
             forwarded: std::sync::OnceLock::new(),
             adopted: std::sync::OnceLock::new(),
+            emit: std::sync::OnceLock::new(),
             me: std::sync::OnceLock::new(),
         })
     }
@@ -591,6 +609,11 @@ impl ReplicaStore {
     /// Hands SIP messages other nodes forward here to `handler` from now on.
     pub fn set_forwarded(&self, handler: ForwardedHandler) {
         let _ = self.forwarded.set(handler);
+    }
+
+    /// Sends datagrams other nodes ask this one to send through `handler`, from now on.
+    pub fn set_emit(&self, handler: EmitHandler) {
+        let _ = self.emit.set(handler);
     }
 
     /// Names this node in `Ping` answers.
@@ -710,11 +733,44 @@ impl Replication for StoreService {
             .source
             .parse()
             .map_err(|_| Status::invalid_argument("source: ip:port"))?;
+        let local = match m.local.as_str() {
+            "" => None,
+            l => Some(
+                l.parse()
+                    .map_err(|_| Status::invalid_argument("local: ip:port"))?,
+            ),
+        };
         let Some(handler) = self.0.forwarded.get() else {
             return Err(Status::unavailable("this node takes no forwarded messages"));
         };
-        handler(source, bytes::Bytes::from(m.data));
+        handler(Forwarded {
+            from_node: m.from_node,
+            source,
+            local,
+            data: bytes::Bytes::from(m.data),
+        });
         Ok(Response::new(ForwardAck {}))
+    }
+
+    async fn emit(&self, req: Request<EmitRequest>) -> Result<Response<EmitAck>, Status> {
+        self.0.check(&req)?;
+        let m = req.into_inner();
+        if m.data.is_empty() || m.data.len() > crate::forward::MAX_FORWARD {
+            return Err(Status::invalid_argument("data: one SIP datagram"));
+        }
+        let dest = m
+            .dest
+            .parse()
+            .map_err(|_| Status::invalid_argument("dest: ip:port"))?;
+        let local = m
+            .local
+            .parse()
+            .map_err(|_| Status::invalid_argument("local: ip:port"))?;
+        let Some(handler) = self.0.emit.get() else {
+            return Err(Status::unavailable("this node sends nothing for others"));
+        };
+        handler(dest, local, bytes::Bytes::from(m.data));
+        Ok(Response::new(EmitAck {}))
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

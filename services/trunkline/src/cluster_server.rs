@@ -74,6 +74,12 @@ impl trunkline_call::Strays for ToOwners {
     }
 
     fn forward(&self, owner: &str, data: bytes::Bytes, source: trunkline_sip::Peer) -> bool {
-        self.0.forward(owner, data, source.addr)
+        self.0.forward(owner, data, source.addr, source.local)
+    }
+
+    fn emit(&self, via: u32, peer: &trunkline_sip::Peer, data: bytes::Bytes) {
+        if let Some(local) = peer.local {
+            self.0.emit(via, data, peer.addr, local);
+        }
     }
 }

@@ -179,12 +179,21 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             cluster_stop.clone(),
         );
         let dispatcher = app.dispatcher();
-        dispatcher.set_strays(Arc::new(cluster_server::ToOwners(forwarder)));
-        replicas.set_forwarded(Arc::new(move |source, data| {
-            dispatcher.on_forwarded(
-                trunkline_sip::Peer::new(trunkline_sip::Transport::Udp, source),
-                data,
-            );
+        dispatcher.set_strays(Arc::new(cluster_server::ToOwners(forwarder.clone())));
+        replicas.set_forwarded(Arc::new(move |m: trunkline_cluster::Forwarded| {
+            // The peer is reached through the node it talks to, from the socket it sent to.
+            let via = m.local.and_then(|_| forwarder.via_index(&m.from_node));
+            let peer = trunkline_sip::Peer {
+                transport: trunkline_sip::Transport::Udp,
+                addr: m.source,
+                connection: via.map(|i| trunkline_call::VIA_NODE | u64::from(i)),
+                local: if via.is_some() { m.local } else { None },
+            };
+            dispatcher.on_forwarded(peer, m.data);
+        }));
+        let dispatcher = app.dispatcher();
+        replicas.set_emit(Arc::new(move |dest, local, data| {
+            dispatcher.send_for_other(dest, local, data);
         }));
     }
     // A dead node's calls this node holds are adopted here.

@@ -1,6 +1,7 @@
 //! Owner routing: an in-dialog request that reaches a node of the cluster other than the
 //! one that owns its call (a load balancer spreading SIP over the nodes) is forwarded to
-//! the owner over the cluster service, handled there, and answered.
+//! the owner over the cluster service, handled there, and answered through the node the
+//! request was sent to.
 
 use anyhow::{bail, Result};
 use std::net::Ipv4Addr;
@@ -67,6 +68,16 @@ fn an_in_dialog_request_sent_to_the_wrong_node_reaches_the_owner_and_is_answered
     eprintln!("forwarded: {sent} sent by the wrong node, {got} received by the owner");
     if sent < CALLS as f64 || got < CALLS as f64 {
         bail!("{CALLS} INFOs went to the wrong node; it forwarded {sent}, the owner got {got}");
+    }
+    // The owner's 200s left from the node the caller sent the INFOs to.
+    let through = wrong
+        .metrics()
+        .ok()
+        .and_then(|m| m.get("trunkline_sip_sent_for_other_nodes_total", &[]))
+        .unwrap_or(0.0);
+    eprintln!("answers sent through the wrong node for the owner: {through}");
+    if through < CALLS as f64 {
+        bail!("the owner's answers to {CALLS} INFOs: {through} left through the node they were sent to");
     }
     Ok(())
 }
