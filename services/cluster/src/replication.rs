@@ -26,8 +26,9 @@ use tonic::{Request, Response, Status};
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
 use trunkline_proto::cluster::v1::replication_server::{Replication, ReplicationServer};
 use trunkline_proto::cluster::v1::{
-    AdoptedAck, AdoptedCalls, EmitAck, EmitRequest, ForwardAck, ForwardedMessage, HandoverReply,
-    HandoverRequest, PingReply, PingRequest, Replica, ReplicaAck, ReplicaBatch,
+    AdoptedAck, AdoptedCalls, CallCensus, CensusEntry, EmitAck, EmitRequest, ForwardAck,
+    ForwardedMessage, HandoverReply, HandoverRequest, PingReply, PingRequest, Replica, ReplicaAck,
+    ReplicaBatch,
 };
 
 /// What lets go of this node's calls another node adopted (call ids in, how many were
@@ -59,6 +60,13 @@ const BATCH_EVERY: Duration = Duration::from_millis(50);
 const QUEUE: usize = 65_536;
 /// Upserts per RPC at most (a batch stays well under gRPC's 4 MiB default).
 const MAX_BATCH: usize = 512;
+/// Ticks between looks at the census (once a second): it costs one pass over the live
+/// calls, and goes out only when it changed.
+const CENSUS_TICKS: u32 = 20;
+/// Census entries and holders per entry a node accepts from another (a census has one
+/// entry per set of holders: members, or pairs of them with factor 2).
+const MAX_CENSUS_ENTRIES: usize = 4096;
+const MAX_HOLDERS: usize = 8;
 
 /// A change of one call, from its actor.
 #[derive(Debug)]
@@ -176,6 +184,7 @@ impl Replicator {
                 full_sent: HashSet::new(),
                 handover: None,
                 sent,
+                census: Census::default(),
             };
             task.run(rx, owned, stop).await;
         });
@@ -189,6 +198,8 @@ struct Held {
     state: Arc<[u8]>,
     /// The buddies that have this version.
     sent_to: Vec<String>,
+    /// The buddies that hold some version (sorted): what the census counts.
+    holders: Vec<String>,
     /// How many buddies should have it (as of the last look).
     want: usize,
 }
@@ -211,6 +222,18 @@ struct Task {
     full_sent: HashSet<String>,
     /// A handover asked for, answered once the buddies are up to date.
     handover: Option<tokio::sync::oneshot::Sender<Handover>>,
+    census: Census,
+}
+
+/// The census as last sent, and to whom.
+#[derive(Default)]
+struct Census {
+    ticks: u32,
+    last: Option<CallCensus>,
+    /// Members that have `last`.
+    sent_to: HashSet<String>,
+    /// Set once the calls were handed over: the empty census sent then is the last.
+    done: bool,
 }
 
 impl Task {
@@ -292,6 +315,7 @@ impl Task {
                 Err(e) => tracing::warn!(buddy = %buddy, error = %e, "cluster: handover refused"),
             }
         }
+        self.census_after_handover().await;
         tracing::info!(
             adopting,
             unreplicated,
@@ -332,6 +356,11 @@ impl Task {
             } => {
                 self.version += 1;
                 self.dirty.insert(call_id.clone());
+                let holders = self
+                    .calls
+                    .remove(&call_id)
+                    .map(|h| h.holders)
+                    .unwrap_or_default();
                 self.calls.insert(
                     call_id,
                     Held {
@@ -339,6 +368,7 @@ impl Task {
                         adoptable,
                         state: Arc::from(state),
                         sent_to: Vec::new(),
+                        holders,
                         want: 0,
                     },
                 );
@@ -389,6 +419,7 @@ impl Task {
                         .push(call_id.to_string());
                 }
                 held.sent_to.retain(|b| buddies.contains(b));
+                held.holders.retain(|b| buddies.contains(b));
             }
             held.want = buddies.len();
             for b in buddies {
@@ -435,11 +466,13 @@ impl Task {
             }
         }
         self.full_sent.retain(|id| members.nodes.contains_key(id));
+        self.attach_census(&members, &mut batches);
         for (buddy, batch) in batches {
             let Some(addr) = members.nodes.get(&buddy).and_then(|n| n.cluster.clone()) else {
                 continue;
             };
             let full = batch.full;
+            let census = batch.census.is_some();
             let sent: Vec<(String, u64)> = batch
                 .upserts
                 .iter()
@@ -458,6 +491,9 @@ impl Task {
                             if h.version == version && !h.sent_to.contains(&buddy) {
                                 h.sent_to.push(buddy.clone());
                             }
+                            if let Err(at) = h.holders.binary_search(&buddy) {
+                                h.holders.insert(at, buddy.clone());
+                            }
                         }
                     }
                     if let Some(r) = self.removals.get_mut(&buddy) {
@@ -465,6 +501,9 @@ impl Task {
                     }
                     if full {
                         self.full_sent.insert(buddy.clone());
+                    }
+                    if census {
+                        self.census.sent_to.insert(buddy.clone());
                     }
                 }
                 Err(e) => {
@@ -484,6 +523,69 @@ impl Task {
                 .is_some_and(|h| h.sent_to.len() < h.want)
             {
                 self.dirty.insert(call_id);
+            }
+        }
+    }
+
+    /// Once a second, the census of the live calls when it changed; and, to every member
+    /// that lacks the current one (one that just joined, or a failed send), each tick.
+    fn attach_census(
+        &mut self,
+        members: &crate::membership::Members,
+        batches: &mut HashMap<String, ReplicaBatch>,
+    ) {
+        if self.census.done {
+            return;
+        }
+        self.census.ticks += 1;
+        if self.census.ticks >= CENSUS_TICKS || self.census.last.is_none() {
+            self.census.ticks = 0;
+            let now = count_census(self.calls.values().map(|h| h.holders.as_slice()));
+            if self.census.last.as_ref() != Some(&now) {
+                self.census.last = Some(now);
+                self.census.sent_to.clear();
+            }
+        }
+        self.census
+            .sent_to
+            .retain(|id| members.nodes.contains_key(id));
+        let Some(census) = &self.census.last else {
+            return;
+        };
+        for id in members
+            .nodes
+            .keys()
+            .filter(|id| **id != self.me && !self.census.sent_to.contains(*id))
+        {
+            batches
+                .entry(id.clone())
+                .or_insert_with(|| ReplicaBatch {
+                    owner: self.me.clone(),
+                    ..ReplicaBatch::default()
+                })
+                .census = Some(census.clone());
+        }
+    }
+
+    /// After a handover every call either moved to a buddy or ends with this node: the
+    /// members are told the node has no calls left, so none is counted lost when it goes.
+    async fn census_after_handover(&mut self) {
+        self.census.done = true;
+        let members = self.membership.members();
+        let others: Vec<(String, String)> = members
+            .nodes
+            .iter()
+            .filter(|(id, _)| **id != self.me)
+            .filter_map(|(id, n)| Some((id.clone(), n.cluster.clone()?)))
+            .collect();
+        for (id, addr) in others {
+            let batch = ReplicaBatch {
+                owner: self.me.clone(),
+                census: Some(CallCensus::default()),
+                ..ReplicaBatch::default()
+            };
+            if let Err(e) = self.send(&id, &addr, batch).await {
+                tracing::debug!(node = %id, error = %e, "cluster: last census not sent");
             }
         }
     }
@@ -535,6 +637,23 @@ impl Task {
     }
 }
 
+/// Counts calls by the set of nodes that hold them (each `holders` slice sorted).
+fn count_census<'a>(holders: impl Iterator<Item = &'a [String]>) -> CallCensus {
+    let mut by: HashMap<&[String], u32> = HashMap::new();
+    for h in holders {
+        *by.entry(h).or_default() += 1;
+    }
+    let mut entries: Vec<CensusEntry> = by
+        .into_iter()
+        .map(|(h, calls)| CensusEntry {
+            holders: h.to_vec(),
+            calls,
+        })
+        .collect();
+    entries.sort_by(|a, b| a.holders.cmp(&b.holders));
+    CallCensus { entries }
+}
+
 /// One owner's calls as a buddy holds them: call id to (version, state).
 type OwnerReplicas = HashMap<String, (u64, Vec<u8>)>;
 
@@ -544,6 +663,8 @@ pub struct ReplicaStore {
     /// This node's id, for `Ping`.
     me: std::sync::OnceLock<String>,
     by_owner: Mutex<HashMap<String, OwnerReplicas>>,
+    /// Each member's last census: how many of its calls which nodes hold.
+    census: Mutex<HashMap<String, Vec<CensusEntry>>>,
     secret: Option<[u8; 32]>,
     /// Where calls handed over by a draining owner go (the takeover's adoption queue).
     orphans: std::sync::OnceLock<mpsc::UnboundedSender<crate::takeover::Orphan>>,
@@ -567,6 +688,7 @@ impl ReplicaStore {
     pub fn new(secret: Option<&str>) -> Arc<ReplicaStore> {
         Arc::new(ReplicaStore {
             by_owner: Mutex::new(HashMap::new()),
+            census: Mutex::new(HashMap::new()),
             secret: secret.map(|s| Sha256::digest(s.as_bytes()).into()),
             orphans: std::sync::OnceLock::new(),
             forwarded: std::sync::OnceLock::new(),
@@ -598,6 +720,23 @@ impl ReplicaStore {
         };
         m.remove(owner)
             .map(|calls| calls.into_iter().map(|(id, (_, s))| (id, s)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Nodes whose census this node has.
+    pub fn census_owners(&self) -> Vec<String> {
+        self.census
+            .lock()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes and returns `owner`'s last census (empty if none came): the owner is gone.
+    pub fn take_census(&self, owner: &str) -> Vec<CensusEntry> {
+        self.census
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(owner))
             .unwrap_or_default()
     }
 
@@ -657,9 +796,25 @@ pub struct StoreService(Arc<ReplicaStore>);
 impl Replication for StoreService {
     async fn replicate(&self, req: Request<ReplicaBatch>) -> Result<Response<ReplicaAck>, Status> {
         self.0.check(&req)?;
-        let batch = req.into_inner();
+        let mut batch = req.into_inner();
         if batch.owner.is_empty() || batch.owner.len() > 64 {
             return Err(Status::invalid_argument("owner: a node id"));
+        }
+        if let Some(census) = batch.census.take() {
+            let bad = census.entries.len() > MAX_CENSUS_ENTRIES
+                || census.entries.iter().any(|e| {
+                    e.holders.len() > MAX_HOLDERS || e.holders.iter().any(|h| h.len() > 64)
+                });
+            if bad {
+                return Err(Status::invalid_argument(
+                    "census: too many entries or holders",
+                ));
+            }
+            self.0
+                .census
+                .lock()
+                .map_err(|_| Status::internal("replica store poisoned"))?
+                .insert(batch.owner.clone(), census.entries);
         }
         let mut m = self
             .0
@@ -820,6 +975,7 @@ mod tests {
             upserts,
             removals: removals.into_iter().map(String::from).collect(),
             full,
+            census: None,
         };
         assert_eq!(
             push(
@@ -878,5 +1034,74 @@ mod tests {
             "Bearer 0123456789abcdef-cluster".parse().unwrap(),
         );
         assert_eq!(svc.replicate(req).await.unwrap().into_inner().held, 1);
+    }
+
+    #[test]
+    fn the_census_counts_calls_by_their_set_of_holders() {
+        let b = vec!["b".to_string()];
+        let bc = vec!["b".to_string(), "c".to_string()];
+        let none: Vec<String> = Vec::new();
+        let calls = [&b, &bc, &b, &none, &bc, &b];
+        let census = count_census(calls.iter().map(|h| h.as_slice()));
+        let got: Vec<(Vec<String>, u32)> = census
+            .entries
+            .into_iter()
+            .map(|e| (e.holders, e.calls))
+            .collect();
+        assert_eq!(got, vec![(none, 1), (b, 3), (bc, 2)]);
+        assert_eq!(count_census(std::iter::empty()), CallCensus::default());
+    }
+
+    #[tokio::test]
+    async fn a_census_is_kept_per_owner_until_taken_and_bounded() {
+        let store = ReplicaStore::new(None);
+        let svc = StoreService(store.clone());
+        let census = |entries: Vec<(Vec<&str>, u32)>| CallCensus {
+            entries: entries
+                .into_iter()
+                .map(|(h, calls)| CensusEntry {
+                    holders: h.into_iter().map(String::from).collect(),
+                    calls,
+                })
+                .collect(),
+        };
+        // A census alone (no replicas for this node) is kept: its owner is watched.
+        let batch = ReplicaBatch {
+            owner: "n1".into(),
+            census: Some(census(vec![(vec!["n2"], 7), (vec![], 1)])),
+            ..ReplicaBatch::default()
+        };
+        assert_eq!(push(&svc, batch).await.unwrap(), 0);
+        assert_eq!(store.census_owners(), vec!["n1".to_string()]);
+        // A batch without a census leaves the last one as it was.
+        let batch = ReplicaBatch {
+            owner: "n1".into(),
+            upserts: vec![replica("c1", 1)],
+            ..ReplicaBatch::default()
+        };
+        assert_eq!(push(&svc, batch).await.unwrap(), 1);
+        let taken = store.take_census("n1");
+        assert_eq!(taken.len(), 2);
+        assert_eq!(
+            (taken[0].holders.clone(), taken[0].calls),
+            (vec!["n2".to_string()], 7)
+        );
+        assert!(store.census_owners().is_empty());
+        assert!(store.take_census("n1").is_empty());
+        // One message cannot make the store grow without bound.
+        let huge = ReplicaBatch {
+            owner: "n1".into(),
+            census: Some(census(vec![(vec!["n2"], 1); MAX_CENSUS_ENTRIES + 1])),
+            ..ReplicaBatch::default()
+        };
+        let refused = push(&svc, huge).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        let wide = ReplicaBatch {
+            owner: "n1".into(),
+            census: Some(census(vec![(vec!["n"; MAX_HOLDERS + 1], 1)])),
+            ..ReplicaBatch::default()
+        };
+        assert!(push(&svc, wide).await.is_err());
+        assert!(store.census_owners().is_empty());
     }
 }

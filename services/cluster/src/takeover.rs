@@ -10,6 +10,14 @@
 //! live node on the ring after the owner (the buddy the owner picked, unless that one is
 //! gone too); a replica another node is first for is dropped, since that node adopts
 //! it. What is adopted goes out as `Orphan`s; the node above turns each into a call.
+//!
+//! Calls no survivor holds are counted lost: every node sends every member a census of
+//! its calls (how many each set of holders has, at most once a second), and when an owner
+//! is found dead each survivor goes through its census. Calls whose every holder is dead
+//! too (found dead here within `lease_ttl` + `GRACE` of the owner: nodes that die
+//! together lose their leases within one TTL of each other) are counted in `lost` and
+//! logged by one survivor, the first on the ring for the owner's id; a set with a live
+//! holder is that holder's to adopt.
 
 use crate::membership::Membership;
 use crate::replication::ReplicaStore;
@@ -47,6 +55,21 @@ pub struct TakeoverStats {
     pub orphans: AtomicU64,
     /// Replicas dropped because another node is first on the ring for them.
     pub left_to_others: AtomicU64,
+    /// Calls of dead owners that no live node held (owner and every holder gone), as
+    /// the owners' last census counted them.
+    pub lost: AtomicU64,
+}
+
+/// How long after the owner's lease expiry its holders get to be found dead as well.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// Calls of a dead owner held only by `holders`, not yet known dead or alive.
+#[derive(Debug)]
+struct Pending {
+    owner: String,
+    holders: Vec<String>,
+    calls: u64,
+    since: Instant,
 }
 
 /// Starts the takeover task; adopted calls come out of the returned channel.
@@ -55,6 +78,7 @@ pub fn start(
     store: Arc<ReplicaStore>,
     me: String,
     secret: Option<String>,
+    lease_ttl: Duration,
     stop: CancellationToken,
 ) -> (mpsc::UnboundedReceiver<Orphan>, Arc<TakeoverStats>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -72,6 +96,9 @@ pub fn start(
             secret,
             tx,
             stats: s,
+            dead: HashMap::new(),
+            pending: Vec::new(),
+            wait_for_holders: lease_ttl + GRACE,
         };
         let mut tick = tokio::time::interval(LOOK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -101,6 +128,11 @@ struct Task {
     secret: Option<String>,
     tx: mpsc::UnboundedSender<Orphan>,
     stats: Arc<TakeoverStats>,
+    /// Nodes found dead here, and when (forgotten when they are members again).
+    dead: HashMap<String, Instant>,
+    /// Census entries of dead owners this node counts, waiting on their holders.
+    pending: Vec<Pending>,
+    wait_for_holders: Duration,
 }
 
 impl Task {
@@ -119,12 +151,17 @@ impl Task {
             }
         }
         self.tell_the_returned(&members).await;
-        let gone: Vec<String> = self
+        self.dead
+            .retain(|id, at| !members.nodes.contains_key(id) && at.elapsed() < REMEMBER_ADOPTED);
+        let mut gone: Vec<String> = self
             .store
             .held()
             .into_keys()
+            .chain(self.store.census_owners())
             .filter(|o| *o != self.me && !members.nodes.contains_key(o))
             .collect();
+        gone.sort();
+        gone.dedup();
         self.alive_at.retain(|o, _| gone.contains(o));
         for owner in gone {
             if self
@@ -149,12 +186,61 @@ impl Task {
             }
             self.take_over(&owner);
         }
+        self.count_lost();
+    }
+
+    /// Counts the pending census entries whose holders are all dead now; drops those
+    /// with a holder still alive once the holders had their time to die. Every survivor
+    /// keeps the entries, and the one first on the ring for the owner's id when the last
+    /// holder is found dead counts them: decided then, the dead are off the ring, so one
+    /// survivor counts them even when the owner's first successor died with it.
+    fn count_lost(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let members = self.membership.members();
+        let dead = &self.dead;
+        let wait = self.wait_for_holders;
+        let stats = &self.stats;
+        let me = self.me.as_str();
+        self.pending.retain(|p| {
+            if p.holders.iter().all(|h| dead.contains_key(h)) {
+                let counter = members.ring.nodes_for(&p.owner, 1, Some(&p.owner));
+                if counter.first() == Some(&me) {
+                    stats.lost.fetch_add(p.calls, Ordering::Relaxed);
+                    tracing::error!(owner = %p.owner, holders = ?p.holders, calls = p.calls,
+                        "cluster: calls lost: their node and every node holding them are gone");
+                }
+                false
+            } else {
+                p.since.elapsed() < wait
+            }
+        });
     }
 
     fn take_over(&mut self, owner: &str) {
         let calls = self.store.take_owner(owner);
+        let census = self.store.take_census(owner);
+        self.dead.insert(owner.to_string(), Instant::now());
+        if calls.is_empty() && census.iter().all(|e| e.calls == 0) {
+            // No calls (a drained node after its handover, or an idle one): it only
+            // matters as a holder of other dead nodes' calls.
+            tracing::debug!(owner = %owner, "cluster: a node without calls is gone");
+            return;
+        }
         // The ring as it is now: the owner is not on it, nor any node that died with it.
         let ring = self.membership.members().ring.clone();
+        for e in census {
+            if e.holders.contains(&self.me) || e.calls == 0 {
+                continue;
+            }
+            self.pending.push(Pending {
+                owner: owner.to_string(),
+                holders: e.holders,
+                calls: u64::from(e.calls),
+                since: Instant::now(),
+            });
+        }
         let (mut mine, mut others) = (0u64, 0u64);
         for (call_id, state) in calls {
             let first = ring.nodes_for(&call_id, 1, Some(owner));

@@ -90,7 +90,7 @@ impl ClusterGauges {
         );
         registry.register(
             "trunkline_cluster_calls_lost",
-            "Calls of dead nodes this node could not take over (state unusable, or a leg refused its re-INVITE)",
+            "Calls of dead nodes lost: ringing, state unusable, a leg refused its re-INVITE, or no live node held them (counted by one survivor)",
             g.lost.clone(),
         );
         registry.register(
@@ -151,8 +151,11 @@ impl ClusterGauges {
                     catch_up(&self.replication_batches, batches);
                     catch_up(&self.replication_bytes, bytes);
                 }
-                let (adopted, lost) = dispatcher.adoptions();
+                let (adopted, mut lost) = dispatcher.adoptions();
                 catch_up(&self.adopted, adopted);
+                if let Some(t) = &takeover {
+                    lost += t.lost.load(std::sync::atomic::Ordering::Relaxed);
+                }
                 catch_up(&self.lost, lost);
                 if let Some(t) = &takeover {
                     catch_up(

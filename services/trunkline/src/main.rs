@@ -203,6 +203,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             replicas.clone(),
             config.node.id.clone(),
             config.cluster.secret.clone(),
+            std::time::Duration::from_secs(config.cluster.lease_ttl_secs),
             cluster_stop.clone(),
         );
         tokio::spawn(adopt_orphans(orphans, app.dispatcher()));
