@@ -12,6 +12,12 @@
 #                       call event from its admin API (optional)
 #   trunkline-listcalls trunkline (media off) holding 10 000 established calls while a gRPC
 #                       client polls ListCalls (a 500-call page) once a second (optional)
+#   trunkline-hold      trunkline (media off) standalone, every call held CLUSTER_HOLD_MS
+#                       (1 s) before its BYE: the like-for-like baseline of trunkline-cluster
+#                       (optional)
+#   trunkline-cluster   the same node in cluster mode with replication on: its own etcd and
+#                       a buddy node that holds every settled call's state; calls held
+#                       CLUSTER_HOLD_MS so that each one lives past a replication tick (optional)
 # one after the other in one run, on loopback.  See load/README.md.
 #
 #   load/bench.sh [--quick] [--systems LIST]
@@ -28,16 +34,17 @@ LIB="$HERE/benchlib.py"
 SCEN="$HERE/scenarios"
 
 usage() {
-	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
 	cat <<'EOF'
 Options:
   --quick            smoke run: 3 s steps, one bisection, 1000 held calls (~2-3 min per system)
   --systems LIST     comma-separated subset of
                      sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,
-                     trunkline-watch10,trunkline-listcalls
-                     (default: all but kamailio, whose topos row needs redis, and the two
+                     trunkline-watch10,trunkline-listcalls,trunkline-hold,trunkline-cluster
+                     (default: all but kamailio, whose topos row needs redis, the two
                      admin API rows: --systems trunkline,trunkline-watch10,trunkline-listcalls
-                     compares them with the idle API)
+                     compares them with the idle API, and the two cluster rows:
+                     --systems trunkline,trunkline-hold,trunkline-cluster)
   --profile          no rate search: run each system (default: trunkline-media) at PROFILE_RATE
                      for PROFILE_SECS under `perf record -g` and write `perf report --no-children`
                      to load/out/<ts>/<system>/profile/
@@ -62,17 +69,28 @@ Environment (defaults full / quick):
   MEDIA_PORT_MIN, MEDIA_PORT_MAX   media port range of rtpengine and trunkline-media
                      (30000, 39999: trunkline's default)
   RTPE_LOG_LEVEL     rtpengine log-level (5)
+  CLUSTER_HOLD_MS    how long every call of trunkline-hold and trunkline-cluster is held
+                     before its BYE (1000; a call that ends within one 50 ms replication tick
+                     of its 200 is never sent to the buddy, so 0 measures almost no replication)
+  CLUSTER_LEASE_TTL  lease_ttl_secs of both clustered nodes (10, the node's default)
+  ETCD_BIN           etcd (Debian etcd-server: /usr/bin/etcd)
+  ETCD_IDLE_SECS     trunkline-cluster fixed-rate run: seconds of idle etcd traffic measured
+                     before the calls, subtracted at that rate from the calls' (10 / 5)
+  ETCD_KEEP_DATA     1: keep each phase's etcd data dir (removed once etcd stops: ~120 MB each)
   PROFILE_RATE, PROFILE_SECS, PROFILE_CALLGRAPH   --profile: calls/s, seconds, perf call-graph
                      mode (200, 12, fp; "dwarf" gives fuller stacks at a higher cost)
   UAC_PORT UAS_PORT KAM_PORT TL_PORT TL_METRICS_PORT TL_ADMIN_PORT HELD_UAC_PORT REDIS_PORT
   RTPE_NG_PORT RTPE_CLI_PORT
                      (5080 5090 5060 5062 9465 50061 5082 16379 12222 12224)
+  TL_CLUSTER_PORT BUDDY_PORT BUDDY_METRICS_PORT BUDDY_ADMIN_PORT BUDDY_CLUSTER_PORT
+  ETCD_CLIENT_PORT ETCD_PEER_PORT
+                     (7062 5064 9466 50062 7064 12379 12380)
 EOF
 }
 
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
-ALL_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,trunkline-watch10,trunkline-listcalls"
+ALL_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,trunkline-watch10,trunkline-listcalls,trunkline-hold,trunkline-cluster"
 DEFAULT_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media"
 parse_args "$ALL_SYSTEMS" "profile" "$@"
 if [ "$PROFILE" = 1 ] && [ "$SYSTEMS_GIVEN" = 0 ]; then SYS_LIST=(trunkline-media); fi
@@ -89,10 +107,10 @@ SYSTEMS=$(IFS=,; echo "${SYS_LIST[*]}")
 
 if [ "$QUICK" = 1 ]; then
 	: "${STEP_SECS:=3}" "${BISECT:=1}" "${FIXED_RATE:=100}" "${FIXED_SECS:=5}"
-	: "${HOLD_CALLS:=1000}" "${HOLD_RATE:=200}"
+	: "${HOLD_CALLS:=1000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=5}"
 else
 	: "${STEP_SECS:=10}" "${BISECT:=3}" "${FIXED_RATE:=200}" "${FIXED_SECS:=20}"
-	: "${HOLD_CALLS:=10000}" "${HOLD_RATE:=200}"
+	: "${HOLD_CALLS:=10000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=10}"
 fi
 : "${MEDIA_HOLD_CALLS:=$((HOLD_CALLS < 2000 ? HOLD_CALLS : 2000))}"
 : "${SEARCH_START:=100}" "${SIPP_SEARCH_START:=1000}" "${SEARCH_MAX:=64000}"
@@ -104,6 +122,9 @@ fi
 : "${RTPE_NG_PORT:=12222}" "${RTPE_CLI_PORT:=12224}" "${RTPE_LOG_LEVEL:=5}" "${RTPE_READY_SECS:=10}"
 : "${MEDIA_PORT_MIN:=30000}" "${MEDIA_PORT_MAX:=39999}"
 : "${PROFILE_RATE:=200}" "${PROFILE_SECS:=12}" "${PROFILE_CALLGRAPH:=fp}"
+: "${CLUSTER_HOLD_MS:=1000}" "${CLUSTER_LEASE_TTL:=10}" "${ETCD_BIN:=etcd}" "${ETCD_READY_SECS:=20}"
+: "${ETCD_KEEP_DATA:=0}" "${TL_CLUSTER_PORT:=7062}" "${BUDDY_PORT:=5064}" "${BUDDY_METRICS_PORT:=9466}"
+: "${BUDDY_ADMIN_PORT:=50062}" "${BUDDY_CLUSTER_PORT:=7064}" "${ETCD_CLIENT_PORT:=12379}" "${ETCD_PEER_PORT:=12380}"
 HOST=127.0.0.1
 # shellcheck disable=SC2054 # "all,-abortunexp" is one SIPp argument
 SIPP_COMMON=(-i "$HOST" -nostdin -default_behaviors all,-abortunexp -buff_size 4194304)
@@ -304,9 +325,24 @@ tl_resolve_bin() {
 	log "trunkline binary: $TL_BIN_RESOLVED"
 }
 
-tl_start() { # DIR MEDIA(0|1)
-	local d=$1 media=$2 i media_section
+tl_start() { # DIR MEDIA(0|1) [CLUSTER(0|1)]
+	local d=$1 media=$2 cluster=${3:-0}
 	mkdir -p "$d"
+	tl_node "$d" trunkline bench "$TL_PORT" "$TL_METRICS_PORT" "$TL_ADMIN_PORT" "$media" \
+		"$([ "$cluster" = 1 ] && cluster_section "$TL_CLUSTER_PORT")"
+	TL_PID=$NODE_PID
+	SUT_PIDS="$TL_PID"
+	SUT_TARGET="$HOST:$TL_PORT"
+}
+tl_stop() { stop_pid "$TL_PID"; TL_PID=""; }
+
+# Writes NAME.toml (in $RUN, a copy in DIR), starts the node with its log in DIR/NAME.log and
+# waits for its /health: DIR NAME ID SIP_PORT METRICS_PORT ADMIN_PORT MEDIA(0|1) [EXTRA].
+# Sets NODE_PID. EXTRA (a [cluster] section) goes at the end; without it the file is the one
+# the trunkline rows have always run with.
+NODE_PID=""
+tl_node() {
+	local d=$1 name=$2 id=$3 sip=$4 metrics=$5 admin=$6 media=$7 extra=${8:-} i media_section pid
 	if [ "$media" = 0 ]; then
 		media_section='# Signalling only, like the Kamailio it is compared with (kamailio-dialog).
 [media]
@@ -320,20 +356,20 @@ port_max = $MEDIA_PORT_MAX"
 		media_section='# No [media] section: media anchored on 127.0.0.1 with the default port range
 # (30000-39999), timeout and forwarding threads, as a node with no media config runs.'
 	fi
-	cat >"$RUN/trunkline.toml" <<EOF
+	cat >"$RUN/$name.toml" <<EOF
 # generated by load/bench.sh
 [node]
-id = "bench"
+id = "$id"
 
 [sip]
-udp = ["$HOST:$TL_PORT"]
+udp = ["$HOST:$sip"]
 tcp = []
 
 [metrics]
-listen = "$HOST:$TL_METRICS_PORT"
+listen = "$HOST:$metrics"
 
 [admin]
-listen = "$HOST:$TL_ADMIN_PORT"
+listen = "$HOST:$admin"
 
 [log]
 level = "warn"
@@ -348,27 +384,101 @@ transport = "udp"
 [routing]
 default_trunk = "uas"
 EOF
-	cp "$RUN/trunkline.toml" "$d/trunkline.toml"
-	"$TL_BIN_RESOLVED" --config "$RUN/trunkline.toml" >"$d/trunkline.log" 2>&1 &
-	TL_PID=$!
-	STARTED+=("$TL_PID")
+	[ -n "$extra" ] && printf '\n%s\n' "$extra" >>"$RUN/$name.toml"
+	cp "$RUN/$name.toml" "$d/$name.toml"
+	"$TL_BIN_RESOLVED" --config "$RUN/$name.toml" >"$d/$name.log" 2>&1 &
+	pid=$!
+	NODE_PID=$pid
+	STARTED+=("$pid")
 	for i in $(seq 1 $((TL_READY_SECS * 10))); do
-		curl -sf -o /dev/null "http://$HOST:$TL_METRICS_PORT/health" && break
-		if ! kill -0 "$TL_PID" 2>/dev/null; then
+		curl -sf -o /dev/null "http://$HOST:$metrics/health" && break
+		if ! kill -0 "$pid" 2>/dev/null; then
 			local rc=0
-			wait "$TL_PID" || rc=$?
-			TL_PID=""
-			die "trunkline ($TL_BIN_RESOLVED --config $d/trunkline.toml) exited with status $rc before becoming ready. Last log lines:
-$(tail -10 "$d/trunkline.log")"
+			wait "$pid" || rc=$?
+			die "$name ($TL_BIN_RESOLVED --config $d/$name.toml) exited with status $rc before becoming ready. Last log lines:
+$(tail -10 "$d/$name.log")"
 		fi
 		sleep 0.1
 	done
-	curl -sf -o /dev/null "http://$HOST:$TL_METRICS_PORT/health" ||
-		die "trunkline did not answer http://$HOST:$TL_METRICS_PORT/health within ${TL_READY_SECS}s; see $d/trunkline.log"
-	SUT_PIDS="$TL_PID"
-	SUT_TARGET="$HOST:$TL_PORT"
+	curl -sf -o /dev/null "http://$HOST:$metrics/health" ||
+		die "$name did not answer http://$HOST:$metrics/health within ${TL_READY_SECS}s; see $d/$name.log"
 }
-tl_stop() { stop_pid "$TL_PID"; TL_PID=""; }
+
+# ------------------------------------------------------------ cluster (trunkline-cluster)
+# The node under test (id "bench") and its buddy (id "buddy") join the row's own etcd; with
+# two nodes on the ring the buddy is the next node after "bench" for every call, so every
+# settled call of the node under test is replicated to it (replication_factor 1).
+cluster_section() { # CLUSTER_PORT
+	cat <<EOF
+# trunkline-cluster: membership in the row's own etcd, replication to the next node on the ring
+[cluster]
+etcd_endpoints = ["http://$HOST:$ETCD_CLIENT_PORT"]
+lease_ttl_secs = $CLUSTER_LEASE_TTL
+listen = "$HOST:$1"
+replication_factor = 1
+EOF
+}
+ETCD_PID="" ETCD_DATA="" BUDDY_PID=""
+ON_EXIT+=('[ "$ETCD_KEEP_DATA" = 1 ] || [ -z "$ETCD_DATA" ] || rm -rf "$ETCD_DATA"')
+etcd_start() { # DIR: a fresh single-member etcd on loopback, data under DIR
+	local d=$1 i url="http://$HOST:$ETCD_CLIENT_PORT" peer="http://$HOST:$ETCD_PEER_PORT"
+	ETCD_DATA="$d/etcd-data"
+	rm -rf "$ETCD_DATA"
+	"$ETCD_BIN" --name bench --data-dir "$ETCD_DATA" \
+		--listen-client-urls "$url" --advertise-client-urls "$url" \
+		--listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
+		--initial-cluster "bench=$peer" --initial-cluster-state new >"$d/etcd.log" 2>&1 &
+	ETCD_PID=$!
+	STARTED+=("$ETCD_PID")
+	for i in $(seq 1 $((ETCD_READY_SECS * 10))); do
+		curl -s -m 1 "$url/health" 2>/dev/null | grep -q '"health":"true"' && return 0
+		kill -0 "$ETCD_PID" 2>/dev/null || die "etcd exited at start-up (ports $ETCD_CLIENT_PORT/$ETCD_PEER_PORT busy?); see $d/etcd.log: $(tail -3 "$d/etcd.log")"
+		sleep 0.1
+	done
+	die "etcd did not answer $url/health within ${ETCD_READY_SECS}s; see $d/etcd.log"
+}
+etcd_stop() {
+	stop_pid "$ETCD_PID"
+	ETCD_PID=""
+	[ "$ETCD_KEEP_DATA" = 1 ] || { [ -n "$ETCD_DATA" ] && rm -rf "$ETCD_DATA"; }
+	ETCD_DATA=""
+}
+metric() { # PORT NAME: an unlabelled sample of a trunkline node's metrics (empty if none)
+	curl -s -m 2 "http://$HOST:$1/metrics" 2>/dev/null | awk -v n="$2" '$1 == n && !seen {print $2; seen = 1}' || true
+}
+cluster_start() { # DIR
+	local d=$1 i a b r
+	mkdir -p "$d"
+	etcd_start "$d"
+	tl_node "$d" buddy buddy "$BUDDY_PORT" "$BUDDY_METRICS_PORT" "$BUDDY_ADMIN_PORT" 0 \
+		"$(cluster_section "$BUDDY_CLUSTER_PORT")"
+	BUDDY_PID=$NODE_PID
+	tl_start "$d" 0 1
+	# Both nodes see both, and the node under test has sent the buddy its first (full) batch:
+	# the replication channel is up before the first call.
+	for i in $(seq 1 $((TL_READY_SECS * 10))); do
+		a=$(metric "$TL_METRICS_PORT" trunkline_cluster_members)
+		b=$(metric "$BUDDY_METRICS_PORT" trunkline_cluster_members)
+		r=$(metric "$TL_METRICS_PORT" trunkline_cluster_replication_batches_total)
+		[ "${a:-0}" = 2 ] && [ "${b:-0}" = 2 ] && [ "${r:-0}" != 0 ] && return 0
+		sleep 0.1
+	done
+	die "trunkline-cluster: the nodes did not form a cluster within ${TL_READY_SECS}s (members seen: bench ${a:-?}, buddy ${b:-?}; batches sent ${r:-?}); see $d/trunkline.log, $d/buddy.log, $d/etcd.log"
+}
+cluster_stop() {
+	tl_stop
+	stop_pid "$BUDDY_PID"
+	BUDDY_PID=""
+	etcd_stop
+}
+# Scrapes of the node under test, the buddy and etcd, stamped: DIR TAG
+cluster_scrape() {
+	local d=$1 tag=$2
+	date +%s.%N >"$d/scrape-$tag.time"
+	curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$d/node-metrics-$tag.txt" 2>/dev/null || true
+	curl -s -m 5 "http://$HOST:$BUDDY_METRICS_PORT/metrics" >"$d/buddy-metrics-$tag.txt" 2>/dev/null || true
+	curl -s -m 5 "http://$HOST:$ETCD_CLIENT_PORT/metrics" >"$d/etcd-metrics-$tag.txt" 2>/dev/null || true
+}
 
 # ------------------------------------------------------------ admin API clients
 TRUNKCTL_RESOLVED=""
@@ -453,12 +563,14 @@ sut_start() { # SYSTEM DIR
 	kamailio-rtpengine) kam_start "$2" rtpengine ;;
 	trunkline) tl_start "$2" 0 ;;
 	trunkline-media) tl_start "$2" 1 ;;
-	trunkline-watch10 | trunkline-listcalls) tl_start "$2" 0 ;;
+	trunkline-watch10 | trunkline-listcalls | trunkline-hold) tl_start "$2" 0 ;;
+	trunkline-cluster) cluster_start "$2" ;;
 	esac
 }
 sut_stop() {
 	case "$1" in
 	kamailio*) kam_stop ;;
+	trunkline-cluster) cluster_stop ;;
 	trunkline*) api_stop; tl_stop ;;
 	esac
 	SUT_PIDS=""
@@ -471,9 +583,16 @@ sut_collect() { # SYSTEM DIR
 		sleep 1.2 # the relay's gauges are refreshed once a second
 		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
 		;;
-	trunkline | trunkline-watch10 | trunkline-listcalls)
+	trunkline | trunkline-watch10 | trunkline-listcalls | trunkline-hold)
 		sut_api_collect "$1" "$2"
 		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
+		;;
+	trunkline-cluster)
+		# the removals of the last calls go out on the next 50 ms tick; the node refreshes its
+		# cluster metrics once a second
+		sleep 1.2
+		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
+		cluster_scrape "$2" after
 		;;
 	kamailio*) kamcmd -s "$KAM_CTL" stats.get_statistics all >"$2/kamailio-stats.txt" 2>&1 || true ;;&
 	kamailio-rtpengine) ng_sessions >"$2/rtpengine-sessions.txt" || true ;;
@@ -483,22 +602,38 @@ sut_tree() { [ -n "$SUT_PIDS" ] && python3 "$LIB" tree $SUT_PIDS || true; }
 
 summary() { echo "$2=$3" >>"$OUT/$1/summary.env"; } # SYSTEM KEY VALUE
 
+# How long a call of the rate search and the fixed-rate run is held before its BYE (ms): 0,
+# except for the cluster rows, whose calls must outlive a replication tick.
+row_hold_ms() { case "$1" in trunkline-hold | trunkline-cluster) echo "$CLUSTER_HOLD_MS" ;; *) echo 0 ;; esac; }
+# The uac's extra arguments and timeout slack for a held call mix: SIPp's default limit on
+# open calls (3 x hold x rate) is too low for short holds, so it is given explicitly.
+hold_args() { # SYSTEM RATE
+	local h
+	h=$(row_hold_ms "$1")
+	[ "$h" -gt 0 ] && echo "-l $(($2 * (h / 1000 + 5)))"
+	return 0
+}
+
 # ------------------------------------------------------------ phases
 # one bounded rate-search step; returns 0 on pass
 STEP_RESULT=""
 run_step() { # SYSTEM RATE
-	local sys=$1 rate=$2 d="$OUT/$1/search/step-$2" calls
+	local sys=$1 rate=$2 d="$OUT/$1/search/step-$2" calls hold
 	calls=$((rate * STEP_SECS))
+	hold=$(row_hold_ms "$sys")
 	mkdir -p "$d"
 	sut_start "$sys" "$d"
 	uas_start "$d"
 	sut_ready "$sys" "$d"
-	uac_start "$d" "$SUT_TARGET" "$rate" "$calls" 0 $((STEP_SECS + 20))
+	[ "$sys" = trunkline-cluster ] && cluster_scrape "$d" before
+	# shellcheck disable=SC2046 # hold_args is zero or two words
+	uac_start "$d" "$SUT_TARGET" "$rate" "$calls" "$hold" $((STEP_SECS + 20 + hold / 1000)) $(hold_args "$sys" "$rate")
 	uac_wait || true
 	sut_collect "$sys" "$d"
 	uas_stop
 	sut_stop "$sys"
 	STEP_RESULT=$(python3 "$LIB" judge "$d" "$rate" "$STEP_SECS")
+	[ "$sys" = trunkline-cluster ] && STEP_RESULT+=" $(python3 "$LIB" clusterstep "$d")"
 	log "  $sys @ $rate calls/s x ${STEP_SECS}s: $STEP_RESULT"
 	[[ "$STEP_RESULT" == PASS* ]]
 }
@@ -526,12 +661,25 @@ search() { # SYSTEM START
 }
 
 fixed_run() { # SYSTEM — latency and CPU at FIXED_RATE
-	local sys=$1 d="$OUT/$1/fixed" calls cpu0="" cpu1="" pids res hpids="" hcpu0="" hcpu1="" hname
+	local sys=$1 d="$OUT/$1/fixed" calls cpu0="" cpu1="" pids res hpids="" hcpu0="" hcpu1="" hname hold
+	local bcpui="" bcpu0="" bcpu1="" ecpui="" ecpu0="" ecpu1=""
 	calls=$((FIXED_RATE * FIXED_SECS))
+	hold=$(row_hold_ms "$sys")
 	log "$sys: fixed-rate run, $FIXED_RATE calls/s x ${FIXED_SECS}s (latency, CPU)"
 	sut_start "$sys" "$d"
 	uas_start "$d"
 	sut_ready "$sys" "$d"
+	if [ "$sys" = trunkline-cluster ]; then
+		# etcd's idle traffic (lease keep-alives of both nodes), to subtract from the calls'
+		log "  $sys: ${ETCD_IDLE_SECS}s of idle cluster first (etcd's requests without calls)"
+		cluster_scrape "$d" idle
+		bcpui=$(python3 "$LIB" cpu "$BUDDY_PID")
+		ecpui=$(python3 "$LIB" cpu "$ETCD_PID")
+		sleep "$ETCD_IDLE_SECS"
+		bcpu0=$(python3 "$LIB" cpu "$BUDDY_PID")
+		ecpu0=$(python3 "$LIB" cpu "$ETCD_PID")
+		cluster_scrape "$d" before
+	fi
 	pids=$(sut_tree)
 	hname=$HELPER_NAME
 	[ -n "$HELPER_PID" ] && hpids=$(python3 "$LIB" tree "$HELPER_PID")
@@ -539,9 +687,14 @@ fixed_run() { # SYSTEM — latency and CPU at FIXED_RATE
 	[ -n "$hpids" ] && hcpu0=$(python3 "$LIB" cpu $hpids)
 	local api0="" api1=""
 	[ "${#API_PIDS[@]}" -gt 0 ] && api0=$(python3 "$LIB" cpu "${API_PIDS[@]}")
-	uac_start "$d" "$SUT_TARGET" "$FIXED_RATE" "$calls" 0 $((FIXED_SECS + 20))
+	# shellcheck disable=SC2046 # hold_args is zero or two words
+	uac_start "$d" "$SUT_TARGET" "$FIXED_RATE" "$calls" "$hold" $((FIXED_SECS + 20 + hold / 1000)) $(hold_args "$sys" "$FIXED_RATE")
 	uac_wait || true
 	[ -n "$pids" ] && cpu1=$(python3 "$LIB" cpu $pids)
+	if [ "$sys" = trunkline-cluster ]; then
+		bcpu1=$(python3 "$LIB" cpu "$BUDDY_PID")
+		ecpu1=$(python3 "$LIB" cpu "$ETCD_PID")
+	fi
 	[ -n "$hpids" ] && hcpu1=$(python3 "$LIB" cpu $hpids)
 	[ "${#API_PIDS[@]}" -gt 0 ] && api1=$(python3 "$LIB" cpu "${API_PIDS[@]}")
 	# The API clients (watchers, poller) are not the node: their CPU is reported apart.
@@ -570,11 +723,15 @@ if sys.argv[3] and j["successful"]:
         r = float(sys.argv[7]) - float(sys.argv[6])
         out.write("cpu_per_1000_of_which_%s=%.4f\n" % (sys.argv[8], 1000 * r / j["successful"]))
 PY
+	if [ "$sys" = trunkline-cluster ]; then
+		python3 "$LIB" clusterfixed "$d" "$bcpui" "$bcpu0" "$bcpu1" "$ecpui" "$ecpu0" "$ecpu1" >>"$OUT/$sys/summary.env"
+		log "  $sys fixed: $(grep -E '^(replication_bytes_per_call|replication_batches_per_call|buddy_cpu_per_1000|etcd_requests_per_call)=' "$OUT/$sys/summary.env" | tr '\n' ' ')"
+	fi
 }
 
 hold_run() { # SYSTEM — memory per established call
 	local sys=$1 d="$OUT/$1/hold" pids base held est=0 created deadline hold_ms shm0="" shm1="" r0="" r1=""
-	local last_est=-1 n=$HOLD_CALLS
+	local last_est=-1 n=$HOLD_CALLS bbase="" bheld=""
 	is_media "$sys" && n=$MEDIA_HOLD_CALLS
 	log "$sys: holding $n calls (offered at $HOLD_RATE calls/s) for memory per call"
 	sut_start "$sys" "$d"
@@ -582,6 +739,10 @@ hold_run() { # SYSTEM — memory per established call
 	sleep 1
 	pids=$(sut_tree)
 	base=$(python3 "$LIB" pss $pids)
+	if [ "$sys" = trunkline-cluster ]; then
+		bbase=$(python3 "$LIB" pss "$BUDDY_PID")
+		cluster_scrape "$d" before
+	fi
 	case "$sys" in kamailio*) shm0=$(kamcmd -s "$KAM_CTL" core.shmmem 2>/dev/null | tr -s ' \t\n' ' ' || true) ;; esac
 	[ "$sys" = kamailio ] && r0=$(redis-cli -p "$REDIS_PORT" info memory 2>/dev/null | sed -n 's/^used_memory:\([0-9]*\).*/\1/p')
 	hold_ms=$(((n / HOLD_RATE + 30) * 1000))
@@ -601,6 +762,7 @@ hold_run() { # SYSTEM — memory per established call
 	est=$(python3 "$LIB" rttcount "$d")
 	pids=$(sut_tree)
 	held=$(python3 "$LIB" pss $pids)
+	[ "$sys" = trunkline-cluster ] && bheld=$(python3 "$LIB" pss "$BUDDY_PID")
 	case "$sys" in
 	kamailio*)
 		shm1=$(kamcmd -s "$KAM_CTL" core.shmmem 2>/dev/null | tr -s ' \t\n' ' ' || true)
@@ -634,6 +796,10 @@ if u0 is not None and u1 is not None and est:
 if r0 and r1 and est:
     out.write("redis_used_memory_kib_per_call=%.3f\n" % ((int(r1) - int(r0)) / 1024 / est))
 PY
+	if [ "$sys" = trunkline-cluster ]; then
+		python3 "$LIB" clusterhold "$d" "$bbase" "$bheld" "$est" >>"$OUT/$sys/summary.env"
+		log "  $sys held: $(grep -E '^(buddy_replicas_held|buddy_rss_kib_per_replica|buddy_pss_kib_per_replica)=' "$OUT/$sys/summary.env" | tr '\n' ' ')"
+	fi
 }
 
 # --profile: the system at a fixed rate under perf; the report goes beside the run's files.
@@ -696,10 +862,13 @@ for s in "${SYS_LIST[@]}"; do mkdir -p "$OUT/$s"; : >"$OUT/$s/summary.env"; done
 	[ "$PROFILE" = 1 ] && echo "profile=$PROFILE_RATE calls/s x ${PROFILE_SECS}s, call graph $PROFILE_CALLGRAPH"
 	echo "ports=uac $UAC_PORT, uas $UAS_PORT, kamailio $KAM_PORT, trunkline $TL_PORT (metrics $TL_METRICS_PORT, admin $TL_ADMIN_PORT), redis $REDIS_PORT, rtpengine ng $RTPE_NG_PORT"
 	echo "admin_rows=$WATCHERS watchers; $LIST_HELD_CALLS held calls at $LIST_HELD_RATE calls/s, ListCalls page 500 once a second"
+	echo "cluster_rows=calls held ${CLUSTER_HOLD_MS} ms (trunkline-hold, trunkline-cluster); lease_ttl_secs $CLUSTER_LEASE_TTL; etcd idle window ${ETCD_IDLE_SECS}s; node cluster $TL_CLUSTER_PORT, buddy sip $BUDDY_PORT metrics $BUDDY_METRICS_PORT admin $BUDDY_ADMIN_PORT cluster $BUDDY_CLUSTER_PORT, etcd $ETCD_CLIENT_PORT/$ETCD_PEER_PORT"
+	echo "cluster_hold_ms=$CLUSTER_HOLD_MS"
 	echo "host=$(uname -srm), $(nproc) cpus, load avg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "sipp=$(sipp -v 2>&1 | grep -o 'SIPp v[^ ]*' | head -1)"
 	echo "kamailio=$(kamailio -v 2>/dev/null | head -1 || true)"
 	echo "rtpengine=$(rtpengine --version 2>&1 | head -1 || true)"
+	echo "etcd=$("$ETCD_BIN" --version 2>/dev/null | head -1 || true)"
 } >"$OUT/params.env"
 
 log "output: $OUT"
@@ -728,6 +897,9 @@ for s in "${SYS_LIST[@]}"; do
 		tl_resolve_bin
 		;;&
 	trunkline-watch10) ctl_resolve_bin ;;
+	trunkline-cluster)
+		command -v "$ETCD_BIN" >/dev/null || die "$ETCD_BIN not found (apt-get install etcd-server, or set ETCD_BIN)"
+		;;
 	trunkline-listcalls)
 		[ -x "$GRPC_PYTHON" ] || die "trunkline-listcalls needs a python3 with grpcio ($GRPC_PYTHON): run tests/run.sh once, or set GRPC_PYTHON"
 		;;
@@ -744,7 +916,7 @@ fi
 for s in "${SYS_LIST[@]}"; do
 	if [ "$s" = sipp ]; then search sipp "$SIPP_SEARCH_START"; else search "$s" "$SEARCH_START"; fi
 	fixed_run "$s"
-	case "$s" in sipp | trunkline-watch10 | trunkline-listcalls) ;; *) hold_run "$s" ;; esac
+	case "$s" in sipp | trunkline-watch10 | trunkline-listcalls | trunkline-hold) ;; *) hold_run "$s" ;; esac
 done
 
 log "done; results: $OUT/results.md"

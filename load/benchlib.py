@@ -13,7 +13,22 @@ Subcommands:
   rttcount STEPDIR             number of INVITE->200 samples (= calls
                                established) written so far
   stat STEPDIR FIELD           last value of FIELD in the uac statistics csv
+  clusterstep STEPDIR          trunkline-cluster, one rate-search step: replication bytes and
+                               batches per call, etcd requests, from the scrapes of the node,
+                               the buddy and etcd before and after the uac; writes cluster.json
+  clusterfixed DIR BCPUI BCPU0 BCPU1 ECPUI ECPU0 ECPU1
+                               trunkline-cluster, fixed-rate run: prints key=value lines
+                               (replication per call, buddy and etcd CPU per 1000 calls,
+                               etcd requests per call; the latter two also net of their
+                               idle rate, sampled at I(dle), 0 (uac start) and 1 (uac end))
+  clusterhold DIR BASE HELD EST
+                               trunkline-cluster, hold: the buddy's memory per replica held
+                               (BASE/HELD: "pss rss" KiB of the buddy before/while held)
   report OUTDIR SYS...         print the final table and write results.md
+  takeover OUTDIR DEAD SURVIVOR...
+                               load/takeover.sh: per-call takeover times from the survivors'
+                               JSON logs, the kill time, metrics and SIPp's statistics; prints
+                               the figures and writes OUTDIR/results.md and takeover.json
 """
 import csv
 import glob
@@ -251,6 +266,186 @@ def pss_kib(pids):
     return pss, rss
 
 
+# ---------------------------------------------------------------- cluster rows
+PROM_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def prom(path):
+    """{(name, labels): value} of a Prometheus text scrape ({} when missing or empty)."""
+    out = {}
+    try:
+        text = open(path).read()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = PROM_LINE.match(line)
+        if m:
+            try:
+                out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+            except ValueError:
+                pass
+    return out
+
+
+def psum(scrape, name):
+    vals = [v for (n, _), v in scrape.items() if n == name]
+    return sum(vals) if vals else None
+
+
+def pdelta(a, b, name):
+    x, y = psum(a, name), psum(b, name)
+    return None if x is None or y is None else y - x
+
+
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def etcd_by_method(a, b):
+    """Requests etcd received (gRPC messages: one per unary call, one per message on a stream,
+    e.g. each lease keep-alive) between scrapes a and b, by service/method."""
+    out = {}
+    for (n, labels), v in b.items():
+        if n != "grpc_server_msg_received_total":
+            continue
+        d = v - a.get((n, labels), 0.0)
+        if d:
+            lab = dict(LABEL.findall(labels))
+            key = "%s/%s" % (lab.get("grpc_service", "?").split(".")[-1], lab.get("grpc_method", "?"))
+            out[key] = out.get(key, 0) + d
+    return out
+
+
+MVCC = ("put", "range", "txn", "delete")
+
+
+def scrapes(d, tag):
+    t = None
+    try:
+        t = float(open(os.path.join(d, "scrape-%s.time" % tag)).read())
+    except (OSError, ValueError):
+        pass
+    return (t, prom(os.path.join(d, "node-metrics-%s.txt" % tag)),
+            prom(os.path.join(d, "buddy-metrics-%s.txt" % tag)),
+            prom(os.path.join(d, "etcd-metrics-%s.txt" % tag)))
+
+
+def _successful(d):
+    try:
+        return json.load(open(os.path.join(d, "step.json")))["successful"]
+    except (OSError, ValueError, KeyError):
+        return _int(last_stats(d).get("SuccessfulCall(C)"))
+
+
+def clusterstep(d):
+    t0, n0, _, e0 = scrapes(d, "before")
+    t1, n1, b1, e1 = scrapes(d, "after")
+    ok = _successful(d)
+    res = {"successful": ok}
+    by = pdelta(n0, n1, "trunkline_cluster_replication_bytes_total")
+    ba = pdelta(n0, n1, "trunkline_cluster_replication_batches_total")
+    res["replication_bytes"] = by
+    res["replication_batches"] = ba
+    res["replication_bytes_per_call"] = round(by / ok, 1) if by is not None and ok else None
+    res["replication_batches_per_s"] = round(ba / (t1 - t0), 1) if ba is not None and t0 and t1 else None
+    res["replication_dropped"] = psum(n1, "trunkline_cluster_replication_dropped")
+    res["buddy_replicas_left"] = psum(b1, "trunkline_cluster_replicas_held")
+    res["etcd_requests"] = pdelta(e0, e1, "grpc_server_msg_received_total")
+    res["etcd_requests_by_method"] = etcd_by_method(e0, e1)
+    res["window_s"] = round(t1 - t0, 2) if t0 and t1 else None
+    with open(os.path.join(d, "cluster.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    print("repl=%s B/call %s batches/s dropped=%s etcd_requests=%s in %ss" % (
+        fnum(res["replication_bytes_per_call"]), fnum(res["replication_batches_per_s"]),
+        fnum(res["replication_dropped"]), fnum(res["etcd_requests"]), fnum(res["window_s"], "%.1f")))
+
+
+def fmt_methods(m):
+    return ", ".join("%s %d" % (k, v) for k, v in sorted(m.items())) or "none"
+
+
+def clusterfixed(d, bcpui, bcpu0, bcpu1, ecpui, ecpu0, ecpu1):
+    ti, _, _, ei = scrapes(d, "idle")
+    t0, n0, _, e0 = scrapes(d, "before")
+    t1, n1, b1, e1 = scrapes(d, "after")
+    ok = _successful(d)
+    out = []
+    kv = lambda k, v: out.append("%s=%s" % (k, v))  # noqa: E731
+    by = pdelta(n0, n1, "trunkline_cluster_replication_bytes_total")
+    ba = pdelta(n0, n1, "trunkline_cluster_replication_batches_total")
+    if ok and by is not None and ba is not None:
+        kv("replication_bytes_fixed_run", "%d" % by)
+        kv("replication_batches_fixed_run", "%d" % ba)
+        kv("replication_bytes_per_call", "%.1f" % (by / ok))
+        kv("replication_batches_per_call", "%.4f" % (ba / ok))
+        kv("replication_batches_per_s", "%.1f" % (ba / (t1 - t0)))
+    kv("replication_dropped", fnum(psum(n1, "trunkline_cluster_replication_dropped")))
+    kv("buddy_replicas_left_after_run", fnum(psum(b1, "trunkline_cluster_replicas_held")))
+    # CPU over the calls, and net of what the process burns idle (membership, raft ticks,
+    # keep-alives) at the rate measured over the idle window before them.
+    for who, ci, c0, c1 in (("buddy", bcpui, bcpu0, bcpu1), ("etcd", ecpui, ecpu0, ecpu1)):
+        if not (ok and c0 and c1):
+            continue
+        run = float(c1) - float(c0)
+        kv("%s_cpu_per_1000" % who, "%.4f" % (1000 * run / ok))
+        if ci and ti and t0 and t1:
+            idle = (float(c0) - float(ci)) / (t0 - ti) * (t1 - t0)
+            kv("%s_cpu_seconds_run" % who, "%.2f" % run)
+            kv("%s_cpu_seconds_expected_idle" % who, "%.2f" % idle)
+            kv("%s_cpu_per_1000_net_of_idle" % who, "%.4f" % (1000 * (run - idle) / ok))
+    idle = pdelta(ei, e0, "grpc_server_msg_received_total")
+    run = pdelta(e0, e1, "grpc_server_msg_received_total")
+    if idle is not None and run is not None and ti and t0 and t1 and ok:
+        rate = idle / (t0 - ti)
+        expected = rate * (t1 - t0)
+        kv("etcd_idle_window_s", "%.2f" % (t0 - ti))
+        kv("etcd_run_window_s", "%.2f" % (t1 - t0))
+        kv("etcd_requests_idle", "%d" % idle)
+        kv("etcd_requests_idle_per_s", "%.3f" % rate)
+        kv("etcd_requests_run", "%d" % run)
+        kv("etcd_requests_run_expected_from_idle", "%.1f" % expected)
+        kv("etcd_requests_per_call", "%.5f" % ((run - expected) / ok))
+        kv("etcd_requests_by_method_idle", fmt_methods(etcd_by_method(ei, e0)))
+        kv("etcd_requests_by_method_run", fmt_methods(etcd_by_method(e0, e1)))
+        kv("etcd_mvcc_ops_idle", ", ".join("%s %s" % (m, fnum(pdelta(ei, e0, "etcd_mvcc_%s_total" % m))) for m in MVCC))
+        kv("etcd_mvcc_ops_run", ", ".join("%s %s" % (m, fnum(pdelta(e0, e1, "etcd_mvcc_%s_total" % m))) for m in MVCC))
+        rb = pdelta(e0, e1, "etcd_network_client_grpc_received_bytes_total")
+        ib = pdelta(ei, e0, "etcd_network_client_grpc_received_bytes_total")
+        if rb is not None and ib is not None:
+            kv("etcd_client_bytes_per_call", "%.2f" % ((rb - ib / (t0 - ti) * (t1 - t0)) / ok))
+    print("\n".join(out))
+
+
+def clusterhold(d, base, held, est):
+    t0, n0, b0, _ = scrapes(d, "before")
+    t1, n1, b1, _ = scrapes(d, "after")
+    out = []
+    kv = lambda k, v: out.append("%s=%s" % (k, v))  # noqa: E731
+    replicas = psum(b1, "trunkline_cluster_replicas_held")
+    owned = psum(n1, "trunkline_cluster_replicated_calls")
+    kv("buddy_replicas_held", fnum(replicas))
+    kv("node_replicated_calls_held", fnum(owned))
+    try:
+        pss0, rss0 = map(int, base.split())
+        pss1, rss1 = map(int, held.split())
+    except ValueError:
+        pss0 = None
+    if pss0 is not None:
+        kv("buddy_pss_kib_before", pss0)
+        kv("buddy_pss_kib_held", pss1)
+        kv("buddy_rss_kib_before", rss0)
+        kv("buddy_rss_kib_held", rss1)
+        if replicas:
+            kv("buddy_rss_kib_per_replica", "%.3f" % ((rss1 - rss0) / replicas))
+            kv("buddy_pss_kib_per_replica", "%.3f" % ((pss1 - pss0) / replicas))
+    by = pdelta(n0, n1, "trunkline_cluster_replication_bytes_total")
+    if by is not None and replicas:
+        kv("replication_bytes_per_held_call", "%.1f" % (by / replicas))
+    kv("replication_dropped_hold", fnum(psum(n1, "trunkline_cluster_replication_dropped")))
+    print("\n".join(out))
+
+
 # ---------------------------------------------------------------- report
 def load_env(path):
     d = {}
@@ -278,6 +473,8 @@ LABELS = {
     "kamailio": "Kamailio 5.6 + dialog + topos (redis)",
     "trunkline-watch10": "trunkline, media off, 10 admin API watchers streaming every event",
     "trunkline-listcalls": "trunkline, media off, ListCalls polled over 10 000 held calls",
+    "trunkline-hold": "trunkline, media off, standalone, calls held (baseline of trunkline-cluster)",
+    "trunkline-cluster": "trunkline, media off, cluster mode: replication to a buddy, etcd",
 }
 
 # (numerator, denominator, target): sustained calls/s ratios the issue sets.
@@ -285,6 +482,10 @@ RATIOS = [
     ("trunkline-media", "kamailio-rtpengine", 3.0),
     ("trunkline", "kamailio-dialog", 1.0),
     ("trunkline", "kamailio", 1.0),
+    # Replication on must cost at most 10 % of the calls/s: against the standalone node with
+    # the same held calls (like for like), and against the trunkline row (calls not held).
+    ("trunkline-cluster", "trunkline-hold", 0.90),
+    ("trunkline-cluster", "trunkline", 0.90),
 ]
 # The admin API must not slow the call path: calls/s with 10 watchers, as a share of the
 # idle API's; and a 500-call ListCalls page over 10 000 calls.
@@ -300,6 +501,42 @@ def steps_of(out, s):
     return [json.load(open(p)) for p in paths]
 
 
+def cluster_verdicts(e, params):
+    """What replication costs, from the trunkline-cluster row's summary."""
+    v = []
+    hold = params.get("cluster_hold_ms", "?")
+    ok = e.get("fixed_rate_successful_calls", "?")
+    v.append("trunkline-cluster CPU s per 1000 calls (fixed-rate run, calls held %s ms): node %s, "
+             "buddy %s (net of its idle %s), etcd %s (net of its idle %s)" % (
+                 hold, fnum(e.get("cpu_per_1000"), "%.3f"),
+                 fnum(e.get("buddy_cpu_per_1000"), "%.3f"), fnum(e.get("buddy_cpu_per_1000_net_of_idle"), "%.3f"),
+                 fnum(e.get("etcd_cpu_per_1000"), "%.3f"), fnum(e.get("etcd_cpu_per_1000_net_of_idle"), "%.3f")))
+    v.append("**trunkline-cluster replication per call: %s bytes, %s batches** (fixed-rate run, %s "
+             "calls; %s batches/s; dropped %s; replicas left on the buddy after the run %s)" % (
+                 fnum(e.get("replication_bytes_per_call"), "%.0f"),
+                 fnum(e.get("replication_batches_per_call"), "%.4f"), ok,
+                 fnum(e.get("replication_batches_per_s"), "%.1f"), e.get("replication_dropped", "?"),
+                 e.get("buddy_replicas_left_after_run", "?")))
+    if e.get("buddy_rss_kib_per_replica"):
+        v.append("**trunkline-cluster buddy memory per replica held: %s KiB RSS (%s KiB PSS)** "
+                 "over %s replicas (the node under test: %s KiB PSS per established call)" % (
+                     fnum(e.get("buddy_rss_kib_per_replica"), "%.2f"),
+                     fnum(e.get("buddy_pss_kib_per_replica"), "%.2f"),
+                     e.get("buddy_replicas_held", "?"), fnum(e.get("kib_per_call"), "%.2f")))
+    try:
+        r = float(e["etcd_requests_per_call"])
+        v.append("**trunkline-cluster etcd requests per call: %.4f** (target 0: %s; %s requests "
+                 "during the calls against %s expected from the idle rate %s/s; by method: %s; "
+                 "KV operations: %s)" % (
+                     r, "met" if abs(r) < 0.01 else "NOT met", e.get("etcd_requests_run"),
+                     e.get("etcd_requests_run_expected_from_idle"),
+                     e.get("etcd_requests_idle_per_s"), e.get("etcd_requests_by_method_run"),
+                     e.get("etcd_mvcc_ops_run")))
+    except (KeyError, TypeError, ValueError):
+        v.append("trunkline-cluster etcd requests per call: n/a")
+    return v
+
+
 def ratio_line(env, num, den, target):
     n = env.get(num, {}).get("sustained")
     d = env.get(den, {}).get("sustained")
@@ -313,6 +550,10 @@ def ratio_line(env, num, den, target):
         return "%s / %s sustained calls/s: n/a (%s sustained nothing)" % (num, den, den)
     capped = [x for x in (num, den) if env[x].get("sustained_note") == "search cap"]
     note = " (%s reached the search cap: a bound, not a ratio)" % ", ".join(capped) if capped else ""
+    if num == "trunkline-cluster" and den == "trunkline":
+        note += " (not like for like: trunkline's calls end at once, trunkline-cluster's are held)"
+    elif num == "trunkline-cluster":
+        note += " (same call mix, replication on vs standalone)"
     return "**%s / %s sustained calls/s: %.2f** (target ≥ %.2f: %s)%s" % (
         num, den, r, target, "met" if r >= target else "NOT met", note)
 
@@ -337,6 +578,9 @@ def report(out, systems):
         for k in sorted(e):
             if k.startswith("cpu_per_1000_of_which_") and cpu != "—":
                 cpu += " (%s %s)" % (k[len("cpu_per_1000_of_which_"):], fnum(e[k], "%.3f"))
+        if s == "trunkline-cluster" and cpu != "—":
+            cpu += " (+ buddy %s, + etcd %s)" % (fnum(e.get("buddy_cpu_per_1000"), "%.3f"),
+                                                 fnum(e.get("etcd_cpu_per_1000"), "%.3f"))
         first_fail = e.get("first_failing_rate")
         refused = ""
         for j in steps_of(out, s):
@@ -367,6 +611,8 @@ def report(out, systems):
                 s, kib, MEMORY_TARGET_KIB, "met" if kib <= MEMORY_TARGET_KIB else "NOT met"))
         except (TypeError, ValueError):
             pass
+    if "trunkline-cluster" in env:
+        verdicts += cluster_verdicts(env["trunkline-cluster"], params)
     if "trunkline-watch10" in env and "trunkline" in env:
         try:
             r = float(env["trunkline-watch10"]["sustained"]) / float(env["trunkline"]["sustained"])
@@ -472,6 +718,20 @@ def report(out, systems):
                     j["rate"], "pass" if j["pass"] else "FAIL", j["fail_pct"], j["achieved_rate"],
                     j["p50_ms"], j["p99_ms"], j.get("refused", ""), "" if left is None else left,
                     j["why"]))
+        if s == "trunkline-cluster" and steps:
+            lines.append("")
+            lines.append("| step rate | replication bytes / call | batches / s | dropped "
+                         "| replicas left on the buddy | etcd requests in the step (raw, idle included) |")
+            lines.append("|---:|---:|---:|---:|---:|---|")
+            for p in sorted(glob.glob(os.path.join(out, s, "search", "step-*", "cluster.json")),
+                            key=lambda p: os.path.getmtime(p)):
+                c = json.load(open(p))
+                rate = os.path.basename(os.path.dirname(p))[len("step-"):]
+                lines.append("| %s | %s | %s | %s | %s | %s (%s) |" % (
+                    rate, fnum(c.get("replication_bytes_per_call")),
+                    fnum(c.get("replication_batches_per_s"), "%.1f"), fnum(c.get("replication_dropped")),
+                    fnum(c.get("buddy_replicas_left")), fnum(c.get("etcd_requests")),
+                    fmt_methods(c.get("etcd_requests_by_method") or {})))
         lines.append("")
     lines += ["## Parameters", ""]
     for key in sorted(params):
@@ -482,6 +742,184 @@ def report(out, systems):
     print("\n".join(rows))
     print()
     print("\n".join(verdicts))
+
+
+# ---------------------------------------------------------------- takeover (load/takeover.sh)
+def _ts(s):
+    from datetime import datetime
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def json_log(path):
+    """The JSON events of a node's log (other lines skipped)."""
+    out = []
+    try:
+        fh = open(path, errors="replace")
+    except OSError:
+        return out
+    with fh:
+        for line in fh:
+            if not line.startswith("{"):
+                continue
+            try:
+                ev = json.loads(line)
+                ev["_t"] = _ts(ev["timestamp"])
+            except (ValueError, KeyError):
+                continue
+            out.append(ev)
+    return out
+
+
+def sipp_stats(d, prefix):
+    files = [f for f in glob.glob(os.path.join(d, prefix + "*.csv")) if not f.endswith("_rtt.csv")]
+    if not files:
+        return {}
+    rows = [r for r in csv.reader(open(files[0], newline=""), delimiter=";") if r]
+    return dict(zip(rows[0], rows[-1])) if len(rows) >= 2 else {}
+
+
+def sipp_error_lines(d):
+    n = 0
+    for f in glob.glob(os.path.join(d, "*_errors.log*")):
+        with open(f, "rb") as fh:
+            n += sum(1 for line in fh if line.strip())
+    return n
+
+
+def dist(values):
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "min": min(values), "p50": pct(values, 50), "p99": pct(values, 99),
+            "max": max(values)}
+
+
+def fdist(d, unit="s"):
+    if not d.get("n"):
+        return "n/a (no samples)"
+    return "p50 %.3f %s, p99 %.3f %s, max %.3f %s (min %.3f, n=%d)" % (
+        d["p50"], unit, d["p99"], unit, d["max"], unit, d["min"], d["n"])
+
+
+def takeover(out, dead, survivors):
+    params = load_env(os.path.join(out, "params.env"))
+    calls = int(params.get("calls", "0"))
+    kill = float(open(os.path.join(out, "kill.time")).read())
+    res = {"calls": calls, "dead": dead, "nodes": {}}
+    per_call, kill_to_adopted, gone_to_start, problems = [], [], [], []
+    adopted_ids = set()
+    for node in survivors:
+        evs = json_log(os.path.join(out, node + ".log"))
+        gone = next((e for e in evs if e.get("message", "").startswith("cluster: node is gone")
+                     and e.get("owner") == dead), None)
+        left = next((e for e in evs if e.get("message") == "cluster: node left"
+                     and e.get("node") == dead), None)
+        starts = {e["call"]: e["_t"] for e in evs if e.get("message") == "adopting a call" and "call" in e}
+        done = {}
+        for e in evs:
+            if e.get("message") == "call adopted: both legs moved here" and "call" in e:
+                done.setdefault(e["call"], e["_t"])
+        refused = sum(1 for e in evs if str(e.get("message", "")).startswith("adoption refused by a leg"))
+        n = {"adopted_lines": len(done), "adopting_started_lines": len(starts),
+             "refused_by_a_leg_lines": refused}
+        m = prom(os.path.join(out, node + "-metrics-end.txt")) or \
+            prom(os.path.join(out, node + "-metrics-after.txt"))
+        n["metric_adopted_total"] = psum(m, "trunkline_cluster_calls_adopted_total")
+        n["metric_lost_total"] = psum(m, "trunkline_cluster_calls_lost_total")
+        mb = prom(os.path.join(out, node + "-metrics-before-kill.txt"))
+        n["replicas_held_before_kill"] = psum(mb, "trunkline_cluster_replicas_held")
+        if left:
+            n["kill_to_left_s"] = round(left["_t"] - kill, 4)
+        if gone:
+            n["kill_to_gone_s"] = round(gone["_t"] - kill, 4)
+            n["gone_says_adopting"] = gone.get("adopting")
+            n["gone_says_left_to_others"] = gone.get("left_to_others")
+            for cid, t in done.items():
+                per_call.append(t - gone["_t"])
+            for cid, t in starts.items():
+                gone_to_start.append(t - gone["_t"])
+            if done:
+                n["gone_to_last_adopted_s"] = round(max(done.values()) - gone["_t"], 4)
+        elif done:
+            problems.append("%s adopted %d calls but logged no 'node is gone' line for %s" % (node, len(done), dead))
+        for cid, t in done.items():
+            kill_to_adopted.append(t - kill)
+            if cid in adopted_ids:
+                problems.append("call %s adopted twice" % cid)
+            adopted_ids.add(cid)
+        res["nodes"][node] = n
+    res["takeover_s"] = dist(per_call)
+    res["kill_to_adopted_s"] = dist(kill_to_adopted)
+    res["gone_to_adopting_started_s"] = dist(gone_to_start)
+    gones = [n["kill_to_gone_s"] for n in res["nodes"].values() if "kill_to_gone_s" in n]
+    lefts = [n["kill_to_left_s"] for n in res["nodes"].values() if "kill_to_left_s" in n]
+    res["kill_to_gone_s"] = gones
+    res["kill_to_left_s"] = lefts
+    res["adopted_calls_logged"] = len(adopted_ids)
+    madopt = sum(n["metric_adopted_total"] or 0 for n in res["nodes"].values())
+    mlost = sum(n["metric_lost_total"] or 0 for n in res["nodes"].values())
+    res["adopted_metric_total"] = madopt
+    res["lost_metric_total"] = mlost
+    uac = sipp_stats(os.path.join(out, "uac"), "uac_")
+    uas = sipp_stats(os.path.join(out, "uas"), "uas_")
+    res["sipp"] = {
+        "uac_successful": _int(uac.get("SuccessfulCall(C)"), None), "uac_failed": _int(uac.get("FailedCall(C)"), None),
+        "uac_created": _int(uac.get("TotalCallCreated"), None),
+        "uas_successful": _int(uas.get("SuccessfulCall(C)"), None), "uas_failed": _int(uas.get("FailedCall(C)"), None),
+        "uac_error_lines": sipp_error_lines(os.path.join(out, "uac")),
+        "uas_error_lines": sipp_error_lines(os.path.join(out, "uas")),
+        "uac_rc": params.get("uac_rc"), "uas_rc": params.get("uas_rc"),
+    }
+    if len(adopted_ids) != calls:
+        problems.append("%d of %d calls logged 'call adopted'" % (len(adopted_ids), calls))
+    if madopt != calls or mlost:
+        problems.append("metrics: %d adopted, %d lost (of %d)" % (madopt, mlost, calls))
+    sp = res["sipp"]
+    if sp["uac_successful"] != calls or sp["uac_failed"]:
+        problems.append("SIPp caller: %s successful, %s failed of %d" % (sp["uac_successful"], sp["uac_failed"], calls))
+    if sp["uas_successful"] != calls or sp["uas_failed"]:
+        problems.append("SIPp callee: %s successful, %s failed of %d" % (sp["uas_successful"], sp["uas_failed"], calls))
+    res["problems"] = problems
+    with open(os.path.join(out, "takeover.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    lines = ["# Trunkline takeover — %s" % params.get("started", "?"), ""]
+    lines.append("%d calls through %s (placed at %s calls/s, media %s), lease_ttl_secs %s; %s killed "
+                 "with SIGKILL once every call was replicated." % (
+                     calls, dead, params.get("rate"), "anchored" if params.get("media") == "1" else "off",
+                     params.get("lease_ttl_secs"), dead))
+    lines.append("")
+    lines.append("- **takeover per call, 'node is gone' → 'call adopted' (both legs re-INVITEd, 200, ACK): "
+                 "%s**" % fdist(res["takeover_s"]))
+    lines.append("- **kill → 'node is gone'** (lease expiry + the survivor's look and probe): %s" % (
+        ", ".join("%s %.3f s" % (k, v["kill_to_gone_s"]) for k, v in res["nodes"].items() if "kill_to_gone_s" in v)
+        or "n/a"))
+    lines.append("- kill → 'cluster: node left' (the survivor's watch saw the lease expire): %s" % (
+        ", ".join("%s %.3f s" % (k, v["kill_to_left_s"]) for k, v in res["nodes"].items() if "kill_to_left_s" in v)
+        or "n/a"))
+    lines.append("- kill → 'call adopted' per call: %s" % fdist(res["kill_to_adopted_s"]))
+    lines.append("- 'node is gone' → 'adopting a call' (re-INVITEs about to go out) per call: %s" %
+                 fdist(res["gone_to_adopting_started_s"]))
+    lines.append("- adopted: %d calls in the logs, %d by the metrics (lost %d); per survivor: %s" % (
+        len(adopted_ids), madopt, mlost, "; ".join(
+            "%s held %s, adopting %s, adopted %s (metric %s), refused by a leg %s" % (
+                k, fnum(v.get("replicas_held_before_kill")), v.get("gone_says_adopting", "?"),
+                v["adopted_lines"], fnum(v["metric_adopted_total"]), v["refused_by_a_leg_lines"])
+            for k, v in res["nodes"].items())))
+    lines.append("- SIPp caller: %s created, %s successful, %s failed (exit %s; %d error-log lines); callee: "
+                 "%s successful, %s failed (exit %s; %d error-log lines)" % (
+                     sp["uac_created"], sp["uac_successful"], sp["uac_failed"], sp["uac_rc"],
+                     sp["uac_error_lines"], sp["uas_successful"], sp["uas_failed"], sp["uas_rc"],
+                     sp["uas_error_lines"]))
+    lines.append("")
+    lines.append("**%s**" % ("all %d calls adopted and completed by both SIPp ends" % calls if not problems
+                             else "PROBLEMS: " + "; ".join(problems)))
+    lines += ["", "## Parameters", ""]
+    for key in sorted(params):
+        lines.append("- %s: %s" % (key, params[key]))
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "results.md"), "w") as fh:
+        fh.write(text)
+    print("\n".join(lines[:lines.index("## Parameters") - 1]))
+    return 0 if not problems else 1
 
 
 def main(argv):
@@ -501,8 +939,16 @@ def main(argv):
         print(len(rtt_samples(a[0])))
     elif cmd == "stat":
         print(last_stats(a[0]).get(a[1], ""))
+    elif cmd == "clusterstep":
+        clusterstep(a[0])
+    elif cmd == "clusterfixed":
+        clusterfixed(a[0], *a[1:7])
+    elif cmd == "clusterhold":
+        clusterhold(a[0], a[1], a[2], a[3])
     elif cmd == "report":
         report(a[0], a[1:])
+    elif cmd == "takeover":
+        return takeover(a[0], a[1], a[2:])
     else:
         print(__doc__)
         return 2
