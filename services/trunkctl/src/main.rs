@@ -689,13 +689,29 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                         number,
                         trunk: trunk.unwrap_or_default(),
                     };
-                    let mut req = streaming_request(transfer, token).map_err(server_error)?;
+                    let mut req =
+                        streaming_request(transfer.clone(), token).map_err(server_error)?;
                     req.set_timeout(Duration::from_secs(wait.max(1)));
-                    let done = client
-                        .transfer_call(req)
-                        .await
-                        .map_err(status_error)?
-                        .into_inner();
+                    let mut done = client.transfer_call(req).await;
+                    // As for get and hangup: the call may be on another node.
+                    if matches!(&done, Err(s) if s.code() == tonic::Code::NotFound) {
+                        for (_, addr) in cluster_peers(&channel, token).await {
+                            let Ok(ch) = connect(&addr, &tls).await else {
+                                continue;
+                            };
+                            let mut req =
+                                streaming_request(transfer.clone(), token).map_err(server_error)?;
+                            req.set_timeout(Duration::from_secs(wait.max(1)));
+                            let there = CallServiceClient::new(ch).transfer_call(req).await;
+                            let elsewhere = matches!(&there, Err(s)
+                                if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unavailable));
+                            if !elsewhere {
+                                done = there;
+                                break;
+                            }
+                        }
+                    }
+                    let done = done.map_err(status_error)?.into_inner();
                     let call = done.call.unwrap_or_default();
                     calls::print(
                         &serde_json::json!({ "call": calls::call_json(&call) }),

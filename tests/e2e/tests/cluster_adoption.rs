@@ -369,6 +369,19 @@ fn a_dead_nodes_calls_are_adopted_and_end_cleanly() -> Result<()> {
     }
     eprintln!("RTP flows through the adopters' relays on all {CALLS} calls");
 
+    // trunkctl on a node without the call finds the node that has it: a transfer to a
+    // trunk that does not exist reaches the adopter, which names the trunk (the node asked
+    // would only have said NOT_FOUND, exit 3), and the call goes on unchanged.
+    if let Some((id, k)) = adopter_of.iter().min() {
+        let other = &survivor_admins[1 - *k];
+        let (code, _, err) =
+            trunkctl_at(other, &["calls", "transfer", id, "3000", "--trunk", "nope"])?;
+        ensure!(
+            code == 2 && err.contains("nope"),
+            "transfer of {id} through the other survivor: exit {code}: {err}"
+        );
+    }
+
     // The calls end: the caller's BYE to the adopter, the adopter's to the callee.
     uac.wait(Duration::from_secs(90))?.assert_all_ok(CALLS)?;
     uas.wait(Duration::from_secs(30))?.assert_all_ok(CALLS)?;
