@@ -222,10 +222,8 @@ fn client_for(
     let addr = members.nodes.get(node)?.cluster.clone()?;
     let stale = clients.get(node).is_none_or(|(a, _)| *a != addr);
     if stale {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(2))
+        let channel = crate::link::endpoint(&addr, Duration::from_secs(1), Duration::from_secs(2))
+            .ok()?
             .connect_lazy();
         clients.insert(node.to_string(), (addr, ReplicationClient::new(channel)));
     }

@@ -609,10 +609,8 @@ impl Task {
     ) -> Result<&mut ReplicationClient<tonic::transport::Channel>, String> {
         let stale = self.clients.get(buddy).is_none_or(|(a, _)| a != addr);
         if stale {
-            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(2));
+            let endpoint =
+                crate::link::endpoint(addr, Duration::from_secs(1), Duration::from_secs(2))?;
             let channel = endpoint.connect_lazy();
             self.clients.insert(
                 buddy.to_string(),

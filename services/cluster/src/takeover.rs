@@ -313,10 +313,7 @@ async fn tell(
     call_ids: Vec<String>,
     secret: Option<&str>,
 ) -> Result<u32, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2));
+    let endpoint = crate::link::endpoint(addr, Duration::from_secs(1), Duration::from_secs(2))?;
     let mut client = ReplicationClient::new(endpoint.connect_lazy());
     let mut req = tonic::Request::new(AdoptedCalls {
         adopter: me.to_string(),
@@ -340,12 +337,9 @@ async fn tell(
 /// hung) process's listening socket, and such a node relays no media either. An answer
 /// that is an error (a wrong secret, say) still shows the node alive.
 async fn answers(addr: &str, secret: Option<&str>) -> bool {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+    let Ok(endpoint) = crate::link::endpoint(addr, PROBE_TIMEOUT, PROBE_TIMEOUT) else {
         return false;
     };
-    let endpoint = endpoint
-        .connect_timeout(PROBE_TIMEOUT)
-        .timeout(PROBE_TIMEOUT);
     let mut client = ReplicationClient::new(endpoint.connect_lazy());
     let mut req = tonic::Request::new(PingRequest {});
     if let Some(v) = secret.and_then(|s| format!("Bearer {s}").parse().ok()) {

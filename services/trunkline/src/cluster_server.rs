@@ -1,5 +1,7 @@
 //! The node-to-node gRPC listener (`[cluster] listen`): the replicas other nodes push
 //! here, their handovers, and the SIP messages they forward to this node's dialogs. It takes the same connection bounds as the admin API.
+//! With `[cluster] tls_*` set, it speaks mutual TLS only: a client must present a
+//! certificate the cluster's CA signed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,11 +11,31 @@ use tokio_util::sync::CancellationToken;
 use trunkline_cluster::{Change, ReplicaStore, Replicator};
 
 use crate::admin::incoming;
+use crate::admin::tls::read_pem;
+use crate::config::ClusterConfig;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use trunkline_cluster::link::TlsFiles;
+
+/// The node-to-node TLS files of `[cluster]`, read and checked (a bad file stops the node
+/// with the key that names it), or `None` for plain HTTP/2.
+pub fn load_tls(c: &ClusterConfig) -> anyhow::Result<Option<TlsFiles>> {
+    let (Some(cert), Some(key), Some(ca)) = (&c.tls_cert_file, &c.tls_key_file, &c.tls_ca_file)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(TlsFiles {
+        cert: read_pem("cluster.tls_cert_file", cert, "CERTIFICATE")?,
+        key: read_pem("cluster.tls_key_file", key, "PRIVATE KEY")?,
+        ca: read_pem("cluster.tls_ca_file", ca, "CERTIFICATE")?,
+        server_name: c.tls_server_name.clone(),
+    }))
+}
 
 /// Binds `addr` and serves the replica store until `stop`; returns the bound address.
 pub async fn start(
     addr: SocketAddr,
     store: Arc<ReplicaStore>,
+    tls: Option<&TlsFiles>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -25,8 +47,17 @@ pub async fn start(
         first_bytes_timeout: std::time::Duration::from_secs(10),
     };
     let conns = incoming::incoming(listener, limits, stop.clone());
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&t.cert, &t.key))
+            .client_ca_root(Certificate::from_pem(&t.ca));
+        builder = builder
+            .tls_config(config)
+            .context("cluster.tls_cert_file / tls_key_file / tls_ca_file")?;
+    }
     tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = builder
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
             .add_service(store.service())
@@ -36,7 +67,7 @@ pub async fn start(
             tracing::error!(error = %e, "cluster listener stopped");
         }
     });
-    tracing::info!(%local, "cluster: node-to-node listener");
+    tracing::info!(%local, tls = tls.is_some(), "cluster: node-to-node listener");
     Ok(local)
 }
 

@@ -637,6 +637,22 @@ pub struct ClusterConfig {
     /// it starts while etcd is down (none: it starts from the file's then).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_cache: Option<PathBuf>,
+    /// PEM certificate chain this node presents (with `tls_key_file` and `tls_ca_file`):
+    /// node-to-node gRPC then runs over mutual TLS, and each side accepts only
+    /// certificates `tls_ca_file` signed. Call state and forwarded SIP cross this link,
+    /// so on any network the cluster does not own alone it should be encrypted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign the nodes' certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The name (a DNS SAN) every node's certificate carries and is checked against:
+    /// nodes reach each other by address, so one shared name stands for "a node of this
+    /// cluster".
+    pub tls_server_name: String,
 }
 
 impl Default for ClusterConfig {
@@ -649,6 +665,10 @@ impl Default for ClusterConfig {
             replication_factor: 1,
             secret: None,
             config_cache: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            tls_server_name: trunkline_cluster::link::DEFAULT_SERVER_NAME.to_string(),
         }
     }
 }
@@ -1131,6 +1151,37 @@ impl Config {
                 "must be at least 16 printable characters without spaces".to_string(),
             );
         }
+        let tls = [&c.tls_cert_file, &c.tls_key_file, &c.tls_ca_file];
+        if tls.iter().any(|f| f.is_some()) && !tls.iter().all(|f| f.is_some()) {
+            problems.push(
+                "cluster.tls_cert_file",
+                "node-to-node TLS needs all of tls_cert_file, tls_key_file and tls_ca_file"
+                    .to_string(),
+            );
+        }
+        if c.tls_server_name.is_empty()
+            || c.tls_server_name.len() > 253
+            || !c
+                .tls_server_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            problems.push(
+                "cluster.tls_server_name",
+                format!("{:?} is not a DNS name", c.tls_server_name),
+            );
+        }
+        let exposed = c.listen.is_some_and(|l| !l.ip().is_loopback());
+        if !c.etcd_endpoints.is_empty() && exposed && c.secret.is_none() && c.tls_ca_file.is_none()
+        {
+            problems.push(
+                "cluster.listen",
+                "off loopback the node-to-node listener needs cluster.secret or mutual TLS \
+                 (tls_cert_file, tls_key_file, tls_ca_file): anyone who reaches it could \
+                 push call state"
+                    .to_string(),
+            );
+        }
         if !c.etcd_endpoints.is_empty() && c.listen.is_none() {
             problems.push(
                 "cluster.listen",
@@ -1584,6 +1635,39 @@ mod tests {
             let message = format!("{:#}", result.unwrap_err());
             assert!(message.contains("cluster.etcd_endpoints"), "{message}");
             assert!(message.contains("cluster.lease_ttl_secs"), "{message}");
+        });
+    }
+
+    #[test]
+    fn an_exposed_cluster_listener_needs_a_secret_or_mutual_tls() {
+        let open = "[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n\
+                    listen = \"0.0.0.0:7000\"\n";
+        load_in_jail(&[], Some(open), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("cluster.listen"), "{message}");
+        });
+        let secret = format!("{open}secret = \"0123456789abcdef-x\"\n");
+        load_in_jail(&[], Some(&secret), |result, _| {
+            assert!(result.is_ok(), "{:#}", result.unwrap_err());
+        });
+        let tls = format!(
+            "{open}tls_cert_file = \"/etc/trunkline/node.crt\"\n\
+             tls_key_file = \"/etc/trunkline/node.key\"\n\
+             tls_ca_file = \"/etc/trunkline/cluster-ca.crt\"\n"
+        );
+        load_in_jail(&[], Some(&tls), |result, _| {
+            let c = result.unwrap().cluster;
+            assert_eq!(c.tls_server_name, "trunkline-cluster");
+        });
+        let half = format!("{open}tls_cert_file = \"/etc/trunkline/node.crt\"\n");
+        load_in_jail(&[], Some(&half), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("cluster.tls_cert_file"), "{message}");
+        });
+        let bad_name = format!("{tls}tls_server_name = \"not a name\"\n");
+        load_in_jail(&[], Some(&bad_name), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("cluster.tls_server_name"), "{message}");
         });
     }
 

@@ -126,8 +126,13 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         config.cluster.listen,
     ) {
         (false, Some(listen)) => {
+            let tls = cluster_server::load_tls(&config.cluster)?;
+            if let Some(t) = &tls {
+                trunkline_cluster::link::use_tls(t);
+            }
             let bound =
-                cluster_server::start(listen, replicas.clone(), cluster_stop.clone()).await?;
+                cluster_server::start(listen, replicas.clone(), tls.as_ref(), cluster_stop.clone())
+                    .await?;
             Some(
                 config
                     .cluster

@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod media_node;
 pub mod ng;
 pub mod pcap;
+pub mod pki;
 pub mod relay_metrics;
 pub mod relay_sdp;
 pub mod scripted;

@@ -5,93 +5,11 @@
 //! certificate, one from another CA, an untrusted server, and plain text are all refused;
 //! a certificate file that is not PEM stops the node at start, naming the key.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use std::net::UdpSocket;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
+use trunkline_e2e::pki::{make_ca, make_cert};
 use trunkline_e2e::*;
-
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .context("running openssl (tests/run.sh installs it)")?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A CA (`<name>-ca.crt/.key`).
-fn make_ca(dir: &Path, name: &str) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name} test CA"),
-            "-keyout",
-            &format!("{name}-ca.key"),
-            "-out",
-            &format!("{name}-ca.crt"),
-        ],
-    )
-}
-
-/// A certificate `<name>.crt/.key` signed by CA `<ca>`, with `ext` (its SAN and usage).
-fn make_cert(dir: &Path, ca: &str, name: &str, ext: &str) -> Result<()> {
-    std::fs::write(dir.join(format!("{name}.ext")), ext)?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}-ca.crt"),
-            "-CAkey",
-            &format!("{ca}-ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.crt"),
-        ],
-    )
-}
 
 #[test]
 fn the_admin_api_over_mutual_tls_serves_only_clients_of_its_ca() -> Result<()> {

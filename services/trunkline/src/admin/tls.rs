@@ -15,7 +15,7 @@ pub struct ApiTls {
     pub client_certificates: bool,
 }
 
-fn read_pem(key: &str, path: &std::path::Path, marker: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_pem(key: &str, path: &std::path::Path, marker: &str) -> anyhow::Result<Vec<u8>> {
     let pem = std::fs::read(path).with_context(|| format!("{key} {}", path.display()))?;
     if !String::from_utf8_lossy(&pem).contains(marker) {
         anyhow::bail!("{key} {}: no PEM {marker:?} block", path.display());
