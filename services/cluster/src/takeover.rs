@@ -8,8 +8,12 @@
 //!
 //! Of a dead owner's calls this node holds, it adopts those for which it is the first
 //! live node on the ring after the owner (the buddy the owner picked, unless that one is
-//! gone too); a replica another node is first for is dropped, since that node adopts
-//! it. What is adopted goes out as `Orphan`s; the node above turns each into a call.
+//! gone too). A replica another node is first for is kept a while: that node may have
+//! died with the owner without having left the ring yet (with replication factor 2,
+//! both replicas of a call). Once it leaves, this node may be first and adopts the call;
+//! if it is still on the ring after `lease_ttl` + `GRACE` the replica is dropped, since
+//! that node adopts it. What is adopted goes out as `Orphan`s; the node above turns each
+//! into a call.
 //!
 //! Calls no survivor holds are counted lost: every node sends every member a census of
 //! its calls (how many each set of holders has, at most once a second), and when an owner
@@ -63,6 +67,15 @@ pub struct TakeoverStats {
 /// How long after the owner's lease expiry its holders get to be found dead as well.
 const GRACE: Duration = Duration::from_secs(3);
 
+/// A dead owner's call this node holds but another live node is first for on the ring.
+#[derive(Debug)]
+struct Deferred {
+    owner: String,
+    call_id: String,
+    state: Vec<u8>,
+    since: Instant,
+}
+
 /// Calls of a dead owner held only by `holders`, not yet known dead or alive.
 #[derive(Debug)]
 struct Pending {
@@ -98,6 +111,7 @@ pub fn start(
             stats: s,
             dead: HashMap::new(),
             pending: Vec::new(),
+            deferred: Vec::new(),
             wait_for_holders: lease_ttl + GRACE,
         };
         let mut tick = tokio::time::interval(LOOK_EVERY);
@@ -132,6 +146,8 @@ struct Task {
     dead: HashMap<String, Instant>,
     /// Census entries of dead owners this node counts, waiting on their holders.
     pending: Vec<Pending>,
+    /// Replicas of dead owners another node is first for, until it is known alive.
+    deferred: Vec<Deferred>,
     wait_for_holders: Duration,
 }
 
@@ -186,7 +202,59 @@ impl Task {
             }
             self.take_over(&owner);
         }
+        self.settle_deferred();
         self.count_lost();
+    }
+
+    /// Adopts the deferred replicas this node is now first for (the node that was first
+    /// died too and left the ring); drops those whose first node is still there after the
+    /// wait (it is alive, and adopted them), and those whose owner is back (it was cut
+    /// off, not dead, and keeps its calls).
+    fn settle_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let members = self.membership.members();
+        let wait = self.wait_for_holders;
+        let (mut adopted, mut dropped) = (0u64, 0u64);
+        for d in std::mem::take(&mut self.deferred) {
+            if members.nodes.contains_key(&d.owner) {
+                dropped += 1;
+                continue;
+            }
+            let first = members.ring.nodes_for(&d.call_id, 1, Some(&d.owner));
+            if first.first() == Some(&self.me.as_str()) {
+                adopted += 1;
+                self.adopt(d.owner, d.call_id, d.state);
+            } else if d.since.elapsed() >= wait {
+                dropped += 1;
+            } else {
+                self.deferred.push(d);
+            }
+        }
+        self.stats.orphans.fetch_add(adopted, Ordering::Relaxed);
+        self.stats
+            .left_to_others
+            .fetch_add(dropped, Ordering::Relaxed);
+        if adopted > 0 {
+            tracing::warn!(
+                adopting = adopted,
+                "cluster: the node first for some calls of a dead node is gone too; adopting them"
+            );
+        }
+    }
+
+    fn adopt(&mut self, owner: String, call_id: String, state: Vec<u8>) {
+        self.adopted_from
+            .entry(owner.clone())
+            .or_insert_with(|| (Instant::now(), Vec::new()))
+            .1
+            .push(call_id.clone());
+        let _ = self.tx.send(Orphan {
+            owner,
+            call_id,
+            state,
+        });
     }
 
     /// Counts the pending census entries whose holders are all dead now; drops those
@@ -246,25 +314,19 @@ impl Task {
             let first = ring.nodes_for(&call_id, 1, Some(owner));
             if first.first().is_some_and(|n| *n == self.me) {
                 mine += 1;
-                self.adopted_from
-                    .entry(owner.to_string())
-                    .or_insert_with(|| (Instant::now(), Vec::new()))
-                    .1
-                    .push(call_id.clone());
-                let _ = self.tx.send(Orphan {
+                self.adopt(owner.to_string(), call_id, state);
+            } else {
+                others += 1;
+                self.deferred.push(Deferred {
                     owner: owner.to_string(),
                     call_id,
                     state,
+                    since: Instant::now(),
                 });
-            } else {
-                others += 1;
             }
         }
         self.stats.owners_dead.fetch_add(1, Ordering::Relaxed);
         self.stats.orphans.fetch_add(mine, Ordering::Relaxed);
-        self.stats
-            .left_to_others
-            .fetch_add(others, Ordering::Relaxed);
         tracing::warn!(owner = %owner, adopting = mine, left_to_others = others,
             "cluster: node is gone (lease expired, address silent); adopting its calls");
     }
