@@ -426,10 +426,7 @@ impl Task {
                 if held.sent_to.contains(&b) {
                     continue;
                 }
-                let batch = batches.entry(b.clone()).or_insert_with(|| ReplicaBatch {
-                    owner: self.me.clone(),
-                    ..ReplicaBatch::default()
-                });
+                let batch = batch_for(&mut batches, &b, &self.me);
                 if batch.upserts.len() < MAX_BATCH {
                     batch.upserts.push(Replica {
                         call_id: call_id.to_string(),
@@ -443,12 +440,7 @@ impl Task {
             if removed.is_empty() {
                 continue;
             }
-            batches
-                .entry(b.clone())
-                .or_insert_with(|| ReplicaBatch {
-                    owner: self.me.clone(),
-                    ..ReplicaBatch::default()
-                })
+            batch_for(&mut batches, b, &self.me)
                 .removals
                 .extend(removed.iter().cloned());
         }
@@ -456,13 +448,7 @@ impl Task {
         // it may still hold from an earlier life of this node.
         for (id, _) in members.nodes.iter().filter(|(id, _)| **id != self.me) {
             if !self.full_sent.contains(id) {
-                batches
-                    .entry(id.clone())
-                    .or_insert_with(|| ReplicaBatch {
-                        owner: self.me.clone(),
-                        ..ReplicaBatch::default()
-                    })
-                    .full = true;
+                batch_for(&mut batches, id, &self.me).full = true;
             }
         }
         self.full_sent.retain(|id| members.nodes.contains_key(id));
@@ -557,13 +543,7 @@ impl Task {
             .keys()
             .filter(|id| **id != self.me && !self.census.sent_to.contains(*id))
         {
-            batches
-                .entry(id.clone())
-                .or_insert_with(|| ReplicaBatch {
-                    owner: self.me.clone(),
-                    ..ReplicaBatch::default()
-                })
-                .census = Some(census.clone());
+            batch_for(batches, id, &self.me).census = Some(census.clone());
         }
     }
 
@@ -633,6 +613,20 @@ impl Task {
         }
         Ok(())
     }
+}
+
+/// The batch of this tick for node `to`, from `owner` (a new, empty one if none yet).
+fn batch_for<'a>(
+    batches: &'a mut HashMap<String, ReplicaBatch>,
+    to: &str,
+    owner: &str,
+) -> &'a mut ReplicaBatch {
+    batches
+        .entry(to.to_string())
+        .or_insert_with(|| ReplicaBatch {
+            owner: owner.to_string(),
+            ..ReplicaBatch::default()
+        })
 }
 
 /// Counts calls by the set of nodes that hold them (each `holders` slice sorted).
