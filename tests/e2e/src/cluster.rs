@@ -151,3 +151,12 @@ pub fn sigterm(node: &Node) {
         signal(pid, "TERM");
     }
 }
+
+/// An unlabelled sample of `node`'s metrics, or -1 when it cannot be read (a dead or
+/// stopped node), which never equals a count a test waits for.
+pub fn metric(node: &Node, name: &str) -> f64 {
+    node.metrics()
+        .ok()
+        .and_then(|m| m.get(name, &[]))
+        .unwrap_or(-1.0)
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
-use trunkline_e2e::cluster::{converge, kill9, nodes, start_clustered, start_etcd, view};
+use trunkline_e2e::cluster::{converge, kill9, metric, nodes, start_clustered, start_etcd, view};
 use trunkline_e2e::pcap::make_pcap;
 use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, rtp_caller};
 use trunkline_e2e::*;
@@ -72,13 +72,6 @@ fn cluster_calls(admin: &str) -> Result<Vec<Value>> {
 }
 
 /// An unlabelled metric of `node`; -1 when it cannot be read, so that no comparison holds.
-fn metric(node: &Node, name: &str) -> f64 {
-    node.metrics()
-        .ok()
-        .and_then(|m| m.get(name, &[]))
-        .unwrap_or(-1.0)
-}
-
 fn count(m: &Value) -> u64 {
     // uint64 is a string in protobuf's JSON mapping.
     m["rtpPackets"].as_str().unwrap_or("0").parse().unwrap_or(0)

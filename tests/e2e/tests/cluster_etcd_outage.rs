@@ -11,7 +11,7 @@
 use anyhow::{bail, ensure, Result};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use trunkline_e2e::cluster::{converge, nodes, start_clustered, start_etcd, view};
+use trunkline_e2e::cluster::{converge, metric, nodes, start_clustered, start_etcd, view};
 use trunkline_e2e::*;
 
 /// The nodes' lease; short, so that leases certainly expire during the outage and the
@@ -44,13 +44,6 @@ const CONVERGE_LIMIT: Duration = Duration::from_secs(15);
 const SIPP_TIMEOUT_SECS: u64 = 100;
 
 /// An unlabelled metric of `node`; -1 when it cannot be read, so that no comparison holds.
-fn metric(node: &Node, name: &str) -> f64 {
-    node.metrics()
-        .ok()
-        .and_then(|m| m.get(name, &[]))
-        .unwrap_or(-1.0)
-}
-
 /// How many times `needle` occurs in `node`'s log past byte `from`.
 fn log_count(node: &Node, from: usize, needle: &str) -> usize {
     node.log_text()

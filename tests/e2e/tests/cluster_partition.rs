@@ -6,7 +6,7 @@
 use anyhow::{bail, ensure, Result};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use trunkline_e2e::cluster::{converge, start_clustered, start_etcd};
+use trunkline_e2e::cluster::{converge, metric, start_clustered, start_etcd};
 use trunkline_e2e::pcap::make_pcap;
 use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, rtp_caller};
 use trunkline_e2e::*;
@@ -28,13 +28,6 @@ fn sig(node: &Node, name: &str) -> Result<()> {
         .status()?;
     ensure!(status.success(), "kill -{name} {pid}: {status}");
     Ok(())
-}
-
-fn metric(node: &Node, name: &str) -> f64 {
-    node.metrics()
-        .ok()
-        .and_then(|m| m.get(name, &[]))
-        .unwrap_or(-1.0)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use trunkline_e2e::cluster::{converge, kill9, start_clustered, start_etcd};
+use trunkline_e2e::cluster::{converge, kill9, metric, start_clustered, start_etcd};
 use trunkline_e2e::pcap::make_pcap;
 use trunkline_e2e::pki::{make_ca, make_cert};
 use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, rtp_caller};
@@ -44,13 +44,6 @@ fn ping(addr: &str, tls: &[&Path]) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(line)
-}
-
-fn metric(node: &Node, name: &str) -> f64 {
-    node.metrics()
-        .ok()
-        .and_then(|m| m.get(name, &[]))
-        .unwrap_or(-1.0)
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use anyhow::{bail, ensure, Result};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use trunkline_e2e::cluster::{converge, kill9, start_clustered, start_etcd};
+use trunkline_e2e::cluster::{converge, kill9, metric, start_clustered, start_etcd};
 use trunkline_e2e::pcap::make_pcap;
 use trunkline_e2e::sipp_media::{echo_callee, free_udp_block, rtp_caller};
 use trunkline_e2e::*;
@@ -22,13 +22,6 @@ const NODE_IPS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(127, 0, 0, 12),
     Ipv4Addr::new(127, 0, 0, 13),
 ];
-
-fn metric(node: &Node, name: &str) -> f64 {
-    node.metrics()
-        .ok()
-        .and_then(|m| m.get(name, &[]))
-        .unwrap_or(-1.0)
-}
 
 #[test]
 fn calls_whose_owner_and_buddy_die_together_are_counted_lost_and_no_other_call_is_touched(
