@@ -1055,7 +1055,29 @@ impl Sipp {
     }
 
     /// Starts SIPp with output files in `out`.
+    ///
+    /// A port this builder picked itself was free when probed, but another process may
+    /// take it before SIPp binds it (any wildcard UDP socket with an ephemeral port
+    /// does); SIPp then exits at once with "Unable to bind main socket". Such a start is
+    /// retried on a fresh port, up to three times.
     pub fn spawn(self, out: &Path) -> Result<SippRun> {
+        let picked = self.local_port.is_none();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.clone().spawn_once(out) {
+                Err(e) if picked && attempt < 3 && e.to_string().contains("Unable to bind") => {
+                    eprintln!(
+                        "sipp {}: port taken before SIPp bound it; retrying",
+                        self.name
+                    );
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn spawn_once(self, out: &Path) -> Result<SippRun> {
         let me = self.resolve_port()?;
         let port = me.local_port.unwrap_or_default();
         let file = |suffix: &str| out.join(format!("{}_{suffix}", me.name));
@@ -1151,16 +1173,23 @@ pub struct SippResult {
 impl SippRun {
     fn wait_listening(&self, transport: Transport) -> Result<()> {
         let addr = self.addr;
-        let bound = wait_until(Duration::from_secs(5), || match transport {
-            // While SIPp holds the port, binding it fails.
-            Transport::Udp => UdpSocket::bind(addr).is_err(),
-            Transport::Tcp => TcpListener::bind(addr).is_err(),
+        let stderr = self.out.join(format!("{}_stderr.log", self.name));
+        let mut refused = false;
+        let bound = wait_until(Duration::from_secs(5), || {
+            // SIPp that could not bind says so and exits.
+            refused = std::fs::read_to_string(&stderr).is_ok_and(|t| t.contains("Unable to bind"));
+            refused
+                || match transport {
+                    // While SIPp holds the port, binding it fails.
+                    Transport::Udp => UdpSocket::bind(addr).is_err(),
+                    Transport::Tcp => TcpListener::bind(addr).is_err(),
+                }
         });
-        if !bound {
+        if !bound || refused {
             bail!(
                 "sipp {} never bound {addr}; stderr:\n{}",
                 self.name,
-                tail(&self.out.join(format!("{}_stderr.log", self.name)), 20)
+                tail(&stderr, 20)
             );
         }
         Ok(())
