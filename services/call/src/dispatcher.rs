@@ -448,20 +448,18 @@ impl Dispatcher {
         self.act(&source, action);
     }
 
-    /// Sends `data` to `dest` from our socket `local`, for another node whose dialog's
-    /// peer talks to us (`Replication/Emit`).
-    pub fn send_for_other(
-        &self,
-        dest: std::net::SocketAddr,
-        local: std::net::SocketAddr,
-        data: Bytes,
-    ) {
-        let peer = Peer {
-            transport: trunkline_sip::Transport::Udp,
-            addr: dest,
-            connection: None,
-            local: Some(local),
-        };
+    /// Sends `data` for another node whose dialog's peer talks to us
+    /// (`Replication/Emit`): to `peer`, from our socket `peer.local`, and over a stream
+    /// on our connection `peer.connection` while it is open (else on a new one to
+    /// `peer.addr`, RFC 3261 §18.2.2). Never to a peer reached through a third node.
+    pub fn send_for_other(&self, peer: Peer, data: Bytes) {
+        if peer
+            .connection
+            .and_then(crate::replicate::via_parts)
+            .is_some()
+        {
+            return;
+        }
         self.shared.metrics.sent_for_others();
         self.shared.send(&peer, data, None);
     }
@@ -472,10 +470,10 @@ impl Dispatcher {
     }
 
     /// The live node that made identifier `id` (a tag or branch), when it is not this
-    /// one and a stray may go there: over UDP only (a stream's answers must go back on
-    /// its own connection, which only this node has).
-    fn owner_elsewhere(&self, id: &[u8], source: &Peer, may_forward: bool) -> Option<String> {
-        if !may_forward || source.transport != trunkline_sip::Transport::Udp {
+    /// one and a stray may go there (over a stream, the owner's answers come back here
+    /// for the peer's connection).
+    fn owner_elsewhere(&self, id: &[u8], may_forward: bool) -> Option<String> {
+        if !may_forward {
             return None;
         }
         let strays = self.shared.strays.get()?;
@@ -596,7 +594,7 @@ impl Dispatcher {
                         data: r.data,
                         to: r.peer,
                     },
-                    None => match self.owner_elsewhere(tag, source, may_forward) {
+                    None => match self.owner_elsewhere(tag, may_forward) {
                         Some(owner) => Action::Forward { owner },
                         None => {
                             tracing::debug!(peer = %source.addr, "stray response dropped");
@@ -616,7 +614,7 @@ impl Dispatcher {
         // (An adopted call's tags name the node it came from, so a dialog found here
         // stays here whatever its tag says.)
         if let Some(to_tag) = req.headers.to_tag() {
-            if let Some(owner) = self.owner_elsewhere(to_tag, source, may_forward) {
+            if let Some(owner) = self.owner_elsewhere(to_tag, may_forward) {
                 let here = req
                     .headers
                     .call_id()

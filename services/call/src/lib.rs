@@ -21,7 +21,7 @@ pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallReco
 pub use dispatcher::{AdoptFailure, Dispatcher, HangupError, OriginateFailure};
 pub use messages::TransferFailure;
 pub use outbound::{Listener, Outbound};
-pub use replicate::{Replicate, Strays, VIA_NODE};
+pub use replicate::{via_node, via_parts, Replicate, Strays, VIA_NODE};
 pub use router::{Route, Router, Routing, TargetError, Trunk};
 pub use shared::DispatcherConfig;
 pub use trust::{Origin, Source, Trust};

@@ -19,10 +19,35 @@ pub trait Replicate: Send + Sync {
     fn remove(&self, call_id: Arc<str>);
 }
 
-/// Marks a UDP peer reached through another node of the cluster: `Peer::connection`
-/// (which UDP peers otherwise never carry) is this bit with the node's via index, and
-/// `Peer::local` is that node's socket. Sends to such a peer go through that node.
+/// Marks a peer reached through another node of the cluster: `Peer::connection` is this
+/// bit, the node's via index, and over a stream that node's id of the peer's connection
+/// (see `via_node`); `Peer::local` is that node's socket. Sends to such a peer go
+/// through that node. A node's own connection ids count up from 1 and never come near
+/// this bit.
 pub const VIA_NODE: u64 = 1 << 63;
+/// Bits of `Peer::connection` below the via index: the other node's connection id.
+const VIA_CONNECTION_BITS: u32 = 40;
+/// Largest via index that fits between the connection id and `VIA_NODE`.
+const VIA_INDEX_MAX: u32 = (1 << (63 - VIA_CONNECTION_BITS)) - 1;
+
+/// `Peer::connection` for a peer reached through the node at via index `via`, on that
+/// node's connection `connection` (0 over UDP); `None` when either does not fit (the
+/// message is then dropped rather than sent to a wrong peer).
+pub fn via_node(via: u32, connection: u64) -> Option<u64> {
+    (via <= VIA_INDEX_MAX && connection < 1 << VIA_CONNECTION_BITS)
+        .then(|| VIA_NODE | u64::from(via) << VIA_CONNECTION_BITS | connection)
+}
+
+/// The via index and the other node's connection id of a peer reached through another
+/// node (see `via_node`); `None` for a peer of this node.
+pub fn via_parts(connection: u64) -> Option<(u32, u64)> {
+    if connection & VIA_NODE == 0 {
+        return None;
+    }
+    let via = (connection & !VIA_NODE) >> VIA_CONNECTION_BITS;
+    let id = connection & ((1 << VIA_CONNECTION_BITS) - 1);
+    Some((u32::try_from(via).ok()?, id))
+}
 
 /// Where messages of other nodes' dialogs go in a cluster (the node-to-node service,
 /// behind this trait like `Replicate`). Implementations must not block.
@@ -31,9 +56,9 @@ pub trait Strays: Send + Sync {
     fn is_live(&self, node: &str) -> bool;
     /// Queues `data`, received from `source`, for `owner`; false when it cannot go.
     fn forward(&self, owner: &str, data: bytes::Bytes, source: trunkline_sip::Peer) -> bool;
-    /// Queues `data` for `peer`, a peer reached through the node at via index `via`
-    /// (see `VIA_NODE`).
-    fn emit(&self, via: u32, peer: &trunkline_sip::Peer, data: bytes::Bytes);
+    /// Queues `data` for `peer`, a peer reached through the node at via index `via` on
+    /// that node's connection `connection` (0 over UDP; see `via_node`).
+    fn emit(&self, via: u32, connection: u64, peer: &trunkline_sip::Peer, data: bytes::Bytes);
 }
 
 /// What a buddy keeps of a call: the B2BUA's snapshot (both dialogs, peers, our
@@ -104,5 +129,29 @@ impl Replica {
         let (node, serial) = self.id.rsplit_once('-')?;
         let serial = u64::from_str_radix(serial, 16).ok()?;
         (!node.is_empty()).then_some((node, serial))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_through_another_node_keeps_its_via_index_and_connection() {
+        for (via, conn) in [(0, 0), (3, 17), (1023, (1 << 40) - 1), (VIA_INDEX_MAX, 1)] {
+            let c = via_node(via, conn).unwrap();
+            assert_ne!(c & VIA_NODE, 0);
+            assert_eq!(via_parts(c), Some((via, conn)));
+        }
+    }
+
+    #[test]
+    fn own_connections_and_what_does_not_fit_are_not_through_another_node() {
+        // This node's own connection ids never carry the bit.
+        for own in [1, 42, (1 << 62) + 5] {
+            assert_eq!(via_parts(own), None);
+        }
+        assert_eq!(via_node(VIA_INDEX_MAX + 1, 0), None);
+        assert_eq!(via_node(0, 1 << 40), None);
     }
 }

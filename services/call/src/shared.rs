@@ -129,14 +129,12 @@ impl Shared {
     /// Hands bytes to the transports; never blocks. `token` makes a failure come back
     /// to the call (see `send_token`).
     pub(crate) fn send(&self, peer: &Peer, data: Bytes, token: Option<u64>) {
-        if let Some(c) = peer.connection {
-            if c & crate::replicate::VIA_NODE != 0 && peer.transport == Transport::Udp {
-                // A peer that talks to another node: what we send leaves from there.
-                if let Some(s) = self.strays.get() {
-                    s.emit((c & u64::from(u32::MAX)) as u32, peer, data);
-                }
-                return;
+        if let Some((via, connection)) = peer.connection.and_then(crate::replicate::via_parts) {
+            // A peer that talks to another node: what we send leaves from there.
+            if let Some(s) = self.strays.get() {
+                s.emit(via, connection, peer, data);
             }
+            return;
         }
         if let Some(o) = self.outbound.get() {
             o.send(peer, data, token);

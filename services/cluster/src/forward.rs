@@ -6,9 +6,13 @@
 //! (and that its NAT lets in). This is what lets a load balancer spread SIP over the
 //! nodes.
 //!
+//! Over a stream (TCP) the peer's connection stays on the node it reached: the owner is
+//! told that node's connection id with the message, and what it sends the peer goes
+//! back through that node on that connection.
+//!
 //! The call path only queues (`try_send`); one task sends, each message in its own
 //! request so a slow node holds up nothing else. A full queue drops the message (SIP
-//! retransmits it).
+//! retransmits it over UDP; over a stream the peer's transaction times out).
 
 use crate::membership::Membership;
 use bytes::Bytes;
@@ -25,25 +29,67 @@ use trunkline_proto::cluster::v1::{EmitRequest, ForwardedMessage};
 
 /// Messages waiting to be sent; past it they are dropped (and counted).
 const QUEUE: usize = 4096;
-/// Largest message forwarded (a UDP datagram fits).
+/// Largest message forwarded (a UDP datagram, or the largest message a node takes over
+/// a stream, fits).
 pub const MAX_FORWARD: usize = 65_535;
 /// Nodes a peer may be reached through, at most (the index table never grows past it).
 const MAX_VIA: usize = 1024;
 
+/// How a peer reaches the node it talks to: the transport, that node's socket, and over
+/// a stream that node's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    /// The Via transport token ("UDP", "TCP").
+    pub transport: &'static str,
+    /// The node's socket the peer sent to.
+    pub local: Option<SocketAddr>,
+    /// The node's id of the peer's connection (0 over UDP).
+    pub connection: u64,
+}
+
+impl Hop {
+    /// Transports a hop may name; a message naming another is refused.
+    const TRANSPORTS: [&'static str; 2] = ["UDP", "TCP"];
+
+    /// A hop as the wire names it: an empty transport is UDP (a node that predates
+    /// streams), and a stream needs its connection.
+    pub fn parse(
+        transport: &str,
+        local: Option<SocketAddr>,
+        connection: u64,
+    ) -> Result<Hop, &'static str> {
+        let transport = match transport {
+            "" => "UDP",
+            t => Hop::TRANSPORTS
+                .into_iter()
+                .find(|known| known.eq_ignore_ascii_case(t))
+                .ok_or("transport: UDP or TCP")?,
+        };
+        if transport != "UDP" && connection == 0 {
+            return Err("connection: a stream needs its connection");
+        }
+        Ok(Hop {
+            transport,
+            local,
+            connection,
+        })
+    }
+}
+
 enum Job {
-    /// A message of `node`'s dialog, received here.
+    /// A message of `node`'s dialog, received here over `hop`.
     Forward {
         node: String,
         data: Bytes,
         source: SocketAddr,
-        local: Option<SocketAddr>,
+        hop: Hop,
     },
-    /// A message of ours for a peer that talks to `node`: sent from its socket `local`.
+    /// A message of ours for a peer that talks to `node`: sent over that node's `hop`.
     Emit {
         node: String,
         data: Bytes,
         dest: SocketAddr,
-        local: SocketAddr,
+        hop: Hop,
     },
 }
 
@@ -83,15 +129,9 @@ impl Forwarder {
         node != self.me && self.membership.members().nodes.contains_key(node)
     }
 
-    /// Queues `data` (from `source`, received on our socket `local`) for `owner`; false
-    /// when it is dropped at once.
-    pub fn forward(
-        &self,
-        owner: &str,
-        data: Bytes,
-        source: SocketAddr,
-        local: Option<SocketAddr>,
-    ) -> bool {
+    /// Queues `data` (from `source`, received here over `hop`) for `owner`; false when it
+    /// is dropped at once.
+    pub fn forward(&self, owner: &str, data: Bytes, source: SocketAddr, hop: Hop) -> bool {
         if data.len() > MAX_FORWARD {
             return false;
         }
@@ -99,7 +139,7 @@ impl Forwarder {
             node: owner.to_string(),
             data,
             source,
-            local,
+            hop,
         })
     }
 
@@ -116,8 +156,8 @@ impl Forwarder {
         u32::try_from(via.len() - 1).ok()
     }
 
-    /// Queues `data` for `dest`, to leave from socket `local` of the node at `via`.
-    pub fn emit(&self, via: u32, data: Bytes, dest: SocketAddr, local: SocketAddr) -> bool {
+    /// Queues `data` for `dest`, to leave over `hop` of the node at `via`.
+    pub fn emit(&self, via: u32, data: Bytes, dest: SocketAddr, hop: Hop) -> bool {
         let node = self
             .via
             .lock()
@@ -131,7 +171,7 @@ impl Forwarder {
             node,
             data,
             dest,
-            local,
+            hop,
         })
     }
 
@@ -174,16 +214,15 @@ async fn run(
         tokio::spawn(async move {
             let sent = match job {
                 Job::Forward {
-                    data,
-                    source,
-                    local,
-                    ..
+                    data, source, hop, ..
                 } => {
                     let mut req = Request::new(ForwardedMessage {
                         from_node: me,
                         data: data.to_vec(),
                         source: source.to_string(),
-                        local: local.map(|l| l.to_string()).unwrap_or_default(),
+                        local: hop.local.map(|l| l.to_string()).unwrap_or_default(),
+                        transport: hop.transport.to_string(),
+                        connection: hop.connection,
                     });
                     if let Some(b) = bearer {
                         req.metadata_mut().insert("authorization", b);
@@ -191,12 +230,14 @@ async fn run(
                     client.forward(req).await.map(|_| ())
                 }
                 Job::Emit {
-                    data, dest, local, ..
+                    data, dest, hop, ..
                 } => {
                     let mut req = Request::new(EmitRequest {
                         data: data.to_vec(),
                         dest: dest.to_string(),
-                        local: local.to_string(),
+                        local: hop.local.map(|l| l.to_string()).unwrap_or_default(),
+                        transport: hop.transport.to_string(),
+                        connection: hop.connection,
                     });
                     if let Some(b) = bearer {
                         req.metadata_mut().insert("authorization", b);
@@ -228,4 +269,20 @@ fn client_for(
         clients.insert(node.to_string(), (addr, ReplicationClient::new(channel)));
     }
     clients.get(node).map(|(_, c)| c.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hop;
+
+    #[test]
+    fn a_hop_names_a_known_transport_and_a_stream_its_connection() {
+        let local = Some("127.0.0.12:5060".parse().unwrap());
+        let udp = Hop::parse("", local, 0).unwrap();
+        assert_eq!((udp.transport, udp.connection), ("UDP", 0));
+        let tcp = Hop::parse("tcp", local, 9).unwrap();
+        assert_eq!((tcp.transport, tcp.connection), ("TCP", 9));
+        assert!(Hop::parse("TCP", local, 0).is_err());
+        assert!(Hop::parse("SCTP", local, 3).is_err());
+    }
 }

@@ -19,6 +19,6 @@ pub use document::{Document, WriteError};
 pub use forward::Forwarder;
 pub use member::{NodeInfo, NodeState};
 pub use membership::{Members, Membership, MembershipConfig};
-pub use replication::{Change, Forwarded, Handover, ReplicaStore, Replicator, SentCounters};
+pub use replication::{Change, Emit, Forwarded, Handover, ReplicaStore, Replicator, SentCounters};
 pub use ring::Ring;
 pub use takeover::{Orphan, TakeoverStats};

@@ -45,14 +45,22 @@ pub struct Forwarded {
     pub from_node: String,
     /// Where it came from.
     pub source: std::net::SocketAddr,
-    /// That node's socket it arrived on.
-    pub local: Option<std::net::SocketAddr>,
+    /// How it reached that node.
+    pub hop: crate::forward::Hop,
     pub data: bytes::Bytes,
 }
 
-/// What sends a datagram another node asks this one to send (dest, our socket, data).
-pub type EmitHandler =
-    Arc<dyn Fn(std::net::SocketAddr, std::net::SocketAddr, bytes::Bytes) + Send + Sync>;
+/// A message another node asks this one to send for it to `dest`, over `hop` (one of
+/// this node's sockets, and over a stream its connection).
+#[derive(Debug)]
+pub struct Emit {
+    pub dest: std::net::SocketAddr,
+    pub hop: crate::forward::Hop,
+    pub data: bytes::Bytes,
+}
+
+/// What sends what another node asks this one to send (the transports).
+pub type EmitHandler = Arc<dyn Fn(Emit) + Send + Sync>;
 
 /// How often changes go out.
 const BATCH_EVERY: Duration = Duration::from_millis(50);
@@ -664,7 +672,7 @@ pub struct ReplicaStore {
     forwarded: std::sync::OnceLock<ForwardedHandler>,
     /// What lets go of calls another node adopted (the dispatcher).
     adopted: std::sync::OnceLock<AdoptedHandler>,
-    /// What sends datagrams other nodes' dialogs need sent from here (the transports).
+    /// What sends messages other nodes' dialogs need sent from here (the transports).
     emit: std::sync::OnceLock<EmitHandler>,
 }
 
@@ -742,7 +750,7 @@ impl ReplicaStore {
         let _ = self.forwarded.set(handler);
     }
 
-    /// Sends datagrams other nodes ask this one to send through `handler`, from now on.
+    /// Sends messages other nodes ask this one to send through `handler`, from now on.
     pub fn set_emit(&self, handler: EmitHandler) {
         let _ = self.emit.set(handler);
     }
@@ -874,7 +882,7 @@ impl Replication for StoreService {
         self.0.check(&req)?;
         let m = req.into_inner();
         if m.data.is_empty() || m.data.len() > crate::forward::MAX_FORWARD {
-            return Err(Status::invalid_argument("data: one SIP datagram"));
+            return Err(Status::invalid_argument("data: one SIP message"));
         }
         let source: std::net::SocketAddr = m
             .source
@@ -887,13 +895,15 @@ impl Replication for StoreService {
                     .map_err(|_| Status::invalid_argument("local: ip:port"))?,
             ),
         };
+        let hop = crate::forward::Hop::parse(&m.transport, local, m.connection)
+            .map_err(Status::invalid_argument)?;
         let Some(handler) = self.0.forwarded.get() else {
             return Err(Status::unavailable("this node takes no forwarded messages"));
         };
         handler(Forwarded {
             from_node: m.from_node,
             source,
-            local,
+            hop,
             data: bytes::Bytes::from(m.data),
         });
         Ok(Response::new(ForwardAck {}))
@@ -903,7 +913,7 @@ impl Replication for StoreService {
         self.0.check(&req)?;
         let m = req.into_inner();
         if m.data.is_empty() || m.data.len() > crate::forward::MAX_FORWARD {
-            return Err(Status::invalid_argument("data: one SIP datagram"));
+            return Err(Status::invalid_argument("data: one SIP message"));
         }
         let dest = m
             .dest
@@ -913,10 +923,16 @@ impl Replication for StoreService {
             .local
             .parse()
             .map_err(|_| Status::invalid_argument("local: ip:port"))?;
+        let hop = crate::forward::Hop::parse(&m.transport, Some(local), m.connection)
+            .map_err(Status::invalid_argument)?;
         let Some(handler) = self.0.emit.get() else {
             return Err(Status::unavailable("this node sends nothing for others"));
         };
-        handler(dest, local, bytes::Bytes::from(m.data));
+        handler(Emit {
+            dest,
+            hop,
+            data: bytes::Bytes::from(m.data),
+        });
         Ok(Response::new(EmitAck {}))
     }
 

@@ -96,6 +96,15 @@ impl trunkline_call::Replicate for ToBuddies {
     }
 }
 
+/// The SIP transport a hop's Via token names (`Hop::parse` admits UDP and TCP only).
+pub fn sip_transport(token: &str) -> trunkline_sip::Transport {
+    if token.eq_ignore_ascii_case("TCP") {
+        trunkline_sip::Transport::Tcp
+    } else {
+        trunkline_sip::Transport::Udp
+    }
+}
+
 /// The call layer's view of owner routing.
 pub struct ToOwners(pub Arc<trunkline_cluster::Forwarder>);
 
@@ -105,12 +114,29 @@ impl trunkline_call::Strays for ToOwners {
     }
 
     fn forward(&self, owner: &str, data: bytes::Bytes, source: trunkline_sip::Peer) -> bool {
-        self.0.forward(owner, data, source.addr, source.local)
+        let stream = source.transport.is_reliable();
+        let hop = trunkline_cluster::forward::Hop {
+            transport: source.transport.via_token(),
+            local: source.local,
+            // A stream's answers can only go back on its connection.
+            connection: match (stream, source.connection) {
+                (false, _) => 0,
+                (true, Some(c)) => c,
+                (true, None) => return false,
+            },
+        };
+        self.0.forward(owner, data, source.addr, hop)
     }
 
-    fn emit(&self, via: u32, peer: &trunkline_sip::Peer, data: bytes::Bytes) {
-        if let Some(local) = peer.local {
-            self.0.emit(via, data, peer.addr, local);
+    fn emit(&self, via: u32, connection: u64, peer: &trunkline_sip::Peer, data: bytes::Bytes) {
+        if peer.local.is_none() {
+            return;
         }
+        let hop = trunkline_cluster::forward::Hop {
+            transport: peer.transport.via_token(),
+            local: peer.local,
+            connection,
+        };
+        self.0.emit(via, data, peer.addr, hop);
     }
 }

@@ -186,19 +186,37 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         let dispatcher = app.dispatcher();
         dispatcher.set_strays(Arc::new(cluster_server::ToOwners(forwarder.clone())));
         replicas.set_forwarded(Arc::new(move |m: trunkline_cluster::Forwarded| {
-            // The peer is reached through the node it talks to, from the socket it sent to.
-            let via = m.local.and_then(|_| forwarder.via_index(&m.from_node));
+            // The peer is reached through the node it talks to, from the socket it sent
+            // to (and over a stream, on its connection there).
+            let transport = cluster_server::sip_transport(m.hop.transport);
+            let via = m
+                .hop
+                .local
+                .and_then(|_| forwarder.via_index(&m.from_node))
+                .and_then(|i| trunkline_call::via_node(i, m.hop.connection));
+            if via.is_none() && transport.is_reliable() {
+                // Answers could not go back on the peer's connection.
+                tracing::debug!(node = %m.from_node, "forwarded stream message dropped");
+                return;
+            }
             let peer = trunkline_sip::Peer {
-                transport: trunkline_sip::Transport::Udp,
+                transport,
                 addr: m.source,
-                connection: via.map(|i| trunkline_call::VIA_NODE | u64::from(i)),
-                local: if via.is_some() { m.local } else { None },
+                connection: via,
+                local: via.and(m.hop.local),
             };
             dispatcher.on_forwarded(peer, m.data);
         }));
         let dispatcher = app.dispatcher();
-        replicas.set_emit(Arc::new(move |dest, local, data| {
-            dispatcher.send_for_other(dest, local, data);
+        replicas.set_emit(Arc::new(move |e: trunkline_cluster::Emit| {
+            let transport = cluster_server::sip_transport(e.hop.transport);
+            let peer = trunkline_sip::Peer {
+                transport,
+                addr: e.dest,
+                connection: transport.is_reliable().then_some(e.hop.connection),
+                local: e.hop.local,
+            };
+            dispatcher.send_for_other(peer, e.data);
         }));
     }
     // A dead node's calls this node holds are adopted here.

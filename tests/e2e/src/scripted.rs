@@ -1,9 +1,11 @@
-//! Hand-scripted SIP over UDP, for tests whose peers must do what SIPp's scenarios cannot
-//! express: follow a race with two outcomes, hold back a provisional, or report which
-//! socket and which advertised address each message came with.
+//! Hand-scripted SIP over UDP and TCP, for tests whose peers must do what SIPp's
+//! scenarios cannot express: follow a race with two outcomes, hold back a provisional,
+//! report which socket and which advertised address each message came with, or send one
+//! dialog's requests over two connections to two nodes.
 
 use crate::header;
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// An SDP offer or answer for one PCMU stream on 127.0.0.1:`port`.
@@ -106,6 +108,90 @@ pub fn wait_for(
         }
     }
     None
+}
+
+/// One SIP connection over TCP, framed by Content-Length (RFC 3261 §18.3).
+pub struct SipStream {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl SipStream {
+    pub fn connect(to: SocketAddr) -> std::io::Result<SipStream> {
+        let stream = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        stream.set_nodelay(true)?;
+        Ok(SipStream {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Our end of the connection (what Via and Contact carry).
+    pub fn local(&self) -> std::io::Result<SocketAddr> {
+        self.stream.local_addr()
+    }
+
+    pub fn send(&mut self, msg: &str) -> std::io::Result<()> {
+        self.stream.write_all(msg.as_bytes())
+    }
+
+    /// The next whole message within `wait`, as text.
+    pub fn recv(&mut self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(msg) = self.take_message() {
+                return Some(msg);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .ok()?;
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return None,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads until a message satisfying `want` arrives (within `wait`); every message
+    /// read goes to `seen`.
+    pub fn wait_for(
+        &mut self,
+        wait: Duration,
+        seen: &mut Vec<String>,
+        want: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let msg = self.recv(left)?;
+            seen.push(msg.clone());
+            if want(&msg) {
+                return Some(msg);
+            }
+        }
+        None
+    }
+
+    fn take_message(&mut self) -> Option<String> {
+        // Keep-alive CRLFs between messages (RFC 5626 §3.5.1) are skipped.
+        while self.buf.starts_with(b"\r\n") {
+            self.buf.drain(..2);
+        }
+        let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        let body = crate::header(&head, "Content-Length", Some("l"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if self.buf.len() < end + body {
+            return None;
+        }
+        let msg: Vec<u8> = self.buf.drain(..end + body).collect();
+        Some(String::from_utf8_lossy(&msg).into_owned())
+    }
 }
 
 /// The first lines of `seen`, for error messages.
