@@ -60,6 +60,8 @@ pub enum EndCause {
     Local,
     /// The call reached the configured maximum duration.
     MaxDuration,
+    /// The callee's trunk was at its limit (calls up at once or per second).
+    TrunkLimit,
 }
 
 /// What the media relay is asked to do with an SDP body before it leaves the call.

@@ -6,6 +6,7 @@
 //! the next wake-up is scheduled. No other task ever touches the call's state.
 
 use crate::directory::{CallRecord, CalleeLeg, NewCall};
+use crate::limits::{TrunkSlot, Way};
 use crate::media::{LegAddressing, LegInterfaces, MediaMsg};
 use crate::messages::{CallArgs, CallMsg, CallStart, OriginateArgs};
 use crate::metrics::Direction;
@@ -66,6 +67,9 @@ pub struct CallActorState {
     transfer: Option<transfer::Pending>,
     /// Dispatch entries of parties a transfer brought in (removed when the call stops).
     extra_keys: Vec<DialogKey>,
+    /// The call's places under its trunks' limits: the caller's trunk inbound, the
+    /// callee's outbound; given back when the call ends.
+    trunk_slots: [Option<TrunkSlot>; 2],
 }
 
 /// The call actor (stateless handler; all state is in [`CallActorState`]).
@@ -190,6 +194,7 @@ impl Actor for CallActor {
             a_connection,
             placed,
             answered_ms,
+            trunk_slot,
         } = opening;
         let media_key = new_call.media_key.clone();
         // Registered before the call's first message leaves, so the caller's requests in
@@ -236,6 +241,7 @@ impl Actor for CallActor {
             transfer: None,
             extra_keys: Vec::new(),
             routing,
+            trunk_slots: [trunk_slot, None],
             shared,
         };
         if let Some(c) = a_connection {
@@ -371,19 +377,39 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             let shared = &state.shared;
             let decision = match state.routing.router.decide(&request_uri, state.origin) {
                 Some(trunk) => match shared.local_for(trunk.transport, trunk.local) {
-                    Some(local) => {
-                        state.media_interfaces.b = trunk.media_interface.clone();
-                        state.addressing.b = trunk.media_address;
-                        state.callee_source = Some(trunk.addr);
-                        state.callee_trunk = Some((trunk.name.clone(), trunk.transport));
-                        RouteDecision::Trunk {
-                            peer: trunk.peer(),
-                            local,
-                            request_uri: trunk.request_uri(request_uri.user()),
-                            anchor_media: trunk.anchor_media && shared.media.is_some(),
-                            fix_nated_contact: trunk.fix_nated_contact,
+                    Some(local) => match shared.trunk_counters.admit(
+                        &trunk.name,
+                        Way::Outbound,
+                        trunk.limits.outbound,
+                        now(),
+                    ) {
+                        Err(hit) => {
+                            shared.metrics.trunk_limited(
+                                &trunk.name,
+                                Way::Outbound.as_str(),
+                                hit.as_str(),
+                            );
+                            tracing::debug!(trunk = %trunk.name, limit = hit.as_str(), "trunk limit: call not placed");
+                            RouteDecision::Reject {
+                                status: 503,
+                                cause: EndCause::TrunkLimit,
+                            }
                         }
-                    }
+                        Ok(slot) => {
+                            state.trunk_slots[1] = Some(slot);
+                            state.media_interfaces.b = trunk.media_interface.clone();
+                            state.addressing.b = trunk.media_address;
+                            state.callee_source = Some(trunk.addr);
+                            state.callee_trunk = Some((trunk.name.clone(), trunk.transport));
+                            RouteDecision::Trunk {
+                                peer: trunk.peer(),
+                                local,
+                                request_uri: trunk.request_uri(request_uri.user()),
+                                anchor_media: trunk.anchor_media && shared.media.is_some(),
+                                fix_nated_contact: trunk.fix_nated_contact,
+                            }
+                        }
+                    },
                     None => RouteDecision::Reject {
                         status: 503,
                         cause: EndCause::TransportError,
@@ -431,6 +457,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             state.shared.directory.ended(&state.record, status, cause);
             release_media(state);
             state.pins = [None, None];
+            state.trunk_slots = [None, None];
             if !state.counted_end {
                 state.counted_end = true;
                 state.shared.metrics.call_ended(status);
@@ -621,6 +648,8 @@ struct Opening {
     placed: bool,
     /// An adopted call was answered before it came here (ms since the epoch).
     answered_ms: Option<u64>,
+    /// The caller's trunk's place under its inbound limit.
+    trunk_slot: Option<TrunkSlot>,
 }
 
 /// A caller's INVITE: the call answers it and asks for a route.
@@ -686,6 +715,7 @@ fn open_answering(shared: &Arc<Shared>, args: CallArgs) -> Opening {
         a_connection: args.source.connection,
         placed: false,
         answered_ms: None,
+        trunk_slot: args.trunk_slot,
         routing: args.routing,
     }
 }
@@ -739,6 +769,7 @@ fn open_placing(shared: &Arc<Shared>, args: OriginateArgs) -> Opening {
         a_connection: None,
         placed: true,
         answered_ms: None,
+        trunk_slot: None,
         routing: args.routing,
     }
 }

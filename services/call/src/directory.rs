@@ -270,7 +270,7 @@ fn nonzero(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
 }
 
-const CAUSES: [EndCause; 14] = [
+const CAUSES: [EndCause; 15] = [
     EndCause::CallerHangup,
     EndCause::CalleeHangup,
     EndCause::CallerCancel,
@@ -285,6 +285,7 @@ const CAUSES: [EndCause; 14] = [
     EndCause::MediaUnavailable,
     EndCause::Local,
     EndCause::MaxDuration,
+    EndCause::TrunkLimit,
 ];
 
 fn cause_code(cause: EndCause) -> u8 {

@@ -8,6 +8,7 @@
 
 use crate::actor;
 use crate::directory::{CallDirectory, CallRecord};
+use crate::limits::{TrunkSlot, Way};
 use crate::media::MediaMsg;
 use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::{CallMetrics, Direction};
@@ -417,7 +418,41 @@ impl Dispatcher {
     /// One framed message from the network: `source` is where it came from (and the
     /// socket it arrived at, `source.local`).
     pub fn on_received(&self, source: Peer, data: Bytes) {
+        if self.source_blocked(&source) {
+            return;
+        }
         self.receive(source, data, true);
+    }
+
+    /// Counts a message against its source's limit (see `pike`); true when the source is
+    /// blocked and the message is to be dropped unread. Trunks are never counted here,
+    /// the access networks only when the node says so.
+    fn source_blocked(&self, source: &Peer) -> bool {
+        let shared = &self.shared;
+        let limit = &shared.source_limit;
+        if limit.config().max_requests == 0 {
+            return false;
+        }
+        let counted = match shared.routing.load().trust.classify(source.addr) {
+            Origin::Trunk(_) => false,
+            Origin::Access => limit.config().include_access,
+            Origin::Unknown => true,
+        };
+        if !counted {
+            return false;
+        }
+        match limit.check(source.addr.ip(), now()) {
+            crate::pike::Verdict::Pass => false,
+            crate::pike::Verdict::Blocked => {
+                shared.metrics.source_blocked();
+                tracing::warn!(source = %source.addr.ip(), "source past the request limit: blocked");
+                true
+            }
+            crate::pike::Verdict::Dropped => {
+                shared.metrics.source_dropped();
+                true
+            }
+        }
     }
 
     /// A message another node of the cluster received for a dialog of this node and
@@ -832,9 +867,30 @@ impl Dispatcher {
                     refusal = Some("overload");
                     return None;
                 }
+                let slot = match origin.trunk().and_then(|i| routing.router.trunks().get(i)) {
+                    Some(trunk) => match shared.trunk_counters.admit(
+                        &trunk.name,
+                        Way::Inbound,
+                        trunk.limits.inbound,
+                        now(),
+                    ) {
+                        Ok(slot) => Some(slot),
+                        Err(hit) => {
+                            shared.release();
+                            shared.metrics.trunk_limited(
+                                &trunk.name,
+                                Way::Inbound.as_str(),
+                                hit.as_str(),
+                            );
+                            refusal = Some("trunk_limit");
+                            return None;
+                        }
+                    },
+                    None => None,
+                };
                 let started = invite
                     .take()
-                    .and_then(|req| self.start_call(source, req, origin, key, routing));
+                    .and_then(|req| self.start_call(source, req, origin, key, routing, slot));
                 if started.is_none() {
                     shared.release();
                     refusal = Some("internal");
@@ -876,6 +932,7 @@ impl Dispatcher {
         origin: Origin,
         invite_key: DialogKey,
         routing: Arc<Routing>,
+        trunk_slot: Option<TrunkSlot>,
     ) -> Option<CallHandle> {
         let shared = &self.shared;
         let local = shared.local_for(source.transport, source.local)?;
@@ -891,6 +948,7 @@ impl Dispatcher {
             invite_key,
             queued: queued.clone(),
             routing,
+            trunk_slot,
         };
         match actor::spawn(shared.clone(), args) {
             Ok(actor) => Some(CallHandle {

@@ -6,10 +6,12 @@
 pub mod actor;
 pub mod directory;
 pub mod dispatcher;
+pub mod limits;
 pub mod media;
 pub mod messages;
 pub mod metrics;
 pub mod outbound;
+pub mod pike;
 pub mod registry;
 pub mod replicate;
 pub mod router;
@@ -19,8 +21,10 @@ pub mod trust;
 
 pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallRecord, EndedBy};
 pub use dispatcher::{AdoptFailure, Dispatcher, HangupError, OriginateFailure};
+pub use limits::{Limits, TrunkLimits};
 pub use messages::TransferFailure;
 pub use outbound::{Listener, Outbound};
+pub use pike::SourceLimitConfig;
 pub use replicate::{via_node, via_parts, Replicate, Strays, VIA_NODE};
 pub use router::{Route, Router, Routing, TargetError, Trunk};
 pub use shared::DispatcherConfig;

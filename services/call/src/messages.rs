@@ -125,4 +125,6 @@ pub struct CallArgs {
     /// The trunks and routes in force when the call arrived (`origin` indexes its
     /// trunks); the call keeps them for its whole life.
     pub routing: Arc<crate::router::Routing>,
+    /// The caller's trunk's place under its inbound limit, held while the call lives.
+    pub trunk_slot: Option<crate::limits::TrunkSlot>,
 }

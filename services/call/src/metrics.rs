@@ -82,6 +82,15 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// A trunk's name comes from the configuration, never from the network, so the label set
+/// is bounded by the trunks configured.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TrunkLimitLabels {
+    trunk: String,
+    direction: &'static str,
+    limit: &'static str,
+}
+
 /// Handles to every call-layer metric; cheap to clone (all handles are `Arc`s inside).
 ///
 /// Built once with [`CallMetrics::register`] so that names and help texts live in one place.
@@ -97,6 +106,9 @@ pub struct CallMetrics {
     transaction_timeouts: Family<TimerLabels, Counter>,
     sip_parse_errors: Family<ReasonLabels, Counter>,
     sip_rejected: Family<ReasonLabels, Counter>,
+    trunk_limited: Family<TrunkLimitLabels, Counter>,
+    sources_blocked: Counter,
+    source_dropped: Counter,
 }
 
 impl CallMetrics {
@@ -115,6 +127,9 @@ impl CallMetrics {
             transaction_timeouts: Family::default(),
             sip_parse_errors: Family::default(),
             sip_rejected: Family::default(),
+            trunk_limited: Family::default(),
+            sources_blocked: Counter::default(),
+            source_dropped: Counter::default(),
         };
         registry.register(
             "trunkline_calls_active",
@@ -164,8 +179,25 @@ impl CallMetrics {
         registry.register(
             "trunkline_sip_rejected",
             "Requests the node refused before any call handled them, by reason \
-             (untrusted_source, overload, draining, mailbox_full, merged, internal)",
+             (untrusted_source, overload, draining, mailbox_full, merged, internal, \
+             trunk_limit)",
             metrics.sip_rejected.clone(),
+        );
+        registry.register(
+            "trunkline_trunk_limited",
+            "Calls a trunk's limit refused, by trunk, direction (in: from the trunk, out: to \
+             it) and limit (calls: up at once, cps: started per second)",
+            metrics.trunk_limited.clone(),
+        );
+        registry.register(
+            "trunkline_sip_sources_blocked",
+            "Times a source address went past the per-source request limit and was blocked",
+            metrics.sources_blocked.clone(),
+        );
+        registry.register(
+            "trunkline_sip_source_dropped",
+            "Messages dropped unread because their source address was blocked",
+            metrics.source_dropped.clone(),
         );
         metrics
     }
@@ -223,6 +255,27 @@ impl CallMetrics {
     /// A message another node had this one send (`Dispatcher::send_for_other`).
     pub fn sent_for_others(&self) {
         self.sip_sent_for_others.inc();
+    }
+
+    /// A trunk's `limit` refused a call crossing it in `direction`.
+    pub fn trunk_limited(&self, trunk: &str, direction: &'static str, limit: &'static str) {
+        self.trunk_limited
+            .get_or_create(&TrunkLimitLabels {
+                trunk: trunk.to_string(),
+                direction,
+                limit,
+            })
+            .inc();
+    }
+
+    /// A source went past the per-source request limit and is blocked.
+    pub fn source_blocked(&self) {
+        self.sources_blocked.inc();
+    }
+
+    /// A message from a blocked source was dropped.
+    pub fn source_dropped(&self) {
+        self.source_dropped.inc();
     }
 
     /// A transaction timer fired and ended the transaction (`"B"`, `"F"`, `"H"`, `"J"`, ...).

@@ -43,6 +43,8 @@ pub struct Trunk {
     /// The node's socket the trunk is reached from (`None`: the first listener of the
     /// trunk's transport): on a multi-homed node, the one on the carrier's network.
     pub local: Option<SocketAddr>,
+    /// Calls up at once and per second, from the trunk and to it.
+    pub limits: crate::limits::TrunkLimits,
 }
 
 impl Trunk {
@@ -201,6 +203,7 @@ mod tests {
             fix_nated_contact: false,
             media_address: AddressPolicy::Sdp,
             local: None,
+            limits: Default::default(),
         }
     }
 

@@ -33,6 +33,8 @@ pub struct DispatcherConfig {
     /// The relay interface callers' media (the A leg) is anchored on, by name; `None`: the
     /// relay's default.
     pub access_interface: Option<Arc<str>>,
+    /// The per-source request limit (see `pike`).
+    pub source_limit: crate::pike::SourceLimitConfig,
 }
 
 /// State shared by the dispatcher and every call actor.
@@ -66,6 +68,10 @@ pub struct Shared {
     pub(crate) replicator: OnceLock<Arc<dyn crate::replicate::Replicate>>,
     /// Where other nodes' strays go (cluster mode).
     pub(crate) strays: OnceLock<Arc<dyn crate::replicate::Strays>>,
+    /// Calls up and started per trunk, against the trunks' limits.
+    pub(crate) trunk_counters: crate::limits::TrunkCounters,
+    /// Requests per source address, and the sources blocked.
+    pub(crate) source_limit: crate::pike::SourceLimit,
 }
 
 impl Shared {
@@ -78,6 +84,7 @@ impl Shared {
         relay: Option<trunkline_media::Relay>,
     ) -> Shared {
         let directory = Arc::new(CallDirectory::new(&cfg.call.node_id));
+        let source_limit = cfg.source_limit;
         Shared {
             directory,
             relay,
@@ -96,6 +103,8 @@ impl Shared {
             live_calls: AtomicU64::new(0),
             replicator: OnceLock::new(),
             strays: OnceLock::new(),
+            trunk_counters: crate::limits::TrunkCounters::default(),
+            source_limit: crate::pike::SourceLimit::new(source_limit),
         }
     }
 

@@ -12,9 +12,10 @@ use std::time::Duration;
 use trunkline_b2bua::CallConfig;
 use trunkline_call::metrics::CallMetrics;
 use trunkline_call::{
-    Dispatcher, DispatcherConfig, Listener, Outbound, Route, Router, Source, Trunk, Trust,
+    Dispatcher, DispatcherConfig, Limits, Listener, Outbound, Route, Router, Source,
+    SourceLimitConfig, Trunk, TrunkLimits, Trust,
 };
-use trunkline_sip::{parse_message, Host, Message, Peer, Transport};
+use trunkline_sip::{parse_message, HeaderName, Host, Message, Method, Peer, Transport};
 
 const NODE: &str = "127.0.0.1:5062";
 const CALLER: &str = "127.0.0.1:5070";
@@ -72,6 +73,7 @@ fn trunk(name: &str, at: &str) -> Trunk {
         fix_nated_contact: false,
         media_address: trunkline_media::AddressPolicy::Sdp,
         local: None,
+        limits: TrunkLimits::default(),
     }
 }
 
@@ -86,6 +88,9 @@ struct Opts {
     reply_to_unknown: bool,
     /// The socket the carrier trunk is reached from.
     carrier_local: Option<SocketAddr>,
+    carrier_limits: TrunkLimits,
+    uk_limits: TrunkLimits,
+    source_limit: SourceLimitConfig,
 }
 
 impl Default for Opts {
@@ -94,6 +99,9 @@ impl Default for Opts {
             max_calls: 100,
             reply_to_unknown: true,
             carrier_local: None,
+            carrier_limits: TrunkLimits::default(),
+            uk_limits: TrunkLimits::default(),
+            source_limit: SourceLimitConfig::default(),
         }
     }
 }
@@ -101,9 +109,14 @@ impl Default for Opts {
 fn node(opts: Opts) -> Node {
     let carrier = Trunk {
         local: opts.carrier_local,
+        limits: opts.carrier_limits,
         ..trunk("carrier", CARRIER)
     };
-    let trunks = vec![carrier, trunk("uk", UK)];
+    let uk = Trunk {
+        limits: opts.uk_limits,
+        ..trunk("uk", UK)
+    };
+    let trunks = vec![carrier, uk];
     let trust = Trust::new(
         trunks.iter().map(|t| t.sources.clone()).collect(),
         vec!["127.0.0.0/8".parse().unwrap()],
@@ -126,6 +139,7 @@ fn node(opts: Opts) -> Node {
             force_rport: true,
             reply_to_unknown: opts.reply_to_unknown,
             access_interface: None,
+            source_limit: opts.source_limit,
         },
         router,
         trust,
@@ -701,4 +715,148 @@ async fn a_routing_change_applies_to_new_calls_and_leaves_calls_in_progress_alon
     n.recv(UK, &bye.replace(&call_id, "other@x"));
     n.settle().await;
     assert_eq!(names(&n.take(UK)), vec!["403 (5 BYE)"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trunk_past_its_inbound_call_limit_gets_503_with_retry_after() {
+    let n = node(Opts {
+        carrier_limits: TrunkLimits {
+            inbound: Limits { calls: 2, cps: 0 },
+            ..TrunkLimits::default()
+        },
+        ..Opts::default()
+    });
+    for i in 0..3 {
+        n.recv(
+            CARRIER,
+            &invite(
+                CARRIER,
+                "+442071234567",
+                &format!("l1-{i}@x"),
+                "t1",
+                1,
+                &format!("l{i}"),
+            ),
+        );
+    }
+    n.settle().await;
+    let b = n.take(UK);
+    assert_eq!(b.len(), 2, "two calls from the carrier admitted");
+    let refused: Vec<_> = n
+        .take(CARRIER)
+        .into_iter()
+        .filter(|(m, _)| matches!(m, Message::Response(r) if r.status == 503))
+        .collect();
+    assert_eq!(refused.len(), 1);
+    match &refused[0].0 {
+        Message::Response(r) => assert!(r.headers.get(HeaderName::RetryAfter).is_some()),
+        Message::Request(_) => unreachable!(),
+    }
+    assert_eq!(n.d.call_actors(), 2, "the refused call cost no call state");
+    assert!(n.metrics().contains(
+        "trunkline_trunk_limited_total{trunk=\"carrier\",direction=\"in\",limit=\"calls\"} 1"
+    ));
+    // One call ends: its place comes back.
+    n.recv(UK, &respond(&b[0].0, 486, "u1", UK));
+    n.settle().await;
+    n.recv(
+        CARRIER,
+        &invite(CARRIER, "+442071234567", "l1-3@x", "t1", 1, "l3"),
+    );
+    n.settle().await;
+    let invites = n
+        .take(UK)
+        .into_iter()
+        .filter(|(m, _)| matches!(m, Message::Request(r) if r.method == Method::Invite))
+        .count();
+    assert_eq!(invites, 1, "a new call once a place is free");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trunk_past_its_outbound_limits_is_not_called() {
+    let n = node(Opts {
+        uk_limits: TrunkLimits {
+            outbound: Limits { calls: 0, cps: 4 },
+            ..TrunkLimits::default()
+        },
+        ..Opts::default()
+    });
+    let call = |i: u32| {
+        invite(
+            CALLER,
+            "+442071234567",
+            &format!("l2-{i}@x"),
+            "t2",
+            1,
+            &format!("m{i}"),
+        )
+    };
+    for i in 0..5 {
+        n.recv(CALLER, &call(i));
+    }
+    n.settle().await;
+    assert_eq!(n.take(UK).len(), 4, "a burst of four calls");
+    let got = names(&n.take(CALLER));
+    assert_eq!(
+        got.iter().filter(|s| *s == "503 (1 INVITE)").count(),
+        1,
+        "{got:?}"
+    );
+    // 300 ms later (before any retransmission) one more token has come back.
+    tokio::time::advance(Duration::from_millis(300)).await;
+    n.recv(CALLER, &call(5));
+    n.recv(CALLER, &call(6));
+    n.settle().await;
+    assert_eq!(n.take(UK).len(), 1);
+    assert!(n
+        .metrics()
+        .contains("trunkline_trunk_limited_total{trunk=\"uk\",direction=\"out\",limit=\"cps\"} 2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stranger_past_the_source_limit_is_blocked_and_answered_no_more() {
+    let n = node(Opts {
+        source_limit: SourceLimitConfig {
+            max_requests: 3,
+            ..SourceLimitConfig::default()
+        },
+        ..Opts::default()
+    });
+    for i in 0..6 {
+        n.recv(
+            STRANGER,
+            &invite(
+                STRANGER,
+                "+15550100",
+                &format!("p{i}@x"),
+                "t",
+                1,
+                &format!("p{i}"),
+            ),
+        );
+    }
+    n.settle().await;
+    assert_eq!(
+        names(&n.take(STRANGER)),
+        vec!["403 (1 INVITE)", "403 (1 INVITE)", "403 (1 INVITE)"]
+    );
+    let m = n.metrics();
+    assert!(m.contains("trunkline_sip_sources_blocked_total 1"), "{m}");
+    assert!(m.contains("trunkline_sip_source_dropped_total 2"), "{m}");
+    // The access network and the trunks are not counted.
+    for i in 0..6 {
+        n.recv(
+            CALLER,
+            &invite(
+                CALLER,
+                "+15550100",
+                &format!("q{i}@x"),
+                "t",
+                1,
+                &format!("q{i}"),
+            ),
+        );
+    }
+    n.settle().await;
+    assert_eq!(n.take(CARRIER).len(), 6);
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use trunkline_proto::admin::v1::{Route, RoutingTable, Trunk};
+use trunkline_proto::admin::v1::{Route, RoutingTable, Trunk, TrunkLimits};
 
 use crate::calls::table;
 
@@ -30,6 +30,22 @@ struct TrunkFile {
     media_address: Option<String>,
     #[serde(default)]
     local_address: Option<String>,
+    #[serde(default)]
+    limits: Option<LimitsFile>,
+}
+
+/// `[trunks.limits]`; 0 or absent: no limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    calls_in: u32,
+    #[serde(default)]
+    cps_in: u32,
+    #[serde(default)]
+    calls_out: u32,
+    #[serde(default)]
+    cps_out: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +106,12 @@ pub fn trunks_from(path: &Path) -> Result<Vec<Trunk>, String> {
             fix_nated_contact: t.fix_nated_contact,
             media_address: t.media_address.unwrap_or_default(),
             local_address: t.local_address.unwrap_or_default(),
+            limits: t.limits.map(|l| TrunkLimits {
+                calls_in: l.calls_in,
+                cps_in: l.cps_in,
+                calls_out: l.calls_out,
+                cps_out: l.cps_out,
+            }),
         })
         .collect())
 }
@@ -125,6 +147,12 @@ pub fn trunk_json(t: &Trunk) -> Value {
         "fixNatedContact": t.fix_nated_contact,
         "mediaAddress": t.media_address,
         "localAddress": t.local_address,
+        "limits": t.limits.as_ref().map(|l| json!({
+            "callsIn": l.calls_in,
+            "cpsIn": l.cps_in,
+            "callsOut": l.calls_out,
+            "cpsOut": l.cps_out,
+        })),
     })
 }
 

@@ -68,6 +68,7 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
             media_interface: t.media_interface.as_deref().map(Arc::from),
             fix_nated_contact: t.fix_nated_contact,
             media_address: t.media_address,
+            limits: t.limits.call_limits(),
             local: t.local_address,
         });
     }
@@ -136,6 +137,7 @@ impl App {
                 force_rport: config.sip.force_rport,
                 reply_to_unknown: config.sip.reply_to_unknown,
                 access_interface: config.media.access_interface.as_deref().map(Arc::from),
+                source_limit: config.sip.source_limit.call_config(),
             },
             router,
             trust,

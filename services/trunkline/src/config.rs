@@ -304,6 +304,51 @@ pub struct SipConfig {
     pub trunk_503_status: u16,
     /// Hang up answered calls after this many seconds (0: no limit).
     pub max_call_duration_secs: u64,
+    /// The per-source request limit and block (as Kamailio's pike).
+    pub source_limit: SourceLimitSection,
+}
+
+/// `[sip.source_limit]`: a source address that sends more than `max_requests` messages
+/// within `window_secs` is blocked for `block_secs`: everything it sends is dropped
+/// unread. Trunks are never counted (their `limits` bound them); sources no rule trusts
+/// always are, the access networks only with `include_access`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceLimitSection {
+    /// Messages per window from one source; 0 switches the limit off.
+    pub max_requests: u32,
+    pub window_secs: u64,
+    pub block_secs: u64,
+    /// Count the access networks' sources too.
+    pub include_access: bool,
+    /// Source addresses tracked at most (memory stays bounded under a spoofed flood).
+    pub max_sources: usize,
+}
+
+impl Default for SourceLimitSection {
+    fn default() -> Self {
+        Self {
+            // A stranger gets nothing but 403s (or silence): a few dozen is plenty to
+            // see them, more is a scanner or a flood.
+            max_requests: 32,
+            window_secs: 2,
+            block_secs: 60,
+            include_access: false,
+            max_sources: 65_536,
+        }
+    }
+}
+
+impl SourceLimitSection {
+    pub fn call_config(&self) -> trunkline_call::SourceLimitConfig {
+        trunkline_call::SourceLimitConfig {
+            max_requests: self.max_requests,
+            window: std::time::Duration::from_secs(self.window_secs),
+            block: std::time::Duration::from_secs(self.block_secs),
+            max_sources: self.max_sources,
+            include_access: self.include_access,
+        }
+    }
 }
 
 impl Default for SipConfig {
@@ -327,6 +372,7 @@ impl Default for SipConfig {
             reply_to_unknown: true,
             trunk_503_status: 500,
             max_call_duration_secs: 0,
+            source_limit: SourceLimitSection::default(),
         }
     }
 }
@@ -770,6 +816,44 @@ pub struct TrunkConfig {
     /// the one on the carrier's network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_address: Option<SocketAddr>,
+    /// Calls up at once and started per second, from the trunk and to it.
+    #[serde(default, skip_serializing_if = "TrunkLimitsConfig::is_unlimited")]
+    pub limits: TrunkLimitsConfig,
+}
+
+/// `[trunks.limits]`: 0 (the default) means no limit. Past an inbound limit the
+/// trunk's INVITE gets 503 with Retry-After before any call state exists; past an
+/// outbound one the call is not placed and the caller gets 503.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkLimitsConfig {
+    /// Calls from the trunk up at once (ringing or answered).
+    pub calls_in: u32,
+    /// Calls from the trunk started per second (bursts of at most this many).
+    pub cps_in: u32,
+    /// Calls to the trunk up at once.
+    pub calls_out: u32,
+    /// Calls to the trunk started per second.
+    pub cps_out: u32,
+}
+
+impl TrunkLimitsConfig {
+    fn is_unlimited(&self) -> bool {
+        *self == TrunkLimitsConfig::default()
+    }
+
+    pub fn call_limits(&self) -> trunkline_call::TrunkLimits {
+        trunkline_call::TrunkLimits {
+            inbound: trunkline_call::Limits {
+                calls: self.calls_in,
+                cps: self.cps_in,
+            },
+            outbound: trunkline_call::Limits {
+                calls: self.calls_out,
+                cps: self.cps_out,
+            },
+        }
+    }
 }
 
 /// One `[[routes]]` entry.
@@ -894,6 +978,18 @@ impl Config {
 
     fn validate_sip(&self, problems: &mut Problems) {
         let sip = &self.sip;
+        let sl = &sip.source_limit;
+        if sl.max_requests > 0 {
+            if sl.window_secs == 0 {
+                problems.push("sip.source_limit.window_secs", "must be at least 1");
+            }
+            if sl.block_secs == 0 {
+                problems.push("sip.source_limit.block_secs", "must be at least 1");
+            }
+            if sl.max_sources == 0 {
+                problems.push("sip.source_limit.max_sources", "must be at least 1");
+            }
+        }
         if sip.udp.is_empty() && sip.tcp.is_empty() {
             problems.push(
                 "sip.udp",
@@ -1834,6 +1930,48 @@ mod tests {
             );
             assert!(message.contains("/nonexistent/t.toml"), "{message}");
             Ok(())
+        });
+    }
+
+    #[test]
+    fn trunk_limits_and_the_source_limit_are_read_and_checked() {
+        let file = r#"
+[sip.source_limit]
+max_requests = 50
+window_secs = 0
+include_access = true
+[[trunks]]
+name = "carrier"
+address = "192.0.2.10:5060"
+[trunks.limits]
+calls_in = 30
+cps_out = 5
+"#;
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(
+                message.contains("sip.source_limit.window_secs"),
+                "{message}"
+            );
+        });
+        let file = file.replace("window_secs = 0", "window_secs = 4");
+        load_in_jail(&[], Some(&file), |result, _| {
+            let c = result.unwrap();
+            let sl = c.sip.source_limit.call_config();
+            assert_eq!((sl.max_requests, sl.window.as_secs()), (50, 4));
+            assert!(sl.include_access);
+            let l = c.trunks[0].limits.call_limits();
+            assert_eq!((l.inbound.calls, l.inbound.cps), (30, 0));
+            assert_eq!((l.outbound.calls, l.outbound.cps), (0, 5));
+        });
+        // Unset: no trunk limit, and strangers are limited.
+        load_in_jail(&[], None, |result, _| {
+            let c = result.unwrap();
+            assert!(c.sip.source_limit.max_requests > 0);
+            assert!(c
+                .trunks
+                .iter()
+                .all(|t| t.limits == TrunkLimitsConfig::default()));
         });
     }
 

@@ -117,6 +117,7 @@ pub(super) fn open_adopted(shared: &Arc<Shared>, args: AdoptArgs) -> Result<Open
         a_connection: None,
         placed: true,
         answered_ms: r.answered_ms,
+        trunk_slot: None,
         routing: routing.clone(),
     })
 }

@@ -168,6 +168,7 @@ pub fn cause_name(cause: EndCause) -> &'static str {
         EndCause::MediaUnavailable => "media_unavailable",
         EndCause::Local => "local",
         EndCause::MaxDuration => "max_duration",
+        EndCause::TrunkLimit => "trunk_limit",
     }
 }
 

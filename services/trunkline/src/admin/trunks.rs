@@ -16,12 +16,13 @@ use trunkline_call::Dispatcher;
 use trunkline_proto::admin::v1::trunk_service_server::TrunkService;
 use trunkline_proto::admin::v1::{
     DeleteTrunkRequest, DeleteTrunkResponse, GetRoutesRequest, GetTrunkRequest, ListTrunksRequest,
-    ListTrunksResponse, Route, RoutingTable, SetRoutesRequest, Trunk, UpsertTrunkRequest,
+    ListTrunksResponse, Route, RoutingTable, SetRoutesRequest, Trunk, TrunkLimits,
+    UpsertTrunkRequest,
 };
 
 use super::auth::{require, Role};
 use super::peer;
-use crate::config::{Config, RouteConfig, TrunkConfig, TrunkTransport};
+use crate::config::{Config, RouteConfig, TrunkConfig, TrunkLimitsConfig, TrunkTransport};
 
 /// The trunk service of one node.
 #[derive(Clone)]
@@ -145,6 +146,12 @@ fn trunk_view(t: &TrunkConfig) -> Trunk {
         }
         .to_string(),
         local_address: t.local_address.map(|a| a.to_string()).unwrap_or_default(),
+        limits: Some(TrunkLimits {
+            calls_in: t.limits.calls_in,
+            cps_in: t.limits.cps_in,
+            calls_out: t.limits.calls_out,
+            cps_out: t.limits.cps_out,
+        }),
     }
 }
 
@@ -191,6 +198,15 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
         fix_nated_contact: t.fix_nated_contact,
         media_address,
         local_address,
+        limits: t
+            .limits
+            .map(|l| TrunkLimitsConfig {
+                calls_in: l.calls_in,
+                cps_in: l.cps_in,
+                calls_out: l.calls_out,
+                cps_out: l.cps_out,
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -384,14 +400,22 @@ mod tests {
             fix_nated_contact: true,
             media_address: "auto".into(),
             local_address: String::new(),
+            limits: Some(TrunkLimits {
+                calls_in: 30,
+                cps_in: 5,
+                calls_out: 0,
+                cps_out: 2,
+            }),
         };
         let c = trunk_config(t.clone()).unwrap();
         assert!(c.anchor_media, "absent anchor_media means anchored");
         assert_eq!(c.transport, TrunkTransport::Tcp);
+        assert_eq!((c.limits.calls_in, c.limits.cps_out), (30, 2));
         let back = trunk_view(&c);
         assert_eq!(back.name, t.name);
         assert_eq!(back.media_address, "auto");
         assert_eq!(back.anchor_media, Some(true));
+        assert_eq!(back.limits, t.limits);
     }
 
     #[test]
