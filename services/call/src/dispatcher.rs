@@ -430,7 +430,7 @@ impl Dispatcher {
     fn source_blocked(&self, source: &Peer) -> bool {
         let shared = &self.shared;
         let limit = &shared.source_limit;
-        if limit.config().max_requests == 0 {
+        if limit.config().max_requests == 0 && limit.config().max_auth_failures == 0 {
             return false;
         }
         let counted = match shared.routing.load().trust.classify(source.addr) {
@@ -660,9 +660,13 @@ impl Dispatcher {
             }
         }
         let routing = shared.routing.load();
-        let origin = routing.trust.classify(source.addr);
+        let mut origin = routing.trust.classify(source.addr);
         if !origin.is_trusted() && !self.names_live_dialog(&req) {
-            return self.untrusted(source, &req);
+            match self.authenticate(source, &req, &routing) {
+                Some(Ok(trunk)) => origin = Origin::Trunk(trunk),
+                Some(Err(action)) => return *action,
+                None => return self.untrusted(source, &req),
+            }
         }
         if let Err(rejection) = validate_request(&req, &shared.policy) {
             if shared.log_budget.allow() {
@@ -775,8 +779,84 @@ impl Dispatcher {
     fn names_live_dialog(&self, req: &Request) -> bool {
         match (req.headers.call_id(), req.headers.to_tag()) {
             (Some(call_id), Some(tag)) => self.shared.registry.dialog(call_id, tag).is_some(),
+            // A retransmitted INVITE, or a CANCEL, of a call an authenticated peer
+            // started: its transaction is known (its credentials were checked once, and
+            // a retransmission's would look replayed).
+            (Some(call_id), None) if matches!(req.method, Method::Invite | Method::Cancel) => {
+                let pending = req
+                    .headers
+                    .from_tag()
+                    .and_then(|tag| self.shared.registry.invite(call_id, tag));
+                pending.is_some_and(|e| req.headers.top_branch() == Some(&e.branch[..]))
+            }
             _ => false,
         }
+    }
+
+    /// Digest authentication of an INVITE from a source no rule names, when some trunk
+    /// has credentials: `None` when it does not apply (the source is untrusted),
+    /// `Some(Ok(trunk))` when the credentials prove that trunk, `Some(Err(action))` for
+    /// the challenge or refusal to send. Nothing is kept for the caller either way.
+    fn authenticate(
+        &self,
+        source: &Peer,
+        req: &Request,
+        routing: &Routing,
+    ) -> Option<Result<usize, Box<Action>>> {
+        let shared = &self.shared;
+        let digest = shared.digest.as_ref()?;
+        if req.method != Method::Invite || !routing.router.has_credentials() {
+            return None;
+        }
+        let node = shared.node();
+        let verdict = digest.verify(
+            "INVITE",
+            req.headers
+                .get_all(HeaderName::ProxyAuthorization)
+                .map(|v| &v[..]),
+            |user| routing.router.by_username(user).map(|(_, c)| c),
+            crate::digest::epoch_secs(),
+        );
+        let challenge = |stale: bool| {
+            let mut resp = stateless::respond(req, 407, node);
+            for value in digest.challenge(crate::digest::epoch_secs(), stale) {
+                resp.headers.add(HeaderName::ProxyAuthenticate, value);
+            }
+            Err(Box::new(self.reply(resp, req.method.clone())))
+        };
+        Some(match verdict {
+            crate::digest::Verdict::Missing => {
+                shared.metrics.auth("challenged");
+                challenge(false)
+            }
+            crate::digest::Verdict::Stale => {
+                shared.metrics.auth("stale");
+                challenge(true)
+            }
+            crate::digest::Verdict::Valid { username } => {
+                shared.metrics.auth("valid");
+                let trunk = routing.router.by_username(&username).map(|(i, _)| i)?;
+                shared.source_limit.vouch(
+                    source.addr.ip(),
+                    now(),
+                    std::time::Duration::from_secs(300),
+                );
+                Ok(trunk)
+            }
+            crate::digest::Verdict::Invalid(why) => {
+                shared.metrics.auth("invalid");
+                if shared.log_budget.allow() {
+                    tracing::info!(peer = %source.addr, reason = why, "digest authentication failed");
+                }
+                if shared.source_limit.auth_failed(source.addr.ip(), now()) {
+                    shared.metrics.source_blocked();
+                    tracing::warn!(source = %source.addr.ip(), "source blocked after failed authentications");
+                }
+                Err(Box::new(
+                    self.reply(stateless::forbidden(req, node), req.method.clone()),
+                ))
+            }
+        })
     }
 
     fn untrusted(&self, source: &Peer, req: &Request) -> Action {

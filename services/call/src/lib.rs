@@ -4,6 +4,7 @@
 //! the trust rules say who may call at all.
 
 pub mod actor;
+pub mod digest;
 pub mod directory;
 pub mod dispatcher;
 pub mod limits;

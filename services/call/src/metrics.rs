@@ -82,6 +82,11 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
 /// A trunk's name comes from the configuration, never from the network, so the label set
 /// is bounded by the trunks configured.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -109,6 +114,7 @@ pub struct CallMetrics {
     trunk_limited: Family<TrunkLimitLabels, Counter>,
     sources_blocked: Counter,
     source_dropped: Counter,
+    auth: Family<ResultLabels, Counter>,
 }
 
 impl CallMetrics {
@@ -130,6 +136,7 @@ impl CallMetrics {
             trunk_limited: Family::default(),
             sources_blocked: Counter::default(),
             source_dropped: Counter::default(),
+            auth: Family::default(),
         };
         registry.register(
             "trunkline_calls_active",
@@ -198,6 +205,12 @@ impl CallMetrics {
             "trunkline_sip_source_dropped",
             "Messages dropped unread because their source address was blocked",
             metrics.source_dropped.clone(),
+        );
+        registry.register(
+            "trunkline_sip_auth",
+            "Digest authentication of INVITEs from unnamed sources, by result (challenged, \
+             stale, valid, invalid)",
+            metrics.auth.clone(),
         );
         metrics
     }
@@ -271,6 +284,11 @@ impl CallMetrics {
     /// A source went past the per-source request limit and is blocked.
     pub fn source_blocked(&self) {
         self.sources_blocked.inc();
+    }
+
+    /// A digest authentication ended with `result`.
+    pub fn auth(&self, result: &'static str) {
+        self.auth.get_or_create(&ResultLabels { result }).inc();
     }
 
     /// A message from a blocked source was dropped.

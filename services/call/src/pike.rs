@@ -28,6 +28,9 @@ pub struct SourceLimitConfig {
     pub max_sources: usize,
     /// Count the access networks' phones too, not only sources no rule trusts.
     pub include_access: bool,
+    /// Failed digest authentications that block a source (0: never); a success
+    /// starts the count again.
+    pub max_auth_failures: u32,
 }
 
 impl Default for SourceLimitConfig {
@@ -38,6 +41,7 @@ impl Default for SourceLimitConfig {
             block: Duration::from_secs(60),
             max_sources: 65_536,
             include_access: false,
+            max_auth_failures: 5,
         }
     }
 }
@@ -58,6 +62,22 @@ struct Entry {
     window_start: Instant,
     count: u32,
     blocked_until: Option<Instant>,
+    /// Failed authentications since the last success or block.
+    failures: u32,
+    /// The source proved a trunk's credentials: not counted until then.
+    vouched_until: Option<Instant>,
+}
+
+impl Entry {
+    fn new(now: Instant) -> Entry {
+        Entry {
+            window_start: now,
+            count: 0,
+            blocked_until: None,
+            failures: 0,
+            vouched_until: None,
+        }
+    }
 }
 
 /// The per-source counts.
@@ -81,10 +101,17 @@ impl SourceLimit {
 
     /// Counts one request from `ip` at `now`.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Verdict {
-        if self.cfg.max_requests == 0 {
+        if self.cfg.max_requests == 0 && self.cfg.max_auth_failures == 0 {
             return Verdict::Pass;
         }
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if self.cfg.max_requests == 0 {
+            // Only blocks for failed authentications: nothing to count.
+            return match table.get(&ip).and_then(|e| e.blocked_until) {
+                Some(until) if until > now => Verdict::Dropped,
+                _ => Verdict::Pass,
+            };
+        }
         if !table.contains_key(&ip) && table.len() >= self.cfg.max_sources {
             let window = self.cfg.window;
             table.retain(|_, e| {
@@ -95,11 +122,10 @@ impl SourceLimit {
                 return Verdict::Pass;
             }
         }
-        let entry = table.entry(ip).or_insert(Entry {
-            window_start: now,
-            count: 0,
-            blocked_until: None,
-        });
+        let entry = table.entry(ip).or_insert_with(|| Entry::new(now));
+        if entry.vouched_until.is_some_and(|u| u > now) {
+            return Verdict::Pass;
+        }
         if let Some(until) = entry.blocked_until {
             if until > now {
                 return Verdict::Dropped;
@@ -119,6 +145,38 @@ impl SourceLimit {
             return Verdict::Blocked;
         }
         Verdict::Pass
+    }
+
+    /// A failed digest authentication from `ip`; true when it blocks the source.
+    pub fn auth_failed(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.cfg.max_auth_failures == 0 {
+            return false;
+        }
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if !table.contains_key(&ip) && table.len() >= self.cfg.max_sources {
+            return false;
+        }
+        let entry = table.entry(ip).or_insert_with(|| Entry::new(now));
+        entry.vouched_until = None;
+        entry.failures += 1;
+        if entry.failures >= self.cfg.max_auth_failures {
+            entry.failures = 0;
+            entry.blocked_until = Some(now + self.cfg.block);
+            return true;
+        }
+        false
+    }
+
+    /// `ip` proved a trunk's credentials: its messages are not counted for `trust`
+    /// (the trunk's own limits bound it), and its failures are forgotten.
+    pub fn vouch(&self, ip: IpAddr, now: Instant, trust: Duration) {
+        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if !table.contains_key(&ip) && table.len() >= self.cfg.max_sources {
+            return;
+        }
+        let entry = table.entry(ip).or_insert_with(|| Entry::new(now));
+        entry.failures = 0;
+        entry.vouched_until = Some(now + trust);
     }
 
     /// Sources blocked at `now`.
@@ -142,6 +200,7 @@ mod tests {
             block: Duration::from_secs(10),
             max_sources,
             include_access: false,
+            max_auth_failures: 3,
         })
     }
 
@@ -197,6 +256,24 @@ mod tests {
         assert_eq!(l.check(ip(9), later), Verdict::Pass);
         assert_eq!(l.check(ip(1), later), Verdict::Dropped);
         assert!(l.table.lock().unwrap().len() <= 4);
+    }
+
+    #[test]
+    fn repeated_failed_authentications_block_and_a_success_vouches() {
+        let l = limit(100, 100);
+        let t0 = Instant::now();
+        assert!(!l.auth_failed(ip(1), t0));
+        assert!(!l.auth_failed(ip(1), t0));
+        assert!(l.auth_failed(ip(1), t0), "the third failure blocks");
+        assert_eq!(l.check(ip(1), t0), Verdict::Dropped);
+        // A source that proves its credentials is not counted for a while.
+        let strict = limit(2, 100);
+        strict.vouch(ip(2), t0, Duration::from_secs(300));
+        assert!((0..50).all(|_| strict.check(ip(2), t0) == Verdict::Pass));
+        assert_eq!(
+            strict.check(ip(2), t0 + Duration::from_secs(301)),
+            Verdict::Pass
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Trunk {
     pub local: Option<SocketAddr>,
     /// Calls up at once and per second, from the trunk and to it.
     pub limits: crate::limits::TrunkLimits,
+    /// Digest credentials that identify the trunk's calls wherever they come from.
+    pub credentials: Option<crate::digest::Credentials>,
 }
 
 impl Trunk {
@@ -146,6 +148,21 @@ impl Router {
         })
     }
 
+    /// The trunk whose digest user is `username`, and its credentials.
+    pub fn by_username(&self, username: &str) -> Option<(usize, &crate::digest::Credentials)> {
+        self.trunks.iter().enumerate().find_map(|(i, t)| {
+            t.credentials
+                .as_ref()
+                .filter(|c| c.username == username)
+                .map(|c| (i, c))
+        })
+    }
+
+    /// Whether any trunk may identify its calls by digest credentials.
+    pub fn has_credentials(&self) -> bool {
+        self.trunks.iter().any(|t| t.credentials.is_some())
+    }
+
     /// The trunk for a call to `request_uri` from `origin`: the longest prefix of the
     /// dialled number with a route, else the default. A call that came from a trunk is
     /// never sent back to that same trunk (a loop between two carriers that each
@@ -204,6 +221,7 @@ mod tests {
             media_address: AddressPolicy::Sdp,
             local: None,
             limits: Default::default(),
+            credentials: None,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct DispatcherConfig {
     pub access_interface: Option<Arc<str>>,
     /// The per-source request limit (see `pike`).
     pub source_limit: crate::pike::SourceLimitConfig,
+    /// Digest authentication of callers no source rule names (`None`: none).
+    pub digest: Option<crate::digest::DigestConfig>,
 }
 
 /// State shared by the dispatcher and every call actor.
@@ -72,6 +74,8 @@ pub struct Shared {
     pub(crate) trunk_counters: crate::limits::TrunkCounters,
     /// Requests per source address, and the sources blocked.
     pub(crate) source_limit: crate::pike::SourceLimit,
+    /// Challenges and checks credentials (see `digest`).
+    pub(crate) digest: Option<crate::digest::DigestAuth>,
 }
 
 impl Shared {
@@ -85,6 +89,7 @@ impl Shared {
     ) -> Shared {
         let directory = Arc::new(CallDirectory::new(&cfg.call.node_id));
         let source_limit = cfg.source_limit;
+        let digest = cfg.digest.clone().map(crate::digest::DigestAuth::new);
         Shared {
             directory,
             relay,
@@ -105,6 +110,7 @@ impl Shared {
             strays: OnceLock::new(),
             trunk_counters: crate::limits::TrunkCounters::default(),
             source_limit: crate::pike::SourceLimit::new(source_limit),
+            digest,
         }
     }
 

@@ -74,6 +74,7 @@ fn trunk(name: &str, at: &str) -> Trunk {
         media_address: trunkline_media::AddressPolicy::Sdp,
         local: None,
         limits: TrunkLimits::default(),
+        credentials: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn node(opts: Opts) -> Node {
             reply_to_unknown: opts.reply_to_unknown,
             access_interface: None,
             source_limit: opts.source_limit,
+            digest: None,
         },
         router,
         trust,

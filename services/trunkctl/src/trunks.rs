@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use trunkline_proto::admin::v1::{Route, RoutingTable, Trunk, TrunkLimits};
+use trunkline_proto::admin::v1::{Route, RoutingTable, Trunk, TrunkAuth, TrunkLimits};
 
 use crate::calls::table;
 
@@ -32,6 +32,19 @@ struct TrunkFile {
     local_address: Option<String>,
     #[serde(default)]
     limits: Option<LimitsFile>,
+    #[serde(default)]
+    auth: Option<AuthFile>,
+}
+
+/// `[trunks.auth]`: the password inline or in a file (read here, sent to the node).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    username: String,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    password_file: Option<std::path::PathBuf>,
 }
 
 /// `[trunks.limits]`; 0 or absent: no limit.
@@ -93,27 +106,50 @@ pub fn trunks_from(path: &Path) -> Result<Vec<Trunk>, String> {
     if file.trunks.is_empty() {
         return Err(format!("{}: no [[trunks]] entry", path.display()));
     }
-    Ok(file
-        .trunks
+    file.trunks
         .into_iter()
-        .map(|t| Trunk {
-            name: t.name,
-            address: t.address,
-            transport: t.transport.unwrap_or_default(),
-            sources: t.sources,
-            anchor_media: t.anchor_media,
-            media_interface: t.media_interface.unwrap_or_default(),
-            fix_nated_contact: t.fix_nated_contact,
-            media_address: t.media_address.unwrap_or_default(),
-            local_address: t.local_address.unwrap_or_default(),
-            limits: t.limits.map(|l| TrunkLimits {
-                calls_in: l.calls_in,
-                cps_in: l.cps_in,
-                calls_out: l.calls_out,
-                cps_out: l.cps_out,
-            }),
+        .map(|t| {
+            let auth = match t.auth {
+                None => None,
+                Some(a) => Some(TrunkAuth {
+                    password: match (a.password, a.password_file) {
+                        (Some(p), None) => p,
+                        (None, Some(f)) => std::fs::read_to_string(&f)
+                            .map_err(|e| format!("trunks.{}.auth: {}: {e}", t.name, f.display()))?
+                            .lines()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                        _ => {
+                            return Err(format!(
+                                "trunks.{}.auth: give password or password_file",
+                                t.name
+                            ))
+                        }
+                    },
+                    username: a.username,
+                }),
+            };
+            Ok(Trunk {
+                auth,
+                name: t.name,
+                address: t.address,
+                transport: t.transport.unwrap_or_default(),
+                sources: t.sources,
+                anchor_media: t.anchor_media,
+                media_interface: t.media_interface.unwrap_or_default(),
+                fix_nated_contact: t.fix_nated_contact,
+                media_address: t.media_address.unwrap_or_default(),
+                local_address: t.local_address.unwrap_or_default(),
+                limits: t.limits.map(|l| TrunkLimits {
+                    calls_in: l.calls_in,
+                    cps_in: l.cps_in,
+                    calls_out: l.calls_out,
+                    cps_out: l.cps_out,
+                }),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The routing table of a file, for `routes apply -f` (the whole table: routes the file
@@ -153,6 +189,7 @@ pub fn trunk_json(t: &Trunk) -> Value {
             "callsOut": l.calls_out,
             "cpsOut": l.cps_out,
         })),
+        "auth": t.auth.as_ref().map(|a| json!({ "username": a.username })),
     })
 }
 

@@ -69,6 +69,15 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
             fix_nated_contact: t.fix_nated_contact,
             media_address: t.media_address,
             limits: t.limits.call_limits(),
+            credentials: match &t.auth {
+                Some(a) => Some(trunkline_call::digest::Credentials::new(
+                    &a.username,
+                    &a.password()
+                        .map_err(|e| anyhow!("trunks.{}.auth: {e}", t.name))?,
+                    &config.sip.auth.realm,
+                )),
+                None => None,
+            },
             local: t.local_address,
         });
     }
@@ -138,6 +147,7 @@ impl App {
                 reply_to_unknown: config.sip.reply_to_unknown,
                 access_interface: config.media.access_interface.as_deref().map(Arc::from),
                 source_limit: config.sip.source_limit.call_config(),
+                digest: Some(config.sip.auth.digest_config()),
             },
             router,
             trust,

@@ -306,6 +306,8 @@ pub struct SipConfig {
     pub max_call_duration_secs: u64,
     /// The per-source request limit and block (as Kamailio's pike).
     pub source_limit: SourceLimitSection,
+    /// Digest authentication (trunks with `[trunks.auth]`).
+    pub auth: AuthSection,
 }
 
 /// `[sip.source_limit]`: a source address that sends more than `max_requests` messages
@@ -323,6 +325,8 @@ pub struct SourceLimitSection {
     pub include_access: bool,
     /// Source addresses tracked at most (memory stays bounded under a spoofed flood).
     pub max_sources: usize,
+    /// Failed digest authentications that block a source for `block_secs` (0: never).
+    pub max_auth_failures: u32,
 }
 
 impl Default for SourceLimitSection {
@@ -335,6 +339,7 @@ impl Default for SourceLimitSection {
             block_secs: 60,
             include_access: false,
             max_sources: 65_536,
+            max_auth_failures: 5,
         }
     }
 }
@@ -347,6 +352,7 @@ impl SourceLimitSection {
             block: std::time::Duration::from_secs(self.block_secs),
             max_sources: self.max_sources,
             include_access: self.include_access,
+            max_auth_failures: self.max_auth_failures,
         }
     }
 }
@@ -373,6 +379,7 @@ impl Default for SipConfig {
             trunk_503_status: 500,
             max_call_duration_secs: 0,
             source_limit: SourceLimitSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }
@@ -819,6 +826,86 @@ pub struct TrunkConfig {
     /// Calls up at once and started per second, from the trunk and to it.
     #[serde(default, skip_serializing_if = "TrunkLimitsConfig::is_unlimited")]
     pub limits: TrunkLimitsConfig,
+    /// Digest credentials: an INVITE from a source no rule names that proves them is
+    /// this trunk's call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<TrunkAuthConfig>,
+}
+
+/// `[trunks.auth]`: the trunk's digest user and its password, given here or in a file
+/// (its first line), so the configuration can be shown without the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkAuthConfig {
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl TrunkAuthConfig {
+    /// The password, from the configuration or its file.
+    pub fn password(&self) -> Result<String, String> {
+        match (&self.password, &self.password_file) {
+            (Some(p), None) => Ok(p.clone()),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|t| t.lines().next().unwrap_or_default().to_string())
+                .map_err(|e| format!("cannot read {}: {e}", f.display())),
+            (Some(_), Some(_)) => Err("give password or password_file, not both".into()),
+            (None, None) => Err("needs password or password_file".into()),
+        }
+    }
+}
+
+/// `[sip.auth]`: digest authentication of callers identified by credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub realm: String,
+    /// Offered in this order: "SHA-256", "MD5".
+    pub algorithms: Vec<String>,
+    /// A nonce older than this is answered stale=true.
+    pub nonce_ttl_secs: u64,
+    /// Key of the nonces; nodes behind one load balancer need the same. Unset: a
+    /// random key per start (a nonce then holds on the node that made it only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce_secret: Option<String>,
+    /// Nonces whose nonce-count is remembered (replay protection) at most.
+    pub max_nonces: usize,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            realm: "trunkline".into(),
+            algorithms: vec!["SHA-256".into(), "MD5".into()],
+            nonce_ttl_secs: 300,
+            nonce_secret: None,
+            max_nonces: 65_536,
+        }
+    }
+}
+
+impl AuthSection {
+    pub fn digest_config(&self) -> trunkline_call::digest::DigestConfig {
+        use sha2::Digest as _;
+        let secret: [u8; 32] = match &self.nonce_secret {
+            Some(s) => sha2::Sha256::digest(s.as_bytes()).into(),
+            None => rand::random(),
+        };
+        trunkline_call::digest::DigestConfig {
+            realm: self.realm.clone(),
+            algorithms: self
+                .algorithms
+                .iter()
+                .filter_map(|a| trunkline_call::digest::Algorithm::from_token(a))
+                .collect(),
+            nonce_ttl: std::time::Duration::from_secs(self.nonce_ttl_secs),
+            secret,
+            max_nonces: self.max_nonces,
+        }
+    }
 }
 
 /// `[trunks.limits]`: 0 (the default) means no limit. Past an inbound limit the
@@ -1348,6 +1435,46 @@ impl Config {
                     );
                 }
             }
+        }
+        let mut users = HashSet::new();
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            let Some(auth) = &trunk.auth else { continue };
+            if auth.username.trim().is_empty() {
+                problems.push(format!("trunks[{i}].auth.username"), "must not be empty");
+            } else if !users.insert(auth.username.as_str()) {
+                problems.push(
+                    format!("trunks[{i}].auth.username"),
+                    format!("{:?} is another trunk's user", auth.username),
+                );
+            }
+            match auth.password() {
+                Ok(p) if p.is_empty() => {
+                    problems.push(format!("trunks[{i}].auth.password"), "is empty")
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!("trunks[{i}].auth"), e),
+            }
+        }
+        let auth = &self.sip.auth;
+        if auth.algorithms.is_empty() {
+            problems.push("sip.auth.algorithms", "offer at least one (SHA-256, MD5)");
+        }
+        for (j, a) in auth.algorithms.iter().enumerate() {
+            if trunkline_call::digest::Algorithm::from_token(a).is_none() {
+                problems.push(
+                    format!("sip.auth.algorithms[{j}]"),
+                    format!("{a:?} is neither SHA-256 nor MD5"),
+                );
+            }
+        }
+        if auth.realm.is_empty() || auth.realm.contains(['"', '\\', '\r', '\n']) {
+            problems.push(
+                "sip.auth.realm",
+                "must be non-empty, without quotes or line breaks",
+            );
+        }
+        if auth.nonce_ttl_secs == 0 {
+            problems.push("sip.auth.nonce_ttl_secs", "must be at least 1");
         }
         let mut prefixes = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -1972,6 +2099,36 @@ cps_out = 5
                 .trunks
                 .iter()
                 .all(|t| t.limits == TrunkLimitsConfig::default()));
+        });
+    }
+
+    #[test]
+    fn trunk_credentials_are_checked_at_start() {
+        let file = r#"
+[sip.auth]
+algorithms = ["SHA-256", "SHA-1"]
+[[trunks]]
+name = "a"
+address = "192.0.2.10:5060"
+[trunks.auth]
+username = "pbx"
+[[trunks]]
+name = "b"
+address = "192.0.2.11:5060"
+[trunks.auth]
+username = "pbx"
+password_file = "/nonexistent/pbx.secret"
+"#;
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            for needle in [
+                "sip.auth.algorithms[1]: \"SHA-1\" is neither SHA-256 nor MD5",
+                "trunks[0].auth: needs password or password_file",
+                "trunks[1].auth.username: \"pbx\" is another trunk's user",
+                "trunks[1].auth: cannot read /nonexistent/pbx.secret",
+            ] {
+                assert!(message.contains(needle), "{needle} not in {message}");
+            }
         });
     }
 

@@ -16,13 +16,15 @@ use trunkline_call::Dispatcher;
 use trunkline_proto::admin::v1::trunk_service_server::TrunkService;
 use trunkline_proto::admin::v1::{
     DeleteTrunkRequest, DeleteTrunkResponse, GetRoutesRequest, GetTrunkRequest, ListTrunksRequest,
-    ListTrunksResponse, Route, RoutingTable, SetRoutesRequest, Trunk, TrunkLimits,
+    ListTrunksResponse, Route, RoutingTable, SetRoutesRequest, Trunk, TrunkAuth, TrunkLimits,
     UpsertTrunkRequest,
 };
 
 use super::auth::{require, Role};
 use super::peer;
-use crate::config::{Config, RouteConfig, TrunkConfig, TrunkLimitsConfig, TrunkTransport};
+use crate::config::{
+    Config, RouteConfig, TrunkAuthConfig, TrunkConfig, TrunkLimitsConfig, TrunkTransport,
+};
 
 /// The trunk service of one node.
 #[derive(Clone)]
@@ -152,6 +154,11 @@ fn trunk_view(t: &TrunkConfig) -> Trunk {
             calls_out: t.limits.calls_out,
             cps_out: t.limits.cps_out,
         }),
+        // The password never leaves the node.
+        auth: t.auth.as_ref().map(|a| TrunkAuth {
+            username: a.username.clone(),
+            password: String::new(),
+        }),
     }
 }
 
@@ -188,7 +195,21 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
             ))
         })?)
     };
+    let auth = match t.auth {
+        None => None,
+        Some(a) if a.password.is_empty() => {
+            return Err(Status::invalid_argument(
+                "trunk.auth.password: required (it is never read back)",
+            ))
+        }
+        Some(a) => Some(TrunkAuthConfig {
+            username: a.username,
+            password: Some(a.password),
+            password_file: None,
+        }),
+    };
     Ok(TrunkConfig {
+        auth,
         name: t.name,
         address: t.address,
         transport,
@@ -406,6 +427,10 @@ mod tests {
                 calls_out: 0,
                 cps_out: 2,
             }),
+            auth: Some(TrunkAuth {
+                username: "pbx".into(),
+                password: "pw".into(),
+            }),
         };
         let c = trunk_config(t.clone()).unwrap();
         assert!(c.anchor_media, "absent anchor_media means anchored");
@@ -416,6 +441,11 @@ mod tests {
         assert_eq!(back.media_address, "auto");
         assert_eq!(back.anchor_media, Some(true));
         assert_eq!(back.limits, t.limits);
+        let auth = back.auth.unwrap();
+        assert_eq!(
+            (auth.username.as_str(), auth.password.as_str()),
+            ("pbx", "")
+        );
     }
 
     #[test]

@@ -1,0 +1,611 @@
+//! Digest authentication of requests from peers no source rule names (RFC 3261 §22,
+//! RFC 7616 with RFC 8760's SHA-256 for SIP): the node challenges with 407, and a trunk
+//! whose credentials the answer proves is the caller.
+//!
+//! Nonces are stateless: a nonce is its issue time, a random part and a keyed hash
+//! (HMAC-SHA-256 under the node's secret) of both, so the node checks any nonce it made
+//! without remembering it, and one older than `nonce_ttl` is answered `stale=true`. What
+//! it remembers is the highest nonce-count seen per nonce, in a bounded table, so a
+//! replayed answer is refused.
+//!
+//! The hashes are RustCrypto's `md-5` and `sha2`, the keyed hash `hmac`; only the
+//! Digest parameter syntax is parsed here.
+
+use hmac::{Hmac, Mac};
+use md5::Md5;
+use sha2::{Digest as _, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A digest algorithm the node offers and checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    Md5,
+    Sha256,
+}
+
+impl Algorithm {
+    /// The `algorithm=` token.
+    pub fn token(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    pub fn from_token(t: &str) -> Option<Algorithm> {
+        if t.eq_ignore_ascii_case("MD5") {
+            Some(Algorithm::Md5)
+        } else if t.eq_ignore_ascii_case("SHA-256") {
+            Some(Algorithm::Sha256)
+        } else {
+            None
+        }
+    }
+
+    /// Lower-case hex of the hash of `parts` joined by `:`.
+    fn hash(self, parts: &[&str]) -> String {
+        fn hex(bytes: &[u8]) -> String {
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+        let joined = parts.join(":");
+        match self {
+            Algorithm::Md5 => hex(&Md5::digest(joined.as_bytes())),
+            Algorithm::Sha256 => hex(&Sha256::digest(joined.as_bytes())),
+        }
+    }
+}
+
+/// Node-wide digest settings.
+#[derive(Debug, Clone)]
+pub struct DigestConfig {
+    pub realm: String,
+    /// Offered in this order of preference (RFC 8760 §2.4: one challenge each).
+    pub algorithms: Vec<Algorithm>,
+    /// How long a nonce is good for; an older one gets `stale=true`.
+    pub nonce_ttl: Duration,
+    /// Key of the nonces' keyed hash. Nodes that share it accept each other's nonces.
+    pub secret: [u8; 32],
+    /// Nonces whose nonce-count is remembered at most.
+    pub max_nonces: usize,
+}
+
+/// A trunk's credentials, kept as the H(A1) of each algorithm (never the password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    ha1_md5: String,
+    ha1_sha256: String,
+}
+
+impl Credentials {
+    pub fn new(username: &str, password: &str, realm: &str) -> Credentials {
+        Credentials {
+            username: username.to_string(),
+            ha1_md5: Algorithm::Md5.hash(&[username, realm, password]),
+            ha1_sha256: Algorithm::Sha256.hash(&[username, realm, password]),
+        }
+    }
+
+    fn ha1(&self, alg: Algorithm) -> &str {
+        match alg {
+            Algorithm::Md5 => &self.ha1_md5,
+            Algorithm::Sha256 => &self.ha1_sha256,
+        }
+    }
+}
+
+/// What checking a request's credentials found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No Digest credentials for our realm: challenge.
+    Missing,
+    /// A nonce the node made, now too old: challenge again with `stale=true` (the
+    /// peer's password is not in question).
+    Stale,
+    /// The credentials prove user `username` (the caller's trunk).
+    Valid { username: String },
+    /// Wrong, forged, replayed or malformed: refuse (and count the failure).
+    Invalid(&'static str),
+}
+
+/// The Digest parameters of one credentials header.
+#[derive(Debug, Default)]
+struct Answer {
+    username: String,
+    realm: String,
+    nonce: String,
+    uri: String,
+    response: String,
+    algorithm: Option<String>,
+    qop: Option<String>,
+    nc: Option<String>,
+    cnonce: Option<String>,
+}
+
+/// Issues and checks nonces; remembers nonce-counts.
+#[derive(Debug)]
+pub struct DigestAuth {
+    cfg: DigestConfig,
+    counts: Mutex<HashMap<String, (u32, u64)>>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl DigestAuth {
+    pub fn new(cfg: DigestConfig) -> DigestAuth {
+        DigestAuth {
+            cfg,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn realm(&self) -> &str {
+        &self.cfg.realm
+    }
+
+    fn tag(&self, issued: u64, salt: u64) -> String {
+        let Ok(mut mac) = HmacSha256::new_from_slice(&self.cfg.secret) else {
+            return String::new();
+        };
+        mac.update(&issued.to_be_bytes());
+        mac.update(&salt.to_be_bytes());
+        mac.finalize().into_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A fresh nonce issued at `now` (seconds since the epoch).
+    pub fn nonce(&self, now: u64) -> String {
+        let salt: u64 = rand::random();
+        format!("{now:016x}{salt:016x}{}", self.tag(now, salt))
+    }
+
+    /// The issue time of a nonce this node (or one sharing its secret) made.
+    fn issued(&self, nonce: &str) -> Option<u64> {
+        if nonce.len() != 64 || !nonce.is_ascii() {
+            return None;
+        }
+        let issued = u64::from_str_radix(&nonce[..16], 16).ok()?;
+        let salt = u64::from_str_radix(&nonce[16..32], 16).ok()?;
+        let expected = self.tag(issued, salt);
+        // Compared whole, in time independent of where they differ.
+        let same = expected
+            .bytes()
+            .zip(nonce[32..].bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        (same == 0 && expected.len() == 32).then_some(issued)
+    }
+
+    /// The Proxy-Authenticate values of a challenge: one per algorithm, preferred
+    /// first, all with one nonce.
+    pub fn challenge(&self, now: u64, stale: bool) -> Vec<String> {
+        let nonce = self.nonce(now);
+        self.cfg
+            .algorithms
+            .iter()
+            .map(|alg| {
+                format!(
+                    "Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={}, qop=\"auth\"{}",
+                    self.cfg.realm,
+                    alg.token(),
+                    if stale { ", stale=true" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    /// Checks the credentials headers `values` of a `method` request, looking users up
+    /// with `lookup`. `now` is seconds since the epoch.
+    pub fn verify<'v, 'c>(
+        &self,
+        method: &str,
+        values: impl Iterator<Item = &'v [u8]>,
+        lookup: impl Fn(&str) -> Option<&'c Credentials>,
+        now: u64,
+    ) -> Verdict {
+        // The answer for our realm; others are for proxies further on.
+        let answer = values
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .filter_map(parse_answer)
+            .find(|a| a.realm == self.cfg.realm);
+        let Some(a) = answer else {
+            return Verdict::Missing;
+        };
+        let alg = match a.algorithm.as_deref() {
+            None => Algorithm::Md5,
+            Some(t) => match Algorithm::from_token(t) {
+                Some(alg) => alg,
+                None => return Verdict::Invalid("algorithm not offered"),
+            },
+        };
+        if !self.cfg.algorithms.contains(&alg) {
+            return Verdict::Invalid("algorithm not offered");
+        }
+        let Some(issued) = self.issued(&a.nonce) else {
+            return Verdict::Invalid("nonce not ours");
+        };
+        if issued > now + 5 {
+            return Verdict::Invalid("nonce from the future");
+        }
+        if now - issued.min(now) > self.cfg.nonce_ttl.as_secs() {
+            return Verdict::Stale;
+        }
+        // qop=auth was offered and RFC 7616 requires it: no qop is an old client's
+        // answer that a replay could reuse at will.
+        let (Some(qop), Some(nc), Some(cnonce)) = (&a.qop, &a.nc, &a.cnonce) else {
+            return Verdict::Invalid("no qop=auth");
+        };
+        if !qop.eq_ignore_ascii_case("auth") {
+            return Verdict::Invalid("qop is not auth");
+        }
+        let Ok(count) = u32::from_str_radix(nc, 16) else {
+            return Verdict::Invalid("nonce-count");
+        };
+        let Some(creds) = lookup(&a.username) else {
+            return Verdict::Invalid("unknown user");
+        };
+        let ha2 = alg.hash(&[method, &a.uri]);
+        let expected = alg.hash(&[creds.ha1(alg), &a.nonce, nc, cnonce, qop, &ha2]);
+        let matches = expected.len() == a.response.len()
+            && expected
+                .bytes()
+                .zip(a.response.to_ascii_lowercase().bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0;
+        if !matches {
+            return Verdict::Invalid("wrong response");
+        }
+        if !self.count_is_new(&a.nonce, count, issued, now) {
+            return Verdict::Invalid("nonce-count replayed");
+        }
+        Verdict::Valid {
+            username: a.username,
+        }
+    }
+
+    /// Records `count` for `nonce` if it is higher than any seen (RFC 7616 §3.4: a
+    /// replay repeats one). Expired nonces make room; when none has, the oldest goes.
+    fn count_is_new(&self, nonce: &str, count: u32, issued: u64, now: u64) -> bool {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, _)) = counts.get_mut(nonce) {
+            if count <= *seen {
+                return false;
+            }
+            *seen = count;
+            return true;
+        }
+        if counts.len() >= self.cfg.max_nonces {
+            let ttl = self.cfg.nonce_ttl.as_secs();
+            counts.retain(|_, (_, at)| now.saturating_sub(*at) <= ttl);
+            if counts.len() >= self.cfg.max_nonces {
+                if let Some(oldest) = counts
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(k, _)| k.clone())
+                {
+                    counts.remove(&oldest);
+                }
+            }
+        }
+        counts.insert(nonce.to_string(), (count, issued));
+        true
+    }
+}
+
+/// Seconds since the epoch (nonces carry wall-clock time so that nodes sharing the
+/// secret agree on their age).
+pub fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The parameters of `Digest k=v, k="v", ...`; `None` for another scheme or garbage.
+fn parse_answer(value: &str) -> Option<Answer> {
+    let v = value.trim_start();
+    let (scheme, rest) = v.split_at(v.find(char::is_whitespace)?);
+    if !scheme.eq_ignore_ascii_case("digest") {
+        return None;
+    }
+    let mut a = Answer::default();
+    for (k, val) in params(rest)? {
+        match k.to_ascii_lowercase().as_str() {
+            "username" => a.username = val,
+            "realm" => a.realm = val,
+            "nonce" => a.nonce = val,
+            "uri" => a.uri = val,
+            "response" => a.response = val,
+            "algorithm" => a.algorithm = Some(val),
+            "qop" => a.qop = Some(val),
+            "nc" => a.nc = Some(val),
+            "cnonce" => a.cnonce = Some(val),
+            _ => {}
+        }
+    }
+    Some(a)
+}
+
+/// Comma-separated `name=token` / `name="quoted"` pairs (RFC 3261 §25.1); `None` when
+/// malformed. At most 32 pairs: a header stuffed with parameters costs no more.
+fn params(s: &str) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return Some(out);
+        }
+        if out.len() >= 32 {
+            return None;
+        }
+        let mut name = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            name.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.next() != Some('=') || name.is_empty() {
+            return None;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => value.push(chars.next()?),
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' || c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        out.push((name, value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(algorithms: Vec<Algorithm>) -> DigestAuth {
+        DigestAuth::new(DigestConfig {
+            realm: "trunkline".into(),
+            algorithms,
+            nonce_ttl: Duration::from_secs(300),
+            secret: [7; 32],
+            max_nonces: 4,
+        })
+    }
+
+    /// A client's answer, computed as RFC 7616 §3.4.1 says.
+    fn answer(
+        alg: Algorithm,
+        user: &str,
+        password: &str,
+        nonce: &str,
+        nc: &str,
+        method: &str,
+    ) -> String {
+        let ha1 = alg.hash(&[user, "trunkline", password]);
+        let ha2 = alg.hash(&[method, "sip:+15550100@192.0.2.1"]);
+        let response = alg.hash(&[&ha1, nonce, nc, "0a4f113b", "auth", &ha2]);
+        format!(
+            "Digest username=\"{user}\", realm=\"trunkline\", nonce=\"{nonce}\", \
+             uri=\"sip:+15550100@192.0.2.1\", response=\"{response}\", algorithm={}, \
+             qop=auth, nc={nc}, cnonce=\"0a4f113b\"",
+            alg.token()
+        )
+    }
+
+    #[test]
+    fn the_hashes_match_rfc_7616s_example() {
+        // RFC 7616 §3.9.1 (HTTP, so method GET and uri /dir/index.html).
+        for (alg, want) in [
+            (Algorithm::Md5, "8ca523f5e9506fed4657c9700eebdbec"),
+            (
+                Algorithm::Sha256,
+                "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+            ),
+        ] {
+            let ha1 = alg.hash(&["Mufasa", "http-auth@example.org", "Circle of Life"]);
+            let ha2 = alg.hash(&["GET", "/dir/index.html"]);
+            let response = alg.hash(&[
+                &ha1,
+                "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+                "00000001",
+                "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+                "auth",
+                &ha2,
+            ]);
+            assert_eq!(response, want, "{alg:?}");
+        }
+    }
+
+    #[test]
+    fn a_correct_answer_with_either_algorithm_proves_the_user() {
+        let a = auth(vec![Algorithm::Sha256, Algorithm::Md5]);
+        let creds = Credentials::new("pbx1", "s3cret", "trunkline");
+        let now = epoch_secs();
+        let challenge = a.challenge(now, false);
+        assert_eq!(challenge.len(), 2);
+        assert!(challenge[0].contains("algorithm=SHA-256"));
+        assert!(challenge[1].contains("algorithm=MD5"));
+        for alg in [Algorithm::Sha256, Algorithm::Md5] {
+            let nonce = a.nonce(now);
+            let h = answer(alg, "pbx1", "s3cret", &nonce, "00000001", "INVITE");
+            let v = a.verify(
+                "INVITE",
+                std::iter::once(h.as_bytes()),
+                |u| (u == "pbx1").then_some(&creds),
+                now,
+            );
+            assert_eq!(
+                v,
+                Verdict::Valid {
+                    username: "pbx1".into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_forged_stale_and_replayed_answers_are_told_apart() {
+        let a = auth(vec![Algorithm::Md5]);
+        let creds = Credentials::new("pbx1", "s3cret", "trunkline");
+        let now = epoch_secs();
+        let nonce = a.nonce(now);
+        let check = |h: &str, at: u64| {
+            a.verify(
+                "INVITE",
+                std::iter::once(h.as_bytes()),
+                |u| (u == "pbx1").then_some(&creds),
+                at,
+            )
+        };
+        assert_eq!(
+            check(
+                &answer(
+                    Algorithm::Md5,
+                    "pbx1",
+                    "wrong",
+                    &nonce,
+                    "00000001",
+                    "INVITE"
+                ),
+                now
+            ),
+            Verdict::Invalid("wrong response")
+        );
+        assert_eq!(
+            check(
+                &answer(
+                    Algorithm::Md5,
+                    "pbx9",
+                    "s3cret",
+                    &nonce,
+                    "00000001",
+                    "INVITE"
+                ),
+                now
+            ),
+            Verdict::Invalid("unknown user")
+        );
+        // A nonce another secret made.
+        let other = auth(vec![Algorithm::Md5]);
+        let mut forged = other.nonce(now);
+        forged.replace_range(60.., "0000");
+        assert_eq!(
+            check(
+                &answer(
+                    Algorithm::Md5,
+                    "pbx1",
+                    "s3cret",
+                    &forged,
+                    "00000001",
+                    "INVITE"
+                ),
+                now
+            ),
+            Verdict::Invalid("nonce not ours")
+        );
+        // SHA-256 was not offered.
+        assert_eq!(
+            check(
+                &answer(
+                    Algorithm::Sha256,
+                    "pbx1",
+                    "s3cret",
+                    &nonce,
+                    "00000001",
+                    "INVITE"
+                ),
+                now
+            ),
+            Verdict::Invalid("algorithm not offered")
+        );
+        // Good once; the same nonce-count again is a replay; a higher one is fine.
+        let good = answer(
+            Algorithm::Md5,
+            "pbx1",
+            "s3cret",
+            &nonce,
+            "00000001",
+            "INVITE",
+        );
+        assert!(matches!(check(&good, now), Verdict::Valid { .. }));
+        assert_eq!(check(&good, now), Verdict::Invalid("nonce-count replayed"));
+        let next = answer(
+            Algorithm::Md5,
+            "pbx1",
+            "s3cret",
+            &nonce,
+            "00000002",
+            "INVITE",
+        );
+        assert!(matches!(check(&next, now), Verdict::Valid { .. }));
+        // Past its lifetime the nonce is stale, not wrong.
+        assert_eq!(check(&next, now + 301), Verdict::Stale);
+        // Not an answer for our realm, or not Digest at all: a challenge is due.
+        assert_eq!(check("Basic cGJ4MTpzM2NyZXQ=", now), Verdict::Missing);
+        assert_eq!(
+            check(&good.replace("realm=\"trunkline\"", "realm=\"other\""), now),
+            Verdict::Missing
+        );
+    }
+
+    #[test]
+    fn the_replay_table_stays_bounded() {
+        let a = auth(vec![Algorithm::Md5]);
+        let creds = Credentials::new("pbx1", "s3cret", "trunkline");
+        let now = epoch_secs();
+        for _ in 0..20 {
+            let nonce = a.nonce(now);
+            let h = answer(
+                Algorithm::Md5,
+                "pbx1",
+                "s3cret",
+                &nonce,
+                "00000001",
+                "INVITE",
+            );
+            let v = a.verify(
+                "INVITE",
+                std::iter::once(h.as_bytes()),
+                |_| Some(&creds),
+                now,
+            );
+            assert!(matches!(v, Verdict::Valid { .. }));
+        }
+        assert!(a.counts.lock().unwrap().len() <= 4);
+    }
+
+    #[test]
+    fn malformed_parameters_are_no_answer() {
+        assert!(params("a=\"unterminated").is_none());
+        assert!(params("=x").is_none());
+        assert!(params(&"a=1,".repeat(40)).is_none());
+        let p = params(" username=\"a\\\"b\", nc=00000001").unwrap();
+        assert_eq!(p[0], ("username".into(), "a\"b".into()));
+        assert_eq!(p[1], ("nc".into(), "00000001".into()));
+    }
+}
