@@ -375,8 +375,12 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             caller,
         } => {
             let shared = &state.shared;
-            let decision = match state.routing.router.decide(&request_uri, state.origin) {
-                Some(trunk) => match shared.local_for(trunk.transport, trunk.local) {
+            let routed = state
+                .routing
+                .router
+                .decide_up(&request_uri, state.origin, |t| shared.health.is_up(&t.name));
+            let decision = match routed {
+                Ok(trunk) => match shared.local_for(trunk.transport, trunk.local) {
                     Some(local) => match shared.trunk_counters.admit(
                         &trunk.name,
                         Way::Outbound,
@@ -415,7 +419,12 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                         cause: EndCause::TransportError,
                     },
                 },
-                None => RouteDecision::Reject {
+                // Every trunk the call could take is down (OPTIONS pings).
+                Err(true) => RouteDecision::Reject {
+                    status: 503,
+                    cause: EndCause::NoRoute,
+                },
+                Err(false) => RouteDecision::Reject {
                     status: 404,
                     cause: EndCause::NoRoute,
                 },

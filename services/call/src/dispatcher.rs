@@ -382,6 +382,19 @@ impl Dispatcher {
                     shared.registry.sweep(now());
                 }
             });
+            // Ping the trunks that ask for it (see `health`).
+            let shared = Arc::downgrade(&self.shared);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = shared.upgrade() else {
+                        break;
+                    };
+                    ping_trunks(&shared);
+                }
+            });
         }
     }
 
@@ -605,6 +618,25 @@ impl Dispatcher {
             self.shared
                 .metrics
                 .response(Direction::In, &c.method, resp.status);
+        }
+        // An answer to one of the node's trunk pings.
+        if let Some(branch) = resp
+            .headers
+            .top_branch()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .filter(|b| b.starts_with(crate::health::BRANCH))
+        {
+            let routing = self.shared.routing.load();
+            let change = self.shared.health.on_response(
+                branch,
+                resp.status,
+                source.addr,
+                routing.router.trunks(),
+            );
+            if let Some(c) = change {
+                health_changed(&self.shared, &c);
+            }
+            return Action::Drop;
         }
         // A response to a request the node sent carries the node's tag in From.
         let (Some(call_id), Some(tag)) = (resp.headers.call_id(), resp.headers.from_tag()) else {
@@ -1087,6 +1119,53 @@ impl trunkline_transport::Inbound for Dispatcher {
     ) {
         Dispatcher::on_send_error(self, peer, token, error);
     }
+}
+
+/// Sends the OPTIONS pings that are due and records what unanswered ones changed.
+fn ping_trunks(shared: &Shared) {
+    let routing = shared.routing.load();
+    let trunks = routing.router.trunks();
+    let (pings, changes) = shared.health.due(trunks, now());
+    for c in changes {
+        health_changed(shared, &c);
+    }
+    for p in pings {
+        let Some(t) = trunks.iter().find(|t| t.name == p.trunk) else {
+            continue;
+        };
+        let Some(local) = shared.local_for(t.transport, t.local) else {
+            continue;
+        };
+        let me = format!("{}:{}", local.host, local.port);
+        let options = format!(
+            "OPTIONS sip:{to} SIP/2.0\r\n\
+             Via: SIP/2.0/{tr} {me};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:trunkline@{me}>;tag=hc{seq}\r\n\
+             To: <sip:{to}>\r\n\
+             Call-ID: {branch}@{host}\r\n\
+             CSeq: 1 OPTIONS\r\n\
+             Content-Length: 0\r\n\r\n",
+            to = t.addr,
+            tr = t.transport.via_token(),
+            branch = p.branch,
+            seq = p.seq,
+            host = local.host,
+        );
+        shared.metrics.request(Direction::Out, &Method::Options);
+        shared.send(&t.peer(), Bytes::from(options), None);
+    }
+    for t in trunks.iter().filter(|t| t.health.is_some()) {
+        if let Some(s) = shared.health.status(&t.name) {
+            shared.metrics.trunk_health(&t.name, s.up, s.changed_ms);
+        }
+    }
+}
+
+fn health_changed(shared: &Shared, c: &crate::health::Change) {
+    let state = if c.up { "up" } else { "down" };
+    tracing::warn!(trunk = %c.trunk, state, "trunk health changed (OPTIONS pings)");
+    shared.metrics.trunk_state_change(&c.trunk, state);
 }
 
 /// The one clock (ARCHITECTURE.md rule 7): tokio's, as the call actors read it.

@@ -83,6 +83,17 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TrunkLabels {
+    trunk: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TrunkStateLabels {
+    trunk: String,
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -115,6 +126,9 @@ pub struct CallMetrics {
     sources_blocked: Counter,
     source_dropped: Counter,
     auth: Family<ResultLabels, Counter>,
+    trunk_up: Family<TrunkLabels, Gauge>,
+    trunk_changed: Family<TrunkLabels, Gauge>,
+    trunk_state_changes: Family<TrunkStateLabels, Counter>,
 }
 
 impl CallMetrics {
@@ -137,6 +151,9 @@ impl CallMetrics {
             sources_blocked: Counter::default(),
             source_dropped: Counter::default(),
             auth: Family::default(),
+            trunk_up: Family::default(),
+            trunk_changed: Family::default(),
+            trunk_state_changes: Family::default(),
         };
         registry.register(
             "trunkline_calls_active",
@@ -212,6 +229,22 @@ impl CallMetrics {
              stale, valid, invalid)",
             metrics.auth.clone(),
         );
+        registry.register(
+            "trunkline_trunk_up",
+            "Whether a pinged trunk is up (1) or down (0) by its OPTIONS answers; routing \
+             skips a trunk that is down",
+            metrics.trunk_up.clone(),
+        );
+        registry.register(
+            "trunkline_trunk_last_change_timestamp_seconds",
+            "When a pinged trunk last went up or down (Unix time; 0: never)",
+            metrics.trunk_changed.clone(),
+        );
+        registry.register(
+            "trunkline_trunk_state_changes",
+            "Times a pinged trunk went up or down, by trunk and state",
+            metrics.trunk_state_changes.clone(),
+        );
         metrics
     }
 
@@ -284,6 +317,27 @@ impl CallMetrics {
     /// A source went past the per-source request limit and is blocked.
     pub fn source_blocked(&self) {
         self.sources_blocked.inc();
+    }
+
+    /// What a pinged trunk's state is, and since when (ms since the epoch).
+    pub fn trunk_health(&self, trunk: &str, up: bool, changed_ms: u64) {
+        let labels = TrunkLabels {
+            trunk: trunk.to_string(),
+        };
+        self.trunk_up.get_or_create(&labels).set(i64::from(up));
+        self.trunk_changed
+            .get_or_create(&labels)
+            .set(i64::try_from(changed_ms / 1000).unwrap_or(i64::MAX));
+    }
+
+    /// A pinged trunk went `state` ("up" or "down").
+    pub fn trunk_state_change(&self, trunk: &str, state: &'static str) {
+        self.trunk_state_changes
+            .get_or_create(&TrunkStateLabels {
+                trunk: trunk.to_string(),
+                state,
+            })
+            .inc();
     }
 
     /// A digest authentication ended with `result`.

@@ -47,9 +47,31 @@ pub struct Trunk {
     pub limits: crate::limits::TrunkLimits,
     /// Digest credentials that identify the trunk's calls wherever they come from.
     pub credentials: Option<crate::digest::Credentials>,
+    /// OPTIONS pings that tell whether routing may use the trunk (`None`: never pinged,
+    /// always up).
+    pub health: Option<crate::health::HealthConfig>,
 }
 
 impl Trunk {
+    /// A UDP trunk at `addr` whose calls come from exactly `addr`, every other setting
+    /// at its default.
+    pub fn plain(name: &str, addr: SocketAddr) -> Trunk {
+        Trunk {
+            name: name.into(),
+            addr,
+            transport: Transport::Udp,
+            sources: vec![Source::Exact(addr)],
+            anchor_media: true,
+            media_interface: None,
+            fix_nated_contact: false,
+            media_address: AddressPolicy::Sdp,
+            local: None,
+            limits: Default::default(),
+            credentials: None,
+            health: None,
+        }
+    }
+
     /// The peer the B-leg INVITE goes to.
     pub fn peer(&self) -> Peer {
         Peer {
@@ -189,6 +211,35 @@ impl Router {
         }
     }
 
+    /// As [`Router::decide`], skipping trunks `is_up` says are down: the longest prefix
+    /// route whose trunk is up, then shorter ones, then the default. `Err(true)`: routes
+    /// matched but every trunk of them is down (the caller gets 503, not 404).
+    pub fn decide_up(
+        &self,
+        request_uri: &Uri,
+        origin: Origin,
+        is_up: impl Fn(&Trunk) -> bool,
+    ) -> Result<&Trunk, bool> {
+        let dialled = request_uri.user().unwrap_or_default();
+        let from = origin.trunk();
+        let candidates = self
+            .routes
+            .iter()
+            .filter(|(prefix, _)| dialled.starts_with(prefix.as_str()))
+            .map(|(_, i)| *i)
+            .chain(self.default)
+            .filter(|i| Some(*i) != from)
+            .filter_map(|i| self.trunks.get(i));
+        let mut any = false;
+        for t in candidates {
+            any = true;
+            if is_up(t) {
+                return Ok(t);
+            }
+        }
+        Err(any)
+    }
+
     fn route_number(&self, dialled: &str, from: Option<usize>) -> Option<&Trunk> {
         let routed = self
             .routes
@@ -211,18 +262,47 @@ mod tests {
 
     fn trunk(name: &str, addr: &str) -> Trunk {
         Trunk {
-            name: name.into(),
-            addr: addr.parse().unwrap(),
-            transport: Transport::Udp,
             sources: Vec::new(),
-            anchor_media: true,
-            media_interface: None,
-            fix_nated_contact: false,
-            media_address: AddressPolicy::Sdp,
-            local: None,
-            limits: Default::default(),
-            credentials: None,
+            ..Trunk::plain(name, addr.parse().unwrap())
         }
+    }
+
+    #[test]
+    fn a_trunk_that_is_down_is_skipped_for_shorter_routes_then_the_default() {
+        let r = Router::new(
+            vec![
+                trunk("uk", "192.0.2.1:5060"),
+                trunk("europe", "192.0.2.2:5060"),
+                trunk("carrier", "192.0.2.3:5060"),
+            ],
+            vec![route("+44", "uk"), route("+4", "europe")],
+            Some("carrier"),
+        )
+        .unwrap();
+        let uri = |s: &str| Uri::parse(s).unwrap();
+        let to_uk = uri("sip:+442071234567@192.0.2.9");
+        let up = |down: &'static [&'static str]| move |t: &Trunk| !down.contains(&&*t.name);
+        let pick = |down| {
+            r.decide_up(&to_uk, Origin::Access, up(down))
+                .map(|t| &*t.name)
+        };
+        assert_eq!(pick(&[]), Ok("uk"));
+        assert_eq!(pick(&["uk"]), Ok("europe"));
+        assert_eq!(pick(&["uk", "europe"]), Ok("carrier"));
+        assert_eq!(pick(&["uk", "europe", "carrier"]), Err(true));
+        let nowhere = Router::new(
+            vec![trunk("uk", "192.0.2.1:5060")],
+            vec![route("+44", "uk")],
+            None,
+        )
+        .unwrap();
+        let to_us = uri("sip:+15550100@192.0.2.9");
+        assert_eq!(
+            nowhere
+                .decide_up(&to_us, Origin::Access, |_| true)
+                .map(|t| &*t.name),
+            Err(false)
+        );
     }
 
     fn route(prefix: &str, trunk: &str) -> Route {

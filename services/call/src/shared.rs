@@ -76,6 +76,8 @@ pub struct Shared {
     pub(crate) source_limit: crate::pike::SourceLimit,
     /// Challenges and checks credentials (see `digest`).
     pub(crate) digest: Option<crate::digest::DigestAuth>,
+    /// What the trunks' OPTIONS pings have shown.
+    pub(crate) health: crate::health::TrunkHealth,
 }
 
 impl Shared {
@@ -111,6 +113,7 @@ impl Shared {
             trunk_counters: crate::limits::TrunkCounters::default(),
             source_limit: crate::pike::SourceLimit::new(source_limit),
             digest,
+            health: crate::health::TrunkHealth::default(),
         }
     }
 

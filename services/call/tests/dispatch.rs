@@ -75,6 +75,7 @@ fn trunk(name: &str, at: &str) -> Trunk {
         local: None,
         limits: TrunkLimits::default(),
         credentials: None,
+        health: None,
     }
 }
 

@@ -69,6 +69,7 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
             fix_nated_contact: t.fix_nated_contact,
             media_address: t.media_address,
             limits: t.limits.call_limits(),
+            health: t.health.as_ref().map(|h| h.call_config()),
             credentials: match &t.auth {
                 Some(a) => Some(trunkline_call::digest::Credentials::new(
                     &a.username,

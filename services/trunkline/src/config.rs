@@ -830,6 +830,63 @@ pub struct TrunkConfig {
     /// this trunk's call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<TrunkAuthConfig>,
+    /// OPTIONS pings that mark the trunk down (skipped by routing) and up again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<TrunkHealthConfig>,
+}
+
+/// `[trunks.health]`: an OPTIONS every `interval_secs`; `down_after` pings in a row
+/// without an answer in `up_statuses` before the next one is due mark the trunk down,
+/// `up_after` such answers in a row bring it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkHealthConfig {
+    pub interval_secs: u64,
+    pub down_after: u32,
+    pub up_after: u32,
+    /// Codes ("200", "404") or classes ("2xx").
+    pub up_statuses: Vec<String>,
+}
+
+impl Default for TrunkHealthConfig {
+    fn default() -> Self {
+        Self {
+            interval_secs: 10,
+            down_after: 3,
+            up_after: 2,
+            up_statuses: vec!["2xx".into()],
+        }
+    }
+}
+
+impl TrunkHealthConfig {
+    fn status_match(s: &str) -> Option<trunkline_call::health::StatusMatch> {
+        use trunkline_call::health::StatusMatch;
+        let s = s.trim();
+        match s.strip_suffix("xx") {
+            Some(class) => match class.parse::<u16>() {
+                Ok(c) if (1..=6).contains(&c) => Some(StatusMatch::Class(c)),
+                _ => None,
+            },
+            None => match s.parse::<u16>() {
+                Ok(c) if (100..=699).contains(&c) => Some(StatusMatch::Code(c)),
+                _ => None,
+            },
+        }
+    }
+
+    pub fn call_config(&self) -> trunkline_call::health::HealthConfig {
+        trunkline_call::health::HealthConfig {
+            interval: std::time::Duration::from_secs(self.interval_secs),
+            down_after: self.down_after,
+            up_after: self.up_after,
+            up_statuses: self
+                .up_statuses
+                .iter()
+                .filter_map(|s| Self::status_match(s))
+                .collect(),
+        }
+    }
 }
 
 /// `[trunks.auth]`: the trunk's digest user and its password, given here or in a file
@@ -1432,6 +1489,35 @@ impl Config {
                     problems.push(
                         format!("trunks[{i}].local_address"),
                         format!("{local} is not one of the {} listeners", listeners.1),
+                    );
+                }
+            }
+        }
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            let Some(h) = &trunk.health else { continue };
+            if h.interval_secs == 0 {
+                problems.push(
+                    format!("trunks[{i}].health.interval_secs"),
+                    "must be at least 1",
+                );
+            }
+            if h.down_after == 0 || h.up_after == 0 {
+                problems.push(
+                    format!("trunks[{i}].health"),
+                    "down_after and up_after must be at least 1",
+                );
+            }
+            if h.up_statuses.is_empty() {
+                problems.push(
+                    format!("trunks[{i}].health.up_statuses"),
+                    "list at least one",
+                );
+            }
+            for (j, s) in h.up_statuses.iter().enumerate() {
+                if TrunkHealthConfig::status_match(s).is_none() {
+                    problems.push(
+                        format!("trunks[{i}].health.up_statuses[{j}]"),
+                        format!("{s:?} is neither a status code nor a class like \"2xx\""),
                     );
                 }
             }

@@ -210,6 +210,8 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
     };
     Ok(TrunkConfig {
         auth,
+        // Pings are set in the node's file; the API does not carry them yet.
+        health: None,
         name: t.name,
         address: t.address,
         transport,
