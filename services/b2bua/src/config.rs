@@ -28,6 +28,11 @@ pub struct CallConfig {
     /// adopter offers each party the other's session). Off on a standalone node, where
     /// nothing would read them.
     pub keep_sdp: bool,
+    /// Final statuses of the callee's trunk (408 also stands for a timeout, 503 for a
+    /// transport error) after which a call whose route has another trunk tries that one
+    /// instead of answering the caller. Never a 2xx; by default 408 and every 5xx, so a
+    /// 486, 603 or 404 is the callee's answer and ends the call.
+    pub failover_statuses: Vec<u16>,
 }
 
 impl Default for CallConfig {
@@ -41,6 +46,7 @@ impl Default for CallConfig {
             trunk_503_status: 500,
             max_duration: None,
             keep_sdp: false,
+            failover_statuses: std::iter::once(408).chain(500..600).collect(),
         }
     }
 }

@@ -81,6 +81,10 @@ pub enum Event {
         request_uri: Uri,
         caller: Option<String>,
     },
+    /// The trunk of the last routing decision failed the call with `status` before it
+    /// was answered, and the route has another (`RouteDecision::Trunk::failover`): a
+    /// `RouteRequired` for the next one follows. The failed leg is gone.
+    RouteFailed { status: u16 },
     /// The callee's provisional answer (18x) was relayed to the caller; `early_media`:
     /// it carried SDP, so media flows before the answer.
     Progress { status: u16, early_media: bool },

@@ -70,6 +70,9 @@ pub struct CallActorState {
     /// The call's places under its trunks' limits: the caller's trunk inbound, the
     /// callee's outbound; given back when the call ends.
     trunk_slots: [Option<TrunkSlot>; 2],
+    /// The trunk of the current routing decision, and those that failed the call.
+    routed_to: Option<Arc<str>>,
+    tried: Vec<Arc<str>>,
 }
 
 /// The call actor (stateless handler; all state is in [`CallActorState`]).
@@ -242,6 +245,8 @@ impl Actor for CallActor {
             extra_keys: Vec::new(),
             routing,
             trunk_slots: [trunk_slot, None],
+            routed_to: None,
+            tried: Vec::new(),
             shared,
         };
         if let Some(c) = a_connection {
@@ -368,69 +373,120 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
     schedule(myself, state);
 }
 
+/// The routing decision for the call: the first trunk of its route (longest prefix,
+/// then shorter ones, then the default) that is up, not tried yet and under its outbound
+/// limits. A trunk at its limit is passed over for the next; `failover` tells the call
+/// whether another trunk would remain if this one fails.
+fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteDecision {
+    let shared = state.shared.clone();
+    let routing = state.routing.clone();
+    let router = &routing.router;
+    let mut skipped: Vec<Arc<str>> = Vec::new();
+    let mut limited = false;
+    loop {
+        let usable = |t: &crate::router::Trunk| {
+            shared.health.is_up(&t.name)
+                && !state.tried.contains(&t.name)
+                && !skipped.contains(&t.name)
+        };
+        let trunk = match router.decide_up(request_uri, state.origin, usable) {
+            Ok(t) => t,
+            Err(_) if limited => {
+                return RouteDecision::Reject {
+                    status: 503,
+                    cause: EndCause::TrunkLimit,
+                }
+            }
+            // Every trunk the call could take is down (OPTIONS pings) or failed it.
+            Err(true) => {
+                return RouteDecision::Reject {
+                    status: 503,
+                    cause: EndCause::NoRoute,
+                }
+            }
+            Err(false) if !state.tried.is_empty() => {
+                return RouteDecision::Reject {
+                    status: 503,
+                    cause: EndCause::NoRoute,
+                }
+            }
+            Err(false) => {
+                return RouteDecision::Reject {
+                    status: 404,
+                    cause: EndCause::NoRoute,
+                }
+            }
+        };
+        let Some(local) = shared.local_for(trunk.transport, trunk.local) else {
+            return RouteDecision::Reject {
+                status: 503,
+                cause: EndCause::TransportError,
+            };
+        };
+        let slot = match shared.trunk_counters.admit(
+            &trunk.name,
+            Way::Outbound,
+            trunk.limits.outbound,
+            now(),
+        ) {
+            Ok(slot) => slot,
+            Err(hit) => {
+                shared
+                    .metrics
+                    .trunk_limited(&trunk.name, Way::Outbound.as_str(), hit.as_str());
+                tracing::debug!(trunk = %trunk.name, limit = hit.as_str(), "trunk limit: trying the next route");
+                skipped.push(trunk.name.clone());
+                limited = true;
+                continue;
+            }
+        };
+        let failover = router
+            .decide_up(request_uri, state.origin, |t| {
+                t.name != trunk.name
+                    && shared.health.is_up(&t.name)
+                    && !state.tried.contains(&t.name)
+                    && !skipped.contains(&t.name)
+            })
+            .is_ok();
+        state.trunk_slots[1] = Some(slot);
+        state.media_interfaces.b = trunk.media_interface.clone();
+        state.addressing.b = trunk.media_address;
+        state.callee_source = Some(trunk.addr);
+        state.callee_trunk = Some((trunk.name.clone(), trunk.transport));
+        state.routed_to = Some(trunk.name.clone());
+        return RouteDecision::Trunk {
+            peer: trunk.peer(),
+            local,
+            request_uri: trunk.request_uri(request_uri.user()),
+            anchor_media: trunk.anchor_media && shared.media.is_some(),
+            fix_nated_contact: trunk.fix_nated_contact,
+            failover,
+        };
+    }
+}
+
 fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
     match ev {
         Event::RouteRequired {
             request_uri,
             caller,
         } => {
-            let shared = &state.shared;
-            let routed = state
-                .routing
-                .router
-                .decide_up(&request_uri, state.origin, |t| shared.health.is_up(&t.name));
-            let decision = match routed {
-                Ok(trunk) => match shared.local_for(trunk.transport, trunk.local) {
-                    Some(local) => match shared.trunk_counters.admit(
-                        &trunk.name,
-                        Way::Outbound,
-                        trunk.limits.outbound,
-                        now(),
-                    ) {
-                        Err(hit) => {
-                            shared.metrics.trunk_limited(
-                                &trunk.name,
-                                Way::Outbound.as_str(),
-                                hit.as_str(),
-                            );
-                            tracing::debug!(trunk = %trunk.name, limit = hit.as_str(), "trunk limit: call not placed");
-                            RouteDecision::Reject {
-                                status: 503,
-                                cause: EndCause::TrunkLimit,
-                            }
-                        }
-                        Ok(slot) => {
-                            state.trunk_slots[1] = Some(slot);
-                            state.media_interfaces.b = trunk.media_interface.clone();
-                            state.addressing.b = trunk.media_address;
-                            state.callee_source = Some(trunk.addr);
-                            state.callee_trunk = Some((trunk.name.clone(), trunk.transport));
-                            RouteDecision::Trunk {
-                                peer: trunk.peer(),
-                                local,
-                                request_uri: trunk.request_uri(request_uri.user()),
-                                anchor_media: trunk.anchor_media && shared.media.is_some(),
-                                fix_nated_contact: trunk.fix_nated_contact,
-                            }
-                        }
-                    },
-                    None => RouteDecision::Reject {
-                        status: 503,
-                        cause: EndCause::TransportError,
-                    },
-                },
-                // Every trunk the call could take is down (OPTIONS pings).
-                Err(true) => RouteDecision::Reject {
-                    status: 503,
-                    cause: EndCause::NoRoute,
-                },
-                Err(false) => RouteDecision::Reject {
-                    status: 404,
-                    cause: EndCause::NoRoute,
-                },
-            };
+            let decision = route(state, &request_uri);
             tracing::debug!(caller = caller.as_deref().unwrap_or(""), uri = %request_uri, ?decision, "routed");
             state.call.handle_route(now(), decision);
+        }
+        Event::RouteFailed { status } => {
+            // The next RouteRequired picks among the trunks not tried yet.
+            if let Some(trunk) = state.routed_to.take() {
+                tracing::info!(trunk = %trunk, status, "trunk failed the call: trying the next");
+                state.shared.metrics.failover(&trunk);
+                state.tried.push(trunk);
+            }
+            state.trunk_slots[1] = None;
+            if let Some(key) = state.b_key.take() {
+                // Late answers of the failed leg still find the call.
+                state.extra_keys.push(key);
+            }
         }
         Event::Progress {
             status,

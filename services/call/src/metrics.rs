@@ -129,6 +129,7 @@ pub struct CallMetrics {
     trunk_up: Family<TrunkLabels, Gauge>,
     trunk_changed: Family<TrunkLabels, Gauge>,
     trunk_state_changes: Family<TrunkStateLabels, Counter>,
+    failovers: Family<TrunkLabels, Counter>,
 }
 
 impl CallMetrics {
@@ -154,6 +155,7 @@ impl CallMetrics {
             trunk_up: Family::default(),
             trunk_changed: Family::default(),
             trunk_state_changes: Family::default(),
+            failovers: Family::default(),
         };
         registry.register(
             "trunkline_calls_active",
@@ -245,6 +247,12 @@ impl CallMetrics {
             "Times a pinged trunk went up or down, by trunk and state",
             metrics.trunk_state_changes.clone(),
         );
+        registry.register(
+            "trunkline_route_failovers",
+            "Calls a trunk failed before they were answered and that went on to the \
+             route's next trunk, by the trunk that failed",
+            metrics.failovers.clone(),
+        );
         metrics
     }
 
@@ -328,6 +336,15 @@ impl CallMetrics {
         self.trunk_changed
             .get_or_create(&labels)
             .set(i64::try_from(changed_ms / 1000).unwrap_or(i64::MAX));
+    }
+
+    /// `trunk` failed a call that went on to the next trunk of its route.
+    pub fn failover(&self, trunk: &str) {
+        self.failovers
+            .get_or_create(&TrunkLabels {
+                trunk: trunk.to_string(),
+            })
+            .inc();
     }
 
     /// A pinged trunk went `state` ("up" or "down").

@@ -799,18 +799,17 @@ async fn a_trunk_past_its_outbound_limits_is_not_called() {
     }
     n.settle().await;
     assert_eq!(n.take(UK).len(), 4, "a burst of four calls");
+    // The fifth takes the route's next trunk (the default) instead.
+    assert_eq!(n.take(CARRIER).len(), 1, "past the limit: the next route");
     let got = names(&n.take(CALLER));
-    assert_eq!(
-        got.iter().filter(|s| *s == "503 (1 INVITE)").count(),
-        1,
-        "{got:?}"
-    );
+    assert!(!got.contains(&"503 (1 INVITE)".to_string()), "{got:?}");
     // 300 ms later (before any retransmission) one more token has come back.
     tokio::time::advance(Duration::from_millis(300)).await;
     n.recv(CALLER, &call(5));
     n.recv(CALLER, &call(6));
     n.settle().await;
     assert_eq!(n.take(UK).len(), 1);
+    assert_eq!(n.take(CARRIER).len(), 1);
     assert!(n
         .metrics()
         .contains("trunkline_trunk_limited_total{trunk=\"uk\",direction=\"out\",limit=\"cps\"} 2"));
@@ -862,4 +861,53 @@ async fn a_stranger_past_the_source_limit_is_blocked_and_answered_no_more() {
     }
     n.settle().await;
     assert_eq!(n.take(CARRIER).len(), 6);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_fails_over_on_503_to_the_next_trunk_but_not_on_486() {
+    let n = node(Opts::default());
+    // +44 goes to the UK trunk, then the default.
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+442071234567", "f1@x", "tf", 1, "f1"),
+    );
+    n.settle().await;
+    let uk = n.take(UK);
+    assert_eq!(uk.len(), 1);
+    n.recv(UK, &respond(&uk[0].0, 503, "u503", UK));
+    n.settle().await;
+    let carrier = n.take(CARRIER);
+    assert_eq!(names(&carrier), vec!["INVITE 1"], "the next trunk is tried");
+    assert!(
+        !names(&n.take(CALLER))
+            .iter()
+            .any(|s| s.starts_with("503") || s.starts_with("500")),
+        "the caller hears nothing of the failed trunk"
+    );
+    n.recv(CARRIER, &respond(&carrier[0].0, 200, "c200", CARRIER));
+    n.settle().await;
+    assert!(names(&n.take(CALLER)).contains(&"200 (1 INVITE)".to_string()));
+    assert!(n
+        .metrics()
+        .contains("trunkline_route_failovers_total{trunk=\"uk\"} 1"));
+
+    // A busy callee is the callee's answer: no other trunk is tried.
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+442071234567", "f2@x", "tg", 1, "f2"),
+    );
+    n.settle().await;
+    let uk = n.take(UK);
+    let invite_to_uk: Vec<_> = uk
+        .iter()
+        .filter(|(m, _)| matches!(m, Message::Request(r) if r.method == Method::Invite))
+        .collect();
+    assert_eq!(invite_to_uk.len(), 1);
+    n.recv(UK, &respond(&invite_to_uk[0].0, 486, "u486", UK));
+    n.settle().await;
+    assert!(n
+        .take(CARRIER)
+        .iter()
+        .all(|(m, _)| !matches!(m, Message::Request(r) if r.method == Method::Invite)));
+    assert!(names(&n.take(CALLER)).contains(&"486 (1 INVITE)".to_string()));
 }

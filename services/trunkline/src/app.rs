@@ -120,6 +120,7 @@ impl App {
                 .then(|| Duration::from_secs(config.sip.max_call_duration_secs)),
             // In a cluster a call's snapshot carries both parties' SDP for its adopter.
             keep_sdp: !config.cluster.etcd_endpoints.is_empty(),
+            failover_statuses: config.sip.failover_codes(),
         };
         let media = if config.media.enabled {
             let m = &config.media;

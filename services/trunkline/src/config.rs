@@ -308,6 +308,11 @@ pub struct SipConfig {
     pub source_limit: SourceLimitSection,
     /// Digest authentication (trunks with `[trunks.auth]`).
     pub auth: AuthSection,
+    /// A trunk's final answers (408 also for a timeout, 503 for a transport error)
+    /// after which an unanswered call goes on to the next trunk of its route: codes
+    /// ("408") or classes ("5xx"). Never a 2xx; 486, 603, 404 end the call unless
+    /// listed here.
+    pub failover_statuses: Vec<String>,
 }
 
 /// `[sip.source_limit]`: a source address that sends more than `max_requests` messages
@@ -380,6 +385,7 @@ impl Default for SipConfig {
             max_call_duration_secs: 0,
             source_limit: SourceLimitSection::default(),
             auth: AuthSection::default(),
+            failover_statuses: vec!["408".into(), "5xx".into()],
         }
     }
 }
@@ -387,6 +393,24 @@ impl Default for SipConfig {
 // Accessors for the wiring in app.rs (transport and call configuration).
 #[allow(dead_code)]
 impl SipConfig {
+    /// `failover_statuses` as the status codes they cover.
+    pub fn failover_codes(&self) -> Vec<u16> {
+        use trunkline_call::health::StatusMatch;
+        let mut codes: Vec<u16> = self
+            .failover_statuses
+            .iter()
+            .filter_map(|s| TrunkHealthConfig::status_match(s))
+            .flat_map(|m| match m {
+                StatusMatch::Code(c) => c..=c,
+                StatusMatch::Class(c) => c * 100..=c * 100 + 99,
+            })
+            .filter(|c| !(200..300).contains(c))
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        codes
+    }
+
     /// The transport layer's settings. `tcp_connect_timeout` and `udp_recv_buffer` have no
     /// key yet and keep the transport crate's defaults (add keys here when operators need them).
     /// Each listener advertises its own `advertise`, else `sip.advertise`, else its IP.
@@ -1122,6 +1146,23 @@ impl Config {
 
     fn validate_sip(&self, problems: &mut Problems) {
         let sip = &self.sip;
+        for (j, s) in sip.failover_statuses.iter().enumerate() {
+            match TrunkHealthConfig::status_match(s) {
+                None => problems.push(
+                    format!("sip.failover_statuses[{j}]"),
+                    format!("{s:?} is neither a status code nor a class like \"5xx\""),
+                ),
+                Some(trunkline_call::health::StatusMatch::Class(c)) if c < 3 => problems.push(
+                    format!("sip.failover_statuses[{j}]"),
+                    "a call fails over on a final error, never on 1xx or 2xx",
+                ),
+                Some(trunkline_call::health::StatusMatch::Code(c)) if c < 300 => problems.push(
+                    format!("sip.failover_statuses[{j}]"),
+                    "a call fails over on a final error, never on 1xx or 2xx",
+                ),
+                Some(_) => {}
+            }
+        }
         let sl = &sip.source_limit;
         if sl.max_requests > 0 {
             if sl.window_secs == 0 {

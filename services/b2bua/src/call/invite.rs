@@ -147,6 +147,9 @@ impl Call {
             return;
         }
         // Non-2xx final: the transaction has ACKed it already.
+        if self.try_failover(status) {
+            return;
+        }
         if matches!(self.state, CallState::Calling | CallState::Early) {
             let mapped = map_final_status(status, self.cfg.trunk_503_status);
             let Some(sid) = self.initial_invite_server() else {
@@ -168,6 +171,38 @@ impl Call {
             }
             self.finish(mapped, EndCause::Rejected);
         }
+    }
+
+    /// The callee's trunk failed the INVITE with `status` (its final answer, 408 for a
+    /// timeout, 503 for a transport error) before answering: when the route left
+    /// another trunk and `failover_statuses` lists the status, the call asks for the
+    /// next route instead of answering the caller, who sees one call throughout.
+    pub(super) fn try_failover(&mut self, status: u16) -> bool {
+        if !self.failover
+            || self.ended
+            || !matches!(self.state, CallState::Calling | CallState::Early)
+            || !self.cfg.failover_statuses.contains(&status)
+        {
+            return false;
+        }
+        let Some(request_uri) = self
+            .servers
+            .iter()
+            .find(|e| e.role == ServerRole::Invite)
+            .map(|e| e.request.uri.clone())
+        else {
+            return false;
+        };
+        self.failover = false;
+        self.state = CallState::Routing;
+        self.b = None;
+        self.no_answer_at = None;
+        self.events.push_back(Event::RouteFailed { status });
+        self.events.push_back(Event::RouteRequired {
+            request_uri,
+            caller: None,
+        });
+        true
     }
 
     /// The caller's INVITE server transaction while it still awaits a final answer.

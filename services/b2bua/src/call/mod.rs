@@ -64,6 +64,11 @@ pub enum RouteDecision {
         /// public one (a PBX behind NAT), send in-dialog requests to where they come
         /// from (as Kamailio's nathelper `fix_nated_contact`).
         fix_nated_contact: bool,
+        /// The route has another trunk: a failure of this one that
+        /// `CallConfig::failover_statuses` lists asks for the next route
+        /// (`Event::RouteFailed`, then `Event::RouteRequired` again) instead of
+        /// answering the caller.
+        failover: bool,
     },
     /// Answer the caller with this final status.
     Reject { status: u16, cause: EndCause },
@@ -203,6 +208,8 @@ pub struct Call {
     anchor: bool,
     /// See `RouteDecision::Trunk::fix_nated_contact`.
     fix_nated_contact: bool,
+    /// See `RouteDecision::Trunk::failover`.
+    failover: bool,
     /// Who made the offer of the initial INVITE exchange (None: late offer, the
     /// callee's 2xx carries it).
     initial_offerer: Option<Leg>,
@@ -316,6 +323,7 @@ impl Call {
             pending_ack: None,
             anchor: false,
             fix_nated_contact: false,
+            failover: false,
             initial_offerer: None,
             outbox: VecDeque::new(),
             reason: None,
@@ -529,9 +537,11 @@ impl Call {
                 request_uri,
                 anchor_media,
                 fix_nated_contact,
+                failover,
             } => {
                 self.anchor = anchor_media;
                 self.fix_nated_contact = fix_nated_contact;
+                self.failover = failover;
                 self.send_b_invite(now, peer, local, request_uri)
             }
         }

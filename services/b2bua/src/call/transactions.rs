@@ -229,6 +229,9 @@ impl Call {
         };
         match role {
             ClientRole::Invite => {
+                if self.try_failover(status) {
+                    return;
+                }
                 if matches!(self.state, CallState::Calling | CallState::Early) {
                     self.final_to_a(now, status, cause);
                 }

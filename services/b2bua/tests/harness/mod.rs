@@ -967,6 +967,7 @@ impl World {
             request_uri: Uri::parse(&format!("sip:+15550100@{B_ADDR}")).expect("uri"),
             anchor_media: self.anchor,
             fix_nated_contact: self.fix_nated_contact,
+            failover: false,
         };
         self.call.handle_route(self.now, decision);
         self.pump();
