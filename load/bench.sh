@@ -13,6 +13,10 @@
 #   trunkline-listcalls trunkline (media off) holding 10 000 established calls while a gRPC
 #                       client polls ListCalls (a 500-call page) once a second (optional)
 #   trunkline-hold      trunkline (media off) standalone, every call held CLUSTER_HOLD_MS
+#   trunkline-auth      trunkline (media off); the caller is no access network but a trunk's
+#                       digest user: every call is challenged (407) and proves it (MD5: Debian's
+#                       SIPp 3.6 answers nothing else)
+#   kamailio-auth       kamailio-dialog challenging every INVITE the same way (auth module)
 #                       (1 s) before its BYE: the like-for-like baseline of trunkline-cluster
 #                       (optional)
 #   trunkline-cluster   the same node in cluster mode with replication on: its own etcd and
@@ -40,11 +44,13 @@ Options:
   --quick            smoke run: 3 s steps, one bisection, 1000 held calls (~2-3 min per system)
   --systems LIST     comma-separated subset of
                      sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,
-                     trunkline-watch10,trunkline-listcalls,trunkline-hold,trunkline-cluster
+                     trunkline-watch10,trunkline-listcalls,trunkline-hold,trunkline-cluster,
+                     trunkline-auth,kamailio-auth
                      (default: all but kamailio, whose topos row needs redis, the two
                      admin API rows: --systems trunkline,trunkline-watch10,trunkline-listcalls
                      compares them with the idle API, and the two cluster rows:
-                     --systems trunkline,trunkline-hold,trunkline-cluster)
+                     --systems trunkline,trunkline-hold,trunkline-cluster; the auth rows:
+                     --systems trunkline,trunkline-auth,kamailio-auth)
   --profile          no rate search: run each system (default: trunkline-media) at PROFILE_RATE
                      for PROFILE_SECS under `perf record -g` and write `perf report --no-children`
                      to load/out/<ts>/<system>/profile/
@@ -90,7 +96,7 @@ EOF
 
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
-ALL_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,trunkline-watch10,trunkline-listcalls,trunkline-hold,trunkline-cluster"
+ALL_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,trunkline-watch10,trunkline-listcalls,trunkline-hold,trunkline-cluster,trunkline-auth,kamailio-auth"
 DEFAULT_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media"
 parse_args "$ALL_SYSTEMS" "profile" "$@"
 if [ "$PROFILE" = 1 ] && [ "$SYSTEMS_GIVEN" = 0 ]; then SYS_LIST=(trunkline-media); fi
@@ -150,15 +156,20 @@ uas_start() { # DIR
 uas_stop() { stop_pid "$UAS_PID"; UAS_PID=""; }
 
 UAC_PID=""
+# The caller's scenario and extra arguments: the *-auth rows set digest credentials.
+UAC_XML=uac.xml
+UAC_AUTH=()
+AUTH_USER=bench
+AUTH_PASSWORD=bench-digest-pw
 # start the uac in the background: DIR TARGET RATE CALLS HOLD_MS TIMEOUT_S [extra sipp args]
 uac_start() {
 	local dir=$1 target=$2 rate=$3 calls=$4 hold=$5 tmo=$6
 	shift 6
 	mkdir -p "$dir"
-	(cd "$dir" && exec sipp "$target" -sf "$SCEN/uac.xml" "${SIPP_COMMON[@]}" -p "$UAC_PORT" \
+	(cd "$dir" && exec sipp "$target" -sf "$SCEN/$UAC_XML" "${SIPP_COMMON[@]}" -p "$UAC_PORT" \
 		-r "$rate" -m "$calls" -d "$hold" -timeout "${tmo}s" -recv_timeout 5000 \
 		-trace_rtt -rtt_freq 1 -trace_stat -fd 1 -trace_err -max_log_size 10000000 \
-		-trace_screen "$@") >"$dir/uac.stdout" 2>"$dir/uac.stderr" &
+		-trace_screen "${UAC_AUTH[@]}" "$@") >"$dir/uac.stdout" 2>"$dir/uac.stderr" &
 	UAC_PID=$!
 	STARTED+=("$UAC_PID")
 }
@@ -277,6 +288,7 @@ kam_start() { # DIR MODE (dialog | rtpengine | topos)
 		rtpe_start "$d"
 		defs+=(-A WITH_RTPENGINE -A "RTPENGINE_SOCK=\"udp:$HOST:$RTPE_NG_PORT\"")
 		;;
+	auth) defs+=(-A WITH_AUTH -A "AUTH_PASSWORD=\"$AUTH_PASSWORD\"") ;;
 	esac
 	KAM_CTL="unix:$RUN/kam/ctl"
 	kamailio -f "$HERE/kamailio.cfg" -DD -E -m 1024 -M 16 -x tlsf -X tlsf \
@@ -335,6 +347,25 @@ tl_start() { # DIR MEDIA(0|1) [CLUSTER(0|1)]
 	SUT_TARGET="$HOST:$TL_PORT"
 }
 tl_stop() { stop_pid "$TL_PID"; TL_PID=""; }
+# trunkline-auth: no access network covers the caller; it is the trunk "caller" by its
+# digest credentials, so every call is challenged and proves them.
+tl_auth_start() { # DIR
+	local d=$1
+	mkdir -p "$d"
+	TRUNKLINE_SIP__ACCESS_SOURCES='["192.0.2.1/32"]' TRUNKLINE_SIP__AUTH__ALGORITHMS='["MD5"]' \
+		tl_node "$d" trunkline bench "$TL_PORT" "$TL_METRICS_PORT" "$TL_ADMIN_PORT" 0 \
+		"# trunkline-auth: the caller is this trunk by its digest credentials
+[[trunks]]
+name = \"caller\"
+address = \"192.0.2.99:5060\"
+
+[trunks.auth]
+username = \"$AUTH_USER\"
+password = \"$AUTH_PASSWORD\""
+	TL_PID=$NODE_PID
+	SUT_PIDS="$TL_PID"
+	SUT_TARGET="$HOST:$TL_PORT"
+}
 
 # Writes NAME.toml (in $RUN, a copy in DIR), starts the node with its log in DIR/NAME.log and
 # waits for its /health: DIR NAME ID SIP_PORT METRICS_PORT ADMIN_PORT MEDIA(0|1) [EXTRA].
@@ -556,10 +587,14 @@ api_stop() {
 }
 
 sut_start() { # SYSTEM DIR
+	UAC_XML=uac.xml UAC_AUTH=()
+	case "$1" in *-auth) UAC_XML=uac_auth.xml UAC_AUTH=(-au "$AUTH_USER" -ap "$AUTH_PASSWORD") ;; esac
 	case "$1" in
 	sipp) SUT_PIDS="" SUT_TARGET="$HOST:$UAS_PORT" HELPER_PID="" HELPER_NAME="" ;;
 	kamailio) kam_start "$2" topos ;;
 	kamailio-dialog) kam_start "$2" dialog ;;
+	kamailio-auth) kam_start "$2" auth ;;
+	trunkline-auth) tl_auth_start "$2" ;;
 	kamailio-rtpengine) kam_start "$2" rtpengine ;;
 	trunkline) tl_start "$2" 0 ;;
 	trunkline-media) tl_start "$2" 1 ;;
@@ -583,7 +618,7 @@ sut_collect() { # SYSTEM DIR
 		sleep 1.2 # the relay's gauges are refreshed once a second
 		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
 		;;
-	trunkline | trunkline-watch10 | trunkline-listcalls | trunkline-hold)
+	trunkline | trunkline-watch10 | trunkline-listcalls | trunkline-hold | trunkline-auth)
 		sut_api_collect "$1" "$2"
 		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
 		;;

@@ -2,11 +2,14 @@
 //! RFC 7616 with RFC 8760's SHA-256 for SIP): the node challenges with 407, and a trunk
 //! whose credentials the answer proves is the caller.
 //!
-//! Nonces are stateless: a nonce is its issue time, a random part and a keyed hash
-//! (HMAC-SHA-256 under the node's secret) of both, so the node checks any nonce it made
-//! without remembering it, and one older than `nonce_ttl` is answered `stale=true`. What
-//! it remembers is the highest nonce-count seen per nonce, in a bounded table, so a
-//! replayed answer is refused.
+//! Nonces are checked without storing them: a nonce is its issue time, a serial number
+//! and a keyed hash (HMAC-SHA-256 under the node's secret) of both, so the node knows any
+//! nonce it made, and one older than `nonce_ttl` is answered `stale=true`. Replays are
+//! refused as Kamailio's auth module does with its nonce ids: the serial picks one slot
+//! of a fixed table (`max_nonces` slots) that holds the serial that owns it and the
+//! highest nonce-count seen; a nonce whose slot a newer nonce took is stale, and a count
+//! not above the one seen is a replay. Every check is O(1) and the memory is fixed,
+//! however many calls are challenged.
 //!
 //! The hashes are RustCrypto's `md-5` and `sha2`, the keyed hash `hmac`; only the
 //! Digest parameter syntax is parsed here.
@@ -14,7 +17,6 @@
 use hmac::{Hmac, Mac};
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -128,7 +130,9 @@ struct Answer {
 #[derive(Debug)]
 pub struct DigestAuth {
     cfg: DigestConfig,
-    counts: Mutex<HashMap<String, (u32, u64)>>,
+    /// Slot `serial % len`: (the serial that owns it, the highest nonce-count seen).
+    slots: Mutex<Vec<(u64, u32)>>,
+    next_serial: std::sync::atomic::AtomicU64,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -136,8 +140,9 @@ type HmacSha256 = Hmac<Sha256>;
 impl DigestAuth {
     pub fn new(cfg: DigestConfig) -> DigestAuth {
         DigestAuth {
+            slots: Mutex::new(vec![(u64::MAX, 0); cfg.max_nonces.max(1)]),
+            next_serial: std::sync::atomic::AtomicU64::new(rand::random::<u32>().into()),
             cfg,
-            counts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -145,12 +150,12 @@ impl DigestAuth {
         &self.cfg.realm
     }
 
-    fn tag(&self, issued: u64, salt: u64) -> String {
+    fn tag(&self, issued: u64, serial: u64) -> String {
         let Ok(mut mac) = HmacSha256::new_from_slice(&self.cfg.secret) else {
             return String::new();
         };
         mac.update(&issued.to_be_bytes());
-        mac.update(&salt.to_be_bytes());
+        mac.update(&serial.to_be_bytes());
         mac.finalize().into_bytes()[..16]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -159,24 +164,33 @@ impl DigestAuth {
 
     /// A fresh nonce issued at `now` (seconds since the epoch).
     pub fn nonce(&self, now: u64) -> String {
-        let salt: u64 = rand::random();
-        format!("{now:016x}{salt:016x}{}", self.tag(now, salt))
+        let serial = self
+            .next_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            let len = slots.len() as u64;
+            if let Some(slot) = slots.get_mut((serial % len) as usize) {
+                *slot = (serial, 0);
+            }
+        }
+        format!("{now:016x}{serial:016x}{}", self.tag(now, serial))
     }
 
-    /// The issue time of a nonce this node (or one sharing its secret) made.
-    fn issued(&self, nonce: &str) -> Option<u64> {
+    /// The issue time and serial of a nonce this node (or one sharing its secret) made.
+    fn issued(&self, nonce: &str) -> Option<(u64, u64)> {
         if nonce.len() != 64 || !nonce.is_ascii() {
             return None;
         }
         let issued = u64::from_str_radix(&nonce[..16], 16).ok()?;
-        let salt = u64::from_str_radix(&nonce[16..32], 16).ok()?;
-        let expected = self.tag(issued, salt);
+        let serial = u64::from_str_radix(&nonce[16..32], 16).ok()?;
+        let expected = self.tag(issued, serial);
         // Compared whole, in time independent of where they differ.
         let same = expected
             .bytes()
             .zip(nonce[32..].bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        (same == 0 && expected.len() == 32).then_some(issued)
+        (same == 0 && expected.len() == 32).then_some((issued, serial))
     }
 
     /// The Proxy-Authenticate values of a challenge: one per algorithm, preferred
@@ -224,7 +238,7 @@ impl DigestAuth {
         if !self.cfg.algorithms.contains(&alg) {
             return Verdict::Invalid("algorithm not offered");
         }
-        let Some(issued) = self.issued(&a.nonce) else {
+        let Some((issued, serial)) = self.issued(&a.nonce) else {
             return Verdict::Invalid("nonce not ours");
         };
         if issued > now + 5 {
@@ -258,40 +272,31 @@ impl DigestAuth {
         if !matches {
             return Verdict::Invalid("wrong response");
         }
-        if !self.count_is_new(&a.nonce, count, issued, now) {
-            return Verdict::Invalid("nonce-count replayed");
+        match self.count_is_new(serial, count) {
+            Some(true) => {}
+            Some(false) => return Verdict::Invalid("nonce-count replayed"),
+            // A newer nonce took its slot: as good as expired.
+            None => return Verdict::Stale,
         }
         Verdict::Valid {
             username: a.username,
         }
     }
 
-    /// Records `count` for `nonce` if it is higher than any seen (RFC 7616 §3.4: a
-    /// replay repeats one). Expired nonces make room; when none has, the oldest goes.
-    fn count_is_new(&self, nonce: &str, count: u32, issued: u64, now: u64) -> bool {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((seen, _)) = counts.get_mut(nonce) {
-            if count <= *seen {
-                return false;
-            }
-            *seen = count;
-            return true;
+    /// Records `count` for the nonce `serial` if it is higher than any seen (RFC 7616
+    /// §3.4: a replay repeats one); `None` when a newer nonce owns its slot.
+    fn count_is_new(&self, serial: u64, count: u32) -> Option<bool> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let len = slots.len() as u64;
+        let slot = slots.get_mut((serial % len) as usize)?;
+        if slot.0 != serial {
+            return None;
         }
-        if counts.len() >= self.cfg.max_nonces {
-            let ttl = self.cfg.nonce_ttl.as_secs();
-            counts.retain(|_, (_, at)| now.saturating_sub(*at) <= ttl);
-            if counts.len() >= self.cfg.max_nonces {
-                if let Some(oldest) = counts
-                    .iter()
-                    .min_by_key(|(_, (_, at))| *at)
-                    .map(|(k, _)| k.clone())
-                {
-                    counts.remove(&oldest);
-                }
-            }
+        if count <= slot.1 {
+            return Some(false);
         }
-        counts.insert(nonce.to_string(), (count, issued));
-        true
+        slot.1 = count;
+        Some(true)
     }
 }
 
@@ -574,29 +579,31 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_table_stays_bounded() {
+    fn a_nonce_whose_slot_a_newer_one_took_is_stale() {
+        // Four slots: the fifth nonce issued takes the first one's.
         let a = auth(vec![Algorithm::Md5]);
         let creds = Credentials::new("pbx1", "s3cret", "trunkline");
         let now = epoch_secs();
-        for _ in 0..20 {
-            let nonce = a.nonce(now);
-            let h = answer(
-                Algorithm::Md5,
-                "pbx1",
-                "s3cret",
-                &nonce,
-                "00000001",
-                "INVITE",
-            );
-            let v = a.verify(
-                "INVITE",
-                std::iter::once(h.as_bytes()),
-                |_| Some(&creds),
-                now,
-            );
-            assert!(matches!(v, Verdict::Valid { .. }));
+        let first = a.nonce(now);
+        for _ in 0..4 {
+            a.nonce(now);
         }
-        assert!(a.counts.lock().unwrap().len() <= 4);
+        let h = answer(
+            Algorithm::Md5,
+            "pbx1",
+            "s3cret",
+            &first,
+            "00000001",
+            "INVITE",
+        );
+        let v = a.verify(
+            "INVITE",
+            std::iter::once(h.as_bytes()),
+            |_| Some(&creds),
+            now,
+        );
+        assert_eq!(v, Verdict::Stale);
+        assert_eq!(a.slots.lock().unwrap().len(), 4);
     }
 
     #[test]
