@@ -210,7 +210,8 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
     };
     Ok(TrunkConfig {
         auth,
-        // Pings are set in the node's file; the API does not carry them yet.
+        // Pings are set in the node's file; the API does not carry them yet (an upsert
+        // keeps a trunk's, see `keep_unsaid`).
         health: None,
         name: t.name,
         address: t.address,
@@ -231,6 +232,15 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
             })
             .unwrap_or_default(),
     })
+}
+
+/// What the API cannot say yet stays as the trunk had it: its OPTIONS pings
+/// (`[trunks.health]`, set in the file). Without this an upsert would switch a trunk's
+/// pings off unseen.
+fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
+    if new.health.is_none() {
+        new.health.clone_from(&old.health);
+    }
 }
 
 fn table_view(config: &Config) -> RoutingTable {
@@ -303,8 +313,10 @@ impl TrunkService for Trunks {
         )?;
         let _one_at_a_time = self.state.writer.lock().await;
         let mut candidate = (*self.state.current()).clone();
+        let mut trunk = trunk;
         let replaced = match candidate.trunks.iter_mut().find(|t| t.name == trunk.name) {
             Some(slot) => {
+                keep_unsaid(&mut trunk, slot);
                 *slot = trunk.clone();
                 true
             }
@@ -448,6 +460,23 @@ mod tests {
             (auth.username.as_str(), auth.password.as_str()),
             ("pbx", "")
         );
+    }
+
+    #[test]
+    fn an_upsert_keeps_the_pings_the_api_cannot_carry() {
+        let t = Trunk {
+            name: "uk".into(),
+            address: "192.0.2.10:5060".into(),
+            ..Trunk::default()
+        };
+        let old = TrunkConfig {
+            health: Some(crate::config::TrunkHealthConfig::default()),
+            ..trunk_config(t.clone()).unwrap()
+        };
+        let mut new = trunk_config(t).unwrap();
+        assert!(new.health.is_none());
+        keep_unsaid(&mut new, &old);
+        assert_eq!(new.health, old.health);
     }
 
     #[test]
