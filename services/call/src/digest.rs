@@ -185,12 +185,8 @@ impl DigestAuth {
         let issued = u64::from_str_radix(&nonce[..16], 16).ok()?;
         let serial = u64::from_str_radix(&nonce[16..32], 16).ok()?;
         let expected = self.tag(issued, serial);
-        // Compared whole, in time independent of where they differ.
-        let same = expected
-            .bytes()
-            .zip(nonce[32..].bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        (same == 0 && expected.len() == 32).then_some((issued, serial))
+        (expected.len() == 32 && same(expected.as_bytes(), &nonce.as_bytes()[32..]))
+            .then_some((issued, serial))
     }
 
     /// The Proxy-Authenticate values of a challenge: one per algorithm, preferred
@@ -263,13 +259,10 @@ impl DigestAuth {
         };
         let ha2 = alg.hash(&[method, &a.uri]);
         let expected = alg.hash(&[creds.ha1(alg), &a.nonce, nc, cnonce, qop, &ha2]);
-        let matches = expected.len() == a.response.len()
-            && expected
-                .bytes()
-                .zip(a.response.to_ascii_lowercase().bytes())
-                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-                == 0;
-        if !matches {
+        if !same(
+            expected.as_bytes(),
+            a.response.to_ascii_lowercase().as_bytes(),
+        ) {
             return Verdict::Invalid("wrong response");
         }
         match self.count_is_new(serial, count) {
@@ -298,6 +291,12 @@ impl DigestAuth {
         slot.1 = count;
         Some(true)
     }
+}
+
+/// Whether `a` and `b` are equal, compared whole in time independent of where they
+/// differ (a secret's hash is never leaked a byte at a time).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Seconds since the epoch (nonces carry wall-clock time so that nodes sharing the

@@ -96,12 +96,6 @@ pub struct Ping {
     pub seq: u64,
 }
 
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl TrunkHealth {
     /// Whether routing may use `trunk` (a trunk never pinged is up).
     pub fn is_up(&self, trunk: &str) -> bool {
@@ -202,7 +196,7 @@ impl TrunkHealth {
         s.answers = s.answers.saturating_add(1);
         if !s.up && s.answers >= cfg.up_after {
             s.up = true;
-            s.changed_ms = epoch_ms();
+            s.changed_ms = crate::directory::now_ms();
             return Some(Change {
                 trunk: p.trunk,
                 up: true,
@@ -218,7 +212,7 @@ fn miss(trunk: &Arc<str>, s: &mut State, cfg: &HealthConfig) -> Option<Change> {
     s.misses = s.misses.saturating_add(1);
     if s.up && s.misses >= cfg.down_after {
         s.up = false;
-        s.changed_ms = epoch_ms();
+        s.changed_ms = crate::directory::now_ms();
         return Some(Change {
             trunk: trunk.clone(),
             up: false,

@@ -112,17 +112,9 @@ impl SourceLimit {
                 _ => Verdict::Pass,
             };
         }
-        if !table.contains_key(&ip) && table.len() >= self.cfg.max_sources {
-            let window = self.cfg.window;
-            table.retain(|_, e| {
-                e.blocked_until.is_some_and(|u| u > now)
-                    || now.saturating_duration_since(e.window_start) < window
-            });
-            if table.len() >= self.cfg.max_sources {
-                return Verdict::Pass;
-            }
-        }
-        let entry = table.entry(ip).or_insert_with(|| Entry::new(now));
+        let Some(entry) = self.entry(&mut table, ip, now) else {
+            return Verdict::Pass;
+        };
         if entry.vouched_until.is_some_and(|u| u > now) {
             return Verdict::Pass;
         }
@@ -153,10 +145,9 @@ impl SourceLimit {
             return false;
         }
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        if !table.contains_key(&ip) && table.len() >= self.cfg.max_sources {
+        let Some(entry) = self.entry(&mut table, ip, now) else {
             return false;
-        }
-        let entry = table.entry(ip).or_insert_with(|| Entry::new(now));
+        };
         entry.vouched_until = None;
         entry.failures += 1;
         if entry.failures >= self.cfg.max_auth_failures {
@@ -171,12 +162,33 @@ impl SourceLimit {
     /// (the trunk's own limits bound it), and its failures are forgotten.
     pub fn vouch(&self, ip: IpAddr, now: Instant, trust: Duration) {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        if !table.contains_key(&ip) && table.len() >= self.cfg.max_sources {
+        let Some(entry) = self.entry(&mut table, ip, now) else {
             return;
-        }
-        let entry = table.entry(ip).or_insert_with(|| Entry::new(now));
+        };
         entry.failures = 0;
         entry.vouched_until = Some(now + trust);
+    }
+
+    /// `ip`'s entry, made if new. When the table is full, the addresses idle for a whole
+    /// window make room; `None` if none is (the new address goes uncounted).
+    fn entry<'t>(
+        &self,
+        table: &'t mut HashMap<IpAddr, Entry>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Option<&'t mut Entry> {
+        if !table.contains_key(&ip) && table.len() >= self.cfg.max_sources {
+            let window = self.cfg.window;
+            table.retain(|_, e| {
+                e.blocked_until.is_some_and(|u| u > now)
+                    || e.vouched_until.is_some_and(|u| u > now)
+                    || now.saturating_duration_since(e.window_start) < window
+            });
+            if table.len() >= self.cfg.max_sources {
+                return None;
+            }
+        }
+        Some(table.entry(ip).or_insert_with(|| Entry::new(now)))
     }
 
     /// Sources blocked at `now`.

@@ -220,16 +220,7 @@ impl Router {
         origin: Origin,
         is_up: impl Fn(&Trunk) -> bool,
     ) -> Result<&Trunk, bool> {
-        let dialled = request_uri.user().unwrap_or_default();
-        let from = origin.trunk();
-        let candidates = self
-            .routes
-            .iter()
-            .filter(|(prefix, _)| dialled.starts_with(prefix.as_str()))
-            .map(|(_, i)| *i)
-            .chain(self.default)
-            .filter(|i| Some(*i) != from)
-            .filter_map(|i| self.trunks.get(i));
+        let candidates = self.candidates(request_uri.user().unwrap_or_default(), origin.trunk());
         let mut any = false;
         for t in candidates {
             any = true;
@@ -241,14 +232,23 @@ impl Router {
     }
 
     fn route_number(&self, dialled: &str, from: Option<usize>) -> Option<&Trunk> {
-        let routed = self
-            .routes
+        self.candidates(dialled, from).next()
+    }
+
+    /// The trunks a call to `dialled` may take, in order: the routes whose prefix it
+    /// starts with (longest first), then the default; never trunk `from`.
+    fn candidates<'a, 'd>(
+        &'a self,
+        dialled: &'d str,
+        from: Option<usize>,
+    ) -> impl Iterator<Item = &'a Trunk> + use<'a, 'd> {
+        self.routes
             .iter()
-            .filter(|(prefix, i)| dialled.starts_with(prefix.as_str()) && Some(*i) != from)
+            .filter(move |(prefix, _)| dialled.starts_with(prefix.as_str()))
             .map(|(_, i)| *i)
-            .next();
-        let pick = routed.or(self.default.filter(|i| Some(*i) != from))?;
-        self.trunks.get(pick)
+            .chain(self.default)
+            .filter(move |i| Some(*i) != from)
+            .filter_map(|i| self.trunks.get(i))
     }
 
     pub fn trunks(&self) -> &[Trunk] {
