@@ -80,3 +80,20 @@ impl Local {
         NameAddr::new(Uri::Sip(uri))
     }
 }
+
+/// The username and password the node answers a peer's digest challenge with (a
+/// carrier that authenticates its customers' calls and BYEs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for PeerCredentials {
+    // The password stays out of every log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}

@@ -461,6 +461,7 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
             anchor_media: trunk.anchor_media && shared.media.is_some(),
             fix_nated_contact: trunk.fix_nated_contact,
             failover,
+            credentials: trunk.outbound_credentials.clone(),
         };
     }
 }
@@ -749,6 +750,11 @@ fn open_answering(shared: &Arc<Shared>, args: CallArgs) -> Opening {
         Origin::Trunk(i) => args.routing.router.trunks().get(i),
         _ => None,
     };
+    let mut call = call;
+    call.set_credentials(
+        Leg::A,
+        origin_trunk.and_then(|t| t.outbound_credentials.clone()),
+    );
     Opening {
         call,
         span,
@@ -787,7 +793,7 @@ fn open_answering(shared: &Arc<Shared>, args: CallArgs) -> Opening {
 
 /// A call the node places: both parties' trunks are known from the start.
 fn open_placing(shared: &Arc<Shared>, args: OriginateArgs) -> Opening {
-    let call = Call::originate(
+    let mut call = Call::originate(
         now(),
         shared.cfg.call.clone(),
         args.seed,
@@ -795,6 +801,8 @@ fn open_placing(shared: &Arc<Shared>, args: OriginateArgs) -> Opening {
         args.b,
         args.anchor_media,
     );
+    call.set_credentials(Leg::A, args.a_trunk.outbound_credentials.clone());
+    call.set_credentials(Leg::B, args.b_trunk.outbound_credentials.clone());
     let a_call_id = call.a_call_id().to_string();
     let span = tracing::debug_span!(
         "call",

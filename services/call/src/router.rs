@@ -47,6 +47,8 @@ pub struct Trunk {
     pub limits: crate::limits::TrunkLimits,
     /// Digest credentials that identify the trunk's calls wherever they come from.
     pub credentials: Option<crate::digest::Credentials>,
+    /// What the node answers the trunk's own digest challenges with.
+    pub outbound_credentials: Option<trunkline_b2bua::PeerCredentials>,
     /// OPTIONS pings that tell whether routing may use the trunk (`None`: never pinged,
     /// always up).
     pub health: Option<crate::health::HealthConfig>,
@@ -68,6 +70,7 @@ impl Trunk {
             local: None,
             limits: Default::default(),
             credentials: None,
+            outbound_credentials: None,
             health: None,
         }
     }

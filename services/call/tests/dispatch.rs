@@ -64,18 +64,8 @@ impl Outbound for Recorder {
 
 fn trunk(name: &str, at: &str) -> Trunk {
     Trunk {
-        name: name.into(),
-        addr: addr(at),
-        transport: Transport::Udp,
-        sources: vec![Source::Exact(addr(at))],
         anchor_media: false,
-        media_interface: None,
-        fix_nated_contact: false,
-        media_address: trunkline_media::AddressPolicy::Sdp,
-        local: None,
-        limits: TrunkLimits::default(),
-        credentials: None,
-        health: None,
+        ..Trunk::plain(name, addr(at))
     }
 }
 

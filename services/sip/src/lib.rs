@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod dialog;
+pub mod digest;
 pub mod error;
 pub mod header;
 pub mod message;

@@ -79,6 +79,15 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
                 )),
                 None => None,
             },
+            outbound_credentials: match &t.outbound_auth {
+                Some(a) => Some(trunkline_b2bua::PeerCredentials {
+                    username: a.username.clone(),
+                    password: a
+                        .password()
+                        .map_err(|e| anyhow!("trunks.{}.outbound_auth: {e}", t.name))?,
+                }),
+                None => None,
+            },
             local: t.local_address,
         });
     }

@@ -854,6 +854,10 @@ pub struct TrunkConfig {
     /// this trunk's call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<TrunkAuthConfig>,
+    /// Digest credentials the node answers the trunk's 401/407 with (a carrier that
+    /// authenticates its customer's INVITEs, BYEs and REGISTERs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_auth: Option<TrunkAuthConfig>,
     /// OPTIONS pings that mark the trunk down (skipped by routing) and up again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<TrunkHealthConfig>,
@@ -1563,6 +1567,24 @@ impl Config {
                 }
             }
         }
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            let Some(auth) = &trunk.outbound_auth else {
+                continue;
+            };
+            if auth.username.trim().is_empty() {
+                problems.push(
+                    format!("trunks[{i}].outbound_auth.username"),
+                    "must not be empty",
+                );
+            }
+            match auth.password() {
+                Ok(p) if p.is_empty() => {
+                    problems.push(format!("trunks[{i}].outbound_auth.password"), "is empty")
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!("trunks[{i}].outbound_auth"), e),
+            }
+        }
         let mut users = HashSet::new();
         for (i, trunk) in self.trunks.iter().enumerate() {
             let Some(auth) = &trunk.auth else { continue };
@@ -2245,6 +2267,9 @@ address = "192.0.2.11:5060"
 [trunks.auth]
 username = "pbx"
 password_file = "/nonexistent/pbx.secret"
+[trunks.outbound_auth]
+username = ""
+password = "x"
 "#;
         load_in_jail(&[], Some(file), |result, _| {
             let message = format!("{:#}", result.unwrap_err());
@@ -2253,6 +2278,7 @@ password_file = "/nonexistent/pbx.secret"
                 "trunks[0].auth: needs password or password_file",
                 "trunks[1].auth.username: \"pbx\" is another trunk's user",
                 "trunks[1].auth: cannot read /nonexistent/pbx.secret",
+                "trunks[1].outbound_auth.username: must not be empty",
             ] {
                 assert!(message.contains(needle), "{needle} not in {message}");
             }

@@ -31,6 +31,7 @@ impl Call {
         peer: Peer,
         local: Local,
         request_uri: Uri,
+        credentials: Option<crate::config::PeerCredentials>,
     ) {
         let Some(a_req) = self
             .servers
@@ -84,12 +85,9 @@ impl Call {
         if !req.body.is_empty() {
             self.initial_offerer = Some(Leg::A);
         }
-        self.open_b(
-            now,
-            LegState::new(peer, local, call_id, tag),
-            req,
-            ClientRole::Invite,
-        );
+        let mut b = LegState::new(peer, local, call_id, tag);
+        b.credentials = credentials.map(std::sync::Arc::new);
+        self.open_b(now, b, req, ClientRole::Invite);
         self.state = CallState::Calling;
         self.no_answer_at = Some(now + self.cfg.no_answer);
     }

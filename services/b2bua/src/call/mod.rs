@@ -1,7 +1,7 @@
 //! The two-leg call: one caller-side dialog (A), one callee-side dialog (B), and
 //! every transaction of both, driven by `handle_*` inputs and drained with `poll_*`.
 
-use crate::config::{CallConfig, Local};
+use crate::config::{CallConfig, Local, PeerCredentials};
 use crate::event::{EndCause, Event, Leg, Transmit};
 use crate::ids::Ids;
 use crate::snapshot::{CallSnapshot, LegSnapshot};
@@ -15,6 +15,7 @@ use trunkline_sip::{Dialog, HeaderName, Message, Peer, Request, Uri};
 
 mod ack_cancel;
 mod adopt;
+mod challenge;
 mod invite;
 mod leftovers;
 mod originate;
@@ -69,6 +70,8 @@ pub enum RouteDecision {
         /// (`Event::RouteFailed`, then `Event::RouteRequired` again) instead of
         /// answering the caller.
         failover: bool,
+        /// What the node answers the trunk's 401/407 with, if it authenticates the node.
+        credentials: Option<PeerCredentials>,
     },
     /// Answer the caller with this final status.
     Reject { status: u16, cause: EndCause },
@@ -90,6 +93,9 @@ struct LegState {
     early: bool,
     /// The last ACK we sent on this leg for a 2xx: re-sent when the 2xx is retransmitted.
     last_ack: Option<SentAck>,
+    /// What the node answers this side's digest challenges with (a carrier that
+    /// authenticates the node); never in a snapshot.
+    credentials: Option<Arc<PeerCredentials>>,
 }
 
 impl LegState {
@@ -103,6 +109,7 @@ impl LegState {
             dialog: None,
             early: false,
             last_ack: None,
+            credentials: None,
         }
     }
 }
@@ -227,6 +234,8 @@ pub struct Call {
     adopting: Option<adopt::Adopting>,
     /// The last SDP each party (A, B) sent, with `CallConfig::keep_sdp`.
     sdps: Option<Box<[Bytes; 2]>>,
+    /// Digest challenges the call has answered (see `challenge`).
+    auth_answers: u8,
 }
 
 /// Why the media relay could not rewrite a body; `status` is what the sender of the
@@ -331,6 +340,7 @@ impl Call {
             originate: None,
             adopting: None,
             sdps: None,
+            auth_answers: 0,
         }
     }
 
@@ -538,11 +548,12 @@ impl Call {
                 anchor_media,
                 fix_nated_contact,
                 failover,
+                credentials,
             } => {
                 self.anchor = anchor_media;
                 self.fix_nated_contact = fix_nated_contact;
                 self.failover = failover;
-                self.send_b_invite(now, peer, local, request_uri)
+                self.send_b_invite(now, peer, local, request_uri, credentials)
             }
         }
         self.drain(now);
@@ -637,6 +648,7 @@ impl LegSnapshot {
             dialog: Some(self.dialog),
             early: false,
             last_ack: None,
+            credentials: None,
         }
     }
 }

@@ -29,6 +29,9 @@ impl Call {
             self.events.push_back(Event::RetransmissionReceived { leg });
             return;
         }
+        if self.answer_challenge(now, leg, id, &resp) {
+            return;
+        }
         match role {
             ClientRole::Invite => self.on_b_invite_response(now, id, resp, source),
             ClientRole::Relay { server } => {

@@ -16,7 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trunkline_b2bua::{
-    Call, CallConfig, EndCause, Event, Leg, Local, MediaFailure, MediaOp, RouteDecision,
+    Call, CallConfig, EndCause, Event, Leg, Local, MediaFailure, MediaOp, PeerCredentials,
+    RouteDecision,
 };
 use trunkline_sip::{
     parse_message, HeaderName, Host, Message, Method, Peer, Request, Response, Transport, Uri,
@@ -542,6 +543,8 @@ pub struct Setup {
     pub defer_media: bool,
     /// The routing decision asks for nathelper-style Contact fixing toward B.
     pub fix_nated_contact: bool,
+    /// What the node answers B's digest challenges with.
+    pub credentials: Option<PeerCredentials>,
 }
 
 impl Default for Setup {
@@ -558,6 +561,7 @@ impl Default for Setup {
             media_fails: None,
             defer_media: false,
             fix_nated_contact: false,
+            credentials: None,
         }
     }
 }
@@ -586,6 +590,7 @@ pub struct World {
     pub media_ops: Vec<MediaOp>,
     pub defer_media: bool,
     pub fix_nated_contact: bool,
+    pub credentials: Option<PeerCredentials>,
     /// Every message must go to its leg's UA address (off for tests where the far
     /// side moves: their `Sent::peer` says where messages went).
     pub strict_peers: bool,
@@ -667,6 +672,7 @@ impl World {
             media_ops: Vec::new(),
             defer_media: setup.defer_media,
             fix_nated_contact: setup.fix_nated_contact,
+            credentials: setup.credentials.clone(),
             strict_peers: true,
             pending_media: VecDeque::new(),
         };
@@ -968,6 +974,7 @@ impl World {
             anchor_media: self.anchor,
             fix_nated_contact: self.fix_nated_contact,
             failover: false,
+            credentials: self.credentials.clone(),
         };
         self.call.handle_route(self.now, decision);
         self.pump();

@@ -78,10 +78,19 @@ pub(super) fn open_adopted(shared: &Arc<Shared>, args: AdoptArgs) -> Result<Open
         b_call_id = %snap.b.call_id
     );
     tracing::info!(parent: &span, call = %r.id, "adopting a call");
-    let call = Call::adopt(now(), shared.cfg.call.clone(), snap, adoption);
+    let mut call = Call::adopt(now(), shared.cfg.call.clone(), snap, adoption);
     let invite_key = DialogKey::new(call.a_call_id().as_bytes(), call.a_tag().as_bytes());
     let origin = from_trunk.map_or(Origin::Access, Origin::Trunk);
     let origin_trunk = from_trunk.and_then(|i| trunks.get(i));
+    // Credentials are never replicated: they come from this node's own trunk table.
+    call.set_credentials(
+        trunkline_b2bua::Leg::A,
+        origin_trunk.and_then(|t| t.outbound_credentials.clone()),
+    );
+    call.set_credentials(
+        trunkline_b2bua::Leg::B,
+        callee_trunk.and_then(|t| t.outbound_credentials.clone()),
+    );
     Ok(Opening {
         call,
         span,

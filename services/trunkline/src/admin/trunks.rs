@@ -210,9 +210,10 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
     };
     Ok(TrunkConfig {
         auth,
-        // Pings are set in the node's file; the API does not carry them yet (an upsert
-        // keeps a trunk's, see `keep_unsaid`).
+        // Pings and the node's own credentials are set in the node's file; the API
+        // does not carry them yet (an upsert keeps a trunk's, see `keep_unsaid`).
         health: None,
+        outbound_auth: None,
         name: t.name,
         address: t.address,
         transport,
@@ -235,11 +236,15 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
 }
 
 /// What the API cannot say yet stays as the trunk had it: its OPTIONS pings
-/// (`[trunks.health]`, set in the file). Without this an upsert would switch a trunk's
-/// pings off unseen.
+/// (`[trunks.health]`) and the credentials the node answers its challenges with
+/// (`[trunks.outbound_auth]`), both set in the file. Without this an upsert would
+/// switch a trunk's pings or authentication off unseen.
 fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
     if new.health.is_none() {
         new.health.clone_from(&old.health);
+    }
+    if new.outbound_auth.is_none() {
+        new.outbound_auth.clone_from(&old.outbound_auth);
     }
 }
 

@@ -1,0 +1,109 @@
+//! The node authenticating itself to a carrier: SIPp as a carrier that challenges the
+//! node's INVITE and BYE with 401 and checks each answer with `verifyauth`. With the
+//! trunk's `[trunks.outbound_auth]` every call goes through and ends cleanly, and the
+//! caller never sees a challenge; with a wrong password the carrier refuses the answer
+//! and the node does not try again (the caller hears 403).
+//!
+//! SIPp 3.6 (Debian's) verifies MD5 only; the SHA-256 answer is checked in
+//! `trunkline-b2bua`'s tests.
+
+use anyhow::{ensure, Result};
+use std::time::Duration;
+use trunkline_e2e::*;
+
+fn node(out: &std::path::Path, carrier: std::net::SocketAddr, password: &str) -> Result<Node> {
+    let cfg = NodeConfig::new(carrier, Transport::Udp)?;
+    let toml = cfg.to_toml().replace(
+        "[routing]",
+        &format!(
+            "[trunks.outbound_auth]\nusername = \"trunkline-7\"\npassword = \"{password}\"\n\n\
+             [routing]"
+        ),
+    );
+    Node::start_toml(&cfg, &toml, out)
+}
+
+#[test]
+fn the_node_answers_the_carriers_challenges_for_invite_and_bye() -> Result<()> {
+    let out = out_dir("trunk_outbound_auth")?;
+    let mut carrier = Sipp::uas("uas_challenging.xml")
+        .name("carrier")
+        .trace_msg()
+        .calls(3)
+        .timeout_secs(60)
+        .spawn(&out)?;
+    let node = node(&out, carrier.addr, "carrier-secret")?;
+    let mut caller = Sipp::uac("uac_basic.xml", node.sip_addr())
+        .name("caller")
+        .trace_msg()
+        .calls(3)
+        .rate(5)
+        .duration_ms(300)
+        .timeout_secs(30)
+        .spawn(&out)?;
+    let caller_log = caller.messages_log();
+    caller.wait(Duration::from_secs(40))?.assert_all_ok(3)?;
+    let carrier_log = carrier.messages_log();
+    carrier.wait(Duration::from_secs(30))?.assert_all_ok(3)?;
+    let seen = parse_trace(&carrier_log)?;
+    let answered = |method: &str| {
+        seen.iter()
+            .filter(|m| !m.sent && m.method() == Some(method))
+            .filter(|m| m.header("Authorization").is_some())
+            .count()
+    };
+    ensure!(
+        answered("INVITE") == 3 && answered("BYE") == 3,
+        "the carrier got {} INVITEs and {} BYEs with credentials, not 3 each",
+        answered("INVITE"),
+        answered("BYE")
+    );
+    let challenged = parse_trace(&caller_log)?
+        .iter()
+        .filter(|m| matches!(m.status(), Some(401 | 407)))
+        .count();
+    ensure!(challenged == 0, "the caller saw {challenged} challenges");
+    Ok(())
+}
+
+#[test]
+fn a_wrong_password_is_refused_once_and_the_caller_hears_403() -> Result<()> {
+    let out = out_dir("trunk_outbound_auth_wrong")?;
+    let mut carrier = Sipp::uas("uas_challenging.xml")
+        .name("carrier")
+        .trace_msg()
+        .calls(1)
+        .timeout_secs(20)
+        .spawn(&out)?;
+    let node = node(&out, carrier.addr, "not-the-password")?;
+    let mut caller = Sipp::uac("uac_basic.xml", node.sip_addr())
+        .name("caller")
+        .trace_msg()
+        .calls(1)
+        .timeout_secs(20)
+        .spawn(&out)?;
+    let caller_log = caller.messages_log();
+    caller.wait(Duration::from_secs(30))?;
+    let finals = final_invite_statuses(&caller_log)?;
+    // (Repeated: this caller does not ACK a failure.)
+    ensure!(
+        !finals.is_empty() && finals.iter().all(|s| *s == 403),
+        "the caller got {finals:?}, not 403"
+    );
+    let carrier_log = carrier.messages_log();
+    let c = carrier.wait(Duration::from_secs(30))?;
+    ensure!(
+        c.failed == Some(1),
+        "the carrier's call should have failed on the wrong answer: {:?} failed",
+        c.failed
+    );
+    let invites = parse_trace(&carrier_log)?
+        .iter()
+        .filter(|m| !m.sent && m.method() == Some("INVITE"))
+        .count();
+    ensure!(
+        invites == 2,
+        "the node sent {invites} INVITEs: one, and one answer, and no more"
+    );
+    Ok(())
+}
