@@ -393,6 +393,7 @@ impl Dispatcher {
                         break;
                     };
                     ping_trunks(&shared);
+                    register_to_trunks(&shared);
                 }
             });
         }
@@ -635,6 +636,28 @@ impl Dispatcher {
             );
             if let Some(c) = change {
                 health_changed(&self.shared, &c);
+            }
+            return Action::Drop;
+        }
+        // An answer to one of the node's REGISTERs.
+        if resp
+            .headers
+            .top_branch()
+            .is_some_and(|b| b.starts_with(crate::registration::BRANCH.as_bytes()))
+        {
+            let routing = self.shared.routing.load();
+            let trunks = routing.router.trunks();
+            let (send, change) =
+                self.shared
+                    .registrations
+                    .on_response(&resp, source.addr, trunks, now(), |t| {
+                        me_on(&self.shared, t)
+                    });
+            if let Some(c) = change {
+                registration_changed(&self.shared, &c);
+            }
+            if let Some(s) = send {
+                send_register(&self.shared, trunks, s);
             }
             return Action::Drop;
         }
@@ -1160,6 +1183,56 @@ fn ping_trunks(shared: &Shared) {
             shared.metrics.trunk_health(&t.name, s.up, s.changed_ms);
         }
     }
+}
+
+/// How the node is reached on trunk `t`: its listener of the trunk's transport.
+fn me_on(shared: &Shared, t: &crate::router::Trunk) -> Option<crate::registration::Me> {
+    let local = shared.local_for(t.transport, t.local)?;
+    Some(crate::registration::Me {
+        hostport: format!("{}:{}", local.host, local.port),
+        transport: t.transport,
+    })
+}
+
+/// Sends the REGISTERs that are due (see `registration`) and reports their state.
+fn register_to_trunks(shared: &Shared) {
+    let routing = shared.routing.load();
+    let trunks = routing.router.trunks();
+    let (sends, changes) = shared
+        .registrations
+        .due(trunks, now(), |t| me_on(shared, t));
+    for c in changes {
+        registration_changed(shared, &c);
+    }
+    for s in sends {
+        send_register(shared, trunks, s);
+    }
+    for t in trunks.iter().filter(|t| t.register.is_some()) {
+        if let Some(s) = shared.registrations.status(&t.name) {
+            shared.metrics.trunk_registration(&t.name, &s);
+        }
+    }
+}
+
+fn send_register(shared: &Shared, trunks: &[crate::router::Trunk], s: crate::registration::Send) {
+    let Some(t) = trunks.iter().find(|t| t.name == s.trunk) else {
+        return;
+    };
+    shared.metrics.request(Direction::Out, &Method::Register);
+    shared.send(&t.peer(), s.bytes, None);
+}
+
+fn registration_changed(shared: &Shared, c: &crate::registration::Change) {
+    let state = c.state.as_str();
+    match c.state {
+        crate::registration::RegState::Failed => {
+            tracing::warn!(trunk = %c.trunk, state, status = c.last_status, "trunk registration changed")
+        }
+        _ => {
+            tracing::info!(trunk = %c.trunk, state, status = c.last_status, "trunk registration changed")
+        }
+    }
+    shared.metrics.registration_change(&c.trunk, state);
 }
 
 fn health_changed(shared: &Shared, c: &crate::health::Change) {

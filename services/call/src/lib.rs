@@ -14,6 +14,7 @@ pub mod messages;
 pub mod metrics;
 pub mod outbound;
 pub mod pike;
+pub mod registration;
 pub mod registry;
 pub mod replicate;
 pub mod router;

@@ -130,6 +130,10 @@ pub struct CallMetrics {
     trunk_changed: Family<TrunkLabels, Gauge>,
     trunk_state_changes: Family<TrunkStateLabels, Counter>,
     failovers: Family<TrunkLabels, Counter>,
+    trunk_registered: Family<TrunkLabels, Gauge>,
+    trunk_registration_expiry: Family<TrunkLabels, Gauge>,
+    trunk_registration_status: Family<TrunkLabels, Gauge>,
+    registration_changes: Family<TrunkStateLabels, Counter>,
 }
 
 impl CallMetrics {
@@ -156,6 +160,10 @@ impl CallMetrics {
             trunk_changed: Family::default(),
             trunk_state_changes: Family::default(),
             failovers: Family::default(),
+            trunk_registered: Family::default(),
+            trunk_registration_expiry: Family::default(),
+            trunk_registration_status: Family::default(),
+            registration_changes: Family::default(),
         };
         registry.register(
             "trunkline_calls_active",
@@ -253,6 +261,30 @@ impl CallMetrics {
              route's next trunk, by the trunk that failed",
             metrics.failovers.clone(),
         );
+        registry.register(
+            "trunkline_trunk_registered",
+            "Whether the node holds a registration at a trunk that requires one (1) or \
+             not (0)",
+            metrics.trunk_registered.clone(),
+        );
+        registry.register(
+            "trunkline_trunk_registration_expiry_timestamp_seconds",
+            "When the node's registration at a trunk ends unless refreshed (Unix time; \
+             0: none)",
+            metrics.trunk_registration_expiry.clone(),
+        );
+        registry.register(
+            "trunkline_trunk_registration_last_status",
+            "The status of the last final answer to the node's REGISTER at a trunk \
+             (408: none in time)",
+            metrics.trunk_registration_status.clone(),
+        );
+        registry.register(
+            "trunkline_trunk_registration_changes",
+            "Times the node's registration at a trunk changed state, by trunk and state \
+             (registered, failed)",
+            metrics.registration_changes.clone(),
+        );
         metrics
     }
 
@@ -343,6 +375,33 @@ impl CallMetrics {
         self.failovers
             .get_or_create(&TrunkLabels {
                 trunk: trunk.to_string(),
+            })
+            .inc();
+    }
+
+    /// Where the node's registration at `trunk` stands.
+    pub fn trunk_registration(&self, trunk: &str, s: &crate::registration::RegStatus) {
+        let labels = TrunkLabels {
+            trunk: trunk.to_string(),
+        };
+        let registered = s.state == crate::registration::RegState::Registered;
+        self.trunk_registered
+            .get_or_create(&labels)
+            .set(i64::from(registered));
+        self.trunk_registration_expiry
+            .get_or_create(&labels)
+            .set(i64::try_from(s.expires_ms / 1000).unwrap_or(i64::MAX));
+        self.trunk_registration_status
+            .get_or_create(&labels)
+            .set(i64::from(s.last_status));
+    }
+
+    /// The node's registration at `trunk` went `state`.
+    pub fn registration_change(&self, trunk: &str, state: &'static str) {
+        self.registration_changes
+            .get_or_create(&TrunkStateLabels {
+                trunk: trunk.to_string(),
+                state,
             })
             .inc();
     }

@@ -49,6 +49,8 @@ pub struct Trunk {
     pub credentials: Option<crate::digest::Credentials>,
     /// What the node answers the trunk's own digest challenges with.
     pub outbound_credentials: Option<trunkline_b2bua::PeerCredentials>,
+    /// The trunk wants the node to REGISTER to it (`None`: it does not).
+    pub register: Option<crate::registration::RegisterConfig>,
     /// OPTIONS pings that tell whether routing may use the trunk (`None`: never pinged,
     /// always up).
     pub health: Option<crate::health::HealthConfig>,
@@ -71,6 +73,7 @@ impl Trunk {
             limits: Default::default(),
             credentials: None,
             outbound_credentials: None,
+            register: None,
             health: None,
         }
     }

@@ -78,6 +78,8 @@ pub struct Shared {
     pub(crate) digest: Option<crate::digest::DigestAuth>,
     /// What the trunks' OPTIONS pings have shown.
     pub(crate) health: crate::health::TrunkHealth,
+    /// The node's registrations to trunks that require one.
+    pub(crate) registrations: crate::registration::Registrations,
 }
 
 impl Shared {
@@ -114,6 +116,7 @@ impl Shared {
             source_limit: crate::pike::SourceLimit::new(source_limit),
             digest,
             health: crate::health::TrunkHealth::default(),
+            registrations: crate::registration::Registrations::default(),
         }
     }
 

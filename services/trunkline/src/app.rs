@@ -88,6 +88,7 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
                 }),
                 None => None,
             },
+            register: t.register.as_ref().map(|r| r.call_config(t)),
             local: t.local_address,
         });
     }

@@ -858,6 +858,10 @@ pub struct TrunkConfig {
     /// authenticates its customer's INVITEs, BYEs and REGISTERs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_auth: Option<TrunkAuthConfig>,
+    /// The trunk wants the node to REGISTER to it (with `outbound_auth` when it
+    /// challenges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<TrunkRegisterConfig>,
     /// OPTIONS pings that mark the trunk down (skipped by routing) and up again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<TrunkHealthConfig>,
@@ -913,6 +917,62 @@ impl TrunkHealthConfig {
                 .iter()
                 .filter_map(|s| Self::status_match(s))
                 .collect(),
+        }
+    }
+}
+
+/// `[trunks.register]`: the node registers `user@domain` at the trunk, for
+/// `expires_secs`, refreshed before the end; a failure is retried after
+/// `retry_min_secs`, doubling up to `retry_max_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkRegisterConfig {
+    /// The address-of-record's user; empty: `outbound_auth.username`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// The address-of-record's domain and the Request-URI; empty: the trunk's address.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub domain: String,
+    pub expires_secs: u64,
+    pub retry_min_secs: u64,
+    pub retry_max_secs: u64,
+}
+
+impl Default for TrunkRegisterConfig {
+    fn default() -> Self {
+        Self {
+            user: String::new(),
+            domain: String::new(),
+            expires_secs: 3600,
+            retry_min_secs: 30,
+            retry_max_secs: 600,
+        }
+    }
+}
+
+impl TrunkRegisterConfig {
+    /// What the node registers for `trunk`.
+    pub fn call_config(&self, trunk: &TrunkConfig) -> trunkline_call::registration::RegisterConfig {
+        let user = if self.user.is_empty() {
+            trunk
+                .outbound_auth
+                .as_ref()
+                .map(|a| a.username.clone())
+                .unwrap_or_default()
+        } else {
+            self.user.clone()
+        };
+        let domain = if self.domain.is_empty() {
+            trunk.address.clone()
+        } else {
+            self.domain.clone()
+        };
+        trunkline_call::registration::RegisterConfig {
+            user,
+            domain,
+            expires: std::time::Duration::from_secs(self.expires_secs),
+            retry_min: std::time::Duration::from_secs(self.retry_min_secs),
+            retry_max: std::time::Duration::from_secs(self.retry_max_secs.max(self.retry_min_secs)),
         }
     }
 }
@@ -1583,6 +1643,37 @@ impl Config {
                 }
                 Ok(_) => {}
                 Err(e) => problems.push(format!("trunks[{i}].outbound_auth"), e),
+            }
+        }
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            let Some(reg) = &trunk.register else { continue };
+            let c = reg.call_config(trunk);
+            if c.user.trim().is_empty() {
+                problems.push(
+                    format!("trunks[{i}].register.user"),
+                    "needed (or an outbound_auth.username)",
+                );
+            }
+            let bad = |v: &str| {
+                v.is_empty() || v.contains(|ch: char| ch.is_whitespace() || "<>\"@;".contains(ch))
+            };
+            if bad(&c.user) || bad(&c.domain) {
+                problems.push(
+                    format!("trunks[{i}].register"),
+                    "user and domain must be SIP URI parts (no spaces, <, >, \", @ or ;)",
+                );
+            }
+            if reg.expires_secs < 10 {
+                problems.push(
+                    format!("trunks[{i}].register.expires_secs"),
+                    "must be at least 10",
+                );
+            }
+            if reg.retry_min_secs == 0 {
+                problems.push(
+                    format!("trunks[{i}].register.retry_min_secs"),
+                    "must be at least 1",
+                );
             }
         }
         let mut users = HashSet::new();
@@ -2261,6 +2352,8 @@ name = "a"
 address = "192.0.2.10:5060"
 [trunks.auth]
 username = "pbx"
+[trunks.register]
+expires_secs = 5
 [[trunks]]
 name = "b"
 address = "192.0.2.11:5060"
@@ -2279,6 +2372,8 @@ password = "x"
                 "trunks[1].auth.username: \"pbx\" is another trunk's user",
                 "trunks[1].auth: cannot read /nonexistent/pbx.secret",
                 "trunks[1].outbound_auth.username: must not be empty",
+                "trunks[0].register.user: needed (or an outbound_auth.username)",
+                "trunks[0].register.expires_secs: must be at least 10",
             ] {
                 assert!(message.contains(needle), "{needle} not in {message}");
             }

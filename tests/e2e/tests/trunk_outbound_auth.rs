@@ -107,3 +107,83 @@ fn a_wrong_password_is_refused_once_and_the_caller_hears_403() -> Result<()> {
     );
     Ok(())
 }
+
+fn registration_metric(node: &Node, name: &str, labels: &[(&str, &str)]) -> f64 {
+    node.metrics()
+        .ok()
+        .and_then(|m| m.get(name, labels))
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn the_node_registers_to_a_carrier_retries_after_a_refusal_and_refreshes() -> Result<()> {
+    let out = out_dir("trunk_register")?;
+    let mut registrar = Sipp::uas("uas_registrar.xml")
+        .name("registrar")
+        .trace_msg()
+        .calls(1)
+        .timeout_secs(40)
+        .spawn(&out)?;
+    let cfg = NodeConfig::new(registrar.addr, Transport::Udp)?;
+    let toml = cfg.to_toml().replace(
+        "[routing]",
+        "[trunks.outbound_auth]\nusername = \"trunkline-7\"\npassword = \"carrier-secret\"\n\n\
+         [trunks.register]\ndomain = \"carrier.test\"\nexpires_secs = 60\nretry_min_secs = 1\n\n\
+         [routing]",
+    );
+    let node = Node::start_toml(&cfg, &toml, &out)?;
+    let log = registrar.messages_log();
+    registrar.wait(Duration::from_secs(40))?.assert_all_ok(1)?;
+    let seen: Vec<_> = parse_trace(&log)?
+        .into_iter()
+        .filter(|m| !m.sent && m.method() == Some("REGISTER"))
+        .collect();
+    ensure!(
+        seen.len() == 5,
+        "the registrar got {} REGISTERs, not 5",
+        seen.len()
+    );
+    let cseqs: Vec<u32> = seen
+        .iter()
+        .filter_map(|m| m.header("CSeq")?.split_whitespace().next()?.parse().ok())
+        .collect();
+    ensure!(
+        cseqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "CSeq goes up by one per REGISTER: {cseqs:?}"
+    );
+    let first = &seen[0];
+    ensure!(
+        first.text.starts_with("REGISTER sip:carrier.test SIP/2.0")
+            && first
+                .header("To")
+                .is_some_and(|t| t.contains("sip:trunkline-7@carrier.test"))
+            && first.header("Expires") == Some("60"),
+        "the REGISTER names the wrong registrar, AOR or lifetime:\n{}",
+        first.text
+    );
+    let contact = first.header("Contact").unwrap_or_default();
+    ensure!(
+        contact.contains(&node.sip_addr().to_string()),
+        "the Contact {contact:?} is not the node's SIP address {}",
+        node.sip_addr()
+    );
+    let trunk = [("trunk", "carrier")];
+    ensure!(registration_metric(&node, "trunkline_trunk_registered", &trunk) == 1.0);
+    ensure!(
+        registration_metric(&node, "trunkline_trunk_registration_last_status", &trunk) == 200.0
+    );
+    let changes = |state| {
+        registration_metric(
+            &node,
+            "trunkline_trunk_registration_changes_total",
+            &[("trunk", "carrier"), ("state", state)],
+        )
+    };
+    ensure!(
+        changes("failed") == 1.0 && changes("registered") == 1.0,
+        "state changes: failed {}, registered {}",
+        changes("failed"),
+        changes("registered")
+    );
+    Ok(())
+}

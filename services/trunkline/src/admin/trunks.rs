@@ -214,6 +214,7 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
         // does not carry them yet (an upsert keeps a trunk's, see `keep_unsaid`).
         health: None,
         outbound_auth: None,
+        register: None,
         name: t.name,
         address: t.address,
         transport,
@@ -237,7 +238,8 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
 
 /// What the API cannot say yet stays as the trunk had it: its OPTIONS pings
 /// (`[trunks.health]`) and the credentials the node answers its challenges with
-/// (`[trunks.outbound_auth]`), both set in the file. Without this an upsert would
+/// (`[trunks.outbound_auth]`) and its registration (`[trunks.register]`), all set in the
+/// file. Without this an upsert would
 /// switch a trunk's pings or authentication off unseen.
 fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
     if new.health.is_none() {
@@ -245,6 +247,9 @@ fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
     }
     if new.outbound_auth.is_none() {
         new.outbound_auth.clone_from(&old.outbound_auth);
+    }
+    if new.register.is_none() {
+        new.register.clone_from(&old.register);
     }
 }
 
