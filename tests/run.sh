@@ -8,7 +8,8 @@ ROOT=$PWD
 WHAT=${TRUNKLINE_TESTS:-all}
 case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or all (got '$WHAT')" >&2; exit 2 ;; esac
 
-# Debian packages the tests need: "command package" per line.
+# Debian packages the tests need: "command package" per line (a path instead of a command
+# for packages that install no command).
 # Installed with --no-install-recommends; what each really needs on a clean Debian 12:
 #   sip-tester: SIPp with PCAP play and RTP echo compiled in (the media tests use both);
 #   kamailio: its rtpengine module is in the main package (media test 5);
@@ -21,10 +22,12 @@ case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or a
 #     its kernel module with DKMS), for tests/e2e/tests/rtp_bleed.rs, which holds it and
 #     trunkline-relay to one assertion;
 #   openssl: makes the CA, node and client certificates of the admin API's TLS test;
-#   etcd-server: the etcd the cluster tests start (tests/e2e/tests/cluster_membership.rs).
+#   etcd-server: the etcd the cluster tests start (tests/e2e/tests/cluster_membership.rs);
+#   kamailio-tls-modules: Kamailio's tls module, the TLS carrier of tests/e2e/tests/tls_trunk.rs.
 DEB_PACKAGES=(
   "sipp sip-tester"
   "kamailio kamailio"
+  "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so kamailio-tls-modules"
   "baresip baresip-core"
   "python3 python3"
   "svmap sipvicious"
@@ -56,7 +59,11 @@ install_packages() {
   local missing=() entry cmd pkg
   for entry in "${DEB_PACKAGES[@]}"; do
     read -r cmd pkg <<<"$entry"
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    if [[ $cmd == /* ]]; then
+      [ -e "$cmd" ] || missing+=("$pkg")
+    else
+      command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+    fi
   done
   [ ${#missing[@]} -eq 0 ] && { echo "all test packages present"; return 0; }
   echo "installing: ${missing[*]}"

@@ -62,12 +62,18 @@ pub struct Local {
 impl Local {
     /// A Via for a request we send on this leg.
     pub fn via(&self, branch: String) -> Via {
-        Via::new(
+        let mut via = Via::new(
             self.transport.via_token(),
             self.host.clone(),
             Some(self.port),
             branch,
-        )
+        );
+        if self.transport == trunkline_sip::Transport::Tls {
+            // RFC 5923: the peer may send its requests back over this connection
+            // instead of opening one to our listener.
+            via.set_param("alias", None);
+        }
+        via
     }
 
     /// Our Contact on this leg. Endpoints send their in-dialog requests here, which

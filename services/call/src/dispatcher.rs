@@ -736,7 +736,10 @@ impl Dispatcher {
                 method: req.method,
             };
         }
-        stamp_top_via(&mut req.headers, source, shared.cfg.force_rport);
+        let alias = stamp_top_via(&mut req.headers, source, shared.cfg.force_rport);
+        if let (Some(addr), Some(connection)) = (alias, source.connection) {
+            shared.alias(connection, addr);
+        }
         let Some(call_id) = req.headers.call_id().cloned() else {
             return Action::Drop;
         };
@@ -1107,19 +1110,24 @@ impl Dispatcher {
 }
 
 /// RFC 3261 §18.2.1 / RFC 3581: records where the request really came from in its
-/// top Via, so every response we build from it carries `received`/`rport`.
-fn stamp_top_via(headers: &mut Headers, source: &Peer, force_rport: bool) {
-    let Some(h) = headers.first_mut(HeaderName::Via) else {
-        return;
-    };
-    let Some(values) = trunkline_sip::scan::split_commas(&h.value) else {
-        return;
-    };
-    let Some(first) = values.first() else { return };
-    let Some(mut via) = trunkline_sip::Via::parse(first) else {
-        return;
-    };
+/// top Via, so every response we build from it carries `received`/`rport`. Returns the
+/// address a stream peer asks us to reach it at over this connection (RFC 5923
+/// `alias`), taken only when its IP is the connection's own.
+fn stamp_top_via(
+    headers: &mut Headers,
+    source: &Peer,
+    force_rport: bool,
+) -> Option<std::net::SocketAddr> {
+    let h = headers.first_mut(HeaderName::Via)?;
+    let values = trunkline_sip::scan::split_commas(&h.value)?;
+    let first = values.first()?;
+    let mut via = trunkline_sip::Via::parse(first)?;
     let reliable = source.transport.is_reliable();
+    let alias = (reliable && via.param("alias").is_some())
+        .then(|| via.host.ip().zip(via.port))
+        .flatten()
+        .filter(|(ip, _)| *ip == source.addr.ip())
+        .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
     via.stamp_received(source.addr, force_rport && !reliable);
     let mut out = via.to_string();
     for v in &values[1..] {
@@ -1127,6 +1135,7 @@ fn stamp_top_via(headers: &mut Headers, source: &Peer, force_rport: bool) {
         out.push_str(&String::from_utf8_lossy(v));
     }
     h.value = Bytes::from(out);
+    alias
 }
 
 impl trunkline_transport::Inbound for Dispatcher {

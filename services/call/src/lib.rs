@@ -20,6 +20,7 @@ pub mod replicate;
 pub mod router;
 pub mod shared;
 pub mod stateless;
+pub mod tls;
 pub mod trust;
 
 pub use directory::{CallDirectory, CallEvent, CallEventKind, CallPhase, CallRecord, EndedBy};

@@ -25,6 +25,9 @@ pub trait Outbound: Send + Sync + 'static {
     /// lives: a call may be silent for an hour, and a phone behind NAT can only be
     /// reached over the connection it opened.
     fn pin(&self, connection: u64) -> Option<ConnectionPin>;
+
+    /// Lets requests to `addr` reuse connection `connection` (RFC 5923 `alias`).
+    fn alias(&self, connection: u64, addr: SocketAddr) -> bool;
 }
 
 impl Outbound for trunkline_transport::Transports {
@@ -45,5 +48,9 @@ impl Outbound for trunkline_transport::Transports {
 
     fn pin(&self, connection: u64) -> Option<ConnectionPin> {
         trunkline_transport::Transports::pin(self, connection)
+    }
+
+    fn alias(&self, connection: u64, addr: SocketAddr) -> bool {
+        trunkline_transport::Transports::alias(self, connection, addr)
     }
 }

@@ -51,6 +51,9 @@ pub struct Trunk {
     pub outbound_credentials: Option<trunkline_b2bua::PeerCredentials>,
     /// The trunk wants the node to REGISTER to it (`None`: it does not).
     pub register: Option<crate::registration::RegisterConfig>,
+    /// How a TLS trunk is connected to and what its own connections must show (`None`
+    /// for UDP and TCP trunks).
+    pub tls: Option<crate::tls::TrunkTls>,
     /// OPTIONS pings that tell whether routing may use the trunk (`None`: never pinged,
     /// always up).
     pub health: Option<crate::health::HealthConfig>,
@@ -74,6 +77,7 @@ impl Trunk {
             credentials: None,
             outbound_credentials: None,
             register: None,
+            tls: None,
             health: None,
         }
     }

@@ -167,6 +167,13 @@ impl Shared {
         self.outbound.get()?.pin(connection)
     }
 
+    /// Lets requests to `addr` reuse connection `connection` (RFC 5923 `alias`).
+    pub(crate) fn alias(&self, connection: u64, addr: std::net::SocketAddr) {
+        if let Some(o) = self.outbound.get() {
+            o.alias(connection, addr);
+        }
+    }
+
     /// A fresh per-call seed for identifiers (`Ids`).
     pub(crate) fn next_seed(&self) -> u64 {
         let base = self

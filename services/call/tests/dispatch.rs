@@ -60,6 +60,10 @@ impl Outbound for Recorder {
     fn pin(&self, _connection: u64) -> Option<trunkline_transport::ConnectionPin> {
         None
     }
+
+    fn alias(&self, _connection: u64, _addr: SocketAddr) -> bool {
+        false
+    }
 }
 
 fn trunk(name: &str, at: &str) -> Trunk {
@@ -900,4 +904,46 @@ async fn a_call_fails_over_on_503_to_the_next_trunk_but_not_on_486() {
         .iter()
         .all(|(m, _)| !matches!(m, Message::Request(r) if r.method == Method::Invite)));
     assert!(names(&n.take(CALLER)).contains(&"486 (1 INVITE)".to_string()));
+}
+
+#[test]
+fn a_tls_trunk_that_must_show_a_certificate_is_refused_without_one() {
+    use trunkline_transport::tls::{TlsPeerCheck, TlsTarget, TlsTargets};
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("carrier.test").unwrap();
+    let n = node(Opts::default());
+    let carrier_tls: SocketAddr = "203.0.113.7:5061".parse().unwrap();
+    let tls_trunk = Trunk {
+        transport: Transport::Tls,
+        sources: vec!["203.0.113.7/32".parse().unwrap()],
+        tls: Some(trunkline_call::tls::TrunkTls {
+            target: TlsTarget {
+                name: name.clone(),
+                config: Arc::new(config),
+            },
+            require_client_cert: true,
+        }),
+        ..trunk("tls-carrier", "203.0.113.7:5061")
+    };
+    let trunks = vec![tls_trunk];
+    let trust = Trust::new(trunks.iter().map(|t| t.sources.clone()).collect(), vec![]);
+    n.d.set_routing(Router::new(trunks, vec![], None).unwrap(), trust);
+    // Connecting to it: its name and settings.
+    assert_eq!(n.d.target(carrier_tls).map(|t| t.name), Some(name));
+    assert!(n.d.target("203.0.113.8:5061".parse().unwrap()).is_none());
+    // A connection from its addresses without a certificate is refused; from elsewhere
+    // no certificate is asked of it.
+    let from_trunk: SocketAddr = "203.0.113.7:40000".parse().unwrap();
+    let err = n.d.check(from_trunk, None).unwrap_err();
+    assert!(err.contains("tls-carrier"), "{err}");
+    assert!(n
+        .d
+        .check("198.51.100.1:40000".parse().unwrap(), None)
+        .is_ok());
 }

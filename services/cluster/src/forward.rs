@@ -39,7 +39,7 @@ const MAX_VIA: usize = 1024;
 /// a stream that node's connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop {
-    /// The Via transport token ("UDP", "TCP").
+    /// The Via transport token ("UDP", "TCP", "TLS").
     pub transport: &'static str,
     /// The node's socket the peer sent to.
     pub local: Option<SocketAddr>,
@@ -49,7 +49,7 @@ pub struct Hop {
 
 impl Hop {
     /// Transports a hop may name; a message naming another is refused.
-    const TRANSPORTS: [&'static str; 2] = ["UDP", "TCP"];
+    const TRANSPORTS: [&'static str; 3] = ["UDP", "TCP", "TLS"];
 
     /// A hop as the wire names it: an empty transport is UDP (a node that predates
     /// streams), and a stream needs its connection.
@@ -63,7 +63,7 @@ impl Hop {
             t => Hop::TRANSPORTS
                 .into_iter()
                 .find(|known| known.eq_ignore_ascii_case(t))
-                .ok_or("transport: UDP or TCP")?,
+                .ok_or("transport: UDP, TCP or TLS")?,
         };
         if transport != "UDP" && connection == 0 {
             return Err("connection: a stream needs its connection");

@@ -10,12 +10,14 @@ use std::net::SocketAddr;
 pub enum Transport {
     Udp,
     Tcp,
+    /// SIP over TLS on TCP (RFC 3261 §26.2, `SIP/2.0/TLS` in Via).
+    Tls,
 }
 
 impl Transport {
     /// Reliable transports switch off retransmission timers (RFC 3261 §17).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
     }
 
     /// The Via transport token.
@@ -23,6 +25,7 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
@@ -31,6 +34,7 @@ impl Transport {
         match self {
             Transport::Udp => None,
             Transport::Tcp => Some("tcp"),
+            Transport::Tls => Some("tls"),
         }
     }
 }

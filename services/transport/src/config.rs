@@ -55,6 +55,10 @@ pub struct TransportConfig {
     pub udp: Vec<ListenerConfig>,
     /// TCP listeners. Outbound connections that name a listener are bound to its IP.
     pub tcp: Vec<ListenerConfig>,
+    /// TLS listeners (SIP over TLS on TCP); they need the node's certificate (the
+    /// `TlsContext` given to `Transports::start_with_tls`). TLS connections share the TCP
+    /// limits and timeouts.
+    pub tls: Vec<ListenerConfig>,
     /// Largest message accepted. Larger datagrams are dropped; a TCP peer announcing or sending
     /// a larger message is disconnected. Bounds memory before anything is parsed.
     pub max_message_bytes: usize,
@@ -86,6 +90,7 @@ impl Default for TransportConfig {
         TransportConfig {
             udp: vec![ListenerConfig::new(local)],
             tcp: vec![ListenerConfig::new(local)],
+            tls: Vec::new(),
             max_message_bytes: 16 * 1024,
             tcp_idle_timeout: Duration::from_secs(300),
             tcp_partial_timeout: Duration::from_secs(10),

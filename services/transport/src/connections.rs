@@ -55,6 +55,9 @@ struct Entry {
     /// The listener it belongs to (`Peer::local`).
     listener: Option<SocketAddr>,
     direction: Direction,
+    /// Other addresses requests to which may use this connection (RFC 5923 `alias`: the
+    /// peer's listening address, for a connection it opened from another port).
+    alias: Option<SocketAddr>,
     /// The connection's outgoing queue, drained by its writer task.
     tx: mpsc::Sender<Outgoing>,
     activity: Arc<Activity>,
@@ -133,6 +136,7 @@ impl ConnectionTable {
                 peer,
                 listener,
                 direction,
+                alias: None,
                 tx: tx.clone(),
                 activity: activity.clone(),
             },
@@ -212,6 +216,27 @@ impl ConnectionTable {
         )))
     }
 
+    /// Lets sends to `addr` use accepted connection `id` (RFC 5923): the peer opened it
+    /// from an ephemeral port but listens at `addr`. One alias per connection; a later
+    /// one replaces it. False when the connection is gone.
+    pub(crate) fn alias(&self, id: u64, addr: SocketAddr) -> bool {
+        let mut tables = self.lock();
+        let Some(entry) = tables.by_id.get_mut(&id) else {
+            return false;
+        };
+        if entry.peer == addr || entry.alias == Some(addr) {
+            return true;
+        }
+        let listener = entry.listener;
+        if let Some(old) = entry.alias.replace(addr) {
+            if tables.by_route.get(&(old, listener)) == Some(&id) {
+                tables.by_route.remove(&(old, listener));
+            }
+        }
+        tables.by_route.insert((addr, listener), id);
+        true
+    }
+
     /// A pin on connection `id`, if it is still open.
     pub(crate) fn pin(&self, id: u64) -> Option<ConnectionPin> {
         let tables = self.lock();
@@ -223,9 +248,11 @@ impl ConnectionTable {
     pub(crate) fn remove(&self, id: u64) {
         let mut tables = self.lock();
         if let Some(entry) = tables.by_id.remove(&id) {
-            let key = (entry.peer, entry.listener);
-            if tables.by_route.get(&key) == Some(&id) {
-                tables.by_route.remove(&key);
+            for addr in std::iter::once(entry.peer).chain(entry.alias) {
+                let key = (addr, entry.listener);
+                if tables.by_route.get(&key) == Some(&id) {
+                    tables.by_route.remove(&key);
+                }
             }
             match entry.direction {
                 Direction::Inbound => {

@@ -132,6 +132,20 @@ pub enum TransportError {
         /// The destination.
         addr: SocketAddr,
     },
+    /// The TLS handshake with the peer failed, or the peer's certificate was refused.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The peer.
+        addr: SocketAddr,
+        /// What went wrong (rustls' words, or the check that refused the peer).
+        reason: String,
+    },
+    /// A TLS listener is configured but the node has no certificate to serve.
+    #[error("TLS listener {addr} needs the node's certificate and key")]
+    NoCertificate {
+        /// The listener.
+        addr: SocketAddr,
+    },
     /// The transports are shutting down.
     #[error("transports are shut down")]
     Shutdown,

@@ -1,4 +1,4 @@
-//! SIP transports for Trunkline: UDP and TCP sockets on tokio, stream framing, keep-alives and
+//! SIP transports for Trunkline: UDP, TCP and TLS (rustls) sockets on tokio, stream framing, keep-alives and
 //! the connection table.
 //!
 //! # Design
@@ -59,6 +59,7 @@ mod log_limiter;
 mod message;
 mod metrics;
 mod tcp;
+pub mod tls;
 mod transports;
 mod udp;
 

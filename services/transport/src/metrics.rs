@@ -17,6 +17,7 @@ pub(crate) fn label(transport: Transport) -> &'static str {
     match transport {
         Transport::Udp => "udp",
         Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
     }
 }
 
@@ -60,6 +61,8 @@ pub(crate) enum DropReason {
     OutboundLimit,
     /// Any other send that could not be done.
     SendError,
+    /// A TLS handshake failed or timed out, or the peer's certificate was refused.
+    TlsHandshake,
 }
 
 impl DropReason {
@@ -75,6 +78,7 @@ impl DropReason {
             DropReason::SourceLimit => "source_limit",
             DropReason::OutboundLimit => "outbound_limit",
             DropReason::SendError => "send_error",
+            DropReason::TlsHandshake => "tls_handshake",
         }
     }
 }

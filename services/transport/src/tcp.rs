@@ -1,4 +1,5 @@
-//! TCP: the accept loop, outbound connects, and each connection's reader and writer.
+//! TCP and TLS: the accept loop, outbound connects (with the TLS handshake for TLS), and each
+//! connection's reader and writer, the same for both.
 //!
 //! Every connection is a reader task (framing, timeouts, upcalls) and a writer task (draining the
 //! connection's bounded queue). The reader owns the connection's lifetime: when it ends, the
@@ -11,8 +12,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -52,7 +52,19 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
 /// Accepts connections until shutdown; beyond `tcp_max_inbound`, or `tcp_max_per_source`
 /// from one IP, a new connection is closed at once, before any buffer or task is spent on it.
 /// `local` is the listener's bound address, which received messages carry as `Peer::local`.
-pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, local: SocketAddr) {
+/// On a TLS listener (`tls` set) each connection does its handshake first, within the
+/// handshake timeout, holding its place in the table meanwhile.
+pub(crate) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    local: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -64,15 +76,30 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, loca
                 Ok(conn) => {
                     shared
                         .metrics
-                        .connection_opened(Transport::Tcp, Direction::Inbound);
-                    tracing::debug!(%peer, %local, connection = conn.id, "TCP connection accepted");
-                    tokio::spawn(run_connection(
-                        shared.clone(),
-                        stream,
-                        conn,
-                        peer,
-                        Some(local),
-                    ));
+                        .connection_opened(transport, Direction::Inbound);
+                    tracing::debug!(%peer, %local, connection = conn.id, %transport, "connection accepted");
+                    match &tls {
+                        None => {
+                            tokio::spawn(run_connection(
+                                shared.clone(),
+                                stream,
+                                Transport::Tcp,
+                                conn,
+                                peer,
+                                Some(local),
+                            ));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(accept_tls(
+                                shared.clone(),
+                                acceptor.clone(),
+                                stream,
+                                conn,
+                                peer,
+                                local,
+                            ));
+                        }
+                    }
                 }
                 Err(e) => {
                     drop(stream);
@@ -80,7 +107,7 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, loca
                         TransportError::SourceLimit { .. } => DropReason::SourceLimit,
                         _ => DropReason::InboundLimit,
                     };
-                    shared.metrics.dropped(reason, Transport::Tcp, peer, &e);
+                    shared.metrics.dropped(reason, transport, peer, &e);
                 }
             },
             Err(e) => {
@@ -93,6 +120,50 @@ pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, loca
     }
 }
 
+/// The server side of a TLS handshake on an accepted connection, then the connection; a
+/// handshake that fails, takes too long or shows a certificate the peer check refuses
+/// closes it, counted as `tls_handshake`.
+async fn accept_tls(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    conn: NewConnection,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let Some(tls) = shared.tls.clone() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let mut shutdown = shared.shutdown.subscribe();
+    let outcome = tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => Err("shutdown".to_string()),
+        r = tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)) => match r {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("handshake timed out".to_string()),
+        },
+    };
+    let checked = outcome.and_then(|s| {
+        let cert = s.get_ref().1.peer_certificates().and_then(|c| c.first());
+        match &tls.peer_check {
+            Some(check) => check.check(peer, cert).map(|()| s),
+            None => Ok(s),
+        }
+    });
+    match checked {
+        Ok(s) => run_connection(shared, s, Transport::Tls, conn, peer, Some(local)).await,
+        Err(reason) => {
+            let error = TransportError::Tls { addr: peer, reason };
+            shared
+                .metrics
+                .dropped(DropReason::TlsHandshake, Transport::Tls, peer, &error);
+            shared.table.remove(conn.id);
+            shared.metrics.connection_closed(Transport::Tls);
+        }
+    }
+}
+
 /// Opens an outbound connection reserved by `send`, then runs it like an accepted one (the
 /// trunk's responses come back on it). `bind` is the local IP (port 0) of the listener the
 /// send named. On failure every queued message is reported, each with its own token.
@@ -100,6 +171,7 @@ pub(crate) async fn connect_and_run(
     shared: Arc<Shared>,
     conn: NewConnection,
     addr: SocketAddr,
+    transport: Transport,
     listener: Option<SocketAddr>,
     bind: Option<SocketAddr>,
 ) {
@@ -124,20 +196,36 @@ pub(crate) async fn connect_and_run(
             Err(_) => Err(TransportError::ConnectTimeout { addr }),
         },
     };
+    let outcome = match (outcome, transport) {
+        (Ok(stream), Transport::Tls) => {
+            let _ = stream.set_nodelay(true);
+            connect_tls(&shared, stream, addr).await.map(Stream::Tls)
+        }
+        (Ok(stream), _) => Ok(Stream::Tcp(stream)),
+        (Err(e), _) => Err(e),
+    };
     match outcome {
         Ok(stream) => {
             shared
                 .metrics
-                .connection_opened(Transport::Tcp, Direction::Outbound);
+                .connection_opened(transport, Direction::Outbound);
             tracing::debug!(
                 peer = %addr,
-                local = ?stream.local_addr().ok(),
                 connection = conn.id,
-                "TCP connection opened"
+                %transport,
+                "connection opened"
             );
-            run_connection(shared, stream, conn, addr, listener).await;
+            match stream {
+                Stream::Tcp(s) => run_connection(shared, s, transport, conn, addr, listener).await,
+                Stream::Tls(s) => run_connection(shared, s, transport, conn, addr, listener).await,
+            }
         }
         Err(error) => {
+            if matches!(error, TransportError::Tls { .. }) {
+                shared
+                    .metrics
+                    .dropped(DropReason::TlsHandshake, Transport::Tls, addr, &error);
+            }
             let NewConnection { id, tx, mut rx, .. } = conn;
             shared.table.remove(id);
             drop(tx);
@@ -147,6 +235,40 @@ pub(crate) async fn connect_and_run(
                 report(&shared, unsent, &error);
             }
         }
+    }
+}
+
+/// An outbound connection once it is up.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The client side of a TLS handshake to `addr`: its certificate must chain to the
+/// destination's CAs and carry the destination's name (see `TlsContext::target`).
+async fn connect_tls(
+    shared: &Shared,
+    stream: TcpStream,
+    addr: SocketAddr,
+) -> Result<Box<tokio_rustls::client::TlsStream<TcpStream>>, TransportError> {
+    let fail = |reason: String| TransportError::Tls { addr, reason };
+    let tls = shared
+        .tls
+        .as_ref()
+        .ok_or_else(|| fail("the node has no TLS settings".into()))?;
+    let target = tls
+        .target(addr)
+        .ok_or_else(|| fail("no TLS settings for this destination".into()))?;
+    let connector = tokio_rustls::TlsConnector::from(target.config);
+    match tokio::time::timeout(
+        tls.handshake_timeout,
+        connector.connect(target.name, stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(Box::new(s)),
+        Ok(Err(e)) => Err(fail(e.to_string())),
+        Err(_) => Err(fail("handshake timed out".into())),
     }
 }
 
@@ -185,17 +307,41 @@ impl CloseCause {
     }
 }
 
-/// Runs one connection to its end and cleans up after it.
-async fn run_connection(
+/// Nagle's algorithm off: a SIP message is written whole and should leave at once.
+trait NoDelay {
+    fn no_delay(&self, peer: SocketAddr);
+}
+
+impl NoDelay for TcpStream {
+    fn no_delay(&self, peer: SocketAddr) {
+        if let Err(e) = self.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+    }
+}
+
+// Set on the TCP stream before the handshake.
+impl<S> NoDelay for tokio_rustls::server::TlsStream<S> {
+    fn no_delay(&self, _peer: SocketAddr) {}
+}
+
+impl<S> NoDelay for Box<tokio_rustls::client::TlsStream<S>> {
+    fn no_delay(&self, _peer: SocketAddr) {}
+}
+
+/// Runs one connection (plain TCP or TLS after its handshake) to its end and cleans up
+/// after it.
+async fn run_connection<S>(
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
+    transport: Transport,
     conn: NewConnection,
     peer: SocketAddr,
     listener: Option<SocketAddr>,
-) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-    }
+) where
+    S: AsyncRead + AsyncWrite + NoDelay + Send + 'static,
+{
+    stream.no_delay(peer);
     let NewConnection {
         id,
         tx,
@@ -204,10 +350,11 @@ async fn run_connection(
     } = conn;
     // The connection is active from the moment it is up, not from when it was reserved.
     activity.touch();
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     tokio::spawn(write_loop(
         shared.clone(),
         write,
+        transport,
         rx,
         activity.clone(),
         peer,
@@ -215,13 +362,13 @@ async fn run_connection(
     let hop = Peer {
         local: listener,
         connection: Some(id),
-        ..Peer::new(Transport::Tcp, peer)
+        ..Peer::new(transport, peer)
     };
     let closed = read_loop(&shared, read, hop, &activity, &tx).await;
     shared.table.remove(id);
     drop(tx);
-    shared.metrics.connection_closed(Transport::Tcp);
-    tracing::debug!(%peer, connection = id, reason = closed.as_str(), "TCP connection closed");
+    shared.metrics.connection_closed(transport);
+    tracing::debug!(%peer, connection = id, %transport, reason = closed.as_str(), "connection closed");
 }
 
 /// What ended a wait in the read loop.
@@ -236,7 +383,7 @@ enum Wake {
 /// `activity` too) and no pin.
 async fn read_loop(
     shared: &Shared,
-    mut read: OwnedReadHalf,
+    mut read: impl AsyncRead + Unpin,
     hop: Peer,
     activity: &Activity,
     tx: &mpsc::Sender<Outgoing>,
@@ -274,9 +421,7 @@ async fn read_loop(
                 if partial_since.is_some_and(|start| start + config.tcp_partial_timeout <= now) {
                     let reason = DropReason::PartialTimeout;
                     let detail = "message not completed in time";
-                    shared
-                        .metrics
-                        .dropped(reason, Transport::Tcp, peer, &detail);
+                    shared.metrics.dropped(reason, hop.transport, peer, &detail);
                     return CloseCause::Dropped(reason);
                 }
                 if idle_at <= now {
@@ -285,9 +430,7 @@ async fn read_loop(
                         None => {
                             let reason = DropReason::IdleTimeout;
                             let detail = "connection idle";
-                            shared
-                                .metrics
-                                .dropped(reason, Transport::Tcp, peer, &detail);
+                            shared.metrics.dropped(reason, hop.transport, peer, &detail);
                             return CloseCause::Dropped(reason);
                         }
                     }
@@ -301,7 +444,7 @@ async fn read_loop(
                 return CloseCause::ReadError;
             }
         };
-        shared.metrics.bytes_in(Transport::Tcp, n);
+        shared.metrics.bytes_in(hop.transport, n);
         let now = Instant::now();
         activity.touch();
         idle_at = now + idle;
@@ -330,7 +473,7 @@ async fn read_loop(
                         TransportError::MissingContentLength => DropReason::NoContentLength,
                         _ => DropReason::BadContentLength,
                     };
-                    shared.metrics.dropped(reason, Transport::Tcp, peer, &error);
+                    shared.metrics.dropped(reason, hop.transport, peer, &error);
                     return CloseCause::Dropped(reason);
                 }
             }
@@ -348,7 +491,8 @@ async fn read_loop(
 /// write is reported, and so is every message still queued behind it.
 async fn write_loop(
     shared: Arc<Shared>,
-    mut write: OwnedWriteHalf,
+    mut write: impl AsyncWrite + Unpin,
+    transport: Transport,
     mut rx: mpsc::Receiver<Outgoing>,
     activity: Arc<Activity>,
     peer: SocketAddr,
@@ -357,7 +501,7 @@ async fn write_loop(
     while let Some(msg) = rx.recv().await {
         let error = match tokio::time::timeout(timeout, write.write_all(&msg.data)).await {
             Ok(Ok(())) => {
-                shared.metrics.bytes_out(Transport::Tcp, msg.data.len());
+                shared.metrics.bytes_out(transport, msg.data.len());
                 activity.touch();
                 continue;
             }

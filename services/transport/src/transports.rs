@@ -20,6 +20,7 @@ use crate::error::TransportError;
 use crate::inbound::Inbound;
 use crate::listeners::{self, Listener};
 use crate::metrics::{DropReason, Metrics};
+use crate::tls::TlsContext;
 use crate::{tcp, udp};
 
 /// How long `shutdown` waits for connection tasks to finish.
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     pub(crate) inbound: Arc<dyn Inbound>,
     pub(crate) metrics: Metrics,
     pub(crate) table: ConnectionTable,
+    /// The node's TLS settings (`None`: no TLS at all).
+    pub(crate) tls: Option<Arc<TlsContext>>,
     /// Every bound socket, UDP first, each transport in configuration order.
     listeners: Vec<Listener>,
     /// The UDP socket of each entry of `listeners` (`None` for TCP listeners).
@@ -91,8 +94,20 @@ impl Transports {
         inbound: Arc<dyn Inbound>,
         registry: &mut Registry,
     ) -> Result<Transports, TransportError> {
+        Self::start_with_tls(config, None, inbound, registry).await
+    }
+
+    /// As [`Transports::start`], with the TLS settings that `config.tls` listeners serve
+    /// and outbound TLS connections use.
+    pub async fn start_with_tls(
+        config: TransportConfig,
+        tls: Option<Arc<TlsContext>>,
+        inbound: Arc<dyn Inbound>,
+        registry: &mut Registry,
+    ) -> Result<Transports, TransportError> {
         let runtime = Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
-        let mut listeners = Vec::with_capacity(config.udp.len() + config.tcp.len());
+        let mut listeners =
+            Vec::with_capacity(config.udp.len() + config.tcp.len() + config.tls.len());
         let mut udp_sockets = Vec::with_capacity(listeners.capacity());
         for entry in &config.udp {
             let socket = udp::bind(entry.addr, config.udp_recv_buffer)?;
@@ -106,7 +121,22 @@ impl Transports {
             let local = listener.local_addr()?;
             listeners.push(Listener::new(Transport::Tcp, entry, local)?);
             udp_sockets.push(None);
-            tcp_listeners.push((local, listener));
+            tcp_listeners.push((local, listener, None));
+        }
+        for entry in &config.tls {
+            let server = tls
+                .as_ref()
+                .and_then(|t| t.server.clone())
+                .ok_or(TransportError::NoCertificate { addr: entry.addr })?;
+            let listener = tcp::bind(entry.addr)?;
+            let local = listener.local_addr()?;
+            listeners.push(Listener::new(Transport::Tls, entry, local)?);
+            udp_sockets.push(None);
+            tcp_listeners.push((
+                local,
+                listener,
+                Some(tokio_rustls::TlsAcceptor::from(server)),
+            ));
         }
 
         let metrics = Metrics::register(registry);
@@ -120,6 +150,7 @@ impl Transports {
             config,
             inbound,
             metrics,
+            tls,
             listeners,
             udp_sockets,
             shutdown,
@@ -137,11 +168,12 @@ impl Transports {
                 )));
             }
         }
-        for (local, listener) in tcp_listeners {
+        for (local, listener, acceptor) in tcp_listeners {
             tasks.push(tokio::spawn(tcp::accept_loop(
                 shared.clone(),
                 listener,
                 local,
+                acceptor,
             )));
         }
         for l in &shared.listeners {
@@ -193,7 +225,7 @@ impl Transports {
         }
         match origin.peer.transport {
             Transport::Udp => self.send_udp(origin, data),
-            Transport::Tcp => self.send_tcp(origin, data),
+            Transport::Tcp | Transport::Tls => self.send_tcp(origin, data),
         }
     }
 
@@ -245,6 +277,7 @@ impl Transports {
                     shared.clone(),
                     conn,
                     peer.addr,
+                    peer.transport,
                     listener,
                     bind,
                 ));
@@ -289,6 +322,18 @@ impl Transports {
     /// idle for as long as the returned guard lives; `None` if it is no longer open.
     pub fn pin(&self, connection: u64) -> Option<ConnectionPin> {
         self.shared.table.pin(connection)
+    }
+
+    /// Lets sends to `addr` use connection `connection`, which the peer opened from
+    /// another port (RFC 5923 `alias` in its Via; the caller checks that `addr` is the
+    /// connection's own IP). False when the connection is gone.
+    pub fn alias(&self, connection: u64, addr: SocketAddr) -> bool {
+        self.shared.table.alias(connection, addr)
+    }
+
+    /// The node's TLS settings.
+    pub fn tls(&self) -> Option<&Arc<TlsContext>> {
+        self.shared.tls.as_ref()
     }
 
     /// Number of open (or opening) TCP connections; for tests and the admin API.

@@ -54,14 +54,37 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
             .ok_or_else(|| anyhow!("trunks.{}: address {:?} is not ip:port", t.name, t.address))?;
         let mut own = sources(&t.sources, &format!("trunks.{}.sources", t.name))?;
         if own.is_empty() {
-            own.push(Source::Exact(addr));
+            // A TLS trunk's own connections come from any port of its address.
+            own.push(match t.transport {
+                TrunkTransport::Tls => Source::Net(ipnet::IpNet::from(addr.ip())),
+                _ => Source::Exact(addr),
+            });
         }
+        let tls = match t.transport {
+            TrunkTransport::Tls => {
+                let c = t.tls.clone().unwrap_or_default();
+                let key = |k: &str| format!("trunks.{}.tls{k}", t.name);
+                Some(trunkline_call::tls::TrunkTls {
+                    target: trunkline_transport::tls::TlsTarget {
+                        name: c
+                            .server_name(addr)
+                            .map_err(|e| anyhow!("{}: {e}", key(".server_name")))?,
+                        config: c
+                            .client_config(config.sip.tls_ca_file.as_deref())
+                            .map_err(|e| anyhow!("{}: {e}", key("")))?,
+                    },
+                    require_client_cert: c.require_client_cert,
+                })
+            }
+            _ => None,
+        };
         trunks.push(Trunk {
             name: Arc::from(t.name.as_str()),
             addr,
             transport: match t.transport {
                 TrunkTransport::Udp => trunkline_sip::Transport::Udp,
                 TrunkTransport::Tcp => trunkline_sip::Transport::Tcp,
+                TrunkTransport::Tls => trunkline_sip::Transport::Tls,
             },
             sources: own,
             anchor_media: t.anchor_media,
@@ -89,6 +112,7 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
                 None => None,
             },
             register: t.register.as_ref().map(|r| r.call_config(t)),
+            tls,
             local: t.local_address,
         });
     }
@@ -107,6 +131,69 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
     let router =
         Router::new(trunks, routes, config.routing.default_trunk.as_deref()).context("routing")?;
     Ok((router, trust))
+}
+
+/// The node's TLS settings: its certificate for `sip.tls` listeners (checked for a
+/// change every `tls_reload_secs`), the client certificates it asks for, and the trunks'
+/// outbound settings read from the routing table in force. `None` when nothing speaks TLS.
+fn tls_context(
+    config: &Config,
+    dispatcher: &Dispatcher,
+) -> anyhow::Result<Option<Arc<trunkline_transport::tls::TlsContext>>> {
+    use trunkline_transport::tls;
+    let sip = &config.sip;
+    let tls_trunks = config
+        .trunks
+        .iter()
+        .any(|t| t.transport == TrunkTransport::Tls);
+    if sip.tls.is_empty() && !tls_trunks {
+        return Ok(None);
+    }
+    let (cert, server) = match (&sip.tls_cert_file, &sip.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let cert = Arc::new(tls::ReloadingCert::load(cert, key).context("sip.tls_cert_file")?);
+            let server = tls::server_config(
+                cert.clone(),
+                sip.tls_client_ca_file.as_deref(),
+                sip.tls_require_client_cert,
+            )
+            .context("sip.tls_client_ca_file")?;
+            (Some(cert), Some(server))
+        }
+        _ => (None, None),
+    };
+    // Destinations no trunk names (a TLS Contact) are checked against sip.tls_ca_file,
+    // else the system's CAs when the system has a bundle.
+    let default_client = match &sip.tls_ca_file {
+        Some(ca) => Some(tls::client_config(Some(ca), None).context("sip.tls_ca_file")?),
+        None => tls::client_config(None, None).ok(),
+    };
+    if let Some(cert) = &cert {
+        let cert = cert.clone();
+        let every = Duration::from_secs(sip.tls_reload_secs.max(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match cert.reload_if_changed() {
+                    Ok(true) => tracing::info!("TLS certificate reloaded (sip.tls_cert_file)"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS certificate not reloaded; the old one stays in use")
+                    }
+                }
+            }
+        });
+    }
+    Ok(Some(Arc::new(tls::TlsContext {
+        server,
+        cert,
+        targets: Some(Arc::new(dispatcher.clone())),
+        default_client,
+        peer_check: Some(Arc::new(dispatcher.clone())),
+        handshake_timeout: Duration::from_secs(sip.tls_handshake_timeout_secs),
+    })))
 }
 
 impl App {
@@ -167,13 +254,15 @@ impl App {
             media.clone(),
             relay,
         );
-        let transports = Transports::start(
+        let tls = tls_context(&config, &dispatcher)?;
+        let transports = Transports::start_with_tls(
             config.sip.transport_config(),
+            tls,
             Arc::new(dispatcher.clone()),
             registry,
         )
         .await
-        .context("cannot bind the SIP listeners (sip.udp / sip.tcp)")?;
+        .context("cannot bind the SIP listeners (sip.udp / sip.tcp / sip.tls)")?;
         dispatcher.attach(Arc::new(transports.clone()));
         Ok(Self {
             dispatcher,

@@ -96,10 +96,12 @@ impl trunkline_call::Replicate for ToBuddies {
     }
 }
 
-/// The SIP transport a hop's Via token names (`Hop::parse` admits UDP and TCP only).
+/// The SIP transport a hop's Via token names (`Hop::parse` admits UDP, TCP and TLS only).
 pub fn sip_transport(token: &str) -> trunkline_sip::Transport {
     if token.eq_ignore_ascii_case("TCP") {
         trunkline_sip::Transport::Tcp
+    } else if token.eq_ignore_ascii_case("TLS") {
+        trunkline_sip::Transport::Tls
     } else {
         trunkline_sip::Transport::Udp
     }

@@ -262,6 +262,31 @@ pub struct SipConfig {
     pub udp: Vec<ListenEntry>,
     /// TCP listeners, in the same two forms.
     pub tcp: Vec<ListenEntry>,
+    /// TLS listeners (SIP over TLS), in the same two forms; they serve `tls_cert_file`.
+    /// TLS connections share the `tcp_*` limits and timeouts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<ListenEntry>,
+    /// The node's certificate chain (PEM, leaf first) for the TLS listeners; reloaded
+    /// when the file changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM); reloaded with the certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// CAs that sign the client certificates TLS peers may present; set, the node asks
+    /// for one (a trunk with `tls.require_client_cert` must present one for its name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+    /// Refuse every TLS client without a certificate from `tls_client_ca_file`.
+    pub tls_require_client_cert: bool,
+    /// CAs the node trusts for servers it connects to, where the trunk names none;
+    /// unset: the system's bundle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// A TLS handshake not done within this many seconds closes the connection.
+    pub tls_handshake_timeout_secs: u64,
+    /// How often the certificate files are checked for a change.
+    pub tls_reload_secs: u64,
     /// Address written into our Via, Contact and From/To URIs for every listener that names
     /// no `advertise` of its own; when absent, each listener's own IP.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -368,6 +393,14 @@ impl Default for SipConfig {
         Self {
             udp: vec![loopback.into()],
             tcp: vec![loopback.into()],
+            tls: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_require_client_cert: false,
+            tls_ca_file: None,
+            tls_handshake_timeout_secs: 5,
+            tls_reload_secs: 10,
             advertise: None,
             max_message_bytes: 16384,
             tcp_idle_timeout_secs: 300,
@@ -427,6 +460,7 @@ impl SipConfig {
         TransportConfig {
             udp: listeners(&self.udp),
             tcp: listeners(&self.tcp),
+            tls: listeners(&self.tls),
             max_message_bytes: self.max_message_bytes,
             tcp_idle_timeout: self.tcp_idle_timeout(),
             tcp_partial_timeout: self.tcp_partial_timeout(),
@@ -442,13 +476,17 @@ impl SipConfig {
     /// unless that is unspecified). `None` when every listener is advertised by name only.
     pub fn advertise_ip(&self) -> Option<IpAddr> {
         self.advertise.or_else(|| {
-            self.udp.iter().chain(&self.tcp).find_map(|e| {
-                match e.advertise_host() {
-                    Some(host) => host.ip(),
-                    None => Some(e.listen.ip()),
-                }
-                .filter(|ip| !ip.is_unspecified())
-            })
+            self.udp
+                .iter()
+                .chain(&self.tcp)
+                .chain(&self.tls)
+                .find_map(|e| {
+                    match e.advertise_host() {
+                        Some(host) => host.ip(),
+                        None => Some(e.listen.ip()),
+                    }
+                    .filter(|ip| !ip.is_unspecified())
+                })
         })
     }
 
@@ -858,6 +896,9 @@ pub struct TrunkConfig {
     /// authenticates its customer's INVITEs, BYEs and REGISTERs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_auth: Option<TrunkAuthConfig>,
+    /// How a TLS trunk is verified and what the node shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TrunkTlsConfig>,
     /// The trunk wants the node to REGISTER to it (with `outbound_auth` when it
     /// challenges).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -918,6 +959,54 @@ impl TrunkHealthConfig {
                 .filter_map(|s| Self::status_match(s))
                 .collect(),
         }
+    }
+}
+
+/// `[trunks.tls]`: a TLS trunk's certificate must chain to `ca_file` (else
+/// `sip.tls_ca_file`, else the system's CAs) and carry `server_name` (else the IP of
+/// `address`); with `cert_file` and `key_file` the node presents that client
+/// certificate; with `require_client_cert`, TLS connections from the trunk's sources must
+/// present a certificate (from `sip.tls_client_ca_file`) for `server_name`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrunkTlsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
+    pub require_client_cert: bool,
+}
+
+impl TrunkTlsConfig {
+    /// The name the trunk's certificate must carry.
+    pub fn server_name(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<rustls_pki_types::ServerName<'static>, String> {
+        match &self.server_name {
+            Some(n) => {
+                rustls_pki_types::ServerName::try_from(n.clone()).map_err(|e| format!("{n:?}: {e}"))
+            }
+            None => Ok(rustls_pki_types::ServerName::IpAddress(addr.ip().into())),
+        }
+    }
+
+    /// The client settings of the trunk (files read now).
+    pub fn client_config(
+        &self,
+        default_ca: Option<&std::path::Path>,
+    ) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        let identity = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            (None, None) => None,
+            _ => return Err("give cert_file and key_file together".into()),
+        };
+        trunkline_transport::tls::client_config(self.ca_file.as_deref().or(default_ca), identity)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -1119,6 +1208,8 @@ pub enum TrunkTransport {
     Udp,
     /// SIP over TCP.
     Tcp,
+    /// SIP over TLS (settings in `[trunks.tls]`).
+    Tls,
 }
 
 /// `[routing]`
@@ -1245,7 +1336,11 @@ impl Config {
                 "no SIP listener: sip.udp and sip.tcp are both empty",
             );
         }
-        for (key, entries) in [("sip.udp", &sip.udp), ("sip.tcp", &sip.tcp)] {
+        for (key, entries) in [
+            ("sip.udp", &sip.udp),
+            ("sip.tcp", &sip.tcp),
+            ("sip.tls", &sip.tls),
+        ] {
             let mut seen = HashSet::new();
             for (i, entry) in entries.iter().enumerate() {
                 let addr = entry.listen;
@@ -1253,6 +1348,53 @@ impl Config {
                     problems.push(key, format!("{addr} is listed twice"));
                 }
                 check_listen_entry(problems, &format!("{key}[{i}]"), entry, sip.advertise);
+            }
+        }
+        for entry in &sip.tls {
+            if sip.tcp.iter().any(|t| t.listen == entry.listen) {
+                problems.push(
+                    "sip.tls",
+                    format!("{} is a sip.tcp listener too", entry.listen),
+                );
+            }
+        }
+        if !sip.tls.is_empty() {
+            match (&sip.tls_cert_file, &sip.tls_key_file) {
+                (Some(cert), Some(key)) => {
+                    if let Err(e) = trunkline_transport::tls::ReloadingCert::load(cert, key) {
+                        problems.push("sip.tls_cert_file", e);
+                    }
+                }
+                _ => problems.push(
+                    "sip.tls",
+                    "TLS listeners need sip.tls_cert_file and sip.tls_key_file",
+                ),
+            }
+        }
+        if let Some(ca) = &sip.tls_client_ca_file {
+            if let Err(e) = trunkline_transport::tls::load_roots(ca) {
+                problems.push("sip.tls_client_ca_file", e);
+            }
+        } else if sip.tls_require_client_cert {
+            problems.push(
+                "sip.tls_require_client_cert",
+                "needs sip.tls_client_ca_file",
+            );
+        }
+        if let Some(ca) = &sip.tls_ca_file {
+            if let Err(e) = trunkline_transport::tls::load_roots(ca) {
+                problems.push("sip.tls_ca_file", e);
+            }
+        }
+        for (key, value) in [
+            (
+                "sip.tls_handshake_timeout_secs",
+                sip.tls_handshake_timeout_secs,
+            ),
+            ("sip.tls_reload_secs", sip.tls_reload_secs),
+        ] {
+            if value == 0 {
+                problems.push(key, "must be greater than 0");
             }
         }
         if let Some(ip) = sip.advertise.filter(IpAddr::is_unspecified) {
@@ -1589,6 +1731,7 @@ impl Config {
                 let listeners = match trunk.transport {
                     TrunkTransport::Udp => (&self.sip.udp, "sip.udp"),
                     TrunkTransport::Tcp => (&self.sip.tcp, "sip.tcp"),
+                    TrunkTransport::Tls => (&self.sip.tls, "sip.tls"),
                 };
                 if !listeners.0.iter().any(|l| l.listen == local) {
                     problems.push(
@@ -1643,6 +1786,35 @@ impl Config {
                 }
                 Ok(_) => {}
                 Err(e) => problems.push(format!("trunks[{i}].outbound_auth"), e),
+            }
+        }
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            let tls = trunk.tls.clone().unwrap_or_default();
+            if trunk.transport != TrunkTransport::Tls {
+                if trunk.tls.is_some() {
+                    problems.push(format!("trunks[{i}].tls"), "only for transport = \"tls\"");
+                }
+                continue;
+            }
+            if self.sip.tls.is_empty() {
+                problems.push(
+                    format!("trunks[{i}].transport"),
+                    "\"tls\" needs a sip.tls listener (its address goes in Via and Contact)",
+                );
+            }
+            if let Some(addr) = trunk.socket_addr() {
+                if let Err(e) = tls.server_name(addr) {
+                    problems.push(format!("trunks[{i}].tls.server_name"), e);
+                }
+            }
+            if let Err(e) = tls.client_config(self.sip.tls_ca_file.as_deref()) {
+                problems.push(format!("trunks[{i}].tls"), e);
+            }
+            if tls.require_client_cert && self.sip.tls_client_ca_file.is_none() {
+                problems.push(
+                    format!("trunks[{i}].tls.require_client_cert"),
+                    "needs sip.tls_client_ca_file (the CAs that sign the trunk's certificate)",
+                );
             }
         }
         for (i, trunk) in self.trunks.iter().enumerate() {
@@ -2374,6 +2546,41 @@ password = "x"
                 "trunks[1].outbound_auth.username: must not be empty",
                 "trunks[0].register.user: needed (or an outbound_auth.username)",
                 "trunks[0].register.expires_secs: must be at least 10",
+            ] {
+                assert!(message.contains(needle), "{needle} not in {message}");
+            }
+        });
+    }
+
+    #[test]
+    fn tls_settings_are_checked_at_start() {
+        let file = r#"
+[sip]
+tls = ["127.0.0.1:5061"]
+tls_require_client_cert = true
+[[trunks]]
+name = "a"
+address = "192.0.2.10:5061"
+transport = "tls"
+[trunks.tls]
+server_name = "bad name!"
+ca_file = "/nonexistent/ca.crt"
+require_client_cert = true
+[[trunks]]
+name = "b"
+address = "192.0.2.11:5060"
+[trunks.tls]
+server_name = "b.example"
+"#;
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            for needle in [
+                "sip.tls: TLS listeners need sip.tls_cert_file and sip.tls_key_file",
+                "sip.tls_require_client_cert: needs sip.tls_client_ca_file",
+                "trunks[0].tls.server_name",
+                "trunks[0].tls: /nonexistent/ca.crt",
+                "trunks[0].tls.require_client_cert: needs sip.tls_client_ca_file",
+                "trunks[1].tls: only for transport = \"tls\"",
             ] {
                 assert!(message.contains(needle), "{needle} not in {message}");
             }

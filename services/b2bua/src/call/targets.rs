@@ -86,7 +86,12 @@ pub(super) fn leg_peer(l: &LegState) -> Peer {
     match hop.as_ref().and_then(Uri::as_sip) {
         Some(u) => match u.host.ip() {
             Some(ip) => {
-                let addr = std::net::SocketAddr::new(ip, u.port.unwrap_or(5060));
+                // RFC 3261 §19.1.2: 5061 is the default port of SIP over TLS.
+                let default_port = match l.peer.transport {
+                    trunkline_sip::Transport::Tls => 5061,
+                    _ => 5060,
+                };
+                let addr = std::net::SocketAddr::new(ip, u.port.unwrap_or(default_port));
                 if addr == l.peer.addr {
                     l.peer
                 } else {

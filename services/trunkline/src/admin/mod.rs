@@ -85,6 +85,7 @@ pub fn sip_listeners(sip: &SipConfig) -> Vec<SipListener> {
     };
     let mut out = list("udp", &sip.udp);
     out.extend(list("tcp", &sip.tcp));
+    out.extend(list("tls", &sip.tls));
     out
 }
 

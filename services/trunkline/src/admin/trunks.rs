@@ -135,6 +135,7 @@ fn trunk_view(t: &TrunkConfig) -> Trunk {
         transport: match t.transport {
             TrunkTransport::Udp => "udp",
             TrunkTransport::Tcp => "tcp",
+            TrunkTransport::Tls => "tls",
         }
         .to_string(),
         sources: t.sources.clone(),
@@ -169,9 +170,10 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
     let transport = match t.transport.as_str() {
         "" | "udp" => TrunkTransport::Udp,
         "tcp" => TrunkTransport::Tcp,
+        "tls" => TrunkTransport::Tls,
         other => {
             return Err(Status::invalid_argument(format!(
-                "trunk.transport: {other:?} is neither udp nor tcp"
+                "trunk.transport: {other:?} is not udp, tcp or tls"
             )))
         }
     };
@@ -210,11 +212,13 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
     };
     Ok(TrunkConfig {
         auth,
-        // Pings and the node's own credentials are set in the node's file; the API
-        // does not carry them yet (an upsert keeps a trunk's, see `keep_unsaid`).
+        // Pings, the node's own credentials, registration and TLS files are set in the
+        // node's file; the API does not carry them yet (an upsert keeps a trunk's, see
+        // `keep_unsaid`).
         health: None,
         outbound_auth: None,
         register: None,
+        tls: None,
         name: t.name,
         address: t.address,
         transport,
@@ -238,8 +242,8 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
 
 /// What the API cannot say yet stays as the trunk had it: its OPTIONS pings
 /// (`[trunks.health]`) and the credentials the node answers its challenges with
-/// (`[trunks.outbound_auth]`) and its registration (`[trunks.register]`), all set in the
-/// file. Without this an upsert would
+/// (`[trunks.outbound_auth]`), its registration (`[trunks.register]`) and its TLS
+/// settings (`[trunks.tls]`), all set in the file. Without this an upsert would
 /// switch a trunk's pings or authentication off unseen.
 fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
     if new.health.is_none() {
@@ -250,6 +254,9 @@ fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
     }
     if new.register.is_none() {
         new.register.clone_from(&old.register);
+    }
+    if new.tls.is_none() {
+        new.tls.clone_from(&old.tls);
     }
 }
 
