@@ -73,6 +73,10 @@ pub struct CallActorState {
     /// The trunk of the current routing decision, and those that failed the call.
     routed_to: Option<Arc<str>>,
     tried: Vec<Arc<str>>,
+    /// The target of a trunk named by DNS the call was sent to, and those that failed it
+    /// (RFC 3263 §4.3: the next target is tried before the next trunk).
+    routed_target: Option<std::net::SocketAddr>,
+    tried_targets: Vec<std::net::SocketAddr>,
 }
 
 /// The call actor (stateless handler; all state is in [`CallActorState`]).
@@ -247,6 +251,8 @@ impl Actor for CallActor {
             trunk_slots: [trunk_slot, None],
             routed_to: None,
             tried: Vec::new(),
+            routed_target: None,
+            tried_targets: Vec::new(),
             shared,
         };
         if let Some(c) = a_connection {
@@ -383,11 +389,34 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
     let router = &routing.router;
     let mut skipped: Vec<Arc<str>> = Vec::new();
     let mut limited = false;
+    let roll = rand::random::<u32>();
+    // Where a trunk is sent to: its address, or for a trunk named by DNS a target not
+    // tried by this call, preferring those no call saw fail lately.
+    let tried_targets = state.tried_targets.clone();
+    let target_of = |t: &crate::router::Trunk, not: Option<std::net::SocketAddr>| {
+        if t.dns.is_none() {
+            return Some(t.addr);
+        }
+        let at = now();
+        let fresh = |a: std::net::SocketAddr| {
+            tried_targets.contains(&a) || Some(a) == not || shared.dns.is_avoided(a, at)
+        };
+        crate::dns::pick(&t.targets, fresh, roll)
+            .or_else(|| {
+                crate::dns::pick(
+                    &t.targets,
+                    |a| tried_targets.contains(&a) || Some(a) == not,
+                    roll,
+                )
+            })
+            .map(|t| t.addr)
+    };
     loop {
         let usable = |t: &crate::router::Trunk| {
             shared.health.is_up(&t.name)
                 && !state.tried.contains(&t.name)
                 && !skipped.contains(&t.name)
+                && target_of(t, None).is_some()
         };
         let trunk = match router.decide_up(request_uri, state.origin, usable) {
             Ok(t) => t,
@@ -417,6 +446,10 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
                 }
             }
         };
+        let Some(target) = target_of(trunk, None) else {
+            skipped.push(trunk.name.clone());
+            continue;
+        };
         let Some(local) = shared.local_for(trunk.transport, trunk.local) else {
             return RouteDecision::Reject {
                 status: 503,
@@ -440,22 +473,28 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
                 continue;
             }
         };
-        let failover = router
-            .decide_up(request_uri, state.origin, |t| {
-                t.name != trunk.name
-                    && shared.health.is_up(&t.name)
-                    && !state.tried.contains(&t.name)
-                    && !skipped.contains(&t.name)
-            })
-            .is_ok();
+        let failover = target_of(trunk, Some(target)).is_some_and(|_| trunk.dns.is_some())
+            || router
+                .decide_up(request_uri, state.origin, |t| {
+                    t.name != trunk.name
+                        && shared.health.is_up(&t.name)
+                        && !state.tried.contains(&t.name)
+                        && !skipped.contains(&t.name)
+                        && target_of(t, None).is_some()
+                })
+                .is_ok();
         state.trunk_slots[1] = Some(slot);
         state.media_interfaces.b = trunk.media_interface.clone();
         state.addressing.b = trunk.media_address;
-        state.callee_source = Some(trunk.addr);
+        state.callee_source = Some(target);
         state.callee_trunk = Some((trunk.name.clone(), trunk.transport));
         state.routed_to = Some(trunk.name.clone());
+        state.routed_target = trunk.dns.as_ref().map(|_| target);
         return RouteDecision::Trunk {
-            peer: trunk.peer(),
+            peer: trunkline_sip::Peer {
+                addr: target,
+                ..trunk.peer()
+            },
             local,
             request_uri: trunk.request_uri(request_uri.user()),
             anchor_media: trunk.anchor_media && shared.media.is_some(),
@@ -479,9 +518,21 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
         Event::RouteFailed { status } => {
             // The next RouteRequired picks among the trunks not tried yet.
             if let Some(trunk) = state.routed_to.take() {
-                tracing::info!(trunk = %trunk, status, "trunk failed the call: trying the next");
+                tracing::info!(trunk = %trunk, status, target = ?state.routed_target, "trunk failed the call: trying the next");
                 state.shared.metrics.failover(&trunk);
-                state.tried.push(trunk);
+                match state.routed_target.take() {
+                    // A named trunk's other targets come first; this one is avoided
+                    // by every call for a while.
+                    Some(target) => {
+                        state.tried_targets.push(target);
+                        let at = now();
+                        state
+                            .shared
+                            .dns
+                            .avoid(target, at, at + state.shared.cfg.dns.avoid);
+                    }
+                    None => state.tried.push(trunk),
+                }
             }
             state.trunk_slots[1] = None;
             if let Some(key) = state.b_key.take() {

@@ -120,6 +120,8 @@ impl Dispatcher {
     /// The trunks, routes and trust rules new calls get from now on (an operator's
     /// change through the admin API). Calls in progress keep theirs.
     pub fn set_routing(&self, router: Router, trust: Trust) {
+        // Named trunks keep the targets already resolved for them.
+        let router = router.with_dns(&self.shared.dns);
         self.shared
             .routing
             .store(Arc::new(Routing { router, trust }));
@@ -380,6 +382,27 @@ impl Dispatcher {
                         break;
                     };
                     shared.registry.sweep(now());
+                }
+            });
+            // Resolve the trunks named by DNS (see `dns`), off every call's path.
+            let shared = Arc::downgrade(&self.shared);
+            let dns_cfg = self.shared.cfg.dns.clone();
+            rt.spawn(async move {
+                let resolver = match crate::dns::resolver(&dns_cfg) {
+                    Ok(r) => Arc::new(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "no DNS resolver: trunks named by DNS stay unreachable");
+                        return;
+                    }
+                };
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(shared) = shared.upgrade() else {
+                        break;
+                    };
+                    resolve_trunks(&shared, &resolver, &dns_cfg);
                 }
             });
             // Ping the trunks that ask for it (see `health`).
@@ -1191,6 +1214,52 @@ fn ping_trunks(shared: &Shared) {
         if let Some(s) = shared.health.status(&t.name) {
             shared.metrics.trunk_health(&t.name, s.up, s.changed_ms);
         }
+    }
+}
+
+/// Starts the lookups of the named trunks that are due; each answer that changes a
+/// trunk's targets swaps in a routing table with them.
+fn resolve_trunks(
+    shared: &Arc<Shared>,
+    resolver: &Arc<hickory_resolver::TokioResolver>,
+    cfg: &crate::dns::DnsConfig,
+) {
+    let names = shared.routing.load().router.dns_names();
+    if names.is_empty() {
+        shared.dns.due(&[], now());
+        return;
+    }
+    for name in shared.dns.due(&names, now()) {
+        let shared = Arc::downgrade(shared);
+        let resolver = resolver.clone();
+        let retry = cfg.retry;
+        tokio::spawn(async move {
+            let result = crate::dns::resolve(&resolver, &name).await;
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match &result {
+                Ok((targets, _)) => {
+                    tracing::debug!(host = %name.host, targets = ?targets, "trunk resolved")
+                }
+                Err(e) => {
+                    tracing::warn!(host = %name.host, error = %e, "trunk not resolved; the last answer stays in use")
+                }
+            }
+            let retry_at = (tokio::time::Instant::now() + retry).into_std();
+            if shared.dns.answered(&name, result, retry_at) {
+                shared.routing.rcu(|r| Routing {
+                    router: r.router.with_dns(&shared.dns),
+                    trust: r.trust.clone(),
+                });
+            }
+            let n = shared.dns.targets(&name).len();
+            for t in shared.routing.load().router.trunks() {
+                if t.dns.as_ref() == Some(&name) {
+                    shared.metrics.trunk_dns_targets(&t.name, n);
+                }
+            }
+        });
     }
 }
 

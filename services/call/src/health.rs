@@ -121,6 +121,10 @@ impl TrunkHealth {
         let (mut pings, mut changes) = (Vec::new(), Vec::new());
         for t in trunks {
             let Some(cfg) = &t.health else { continue };
+            if t.addr.port() == 0 {
+                // Named by DNS and not resolved yet: routing skips it anyway.
+                continue;
+            }
             let s = states.entry(t.name.clone()).or_insert(State {
                 up: true,
                 misses: 0,

@@ -7,6 +7,7 @@ pub mod actor;
 pub mod digest;
 pub mod directory;
 pub mod dispatcher;
+pub mod dns;
 pub mod health;
 pub mod limits;
 pub mod media;

@@ -134,6 +134,7 @@ pub struct CallMetrics {
     trunk_registration_expiry: Family<TrunkLabels, Gauge>,
     trunk_registration_status: Family<TrunkLabels, Gauge>,
     registration_changes: Family<TrunkStateLabels, Counter>,
+    trunk_targets: Family<TrunkLabels, Gauge>,
 }
 
 impl CallMetrics {
@@ -164,6 +165,7 @@ impl CallMetrics {
             trunk_registration_expiry: Family::default(),
             trunk_registration_status: Family::default(),
             registration_changes: Family::default(),
+            trunk_targets: Family::default(),
         };
         registry.register(
             "trunkline_calls_active",
@@ -285,6 +287,11 @@ impl CallMetrics {
              (registered, failed)",
             metrics.registration_changes.clone(),
         );
+        registry.register(
+            "trunkline_trunk_dns_targets",
+            "Targets of a trunk named by DNS in its last answer (0: none yet, or none)",
+            metrics.trunk_targets.clone(),
+        );
         metrics
     }
 
@@ -394,6 +401,15 @@ impl CallMetrics {
         self.trunk_registration_status
             .get_or_create(&labels)
             .set(i64::from(s.last_status));
+    }
+
+    /// A trunk named by DNS has `n` targets now.
+    pub fn trunk_dns_targets(&self, trunk: &str, n: usize) {
+        self.trunk_targets
+            .get_or_create(&TrunkLabels {
+                trunk: trunk.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The node's registration at `trunk` went `state`.

@@ -170,6 +170,10 @@ impl Registrations {
         let (mut sends, mut changes) = (Vec::new(), Vec::new());
         for t in trunks {
             let Some(cfg) = &t.register else { continue };
+            if t.addr.port() == 0 {
+                // Named by DNS and not resolved yet.
+                continue;
+            }
             let s = states.entry(t.name.clone()).or_insert_with(|| State {
                 cfg: cfg.clone(),
                 to: t.addr,

@@ -54,6 +54,10 @@ pub struct Trunk {
     /// How a TLS trunk is connected to and what its own connections must show (`None`
     /// for UDP and TCP trunks).
     pub tls: Option<crate::tls::TrunkTls>,
+    /// The trunk is named by DNS (RFC 3263): `addr` is then the best of `targets`, the
+    /// last answer (unspecified until there is one).
+    pub dns: Option<crate::dns::DnsName>,
+    pub targets: Arc<[crate::dns::Target]>,
     /// OPTIONS pings that tell whether routing may use the trunk (`None`: never pinged,
     /// always up).
     pub health: Option<crate::health::HealthConfig>,
@@ -78,6 +82,8 @@ impl Trunk {
             outbound_credentials: None,
             register: None,
             tls: None,
+            dns: None,
+            targets: Arc::from(Vec::new()),
             health: None,
         }
     }
@@ -90,13 +96,14 @@ impl Trunk {
         }
     }
 
-    /// The B-leg Request-URI: the dialled user at the trunk.
+    /// The B-leg Request-URI: the dialled user at the trunk (at its name, for a trunk
+    /// named by DNS: RFC 3263 resolves the URI's host).
     pub fn request_uri(&self, dialled: Option<&str>) -> Uri {
-        let mut uri = SipUri::new(
-            dialled.map(str::to_string),
-            Host::from(self.addr.ip()),
-            Some(self.addr.port()),
-        );
+        let (host, port) = match &self.dns {
+            Some(n) => (Host::Domain(n.host.to_string()), n.port),
+            None => (Host::from(self.addr.ip()), Some(self.addr.port())),
+        };
+        let mut uri = SipUri::new(dialled.map(str::to_string), host, port);
         if let Some(t) = self.transport.uri_param() {
             uri.set_param("transport", Some(t.to_string()));
         }
@@ -178,6 +185,28 @@ impl Router {
             routes: table,
             default,
         })
+    }
+
+    /// This table with the named trunks' targets from `table`: each one's `addr` is its
+    /// best target (of the lowest priority), unspecified while it has none.
+    pub fn with_dns(&self, table: &crate::dns::DnsTable) -> Router {
+        let mut out = self.clone();
+        for t in out.trunks.iter_mut() {
+            let Some(name) = &t.dns else { continue };
+            t.targets = table.targets(name);
+            t.addr = crate::dns::pick(&t.targets, |_| false, 0).map_or_else(
+                || SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0),
+                |best| best.addr,
+            );
+        }
+        out
+    }
+
+    /// The named trunks' names.
+    pub fn dns_names(&self) -> Vec<crate::dns::DnsName> {
+        let mut names: Vec<_> = self.trunks.iter().filter_map(|t| t.dns.clone()).collect();
+        names.dedup();
+        names
     }
 
     /// The trunk whose digest user is `username`, and its credentials.

@@ -37,6 +37,8 @@ pub struct DispatcherConfig {
     pub source_limit: crate::pike::SourceLimitConfig,
     /// Digest authentication of callers no source rule names (`None`: none).
     pub digest: Option<crate::digest::DigestConfig>,
+    /// How trunks named by DNS are resolved.
+    pub dns: crate::dns::DnsConfig,
 }
 
 /// State shared by the dispatcher and every call actor.
@@ -80,6 +82,8 @@ pub struct Shared {
     pub(crate) health: crate::health::TrunkHealth,
     /// The node's registrations to trunks that require one.
     pub(crate) registrations: crate::registration::Registrations,
+    /// The answers of the trunks named by DNS.
+    pub(crate) dns: crate::dns::DnsTable,
 }
 
 impl Shared {
@@ -117,6 +121,7 @@ impl Shared {
             digest,
             health: crate::health::TrunkHealth::default(),
             registrations: crate::registration::Registrations::default(),
+            dns: crate::dns::DnsTable::default(),
         }
     }
 

@@ -137,6 +137,7 @@ fn node(opts: Opts) -> Node {
             access_interface: None,
             source_limit: opts.source_limit,
             digest: None,
+            dns: Default::default(),
         },
         router,
         trust,

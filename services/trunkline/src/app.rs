@@ -19,7 +19,7 @@ use trunkline_call::{Dispatcher, DispatcherConfig, Route, Router, Source, Trunk,
 use trunkline_sip::transaction::Timers;
 use trunkline_transport::Transports;
 
-use crate::config::{Config, TrunkTransport};
+use crate::config::{Config, TrunkTlsConfig, TrunkTransport};
 use crate::shutdown::Shutdown;
 
 /// Everything the node runs, built and bound but not yet serving.
@@ -49,9 +49,30 @@ fn sources(list: &[String], key: &str) -> anyhow::Result<Vec<Source>> {
 pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust)> {
     let mut trunks = Vec::with_capacity(config.trunks.len());
     for t in &config.trunks {
-        let addr = t
-            .socket_addr()
-            .ok_or_else(|| anyhow!("trunks.{}: address {:?} is not ip:port", t.name, t.address))?;
+        let transport = match t.transport {
+            TrunkTransport::Udp => trunkline_sip::Transport::Udp,
+            TrunkTransport::Tcp => trunkline_sip::Transport::Tcp,
+            TrunkTransport::Tls => trunkline_sip::Transport::Tls,
+        };
+        // A trunk named by DNS has no address until its first answer (see `dns`).
+        let dns = t
+            .dns_name()
+            .map(|(host, port)| trunkline_call::dns::DnsName {
+                host: Arc::from(host.as_str()),
+                port,
+                transport,
+            });
+        let addr = match (t.socket_addr(), &dns) {
+            (Some(addr), _) => addr,
+            (None, Some(_)) => std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            (None, None) => {
+                return Err(anyhow!(
+                    "trunks.{}: address {:?} is neither ip:port nor a host name",
+                    t.name,
+                    t.address
+                ))
+            }
+        };
         let mut own = sources(&t.sources, &format!("trunks.{}.sources", t.name))?;
         if own.is_empty() {
             // A TLS trunk's own connections come from any port of its address.
@@ -63,6 +84,14 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
         let tls = match t.transport {
             TrunkTransport::Tls => {
                 let c = t.tls.clone().unwrap_or_default();
+                // A trunk named by DNS is checked for its name (RFC 5922), unless told.
+                let c = match (&dns, &c.server_name) {
+                    (Some(n), None) => TrunkTlsConfig {
+                        server_name: Some(n.host.to_string()),
+                        ..c
+                    },
+                    _ => c,
+                };
                 let key = |k: &str| format!("trunks.{}.tls{k}", t.name);
                 Some(trunkline_call::tls::TrunkTls {
                     target: trunkline_transport::tls::TlsTarget {
@@ -81,11 +110,7 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
         trunks.push(Trunk {
             name: Arc::from(t.name.as_str()),
             addr,
-            transport: match t.transport {
-                TrunkTransport::Udp => trunkline_sip::Transport::Udp,
-                TrunkTransport::Tcp => trunkline_sip::Transport::Tcp,
-                TrunkTransport::Tls => trunkline_sip::Transport::Tls,
-            },
+            transport,
             sources: own,
             anchor_media: t.anchor_media,
             media_interface: t.media_interface.as_deref().map(Arc::from),
@@ -113,6 +138,8 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
             },
             register: t.register.as_ref().map(|r| r.call_config(t)),
             tls,
+            dns,
+            targets: Arc::from(Vec::new()),
             local: t.local_address,
         });
     }
@@ -247,6 +274,7 @@ impl App {
                 access_interface: config.media.access_interface.as_deref().map(Arc::from),
                 source_limit: config.sip.source_limit.call_config(),
                 digest: Some(config.sip.auth.digest_config()),
+                dns: config.dns.call_config(),
             },
             router,
             trust,

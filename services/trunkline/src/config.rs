@@ -63,6 +63,42 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The media relay that anchors RTP of every call.
     pub media: MediaSection,
+    /// How trunks named by DNS are resolved.
+    pub dns: DnsSection,
+}
+
+/// `[dns]`: the name servers asked for trunks named by DNS (RFC 3263), and how long a
+/// target that failed a call is avoided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// `ip:port` of name servers (UDP); empty: the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// A target that failed a call (503, no answer, connection refused) is passed over
+    /// by every call for this long, while its trunk has others.
+    pub avoid_secs: u64,
+    /// A lookup that failed is tried again after this long; the last answer stays in use.
+    pub retry_secs: u64,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            avoid_secs: 30,
+            retry_secs: 5,
+        }
+    }
+}
+
+impl DnsSection {
+    pub fn call_config(&self) -> trunkline_call::dns::DnsConfig {
+        trunkline_call::dns::DnsConfig {
+            servers: self.servers.clone(),
+            avoid: Duration::from_secs(self.avoid_secs),
+            retry: Duration::from_secs(self.retry_secs.max(1)),
+        }
+    }
 }
 
 /// `[media]`: the node's RTP relay.
@@ -1193,9 +1229,35 @@ fn default_true() -> bool {
 }
 
 impl TrunkConfig {
-    /// The trunk address as a socket address; validation guarantees this succeeds.
+    /// The trunk address as a socket address (`None` for a trunk named by DNS).
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         self.address.parse().ok()
+    }
+
+    /// The host name (and port, if given) of a trunk named by DNS; `None` for an
+    /// `ip:port` or an address that is neither.
+    pub fn dns_name(&self) -> Option<(String, Option<u16>)> {
+        if self.socket_addr().is_some() {
+            return None;
+        }
+        let (host, port) = match self.address.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p.parse::<u16>().ok()?)),
+            None => (self.address.as_str(), None),
+        };
+        let host = host.trim_end_matches('.');
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && !l.starts_with('-')
+        };
+        let valid = !host.is_empty()
+            && host.len() <= 253
+            && host.parse::<IpAddr>().is_err()
+            && host.split('.').all(label_ok)
+            && host.chars().any(|c| c.is_ascii_alphabetic());
+        valid.then(|| (host.to_ascii_lowercase(), port))
     }
 }
 
@@ -1711,11 +1773,17 @@ impl Config {
                     format!("{:?} is used by another trunk", trunk.name),
                 );
             }
-            if trunk.socket_addr().is_none() {
+            if trunk.dns_name().is_some() && trunk.sources.is_empty() {
+                problems.push(
+                    format!("trunks[{i}].sources"),
+                    "a trunk named by DNS needs the addresses its own requests come from",
+                );
+            }
+            if trunk.socket_addr().is_none() && trunk.dns_name().is_none() {
                 problems.push(
                     format!("trunks[{i}].address"),
                     format!(
-                        "{:?} is not an ip:port (DNS names are not supported yet)",
+                        "{:?} is neither an ip:port nor a host name (with or without a port)",
                         trunk.address
                     ),
                 );
@@ -2553,6 +2621,49 @@ password = "x"
     }
 
     #[test]
+    fn a_trunk_may_be_named_by_dns_with_its_sources() {
+        let t = |address: &str| TrunkConfig {
+            address: address.into(),
+            ..toml::from_str::<TrunkConfig>("name = \"x\"\naddress = \"192.0.2.1:5060\"").unwrap()
+        };
+        assert_eq!(
+            t("carrier.example").dns_name(),
+            Some(("carrier.example".into(), None))
+        );
+        assert_eq!(
+            t("SBC1.Carrier.example.:5080").dns_name(),
+            Some(("sbc1.carrier.example".into(), Some(5080)))
+        );
+        assert_eq!(t("192.0.2.1:5060").dns_name(), None);
+        for bad in [
+            "carrier..example",
+            "-x.example",
+            "carrier.example:99999",
+            "a b",
+            "192.0.2.1",
+        ] {
+            assert_eq!(t(bad).dns_name(), None, "{bad}");
+        }
+        let file = r#"
+[[trunks]]
+name = "a"
+address = "carrier.example"
+[[trunks]]
+name = "b"
+address = "not a host"
+"#;
+        load_in_jail(&[], Some(file), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            for needle in [
+                "trunks[0].sources: a trunk named by DNS needs the addresses",
+                "trunks[1].address: \"not a host\" is neither an ip:port nor a host name",
+            ] {
+                assert!(message.contains(needle), "{needle} not in {message}");
+            }
+        });
+    }
+
+    #[test]
     fn tls_settings_are_checked_at_start() {
         let file = r#"
 [sip]
@@ -2609,7 +2720,7 @@ t2_ms = 4000
 level = "info,=="
 [[trunks]]
 name = "a"
-address = "carrier.example.com:5060"
+address = "carrier example:5060"
 [[trunks]]
 name = "a"
 address = "127.0.0.1:5090"
