@@ -103,3 +103,20 @@ impl std::fmt::Debug for PeerCredentials {
             .finish_non_exhaustive()
     }
 }
+
+/// What the callee's side is shown of the caller, decided with the route: the numbers
+/// after the trunks' rewrite rules, and what RFC 3325 lets through.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presentation {
+    /// The user of the B-leg From (`None`: the caller's From user).
+    pub from_user: Option<String>,
+    /// The user of the B-leg To (`None`: the Request-URI's user).
+    pub to_user: Option<String>,
+    /// The caller's `P-Asserted-Identity` comes from a trunk trusted to assert one:
+    /// relay it (from anyone else it is dropped, RFC 3325 §5).
+    pub assert_identity: bool,
+    /// The callee's trunk is in the trust domain: an asserted identity the caller asked
+    /// to keep private (`Privacy: id`) may still go to it; toward any other trunk it is
+    /// removed.
+    pub callee_trusted: bool,
+}

@@ -20,7 +20,7 @@ pub use call::{
     Adoption, Call, CallState, Leftovers, MediaFailure, Party, Replay, RouteDecision,
     TransferError, TransferTarget,
 };
-pub use config::{CallConfig, Local, PeerCredentials};
+pub use config::{CallConfig, Local, PeerCredentials, Presentation};
 pub use event::{EndCause, Event, Leg, MediaOp, Transmit};
 pub use ids::{owner_of, Ids};
 pub use snapshot::{CallSnapshot, LegSnapshot};

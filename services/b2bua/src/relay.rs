@@ -42,6 +42,26 @@ pub fn copy_session_headers(from: &Headers, to: &mut Headers) {
     }
 }
 
+/// The caller's identity headers on the B-leg INVITE, as RFC 3325 allows: `Privacy`
+/// always (it is the caller's request to whoever comes next); `P-Asserted-Identity` only
+/// when the caller's trunk is trusted to assert it, and not toward an untrusted trunk
+/// when the caller asked for `Privacy: id`.
+pub fn copy_identity(from: &Headers, to: &mut Headers, p: &crate::config::Presentation) {
+    let named =
+        |h: &trunkline_sip::Header, name: &str| h.name.eq_ignore_ascii_case(name.as_bytes());
+    let private = from.iter().filter(|h| named(h, "Privacy")).any(|h| {
+        String::from_utf8_lossy(&h.value)
+            .split([';', ','])
+            .any(|v| v.trim().eq_ignore_ascii_case("id"))
+    });
+    let pass_asserted = p.assert_identity && (p.callee_trusted || !private);
+    for h in from.iter() {
+        if named(h, "Privacy") || (pass_asserted && named(h, "P-Asserted-Identity")) {
+            to.push(h.clone());
+        }
+    }
+}
+
 /// Extension headers that carry call information rather than topology.
 fn is_passable_extension(name: &[u8]) -> bool {
     const NAMES: &[&str] = &[
@@ -65,6 +85,57 @@ fn is_passable_extension(name: &[u8]) -> bool {
 mod tests {
     use super::*;
     use trunkline_sip::Header;
+
+    #[test]
+    fn asserted_identity_crosses_only_from_trusted_trunks_and_privacy_is_honoured() {
+        use crate::config::Presentation;
+        let caller = |privacy: Option<&str>| {
+            let mut h = Headers::new();
+            h.push(Header::other(
+                "P-Asserted-Identity",
+                "<sip:+442071234567@pbx.example>",
+            ));
+            if let Some(p) = privacy {
+                h.push(Header::other("Privacy", p.to_string()));
+            }
+            h
+        };
+        let out = |from: &Headers, p: Presentation| {
+            let mut to = Headers::new();
+            copy_identity(from, &mut to, &p);
+            to.iter()
+                .map(|h| String::from_utf8_lossy(&h.name).into_owned())
+                .collect::<Vec<_>>()
+        };
+        let trusted_in = Presentation {
+            assert_identity: true,
+            ..Presentation::default()
+        };
+        // From an untrusted source: dropped.
+        assert!(out(&caller(None), Presentation::default()).is_empty());
+        // From a trusted trunk: relayed, to anyone when the caller asks no privacy.
+        assert_eq!(
+            out(&caller(None), trusted_in.clone()),
+            ["P-Asserted-Identity"]
+        );
+        // Privacy: id keeps it from untrusted trunks, not from trusted ones.
+        assert_eq!(out(&caller(Some("id")), trusted_in.clone()), ["Privacy"]);
+        assert_eq!(
+            out(
+                &caller(Some("header; id")),
+                Presentation {
+                    callee_trusted: true,
+                    ..trusted_in.clone()
+                }
+            ),
+            ["P-Asserted-Identity", "Privacy"]
+        );
+        // Another privacy value is not `id`.
+        assert_eq!(
+            out(&caller(Some("user")), trusted_in),
+            ["P-Asserted-Identity", "Privacy"]
+        );
+    }
 
     #[test]
     fn topology_headers_never_cross() {

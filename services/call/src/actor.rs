@@ -11,6 +11,7 @@ use crate::media::{LegAddressing, LegInterfaces, MediaMsg};
 use crate::messages::{CallArgs, CallMsg, CallStart, OriginateArgs};
 use crate::metrics::Direction;
 use crate::registry::{CallHandle, DialogKey, Grave};
+use crate::rewrite;
 use crate::shared::{send_token, Shared};
 use crate::trust::Origin;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -387,6 +388,24 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
     let shared = state.shared.clone();
     let routing = state.routing.clone();
     let router = &routing.router;
+    // The caller's trunk's inbound rules first: the route sees the rewritten number.
+    let origin_trunk = match state.origin {
+        Origin::Trunk(i) => router.trunks().get(i),
+        _ => None,
+    };
+    let dialled_raw = request_uri.user().unwrap_or_default().to_string();
+    let inbound = origin_trunk
+        .map(|t| t.rewrites.inbound.as_slice())
+        .unwrap_or_default();
+    let dialled =
+        rewrite::apply(inbound, rewrite::Field::RequestUri, &dialled_raw).unwrap_or(dialled_raw);
+    let mut rewritten_uri = request_uri.clone();
+    if let trunkline_sip::Uri::Sip(u) = &mut rewritten_uri {
+        if u.user.is_some() {
+            u.user = Some(dialled.clone());
+        }
+    }
+    let request_uri = &rewritten_uri;
     let mut skipped: Vec<Arc<str>> = Vec::new();
     let mut limited = false;
     let roll = rand::random::<u32>();
@@ -490,13 +509,37 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
         state.callee_trunk = Some((trunk.name.clone(), trunk.transport));
         state.routed_to = Some(trunk.name.clone());
         state.routed_target = trunk.dns.as_ref().map(|_| target);
+        // Then the callee's trunk's outbound rules, for the B leg.
+        let outbound = trunk.rewrites.outbound.as_slice();
+        let b_user = rewrite::apply(outbound, rewrite::Field::RequestUri, &dialled)
+            .unwrap_or_else(|| dialled.clone());
+        let caller = state.record.caller.clone();
+        let from_in = rewrite::apply(inbound, rewrite::Field::From, &caller);
+        let from_out = rewrite::apply(
+            outbound,
+            rewrite::Field::From,
+            from_in.as_deref().unwrap_or(&caller),
+        );
+        let to_in = rewrite::apply(inbound, rewrite::Field::To, &b_user);
+        let to_out = rewrite::apply(
+            outbound,
+            rewrite::Field::To,
+            to_in.as_deref().unwrap_or(&b_user),
+        );
+        let presentation = trunkline_b2bua::Presentation {
+            from_user: from_out.or(from_in),
+            to_user: to_out.or(to_in),
+            assert_identity: origin_trunk.is_some_and(|t| t.trusted_identity),
+            callee_trusted: trunk.trusted_identity,
+        };
         return RouteDecision::Trunk {
             peer: trunkline_sip::Peer {
                 addr: target,
                 ..trunk.peer()
             },
             local,
-            request_uri: trunk.request_uri(request_uri.user()),
+            request_uri: trunk.request_uri(request_uri.user().map(|_| b_user.as_str())),
+            presentation,
             anchor_media: trunk.anchor_media && shared.media.is_some(),
             fix_nated_contact: trunk.fix_nated_contact,
             failover,

@@ -18,6 +18,7 @@ pub mod pike;
 pub mod registration;
 pub mod registry;
 pub mod replicate;
+pub mod rewrite;
 pub mod router;
 pub mod shared;
 pub mod stateless;

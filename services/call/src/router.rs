@@ -58,6 +58,11 @@ pub struct Trunk {
     /// last answer (unspecified until there is one).
     pub dns: Option<crate::dns::DnsName>,
     pub targets: Arc<[crate::dns::Target]>,
+    /// Number rewriting for calls from the trunk and to it.
+    pub rewrites: crate::rewrite::Rewrites,
+    /// The trunk is in the node's trust domain (RFC 3325): its `P-Asserted-Identity` is
+    /// believed and relayed, and identities kept private may be shown to it.
+    pub trusted_identity: bool,
     /// OPTIONS pings that tell whether routing may use the trunk (`None`: never pinged,
     /// always up).
     pub health: Option<crate::health::HealthConfig>,
@@ -84,6 +89,8 @@ impl Trunk {
             tls: None,
             dns: None,
             targets: Arc::from(Vec::new()),
+            rewrites: Default::default(),
+            trusted_identity: false,
             health: None,
         }
     }

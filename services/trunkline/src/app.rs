@@ -140,6 +140,10 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
             tls,
             dns,
             targets: Arc::from(Vec::new()),
+            rewrites: t
+                .rewrites(&format!("trunks.{}", t.name))
+                .map_err(|e| anyhow!(e))?,
+            trusted_identity: t.trusted_identity,
             local: t.local_address,
         });
     }

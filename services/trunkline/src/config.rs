@@ -935,6 +935,15 @@ pub struct TrunkConfig {
     /// How a TLS trunk is verified and what the node shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TrunkTlsConfig>,
+    /// Number rewriting for calls from the trunk (`inbound`, before routing) and to it
+    /// (`outbound`); per field, the first matching rule applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrites: Vec<RewriteConfig>,
+    /// The trunk is in the node's trust domain (RFC 3325): its `P-Asserted-Identity` is
+    /// relayed (from any other source it is dropped), and a caller's identity kept
+    /// private (`Privacy: id`) may still be asserted to it.
+    #[serde(default)]
+    pub trusted_identity: bool,
     /// The trunk wants the node to REGISTER to it (with `outbound_auth` when it
     /// challenges).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -995,6 +1004,55 @@ impl TrunkHealthConfig {
                 .filter_map(|s| Self::status_match(s))
                 .collect(),
         }
+    }
+}
+
+/// `[[trunks.rewrites]]`: `pattern` (a regular expression) matched against the user
+/// part of `field` (`ruri`, `from` or `to`) and replaced by `replace` (`$1`, `${name}`
+/// for captures), on calls `direction` (`inbound`: from the trunk, `outbound`: to it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    pub direction: RewriteDirection,
+    pub field: RewriteField,
+    pub pattern: String,
+    pub replace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewriteDirection {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RewriteField {
+    Ruri,
+    From,
+    To,
+}
+
+impl TrunkConfig {
+    /// The trunk's rewrite rules, compiled; the first bad pattern names its key.
+    pub fn rewrites(&self, key: &str) -> Result<trunkline_call::rewrite::Rewrites, String> {
+        use trunkline_call::rewrite::{Field, Rule};
+        let mut out = trunkline_call::rewrite::Rewrites::default();
+        for (j, r) in self.rewrites.iter().enumerate() {
+            let field = match r.field {
+                RewriteField::Ruri => Field::RequestUri,
+                RewriteField::From => Field::From,
+                RewriteField::To => Field::To,
+            };
+            let rule = Rule::new(field, &r.pattern, &r.replace)
+                .map_err(|e| format!("{key}.rewrites[{j}].pattern: {e}"))?;
+            match r.direction {
+                RewriteDirection::Inbound => out.inbound.push(rule),
+                RewriteDirection::Outbound => out.outbound.push(rule),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -1886,6 +1944,12 @@ impl Config {
             }
         }
         for (i, trunk) in self.trunks.iter().enumerate() {
+            if let Err(e) = trunk.rewrites(&format!("trunks[{i}]")) {
+                let (key, why) = e.split_once(": ").unwrap_or((&e, "invalid"));
+                problems.push(key.to_string(), why.to_string());
+            }
+        }
+        for (i, trunk) in self.trunks.iter().enumerate() {
             let Some(reg) = &trunk.register else { continue };
             let c = reg.call_config(trunk);
             if c.user.trim().is_empty() {
@@ -2651,12 +2715,18 @@ address = "carrier.example"
 [[trunks]]
 name = "b"
 address = "not a host"
+[[trunks.rewrites]]
+direction = "inbound"
+field = "ruri"
+pattern = "^(0"
+replace = "+44$1"
 "#;
         load_in_jail(&[], Some(file), |result, _| {
             let message = format!("{:#}", result.unwrap_err());
             for needle in [
                 "trunks[0].sources: a trunk named by DNS needs the addresses",
                 "trunks[1].address: \"not a host\" is neither an ip:port nor a host name",
+                "trunks[1].rewrites[0].pattern: regex parse error",
             ] {
                 assert!(message.contains(needle), "{needle} not in {message}");
             }

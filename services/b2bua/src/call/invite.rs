@@ -32,6 +32,7 @@ impl Call {
         local: Local,
         request_uri: Uri,
         credentials: Option<crate::config::PeerCredentials>,
+        presentation: &crate::config::Presentation,
     ) {
         let Some(a_req) = self
             .servers
@@ -55,13 +56,13 @@ impl Call {
         h.add(HeaderName::MaxForwards, (mf - 1).to_string());
         // From keeps the caller's user part and display name; the host becomes ours.
         let a_from = a_req.headers.from_addr();
-        let mut from = NameAddr::new(Uri::Sip(SipUri::new(
-            a_from
+        let from_user = match &presentation.from_user {
+            Some(u) => Some(u.clone()),
+            None => a_from
                 .as_ref()
                 .and_then(|f| f.uri.user().map(str::to_string)),
-            local.host.clone(),
-            None,
-        )));
+        };
+        let mut from = NameAddr::new(Uri::Sip(SipUri::new(from_user, local.host.clone(), None)));
         from.display = a_from.and_then(|f| f.display);
         from.set_param("tag", Some(tag.clone()));
         h.add(HeaderName::From, from.to_string());
@@ -69,11 +70,11 @@ impl Call {
             Uri::Sip(u) => u.host.clone(),
             Uri::Other { .. } => Host::from(peer.addr.ip()),
         };
-        let mut to = NameAddr::new(Uri::Sip(SipUri::new(
-            request_uri.user().map(str::to_string),
-            to_host,
-            None,
-        )));
+        let to_user = presentation
+            .to_user
+            .clone()
+            .or_else(|| request_uri.user().map(str::to_string));
+        let mut to = NameAddr::new(Uri::Sip(SipUri::new(to_user, to_host, None)));
         to.display = a_req.headers.to_addr().and_then(|t| t.display);
         h.add(HeaderName::To, to.to_string());
         h.add(HeaderName::CallId, call_id.clone());
@@ -81,6 +82,7 @@ impl Call {
         h.add(HeaderName::Contact, local.contact().to_string());
         h.add(HeaderName::Allow, self.cfg.allow);
         copy_session_headers(&a_req.headers, h);
+        crate::relay::copy_identity(&a_req.headers, h, presentation);
         req.body = a_req.body.clone();
         if !req.body.is_empty() {
             self.initial_offerer = Some(Leg::A);

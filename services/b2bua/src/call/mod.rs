@@ -72,6 +72,8 @@ pub enum RouteDecision {
         failover: bool,
         /// What the node answers the trunk's 401/407 with, if it authenticates the node.
         credentials: Option<PeerCredentials>,
+        /// The caller's numbers and identity as the callee's side sees them.
+        presentation: crate::config::Presentation,
     },
     /// Answer the caller with this final status.
     Reject { status: u16, cause: EndCause },
@@ -549,11 +551,12 @@ impl Call {
                 fix_nated_contact,
                 failover,
                 credentials,
+                presentation,
             } => {
                 self.anchor = anchor_media;
                 self.fix_nated_contact = fix_nated_contact;
                 self.failover = failover;
-                self.send_b_invite(now, peer, local, request_uri, credentials)
+                self.send_b_invite(now, peer, local, request_uri, credentials, &presentation)
             }
         }
         self.drain(now);

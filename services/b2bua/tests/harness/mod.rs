@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trunkline_b2bua::{
     Call, CallConfig, EndCause, Event, Leg, Local, MediaFailure, MediaOp, PeerCredentials,
-    RouteDecision,
+    Presentation, RouteDecision,
 };
 use trunkline_sip::{
     parse_message, HeaderName, Host, Message, Method, Peer, Request, Response, Transport, Uri,
@@ -546,6 +546,8 @@ pub struct Setup {
     pub fix_nated_contact: bool,
     /// What the node answers B's digest challenges with.
     pub credentials: Option<PeerCredentials>,
+    /// The caller as B is shown it.
+    pub presentation: Presentation,
 }
 
 impl Default for Setup {
@@ -563,6 +565,7 @@ impl Default for Setup {
             defer_media: false,
             fix_nated_contact: false,
             credentials: None,
+            presentation: Presentation::default(),
         }
     }
 }
@@ -592,6 +595,7 @@ pub struct World {
     pub defer_media: bool,
     pub fix_nated_contact: bool,
     pub credentials: Option<PeerCredentials>,
+    pub presentation: Presentation,
     /// Every message must go to its leg's UA address (off for tests where the far
     /// side moves: their `Sent::peer` says where messages went).
     pub strict_peers: bool,
@@ -674,6 +678,7 @@ impl World {
             defer_media: setup.defer_media,
             fix_nated_contact: setup.fix_nated_contact,
             credentials: setup.credentials.clone(),
+            presentation: setup.presentation.clone(),
             strict_peers: true,
             pending_media: VecDeque::new(),
         };
@@ -976,6 +981,7 @@ impl World {
             fix_nated_contact: self.fix_nated_contact,
             failover: false,
             credentials: self.credentials.clone(),
+            presentation: self.presentation.clone(),
         };
         self.call.handle_route(self.now, decision);
         self.pump();

@@ -219,6 +219,8 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
         outbound_auth: None,
         register: None,
         tls: None,
+        rewrites: Vec::new(),
+        trusted_identity: false,
         name: t.name,
         address: t.address,
         transport,
@@ -242,8 +244,9 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
 
 /// What the API cannot say yet stays as the trunk had it: its OPTIONS pings
 /// (`[trunks.health]`) and the credentials the node answers its challenges with
-/// (`[trunks.outbound_auth]`), its registration (`[trunks.register]`) and its TLS
-/// settings (`[trunks.tls]`), all set in the file. Without this an upsert would
+/// (`[trunks.outbound_auth]`), its registration (`[trunks.register]`), its TLS
+/// settings (`[trunks.tls]`), its rewrite rules and whether it asserts identities, all
+/// set in the file. Without this an upsert would
 /// switch a trunk's pings or authentication off unseen.
 fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
     if new.health.is_none() {
@@ -258,6 +261,10 @@ fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
     if new.tls.is_none() {
         new.tls.clone_from(&old.tls);
     }
+    if new.rewrites.is_empty() {
+        new.rewrites.clone_from(&old.rewrites);
+    }
+    new.trusted_identity |= old.trusted_identity;
 }
 
 fn table_view(config: &Config) -> RoutingTable {
