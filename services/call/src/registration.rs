@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trunkline_sip::digest::Challenge;
+use trunkline_sip::digest::{challenge_headers, Challenge};
 use trunkline_sip::{HeaderName, Response, Transport};
 
 /// Prefix of the Via branch of every REGISTER the node sends (magic cookie first).
@@ -281,19 +281,12 @@ impl Registrations {
                 (None, set_state(&name, s, RegState::Registered))
             }
             401 | 407 => {
-                let want = if resp.status == 401 {
-                    HeaderName::WwwAuthenticate
-                } else {
-                    HeaderName::ProxyAuthenticate
+                let Some((want, header)) = challenge_headers(resp.status) else {
+                    return (None, None);
                 };
                 let challenge = resp.headers.get_all(want).find_map(|v| Challenge::parse(v));
                 match (challenge, &t.outbound_credentials, me(t)) {
                     (Some(ch), Some(_), Some(me)) if !f.answered || ch.stale => {
-                        let header = if resp.status == 401 {
-                            HeaderName::Authorization
-                        } else {
-                            HeaderName::ProxyAuthorization
-                        };
                         let send = self.register(t, s, &me, Some((header, ch)), now);
                         (Some(send), None)
                     }

@@ -121,6 +121,20 @@ pub fn params(s: &str) -> Option<Vec<(String, String)>> {
     }
 }
 
+/// For a 401 or 407: the header that carries the challenge and the one that carries the
+/// answer (`WWW-Authenticate`/`Authorization`, `Proxy-Authenticate`/`Proxy-Authorization`).
+pub fn challenge_headers(status: u16) -> Option<(crate::HeaderName, crate::HeaderName)> {
+    use crate::HeaderName;
+    match status {
+        401 => Some((HeaderName::WwwAuthenticate, HeaderName::Authorization)),
+        407 => Some((
+            HeaderName::ProxyAuthenticate,
+            HeaderName::ProxyAuthorization,
+        )),
+        _ => None,
+    }
+}
+
 /// One `WWW-Authenticate`/`Proxy-Authenticate` challenge a client can answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {

@@ -233,6 +233,24 @@ fn call_out(node: &Node, out: &Path, name: &str, ok: bool) -> Result<()> {
     }
 }
 
+/// Two calls from SIPp through the carrier, over TLS to the node and on to the PBX
+/// (route "+1"), all answered.
+fn call_in(kam: &Carrier, pbx: &mut SippRun, out: &Path) -> Result<()> {
+    Sipp::uac("uac_basic.xml", kam.udp)
+        .name("in")
+        .calls(2)
+        .rate(5)
+        .duration_ms(300)
+        .timeout_secs(20)
+        .arg("-s")
+        .arg("+15550100")
+        .spawn(out)?
+        .wait(Duration::from_secs(30))?
+        .assert_all_ok(2)
+        .with_context(|| format!("carrier log:\n{}", tail(&kam.proc.log, 20)))?;
+    pbx.wait(Duration::from_secs(30))?.assert_all_ok(2)
+}
+
 #[test]
 fn calls_cross_a_tls_carrier_both_ways() -> Result<()> {
     let out = out_dir("tls_trunk")?;
@@ -255,19 +273,7 @@ fn calls_cross_a_tls_carrier_both_ways() -> Result<()> {
 
     // In first: caller → carrier → TLS (the carrier connects to the node's listener)
     // → node → pbx.
-    let r = Sipp::uac("uac_basic.xml", kam.udp)
-        .name("in")
-        .calls(2)
-        .rate(5)
-        .duration_ms(300)
-        .timeout_secs(20)
-        .arg("-s")
-        .arg("+15550100")
-        .spawn(&out)?
-        .wait(Duration::from_secs(30))?;
-    r.assert_all_ok(2)
-        .with_context(|| format!("carrier log:\n{}", tail(&kam.proc.log, 20)))?;
-    pbx.wait(Duration::from_secs(30))?.assert_all_ok(2)?;
+    call_in(&kam, &mut pbx, &out)?;
     ensure!(
         tls_connections(&node, "inbound") >= 1.0,
         "no inbound TLS connection counted"
@@ -321,19 +327,7 @@ fn mutual_tls_is_required_by_the_carrier_and_checked_by_the_node() -> Result<()>
     )?;
     call_out(&node, &out, "with_cert", true)?;
     callee.wait(Duration::from_secs(30))?.assert_all_ok(2)?;
-    let r = Sipp::uac("uac_basic.xml", kam.udp)
-        .name("in")
-        .calls(2)
-        .rate(5)
-        .duration_ms(300)
-        .timeout_secs(20)
-        .arg("-s")
-        .arg("+15550100")
-        .spawn(&out)?
-        .wait(Duration::from_secs(30))?;
-    r.assert_all_ok(2)
-        .with_context(|| format!("carrier log:\n{}", tail(&kam.proc.log, 20)))?;
-    pbx.wait(Duration::from_secs(30))?.assert_all_ok(2)?;
+    call_in(&kam, &mut pbx, &out)?;
     ensure!(
         tls_refusals(&node) == 0.0,
         "the carrier's certificate was refused"

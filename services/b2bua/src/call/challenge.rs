@@ -4,11 +4,11 @@
 //! an incremented CSeq, a new branch and the answer, and the caller never sees the
 //! challenge.
 
-use super::{Call, ClientRole, Outgoing};
+use super::{Call, ClientRole};
 use crate::config::PeerCredentials;
 use crate::event::Leg;
 use std::time::Instant;
-use trunkline_sip::digest::Challenge;
+use trunkline_sip::digest::{challenge_headers, Challenge};
 use trunkline_sip::{HeaderName, Response};
 
 /// Challenges answered per call at most: a peer that keeps challenging (a wrong
@@ -36,13 +36,8 @@ impl Call {
         cid: u64,
         resp: &Response,
     ) -> bool {
-        let (want, answer) = match resp.status {
-            401 => (HeaderName::WwwAuthenticate, HeaderName::Authorization),
-            407 => (
-                HeaderName::ProxyAuthenticate,
-                HeaderName::ProxyAuthorization,
-            ),
-            _ => return false,
+        let Some((want, answer)) = challenge_headers(resp.status) else {
+            return false;
         };
         if self.auth_answers >= MAX_ANSWERS {
             return false;
@@ -98,18 +93,7 @@ impl Call {
         h.remove(answer);
         h.add(answer, value);
         self.auth_answers += 1;
-        let id = self.alloc_id();
-        self.emit(
-            now,
-            Outgoing::Request {
-                id,
-                leg,
-                peer,
-                req,
-                role,
-            },
-            None,
-        );
+        self.send_request(now, leg, peer, req, role);
         true
     }
 }
