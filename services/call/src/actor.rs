@@ -406,6 +406,7 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
         }
     }
     let request_uri = &rewritten_uri;
+    let number = request_uri.user().unwrap_or_default();
     let mut skipped: Vec<Arc<str>> = Vec::new();
     let mut limited = false;
     let roll = rand::random::<u32>();
@@ -437,8 +438,8 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
                 && !skipped.contains(&t.name)
                 && target_of(t, None).is_some()
         };
-        let trunk = match router.decide_up(request_uri, state.origin, usable) {
-            Ok(t) => t,
+        let picked = match router.pick(number, state.origin.trunk(), usable, roll) {
+            Ok(p) => p,
             Err(_) if limited => {
                 return RouteDecision::Reject {
                     status: 503,
@@ -465,6 +466,7 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
                 }
             }
         };
+        let trunk = picked.trunk;
         let Some(target) = target_of(trunk, None) else {
             skipped.push(trunk.name.clone());
             continue;
@@ -494,13 +496,18 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
         };
         let failover = target_of(trunk, Some(target)).is_some_and(|_| trunk.dns.is_some())
             || router
-                .decide_up(request_uri, state.origin, |t| {
-                    t.name != trunk.name
-                        && shared.health.is_up(&t.name)
-                        && !state.tried.contains(&t.name)
-                        && !skipped.contains(&t.name)
-                        && target_of(t, None).is_some()
-                })
+                .pick(
+                    number,
+                    state.origin.trunk(),
+                    |t| {
+                        t.name != trunk.name
+                            && shared.health.is_up(&t.name)
+                            && !state.tried.contains(&t.name)
+                            && !skipped.contains(&t.name)
+                            && target_of(t, None).is_some()
+                    },
+                    roll,
+                )
                 .is_ok();
         state.trunk_slots[1] = Some(slot);
         state.media_interfaces.b = trunk.media_interface.clone();
@@ -544,6 +551,8 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
             fix_nated_contact: trunk.fix_nated_contact,
             failover,
             credentials: trunk.outbound_credentials.clone(),
+            provisional_timeout: picked.route.and_then(|r| r.provisional_timeout),
+            failover_statuses: picked.route.and_then(|r| r.failover_statuses.clone()),
         };
     }
 }

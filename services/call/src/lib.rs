@@ -32,6 +32,6 @@ pub use messages::TransferFailure;
 pub use outbound::{Listener, Outbound};
 pub use pike::SourceLimitConfig;
 pub use replicate::{via_node, via_parts, Replicate, Strays, VIA_NODE};
-pub use router::{Route, Router, Routing, TargetError, Trunk};
+pub use router::{Route, RouteTrunk, Router, Routing, TargetError, Trunk};
 pub use shared::DispatcherConfig;
 pub use trust::{Origin, Source, Trust};

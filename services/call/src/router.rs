@@ -1,12 +1,14 @@
-//! Static routing: named trunks, prefix routes on the dialled number, a default route.
+//! Routing: named trunks, prefix routes on the dialled number (each to a list of trunks
+//! by priority and weight, optionally only for calls from one trunk), a default trunk.
 //!
-//! `Router::decide` is a pure function of the Request-URI and where the call came from,
-//! so every routing rule is a unit test. Least-cost routing, failover and RFC 3263
-//! resolution come later; this shape stays.
+//! `Router::pick` is a pure function of the number, where the call came from, which
+//! trunks the call may still use and a random roll, so every routing rule is a unit
+//! test. The call actor asks it again for each failover.
 
 use crate::trust::{Origin, Source};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use trunkline_media::AddressPolicy;
 use trunkline_sip::{Host, Peer, SipUri, Transport, Uri};
 
@@ -118,11 +120,69 @@ impl Trunk {
     }
 }
 
-/// `[[routes]]`: calls whose dialled number starts with `prefix` go to `trunk`.
+/// One trunk of a route's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTrunk {
+    pub name: String,
+    /// Lower goes first; trunks of one priority share the calls by `weight`.
+    pub priority: u32,
+    /// Share of the calls among the usable trunks of the same priority. A weight of 0
+    /// takes calls only when no trunk of its priority with a weight is usable (a
+    /// standby).
+    pub weight: u32,
+}
+
+/// `[[routes]]`: calls whose dialled number starts with `prefix` (and, with
+/// `from_trunk`, that came from that trunk) go to the first usable trunk of `trunks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub prefix: String,
-    pub trunk: String,
+    /// Only calls from this trunk take the route; `None`: every call.
+    pub from_trunk: Option<String>,
+    pub trunks: Vec<RouteTrunk>,
+    /// A trunk that sends no provisional answer (not even 100) within this long is
+    /// given up for the next (a carrier that died answers nothing; Timer B alone would
+    /// keep the caller waiting 32 s). `None`: wait for Timer B.
+    pub provisional_timeout: Option<Duration>,
+    /// The final statuses after which the call tries the next trunk, for calls of this
+    /// route (`None`: the node's `sip.failover_statuses`).
+    pub failover_statuses: Option<Arc<[u16]>>,
+}
+
+impl Route {
+    /// A route of `prefix` to one trunk, every other setting at its default.
+    pub fn to(prefix: &str, trunk: &str) -> Route {
+        Route {
+            prefix: prefix.to_string(),
+            from_trunk: None,
+            trunks: vec![RouteTrunk {
+                name: trunk.to_string(),
+                priority: 0,
+                weight: 1,
+            }],
+            provisional_timeout: None,
+            failover_statuses: None,
+        }
+    }
+}
+
+/// What routing settled on for one attempt of a call: the trunk, and the settings of
+/// the route that named it (`None` for the default trunk).
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    pub trunk: &'a Trunk,
+    pub route: Option<&'a RouteRule>,
+}
+
+/// A route as the router holds it: trunks by index, in priority order.
+#[derive(Debug, Clone)]
+pub struct RouteRule {
+    prefix: String,
+    from: Option<usize>,
+    /// (trunk index, priority, weight), sorted by priority (stable: list order within).
+    choices: Vec<(usize, u32, u32)>,
+    pub provisional_timeout: Option<Duration>,
+    pub failover_statuses: Option<Arc<[u16]>>,
 }
 
 /// The trunks, routes and trust rules in force: what a new call is classified and
@@ -139,8 +199,9 @@ pub struct Routing {
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     trunks: Vec<Trunk>,
-    /// (prefix, trunk index), longest prefix first.
-    routes: Vec<(String, usize)>,
+    /// Longest prefix first; at one prefix, the route for a source trunk before the
+    /// route for every call.
+    routes: Vec<RouteRule>,
     default: Option<usize>,
 }
 
@@ -153,6 +214,10 @@ pub enum RouterError {
     UnknownTrunk { prefix: String, trunk: String },
     #[error("prefix {0:?} is routed twice")]
     DuplicatePrefix(String),
+    #[error("route for prefix {0:?} names no trunk")]
+    EmptyRoute(String),
+    #[error("route for prefix {prefix:?} names trunk {trunk:?} twice")]
+    RepeatedTrunk { prefix: String, trunk: String },
     #[error("trunk {0:?} is configured twice")]
     Duplicate(String),
 }
@@ -175,18 +240,43 @@ impl Router {
             }
             None => None,
         };
-        let mut table = Vec::with_capacity(routes.len());
+        let unknown = |prefix: &str, trunk: &str| RouterError::UnknownTrunk {
+            prefix: prefix.to_string(),
+            trunk: trunk.to_string(),
+        };
+        let mut table: Vec<RouteRule> = Vec::with_capacity(routes.len());
         for r in routes {
-            if table.iter().any(|(p, _)| *p == r.prefix) {
+            let from = match &r.from_trunk {
+                Some(name) => Some(index(name).ok_or_else(|| unknown(&r.prefix, name))?),
+                None => None,
+            };
+            if table.iter().any(|o| o.prefix == r.prefix && o.from == from) {
                 return Err(RouterError::DuplicatePrefix(r.prefix));
             }
-            let i = index(&r.trunk).ok_or_else(|| RouterError::UnknownTrunk {
-                prefix: r.prefix.clone(),
-                trunk: r.trunk.clone(),
-            })?;
-            table.push((r.prefix, i));
+            if r.trunks.is_empty() {
+                return Err(RouterError::EmptyRoute(r.prefix));
+            }
+            let mut choices = Vec::with_capacity(r.trunks.len());
+            for (j, t) in r.trunks.iter().enumerate() {
+                if r.trunks[..j].iter().any(|o| o.name == t.name) {
+                    return Err(RouterError::RepeatedTrunk {
+                        prefix: r.prefix.clone(),
+                        trunk: t.name.clone(),
+                    });
+                }
+                let i = index(&t.name).ok_or_else(|| unknown(&r.prefix, &t.name))?;
+                choices.push((i, t.priority, t.weight));
+            }
+            choices.sort_by_key(|c| c.1);
+            table.push(RouteRule {
+                prefix: r.prefix,
+                from,
+                choices,
+                provisional_timeout: r.provisional_timeout,
+                failover_statuses: r.failover_statuses,
+            });
         }
-        table.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        table.sort_by_key(|r| (std::cmp::Reverse(r.prefix.len()), r.from.is_none()));
         Ok(Router {
             trunks,
             routes: table,
@@ -231,14 +321,21 @@ impl Router {
         self.trunks.iter().any(|t| t.credentials.is_some())
     }
 
-    /// The trunk for a call to `request_uri` from `origin`: the longest prefix of the
-    /// dialled number with a route, else the default. A call that came from a trunk is
-    /// never sent back to that same trunk (a loop between two carriers that each
-    /// default to the other would otherwise bounce until Max-Forwards runs out, and a
-    /// carrier could use the node to reach its own network at someone's expense).
-    /// `None`: no route (the caller gets 404).
+    /// The trunk for a call to `request_uri` from `origin` when every trunk is up: the
+    /// first of the longest matching route, else the default. A call that came from a
+    /// trunk is never sent back to that same trunk (a loop between two carriers that
+    /// each default to the other would otherwise bounce until Max-Forwards runs out,
+    /// and a carrier could use the node to reach its own network at someone's
+    /// expense). `None`: no route (the caller gets 404).
     pub fn decide(&self, request_uri: &Uri, origin: Origin) -> Option<&Trunk> {
-        self.route_number(request_uri.user().unwrap_or_default(), origin.trunk())
+        self.pick(
+            request_uri.user().unwrap_or_default(),
+            origin.trunk(),
+            |_| true,
+            0,
+        )
+        .ok()
+        .map(|p| p.trunk)
     }
 
     /// The trunk a call the node makes itself goes through (a transfer target, a party of
@@ -252,54 +349,84 @@ impl Router {
                 .find(|t| &*t.name == name)
                 .ok_or_else(|| TargetError::UnknownTrunk(name.to_string())),
             None => self
-                .route_number(number, None)
-                .ok_or_else(|| TargetError::NoRoute(number.to_string())),
+                .pick(number, None, |_| true, 0)
+                .map(|p| p.trunk)
+                .map_err(|_| TargetError::NoRoute(number.to_string())),
         }
     }
 
-    /// As [`Router::decide`], skipping trunks `is_up` says are down: the longest prefix
-    /// route whose trunk is up, then shorter ones, then the default. `Err(true)`: routes
-    /// matched but every trunk of them is down (the caller gets 503, not 404).
-    pub fn decide_up(
+    /// The trunk for one attempt of a call to `dialled` from trunk `from`, among those
+    /// `usable` accepts (up, not tried by the call yet, under its limits): the routes
+    /// whose prefix the number starts with, longest first (at one prefix, the route for
+    /// the caller's trunk before the route for every call); within a route, the lowest
+    /// priority with a usable trunk, and among those a pick by weight with `roll` (a
+    /// random number); then the default trunk. Never trunk `from`. `Err(true)`: routes
+    /// matched but none of their trunks is usable (the caller gets 503, not 404).
+    pub fn pick(
         &self,
-        request_uri: &Uri,
-        origin: Origin,
-        is_up: impl Fn(&Trunk) -> bool,
-    ) -> Result<&Trunk, bool> {
-        let candidates = self.candidates(request_uri.user().unwrap_or_default(), origin.trunk());
-        let mut any = false;
-        for t in candidates {
-            any = true;
-            if is_up(t) {
-                return Ok(t);
+        dialled: &str,
+        from: Option<usize>,
+        usable: impl Fn(&Trunk) -> bool,
+        roll: u32,
+    ) -> Result<Pick<'_>, bool> {
+        let ok = |i: usize| Some(i) != from && self.trunks.get(i).is_some_and(&usable);
+        let mut matched = false;
+        for rule in &self.routes {
+            if !dialled.starts_with(rule.prefix.as_str())
+                || rule.from.is_some_and(|f| Some(f) != from)
+            {
+                continue;
+            }
+            matched = true;
+            let mut rest = rule.choices.as_slice();
+            while let Some(&(_, priority, _)) = rest.first() {
+                let n = rest.iter().take_while(|c| c.1 == priority).count();
+                let (tier, after) = rest.split_at(n);
+                rest = after;
+                if let Some(i) = weighted(tier, ok, roll) {
+                    if let Some(trunk) = self.trunks.get(i) {
+                        return Ok(Pick {
+                            trunk,
+                            route: Some(rule),
+                        });
+                    }
+                }
             }
         }
-        Err(any)
-    }
-
-    fn route_number(&self, dialled: &str, from: Option<usize>) -> Option<&Trunk> {
-        self.candidates(dialled, from).next()
-    }
-
-    /// The trunks a call to `dialled` may take, in order: the routes whose prefix it
-    /// starts with (longest first), then the default; never trunk `from`.
-    fn candidates<'a, 'd>(
-        &'a self,
-        dialled: &'d str,
-        from: Option<usize>,
-    ) -> impl Iterator<Item = &'a Trunk> + use<'a, 'd> {
-        self.routes
-            .iter()
-            .filter(move |(prefix, _)| dialled.starts_with(prefix.as_str()))
-            .map(|(_, i)| *i)
-            .chain(self.default)
-            .filter(move |i| Some(*i) != from)
-            .filter_map(|i| self.trunks.get(i))
+        match self.default {
+            Some(i) if ok(i) => self
+                .trunks
+                .get(i)
+                .map(|trunk| Pick { trunk, route: None })
+                .ok_or(matched),
+            Some(i) => Err(matched || Some(i) != from),
+            None => Err(matched),
+        }
     }
 
     pub fn trunks(&self) -> &[Trunk] {
         &self.trunks
     }
+}
+
+/// The trunk index of `tier` (one priority) that `roll` lands on among those `ok`
+/// accepts, in proportion to their weights; the first usable one when every usable
+/// weight is 0.
+fn weighted(tier: &[(usize, u32, u32)], ok: impl Fn(usize) -> bool, roll: u32) -> Option<usize> {
+    let usable = || tier.iter().filter(|c| ok(c.0));
+    let total: u64 = usable().map(|c| u64::from(c.2)).sum();
+    if total == 0 {
+        return usable().next().map(|c| c.0);
+    }
+    let mut at = u64::from(roll) % total;
+    for c in usable() {
+        let w = u64::from(c.2);
+        if at < w {
+            return Some(c.0);
+        }
+        at -= w;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -325,12 +452,10 @@ mod tests {
             Some("carrier"),
         )
         .unwrap();
-        let uri = |s: &str| Uri::parse(s).unwrap();
-        let to_uk = uri("sip:+442071234567@192.0.2.9");
         let up = |down: &'static [&'static str]| move |t: &Trunk| !down.contains(&&*t.name);
         let pick = |down| {
-            r.decide_up(&to_uk, Origin::Access, up(down))
-                .map(|t| &*t.name)
+            r.pick("+442071234567", None, up(down), 0)
+                .map(|p| &*p.trunk.name)
         };
         assert_eq!(pick(&[]), Ok("uk"));
         assert_eq!(pick(&["uk"]), Ok("europe"));
@@ -342,20 +467,158 @@ mod tests {
             None,
         )
         .unwrap();
-        let to_us = uri("sip:+15550100@192.0.2.9");
         assert_eq!(
             nowhere
-                .decide_up(&to_us, Origin::Access, |_| true)
-                .map(|t| &*t.name),
+                .pick("+15550100", None, |_| true, 0)
+                .map(|p| &*p.trunk.name),
             Err(false)
         );
     }
 
-    fn route(prefix: &str, trunk: &str) -> Route {
-        Route {
-            prefix: prefix.into(),
-            trunk: trunk.into(),
+    fn listed(name: &str, priority: u32, weight: u32) -> RouteTrunk {
+        RouteTrunk {
+            name: name.into(),
+            priority,
+            weight,
         }
+    }
+
+    fn five() -> Vec<Trunk> {
+        ["a", "b", "c", "d", "peer"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| trunk(n, &format!("192.0.2.{}:5060", i + 1)))
+            .collect()
+    }
+
+    #[test]
+    fn a_route_list_goes_by_priority_then_shares_by_weight() {
+        let r = Router::new(
+            five(),
+            vec![Route {
+                trunks: vec![listed("c", 2, 1), listed("a", 1, 3), listed("b", 1, 1)],
+                provisional_timeout: Some(Duration::from_millis(1500)),
+                ..Route::to("+44", "x")
+            }],
+            Some("d"),
+        )
+        .unwrap();
+        let name = |down: &[&str], roll| {
+            r.pick("+4420", None, |t| !down.contains(&&*t.name), roll)
+                .map(|p| p.trunk.name.to_string())
+                .unwrap()
+        };
+        // Weights 3:1 over four rolls: a, a, a, b.
+        let spread: Vec<String> = (0..4).map(|roll| name(&[], roll)).collect();
+        assert_eq!(spread, ["a", "a", "a", "b"]);
+        // One of the first priority down: the other takes every call.
+        assert!((0..8).all(|roll| name(&["a"], roll) == "b"));
+        assert_eq!(name(&["a", "b"], 0), "c");
+        assert_eq!(name(&["a", "b", "c"], 0), "d");
+        let p = r.pick("+4420", None, |_| true, 0).unwrap();
+        assert_eq!(
+            p.route.and_then(|r| r.provisional_timeout),
+            Some(Duration::from_millis(1500))
+        );
+        let p = r.pick("+4420", None, |t| &*t.name == "d", 0).unwrap();
+        assert!(p.route.is_none(), "the default trunk has no route settings");
+    }
+
+    #[test]
+    fn weight_zero_is_a_standby_within_its_priority() {
+        let r = Router::new(
+            five(),
+            vec![Route {
+                trunks: vec![listed("a", 0, 1), listed("b", 0, 0)],
+                ..Route::to("1", "x")
+            }],
+            None,
+        )
+        .unwrap();
+        let name = |down: &[&str], roll| {
+            r.pick("155", None, |t| !down.contains(&&*t.name), roll)
+                .map(|p| p.trunk.name.to_string())
+        };
+        assert!((0..8).all(|roll| name(&[], roll).as_deref() == Ok("a")));
+        assert_eq!(name(&["a"], 5).as_deref(), Ok("b"));
+        assert_eq!(name(&["a", "b"], 5), Err(true));
+    }
+
+    #[test]
+    fn a_route_for_a_source_trunk_comes_before_the_route_for_everyone() {
+        let r = Router::new(
+            five(),
+            vec![
+                Route::to("+44", "a"),
+                Route {
+                    from_trunk: Some("peer".into()),
+                    ..Route::to("+44", "b")
+                },
+                Route {
+                    from_trunk: Some("peer".into()),
+                    ..Route::to("+4", "c")
+                },
+            ],
+            Some("d"),
+        )
+        .unwrap();
+        let name = |from, down: &[&str]| {
+            r.pick("+4420", from, |t| !down.contains(&&*t.name), 0)
+                .map(|p| p.trunk.name.to_string())
+                .unwrap()
+        };
+        assert_eq!(name(None, &[]), "a");
+        assert_eq!(name(Some(0), &[]), "d", "a's own call never goes back to a");
+        assert_eq!(name(Some(4), &[]), "b");
+        // Past its own route, the peer's call falls to the route for everyone at the
+        // same prefix, then to its shorter route, then the default.
+        assert_eq!(name(Some(4), &["b"]), "a");
+        assert_eq!(name(Some(4), &["b", "a"]), "c");
+        assert_eq!(name(Some(4), &["b", "a", "c"]), "d");
+        // The same prefix twice for the same source is refused; once per source is not.
+        assert_eq!(
+            Router::new(
+                five(),
+                vec![Route::to("+44", "a"), Route::to("+44", "b")],
+                None
+            )
+            .unwrap_err(),
+            RouterError::DuplicatePrefix("+44".into())
+        );
+        assert_eq!(
+            Router::new(
+                five(),
+                vec![Route {
+                    from_trunk: Some("nobody".into()),
+                    ..Route::to("+44", "a")
+                }],
+                None
+            )
+            .unwrap_err(),
+            RouterError::UnknownTrunk {
+                prefix: "+44".into(),
+                trunk: "nobody".into()
+            }
+        );
+        assert_eq!(
+            Router::new(
+                five(),
+                vec![Route {
+                    trunks: vec![listed("a", 0, 1), listed("a", 1, 1)],
+                    ..Route::to("+44", "a")
+                }],
+                None
+            )
+            .unwrap_err(),
+            RouterError::RepeatedTrunk {
+                prefix: "+44".into(),
+                trunk: "a".into()
+            }
+        );
+    }
+
+    fn route(prefix: &str, trunk: &str) -> Route {
+        Route::to(prefix, trunk)
     }
 
     fn uri(s: &str) -> Uri {

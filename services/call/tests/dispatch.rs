@@ -117,15 +117,7 @@ fn node(opts: Opts) -> Node {
         trunks.iter().map(|t| t.sources.clone()).collect(),
         vec!["127.0.0.0/8".parse().unwrap()],
     );
-    let router = Router::new(
-        trunks,
-        vec![Route {
-            prefix: "+44".into(),
-            trunk: "uk".into(),
-        }],
-        Some("carrier"),
-    )
-    .unwrap();
+    let router = Router::new(trunks, vec![Route::to("+44", "uk")], Some("carrier")).unwrap();
     let mut registry = Registry::default();
     let metrics = CallMetrics::register(&mut registry);
     let d = Dispatcher::new(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use trunkline_proto::admin::v1::{Route, RoutingTable, Trunk, TrunkAuth, TrunkLimits};
+use trunkline_proto::admin::v1::{Route, RouteTrunk, RoutingTable, Trunk, TrunkAuth, TrunkLimits};
 
 use crate::calls::table;
 
@@ -65,7 +65,34 @@ struct LimitsFile {
 #[serde(deny_unknown_fields)]
 struct RouteFile {
     prefix: String,
-    trunk: String,
+    #[serde(default)]
+    trunk: Option<String>,
+    #[serde(default)]
+    trunks: Vec<RouteTrunkFile>,
+    #[serde(default)]
+    from_trunk: Option<String>,
+    #[serde(default)]
+    provisional_timeout_ms: Option<u32>,
+    #[serde(default)]
+    failover_statuses: Vec<String>,
+}
+
+/// One trunk of a route's `trunks`: a name, or `{ name, priority, weight }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RouteTrunkFile {
+    Name(String),
+    Weighted(WeightedFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WeightedFile {
+    name: String,
+    #[serde(default)]
+    priority: Option<u32>,
+    #[serde(default)]
+    weight: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,7 +189,26 @@ pub fn table_from(path: &Path) -> Result<RoutingTable, String> {
             .into_iter()
             .map(|r| Route {
                 prefix: r.prefix,
-                trunk: r.trunk,
+                trunk: r.trunk.unwrap_or_default(),
+                trunks: r
+                    .trunks
+                    .into_iter()
+                    .map(|t| match t {
+                        RouteTrunkFile::Name(name) => RouteTrunk {
+                            name,
+                            priority: None,
+                            weight: None,
+                        },
+                        RouteTrunkFile::Weighted(w) => RouteTrunk {
+                            name: w.name,
+                            priority: w.priority,
+                            weight: w.weight,
+                        },
+                    })
+                    .collect(),
+                from_trunk: r.from_trunk.unwrap_or_default(),
+                provisional_timeout_ms: r.provisional_timeout_ms.unwrap_or(0),
+                failover_statuses: r.failover_statuses,
             })
             .collect(),
         default_trunk: file
@@ -220,21 +266,83 @@ pub fn trunks_table(trunks: &[Trunk]) -> String {
 
 pub fn table_json(t: &RoutingTable) -> Value {
     json!({
-        "routes": t.routes.iter().map(|r| json!({"prefix": r.prefix, "trunk": r.trunk})).collect::<Vec<_>>(),
+        "routes": t.routes.iter().map(route_json).collect::<Vec<_>>(),
         "defaultTrunk": t.default_trunk,
     })
+}
+
+fn route_json(r: &Route) -> Value {
+    json!({
+        "prefix": r.prefix,
+        "trunk": (!r.trunk.is_empty()).then_some(&r.trunk),
+        "fromTrunk": (!r.from_trunk.is_empty()).then_some(&r.from_trunk),
+        "trunks": listed(r).iter().map(|(name, priority, weight)| json!({
+            "name": name,
+            "priority": priority,
+            "weight": weight,
+        })).collect::<Vec<_>>(),
+        "provisionalTimeoutMs": (r.provisional_timeout_ms > 0).then_some(r.provisional_timeout_ms),
+        "failoverStatuses": (!r.failover_statuses.is_empty()).then_some(&r.failover_statuses),
+    })
+}
+
+/// A route's trunks with the priority and weight the node gives them (priority: the
+/// position in the list unless set; weight 1 unless set).
+fn listed(r: &Route) -> Vec<(String, u32, u32)> {
+    let named = (!r.trunk.is_empty()).then(|| (r.trunk.clone(), None, None));
+    named
+        .into_iter()
+        .chain(
+            r.trunks
+                .iter()
+                .map(|t| (t.name.clone(), t.priority, t.weight)),
+        )
+        .enumerate()
+        .map(|(i, (name, p, w))| {
+            (
+                name,
+                p.unwrap_or(u32::try_from(i).unwrap_or(u32::MAX)),
+                w.unwrap_or(1),
+            )
+        })
+        .collect()
 }
 
 pub fn routes_table(t: &RoutingTable) -> String {
     let mut rows: Vec<Vec<String>> = t
         .routes
         .iter()
-        .map(|r| vec![r.prefix.clone(), r.trunk.clone()])
+        .map(|r| {
+            let trunks = listed(r)
+                .iter()
+                .map(|(name, p, w)| format!("{name}(p{p},w{w})"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                r.prefix.clone(),
+                if r.from_trunk.is_empty() {
+                    "*".to_string()
+                } else {
+                    r.from_trunk.clone()
+                },
+                trunks,
+                if r.provisional_timeout_ms > 0 {
+                    format!("{} ms", r.provisional_timeout_ms)
+                } else {
+                    "-".to_string()
+                },
+            ]
+        })
         .collect();
     if !t.default_trunk.is_empty() {
-        rows.push(vec!["(default)".to_string(), t.default_trunk.clone()]);
+        rows.push(vec![
+            "(default)".to_string(),
+            "*".to_string(),
+            t.default_trunk.clone(),
+            "-".to_string(),
+        ]);
     }
-    table(&["PREFIX", "TRUNK"], &rows)
+    table(&["PREFIX", "FROM", "TRUNKS", "NO-ANSWER TIMER"], &rows)
 }
 
 #[cfg(test)]
@@ -264,6 +372,21 @@ mod tests {
         assert_eq!(t.routes[0].prefix, "49");
         assert_eq!(t.default_trunk, "b");
         assert!(routes_table(&t).contains("(default)"));
+        let p = write(
+            "l.toml",
+            "[[routes]]\nprefix = \"44\"\nfrom_trunk = \"peer\"\nprovisional_timeout_ms = 1500\n\
+             trunks = [\"a\", { name = \"b\", priority = 0, weight = 3 }]\n",
+        );
+        let t = table_from(&p).unwrap();
+        let r = &t.routes[0];
+        assert_eq!(r.trunks[1].weight, Some(3));
+        assert_eq!(listed(r), vec![("a".into(), 0, 1), ("b".into(), 0, 3)]);
+        let shown = routes_table(&t);
+        assert!(shown.contains("a(p0,w1) b(p0,w3)"), "{shown}");
+        assert!(
+            shown.contains("1500 ms") && shown.contains("peer"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -273,6 +396,11 @@ mod tests {
             "routes:\n  - prefix: \"44\"\n    trunk: uk\nrouting:\n  default_trunk: uk\n",
         );
         assert_eq!(table_from(&p).unwrap().routes[0].trunk, "uk");
+        let p = write(
+            "w.yaml",
+            "routes:\n  - prefix: \"44\"\n    trunks: [{name: uk, weight: 2, colour: red}]\n",
+        );
+        assert!(table_from(&p).is_err(), "an unknown key in a route's trunk");
         let p = write("bad.toml", "[[trunks]]\nname = \"b\"\naddres = \"x\"\n");
         let err = trunks_from(&p).unwrap_err();
         assert!(err.contains("addres"), "{err}");

@@ -15,11 +15,11 @@ use anyhow::{anyhow, Context as _};
 use prometheus_client::registry::Registry;
 use trunkline_b2bua::CallConfig;
 use trunkline_call::metrics::CallMetrics;
-use trunkline_call::{Dispatcher, DispatcherConfig, Route, Router, Source, Trunk, Trust};
+use trunkline_call::{Dispatcher, DispatcherConfig, Router, Source, Trunk, Trust};
 use trunkline_sip::transaction::Timers;
 use trunkline_transport::Transports;
 
-use crate::config::{Config, TrunkTlsConfig, TrunkTransport};
+use crate::config::{Config, RouteConfig, TrunkTlsConfig, TrunkTransport};
 use crate::shutdown::Shutdown;
 
 /// Everything the node runs, built and bound but not yet serving.
@@ -151,14 +151,7 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
         trunks.iter().map(|t| t.sources.clone()).collect(),
         sources(&config.sip.access_sources, "sip.access_sources")?,
     );
-    let routes = config
-        .routes
-        .iter()
-        .map(|r| Route {
-            prefix: r.prefix.clone(),
-            trunk: r.trunk.clone(),
-        })
-        .collect();
+    let routes = config.routes.iter().map(RouteConfig::route).collect();
     let router =
         Router::new(trunks, routes, config.routing.default_trunk.as_deref()).context("routing")?;
     Ok((router, trust))

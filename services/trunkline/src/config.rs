@@ -464,20 +464,7 @@ impl Default for SipConfig {
 impl SipConfig {
     /// `failover_statuses` as the status codes they cover.
     pub fn failover_codes(&self) -> Vec<u16> {
-        use trunkline_call::health::StatusMatch;
-        let mut codes: Vec<u16> = self
-            .failover_statuses
-            .iter()
-            .filter_map(|s| TrunkHealthConfig::status_match(s))
-            .flat_map(|m| match m {
-                StatusMatch::Code(c) => c..=c,
-                StatusMatch::Class(c) => c * 100..=c * 100 + 99,
-            })
-            .filter(|c| !(200..300).contains(c))
-            .collect();
-        codes.sort_unstable();
-        codes.dedup();
-        codes
+        status_codes(&self.failover_statuses)
     }
 
     /// The transport layer's settings. `tcp_connect_timeout` and `udp_recv_buffer` have no
@@ -1271,15 +1258,133 @@ impl TrunkLimitsConfig {
     }
 }
 
-/// One `[[routes]]` entry.
+/// One `[[routes]]` entry: a prefix (optionally for calls from one trunk only) and the
+/// trunks its calls try, in priority order, shared by weight within a priority.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Leading part of the dialled number (the Request-URI's user part), e.g. `+44`.
     #[serde(deserialize_with = "lenient_string::deserialize")]
     pub prefix: String,
-    /// The trunk such calls go to.
-    pub trunk: String,
+    /// The one trunk such calls go to (the short form of `trunks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<String>,
+    /// The trunks such calls try: names (tried in the order written) or tables with
+    /// `name`, `priority` (lower first; default: the position in the list) and
+    /// `weight` (the share among the usable trunks of one priority; default 1; 0 is a
+    /// standby that takes calls only when the others of its priority cannot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunks: Vec<RouteTrunkConfig>,
+    /// Only calls that came from this trunk take the route; other calls skip it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_trunk: Option<String>,
+    /// A trunk that sends no response at all (not even 100) within this many
+    /// milliseconds is given up for the next trunk; unset: wait for Timer B (64·T1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisional_timeout_ms: Option<u64>,
+    /// This route's own `sip.failover_statuses` (codes or classes like "5xx").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failover_statuses: Vec<String>,
+}
+
+/// One trunk of a route's `trunks`: a name, or a table with priority and weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RouteTrunkConfig {
+    Name(String),
+    Weighted(WeightedTrunkConfig),
+}
+
+/// `{ name = "...", priority = 1, weight = 60 }` in a route's `trunks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightedTrunkConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl RouteConfig {
+    /// The route's trunks with their priority and weight, `trunk` first.
+    pub fn listed(&self) -> Vec<trunkline_call::RouteTrunk> {
+        let named = self.trunk.iter().map(|n| (n.clone(), None, None));
+        let listed = self.trunks.iter().map(|t| match t {
+            RouteTrunkConfig::Name(n) => (n.clone(), None, None),
+            RouteTrunkConfig::Weighted(w) => (w.name.clone(), w.priority, w.weight),
+        });
+        named
+            .chain(listed)
+            .enumerate()
+            .map(|(i, (name, priority, weight))| trunkline_call::RouteTrunk {
+                name,
+                priority: priority.unwrap_or(u32::try_from(i).unwrap_or(u32::MAX)),
+                weight: weight.unwrap_or(1),
+            })
+            .collect()
+    }
+
+    /// The names of every trunk the route uses (its list and `from_trunk`).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.listed().into_iter().map(|t| t.name).collect();
+        names.extend(self.from_trunk.clone());
+        names
+    }
+
+    /// `failover_statuses` as the status codes they cover (`None`: not set).
+    pub fn failover_codes(&self) -> Option<Vec<u16>> {
+        (!self.failover_statuses.is_empty()).then(|| status_codes(&self.failover_statuses))
+    }
+
+    /// The router's form of the route.
+    pub fn route(&self) -> trunkline_call::Route {
+        trunkline_call::Route {
+            prefix: self.prefix.clone(),
+            from_trunk: self.from_trunk.clone(),
+            trunks: self.listed(),
+            provisional_timeout: self.provisional_timeout_ms.map(Duration::from_millis),
+            failover_statuses: self.failover_codes().map(Into::into),
+        }
+    }
+}
+
+/// Status codes and classes ("408", "5xx") as the final error codes they cover.
+fn status_codes(list: &[String]) -> Vec<u16> {
+    use trunkline_call::health::StatusMatch;
+    let mut codes: Vec<u16> = list
+        .iter()
+        .filter_map(|s| TrunkHealthConfig::status_match(s))
+        .flat_map(|m| match m {
+            StatusMatch::Code(c) => c..=c,
+            StatusMatch::Class(c) => c * 100..=c * 100 + 99,
+        })
+        .filter(|c| !(200..300).contains(c))
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes
+}
+
+/// Problems with a list of failover statuses at `key`.
+fn check_failover_statuses(key: &str, list: &[String], problems: &mut Problems) {
+    for (j, s) in list.iter().enumerate() {
+        match TrunkHealthConfig::status_match(s) {
+            None => problems.push(
+                format!("{key}[{j}]"),
+                format!("{s:?} is neither a status code nor a class like \"5xx\""),
+            ),
+            Some(trunkline_call::health::StatusMatch::Class(c)) if c < 3 => problems.push(
+                format!("{key}[{j}]"),
+                "a call fails over on a final error, never on 1xx or 2xx",
+            ),
+            Some(trunkline_call::health::StatusMatch::Code(c)) if c < 300 => problems.push(
+                format!("{key}[{j}]"),
+                "a call fails over on a final error, never on 1xx or 2xx",
+            ),
+            Some(_) => {}
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -1421,23 +1526,7 @@ impl Config {
 
     fn validate_sip(&self, problems: &mut Problems) {
         let sip = &self.sip;
-        for (j, s) in sip.failover_statuses.iter().enumerate() {
-            match TrunkHealthConfig::status_match(s) {
-                None => problems.push(
-                    format!("sip.failover_statuses[{j}]"),
-                    format!("{s:?} is neither a status code nor a class like \"5xx\""),
-                ),
-                Some(trunkline_call::health::StatusMatch::Class(c)) if c < 3 => problems.push(
-                    format!("sip.failover_statuses[{j}]"),
-                    "a call fails over on a final error, never on 1xx or 2xx",
-                ),
-                Some(trunkline_call::health::StatusMatch::Code(c)) if c < 300 => problems.push(
-                    format!("sip.failover_statuses[{j}]"),
-                    "a call fails over on a final error, never on 1xx or 2xx",
-                ),
-                Some(_) => {}
-            }
-        }
+        check_failover_statuses("sip.failover_statuses", &sip.failover_statuses, problems);
         let sl = &sip.source_limit;
         if sl.max_requests > 0 {
             if sl.window_secs == 0 {
@@ -2027,18 +2116,58 @@ impl Config {
                     format!("routes[{i}].prefix"),
                     "must not be empty (use routing.default_trunk for everything else)",
                 );
-            } else if !prefixes.insert(route.prefix.as_str()) {
+            } else if !prefixes.insert((route.prefix.as_str(), route.from_trunk.as_deref())) {
                 problems.push(
                     format!("routes[{i}].prefix"),
                     format!("{:?} is routed twice", route.prefix),
                 );
             }
-            if !names.contains(route.trunk.as_str()) {
-                problems.push(
+            let unknown = |name: &str| format!("{name:?} is not the name of a trunk in [[trunks]]");
+            match (&route.trunk, route.trunks.is_empty()) {
+                (Some(_), false) => problems.push(
                     format!("routes[{i}].trunk"),
-                    format!("{:?} is not the name of a trunk in [[trunks]]", route.trunk),
+                    "give either trunk or trunks, not both",
+                ),
+                (None, true) => problems.push(
+                    format!("routes[{i}].trunks"),
+                    "must name at least one trunk",
+                ),
+                (Some(t), true) if !names.contains(t.as_str()) => {
+                    problems.push(format!("routes[{i}].trunk"), unknown(t))
+                }
+                _ => {}
+            }
+            let listed = route.listed();
+            for (j, t) in route.trunks.iter().enumerate() {
+                let name = match t {
+                    RouteTrunkConfig::Name(n) => n,
+                    RouteTrunkConfig::Weighted(w) => &w.name,
+                };
+                if !names.contains(name.as_str()) {
+                    problems.push(format!("routes[{i}].trunks[{j}]"), unknown(name));
+                } else if listed.iter().filter(|t| &t.name == name).count() > 1 {
+                    problems.push(
+                        format!("routes[{i}].trunks[{j}]"),
+                        format!("{name:?} is listed twice"),
+                    );
+                }
+            }
+            if let Some(from) = &route.from_trunk {
+                if !names.contains(from.as_str()) {
+                    problems.push(format!("routes[{i}].from_trunk"), unknown(from));
+                }
+            }
+            if route.provisional_timeout_ms == Some(0) {
+                problems.push(
+                    format!("routes[{i}].provisional_timeout_ms"),
+                    "must be at least 1 (leave it out to wait for Timer B)",
                 );
             }
+            check_failover_statuses(
+                &format!("routes[{i}].failover_statuses"),
+                &route.failover_statuses,
+                problems,
+            );
         }
         if let Some(default) = &self.routing.default_trunk {
             if !names.contains(default.as_str()) {
@@ -2816,6 +2945,61 @@ default_trunk = "b"
                 assert!(message.contains(key), "missing {key} in {message}");
             }
             assert!(!message.contains("trunks[1].address"), "{message}");
+        });
+    }
+
+    #[test]
+    fn route_lists_load_and_are_checked() {
+        let trunks = "[[trunks]]\nname = \"a\"\naddress = \"127.0.0.1:5090\"\n\
+                      [[trunks]]\nname = \"b\"\naddress = \"127.0.0.1:5091\"\n\
+                      [[trunks]]\nname = \"c\"\naddress = \"127.0.0.1:5092\"\n";
+        let good = format!(
+            "{trunks}[[routes]]\nprefix = \"+44\"\nprovisional_timeout_ms = 1500\n\
+             failover_statuses = [\"503\", \"408\"]\n\
+             trunks = [{{ name = \"a\", priority = 1, weight = 60 }}, \
+             {{ name = \"b\", priority = 1, weight = 40 }}, \"c\"]\n\
+             [[routes]]\nprefix = \"+44\"\nfrom_trunk = \"c\"\ntrunk = \"b\"\n"
+        );
+        load_in_jail(&[], Some(&good), |result, _| {
+            let c = result.unwrap();
+            let r = c.routes[0].route();
+            let listed: Vec<(String, u32, u32)> = r
+                .trunks
+                .iter()
+                .map(|t| (t.name.clone(), t.priority, t.weight))
+                .collect();
+            assert_eq!(
+                listed,
+                vec![("a".into(), 1, 60), ("b".into(), 1, 40), ("c".into(), 2, 1)]
+            );
+            assert_eq!(r.provisional_timeout, Some(Duration::from_millis(1500)));
+            assert_eq!(r.failover_statuses.as_deref(), Some(&[408, 503][..]));
+            assert_eq!(c.routes[1].route().from_trunk.as_deref(), Some("c"));
+            crate::app::router_and_trust(&c).unwrap();
+        });
+        let bad = format!(
+            "{trunks}[[routes]]\nprefix = \"1\"\ntrunk = \"a\"\ntrunks = [\"b\"]\n\
+             [[routes]]\nprefix = \"2\"\n\
+             [[routes]]\nprefix = \"3\"\ntrunks = [\"a\", \"x\", {{ name = \"a\", weight = 2 }}]\n\
+             [[routes]]\nprefix = \"4\"\ntrunk = \"a\"\nfrom_trunk = \"y\"\n\
+             provisional_timeout_ms = 0\nfailover_statuses = [\"200\"]\n\
+             [[routes]]\nprefix = \"5\"\ntrunk = \"a\"\nfrom_trunk = \"b\"\n\
+             [[routes]]\nprefix = \"5\"\ntrunk = \"c\"\nfrom_trunk = \"b\"\n"
+        );
+        load_in_jail(&[], Some(&bad), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            for key in [
+                "routes[0].trunk:",
+                "routes[1].trunks:",
+                "routes[2].trunks[1]:",
+                "routes[2].trunks[2]:",
+                "routes[3].from_trunk:",
+                "routes[3].provisional_timeout_ms:",
+                "routes[3].failover_statuses[0]:",
+                "routes[5].prefix:",
+            ] {
+                assert!(message.contains(key), "missing {key} in {message}");
+            }
         });
     }
 

@@ -1199,6 +1199,20 @@ impl SippRun {
         self.out.join(format!("{}_messages.log", self.name))
     }
 
+    /// The calls this SIPp (run with `trace_msg`) has been offered so far: the
+    /// INVITEs it received, each Call-ID once (retransmissions are not new calls).
+    pub fn calls_offered(&self) -> usize {
+        let mut ids: Vec<String> = parse_trace(&self.messages_log())
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| !m.sent && m.method() == Some("INVITE"))
+            .filter_map(|m| m.header("Call-ID").map(str::to_string))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()

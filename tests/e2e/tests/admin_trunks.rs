@@ -79,7 +79,10 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
     let routes_file = out.join("routes.toml");
     std::fs::write(
         &routes_file,
-        "[[routes]]\nprefix = \"1555\"\ntrunk = \"carrier2\"\n\n[routing]\ndefault_trunk = \"carrier2\"\n",
+        "[[routes]]\nprefix = \"1555\"\ntrunk = \"carrier2\"\n\n\
+         [[routes]]\nprefix = \"1666\"\nprovisional_timeout_ms = 1500\n\
+         trunks = [{ name = \"carrier2\", priority = 1, weight = 5 }]\n\n\
+         [routing]\ndefault_trunk = \"carrier2\"\n",
     )?;
     let routes = trunkctl_json(
         &admin,
@@ -93,6 +96,15 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
     ensure!(
         routes["routes"][0]["prefix"] == "1555" && routes["defaultTrunk"] == "carrier2",
         "routes apply answered {routes}"
+    );
+    // A route list with its priority, weight and timer comes back as applied.
+    let listed = &routes["routes"][1];
+    ensure!(
+        listed["trunks"][0]["name"] == "carrier2"
+            && listed["trunks"][0]["priority"] == 1
+            && listed["trunks"][0]["weight"] == 5
+            && listed["provisionalTimeoutMs"] == 1500,
+        "the route list came back as {listed}"
     );
     let (code, said, err) = trunkctl_at(&admin, &["trunks", "delete", "carrier"])?;
     ensure!(code == 0, "delete carrier: {code} {err} {said}");

@@ -7,6 +7,7 @@ use crate::event::{EndCause, Event, Leg, MediaOp};
 use crate::relay::copy_session_headers;
 use bytes::Bytes;
 use std::time::Instant;
+use trunkline_sip::transaction::ClientState;
 use trunkline_sip::{
     Dialog, HeaderName, Host, Method, NameAddr, Peer, Request, Response, SipUri, Uri,
 };
@@ -121,6 +122,8 @@ impl Call {
         source: Peer,
     ) {
         let status = resp.status;
+        // Any answer, 100 included, shows the trunk alive.
+        self.provisional_at = None;
         if status < 200 && self.cancel_if_wanted(now, cid) {
             return;
         }
@@ -178,10 +181,14 @@ impl Call {
     /// another trunk and `failover_statuses` lists the status, the call asks for the
     /// next route instead of answering the caller, who sees one call throughout.
     pub(super) fn try_failover(&mut self, status: u16) -> bool {
+        let listed = match &self.failover_statuses {
+            Some(statuses) => statuses.contains(&status),
+            None => self.cfg.failover_statuses.contains(&status),
+        };
         if !self.failover
             || self.ended
             || !matches!(self.state, CallState::Calling | CallState::Early)
-            || !self.cfg.failover_statuses.contains(&status)
+            || !listed
         {
             return false;
         }
@@ -197,12 +204,71 @@ impl Call {
         self.state = CallState::Routing;
         self.b = None;
         self.no_answer_at = None;
+        self.provisional_at = None;
         self.events.push_back(Event::RouteFailed { status });
         self.events.push_back(Event::RouteRequired {
             request_uri,
             caller: None,
         });
         true
+    }
+
+    /// The callee's trunk has sent nothing for the route's provisional timeout: its
+    /// INVITE is given up as if it had timed out (408), and fails over when the route
+    /// allows. No CANCEL may go before a response (RFC 3261 §9.1): the INVITE stays to
+    /// be cancelled if the trunk wakes up, and a late 2xx is ACKed and hung up.
+    pub(super) fn no_provisional(&mut self, now: Instant) {
+        if self.ended || self.state != CallState::Calling {
+            return;
+        }
+        let Some(e) = self
+            .clients
+            .iter_mut()
+            .find(|e| e.role == ClientRole::Invite && e.tx.state() == ClientState::Calling)
+        else {
+            return;
+        };
+        e.role = ClientRole::Abandoned;
+        e.cancel_on_response = true;
+        let id = e.id;
+        if let Some(b) = self.b.as_ref() {
+            self.abandoned.push((id, b.local.clone()));
+        }
+        self.events.push_back(Event::TransactionTimeout {
+            leg: Leg::B,
+            timer: 'P',
+        });
+        if self.try_failover(408) {
+            return;
+        }
+        self.final_to_a(now, 408, EndCause::NoAnswer);
+    }
+
+    /// A response to an INVITE the call gave up for another trunk: a provisional gets
+    /// the CANCEL the INVITE was owed, a 2xx an ACK and a BYE; a final failure is
+    /// ACKed by its transaction.
+    pub(super) fn on_abandoned_response(&mut self, now: Instant, cid: u64, resp: Response) {
+        if resp.status < 200 {
+            self.cancel_if_wanted(now, cid);
+            return;
+        }
+        if !resp.is_success() {
+            return;
+        }
+        let Some(e) = self.client(cid) else { return };
+        let (peer, req) = (e.peer, e.tx.request().clone());
+        let Some(local) = self
+            .abandoned
+            .iter()
+            .find(|(id, _)| *id == cid)
+            .map(|(_, l)| l.clone())
+        else {
+            return;
+        };
+        let seq = req.headers.cseq().map(|c| c.seq).unwrap_or(1);
+        if let Ok(d) = Dialog::uac(&req, &resp) {
+            self.ack_and_bye_dialog(now, Leg::B, &local, peer, d, seq);
+        }
     }
 
     /// The caller's INVITE server transaction while it still awaits a final answer.

@@ -74,6 +74,13 @@ pub enum RouteDecision {
         credentials: Option<PeerCredentials>,
         /// The caller's numbers and identity as the callee's side sees them.
         presentation: crate::config::Presentation,
+        /// Give the trunk up (as a 408) when it has sent no response at all, not even
+        /// 100, within this long: a dead carrier is passed over in seconds, not after
+        /// Timer B. `None`: Timer B.
+        provisional_timeout: Option<std::time::Duration>,
+        /// The final statuses that fail over for this route, instead of
+        /// `CallConfig::failover_statuses`.
+        failover_statuses: Option<Arc<[u16]>>,
     },
     /// Answer the caller with this final status.
     Reject { status: u16, cause: EndCause },
@@ -144,6 +151,10 @@ enum ServerRole {
 enum ClientRole {
     /// Our INVITE toward the callee.
     Invite,
+    /// An INVITE toward a callee's trunk that the call gave up for another trunk (no
+    /// provisional answer in time). It is CANCELled if it wakes up and hung up if it
+    /// answers; `Call::abandoned` keeps the address it was sent from.
+    Abandoned,
     Cancel,
     Bye,
     Relay {
@@ -219,6 +230,14 @@ pub struct Call {
     fix_nated_contact: bool,
     /// See `RouteDecision::Trunk::failover`.
     failover: bool,
+    /// See `RouteDecision::Trunk::failover_statuses`.
+    failover_statuses: Option<Arc<[u16]>>,
+    /// When the callee's trunk is given up if it has not answered at all (see
+    /// `RouteDecision::Trunk::provisional_timeout`).
+    provisional_at: Option<Instant>,
+    /// Our address on each INVITE given up by `provisional_at` (client id, local): what
+    /// a late 2xx from that trunk is ACKed and hung up from.
+    abandoned: Vec<(u64, Local)>,
     /// Who made the offer of the initial INVITE exchange (None: late offer, the
     /// callee's 2xx carries it).
     initial_offerer: Option<Leg>,
@@ -335,6 +354,9 @@ impl Call {
             anchor: false,
             fix_nated_contact: false,
             failover: false,
+            failover_statuses: None,
+            provisional_at: None,
+            abandoned: Vec::new(),
             initial_offerer: None,
             outbox: VecDeque::new(),
             reason: None,
@@ -446,6 +468,7 @@ impl Call {
             .chain(self.clients.iter().filter_map(|e| e.give_up_at));
         tx.chain(self.no_answer_at)
             .chain(self.max_duration_at)
+            .chain(self.provisional_at)
             .chain(
                 self.transfer
                     .as_ref()
@@ -468,6 +491,13 @@ impl Call {
         }
         self.clients
             .retain(|e| e.give_up_at.is_none_or(|t| t > now));
+        let clients = &self.clients;
+        self.abandoned
+            .retain(|(id, _)| clients.iter().any(|e| e.id == *id));
+        if self.provisional_at.is_some_and(|t| t <= now) {
+            self.provisional_at = None;
+            self.no_provisional(now);
+        }
         self.transfer_timeout(now);
         if self.max_duration_at.is_some_and(|t| t <= now) {
             self.max_duration_at = None;
@@ -552,10 +582,14 @@ impl Call {
                 failover,
                 credentials,
                 presentation,
+                provisional_timeout,
+                failover_statuses,
             } => {
                 self.anchor = anchor_media;
                 self.fix_nated_contact = fix_nated_contact;
                 self.failover = failover;
+                self.failover_statuses = failover_statuses;
+                self.provisional_at = provisional_timeout.map(|t| now + t);
                 self.send_b_invite(now, peer, local, request_uri, credentials, &presentation)
             }
         }
@@ -589,6 +623,7 @@ impl Call {
     fn finish(&mut self, status: u16, cause: EndCause) {
         self.state = CallState::Ended;
         self.no_answer_at = None;
+        self.provisional_at = None;
         self.max_duration_at = None;
         if !self.ended {
             self.ended = true;
@@ -623,6 +658,7 @@ impl Call {
     /// Like `finish`, but leaves the state as it is (Ending while a BYE is out).
     fn finish_keep_state(&mut self, status: u16, cause: EndCause) {
         self.no_answer_at = None;
+        self.provisional_at = None;
         self.max_duration_at = None;
         if !self.ended {
             self.ended = true;

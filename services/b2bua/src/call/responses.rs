@@ -25,6 +25,10 @@ impl Call {
         let entry = &mut self.clients[idx];
         let deliver = entry.tx.handle_response(now, &resp);
         let (id, role) = (entry.id, entry.role);
+        if role == ClientRole::Invite {
+            // Any answer, a challenge included, shows the callee's trunk alive.
+            self.provisional_at = None;
+        }
         if !deliver {
             self.events.push_back(Event::RetransmissionReceived { leg });
             return;
@@ -34,6 +38,7 @@ impl Call {
         }
         match role {
             ClientRole::Invite => self.on_b_invite_response(now, id, resp, source),
+            ClientRole::Abandoned => self.on_abandoned_response(now, id, resp),
             ClientRole::Relay { server } => {
                 self.on_relay_response(now, leg, id, server, resp, source)
             }

@@ -251,7 +251,8 @@ impl Call {
             ClientRole::TransferReinvite => self.transfer_reinvite_failed(now, status, true),
             ClientRole::AdoptReinvite => self.adoption_failed(now, leg, status),
             ClientRole::Bye => self.bye_done(),
-            ClientRole::Cancel => {}
+            // Given up already: the call has moved on to another trunk.
+            ClientRole::Cancel | ClientRole::Abandoned => {}
         }
     }
 }

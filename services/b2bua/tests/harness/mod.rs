@@ -965,6 +965,17 @@ impl World {
 
     /// Answers `Event::RouteRequired` with the trunk B.
     pub fn route(&mut self) {
+        self.route_with(false, None, None);
+    }
+
+    /// `route`, with the route's failover settings: whether another trunk remains, the
+    /// provisional timeout and the route's own failover statuses.
+    pub fn route_with(
+        &mut self,
+        failover: bool,
+        provisional_timeout: Option<Duration>,
+        failover_statuses: Option<&[u16]>,
+    ) {
         assert!(
             self.events
                 .iter()
@@ -979,9 +990,11 @@ impl World {
             request_uri: Uri::parse(&format!("sip:+15550100@{B_ADDR}")).expect("uri"),
             anchor_media: self.anchor,
             fix_nated_contact: self.fix_nated_contact,
-            failover: false,
+            failover,
             credentials: self.credentials.clone(),
             presentation: self.presentation.clone(),
+            provisional_timeout,
+            failover_statuses: failover_statuses.map(Into::into),
         };
         self.call.handle_route(self.now, decision);
         self.pump();

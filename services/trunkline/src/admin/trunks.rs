@@ -16,14 +16,15 @@ use trunkline_call::Dispatcher;
 use trunkline_proto::admin::v1::trunk_service_server::TrunkService;
 use trunkline_proto::admin::v1::{
     DeleteTrunkRequest, DeleteTrunkResponse, GetRoutesRequest, GetTrunkRequest, ListTrunksRequest,
-    ListTrunksResponse, Route, RoutingTable, SetRoutesRequest, Trunk, TrunkAuth, TrunkLimits,
-    UpsertTrunkRequest,
+    ListTrunksResponse, Route, RouteTrunk, RoutingTable, SetRoutesRequest, Trunk, TrunkAuth,
+    TrunkLimits, UpsertTrunkRequest,
 };
 
 use super::auth::{require, Role};
 use super::peer;
 use crate::config::{
-    Config, RouteConfig, TrunkAuthConfig, TrunkConfig, TrunkLimitsConfig, TrunkTransport,
+    Config, RouteConfig, RouteTrunkConfig, TrunkAuthConfig, TrunkConfig, TrunkLimitsConfig,
+    TrunkTransport, WeightedTrunkConfig,
 };
 
 /// The trunk service of one node.
@@ -269,15 +270,61 @@ fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
 
 fn table_view(config: &Config) -> RoutingTable {
     RoutingTable {
-        routes: config
-            .routes
+        routes: config.routes.iter().map(route_view).collect(),
+        default_trunk: config.routing.default_trunk.clone().unwrap_or_default(),
+    }
+}
+
+/// A route as the API shows it.
+fn route_view(r: &RouteConfig) -> Route {
+    Route {
+        prefix: r.prefix.clone(),
+        trunk: r.trunk.clone().unwrap_or_default(),
+        trunks: r
+            .trunks
             .iter()
-            .map(|r| Route {
-                prefix: r.prefix.clone(),
-                trunk: r.trunk.clone(),
+            .map(|t| match t {
+                RouteTrunkConfig::Name(n) => RouteTrunk {
+                    name: n.clone(),
+                    priority: None,
+                    weight: None,
+                },
+                RouteTrunkConfig::Weighted(w) => RouteTrunk {
+                    name: w.name.clone(),
+                    priority: w.priority,
+                    weight: w.weight,
+                },
             })
             .collect(),
-        default_trunk: config.routing.default_trunk.clone().unwrap_or_default(),
+        from_trunk: r.from_trunk.clone().unwrap_or_default(),
+        provisional_timeout_ms: r
+            .provisional_timeout_ms
+            .map_or(0, |ms| u32::try_from(ms).unwrap_or(u32::MAX)),
+        failover_statuses: r.failover_statuses.clone(),
+    }
+}
+
+/// A route from the API, as the configuration holds it.
+fn route_config(r: &Route) -> RouteConfig {
+    RouteConfig {
+        prefix: r.prefix.clone(),
+        trunk: (!r.trunk.is_empty()).then(|| r.trunk.clone()),
+        trunks: r
+            .trunks
+            .iter()
+            .map(|t| match (t.priority, t.weight) {
+                (None, None) => RouteTrunkConfig::Name(t.name.clone()),
+                (priority, weight) => RouteTrunkConfig::Weighted(WeightedTrunkConfig {
+                    name: t.name.clone(),
+                    priority,
+                    weight,
+                }),
+            })
+            .collect(),
+        from_trunk: (!r.from_trunk.is_empty()).then(|| r.from_trunk.clone()),
+        provisional_timeout_ms: (r.provisional_timeout_ms > 0)
+            .then_some(u64::from(r.provisional_timeout_ms)),
+        failover_statuses: r.failover_statuses.clone(),
     }
 }
 
@@ -286,7 +333,7 @@ fn uses_of(config: &Config, trunk: &str) -> Vec<String> {
     let mut uses: Vec<String> = config
         .routes
         .iter()
-        .filter(|r| r.trunk == trunk)
+        .filter(|r| r.names().iter().any(|n| n == trunk))
         .map(|r| format!("route {:?}", r.prefix))
         .collect();
     if config.routing.default_trunk.as_deref() == Some(trunk) {
@@ -409,7 +456,15 @@ impl TrunkService for Trunks {
             check_name("table.default_trunk", &table.default_trunk)?;
         }
         for (i, r) in table.routes.iter().enumerate() {
-            check_name(&format!("table.routes[{i}].trunk"), &r.trunk)?;
+            if !r.trunk.is_empty() {
+                check_name(&format!("table.routes[{i}].trunk"), &r.trunk)?;
+            }
+            for (j, t) in r.trunks.iter().enumerate() {
+                check_name(&format!("table.routes[{i}].trunks[{j}].name"), &t.name)?;
+            }
+            if !r.from_trunk.is_empty() {
+                check_name(&format!("table.routes[{i}].from_trunk"), &r.from_trunk)?;
+            }
             let prefix_ok = r.prefix.len() <= 32
                 && r.prefix
                     .bytes()
@@ -423,14 +478,7 @@ impl TrunkService for Trunks {
         }
         let _one_at_a_time = self.state.writer.lock().await;
         let mut candidate = (*self.state.current()).clone();
-        candidate.routes = table
-            .routes
-            .iter()
-            .map(|r| RouteConfig {
-                prefix: r.prefix.clone(),
-                trunk: r.trunk.clone(),
-            })
-            .collect();
+        candidate.routes = table.routes.iter().map(route_config).collect();
         candidate.routing.default_trunk =
             (!table.default_trunk.is_empty()).then(|| table.default_trunk.clone());
         let view = table_view(&candidate);
