@@ -79,6 +79,14 @@ pub struct TransportConfig {
     pub tcp_max_per_source: usize,
     /// How long an outbound TCP connect may take before the send is reported failed.
     pub tcp_connect_timeout: Duration,
+    /// On connections the node opened (to trunks, over TCP or TLS), a CRLFCRLF keep-alive
+    /// ping this often (RFC 5626 §4.4.1): it keeps NAT and firewall state between the node
+    /// and a carrier alive through quiet calls, and a peer that has answered a ping with
+    /// a pong and then stops answering for `KEEPALIVE_PONG_WAIT` is taken for dead and
+    /// the connection closed, so the next request reconnects instead of waiting on a
+    /// dead flow. Our pings and the pongs do not count as activity for
+    /// `tcp_idle_timeout`. `None`: no pings.
+    pub tcp_keepalive: Option<Duration>,
     /// Requested SO_RCVBUF of UDP sockets, so bursts are not dropped by the kernel. The kernel
     /// may clamp it (net.core.rmem_max).
     pub udp_recv_buffer: usize,
@@ -98,6 +106,7 @@ impl Default for TransportConfig {
             tcp_max_outbound: 1024,
             tcp_max_per_source: 64,
             tcp_connect_timeout: Duration::from_secs(5),
+            tcp_keepalive: Some(Duration::from_secs(30)),
             udp_recv_buffer: 4 * 1024 * 1024,
         }
     }

@@ -63,6 +63,8 @@ pub(crate) enum DropReason {
     SendError,
     /// A TLS handshake failed or timed out, or the peer's certificate was refused.
     TlsHandshake,
+    /// A peer that answered our keep-alive pings stopped answering them.
+    KeepaliveTimeout,
 }
 
 impl DropReason {
@@ -79,6 +81,7 @@ impl DropReason {
             DropReason::OutboundLimit => "outbound_limit",
             DropReason::SendError => "send_error",
             DropReason::TlsHandshake => "tls_handshake",
+            DropReason::KeepaliveTimeout => "keepalive_timeout",
         }
     }
 }

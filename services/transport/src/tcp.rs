@@ -21,10 +21,14 @@ use trunkline_sip::{Peer, Transport};
 use crate::activity::{idle_deadline, Activity};
 use crate::connections::{NewConnection, Outgoing};
 use crate::error::TransportError;
-use crate::framing::{message_started, Frame, StreamFramer, PONG};
+use crate::framing::{message_started, Frame, StreamFramer, PING, PONG};
 use crate::message::Received;
 use crate::metrics::{Direction, DropReason};
 use crate::transports::Shared;
+
+/// How long a peer that has answered our keep-alive pings may take to answer the next one
+/// (RFC 5626 §4.4.1: 10 s).
+pub(crate) const KEEPALIVE_PONG_WAIT: Duration = Duration::from_secs(10);
 
 /// Space reserved before each read. Small enough that idle connections stay cheap.
 const READ_CHUNK: usize = 4096;
@@ -87,6 +91,7 @@ pub(crate) async fn accept_loop(
                                 conn,
                                 peer,
                                 Some(local),
+                                false,
                             ));
                         }
                         Some(acceptor) => {
@@ -152,7 +157,7 @@ async fn accept_tls(
         }
     });
     match checked {
-        Ok(s) => run_connection(shared, s, Transport::Tls, conn, peer, Some(local)).await,
+        Ok(s) => run_connection(shared, s, Transport::Tls, conn, peer, Some(local), false).await,
         Err(reason) => {
             let error = TransportError::Tls { addr: peer, reason };
             shared
@@ -216,8 +221,12 @@ pub(crate) async fn connect_and_run(
                 "connection opened"
             );
             match stream {
-                Stream::Tcp(s) => run_connection(shared, s, transport, conn, addr, listener).await,
-                Stream::Tls(s) => run_connection(shared, s, transport, conn, addr, listener).await,
+                Stream::Tcp(s) => {
+                    run_connection(shared, s, transport, conn, addr, listener, true).await
+                }
+                Stream::Tls(s) => {
+                    run_connection(shared, s, transport, conn, addr, listener, true).await
+                }
             }
         }
         Err(error) => {
@@ -338,6 +347,7 @@ async fn run_connection<S>(
     conn: NewConnection,
     peer: SocketAddr,
     listener: Option<SocketAddr>,
+    outbound: bool,
 ) where
     S: AsyncRead + AsyncWrite + NoDelay + Send + 'static,
 {
@@ -364,7 +374,14 @@ async fn run_connection<S>(
         connection: Some(id),
         ..Peer::new(transport, peer)
     };
-    let closed = read_loop(&shared, read, hop, &activity, &tx).await;
+    // Only the node's own connections are kept alive from this side: a peer that
+    // connected to us keeps its flow alive itself (and gets our pongs).
+    let keepalive = if outbound {
+        shared.config.tcp_keepalive
+    } else {
+        None
+    };
+    let closed = read_loop(&shared, read, hop, &activity, &tx, keepalive).await;
     shared.table.remove(id);
     drop(tx);
     shared.metrics.connection_closed(transport);
@@ -387,6 +404,7 @@ async fn read_loop(
     hop: Peer,
     activity: &Activity,
     tx: &mpsc::Sender<Outgoing>,
+    keepalive: Option<Duration>,
 ) -> CloseCause {
     let config = &shared.config;
     let peer = hop.addr;
@@ -397,6 +415,11 @@ async fn read_loop(
     let mut framer = StreamFramer::new();
     let mut idle_at = activity.last() + idle;
     let mut partial_since: Option<Instant> = None;
+    // Keep-alive (outbound connections): the next ping, the pong awaited, and whether
+    // the peer has ever answered one (a peer that never pongs is never judged by it).
+    let mut ping_at = keepalive.map(|k| Instant::now() + k);
+    let mut pong_by: Option<Instant> = None;
+    let mut pongs = false;
     let timer = tokio::time::sleep_until(idle_at);
     tokio::pin!(timer);
 
@@ -405,6 +428,10 @@ async fn read_loop(
             Some(start) => idle_at.min(start + config.tcp_partial_timeout),
             None => idle_at,
         };
+        let deadline = [ping_at, pong_by]
+            .into_iter()
+            .flatten()
+            .fold(deadline, Instant::min);
         timer.as_mut().reset(deadline);
         buf.reserve(READ_CHUNK);
 
@@ -418,6 +445,27 @@ async fn read_loop(
             Wake::Closed(cause) => return cause,
             Wake::Timer => {
                 let now = Instant::now();
+                if pong_by.is_some_and(|t| t <= now) {
+                    pong_by = None;
+                    if pongs {
+                        let reason = DropReason::KeepaliveTimeout;
+                        let detail = "keep-alive ping not answered";
+                        shared.metrics.dropped(reason, hop.transport, peer, &detail);
+                        return CloseCause::Dropped(reason);
+                    }
+                }
+                if let (Some(at), Some(every)) = (ping_at, keepalive) {
+                    if at <= now {
+                        ping_at = Some(now + every);
+                        let ping = Outgoing {
+                            data: Bytes::from_static(PING),
+                            origin: None,
+                        };
+                        if tx.try_send(ping).is_ok() && pong_by.is_none() {
+                            pong_by = Some(now + KEEPALIVE_PONG_WAIT);
+                        }
+                    }
+                }
                 if partial_since.is_some_and(|start| start + config.tcp_partial_timeout <= now) {
                     let reason = DropReason::PartialTimeout;
                     let detail = "message not completed in time";
@@ -446,8 +494,23 @@ async fn read_loop(
         };
         shared.metrics.bytes_in(hop.transport, n);
         let now = Instant::now();
-        activity.touch();
-        idle_at = now + idle;
+        // On a connection we keep alive, a pong (CRLFs alone) answers our ping and is not
+        // traffic; anything else is, and shows the peer alive just as well.
+        let only_crlf = buf[buf.len() - n..]
+            .iter()
+            .all(|b| matches!(b, b'\r' | b'\n'));
+        if pong_by.take().is_some() && only_crlf {
+            pongs = true;
+        }
+        if keepalive.is_some() && buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            // Pongs between messages: two of them must not read as a ping from the peer.
+            buf.clear();
+            framer = StreamFramer::new();
+        }
+        if keepalive.is_none() || !only_crlf {
+            activity.touch();
+            idle_at = now + idle;
+        }
 
         let mut completed = false;
         loop {
@@ -502,7 +565,10 @@ async fn write_loop(
         let error = match tokio::time::timeout(timeout, write.write_all(&msg.data)).await {
             Ok(Ok(())) => {
                 shared.metrics.bytes_out(transport, msg.data.len());
-                activity.touch();
+                // Our keep-alive pings and pongs do not make a connection busy.
+                if msg.origin.is_some() {
+                    activity.touch();
+                }
                 continue;
             }
             Ok(Err(source)) => TransportError::Write { addr: peer, source },

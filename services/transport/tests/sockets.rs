@@ -179,8 +179,12 @@ fn sip(body: &str) -> String {
 
 /// Reads until EOF and returns what came, failing if EOF does not come in time.
 async fn read_to_eof(stream: &mut TcpStream) -> Vec<u8> {
+    read_to_eof_within(stream, WAIT).await
+}
+
+async fn read_to_eof_within(stream: &mut TcpStream, limit: Duration) -> Vec<u8> {
     let mut out = Vec::new();
-    tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(limit, async {
         let mut chunk = [0u8; 4096];
         loop {
             match stream.read(&mut chunk).await {
@@ -992,5 +996,80 @@ async fn a_pin_does_not_protect_a_stalled_message() {
     );
     node.wait_no_connections().await;
     assert!(node.transports.pin(id).is_none());
+    node.transports.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_nodes_own_connections_are_kept_alive_and_a_peer_that_stops_ponging_is_dropped() {
+    let node = Node::start(TransportConfig {
+        tcp_keepalive: Some(Duration::from_secs(30)),
+        tcp_idle_timeout: Duration::from_secs(300),
+        ..loopback()
+    })
+    .await;
+    let trunk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let request = sip("invite");
+    node.transports.send(
+        &tcp_to(trunk.local_addr().unwrap()),
+        Bytes::from(request.clone()),
+    );
+    let (mut conn, _) = tokio::time::timeout(WAIT, trunk.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    read_exact_in_time(&mut conn, request.len()).await;
+    // Every 30 s a CRLFCRLF ping; the trunk answers each with a CRLF pong.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        let ping = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut b = [0u8; 4];
+            conn.read_exact(&mut b).await.map(|_| b)
+        })
+        .await
+        .expect("a ping within the interval")
+        .unwrap();
+        assert_eq!(&ping, b"\r\n\r\n");
+        conn.write_all(b"\r\n").await.unwrap();
+    }
+    assert_eq!(node.transports.connection_count(), 1);
+    // The trunk stops answering: 10 s after the next ping the connection is closed.
+    let rest = read_to_eof_within(&mut conn, Duration::from_secs(45)).await;
+    assert_eq!(rest, b"\r\n\r\n", "one more ping, then the close");
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"keepalive_timeout\"}"),
+        1.0
+    );
+    node.wait_no_connections().await;
+    node.transports.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_pongs_is_kept_and_pings_do_not_hold_an_idle_connection() {
+    let node = Node::start(TransportConfig {
+        tcp_keepalive: Some(Duration::from_secs(30)),
+        tcp_idle_timeout: Duration::from_secs(100),
+        ..loopback()
+    })
+    .await;
+    let trunk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    node.transports
+        .send(&tcp_to(trunk.local_addr().unwrap()), Bytes::from(sip("x")));
+    let (mut conn, _) = tokio::time::timeout(WAIT, trunk.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    read_exact_in_time(&mut conn, sip("x").len()).await;
+    // No pongs ever: not a keep-alive failure; but three pings (30, 60, 90 s) do not
+    // make the connection busy, so it goes idle at 100 s.
+    let rest = read_to_eof_within(&mut conn, Duration::from_secs(120)).await;
+    assert_eq!(rest, b"\r\n\r\n\r\n\r\n\r\n\r\n");
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"keepalive_timeout\"}"),
+        0.0
+    );
+    assert_eq!(
+        node.metric("trunkline_transport_dropped_total{reason=\"idle_timeout\"}"),
+        1.0
+    );
     node.transports.shutdown().await;
 }

@@ -332,6 +332,10 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// Close a TCP connection after this many seconds without traffic.
     pub tcp_idle_timeout_secs: u64,
+    /// Send a CRLFCRLF keep-alive (RFC 5626) this often on TCP and TLS connections the
+    /// node opened (to trunks); a peer that has answered one and stops answering for
+    /// 10 s has its connection closed. 0: no keep-alives.
+    pub tcp_keepalive_secs: u64,
     /// Drop a TCP connection whose partial message has not completed within this many seconds
     /// (slow-loris protection).
     pub tcp_partial_timeout_secs: u64,
@@ -440,6 +444,7 @@ impl Default for SipConfig {
             advertise: None,
             max_message_bytes: 16384,
             tcp_idle_timeout_secs: 300,
+            tcp_keepalive_secs: 30,
             tcp_partial_timeout_secs: 10,
             tcp_max_inbound: 4096,
             tcp_max_outbound: 1024,
@@ -487,6 +492,8 @@ impl SipConfig {
             max_message_bytes: self.max_message_bytes,
             tcp_idle_timeout: self.tcp_idle_timeout(),
             tcp_partial_timeout: self.tcp_partial_timeout(),
+            tcp_keepalive: (self.tcp_keepalive_secs > 0)
+                .then(|| Duration::from_secs(self.tcp_keepalive_secs)),
             tcp_max_inbound: self.tcp_max_inbound,
             tcp_max_outbound: self.tcp_max_outbound,
             tcp_max_per_source: self.tcp_max_per_source,
@@ -2669,6 +2676,7 @@ mod tests {
             tcp: vec![],
             max_message_bytes: 4096,
             tcp_idle_timeout_secs: 7,
+            tcp_keepalive_secs: 0,
             tcp_partial_timeout_secs: 3,
             tcp_max_inbound: 9,
             tcp_max_outbound: 8,
@@ -2683,6 +2691,7 @@ mod tests {
         assert!(transport.tcp.is_empty());
         assert_eq!(transport.max_message_bytes, 4096);
         assert_eq!(transport.tcp_idle_timeout, Duration::from_secs(7));
+        assert_eq!(transport.tcp_keepalive, None, "0 turns keep-alives off");
         assert_eq!(transport.tcp_partial_timeout, Duration::from_secs(3));
         assert_eq!(
             (
