@@ -117,6 +117,17 @@ impl Dispatcher {
         }
     }
 
+    /// What `trunk`'s OPTIONS pings have shown (`None`: it is not pinged).
+    pub fn trunk_health(&self, trunk: &str) -> Option<crate::health::TrunkStatus> {
+        self.shared.health.status(trunk)
+    }
+
+    /// The node's registration to `trunk` (`None`: it does not register there, or has
+    /// not started to).
+    pub fn trunk_registration(&self, trunk: &str) -> Option<crate::registration::RegStatus> {
+        self.shared.registrations.status(trunk)
+    }
+
     /// The trunks, routes and trust rules new calls get from now on (an operator's
     /// change through the admin API). Calls in progress keep theirs.
     pub fn set_routing(&self, router: Router, trust: Trust) {

@@ -159,6 +159,7 @@ pub fn trunks_from(path: &Path) -> Result<Vec<Trunk>, String> {
             };
             Ok(Trunk {
                 auth,
+                state: None,
                 name: t.name,
                 address: t.address,
                 transport: t.transport.unwrap_or_default(),
@@ -236,6 +237,13 @@ pub fn trunk_json(t: &Trunk) -> Value {
             "cpsOut": l.cps_out,
         })),
         "auth": t.auth.as_ref().map(|a| json!({ "username": a.username })),
+        "state": t.state.as_ref().map(|s| json!({
+            "health": s.health,
+            "healthChangedMs": s.health_changed_ms,
+            "registration": (!s.registration.is_empty()).then_some(&s.registration),
+            "registrationExpiresMs": s.registration_expires_ms,
+            "registrationLastStatus": s.registration_last_status,
+        })),
     })
 }
 
@@ -258,10 +266,28 @@ pub fn trunks_table(trunks: &[Trunk]) -> String {
                 } else {
                     t.sources.join(",")
                 },
+                t.state
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |s| s.health.clone()),
+                t.state
+                    .as_ref()
+                    .filter(|s| !s.registration.is_empty())
+                    .map_or_else(|| "-".to_string(), |s| s.registration.clone()),
             ]
         })
         .collect();
-    table(&["NAME", "ADDRESS", "TRANSPORT", "MEDIA", "SOURCES"], &rows)
+    table(
+        &[
+            "NAME",
+            "ADDRESS",
+            "TRANSPORT",
+            "MEDIA",
+            "SOURCES",
+            "HEALTH",
+            "REGISTRATION",
+        ],
+        &rows,
+    )
 }
 
 pub fn table_json(t: &RoutingTable) -> Value {

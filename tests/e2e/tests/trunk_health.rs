@@ -34,6 +34,14 @@ fn invites_received(log: &std::path::Path) -> Result<usize> {
         .count())
 }
 
+/// The UK trunk's health as `trunkctl trunks get uk -o json` shows it.
+fn health_shown(cfg: &NodeConfig) -> Result<String> {
+    let v = trunkctl_json(&cfg.admin_addr().to_string(), &["trunks", "get", "uk"])?;
+    Ok(v["trunks"][0]["state"]["health"]
+        .as_str()
+        .map_or_else(|| format!("nothing in {v}"), str::to_string))
+}
+
 fn call_uk(node: &Node, out: &std::path::Path) -> Result<()> {
     Sipp::uac("uac_basic.xml", node.sip_addr())
         .calls(1)
@@ -95,6 +103,8 @@ fn a_trunk_that_stops_answering_pings_is_skipped_until_it_answers_again() -> Res
         "the silent UK trunk was never marked down"
     );
     ensure!(changes(&node, "uk", "down") == 1.0);
+    let shown = health_shown(&cfg)?;
+    ensure!(shown == "down", "trunkctl shows the UK trunk {shown:?}");
     // Its calls go to the default trunk meanwhile.
     call_uk(&node, &out)?;
     carrier.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
@@ -107,6 +117,8 @@ fn a_trunk_that_stops_answering_pings_is_skipped_until_it_answers_again() -> Res
         "the UK trunk answering again was never marked up"
     );
     ensure!(changes(&node, "uk", "up") == 1.0);
+    let shown = health_shown(&cfg)?;
+    ensure!(shown == "up", "trunkctl shows the UK trunk {shown:?}");
     call_uk(&node, &out)?;
     uk2.kill();
     ensure!(

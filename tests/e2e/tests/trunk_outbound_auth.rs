@@ -185,5 +185,14 @@ fn the_node_registers_to_a_carrier_retries_after_a_refusal_and_refreshes() -> Re
         changes("failed"),
         changes("registered")
     );
+    // trunkctl shows the same registration.
+    let shown = trunkctl_json(&cfg.admin_addr().to_string(), &["trunks", "get", "carrier"])?;
+    let state = &shown["trunks"][0]["state"];
+    ensure!(
+        state["registration"] == "registered"
+            && state["registrationLastStatus"] == 200
+            && state["registrationExpiresMs"].as_u64().unwrap_or(0) > 1_700_000_000_000,
+        "trunkctl shows the registration as {state}"
+    );
     Ok(())
 }

@@ -17,7 +17,7 @@ use trunkline_proto::admin::v1::trunk_service_server::TrunkService;
 use trunkline_proto::admin::v1::{
     DeleteTrunkRequest, DeleteTrunkResponse, GetRoutesRequest, GetTrunkRequest, ListTrunksRequest,
     ListTrunksResponse, Route, RouteTrunk, RoutingTable, SetRoutesRequest, Trunk, TrunkAuth,
-    TrunkLimits, UpsertTrunkRequest,
+    TrunkLimits, TrunkState, UpsertTrunkRequest,
 };
 
 use super::auth::{require, Role};
@@ -129,8 +129,41 @@ fn check_name(field: &str, name: &str) -> Result<(), Status> {
     }
 }
 
+/// What the node sees of trunk `t` now: its pings and its registration.
+fn trunk_state(t: &TrunkConfig, d: &Dispatcher) -> TrunkState {
+    let health = d.trunk_health(&t.name);
+    let registration = d.trunk_registration(&t.name);
+    TrunkState {
+        health: match (health, t.health.is_some()) {
+            (Some(h), _) if !h.up => "down",
+            (_, true) => "up",
+            (_, false) => "unmonitored",
+        }
+        .to_string(),
+        health_changed_ms: health.map_or(0, |h| h.changed_ms),
+        registration: match (&registration, t.register.is_some()) {
+            (Some(r), _) => r.state.as_str(),
+            (None, true) => "registering",
+            (None, false) => "",
+        }
+        .to_string(),
+        registration_expires_ms: registration.as_ref().map_or(0, |r| r.expires_ms),
+        registration_last_status: registration
+            .as_ref()
+            .map_or(0, |r| u32::from(r.last_status)),
+    }
+}
+
+fn trunk_view_with_state(t: &TrunkConfig, d: &Dispatcher) -> Trunk {
+    Trunk {
+        state: Some(trunk_state(t, d)),
+        ..trunk_view(t)
+    }
+}
+
 fn trunk_view(t: &TrunkConfig) -> Trunk {
     Trunk {
+        state: None,
         name: t.name.clone(),
         address: t.address.clone(),
         transport: match t.transport {
@@ -351,7 +384,12 @@ impl TrunkService for Trunks {
         require(&req, Role::Viewer, "ListTrunks")?;
         self.check_node(&req.get_ref().node_id)?;
         let config = self.state.current();
-        let mut trunks: Vec<Trunk> = config.trunks.iter().map(trunk_view).collect();
+        let d = &self.state.dispatcher;
+        let mut trunks: Vec<Trunk> = config
+            .trunks
+            .iter()
+            .map(|t| trunk_view_with_state(t, d))
+            .collect();
         trunks.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListTrunksResponse { trunks }))
     }
@@ -366,7 +404,7 @@ impl TrunkService for Trunks {
             .trunks
             .iter()
             .find(|t| t.name == q.name)
-            .map(|t| Response::new(trunk_view(t)))
+            .map(|t| Response::new(trunk_view_with_state(t, &self.state.dispatcher)))
             .ok_or_else(|| Status::not_found(format!("name: no trunk {:?}", q.name)))
     }
 
@@ -498,6 +536,7 @@ mod tests {
     #[test]
     fn an_api_trunk_round_trips_through_the_configuration_form() {
         let t = Trunk {
+            state: None,
             name: "carrier-b".into(),
             address: "192.0.2.10:5060".into(),
             transport: "tcp".into(),
