@@ -117,6 +117,38 @@ impl Dispatcher {
         }
     }
 
+    /// Removes the node's registrations at every trunk (REGISTER with Expires 0) and
+    /// waits up to `limit` for the registrars to answer (challenges are answered as
+    /// usual): called once the node has stopped taking calls and is about to exit.
+    pub async fn unregister(&self, limit: std::time::Duration) {
+        let shared = &self.shared;
+        let sends = {
+            let routing = shared.routing.load();
+            let trunks = routing.router.trunks();
+            let sends = shared
+                .registrations
+                .unregister_all(trunks, now(), |t| me_on(shared, t));
+            for s in &sends {
+                tracing::info!(trunk = %s.trunk, "removing the registration at the trunk");
+            }
+            sends
+        };
+        if sends.is_empty() {
+            return;
+        }
+        {
+            let routing = shared.routing.load();
+            for s in sends {
+                send_register(shared, routing.router.trunks(), s);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        while shared.registrations.unregistering() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        register_to_trunks(shared);
+    }
+
     /// What `trunk`'s OPTIONS pings have shown (`None`: it is not pinged).
     pub fn trunk_health(&self, trunk: &str) -> Option<crate::health::TrunkStatus> {
         self.shared.health.status(trunk)

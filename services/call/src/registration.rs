@@ -51,6 +51,8 @@ pub enum RegState {
     Registered,
     /// The last attempt failed (refused, timed out); the next is at `RegStatus::retry_ms`.
     Failed,
+    /// The node is shutting down and has removed its binding (REGISTER with Expires 0).
+    Unregistered,
 }
 
 impl RegState {
@@ -59,6 +61,7 @@ impl RegState {
             RegState::Registering => "registering",
             RegState::Registered => "registered",
             RegState::Failed => "failed",
+            RegState::Unregistered => "unregistered",
         }
     }
 }
@@ -123,6 +126,8 @@ struct State {
     /// The registrar's Min-Expires, once it sent 423.
     min_expires: Option<Duration>,
     in_flight: Option<InFlight>,
+    /// The node is shutting down: the binding is being removed and never refreshed.
+    closing: bool,
 }
 
 /// How the node is reached on a trunk's transport: `host:port` and the Via token.
@@ -188,6 +193,7 @@ impl Registrations {
                 failures: 0,
                 min_expires: None,
                 in_flight: None,
+                closing: false,
             });
             if s.state == RegState::Registered
                 && s.failures > 0
@@ -215,7 +221,7 @@ impl Registrations {
                 }
                 continue;
             }
-            if now < s.next_at {
+            if now < s.next_at || s.closing {
                 continue;
             }
             let Some(me) = me(t) else { continue };
@@ -270,6 +276,11 @@ impl Registrations {
             return (None, None);
         };
         match resp.status {
+            200..=299 if s.closing => {
+                s.last_status = resp.status;
+                s.expires_ms = 0;
+                (None, set_state(&name, s, RegState::Unregistered))
+            }
             200..=299 => {
                 let granted = granted_expires(resp, f.expires);
                 s.failures = 0;
@@ -315,6 +326,44 @@ impl Registrations {
         }
     }
 
+    /// The node is going away: every binding a registrar may still hold is removed with
+    /// a REGISTER with Expires 0 (RFC 3261 §10.2.2), so the carrier stops sending calls
+    /// to a node that is gone instead of until the binding runs out. No registration is
+    /// refreshed or retried after this. Returns the REGISTERs to send.
+    pub fn unregister_all(
+        &self,
+        trunks: &[Trunk],
+        now: Instant,
+        me: impl Fn(&Trunk) -> Option<Me>,
+    ) -> Vec<Send> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sends = Vec::new();
+        for t in trunks {
+            let Some(s) = states.get_mut(&t.name) else {
+                continue;
+            };
+            if s.closing {
+                continue;
+            }
+            s.closing = true;
+            // A REGISTER in flight may bind: remove whatever it and the last one did.
+            let bound = s.expires_ms > crate::directory::now_ms() || s.in_flight.is_some();
+            if !bound {
+                s.in_flight = None;
+                continue;
+            }
+            let Some(me) = me(t) else { continue };
+            sends.push(self.register(t, s, &me, None, now));
+        }
+        sends
+    }
+
+    /// Whether REGISTERs that remove bindings are still waiting for their answer.
+    pub fn unregistering(&self) -> bool {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.values().any(|s| s.closing && s.in_flight.is_some())
+    }
+
     /// Builds the next REGISTER of `t` (the next CSeq, a new branch) and puts it in
     /// flight; with `auth`, it answers that challenge.
     fn register(
@@ -327,7 +376,11 @@ impl Registrations {
     ) -> Send {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         s.cseq = s.cseq.wrapping_add(1);
-        let expires = s.min_expires.unwrap_or(s.cfg.expires).max(s.cfg.expires);
+        let expires = if s.closing {
+            Duration::ZERO
+        } else {
+            s.min_expires.unwrap_or(s.cfg.expires).max(s.cfg.expires)
+        };
         let uri = format!("sip:{}", s.cfg.domain);
         let aor = format!("sip:{}@{}", s.cfg.user, s.cfg.domain);
         let tr = me.transport.via_token();
@@ -545,6 +598,55 @@ mod tests {
         let third = request(&refresh[0]);
         assert_eq!(third.headers.cseq().unwrap().seq, 3);
         assert!(third.headers.get(HeaderName::Authorization).is_none());
+    }
+
+    #[test]
+    fn shutting_down_removes_the_binding_and_nothing_is_refreshed_after() {
+        let r = Registrations::default();
+        let trunks = vec![trunk()];
+        let from: SocketAddr = ADDR.parse().unwrap();
+        let t0 = Instant::now();
+        let (sends, _) = r.due(&trunks, t0, me);
+        let first = request(&sends[0]);
+        let ok = answer(&first, 200, "Expires: 300\r\n");
+        r.on_response(&ok, from, &trunks, t0, me);
+        assert_eq!(r.status("carrier").unwrap().state, RegState::Registered);
+        let bye = r.unregister_all(&trunks, t0, me);
+        assert_eq!(bye.len(), 1);
+        let removal = request(&bye[0]);
+        assert_eq!(removal.headers.cseq().unwrap().seq, 2);
+        assert_eq!(removal.headers.call_id(), first.headers.call_id());
+        assert_eq!(
+            removal.headers.get(HeaderName::Expires).map(|v| v.to_vec()),
+            Some(b"0".to_vec())
+        );
+        assert!(r.unregistering());
+        // The registrar challenges the removal too: answered, still Expires 0.
+        let ch = answer(
+            &removal,
+            401,
+            "WWW-Authenticate: Digest realm=\"carrier.test\", nonce=\"n2\"\r\n",
+        );
+        let (send, _) = r.on_response(&ch, from, &trunks, t0, me);
+        let answered = request(&send.unwrap());
+        assert!(answered.headers.get(HeaderName::Authorization).is_some());
+        assert_eq!(
+            answered
+                .headers
+                .get(HeaderName::Expires)
+                .map(|v| v.to_vec()),
+            Some(b"0".to_vec())
+        );
+        let done = answer(&answered, 200, "");
+        let (_, change) = r.on_response(&done, from, &trunks, t0, me);
+        assert_eq!(change.unwrap().state, RegState::Unregistered);
+        assert!(!r.unregistering());
+        // Past the old refresh time nothing is sent again, and a second call sends nothing.
+        assert!(r
+            .due(&trunks, t0 + Duration::from_secs(600), me)
+            .0
+            .is_empty());
+        assert!(r.unregister_all(&trunks, t0, me).is_empty());
     }
 
     #[test]

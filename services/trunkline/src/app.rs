@@ -323,6 +323,9 @@ impl App {
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
+        // Carriers the node registers to stop sending it calls now, not when the binding
+        // would have run out (bounded: the terminate grace is 5 s).
+        self.dispatcher.unregister(Duration::from_secs(2)).await;
         self.transports.shutdown().await;
         if let Some(media) = self.media {
             media.stop(None);

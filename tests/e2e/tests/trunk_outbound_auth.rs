@@ -131,18 +131,29 @@ fn the_node_registers_to_a_carrier_retries_after_a_refusal_and_refreshes() -> Re
          [trunks.register]\ndomain = \"carrier.test\"\nexpires_secs = 60\nretry_min_secs = 1\n\n\
          [routing]",
     );
-    let node = Node::start_toml(&cfg, &toml, &out)?;
+    let mut node = Node::start_toml(&cfg, &toml, &out)?;
     let log = registrar.messages_log();
-    registrar.wait(Duration::from_secs(40))?.assert_all_ok(1)?;
-    let seen: Vec<_> = parse_trace(&log)?
-        .into_iter()
-        .filter(|m| !m.sent && m.method() == Some("REGISTER"))
-        .collect();
+    let registers = || -> Vec<TracedMessage> {
+        parse_trace(&log)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| !m.sent && m.method() == Some("REGISTER"))
+            .collect()
+    };
+    // Registered, then refreshed: five REGISTERs and the refresh's 200.
     ensure!(
-        seen.len() == 5,
+        wait_until(Duration::from_secs(30), || {
+            registers().len() >= 5
+                && registration_metric(
+                    &node,
+                    "trunkline_trunk_registration_changes_total",
+                    &[("trunk", "carrier"), ("state", "registered")],
+                ) >= 1.0
+        }),
         "the registrar got {} REGISTERs, not 5",
-        seen.len()
+        registers().len()
     );
+    let seen = registers();
     let cseqs: Vec<u32> = seen
         .iter()
         .filter_map(|m| m.header("CSeq")?.split_whitespace().next()?.parse().ok())
@@ -193,6 +204,21 @@ fn the_node_registers_to_a_carrier_retries_after_a_refusal_and_refreshes() -> Re
             && state["registrationLastStatus"] == 200
             && state["registrationExpiresMs"].as_u64().unwrap_or(0) > 1_700_000_000_000,
         "trunkctl shows the registration as {state}"
+    );
+    // Shutting down, the node removes its binding (answering the challenge) and exits 0.
+    let status = node.stop()?;
+    ensure!(status.success(), "the node exited {status}");
+    registrar.wait(Duration::from_secs(20))?.assert_all_ok(1)?;
+    let all = registers();
+    ensure!(
+        all.len() == 7,
+        "the registrar got {} REGISTERs, not 7",
+        all.len()
+    );
+    ensure!(
+        all[5..].iter().all(|m| m.header("Expires") == Some("0")),
+        "the last REGISTERs do not remove the binding:\n{}",
+        all[5].text
     );
     Ok(())
 }
