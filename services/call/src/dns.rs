@@ -206,7 +206,10 @@ fn default_port(transport: Transport) -> u16 {
 }
 
 /// Resolves `name` as RFC 3263 §4 says for its transport: its targets and when the
-/// answer runs out (the smallest TTL met on the way).
+/// answer runs out (the smallest TTL met on the way). A record that does not exist is
+/// an answer (the name has no NAPTR, a target has no address); a lookup that failed
+/// (timeout, server failure) is an error for the whole name, so a transient failure
+/// never replaces a complete answer with part of one: the caller keeps the last.
 pub async fn resolve(
     resolver: &TokioResolver,
     name: &DnsName,
@@ -216,52 +219,62 @@ pub async fn resolve(
     if let Some(port) = name.port {
         return addresses(resolver, host, port, 0, 0, &mut valid)
             .await
-            .map(|t| (t, valid));
+            .map(|t| (t, valid))
+            .map_err(String::from);
     }
     // NAPTR: the SRV names offered for our transport, in order and preference.
     let mut srv_names: Vec<(u32, String)> = Vec::new();
-    if let Ok(naptr) = resolver.lookup(host, RecordType::NAPTR).await {
-        valid = valid.min(naptr.valid_until());
-        let mut records: Vec<_> = naptr
-            .iter()
-            .filter_map(|r| match r {
-                RData::NAPTR(n) => Some(n.clone()),
-                _ => None,
-            })
-            .filter(|n| {
-                n.flags().eq_ignore_ascii_case(b"s")
-                    && n.services()
-                        .eq_ignore_ascii_case(service(name.transport).as_bytes())
-            })
-            .collect();
-        records.sort_by_key(|n| (n.order(), n.preference()));
-        for (rank, n) in records.iter().enumerate() {
-            srv_names.push((rank as u32, n.replacement().to_utf8()));
+    match resolver.lookup(host, RecordType::NAPTR).await {
+        Ok(naptr) => {
+            valid = valid.min(naptr.valid_until());
+            let mut records: Vec<_> = naptr
+                .iter()
+                .filter_map(|r| match r {
+                    RData::NAPTR(n) => Some(n.clone()),
+                    _ => None,
+                })
+                .filter(|n| {
+                    n.flags().eq_ignore_ascii_case(b"s")
+                        && n.services()
+                            .eq_ignore_ascii_case(service(name.transport).as_bytes())
+                })
+                .collect();
+            records.sort_by_key(|n| (n.order(), n.preference()));
+            for (rank, n) in records.iter().enumerate() {
+                srv_names.push((rank as u32, n.replacement().to_utf8()));
+            }
         }
+        Err(e) if absent(&e) => {}
+        Err(e) => return Err(format!("{host} NAPTR: {e}")),
     }
     if srv_names.is_empty() {
         srv_names.push((0, format!("{}.{host}", srv_prefix(name.transport))));
     }
     let mut targets = Vec::new();
     for (rank, srv_name) in &srv_names {
-        let Ok(srv) = resolver.srv_lookup(srv_name.as_str()).await else {
-            continue;
+        let srv = match resolver.srv_lookup(srv_name.as_str()).await {
+            Ok(srv) => srv,
+            Err(e) if absent(&e) => continue,
+            Err(e) => return Err(format!("{srv_name}: {e}")),
         };
         valid = valid.min(srv.as_lookup().valid_until());
         for r in srv.iter() {
             let target = r.target().to_utf8();
-            let priority = (rank << 16) | u32::from(r.priority());
-            if let Ok(mut found) = addresses(
+            match addresses(
                 resolver,
                 &target,
                 r.port(),
-                priority,
+                (rank << 16) | u32::from(r.priority()),
                 r.weight(),
                 &mut valid,
             )
             .await
             {
-                targets.append(&mut found);
+                Ok(mut found) => targets.append(&mut found),
+                // A target named by SRV with no address is left out; one whose lookup
+                // failed fails the whole answer (see above).
+                Err(Lookup::Absent(_)) => {}
+                Err(Lookup::Failed(e)) => return Err(e),
             }
         }
         if !targets.is_empty() {
@@ -283,6 +296,27 @@ pub async fn resolve(
     Ok((targets, valid))
 }
 
+/// The answer says the record does not exist (as opposed to: no answer came).
+fn absent(e: &hickory_resolver::ResolveError) -> bool {
+    e.is_no_records_found() || e.is_nx_domain()
+}
+
+/// Why a name gave no addresses.
+enum Lookup {
+    /// It has none.
+    Absent(String),
+    /// The lookup failed.
+    Failed(String),
+}
+
+impl From<Lookup> for String {
+    fn from(l: Lookup) -> String {
+        match l {
+            Lookup::Absent(e) | Lookup::Failed(e) => e,
+        }
+    }
+}
+
 async fn addresses(
     resolver: &TokioResolver,
     host: &str,
@@ -290,11 +324,15 @@ async fn addresses(
     priority: u32,
     weight: u16,
     valid: &mut Instant,
-) -> Result<Vec<Target>, String> {
-    let ips = resolver
-        .lookup_ip(host)
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
+) -> Result<Vec<Target>, Lookup> {
+    let ips = resolver.lookup_ip(host).await.map_err(|e| {
+        let text = format!("{host}: {e}");
+        if absent(&e) {
+            Lookup::Absent(text)
+        } else {
+            Lookup::Failed(text)
+        }
+    })?;
     *valid = (*valid).min(ips.valid_until());
     Ok(ips
         .iter()
