@@ -13,12 +13,18 @@
 #   trunkline-listcalls trunkline (media off) holding 10 000 established calls while a gRPC
 #                       client polls ListCalls (a 500-call page) once a second (optional)
 #   trunkline-hold      trunkline (media off) standalone, every call held CLUSTER_HOLD_MS
-#   trunkline-auth      trunkline (media off); the caller is no access network but a trunk's
-#                       digest user: every call is challenged (407) and proves it (MD5: Debian's
-#                       SIPp 3.6 answers nothing else)
-#   kamailio-auth       kamailio-dialog challenging every INVITE the same way (auth module)
 #                       (1 s) before its BYE: the like-for-like baseline of trunkline-cluster
 #                       (optional)
+#   trunkline-auth      trunkline (media off); the caller is no access network but a trunk's
+#                       digest user: every call is challenged (407) and proves it (MD5: Debian's
+#                       SIPp 3.6 answers nothing else) (optional)
+#   kamailio-auth       kamailio-dialog challenging every INVITE the same way (auth module)
+#                       (optional)
+#   trunkline-tcp       trunkline (media off) with SIP over TCP on both legs: one connection
+#                       from the caller, one to the callee (optional)
+#   trunkline-tls       the same over TLS on both legs; Debian's SIPp has no TLS, so stunnel
+#                       (Debian stunnel4) carries each SIPp's TCP connection over TLS to and from
+#                       the node; its CPU is not the node's and is not counted (optional)
 #   trunkline-cluster   the same node in cluster mode with replication on: its own etcd and
 #                       a buddy node that holds every settled call's state; calls held
 #                       CLUSTER_HOLD_MS so that each one lives past a replication tick (optional)
@@ -96,7 +102,7 @@ EOF
 
 # shellcheck source=load/lib.sh
 . "$HERE/lib.sh"
-ALL_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,trunkline-watch10,trunkline-listcalls,trunkline-hold,trunkline-cluster,trunkline-auth,kamailio-auth"
+ALL_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media,kamailio,trunkline-watch10,trunkline-listcalls,trunkline-hold,trunkline-cluster,trunkline-auth,kamailio-auth,trunkline-tcp,trunkline-tls"
 DEFAULT_SYSTEMS="sipp,kamailio-dialog,kamailio-rtpengine,trunkline,trunkline-media"
 parse_args "$ALL_SYSTEMS" "profile" "$@"
 if [ "$PROFILE" = 1 ] && [ "$SYSTEMS_GIVEN" = 0 ]; then SYS_LIST=(trunkline-media); fi
@@ -123,6 +129,7 @@ fi
 : "${UAC_PORT:=5080}" "${UAS_PORT:=5090}" "${KAM_PORT:=5060}" "${TL_PORT:=5062}"
 : "${TL_METRICS_PORT:=9465}" "${REDIS_PORT:=16379}" "${TL_READY_SECS:=20}"
 : "${TL_ADMIN_PORT:=50061}" "${HELD_UAC_PORT:=5082}" "${WATCHERS:=10}"
+: "${TL_TLS_PORT:=5063}" "${STUNNEL_UAC_PORT:=5095}" "${STUNNEL_UAS_PORT:=5093}"
 : "${LIST_HELD_CALLS:=10000}" "${LIST_HELD_RATE:=1000}"
 : "${GRPC_PYTHON:=$ROOT/target/grpc-venv/bin/python3}"
 : "${RTPE_NG_PORT:=12222}" "${RTPE_CLI_PORT:=12224}" "${RTPE_LOG_LEVEL:=5}" "${RTPE_READY_SECS:=10}"
@@ -143,9 +150,14 @@ is_media() { [ "$1" = kamailio-rtpengine ] || [ "$1" = trunkline-media ]; }
 
 # ------------------------------------------------------------ SIPp ends
 UAS_PID=""
+# The callee's scenario and transport arguments: the stream rows use TCP (-t t1).
+UAS_XML="$SCEN/uas.xml"
+SIPP_T=()
+# Where the uac sends when that is not the address its Request-URIs name (-rsa).
+UAC_VIA=()
 uas_start() { # DIR
 	mkdir -p "$1"
-	(cd "$1" && exec sipp -sf "$SCEN/uas.xml" "${SIPP_COMMON[@]}" -p "$UAS_PORT" \
+	(cd "$1" && exec sipp -sf "$UAS_XML" "${SIPP_COMMON[@]}" "${SIPP_T[@]}" -p "$UAS_PORT" \
 		-trace_stat -fd 5 -trace_err -max_log_size 10000000 -trace_screen) \
 		>"$1/uas.stdout" 2>"$1/uas.stderr" &
 	UAS_PID=$!
@@ -169,7 +181,7 @@ uac_start() {
 	(cd "$dir" && exec sipp "$target" -sf "$SCEN/$UAC_XML" "${SIPP_COMMON[@]}" -p "$UAC_PORT" \
 		-r "$rate" -m "$calls" -d "$hold" -timeout "${tmo}s" -recv_timeout 5000 \
 		-trace_rtt -rtt_freq 1 -trace_stat -fd 1 -trace_err -max_log_size 10000000 \
-		-trace_screen "${UAC_AUTH[@]}" "$@") >"$dir/uac.stdout" 2>"$dir/uac.stderr" &
+		-trace_screen "${UAC_AUTH[@]}" "${SIPP_T[@]}" "${UAC_VIA[@]}" "$@") >"$dir/uac.stdout" 2>"$dir/uac.stderr" &
 	UAC_PID=$!
 	STARTED+=("$UAC_PID")
 }
@@ -371,6 +383,85 @@ password = \"$AUTH_PASSWORD\""
 	SUT_TARGET="$HOST:$TL_PORT"
 }
 
+# trunkline-tcp / trunkline-tls: both legs over one stream connection each. For TLS,
+# stunnel turns the uac's TCP connection into TLS toward the node's TLS listener and the
+# node's TLS connection to the trunk back into TCP toward the uas (whose Contact names
+# stunnel's port, so in-dialog requests take the same way). The node checks the trunk's
+# certificate (CA and IP address) as in production; stunnel checks nothing.
+STUNNEL_PID=""
+tls_files() { # makes $RUN/tls/{ca,leaf}.{crt,key} once: one CA, one leaf for $HOST
+	local t="$RUN/tls"
+	[ -f "$t/leaf.crt" ] && return 0
+	mkdir -p "$t"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-subj "/CN=bench CA" -keyout "$t/ca.key" -out "$t/ca.crt" >/dev/null 2>&1 || die "openssl: CA"
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$HOST" \
+		-keyout "$t/leaf.key" -out "$t/leaf.csr" >/dev/null 2>&1 || die "openssl: leaf request"
+	printf 'subjectAltName=IP:%s\n' "$HOST" >"$t/leaf.ext"
+	openssl x509 -req -in "$t/leaf.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" -CAcreateserial \
+		-days 2 -extfile "$t/leaf.ext" -out "$t/leaf.crt" >/dev/null 2>&1 || die "openssl: leaf"
+	# The uas's Contact names stunnel's port, where the node's TLS connection arrives.
+	sed "s/\[local_port\];transport=\[transport\]/$STUNNEL_UAS_PORT;transport=tls/" \
+		"$SCEN/uas.xml" >"$RUN/uas_tls.xml"
+}
+stunnel_start() { # DIR
+	local d=$1 i
+	cat >"$d/stunnel.conf" <<EOF
+foreground = yes
+pid =
+debug = 4
+output = $d/stunnel.log
+
+[uac]
+client = yes
+accept = $HOST:$STUNNEL_UAC_PORT
+connect = $HOST:$TL_TLS_PORT
+
+[uas]
+accept = $HOST:$STUNNEL_UAS_PORT
+connect = $HOST:$UAS_PORT
+cert = $RUN/tls/leaf.crt
+key = $RUN/tls/leaf.key
+EOF
+	stunnel "$d/stunnel.conf" >"$d/stunnel.stdout" 2>&1 &
+	STUNNEL_PID=$!
+	STARTED+=("$STUNNEL_PID")
+	for i in $(seq 1 50); do
+		python3 "$LIB" bound "$STUNNEL_PID" "$STUNNEL_UAC_PORT" "$STUNNEL_UAS_PORT" && return 0
+		kill -0 "$STUNNEL_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	die "stunnel did not listen on $HOST:$STUNNEL_UAC_PORT and :$STUNNEL_UAS_PORT: $(tail -3 "$d/stunnel.log" "$d/stunnel.stdout" 2>/dev/null)"
+}
+tl_stream_start() { # DIR tcp|tls
+	local d=$1 t=$2
+	mkdir -p "$d"
+	SIPP_T=(-t t1)
+	if [ "$t" = tcp ]; then
+		TRUNKLINE_SIP__TCP="[\"$HOST:$TL_PORT\"]" TL_UAS_TRANSPORT=tcp \
+			tl_node "$d" trunkline bench "$TL_PORT" "$TL_METRICS_PORT" "$TL_ADMIN_PORT" 0
+		SUT_TARGET="$HOST:$TL_PORT"
+	else
+		tls_files
+		UAS_XML="$RUN/uas_tls.xml"
+		TRUNKLINE_SIP__TLS="[\"$HOST:$TL_TLS_PORT\"]" TRUNKLINE_SIP__TLS_CERT_FILE="$RUN/tls/leaf.crt" \
+			TRUNKLINE_SIP__TLS_KEY_FILE="$RUN/tls/leaf.key" TL_UAS_TRANSPORT=tls \
+			TL_UAS_ADDRESS="$HOST:$STUNNEL_UAS_PORT" TL_UAS_EXTRA="# A TLS trunk's calls may come from any port of its IP, the caller's stunnel's too:
+# on one host the trunk's source is narrowed to its port, so the caller is no trunk.
+sources = [\"$HOST:$STUNNEL_UAS_PORT\"]
+[trunks.tls]
+ca_file = \"$RUN/tls/ca.crt\"" \
+			tl_node "$d" trunkline bench "$TL_PORT" "$TL_METRICS_PORT" "$TL_ADMIN_PORT" 0
+		stunnel_start "$d"
+		# The Request-URI names the node's TLS listener (a node refuses requests for
+		# addresses not its own); the uac's connection goes to stunnel.
+		SUT_TARGET="$HOST:$TL_TLS_PORT"
+		UAC_VIA=(-rsa "$HOST:$STUNNEL_UAC_PORT")
+	fi
+	TL_PID=$NODE_PID
+	SUT_PIDS="$TL_PID"
+}
+
 # Writes NAME.toml (in $RUN, a copy in DIR), starts the node with its log in DIR/NAME.log and
 # waits for its /health: DIR NAME ID SIP_PORT METRICS_PORT ADMIN_PORT MEDIA(0|1) [EXTRA].
 # Sets NODE_PID. EXTRA (a [cluster] section) goes at the end; without it the file is the one
@@ -413,8 +504,9 @@ $media_section
 
 [[trunks]]
 name = "uas"
-address = "$HOST:$UAS_PORT"
-transport = "udp"
+address = "${TL_UAS_ADDRESS:-$HOST:$UAS_PORT}"
+transport = "${TL_UAS_TRANSPORT:-udp}"
+${TL_UAS_EXTRA:-}
 
 [routing]
 default_trunk = "uas"
@@ -591,7 +683,7 @@ api_stop() {
 }
 
 sut_start() { # SYSTEM DIR
-	UAC_XML=uac.xml UAC_AUTH=()
+	UAC_XML=uac.xml UAC_AUTH=() UAS_XML="$SCEN/uas.xml" SIPP_T=() UAC_VIA=()
 	case "$1" in *-auth) UAC_XML=uac_auth.xml UAC_AUTH=(-au "$AUTH_USER" -ap "$AUTH_PASSWORD") ;; esac
 	case "$1" in
 	sipp) SUT_PIDS="" SUT_TARGET="$HOST:$UAS_PORT" HELPER_PID="" HELPER_NAME="" ;;
@@ -599,6 +691,8 @@ sut_start() { # SYSTEM DIR
 	kamailio-dialog) kam_start "$2" dialog ;;
 	kamailio-auth) kam_start "$2" auth ;;
 	trunkline-auth) tl_auth_start "$2" ;;
+	trunkline-tcp) tl_stream_start "$2" tcp ;;
+	trunkline-tls) tl_stream_start "$2" tls ;;
 	kamailio-rtpengine) kam_start "$2" rtpengine ;;
 	trunkline) tl_start "$2" 0 ;;
 	trunkline-media) tl_start "$2" 1 ;;
@@ -610,7 +704,12 @@ sut_stop() {
 	case "$1" in
 	kamailio*) kam_stop ;;
 	trunkline-cluster) cluster_stop ;;
-	trunkline*) api_stop; tl_stop ;;
+	trunkline*)
+		api_stop
+		tl_stop
+		[ -n "$STUNNEL_PID" ] && stop_pid "$STUNNEL_PID"
+		STUNNEL_PID=""
+		;;
 	esac
 	SUT_PIDS=""
 }
@@ -622,7 +721,7 @@ sut_collect() { # SYSTEM DIR
 		sleep 1.2 # the relay's gauges are refreshed once a second
 		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
 		;;
-	trunkline | trunkline-watch10 | trunkline-listcalls | trunkline-hold | trunkline-auth)
+	trunkline | trunkline-watch10 | trunkline-listcalls | trunkline-hold | trunkline-auth | trunkline-tcp | trunkline-tls)
 		sut_api_collect "$1" "$2"
 		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$2/metrics.txt" 2>/dev/null || true
 		;;
@@ -938,6 +1037,9 @@ for s in "${SYS_LIST[@]}"; do
 	trunkline-watch10) ctl_resolve_bin ;;
 	trunkline-cluster)
 		command -v "$ETCD_BIN" >/dev/null || die "$ETCD_BIN not found (apt-get install etcd-server, or set ETCD_BIN)"
+		;;
+	trunkline-tls)
+		for t in stunnel openssl; do command -v "$t" >/dev/null || die "$t not found (apt-get install stunnel4 openssl)"; done
 		;;
 	trunkline-listcalls)
 		[ -x "$GRPC_PYTHON" ] || die "trunkline-listcalls needs a python3 with grpcio ($GRPC_PYTHON): run tests/run.sh once, or set GRPC_PYTHON"

@@ -25,6 +25,7 @@ Subcommands:
                                trunkline-cluster, hold: the buddy's memory per replica held
                                (BASE/HELD: "pss rss" KiB of the buddy before/while held)
   report OUTDIR SYS...         print the final table and write results.md
+  bound PID PORT...            exit 0 when process PID itself listens on every TCP PORT
   takeover OUTDIR DEAD SURVIVOR...
                                load/takeover.sh: per-call takeover times from the survivors'
                                JSON logs, the kill time, metrics and SIPp's statistics; prints
@@ -477,6 +478,8 @@ LABELS = {
     "trunkline-cluster": "trunkline, media off, cluster mode: replication to a buddy, etcd",
     "trunkline-auth": "trunkline, media off, every caller proves a trunk's digest credentials",
     "kamailio-auth": "Kamailio 5.6 + dialog + auth (every INVITE challenged, pv_proxy_authenticate)",
+    "trunkline-tcp": "trunkline, media off, SIP over TCP on both legs (one connection each)",
+    "trunkline-tls": "trunkline, media off, SIP over TLS on both legs (stunnel beside SIPp, not counted)",
 }
 
 # (numerator, denominator, target): sustained calls/s ratios the issue sets.
@@ -619,6 +622,15 @@ def report(out, systems):
             pass
     if "trunkline-cluster" in env:
         verdicts += cluster_verdicts(env["trunkline-cluster"], params)
+    # What the stream transports cost (no target): TLS against TCP, TCP against UDP.
+    for num, den in (("trunkline-tls", "trunkline-tcp"), ("trunkline-tcp", "trunkline")):
+        if num in env and den in env:
+            try:
+                verdicts.append("%s / %s: sustained calls/s %.2f, CPU s per 1000 calls %.2f" % (
+                    num, den, float(env[num]["sustained"]) / float(env[den]["sustained"]),
+                    float(env[num]["cpu_per_1000"]) / float(env[den]["cpu_per_1000"])))
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                verdicts.append("%s / %s: n/a" % (num, den))
     if "trunkline-watch10" in env and "trunkline" in env:
         try:
             r = float(env["trunkline-watch10"]["sustained"]) / float(env["trunkline"]["sustained"])
@@ -928,6 +940,33 @@ def takeover(out, dead, survivors):
     return 0 if not problems else 1
 
 
+def bound(pid, ports):
+    """Whether process `pid` itself listens on every TCP port in `ports` (so a stale
+    process of an earlier run holding one is not taken for it)."""
+    inodes = set()
+    try:
+        for fd in os.listdir("/proc/%s/fd" % pid):
+            try:
+                link = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return False
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 9 and f[3] == "0A" and f[9] in inodes:
+                listening.add(int(f[1].rsplit(":", 1)[1], 16))
+    return all(int(p) in listening for p in ports)
+
+
 def main(argv):
     if len(argv) < 2:
         print(__doc__)
@@ -953,6 +992,8 @@ def main(argv):
         clusterhold(a[0], a[1], a[2], a[3])
     elif cmd == "report":
         report(a[0], a[1:])
+    elif cmd == "bound":
+        return 0 if bound(a[0], a[1:]) else 1
     elif cmd == "takeover":
         return takeover(a[0], a[1], a[2:])
     else:
