@@ -8,8 +8,9 @@
 //! - Mutual TLS: a carrier that requires client certificates refuses the node until the
 //!   trunk presents one. The node's Via asks the carrier to reuse the node's connection
 //!   (RFC 5923 `alias`), and it does: one connection carries both directions.
-//! - A carrier whose certificate is not for the trunk's name is refused: no call reaches
-//!   its side.
+//! - A carrier whose certificate is not for the trunk's name is refused both ways: the
+//!   node does not call over a connection to it, and a connection from it that shows that
+//!   certificate as a client is closed; no call crosses.
 
 use anyhow::{ensure, Context, Result};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
@@ -350,14 +351,16 @@ fn a_carrier_whose_certificate_is_for_another_name_is_refused() -> Result<()> {
     let out = out_dir("tls_trunk_mismatch")?;
     pki(&out)?;
     let (mut callee, callee_addr) = start_callee(&out, "callee", 1)?;
+    let (mut pbx, pbx_addr) = start_callee(&out, "pbx", 1)?;
     let node_tls = node_tls_addr()?;
     let kam = carrier(&out, callee_addr, node_tls, false)?;
+    let d = out.display();
     let node = node(
         &out,
         kam.tls,
-        callee_addr,
-        "server_name = \"other-carrier.test\"",
-        &[],
+        pbx_addr,
+        "server_name = \"other-carrier.test\"\nrequire_client_cert = true",
+        &[&format!("tls_client_ca_file = \"{d}/test-ca.crt\"")],
         node_tls,
     )?;
     call_out(&node, &out, "mismatch", false)?;
@@ -376,6 +379,33 @@ fn a_carrier_whose_certificate_is_for_another_name_is_refused() -> Result<()> {
     ensure!(
         c.map(|r| r.successful != Some(1)).unwrap_or(true),
         "a call reached the carrier's callee"
+    );
+
+    // Inbound: the carrier opens its own TLS connection (there is none of the node's to
+    // reuse) and shows its certificate, chained to the CA the node trusts but for
+    // carrier.test: the node closes the connection and no call reaches the PBX.
+    let r = Sipp::uac("uac_basic.xml", kam.udp)
+        .name("in_mismatch")
+        .calls(1)
+        .timeout_secs(40)
+        .arg("-s")
+        .arg("+15550100")
+        .spawn(&out)?
+        .wait(Duration::from_secs(60))?;
+    ensure!(
+        r.successful == Some(0),
+        "a call from a carrier with another name's certificate got through"
+    );
+    let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+    ensure!(
+        log.contains("client certificate is not for other-carrier.test"),
+        "the node's log does not say why the carrier's connection was closed:\n{}",
+        tail(&node.log, 20)
+    );
+    let p = pbx.wait(Duration::from_secs(5));
+    ensure!(
+        p.map(|r| r.successful != Some(1)).unwrap_or(true),
+        "a call from the refused carrier reached the PBX"
     );
     Ok(())
 }
