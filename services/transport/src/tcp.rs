@@ -549,9 +549,15 @@ async fn read_loop(
     }
 }
 
+/// Bytes of queued messages written with one write at most: when several messages wait
+/// (a busy trunk connection), they go out together, one syscall and, over TLS, one record
+/// instead of one per message.
+const WRITE_BATCH: usize = 64 * 1024;
+
 /// Writes queued messages in order until every sender is gone or a write fails; each write is
 /// bounded by `tcp_partial_timeout` so a peer that stops reading cannot pin the task. A failed
-/// write is reported, and so is every message still queued behind it.
+/// write is reported for every message of its batch (the connection closes: whether the peer
+/// got part of it cannot be known), and so is every message still queued behind it.
 async fn write_loop(
     shared: Arc<Shared>,
     mut write: impl AsyncWrite + Unpin,
@@ -561,12 +567,40 @@ async fn write_loop(
     peer: SocketAddr,
 ) {
     let timeout = shared.config.tcp_partial_timeout;
-    while let Some(msg) = rx.recv().await {
-        let error = match tokio::time::timeout(timeout, write.write_all(&msg.data)).await {
+    let mut batch: Vec<Outgoing> = Vec::new();
+    let mut joined = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        let mut len = first.data.len();
+        batch.push(first);
+        while len < WRITE_BATCH {
+            let Ok(more) = rx.try_recv() else { break };
+            len += more.data.len();
+            batch.push(more);
+        }
+        let data: &[u8] = match batch.as_slice() {
+            [one] => &one.data,
+            many => {
+                joined.clear();
+                for m in many {
+                    joined.extend_from_slice(&m.data);
+                }
+                &joined
+            }
+        };
+        // The flush pushes out what a TLS stream still holds once the socket takes it.
+        let written = async {
+            write.write_all(data).await?;
+            write.flush().await
+        };
+        let error = match tokio::time::timeout(timeout, written).await {
             Ok(Ok(())) => {
-                shared.metrics.bytes_out(transport, msg.data.len());
+                let mut busy = false;
+                for m in batch.drain(..) {
+                    shared.metrics.bytes_out(transport, m.data.len());
+                    busy |= m.origin.is_some();
+                }
                 // Our keep-alive pings and pongs do not make a connection busy.
-                if msg.origin.is_some() {
+                if busy {
                     activity.touch();
                 }
                 continue;
@@ -576,7 +610,9 @@ async fn write_loop(
         };
         // Closing the queue makes the reader end the connection.
         rx.close();
-        report(&shared, msg, &error);
+        for m in batch.drain(..) {
+            report(&shared, m, &error);
+        }
         while let Ok(unsent) = rx.try_recv() {
             report(&shared, unsent, &error);
         }
