@@ -471,7 +471,7 @@ fn route(state: &mut CallActorState, request_uri: &trunkline_sip::Uri) -> RouteD
             skipped.push(trunk.name.clone());
             continue;
         };
-        let Some(local) = shared.local_for(trunk.transport, trunk.local) else {
+        let Some(local) = shared.local_for(trunk.transport, trunk.local, Some(target)) else {
             return RouteDecision::Reject {
                 status: 503,
                 cause: EndCause::TransportError,

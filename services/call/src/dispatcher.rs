@@ -266,7 +266,7 @@ impl Dispatcher {
                 .map_err(|e| OriginateFailure::Target { field, error: e })?
                 .clone();
             let local = shared
-                .local_for(t.transport, t.local)
+                .local_for(t.transport, t.local, Some(t.addr))
                 .ok_or(OriginateFailure::NoTransport { field })?;
             let party = trunkline_b2bua::Party {
                 peer: t.peer(),
@@ -1139,7 +1139,7 @@ impl Dispatcher {
         trunk_slot: Option<TrunkSlot>,
     ) -> Option<CallHandle> {
         let shared = &self.shared;
-        let local = shared.local_for(source.transport, source.local)?;
+        let local = shared.local_for(source.transport, source.local, Some(source.addr))?;
         let serial = shared.next_serial();
         let queued = Arc::new(AtomicUsize::new(0));
         let args = CallArgs {
@@ -1231,7 +1231,7 @@ fn ping_trunks(shared: &Shared) {
         let Some(t) = trunks.iter().find(|t| t.name == p.trunk) else {
             continue;
         };
-        let Some(local) = shared.local_for(t.transport, t.local) else {
+        let Some(local) = shared.local_for(t.transport, t.local, Some(t.addr)) else {
             continue;
         };
         let me = format!("{}:{}", local.host, local.port);
@@ -1308,7 +1308,7 @@ fn resolve_trunks(
 
 /// How the node is reached on trunk `t`: its listener of the trunk's transport.
 fn me_on(shared: &Shared, t: &crate::router::Trunk) -> Option<crate::registration::Me> {
-    let local = shared.local_for(t.transport, t.local)?;
+    let local = shared.local_for(t.transport, t.local, Some(t.addr))?;
     Some(crate::registration::Me {
         hostport: format!("{}:{}", local.host, local.port),
         transport: t.transport,

@@ -18,8 +18,14 @@ pub trait Outbound: Send + Sync + 'static {
     /// `on_send_error` with that token (the call's serial).
     fn send(&self, peer: &Peer, data: Bytes, token: Option<u64>);
 
-    /// The listener of `transport` bound at `local` (`None`: that transport's first).
-    fn listener(&self, transport: Transport, local: Option<SocketAddr>) -> Option<Listener>;
+    /// The listener of `transport` bound at `local`; `None`: that transport's first of
+    /// the address family of `to` (where a send to `to` leaves from), else its first.
+    fn listener(
+        &self,
+        transport: Transport,
+        local: Option<SocketAddr>,
+        to: Option<SocketAddr>,
+    ) -> Option<Listener>;
 
     /// Keeps TCP connection `connection` from being closed as idle while the guard
     /// lives: a call may be silent for an hour, and a phone behind NAT can only be
@@ -38,10 +44,22 @@ impl Outbound for trunkline_transport::Transports {
         }
     }
 
-    fn listener(&self, transport: Transport, local: Option<SocketAddr>) -> Option<Listener> {
+    fn listener(
+        &self,
+        transport: Transport,
+        local: Option<SocketAddr>,
+        to: Option<SocketAddr>,
+    ) -> Option<Listener> {
         match local {
             Some(local) => trunkline_transport::Transports::listener(self, transport, local),
-            None => self.listeners().iter().find(|l| l.transport == transport),
+            None => {
+                let mut all = self.listeners().iter().filter(|l| l.transport == transport);
+                let first = all.clone().next();
+                match to {
+                    Some(to) => all.find(|l| l.local.is_ipv4() == to.is_ipv4()).or(first),
+                    None => first,
+                }
+            }
         }
         .cloned()
     }

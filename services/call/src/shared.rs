@@ -133,18 +133,20 @@ impl Shared {
         &self.cfg.call.node_id
     }
 
-    /// Our address toward a hop over `transport` through the socket `local` (`None`:
-    /// that transport's first listener): what Via and Contact carry.
+    /// Our address toward a hop `to` over `transport` through the socket `local`
+    /// (`None`: that transport's first listener of `to`'s address family, as the send
+    /// picks it): what Via and Contact carry.
     pub(crate) fn local_for(
         &self,
         transport: Transport,
         local: Option<SocketAddr>,
+        to: Option<SocketAddr>,
     ) -> Option<Local> {
         let Listener {
             transport,
             local,
             advertise,
-        } = self.outbound.get()?.listener(transport, local)?;
+        } = self.outbound.get()?.listener(transport, local, to)?;
         Some(Local {
             transport,
             host: advertise,

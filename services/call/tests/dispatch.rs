@@ -44,7 +44,12 @@ impl Outbound for Recorder {
 
     /// Two sockets: NODE (the first, advertised as itself) and NODE2 on a carrier network,
     /// advertised as CARRIER_SIDE.
-    fn listener(&self, transport: Transport, local: Option<SocketAddr>) -> Option<Listener> {
+    fn listener(
+        &self,
+        transport: Transport,
+        local: Option<SocketAddr>,
+        _to: Option<SocketAddr>,
+    ) -> Option<Listener> {
         let (at, advertise) = match local {
             Some(l) if l == addr(NODE2) => (NODE2, CARRIER_SIDE),
             Some(l) if l != addr(NODE) => return None,

@@ -206,7 +206,8 @@ pub fn out_dir(name: &str) -> Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 
 /// A port on `ip` that is currently free for both UDP and TCP.
-pub fn free_port(ip: Ipv4Addr) -> Result<u16> {
+pub fn free_port(ip: impl Into<IpAddr>) -> Result<u16> {
+    let ip = ip.into();
     for _ in 0..200 {
         let tcp = TcpListener::bind((ip, 0)).context("binding a probe TCP socket")?;
         let port = tcp.local_addr()?.port();
@@ -941,7 +942,7 @@ pub fn header<'a>(msg: &'a str, name: &str, compact: Option<&str>) -> Option<&'a
 pub struct Sipp {
     name: String,
     scenario: PathBuf,
-    local_ip: Ipv4Addr,
+    local_ip: IpAddr,
     local_port: Option<u16>,
     remote: Option<SocketAddr>,
     transport: Transport,
@@ -969,7 +970,7 @@ impl Sipp {
         Sipp {
             name: name.into(),
             scenario: scenario(scenario_file),
-            local_ip: ip,
+            local_ip: IpAddr::V4(ip),
             local_port: None,
             remote,
             transport: Transport::Udp,
@@ -988,8 +989,9 @@ impl Sipp {
         self.name = n.into();
         self
     }
-    pub fn local_ip(mut self, ip: Ipv4Addr) -> Self {
-        self.local_ip = ip;
+    /// The address SIPp binds (IPv6 too: SIPp brackets it in its messages).
+    pub fn local_ip(mut self, ip: impl Into<IpAddr>) -> Self {
+        self.local_ip = ip.into();
         self
     }
     pub fn port(mut self, p: u16) -> Self {
@@ -1050,8 +1052,7 @@ impl Sipp {
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.local_port
-            .map(|p| SocketAddr::new(IpAddr::V4(self.local_ip), p))
+        self.local_port.map(|p| SocketAddr::new(self.local_ip, p))
     }
 
     /// Starts SIPp with output files in `out`.
@@ -1134,7 +1135,7 @@ impl Sipp {
             .stderr(std::fs::File::create(file("stderr.log"))?)
             .spawn()
             .context("starting sipp (is sip-tester installed?)")?;
-        let addr = SocketAddr::new(IpAddr::V4(me.local_ip), port);
+        let addr = SocketAddr::new(me.local_ip, port);
         let run = SippRun {
             child: Some(child),
             name: me.name.clone(),

@@ -4,10 +4,11 @@
 //! - calls go to the targets of the lowest SRV priority, spread by weight, and never to a
 //!   higher priority while those answer;
 //! - a call fails over to the next target when the first answers 503 or stays silent (and
-//!   over TCP when its port is closed), and later calls avoid the targets that failed.
+//!   over TCP when its port is closed), and later calls avoid the targets that failed;
+//! - a target with only an AAAA record is reached over IPv6, from the node's IPv6 socket.
 
 use anyhow::{ensure, Context, Result};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -54,7 +55,7 @@ fn dnsmasq(out: &Path, records: &[String]) -> Result<(Proc, SocketAddr)> {
 fn target(
     out: &Path,
     name: &str,
-    ip: Ipv4Addr,
+    ip: impl Into<IpAddr>,
     scenario: &str,
     tp: Transport,
 ) -> Result<(SippRun, u16)> {
@@ -80,13 +81,25 @@ fn invites(run: &SippRun) -> usize {
         .unwrap_or(0)
 }
 
-/// A node whose default trunk is `carrier.test` over `transport`, resolved through `dns`.
-fn node(out: &Path, dns: SocketAddr, transport: &str, t1_ms: u64) -> Result<Node> {
+/// A node whose default trunk is `carrier.test` over `transport`, resolved through `dns`;
+/// with `udp_v6`, a second UDP socket there.
+fn node(
+    out: &Path,
+    dns: SocketAddr,
+    transport: &str,
+    t1_ms: u64,
+    udp_v6: Option<SocketAddr>,
+) -> Result<Node> {
     let mut cfg = NodeConfig::new("127.0.0.9:5060".parse()?, Transport::Udp)?;
     cfg.t1_ms = t1_ms;
     cfg.log_level = "info,trunkline_call::dispatcher=debug".into();
-    let toml = cfg
-        .to_toml()
+    let mut toml = cfg.to_toml();
+    if let Some(v6) = udp_v6 {
+        let v4 = format!("udp = [\"{}\"]", cfg.sip_addr());
+        ensure!(toml.contains(&v4), "no {v4} in the node's TOML");
+        toml = toml.replace(&v4, &format!("udp = [\"{}\", \"{v6}\"]", cfg.sip_addr()));
+    }
+    let toml = toml
         .replace(
             "address = \"127.0.0.9:5060\"\ntransport = \"udp\"\n",
             &format!(
@@ -151,7 +164,7 @@ fn calls_follow_naptr_and_srv_priority_and_weight() -> Result<()> {
             format!("--host-record=c.carrier.test,{C}"),
         ],
     )?;
-    let node = node(&out, dns, "udp", 500)?;
+    let node = node(&out, dns, "udp", 500, None)?;
     wait_resolved(&node)?;
     call(&node, &out, "caller", 20, 20)
         .with_context(|| format!("node log:\n{}", tail(&node.log, 20)))?;
@@ -184,7 +197,7 @@ fn a_call_fails_over_past_503_and_silence_and_later_calls_avoid_them() -> Result
         ],
     )?;
     // T1 of 100 ms: the silent target times out (Timer B, 64·T1) in 6.4 s.
-    let node = node(&out, dns, "udp", 100)?;
+    let node = node(&out, dns, "udp", 100, None)?;
     wait_resolved(&node)?;
     call(&node, &out, "first", 1, 1)?;
     ensure!(invites(&a) == 1, "a got {} INVITEs, not 1", invites(&a));
@@ -220,9 +233,46 @@ fn over_tcp_a_closed_target_fails_over_at_once() -> Result<()> {
             format!("--host-record=b.carrier.test,{B}"),
         ],
     )?;
-    let node = node(&out, dns, "tcp", 500)?;
+    let node = node(&out, dns, "tcp", 500, None)?;
     wait_resolved(&node)?;
     call(&node, &out, "caller", 2, 2)?;
     ensure!(invites(&b) == 2, "b got {} INVITEs, not 2", invites(&b));
+    Ok(())
+}
+
+#[test]
+fn a_target_with_only_an_aaaa_record_is_reached_over_ipv6() -> Result<()> {
+    let out = out_dir("trunk_dns_aaaa")?;
+    let v6 = Ipv6Addr::LOCALHOST;
+    let (callee, port) = target(&out, "v6", v6, "uas_basic.xml", Transport::Udp)?;
+    let (_dns, dns) = dnsmasq(
+        &out,
+        &[
+            format!("--srv-host=_sip._udp.carrier.test,v6.carrier.test,{port},10,0"),
+            format!("--host-record=v6.carrier.test,{v6}"),
+        ],
+    )?;
+    let node_v6 = SocketAddr::new(IpAddr::V6(v6), free_port(v6)?);
+    let node = node(&out, dns, "udp", 500, Some(node_v6))?;
+    // The node's own process holds its IPv6 socket.
+    ensure!(
+        UdpSocket::bind(node_v6).is_err(),
+        "the node does not hold {node_v6}"
+    );
+    wait_resolved(&node)?;
+    call(&node, &out, "caller", 2, 2)
+        .with_context(|| format!("node log:\n{}", tail(&node.log, 20)))?;
+    ensure!(
+        invites(&callee) == 2,
+        "the IPv6 callee got {} INVITEs, not 2",
+        invites(&callee)
+    );
+    // They came from the node's IPv6 socket, which its Via names.
+    let trace = std::fs::read_to_string(callee.messages_log())?;
+    ensure!(
+        trace.contains(&format!("Via: SIP/2.0/UDP {node_v6}")),
+        "the callee saw no Via naming {node_v6}:\n{}",
+        tail(&callee.messages_log(), 30)
+    );
     Ok(())
 }

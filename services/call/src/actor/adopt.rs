@@ -56,10 +56,14 @@ pub(super) fn open_adopted(shared: &Arc<Shared>, args: AdoptArgs) -> Result<Open
         .as_deref()
         .and_then(|n| trunks.iter().find(|t| &*t.name == n));
     let a_local = shared
-        .local_for(snap.a.local.transport, None)
+        .local_for(snap.a.local.transport, None, None)
         .ok_or(AdoptError::NoTransport(snap.a.local.transport))?;
     let b_local = shared
-        .local_for(snap.b.local.transport, callee_trunk.and_then(|t| t.local))
+        .local_for(
+            snap.b.local.transport,
+            callee_trunk.and_then(|t| t.local),
+            callee_trunk.map(|t| t.addr),
+        )
         .ok_or(AdoptError::NoTransport(snap.b.local.transport))?;
     if snap.a_sdp.is_none() || snap.b_sdp.is_none() {
         return Err(AdoptError::NoSdp);

@@ -71,7 +71,10 @@ pub(super) fn start(
             return;
         }
     };
-    let Some(local) = state.shared.local_for(trunk.transport, trunk.local) else {
+    let Some(local) = state
+        .shared
+        .local_for(trunk.transport, trunk.local, Some(trunk.addr))
+    else {
         let _ = reply.send(Err(TransferFailure::NoTransport));
         return;
     };
