@@ -6,7 +6,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use trunkline_proto::admin::v1::{Route, RouteTrunk, RoutingTable, Trunk, TrunkAuth, TrunkLimits};
+use trunkline_proto::admin::v1::{
+    Route, RouteTrunk, RoutingTable, Trunk, TrunkAuth, TrunkHealth, TrunkLimits, TrunkRegister,
+    TrunkRewrite, TrunkRewrites, TrunkTls,
+};
 
 use crate::calls::table;
 
@@ -34,6 +37,60 @@ struct TrunkFile {
     limits: Option<LimitsFile>,
     #[serde(default)]
     auth: Option<AuthFile>,
+    #[serde(default)]
+    outbound_auth: Option<AuthFile>,
+    #[serde(default)]
+    health: Option<HealthFile>,
+    #[serde(default)]
+    register: Option<RegisterFile>,
+    #[serde(default)]
+    tls: Option<TlsFile>,
+    #[serde(default)]
+    rewrites: Vec<RewriteFile>,
+    #[serde(default)]
+    trusted_identity: Option<bool>,
+}
+
+/// `[trunks.health]`; a key left out is the node's default (sent as 0 or empty).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HealthFile {
+    interval_secs: u64,
+    down_after: u32,
+    up_after: u32,
+    up_statuses: Vec<String>,
+}
+
+/// `[trunks.register]`; a key left out is the node's default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RegisterFile {
+    user: String,
+    domain: String,
+    expires_secs: u64,
+    retry_min_secs: u64,
+    retry_max_secs: u64,
+}
+
+/// `[trunks.tls]`: file paths on the node.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TlsFile {
+    server_name: String,
+    ca_file: String,
+    cert_file: String,
+    key_file: String,
+    require_client_cert: bool,
+}
+
+/// `[[trunks.rewrites]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewriteFile {
+    direction: String,
+    field: String,
+    pattern: String,
+    replace: String,
 }
 
 /// `[trunks.auth]`: the password inline or in a file (read here, sent to the node).
@@ -136,29 +193,51 @@ pub fn trunks_from(path: &Path) -> Result<Vec<Trunk>, String> {
     file.trunks
         .into_iter()
         .map(|t| {
-            let auth = match t.auth {
-                None => None,
-                Some(a) => Some(TrunkAuth {
-                    password: match (a.password, a.password_file) {
-                        (Some(p), None) => p,
-                        (None, Some(f)) => std::fs::read_to_string(&f)
-                            .map_err(|e| format!("trunks.{}.auth: {}: {e}", t.name, f.display()))?
-                            .lines()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                        _ => {
-                            return Err(format!(
-                                "trunks.{}.auth: give password or password_file",
-                                t.name
-                            ))
-                        }
-                    },
-                    username: a.username,
-                }),
-            };
+            let auth = t
+                .auth
+                .map(|a| credentials(a, &format!("trunks.{}.auth", t.name)))
+                .transpose()?;
+            let outbound_auth = t
+                .outbound_auth
+                .map(|a| credentials(a, &format!("trunks.{}.outbound_auth", t.name)))
+                .transpose()?;
             Ok(Trunk {
                 auth,
+                outbound_auth,
+                health: t.health.map(|h| TrunkHealth {
+                    interval_secs: h.interval_secs,
+                    down_after: h.down_after,
+                    up_after: h.up_after,
+                    up_statuses: h.up_statuses,
+                }),
+                register: t.register.map(|r| TrunkRegister {
+                    user: r.user,
+                    domain: r.domain,
+                    expires_secs: r.expires_secs,
+                    retry_min_secs: r.retry_min_secs,
+                    retry_max_secs: r.retry_max_secs,
+                }),
+                tls: t.tls.map(|c| TrunkTls {
+                    server_name: c.server_name,
+                    ca_file: c.ca_file,
+                    cert_file: c.cert_file,
+                    key_file: c.key_file,
+                    require_client_cert: c.require_client_cert,
+                }),
+                rewrites: (!t.rewrites.is_empty()).then(|| TrunkRewrites {
+                    rules: t
+                        .rewrites
+                        .into_iter()
+                        .map(|r| TrunkRewrite {
+                            direction: r.direction,
+                            field: r.field,
+                            pattern: r.pattern,
+                            replace: r.replace,
+                        })
+                        .collect(),
+                }),
+                trusted_identity: t.trusted_identity,
+                clear: Vec::new(),
                 state: None,
                 name: t.name,
                 address: t.address,
@@ -178,6 +257,25 @@ pub fn trunks_from(path: &Path) -> Result<Vec<Trunk>, String> {
             })
         })
         .collect()
+}
+
+/// Credentials with the password inline or in a file (read here: the node gets the
+/// password, not the path).
+fn credentials(a: AuthFile, key: &str) -> Result<TrunkAuth, String> {
+    let password = match (a.password, a.password_file) {
+        (Some(p), None) => p,
+        (None, Some(f)) => std::fs::read_to_string(&f)
+            .map_err(|e| format!("{key}: {}: {e}", f.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        _ => return Err(format!("{key}: give password or password_file")),
+    };
+    Ok(TrunkAuth {
+        password,
+        username: a.username,
+    })
 }
 
 /// The routing table of a file, for `routes apply -f` (the whole table: routes the file
@@ -237,6 +335,34 @@ pub fn trunk_json(t: &Trunk) -> Value {
             "cpsOut": l.cps_out,
         })),
         "auth": t.auth.as_ref().map(|a| json!({ "username": a.username })),
+        "outboundAuth": t.outbound_auth.as_ref().map(|a| json!({ "username": a.username })),
+        "health": t.health.as_ref().map(|h| json!({
+            "intervalSecs": h.interval_secs,
+            "downAfter": h.down_after,
+            "upAfter": h.up_after,
+            "upStatuses": h.up_statuses,
+        })),
+        "register": t.register.as_ref().map(|r| json!({
+            "user": r.user,
+            "domain": r.domain,
+            "expiresSecs": r.expires_secs,
+            "retryMinSecs": r.retry_min_secs,
+            "retryMaxSecs": r.retry_max_secs,
+        })),
+        "tls": t.tls.as_ref().map(|c| json!({
+            "serverName": c.server_name,
+            "caFile": c.ca_file,
+            "certFile": c.cert_file,
+            "keyFile": c.key_file,
+            "requireClientCert": c.require_client_cert,
+        })),
+        "rewrites": t.rewrites.as_ref().map(|r| r.rules.iter().map(|r| json!({
+            "direction": r.direction,
+            "field": r.field,
+            "pattern": r.pattern,
+            "replace": r.replace,
+        })).collect::<Vec<_>>()),
+        "trustedIdentity": t.trusted_identity,
         "state": t.state.as_ref().map(|s| json!({
             "health": s.health,
             "healthChangedMs": s.health_changed_ms,
@@ -413,6 +539,35 @@ mod tests {
             shown.contains("1500 ms") && shown.contains("peer"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_trunk_with_every_section_of_the_node_file_applies() {
+        let p = write(
+            "full.toml",
+            "[[trunks]]\nname = \"c\"\naddress = \"sbc.carrier.example\"\ntransport = \"tls\"\n\
+             trusted_identity = true\n\
+             [trunks.outbound_auth]\nusername = \"acme\"\npassword = \"pw\"\n\
+             [trunks.health]\ninterval_secs = 5\n\
+             [trunks.register]\nexpires_secs = 600\n\
+             [trunks.tls]\nserver_name = \"sbc.carrier.example\"\nrequire_client_cert = true\n\
+             [[trunks.rewrites]]\ndirection = \"outbound\"\nfield = \"ruri\"\n\
+             pattern = '^\\+44(\\d+)$'\nreplace = '0$1'\n",
+        );
+        let t = trunks_from(&p).unwrap().remove(0);
+        assert_eq!(t.outbound_auth.as_ref().unwrap().password, "pw");
+        assert_eq!(t.health.as_ref().unwrap().interval_secs, 5);
+        assert_eq!(t.register.as_ref().unwrap().expires_secs, 600);
+        assert!(t.tls.as_ref().unwrap().require_client_cert);
+        assert_eq!(
+            t.rewrites.as_ref().unwrap().rules[0].pattern,
+            r"^\+44(\d+)$"
+        );
+        assert_eq!(t.trusted_identity, Some(true));
+        let shown = trunk_json(&t);
+        assert_eq!(shown["tls"]["serverName"], "sbc.carrier.example");
+        assert_eq!(shown["outboundAuth"]["username"], "acme");
+        assert!(shown["outboundAuth"].get("password").is_none());
     }
 
     #[test]

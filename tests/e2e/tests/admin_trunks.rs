@@ -1,7 +1,9 @@
 //! Trunks and routes changed through the admin API while calls run, with SIPp as the
 //! caller and as two carriers: the next call follows the new table, the call in progress
 //! keeps its trunk — even when that trunk is deleted and the carrier then hangs up — and
-//! a change that would leave a route naming a missing trunk is refused, saying which.
+//! a change that would leave a route naming a missing trunk is refused, saying which. A
+//! trunk applied with the sections of a node file (rewrites, trusted identity) keeps them:
+//! its rewrite shows at the far end.
 
 use anyhow::{ensure, Result};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         .spawn(&out)?;
     let mut carrier_b = Sipp::uas("uas_basic.xml")
         .name("carrier_b")
+        .trace_msg()
         .calls(1)
         .timeout_secs(60)
         .spawn(&out)?;
@@ -59,7 +62,9 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
     std::fs::write(
         &trunks_file,
         format!(
-            "[[trunks]]\nname = \"carrier2\"\naddress = \"{}\"\ntransport = \"udp\"\n",
+            "[[trunks]]\nname = \"carrier2\"\naddress = \"{}\"\ntransport = \"udp\"\n\
+             trusted_identity = true\n\n[[trunks.rewrites]]\ndirection = \"outbound\"\n\
+             field = \"ruri\"\npattern = '^1555(\\d+)$'\nreplace = '+1555$1'\n",
             carrier_b.addr
         ),
     )?;
@@ -114,6 +119,11 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         .map(|t| t.iter().filter_map(|x| x["name"].as_str()).collect())
         .unwrap_or_default();
     ensure!(names == ["carrier2"], "trunks after the change: {names:?}");
+    let shown = &listed["trunks"][0];
+    ensure!(
+        shown["trustedIdentity"] == true && shown["rewrites"][0]["replace"] == "+1555$1",
+        "carrier2 came back as {shown}"
+    );
 
     // Call 2 follows the new table.
     let mut caller2 = Sipp::uac("uac_basic.xml", node.sip_addr())
@@ -126,6 +136,13 @@ fn trunks_and_routes_change_for_new_calls_and_leave_running_calls_alone() -> Res
         .spawn(&out)?;
     caller2.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
     carrier_b.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
+    // The number as carrier2's outbound rewrite made it.
+    let seen = std::fs::read_to_string(carrier_b.messages_log())?;
+    ensure!(
+        seen.contains("INVITE sip:+15550123@"),
+        "carrier2 did not get the rewritten number:\n{}",
+        tail(&carrier_b.messages_log(), 30)
+    );
 
     // Call 1 was left alone: its carrier, no longer a trunk of the node, hangs up and
     // the BYE still reaches the caller.

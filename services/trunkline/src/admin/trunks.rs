@@ -17,14 +17,16 @@ use trunkline_proto::admin::v1::trunk_service_server::TrunkService;
 use trunkline_proto::admin::v1::{
     DeleteTrunkRequest, DeleteTrunkResponse, GetRoutesRequest, GetTrunkRequest, ListTrunksRequest,
     ListTrunksResponse, Route, RouteTrunk, RoutingTable, SetRoutesRequest, Trunk, TrunkAuth,
-    TrunkLimits, TrunkState, UpsertTrunkRequest,
+    TrunkHealth, TrunkLimits, TrunkRegister, TrunkRewrite, TrunkRewrites, TrunkState, TrunkTls,
+    UpsertTrunkRequest,
 };
 
 use super::auth::{require, Role};
 use super::peer;
 use crate::config::{
-    Config, RouteConfig, RouteTrunkConfig, TrunkAuthConfig, TrunkConfig, TrunkLimitsConfig,
-    TrunkTransport, WeightedTrunkConfig,
+    Config, RewriteConfig, RewriteDirection, RewriteField, RouteConfig, RouteTrunkConfig,
+    TrunkAuthConfig, TrunkConfig, TrunkHealthConfig, TrunkLimitsConfig, TrunkRegisterConfig,
+    TrunkTlsConfig, TrunkTransport, WeightedTrunkConfig,
 };
 
 /// The trunk service of one node.
@@ -189,18 +191,208 @@ fn trunk_view(t: &TrunkConfig) -> Trunk {
             calls_out: t.limits.calls_out,
             cps_out: t.limits.cps_out,
         }),
-        // The password never leaves the node.
+        // Passwords never leave the node.
         auth: t.auth.as_ref().map(|a| TrunkAuth {
             username: a.username.clone(),
             password: String::new(),
         }),
+        outbound_auth: t.outbound_auth.as_ref().map(|a| TrunkAuth {
+            username: a.username.clone(),
+            password: String::new(),
+        }),
+        health: t.health.as_ref().map(|h| TrunkHealth {
+            interval_secs: h.interval_secs,
+            down_after: h.down_after,
+            up_after: h.up_after,
+            up_statuses: h.up_statuses.clone(),
+        }),
+        register: t.register.as_ref().map(|r| TrunkRegister {
+            user: r.user.clone(),
+            domain: r.domain.clone(),
+            expires_secs: r.expires_secs,
+            retry_min_secs: r.retry_min_secs,
+            retry_max_secs: r.retry_max_secs,
+        }),
+        tls: t.tls.as_ref().map(|c| {
+            let path = |p: &Option<std::path::PathBuf>| {
+                p.as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            };
+            TrunkTls {
+                server_name: c.server_name.clone().unwrap_or_default(),
+                ca_file: path(&c.ca_file),
+                cert_file: path(&c.cert_file),
+                key_file: path(&c.key_file),
+                require_client_cert: c.require_client_cert,
+            }
+        }),
+        rewrites: (!t.rewrites.is_empty()).then(|| TrunkRewrites {
+            rules: t
+                .rewrites
+                .iter()
+                .map(|r| TrunkRewrite {
+                    direction: match r.direction {
+                        RewriteDirection::Inbound => "inbound",
+                        RewriteDirection::Outbound => "outbound",
+                    }
+                    .to_string(),
+                    field: match r.field {
+                        RewriteField::Ruri => "ruri",
+                        RewriteField::From => "from",
+                        RewriteField::To => "to",
+                    }
+                    .to_string(),
+                    pattern: r.pattern.clone(),
+                    replace: r.replace.clone(),
+                })
+                .collect(),
+        }),
+        trusted_identity: Some(t.trusted_identity),
+        clear: Vec::new(),
     }
+}
+
+/// The sections of a trunk an upsert may leave out (kept as they were) or `clear`.
+const SECTIONS: [&str; 6] = [
+    "health",
+    "outbound_auth",
+    "register",
+    "tls",
+    "rewrites",
+    "trusted_identity",
+];
+
+/// What an API trunk said beyond its configuration form: which of the `SECTIONS` it
+/// left out, and which it asked to remove.
+#[derive(Debug, Default)]
+struct Said {
+    trusted_identity: bool,
+    clear: Vec<&'static str>,
+}
+
+/// An API password: empty means "keep the one the trunk has" (reads return "").
+fn api_credentials(a: TrunkAuth) -> TrunkAuthConfig {
+    TrunkAuthConfig {
+        username: a.username,
+        password: (!a.password.is_empty()).then_some(a.password),
+        password_file: None,
+    }
+}
+
+fn api_health(h: TrunkHealth) -> TrunkHealthConfig {
+    let d = TrunkHealthConfig::default();
+    TrunkHealthConfig {
+        interval_secs: if h.interval_secs == 0 {
+            d.interval_secs
+        } else {
+            h.interval_secs
+        },
+        down_after: if h.down_after == 0 {
+            d.down_after
+        } else {
+            h.down_after
+        },
+        up_after: if h.up_after == 0 {
+            d.up_after
+        } else {
+            h.up_after
+        },
+        up_statuses: if h.up_statuses.is_empty() {
+            d.up_statuses
+        } else {
+            h.up_statuses
+        },
+    }
+}
+
+fn api_register(r: TrunkRegister) -> TrunkRegisterConfig {
+    let d = TrunkRegisterConfig::default();
+    let or = |v: u64, default: u64| if v == 0 { default } else { v };
+    TrunkRegisterConfig {
+        user: r.user,
+        domain: r.domain,
+        expires_secs: or(r.expires_secs, d.expires_secs),
+        retry_min_secs: or(r.retry_min_secs, d.retry_min_secs),
+        retry_max_secs: or(r.retry_max_secs, d.retry_max_secs),
+    }
+}
+
+fn api_tls(t: TrunkTls) -> TrunkTlsConfig {
+    let path = |p: String| (!p.is_empty()).then(|| std::path::PathBuf::from(p));
+    TrunkTlsConfig {
+        server_name: (!t.server_name.is_empty()).then_some(t.server_name),
+        ca_file: path(t.ca_file),
+        cert_file: path(t.cert_file),
+        key_file: path(t.key_file),
+        require_client_cert: t.require_client_cert,
+    }
+}
+
+fn api_rewrites(r: TrunkRewrites) -> Result<Vec<RewriteConfig>, Status> {
+    r.rules
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let direction = match r.direction.as_str() {
+                "inbound" => RewriteDirection::Inbound,
+                "outbound" => RewriteDirection::Outbound,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "trunk.rewrites.rules[{i}].direction: {other:?} is not inbound or outbound"
+                    )))
+                }
+            };
+            let field = match r.field.as_str() {
+                "ruri" => RewriteField::Ruri,
+                "from" => RewriteField::From,
+                "to" => RewriteField::To,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "trunk.rewrites.rules[{i}].field: {other:?} is not ruri, from or to"
+                    )))
+                }
+            };
+            Ok(RewriteConfig {
+                direction,
+                field,
+                pattern: r.pattern,
+                replace: r.replace,
+            })
+        })
+        .collect()
 }
 
 /// The configuration form of an API trunk; what a file could not say is refused here,
 /// the rest by `Config::problems`.
-fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
+fn trunk_config(t: Trunk) -> Result<(TrunkConfig, Said), Status> {
     check_name("trunk.name", &t.name)?;
+    let mut said = Said {
+        trusted_identity: t.trusted_identity.is_some(),
+        clear: Vec::new(),
+    };
+    for name in &t.clear {
+        let Some(section) = SECTIONS.iter().find(|s| **s == name.as_str()) else {
+            return Err(Status::invalid_argument(format!(
+                "trunk.clear: {name:?} is not one of {}",
+                SECTIONS.join(", ")
+            )));
+        };
+        let given = match *section {
+            "health" => t.health.is_some(),
+            "outbound_auth" => t.outbound_auth.is_some(),
+            "register" => t.register.is_some(),
+            "tls" => t.tls.is_some(),
+            "rewrites" => t.rewrites.is_some(),
+            _ => t.trusted_identity.is_some(),
+        };
+        if given {
+            return Err(Status::invalid_argument(format!(
+                "trunk.clear: {name:?} is both given and cleared"
+            )));
+        }
+        said.clear.push(section);
+    }
     let transport = match t.transport.as_str() {
         "" | "udp" => TrunkTransport::Udp,
         "tcp" => TrunkTransport::Tcp,
@@ -231,30 +423,18 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
             ))
         })?)
     };
-    let auth = match t.auth {
-        None => None,
-        Some(a) if a.password.is_empty() => {
-            return Err(Status::invalid_argument(
-                "trunk.auth.password: required (it is never read back)",
-            ))
-        }
-        Some(a) => Some(TrunkAuthConfig {
-            username: a.username,
-            password: Some(a.password),
-            password_file: None,
-        }),
+    let rewrites = match t.rewrites {
+        Some(r) => api_rewrites(r)?,
+        None => Vec::new(),
     };
-    Ok(TrunkConfig {
-        auth,
-        // Pings, the node's own credentials, registration and TLS files are set in the
-        // node's file; the API does not carry them yet (an upsert keeps a trunk's, see
-        // `keep_unsaid`).
-        health: None,
-        outbound_auth: None,
-        register: None,
-        tls: None,
-        rewrites: Vec::new(),
-        trusted_identity: false,
+    let config = TrunkConfig {
+        auth: t.auth.map(api_credentials),
+        health: t.health.map(api_health),
+        outbound_auth: t.outbound_auth.map(api_credentials),
+        register: t.register.map(api_register),
+        tls: t.tls.map(api_tls),
+        rewrites,
+        trusted_identity: t.trusted_identity.unwrap_or(false),
         name: t.name,
         address: t.address,
         transport,
@@ -273,32 +453,72 @@ fn trunk_config(t: Trunk) -> Result<TrunkConfig, Status> {
                 cps_out: l.cps_out,
             })
             .unwrap_or_default(),
-    })
+    };
+    Ok((config, said))
 }
 
-/// What the API cannot say yet stays as the trunk had it: its OPTIONS pings
-/// (`[trunks.health]`) and the credentials the node answers its challenges with
-/// (`[trunks.outbound_auth]`), its registration (`[trunks.register]`), its TLS
-/// settings (`[trunks.tls]`), its rewrite rules and whether it asserts identities, all
-/// set in the file. Without this an upsert would
-/// switch a trunk's pings or authentication off unseen.
-fn keep_unsaid(new: &mut TrunkConfig, old: &TrunkConfig) {
-    if new.health.is_none() {
-        new.health.clone_from(&old.health);
+/// What an upsert leaves out stays as the trunk had it (`old`, or nothing for a new
+/// trunk): its OPTIONS pings, the credentials the node answers its challenges with, its
+/// registration, TLS settings, rewrite rules and whether it asserts identities, unless
+/// `clear` names them; and a password sent empty (as reads return it) is the one the
+/// trunk has for that username. Without this, a client that knows fewer fields than the
+/// node, or one that writes back what it read, would switch a trunk's pings or
+/// authentication off unseen.
+fn keep_unsaid(
+    new: &mut TrunkConfig,
+    old: Option<&TrunkConfig>,
+    said: &Said,
+) -> Result<(), Status> {
+    let keep = |section: &str| !said.clear.contains(&section);
+    if let Some(old) = old {
+        if new.health.is_none() && keep("health") {
+            new.health.clone_from(&old.health);
+        }
+        if new.outbound_auth.is_none() && keep("outbound_auth") {
+            new.outbound_auth.clone_from(&old.outbound_auth);
+        }
+        if new.register.is_none() && keep("register") {
+            new.register.clone_from(&old.register);
+        }
+        if new.tls.is_none() && keep("tls") {
+            new.tls.clone_from(&old.tls);
+        }
+        if new.rewrites.is_empty() && keep("rewrites") {
+            new.rewrites.clone_from(&old.rewrites);
+        }
+        if !said.trusted_identity && keep("trusted_identity") {
+            new.trusted_identity = old.trusted_identity;
+        }
     }
-    if new.outbound_auth.is_none() {
-        new.outbound_auth.clone_from(&old.outbound_auth);
-    }
-    if new.register.is_none() {
-        new.register.clone_from(&old.register);
-    }
-    if new.tls.is_none() {
-        new.tls.clone_from(&old.tls);
-    }
-    if new.rewrites.is_empty() {
-        new.rewrites.clone_from(&old.rewrites);
-    }
-    new.trusted_identity |= old.trusted_identity;
+    let same_password = |new: &mut Option<TrunkAuthConfig>,
+                         old: Option<&TrunkAuthConfig>,
+                         field: &str|
+     -> Result<(), Status> {
+        let Some(n) = new.as_mut() else { return Ok(()) };
+        if n.password.is_some() {
+            return Ok(());
+        }
+        match old.filter(|o| o.username == n.username) {
+            Some(o) => {
+                n.password.clone_from(&o.password);
+                n.password_file.clone_from(&o.password_file);
+                Ok(())
+            }
+            None => Err(Status::invalid_argument(format!(
+                "{field}.password: required for a new trunk or username (it is never read back)"
+            ))),
+        }
+    };
+    same_password(
+        &mut new.auth,
+        old.and_then(|o| o.auth.as_ref()),
+        "trunk.auth",
+    )?;
+    same_password(
+        &mut new.outbound_auth,
+        old.and_then(|o| o.outbound_auth.as_ref()),
+        "trunk.outbound_auth",
+    )
 }
 
 fn table_view(config: &Config) -> RoutingTable {
@@ -416,20 +636,20 @@ impl TrunkService for Trunks {
         let from = peer(&req);
         let q = req.into_inner();
         self.check_node(&q.node_id)?;
-        let trunk = trunk_config(
+        let (mut trunk, said) = trunk_config(
             q.trunk
                 .ok_or_else(|| Status::invalid_argument("trunk: missing"))?,
         )?;
         let _one_at_a_time = self.state.writer.lock().await;
         let mut candidate = (*self.state.current()).clone();
-        let mut trunk = trunk;
         let replaced = match candidate.trunks.iter_mut().find(|t| t.name == trunk.name) {
             Some(slot) => {
-                keep_unsaid(&mut trunk, slot);
+                keep_unsaid(&mut trunk, Some(slot), &said)?;
                 *slot = trunk.clone();
                 true
             }
             None => {
+                keep_unsaid(&mut trunk, None, &said)?;
                 candidate.trunks.push(trunk.clone());
                 false
             }
@@ -533,19 +753,23 @@ impl TrunkService for Trunks {
 mod tests {
     use super::*;
 
+    fn minimal(name: &str) -> Trunk {
+        Trunk {
+            name: name.into(),
+            address: "192.0.2.10:5060".into(),
+            ..Trunk::default()
+        }
+    }
+
     #[test]
     fn an_api_trunk_round_trips_through_the_configuration_form() {
         let t = Trunk {
-            state: None,
             name: "carrier-b".into(),
-            address: "192.0.2.10:5060".into(),
-            transport: "tcp".into(),
+            address: "192.0.2.10:5061".into(),
+            transport: "tls".into(),
             sources: vec!["192.0.2.0/28".into()],
-            anchor_media: None,
-            media_interface: String::new(),
             fix_nated_contact: true,
             media_address: "auto".into(),
-            local_address: String::new(),
             limits: Some(TrunkLimits {
                 calls_in: 30,
                 cps_in: 5,
@@ -556,48 +780,120 @@ mod tests {
                 username: "pbx".into(),
                 password: "pw".into(),
             }),
+            outbound_auth: Some(TrunkAuth {
+                username: "node".into(),
+                password: "secret".into(),
+            }),
+            health: Some(TrunkHealth {
+                interval_secs: 5,
+                up_statuses: vec!["2xx".into(), "404".into()],
+                ..TrunkHealth::default()
+            }),
+            register: Some(TrunkRegister {
+                domain: "carrier.example".into(),
+                expires_secs: 600,
+                ..TrunkRegister::default()
+            }),
+            tls: Some(TrunkTls {
+                server_name: "sbc.carrier.example".into(),
+                ca_file: "/etc/trunkline/carrier-ca.crt".into(),
+                require_client_cert: true,
+                ..TrunkTls::default()
+            }),
+            rewrites: Some(TrunkRewrites {
+                rules: vec![TrunkRewrite {
+                    direction: "outbound".into(),
+                    field: "ruri".into(),
+                    pattern: r"^\+44(\d+)$".into(),
+                    replace: "0$1".into(),
+                }],
+            }),
+            trusted_identity: Some(true),
+            ..Trunk::default()
         };
-        let c = trunk_config(t.clone()).unwrap();
+        let (mut c, said) = trunk_config(t.clone()).unwrap();
+        keep_unsaid(&mut c, None, &said).unwrap();
         assert!(c.anchor_media, "absent anchor_media means anchored");
-        assert_eq!(c.transport, TrunkTransport::Tcp);
+        assert_eq!(c.transport, TrunkTransport::Tls);
         assert_eq!((c.limits.calls_in, c.limits.cps_out), (30, 2));
+        // Zeros are the defaults, as a file that leaves the key out.
+        let h = c.health.as_ref().unwrap();
+        assert_eq!((h.interval_secs, h.down_after), (5, 3));
+        let r = c.register.as_ref().unwrap();
+        assert_eq!((r.expires_secs, r.retry_min_secs), (600, 30));
+        assert!(c.rewrites(&c.name).is_ok());
         let back = trunk_view(&c);
         assert_eq!(back.name, t.name);
         assert_eq!(back.media_address, "auto");
         assert_eq!(back.anchor_media, Some(true));
         assert_eq!(back.limits, t.limits);
-        let auth = back.auth.unwrap();
-        assert_eq!(
-            (auth.username.as_str(), auth.password.as_str()),
-            ("pbx", "")
-        );
+        assert_eq!(back.tls, t.tls);
+        assert_eq!(back.rewrites, t.rewrites);
+        assert_eq!(back.trusted_identity, Some(true));
+        assert_eq!(back.register.unwrap().domain, "carrier.example");
+        for a in [back.auth.unwrap(), back.outbound_auth.unwrap()] {
+            assert_eq!(a.password, "", "a password was read back");
+        }
     }
 
     #[test]
-    fn an_upsert_keeps_the_pings_the_api_cannot_carry() {
-        let t = Trunk {
-            name: "uk".into(),
-            address: "192.0.2.10:5060".into(),
-            ..Trunk::default()
-        };
-        let old = TrunkConfig {
-            health: Some(crate::config::TrunkHealthConfig::default()),
-            ..trunk_config(t.clone()).unwrap()
-        };
-        let mut new = trunk_config(t).unwrap();
-        assert!(new.health.is_none());
-        keep_unsaid(&mut new, &old);
+    fn an_upsert_keeps_what_it_leaves_out_and_clears_what_it_names() {
+        let (mut old, said) = trunk_config(Trunk {
+            health: Some(TrunkHealth::default()),
+            tls: Some(TrunkTls::default()),
+            trusted_identity: Some(true),
+            outbound_auth: Some(TrunkAuth {
+                username: "node".into(),
+                password: "secret".into(),
+            }),
+            ..minimal("uk")
+        })
+        .unwrap();
+        keep_unsaid(&mut old, None, &said).unwrap();
+
+        // Left out: kept.
+        let (mut new, said) = trunk_config(minimal("uk")).unwrap();
+        keep_unsaid(&mut new, Some(&old), &said).unwrap();
         assert_eq!(new.health, old.health);
+        assert_eq!(new.tls, old.tls);
+        assert!(new.trusted_identity);
+        assert_eq!(new.outbound_auth, old.outbound_auth);
+
+        // Written back as read (empty password): the password stays.
+        let (mut again, said) = trunk_config(trunk_view(&old)).unwrap();
+        keep_unsaid(&mut again, Some(&old), &said).unwrap();
+        assert_eq!(again, old);
+
+        // Cleared, or said false: gone.
+        let (mut cleared, said) = trunk_config(Trunk {
+            clear: vec!["health".into(), "tls".into(), "outbound_auth".into()],
+            trusted_identity: Some(false),
+            ..minimal("uk")
+        })
+        .unwrap();
+        keep_unsaid(&mut cleared, Some(&old), &said).unwrap();
+        assert!(cleared.health.is_none() && cleared.tls.is_none());
+        assert!(cleared.outbound_auth.is_none() && !cleared.trusted_identity);
+    }
+
+    #[test]
+    fn an_empty_password_needs_one_to_keep() {
+        let (mut new, said) = trunk_config(Trunk {
+            auth: Some(TrunkAuth {
+                username: "pbx".into(),
+                password: String::new(),
+            }),
+            ..minimal("new")
+        })
+        .unwrap();
+        let e = keep_unsaid(&mut new, None, &said).unwrap_err();
+        assert!(e.message().starts_with("trunk.auth.password"), "{e:?}");
     }
 
     #[test]
     fn malformed_fields_are_named() {
         let bad = |f: fn(&mut Trunk)| {
-            let mut t = Trunk {
-                name: "x".into(),
-                address: "192.0.2.10:5060".into(),
-                ..Trunk::default()
-            };
+            let mut t = minimal("x");
             f(&mut t);
             trunk_config(t).unwrap_err().message().to_string()
         };
@@ -605,5 +901,20 @@ mod tests {
         assert!(bad(|t| t.transport = "sctp".into()).starts_with("trunk.transport"));
         assert!(bad(|t| t.media_address = "x".into()).starts_with("trunk.media_address"));
         assert!(bad(|t| t.local_address = "nowhere".into()).starts_with("trunk.local_address"));
+        assert!(bad(|t| t.clear = vec!["limits".into()]).starts_with("trunk.clear"));
+        assert!(bad(|t| {
+            t.clear = vec!["tls".into()];
+            t.tls = Some(TrunkTls::default());
+        })
+        .starts_with("trunk.clear"));
+        assert!(bad(|t| {
+            t.rewrites = Some(TrunkRewrites {
+                rules: vec![TrunkRewrite {
+                    direction: "sideways".into(),
+                    ..TrunkRewrite::default()
+                }],
+            })
+        })
+        .starts_with("trunk.rewrites.rules[0].direction"));
     }
 }
