@@ -367,6 +367,10 @@ fn pump(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
                 Grave {
                     replays: left.replays,
                     until,
+                    invite: state
+                        .shared
+                        .registry
+                        .invite_of(&state.invite_key, state.serial),
                 },
             );
         }

@@ -907,11 +907,21 @@ impl Dispatcher {
             // started: its transaction is known (its credentials were checked once, and
             // a retransmission's would look replayed).
             (Some(call_id), None) if matches!(req.method, Method::Invite | Method::Cancel) => {
-                let pending = req
-                    .headers
-                    .from_tag()
-                    .and_then(|tag| self.shared.registry.invite(call_id, tag));
-                pending.is_some_and(|e| req.headers.top_branch() == Some(&e.branch[..]))
+                let (Some(tag), Some(branch)) = (req.headers.from_tag(), req.headers.top_branch())
+                else {
+                    return false;
+                };
+                let registry = &self.shared.registry;
+                let pending = registry.invite(call_id, tag);
+                if pending.is_some_and(|e| branch == &e.branch[..]) {
+                    return true;
+                }
+                // A late copy of the INVITE of a call that has ended: absorbed below.
+                req.method == Method::Invite
+                    && req
+                        .headers
+                        .cseq()
+                        .is_some_and(|c| registry.ended_invite(call_id, tag, c.seq, branch, now()))
             }
             _ => false,
         }
@@ -1062,7 +1072,7 @@ impl Dispatcher {
         let mut invite = Some(req);
         let outcome = shared
             .registry
-            .initial_invite(key.clone(), cseq, &branch, || {
+            .initial_invite(key.clone(), cseq, &branch, now(), || {
                 if draining {
                     refusal = Some("draining");
                     return None;
@@ -1119,6 +1129,7 @@ impl Dispatcher {
                 self.send_reply(source, &resp, &req.method);
             }
             InitialInvite::Started(_) => {}
+            InitialInvite::Ended => shared.metrics.retransmission(Direction::In),
             InitialInvite::Refused => {
                 shared.metrics.rejected(refusal.unwrap_or("internal"));
                 let resp = stateless::unavailable(&req, node);

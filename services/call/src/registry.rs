@@ -161,6 +161,9 @@ pub enum InitialInvite {
     Started(CallHandle),
     /// A new call could not be started.
     Refused,
+    /// The INVITE of a call that has ended, arriving late (reordered or long delayed):
+    /// absorbed, as RFC 6026's Accepted state would, not a second call.
+    Ended,
 }
 
 /// What a call that is gone still answers (`trunkline_b2bua::Leftovers`), kept under
@@ -168,6 +171,8 @@ pub enum InitialInvite {
 pub struct Grave {
     pub replays: Vec<Replay>,
     pub until: Instant,
+    /// The call's initial INVITE (CSeq, top branch), to know a late copy of it.
+    pub invite: Option<(u32, Bytes)>,
 }
 
 #[derive(Default)]
@@ -211,8 +216,12 @@ impl CallRegistry {
         key: DialogKey,
         cseq: u32,
         branch: &[u8],
+        now: Instant,
         start: impl FnOnce() -> Option<CallHandle>,
     ) -> InitialInvite {
+        if self.ended_invite(&key.call_id, &key.tag, cseq, branch, now) {
+            return InitialInvite::Ended;
+        }
         let entry = self.invites.entry(key);
         if let Entry::Occupied(e) = &entry {
             let known = e.get();
@@ -243,6 +252,33 @@ impl CallRegistry {
             }
         }
         InitialInvite::Started(handle)
+    }
+
+    /// Whether an INVITE without To-tag is a copy of the initial INVITE of a call that has
+    /// ended and whose grave is still kept.
+    pub fn ended_invite(
+        &self,
+        call_id: &[u8],
+        from_tag: &[u8],
+        cseq: u32,
+        branch: &[u8],
+        now: Instant,
+    ) -> bool {
+        let key = Lookup(call_id, from_tag);
+        self.graves.get(&key as &dyn KeyParts).is_some_and(|g| {
+            g.until > now
+                && g.invite
+                    .as_ref()
+                    .is_some_and(|(c, b)| *c == cseq && b[..] == *branch)
+        })
+    }
+
+    /// The CSeq and branch of the initial INVITE under `key`, if it is call `serial`'s.
+    pub fn invite_of(&self, key: &DialogKey, serial: u64) -> Option<(u32, Bytes)> {
+        self.invites
+            .get(key)
+            .filter(|e| e.handle.serial == serial)
+            .map(|e| (e.cseq, e.branch.clone()))
     }
 
     /// Removes the INVITE entry under `key` if it still belongs to call `serial`.

@@ -493,6 +493,7 @@ async fn strays_are_answered_statelessly() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hung_up_call_is_gone_at_once_and_still_answers_a_retransmitted_bye() {
+    // (and a late copy of its INVITE makes no second call)
     let n = node(Opts::default());
     n.recv(CALLER, &invite(CALLER, "+15550100", "c9@x", "t9", 1, "g1"));
     n.settle().await;
@@ -539,6 +540,16 @@ async fn a_hung_up_call_is_gone_at_once_and_still_answers_a_retransmitted_bye() 
     let again = n.take(CALLER);
     assert_eq!(names(&again), vec!["200 (2 BYE)"]);
     assert_eq!(again[0].0.encode(), ok_bye[0].0.encode(), "byte for byte");
+    // A copy of its INVITE that arrives this late (reordered, long delayed) is absorbed:
+    // no second call toward the carrier, nothing to the caller.
+    n.recv(CALLER, &invite(CALLER, "+15550100", "c9@x", "t9", 1, "g1"));
+    n.settle().await;
+    assert!(
+        n.take(CARRIER).is_empty(),
+        "a late INVITE made a second call"
+    );
+    assert!(n.take(CALLER).is_empty());
+    assert_eq!(n.d.call_actors(), 0);
     // Once Timer J would have ended the transaction, nothing is left.
     tokio::time::sleep(Duration::from_secs(34)).await;
     assert_eq!(n.d.index_entries(), 0);
