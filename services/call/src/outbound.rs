@@ -52,14 +52,11 @@ impl Outbound for trunkline_transport::Transports {
     ) -> Option<Listener> {
         match local {
             Some(local) => trunkline_transport::Transports::listener(self, transport, local),
-            None => {
-                let mut all = self.listeners().iter().filter(|l| l.transport == transport);
-                let first = all.clone().next();
-                match to {
-                    Some(to) => all.find(|l| l.local.is_ipv4() == to.is_ipv4()).or(first),
-                    None => first,
-                }
-            }
+            // The send's own choice (first of the transport and family), else the
+            // transport's first.
+            None => to
+                .and_then(|to| self.listener_for(&Peer::new(transport, to)))
+                .or_else(|| self.listeners().iter().find(|l| l.transport == transport)),
         }
         .cloned()
     }
