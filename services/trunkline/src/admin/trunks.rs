@@ -191,15 +191,8 @@ fn trunk_view(t: &TrunkConfig) -> Trunk {
             calls_out: t.limits.calls_out,
             cps_out: t.limits.cps_out,
         }),
-        // Passwords never leave the node.
-        auth: t.auth.as_ref().map(|a| TrunkAuth {
-            username: a.username.clone(),
-            password: String::new(),
-        }),
-        outbound_auth: t.outbound_auth.as_ref().map(|a| TrunkAuth {
-            username: a.username.clone(),
-            password: String::new(),
-        }),
+        auth: t.auth.as_ref().map(credentials_view),
+        outbound_auth: t.outbound_auth.as_ref().map(credentials_view),
         health: t.health.as_ref().map(|h| TrunkHealth {
             interval_secs: h.interval_secs,
             down_after: h.down_after,
@@ -269,6 +262,14 @@ const SECTIONS: [&str; 6] = [
 struct Said {
     trusted_identity: bool,
     clear: Vec<&'static str>,
+}
+
+/// Credentials as the API shows them: the username; passwords never leave the node.
+fn credentials_view(a: &TrunkAuthConfig) -> TrunkAuth {
+    TrunkAuth {
+        username: a.username.clone(),
+        password: String::new(),
+    }
 }
 
 /// An API password: empty means "keep the one the trunk has" (reads return "").
