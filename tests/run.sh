@@ -24,13 +24,16 @@ case "$WHAT" in unit|e2e|all) ;; *) echo "TRUNKLINE_TESTS must be unit, e2e or a
 #   openssl: makes the CA, node and client certificates of the admin API's TLS test;
 #   etcd-server: the etcd the cluster tests start (tests/e2e/tests/cluster_membership.rs);
 #   kamailio-tls-modules: Kamailio's tls module, the TLS carrier of tests/e2e/tests/tls_trunk.rs;
-#   dnsmasq-base: the DNS server (NAPTR, SRV, A) of tests/e2e/tests/trunk_dns.rs.
+#   dnsmasq-base: the DNS server (NAPTR, SRV, A) of tests/e2e/tests/trunk_dns.rs;
+#   linphone-cli: linphonec, the one Debian client that answers a SHA-256 digest challenge
+#     (tests/e2e/tests/trunk_auth.rs).
 DEB_PACKAGES=(
   "sipp sip-tester"
   "kamailio kamailio"
   "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so kamailio-tls-modules"
   "/usr/sbin/dnsmasq dnsmasq-base"
   "baresip baresip-core"
+  "linphonec linphone-cli"
   "python3 python3"
   "svmap sipvicious"
   "rtpengine rtpengine-daemon"

@@ -5,7 +5,7 @@
 use crate::{tail, wait_until};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 /// A child process other than the node or SIPp (relay, Kamailio, baresip), stopped by PID on
@@ -26,10 +26,29 @@ impl Proc {
 
     /// Starts `cmd` (named `name`) with its output in `log`, and its command line beside it.
     pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
+        Proc::start(name, cmd.stdin(Stdio::null()), log)
+    }
+
+    /// As [`Proc::spawn`], for a program driven through its standard input (linphonec's
+    /// command line): the pipe to it comes back beside the guard.
+    pub fn spawn_interactive(
+        name: &str,
+        cmd: &mut Command,
+        log: PathBuf,
+    ) -> Result<(Proc, ChildStdin)> {
+        let mut proc = Proc::start(name, cmd.stdin(Stdio::piped()), log)?;
+        let stdin = proc
+            .child
+            .as_mut()
+            .and_then(|c| c.stdin.take())
+            .context("no pipe to the child's standard input")?;
+        Ok((proc, stdin))
+    }
+
+    fn start(name: &str, cmd: &mut Command, log: PathBuf) -> Result<Proc> {
         std::fs::write(log.with_extension("cmdline"), format!("{cmd:?}"))?;
         let file = std::fs::File::create(&log)?;
         let child = cmd
-            .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
             .spawn()

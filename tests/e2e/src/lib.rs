@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub mod baresip;
 pub mod child;
 pub mod cluster;
+pub mod linphone;
 pub mod media_node;
 pub mod ng;
 pub mod pcap;

@@ -3,13 +3,15 @@
 //! call the trunk's, a wrong one is refused with 403, and a source that keeps failing is
 //! blocked while the trunk's own calls from elsewhere go on.
 //!
-//! SIPp 3.6 (Debian's) answers MD5 challenges only, so the node offers MD5 here; the
-//! SHA-256 computation is checked against RFC 7616's example in `trunkline-call`.
+//! SIPp 3.6 (Debian's) answers MD5 challenges only, so the node offers MD5 to it; the
+//! SHA-256 challenge is answered by linphonec (Debian's `linphone-cli`), an independent
+//! implementation of RFC 7616/8760.
 
 use anyhow::{ensure, Result};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 use trunkline_e2e::cluster::metric;
+use trunkline_e2e::linphone::Linphone;
 use trunkline_e2e::*;
 
 const USER: &str = "pbx-7";
@@ -22,6 +24,24 @@ fn auth_results(node: &Node, result: &str) -> f64 {
         .ok()
         .and_then(|m| m.get("trunkline_sip_auth_total", &[("result", result)]))
         .unwrap_or(0.0)
+}
+
+/// The node's configuration with trunk `pbx` known only by its digest credentials: nobody
+/// on 127.0.0.2 or .5 is trusted by address.
+fn start_node(cfg: &mut NodeConfig, algorithms: &str, out: &std::path::Path) -> Result<Node> {
+    cfg.sip_extra.extend([
+        "access_sources = [\"127.0.0.1/32\"]".into(),
+        format!("auth.algorithms = [{algorithms}]"),
+        "source_limit.max_auth_failures = 3".into(),
+    ]);
+    let toml = cfg.to_toml().replace(
+        "[routing]",
+        &format!(
+            "[[trunks]]\nname = \"pbx\"\naddress = \"127.0.0.9:5060\"\n\n\
+             [trunks.auth]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n[routing]"
+        ),
+    );
+    Node::start_toml(cfg, &toml, out)
 }
 
 fn caller(node: &Node, ip: Ipv4Addr, password: &str, calls: u64) -> Sipp {
@@ -45,20 +65,7 @@ fn a_trunk_proves_its_password_and_a_guesser_is_refused_then_blocked() -> Result
         .timeout_secs(90)
         .spawn(&out)?;
     let mut cfg = NodeConfig::new(uas.addr, Transport::Udp)?;
-    // Nobody on 127.0.0.2 or .5 is trusted by address: only the password tells.
-    cfg.sip_extra.extend([
-        "access_sources = [\"127.0.0.1/32\"]".into(),
-        "auth.algorithms = [\"MD5\"]".into(),
-        "source_limit.max_auth_failures = 3".into(),
-    ]);
-    let toml = cfg.to_toml().replace(
-        "[routing]",
-        &format!(
-            "[[trunks]]\nname = \"pbx\"\naddress = \"127.0.0.9:5060\"\n\n\
-             [trunks.auth]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\n[routing]"
-        ),
-    );
-    let node = Node::start_toml(&cfg, &toml, &out)?;
+    let node = start_node(&mut cfg, "\"MD5\"", &out)?;
 
     // The trunk with the right password: five calls, each challenged once.
     let r = caller(&node, GOOD_IP, PASSWORD, 5)
@@ -117,6 +124,80 @@ fn a_trunk_proves_its_password_and_a_guesser_is_refused_then_blocked() -> Result
     ensure!(
         calls == 5.0,
         "calls were started for the guesser: {calls} in all"
+    );
+    Ok(())
+}
+
+/// The header lines `name:` of the SIP messages in linphonec's log.
+fn header_lines<'a>(log: &'a str, name: &str) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(h, _)| h.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
+#[test]
+fn a_sha256_challenge_is_answered_by_linphone_and_a_wrong_password_refused() -> Result<()> {
+    let out = out_dir("trunk_auth_sha256")?;
+    let mut uas = Sipp::uas("uas_basic.xml")
+        .calls(1)
+        .timeout_secs(90)
+        .spawn(&out)?;
+    let mut cfg = NodeConfig::new(uas.addr, Transport::Udp)?;
+    let node = start_node(&mut cfg, "\"SHA-256\"", &out)?;
+    let target = format!("sip:+441234567@{}", node.sip_addr());
+
+    // The right password: challenged with SHA-256 only, answered with SHA-256, connected.
+    let mut good = Linphone::call(&out, "linphone_good", GOOD_IP, USER, PASSWORD, &target)?;
+    good.wait_state("StreamsRunning", Duration::from_secs(20))?;
+    let log = good.log_text();
+    let challenges = header_lines(&log, "Proxy-Authenticate");
+    let answers = header_lines(&log, "Proxy-Authorization");
+    eprintln!("challenges: {challenges:?}\nanswers: {answers:?}");
+    ensure!(
+        !challenges.is_empty() && challenges.iter().all(|c| c.contains("algorithm=SHA-256")),
+        "the node's challenges are not all SHA-256: {challenges:?}"
+    );
+    ensure!(
+        answers.iter().any(|a| a.contains("algorithm=SHA-256")
+            && a.contains("qop=auth")
+            && a.split("response=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .is_some_and(|r| r.len() == 64 && r.bytes().all(|b| b.is_ascii_hexdigit()))),
+        "linphonec sent no SHA-256 answer (64 hex digits): {answers:?}"
+    );
+    good.command("terminate")?;
+    good.wait_state("Released", Duration::from_secs(15))?;
+    good.quit()?;
+    uas.wait(Duration::from_secs(30))?.assert_all_ok(1)?;
+    let (challenged, valid) = (
+        auth_results(&node, "challenged"),
+        auth_results(&node, "valid"),
+    );
+    ensure!(
+        challenged == 1.0 && valid == 1.0,
+        "one call: {challenged} challenged, {valid} valid"
+    );
+    ensure!(node.metrics()?.sum("trunkline_calls_total") == 1.0);
+
+    // A wrong password: 403, no call.
+    let mut bad = Linphone::call(&out, "linphone_guess", BAD_IP, USER, "guess", &target)?;
+    bad.wait_state("Error", Duration::from_secs(20))?;
+    let log = bad.log_text();
+    ensure!(
+        log.contains("SIP/2.0 403"),
+        "a wrong SHA-256 answer was not refused with 403:\n{}",
+        tail(&bad.sip_log, 40)
+    );
+    bad.stop();
+    ensure!(auth_results(&node, "invalid") == 1.0);
+    let calls = node.metrics()?.sum("trunkline_calls_total");
+    ensure!(
+        calls == 1.0,
+        "a call was started for the wrong password: {calls} in all"
     );
     Ok(())
 }
