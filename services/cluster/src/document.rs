@@ -24,7 +24,7 @@ pub enum WriteError {
 /// A document the node follows and may write.
 pub struct Document {
     key: String,
-    endpoints: Vec<String>,
+    etcd: crate::Etcd,
     /// The `mod_revision` of the version last applied (0: none yet).
     revision: AtomicI64,
     /// The `mod_revision` of the latest version seen, applied or refused: what a write
@@ -51,7 +51,7 @@ impl Document {
     /// then not counted as applied). When the key does not exist, `seed` is written if no
     /// one else wrote it first. Runs until `stop`.
     pub fn follow(
-        endpoints: Vec<String>,
+        etcd: crate::Etcd,
         key: &str,
         seed: Vec<u8>,
         apply: impl Fn(&[u8], i64) -> bool + Send + Sync + 'static,
@@ -59,7 +59,7 @@ impl Document {
     ) -> Arc<Document> {
         let doc = Arc::new(Document {
             key: key.to_string(),
-            endpoints,
+            etcd,
             revision: AtomicI64::new(0),
             seen: AtomicI64::new(0),
             connected: AtomicBool::new(false),
@@ -110,7 +110,7 @@ impl Document {
     }
 
     async fn client(&self) -> Result<Client, etcd_client::Error> {
-        crate::membership::connect(&self.endpoints).await
+        self.etcd.connect().await
     }
 
     async fn follow_once(

@@ -7,6 +7,7 @@
 //! leaves the last known membership in place.
 
 pub mod document;
+pub mod etcd;
 pub mod forward;
 pub mod link;
 pub mod member;
@@ -16,6 +17,7 @@ pub mod ring;
 pub mod takeover;
 
 pub use document::{Document, WriteError};
+pub use etcd::{Etcd, EtcdTls};
 pub use forward::Forwarder;
 pub use member::{NodeInfo, NodeState};
 pub use membership::{Members, Membership, MembershipConfig};

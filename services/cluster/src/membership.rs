@@ -19,9 +19,7 @@
 use crate::member::{node_key, NodeInfo, NodeState, NODES_PREFIX};
 use crate::ring::Ring;
 use arc_swap::ArcSwap;
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions, WatchResponse,
-};
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions, WatchResponse};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 /// How a node joins the cluster.
 #[derive(Debug, Clone)]
 pub struct MembershipConfig {
-    /// etcd's client URLs (`http://127.0.0.1:2379`).
-    pub endpoints: Vec<String>,
+    /// etcd's client URLs (`http://127.0.0.1:2379`) and TLS toward them.
+    pub etcd: crate::Etcd,
     pub lease_ttl: Duration,
     /// What this node publishes (its `id` is its key).
     pub me: NodeInfo,
@@ -142,15 +140,6 @@ impl Membership {
     }
 }
 
-pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, etcd_client::Error> {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-        .with_keep_alive_while_idle(true);
-    Client::connect(endpoints, Some(options)).await
-}
-
 /// Sleeps the back-off (doubling it) unless stopped; false when stopped.
 async fn back_off(delay: &mut Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
@@ -193,7 +182,7 @@ async fn register_once(
     config: &MembershipConfig,
     stop: &CancellationToken,
 ) -> Result<(), etcd_client::Error> {
-    let mut client = connect(&config.endpoints).await?;
+    let mut client = config.etcd.connect().await?;
     let ttl = i64::try_from(config.lease_ttl.as_secs())
         .unwrap_or(10)
         .max(2);
@@ -260,7 +249,7 @@ async fn watch_loop(me: Arc<Membership>, config: Arc<MembershipConfig>, stop: Ca
         me.connected.store(false, Ordering::Release);
         match result {
             Err(e) if !warned => {
-                tracing::warn!(error = %e, endpoints = ?config.endpoints,
+                tracing::warn!(error = %e, endpoints = ?config.etcd.endpoints,
                     "cluster: etcd unreachable; keeping the last membership");
                 warned = true;
             }
@@ -281,7 +270,7 @@ async fn watch_once(
     config: &MembershipConfig,
     delay: &mut Duration,
 ) -> Result<(), etcd_client::Error> {
-    let mut client = connect(&config.endpoints).await?;
+    let mut client = config.etcd.connect().await?;
     let listed = client
         .get(NODES_PREFIX, Some(GetOptions::new().with_prefix()))
         .await?;

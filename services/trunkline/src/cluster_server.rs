@@ -31,6 +31,47 @@ pub fn load_tls(c: &ClusterConfig) -> anyhow::Result<Option<TlsFiles>> {
     }))
 }
 
+/// How the node reaches etcd (`[cluster] etcd_*`), its TLS files read and checked (a bad
+/// file stops the node with the key that names it).
+pub fn load_etcd(c: &ClusterConfig) -> anyhow::Result<trunkline_cluster::Etcd> {
+    let tls = match &c.etcd_ca_file {
+        Some(ca) => {
+            let identity = match (&c.etcd_cert_file, &c.etcd_key_file) {
+                (Some(cert), Some(key)) => Some((
+                    read_pem("cluster.etcd_cert_file", cert, "CERTIFICATE")?,
+                    read_pem("cluster.etcd_key_file", key, "PRIVATE KEY")?,
+                )),
+                _ => None,
+            };
+            Some(trunkline_cluster::EtcdTls {
+                ca_pem: read_pem("cluster.etcd_ca_file", ca, "CERTIFICATE")?,
+                identity,
+                server_name: c.etcd_server_name.clone(),
+            })
+        }
+        None => None,
+    };
+    if tls.is_none() {
+        let remote = c.etcd_endpoints.iter().find(|e| {
+            let host = e.trim_start_matches("http://");
+            let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host != "localhost"
+                && host
+                    .parse::<std::net::IpAddr>()
+                    .map_or(true, |ip| !ip.is_loopback())
+        });
+        if let Some(e) = remote {
+            tracing::warn!(endpoint = %e,
+                "cluster: etcd is reached in plain text off loopback; set etcd_ca_file (and https:// endpoints)");
+        }
+    }
+    Ok(trunkline_cluster::Etcd {
+        endpoints: c.etcd_endpoints.clone(),
+        tls,
+    })
+}
+
 /// Binds `addr` and serves the replica store until `stop`; returns the bound address.
 pub async fn start(
     addr: SocketAddr,

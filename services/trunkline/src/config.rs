@@ -757,9 +757,24 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// etcd's client URLs (`["http://127.0.0.1:2379"]`); the node registers itself there
-    /// and watches the other nodes.
+    /// etcd's client URLs (`["http://127.0.0.1:2379"]`, or `https://` ones with
+    /// `etcd_ca_file`); the node registers itself there and watches the other nodes.
     pub etcd_endpoints: Vec<String>,
+    /// PEM CA certificate(s) that signed etcd's server certificate: etcd is then reached
+    /// over TLS (every endpoint `https://`). etcd holds the shared trunks, credentials
+    /// included, so off a network the cluster owns alone it should be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain the node presents to etcd (with `etcd_key_file`),
+    /// for an etcd started with `--client-cert-auth`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM private key of `etcd_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// The name etcd's certificate is checked against (unset: each endpoint's host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_server_name: Option<String>,
     /// The lease of the node's registration: how long after the node dies (or loses
     /// etcd) its entry disappears.
     pub lease_ttl_secs: u64,
@@ -804,6 +819,10 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             etcd_endpoints: Vec::new(),
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
+            etcd_server_name: None,
             lease_ttl_secs: 10,
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             advertise: None,
@@ -1908,6 +1927,41 @@ impl Config {
                 );
             }
         }
+        let https = c
+            .etcd_endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        match (&c.etcd_ca_file, https) {
+            (None, n) if n > 0 => problems.push(
+                "cluster.etcd_ca_file",
+                "https:// etcd endpoints need etcd_ca_file (the CA that signed etcd's \
+                 certificate)"
+                    .to_string(),
+            ),
+            (Some(_), n) if n < c.etcd_endpoints.len() => problems.push(
+                "cluster.etcd_endpoints",
+                "with etcd_ca_file every endpoint must be https:// (the node never falls \
+                 back to plain text)"
+                    .to_string(),
+            ),
+            _ => {}
+        }
+        if c.etcd_cert_file.is_some() != c.etcd_key_file.is_some() {
+            problems.push(
+                "cluster.etcd_cert_file",
+                "a client certificate for etcd needs both etcd_cert_file and etcd_key_file"
+                    .to_string(),
+            );
+        }
+        if c.etcd_cert_file.is_some() && c.etcd_ca_file.is_none() {
+            problems.push(
+                "cluster.etcd_cert_file",
+                "a client certificate for etcd is presented over TLS only: set etcd_ca_file \
+                 and https:// endpoints"
+                    .to_string(),
+            );
+        }
     }
 
     fn validate_log(&self, problems: &mut Problems) {
@@ -2572,6 +2626,52 @@ mod tests {
             let message = format!("{:#}", result.unwrap_err());
             assert!(message.contains("cluster.tls_server_name"), "{message}");
         });
+    }
+
+    #[test]
+    fn etcd_over_tls_is_all_or_nothing() {
+        let https = "[cluster]\netcd_endpoints = [\"https://etcd.example:2379\"]\n";
+        load_in_jail(&[], Some(https), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("cluster.etcd_ca_file"), "{message}");
+        });
+        let ca = "etcd_ca_file = \"/etc/trunkline/etcd-ca.crt\"\n";
+        let tls = format!(
+            "{https}{ca}etcd_cert_file = \"/etc/trunkline/node.crt\"\n\
+             etcd_key_file = \"/etc/trunkline/node.key\"\n"
+        );
+        load_in_jail(&[], Some(&tls), |result, _| {
+            let c = result.unwrap().cluster;
+            assert!(c.etcd_ca_file.is_some() && c.etcd_key_file.is_some());
+        });
+        let mixed =
+            format!("[cluster]\netcd_endpoints = [\"https://a:2379\", \"http://b:2379\"]\n{ca}");
+        load_in_jail(&[], Some(&mixed), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("cluster.etcd_endpoints"), "{message}");
+        });
+        let half = format!("{https}{ca}etcd_cert_file = \"/etc/trunkline/node.crt\"\n");
+        load_in_jail(&[], Some(&half), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("cluster.etcd_cert_file"), "{message}");
+        });
+        let plain_cert = "[cluster]\netcd_endpoints = [\"http://127.0.0.1:2379\"]\n\
+                          etcd_cert_file = \"/c.crt\"\netcd_key_file = \"/c.key\"\n";
+        load_in_jail(&[], Some(plain_cert), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(message.contains("cluster.etcd_cert_file"), "{message}");
+        });
+    }
+
+    #[test]
+    fn an_unreadable_etcd_ca_stops_the_node_naming_the_key() {
+        let c = ClusterConfig {
+            etcd_endpoints: vec!["https://127.0.0.1:2379".into()],
+            etcd_ca_file: Some("/nonexistent/etcd-ca.crt".into()),
+            ..ClusterConfig::default()
+        };
+        let message = format!("{:#}", crate::cluster_server::load_etcd(&c).unwrap_err());
+        assert!(message.contains("cluster.etcd_ca_file"), "{message}");
     }
 
     #[test]

@@ -118,6 +118,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         None => None,
     };
     let cluster_stop = CancellationToken::new();
+    let etcd = cluster_server::load_etcd(&config.cluster)?;
     // The node-to-node listener first: its bound address is part of the registration.
     let replicas = trunkline_cluster::ReplicaStore::new(config.cluster.secret.as_deref());
     replicas.set_me(&config.node.id);
@@ -143,7 +144,7 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let membership = start_membership(&config, cluster_addr, cluster_stop.clone());
+    let membership = start_membership(&config, &etcd, cluster_addr, cluster_stop.clone());
     let replicator = membership.clone().map(|m| {
         let r = trunkline_cluster::Replicator::start(
             m,
@@ -173,7 +174,12 @@ async fn run_node(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         app.dispatcher(),
     ));
     let shared = (!config.cluster.etcd_endpoints.is_empty()).then(|| {
-        shared_config::SharedConfig::start(&config, routing.clone(), cluster_stop.clone())
+        shared_config::SharedConfig::start(
+            &config,
+            etcd.clone(),
+            routing.clone(),
+            cluster_stop.clone(),
+        )
     });
     // Messages of other nodes' dialogs go to them; theirs for ours come here.
     if let Some(m) = membership.clone() {
@@ -336,6 +342,7 @@ async fn adopt_orphans(
 /// drain is published as this node's state.
 fn start_membership(
     config: &Config,
+    etcd: &trunkline_cluster::Etcd,
     cluster_addr: Option<String>,
     stop: CancellationToken,
 ) -> Option<Arc<trunkline_cluster::Membership>> {
@@ -361,10 +368,10 @@ fn start_membership(
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
     tracing::info!(endpoints = ?config.cluster.etcd_endpoints, ttl = config.cluster.lease_ttl_secs,
-        "cluster mode: joining through etcd");
+        tls = etcd.tls.is_some(), "cluster mode: joining through etcd");
     Some(trunkline_cluster::Membership::start(
         trunkline_cluster::MembershipConfig {
-            endpoints: config.cluster.etcd_endpoints.clone(),
+            etcd: etcd.clone(),
             lease_ttl: std::time::Duration::from_secs(config.cluster.lease_ttl_secs),
             me,
         },

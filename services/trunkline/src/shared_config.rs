@@ -94,6 +94,7 @@ impl SharedConfig {
     /// Uses the cached configuration if there is one, then follows etcd's.
     pub fn start(
         config: &Config,
+        etcd: trunkline_cluster::Etcd,
         state: Arc<RoutingState>,
         stop: CancellationToken,
     ) -> Arc<SharedConfig> {
@@ -115,7 +116,7 @@ impl SharedConfig {
         let seed = serde_json::to_vec_pretty(&RoutingDoc::of(config)).unwrap_or_default();
         let follower_state = state.clone();
         let doc = Document::follow(
-            config.cluster.etcd_endpoints.clone(),
+            etcd,
             KEY,
             seed,
             move |bytes, revision| {

@@ -15,7 +15,26 @@ use std::time::{Duration, Instant};
 /// log says it serves the client port (so a stale etcd on the port cannot pass for it).
 /// `run` numbers its log (`etcd-<run>.log`) when one test starts etcd more than once.
 pub fn start_etcd(out: &Path, dir: &Path, client: u16, peer: u16, run: u32) -> Result<Proc> {
-    let client_url = format!("http://127.0.0.1:{client}");
+    spawn_etcd(out, dir, client, peer, run, None)
+}
+
+/// etcd serving its clients over TLS only, with `<pki>/etcd.crt`/`.key` (for 127.0.0.1),
+/// and requiring a client certificate `<pki>/etcd-ca.crt` signed. Ready once a TLS
+/// connection to the port completes and its own log says it serves the client port.
+pub fn start_etcd_tls(out: &Path, dir: &Path, client: u16, peer: u16, pki: &Path) -> Result<Proc> {
+    spawn_etcd(out, dir, client, peer, 1, Some(pki))
+}
+
+fn spawn_etcd(
+    out: &Path,
+    dir: &Path,
+    client: u16,
+    peer: u16,
+    run: u32,
+    tls: Option<&Path>,
+) -> Result<Proc> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client_url = format!("{scheme}://127.0.0.1:{client}");
     let peer_url = format!("http://127.0.0.1:{peer}");
     let mut cmd = Command::new("etcd");
     cmd.args([
@@ -34,12 +53,24 @@ pub fn start_etcd(out: &Path, dir: &Path, client: u16, peer: u16, run: u32) -> R
         "--initial-cluster",
         &format!("tl-test={peer_url}"),
     ]);
+    if let Some(pki) = tls {
+        cmd.arg("--cert-file")
+            .arg(pki.join("etcd.crt"))
+            .arg("--key-file")
+            .arg(pki.join("etcd.key"))
+            .arg("--trusted-ca-file")
+            .arg(pki.join("etcd-ca.crt"))
+            .arg("--client-cert-auth");
+    }
     let mut etcd = Proc::spawn("etcd", &mut cmd, out.join(format!("etcd-{run}.log")))?;
     let addr: SocketAddr = format!("127.0.0.1:{client}").parse()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         etcd.check_alive()?;
-        let healthy = http_get(addr, "/health").is_ok_and(|(s, b)| s == 200 && b.contains("true"));
+        let healthy = match tls {
+            None => http_get(addr, "/health").is_ok_and(|(s, b)| s == 200 && b.contains("true")),
+            Some(pki) => tls_handshake(addr, pki),
+        };
         let ours = etcd.log_text().contains(&format!("127.0.0.1:{client}"));
         if healthy && ours {
             return Ok(etcd);
@@ -54,7 +85,26 @@ pub fn start_etcd(out: &Path, dir: &Path, client: u16, peer: u16, run: u32) -> R
     }
 }
 
-/// `cfg`'s TOML with a `[cluster]` section: etcd on 127.0.0.1:`etcd_port`, a lease of
+/// Whether a TLS handshake with `addr`, checked against `<pki>/etcd-ca.crt` and with the
+/// client certificate `<pki>/node1.crt`, completes (`openssl s_client`).
+fn tls_handshake(addr: SocketAddr, pki: &Path) -> bool {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-brief", "-verify_return_error", "-connect"])
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(pki.join("etcd-ca.crt"))
+        .arg("-cert")
+        .arg(pki.join("node1.crt"))
+        .arg("-key")
+        .arg(pki.join("node1.key"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+/// `cfg`'s TOML with a `[cluster]` section: etcd on 127.0.0.1:`etcd_port` (unless `extra`
+/// names `etcd_endpoints`), a lease of
 /// `ttl_secs`, the node-to-node listener on the node's own address (port 0: any free one)
 /// unless `extra` names one, and the `extra` lines.
 pub fn cluster_toml(cfg: &NodeConfig, etcd_port: u16, ttl_secs: u64, extra: &str) -> String {
@@ -66,9 +116,13 @@ pub fn cluster_toml(cfg: &NodeConfig, etcd_port: u16, ttl_secs: u64, extra: &str
     } else {
         format!("listen = \"{}:0\"\n", cfg.ip)
     };
+    let endpoints = if sets_key(&extra_lines, "etcd_endpoints") {
+        String::new()
+    } else {
+        format!("etcd_endpoints = [\"http://127.0.0.1:{etcd_port}\"]\n")
+    };
     format!(
-        "{}\n[cluster]\netcd_endpoints = [\"http://127.0.0.1:{etcd_port}\"]\n\
-         lease_ttl_secs = {ttl_secs}\n{listen}{extra}",
+        "{}\n[cluster]\n{endpoints}lease_ttl_secs = {ttl_secs}\n{listen}{extra}",
         cfg.to_toml()
     )
 }
