@@ -21,8 +21,10 @@ use crate::MediaError;
 
 /// The longest an allocation waits for workers to close freed sockets when nothing else is
 /// free. A worker applies commands before it reads packets, so it is normally done within
-/// microseconds; the bound only matters for a stuck worker.
-const CLOSE_WAIT: Duration = Duration::from_millis(100);
+/// microseconds. The wait holds the relay's lock on a signalling thread, so it stays short:
+/// a worker that is behind (an overloaded node) makes the offer fail with `NoPorts` (the
+/// caller gets 503) instead of stalling every call's media operations behind it.
+const CLOSE_WAIT: Duration = Duration::from_millis(5);
 
 /// A freed pair whose sockets close when `worker` applies command `seq`.
 #[derive(Debug)]
@@ -171,5 +173,26 @@ impl PortPool {
     /// See [`PortAllocator::reused_early`].
     pub(crate) fn reused_early(&self) -> u64 {
         self.alloc.reused_early()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_whose_worker_never_closes_it_is_not_handed_out() {
+        let now = Instant::now();
+        let worker = Arc::new(WorkerTotals::default());
+        let alloc = PortAllocator::new(30000, 30001, Duration::ZERO);
+        let mut pool = PortPool::new(alloc, vec![worker.clone()], None, Duration::from_secs(1));
+        let port = pool.alloc(now).expect("the one pair");
+        // Freed, but its sockets close only when the worker applies command 1.
+        pool.free_after(0, 1, port, now);
+        assert!(matches!(pool.alloc(now), Err(MediaError::NoPorts)));
+        assert_eq!(pool.in_use(), 1, "the closing pair still counts as in use");
+        // Once the worker has applied it, the pair is free again.
+        worker.applied.store(1, Ordering::Release);
+        assert_eq!(pool.alloc(now).ok(), Some(port));
     }
 }
