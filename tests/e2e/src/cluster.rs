@@ -214,3 +214,38 @@ pub fn metric(node: &Node, name: &str) -> f64 {
         .and_then(|m| m.get(name, &[]))
         .unwrap_or(-1.0)
 }
+
+/// The trunk addresses `admin` lists, by name.
+pub fn trunks(admin: &str) -> Result<Vec<(String, String)>> {
+    let v = trunkctl_json(admin, &["trunks", "list"])?;
+    let mut out: Vec<(String, String)> = v["trunks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|t| {
+                    (
+                        t["name"].as_str().unwrap_or("").to_string(),
+                        t["address"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    Ok(out)
+}
+
+/// Waits until `admin` lists exactly the trunks `want` (name, address; sorted),
+/// returning how long it took.
+pub fn wait_trunks(admin: &str, want: &[(String, String)], limit: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    let mut last = Vec::new();
+    while start.elapsed() < limit {
+        last = trunks(admin)?;
+        if last == want {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{admin} never listed trunks {want:?} within {limit:?}; last: {last:?}")
+}

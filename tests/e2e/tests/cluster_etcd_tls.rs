@@ -8,8 +8,8 @@
 use anyhow::{ensure, Result};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::{Duration, Instant};
-use trunkline_e2e::cluster::{converge, nodes, start_clustered, start_etcd_tls, view};
+use std::time::Duration;
+use trunkline_e2e::cluster::{converge, nodes, start_clustered, start_etcd_tls, view, wait_trunks};
 use trunkline_e2e::pki::{make_ca, make_cert};
 use trunkline_e2e::*;
 
@@ -29,19 +29,6 @@ fn tls_lines(client: u16, pki: &Path, identity: Option<&str>) -> String {
         ));
     }
     lines
-}
-
-/// The trunks `trunkctl trunks list` shows on the node whose admin API is `admin`.
-fn trunk_names(admin: &str) -> Result<Vec<String>> {
-    let v = trunkctl_json(admin, &["trunks", "list"])?;
-    let mut names: Vec<String> = v["trunks"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["name"].as_str().map(str::to_string))
-        .collect();
-    names.sort();
-    Ok(names)
 }
 
 #[test]
@@ -100,19 +87,12 @@ fn nodes_reach_etcd_over_tls_with_a_certificate_of_its_ca_only() -> Result<()> {
         &["trunks", "apply", "-f", &file.display().to_string()],
     )?;
     ensure!(code == 0, "trunks apply on node 1: {code} {err}");
-    let began = Instant::now();
-    loop {
-        let names = trunk_names(&admin2)?;
-        if names.iter().any(|n| n == "over-tls") {
-            eprintln!("node 2 had node 1's trunk after {:?}", began.elapsed());
-            break;
-        }
-        ensure!(
-            began.elapsed() < Duration::from_secs(5),
-            "node 2 never saw the trunk applied on node 1: {names:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let want = vec![
+        ("carrier".to_string(), trunk.to_string()),
+        ("over-tls".to_string(), "127.0.0.3:5998".to_string()),
+    ];
+    let took = wait_trunks(&admin2, &want, Duration::from_secs(5))?;
+    eprintln!("node 2 had node 1's trunk after {took:?}");
 
     // Three that etcd must turn away: another CA's certificate, none, plain text.
     let (n3, _, _) = start(3, Some("intruder"), "")?;

@@ -4,11 +4,13 @@
 //! is revoked); with etcd stopped every node keeps its last view and keeps answering SIP,
 //! a node started meanwhile runs standalone until etcd is back, and then they converge.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use trunkline_e2e::cluster::{converge, kill9, nodes, start_clustered, start_etcd, view};
+use trunkline_e2e::cluster::{
+    converge, kill9, nodes, start_clustered, start_etcd, view, wait_trunks,
+};
 use trunkline_e2e::*;
 
 const TTL: u64 = 4;
@@ -167,39 +169,6 @@ fn nodes_see_each_other_through_etcd_and_survive_its_restart() -> Result<()> {
     eprintln!("a stopped node left after {took:?}");
     na.assert_healthy()?;
     Ok(())
-}
-
-/// The trunk addresses `admin` lists, by name.
-fn trunks(admin: &str) -> Result<Vec<(String, String)>> {
-    let v = trunkctl_json(admin, &["trunks", "list"])?;
-    let mut out: Vec<(String, String)> = v["trunks"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|t| {
-                    (
-                        t["name"].as_str().unwrap_or("").to_string(),
-                        t["address"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    Ok(out)
-}
-
-fn wait_trunks(admin: &str, want: &[(String, String)], limit: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    let mut last = Vec::new();
-    while start.elapsed() < limit {
-        last = trunks(admin)?;
-        if last == want {
-            return Ok(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("{admin} never listed trunks {want:?} within {limit:?}; last: {last:?}")
 }
 
 #[test]
