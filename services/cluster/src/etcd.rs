@@ -40,14 +40,6 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Plain-text etcd at `endpoints`.
-    pub fn plain(endpoints: Vec<String>) -> Etcd {
-        Etcd {
-            endpoints,
-            tls: None,
-        }
-    }
-
     /// A client with short timeouts and keep-alives: a dead etcd is noticed within
     /// seconds, and the callers retry with back-off.
     pub(crate) async fn connect(&self) -> Result<Client, etcd_client::Error> {
