@@ -20,7 +20,8 @@ pub fn start_etcd(out: &Path, dir: &Path, client: u16, peer: u16, run: u32) -> R
 
 /// etcd serving its clients over TLS only, with `<pki>/etcd.crt`/`.key` (for 127.0.0.1),
 /// and requiring a client certificate `<pki>/etcd-ca.crt` signed. Ready once a TLS
-/// connection to the port completes and its own log says it serves the client port.
+/// connection to the port completes (with the client certificate `<pki>/node1.crt`, which
+/// the test makes) and its own log says it serves the client port.
 pub fn start_etcd_tls(out: &Path, dir: &Path, client: u16, peer: u16, pki: &Path) -> Result<Proc> {
     spawn_etcd(out, dir, client, peer, 1, Some(pki))
 }
