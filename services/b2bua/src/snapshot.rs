@@ -29,9 +29,10 @@ pub struct CallSnapshot {
     pub a: LegSnapshot,
     pub b: LegSnapshot,
     /// The last SDP the caller and the callee sent (with `CallConfig::keep_sdp`): what
-    /// an adopter offers the other party.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// an adopter offers the other party. (Always written: replicas are encoded in a
+    /// compact format that has no field names, so no field may be left out.)
+    #[serde(default)]
     pub a_sdp: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub b_sdp: Option<String>,
 }

@@ -24,8 +24,8 @@ fn adopt(w: &mut World) -> (String, String) {
         .call
         .snapshot()
         .expect("an established call has a snapshot");
-    let json = serde_json::to_string(&snap).expect("serialise");
-    let mut snap: CallSnapshot = serde_json::from_str(&json).expect("deserialise");
+    let bytes = postcard::to_stdvec(&snap).expect("serialise");
+    let mut snap: CallSnapshot = postcard::from_bytes(&bytes).expect("deserialise");
     // The dead node's sockets and connections are in the snapshot; none exists here.
     for leg in [&mut snap.a, &mut snap.b] {
         leg.peer.local = Some("192.0.2.1:5060".parse().expect("addr"));

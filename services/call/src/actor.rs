@@ -709,7 +709,7 @@ fn replicate(state: &CallActorState) {
         return;
     };
     let replica = crate::replicate::ReplicaState::new(&state.record, &snap);
-    match serde_json::to_vec(&replica) {
+    match crate::replicate::encode_settled(&replica) {
         Ok(bytes) => r.upsert(Arc::from(replica.id.as_str()), bytes),
         Err(e) => tracing::warn!(error = %e, "call state not replicated"),
     }
@@ -723,11 +723,7 @@ fn replicate_ringing(state: &CallActorState) {
         return;
     };
     let id = state.record.id();
-    let ringing = crate::replicate::Ringing {
-        id: &id,
-        ringing: true,
-    };
-    if let Ok(bytes) = serde_json::to_vec(&ringing) {
+    if let Ok(bytes) = crate::replicate::encode_ringing(&id) {
         r.ringing(Arc::from(id.as_str()), bytes);
     }
 }

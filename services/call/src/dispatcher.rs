@@ -310,19 +310,17 @@ impl Dispatcher {
     }
 
     /// Takes over a call of a node that is gone, from the state its buddy holds (a
-    /// `ReplicaState` as JSON): the call is restored here and both legs are re-INVITEd
+    /// record `replicate::encode_settled` wrote): the call is restored here and both legs are re-INVITEd
     /// toward this node. Not refused while draining or at the call limit: the call is
     /// already up, and refusing it would drop it.
     pub async fn adopt(&self, state: &[u8]) -> Result<(), AdoptFailure> {
         let shared = &self.shared;
-        if let Ok(head) = serde_json::from_slice::<crate::replicate::Head>(state) {
-            if head.ringing {
+        let replica = match crate::replicate::decode(state) {
+            Ok(crate::replicate::Record::Settled(r)) => *r,
+            Ok(crate::replicate::Record::Ringing { id }) => {
                 shared.adoptions.failed.fetch_add(1, Ordering::Relaxed);
-                return Err(AdoptFailure::Ringing(head.id));
+                return Err(AdoptFailure::Ringing(id));
             }
-        }
-        let replica: crate::replicate::Replica = match serde_json::from_slice(state) {
-            Ok(r) => r,
             Err(e) => {
                 shared.adoptions.failed.fetch_add(1, Ordering::Relaxed);
                 return Err(AdoptFailure::Undecodable(e.to_string()));

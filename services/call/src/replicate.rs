@@ -93,19 +93,67 @@ impl<'a> ReplicaState<'a> {
     }
 }
 
-/// What a buddy holds of a call that is still ringing: its id only.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Ringing<'a> {
-    pub id: &'a str,
-    pub ringing: bool,
+/// First byte of every encoded record: the layout below. A node that reads another
+/// byte there refuses the record ("unknown replica format") instead of misreading it,
+/// which is what a rolling update across a layout change needs.
+const RECORD_FORMAT: u8 = 1;
+
+/// What a call sends its buddies, as written (see `Record` for the read side).
+///
+/// Encoded with postcard, not JSON: a snapshot is sent each time a call settles, and
+/// JSON's field names and string escaping were the largest part of what replication
+/// costs the owner per call (about 2.4 KB and a tenth of its CPU per call at load).
+/// The layout is positional, so `Record` must keep the same fields in the same order.
+#[derive(Debug, Serialize)]
+enum RecordRef<'a> {
+    /// A call still ringing: its id only. Nothing can be adopted from it, but if the
+    /// owner dies meanwhile the buddy names it as lost.
+    Ringing { id: &'a str },
+    /// A settled call's whole state.
+    Settled(&'a ReplicaState<'a>),
 }
 
-/// The first look an adopter takes at a replica: a ringing call cannot be adopted.
+/// A record as the adopter reads it back.
 #[derive(Debug, Deserialize)]
-pub struct Head {
-    pub id: String,
-    #[serde(default)]
-    pub ringing: bool,
+pub enum Record {
+    Ringing { id: String },
+    Settled(Box<Replica>),
+}
+
+/// Why a record cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("empty replica")]
+    Empty,
+    #[error("unknown replica format {0} (this node reads format {RECORD_FORMAT})")]
+    Format(u8),
+    #[error("replica does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Encodes a settled call's state for its buddies.
+pub fn encode_settled(state: &ReplicaState<'_>) -> Result<Vec<u8>, postcard::Error> {
+    encode(&RecordRef::Settled(state))
+}
+
+/// Encodes the record of a call still ringing.
+pub fn encode_ringing(id: &str) -> Result<Vec<u8>, postcard::Error> {
+    encode(&RecordRef::Ringing { id })
+}
+
+fn encode(record: &RecordRef<'_>) -> Result<Vec<u8>, postcard::Error> {
+    let mut out = Vec::with_capacity(1024);
+    out.push(RECORD_FORMAT);
+    postcard::to_extend(record, out)
+}
+
+/// Reads back what `encode_settled` or `encode_ringing` wrote.
+pub fn decode(bytes: &[u8]) -> Result<Record, RecordError> {
+    let (&format, rest) = bytes.split_first().ok_or(RecordError::Empty)?;
+    if format != RECORD_FORMAT {
+        return Err(RecordError::Format(format));
+    }
+    Ok(postcard::from_bytes(rest)?)
 }
 
 /// A replica as the adopter reads it back (the owned form of `ReplicaState`).
@@ -135,6 +183,32 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ringing_record_reads_back_as_ringing() {
+        let bytes = encode_ringing("node-a-1f").unwrap();
+        assert_eq!(bytes[0], RECORD_FORMAT);
+        match decode(&bytes) {
+            Ok(Record::Ringing { id }) => assert_eq!(id, "node-a-1f"),
+            other => panic!("not a ringing record: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn records_of_another_format_or_cut_short_are_refused() {
+        let mut bytes = encode_ringing("node-a-1f").unwrap();
+        assert!(matches!(decode(&[]), Err(RecordError::Empty)));
+        assert!(matches!(
+            decode(&bytes[..bytes.len() - 3]),
+            Err(RecordError::Decode(_))
+        ));
+        bytes[0] = RECORD_FORMAT + 1;
+        let err = decode(&bytes).unwrap_err();
+        assert!(matches!(err, RecordError::Format(f) if f == RECORD_FORMAT + 1));
+        assert!(err.to_string().contains("unknown replica format"), "{err}");
+        // A JSON record (what nodes wrote before) is not misread either.
+        assert!(decode(br#"{"id":"node-a-1f","ringing":true}"#).is_err());
+    }
 
     #[test]
     fn a_peer_through_another_node_keeps_its_via_index_and_connection() {
