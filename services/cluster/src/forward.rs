@@ -10,9 +10,12 @@
 //! told that node's connection id with the message, and what it sends the peer goes
 //! back through that node on that connection.
 //!
-//! The call path only queues (`try_send`); one task sends, each message in its own
-//! request so a slow node holds up nothing else. A full queue drops the message (SIP
-//! retransmits it over UDP; over a stream the peer's transaction times out).
+//! The call path only queues (`try_send`). One task sorts the messages into a lane per
+//! destination node, and each lane sends its messages in order over one long-lived
+//! `Relay` stream, which the receiver handles frame after frame: a peer's messages reach
+//! the owner in the order the peer sent them, and a slow node holds up only its own
+//! lane. A full queue or lane drops the message (SIP retransmits it over UDP; over a
+//! stream the peer's transaction times out).
 
 use crate::membership::Membership;
 use bytes::Bytes;
@@ -25,10 +28,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Request;
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
-use trunkline_proto::cluster::v1::{EmitRequest, ForwardedMessage};
+use trunkline_proto::cluster::v1::{relay_frame, EmitRequest, ForwardedMessage, RelayFrame};
 
 /// Messages waiting to be sent; past it they are dropped (and counted).
 const QUEUE: usize = 4096;
+/// Messages waiting in one destination's lane, and in its stream; past it they are
+/// dropped (and counted).
+const LANE: usize = 1024;
 /// Largest message forwarded (a UDP datagram, or the largest message a node takes over
 /// a stream, fits).
 pub const MAX_FORWARD: usize = 65_535;
@@ -185,6 +191,57 @@ impl Forwarder {
 }
 
 type Client = ReplicationClient<tonic::transport::Channel>;
+type Bearer = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+impl Job {
+    /// The node it goes to, and the frame that carries it there.
+    fn into_frame(self, me: &str) -> (String, RelayFrame) {
+        let local = |hop: &Hop| hop.local.map(|l| l.to_string()).unwrap_or_default();
+        match self {
+            Job::Forward {
+                node,
+                data,
+                source,
+                hop,
+            } => {
+                let m = ForwardedMessage {
+                    from_node: me.to_string(),
+                    data: data.to_vec(),
+                    source: source.to_string(),
+                    local: local(&hop),
+                    transport: hop.transport.to_string(),
+                    connection: hop.connection,
+                };
+                (node, frame(relay_frame::Frame::Forward(m)))
+            }
+            Job::Emit {
+                node,
+                data,
+                dest,
+                hop,
+            } => {
+                let m = EmitRequest {
+                    data: data.to_vec(),
+                    dest: dest.to_string(),
+                    local: local(&hop),
+                    transport: hop.transport.to_string(),
+                    connection: hop.connection,
+                };
+                (node, frame(relay_frame::Frame::Emit(m)))
+            }
+        }
+    }
+}
+
+fn frame(f: relay_frame::Frame) -> RelayFrame {
+    RelayFrame { frame: Some(f) }
+}
+
+/// One destination's lane: its frames go out in order over one `Relay` stream.
+struct Lane {
+    addr: String,
+    tx: mpsc::Sender<RelayFrame>,
+}
 
 async fn run(
     mut rx: mpsc::Receiver<Job>,
@@ -194,86 +251,235 @@ async fn run(
     dropped: Arc<AtomicU64>,
     stop: CancellationToken,
 ) {
-    let mut clients: HashMap<String, (String, Client)> = HashMap::new();
-    let bearer = secret.and_then(|s| format!("Bearer {s}").parse().ok());
+    let mut lanes: HashMap<String, Lane> = HashMap::new();
+    let mut revision = 0;
+    let bearer: Option<Bearer> = secret.and_then(|s| format!("Bearer {s}").parse().ok());
     loop {
         let job = tokio::select! {
             j = rx.recv() => match j { Some(j) => j, None => return },
             () = stop.cancelled() => return,
         };
-        let node = match &job {
-            Job::Forward { node, .. } | Job::Emit { node, .. } => node.clone(),
-        };
-        let Some(mut client) = client_for(&mut clients, &membership, &node) else {
+        let (node, frame) = job.into_frame(&me);
+        let members = membership.members();
+        if members.revision != revision {
+            // Lanes of nodes that left end (their streams close with their senders).
+            revision = members.revision;
+            lanes.retain(|n, _| members.nodes.contains_key(n));
+        }
+        let Some(addr) = members.nodes.get(&node).and_then(|n| n.cluster.clone()) else {
             dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let dropped = dropped.clone();
-        let bearer = bearer.clone();
-        let me = me.clone();
-        tokio::spawn(async move {
-            let sent = match job {
-                Job::Forward {
-                    data, source, hop, ..
-                } => {
-                    let mut req = Request::new(ForwardedMessage {
-                        from_node: me,
-                        data: data.to_vec(),
-                        source: source.to_string(),
-                        local: hop.local.map(|l| l.to_string()).unwrap_or_default(),
-                        transport: hop.transport.to_string(),
-                        connection: hop.connection,
-                    });
-                    if let Some(b) = bearer {
-                        req.metadata_mut().insert("authorization", b);
-                    }
-                    client.forward(req).await.map(|_| ())
-                }
-                Job::Emit {
-                    data, dest, hop, ..
-                } => {
-                    let mut req = Request::new(EmitRequest {
-                        data: data.to_vec(),
-                        dest: dest.to_string(),
-                        local: hop.local.map(|l| l.to_string()).unwrap_or_default(),
-                        transport: hop.transport.to_string(),
-                        connection: hop.connection,
-                    });
-                    if let Some(b) = bearer {
-                        req.metadata_mut().insert("authorization", b);
-                    }
-                    client.emit(req).await.map(|_| ())
-                }
-            };
-            if let Err(e) = sent {
+        let stale = lanes
+            .get(&node)
+            .is_none_or(|l| l.addr != addr || l.tx.is_closed());
+        if stale {
+            let Some(lane) = open_lane(&node, addr, &bearer, &dropped, &stop) else {
                 dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(node = %node, error = %e, "cluster: forward or emit failed");
-            }
-        });
+                continue;
+            };
+            lanes.insert(node.clone(), lane);
+        }
+        let sent = lanes
+            .get(&node)
+            .is_some_and(|l| l.tx.try_send(frame).is_ok());
+        if !sent {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-/// The gRPC client of live member `node` (a new one when its address changed).
-fn client_for(
-    clients: &mut HashMap<String, (String, Client)>,
-    membership: &Membership,
+/// Starts the lane of the node at `addr` (connected lazily, on its first frame).
+fn open_lane(
     node: &str,
-) -> Option<Client> {
-    let members = membership.members();
-    let addr = members.nodes.get(node)?.cluster.clone()?;
-    let stale = clients.get(node).is_none_or(|(a, _)| *a != addr);
-    if stale {
-        let channel = crate::link::endpoint(&addr, Duration::from_secs(1), Duration::from_secs(2))
-            .ok()?
-            .connect_lazy();
-        clients.insert(node.to_string(), (addr, ReplicationClient::new(channel)));
+    addr: String,
+    bearer: &Option<Bearer>,
+    dropped: &Arc<AtomicU64>,
+    stop: &CancellationToken,
+) -> Option<Lane> {
+    // No request timeout: the stream lives as long as the lane.
+    let channel = crate::link::endpoint(&addr, Duration::from_secs(1), None)
+        .ok()?
+        .connect_lazy();
+    let (tx, rx) = mpsc::channel(LANE);
+    tokio::spawn(lane(
+        node.to_string(),
+        ReplicationClient::new(channel),
+        bearer.clone(),
+        rx,
+        dropped.clone(),
+        stop.clone(),
+    ));
+    Some(Lane { addr, tx })
+}
+
+/// Sends a lane's frames over one `Relay` stream, opened on the first frame and again
+/// on the first frame after it broke. Frames still in a broken stream are lost (counted
+/// once per break): SIP retransmits over UDP, and over a stream the peer's transaction
+/// times out, as with any message lost between nodes.
+async fn lane(
+    node: String,
+    client: Client,
+    bearer: Option<Bearer>,
+    mut rx: mpsc::Receiver<RelayFrame>,
+    dropped: Arc<AtomicU64>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            f = rx.recv() => match f { Some(f) => f, None => return },
+            () = stop.cancelled() => return,
+        };
+        let (tx, frames) = mpsc::channel(LANE);
+        if tx.try_send(first).is_err() {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut req = Request::new(tokio_stream::wrappers::ReceiverStream::new(frames));
+        if let Some(b) = &bearer {
+            req.metadata_mut().insert("authorization", b.clone());
+        }
+        let mut client = client.clone();
+        let rpc = async move { client.relay(req).await };
+        tokio::pin!(rpc);
+        let ended = loop {
+            tokio::select! {
+                r = &mut rpc => break r,
+                f = rx.recv() => match f {
+                    // Waits for room in the stream (the lane's own queue fills meanwhile,
+                    // and only a full lane drops), while watching the stream break.
+                    Some(f) => tokio::select! {
+                        sent = tx.send(f) => {
+                            if sent.is_err() {
+                                dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        r = &mut rpc => break r,
+                    },
+                    None => {
+                        // The lane closed: end the stream once the receiver has it all.
+                        drop(tx);
+                        let _ = rpc.await;
+                        return;
+                    }
+                },
+                () = stop.cancelled() => return,
+            }
+        };
+        match ended {
+            Ok(ack) => {
+                let ack = ack.into_inner();
+                if ack.refused > 0 {
+                    tracing::debug!(node = %node, refused = ack.refused, "cluster: frames refused");
+                }
+            }
+            Err(e) => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node = %node, error = %e, "cluster: relay stream broke");
+            }
+        }
     }
-    clients.get(node).map(|(_, c)| c.clone())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Hop;
+    use super::*;
+    use crate::replication::{Forwarded, ReplicaStore};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_delivers_its_messages_in_the_order_they_were_queued() {
+        let store = ReplicaStore::new(Some("s3cret"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        store.set_forwarded(Arc::new(move |m: Forwarded| {
+            s.lock().unwrap().push((m.from_node, m.data));
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(store.service())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.clone().cancelled_owned(),
+                ),
+        );
+        let dropped = Arc::new(AtomicU64::new(0));
+        let bearer = "Bearer s3cret".parse().ok();
+        let lane = open_lane("owner", addr.to_string(), &bearer, &dropped, &stop).unwrap();
+        const N: usize = 5000;
+        let hop = Hop::parse("UDP", Some("127.0.0.12:5060".parse().unwrap()), 0).unwrap();
+        for i in 0..N {
+            let job = Job::Forward {
+                node: "owner".into(),
+                data: Bytes::from(format!("message {i}")),
+                source: "192.0.2.7:5060".parse().unwrap(),
+                hop: hop.clone(),
+            };
+            let (node, frame) = job.into_frame("me");
+            assert_eq!(node, "owner");
+            lane.tx.send(frame).await.unwrap();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while seen.lock().unwrap().len() < N && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        assert_eq!(dropped.load(Ordering::Relaxed), 0);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), N);
+        for (i, (from, data)) in seen.iter().enumerate() {
+            assert_eq!(from, "me");
+            assert_eq!(
+                data,
+                format!("message {i}").as_bytes(),
+                "message {i} out of order"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_without_the_secret_delivers_nothing() {
+        let store = ReplicaStore::new(Some("s3cret"));
+        let seen = Arc::new(AtomicU64::new(0));
+        let s = seen.clone();
+        store.set_forwarded(Arc::new(move |_: Forwarded| {
+            s.fetch_add(1, Ordering::Relaxed);
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(store.service())
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    stop.clone().cancelled_owned(),
+                ),
+        );
+        let dropped = Arc::new(AtomicU64::new(0));
+        let bearer = "Bearer wrong".parse().ok();
+        let lane = open_lane("owner", addr.to_string(), &bearer, &dropped, &stop).unwrap();
+        let hop = Hop::parse("UDP", Some("127.0.0.12:5060".parse().unwrap()), 0).unwrap();
+        let job = Job::Forward {
+            node: "owner".into(),
+            data: Bytes::from_static(b"OPTIONS sip:x SIP/2.0"),
+            source: "192.0.2.7:5060".parse().unwrap(),
+            hop,
+        };
+        lane.tx.send(job.into_frame("me").1).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while dropped.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.cancel();
+        assert_eq!(seen.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            dropped.load(Ordering::Relaxed),
+            1,
+            "the refused stream is counted"
+        );
+    }
 
     #[test]
     fn a_hop_names_a_known_transport_and_a_stream_its_connection() {

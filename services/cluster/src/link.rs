@@ -42,13 +42,20 @@ pub fn tls() -> bool {
     TLS.get().is_some()
 }
 
-/// A lazily connecting endpoint for the node at `addr` (host:port).
-pub fn endpoint(addr: &str, connect: Duration, timeout: Duration) -> Result<Endpoint, String> {
+/// A lazily connecting endpoint for the node at `addr` (host:port); `timeout` bounds
+/// each request (`None` for a stream that lives as long as its sender wants).
+pub fn endpoint(
+    addr: &str,
+    connect: Duration,
+    timeout: Option<Duration>,
+) -> Result<Endpoint, String> {
     let scheme = if TLS.get().is_some() { "https" } else { "http" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("{addr}: {e}"))?
-        .connect_timeout(connect)
-        .timeout(timeout);
+        .connect_timeout(connect);
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
     if let Some(tls) = TLS.get() {
         endpoint = endpoint
             .tls_config(tls.clone())

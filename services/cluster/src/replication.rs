@@ -26,9 +26,9 @@ use tonic::{Request, Response, Status};
 use trunkline_proto::cluster::v1::replication_client::ReplicationClient;
 use trunkline_proto::cluster::v1::replication_server::{Replication, ReplicationServer};
 use trunkline_proto::cluster::v1::{
-    AdoptedAck, AdoptedCalls, CallCensus, CensusEntry, EmitAck, EmitRequest, ForwardAck,
-    ForwardedMessage, HandoverReply, HandoverRequest, PingReply, PingRequest, Replica, ReplicaAck,
-    ReplicaBatch,
+    relay_frame, AdoptedAck, AdoptedCalls, CallCensus, CensusEntry, EmitAck, EmitRequest,
+    ForwardAck, ForwardedMessage, HandoverReply, HandoverRequest, PingReply, PingRequest, RelayAck,
+    RelayFrame, Replica, ReplicaAck, ReplicaBatch,
 };
 
 /// What lets go of this node's calls another node adopted (call ids in, how many were
@@ -598,7 +598,7 @@ impl Task {
         let stale = self.clients.get(buddy).is_none_or(|(a, _)| a != addr);
         if stale {
             let endpoint =
-                crate::link::endpoint(addr, Duration::from_secs(1), Duration::from_secs(2))?;
+                crate::link::endpoint(addr, Duration::from_secs(1), Some(Duration::from_secs(2)))?;
             let channel = endpoint.connect_lazy();
             self.clients.insert(
                 buddy.to_string(),
@@ -770,6 +770,65 @@ impl ReplicaStore {
         ReplicationServer::new(StoreService(self.clone())).max_decoding_message_size(8 << 20)
     }
 
+    /// Hands a message another node forwarded to the dispatcher (see `Replication/Forward`).
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn take_forward(&self, m: ForwardedMessage) -> Result<(), Status> {
+        if m.data.is_empty() || m.data.len() > crate::forward::MAX_FORWARD {
+            return Err(Status::invalid_argument("data: one SIP message"));
+        }
+        let source: std::net::SocketAddr = m
+            .source
+            .parse()
+            .map_err(|_| Status::invalid_argument("source: ip:port"))?;
+        let local = match m.local.as_str() {
+            "" => None,
+            l => Some(
+                l.parse()
+                    .map_err(|_| Status::invalid_argument("local: ip:port"))?,
+            ),
+        };
+        let hop = crate::forward::Hop::parse(&m.transport, local, m.connection)
+            .map_err(Status::invalid_argument)?;
+        let Some(handler) = self.forwarded.get() else {
+            return Err(Status::unavailable("this node takes no forwarded messages"));
+        };
+        handler(Forwarded {
+            from_node: m.from_node,
+            source,
+            hop,
+            data: bytes::Bytes::from(m.data),
+        });
+        Ok(())
+    }
+
+    /// Hands what another node asks this one to send to the transports (see
+    /// `Replication/Emit`).
+    #[allow(clippy::result_large_err)] // tonic's Status
+    fn take_emit(&self, m: EmitRequest) -> Result<(), Status> {
+        if m.data.is_empty() || m.data.len() > crate::forward::MAX_FORWARD {
+            return Err(Status::invalid_argument("data: one SIP message"));
+        }
+        let dest = m
+            .dest
+            .parse()
+            .map_err(|_| Status::invalid_argument("dest: ip:port"))?;
+        let local = m
+            .local
+            .parse()
+            .map_err(|_| Status::invalid_argument("local: ip:port"))?;
+        let hop = crate::forward::Hop::parse(&m.transport, Some(local), m.connection)
+            .map_err(Status::invalid_argument)?;
+        let Some(handler) = self.emit.get() else {
+            return Err(Status::unavailable("this node sends nothing for others"));
+        };
+        handler(Emit {
+            dest,
+            hop,
+            data: bytes::Bytes::from(m.data),
+        });
+        Ok(())
+    }
+
     #[allow(clippy::result_large_err)] // tonic's Status
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let Some(want) = &self.secret else {
@@ -880,60 +939,42 @@ impl Replication for StoreService {
         req: Request<ForwardedMessage>,
     ) -> Result<Response<ForwardAck>, Status> {
         self.0.check(&req)?;
-        let m = req.into_inner();
-        if m.data.is_empty() || m.data.len() > crate::forward::MAX_FORWARD {
-            return Err(Status::invalid_argument("data: one SIP message"));
-        }
-        let source: std::net::SocketAddr = m
-            .source
-            .parse()
-            .map_err(|_| Status::invalid_argument("source: ip:port"))?;
-        let local = match m.local.as_str() {
-            "" => None,
-            l => Some(
-                l.parse()
-                    .map_err(|_| Status::invalid_argument("local: ip:port"))?,
-            ),
-        };
-        let hop = crate::forward::Hop::parse(&m.transport, local, m.connection)
-            .map_err(Status::invalid_argument)?;
-        let Some(handler) = self.0.forwarded.get() else {
-            return Err(Status::unavailable("this node takes no forwarded messages"));
-        };
-        handler(Forwarded {
-            from_node: m.from_node,
-            source,
-            hop,
-            data: bytes::Bytes::from(m.data),
-        });
+        self.0.take_forward(req.into_inner())?;
         Ok(Response::new(ForwardAck {}))
     }
 
     async fn emit(&self, req: Request<EmitRequest>) -> Result<Response<EmitAck>, Status> {
         self.0.check(&req)?;
-        let m = req.into_inner();
-        if m.data.is_empty() || m.data.len() > crate::forward::MAX_FORWARD {
-            return Err(Status::invalid_argument("data: one SIP message"));
-        }
-        let dest = m
-            .dest
-            .parse()
-            .map_err(|_| Status::invalid_argument("dest: ip:port"))?;
-        let local = m
-            .local
-            .parse()
-            .map_err(|_| Status::invalid_argument("local: ip:port"))?;
-        let hop = crate::forward::Hop::parse(&m.transport, Some(local), m.connection)
-            .map_err(Status::invalid_argument)?;
-        let Some(handler) = self.0.emit.get() else {
-            return Err(Status::unavailable("this node sends nothing for others"));
-        };
-        handler(Emit {
-            dest,
-            hop,
-            data: bytes::Bytes::from(m.data),
-        });
+        self.0.take_emit(req.into_inner())?;
         Ok(Response::new(EmitAck {}))
+    }
+
+    async fn relay(
+        &self,
+        req: Request<tonic::Streaming<RelayFrame>>,
+    ) -> Result<Response<RelayAck>, Status> {
+        self.0.check(&req)?;
+        let mut frames = req.into_inner();
+        let mut ack = RelayAck::default();
+        // One frame after the other: the handlers only queue (into the dispatcher, or a
+        // transport), so the order frames arrive in is the order they are handled in.
+        while let Some(frame) = frames.message().await? {
+            let taken = match frame.frame {
+                Some(relay_frame::Frame::Forward(m)) => self.0.take_forward(m),
+                Some(relay_frame::Frame::Emit(m)) => self.0.take_emit(m),
+                None => Err(Status::invalid_argument("frame: forward or emit")),
+            };
+            match taken {
+                Ok(()) => ack.handled += 1,
+                // Nothing on this node takes them: say so rather than count them all.
+                Err(s) if s.code() == tonic::Code::Unavailable => return Err(s),
+                Err(s) => {
+                    ack.refused += 1;
+                    tracing::debug!(error = %s.message(), "cluster: relayed frame refused");
+                }
+            }
+        }
+        Ok(Response::new(ack))
     }
 
     async fn ping(&self, req: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

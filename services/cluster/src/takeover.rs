@@ -375,7 +375,8 @@ async fn tell(
     call_ids: Vec<String>,
     secret: Option<&str>,
 ) -> Result<u32, String> {
-    let endpoint = crate::link::endpoint(addr, Duration::from_secs(1), Duration::from_secs(2))?;
+    let endpoint =
+        crate::link::endpoint(addr, Duration::from_secs(1), Some(Duration::from_secs(2)))?;
     let mut client = ReplicationClient::new(endpoint.connect_lazy());
     let mut req = tonic::Request::new(AdoptedCalls {
         adopter: me.to_string(),
@@ -399,7 +400,7 @@ async fn tell(
 /// hung) process's listening socket, and such a node relays no media either. An answer
 /// that is an error (a wrong secret, say) still shows the node alive.
 async fn answers(addr: &str, secret: Option<&str>) -> bool {
-    let Ok(endpoint) = crate::link::endpoint(addr, PROBE_TIMEOUT, PROBE_TIMEOUT) else {
+    let Ok(endpoint) = crate::link::endpoint(addr, PROBE_TIMEOUT, Some(PROBE_TIMEOUT)) else {
         return false;
     };
     let mut client = ReplicationClient::new(endpoint.connect_lazy());
