@@ -5,7 +5,9 @@
 mod harness;
 
 use harness::*;
-use trunkline_b2bua::{Adoption, Call, CallSnapshot, EndCause, Event, Leg, Local, MediaOp};
+use trunkline_b2bua::{
+    Adoption, Call, CallConfig, CallSnapshot, EndCause, Event, Leg, Local, MediaOp,
+};
 use trunkline_sip::{HeaderName, Host, Message, Method, Transport};
 
 const ADOPTER_IP: &str = "192.0.2.99";
@@ -275,4 +277,45 @@ fn without_keep_sdp_the_snapshot_has_none() {
     let w = World::established(Setup::default());
     let snap = w.call.snapshot().expect("snapshot");
     assert!(snap.a_sdp.is_none() && snap.b_sdp.is_none());
+}
+
+#[test]
+fn the_parties_answers_reach_the_relay_and_become_their_latest_sdp() {
+    let mut w = World::with_config(
+        Setup {
+            anchor: true,
+            ..Setup::default()
+        },
+        CallConfig {
+            keep_sdp: true,
+            ..CallConfig::default()
+        },
+    );
+    w.establish();
+    adopt(&mut w);
+    w.media_ops.clear();
+    let re_b = w.recv_b();
+    let re_a = w.recv_a();
+    // Both parties answer from other ports than the dead node last saw (41000, 51000).
+    let (b_now, a_now) = (sdp(52000, "sendrecv"), sdp(42000, "sendrecv"));
+    let ok_b = w.b.respond(&re_b, 200, Some(&b_now));
+    w.b_sends(ok_b);
+    let ok_a = w.a.respond(&re_a, 200, Some(&a_now));
+    w.a_sends(ok_a);
+    assert!(is_request(&w.recv_b(), Method::Ack));
+    assert!(is_request(&w.recv_a(), Method::Ack));
+    assert_eq!(
+        w.media_ops,
+        vec![
+            MediaOp::Answer { offerer: Leg::A },
+            MediaOp::Answer { offerer: Leg::B }
+        ],
+        "each answer updates its own party on the relay"
+    );
+    // Nothing goes on to the other party: its offer already had the relay's address.
+    assert!(w.try_recv(Leg::A).is_none());
+    assert!(w.try_recv(Leg::B).is_none());
+    let snap = w.call.snapshot().expect("settled after the adoption");
+    assert_eq!(snap.a_sdp.as_deref(), Some(a_now.as_str()), "A's latest");
+    assert_eq!(snap.b_sdp.as_deref(), Some(b_now.as_str()), "B's latest");
 }

@@ -137,6 +137,7 @@ impl Call {
             }
             self.refresh_target(leg, resp.headers.contact(), source);
             self.send_ack(leg, seq, Bytes::new(), None);
+            self.take_adoption_answer(leg, &resp);
             let Some(a) = self.adopting.as_mut() else {
                 return;
             };
@@ -150,6 +151,38 @@ impl Call {
             return;
         }
         self.adoption_failed(now, leg, resp.status);
+    }
+
+    /// A leg's SDP answer to the adopter's re-INVITE: the party's media as it is now,
+    /// which may differ from the SDP the dead node last saw (another port or codec
+    /// after a re-INVITE). The relay learns it as that party's answer (its address
+    /// becomes the one expected, as after any answer), and it becomes the party's latest
+    /// SDP, what a later adopter offers. Nothing is sent on: the other party already
+    /// has this node's relay address, which does not change, so the relay's rewritten
+    /// body is dropped (`media_done` files no answer for an id nothing waits on). The
+    /// origin versions the parties see are untouched: the rewrite keeps the party's
+    /// own, and nothing of it reaches the other party.
+    fn take_adoption_answer(&mut self, leg: Leg, resp: &Response) {
+        let ct = resp.headers.get(HeaderName::ContentType).map(|c| &c[..]);
+        let Some((sdp, _)) = super::outbox::sdp_in(ct, &resp.body) else {
+            return;
+        };
+        if sdp.is_empty() {
+            return;
+        }
+        if self.cfg.keep_sdp {
+            self.remember_sdp(leg, &sdp);
+        }
+        if self.anchor {
+            let id = self.alloc_id();
+            self.events.push_back(Event::Media {
+                id,
+                op: MediaOp::Answer {
+                    offerer: leg.other(),
+                },
+                sdp,
+            });
+        }
     }
 
     /// A leg refused the re-INVITE, never answered it, or its SDP could not be anchored.

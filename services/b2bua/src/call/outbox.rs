@@ -71,29 +71,7 @@ impl Outgoing {
     /// multipart body whose SDP cannot be told apart safely: it is sent un-anchored,
     /// exactly as it came, rather than with a part mangled.
     pub(super) fn sdp(&self) -> Option<(Bytes, Option<Range<usize>>)> {
-        let ct = self.content_type()?;
-        let body = self.body();
-        if is_sdp_type(ct) {
-            return Some((body.clone(), None));
-        }
-        if !multipart::is_multipart_mixed(ct) {
-            return None;
-        }
-        match multipart::sdp_part(ct, body) {
-            Ok(r) if r.start <= r.end && r.end <= body.len() => {
-                Some((body.slice(r.clone()), Some(r)))
-            }
-            Ok(_) => None,
-            Err(e) => {
-                tracing::debug!(
-                    reason = %e,
-                    content_type = %String::from_utf8_lossy(ct),
-                    body_len = body.len(),
-                    "multipart body not anchored: sent as it came"
-                );
-                None
-            }
-        }
+        sdp_in(self.content_type(), self.body())
     }
 
     pub(super) fn set_body(&mut self, body: Bytes) {
@@ -117,6 +95,30 @@ impl Outgoing {
             // Cannot happen (the range came from this body); if it did, the body
             // leaves as it came rather than corrupted.
             None => tracing::debug!("multipart SDP range outside the body: not anchored"),
+        }
+    }
+}
+
+/// The SDP in a body of Content-Type `ct` (see `Outgoing::sdp`).
+pub(super) fn sdp_in(ct: Option<&[u8]>, body: &Bytes) -> Option<(Bytes, Option<Range<usize>>)> {
+    let ct = ct?;
+    if is_sdp_type(ct) {
+        return Some((body.clone(), None));
+    }
+    if !multipart::is_multipart_mixed(ct) {
+        return None;
+    }
+    match multipart::sdp_part(ct, body) {
+        Ok(r) if r.start <= r.end && r.end <= body.len() => Some((body.slice(r.clone()), Some(r))),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(
+                reason = %e,
+                content_type = %String::from_utf8_lossy(ct),
+                body_len = body.len(),
+                "multipart body not anchored: sent as it came"
+            );
+            None
         }
     }
 }
@@ -220,11 +222,16 @@ impl Call {
             MediaOp::Offer { from } => from,
             MediaOp::Answer { offerer } => offerer.other(),
         };
+        self.remember_sdp(party, &sdp);
+    }
+
+    /// Files `sdp` as `party`'s latest (copied, see `keep_sdp`).
+    pub(super) fn remember_sdp(&mut self, party: Leg, sdp: &[u8]) {
         let slot = self.sdps.get_or_insert_with(Box::default);
         slot[match party {
             Leg::A => 0,
             Leg::B => 1,
-        }] = Bytes::copy_from_slice(&sdp);
+        }] = Bytes::copy_from_slice(sdp);
     }
 
     /// A body the relay could not anchor. Nothing leaves with the far side's SDP
