@@ -77,6 +77,10 @@ pub struct TransportConfig {
     /// Most accepted TCP connections from one source IP, so one host cannot take the whole
     /// inbound budget.
     pub tcp_max_per_source: usize,
+    /// Bytes one TCP connection may have queued for its writer (a peer that stops reading
+    /// fills it; further sends to it then fail at once). All connections together hold at
+    /// most 256 MiB whatever this says.
+    pub tcp_send_queue_bytes: usize,
     /// How long an outbound TCP connect may take before the send is reported failed.
     pub tcp_connect_timeout: Duration,
     /// On connections the node opened (to trunks, over TCP or TLS), a CRLFCRLF keep-alive
@@ -105,6 +109,7 @@ impl Default for TransportConfig {
             tcp_max_inbound: 4096,
             tcp_max_outbound: 1024,
             tcp_max_per_source: 64,
+            tcp_send_queue_bytes: 512 * 1024,
             tcp_connect_timeout: Duration::from_secs(5),
             tcp_keepalive: Some(Duration::from_secs(30)),
             udp_recv_buffer: 4 * 1024 * 1024,

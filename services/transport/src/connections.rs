@@ -3,20 +3,17 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use trunkline_sip::Peer;
 
 use crate::activity::{Activity, ConnectionPin};
 use crate::error::TransportError;
 use crate::metrics::Direction;
-
-/// How many outgoing messages may wait for one connection's writer. A peer that reads slower
-/// than this fills it, and further sends to it fail instead of growing memory.
-pub(crate) const SEND_QUEUE: usize = 256;
+use crate::queue::{SendQueue, SendQueueRx};
 
 /// Who sent a queued message, to tell them if it is never written.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +42,8 @@ pub(crate) struct Limits {
     pub(crate) outbound: usize,
     /// Accepted connections from one IP.
     pub(crate) per_source: usize,
+    /// Bytes queued on one connection.
+    pub(crate) queue_bytes: usize,
 }
 
 /// One open (or opening) connection, as seen by senders.
@@ -59,7 +58,7 @@ struct Entry {
     /// peer's listening address, for a connection it opened from another port).
     alias: Option<SocketAddr>,
     /// The connection's outgoing queue, drained by its writer task.
-    tx: mpsc::Sender<Outgoing>,
+    tx: SendQueue,
     activity: Arc<Activity>,
 }
 
@@ -79,8 +78,8 @@ struct Tables {
 #[derive(Debug)]
 pub(crate) struct NewConnection {
     pub(crate) id: u64,
-    pub(crate) tx: mpsc::Sender<Outgoing>,
-    pub(crate) rx: mpsc::Receiver<Outgoing>,
+    pub(crate) tx: SendQueue,
+    pub(crate) rx: SendQueueRx,
     pub(crate) activity: Arc<Activity>,
 }
 
@@ -88,7 +87,7 @@ pub(crate) struct NewConnection {
 #[derive(Debug)]
 pub(crate) enum Route {
     /// Queue on this open connection.
-    Existing(mpsc::Sender<Outgoing>),
+    Existing(SendQueue),
     /// A new outbound connection was reserved; the caller must connect and run it.
     Connect(NewConnection),
 }
@@ -103,6 +102,8 @@ pub(crate) struct ConnectionTable {
     next_id: AtomicU64,
     limits: Limits,
     emptied: Notify,
+    /// Bytes queued on every connection together (see `queue`).
+    queued: Arc<AtomicUsize>,
 }
 
 impl ConnectionTable {
@@ -113,6 +114,7 @@ impl ConnectionTable {
             next_id: AtomicU64::new(1),
             limits,
             emptied: Notify::new(),
+            queued: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -128,7 +130,7 @@ impl ConnectionTable {
         direction: Direction,
     ) -> NewConnection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(SEND_QUEUE);
+        let (tx, rx) = crate::queue::channel(self.queued.clone(), self.limits.queue_bytes);
         let activity = Arc::new(Activity::new());
         tables.by_id.insert(
             id,
@@ -181,7 +183,7 @@ impl ConnectionTable {
     }
 
     /// The queue of connection `id`, if it is still open.
-    pub(crate) fn named(&self, id: u64) -> Option<mpsc::Sender<Outgoing>> {
+    pub(crate) fn named(&self, id: u64) -> Option<SendQueue> {
         let tables = self.lock();
         let entry = tables.by_id.get(&id).filter(|e| !e.tx.is_closed())?;
         Some(entry.tx.clone())
@@ -311,6 +313,7 @@ mod tests {
             inbound: 10,
             outbound: 2,
             per_source: 10,
+            queue_bytes: 1 << 20,
         });
         let a = addr(LISTENER, 5060);
         let b = addr([127, 0, 0, 2], 5060);
@@ -346,6 +349,7 @@ mod tests {
             inbound: 3,
             outbound: 1,
             per_source: 2,
+            queue_bytes: 1 << 20,
         });
         let listener = addr(LISTENER, 5060);
         let one = table.accept(addr([192, 0, 2, 1], 1), listener).unwrap();
@@ -376,6 +380,7 @@ mod tests {
             inbound: 2,
             outbound: 2,
             per_source: 2,
+            queue_bytes: 1 << 20,
         });
         let a = table
             .accept(addr([192, 0, 2, 1], 1), addr(LISTENER, 5060))

@@ -30,8 +30,8 @@
 //!   IP, are closed at once; connects beyond `tcp_max_outbound` fail the send. Every such drop
 //!   is counted under a `reason` label and logged with a `peer` field within a [`LogLimiter`]
 //!   budget.
-//! * **Connections.** Each TCP connection is a reader task and a writer task fed by a bounded
-//!   queue. A table (one mutex, indexes by id and by peer address and listener) lets
+//! * **Connections.** Each TCP connection is a reader task and a writer task fed by a queue
+//!   bounded in messages and in bytes, per connection and over all connections (`queue`). A table (one mutex, indexes by id and by peer address and listener) lets
 //!   [`Transports::send`] find the connection a request came on (RFC 3261 §18.2.2), else a
 //!   connection to the address from the same listener, else open one; outbound connections
 //!   are read from like accepted ones. The reader owns the lifetime: when it ends its entry is
@@ -58,6 +58,7 @@ mod listeners;
 mod log_limiter;
 mod message;
 mod metrics;
+mod queue;
 mod tcp;
 pub mod tls;
 mod transports;

@@ -14,7 +14,6 @@ use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use trunkline_sip::{Peer, Transport};
 
@@ -24,6 +23,7 @@ use crate::error::TransportError;
 use crate::framing::{message_started, Frame, StreamFramer, PING, PONG};
 use crate::message::Received;
 use crate::metrics::{Direction, DropReason};
+use crate::queue::{SendQueue, SendQueueRx};
 use crate::transports::Shared;
 
 /// How long a peer that has answered our keep-alive pings may take to answer the next one
@@ -403,7 +403,7 @@ async fn read_loop(
     mut read: impl AsyncRead + Unpin,
     hop: Peer,
     activity: &Activity,
-    tx: &mpsc::Sender<Outgoing>,
+    tx: &SendQueue,
     keepalive: Option<Duration>,
 ) -> CloseCause {
     let config = &shared.config;
@@ -562,7 +562,7 @@ async fn write_loop(
     shared: Arc<Shared>,
     mut write: impl AsyncWrite + Unpin,
     transport: Transport,
-    mut rx: mpsc::Receiver<Outgoing>,
+    mut rx: SendQueueRx,
     activity: Arc<Activity>,
     peer: SocketAddr,
 ) {

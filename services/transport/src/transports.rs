@@ -8,8 +8,7 @@ use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use trunkline_sip::{Peer, Transport};
 
@@ -20,6 +19,7 @@ use crate::error::TransportError;
 use crate::inbound::Inbound;
 use crate::listeners::{self, Listener};
 use crate::metrics::{DropReason, Metrics};
+use crate::queue::{SendQueue, Unsent};
 use crate::tls::TlsContext;
 use crate::{tcp, udp};
 
@@ -146,6 +146,7 @@ impl Transports {
                 inbound: config.tcp_max_inbound,
                 outbound: config.tcp_max_outbound,
                 per_source: config.tcp_max_per_source,
+                queue_bytes: config.tcp_send_queue_bytes,
             }),
             config,
             inbound,
@@ -373,7 +374,7 @@ impl Transports {
 }
 
 /// Queues a message on a connection, reporting it if the queue is full or closed.
-fn queue(shared: &Shared, tx: &mpsc::Sender<Outgoing>, origin: Origin, data: Bytes) {
+fn queue(shared: &Shared, tx: &SendQueue, origin: Origin, data: Bytes) {
     let msg = Outgoing {
         data,
         origin: Some(origin),
@@ -381,8 +382,8 @@ fn queue(shared: &Shared, tx: &mpsc::Sender<Outgoing>, origin: Origin, data: Byt
     if let Err(e) = tx.try_send(msg) {
         let addr = origin.peer.addr;
         let error = match e {
-            TrySendError::Full(_) => TransportError::QueueFull { addr },
-            TrySendError::Closed(_) => TransportError::ConnectionClosed { addr },
+            Unsent::Full => TransportError::QueueFull { addr },
+            Unsent::Closed => TransportError::ConnectionClosed { addr },
         };
         shared.send_failed(&origin, &error);
     }

@@ -638,12 +638,57 @@ async fn full_queue_is_reported_at_once_and_nothing_else_fails() {
     node.transports.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_connection_queues_at_most_its_byte_budget() {
+    // A peer that reads nothing: large answers stop being queued at the byte budget,
+    // long before the queue's message count.
+    let budget = 64 * 1024;
+    let node = Node::start(TransportConfig {
+        tcp_send_queue_bytes: budget,
+        ..loopback()
+    })
+    .await;
+    let trunk = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trunk_addr = trunk.local_addr().unwrap();
+    let request = sip(&"x".repeat(8 * 1024 - 200));
+    let mut sent = 0u64;
+    while node.errors().is_empty() && sent < 1000 {
+        node.transports
+            .send_tracked(&tcp_to(trunk_addr), Bytes::from(request.clone()), sent);
+        sent += 1;
+    }
+    let errors = node.errors();
+    assert_eq!(errors.len(), 1);
+    let queued = sent - 1;
+    assert_eq!(
+        queued as usize,
+        budget / request.len(),
+        "what fits the budget"
+    );
+    assert!(errors[0].error.contains("full"), "{}", errors[0].error);
+    // Once written, the budget is free again.
+    let (mut conn, _) = tokio::time::timeout(WAIT, trunk.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let got = read_exact_in_time(&mut conn, queued as usize * request.len()).await;
+    assert!(got.chunks(request.len()).all(|m| m == request.as_bytes()));
+    node.transports
+        .send_tracked(&tcp_to(trunk_addr), Bytes::from(request.clone()), sent);
+    let again = read_exact_in_time(&mut conn, request.len()).await;
+    assert_eq!(again, request.as_bytes());
+    assert_eq!(node.errors().len(), 1);
+    node.transports.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn stalled_writes_report_each_unwritten_message_once() {
     const MESSAGES: u64 = 200;
     const SIZE: usize = 512 * 1024;
     let node = Node::start(TransportConfig {
         tcp_partial_timeout: Duration::from_secs(2),
+        // Room for every message at once: what is tested here is the stalled write.
+        tcp_send_queue_bytes: MESSAGES as usize * SIZE,
         ..loopback()
     })
     .await;

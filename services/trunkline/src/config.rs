@@ -346,6 +346,10 @@ pub struct SipConfig {
     pub tcp_max_outbound: usize,
     /// Cap on accepted TCP connections from one source IP.
     pub tcp_max_per_source: usize,
+    /// Bytes one TCP/TLS connection may have waiting to be written: a peer that stops
+    /// reading cannot make the node hold more for it (sends past it fail at once, and a
+    /// call gets 503). At least `max_message_bytes`.
+    pub tcp_send_queue_bytes: usize,
     /// Max-Forwards we set on requests we originate.
     pub max_forwards: u8,
     /// Calls the node carries at once; new INVITEs beyond get 503 with Retry-After.
@@ -449,6 +453,7 @@ impl Default for SipConfig {
             tcp_max_inbound: 4096,
             tcp_max_outbound: 1024,
             tcp_max_per_source: 64,
+            tcp_send_queue_bytes: 512 * 1024,
             max_forwards: 70,
             max_calls: 50_000,
             force_rport: true,
@@ -497,6 +502,7 @@ impl SipConfig {
             tcp_max_inbound: self.tcp_max_inbound,
             tcp_max_outbound: self.tcp_max_outbound,
             tcp_max_per_source: self.tcp_max_per_source,
+            tcp_send_queue_bytes: self.tcp_send_queue_bytes,
             ..TransportConfig::default()
         }
     }
@@ -1644,6 +1650,15 @@ impl Config {
                 format!("{} is outside 1024..=65535", sip.max_message_bytes),
             );
         }
+        if sip.tcp_send_queue_bytes < sip.max_message_bytes {
+            problems.push(
+                "sip.tcp_send_queue_bytes",
+                format!(
+                    "{} is less than sip.max_message_bytes ({})",
+                    sip.tcp_send_queue_bytes, sip.max_message_bytes
+                ),
+            );
+        }
         for (key, value) in [
             ("sip.tcp_idle_timeout_secs", sip.tcp_idle_timeout_secs),
             ("sip.tcp_partial_timeout_secs", sip.tcp_partial_timeout_secs),
@@ -2781,9 +2796,11 @@ mod tests {
             tcp_max_inbound: 9,
             tcp_max_outbound: 8,
             tcp_max_per_source: 7,
+            tcp_send_queue_bytes: 65536,
             ..SipConfig::default()
         };
         let transport = sip.transport_config();
+        assert_eq!(transport.tcp_send_queue_bytes, 65536);
         assert_eq!(
             transport.udp,
             vec![ListenerConfig::new("127.0.0.1:5070".parse().unwrap())]
@@ -2812,6 +2829,7 @@ mod tests {
         assert_eq!(ours.tcp_max_inbound, defaults.tcp_max_inbound);
         assert_eq!(ours.tcp_max_outbound, defaults.tcp_max_outbound);
         assert_eq!(ours.tcp_max_per_source, defaults.tcp_max_per_source);
+        assert_eq!(ours.tcp_send_queue_bytes, defaults.tcp_send_queue_bytes);
     }
 
     #[test]
@@ -3021,6 +3039,7 @@ server_name = "b.example"
 id = "Node_1"
 [sip]
 max_message_bytes = 100
+tcp_send_queue_bytes = 50
 [sip.timers]
 t1_ms = 5000
 t2_ms = 4000
@@ -3044,6 +3063,7 @@ default_trunk = "b"
             for key in [
                 "node.id:",
                 "sip.max_message_bytes:",
+                "sip.tcp_send_queue_bytes:",
                 "sip.timers.t1_ms:",
                 "log.level:",
                 "trunks[0].address:",
