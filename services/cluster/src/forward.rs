@@ -385,14 +385,8 @@ mod tests {
     use super::*;
     use crate::replication::{Forwarded, ReplicaStore};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lane_delivers_its_messages_in_the_order_they_were_queued() {
-        let store = ReplicaStore::new(Some("s3cret"));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s = seen.clone();
-        store.set_forwarded(Arc::new(move |m: Forwarded| {
-            s.lock().unwrap().push((m.from_node, m.data));
-        }));
+    /// Serves `store` on a loopback port until the token is cancelled.
+    async fn serve(store: &Arc<ReplicaStore>) -> (SocketAddr, CancellationToken) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
@@ -404,18 +398,33 @@ mod tests {
                     stop.clone().cancelled_owned(),
                 ),
         );
+        (addr, stop)
+    }
+
+    fn forward_job(data: Bytes) -> Job {
+        Job::Forward {
+            node: "owner".into(),
+            data,
+            source: "192.0.2.7:5060".parse().unwrap(),
+            hop: Hop::parse("UDP", Some("127.0.0.12:5060".parse().unwrap()), 0).unwrap(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lane_delivers_its_messages_in_the_order_they_were_queued() {
+        let store = ReplicaStore::new(Some("s3cret"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        store.set_forwarded(Arc::new(move |m: Forwarded| {
+            s.lock().unwrap().push((m.from_node, m.data));
+        }));
+        let (addr, stop) = serve(&store).await;
         let dropped = Arc::new(AtomicU64::new(0));
         let bearer = "Bearer s3cret".parse().ok();
         let lane = open_lane("owner", addr.to_string(), &bearer, &dropped, &stop).unwrap();
         const N: usize = 5000;
-        let hop = Hop::parse("UDP", Some("127.0.0.12:5060".parse().unwrap()), 0).unwrap();
         for i in 0..N {
-            let job = Job::Forward {
-                node: "owner".into(),
-                data: Bytes::from(format!("message {i}")),
-                source: "192.0.2.7:5060".parse().unwrap(),
-                hop: hop.clone(),
-            };
+            let job = forward_job(Bytes::from(format!("message {i}")));
             let (node, frame) = job.into_frame("me");
             assert_eq!(node, "owner");
             lane.tx.send(frame).await.unwrap();
@@ -446,27 +455,11 @@ mod tests {
         store.set_forwarded(Arc::new(move |_: Forwarded| {
             s.fetch_add(1, Ordering::Relaxed);
         }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(store.service())
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    stop.clone().cancelled_owned(),
-                ),
-        );
+        let (addr, stop) = serve(&store).await;
         let dropped = Arc::new(AtomicU64::new(0));
         let bearer = "Bearer wrong".parse().ok();
         let lane = open_lane("owner", addr.to_string(), &bearer, &dropped, &stop).unwrap();
-        let hop = Hop::parse("UDP", Some("127.0.0.12:5060".parse().unwrap()), 0).unwrap();
-        let job = Job::Forward {
-            node: "owner".into(),
-            data: Bytes::from_static(b"OPTIONS sip:x SIP/2.0"),
-            source: "192.0.2.7:5060".parse().unwrap(),
-            hop,
-        };
+        let job = forward_job(Bytes::from_static(b"OPTIONS sip:x SIP/2.0"));
         lane.tx.send(job.into_frame("me").1).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while dropped.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
