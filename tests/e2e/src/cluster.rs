@@ -151,18 +151,15 @@ pub fn nodes(admin: &str) -> Result<Value> {
 
 /// The ids and states a `node list` answer names.
 pub fn view(v: &Value) -> Vec<(String, String)> {
-    v["nodes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|n| {
-                    (
-                        n["id"].as_str().unwrap_or("").to_string(),
-                        n["state"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
+    field_pairs(&v["nodes"], "id", "state")
+}
+
+/// Fields `a` and `b` (as strings, empty when absent) of each object of the JSON array
+/// `list`.
+fn field_pairs(list: &Value, a: &str, b: &str) -> Vec<(String, String)> {
+    let text = |item: &Value, key: &str| item[key].as_str().unwrap_or("").to_string();
+    list.as_array()
+        .map(|items| items.iter().map(|i| (text(i, a), text(i, b))).collect())
         .unwrap_or_default()
 }
 
@@ -219,19 +216,7 @@ pub fn metric(node: &Node, name: &str) -> f64 {
 /// The trunk addresses `admin` lists, by name.
 pub fn trunks(admin: &str) -> Result<Vec<(String, String)>> {
     let v = trunkctl_json(admin, &["trunks", "list"])?;
-    let mut out: Vec<(String, String)> = v["trunks"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|t| {
-                    (
-                        t["name"].as_str().unwrap_or("").to_string(),
-                        t["address"].as_str().unwrap_or("").to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut out = field_pairs(&v["trunks"], "name", "address");
     out.sort();
     Ok(out)
 }
