@@ -24,11 +24,14 @@ use crate::latch::{EndpointLearning, LatchPolicy};
 use crate::metrics::Metrics;
 use crate::pool::PortPool;
 use crate::ports::PortAllocator;
-use crate::worker::{Command, PeerSpec, SideShared, StreamSockets, Worker, WorkerTotals, WAKER};
+use crate::worker::{
+    token, Command, MediaSocket, PeerSpec, SideShared, StreamSockets, Worker, WorkerTotals, WAKER,
+};
 use crate::{
     AddressFamily, CallStats, Flags, MediaConfig, MediaError, StreamPairStats, StreamStats,
     TimedOut, TimeoutCounts, TimeoutReason, Totals,
 };
+use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 
 /// Side 0 is the pair the original offerer sends to, side 1 the answerer's.
 const OFFERER: usize = 0;
@@ -59,24 +62,80 @@ struct WorkerHandle {
     /// The sequence number of the last command sent (the worker counts those it applied).
     sent: AtomicU64,
     waker: Arc<nix::sys::eventfd::EventFd>,
+    /// The worker's epoll set: the control side adds a new stream's sockets to it itself.
+    poll: Arc<Epoll>,
     totals: Arc<WorkerTotals>,
     join: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Commands a worker may have queued and unapplied before the next one wakes it. Commands
+/// are queued without a wake-up (see [`WorkerHandle::queue`]), and a worker with no
+/// packets to read would otherwise apply them only at housekeeping, once a second: this
+/// bounds the queue, and how long a removed stream's sockets stay out of reach, at high
+/// call rates, while still batching a few dozen calls' commands into one wake-up.
+const QUEUE_BEFORE_WAKE: u64 = 64;
+
 impl WorkerHandle {
     /// Sends a command and wakes the worker; returns the command's sequence number, which
-    /// the worker's `applied` count reaches once it has applied it.
+    /// the worker's `applied` count reaches once it has applied it. For what the worker
+    /// must do at once: move a stream to new sockets, stop.
     fn send(&self, cmd: Command) -> u64 {
+        let seq = self.queue(cmd);
+        self.wake();
+        seq
+    }
+
+    /// Queues a command without waking the worker, for what only matters once a packet
+    /// arrives (a worker applies every queued command before it reads a packet) or can
+    /// wait a moment (closing a removed stream's sockets: housekeeping wakes a worker
+    /// that is behind, and an allocation that needs the ports wakes it at once). A new
+    /// stream is queued too: its sockets are then watched by [`WorkerHandle::watch`],
+    /// so its first packet wakes the worker, which applies the command before reading
+    /// it. Waking an idle worker for each offer, answer and hang-up cost three thread
+    /// wake-ups per call (an eventfd write and a context switch on each side), at low
+    /// call rates a good share of what anchoring costs.
+    fn queue(&self, cmd: Command) -> u64 {
         let seq = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         // A failed send means the worker is gone (shut down); nothing left to program.
-        if self.tx.send(cmd).is_ok() && !self.totals.wake_pending.swap(true, Ordering::AcqRel) {
+        let _ = self.tx.send(cmd);
+        if seq.saturating_sub(self.totals.applied.load(Ordering::Acquire)) > QUEUE_BEFORE_WAKE {
+            self.wake();
+        }
+        seq
+    }
+
+    /// Adds stream `id`'s sockets to the worker's epoll set, after the `Add` carrying them
+    /// is queued: an event the worker sees for them finds the command queued, and the
+    /// worker applies queued commands before it services events. The caller then drops
+    /// its references, leaving the worker the only owner.
+    fn watch(&self, id: u64, sockets: &StreamSockets) {
+        for (side, pair) in sockets.iter().enumerate() {
+            for (comp, s) in pair.iter().enumerate() {
+                // Level-triggered: a socket left with data after a full batch is simply
+                // reported again, so no read is spent on EAGAIN (see `Worker::round`).
+                let event = EpollEvent::new(EpollFlags::EPOLLIN, token(id, side, comp));
+                if let Err(e) = self.poll.add(&*s.socket, event) {
+                    tracing::error!(worker = self.index, error = %e, "cannot watch a media socket");
+                }
+            }
+        }
+    }
+
+    /// Wakes the worker unless a wake-up is pending already.
+    fn wake(&self) {
+        if !self.totals.wake_pending.swap(true, Ordering::AcqRel) {
+            self.totals.wakeups.fetch_add(1, Ordering::Relaxed);
             // EAGAIN means the counter is already non-zero: the worker is awake.
             match self.waker.write(1) {
                 Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
                 Err(e) => tracing::error!(error = %e, "cannot wake media worker"),
             }
         }
-        seq
+    }
+
+    /// Whether commands are queued that the worker has not applied yet.
+    fn behind(&self) -> bool {
+        self.totals.applied.load(Ordering::Acquire) < self.sent.load(Ordering::Relaxed)
     }
 }
 
@@ -318,9 +377,10 @@ impl Relay {
         for i in 0..n {
             let spares = (!config.spare_ttl.is_zero()).then(|| spares_tx.clone());
             let kernel = kernel.clone();
-            let poll =
-                nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
-                    .map_err(std::io::Error::from)?;
+            let poll = Arc::new(
+                Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
+                    .map_err(std::io::Error::from)?,
+            );
             let waker = Arc::new(
                 nix::sys::eventfd::EventFd::from_flags(
                     nix::sys::eventfd::EfdFlags::EFD_NONBLOCK
@@ -328,12 +388,9 @@ impl Relay {
                 )
                 .map_err(std::io::Error::from)?,
             );
-            poll.add(
-                &*waker,
-                nix::sys::epoll::EpollEvent::new(nix::sys::epoll::EpollFlags::EPOLLIN, WAKER),
-            )
-            .map_err(std::io::Error::from)?;
-            let worker_waker = waker.clone();
+            poll.add(&*waker, EpollEvent::new(EpollFlags::EPOLLIN, WAKER))
+                .map_err(std::io::Error::from)?;
+            let (worker_waker, worker_poll) = (waker.clone(), poll.clone());
             let (tx, rx) = mpsc::channel();
             let totals = Arc::new(WorkerTotals::default());
             let name = format!("media-worker-{i}");
@@ -344,17 +401,26 @@ impl Relay {
                 // The worker is built on its thread: its mmsghdr buffers are not Send.
                 .spawn(move || {
                     policy.apply_or_warn(&name);
-                    Worker::new(poll, worker_waker, rx, batch, worker_totals, epoch, name)
-                        .with_learning_window(window_ms)
-                        .with_spares(spares)
-                        .with_kernel(kernel)
-                        .run()
+                    Worker::new(
+                        worker_poll,
+                        worker_waker,
+                        rx,
+                        batch,
+                        worker_totals,
+                        epoch,
+                        name,
+                    )
+                    .with_learning_window(window_ms)
+                    .with_spares(spares)
+                    .with_kernel(kernel)
+                    .run()
                 })?;
             workers.push(WorkerHandle {
                 index: i,
                 tx,
                 sent: AtomicU64::new(0),
                 waker,
+                poll,
                 totals,
                 join: Mutex::new(Some(join)),
             });
@@ -386,7 +452,7 @@ impl Relay {
             stopped: AtomicBool::new(false),
         });
         {
-            // Once a second: close spare sockets idle too long, refresh the metrics.
+            // Once a second: wake workers with queued commands, refresh the metrics.
             let (tx, rx) = mpsc::channel::<()>();
             let weak: Weak<Inner> = Arc::downgrade(&inner);
             std::thread::Builder::new()
@@ -397,6 +463,11 @@ impl Relay {
                         _ => return,
                     }
                     let Some(inner) = weak.upgrade() else { return };
+                    // Commands queued without a wake-up (see `WorkerHandle::queue`) are
+                    // applied within a period even when no packet or new stream comes.
+                    for w in inner.workers.iter().filter(|w| w.behind()) {
+                        w.wake();
+                    }
                     let totals = inner.totals();
                     if let Some(metrics) = &metrics {
                         metrics.refresh(&totals);
@@ -530,7 +601,7 @@ impl Relay {
             stream.sides[answering].peer = peer;
             stream.sides[answering].direction = Flow::of(m);
             inner.take_kernel_routes(worker, stream);
-            worker.send(Command::Update {
+            worker.queue(Command::Update {
                 id: stream.id,
                 side: answering,
                 peer,
@@ -815,7 +886,7 @@ impl Inner {
                 stream.kind.clone_from(&m.kind);
                 stream.proto.clone_from(&m.proto);
                 self.take_kernel_routes(worker, stream);
-                worker.send(Command::Update {
+                worker.queue(Command::Update {
                     id: stream.id,
                     side: offering,
                     peer,
@@ -834,12 +905,15 @@ impl Inner {
                 Arc::new(SideShared::default()),
                 Arc::new(SideShared::default()),
             ];
-            worker.send(Command::Add {
+            let watched = sockets.clone();
+            worker.queue(Command::Add {
                 id,
                 sockets: Box::new(sockets),
                 peers,
                 shared: shared.clone(),
             });
+            worker.watch(id, &watched);
+            drop(watched);
             let [s0, s1] = shared;
             let stream = StreamCtl {
                 id,
@@ -933,10 +1007,16 @@ impl Inner {
         ports: &mut PortPool,
         iface: usize,
         now: Instant,
-    ) -> Result<(u16, [UdpSocket; 2]), MediaError> {
+    ) -> Result<(u16, [MediaSocket; 2]), MediaError> {
         let ip = self.interfaces.get(iface).bind;
         for _ in 0..ports.capacity() {
-            let port = ports.alloc(now)?;
+            let port = ports.alloc(now, || {
+                // Only freed pairs whose sockets are not closed yet are left: have their
+                // workers apply the removals now.
+                for w in self.workers.iter().filter(|w| w.behind()) {
+                    w.wake();
+                }
+            })?;
             match (
                 self.bind_one(ports, SocketAddr::new(ip, port)),
                 self.bind_one(ports, SocketAddr::new(ip, port + 1)),
@@ -952,7 +1032,15 @@ impl Inner {
     }
 
     /// A socket bound at `addr`: the one a worker handed back for it, or a new one.
-    fn bind_one(&self, ports: &mut PortPool, addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    fn bind_one(&self, ports: &mut PortPool, addr: SocketAddr) -> std::io::Result<MediaSocket> {
+        let socket = self.bind_socket(ports, addr)?;
+        Ok(MediaSocket {
+            socket: Arc::new(socket),
+            addr,
+        })
+    }
+
+    fn bind_socket(&self, ports: &mut PortPool, addr: SocketAddr) -> std::io::Result<UdpSocket> {
         if let Some(spare) = ports.take_spare(addr) {
             if socket2::SockRef::from(&spare)
                 .set_recv_buffer_size(self.config.recv_buffer)
@@ -997,7 +1085,7 @@ impl Inner {
             }
         });
         if counts.iter().any(Option::is_some) {
-            worker.send(Command::KernelTaken {
+            worker.queue(Command::KernelTaken {
                 id: stream.id,
                 counts,
             });
@@ -1009,7 +1097,7 @@ impl Inner {
             return;
         };
         self.take_kernel_routes(w, &stream);
-        let closed = w.send(Command::Remove { id: stream.id });
+        let closed = w.queue(Command::Remove { id: stream.id });
         for side in &stream.sides {
             ports.free_after(worker, closed, side.port, now);
         }
@@ -1121,6 +1209,7 @@ impl Inner {
             t.packets_kernel += w.totals.kernel.load(Ordering::Relaxed);
             t.bytes_relayed += w.totals.bytes.load(Ordering::Relaxed);
             t.packets_dropped += w.totals.dropped.load(Ordering::Relaxed);
+            t.worker_wakeups += w.totals.wakeups.load(Ordering::Relaxed);
         }
         t
     }

@@ -410,6 +410,10 @@ pub struct Totals {
     /// Sockets of ended calls kept bound for the next call on their ports
     /// ([`MediaConfig::spare_ttl`]).
     pub spare_sockets: u64,
+    /// Times the control side woke a forwarding thread to apply its commands. Commands
+    /// are batched (a new stream's first packet wakes its thread anyway), so this grows by
+    /// a few per hundred calls; one per call or more means the batching is lost.
+    pub worker_wakeups: u64,
     /// Timeouts reported, by reason.
     pub timeouts: TimeoutCounts,
 }

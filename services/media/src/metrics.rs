@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     ports_in_use: Gauge,
     ports_reused_early: Counter,
     spare_sockets: Gauge,
+    worker_wakeups: Counter,
     timeouts: Family<Labels, Counter>,
     last: std::sync::Mutex<Totals>,
 }
@@ -63,6 +64,12 @@ impl Metrics {
             "trunkline_media_spare_sockets",
             "Sockets of ended calls kept bound for reuse by the next call on their ports",
             m.spare_sockets.clone(),
+        );
+        registry.register(
+            "trunkline_media_worker_wakeups",
+            "Times the control side woke a forwarding thread to apply its commands (batched: \
+             a few per hundred calls)",
+            m.worker_wakeups.clone(),
         );
         registry.register(
             "trunkline_media_timeouts",
@@ -113,6 +120,8 @@ impl Metrics {
             .set(i64::try_from(now.current_sessions).unwrap_or(i64::MAX));
         self.ports_in_use
             .set(i64::try_from(now.ports_in_use).unwrap_or(i64::MAX));
+        self.worker_wakeups
+            .inc_by(now.worker_wakeups.saturating_sub(last.worker_wakeups));
         self.spare_sockets
             .set(i64::try_from(now.spare_sockets).unwrap_or(i64::MAX));
         *last = now.clone();

@@ -139,15 +139,21 @@ impl PortPool {
     }
 
     /// Takes the pair freed longest ago (see [`PortAllocator::alloc`]). When the only pairs
-    /// not in use are still being closed, waits up to [`CLOSE_WAIT`] for their workers.
-    pub(crate) fn alloc(&mut self, now: Instant) -> Result<u16, MediaError> {
+    /// not in use are still being closed, calls `wake` (the workers may not have been
+    /// asked to close them yet) and waits up to [`CLOSE_WAIT`] for them.
+    pub(crate) fn alloc(&mut self, now: Instant, wake: impl Fn()) -> Result<u16, MediaError> {
         self.reap(now);
         let deadline = Instant::now() + CLOSE_WAIT;
+        let mut woken = false;
         loop {
             match self.alloc.alloc(now) {
                 Ok(port) => return Ok(port),
                 Err(e) if self.closing.is_empty() || Instant::now() >= deadline => return Err(e),
                 Err(_) => {
+                    if !woken {
+                        wake();
+                        woken = true;
+                    }
                     std::thread::sleep(Duration::from_micros(200));
                     self.reap(now);
                 }
@@ -186,13 +192,21 @@ mod tests {
         let worker = Arc::new(WorkerTotals::default());
         let alloc = PortAllocator::new(30000, 30001, Duration::ZERO);
         let mut pool = PortPool::new(alloc, vec![worker.clone()], None, Duration::from_secs(1));
-        let port = pool.alloc(now).expect("the one pair");
+        let port = pool.alloc(now, || {}).expect("the one pair");
         // Freed, but its sockets close only when the worker applies command 1.
         pool.free_after(0, 1, port, now);
-        assert!(matches!(pool.alloc(now), Err(MediaError::NoPorts)));
+        let woken = std::cell::Cell::new(0);
+        let wake = || woken.set(woken.get() + 1);
+        assert!(matches!(pool.alloc(now, wake), Err(MediaError::NoPorts)));
+        assert_eq!(
+            woken.get(),
+            1,
+            "the workers are woken once to apply their removals"
+        );
         assert_eq!(pool.in_use(), 1, "the closing pair still counts as in use");
-        // Once the worker has applied it, the pair is free again.
+        // Once the worker has applied it, the pair is free again, with no wake-up.
         worker.applied.store(1, Ordering::Release);
-        assert_eq!(pool.alloc(now).ok(), Some(port));
+        assert_eq!(pool.alloc(now, wake).ok(), Some(port));
+        assert_eq!(woken.get(), 1);
     }
 }

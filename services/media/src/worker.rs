@@ -37,8 +37,29 @@ use crate::rtp::{looks_like_rtcp, parse_header, SeqTracker, SsrcHistory};
 use crate::{PacketStats, StreamStats};
 use kernel_routes::KernelLink;
 
-/// Token of the control waker; stream tokens are `slot * 4 + side * 2 + component`.
+/// Token of the control waker; stream tokens are [`token`]s.
 pub(crate) const WAKER: u64 = u64::MAX;
+
+/// The epoll token of a stream's socket: `id * 4 + side * 2 + component`. It names the
+/// stream by the id the control side gave it, not by the worker's slot, so that the
+/// control side can watch a new stream's sockets itself (see `WorkerHandle::watch`) and
+/// the worker need not be woken to do it. Stream ids count up from 1 and never reach
+/// `u64::MAX / 4`, so no stream token is `WAKER`.
+pub(crate) fn token(id: u64, side: usize, comp: usize) -> u64 {
+    id.wrapping_mul(4)
+        .wrapping_add((side as u64 & 1) * 2)
+        .wrapping_add(comp as u64 & 1)
+}
+
+/// A bound media socket as the control side hands it to a worker: shared, so that the
+/// control side can still register it in the worker's epoll after the command carrying it
+/// is queued; the worker holds the only reference once that is done.
+#[derive(Debug, Clone)]
+pub(crate) struct MediaSocket {
+    pub(crate) socket: Arc<std::net::UdpSocket>,
+    /// Its own address, as bound (no `getsockname` on the worker).
+    pub(crate) addr: SocketAddr,
+}
 /// Largest datagram relayed; longer ones are truncated by the kernel and dropped.
 const BUF_SIZE: usize = 8192;
 /// Batches read from one socket per wake-up before the others get a turn.
@@ -209,6 +230,8 @@ pub(crate) struct WorkerTotals {
     /// (an offer's streams, a delete's) costs one eventfd write and one wake-up, not one
     /// each.
     pub(crate) wake_pending: std::sync::atomic::AtomicBool,
+    /// Wake-ups the control side sent (eventfd writes).
+    pub(crate) wakeups: AtomicU64,
 }
 
 /// What the control side knows about the party sending to one side of a stream.
@@ -224,7 +247,7 @@ pub(crate) struct PeerSpec {
 }
 
 /// Sockets of one stream as the control side bound them: `[side][component]`.
-pub(crate) type StreamSockets = [[std::net::UdpSocket; 2]; 2];
+pub(crate) type StreamSockets = [[MediaSocket; 2]; 2];
 
 /// Control → worker messages; a handful per call, never per packet.
 pub(crate) enum Command {
@@ -244,7 +267,7 @@ pub(crate) enum Command {
     Rebind {
         id: u64,
         side: usize,
-        sockets: Box<[std::net::UdpSocket; 2]>,
+        sockets: Box<[MediaSocket; 2]>,
     },
     Remove {
         id: u64,
@@ -305,9 +328,9 @@ impl SrLog {
 }
 
 struct Sock {
-    socket: std::net::UdpSocket,
+    socket: Arc<std::net::UdpSocket>,
     /// The socket's own address, to hand it back to the control side by.
-    addr: Option<SocketAddr>,
+    addr: SocketAddr,
     latch: LatchState,
     /// The socket's own IPv4 address, for kernel routes (IPv6 media stays in user space).
     local: Option<SocketAddrV4>,
@@ -316,22 +339,17 @@ struct Sock {
 }
 
 impl Sock {
-    fn new(socket: std::net::UdpSocket) -> Sock {
-        let addr = socket.local_addr();
-        let local = match addr {
-            Ok(SocketAddr::V4(a)) => Some(a),
-            _ => None,
+    fn new(MediaSocket { socket, addr }: MediaSocket) -> Sock {
+        let (local, family) = match addr {
+            SocketAddr::V4(a) => (Some(a), V4),
+            SocketAddr::V6(_) => (None, V6),
         };
         Sock {
             socket,
-            addr: addr.as_ref().ok().copied(),
+            addr,
             latch: LatchState::default(),
             local,
-            family: if matches!(addr, Ok(SocketAddr::V6(_))) {
-                V6
-            } else {
-                V4
-            },
+            family,
         }
     }
 }
@@ -432,7 +450,7 @@ struct Meta {
 
 /// A worker thread's state; `run` is its body.
 pub(crate) struct Worker {
-    poll: Epoll,
+    poll: Arc<Epoll>,
     waker: Arc<EventFd>,
     rx: Receiver<Command>,
     streams: Vec<Option<Stream>>,
@@ -501,7 +519,7 @@ fn split_pair<T>(pair: &mut [T; 2], first: usize) -> (&mut T, &mut T) {
 
 impl Worker {
     pub(crate) fn new(
-        poll: Epoll,
+        poll: Arc<Epoll>,
         waker: Arc<EventFd>,
         rx: Receiver<Command>,
         batch: usize,
@@ -678,24 +696,11 @@ impl Worker {
         let (now_ms, window_ms) = (self.now_ms(), self.learning_window_ms);
         let [[o_rtp, o_rtcp], [a_rtp, a_rtcp]] = sockets;
         let [o_shared, a_shared] = shared;
-        let make_side = |rtp: std::net::UdpSocket,
-                         rtcp: std::net::UdpSocket,
-                         side: usize,
-                         shared: Arc<SideShared>| {
-            let socks = [rtp, rtcp].map(Sock::new);
-            for (comp, sock) in socks.iter().enumerate() {
-                let token = (slot * 4 + side * 2 + comp) as u64;
-                // Level-triggered: a socket left with data after a full batch is simply
-                // reported again, so no read is spent on EAGAIN (see `round`).
-                if let Err(e) = self
-                    .poll
-                    .add(&sock.socket, EpollEvent::new(EpollFlags::EPOLLIN, token))
-                {
-                    tracing::error!(worker = %self.name, error = %e, "cannot watch a media socket");
-                }
-            }
+        // The control side watches the sockets in this worker's epoll (tokens named by
+        // `id`) once the command is queued: nothing to register here.
+        let make_side = |rtp: MediaSocket, rtcp: MediaSocket, side: usize, shared| {
             let mut s = Side {
-                socks,
+                socks: [rtp, rtcp].map(Sock::new),
                 mux: false,
                 policy: LatchPolicy::default(),
                 counters: Counters::default(),
@@ -726,15 +731,19 @@ impl Worker {
     /// so ports sprayed by a stranger cost the kernel no memory, and whatever it holds is
     /// thrown away before reuse. Without a way back it is closed here.
     fn put_away(&mut self, sock: Sock) {
-        let _ = self.poll.delete(&sock.socket);
-        let (Some(spares), Some(addr)) = (&self.spares, sock.addr) else {
+        let _ = self.poll.delete(&*sock.socket);
+        let Some(spares) = &self.spares else {
             return;
         };
-        let _ = socket2::SockRef::from(&sock.socket).set_recv_buffer_size(0);
-        let _ = spares.send((addr, sock.socket));
+        // The control side let go of its reference once it had watched the socket.
+        let Ok(socket) = Arc::try_unwrap(sock.socket) else {
+            return;
+        };
+        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(0);
+        let _ = spares.send((sock.addr, socket));
     }
 
-    fn rebind(&mut self, id: u64, side: usize, sockets: [std::net::UdpSocket; 2]) {
+    fn rebind(&mut self, id: u64, side: usize, sockets: [MediaSocket; 2]) {
         let Some(&slot) = self.by_id.get(&id) else {
             return;
         };
@@ -750,13 +759,12 @@ impl Worker {
         };
         let mut old_socks = Vec::with_capacity(2);
         for (comp, (sock, new)) in s.socks.iter_mut().zip(sockets).enumerate() {
-            let _ = self.poll.delete(&sock.socket);
-            // Same slot, side and component: the same token, so `service` finds it.
-            let token = (slot * 4 + side * 2 + comp) as u64;
-            if let Err(e) = self
-                .poll
-                .add(&new, EpollEvent::new(EpollFlags::EPOLLIN, token))
-            {
+            let _ = self.poll.delete(&*sock.socket);
+            // Same stream, side and component: the same token, so `service` finds it.
+            if let Err(e) = self.poll.add(
+                &*new.socket,
+                EpollEvent::new(EpollFlags::EPOLLIN, token(id, side, comp)),
+            ) {
                 tracing::error!(worker = %self.name, error = %e, "cannot watch a media socket");
             }
             old_socks.push(std::mem::replace(
@@ -793,10 +801,13 @@ impl Worker {
 
     /// One recvmmsg/sendmmsg round; false when the socket is drained (EAGAIN) or gone.
     fn round(&mut self, token: u64) -> bool {
-        let token = usize::try_from(token).unwrap_or(usize::MAX);
-        let slot = token / 4;
-        let side_idx = (token / 2) % 2;
-        let comp = token % 2;
+        // A token of a stream removed since the wait returned (or not added yet) is
+        // not in `by_id`: nothing to read for it.
+        let Some(&slot) = self.by_id.get(&(token / 4)) else {
+            return false;
+        };
+        let side_idx = usize::from(token & 2 != 0);
+        let comp = usize::from(token & 1 != 0);
         let Some(Some(stream)) = self.streams.get_mut(slot) else {
             return false;
         };

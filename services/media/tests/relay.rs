@@ -366,6 +366,43 @@ fn exhaustion_is_no_ports_and_freed_ports_serve_the_next_call_at_once() {
     ));
 }
 
+/// The control side batches its commands to a forwarding thread instead of waking it for
+/// each offer, answer and hang-up: a new stream's first packet wakes the thread, which
+/// applies what is queued before reading it. Calls set up and torn down without media
+/// cost a handful of wake-ups, not several per call, and media still flows on the next
+/// call from its first packet.
+#[test]
+fn commands_are_batched_and_the_first_packet_still_flows() {
+    // Room for every call's two pairs: no allocation has to wait for a removal.
+    let relay = start_relay(RELAY_RS, 10, 100, 1, |_| {});
+    let (o, a) = (endpoint(), endpoint());
+    let calls = 45;
+    for i in 0..calls {
+        let call = format!("batch-{i}");
+        audio_call(&relay, &call, &o, &a, &Flags::default());
+        relay.delete(&call, None, None, now()).unwrap();
+    }
+    let wakeups = relay.totals().worker_wakeups;
+    // Three commands per call (add, update, remove), a wake-up per 64 queued at most.
+    assert!(
+        wakeups <= calls * 3 / 64 + 1,
+        "{wakeups} wake-ups for {calls} calls"
+    );
+    let (ro, ra) = audio_call(&relay, "after", &o, &a, &Flags::default());
+    send_through(
+        "first packet, offerer to answerer",
+        &o,
+        to(ro),
+        &a,
+        &rtp(1, b"one"),
+    );
+    send_through("first packet back", &a, to(ra), &o, &rtp(2, b"two"));
+    // The removals were applied on the way: the ended calls' sockets are spares.
+    wait_for("the ended calls' sockets handed back", || {
+        (relay.totals().spare_sockets >= 4).then_some(())
+    });
+}
+
 /// An ended call's sockets stay bound for the next call on their ports (no new socket,
 /// bind and close per call); whatever reaches them meanwhile never reaches the next call;
 /// and idle longer than `spare_ttl`, they are closed.

@@ -254,7 +254,14 @@ mod tests {
     /// One party's side: sockets on loopback, signalled at `expected`, at time 1 ms with
     /// the default (delayed) learning window.
     fn side(expected: SocketAddr) -> Side {
-        let bind = || std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let bind = || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = socket.local_addr().unwrap();
+            super::super::MediaSocket {
+                socket: Arc::new(socket),
+                addr,
+            }
+        };
         let mut s = Side {
             socks: [Sock::new(bind()), Sock::new(bind())],
             mux: false,
