@@ -75,6 +75,10 @@ Environment (defaults full / quick):
   SIPP_SEARCH_START  first offered rate for the SIPp-direct reference (1000 / 1000)
   SEARCH_MAX         never offer more than this (64000)
   FIXED_RATE, FIXED_SECS   fixed-rate run for latency and CPU (200, 20 / 100, 5)
+  FIXED_WARMUP_SECS  calls at FIXED_RATE before the fixed-rate run is measured, on the same
+                     system (15 / 0): CPU per call of a node that has been running (allocator
+                     pages in use, media ports cycled once and their sockets kept for reuse),
+                     not of a process in its first seconds
   HOLD_CALLS, HOLD_RATE    held calls for memory and their offered rate (10000, 200 / 1000, 200)
   MEDIA_HOLD_CALLS   held calls of the media rows (HOLD_CALLS, at most 2000: a call takes four
                      media ports and the default range holds 10000)
@@ -118,10 +122,10 @@ SYS_LIST=("${ordered[@]}")
 SYSTEMS=$(IFS=,; echo "${SYS_LIST[*]}")
 
 if [ "$QUICK" = 1 ]; then
-	: "${STEP_SECS:=3}" "${BISECT:=1}" "${FIXED_RATE:=100}" "${FIXED_SECS:=5}"
+	: "${STEP_SECS:=3}" "${BISECT:=1}" "${FIXED_RATE:=100}" "${FIXED_SECS:=5}" "${FIXED_WARMUP_SECS:=0}"
 	: "${HOLD_CALLS:=1000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=5}"
 else
-	: "${STEP_SECS:=10}" "${BISECT:=3}" "${FIXED_RATE:=200}" "${FIXED_SECS:=20}"
+	: "${STEP_SECS:=10}" "${BISECT:=3}" "${FIXED_RATE:=200}" "${FIXED_SECS:=20}" "${FIXED_WARMUP_SECS:=15}"
 	: "${HOLD_CALLS:=10000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=10}"
 fi
 : "${MEDIA_HOLD_CALLS:=$((HOLD_CALLS < 2000 ? HOLD_CALLS : 2000))}"
@@ -807,6 +811,15 @@ fixed_run() { # SYSTEM — latency and CPU at FIXED_RATE
 	sut_start "$sys" "$d"
 	uas_start "$d"
 	sut_ready "$sys" "$d"
+	if [ "$FIXED_WARMUP_SECS" -gt 0 ]; then
+		log "  $sys: warm-up, $FIXED_RATE calls/s x ${FIXED_WARMUP_SECS}s (not measured)"
+		# shellcheck disable=SC2046 # hold_args is zero or two words
+		uac_start "$d/warmup" "$SUT_TARGET" "$FIXED_RATE" $((FIXED_RATE * FIXED_WARMUP_SECS)) "$hold" \
+			$((FIXED_WARMUP_SECS + 20 + hold / 1000)) $(hold_args "$sys" "$FIXED_RATE")
+		uac_wait || true
+		# Calls held past their BYE's retransmissions end before the measured run starts.
+		sleep $((2 + hold / 1000))
+	fi
 	if [ "$sys" = trunkline-cluster ]; then
 		# etcd's idle traffic (lease keep-alives of both nodes), to subtract from the calls'
 		log "  $sys: ${ETCD_IDLE_SECS}s of idle cluster first (etcd's requests without calls)"
@@ -993,6 +1006,7 @@ for s in "${SYS_LIST[@]}"; do mkdir -p "$OUT/$s"; : >"$OUT/$s/summary.env"; done
 	echo "search_start=$SEARCH_START (SIPp direct: $SIPP_SEARCH_START), cap $SEARCH_MAX"
 	echo "fixed_rate=$FIXED_RATE"
 	echo "fixed_secs=$FIXED_SECS"
+	echo "fixed_warmup_secs=$FIXED_WARMUP_SECS"
 	echo "hold_calls=$HOLD_CALLS"
 	echo "media_hold_calls=$MEDIA_HOLD_CALLS"
 	echo "hold_rate=$HOLD_RATE"
