@@ -964,6 +964,13 @@ profile_run() { # SYSTEM
 	sut_ready "$sys" "$d"
 	pids=$(sut_tree)
 	[ -n "$pids" ] || die "$sys: no process to profile"
+	# The processes beside the node that the row's CPU counts too (rtpengine, the buddy
+	# node, etcd) are profiled with it; `perf report --sort pid` tells them apart.
+	[ -n "$HELPER_PID" ] && pids="$pids $(python3 "$LIB" tree "$HELPER_PID")"
+	[ -n "${BUDDY_PID:-}" ] && pids="$pids $BUDDY_PID"
+	[ -n "${ETCD_PID:-}" ] && pids="$pids $ETCD_PID"
+	pids=$(printf '%s\n' $pids | sort -un | tr '\n' ' ')
+	pids=${pids% }
 	perf record "${cg[@]}" -o "$d/perf.data" -p "${pids// /,}" >"$d/perf-record.log" 2>&1 &
 	perf_pid=$!
 	STARTED+=("$perf_pid")

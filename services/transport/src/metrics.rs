@@ -113,6 +113,10 @@ pub(crate) struct Metrics {
     connections_total: Family<DirectionLabels, Counter>,
     dropped: Family<ReasonLabel, Counter>,
     bytes: Family<DirectionLabels, Counter>,
+    /// `bytes`' series by transport and direction (in, out), looked up in the family once:
+    /// every message sent or received counts its bytes, and a family lookup hashes the
+    /// labels and takes a lock each time.
+    byte_series: [[std::sync::OnceLock<Counter>; 2]; 3],
     /// Drop events are counted always and logged within this budget: a peer that makes us
     /// drop thousands of messages must not make us write thousands of lines.
     log: LogLimiter,
@@ -181,10 +185,20 @@ impl Metrics {
     }
 
     fn bytes(&self, transport: Transport, direction: &'static str, n: usize) {
-        self.bytes
-            .get_or_create(&DirectionLabels {
-                transport: label(transport),
-                direction,
+        let t = match transport {
+            Transport::Udp => 0,
+            Transport::Tcp => 1,
+            Transport::Tls => 2,
+        };
+        let d = usize::from(direction == "out");
+        self.byte_series[t][d]
+            .get_or_init(|| {
+                self.bytes
+                    .get_or_create(&DirectionLabels {
+                        transport: label(transport),
+                        direction,
+                    })
+                    .clone()
             })
             .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
@@ -231,5 +245,34 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The series looked up once are the registered family's, per transport and direction.
+    #[test]
+    fn bytes_land_in_the_registered_series() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        m.bytes_in(Transport::Udp, 100);
+        m.bytes_in(Transport::Udp, 20);
+        m.bytes_out(Transport::Tls, 7);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        assert!(
+            text.contains(r#"trunkline_transport_bytes_total{transport="udp",direction="in"} 120"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"trunkline_transport_bytes_total{transport="tls",direction="out"} 7"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"transport="tcp""#),
+            "no series before a byte: {text}"
+        );
     }
 }
