@@ -511,7 +511,7 @@ impl Dispatcher {
         if limit.config().max_requests == 0 && limit.config().max_auth_failures == 0 {
             return false;
         }
-        let counted = match shared.routing.load().trust.classify(source.addr) {
+        let counted = match shared.routing.load().trust.classify(source) {
             Origin::Trunk(_) => false,
             Origin::Access => limit.config().include_access,
             Origin::Unknown => true,
@@ -624,7 +624,7 @@ impl Dispatcher {
             .routing
             .load()
             .trust
-            .classify(source.addr)
+            .classify(source)
             .is_trusted()
         {
             return Action::Drop;
@@ -779,7 +779,7 @@ impl Dispatcher {
             }
         }
         let routing = shared.routing.load();
-        let mut origin = routing.trust.classify(source.addr);
+        let mut origin = routing.trust.classify(source);
         if !origin.is_trusted() && !self.names_live_dialog(&req) {
             match self.authenticate(source, &req, &routing) {
                 Some(Ok(trunk)) => origin = Origin::Trunk(trunk),

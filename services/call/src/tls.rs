@@ -49,7 +49,7 @@ impl TlsPeerCheck for Dispatcher {
         let routing = self.routing();
         let demanding = routing.router.trunks().iter().filter(|t| {
             t.tls.as_ref().is_some_and(|tls| tls.require_client_cert)
-                && t.sources.iter().any(|s| s.contains(peer))
+                && t.sources.iter().any(|s| s.matches(peer, Transport::Tls))
         });
         for t in demanding {
             let Some(tls) = &t.tls else { continue };

@@ -10,6 +10,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
+use trunkline_sip::{Peer, Transport};
+
 /// One entry of a source list: a network (`203.0.113.0/24`, a bare address is a /32 or
 /// /128) or one exact address and port (`203.0.113.5:5060`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,13 +22,21 @@ pub enum Source {
     /// `sources` are given, so a caller on the same host (another port) is not taken
     /// for the trunk.
     Exact(SocketAddr),
+    /// Any port of this address, over TLS only: what a TLS trunk's own `address` stands
+    /// for when no `sources` are given. Its connections come from any port, but a
+    /// datagram claiming its address is not the carrier: UDP sources are forged at no
+    /// cost, and a forged INVITE taken for the trunk's would place a call (toll fraud)
+    /// even if the forger never sees an answer.
+    TlsFrom(IpAddr),
 }
 
 impl Source {
-    pub fn contains(&self, addr: SocketAddr) -> bool {
+    /// Whether a message from `addr` that arrived over `transport` matches the rule.
+    pub fn matches(&self, addr: SocketAddr, transport: Transport) -> bool {
         match self {
             Source::Net(net) => net.contains(&addr.ip()),
             Source::Exact(a) => *a == addr,
+            Source::TlsFrom(ip) => transport == Transport::Tls && *ip == addr.ip(),
         }
     }
 }
@@ -59,6 +69,7 @@ impl fmt::Display for Source {
         match self {
             Source::Net(n) => write!(f, "{n}"),
             Source::Exact(a) => write!(f, "{a}"),
+            Source::TlsFrom(ip) => write!(f, "{ip} (over TLS)"),
         }
     }
 }
@@ -103,16 +114,16 @@ impl Trust {
 
     /// Who `source` is. A trunk wins over the access network when both match: a carrier
     /// in a network the access list also covers is still that carrier.
-    pub fn classify(&self, source: SocketAddr) -> Origin {
-        let source = unmapped(source);
+    pub fn classify(&self, source: &Peer) -> Origin {
+        let (addr, transport) = (unmapped(source.addr), source.transport);
         if let Some(i) = self
             .trunks
             .iter()
-            .position(|list| list.iter().any(|s| s.contains(source)))
+            .position(|list| list.iter().any(|s| s.matches(addr, transport)))
         {
             return Origin::Trunk(i);
         }
-        if self.access.iter().any(|s| s.contains(source)) {
+        if self.access.iter().any(|s| s.matches(addr, transport)) {
             return Origin::Access;
         }
         Origin::Unknown
@@ -140,6 +151,10 @@ mod tests {
 
     fn at(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    fn udp(s: &str) -> Peer {
+        Peer::new(Transport::Udp, at(s))
     }
 
     #[test]
@@ -175,22 +190,38 @@ mod tests {
             ],
             vec![src("127.0.0.0/8"), src("203.0.0.0/8")],
         );
-        assert_eq!(trust.classify(at("203.0.113.9:5060")), Origin::Trunk(0));
-        assert_eq!(trust.classify(at("127.0.0.1:5090")), Origin::Trunk(1));
-        assert_eq!(trust.classify(at("198.51.100.7:40000")), Origin::Trunk(1));
+        assert_eq!(trust.classify(&udp("203.0.113.9:5060")), Origin::Trunk(0));
+        assert_eq!(trust.classify(&udp("127.0.0.1:5090")), Origin::Trunk(1));
+        assert_eq!(trust.classify(&udp("198.51.100.7:40000")), Origin::Trunk(1));
         assert_eq!(
-            trust.classify(at("127.0.0.1:5070")),
+            trust.classify(&udp("127.0.0.1:5070")),
             Origin::Access,
             "a caller on the trunk's host but another port is not the trunk"
         );
-        assert_eq!(trust.classify(at("203.0.114.1:5060")), Origin::Access);
-        assert_eq!(trust.classify(at("192.0.2.66:5060")), Origin::Unknown);
+        assert_eq!(trust.classify(&udp("203.0.114.1:5060")), Origin::Access);
+        assert_eq!(trust.classify(&udp("192.0.2.66:5060")), Origin::Unknown);
         assert_eq!(
-            trust.classify(at("[::ffff:127.0.0.1]:5070")),
+            trust.classify(&udp("[::ffff:127.0.0.1]:5070")),
             Origin::Access,
             "v4-mapped peers match v4 rules"
         );
         assert!(!Origin::Unknown.is_trusted());
         assert_eq!(Origin::Trunk(1).trunk(), Some(1));
+    }
+
+    /// A TLS trunk's own address is the trunk over TLS only: a datagram or plain TCP
+    /// connection from that address (UDP sources cost nothing to forge) is not.
+    #[test]
+    fn a_tls_trunks_address_is_the_trunk_over_tls_only() {
+        let carrier: IpAddr = "198.51.100.7".parse().unwrap();
+        let trust = Trust::new(vec![vec![Source::TlsFrom(carrier)]], vec![]);
+        let from = |transport| Peer::new(transport, at("198.51.100.7:41234"));
+        assert_eq!(trust.classify(&from(Transport::Tls)), Origin::Trunk(0));
+        assert_eq!(trust.classify(&from(Transport::Udp)), Origin::Unknown);
+        assert_eq!(trust.classify(&from(Transport::Tcp)), Origin::Unknown);
+        assert_eq!(
+            trust.classify(&Peer::new(Transport::Tls, at("198.51.100.8:41234"))),
+            Origin::Unknown
+        );
     }
 }

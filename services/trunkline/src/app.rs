@@ -75,9 +75,10 @@ pub(crate) fn router_and_trust(config: &Config) -> anyhow::Result<(Router, Trust
         };
         let mut own = sources(&t.sources, &format!("trunks.{}.sources", t.name))?;
         if own.is_empty() {
-            // A TLS trunk's own connections come from any port of its address.
+            // A TLS trunk's own connections come from any port of its address, and only
+            // what arrives over TLS from there is the trunk's.
             own.push(match t.transport {
-                TrunkTransport::Tls => Source::Net(ipnet::IpNet::from(addr.ip())),
+                TrunkTransport::Tls => Source::TlsFrom(addr.ip()),
                 _ => Source::Exact(addr),
             });
         }

@@ -922,7 +922,7 @@ pub struct TrunkConfig {
     pub media_interface: Option<String>,
     /// Addresses the trunk's own requests come from (CIDRs, addresses or `ip:port`):
     /// calls from these are the trunk's, and are never routed back to it. Empty: exactly
-    /// `address` (its IP and port).
+    /// `address` (its IP and port); for a TLS trunk, any port of its IP over TLS only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
     /// The trunk is a PBX behind NAT: where its Contact names a private address but its

@@ -8,6 +8,8 @@
 //! - Mutual TLS: a carrier that requires client certificates refuses the node until the
 //!   trunk presents one. The node's Via asks the carrier to reuse the node's connection
 //!   (RFC 5923 `alias`), and it does: one connection carries both directions.
+//! - The carrier's address is the carrier over TLS only: an INVITE over UDP from it
+//!   (forged, as UDP sources can be) gets 403 and places no call.
 //! - A carrier whose certificate is not for the trunk's name is refused both ways: the
 //!   node does not call over a connection to it, and a connection from it that shows that
 //!   certificate as a client is closed; no call crosses.
@@ -263,12 +265,17 @@ fn calls_cross_a_tls_carrier_both_ways() -> Result<()> {
     // The carrier's own connections must show its certificate (it does: the tls
     // module's client side presents it).
     let d = out.display();
+    // The callers of `call_out` (SIPp on 127.0.0.2) are the access network; the carrier's
+    // address is not in it, so only the trunk rule can make it trusted.
     let node = node(
         &out,
         kam.tls,
         pbx_addr,
         "server_name = \"carrier.test\"\nrequire_client_cert = true",
-        &[&format!("tls_client_ca_file = \"{d}/test-ca.crt\"")],
+        &[
+            &format!("tls_client_ca_file = \"{d}/test-ca.crt\""),
+            "access_sources = [\"127.0.0.1\", \"127.0.0.2\"]",
+        ],
         node_tls,
     )?;
 
@@ -279,6 +286,21 @@ fn calls_cross_a_tls_carrier_both_ways() -> Result<()> {
         tls_connections(&node, "inbound") >= 1.0,
         "no inbound TLS connection counted"
     );
+
+    // An INVITE over UDP from the carrier's address is not the carrier's (a UDP source
+    // costs nothing to forge): refused, and no call reaches the PBX.
+    Sipp::uac("uac_forbidden.xml", node.sip_addr())
+        .name("forged")
+        .local_ip(CARRIER_IP)
+        .calls(2)
+        .rate(5)
+        .timeout_secs(20)
+        .arg("-s")
+        .arg("+15550199")
+        .spawn(&out)?
+        .wait(Duration::from_secs(30))?
+        .assert_all_ok(2)
+        .context("a UDP INVITE from the TLS carrier's address must get 403")?;
 
     // Then out: node → TLS → carrier → callee.
     call_out(&node, &out, "out", true)?;
