@@ -60,6 +60,7 @@ pub(crate) struct MediaSocket {
     /// Its own address, as bound (no `getsockname` on the worker).
     pub(crate) addr: SocketAddr,
 }
+
 /// Largest datagram relayed; longer ones are truncated by the kernel and dropped.
 const BUF_SIZE: usize = 8192;
 /// Batches read from one socket per wake-up before the others get a turn.
