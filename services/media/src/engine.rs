@@ -465,9 +465,7 @@ impl Relay {
                     let Some(inner) = weak.upgrade() else { return };
                     // Commands queued without a wake-up (see `WorkerHandle::queue`) are
                     // applied within a period even when no packet or new stream comes.
-                    for w in inner.workers.iter().filter(|w| w.behind()) {
-                        w.wake();
-                    }
+                    inner.wake_workers_behind();
                     let totals = inner.totals();
                     if let Some(metrics) = &metrics {
                         metrics.refresh(&totals);
@@ -1013,9 +1011,7 @@ impl Inner {
             let port = ports.alloc(now, || {
                 // Only freed pairs whose sockets are not closed yet are left: have their
                 // workers apply the removals now.
-                for w in self.workers.iter().filter(|w| w.behind()) {
-                    w.wake();
-                }
+                self.wake_workers_behind();
             })?;
             match (
                 self.bind_one(ports, SocketAddr::new(ip, port)),
@@ -1089,6 +1085,13 @@ impl Inner {
                 id: stream.id,
                 counts,
             });
+        }
+    }
+
+    /// Wakes every worker with commands queued and not applied yet.
+    fn wake_workers_behind(&self) {
+        for w in self.workers.iter().filter(|w| w.behind()) {
+            w.wake();
         }
     }
 

@@ -21,6 +21,11 @@ pub(crate) fn label(transport: Transport) -> &'static str {
     }
 }
 
+/// Directions of `trunkline_transport_bytes`, indexed by `IN` and `OUT`.
+const BYTE_DIRECTIONS: [&str; 2] = ["in", "out"];
+const IN: usize = 0;
+const OUT: usize = 1;
+
 /// Label set `transport`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransportLabel {
@@ -176,27 +181,27 @@ impl Metrics {
 
     /// Bytes received.
     pub(crate) fn bytes_in(&self, transport: Transport, n: usize) {
-        self.bytes(transport, "in", n);
+        self.bytes(transport, IN, n);
     }
 
     /// Bytes sent.
     pub(crate) fn bytes_out(&self, transport: Transport, n: usize) {
-        self.bytes(transport, "out", n);
+        self.bytes(transport, OUT, n);
     }
 
-    fn bytes(&self, transport: Transport, direction: &'static str, n: usize) {
+    /// Counts `n` bytes in direction `d` (`IN` or `OUT`).
+    fn bytes(&self, transport: Transport, d: usize, n: usize) {
         let t = match transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
             Transport::Tls => 2,
         };
-        let d = usize::from(direction == "out");
         self.byte_series[t][d]
             .get_or_init(|| {
                 self.bytes
                     .get_or_create(&DirectionLabels {
                         transport: label(transport),
-                        direction,
+                        direction: BYTE_DIRECTIONS[d],
                     })
                     .clone()
             })
