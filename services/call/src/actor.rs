@@ -7,7 +7,7 @@
 
 use crate::directory::{CallRecord, CalleeLeg, NewCall};
 use crate::limits::{TrunkSlot, Way};
-use crate::media::{LegAddressing, LegInterfaces, MediaMsg};
+use crate::media::{LegAddressing, LegInterfaces};
 use crate::messages::{CallArgs, CallMsg, CallStart, OriginateArgs};
 use crate::metrics::Direction;
 use crate::registry::{CallHandle, DialogKey, Grave};
@@ -140,7 +140,6 @@ impl CallActor {
                 state.call.handle_timeout(t);
             }
             CallMsg::SendFailed { leg } => state.call.handle_transport_error(t, leg),
-            CallMsg::MediaDone { id, result } => state.call.handle_media(t, id, result),
             CallMsg::MediaTimeout { .. } => state.call.hangup(t, EndCause::MediaTimeout),
             CallMsg::Hangup { reason } => {
                 tracing::info!(call = %state.record.id(), "hung up by an operator");
@@ -617,9 +616,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
             state.shared.directory.answered(&state.record);
             // The relay's inactivity timeouts run from here on, not while the callee rings.
             if let (true, Some(media)) = (state.media_used, &state.shared.media) {
-                let _ = media.send_message(MediaMsg::Established {
-                    key: state.media_key.clone(),
-                });
+                media.established(&state.media_key);
             }
         }
         Event::Ended { status, cause } => {
@@ -656,9 +653,7 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                 tracing::info!(call = %state.record.id(), "call adopted: both legs moved here");
                 // The relay's inactivity timeouts run from here on.
                 if let (true, Some(media)) = (state.media_used, &state.shared.media) {
-                    let _ = media.send_message(MediaMsg::Established {
-                        key: state.media_key.clone(),
-                    });
+                    media.established(&state.media_key);
                 }
             } else {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -674,24 +669,16 @@ fn on_event(myself: &ActorRef<CallMsg>, state: &mut CallActorState, ev: Event) {
                     state.shared.directory.anchored(&state.record);
                 }
                 state.media_used = true;
-                let msg = MediaMsg::Rewrite {
-                    key: state.media_key.clone(),
-                    id,
+                let req = crate::media::Rewrite {
                     op,
-                    sdp,
+                    sdp: &sdp,
                     caller_source: state.caller_source,
                     callee_source: state.callee_source,
-                    interfaces: state.media_interfaces.clone(),
+                    interfaces: &state.media_interfaces,
                     addressing: state.addressing,
-                    reply: myself.clone(),
                 };
-                if media.send_message(msg).is_err() {
-                    state.call.handle_media(
-                        now(),
-                        id,
-                        Err(trunkline_b2bua::MediaFailure { status: 503 }),
-                    );
-                }
+                let result = media.rewrite(&state.media_key, &req, myself);
+                state.call.handle_media(now(), id, result);
             }
             // No relay on this node: the body passes as it is.
             None => state.call.handle_media(now(), id, Ok(sdp)),
@@ -735,9 +722,7 @@ fn release_media(state: &mut CallActorState) {
     }
     state.media_used = false;
     if let Some(media) = &state.shared.media {
-        let _ = media.send_message(MediaMsg::Delete {
-            key: state.media_key.clone(),
-        });
+        media.delete(&state.media_key);
     }
 }
 

@@ -9,7 +9,7 @@
 use crate::actor;
 use crate::directory::{CallDirectory, CallRecord};
 use crate::limits::{TrunkSlot, Way};
-use crate::media::MediaMsg;
+use crate::media::MediaControl;
 use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::{CallMetrics, Direction};
 use crate::outbound::Outbound;
@@ -19,7 +19,6 @@ use crate::shared::{token_target, DispatcherConfig, Shared};
 use crate::stateless;
 use crate::trust::{Origin, Trust};
 use bytes::Bytes;
-use ractor::ActorRef;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use trunkline_b2bua::Leg;
@@ -109,11 +108,10 @@ impl Dispatcher {
         router: Router,
         trust: Trust,
         metrics: CallMetrics,
-        media: Option<ActorRef<MediaMsg>>,
-        relay: Option<trunkline_media::Relay>,
+        media: Option<Arc<MediaControl>>,
     ) -> Dispatcher {
         Dispatcher {
-            shared: Arc::new(Shared::new(cfg, router, trust, metrics, media, relay)),
+            shared: Arc::new(Shared::new(cfg, router, trust, metrics, media)),
         }
     }
 
@@ -404,7 +402,11 @@ impl Dispatcher {
 
     /// The relay's counters of a call's media, when it is anchored and still has ports.
     pub fn media_stats(&self, record: &CallRecord) -> Option<trunkline_media::CallStats> {
-        self.shared.relay.as_ref()?.query(&record.media_key, now())
+        self.shared
+            .media
+            .as_ref()?
+            .relay()
+            .query(&record.media_key, now())
     }
 
     /// Completes the wiring once the transports are bound (they need the dispatcher

@@ -1,20 +1,24 @@
-//! The node's media-relay actor: the one owner of the relay's control plane.
+//! The node's media relay as the call actors drive it, and the actor that collects its
+//! timeouts.
 //!
-//! Call actors send it SDP bodies to anchor (`MediaMsg::Rewrite`) and get the
-//! rewritten body back as `CallMsg::MediaDone`; packets never come near a mailbox —
-//! the relay's worker threads forward them (ARCHITECTURE.md rule 5). A call actor says
-//! when its call is answered (`MediaMsg::Established`): only then do the relay's
-//! inactivity timeouts apply to it, so a callee may ring as long as the call's own timers
-//! allow. Once a second the actor collects the sessions a timeout caught and tells their
-//! call actors why (`CallMsg::MediaTimeout`), which hang up.
+//! A call actor anchors an SDP body by calling [`MediaControl::rewrite`] itself: the relay's
+//! control is a short, non-blocking call under its lock (it never waits on the network), so
+//! a round trip through another actor's mailbox bought nothing and cost two task wake-ups
+//! per offer or answer, four to six per call, many of them waking a second worker thread
+//! of the runtime. Packets never come near a mailbox — the relay's worker threads forward
+//! them (ARCHITECTURE.md rule 5). A call actor says when its call is answered
+//! ([`MediaControl::established`]): only then do the relay's inactivity timeouts apply to
+//! it, so a callee may ring as long as the call's own timers allow. Once a second the
+//! media actor collects the sessions a timeout caught and tells their call actors why
+//! (`CallMsg::MediaTimeout`), which hang up.
 //!
 //! Time is the node's one clock (tokio's, as the call actors read it), passed to the relay
 //! with every request.
 
 use crate::messages::CallMsg;
 use bytes::Bytes;
+use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,31 +26,129 @@ use trunkline_b2bua::{Leg, MediaFailure, MediaOp};
 use trunkline_media::{AddressPolicy, Flags, MediaError, Relay};
 
 /// What the media actor does.
+#[derive(Debug)]
 pub enum MediaMsg {
-    /// Anchor an SDP body of call `key` and send the result to `reply`.
-    Rewrite {
-        key: Arc<str>,
-        id: u64,
-        op: MediaOp,
-        sdp: Bytes,
-        /// Where the caller's signalling comes from (NAT handling of the A side).
-        caller_source: SocketAddr,
-        /// Where the callee's signalling comes from, if known: used only when the B leg's
-        /// address policy is not [`AddressPolicy::Sdp`].
-        callee_source: Option<SocketAddr>,
-        /// The interface each leg is anchored on.
-        interfaces: LegInterfaces,
-        /// How each leg's SDP address is read.
-        addressing: LegAddressing,
-        reply: ActorRef<CallMsg>,
-    },
-    /// The call is answered: from now on its media is subject to the relay's inactivity
-    /// timeouts (before, only to the final one). Idempotent.
-    Established { key: Arc<str> },
-    /// The call is over: free its ports.
-    Delete { key: Arc<str> },
     /// Collect media timeouts.
     Poll,
+}
+
+/// One SDP body of a call to anchor, with what the call actor knows of its legs.
+#[derive(Debug, Clone, Copy)]
+pub struct Rewrite<'a> {
+    pub op: MediaOp,
+    pub sdp: &'a [u8],
+    /// Where the caller's signalling comes from (NAT handling of the A side).
+    pub caller_source: SocketAddr,
+    /// Where the callee's signalling comes from, if known: used only when the B leg's
+    /// address policy is not [`AddressPolicy::Sdp`].
+    pub callee_source: Option<SocketAddr>,
+    /// The interface each leg is anchored on.
+    pub interfaces: &'a LegInterfaces,
+    /// How each leg's SDP address is read.
+    pub addressing: LegAddressing,
+}
+
+/// The relay and which call actor owns each of its sessions (for the timeouts).
+pub struct MediaControl {
+    relay: Relay,
+    owners: DashMap<Arc<str>, ActorRef<CallMsg>>,
+}
+
+impl std::fmt::Debug for MediaControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaControl")
+            .field("relay", &self.relay)
+            .field("sessions", &self.owners.len())
+            .finish()
+    }
+}
+
+impl MediaControl {
+    /// Wraps a running relay.
+    pub fn new(relay: Relay) -> Arc<MediaControl> {
+        Arc::new(MediaControl {
+            relay,
+            owners: DashMap::new(),
+        })
+    }
+
+    /// The relay engine, for reading a call's media counters.
+    pub fn relay(&self) -> &Relay {
+        &self.relay
+    }
+
+    /// Anchors `req.sdp` for call `key`, whose actor is `owner` (told of the session's
+    /// timeout); returns the body to forward, or the status to refuse it with.
+    pub fn rewrite(
+        &self,
+        key: &Arc<str>,
+        req: &Rewrite<'_>,
+        owner: &ActorRef<CallMsg>,
+    ) -> Result<Bytes, MediaFailure> {
+        let sources = Sources {
+            caller: req.caller_source,
+            callee: req.callee_source,
+        };
+        let flags = flags(req.op, sources, req.interfaces, req.addressing);
+        let t = now();
+        let result = match req.op {
+            MediaOp::Offer { from } => self.relay.offer(key, tag(from), req.sdp, &flags, t),
+            MediaOp::Answer { offerer } => {
+                self.relay
+                    .answer(key, tag(offerer), tag(offerer.other()), req.sdp, &flags, t)
+            }
+        };
+        if !self.owners.contains_key(key) {
+            self.owners.insert(key.clone(), owner.clone());
+        }
+        match result {
+            Ok(body) => Ok(Bytes::from(body)),
+            Err(e) => {
+                tracing::warn!(call = %key, error = %e, op = ?req.op, "media relay refused SDP");
+                Err(failure(&e))
+            }
+        }
+    }
+
+    /// The call is answered: from now on its media is subject to the relay's inactivity
+    /// timeouts (before, only to the final one). Idempotent.
+    pub fn established(&self, key: &str) {
+        if let Err(e) = self.relay.established(key, now()) {
+            tracing::debug!(call = %key, error = %e, "media established");
+        }
+    }
+
+    /// The call is over: free its ports.
+    pub fn delete(&self, key: &str) {
+        if self.owners.remove(key).is_some() {
+            match self.relay.delete(key, None, None, now()) {
+                Ok(stats) => tracing::debug!(call = %key, ?stats, "media session closed"),
+                Err(e) => tracing::debug!(call = %key, error = %e, "media delete"),
+            }
+        }
+    }
+
+    /// Tells the owner of each session a timeout caught why; a session nobody owns
+    /// any more is deleted.
+    fn collect_timeouts(&self) {
+        let t = now();
+        for out in self.relay.take_timeouts(t) {
+            let owner = self
+                .owners
+                .get(out.call_id.as_str())
+                .map(|o| o.value().clone());
+            match owner {
+                Some(owner) => {
+                    tracing::info!(call = %out.call_id, reason = %out.reason,
+                        after_secs = out.elapsed.as_secs(), "media timeout");
+                    let _ = owner.send_message(CallMsg::MediaTimeout { reason: out.reason });
+                }
+                None => {
+                    let _ = self.relay.delete(&out.call_id, None, None, t);
+                }
+            }
+        }
+    }
 }
 
 /// How each leg's SDP connection address is read (see [`AddressPolicy`]): where the relay
@@ -169,103 +271,32 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// The media actor.
+/// The media actor: collects the relay's timeouts once a second and shuts the relay down
+/// when it stops.
 pub struct MediaActor;
-
-/// Its state: the relay and which call actor owns each session.
-pub struct MediaState {
-    relay: Relay,
-    owners: HashMap<Arc<str>, ActorRef<CallMsg>>,
-}
 
 impl Actor for MediaActor {
     type Msg = MediaMsg;
-    type State = MediaState;
-    type Arguments = Relay;
+    type State = Arc<MediaControl>;
+    type Arguments = Arc<MediaControl>;
 
     async fn pre_start(
         &self,
         myself: ActorRef<MediaMsg>,
-        relay: Relay,
-    ) -> Result<MediaState, ActorProcessingErr> {
+        control: Arc<MediaControl>,
+    ) -> Result<Arc<MediaControl>, ActorProcessingErr> {
         myself.send_interval(Duration::from_secs(1), || MediaMsg::Poll);
-        Ok(MediaState {
-            relay,
-            owners: HashMap::new(),
-        })
+        Ok(control)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<MediaMsg>,
         msg: MediaMsg,
-        state: &mut MediaState,
+        control: &mut Arc<MediaControl>,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            MediaMsg::Rewrite {
-                key,
-                id,
-                op,
-                sdp,
-                caller_source,
-                callee_source,
-                interfaces,
-                addressing,
-                reply,
-            } => {
-                let sources = Sources {
-                    caller: caller_source,
-                    callee: callee_source,
-                };
-                let flags = flags(op, sources, &interfaces, addressing);
-                let t = now();
-                let result = match op {
-                    MediaOp::Offer { from } => state.relay.offer(&key, tag(from), &sdp, &flags, t),
-                    MediaOp::Answer { offerer } => state.relay.answer(
-                        &key,
-                        tag(offerer),
-                        tag(offerer.other()),
-                        &sdp,
-                        &flags,
-                        t,
-                    ),
-                };
-                let result = match result {
-                    Ok(body) => Ok(Bytes::from(body)),
-                    Err(e) => {
-                        tracing::warn!(call = %key, error = %e, ?op, "media relay refused SDP");
-                        Err(failure(&e))
-                    }
-                };
-                state.owners.insert(key, reply.clone());
-                let _ = reply.send_message(CallMsg::MediaDone { id, result });
-            }
-            MediaMsg::Established { key } => {
-                if let Err(e) = state.relay.established(&key, now()) {
-                    tracing::debug!(call = %key, error = %e, "media established");
-                }
-            }
-            MediaMsg::Delete { key } => {
-                if state.owners.remove(&key).is_some() {
-                    match state.relay.delete(&key, None, None, now()) {
-                        Ok(stats) => tracing::debug!(call = %key, ?stats, "media session closed"),
-                        Err(e) => tracing::debug!(call = %key, error = %e, "media delete"),
-                    }
-                }
-            }
-            MediaMsg::Poll => {
-                let t = now();
-                for out in state.relay.take_timeouts(t) {
-                    let key: Arc<str> = Arc::from(out.call_id.as_str());
-                    if let Some(owner) = state.owners.get(&key) {
-                        tracing::info!(call = %key, reason = %out.reason,
-                            after_secs = out.elapsed.as_secs(), "media timeout");
-                        let _ = owner.send_message(CallMsg::MediaTimeout { reason: out.reason });
-                    } else {
-                        let _ = state.relay.delete(&key, None, None, t);
-                    }
-                }
-            }
+            MediaMsg::Poll => control.collect_timeouts(),
         }
         Ok(())
     }
@@ -273,16 +304,16 @@ impl Actor for MediaActor {
     async fn post_stop(
         &self,
         _myself: ActorRef<MediaMsg>,
-        state: &mut MediaState,
+        control: &mut Arc<MediaControl>,
     ) -> Result<(), ActorProcessingErr> {
-        state.relay.shutdown();
+        control.relay.shutdown();
         Ok(())
     }
 }
 
-/// Starts the media actor around a running relay.
-pub async fn spawn(relay: Relay) -> Result<ActorRef<MediaMsg>, ractor::SpawnErr> {
-    let (actor, _join) = ractor::ActorRuntime::spawn(None, MediaActor, relay).await?;
+/// Starts the media actor around a running relay's control.
+pub async fn spawn(control: Arc<MediaControl>) -> Result<ActorRef<MediaMsg>, ractor::SpawnErr> {
+    let (actor, _join) = ractor::ActorRuntime::spawn(None, MediaActor, control).await?;
     Ok(actor)
 }
 

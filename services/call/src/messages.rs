@@ -5,7 +5,7 @@ use crate::trust::Origin;
 use bytes::Bytes;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use trunkline_b2bua::{Leg, Local, MediaFailure};
+use trunkline_b2bua::{Leg, Local};
 use trunkline_sip::{Message, Peer, Request};
 
 /// What a call actor receives.
@@ -24,11 +24,6 @@ pub enum CallMsg {
     Tick { generation: u64 },
     /// Sending toward a leg failed at the transport.
     SendFailed { leg: Leg },
-    /// The media actor's answer to a rewrite request.
-    MediaDone {
-        id: u64,
-        result: Result<Bytes, MediaFailure>,
-    },
     /// One of the relay's timeouts caught the call's media session.
     MediaTimeout {
         reason: trunkline_media::TimeoutReason,

@@ -1,7 +1,7 @@
 //! State shared by the dispatcher and every call actor of a node.
 
 use crate::directory::CallDirectory;
-use crate::media::MediaMsg;
+use crate::media::MediaControl;
 use crate::metrics::CallMetrics;
 use crate::outbound::{Listener, Outbound};
 use crate::registry::CallRegistry;
@@ -9,7 +9,6 @@ use crate::router::{Router, Routing};
 use crate::trust::Trust;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use ractor::ActorRef;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -47,14 +46,11 @@ pub struct Shared {
     pub(crate) metrics: CallMetrics,
     /// Trunks, routes and trust rules; replaced whole by `Dispatcher::set_routing`.
     pub(crate) routing: ArcSwap<Routing>,
-    /// The node's media-relay actor; `None` when media anchoring is off.
-    pub(crate) media: Option<ActorRef<MediaMsg>>,
+    /// The node's media relay as call actors drive it; `None` when media anchoring is off.
+    pub(crate) media: Option<Arc<MediaControl>>,
     pub(crate) registry: CallRegistry,
     /// Every call as the admin API sees it.
     pub(crate) directory: Arc<CallDirectory>,
-    /// The relay engine itself, for reading a call's media counters; `None` when media
-    /// anchoring is off.
-    pub(crate) relay: Option<trunkline_media::Relay>,
     outbound: OnceLock<Arc<dyn Outbound>>,
     pub(crate) draining: AtomicBool,
     pub(crate) policy: Policy,
@@ -92,15 +88,13 @@ impl Shared {
         router: Router,
         trust: Trust,
         metrics: CallMetrics,
-        media: Option<ActorRef<MediaMsg>>,
-        relay: Option<trunkline_media::Relay>,
+        media: Option<Arc<MediaControl>>,
     ) -> Shared {
         let directory = Arc::new(CallDirectory::new(&cfg.call.node_id));
         let source_limit = cfg.source_limit;
         let digest = cfg.digest.clone().map(crate::digest::DigestAuth::new);
         Shared {
             directory,
-            relay,
             cfg,
             metrics,
             routing: ArcSwap::from_pointee(Routing { router, trust }),

@@ -140,7 +140,6 @@ fn node(opts: Opts) -> Node {
         trust,
         metrics,
         None,
-        None,
     );
     let out = Arc::new(Recorder::default());
     d.attach(out.clone());

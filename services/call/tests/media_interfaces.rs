@@ -1,4 +1,4 @@
-//! The media actor anchors each leg of a call on the interface the call actor names for it:
+//! The relay's control anchors each leg of a call on the interface the call actor names for it:
 //! the caller's (A) on the access interface, the trunk's (B) on the trunk's, through the
 //! first offer and answer and through re-offers from either side. A real relay on two
 //! loopback addresses (127.0.0.0/8 is all loopback on Linux) stands between a caller socket
@@ -14,7 +14,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use trunkline_b2bua::{Leg, MediaFailure, MediaOp};
-use trunkline_call::media::{self, LegInterfaces, MediaMsg};
+use trunkline_call::media::{self, LegInterfaces, MediaControl, Rewrite};
 use trunkline_call::messages::CallMsg;
 use trunkline_media::{MediaConfig, MediaInterface, Relay, DEFAULT_INTERFACE};
 
@@ -28,7 +28,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// The node's relay with the default interface (access side) and `carrier`. Each test has
 /// its own port window, below the kernel's ephemeral range.
-async fn media_actor(window: u16) -> ActorRef<MediaMsg> {
+fn media_control(window: u16) -> Arc<MediaControl> {
     let port_min = 24800 + window * 40;
     let relay = Relay::start(
         MediaConfig {
@@ -44,10 +44,10 @@ async fn media_actor(window: u16) -> ActorRef<MediaMsg> {
         None,
     )
     .unwrap();
-    media::spawn(relay).await.unwrap()
+    MediaControl::new(relay)
 }
 
-/// Stands in for the call actor: forwards what the media actor replies to the test.
+/// Stands in for the call actor, the owner of the relay session.
 struct Replies;
 
 impl Actor for Replies {
@@ -74,72 +74,48 @@ impl Actor for Replies {
     }
 }
 
-/// One call as its call actor would drive the media actor.
+/// One call as its call actor would drive the relay.
 struct Call {
-    media: ActorRef<MediaMsg>,
+    media: Arc<MediaControl>,
     key: Arc<str>,
     interfaces: LegInterfaces,
-    reply: ActorRef<CallMsg>,
-    replies: mpsc::UnboundedReceiver<CallMsg>,
-    next_id: u64,
+    owner: ActorRef<CallMsg>,
 }
 
 impl Call {
-    async fn new(media: &ActorRef<MediaMsg>, key: &str, interfaces: LegInterfaces) -> Call {
-        let (tx, replies) = mpsc::unbounded_channel();
-        let (reply, _) = Actor::spawn(None, Replies, tx).await.unwrap();
+    async fn new(media: &Arc<MediaControl>, key: &str, interfaces: LegInterfaces) -> Call {
+        let (tx, _replies) = mpsc::unbounded_channel();
+        let (owner, _) = Actor::spawn(None, Replies, tx).await.unwrap();
         Call {
             media: media.clone(),
             key: Arc::from(key),
             interfaces,
-            reply,
-            replies,
-            next_id: 0,
+            owner,
         }
     }
 
-    /// Sends `sdp` through the media actor as `op`; returns its rewrite.
-    async fn rewrite(&mut self, op: MediaOp, sdp: Vec<u8>) -> Result<Bytes, MediaFailure> {
-        self.next_id += 1;
-        self.media
-            .send_message(MediaMsg::Rewrite {
-                key: self.key.clone(),
-                id: self.next_id,
-                op,
-                sdp: Bytes::from(sdp),
-                caller_source: SocketAddr::new(ip(ACCESS), 5070),
-                callee_source: None,
-                interfaces: self.interfaces.clone(),
-                addressing: media::LegAddressing::default(),
-                reply: self.reply.clone(),
-            })
-            .unwrap();
-        let msg = tokio::time::timeout(Duration::from_secs(5), self.replies.recv())
-            .await
-            .expect("the media actor replies")
-            .expect("reply channel open");
-        match msg {
-            CallMsg::MediaDone { id, result } => {
-                assert_eq!(id, self.next_id);
-                result
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+    /// Anchors `sdp` as `op`; returns its rewrite.
+    fn rewrite(&mut self, op: MediaOp, sdp: Vec<u8>) -> Result<Bytes, MediaFailure> {
+        let req = Rewrite {
+            op,
+            sdp: &sdp,
+            caller_source: SocketAddr::new(ip(ACCESS), 5070),
+            callee_source: None,
+            interfaces: &self.interfaces,
+            addressing: media::LegAddressing::default(),
+        };
+        self.media.rewrite(&self.key, &req, &self.owner)
     }
 
     /// The relay address (connection, audio port) `op`'s rewrite of `sdp` names.
-    async fn anchor(&mut self, op: MediaOp, sdp: Vec<u8>) -> SocketAddr {
-        let body = self.rewrite(op, sdp).await.expect("anchored");
+    fn anchor(&mut self, op: MediaOp, sdp: Vec<u8>) -> SocketAddr {
+        let body = self.rewrite(op, sdp).expect("anchored");
         relay_addr(&body)
     }
 
     fn end(&self) {
-        self.media
-            .send_message(MediaMsg::Delete {
-                key: self.key.clone(),
-            })
-            .unwrap();
-        self.reply.stop(None);
+        self.media.delete(&self.key);
+        self.owner.stop(None);
     }
 }
 
@@ -190,7 +166,7 @@ async fn relayed(from: &UdpSocket, to: SocketAddr, at: &UdpSocket, seq: u16) -> 
 
 #[tokio::test]
 async fn each_leg_stays_on_its_interface_through_re_offers() {
-    let media = media_actor(0).await;
+    let media = media_control(0);
     let caller = UdpSocket::bind((ip(ACCESS), 0)).await.unwrap();
     let callee = UdpSocket::bind((ip(CALLEE), 0)).await.unwrap();
     let (a_sdp, b_sdp) = (caller.local_addr().unwrap(), callee.local_addr().unwrap());
@@ -206,13 +182,9 @@ async fn each_leg_stays_on_its_interface_through_re_offers() {
 
     // The INVITE toward the trunk names the carrier side, the 200 toward the caller the
     // access side.
-    let to_b = call
-        .anchor(MediaOp::Offer { from: Leg::A }, audio(a_sdp, 1))
-        .await;
+    let to_b = call.anchor(MediaOp::Offer { from: Leg::A }, audio(a_sdp, 1));
     assert_eq!(to_b.ip(), ip(CARRIER), "offer sent to the trunk");
-    let to_a = call
-        .anchor(MediaOp::Answer { offerer: Leg::A }, audio(b_sdp, 1))
-        .await;
+    let to_a = call.anchor(MediaOp::Answer { offerer: Leg::A }, audio(b_sdp, 1));
     assert_eq!(to_a.ip(), ip(ACCESS), "answer sent to the caller");
 
     // Media both ways, each leg's packets leaving from that leg's interface.
@@ -220,32 +192,24 @@ async fn each_leg_stays_on_its_interface_through_re_offers() {
     assert_eq!(relayed(&callee, to_b, &caller, 1).await, to_a);
 
     // A re-INVITE from the trunk, then one from the caller: no leg moves.
-    let b_reoffer = call
-        .anchor(MediaOp::Offer { from: Leg::B }, audio(b_sdp, 2))
-        .await;
+    let b_reoffer = call.anchor(MediaOp::Offer { from: Leg::B }, audio(b_sdp, 2));
     assert_eq!(b_reoffer, to_a, "callee's re-offer sent to the caller");
-    let a_reanswer = call
-        .anchor(MediaOp::Answer { offerer: Leg::B }, audio(a_sdp, 2))
-        .await;
+    let a_reanswer = call.anchor(MediaOp::Answer { offerer: Leg::B }, audio(a_sdp, 2));
     assert_eq!(a_reanswer, to_b, "caller's answer sent to the trunk");
-    let a_reoffer = call
-        .anchor(MediaOp::Offer { from: Leg::A }, audio(a_sdp, 3))
-        .await;
+    let a_reoffer = call.anchor(MediaOp::Offer { from: Leg::A }, audio(a_sdp, 3));
     assert_eq!(a_reoffer, to_b, "caller's re-offer sent to the trunk");
-    let b_reanswer = call
-        .anchor(MediaOp::Answer { offerer: Leg::A }, audio(b_sdp, 3))
-        .await;
+    let b_reanswer = call.anchor(MediaOp::Answer { offerer: Leg::A }, audio(b_sdp, 3));
     assert_eq!(b_reanswer, to_a, "callee's answer sent to the caller");
 
     assert_eq!(relayed(&caller, to_a, &callee, 2).await, to_b);
     assert_eq!(relayed(&callee, to_b, &caller, 2).await, to_a);
     call.end();
-    media.stop(None);
+    media.relay().shutdown();
 }
 
 #[tokio::test]
 async fn the_access_side_can_be_named_and_unknown_names_fail_the_offer() {
-    let media = media_actor(1).await;
+    let media = media_control(1);
     let caller = SocketAddr::new(ip(ACCESS), 40000);
     let callee = SocketAddr::new(ip(CALLEE), 40002);
     // Callers on `carrier`, the trunk on the default interface: the other way round.
@@ -258,13 +222,9 @@ async fn the_access_side_can_be_named_and_unknown_names_fail_the_offer() {
         },
     )
     .await;
-    let to_b = call
-        .anchor(MediaOp::Offer { from: Leg::A }, audio(caller, 1))
-        .await;
+    let to_b = call.anchor(MediaOp::Offer { from: Leg::A }, audio(caller, 1));
     assert_eq!(to_b.ip(), ip(ACCESS));
-    let to_a = call
-        .anchor(MediaOp::Answer { offerer: Leg::A }, audio(callee, 1))
-        .await;
+    let to_a = call.anchor(MediaOp::Answer { offerer: Leg::A }, audio(callee, 1));
     assert_eq!(to_a.ip(), ip(CARRIER));
     call.end();
 
@@ -279,10 +239,8 @@ async fn the_access_side_can_be_named_and_unknown_names_fail_the_offer() {
         },
     )
     .await;
-    let refused = call
-        .rewrite(MediaOp::Offer { from: Leg::A }, audio(caller, 1))
-        .await;
+    let refused = call.rewrite(MediaOp::Offer { from: Leg::A }, audio(caller, 1));
     assert_eq!(refused, Err(MediaFailure { status: 503 }));
     call.end();
-    media.stop(None);
+    media.relay().shutdown();
 }

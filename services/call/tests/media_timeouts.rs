@@ -1,5 +1,5 @@
-//! The media actor and the relay's timeouts, on tokio's paused clock (the node's one clock):
-//! a call that rings for longer than the inactivity timeout is not hung up for want of media;
+//! The media actor and the relay's timeouts, on tokio's paused clock (the node's one
+//! clock): a call that rings for longer than the inactivity timeout is not hung up for want of media;
 //! once the call actor says it is established, the timeout runs from then and the actor is
 //! told which timeout fired. No packets flow; virtual minutes pass in no time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc;
 use trunkline_b2bua::{Leg, MediaOp};
-use trunkline_call::media::{self, LegAddressing, LegInterfaces, MediaMsg};
+use trunkline_call::media::{self, LegAddressing, LegInterfaces, MediaControl, Rewrite};
 use trunkline_call::messages::CallMsg;
 use trunkline_media::{MediaConfig, Relay, TimeoutReason};
 
@@ -65,45 +65,32 @@ async fn ringing_is_not_timed_out_and_established_calls_are() {
         None,
     )
     .unwrap();
-    let media = media::spawn(relay).await.unwrap();
+    let control = MediaControl::new(relay);
+    let media = media::spawn(control.clone()).await.unwrap();
     let (tx, mut replies) = mpsc::unbounded_channel();
     let (me, _) = Actor::spawn(None, Replies, tx).await.unwrap();
     let key: Arc<str> = Arc::from("ringing-call");
-    let rewrite = |id, op, sdp| MediaMsg::Rewrite {
-        key: key.clone(),
-        id,
-        op,
-        sdp,
-        caller_source: SocketAddr::new(LO, 5060),
-        callee_source: None,
-        interfaces: LegInterfaces::default(),
-        addressing: LegAddressing::default(),
-        reply: me.clone(),
+    let interfaces = LegInterfaces::default();
+    let rewrite = |op, sdp: &Bytes| {
+        let req = Rewrite {
+            op,
+            sdp,
+            caller_source: SocketAddr::new(LO, 5060),
+            callee_source: None,
+            interfaces: &interfaces,
+            addressing: LegAddressing::default(),
+        };
+        control.rewrite(&key, &req, &me)
     };
     // The INVITE's offer, then a 183's answer (early media that never comes).
-    media
-        .send_message(rewrite(1, MediaOp::Offer { from: Leg::A }, audio(4000)))
-        .unwrap();
-    media
-        .send_message(rewrite(2, MediaOp::Answer { offerer: Leg::A }, audio(4002)))
-        .unwrap();
-    for id in [1, 2] {
-        match replies.recv().await.unwrap() {
-            CallMsg::MediaDone { id: got, result } => {
-                assert_eq!(got, id);
-                assert!(result.is_ok());
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    assert!(rewrite(MediaOp::Offer { from: Leg::A }, &audio(4000)).is_ok());
+    assert!(rewrite(MediaOp::Answer { offerer: Leg::A }, &audio(4002)).is_ok());
     // Ten minutes of ringing, ten times the inactivity timeout: nothing.
     let rang = tokio::time::timeout(Duration::from_secs(600), replies.recv()).await;
     assert!(rang.is_err(), "a ringing call got {rang:?}");
 
     // Answered: the timeout runs from now.
-    media
-        .send_message(MediaMsg::Established { key: key.clone() })
-        .unwrap();
+    control.established(&key);
     let start = tokio::time::Instant::now();
     let msg = tokio::time::timeout(Duration::from_secs(120), replies.recv())
         .await
@@ -123,9 +110,7 @@ async fn ringing_is_not_timed_out_and_established_calls_are() {
         after >= Duration::from_secs(60) && after <= Duration::from_secs(62),
         "reported {after:?} after the answer (timeout 60 s, polled once a second)"
     );
-    media
-        .send_message(MediaMsg::Delete { key: key.clone() })
-        .unwrap();
+    control.delete(&key);
     me.stop(None);
     media.stop(None);
 }

@@ -252,16 +252,17 @@ impl App {
             let relay =
                 trunkline_media::Relay::start(m.relay_config(thread_policy), Some(registry))
                     .context("cannot start the media relay ([media])")?;
+            let control = trunkline_call::media::MediaControl::new(relay);
             Some((
-                trunkline_call::media::spawn(relay.clone())
+                trunkline_call::media::spawn(control.clone())
                     .await
                     .context("cannot start the media actor")?,
-                relay,
+                control,
             ))
         } else {
             None
         };
-        let (media, relay) = media.unzip();
+        let (media, control) = media.unzip();
         let (router, trust) = router_and_trust(&config)?;
         let dispatcher = Dispatcher::new(
             DispatcherConfig {
@@ -277,8 +278,7 @@ impl App {
             router,
             trust,
             call_metrics,
-            media.clone(),
-            relay,
+            control,
         );
         let tls = tls_context(&config, &dispatcher)?;
         let transports = Transports::start_with_tls(
