@@ -104,23 +104,6 @@ impl WorkerHandle {
         seq
     }
 
-    /// Adds stream `id`'s sockets to the worker's epoll set, after the `Add` carrying them
-    /// is queued: an event the worker sees for them finds the command queued, and the
-    /// worker applies queued commands before it services events. The caller then drops
-    /// its references, leaving the worker the only owner.
-    fn watch(&self, id: u64, sockets: &StreamSockets) {
-        for (side, pair) in sockets.iter().enumerate() {
-            for (comp, s) in pair.iter().enumerate() {
-                // Level-triggered: a socket left with data after a full batch is simply
-                // reported again, so no read is spent on EAGAIN (see `Worker::round`).
-                let event = EpollEvent::new(EpollFlags::EPOLLIN, token(id, side, comp));
-                if let Err(e) = self.poll.add(&*s.socket, event) {
-                    tracing::error!(worker = self.index, error = %e, "cannot watch a media socket");
-                }
-            }
-        }
-    }
-
     /// Wakes the worker unless a wake-up is pending already.
     fn wake(&self) {
         if !self.totals.wake_pending.swap(true, Ordering::AcqRel) {
@@ -220,6 +203,8 @@ struct StreamCtl {
 
 struct SideCtl {
     port: u16,
+    /// Its RTP and RTCP sockets (the worker has them too), kept as spares when it ends.
+    sockets: [MediaSocket; 2],
     /// The interface entry `port` is bound on.
     iface: usize,
     peer: PeerSpec,
@@ -373,9 +358,8 @@ impl Relay {
         };
         let epoch_mono = crate::kernel::monotonic_now().saturating_sub(epoch.elapsed());
         let mut workers = Vec::with_capacity(n);
-        let (spares_tx, spares_rx) = mpsc::channel();
+        let keep_spares = !config.spare_ttl.is_zero();
         for i in 0..n {
-            let spares = (!config.spare_ttl.is_zero()).then(|| spares_tx.clone());
             let kernel = kernel.clone();
             let poll = Arc::new(
                 Epoll::new(nix::sys::epoll::EpollCreateFlags::EPOLL_CLOEXEC)
@@ -411,7 +395,7 @@ impl Relay {
                         name,
                     )
                     .with_learning_window(window_ms)
-                    .with_spares(spares)
+                    .with_spares(keep_spares)
                     .with_kernel(kernel)
                     .run()
                 })?;
@@ -432,7 +416,6 @@ impl Relay {
                 ports: PortPool::new(
                     PortAllocator::new(config.port_min, config.port_max, config.port_rest),
                     workers.iter().map(|w| w.totals.clone()).collect(),
-                    (!config.spare_ttl.is_zero()).then_some(spares_rx),
                     config.spare_ttl,
                 ),
                 next_worker: 0,
@@ -512,8 +495,17 @@ impl Relay {
         let state = &mut *guard;
         let is_new = !state.sessions.contains_key(call_id);
         if is_new {
-            let worker = state.next_worker % inner.workers.len().max(1);
-            state.next_worker = state.next_worker.wrapping_add(1);
+            // The worker of the spare sockets the call's first ports come with, so that
+            // they are reused as they are; else the next in turn.
+            let workers = inner.workers.len().max(1);
+            let default_ip = inner.interfaces.get(0).bind;
+            let worker = match state.ports.next_spare_worker(default_ip) {
+                Some(w) if w < workers => w,
+                _ => {
+                    state.next_worker = state.next_worker.wrapping_add(1);
+                    state.next_worker.wrapping_sub(1) % workers
+                }
+            };
             state.sessions.insert(
                 call_id.to_string(),
                 Session {
@@ -903,16 +895,17 @@ impl Inner {
                 Arc::new(SideShared::default()),
                 Arc::new(SideShared::default()),
             ];
-            let watched = sockets.clone();
+            let [[o_rtp, o_rtcp], [a_rtp, a_rtcp]] = sockets.clone();
             worker.queue(Command::Add {
                 id,
                 sockets: Box::new(sockets),
                 peers,
                 shared: shared.clone(),
             });
-            worker.watch(id, &watched);
-            drop(watched);
+            let kept = [[o_rtp, o_rtcp], [a_rtp, a_rtcp]];
+            self.watch(worker.index, kept.iter().flatten());
             let [s0, s1] = shared;
+            let [o_socks, a_socks] = kept;
             let stream = StreamCtl {
                 id,
                 kind: m.kind.clone(),
@@ -920,6 +913,7 @@ impl Inner {
                 sides: [
                     SideCtl {
                         port: ports_pair[0],
+                        sockets: o_socks,
                         iface: ifaces[0],
                         peer: peers[0],
                         direction: flows[0],
@@ -927,6 +921,7 @@ impl Inner {
                     },
                     SideCtl {
                         port: ports_pair[1],
+                        sockets: a_socks,
                         iface: ifaces[1],
                         peer: peers[1],
                         direction: flows[1],
@@ -963,8 +958,9 @@ impl Inner {
         let closed = worker.send(Command::Rebind {
             id: stream.id,
             side: party,
-            sockets: Box::new(sockets),
+            sockets: Box::new(sockets.clone()),
         });
+        self.watch(worker.index, sockets.iter());
         let side = &mut stream.sides[party];
         tracing::debug!(
             stream = stream.id,
@@ -974,6 +970,8 @@ impl Inner {
             "media side moved to another interface"
         );
         ports.free_after(worker.index, closed, side.port, now);
+        let old = std::mem::replace(&mut side.sockets, sockets);
+        self.keep_spares(ports, worker.index, old, now);
         side.port = port;
         side.iface = iface;
         Ok(())
@@ -991,6 +989,7 @@ impl Inner {
         let second = match self.bind_pair(ports, ifaces[1], now) {
             Ok(p) => p,
             Err(e) => {
+                self.unbind(ports, first.1, now);
                 ports.free(first.0, now);
                 return Err(e);
             }
@@ -1013,13 +1012,22 @@ impl Inner {
                 // workers apply the removals now.
                 self.wake_workers_behind();
             })?;
-            match (
+            let (rtp, rtcp) = (
                 self.bind_one(ports, SocketAddr::new(ip, port)),
                 self.bind_one(ports, SocketAddr::new(ip, port + 1)),
-            ) {
+            );
+            match (rtp, rtcp) {
                 (Ok(rtp), Ok(rtcp)) => return Ok((port, [rtp, rtcp])),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::debug!(%ip, port, error = %e, "media port taken, trying the next");
+                (rtp, rtcp) => {
+                    let bound = [rtp, rtcp].into_iter().filter_map(|r| match r {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            tracing::debug!(%ip, port, error = %e, "media port taken, trying the next");
+                            None
+                        }
+                    });
+                    let bound: Vec<MediaSocket> = bound.collect();
+                    self.unbind(ports, bound, now);
                     ports.free(port, now);
                 }
             }
@@ -1027,24 +1035,26 @@ impl Inner {
         Err(MediaError::NoPorts)
     }
 
-    /// A socket bound at `addr`: the one a worker handed back for it, or a new one.
+    /// A socket bound at `addr`: the spare a worker still watches, or a new one.
     fn bind_one(&self, ports: &mut PortPool, addr: SocketAddr) -> std::io::Result<MediaSocket> {
-        let socket = self.bind_socket(ports, addr)?;
+        let token = token(self.interfaces.bind_index(addr.ip()), addr.port());
+        if let Some(spare) = ports.take_spare(addr) {
+            return Ok(MediaSocket {
+                socket: spare.socket,
+                addr,
+                token: spare.token,
+                watched_by: Some(spare.worker),
+            });
+        }
         Ok(MediaSocket {
-            socket: Arc::new(socket),
+            socket: Arc::new(self.bind_socket(addr)?),
             addr,
+            token,
+            watched_by: None,
         })
     }
 
-    fn bind_socket(&self, ports: &mut PortPool, addr: SocketAddr) -> std::io::Result<UdpSocket> {
-        if let Some(spare) = ports.take_spare(addr) {
-            if socket2::SockRef::from(&spare)
-                .set_recv_buffer_size(self.config.recv_buffer)
-                .is_ok()
-            {
-                return Ok(spare);
-            }
-        }
+    fn bind_socket(&self, addr: SocketAddr) -> std::io::Result<UdpSocket> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if let Err(e) = socket.set_recv_buffer_size(self.config.recv_buffer) {
             tracing::warn!(error = %e, "cannot set SO_RCVBUF on a media socket");
@@ -1101,8 +1111,66 @@ impl Inner {
         };
         self.take_kernel_routes(w, &stream);
         let closed = w.queue(Command::Remove { id: stream.id });
-        for side in &stream.sides {
+        for side in stream.sides {
             ports.free_after(worker, closed, side.port, now);
+            self.keep_spares(ports, worker, side.sockets, now);
+        }
+    }
+
+    /// Keeps the sockets of a side that `worker` puts away as spares (with spares on).
+    fn keep_spares(
+        &self,
+        ports: &mut PortPool,
+        worker: usize,
+        sockets: [MediaSocket; 2],
+        now: Instant,
+    ) {
+        if !ports.keeps_spares() {
+            return;
+        }
+        for s in sockets {
+            ports.keep_spare(s.addr, s.socket, worker, s.token, now);
+        }
+    }
+
+    /// Has `worker`'s epoll set watch `sockets`, after the command that hands them to it is
+    /// queued (so an event the worker sees for them finds the command, which it applies
+    /// before it services events). A new socket is added; a spare of this worker is
+    /// watched already, and its next call costs nothing here; a spare of another worker
+    /// moves: out of that worker's set, which is told to let go of it, into this one's.
+    fn watch<'a>(&self, worker: usize, sockets: impl Iterator<Item = &'a MediaSocket>) {
+        let Some(w) = self.workers.get(worker) else {
+            return;
+        };
+        for s in sockets {
+            if s.watched_by == Some(worker) {
+                continue;
+            }
+            if let Some(other) = s.watched_by.and_then(|o| self.workers.get(o)) {
+                let _ = other.poll.delete(&*s.socket);
+                other.queue(Command::Forget { token: s.token });
+            }
+            // Level-triggered: a socket left with data after a full batch is simply
+            // reported again, so no read is spent on EAGAIN (see `Worker::round`).
+            let event = EpollEvent::new(EpollFlags::EPOLLIN, s.token);
+            if let Err(e) = w.poll.add(&*s.socket, event) {
+                tracing::error!(worker, error = %e, "cannot watch a media socket");
+            }
+        }
+    }
+
+    /// Gives back sockets bound for a stream that was never handed to a worker: a spare
+    /// goes back to the pool (its worker still watches it), a new socket is closed.
+    fn unbind(
+        &self,
+        ports: &mut PortPool,
+        sockets: impl IntoIterator<Item = MediaSocket>,
+        now: Instant,
+    ) {
+        for s in sockets {
+            if let Some(worker) = s.watched_by {
+                ports.keep_spare(s.addr, s.socket, worker, s.token, now);
+            }
         }
     }
 
@@ -1194,7 +1262,14 @@ impl Inner {
         let mut t = {
             let mut state = lock(&self.state);
             let now = later(state.clock, Instant::now());
-            state.ports.reap(now);
+            state.ports.reap();
+            // Spares idle past their time to live: their workers let go of them now, and
+            // each closes when the last reference goes (which takes it out of the epoll set).
+            for spare in state.ports.expire_spares(now) {
+                if let Some(w) = self.workers.get(spare.worker) {
+                    w.send(Command::Forget { token: spare.token });
+                }
+            }
             let resting = state.ports.resting_at(now) as u64;
             Totals {
                 sessions: state.sessions_total,

@@ -8,6 +8,7 @@
 //! picks the address. Pure: no sockets, so selection is unit-tested on its own.
 
 use crate::{AddressFamily, MediaError, MediaInterface};
+use std::net::IpAddr;
 
 /// A checked, immutable list of interfaces; indices into it identify an address, and
 /// "logical ids" identify a name.
@@ -57,6 +58,16 @@ impl Interfaces {
             logical.push(first);
         }
         Ok(Interfaces { list, logical })
+    }
+
+    /// A small number naming the bind address `ip`: the index of the first entry bound
+    /// on it (two entries may share one), so that a bound socket is named by this and its
+    /// port alone.
+    pub fn bind_index(&self, ip: IpAddr) -> usize {
+        self.list
+            .iter()
+            .position(|i| i.bind == ip)
+            .unwrap_or(self.list.len())
     }
 
     /// All entries, in configuration order.

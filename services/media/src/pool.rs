@@ -1,5 +1,6 @@
 //! The relay's port pairs: the pure allocator ([`PortAllocator`]), plus the pairs the
-//! control side freed whose sockets a worker has not closed yet.
+//! control side freed whose sockets a worker has not put away yet, and the spare sockets
+//! kept bound for the next call on their port.
 //!
 //! A worker owns a stream's sockets and closes them when it applies the command that removes
 //! (or rebinds) the stream. Until then the ports are still bound, and handing them to the
@@ -9,9 +10,8 @@
 //! then an allocation waits (briefly, bounded) for the workers rather than failing.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,20 +42,29 @@ pub(crate) struct PortPool {
     closing: Vec<Closing>,
     /// Each worker's counters; `applied` says how far its commands have been applied.
     workers: Vec<Arc<WorkerTotals>>,
-    /// Sockets of removed streams, still bound, handed back by the workers: the next
-    /// call on the port reuses them instead of binding new ones.
-    spare: HashMap<SocketAddr, (UdpSocket, Instant)>,
-    /// `spare` in the order the sockets came back, to close those idle for `spare_ttl`.
+    /// Sockets of removed streams, still bound and still watched by the worker that had
+    /// them, which reads and drops whatever arrives on them: the next call on the port
+    /// reuses them instead of binding new ones, and if that call lands on the same worker
+    /// nothing at all is done to the socket (no syscall).
+    spare: HashMap<SocketAddr, Spare>,
+    /// `spare` in the order the sockets were put away, to close those idle for `spare_ttl`.
     spare_order: VecDeque<(Instant, SocketAddr)>,
     spare_ttl: Duration,
-    returns: Option<Receiver<(SocketAddr, UdpSocket)>>,
+}
+
+/// A spare socket, and the worker whose epoll set watches it (under `token`).
+#[derive(Debug)]
+pub(crate) struct Spare {
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) worker: usize,
+    pub(crate) token: u64,
+    since: Instant,
 }
 
 impl PortPool {
     pub(crate) fn new(
         alloc: PortAllocator,
         workers: Vec<Arc<WorkerTotals>>,
-        returns: Option<Receiver<(SocketAddr, UdpSocket)>>,
         spare_ttl: Duration,
     ) -> Self {
         PortPool {
@@ -65,7 +74,6 @@ impl PortPool {
             spare: HashMap::new(),
             spare_order: VecDeque::new(),
             spare_ttl,
-            returns,
         }
     }
 
@@ -74,18 +82,65 @@ impl PortPool {
         self.spare.len()
     }
 
-    /// The still-bound socket of `addr` a worker handed back, emptied of whatever
-    /// arrived while it waited (late packets of the call that had it, a stranger's).
-    pub(crate) fn take_spare(&mut self, addr: SocketAddr) -> Option<UdpSocket> {
-        let (sock, _) = self.spare.remove(&addr)?;
-        let mut scratch = [0u8; 64];
-        // Its receive buffer was shrunk to the minimum: a couple of packets at most.
-        for _ in 0..64 {
-            if sock.recv(&mut scratch).is_err() {
+    /// Whether sockets of removed streams are kept for reuse at all.
+    pub(crate) fn keeps_spares(&self) -> bool {
+        !self.spare_ttl.is_zero()
+    }
+
+    /// Keeps `socket`, bound at `addr` and watched by `worker` under `token`, for the next
+    /// call on its port. Its port is not handed out before the worker has applied the
+    /// command that put it away (see [`PortPool::free_after`]).
+    pub(crate) fn keep_spare(
+        &mut self,
+        addr: SocketAddr,
+        socket: Arc<UdpSocket>,
+        worker: usize,
+        token: u64,
+        now: Instant,
+    ) {
+        self.spare.insert(
+            addr,
+            Spare {
+                socket,
+                worker,
+                token,
+                since: now,
+            },
+        );
+        self.spare_order.push_back((now, addr));
+    }
+
+    /// The still-bound socket of `addr`, if one is spare. Whatever arrived on it while it
+    /// was spare was read and dropped by its worker; a packet that arrives between that
+    /// and its reuse is a stranger's to the new call, which latching keeps out.
+    pub(crate) fn take_spare(&mut self, addr: SocketAddr) -> Option<Spare> {
+        self.spare.remove(&addr)
+    }
+
+    /// The worker watching the spare RTP socket of the pair the next allocation on `ip`
+    /// takes, if it is a spare: a new call given that worker reuses the socket with no
+    /// syscall, so port pairs stay with one worker as long as they are in use.
+    pub(crate) fn next_spare_worker(&mut self, ip: IpAddr) -> Option<usize> {
+        self.reap();
+        let port = self.alloc.next()?;
+        self.spare.get(&SocketAddr::new(ip, port)).map(|s| s.worker)
+    }
+
+    /// Spares idle for longer than their time to live, taken out: the caller tells their
+    /// workers to let go of them (the socket closes when both sides have).
+    pub(crate) fn expire_spares(&mut self, now: Instant) -> Vec<Spare> {
+        let mut expired = Vec::new();
+        while let Some(&(since, addr)) = self.spare_order.front() {
+            if now.saturating_duration_since(since) < self.spare_ttl {
                 break;
             }
+            self.spare_order.pop_front();
+            // Only if it is still that spare (not reused, and not put away again since).
+            if self.spare.get(&addr).is_some_and(|s| s.since == since) {
+                expired.extend(self.spare.remove(&addr));
+            }
         }
-        Some(sock)
+        expired
     }
 
     /// Frees a pair whose sockets worker `worker` closes when it applies command `seq`;
@@ -104,27 +159,8 @@ impl PortPool {
         self.alloc.free(port, now);
     }
 
-    /// Moves the pairs whose sockets are now closed (or handed back) to the allocator, and
-    /// closes spare sockets idle for longer than their time to live.
-    pub(crate) fn reap(&mut self, now: Instant) {
-        // Sockets are handed back before their command counts as applied, so every
-        // spare of a pair returned below is in `spare` by then.
-        if let Some(returns) = &self.returns {
-            while let Ok((addr, sock)) = returns.try_recv() {
-                self.spare.insert(addr, (sock, now));
-                self.spare_order.push_back((now, addr));
-            }
-        }
-        while let Some(&(since, addr)) = self.spare_order.front() {
-            if now.saturating_duration_since(since) < self.spare_ttl {
-                break;
-            }
-            self.spare_order.pop_front();
-            // Only if it is still that spare (not reused, and not handed back again since).
-            if self.spare.get(&addr).is_some_and(|(_, t)| *t == since) {
-                self.spare.remove(&addr);
-            }
-        }
+    /// Moves the pairs whose sockets are now put away (closed or spare) to the allocator.
+    pub(crate) fn reap(&mut self) {
         let workers = &self.workers;
         let alloc = &mut self.alloc;
         self.closing.retain(|c| {
@@ -142,7 +178,7 @@ impl PortPool {
     /// not in use are still being closed, calls `wake` (the workers may not have been
     /// asked to close them yet) and waits up to [`CLOSE_WAIT`] for them.
     pub(crate) fn alloc(&mut self, now: Instant, wake: impl Fn()) -> Result<u16, MediaError> {
-        self.reap(now);
+        self.reap();
         let deadline = Instant::now() + CLOSE_WAIT;
         let mut woken = false;
         loop {
@@ -155,7 +191,7 @@ impl PortPool {
                         woken = true;
                     }
                     std::thread::sleep(Duration::from_micros(200));
-                    self.reap(now);
+                    self.reap();
                 }
             }
         }
@@ -191,7 +227,7 @@ mod tests {
         let now = Instant::now();
         let worker = Arc::new(WorkerTotals::default());
         let alloc = PortAllocator::new(30000, 30001, Duration::ZERO);
-        let mut pool = PortPool::new(alloc, vec![worker.clone()], None, Duration::from_secs(1));
+        let mut pool = PortPool::new(alloc, vec![worker.clone()], Duration::from_secs(1));
         let port = pool.alloc(now, || {}).expect("the one pair");
         // Freed, but its sockets close only when the worker applies command 1.
         pool.free_after(0, 1, port, now);

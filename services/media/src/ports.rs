@@ -60,6 +60,11 @@ impl PortAllocator {
         Ok(port)
     }
 
+    /// The pair [`PortAllocator::alloc`] would take next, if any.
+    pub fn next(&self) -> Option<u16> {
+        self.free.front().map(|&(port, _)| port)
+    }
+
     /// Returns a pair to the back of the queue. Freeing a port that is not in use is
     /// ignored (double free after a failed bind).
     pub fn free(&mut self, port: u16, now: Instant) {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::PollTimeout;
-use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
+use nix::sys::epoll::{Epoll, EpollEvent};
 use nix::sys::eventfd::EventFd;
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
@@ -40,25 +40,27 @@ use kernel_routes::KernelLink;
 /// Token of the control waker; stream tokens are [`token`]s.
 pub(crate) const WAKER: u64 = u64::MAX;
 
-/// The epoll token of a stream's socket: `id * 4 + side * 2 + component`. It names the
-/// stream by the id the control side gave it, not by the worker's slot, so that the
-/// control side can watch a new stream's sockets itself (see `WorkerHandle::watch`) and
-/// the worker need not be woken to do it. Stream ids count up from 1 and never reach
-/// `u64::MAX / 4`, so no stream token is `WAKER`.
-pub(crate) fn token(id: u64, side: usize, comp: usize) -> u64 {
-    id.wrapping_mul(4)
-        .wrapping_add((side as u64 & 1) * 2)
-        .wrapping_add(comp as u64 & 1)
+/// The epoll token of a bound media socket: its bind address's index (see
+/// `Interfaces::bind_index`) and its port. It names the socket, not the stream or the
+/// worker's slot, so that the control side can watch a new stream's sockets itself (see
+/// `Inner::watch`) and a socket keeps its registration, untouched, while it is spare and
+/// when the next call on its port reuses it on the same worker. No token is `WAKER`.
+pub(crate) fn token(bind_index: usize, port: u16) -> u64 {
+    ((bind_index as u64 & 0xFFFF_FFFF) << 16) | u64::from(port)
 }
 
 /// A bound media socket as the control side hands it to a worker: shared, so that the
-/// control side can still register it in the worker's epoll after the command carrying it
-/// is queued; the worker holds the only reference once that is done.
+/// control side can register it in the worker's epoll after the command carrying it is
+/// queued, and keep it as a spare when its stream ends.
 #[derive(Debug, Clone)]
 pub(crate) struct MediaSocket {
     pub(crate) socket: Arc<std::net::UdpSocket>,
     /// Its own address, as bound (no `getsockname` on the worker).
     pub(crate) addr: SocketAddr,
+    /// Its epoll token ([`token`]).
+    pub(crate) token: u64,
+    /// The worker whose epoll set watches it already: a spare's; `None` for a new socket.
+    pub(crate) watched_by: Option<usize>,
 }
 
 /// Largest datagram relayed; longer ones are truncated by the kernel and dropped.
@@ -273,6 +275,11 @@ pub(crate) enum Command {
     Remove {
         id: u64,
     },
+    /// Let go of the spare socket watched under `token`: it expired, or the control side
+    /// moved it to another worker's epoll set for reuse there.
+    Forget {
+        token: u64,
+    },
     /// The control side took the stream's kernel routes out (before an `Update`,
     /// `Rebind` or `Remove`), with what each party's route had forwarded.
     KernelTaken {
@@ -330,8 +337,8 @@ impl SrLog {
 
 struct Sock {
     socket: Arc<std::net::UdpSocket>,
-    /// The socket's own address, to hand it back to the control side by.
-    addr: SocketAddr,
+    /// Its epoll token, which stays its name while it is spare.
+    token: u64,
     latch: LatchState,
     /// The socket's own IPv4 address, for kernel routes (IPv6 media stays in user space).
     local: Option<SocketAddrV4>,
@@ -340,14 +347,21 @@ struct Sock {
 }
 
 impl Sock {
-    fn new(MediaSocket { socket, addr }: MediaSocket) -> Sock {
+    fn new(
+        MediaSocket {
+            socket,
+            addr,
+            token,
+            ..
+        }: MediaSocket,
+    ) -> Sock {
         let (local, family) = match addr {
             SocketAddr::V4(a) => (Some(a), V4),
             SocketAddr::V6(_) => (None, V6),
         };
         Sock {
             socket,
-            addr,
+            token,
             latch: LatchState::default(),
             local,
             family,
@@ -471,8 +485,25 @@ pub(crate) struct Worker {
     learning_window_ms: u64,
     /// The kernel fast path, when the relay runs with one.
     kernel: Option<KernelLink>,
-    /// Where sockets of removed streams go back to the control side (see `put_away`).
-    spares: Option<std::sync::mpsc::Sender<(SocketAddr, std::net::UdpSocket)>>,
+    /// What each watched socket's token stands for.
+    by_token: HashMap<u64, Watched>,
+    /// Whether sockets of removed streams stay bound as spares (see `put_away`).
+    keep_spares: bool,
+}
+
+/// What a token in the worker's epoll set stands for.
+enum Watched {
+    /// A socket of the stream in `slot`, of party `side`, component `comp`.
+    Stream {
+        slot: usize,
+        side: usize,
+        comp: usize,
+    },
+    /// A spare: what arrives on it is read and dropped.
+    Spare {
+        socket: Arc<std::net::UdpSocket>,
+        family: usize,
+    },
 }
 
 /// What a worker relayed and dropped so far, published as its `WorkerTotals`.
@@ -546,7 +577,8 @@ impl Worker {
             out: [Vec::with_capacity(batch), Vec::with_capacity(batch)],
             totals,
             tally: Tally::default(),
-            spares: None,
+            by_token: HashMap::new(),
+            keep_spares: false,
             epoch,
             name,
             learning_window_ms: crate::latch::LEARNING_WINDOW_MS,
@@ -560,12 +592,9 @@ impl Worker {
         self
     }
 
-    /// Hands sockets of removed streams back through `spares` instead of closing them.
-    pub(crate) fn with_spares(
-        mut self,
-        spares: Option<std::sync::mpsc::Sender<(SocketAddr, std::net::UdpSocket)>>,
-    ) -> Self {
-        self.spares = spares;
+    /// Keeps sockets of removed streams bound and watched as spares instead of closing them.
+    pub(crate) fn with_spares(mut self, keep: bool) -> Self {
+        self.keep_spares = keep;
         self
     }
 
@@ -682,6 +711,11 @@ impl Worker {
                     }
                 }
             }
+            Command::Forget { token } => {
+                if matches!(self.by_token.get(&token), Some(Watched::Spare { .. })) {
+                    self.by_token.remove(&token);
+                }
+            }
             Command::Shutdown => {}
         }
     }
@@ -697,8 +731,8 @@ impl Worker {
         let (now_ms, window_ms) = (self.now_ms(), self.learning_window_ms);
         let [[o_rtp, o_rtcp], [a_rtp, a_rtcp]] = sockets;
         let [o_shared, a_shared] = shared;
-        // The control side watches the sockets in this worker's epoll (tokens named by
-        // `id`) once the command is queued: nothing to register here.
+        // The control side watches the sockets in this worker's epoll once the command is
+        // queued (or they are this worker's spares, watched already): nothing to do here.
         let make_side = |rtp: MediaSocket, rtcp: MediaSocket, side: usize, shared| {
             let mut s = Side {
                 socks: [rtp, rtcp].map(Sock::new),
@@ -717,6 +751,13 @@ impl Worker {
         let o = make_side(o_rtp, o_rtcp, 0, o_shared);
         let a = make_side(a_rtp, a_rtcp, 1, a_shared);
         let stream = Stream { sides: [o, a] };
+        for (side, s) in stream.sides.iter().enumerate() {
+            for (comp, sock) in s.socks.iter().enumerate() {
+                // A spare of this worker reused: its entry becomes the stream's.
+                self.by_token
+                    .insert(sock.token, Watched::Stream { slot, side, comp });
+            }
+        }
         if slot == self.streams.len() {
             self.streams.push(Some(stream));
         } else {
@@ -725,23 +766,25 @@ impl Worker {
         self.by_id.insert(id, slot);
     }
 
-    /// A socket its stream no longer uses: out of epoll and back to the control side,
-    /// which reuses it for the next call on that port rather than closing it and binding
-    /// a new one (socket, bind and close are most of what anchoring a call costs). Until
-    /// then it holds at most a packet or two: its receive buffer shrinks to the minimum,
-    /// so ports sprayed by a stranger cost the kernel no memory, and whatever it holds is
-    /// thrown away before reuse. Without a way back it is closed here.
+    /// A socket its stream no longer uses. With spares kept it stays bound and in this
+    /// worker's epoll set under its token, and what arrives on it is read and dropped, so
+    /// ports sprayed by a stranger cost the kernel no buffered memory; the control side
+    /// reuses it for the next call on its port rather than closing it and binding a new
+    /// one (socket, bind and close are most of what anchoring a call costs), and on this
+    /// worker that reuse costs no syscall at all. Without spares it is closed here.
     fn put_away(&mut self, sock: Sock) {
-        let _ = self.poll.delete(&*sock.socket);
-        let Some(spares) = &self.spares else {
-            return;
-        };
-        // The control side let go of its reference once it had watched the socket.
-        let Ok(socket) = Arc::try_unwrap(sock.socket) else {
-            return;
-        };
-        let _ = socket2::SockRef::from(&socket).set_recv_buffer_size(0);
-        let _ = spares.send((sock.addr, socket));
+        if self.keep_spares {
+            self.by_token.insert(
+                sock.token,
+                Watched::Spare {
+                    socket: sock.socket,
+                    family: sock.family,
+                },
+            );
+        } else {
+            self.by_token.remove(&sock.token);
+            let _ = self.poll.delete(&*sock.socket);
+        }
     }
 
     fn rebind(&mut self, id: u64, side: usize, sockets: [MediaSocket; 2]) {
@@ -758,16 +801,12 @@ impl Worker {
         else {
             return;
         };
+        // The control side watches the new sockets (as for a new stream); the old ones
+        // are put away.
         let mut old_socks = Vec::with_capacity(2);
         for (comp, (sock, new)) in s.socks.iter_mut().zip(sockets).enumerate() {
-            let _ = self.poll.delete(&*sock.socket);
-            // Same stream, side and component: the same token, so `service` finds it.
-            if let Err(e) = self.poll.add(
-                &*new.socket,
-                EpollEvent::new(EpollFlags::EPOLLIN, token(id, side, comp)),
-            ) {
-                tracing::error!(worker = %self.name, error = %e, "cannot watch a media socket");
-            }
+            self.by_token
+                .insert(new.token, Watched::Stream { slot, side, comp });
             old_socks.push(std::mem::replace(
                 sock,
                 Sock {
@@ -802,18 +841,23 @@ impl Worker {
 
     /// One recvmmsg/sendmmsg round; false when the socket is drained (EAGAIN) or gone.
     fn round(&mut self, token: u64) -> bool {
-        // A token of a stream removed since the wait returned (or not added yet) is
-        // not in `by_id`: nothing to read for it.
-        let Some(&slot) = self.by_id.get(&(token / 4)) else {
-            return false;
+        // A token let go of since the wait returned (moved to another worker, closed)
+        // is not in `by_token`: nothing to read for it.
+        let (fd, family, target) = match self.by_token.get(&token) {
+            Some(&Watched::Stream { slot, side, comp }) => {
+                let Some(Some(stream)) = self.streams.get(slot) else {
+                    return false;
+                };
+                let sock = &stream.sides[side].socks[comp];
+                (
+                    sock.socket.as_raw_fd(),
+                    sock.family,
+                    Some((slot, side, comp)),
+                )
+            }
+            Some(Watched::Spare { socket, family }) => (socket.as_raw_fd(), *family, None),
+            None => return false,
         };
-        let side_idx = usize::from(token & 2 != 0);
-        let comp = usize::from(token & 1 != 0);
-        let Some(Some(stream)) = self.streams.get_mut(slot) else {
-            return false;
-        };
-        let sock = &stream.sides[side_idx].socks[comp];
-        let (fd, family) = (sock.socket.as_raw_fd(), sock.family);
 
         // Receive.
         self.meta.clear();
@@ -854,6 +898,15 @@ impl Worker {
         if self.meta.is_empty() {
             return false;
         }
+        let Some((slot, side_idx, comp)) = target else {
+            // A spare's: late packets of its last call, or a stranger's. Dropped.
+            self.tally.dropped += self.meta.len() as u64;
+            self.publish_totals();
+            return true;
+        };
+        let Some(Some(stream)) = self.streams.get_mut(slot) else {
+            return false;
+        };
 
         // Decide, account and route.
         let elapsed = self.epoch.elapsed();

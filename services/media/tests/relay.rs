@@ -397,8 +397,8 @@ fn commands_are_batched_and_the_first_packet_still_flows() {
         &rtp(1, b"one"),
     );
     send_through("first packet back", &a, to(ra), &o, &rtp(2, b"two"));
-    // The removals were applied on the way: the ended calls' sockets are spares.
-    wait_for("the ended calls' sockets handed back", || {
+    // The ended calls' sockets are kept as spares.
+    wait_for("the ended calls' sockets kept", || {
         (relay.totals().spare_sockets >= 4).then_some(())
     });
 }
@@ -412,14 +412,18 @@ fn ended_calls_sockets_serve_the_next_call_and_close_when_idle() {
     let (o, a) = (endpoint(), endpoint());
     let (ro, _) = audio_call(&relay, "s1", &o, &a, &Flags::default());
     relay.delete("s1", None, None, now()).unwrap();
-    wait_for("the call's sockets handed back", || {
+    wait_for("the call's sockets kept", || {
         (relay.totals().spare_sockets == 4).then_some(())
     });
-    // A stranger sprays the idle port: nothing is kept for the next call.
+    // A stranger sprays the idle port: its worker reads and drops it all.
     let stranger = endpoint();
+    let before = relay.totals().packets_dropped;
     for seq in 0..20 {
         stranger.send_to(&rtp(seq, b"junk"), to(ro)).unwrap();
     }
+    wait_for("the spray read and dropped, not left in the socket", || {
+        (relay.totals().packets_dropped >= before + 20).then_some(())
+    });
     // The only two pairs: the next call gets the same ports, on the same sockets.
     let (o2, a2) = (endpoint(), endpoint());
     let (ro2, ra2) = audio_call(&relay, "s2", &o2, &a2, &Flags::default());
@@ -436,7 +440,7 @@ fn ended_calls_sockets_serve_the_next_call_and_close_when_idle() {
     assert_eq!(&recv(&o2).expect("both ways").0[12..], b"back");
     assert!(stays_quiet(&stranger), "the stranger gets nothing");
     relay.delete("s2", None, None, now()).unwrap();
-    wait_for("handed back again", || {
+    wait_for("kept again", || {
         (relay.totals().spare_sockets == 4).then_some(())
     });
     // Idle past spare_ttl: closed (the housekeeping runs every second).
@@ -444,10 +448,34 @@ fn ended_calls_sockets_serve_the_next_call_and_close_when_idle() {
     wait_for("spares closed", || {
         (relay.totals().spare_sockets == 0).then_some(())
     });
-    assert!(
-        std::net::UdpSocket::bind(sa(LOCALHOST, ro)).is_ok(),
-        "the port is free"
-    );
+    // Closed once its worker has let go of it too, which it is woken for.
+    wait_for("the port free", || {
+        std::net::UdpSocket::bind(sa(LOCALHOST, ro)).ok()
+    });
+}
+
+/// A spare reused on the worker that put it away (one worker here) is the same socket,
+/// still watched: calls after calls on the same ports carry their own media both ways,
+/// and what a stranger sent between two of them reaches neither.
+#[test]
+fn spares_reused_on_their_own_worker_carry_the_next_calls_media() {
+    let relay = start_relay(RELAY_RS, 11, 2, 1, |_| {});
+    let stranger = endpoint();
+    let mut first = None;
+    for i in 0..3u16 {
+        let (o, a) = (endpoint(), endpoint());
+        let call = format!("same-{i}");
+        let (ro, ra) = audio_call(&relay, &call, &o, &a, &Flags::default());
+        assert_eq!(*first.get_or_insert(ro), ro, "the same ports every time");
+        assert_eq!(relay.totals().spare_sockets, 0, "reused, not bound anew");
+        send_through("offerer to answerer", &o, to(ro), &a, &rtp(i, b"forth"));
+        send_through("answerer to offerer", &a, to(ra), &o, &rtp(i, b"back"));
+        relay.delete(&call, None, None, now()).unwrap();
+        for seq in 0..5 {
+            stranger.send_to(&rtp(seq, b"junk"), to(ro)).unwrap();
+        }
+    }
+    assert!(stays_quiet(&stranger), "the stranger gets nothing");
 }
 
 /// Freed pairs are reused least recently freed first: a never-used pair before any freed

@@ -260,6 +260,8 @@ mod tests {
             super::super::MediaSocket {
                 socket: Arc::new(socket),
                 addr,
+                token: super::super::token(0, addr.port()),
+                watched_by: None,
             }
         };
         let mut s = Side {
