@@ -272,6 +272,9 @@ impl Default for MediaSection {
     }
 }
 
+/// More runtime threads than any machine a node runs on has cores: a typo, not a setting.
+const MAX_WORKER_THREADS: usize = 1024;
+
 /// `[node]`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -280,12 +283,19 @@ pub struct NodeConfig {
     /// generates, so any node can route a stray in-dialog message to its owner (rule 3).
     #[serde(deserialize_with = "lenient_string::deserialize")]
     pub id: String,
+    /// Threads of the async runtime that carries signalling, the admin API and the
+    /// cluster (the media relay's forwarding threads are `media.workers`); 0: tokio's
+    /// default, `TOKIO_WORKER_THREADS` or else one per CPU the process may use. Fewer threads cost less CPU per call at low and middling rates
+    /// (a second thread is woken to share each burst of work and mostly finds none), more
+    /// carry more calls per second at the top: see the README's figures.
+    pub worker_threads: usize,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             id: "n1".to_owned(),
+            worker_threads: 0,
         }
     }
 }
@@ -1554,6 +1564,17 @@ impl Config {
                 format!("{id:?} must be 1-16 characters of [a-z0-9]"),
             );
         }
+        if self.node.worker_threads > MAX_WORKER_THREADS {
+            problems.push(
+                "node.worker_threads",
+                format!("must be at most {MAX_WORKER_THREADS} (0: the default)"),
+            );
+        }
+    }
+
+    /// The runtime's thread count, if `node.worker_threads` sets one.
+    pub fn worker_threads(&self) -> Option<usize> {
+        (self.node.worker_threads > 0).then_some(self.node.worker_threads)
     }
 
     fn validate_sip(&self, problems: &mut Problems) {
@@ -2525,6 +2546,24 @@ mod tests {
             assert_eq!(config.cluster.lease_ttl_secs, 10);
             assert_eq!(config.routing.default_trunk.as_deref(), Some("carrier"));
         });
+    }
+
+    #[test]
+    fn worker_threads_size_the_runtime_and_absurd_counts_are_refused() {
+        load_in_jail(&[], Some("[node]\nworker_threads = 1\n"), |result, _| {
+            assert_eq!(result.unwrap().worker_threads(), Some(1));
+        });
+        load_in_jail(&[], None, |result, _| {
+            assert_eq!(result.unwrap().worker_threads(), None, "tokio's default");
+        });
+        load_in_jail(
+            &[],
+            Some("[node]\nworker_threads = 100000\n"),
+            |result, _| {
+                let message = format!("{:#}", result.unwrap_err());
+                assert!(message.contains("node.worker_threads"), "{message}");
+            },
+        );
     }
 
     #[test]

@@ -40,19 +40,6 @@ const HANDOVER_LIMIT: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     alloc::tune();
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt.block_on(async_main()),
-        Err(err) => {
-            eprintln!("trunkline: cannot start the runtime: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     // Logging is configured by the config, so errors up to here go straight to stderr.
     let config = match Config::load(cli.config.as_deref()) {
@@ -74,6 +61,22 @@ async fn async_main() -> ExitCode {
             }
         };
     }
+    // The runtime is sized by the configuration, so it is read first. Unset, tokio's
+    // own default stands: TOKIO_WORKER_THREADS, else one thread per CPU.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.worker_threads() {
+        builder.worker_threads(n);
+    }
+    match builder.enable_all().build() {
+        Ok(rt) => rt.block_on(async_main(config)),
+        Err(err) => {
+            eprintln!("trunkline: cannot start the runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main(config: Config) -> ExitCode {
     if let Err(err) = telemetry::init(&config.log, config::rust_log_override()) {
         eprintln!("trunkline: {err:#}");
         return ExitCode::FAILURE;
