@@ -98,9 +98,9 @@ impl MediaControl {
                     .answer(key, tag(offerer), tag(offerer.other()), req.sdp, &flags, t)
             }
         };
-        if !self.owners.contains_key(key) {
-            self.owners.insert(key.clone(), owner.clone());
-        }
+        self.owners
+            .entry(key.clone())
+            .or_insert_with(|| owner.clone());
         match result {
             Ok(body) => Ok(Bytes::from(body)),
             Err(e) => {
