@@ -502,8 +502,9 @@ impl Relay {
             let worker = match state.ports.next_spare_worker(default_ip) {
                 Some(w) if w < workers => w,
                 _ => {
+                    let next = state.next_worker % workers;
                     state.next_worker = state.next_worker.wrapping_add(1);
-                    state.next_worker.wrapping_sub(1) % workers
+                    next
                 }
             };
             state.sessions.insert(
@@ -895,14 +896,13 @@ impl Inner {
                 Arc::new(SideShared::default()),
                 Arc::new(SideShared::default()),
             ];
-            let [[o_rtp, o_rtcp], [a_rtp, a_rtcp]] = sockets.clone();
+            let kept = sockets.clone();
             worker.queue(Command::Add {
                 id,
                 sockets: Box::new(sockets),
                 peers,
                 shared: shared.clone(),
             });
-            let kept = [[o_rtp, o_rtcp], [a_rtp, a_rtcp]];
             self.watch(worker.index, kept.iter().flatten());
             let [s0, s1] = shared;
             let [o_socks, a_socks] = kept;
@@ -970,8 +970,9 @@ impl Inner {
             "media side moved to another interface"
         );
         ports.free_after(worker.index, closed, side.port, now);
-        let old = std::mem::replace(&mut side.sockets, sockets);
-        self.keep_spares(ports, worker.index, old, now);
+        for old in std::mem::replace(&mut side.sockets, sockets) {
+            ports.keep_spare(old, worker.index, now);
+        }
         side.port = port;
         side.iface = iface;
         Ok(())
@@ -1012,22 +1013,19 @@ impl Inner {
                 // workers apply the removals now.
                 self.wake_workers_behind();
             })?;
-            let (rtp, rtcp) = (
+            match (
                 self.bind_one(ports, SocketAddr::new(ip, port)),
                 self.bind_one(ports, SocketAddr::new(ip, port + 1)),
-            );
-            match (rtp, rtcp) {
+            ) {
                 (Ok(rtp), Ok(rtcp)) => return Ok((port, [rtp, rtcp])),
                 (rtp, rtcp) => {
-                    let bound = [rtp, rtcp].into_iter().filter_map(|r| match r {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            tracing::debug!(%ip, port, error = %e, "media port taken, trying the next");
-                            None
+                    for r in [rtp, rtcp] {
+                        match r {
+                            Ok(bound) => self.unbind(ports, [bound], now),
+                            Err(e) => tracing::debug!(%ip, port, error = %e,
+                                "media port taken, trying the next"),
                         }
-                    });
-                    let bound: Vec<MediaSocket> = bound.collect();
-                    self.unbind(ports, bound, now);
+                    }
                     ports.free(port, now);
                 }
             }
@@ -1037,7 +1035,6 @@ impl Inner {
 
     /// A socket bound at `addr`: the spare a worker still watches, or a new one.
     fn bind_one(&self, ports: &mut PortPool, addr: SocketAddr) -> std::io::Result<MediaSocket> {
-        let token = token(self.interfaces.bind_index(addr.ip()), addr.port());
         if let Some(spare) = ports.take_spare(addr) {
             return Ok(MediaSocket {
                 socket: spare.socket,
@@ -1049,7 +1046,7 @@ impl Inner {
         Ok(MediaSocket {
             socket: Arc::new(self.bind_socket(addr)?),
             addr,
-            token,
+            token: token(self.interfaces.bind_index(addr.ip()), addr.port()),
             watched_by: None,
         })
     }
@@ -1113,23 +1110,9 @@ impl Inner {
         let closed = w.queue(Command::Remove { id: stream.id });
         for side in stream.sides {
             ports.free_after(worker, closed, side.port, now);
-            self.keep_spares(ports, worker, side.sockets, now);
-        }
-    }
-
-    /// Keeps the sockets of a side that `worker` puts away as spares (with spares on).
-    fn keep_spares(
-        &self,
-        ports: &mut PortPool,
-        worker: usize,
-        sockets: [MediaSocket; 2],
-        now: Instant,
-    ) {
-        if !ports.keeps_spares() {
-            return;
-        }
-        for s in sockets {
-            ports.keep_spare(s.addr, s.socket, worker, s.token, now);
+            for s in side.sockets {
+                ports.keep_spare(s, worker, now);
+            }
         }
     }
 
@@ -1169,7 +1152,7 @@ impl Inner {
     ) {
         for s in sockets {
             if let Some(worker) = s.watched_by {
-                ports.keep_spare(s.addr, s.socket, worker, s.token, now);
+                ports.keep_spare(s, worker, now);
             }
         }
     }

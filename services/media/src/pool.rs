@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ports::PortAllocator;
-use crate::worker::WorkerTotals;
+use crate::worker::{MediaSocket, WorkerTotals};
 use crate::MediaError;
 
 /// The longest an allocation waits for workers to close freed sockets when nothing else is
@@ -82,22 +82,20 @@ impl PortPool {
         self.spare.len()
     }
 
-    /// Whether sockets of removed streams are kept for reuse at all.
-    pub(crate) fn keeps_spares(&self) -> bool {
-        !self.spare_ttl.is_zero()
-    }
-
-    /// Keeps `socket`, bound at `addr` and watched by `worker` under `token`, for the next
-    /// call on its port. Its port is not handed out before the worker has applied the
-    /// command that put it away (see [`PortPool::free_after`]).
-    pub(crate) fn keep_spare(
-        &mut self,
-        addr: SocketAddr,
-        socket: Arc<UdpSocket>,
-        worker: usize,
-        token: u64,
-        now: Instant,
-    ) {
+    /// Keeps `socket`, watched by `worker` under its token, for the next call on its port
+    /// (unless spares are off: then it is dropped, and closes when the worker drops it
+    /// too). Its port is not handed out before the worker has applied the command that
+    /// put it away (see [`PortPool::free_after`]).
+    pub(crate) fn keep_spare(&mut self, socket: MediaSocket, worker: usize, now: Instant) {
+        if self.spare_ttl.is_zero() {
+            return;
+        }
+        let MediaSocket {
+            socket,
+            addr,
+            token,
+            ..
+        } = socket;
         self.spare.insert(
             addr,
             Spare {
@@ -120,8 +118,9 @@ impl PortPool {
     /// The worker watching the spare RTP socket of the pair the next allocation on `ip`
     /// takes, if it is a spare: a new call given that worker reuses the socket with no
     /// syscall, so port pairs stay with one worker as long as they are in use.
-    pub(crate) fn next_spare_worker(&mut self, ip: IpAddr) -> Option<usize> {
-        self.reap();
+    /// Closing pairs are not reaped first: they would join the back of the queue, so the
+    /// front is the same.
+    pub(crate) fn next_spare_worker(&self, ip: IpAddr) -> Option<usize> {
         let port = self.alloc.next()?;
         self.spare.get(&SocketAddr::new(ip, port)).map(|s| s.worker)
     }
