@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
-use tokio::net::UdpSocket;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,7 +36,7 @@ pub(crate) struct Shared {
     /// Every bound socket, UDP first, each transport in configuration order.
     listeners: Vec<Listener>,
     /// The UDP socket of each entry of `listeners` (`None` for TCP listeners).
-    udp_sockets: Vec<Option<Arc<UdpSocket>>>,
+    udp_sockets: Vec<Option<Arc<udp::UdpEndpoint>>>,
     /// `true` once shutdown has begun; every task watches it.
     pub(crate) shutdown: watch::Sender<bool>,
     /// Runtime to spawn on, so `send` works from threads outside it.

@@ -1,11 +1,14 @@
 //! UDP sockets: one datagram is one message.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use trunkline_sip::{Peer, Transport};
 
@@ -16,13 +19,41 @@ use crate::message::Received;
 use crate::metrics::DropReason;
 use crate::transports::Shared;
 
-/// Receive buffers are carved out of blocks this big, so small datagrams share one allocation
-/// and the buffer is not reallocated per datagram.
-const UDP_BLOCK: usize = 64 * 1024;
+/// Sends waiting for room in a socket's buffer; past it a send fails (and is counted)
+/// rather than queueing without bound.
+const MAX_BACKLOG: usize = 4096;
+
+/// A UDP socket of the node.
+///
+/// It is registered with the runtime for reading only. Registered for writing too (as
+/// `tokio::net::UdpSocket` always is), every datagram sent wakes whichever worker sits
+/// in `epoll_wait` when the kernel frees the datagram's buffer space: one needless
+/// thread wake-up per message sent. Sends go straight to the socket; only when its
+/// buffer is full does a task wait for room, on a duplicate of the socket registered
+/// for writing while that lasts.
+pub(crate) struct UdpEndpoint {
+    io: AsyncFd<std::net::UdpSocket>,
+    backlog: Mutex<Backlog>,
+    /// Mirrors `Backlog::draining` so a send need not lock when nothing waits.
+    draining: AtomicBool,
+}
+
+#[derive(Default)]
+struct Backlog {
+    queue: VecDeque<(Bytes, Origin)>,
+    /// A task is sending the queue.
+    draining: bool,
+}
+
+impl UdpEndpoint {
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.io.get_ref().local_addr()
+    }
+}
 
 /// Binds a UDP socket with a large receive buffer (bursts of INVITEs must not be dropped by the
 /// kernel) and IPv6 sockets IPv6-only (so `[::]` and `0.0.0.0` can both be bound).
-pub(crate) fn bind(addr: SocketAddr, recv_buffer: usize) -> Result<UdpSocket, TransportError> {
+pub(crate) fn bind(addr: SocketAddr, recv_buffer: usize) -> Result<UdpEndpoint, TransportError> {
     let bind_err = |source| TransportError::Bind { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_err)?;
@@ -34,81 +65,182 @@ pub(crate) fn bind(addr: SocketAddr, recv_buffer: usize) -> Result<UdpSocket, Tr
     }
     socket.set_nonblocking(true).map_err(bind_err)?;
     socket.bind(&addr.into()).map_err(bind_err)?;
-    UdpSocket::from_std(socket.into()).map_err(bind_err)
+    let io = register(std::net::UdpSocket::from(socket), Interest::READABLE).map_err(bind_err)?;
+    Ok(UdpEndpoint {
+        io,
+        backlog: Mutex::new(Backlog::default()),
+        draining: AtomicBool::new(false),
+    })
+}
+
+/// Registers `socket` with the runtime for `interest` only.
+#[allow(unsafe_code)]
+fn register(
+    socket: std::net::UdpSocket,
+    interest: Interest,
+) -> std::io::Result<AsyncFd<std::net::UdpSocket>> {
+    // SAFETY: a `std::net::UdpSocket` owns its file descriptor and returns that same open
+    // descriptor from `as_raw_fd` until it is dropped, as `register_with_interest` requires;
+    // the `AsyncFd` owns the socket from here on.
+    unsafe { AsyncFd::register_with_interest(socket, interest) }.map_err(std::io::Error::from)
 }
 
 /// Reads datagrams until shutdown, dropping keep-alives and oversize ones, and hands each other
 /// datagram up whole: Content-Length rules for datagrams are the parser's (RFC 3261 §18.3).
 /// `local` is the socket's bound address, which received messages carry as `Peer::local`.
-pub(crate) async fn receive_loop(shared: Arc<Shared>, socket: Arc<UdpSocket>, local: SocketAddr) {
+/// Each readiness event is read until the socket is empty.
+pub(crate) async fn receive_loop(
+    shared: Arc<Shared>,
+    endpoint: Arc<UdpEndpoint>,
+    local: SocketAddr,
+) {
     let limit = shared.config.max_message_bytes;
     // One byte more than the limit tells an oversize datagram from one exactly at the limit.
-    let want = limit.saturating_add(1);
-    let mut buf = BytesMut::new();
+    let mut buf = vec![0u8; limit.saturating_add(1)];
     let mut shutdown = shared.shutdown.subscribe();
     loop {
-        if buf.capacity() < want {
-            buf.reserve(want.max(UDP_BLOCK));
-        }
-        let received = tokio::select! {
+        let mut ready = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
-            r = async {
-                let mut limited = (&mut buf).limit(want);
-                socket.recv_buf_from(&mut limited).await
-            } => r,
+            r = endpoint.io.readable() => match r {
+                Ok(ready) => ready,
+                Err(e) => {
+                    tracing::error!(local = %local, error = %e, "UDP socket cannot be polled; receiving stops");
+                    break;
+                }
+            },
         };
-        let (n, peer) = match received {
-            Ok(r) => r,
-            Err(e) => {
+        loop {
+            let (n, peer) = match ready.try_io(|io| io.get_ref().recv_from(&mut buf)) {
+                Ok(Ok(r)) => r,
                 // ICMP errors from earlier sends can surface here; the socket stays usable.
-                tracing::debug!(local = %local, error = %e, "UDP receive error");
-                continue;
-            }
-        };
-        shared.metrics.bytes_in(Transport::Udp, n);
-        if n > limit {
-            buf.clear();
-            shared.metrics.dropped(
-                DropReason::Oversize,
-                Transport::Udp,
-                peer,
-                &TransportError::MessageTooLarge { size: n, limit },
-            );
-            continue;
+                Ok(Err(e)) => {
+                    tracing::debug!(local = %local, error = %e, "UDP receive error");
+                    continue;
+                }
+                // Empty: wait for the next readiness event.
+                Err(_) => break,
+            };
+            deliver(&shared, &buf[..n], limit, peer, local);
+            // A flood keeps the socket from ever being empty: the runtime's budget makes
+            // this task give way to the calls it feeds now and then.
+            tokio::task::consume_budget().await;
         }
-        if is_datagram_keepalive(&buf[..n]) {
-            buf.clear();
-            tracing::trace!(%peer, "UDP keep-alive");
-            continue;
-        }
-        // Copied out at its exact size: a slice of the shared receive block would pin the
-        // whole block for as long as any call keeps a header of this message.
-        let data = Bytes::copy_from_slice(&buf[..n]);
-        buf.clear();
-        let peer = Peer {
-            local: Some(local),
-            ..Peer::new(Transport::Udp, peer)
-        };
-        shared.inbound.on_message(Received { peer, data });
     }
 }
 
-/// Sends a datagram from `socket` without blocking: a full socket buffer hands the send to a
-/// task instead of waiting.
-pub(crate) fn send(shared: &Arc<Shared>, socket: &Arc<UdpSocket>, origin: Origin, data: Bytes) {
-    let to = origin.peer.addr;
-    match socket.try_send_to(&data, to) {
-        Ok(n) => shared.metrics.bytes_out(Transport::Udp, n),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            let shared = shared.clone();
-            let socket = socket.clone();
-            shared.clone().runtime.spawn(async move {
-                match socket.send_to(&data, to).await {
-                    Ok(n) => shared.metrics.bytes_out(Transport::Udp, n),
-                    Err(e) => shared.send_failed(&origin, &TransportError::Io(e)),
-                }
-            });
+/// Hands one received datagram up (or drops it, counted). A datagram longer than the
+/// receive buffer (`limit` + 1) arrives cut to it, so `n > limit` tells it apart.
+fn deliver(shared: &Shared, datagram: &[u8], limit: usize, peer: SocketAddr, local: SocketAddr) {
+    let n = datagram.len();
+    shared.metrics.bytes_in(Transport::Udp, n);
+    if n > limit {
+        shared.metrics.dropped(
+            DropReason::Oversize,
+            Transport::Udp,
+            peer,
+            &TransportError::MessageTooLarge { size: n, limit },
+        );
+        return;
+    }
+    if is_datagram_keepalive(datagram) {
+        tracing::trace!(%peer, "UDP keep-alive");
+        return;
+    }
+    // Copied out at its exact size: the receive buffer is reused for the next datagram.
+    let data = Bytes::copy_from_slice(datagram);
+    let peer = Peer {
+        local: Some(local),
+        ..Peer::new(Transport::Udp, peer)
+    };
+    shared.inbound.on_message(Received { peer, data });
+}
+
+/// Sends a datagram from `endpoint` without blocking: when the socket's buffer is full the
+/// datagram waits in the endpoint's backlog (bounded) for a task to send it.
+pub(crate) fn send(shared: &Arc<Shared>, endpoint: &Arc<UdpEndpoint>, origin: Origin, data: Bytes) {
+    if !endpoint.draining.load(Ordering::Acquire) {
+        match endpoint.io.get_ref().send_to(&data, origin.peer.addr) {
+            Ok(n) => {
+                shared.metrics.bytes_out(Transport::Udp, n);
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                shared.send_failed(&origin, &TransportError::Io(e));
+                return;
+            }
         }
-        Err(e) => shared.send_failed(&origin, &TransportError::Io(e)),
+    }
+    let start = {
+        let mut backlog = endpoint
+            .backlog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if backlog.queue.len() >= MAX_BACKLOG {
+            drop(backlog);
+            shared.send_failed(
+                &origin,
+                &TransportError::Io(std::io::ErrorKind::WouldBlock.into()),
+            );
+            return;
+        }
+        backlog.queue.push_back((data, origin));
+        let start = !backlog.draining;
+        backlog.draining = true;
+        endpoint.draining.store(true, Ordering::Release);
+        start
+    };
+    if start {
+        shared
+            .runtime
+            .spawn(drain(shared.clone(), endpoint.clone()));
+    }
+}
+
+/// Sends the endpoint's backlog as the socket makes room, then lets sends go straight to
+/// the socket again.
+async fn drain(shared: Arc<Shared>, endpoint: Arc<UdpEndpoint>) {
+    let writer = endpoint
+        .io
+        .get_ref()
+        .try_clone()
+        .and_then(|s| register(s, Interest::WRITABLE));
+    loop {
+        let next = {
+            let mut backlog = endpoint
+                .backlog
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let next = backlog.queue.pop_front();
+            if next.is_none() {
+                backlog.draining = false;
+                endpoint.draining.store(false, Ordering::Release);
+            }
+            next
+        };
+        let Some((data, origin)) = next else {
+            return;
+        };
+        let sent = match &writer {
+            Ok(writer) => send_when_writable(writer, &data, origin.peer.addr).await,
+            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+        };
+        match sent {
+            Ok(n) => shared.metrics.bytes_out(Transport::Udp, n),
+            Err(e) => shared.send_failed(&origin, &TransportError::Io(e)),
+        }
+    }
+}
+
+async fn send_when_writable(
+    writer: &AsyncFd<std::net::UdpSocket>,
+    data: &[u8],
+    to: SocketAddr,
+) -> std::io::Result<usize> {
+    loop {
+        let mut ready = writer.writable().await?;
+        if let Ok(result) = ready.try_io(|io| io.get_ref().send_to(data, to)) {
+            return result;
+        }
     }
 }
