@@ -41,6 +41,9 @@ pub struct CallActorState {
     b_key: Option<DialogKey>,
     timer: Option<(Instant, JoinHandle<()>)>,
     generation: u64,
+    /// Set while the actor starts: its first timer is armed once it runs (`post_start`),
+    /// not in `pre_start` (see there).
+    starting: bool,
     /// The call has ended and given its live-call slot back.
     counted_end: bool,
     /// Where the caller's INVITE came from (media NAT handling).
@@ -235,6 +238,7 @@ impl Actor for CallActor {
             b_key: None,
             timer: None,
             generation: 0,
+            starting: true,
             counted_end: false,
             caller_source,
             callee_source,
@@ -260,6 +264,21 @@ impl Actor for CallActor {
         }
         pump(&myself, &mut state);
         Ok(state)
+    }
+
+    /// Arms the call's first timer. `pre_start` runs in a task of its own that spawns the
+    /// actor's task as it ends; a timer task spawned before that would be pushed out of
+    /// the worker's next-task slot by the actor's, and the runtime would wake an idle
+    /// worker to take it (a third of a thread wake-up per call at low rates).
+    async fn post_start(
+        &self,
+        myself: ActorRef<CallMsg>,
+        state: &mut CallActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if std::mem::take(&mut state.starting) {
+            schedule(&myself, state);
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -731,6 +750,9 @@ fn release_media(state: &mut CallActorState) {
 /// its timers and arm the next one, which is far cheaper than a new timer task each time
 /// a deadline moves later (most of a call's deadline changes do).
 fn schedule(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
+    if state.starting {
+        return;
+    }
     let next = state.call.poll_timeout();
     if let Some((at, _)) = state.timer.as_ref() {
         if next.is_none_or(|next| *at <= next) {
