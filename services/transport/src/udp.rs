@@ -110,20 +110,20 @@ pub(crate) async fn receive_loop(
             },
         };
         loop {
-            let (n, peer) = match ready.try_io(|io| io.get_ref().recv_from(&mut buf)) {
-                Ok(Ok(r)) => r,
+            match ready.try_io(|io| io.get_ref().recv_from(&mut buf)) {
+                Ok(Ok((n, peer))) => deliver(&shared, &buf[..n], limit, peer, local),
                 // ICMP errors from earlier sends can surface here; the socket stays usable.
-                Ok(Err(e)) => {
-                    tracing::debug!(local = %local, error = %e, "UDP receive error");
-                    continue;
-                }
+                Ok(Err(e)) => tracing::debug!(local = %local, error = %e, "UDP receive error"),
                 // Empty: wait for the next readiness event.
                 Err(_) => break,
-            };
-            deliver(&shared, &buf[..n], limit, peer, local);
+            }
             // A flood keeps the socket from ever being empty: the runtime's budget makes
-            // this task give way to the calls it feeds now and then.
+            // this task give way to the calls it feeds now and then, and shutdown is
+            // looked at between datagrams.
             tokio::task::consume_budget().await;
+            if *shutdown.borrow() {
+                return;
+            }
         }
     }
 }
