@@ -80,8 +80,9 @@ pub enum TransportError {
     /// The Content-Length value is not a non-negative decimal number, or two values disagree.
     #[error("invalid Content-Length value")]
     BadContentLength,
-    /// The connection's outbound queue is full: the peer reads slower than we write.
-    #[error("send queue of the connection to {addr} is full")]
+    /// The outbound queue is full: a connection's peer reads slower than we write, or a
+    /// UDP socket's buffer and its backlog are full.
+    #[error("send queue toward {addr} is full")]
     QueueFull {
         /// The peer.
         addr: SocketAddr,

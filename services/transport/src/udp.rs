@@ -178,10 +178,8 @@ pub(crate) fn send(shared: &Arc<Shared>, endpoint: &Arc<UdpEndpoint>, origin: Or
             .unwrap_or_else(PoisonError::into_inner);
         if backlog.queue.len() >= MAX_BACKLOG {
             drop(backlog);
-            shared.send_failed(
-                &origin,
-                &TransportError::Io(std::io::ErrorKind::WouldBlock.into()),
-            );
+            let addr = origin.peer.addr;
+            shared.send_failed(&origin, &TransportError::QueueFull { addr });
             return;
         }
         backlog.queue.push_back((data, origin));
