@@ -33,16 +33,10 @@ const MAX_BACKLOG: usize = 4096;
 /// for writing while that lasts.
 pub(crate) struct UdpEndpoint {
     io: AsyncFd<std::net::UdpSocket>,
-    backlog: Mutex<Backlog>,
-    /// Mirrors `Backlog::draining` so a send need not lock when nothing waits.
+    backlog: Mutex<VecDeque<(Bytes, Origin)>>,
+    /// A task is sending the backlog. Changed only with `backlog` locked; read without
+    /// the lock so a send need not take it when nothing waits.
     draining: AtomicBool,
-}
-
-#[derive(Default)]
-struct Backlog {
-    queue: VecDeque<(Bytes, Origin)>,
-    /// A task is sending the queue.
-    draining: bool,
 }
 
 impl UdpEndpoint {
@@ -68,7 +62,7 @@ pub(crate) fn bind(addr: SocketAddr, recv_buffer: usize) -> Result<UdpEndpoint, 
     let io = register(std::net::UdpSocket::from(socket), Interest::READABLE).map_err(bind_err)?;
     Ok(UdpEndpoint {
         io,
-        backlog: Mutex::new(Backlog::default()),
+        backlog: Mutex::new(VecDeque::new()),
         draining: AtomicBool::new(false),
     })
 }
@@ -176,17 +170,14 @@ pub(crate) fn send(shared: &Arc<Shared>, endpoint: &Arc<UdpEndpoint>, origin: Or
             .backlog
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if backlog.queue.len() >= MAX_BACKLOG {
+        if backlog.len() >= MAX_BACKLOG {
             drop(backlog);
             let addr = origin.peer.addr;
             shared.send_failed(&origin, &TransportError::QueueFull { addr });
             return;
         }
-        backlog.queue.push_back((data, origin));
-        let start = !backlog.draining;
-        backlog.draining = true;
-        endpoint.draining.store(true, Ordering::Release);
-        start
+        backlog.push_back((data, origin));
+        !endpoint.draining.swap(true, Ordering::AcqRel)
     };
     if start {
         shared
@@ -209,9 +200,8 @@ async fn drain(shared: Arc<Shared>, endpoint: Arc<UdpEndpoint>) {
                 .backlog
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let next = backlog.queue.pop_front();
+            let next = backlog.pop_front();
             if next.is_none() {
-                backlog.draining = false;
                 endpoint.draining.store(false, Ordering::Release);
             }
             next
