@@ -158,7 +158,7 @@ impl ThreadPolicy {
 
     /// Applies the policy to the calling thread. Linux keeps policy and nice value per
     /// thread, so this touches no other thread of the process.
-    pub(crate) fn apply_to_current_thread(self) -> std::io::Result<()> {
+    pub fn apply_to_current_thread(self) -> std::io::Result<()> {
         let (policy, rt_priority, nice) = match self {
             ThreadPolicy::Inherit => return Ok(()),
             ThreadPolicy::Nice(n) => return sys::set_nice(n.into()),

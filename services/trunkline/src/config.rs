@@ -289,6 +289,19 @@ pub struct NodeConfig {
     /// (a second thread is woken to share each burst of work and mostly finds none), more
     /// carry more calls per second at the top: see the README's figures.
     pub worker_threads: usize,
+    /// Scheduling policy of those threads, named as rtpengine's `--scheduling` (and as
+    /// `media.scheduling`). `batch` by default: the runtime wakes a second thread to share
+    /// a burst of work, and a woken thread of a normal policy preempts the one that woke
+    /// it on the same core (or the SIP peer it just sent to), which costs context switches
+    /// and no throughput. `SCHED_BATCH` threads do not preempt on wake-up; they are still
+    /// time-shared fairly. SIP's timers are hundreds of milliseconds, so the few
+    /// milliseconds a woken thread may wait under contention do not matter, while media
+    /// forwarding (its own threads, `media.scheduling`) keeps the default policy.
+    pub scheduling: Scheduling,
+    /// As `media.priority`, for these threads: a nice value (-20..19), or the real-time
+    /// priority (1-99) `fifo`/`rr` need; unset leaves the nice value alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 impl Default for NodeConfig {
@@ -296,6 +309,8 @@ impl Default for NodeConfig {
         Self {
             id: "n1".to_owned(),
             worker_threads: 0,
+            scheduling: Scheduling::Batch,
+            priority: None,
         }
     }
 }
@@ -1570,6 +1585,15 @@ impl Config {
                 format!("must be at most {MAX_WORKER_THREADS} (0: the default)"),
             );
         }
+        if let Err(e) = self.runtime_thread_policy() {
+            problems.push("node.priority", e.to_string());
+        }
+    }
+
+    /// The policy each runtime thread gives itself as it starts; [`Config::load`] has
+    /// already rejected pairs for which this fails.
+    pub fn runtime_thread_policy(&self) -> Result<ThreadPolicy, ThreadPolicyError> {
+        ThreadPolicy::new(self.node.scheduling, self.node.priority)
     }
 
     /// The runtime's thread count, if `node.worker_threads` sets one.
@@ -3379,6 +3403,35 @@ trunk = "us"
                 assert!(message.contains(needle), "{file}: {message}");
             });
         }
+    }
+
+    #[test]
+    fn runtime_threads_default_to_batch_and_take_rtpengine_names() {
+        load_in_jail(&[], None, |result, _| {
+            let config = result.unwrap();
+            assert_eq!(config.node.scheduling, Scheduling::Batch);
+            assert_eq!(
+                config.runtime_thread_policy(),
+                Ok(ThreadPolicy::Batch(None))
+            );
+        });
+        let env = [
+            ("TRUNKLINE_NODE__SCHEDULING", "none"),
+            ("TRUNKLINE_NODE__PRIORITY", "3"),
+        ];
+        load_in_jail(&env, None, |result, _| {
+            assert_eq!(
+                result.unwrap().runtime_thread_policy(),
+                Ok(ThreadPolicy::Nice(3))
+            );
+        });
+        load_in_jail(&[], Some("[node]\nscheduling = \"rr\"\n"), |result, _| {
+            let message = format!("{:#}", result.unwrap_err());
+            assert!(
+                message.contains("node.priority: scheduling rr needs"),
+                "{message}"
+            );
+        });
     }
 
     /// An access network on the default interface, a carrier network on `carrier`.

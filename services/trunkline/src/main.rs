@@ -17,7 +17,7 @@ mod shutdown;
 mod telemetry;
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
@@ -67,8 +67,20 @@ fn main() -> ExitCode {
     if let Some(n) = config.worker_threads() {
         builder.worker_threads(n);
     }
+    // Each runtime thread sets its own scheduling policy as it starts (Linux keeps it per
+    // thread). Logging is not up yet when the first threads start, so a refusal is kept
+    // and reported once it is.
+    let refused: Arc<OnceLock<String>> = Arc::default();
+    if let Ok(policy) = config.runtime_thread_policy() {
+        let refused = refused.clone();
+        builder.on_thread_start(move || {
+            if let Err(e) = policy.apply_to_current_thread() {
+                let _ = refused.set(format!("{policy}: {e}"));
+            }
+        });
+    }
     match builder.enable_all().build() {
-        Ok(rt) => rt.block_on(async_main(config)),
+        Ok(rt) => rt.block_on(async_main(config, refused)),
         Err(err) => {
             eprintln!("trunkline: cannot start the runtime: {err}");
             ExitCode::FAILURE
@@ -76,10 +88,13 @@ fn main() -> ExitCode {
     }
 }
 
-async fn async_main(config: Config) -> ExitCode {
+async fn async_main(config: Config, refused_policy: Arc<OnceLock<String>>) -> ExitCode {
     if let Err(err) = telemetry::init(&config.log, config::rust_log_override()) {
         eprintln!("trunkline: {err:#}");
         return ExitCode::FAILURE;
+    }
+    if let Some(why) = refused_policy.get() {
+        tracing::warn!(policy = %why, "cannot apply node.scheduling to the runtime's threads; they run with the default");
     }
     // Every TCP connection and every media socket is a descriptor: take what the hard
     // limit allows instead of the 1024 most shells start with.
