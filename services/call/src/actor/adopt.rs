@@ -96,7 +96,7 @@ pub(super) fn open_adopted(shared: &Arc<Shared>, args: AdoptArgs) -> Result<Open
         callee_trunk.and_then(|t| t.outbound_credentials.clone()),
     );
     Ok(Opening {
-        call,
+        call: Box::new(call),
         span,
         new_call: NewCall {
             serial: args.serial,
