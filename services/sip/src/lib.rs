@@ -10,6 +10,7 @@ pub mod dialog;
 pub mod digest;
 pub mod error;
 pub mod header;
+pub mod ip_text;
 pub mod message;
 pub mod method;
 pub mod name_addr;

@@ -102,24 +102,34 @@ impl Headers {
     /// The topmost Via value, parsed.
     pub fn top_via(&self) -> Option<Via> {
         let first = self.get(HeaderName::Via)?;
-        let v = crate::scan::split_commas(first)?;
-        Via::parse(v.first()?)
+        Via::parse(crate::scan::first_comma_part(first)?)
     }
 
     /// Every Via value in order, parsed; `None` if any is malformed.
     pub fn vias(&self) -> Option<Vec<Via>> {
-        self.values(HeaderName::Via)?
-            .iter()
-            .map(|v| Via::parse(v))
-            .collect()
+        self.parse_each(HeaderName::Via, Via::parse)
     }
 
     /// Every value of a name-addr list header (Contact, Route, Record-Route).
     pub fn name_addrs(&self, kind: HeaderName) -> Option<Vec<NameAddr>> {
-        self.values(kind)?
-            .iter()
-            .map(|v| NameAddr::parse(v))
-            .collect()
+        self.parse_each(kind, NameAddr::parse)
+    }
+
+    /// Each comma-separated value of every line of `kind`, parsed with `parse`, in
+    /// order; `None` when a line is unbalanced or a value does not parse.
+    fn parse_each<T>(&self, kind: HeaderName, parse: fn(&[u8]) -> Option<T>) -> Option<Vec<T>> {
+        let mut out = Vec::new();
+        for line in self.get_all(kind) {
+            let mut ok = true;
+            crate::scan::for_each_comma_part(line, |s, e| match parse(&line[s..e]) {
+                Some(v) if ok => out.push(v),
+                _ => ok = false,
+            })?;
+            if !ok {
+                return None;
+            }
+        }
+        Some(out)
     }
 
     /// The first Contact, parsed (ignores `*`).

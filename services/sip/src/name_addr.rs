@@ -2,7 +2,7 @@
 
 use crate::params::Params;
 use crate::scan;
-use crate::uri::Uri;
+use crate::uri::{Uri, UriRef};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -27,6 +27,50 @@ impl NameAddr {
 
     /// Parses one value (no top-level commas).
     pub fn parse(v: &[u8]) -> Option<NameAddr> {
+        let r = NameAddrRef::split(v)?;
+        Some(NameAddr {
+            display: r.display.map(str::to_string),
+            uri: r.uri.to_uri(),
+            params: Params::parse_header(r.params)?,
+        })
+    }
+
+    pub fn param(&self, name: &str) -> Option<Option<&str>> {
+        self.params.get(name)
+    }
+
+    /// The dialog tag (From/To).
+    pub fn tag(&self) -> Option<&str> {
+        self.param("tag").flatten()
+    }
+
+    /// Sets or replaces a header parameter.
+    pub fn set_param(&mut self, name: &str, value: Option<String>) {
+        self.params.set(name, value);
+    }
+}
+
+/// A name-addr or addr-spec checked against [`NameAddr::parse`]'s grammar, its parts
+/// borrowed from the text: the validator checks To, From and Contact of every message
+/// this way without building (and dropping) owned values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameAddrRef<'a> {
+    /// Display name exactly as written (quoted form keeps its quotes).
+    pub display: Option<&'a str>,
+    pub uri: UriRef<'a>,
+    /// The header parameters' text (`;tag=x`), checked.
+    pub params: &'a [u8],
+}
+
+impl<'a> NameAddrRef<'a> {
+    /// Checks one value (no top-level commas) as [`NameAddr::parse`] does.
+    pub fn parse(v: &'a [u8]) -> Option<NameAddrRef<'a>> {
+        NameAddrRef::split(v).filter(|r| Params::check_header(r.params))
+    }
+
+    /// Everything but the parameters checked: [`NameAddr::parse`] checks those as it
+    /// builds them.
+    fn split(v: &'a [u8]) -> Option<NameAddrRef<'a>> {
         let (s, e) = scan::trim(v);
         let v = &v[s..e];
         if v.is_empty() {
@@ -37,7 +81,7 @@ impl NameAddr {
         let uri_text;
         if v[0] == b'"' {
             let q = scan::quoted_end(v, 0)?;
-            display = Some(std::str::from_utf8(&v[..q]).ok()?.to_string());
+            display = Some(std::str::from_utf8(&v[..q]).ok()?);
             i = scan::skip_ws(v, q);
             if v.get(i) != Some(&b'<') {
                 return None;
@@ -52,7 +96,7 @@ impl NameAddr {
                 return None;
             }
             display = if de > ds {
-                Some(std::str::from_utf8(&d[ds..de]).ok()?.to_string())
+                Some(std::str::from_utf8(&d[ds..de]).ok()?)
             } else {
                 None
             };
@@ -75,27 +119,12 @@ impl NameAddr {
             }
             uri_text = std::str::from_utf8(&v[us..i]).ok()?;
         }
-        let uri = Uri::parse(uri_text).ok()?;
-        let params = Params::parse_header(&v[i..])?;
-        Some(NameAddr {
+        let uri = UriRef::parse(uri_text).ok()?;
+        Some(NameAddrRef {
             display,
             uri,
-            params,
+            params: &v[i..],
         })
-    }
-
-    pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        self.params.get(name)
-    }
-
-    /// The dialog tag (From/To).
-    pub fn tag(&self) -> Option<&str> {
-        self.param("tag").flatten()
-    }
-
-    /// Sets or replaces a header parameter.
-    pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        self.params.set(name, value);
     }
 }
 
@@ -112,6 +141,28 @@ impl fmt::Display for NameAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The borrowed check accepts exactly what the owned parser accepts, and reads
+        /// the same parts.
+        #[test]
+        fn borrowed_check_agrees_with_the_parser(parts in prop::collection::vec(prop::sample::select(vec![
+            "\"Al;ice\" ", "Bob ", "", "<", ">", "sip:", "sips:", "tel:+1", "a@", "b.example", "[2001:db8::1]",
+            "192.0.2.1", ":5060", ":99999", ";tag=t1", "; tag = t3 ", ";lr", ";x=\"q;v\"", "?h=1", " ", "\"", ";", "=",
+            "@", "é",
+        ]), 1..8)) {
+            let v = parts.concat();
+            let owned = NameAddr::parse(v.as_bytes());
+            let borrowed = NameAddrRef::parse(v.as_bytes());
+            prop_assert_eq!(owned.is_some(), borrowed.is_some(), "{}", v);
+            if let (Some(o), Some(b)) = (owned, borrowed) {
+                prop_assert_eq!(o.display.as_deref(), b.display);
+                prop_assert_eq!(o.uri, b.uri.to_uri());
+                prop_assert_eq!(Some(o.params), Params::parse_header(b.params));
+            }
+        }
+    }
 
     #[test]
     fn forms() {

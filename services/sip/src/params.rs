@@ -8,23 +8,29 @@
 //! more unescaped characters but no LWS or quotes.
 
 use crate::scan::{is_token_char, quoted_end, skip_ws};
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// One `;name[=value]` parameter. Names compare case-insensitively; name and
 /// value are kept as received (quoted values keep their quotes) so re-serialising
 /// is exact.
+///
+/// Both are `CompactString`s: names and most values (tags, branches, `rport`
+/// numbers) fit in its 24 inline bytes, so parsing a header's parameters costs
+/// no allocation per parameter. Every message carries a dozen of them, parsed
+/// several times on its way through the node. They serialise as plain strings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Param {
-    pub name: String,
-    pub value: Option<String>,
+    pub name: CompactString,
+    pub value: Option<CompactString>,
 }
 
 impl Param {
-    pub fn new(name: impl Into<String>, value: Option<String>) -> Self {
+    pub fn new(name: impl Into<CompactString>, value: Option<String>) -> Self {
         Param {
             name: name.into(),
-            value,
+            value: value.map(CompactString::from),
         }
     }
 }
@@ -64,7 +70,7 @@ impl Params {
             .iter_mut()
             .find(|p| p.name.eq_ignore_ascii_case(name))
         {
-            Some(p) => p.value = value,
+            Some(p) => p.value = value.map(CompactString::from),
             None => self.0.push(Param::new(name, value)),
         }
     }
@@ -78,7 +84,7 @@ impl Params {
                 return true;
             }
             if first.is_none() {
-                first = Some(p.value.take());
+                first = Some(p.value.take().map(CompactString::into_string));
             }
             false
         });
@@ -111,39 +117,19 @@ impl Params {
     /// a token or a quoted string. `None` on anything else.
     pub fn parse_header(b: &[u8]) -> Option<Params> {
         let mut params = Vec::new();
-        let mut i = 0;
-        loop {
-            i = skip_ws(b, i);
-            let Some(&c) = b.get(i) else {
-                return Some(Params(params));
-            };
-            if c != b';' {
-                return None;
-            }
-            i = skip_ws(b, i + 1);
-            let ns = i;
-            i = span(b, i, is_header_char);
-            if i == ns {
-                return None;
-            }
-            let name = std::str::from_utf8(&b[ns..i]).ok()?.to_string();
-            i = skip_ws(b, i);
-            let mut value = None;
-            if b.get(i) == Some(&b'=') {
-                i = skip_ws(b, i + 1);
-                let vs = i;
-                if b.get(i) == Some(&b'"') {
-                    i = quoted_end(b, i)?;
-                } else {
-                    i = span(b, i, is_header_char);
-                }
-                if i == vs {
-                    return None;
-                }
-                value = Some(std::str::from_utf8(&b[vs..i]).ok()?.to_string());
-            }
-            params.push(Param { name, value });
-        }
+        walk_header(b, |name, value| {
+            params.push(Param {
+                name: CompactString::from(name),
+                value: value.map(CompactString::from),
+            })
+        })?;
+        Some(Params(params))
+    }
+
+    /// True when `b` is a list [`Params::parse_header`] accepts; allocates nothing, for
+    /// validators that only need to know.
+    pub fn check_header(b: &[u8]) -> bool {
+        walk_header(b, |_, _| {}).is_some()
     }
 
     /// Parses URI parameters, `*( ";" uri-parameter )`, from the start of `b`.
@@ -152,24 +138,79 @@ impl Params {
     /// when a parameter has an empty name.
     pub fn parse_uri(b: &[u8]) -> Option<(Params, usize)> {
         let mut params = Vec::new();
-        let mut i = 0;
-        while b.get(i) == Some(&b';') {
-            let ns = i + 1;
-            i = span(b, ns, is_uri_char);
-            if i == ns {
+        let used = walk_uri(b, |name, value| {
+            params.push(Param {
+                name: CompactString::from_utf8_lossy(name),
+                value: value.map(CompactString::from_utf8_lossy),
+            })
+        })?;
+        Some((Params(params), used))
+    }
+
+    /// Where [`Params::parse_uri`] would stop in `b`, without building the list.
+    pub fn scan_uri(b: &[u8]) -> Option<usize> {
+        walk_uri(b, |_, _| {})
+    }
+}
+
+/// Walks header parameters (the grammar of [`Params::parse_header`]), handing each
+/// name and value to `each`. `None` when `b` is not such a list.
+fn walk_header(b: &[u8], mut each: impl FnMut(&str, Option<&str>)) -> Option<()> {
+    let mut i = 0;
+    loop {
+        i = skip_ws(b, i);
+        let Some(&c) = b.get(i) else {
+            return Some(());
+        };
+        if c != b';' {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        let ns = i;
+        i = span(b, i, is_header_char);
+        if i == ns {
+            return None;
+        }
+        let name = std::str::from_utf8(&b[ns..i]).ok()?;
+        i = skip_ws(b, i);
+        let mut value = None;
+        if b.get(i) == Some(&b'=') {
+            i = skip_ws(b, i + 1);
+            let vs = i;
+            if b.get(i) == Some(&b'"') {
+                i = quoted_end(b, i)?;
+            } else {
+                i = span(b, i, is_header_char);
+            }
+            if i == vs {
                 return None;
             }
-            let name = String::from_utf8_lossy(&b[ns..i]).into_owned();
-            let mut value = None;
-            if b.get(i) == Some(&b'=') {
-                let vs = i + 1;
-                i = span(b, vs, is_uri_char);
-                value = Some(String::from_utf8_lossy(&b[vs..i]).into_owned());
-            }
-            params.push(Param { name, value });
+            value = Some(std::str::from_utf8(&b[vs..i]).ok()?);
         }
-        Some((Params(params), i))
+        each(name, value);
     }
+}
+
+/// Walks URI parameters (the grammar of [`Params::parse_uri`]) from the start of `b`,
+/// handing each name and value to `each`; returns the index it stopped at.
+fn walk_uri(b: &[u8], mut each: impl FnMut(&[u8], Option<&[u8]>)) -> Option<usize> {
+    let mut i = 0;
+    while b.get(i) == Some(&b';') {
+        let ns = i + 1;
+        i = span(b, ns, is_uri_char);
+        if i == ns {
+            return None;
+        }
+        let name = &b[ns..i];
+        let mut value = None;
+        if b.get(i) == Some(&b'=') {
+            let vs = i + 1;
+            i = span(b, vs, is_uri_char);
+            value = Some(&b[vs..i]);
+        }
+        each(name, value);
+    }
+    Some(i)
 }
 
 /// Index of the first byte at or after `i` that `ok` rejects (or the end).

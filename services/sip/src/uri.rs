@@ -16,27 +16,7 @@ pub enum Host {
 impl Host {
     /// Parses a host (`[v6]`, dotted IPv4 or hostname).
     pub fn parse(s: &str) -> Option<Host> {
-        if let Some(inner) = s.strip_prefix('[') {
-            let inner = inner.strip_suffix(']')?;
-            return inner.parse().ok().map(Host::V6);
-        }
-        if s.is_empty() {
-            return None;
-        }
-        if let Ok(v4) = s.parse::<Ipv4Addr>() {
-            return Some(Host::V4(v4));
-        }
-        // A bare IPv6 literal appears in some Via received= values.
-        if s.contains(':') {
-            return s.parse().ok().map(Host::V6);
-        }
-        if s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_')
-        {
-            Some(Host::Domain(s.to_string()))
-        } else {
-            None
-        }
+        HostRef::parse(s).map(HostRef::to_host)
     }
 
     /// The IP address when the host is a literal.
@@ -45,6 +25,59 @@ impl Host {
             Host::V4(a) => Some(IpAddr::V4(*a)),
             Host::V6(a) => Some(IpAddr::V6(*a)),
             Host::Domain(_) => None,
+        }
+    }
+}
+
+/// A host read from text, the domain name borrowed: what a validator needs to check a
+/// host without allocating (the grammar is [`Host::parse`]'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostRef<'a> {
+    Domain(&'a str),
+    V4(Ipv4Addr),
+    V6(Ipv6Addr),
+}
+
+impl<'a> HostRef<'a> {
+    /// Parses a host (`[v6]`, dotted IPv4 or hostname).
+    pub fn parse(s: &'a str) -> Option<HostRef<'a>> {
+        if let Some(inner) = s.strip_prefix('[') {
+            let inner = inner.strip_suffix(']')?;
+            return inner.parse().ok().map(HostRef::V6);
+        }
+        if s.is_empty() {
+            return None;
+        }
+        if let Ok(v4) = s.parse::<Ipv4Addr>() {
+            return Some(HostRef::V4(v4));
+        }
+        // A bare IPv6 literal appears in some Via received= values.
+        if s.contains(':') {
+            return s.parse().ok().map(HostRef::V6);
+        }
+        if s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_')
+        {
+            Some(HostRef::Domain(s))
+        } else {
+            None
+        }
+    }
+
+    /// The IP address when the host is a literal.
+    pub fn ip(self) -> Option<IpAddr> {
+        match self {
+            HostRef::V4(a) => Some(IpAddr::V4(a)),
+            HostRef::V6(a) => Some(IpAddr::V6(a)),
+            HostRef::Domain(_) => None,
+        }
+    }
+
+    pub fn to_host(self) -> Host {
+        match self {
+            HostRef::Domain(d) => Host::Domain(d.to_string()),
+            HostRef::V4(a) => Host::V4(a),
+            HostRef::V6(a) => Host::V6(a),
         }
     }
 }
@@ -62,7 +95,7 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Host::Domain(d) => f.write_str(d),
-            Host::V4(a) => write!(f, "{a}"),
+            Host::V4(a) => f.write_str(crate::ip_text::Ipv4Text::new(*a).as_str()),
             Host::V6(a) => write!(f, "[{a}]"),
         }
     }
@@ -131,37 +164,7 @@ impl Uri {
     /// Parses an absolute URI. Whitespace and angle brackets are not allowed here:
     /// a Request-URI like `<sip:x>` or one with embedded LWS is malformed (RFC 4475 §3.1.2.7/8).
     pub fn parse(s: &str) -> Result<Uri, &'static str> {
-        let colon = s.find(':').ok_or("no scheme")?;
-        let scheme = &s[..colon];
-        let rest = &s[colon + 1..];
-        let sb = scheme.as_bytes();
-        if sb.is_empty()
-            || !sb[0].is_ascii_alphabetic()
-            || !sb
-                .iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
-        {
-            return Err("bad scheme");
-        }
-        if s.bytes()
-            .any(|c| c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c >= 0x7f)
-        {
-            return Err("invalid character");
-        }
-        let sip_scheme = if scheme.eq_ignore_ascii_case("sip") {
-            SipScheme::Sip
-        } else if scheme.eq_ignore_ascii_case("sips") {
-            SipScheme::Sips
-        } else {
-            if rest.is_empty() {
-                return Err("empty URI");
-            }
-            return Ok(Uri::Other {
-                scheme: scheme.to_string(),
-                rest: rest.to_string(),
-            });
-        };
-        parse_sip(sip_scheme, rest).map(Uri::Sip)
+        UriRef::parse(s).map(|u| u.to_uri())
     }
 
     /// The SIP form, if this is a sip/sips URI.
@@ -195,7 +198,105 @@ impl Uri {
     }
 }
 
-fn parse_sip(scheme: SipScheme, s: &str) -> Result<SipUri, &'static str> {
+/// A URI checked against [`Uri::parse`]'s grammar, its parts borrowed from the text.
+///
+/// The validator checks the To, From and Contact URIs of every message and keeps
+/// nothing; building owned URIs for that was the largest share of its allocations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriRef<'a> {
+    Sip(SipUriRef<'a>),
+    Other { scheme: &'a str, rest: &'a str },
+}
+
+/// The parts of a sip/sips URI, borrowed; see [`SipUri`] for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SipUriRef<'a> {
+    pub scheme: SipScheme,
+    pub user: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub host: HostRef<'a>,
+    pub port: Option<u16>,
+    /// The parameters' text (`;a=b;c`), already checked.
+    pub params: &'a str,
+    pub headers: Option<&'a str>,
+}
+
+impl<'a> UriRef<'a> {
+    /// Checks `s` as [`Uri::parse`] does and splits it into borrowed parts.
+    pub fn parse(s: &'a str) -> Result<UriRef<'a>, &'static str> {
+        let colon = s.find(':').ok_or("no scheme")?;
+        let scheme = &s[..colon];
+        let rest = &s[colon + 1..];
+        let sb = scheme.as_bytes();
+        if sb.is_empty()
+            || !sb[0].is_ascii_alphabetic()
+            || !sb
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
+        {
+            return Err("bad scheme");
+        }
+        if s.bytes()
+            .any(|c| c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c >= 0x7f)
+        {
+            return Err("invalid character");
+        }
+        let sip_scheme = if scheme.eq_ignore_ascii_case("sip") {
+            SipScheme::Sip
+        } else if scheme.eq_ignore_ascii_case("sips") {
+            SipScheme::Sips
+        } else {
+            if rest.is_empty() {
+                return Err("empty URI");
+            }
+            return Ok(UriRef::Other { scheme, rest });
+        };
+        scan_sip(sip_scheme, rest).map(UriRef::Sip)
+    }
+
+    /// The owned URI.
+    pub fn to_uri(&self) -> Uri {
+        match *self {
+            UriRef::Sip(u) => Uri::Sip(SipUri {
+                scheme: u.scheme,
+                user: u.user.map(str::to_string),
+                password: u.password.map(str::to_string),
+                host: u.host.to_host(),
+                port: u.port,
+                // Checked by `scan_sip`, so this parses all of it.
+                params: Params::parse_uri(u.params.as_bytes())
+                    .map(|(p, _)| p)
+                    .unwrap_or_default(),
+                headers: u.headers.map(str::to_string),
+            }),
+            UriRef::Other { scheme, rest } => Uri::Other {
+                scheme: scheme.to_string(),
+                rest: rest.to_string(),
+            },
+        }
+    }
+
+    /// The SIP form, if this is a sip/sips URI.
+    pub fn as_sip(&self) -> Option<&SipUriRef<'a>> {
+        match self {
+            UriRef::Sip(u) => Some(u),
+            UriRef::Other { .. } => None,
+        }
+    }
+
+    /// The scheme as written.
+    pub fn scheme(&self) -> &'a str {
+        match *self {
+            UriRef::Sip(u) => match u.scheme {
+                SipScheme::Sip => "sip",
+                SipScheme::Sips => "sips",
+            },
+            UriRef::Other { scheme, .. } => scheme,
+        }
+    }
+}
+
+fn scan_sip(scheme: SipScheme, s: &str) -> Result<SipUriRef<'_>, &'static str> {
     let (userinfo, hostpart) = match s.find('@') {
         Some(at) => (Some(&s[..at]), &s[at + 1..]),
         None => (None, s),
@@ -203,13 +304,13 @@ fn parse_sip(scheme: SipScheme, s: &str) -> Result<SipUri, &'static str> {
     let (user, password) = match userinfo {
         Some(ui) => {
             let (u, p) = match ui.find(':') {
-                Some(c) => (&ui[..c], Some(ui[c + 1..].to_string())),
+                Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                 None => (ui, None),
             };
             if u.is_empty() {
                 return Err("empty user");
             }
-            (Some(u.to_string()), p)
+            (Some(u), p)
         }
         None => (None, None),
     };
@@ -229,7 +330,7 @@ fn parse_sip(scheme: SipScheme, s: &str) -> Result<SipUri, &'static str> {
             i += 1;
         }
     }
-    let host = Host::parse(&hostpart[..i]).ok_or("bad host")?;
+    let host = HostRef::parse(&hostpart[..i]).ok_or("bad host")?;
     let mut port = None;
     if i < b.len() && b[i] == b':' {
         let ps = i + 1;
@@ -242,23 +343,23 @@ fn parse_sip(scheme: SipScheme, s: &str) -> Result<SipUri, &'static str> {
         }
         port = Some(hostpart[ps..i].parse::<u16>().map_err(|_| "bad port")?);
     }
-    let (params, used) = Params::parse_uri(&b[i..]).ok_or("bad uri parameter")?;
+    let used = Params::scan_uri(&b[i..]).ok_or("bad uri parameter")?;
     let j = i + used;
     let headers = if j < b.len() {
         if b[j] != b'?' {
             return Err("junk after host");
         }
-        Some(hostpart[j + 1..].to_string())
+        Some(&hostpart[j + 1..])
     } else {
         None
     };
-    Ok(SipUri {
+    Ok(SipUriRef {
         scheme,
         user,
         password,
         host,
         port,
-        params,
+        params: &hostpart[i..j],
         headers,
     })
 }

@@ -11,10 +11,9 @@
 use crate::header::{Header, HeaderName, Headers};
 use crate::message::{parse_u32, Request, Response, SIP_2_0};
 use crate::method::Method;
-use crate::name_addr::NameAddr;
+use crate::name_addr::NameAddrRef;
 use crate::scan;
 use crate::uri::{Host, Uri};
-use bytes::Bytes;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use thiserror::Error;
@@ -77,8 +76,13 @@ impl Default for Policy {
 
 impl Policy {
     fn scheme_ok(&self, uri: &Uri) -> bool {
-        let s = uri.scheme();
-        self.uri_schemes.iter().any(|k| k.eq_ignore_ascii_case(s))
+        self.scheme_name_ok(uri.scheme())
+    }
+
+    fn scheme_name_ok(&self, scheme: &str) -> bool {
+        self.uri_schemes
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(scheme))
     }
 }
 
@@ -186,7 +190,7 @@ fn check_single_valued(h: &Headers) -> Result<(), &'static str> {
         let several = match kind {
             // Values that may hold quoted strings or <URI>s: split with care.
             HeaderName::To | HeaderName::From | HeaderName::ContentType => {
-                scan::split_commas(v).is_none_or(|parts| parts.len() > 1)
+                scan::comma_part_count(v).is_none_or(|n| n > 1)
             }
             // Call-ID words may contain quotes and brackets but never a comma;
             // the numeric ones cannot contain one either.
@@ -213,10 +217,10 @@ fn check_addr(h: &Headers, kind: HeaderName) -> Result<(), &'static str> {
     }
 }
 
-/// Parses one name-addr/addr-spec value, refusing an addr-spec whose URI has
+/// Checks one name-addr/addr-spec value, refusing an addr-spec whose URI has
 /// headers: without angle brackets `?` belongs to the URI only by accident.
-fn parse_addr(v: &Bytes) -> Option<NameAddr> {
-    let na = NameAddr::parse(v)?;
+fn parse_addr(v: &[u8]) -> Option<NameAddrRef<'_>> {
+    let na = NameAddrRef::parse(v)?;
     let bracketed = v.contains(&b'<');
     if !bracketed && na.uri.as_sip().is_some_and(|u| u.headers.is_some()) {
         return None;
@@ -274,8 +278,8 @@ fn check_schemes(req: &Request, policy: &Policy) -> Result<(), Rejection> {
     ] {
         // Already checked to parse; `*` is the only Contact without a URI.
         for v in h.values(kind).unwrap_or_default() {
-            if let Some(na) = NameAddr::parse(&v) {
-                if !policy.scheme_ok(&na.uri) {
+            if let Some(na) = NameAddrRef::parse(&v) {
+                if !policy.scheme_name_ok(na.uri.scheme()) {
                     return Err(Rejection::new(416, reason));
                 }
             }
@@ -462,6 +466,7 @@ mod tests {
     use super::*;
     use crate::message::Message;
     use crate::parse::parse_message;
+    use bytes::Bytes;
 
     const BASE: &str = "INVITE sip:bob@example.com SIP/2.0\r\n\
 Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\n\

@@ -3,6 +3,7 @@
 use crate::params::{Param, Params};
 use crate::scan;
 use crate::uri::Host;
+use compact_str::{format_compact, CompactString};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
@@ -13,10 +14,11 @@ pub const MAGIC_COOKIE: &str = "z9hG4bK";
 /// One Via value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Via {
-    /// Protocol name and version, normally `SIP/2.0`.
-    pub protocol: String,
+    /// Protocol name and version, normally `SIP/2.0`. (`CompactString`s, as in
+    /// [`Param`]: a Via is parsed several times per message, and these fit inline.)
+    pub protocol: CompactString,
     /// Transport as written (`UDP`, `TCP`, `TLS`, `WS`, or any extension).
-    pub transport: String,
+    pub transport: CompactString,
     pub host: Host,
     pub port: Option<u16>,
     pub params: Params,
@@ -27,8 +29,8 @@ impl Via {
     /// allowed (RFC 4475 §3.1.1.1).
     pub fn parse(v: &[u8]) -> Option<Via> {
         let mut i = scan::skip_ws(v, 0);
-        let mut parts = Vec::with_capacity(3);
-        for n in 0..3 {
+        let mut parts = [""; 3];
+        for (n, part) in parts.iter_mut().enumerate() {
             let s = i;
             while i < v.len() && scan::is_token_char(v[i]) {
                 i += 1;
@@ -36,7 +38,7 @@ impl Via {
             if i == s {
                 return None;
             }
-            parts.push(std::str::from_utf8(&v[s..i]).ok()?);
+            *part = std::str::from_utf8(&v[s..i]).ok()?;
             i = scan::skip_ws(v, i);
             if n < 2 {
                 if v.get(i) != Some(&b'/') {
@@ -76,9 +78,14 @@ impl Via {
             port?;
         }
         let params = Params::parse_header(&v[i..])?;
+        let protocol = if parts[0] == "SIP" && parts[1] == "2.0" {
+            CompactString::const_new("SIP/2.0")
+        } else {
+            format_compact!("{}/{}", parts[0], parts[1])
+        };
         Some(Via {
-            protocol: format!("{}/{}", parts[0], parts[1]),
-            transport: parts[2].to_string(),
+            protocol,
+            transport: CompactString::from(parts[2]),
             host,
             port,
             params,
@@ -88,8 +95,8 @@ impl Via {
     /// A Via this node adds to a request it sends.
     pub fn new(transport: &str, host: Host, port: Option<u16>, branch: String) -> Via {
         Via {
-            protocol: "SIP/2.0".to_string(),
-            transport: transport.to_string(),
+            protocol: CompactString::const_new("SIP/2.0"),
+            transport: CompactString::from(transport),
             host,
             port,
             params: Params::from(vec![
@@ -131,7 +138,11 @@ impl Via {
             self.set_param("rport", Some(source.port().to_string()));
         }
         if self.host.ip() != Some(source.ip()) || asked_rport || force_rport {
-            self.set_param("received", Some(source.ip().to_string()));
+            let received = match source.ip() {
+                std::net::IpAddr::V4(a) => crate::ip_text::Ipv4Text::new(a).as_str().to_string(),
+                ip => ip.to_string(),
+            };
+            self.set_param("received", Some(received));
         }
     }
 

@@ -278,7 +278,7 @@ fn wsinv_keeps_values_and_vias() {
     let vias = r.headers.vias().expect("vias parse");
     let got: Vec<(String, String, Option<&str>)> = vias
         .iter()
-        .map(|v| (v.transport.clone(), v.host.to_string(), v.branch()))
+        .map(|v| (v.transport.to_string(), v.host.to_string(), v.branch()))
         .collect();
     assert_eq!(
         got,
@@ -365,7 +365,7 @@ fn transports_keeps_unknown_transports() {
         .vias()
         .expect("vias")
         .into_iter()
-        .map(|v| v.transport)
+        .map(|v| v.transport.into_string())
         .collect();
     assert_eq!(t, ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"]);
 }

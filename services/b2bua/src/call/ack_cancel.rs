@@ -14,9 +14,8 @@ pub(super) fn cancel_for(invite: &Request) -> Request {
     let mut c = Request::new(Method::Cancel, invite.uri.clone());
     let h = &invite.headers;
     if let Some(v) = h.get(HeaderName::Via) {
-        if let Some(first) = trunkline_sip::scan::split_commas(v).and_then(|v| v.into_iter().next())
-        {
-            c.headers.add(HeaderName::Via, first);
+        if let Some(first) = trunkline_sip::scan::first_comma_part(v) {
+            c.headers.add(HeaderName::Via, v.slice_ref(first));
         }
     }
     c.headers.add(HeaderName::MaxForwards, "70");

@@ -242,13 +242,11 @@ impl ClientTransaction {
     fn build_ack(&self, resp: &Response) -> Request {
         let req = &self.request;
         let mut ack = Request::new(Method::Ack, req.uri.clone());
-        if let Some(via) = req
-            .headers
-            .get(HeaderName::Via)
-            .and_then(crate::scan::split_commas)
-            .and_then(|v| v.into_iter().next())
-        {
-            ack.headers.push(Header::new(HeaderName::Via, via));
+        if let Some(line) = req.headers.get(HeaderName::Via) {
+            if let Some(first) = crate::scan::first_comma_part(line) {
+                ack.headers
+                    .push(Header::new(HeaderName::Via, line.slice_ref(first)));
+            }
         }
         for route in req.headers.iter().filter(|h| h.kind == HeaderName::Route) {
             ack.headers.push(route.clone());
