@@ -4,7 +4,7 @@ use crate::header::{Header, HeaderName, Headers};
 use crate::method::Method;
 use crate::name_addr::NameAddr;
 use crate::uri::Uri;
-use crate::via::Via;
+use crate::via::{Via, ViaRef};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -103,6 +103,27 @@ impl Headers {
     pub fn top_via(&self) -> Option<Via> {
         let first = self.get(HeaderName::Via)?;
         Via::parse(crate::scan::first_comma_part(first)?)
+    }
+
+    /// The topmost Via value, checked but not built.
+    pub fn top_via_ref(&self) -> Option<ViaRef<'_>> {
+        let first = self.get(HeaderName::Via)?;
+        ViaRef::parse(crate::scan::first_comma_part(first)?)
+    }
+
+    /// True when every Via value parses (as [`Headers::vias`] would) and `check`
+    /// accepts each; nothing is built.
+    pub fn check_vias(&self, mut check: impl FnMut(&ViaRef<'_>) -> bool) -> bool {
+        for line in self.get_all(HeaderName::Via) {
+            let mut ok = true;
+            let split = crate::scan::for_each_comma_part(line, |s, e| {
+                ok = ok && ViaRef::parse(&line[s..e]).is_some_and(|v| check(&v));
+            });
+            if split.is_none() || !ok {
+                return false;
+            }
+        }
+        true
     }
 
     /// Every Via value in order, parsed; `None` if any is malformed.

@@ -132,6 +132,18 @@ impl Params {
         walk_header(b, |_, _| {}).is_some()
     }
 
+    /// The first parameter called `name` (any case) in a header parameter list that
+    /// [`Params::check_header`] accepts, as [`Params::get`] would find it once parsed.
+    pub fn find_header<'a>(b: &'a [u8], name: &str) -> Option<Option<&'a str>> {
+        let mut found = None;
+        walk_header(b, |n, v| {
+            if found.is_none() && n.eq_ignore_ascii_case(name) {
+                found = Some(v);
+            }
+        })?;
+        found
+    }
+
     /// Parses URI parameters, `*( ";" uri-parameter )`, from the start of `b`.
     /// Stops at the first byte that cannot continue them (`?` before URI headers,
     /// or junk the caller rejects) and returns the index it stopped at. `None`
@@ -155,7 +167,10 @@ impl Params {
 
 /// Walks header parameters (the grammar of [`Params::parse_header`]), handing each
 /// name and value to `each`. `None` when `b` is not such a list.
-fn walk_header(b: &[u8], mut each: impl FnMut(&str, Option<&str>)) -> Option<()> {
+fn walk_header<'a>(b: &'a [u8], mut each: impl FnMut(&'a str, Option<&'a str>)) -> Option<()> {
+    // One UTF-8 check for the whole list: names and token values are ASCII, so only a
+    // quoted value can hold other bytes, and it is cut at its ASCII quotes.
+    let text = std::str::from_utf8(b).ok()?;
     let mut i = 0;
     loop {
         i = skip_ws(b, i);
@@ -171,7 +186,7 @@ fn walk_header(b: &[u8], mut each: impl FnMut(&str, Option<&str>)) -> Option<()>
         if i == ns {
             return None;
         }
-        let name = std::str::from_utf8(&b[ns..i]).ok()?;
+        let name = text.get(ns..i)?;
         i = skip_ws(b, i);
         let mut value = None;
         if b.get(i) == Some(&b'=') {
@@ -185,7 +200,7 @@ fn walk_header(b: &[u8], mut each: impl FnMut(&str, Option<&str>)) -> Option<()>
             if i == vs {
                 return None;
             }
-            value = Some(std::str::from_utf8(&b[vs..i]).ok()?);
+            value = Some(text.get(vs..i)?);
         }
         each(name, value);
     }
@@ -214,7 +229,7 @@ fn walk_uri(b: &[u8], mut each: impl FnMut(&[u8], Option<&[u8]>)) -> Option<usiz
 }
 
 /// Index of the first byte at or after `i` that `ok` rejects (or the end).
-fn span(b: &[u8], mut i: usize, ok: fn(u8) -> bool) -> usize {
+fn span(b: &[u8], mut i: usize, ok: impl Fn(u8) -> bool) -> usize {
     while b.get(i).is_some_and(|c| ok(*c)) {
         i += 1;
     }
@@ -230,27 +245,39 @@ fn is_header_char(c: u8) -> bool {
 /// RFC 3261 `paramchar`: unreserved, escaped (`%`) and `param-unreserved`
 /// characters, plus `:` which IPv6 `maddr` values carry.
 fn is_uri_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'_'
-                | b'.'
-                | b'!'
-                | b'~'
-                | b'*'
-                | b'\''
-                | b'('
-                | b')'
-                | b'%'
-                | b'['
-                | b']'
-                | b'/'
-                | b':'
-                | b'&'
-                | b'+'
-                | b'$'
-        )
+    URI_CHAR[c as usize]
 }
+
+/// [`is_uri_char`] as a table.
+static URI_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'%'
+                    | b'['
+                    | b']'
+                    | b'/'
+                    | b':'
+                    | b'&'
+                    | b'+'
+                    | b'$'
+            );
+        i += 1;
+    }
+    t
+};
 
 impl From<Vec<Param>> for Params {
     fn from(v: Vec<Param>) -> Self {

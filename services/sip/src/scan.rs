@@ -6,12 +6,24 @@ use bytes::Bytes;
 
 /// RFC 3261 `token` characters.
 pub fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric()
-        || matches!(
-            c,
-            b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-        )
+    TOKEN[c as usize]
 }
+
+/// [`is_token_char`] as a table: the parsers test every byte of every header with it.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        i += 1;
+    }
+    t
+};
 
 /// Linear white space inside an unfolded header value.
 pub fn is_ws(c: u8) -> bool {

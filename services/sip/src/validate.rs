@@ -13,7 +13,7 @@ use crate::message::{parse_u32, Request, Response, SIP_2_0};
 use crate::method::Method;
 use crate::name_addr::NameAddrRef;
 use crate::scan;
-use crate::uri::{Host, Uri};
+use crate::uri::{HostRef, Uri};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use thiserror::Error;
@@ -142,7 +142,7 @@ fn check_structure(req: &Request) -> Result<(), Rejection> {
         }
     }
     check_single_valued(h).map_err(Rejection::bad)?;
-    if h.vias().is_none() {
+    if !h.check_vias(|_| true) {
         return Err(Rejection::bad("Bad Request - malformed Via"));
     }
     let cseq = h
@@ -410,15 +410,19 @@ pub fn validate_response(resp: &Response) -> Result<(), &'static str> {
         }
     }
     check_single_valued(h).map_err(|_| "repeated single-valued header")?;
-    let vias = h.vias().ok_or("malformed Via")?;
-    if vias.iter().any(|v| {
-        v.host.ip().is_some_and(is_non_unicast)
+    let mut non_unicast = false;
+    if !h.check_vias(|v| {
+        non_unicast |= v.host.ip().is_some_and(is_non_unicast)
             || v.param("received")
                 .flatten()
-                .and_then(Host::parse)
+                .and_then(HostRef::parse)
                 .and_then(|r| r.ip())
-                .is_some_and(is_non_unicast)
+                .is_some_and(is_non_unicast);
+        true
     }) {
+        return Err("malformed Via");
+    }
+    if non_unicast {
         return Err("broadcast, multicast or unspecified Via address");
     }
     h.cseq().ok_or("malformed CSeq")?;

@@ -2,7 +2,7 @@
 
 use crate::params::{Param, Params};
 use crate::scan;
-use crate::uri::Host;
+use crate::uri::{Host, HostRef};
 use compact_str::{format_compact, CompactString};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -28,67 +28,18 @@ impl Via {
     /// Parses one comma-free Via value. LWS around `/` and before parameters is
     /// allowed (RFC 4475 §3.1.1.1).
     pub fn parse(v: &[u8]) -> Option<Via> {
-        let mut i = scan::skip_ws(v, 0);
-        let mut parts = [""; 3];
-        for (n, part) in parts.iter_mut().enumerate() {
-            let s = i;
-            while i < v.len() && scan::is_token_char(v[i]) {
-                i += 1;
-            }
-            if i == s {
-                return None;
-            }
-            *part = std::str::from_utf8(&v[s..i]).ok()?;
-            i = scan::skip_ws(v, i);
-            if n < 2 {
-                if v.get(i) != Some(&b'/') {
-                    return None;
-                }
-                i = scan::skip_ws(v, i + 1);
-            }
-        }
-        // sent-by: host [ ":" port ]
-        if i >= v.len() {
-            return None;
-        }
-        let hs = i;
-        if v[i] == b'[' {
-            while i < v.len() && v[i] != b']' {
-                i += 1;
-            }
-            i += 1;
-        } else {
-            while i < v.len() && !matches!(v[i], b':' | b';' | b' ' | b'\t') {
-                i += 1;
-            }
-        }
-        let host = Host::parse(std::str::from_utf8(v.get(hs..i)?).ok()?)?;
-        i = scan::skip_ws(v, i);
-        let mut port = None;
-        if i < v.len() && v[i] == b':' {
-            i = scan::skip_ws(v, i + 1);
-            let ps = i;
-            while i < v.len() && v[i].is_ascii_digit() {
-                i += 1;
-            }
-            if i == ps || i - ps > 5 {
-                return None;
-            }
-            port = std::str::from_utf8(&v[ps..i]).ok()?.parse().ok();
-            port?;
-        }
-        let params = Params::parse_header(&v[i..])?;
-        let protocol = if parts[0] == "SIP" && parts[1] == "2.0" {
+        let r = ViaRef::split(v)?;
+        let protocol = if r.name == "SIP" && r.version == "2.0" {
             CompactString::const_new("SIP/2.0")
         } else {
-            format_compact!("{}/{}", parts[0], parts[1])
+            format_compact!("{}/{}", r.name, r.version)
         };
         Some(Via {
             protocol,
-            transport: CompactString::from(parts[2]),
-            host,
-            port,
-            params,
+            transport: CompactString::from(r.transport),
+            host: r.host.to_host(),
+            port: r.port,
+            params: Params::parse_header(r.params)?,
         })
     }
 
@@ -118,8 +69,12 @@ impl Via {
     /// True when the branch carries the RFC 3261 magic cookie (and more than it:
     /// a branch that is only the cookie is treated as an RFC 2543 branch).
     pub fn has_rfc3261_branch(&self) -> bool {
-        self.branch()
-            .is_some_and(|b| b.len() > MAGIC_COOKIE.len() && b.starts_with(MAGIC_COOKIE))
+        self.branch().is_some_and(Via::is_rfc3261_branch)
+    }
+
+    /// True for a branch that carries the magic cookie and more.
+    pub fn is_rfc3261_branch(branch: &str) -> bool {
+        branch.len() > MAGIC_COOKIE.len() && branch.starts_with(MAGIC_COOKIE)
     }
 
     /// Sets or replaces a parameter.
@@ -161,6 +116,105 @@ impl Via {
     }
 }
 
+/// One Via value checked against [`Via::parse`]'s grammar, its parts borrowed from the
+/// text. The validator and the server transaction key read every request's Vias; a
+/// borrowed view spares building (and dropping) an owned `Via` for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViaRef<'a> {
+    /// Protocol name and version (`SIP`, `2.0`) and transport, as written.
+    pub name: &'a str,
+    pub version: &'a str,
+    pub transport: &'a str,
+    pub host: HostRef<'a>,
+    pub port: Option<u16>,
+    /// The parameters' text (`;branch=z9hG4bK1;rport`), checked.
+    pub params: &'a [u8],
+}
+
+impl<'a> ViaRef<'a> {
+    /// Checks one comma-free Via value as [`Via::parse`] does.
+    pub fn parse(v: &'a [u8]) -> Option<ViaRef<'a>> {
+        ViaRef::split(v).filter(|r| Params::check_header(r.params))
+    }
+
+    /// Everything but the parameters checked: [`Via::parse`] checks those as it builds
+    /// them.
+    fn split(v: &'a [u8]) -> Option<ViaRef<'a>> {
+        let mut i = scan::skip_ws(v, 0);
+        let mut parts = [""; 3];
+        for (n, part) in parts.iter_mut().enumerate() {
+            let s = i;
+            while i < v.len() && scan::is_token_char(v[i]) {
+                i += 1;
+            }
+            if i == s {
+                return None;
+            }
+            *part = std::str::from_utf8(&v[s..i]).ok()?;
+            i = scan::skip_ws(v, i);
+            if n < 2 {
+                if v.get(i) != Some(&b'/') {
+                    return None;
+                }
+                i = scan::skip_ws(v, i + 1);
+            }
+        }
+        // sent-by: host [ ":" port ]
+        if i >= v.len() {
+            return None;
+        }
+        let hs = i;
+        if v[i] == b'[' {
+            while i < v.len() && v[i] != b']' {
+                i += 1;
+            }
+            i += 1;
+        } else {
+            while i < v.len() && !matches!(v[i], b':' | b';' | b' ' | b'\t') {
+                i += 1;
+            }
+        }
+        let host = HostRef::parse(std::str::from_utf8(v.get(hs..i)?).ok()?)?;
+        i = scan::skip_ws(v, i);
+        let mut port = None;
+        if i < v.len() && v[i] == b':' {
+            i = scan::skip_ws(v, i + 1);
+            let ps = i;
+            while i < v.len() && v[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i == ps || i - ps > 5 {
+                return None;
+            }
+            port = std::str::from_utf8(&v[ps..i]).ok()?.parse().ok();
+            port?;
+        }
+        Some(ViaRef {
+            name: parts[0],
+            version: parts[1],
+            transport: parts[2],
+            host,
+            port,
+            params: &v[i..],
+        })
+    }
+
+    /// The first parameter called `name`, as [`Via::param`] finds it.
+    pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
+        Params::find_header(self.params, name)
+    }
+
+    /// The branch parameter.
+    pub fn branch(&self) -> Option<&'a str> {
+        self.param("branch").flatten()
+    }
+
+    /// As [`Via::has_rfc3261_branch`].
+    pub fn has_rfc3261_branch(&self) -> bool {
+        self.branch().is_some_and(Via::is_rfc3261_branch)
+    }
+}
+
 impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{} {}", self.protocol, self.transport, self.host)?;
@@ -174,6 +228,34 @@ impl fmt::Display for Via {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_borrowed_check_agrees_with_the_parser() {
+        for v in [
+            "SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport",
+            "SIP / 2.0 / TCP host.example ; branch = z9hG4bK2 ; received=192.0.2.9",
+            "SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK3;x=\"a;b\"",
+            "SIP/2.0/UDP h:99999;branch=1",
+            "SIP/2.0/UDP h;branch=",
+            "SIP/2.0/UDP h;=x",
+            "SIP/2.0 UDP h",
+            "SIP/2.0/UDP ",
+            "SIP/2.0/UDP h;x=\"unterminated",
+        ] {
+            let owned = Via::parse(v.as_bytes());
+            let borrowed = ViaRef::parse(v.as_bytes());
+            assert_eq!(owned.is_some(), borrowed.is_some(), "{v}");
+            if let (Some(o), Some(b)) = (owned, borrowed) {
+                assert_eq!(o.protocol, format!("{}/{}", b.name, b.version), "{v}");
+                assert_eq!(o.transport, b.transport, "{v}");
+                assert_eq!(o.host, b.host.to_host(), "{v}");
+                assert_eq!(o.port, b.port, "{v}");
+                assert_eq!(o.branch(), b.branch(), "{v}");
+                assert_eq!(o.param("received"), b.param("received"), "{v}");
+                assert_eq!(o.has_rfc3261_branch(), b.has_rfc3261_branch(), "{v}");
+            }
+        }
+    }
 
     #[test]
     fn parses_spaced_via() {

@@ -3,8 +3,8 @@
 
 use crate::message::{Request, Response};
 use crate::method::Method;
-use crate::uri::Host;
-use crate::via::Via;
+use crate::uri::{Host, HostRef};
+use crate::via::{Via, ViaRef};
 use bytes::Bytes;
 use std::fmt;
 
@@ -52,10 +52,10 @@ struct Rfc2543Id {
 }
 
 impl SentBy {
-    fn of(via: &Via) -> SentBy {
-        let host = match &via.host {
-            Host::Domain(d) => Host::Domain(d.to_ascii_lowercase()),
-            other => other.clone(),
+    fn of(via: &ViaRef<'_>) -> SentBy {
+        let host = match via.host {
+            HostRef::Domain(d) => Host::Domain(d.to_ascii_lowercase()),
+            other => other.to_host(),
         };
         SentBy {
             host,
@@ -167,9 +167,9 @@ impl TxKey {
 }
 
 fn server_id(req: &Request) -> Option<TxId> {
-    let via = req.headers.top_via()?;
-    if via.has_rfc3261_branch() {
-        let branch = via.branch()?;
+    let via = req.headers.top_via_ref()?;
+    let branch = via.branch();
+    if let Some(branch) = branch.filter(|b| Via::is_rfc3261_branch(b)) {
         return Some(TxId::Branch {
             branch: branch.into(),
             sent_by: Some(SentBy::of(&via)),
@@ -186,7 +186,9 @@ fn server_id(req: &Request) -> Option<TxId> {
         from_tag,
         call_id,
         cseq,
-        top_via: via.to_string(),
+        // RFC 2543 peers only: the Via as this node writes it, so equal Vias compare
+        // equal however they were spaced.
+        top_via: req.headers.top_via()?.to_string(),
     })))
 }
 
