@@ -1196,9 +1196,8 @@ fn stamp_top_via(
     force_rport: bool,
 ) -> Option<std::net::SocketAddr> {
     let h = headers.first_mut(HeaderName::Via)?;
-    let values = trunkline_sip::scan::split_commas(&h.value)?;
-    let first = values.first()?;
-    let mut via = trunkline_sip::Via::parse(first)?;
+    let (start, end) = trunkline_sip::scan::first_comma_range(&h.value)?;
+    let mut via = trunkline_sip::Via::parse(&h.value[start..end])?;
     let reliable = source.transport.is_reliable();
     let alias = (reliable && via.param("alias").is_some())
         .then(|| via.host.ip().zip(via.port))
@@ -1206,12 +1205,9 @@ fn stamp_top_via(
         .filter(|(ip, _)| *ip == source.addr.ip())
         .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
     via.stamp_received(source.addr, force_rport && !reliable);
-    let mut out = via.to_string();
-    for v in &values[1..] {
-        out.push_str(", ");
-        out.push_str(&String::from_utf8_lossy(v));
-    }
-    h.value = Bytes::from(out);
+    // The Vias below the top one stay as received (from the comma on).
+    let rest = String::from_utf8_lossy(&h.value[end..]);
+    h.value = trunkline_sip::text::header_bytes(&format_args!("{via}{rest}"));
     alias
 }
 

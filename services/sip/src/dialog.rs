@@ -5,6 +5,7 @@ use crate::header::HeaderName;
 use crate::message::{Request, Response};
 use crate::method::Method;
 use crate::name_addr::NameAddr;
+use crate::text::header_bytes;
 use crate::uri::Uri;
 use crate::via::Via;
 use serde::{Deserialize, Serialize};
@@ -171,23 +172,26 @@ impl Dialog {
         let (uri, routes) = self.uri_and_routes();
         let mut req = Request::new(method.clone(), uri);
         let h = &mut req.headers;
-        h.add(HeaderName::Via, via.to_string());
+        h.add(HeaderName::Via, header_bytes(&via));
         h.add(HeaderName::MaxForwards, "70");
         let mut from = self.local_uri.clone();
         from.set_param("tag", Some(self.local_tag.clone()));
-        h.add(HeaderName::From, from.to_string());
+        h.add(HeaderName::From, header_bytes(&from));
         let mut to = self.remote_uri.clone();
         if !self.remote_tag.is_empty() {
             to.set_param("tag", Some(self.remote_tag.clone()));
         }
-        h.add(HeaderName::To, to.to_string());
+        h.add(HeaderName::To, header_bytes(&to));
         h.add(HeaderName::CallId, self.call_id.clone());
-        h.add(HeaderName::CSeq, format!("{seq} {method}"));
+        h.add(
+            HeaderName::CSeq,
+            header_bytes(&format_args!("{seq} {method}")),
+        );
         for r in routes {
             h.add(HeaderName::Route, r);
         }
         if let Some(c) = contact {
-            h.add(HeaderName::Contact, c.to_string());
+            h.add(HeaderName::Contact, header_bytes(&c));
         }
         req
     }

@@ -3,6 +3,7 @@
 use crate::header::{Header, HeaderName, Headers};
 use crate::method::Method;
 use crate::name_addr::NameAddr;
+use crate::text::header_bytes;
 use crate::uri::Uri;
 use crate::via::{Via, ViaRef};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -206,10 +207,25 @@ fn encode_headers(out: &mut BytesMut, headers: &Headers, body: &Bytes) {
         out.put_slice(&h.value);
         out.put_slice(b"\r\n");
     }
-    let mut cl = String::with_capacity(24);
-    let _ = write!(cl, "Content-Length: {}\r\n\r\n", body.len());
-    out.put_slice(cl.as_bytes());
+    out.put_slice(b"Content-Length: ");
+    put_decimal(out, body.len());
+    out.put_slice(b"\r\n\r\n");
     out.put_slice(body);
+}
+
+/// Writes `n` in decimal (status codes and Content-Length of every message sent).
+fn put_decimal(out: &mut BytesMut, mut n: usize) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.put_slice(&buf[i..]);
 }
 
 fn encoded_len(headers: &Headers, body: &Bytes) -> usize {
@@ -225,12 +241,11 @@ impl Request {
     /// Serialises the request. Content-Length is always written from the body so
     /// framing is right whatever the headers said.
     pub fn encode(&self) -> Bytes {
-        let uri = self.uri.to_string();
-        let mut out =
-            BytesMut::with_capacity(encoded_len(&self.headers, &self.body) + uri.len() + 32);
+        // The URI is written in place; 128 bytes of room covers any ordinary one.
+        let mut out = BytesMut::with_capacity(encoded_len(&self.headers, &self.body) + 160);
         out.put_slice(self.method.as_str().as_bytes());
         out.put_u8(b' ');
-        out.put_slice(uri.as_bytes());
+        let _ = write!(out, "{}", self.uri);
         out.put_u8(b' ');
         out.put_slice(&self.version);
         out.put_slice(b"\r\n");
@@ -294,9 +309,9 @@ impl Response {
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(encoded_len(&self.headers, &self.body) + 64);
         out.put_slice(&self.version);
-        let mut sl = String::with_capacity(8);
-        let _ = write!(sl, " {} ", self.status);
-        out.put_slice(sl.as_bytes());
+        out.put_u8(b' ');
+        put_decimal(&mut out, self.status.into());
+        out.put_u8(b' ');
         out.put_slice(&self.reason);
         out.put_slice(b"\r\n");
         encode_headers(&mut out, &self.headers, &self.body);
@@ -308,7 +323,7 @@ impl Response {
         if let Some(mut to) = self.headers.to_addr() {
             if to.tag().is_none() {
                 to.set_param("tag", Some(tag.to_string()));
-                self.headers.set(HeaderName::To, to.to_string());
+                self.headers.set(HeaderName::To, header_bytes(&to));
             }
         }
     }

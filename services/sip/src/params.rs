@@ -313,9 +313,11 @@ impl IntoIterator for Params {
 impl fmt::Display for Params {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for p in &self.0 {
-            write!(f, ";{}", p.name)?;
+            f.write_str(";")?;
+            f.write_str(&p.name)?;
             if let Some(v) = &p.value {
-                write!(f, "={v}")?;
+                f.write_str("=")?;
+                f.write_str(v)?;
             }
         }
         Ok(())

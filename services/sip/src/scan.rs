@@ -120,11 +120,16 @@ pub fn split_commas(b: &Bytes) -> Option<Vec<Bytes>> {
 /// The first top-level part of a header value, trimmed; `None` when the value is
 /// unbalanced anywhere (as [`split_commas`] would refuse it).
 pub fn first_comma_part(b: &[u8]) -> Option<&[u8]> {
+    first_comma_range(b).map(|(s, e)| &b[s..e])
+}
+
+/// Where [`first_comma_part`] lies in `b`, as `(start, end)`.
+pub fn first_comma_range(b: &[u8]) -> Option<(usize, usize)> {
     let mut first = None;
     for_each_comma_part(b, |s, e| {
         first.get_or_insert((s, e));
     })?;
-    first.map(|(s, e)| &b[s..e])
+    first
 }
 
 /// How many top-level parts a header value has; `None` when it is unbalanced.

@@ -95,7 +95,7 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Host::Domain(d) => f.write_str(d),
-            Host::V4(a) => f.write_str(crate::ip_text::Ipv4Text::new(*a).as_str()),
+            Host::V4(a) => f.write_str(crate::text::Ipv4Text::new(*a).as_str()),
             Host::V6(a) => write!(f, "[{a}]"),
         }
     }
@@ -364,6 +364,9 @@ fn scan_sip(scheme: SipScheme, s: &str) -> Result<SipUriRef<'_>, &'static str> {
     })
 }
 
+// The Display impls below write pieces with `write_str` and nested `fmt` calls rather
+// than `write!`: headers are formatted for every message the node sends, and
+// `write!`'s argument machinery was a visible share of the instructions per call.
 impl fmt::Display for SipUri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self.scheme {
@@ -373,17 +376,19 @@ impl fmt::Display for SipUri {
         if let Some(u) = &self.user {
             f.write_str(u)?;
             if let Some(p) = &self.password {
-                write!(f, ":{p}")?;
+                f.write_str(":")?;
+                f.write_str(p)?;
             }
             f.write_str("@")?;
         }
-        write!(f, "{}", self.host)?;
+        fmt::Display::fmt(&self.host, f)?;
         if let Some(p) = self.port {
-            write!(f, ":{p}")?;
+            crate::text::write_port(f, p)?;
         }
-        write!(f, "{}", self.params)?;
+        fmt::Display::fmt(&self.params, f)?;
         if let Some(h) = &self.headers {
-            write!(f, "?{h}")?;
+            f.write_str("?")?;
+            f.write_str(h)?;
         }
         Ok(())
     }
@@ -393,7 +398,11 @@ impl fmt::Display for Uri {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Uri::Sip(u) => u.fmt(f),
-            Uri::Other { scheme, rest } => write!(f, "{scheme}:{rest}"),
+            Uri::Other { scheme, rest } => {
+                f.write_str(scheme)?;
+                f.write_str(":")?;
+                f.write_str(rest)
+            }
         }
     }
 }

@@ -94,7 +94,7 @@ impl Via {
         }
         if self.host.ip() != Some(source.ip()) || asked_rport || force_rport {
             let received = match source.ip() {
-                std::net::IpAddr::V4(a) => crate::ip_text::Ipv4Text::new(a).as_str().to_string(),
+                std::net::IpAddr::V4(a) => crate::text::Ipv4Text::new(a).as_str().to_string(),
                 ip => ip.to_string(),
             };
             self.set_param("received", Some(received));
@@ -217,11 +217,15 @@ impl<'a> ViaRef<'a> {
 
 impl fmt::Display for Via {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} {}", self.protocol, self.transport, self.host)?;
+        f.write_str(&self.protocol)?;
+        f.write_str("/")?;
+        f.write_str(&self.transport)?;
+        f.write_str(" ")?;
+        fmt::Display::fmt(&self.host, f)?;
         if let Some(p) = self.port {
-            write!(f, ":{p}")?;
+            crate::text::write_port(f, p)?;
         }
-        write!(f, "{}", self.params)
+        fmt::Display::fmt(&self.params, f)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::config::PeerCredentials;
 use crate::event::Leg;
 use std::time::Instant;
 use trunkline_sip::digest::{challenge_headers, Challenge};
+use trunkline_sip::text::header_bytes;
 use trunkline_sip::{HeaderName, Response};
 
 /// Challenges answered per call at most: a peer that keeps challenging (a wrong
@@ -88,8 +89,11 @@ impl Call {
         );
         let h = &mut req.headers;
         // Ours is the only Via: replaced in place.
-        h.set(HeaderName::Via, local.via(branch).to_string());
-        h.set(HeaderName::CSeq, format!("{seq} {}", req.method.as_str()));
+        h.set(HeaderName::Via, header_bytes(&local.via(branch)));
+        h.set(
+            HeaderName::CSeq,
+            header_bytes(&format_args!("{seq} {}", req.method.as_str())),
+        );
         h.remove(answer);
         h.add(answer, value);
         self.auth_answers += 1;

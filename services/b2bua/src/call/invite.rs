@@ -7,6 +7,7 @@ use crate::event::{EndCause, Event, Leg, MediaOp};
 use crate::relay::copy_session_headers;
 use bytes::Bytes;
 use std::time::Instant;
+use trunkline_sip::text::header_bytes;
 use trunkline_sip::transaction::ClientState;
 use trunkline_sip::{
     Dialog, HeaderName, Host, Method, NameAddr, Peer, Request, Response, SipUri, Uri,
@@ -53,8 +54,8 @@ impl Call {
         let branch = self.ids.branch();
         let mut req = Request::new(Method::Invite, request_uri.clone());
         let h = &mut req.headers;
-        h.add(HeaderName::Via, local.via(branch).to_string());
-        h.add(HeaderName::MaxForwards, (mf - 1).to_string());
+        h.add(HeaderName::Via, header_bytes(&local.via(branch)));
+        h.add(HeaderName::MaxForwards, header_bytes(&(mf - 1)));
         // From keeps the caller's user part and display name; the host becomes ours.
         let a_from = a_req.headers.from_addr();
         let from_user = match &presentation.from_user {
@@ -66,7 +67,7 @@ impl Call {
         let mut from = NameAddr::new(Uri::Sip(SipUri::new(from_user, local.host.clone(), None)));
         from.display = a_from.and_then(|f| f.display);
         from.set_param("tag", Some(tag.clone()));
-        h.add(HeaderName::From, from.to_string());
+        h.add(HeaderName::From, header_bytes(&from));
         let to_host = match &request_uri {
             Uri::Sip(u) => u.host.clone(),
             Uri::Other { .. } => Host::from(peer.addr.ip()),
@@ -77,10 +78,10 @@ impl Call {
             .or_else(|| request_uri.user().map(str::to_string));
         let mut to = NameAddr::new(Uri::Sip(SipUri::new(to_user, to_host, None)));
         to.display = a_req.headers.to_addr().and_then(|t| t.display);
-        h.add(HeaderName::To, to.to_string());
+        h.add(HeaderName::To, header_bytes(&to));
         h.add(HeaderName::CallId, call_id.clone());
         h.add(HeaderName::CSeq, "1 INVITE");
-        h.add(HeaderName::Contact, local.contact().to_string());
+        h.add(HeaderName::Contact, header_bytes(&local.contact()));
         h.add(HeaderName::Allow, self.cfg.allow);
         copy_session_headers(&a_req.headers, h);
         crate::relay::copy_identity(&a_req.headers, h, presentation);
@@ -402,7 +403,10 @@ pub(super) fn lenient_dialog(req: &Request, resp: &Response) -> Option<Dialog> {
     let mut fixed = resp.clone();
     let h = &mut fixed.headers;
     if h.contact().is_none() {
-        h.set(HeaderName::Contact, format!("<{}>", req.uri));
+        h.set(
+            HeaderName::Contact,
+            header_bytes(&format_args!("<{}>", req.uri)),
+        );
     }
     if h.name_addrs(HeaderName::RecordRoute).is_none() {
         h.remove(HeaderName::RecordRoute);
@@ -438,12 +442,12 @@ pub(super) fn fresh_invite(
 ) -> Request {
     let mut req = Request::new(Method::Invite, request_uri.clone());
     let h = &mut req.headers;
-    h.add(HeaderName::Via, local.via(branch).to_string());
-    h.add(HeaderName::MaxForwards, cfg.max_forwards.to_string());
+    h.add(HeaderName::Via, header_bytes(&local.via(branch)));
+    h.add(HeaderName::MaxForwards, header_bytes(&cfg.max_forwards));
     let mut from = NameAddr::new(Uri::Sip(SipUri::new(who.0, local.host.clone(), None)));
     from.display = who.1;
     from.set_param("tag", Some(tag.to_string()));
-    h.add(HeaderName::From, from.to_string());
+    h.add(HeaderName::From, header_bytes(&from));
     let to_host = match request_uri {
         Uri::Sip(u) => u.host.clone(),
         Uri::Other { .. } => Host::from(peer.addr.ip()),
@@ -453,10 +457,10 @@ pub(super) fn fresh_invite(
         to_host,
         None,
     )));
-    h.add(HeaderName::To, to.to_string());
-    h.add(HeaderName::CallId, call_id.to_string());
+    h.add(HeaderName::To, header_bytes(&to));
+    h.add(HeaderName::CallId, header_bytes(&call_id));
     h.add(HeaderName::CSeq, "1 INVITE");
-    h.add(HeaderName::Contact, local.contact().to_string());
+    h.add(HeaderName::Contact, header_bytes(&local.contact()));
     h.add(HeaderName::Allow, cfg.allow);
     req
 }
