@@ -320,6 +320,20 @@ impl Response {
 
     /// Adds a To-tag if the To header has none (RFC 3261 §8.2.6.2).
     pub fn set_to_tag(&mut self, tag: &str) {
+        let Some(raw) = self.headers.get(HeaderName::To) else {
+            return;
+        };
+        if crate::tags::name_addr_param(raw, b"tag").is_none()
+            && crate::name_addr::NameAddrRef::parse(raw).is_some()
+        {
+            // No tag parameter at all: append one to the value as received (header
+            // parameters come last in both forms), sparing a parse and re-format.
+            let (s, e) = crate::scan::trim(raw);
+            let value = format_args!("{};tag={tag}", String::from_utf8_lossy(&raw[s..e]));
+            let value = header_bytes(&value);
+            self.headers.set(HeaderName::To, value);
+            return;
+        }
         if let Some(mut to) = self.headers.to_addr() {
             if to.tag().is_none() {
                 to.set_param("tag", Some(tag.to_string()));
@@ -429,5 +443,53 @@ pub fn reason_phrase(code: u16) -> &'static str {
             5 => "Server Failure",
             _ => "Global Failure",
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response_with_to(to: &str) -> Response {
+        let mut h = Headers::with_capacity(1);
+        h.add(HeaderName::To, to.to_string());
+        Response {
+            status: 200,
+            reason: Bytes::from_static(b"OK"),
+            version: Bytes::from_static(SIP_2_0),
+            headers: h,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn set_to_tag_adds_a_tag_only_where_none_is() {
+        let cases = [
+            (
+                "\"Bob\" <sip:bob@example.com> ",
+                "\"Bob\" <sip:bob@example.com>;tag=t1",
+            ),
+            ("sip:bob@example.com;x=1", "sip:bob@example.com;x=1;tag=t1"),
+            (
+                "<sip:bob@example.com;tag=uri>",
+                "<sip:bob@example.com;tag=uri>;tag=t1",
+            ),
+            (
+                "<sip:bob@example.com>;tag=old",
+                "<sip:bob@example.com>;tag=old",
+            ),
+            // A valueless `tag` is given the value rather than repeated.
+            ("<sip:bob@example.com>;tag", "<sip:bob@example.com>;tag=t1"),
+            ("not a name-addr <", "not a name-addr <"),
+        ];
+        for (to, want) in cases {
+            let mut r = response_with_to(to);
+            r.set_to_tag("t1");
+            assert_eq!(
+                r.headers.get(HeaderName::To).map(|v| &v[..]),
+                Some(want.as_bytes()),
+                "{to}"
+            );
+        }
     }
 }

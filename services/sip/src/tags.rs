@@ -76,6 +76,12 @@ fn param_value<'a>(p: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 
 /// The `tag` of a From or To value.
 pub fn name_addr_tag(v: &[u8]) -> Option<&[u8]> {
+    name_addr_param(v, b"tag").filter(|t| !t.is_empty())
+}
+
+/// The header parameter `name` of a name-addr or addr-spec value: `Some(b"")` when it
+/// is present without a value.
+pub fn name_addr_param<'a>(v: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let mut i = scan::skip_ws(v, 0);
     if v.get(i) == Some(&b'"') {
         i = scan::quoted_end(v, i)?;
@@ -95,7 +101,7 @@ pub fn name_addr_tag(v: &[u8]) -> Option<&[u8]> {
             &v[end..]
         }
     };
-    param(params, b"tag", false).filter(|t| !t.is_empty())
+    param(params, name, false)
 }
 
 /// The `branch` of the first value of a Via header.

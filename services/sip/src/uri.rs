@@ -48,8 +48,10 @@ impl<'a> HostRef<'a> {
         if s.is_empty() {
             return None;
         }
-        if let Ok(v4) = s.parse::<Ipv4Addr>() {
-            return Some(HostRef::V4(v4));
+        if s.as_bytes()[0].is_ascii_digit() {
+            if let Some(v4) = parse_ipv4(s.as_bytes()) {
+                return Some(HostRef::V4(v4));
+            }
         }
         // A bare IPv6 literal appears in some Via received= values.
         if s.contains(':') {
@@ -80,6 +82,35 @@ impl<'a> HostRef<'a> {
             HostRef::V6(a) => Host::V6(a),
         }
     }
+}
+
+/// A dotted quad as `Ipv4Addr::from_str` reads it (four decimal octets, no leading
+/// zeros), without its generic parser: hosts are read from every Via and URI.
+fn parse_ipv4(b: &[u8]) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut i = 0;
+    for (n, octet) in octets.iter_mut().enumerate() {
+        if n > 0 {
+            if b.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let start = i;
+        let mut value: u32 = 0;
+        while let Some(c) = b.get(i).filter(|c| c.is_ascii_digit()) {
+            value = value * 10 + u32::from(c - b'0');
+            i += 1;
+            if i - start > 3 {
+                return None;
+            }
+        }
+        if i == start || value > 255 || (i - start > 1 && b[start] == b'0') {
+            return None;
+        }
+        *octet = value as u8;
+    }
+    (i == b.len()).then(|| Ipv4Addr::from(octets))
 }
 
 impl From<IpAddr> for Host {
@@ -224,7 +255,7 @@ pub struct SipUriRef<'a> {
 impl<'a> UriRef<'a> {
     /// Checks `s` as [`Uri::parse`] does and splits it into borrowed parts.
     pub fn parse(s: &'a str) -> Result<UriRef<'a>, &'static str> {
-        let colon = s.find(':').ok_or("no scheme")?;
+        let colon = s.bytes().position(|c| c == b':').ok_or("no scheme")?;
         let scheme = &s[..colon];
         let rest = &s[colon + 1..];
         let sb = scheme.as_bytes();
@@ -297,13 +328,13 @@ impl<'a> UriRef<'a> {
 }
 
 fn scan_sip(scheme: SipScheme, s: &str) -> Result<SipUriRef<'_>, &'static str> {
-    let (userinfo, hostpart) = match s.find('@') {
+    let (userinfo, hostpart) = match s.bytes().position(|c| c == b'@') {
         Some(at) => (Some(&s[..at]), &s[at + 1..]),
         None => (None, s),
     };
     let (user, password) = match userinfo {
         Some(ui) => {
-            let (u, p) = match ui.find(':') {
+            let (u, p) = match ui.bytes().position(|c| c == b':') {
                 Some(c) => (&ui[..c], Some(&ui[c + 1..])),
                 None => (ui, None),
             };
@@ -410,6 +441,31 @@ impl fmt::Display for Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_hosts_read_as_the_standard_parser_reads_them() {
+        for s in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "255.255.255.255",
+            "256.1.1.1",
+            "01.2.3.4",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1..3.4",
+            "1.2.3.4 ",
+            "1.2.3.04",
+            "10.0.0.10",
+            "1234.1.1.1",
+            "1.2.3.",
+            ".1.2.3",
+            "1.2.3.4a",
+            "0.0.0.00",
+            "9.99.199.249",
+        ] {
+            assert_eq!(parse_ipv4(s.as_bytes()), s.parse().ok(), "{s}");
+        }
+    }
 
     #[test]
     fn parses_full_sip_uri() {
