@@ -181,9 +181,9 @@ impl Actor for CallActor {
         (shared, start): (Arc<Shared>, CallStart),
     ) -> Result<CallActorState, ActorProcessingErr> {
         let opening = match start {
-            CallStart::Invite(args) => open_answering(&shared, args),
-            CallStart::Originate(args) => open_placing(&shared, args),
-            CallStart::Adopt(args) => adopt::open_adopted(&shared, args).map_err(|e| {
+            CallStart::Invite(args) => open_answering(&shared, *args),
+            CallStart::Originate(args) => open_placing(&shared, *args),
+            CallStart::Adopt(args) => adopt::open_adopted(&shared, *args).map_err(|e| {
                 shared.release();
                 shared.adoptions.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "call not adopted");
@@ -779,8 +779,11 @@ fn schedule(myself: &ActorRef<CallMsg>, state: &mut CallActorState) {
 
 /// Spawns a call actor without waiting for it to start: messages sent meanwhile queue.
 pub fn spawn(shared: Arc<Shared>, args: CallArgs) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
-    let (actor, _join) =
-        ractor::ActorRuntime::spawn_instant(None, CallActor, (shared, CallStart::Invite(args)))?;
+    let (actor, _join) = ractor::ActorRuntime::spawn_instant(
+        None,
+        CallActor,
+        (shared, CallStart::Invite(Box::new(args))),
+    )?;
     Ok(actor)
 }
 
@@ -790,7 +793,8 @@ pub async fn spawn_adopted(
     shared: Arc<Shared>,
     args: crate::messages::AdoptArgs,
 ) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
-    let (actor, _join) = Actor::spawn(None, CallActor, (shared, CallStart::Adopt(args))).await?;
+    let (actor, _join) =
+        Actor::spawn(None, CallActor, (shared, CallStart::Adopt(Box::new(args)))).await?;
     Ok(actor)
 }
 
@@ -800,8 +804,12 @@ pub async fn spawn_originated(
     shared: Arc<Shared>,
     args: OriginateArgs,
 ) -> Result<ActorRef<CallMsg>, ractor::SpawnErr> {
-    let (actor, _join) =
-        Actor::spawn(None, CallActor, (shared, CallStart::Originate(args))).await?;
+    let (actor, _join) = Actor::spawn(
+        None,
+        CallActor,
+        (shared, CallStart::Originate(Box::new(args))),
+    )
+    .await?;
     Ok(actor)
 }
 
