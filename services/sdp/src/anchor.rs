@@ -3,8 +3,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::parse::{attr, parse_c, parse_m, parse_rtcp, tokens};
-use crate::{AnchorOptions, Direction, Eol, Line, MediaInfo, MediaPlan, Sdp};
+use crate::parse::{attr, m_port_span, parse_c, parse_m, parse_rtcp, tokens};
+use crate::{AnchorOptions, Direction, Eol, Line, MediaInfo, MediaPlan, Sdp, Value};
 
 /// ICE attributes (RFC 8445/8839, and trickle's RFC 8840): they describe addresses
 /// the relay hides, so they go unless the caller passes ICE through.
@@ -108,11 +108,45 @@ pub(crate) fn media(sdp: &Sdp) -> Vec<MediaInfo> {
 }
 
 /// `IN IP4 <addr>` / `IN IP6 <addr>`, as in `c=` and the tail of `a=rtcp`.
-fn net_addr(addr: IpAddr) -> String {
+fn net_addr(addr: IpAddr) -> Value {
+    let mut out = Value::new();
+    out.extend_from_slice(if addr.is_ipv4() {
+        b"IN IP4 "
+    } else {
+        b"IN IP6 "
+    });
+    push_addr(&mut out, addr);
+    out
+}
+
+/// Appends an address as text; IPv4 digit by digit (no formatter, no allocation).
+fn push_addr(out: &mut Value, addr: IpAddr) {
     match addr {
-        IpAddr::V4(a) => format!("IN IP4 {a}"),
-        IpAddr::V6(a) => format!("IN IP6 {a}"),
+        IpAddr::V4(a) => {
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, octet.into());
+            }
+        }
+        IpAddr::V6(a) => out.extend_from_slice(a.to_string().as_bytes()),
     }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Value, mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 /// Builds the rewritten line list, remembering which ending new lines should use.
@@ -126,7 +160,7 @@ impl Out {
         self.lines.push(l.clone());
     }
 
-    fn with_value(&mut self, l: &Line, value: Vec<u8>) {
+    fn with_value(&mut self, l: &Line, value: Value) {
         self.lines.push(Line {
             kind: l.kind,
             value,
@@ -136,7 +170,7 @@ impl Out {
 
     /// Appends a line that was not in the input: it ends like the line before it, and
     /// if that was the unterminated last line, that one gets the body's usual ending.
-    fn add(&mut self, kind: u8, value: String) {
+    fn add(&mut self, kind: u8, value: Value) {
         let mut eol = self.default_eol;
         if let Some(prev) = self.lines.last_mut() {
             eol = prev.eol;
@@ -144,42 +178,37 @@ impl Out {
                 prev.eol = self.default_eol;
             }
         }
-        self.lines.push(Line {
-            kind,
-            value: value.into_bytes(),
-            eol,
-        });
+        self.lines.push(Line { kind, value, eol });
     }
 }
 
-fn splice(v: &[u8], (s, e): (usize, usize), with: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() + with.len());
+fn splice(v: &[u8], (s, e): (usize, usize), with: &[u8]) -> Value {
+    let mut out = Value::with_capacity(v.len() + with.len());
     out.extend_from_slice(&v[..s]);
     out.extend_from_slice(with);
     out.extend_from_slice(&v[e..]);
     out
 }
 
-fn origin_with(v: &[u8], addr: IpAddr) -> Vec<u8> {
+fn origin_with(v: &[u8], addr: IpAddr) -> Value {
     let t = tokens(v);
     let [.., ty, a] = t[..] else {
-        return v.to_vec();
+        return Value::from_slice(v);
     };
     let ty_text: &[u8] = if addr.is_ipv4() { b"IP4" } else { b"IP6" };
-    let addr_text = addr.to_string();
-    let mut out = Vec::with_capacity(v.len() + addr_text.len());
+    let mut out = Value::with_capacity(v.len() + 8);
     out.extend_from_slice(&v[..ty.0]);
     out.extend_from_slice(ty_text);
     out.extend_from_slice(&v[ty.1..a.0]);
-    out.extend_from_slice(addr_text.as_bytes());
+    push_addr(&mut out, addr);
     out.extend_from_slice(&v[a.1..]);
     out
 }
 
 /// `rtcp:<port>`, keeping an address part as the relay's (or as it was, on a
 /// `0.0.0.0` hold).
-fn rtcp_with(v: &[u8], plan: &MediaPlan, hold: bool) -> Vec<u8> {
-    let mut out = format!("rtcp:{}", plan.rtcp_port).into_bytes();
+fn rtcp_with(v: &[u8], plan: &MediaPlan, hold: bool) -> Value {
+    let mut out = rtcp_attribute(plan.rtcp_port);
     let value = attr(v).1.unwrap_or_default();
     let t = tokens(value);
     if let [(_, first_end), _, ..] = t[..] {
@@ -187,9 +216,16 @@ fn rtcp_with(v: &[u8], plan: &MediaPlan, hold: bool) -> Vec<u8> {
             out.extend_from_slice(&value[first_end..]);
         } else {
             out.push(b' ');
-            out.extend_from_slice(net_addr(plan.address).as_bytes());
+            out.extend_from_slice(&net_addr(plan.address));
         }
     }
+    out
+}
+
+/// `rtcp:<port>`.
+fn rtcp_attribute(port: u16) -> Value {
+    let mut out = Value::from_slice(b"rtcp:");
+    push_decimal(&mut out, port.into());
     out
 }
 
@@ -220,7 +256,7 @@ pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -
         match (l.kind, primary) {
             (b'a', _) if !opts.keep_ice && is_ice(l) => {}
             (b'c', Some(p)) if opts.replace_session_connection && !is_zero(parse_c(&l.value)) => {
-                out.with_value(l, net_addr(p.address).into_bytes());
+                out.with_value(l, net_addr(p.address));
             }
             (b'o', Some(p)) if opts.replace_origin => {
                 out.with_value(l, origin_with(&l.value, p.address));
@@ -237,12 +273,13 @@ pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -
         };
         let hold = info.hold_zero_address;
         let m = &sec[0];
-        match parse_m(&m.value) {
-            Ok(ml) => out.with_value(
-                m,
-                splice(&m.value, ml.port_span, plan.rtp_port.to_string().as_bytes()),
-            ),
-            Err(_) => out.keep(m),
+        match m_port_span(&m.value) {
+            Some(span) => {
+                let mut port = Value::new();
+                push_decimal(&mut port, plan.rtp_port.into());
+                out.with_value(m, splice(&m.value, span, &port));
+            }
+            None => out.keep(m),
         }
         // RFC 8866 §5 order: m=, i=, c=; a new c= goes after the title lines.
         let mut rest = &sec[1..];
@@ -262,7 +299,7 @@ pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -
                 if hold {
                     out.keep(l);
                 } else {
-                    out.with_value(l, net_addr(plan.address).into_bytes());
+                    out.with_value(l, net_addr(plan.address));
                 }
             } else if is_attr(l, b"rtcp") {
                 saw_rtcp = true;
@@ -279,10 +316,10 @@ pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -
             }
         }
         if !saw_rtcp && opts.add_rtcp_attribute {
-            out.add(b'a', format!("rtcp:{}", plan.rtcp_port));
+            out.add(b'a', rtcp_attribute(plan.rtcp_port));
         }
         if plan.rtcp_mux && !saw_mux {
-            out.add(b'a', "rtcp-mux".to_owned());
+            out.add(b'a', Value::from_slice(b"rtcp-mux"));
         }
     }
 

@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{Eol, Line, Sdp, SdpError};
+use smallvec::SmallVec;
+
+use crate::{Eol, Line, Sdp, SdpError, Value};
 
 /// Parses an SDP body. Accepts CRLF and bare LF line endings (remembered per line), a
 /// last line without an ending, and blank line endings after the last line. Rejects a
@@ -70,7 +72,7 @@ pub fn parse(data: &[u8]) -> Result<Sdp, SdpError> {
         }
         lines.push(Line {
             kind,
-            value: value.to_vec(),
+            value: Value::from_slice(value),
             eol,
         });
         pos += used;
@@ -97,10 +99,13 @@ fn only_line_endings(rest: &[u8]) -> bool {
     true
 }
 
+/// Field spans of one line; an `o=` has six, an `m=` line rarely more than ten.
+pub(crate) type Tokens = SmallVec<[(usize, usize); 10]>;
+
 /// Byte spans of the space-separated fields of a value (runs of spaces are tolerated
 /// so that a rewrite can splice one field and leave the spacing as it was).
-pub(crate) fn tokens(v: &[u8]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
+pub(crate) fn tokens(v: &[u8]) -> Tokens {
+    let mut out = Tokens::new();
     let mut start = None;
     for (i, &b) in v.iter().enumerate() {
         match (b == b' ', start) {
@@ -143,15 +148,26 @@ fn check_origin(v: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// The fields of an `m=` line, with the byte span of the port digits so the rewrite
-/// can replace just them.
+/// The fields of an `m=` line.
 pub(crate) struct MLine {
     pub kind: String,
     pub port: u16,
-    pub port_span: (usize, usize),
     pub port_count: Option<u16>,
     pub proto: String,
     pub formats: Vec<String>,
+}
+
+/// The byte span of an `m=` line's port digits (what the rewrite replaces), without
+/// building the rest of [`MLine`].
+pub(crate) fn m_port_span(v: &[u8]) -> Option<(usize, usize)> {
+    let t = tokens(v);
+    let &(ps, pe) = t.get(1)?;
+    if t.len() < 3 {
+        return None;
+    }
+    let digits = v[ps..pe].iter().take_while(|&&b| b != b'/').count();
+    parse_u16(&v[ps..ps + digits])?;
+    Some((ps, ps + digits))
 }
 
 /// `m=<media> <port>[/<number of ports>] <proto> <fmt> ...`. Formats may be missing
@@ -176,7 +192,6 @@ pub(crate) fn parse_m(v: &[u8]) -> Result<MLine, &'static str> {
     Ok(MLine {
         kind: text(t[0]),
         port,
-        port_span: (ps, ps + port_bytes.len()),
         port_count,
         proto: text(t[2]),
         formats: t[3..].iter().map(|&s| text(s)).collect(),
@@ -306,12 +321,13 @@ mod tests {
 
     #[test]
     fn field_grammars() {
-        assert_eq!(tokens(b" a  bb c "), vec![(1, 2), (4, 6), (7, 8)]);
+        assert_eq!(tokens(b" a  bb c ")[..], [(1, 2), (4, 6), (7, 8)]);
         let m = parse_m(b"video 49170/2 RTP/AVP 31 32").unwrap();
-        assert_eq!(
-            (m.port, m.port_count, m.port_span),
-            (49170, Some(2), (6, 11))
-        );
+        assert_eq!((m.port, m.port_count), (49170, Some(2)));
+        assert_eq!(m_port_span(b"video 49170/2 RTP/AVP 31 32"), Some((6, 11)));
+        assert_eq!(m_port_span(b"audio 4000 RTP/AVP 0"), Some((6, 10)));
+        assert_eq!(m_port_span(b"audio x RTP/AVP 0"), None);
+        assert_eq!(m_port_span(b"audio 4000"), None);
         assert_eq!(m.formats, vec!["31", "32"]);
         assert_eq!(
             parse_c(b"IN IP4 233.252.0.1/127"),
