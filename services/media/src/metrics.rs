@@ -11,10 +11,25 @@ use crate::{TimeoutReason, Totals};
 
 type Labels = Vec<(String, String)>;
 
+/// The timeout reasons, in the order of [`Metrics::timeouts_by_reason`].
+const REASONS: [TimeoutReason; 4] = [
+    TimeoutReason::NoMedia,
+    TimeoutReason::Silent,
+    TimeoutReason::Offer,
+    TimeoutReason::Final,
+];
+
 /// Handles to the registered metrics plus the totals they last reflected.
+///
+/// The labelled counters are looked up once, here: a refresh runs at every call's end,
+/// and looking each up by freshly built `String` labels cost a dozen allocations and
+/// hashes per call.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
     packets: Family<Labels, Counter>,
+    relayed: Counter,
+    dropped: Counter,
+    timeouts_by_reason: [Counter; 4],
     bytes: Counter,
     kernel_packets: Counter,
     sessions_active: Gauge,
@@ -28,7 +43,15 @@ pub(crate) struct Metrics {
 
 impl Metrics {
     pub(crate) fn register(registry: &mut Registry) -> Metrics {
-        let m = Metrics::default();
+        let mut m = Metrics::default();
+        let label = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        m.relayed = m.packets.get_or_create(&label("result", "relayed")).clone();
+        m.dropped = m.packets.get_or_create(&label("result", "dropped")).clone();
+        m.timeouts_by_reason = REASONS.map(|reason| {
+            m.timeouts
+                .get_or_create(&label("reason", reason.as_str()))
+                .clone()
+        });
         registry.register(
             "trunkline_media_packets",
             "Media packets by result (relayed or dropped)",
@@ -87,30 +110,20 @@ impl Metrics {
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let label = |r: &str| vec![("result".to_string(), r.to_string())];
-        self.packets
-            .get_or_create(&label("relayed"))
+        self.relayed
             .inc_by(now.packets_relayed.saturating_sub(last.packets_relayed));
-        self.packets
-            .get_or_create(&label("dropped"))
+        self.dropped
             .inc_by(now.packets_dropped.saturating_sub(last.packets_dropped));
         self.bytes
             .inc_by(now.bytes_relayed.saturating_sub(last.bytes_relayed));
         self.kernel_packets
             .inc_by(now.packets_kernel.saturating_sub(last.packets_kernel));
-        for reason in [
-            TimeoutReason::NoMedia,
-            TimeoutReason::Silent,
-            TimeoutReason::Offer,
-            TimeoutReason::Final,
-        ] {
-            self.timeouts
-                .get_or_create(&vec![("reason".to_string(), reason.as_str().to_string())])
-                .inc_by(
-                    now.timeouts
-                        .of(reason)
-                        .saturating_sub(last.timeouts.of(reason)),
-                );
+        for (reason, counter) in REASONS.iter().zip(&self.timeouts_by_reason) {
+            counter.inc_by(
+                now.timeouts
+                    .of(*reason)
+                    .saturating_sub(last.timeouts.of(*reason)),
+            );
         }
         self.ports_reused_early.inc_by(
             now.ports_reused_early
