@@ -135,18 +135,8 @@ fn push_addr(out: &mut Value, addr: IpAddr) {
 }
 
 /// Appends `n` in decimal.
-fn push_decimal(out: &mut Value, mut n: u32) {
-    let mut buf = [0u8; 10];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
+fn push_decimal(out: &mut Value, n: u32) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Builds the rewritten line list, remembering which ending new lines should use.

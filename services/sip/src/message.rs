@@ -214,18 +214,8 @@ fn encode_headers(out: &mut BytesMut, headers: &Headers, body: &Bytes) {
 }
 
 /// Writes `n` in decimal (status codes and Content-Length of every message sent).
-fn put_decimal(out: &mut BytesMut, mut n: usize) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&buf[i..]);
+fn put_decimal(out: &mut BytesMut, n: usize) {
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 fn encoded_len(headers: &Headers, body: &Bytes) -> usize {

@@ -249,35 +249,26 @@ fn is_uri_char(c: u8) -> bool {
 }
 
 /// [`is_uri_char`] as a table.
-static URI_CHAR: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let c = i as u8;
-        t[i] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'_'
-                    | b'.'
-                    | b'!'
-                    | b'~'
-                    | b'*'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'%'
-                    | b'['
-                    | b']'
-                    | b'/'
-                    | b':'
-                    | b'&'
-                    | b'+'
-                    | b'$'
-            );
-        i += 1;
-    }
-    t
-};
+static URI_CHAR: [bool; 256] = crate::scan::byte_class!(|c| c.is_ascii_alphanumeric()
+    || matches!(
+        c,
+        b'-' | b'_'
+            | b'.'
+            | b'!'
+            | b'~'
+            | b'*'
+            | b'\''
+            | b'('
+            | b')'
+            | b'%'
+            | b'['
+            | b']'
+            | b'/'
+            | b':'
+            | b'&'
+            | b'+'
+            | b'$'
+    ));
 
 impl From<Vec<Param>> for Params {
     fn from(v: Vec<Param>) -> Self {

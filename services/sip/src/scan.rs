@@ -9,21 +9,29 @@ pub fn is_token_char(c: u8) -> bool {
     TOKEN[c as usize]
 }
 
-/// [`is_token_char`] as a table: the parsers test every byte of every header with it.
-static TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut i = 0;
-    while i < 256 {
-        let c = i as u8;
-        t[i] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
-            );
-        i += 1;
-    }
-    t
-};
+/// A byte class as a 256-entry table, built at compile time from a predicate (written as a
+/// closure, `byte_class!(|c| ...)`, though it is evaluated in a const loop): the
+/// parsers test every byte of every header against such classes.
+macro_rules! byte_class {
+    (|$c:ident| $e:expr) => {{
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            let $c = i as u8;
+            t[i] = $e;
+            i += 1;
+        }
+        t
+    }};
+}
+pub(crate) use byte_class;
+
+/// [`is_token_char`] as a table.
+static TOKEN: [bool; 256] = byte_class!(|c| c.is_ascii_alphanumeric()
+    || matches!(
+        c,
+        b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+    ));
 
 /// Linear white space inside an unfolded header value.
 pub fn is_ws(c: u8) -> bool {

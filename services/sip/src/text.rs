@@ -1,4 +1,4 @@
-//! Addresses and port numbers as text, written without `core::fmt`'s machinery.
+//! Addresses, ports and header values as text, written without `core::fmt`'s machinery.
 //!
 //! Every Via, Contact and Request-URI the node writes carries an address and a port,
 //! several per message. `Ipv4Addr`'s `Display` pads each octet through the formatter
@@ -38,21 +38,8 @@ pub fn header_bytes(value: &impl fmt::Display) -> Bytes {
 
 /// Writes `:port`.
 pub fn write_port(f: &mut fmt::Formatter<'_>, port: u16) -> fmt::Result {
-    let mut buf = [0u8; 6];
-    let mut i = buf.len();
-    let mut n = port;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    i -= 1;
-    buf[i] = b':';
-    // Digits and a colon only, so always UTF-8.
-    f.write_str(std::str::from_utf8(&buf[i..]).unwrap_or_default())
+    f.write_str(":")?;
+    f.write_str(itoa::Buffer::new().format(port))
 }
 
 /// The dotted-quad text of one IPv4 address, on the stack.
