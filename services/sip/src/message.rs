@@ -115,16 +115,9 @@ impl Headers {
     /// True when every Via value parses (as [`Headers::vias`] would) and `check`
     /// accepts each; nothing is built.
     pub fn check_vias(&self, mut check: impl FnMut(&ViaRef<'_>) -> bool) -> bool {
-        for line in self.get_all(HeaderName::Via) {
-            let mut ok = true;
-            let split = crate::scan::for_each_comma_part(line, |s, e| {
-                ok = ok && ViaRef::parse(&line[s..e]).is_some_and(|v| check(&v));
-            });
-            if split.is_none() || !ok {
-                return false;
-            }
-        }
-        true
+        self.each_value(HeaderName::Via, |v| {
+            ViaRef::parse(v).is_some_and(|v| check(&v))
+        })
     }
 
     /// Every Via value in order, parsed; `None` if any is malformed.
@@ -141,17 +134,23 @@ impl Headers {
     /// order; `None` when a line is unbalanced or a value does not parse.
     fn parse_each<T>(&self, kind: HeaderName, parse: fn(&[u8]) -> Option<T>) -> Option<Vec<T>> {
         let mut out = Vec::new();
+        self.each_value(kind, |v| parse(v).map(|p| out.push(p)).is_some())
+            .then_some(out)
+    }
+
+    /// Hands `each` every comma-separated value of every line of `kind`, in order, until
+    /// it returns false. False when it did, or when a line is unbalanced.
+    fn each_value(&self, kind: HeaderName, mut each: impl FnMut(&[u8]) -> bool) -> bool {
         for line in self.get_all(kind) {
             let mut ok = true;
-            crate::scan::for_each_comma_part(line, |s, e| match parse(&line[s..e]) {
-                Some(v) if ok => out.push(v),
-                _ => ok = false,
-            })?;
-            if !ok {
-                return None;
+            let split = crate::scan::for_each_comma_part(line, |s, e| {
+                ok = ok && each(&line[s..e]);
+            });
+            if split.is_none() || !ok {
+                return false;
             }
         }
-        Some(out)
+        true
     }
 
     /// The first Contact, parsed (ignores `*`).
