@@ -79,6 +79,8 @@ def rtt_samples(d):
 UNEXPECTED = re.compile(rb"Call-Id '([^']*)': while expecting '[^']*' \(index \d+\), received 'SIP/2\.0 ([3-6]\d\d)")
 NODE_FINAL = re.compile(r'^trunkline_calls_total\{status="(\d+)"\} (\d+)', re.M)
 NO_PORTS = b"no free media ports"
+NODE_INVITE_REFUSED = re.compile(
+    r'^trunkline_sip_responses_total\{direction="out",method="INVITE",status="([3-6]\d\d)"\} (\d+)', re.M)
 
 
 def refused_by_status(d):
@@ -105,6 +107,19 @@ def node_finals(d):
         if int(st) >= 300 and int(n) > 0:
             out[int(st)] = int(n)
     return out
+
+
+def node_invite_refusals(d):
+    """INVITEs trunkline answered with a non-2xx final (its metrics; None if not scraped).
+
+    A caller that ignores such an answer and retransmits its INVITE (SIPp does, with
+    `-abortunexp` off) may still get the call up later, as a new call: the node's
+    refusal of new calls while its receive queue is deep would then not show as a
+    failed call at all. Every refusal counts as a lost call instead."""
+    p = os.path.join(d, "metrics.txt")
+    if not os.path.exists(p):
+        return None
+    return sum(int(n) for _, n in NODE_INVITE_REFUSED.findall(open(p).read()))
 
 
 def no_port_refusals(d):
@@ -160,8 +175,10 @@ def judge(d, rate, secs):
     failed = _int(st.get("FailedCall(C)"))
     samples = rtt_samples(d)
     rtts = [s[1] for s in samples]
-    # calls never created or still open when SIPp stopped count as failed too
-    lost = max(target - ok, failed)
+    # calls never created or still open when SIPp stopped count as failed too, and so
+    # does every INVITE the node refused (see node_invite_refusals)
+    node_refused = node_invite_refusals(d)
+    lost = max(target - ok, failed, node_refused or 0)
     fail_frac = lost / target if target else 1.0
     if len(samples) >= 2:
         span = (max(s[0] for s in samples) - min(s[0] for s in samples)) / 1000.0
@@ -195,6 +212,7 @@ def judge(d, rate, secs):
         "successful": ok, "failed": failed, "lost": lost,
         "fail_pct": round(100 * fail_frac, 4), "achieved_rate": round(achieved, 1),
         "retransmissions": _int(st.get("Retransmissions(C)")),
+        "node_refused_invites": node_refused,
         "p50_ms": pct(rtts, 50), "p99_ms": pct(rtts, 99), "samples": len(rtts),
         "refused_seen_by_caller": {str(k): v for k, v in sorted(sipp_refused.items())},
         "node_non_2xx_finals": None if node is None else {str(k): v for k, v in sorted(node.items())},

@@ -1068,6 +1068,7 @@ impl Dispatcher {
         let key = DialogKey::new(call_id, tag);
         let branch = Bytes::copy_from_slice(branch);
         let draining = shared.draining.load(Ordering::Relaxed);
+        let congested = shared.receive_congested();
         let mut refusal = None;
         let mut invite = Some(req);
         let outcome = shared
@@ -1075,6 +1076,12 @@ impl Dispatcher {
             .initial_invite(key.clone(), cseq, &branch, now(), || {
                 if draining {
                     refusal = Some("draining");
+                    return None;
+                }
+                // Behind its input, the node takes no new call: the ones in progress
+                // finish instead of all failing once the kernel drops datagrams.
+                if congested {
+                    refusal = Some("congestion");
                     return None;
                 }
                 if !shared.admit() {

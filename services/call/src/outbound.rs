@@ -34,6 +34,12 @@ pub trait Outbound: Send + Sync + 'static {
 
     /// Lets requests to `addr` reuse connection `connection` (RFC 5923 `alias`).
     fn alias(&self, connection: u64, addr: SocketAddr) -> bool;
+
+    /// Whether the node reads its input more slowly than it arrives (a deep UDP
+    /// receive queue): new calls are then refused so the calls in progress finish.
+    fn receive_congested(&self) -> bool {
+        false
+    }
 }
 
 impl Outbound for trunkline_transport::Transports {
@@ -67,5 +73,9 @@ impl Outbound for trunkline_transport::Transports {
 
     fn alias(&self, connection: u64, addr: SocketAddr) -> bool {
         trunkline_transport::Transports::alias(self, connection, addr)
+    }
+
+    fn receive_congested(&self) -> bool {
+        trunkline_transport::Transports::receive_congested(self)
     }
 }

@@ -198,6 +198,12 @@ impl Shared {
             .is_ok()
     }
 
+    /// Whether the transports say the node is behind its input (see
+    /// `Outbound::receive_congested`).
+    pub(crate) fn receive_congested(&self) -> bool {
+        self.outbound.get().is_some_and(|o| o.receive_congested())
+    }
+
     /// Takes a live-call slot whatever the limit (a call that is already up elsewhere).
     pub(crate) fn take_slot(&self) {
         self.live_calls.fetch_add(1, Ordering::AcqRel);

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use trunkline_b2bua::CallConfig;
@@ -34,6 +35,8 @@ fn addr(s: &str) -> SocketAddr {
 #[derive(Default)]
 struct Recorder {
     sent: Mutex<Vec<(Peer, Message, Option<u64>)>>,
+    /// What `receive_congested` answers.
+    congested: AtomicBool,
 }
 
 impl Outbound for Recorder {
@@ -68,6 +71,10 @@ impl Outbound for Recorder {
 
     fn alias(&self, _connection: u64, _addr: SocketAddr) -> bool {
         false
+    }
+
+    fn receive_congested(&self) -> bool {
+        self.congested.load(Ordering::Relaxed)
     }
 }
 
@@ -440,6 +447,52 @@ async fn max_calls_counts_live_calls_exactly() {
     assert!(n
         .metrics()
         .contains("trunkline_sip_rejected_total{reason=\"overload\"} 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_behind_its_input_refuses_new_calls_and_finishes_the_others() {
+    let n = node(Opts::default());
+    let first = invite(CALLER, "+15550100", "c20@x", "t20", 1, "k1");
+    n.recv(CALLER, &first);
+    n.settle().await;
+    let b = n.take(CARRIER);
+    assert_eq!(names(&b), vec!["INVITE 1"]);
+    n.take(CALLER);
+
+    // The receive queue is deep: a new call gets 503 with Retry-After and no state.
+    n.out.congested.store(true, Ordering::Relaxed);
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+15550100", "c21@x", "t21", 1, "k2"),
+    );
+    n.settle().await;
+    let refused = n.take(CALLER);
+    assert_eq!(names(&refused), vec!["503 (1 INVITE)"]);
+    assert!(refused[0].0.headers().get(HeaderName::RetryAfter).is_some());
+    assert!(n.take(CARRIER).is_empty(), "no new call toward the trunk");
+    assert_eq!(n.d.active_calls(), 1);
+
+    // The call in progress is not refused: a retransmission of its INVITE is absorbed
+    // and its answer reaches the caller.
+    n.recv(CALLER, &first);
+    n.recv(CARRIER, &respond(&b[0].0, 200, "b20", CARRIER));
+    n.settle().await;
+    let got = names(&n.take(CALLER));
+    assert!(got.contains(&"200 (1 INVITE)".to_string()), "{got:?}");
+    assert!(!got.iter().any(|s| s.starts_with("503")), "{got:?}");
+    assert!(n
+        .metrics()
+        .contains("trunkline_sip_rejected_total{reason=\"congestion\"} 1"));
+
+    // Drained: new calls are taken again.
+    n.out.congested.store(false, Ordering::Relaxed);
+    n.recv(
+        CALLER,
+        &invite(CALLER, "+15550100", "c22@x", "t22", 1, "k3"),
+    );
+    n.settle().await;
+    assert!(names(&n.take(CARRIER)).contains(&"INVITE 1".to_string()));
+    assert_eq!(n.d.active_calls(), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -94,6 +94,10 @@ pub struct TransportConfig {
     /// Requested SO_RCVBUF of UDP sockets, so bursts are not dropped by the kernel. The kernel
     /// may clamp it (net.core.rmem_max).
     pub udp_recv_buffer: usize,
+    /// Percentage of a UDP socket's receive buffer in use past which the node is
+    /// congested and new calls are refused ([`crate::Transports::receive_congested`]);
+    /// 0 turns the check off.
+    pub udp_congestion_percent: u8,
 }
 
 impl Default for TransportConfig {
@@ -113,6 +117,7 @@ impl Default for TransportConfig {
             tcp_connect_timeout: Duration::from_secs(5),
             tcp_keepalive: Some(Duration::from_secs(30)),
             udp_recv_buffer: 4 * 1024 * 1024,
+            udp_congestion_percent: 50,
         }
     }
 }

@@ -50,6 +50,7 @@
 
 mod activity;
 mod config;
+mod congestion;
 mod connections;
 mod error;
 pub mod framing;

@@ -13,6 +13,7 @@ use trunkline_sip::{Peer, Transport};
 
 use crate::activity::ConnectionPin;
 use crate::config::TransportConfig;
+use crate::congestion::Congestion;
 use crate::connections::{ConnectionTable, Limits, Origin, Outgoing, Route};
 use crate::error::TransportError;
 use crate::inbound::Inbound;
@@ -41,6 +42,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Runtime to spawn on, so `send` works from threads outside it.
     pub(crate) runtime: Handle,
+    /// Which UDP sockets' receive queues are deep now.
+    pub(crate) congestion: Congestion,
     /// Receive and accept loops, awaited on shutdown.
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -140,7 +143,9 @@ impl Transports {
 
         let metrics = Metrics::register(registry);
         let (shutdown, _) = watch::channel(false);
+        let congestion = Congestion::new(config.udp_congestion_percent);
         let shared = Arc::new(Shared {
+            congestion,
             table: ConnectionTable::new(Limits {
                 inbound: config.tcp_max_inbound,
                 outbound: config.tcp_max_outbound,
@@ -334,6 +339,13 @@ impl Transports {
     /// The node's TLS settings.
     pub fn tls(&self) -> Option<&Arc<TlsContext>> {
         self.shared.tls.as_ref()
+    }
+
+    /// Whether a UDP socket's receive queue is deeper than `udp_congestion_percent` of
+    /// its buffer: the node reads more slowly than datagrams arrive, and the dispatcher
+    /// refuses new calls until the queue drains (see the `congestion` module).
+    pub fn receive_congested(&self) -> bool {
+        self.shared.congestion.any()
     }
 
     /// Number of open (or opening) TCP connections; for tests and the admin API.

@@ -12,6 +12,7 @@ use tokio::io::Interest;
 
 use trunkline_sip::{Peer, Transport};
 
+use crate::congestion::SocketCongestion;
 use crate::connections::Origin;
 use crate::error::TransportError;
 use crate::framing::is_datagram_keepalive;
@@ -82,7 +83,8 @@ fn register(
 /// Reads datagrams until shutdown, dropping keep-alives and oversize ones, and hands each other
 /// datagram up whole: Content-Length rules for datagrams are the parser's (RFC 3261 §18.3).
 /// `local` is the socket's bound address, which received messages carry as `Peer::local`.
-/// Each readiness event is read until the socket is empty.
+/// Each readiness event is read until the socket is empty; how deep the queue stays
+/// meanwhile tells the node whether it is congested (see the `congestion` module).
 pub(crate) async fn receive_loop(
     shared: Arc<Shared>,
     endpoint: Arc<UdpEndpoint>,
@@ -92,6 +94,7 @@ pub(crate) async fn receive_loop(
     // One byte more than the limit tells an oversize datagram from one exactly at the limit.
     let mut buf = vec![0u8; limit.saturating_add(1)];
     let mut shutdown = shared.shutdown.subscribe();
+    let mut congestion = SocketCongestion::new(&shared.congestion);
     loop {
         let mut ready = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -105,11 +108,17 @@ pub(crate) async fn receive_loop(
         };
         loop {
             match ready.try_io(|io| io.get_ref().recv_from(&mut buf)) {
-                Ok(Ok((n, peer))) => deliver(&shared, &buf[..n], limit, peer, local),
+                Ok(Ok((n, peer))) => {
+                    congestion.read(endpoint.io.get_ref());
+                    deliver(&shared, &buf[..n], limit, peer, local);
+                }
                 // ICMP errors from earlier sends can surface here; the socket stays usable.
                 Ok(Err(e)) => tracing::debug!(local = %local, error = %e, "UDP receive error"),
                 // Empty: wait for the next readiness event.
-                Err(_) => break,
+                Err(_) => {
+                    congestion.drained();
+                    break;
+                }
             }
             // A flood keeps the socket from ever being empty: the runtime's budget makes
             // this task give way to the calls it feeds now and then, and shutdown is

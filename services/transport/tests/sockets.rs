@@ -1118,3 +1118,97 @@ async fn a_peer_that_never_pongs_is_kept_and_pings_do_not_hold_an_idle_connectio
     );
     node.transports.shutdown().await;
 }
+
+/// Holds up the receive loop at its first message until released, and notes whether the
+/// node said it was congested while it handed up each later one.
+#[derive(Default)]
+struct Stall {
+    released: Mutex<bool>,
+    wake: std::sync::Condvar,
+    messages: std::sync::atomic::AtomicUsize,
+    transports: std::sync::OnceLock<Arc<Transports>>,
+    saw_congested: std::sync::atomic::AtomicBool,
+}
+
+impl Inbound for Stall {
+    fn on_message(&self, _msg: Received) {
+        use std::sync::atomic::Ordering;
+        if self.messages.fetch_add(1, Ordering::SeqCst) == 0 {
+            let mut released = self.released.lock().unwrap();
+            while !*released {
+                released = self.wake.wait(released).unwrap();
+            }
+        } else if self.transports.get().is_some_and(|t| t.receive_congested()) {
+            self.saw_congested.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Waits (blocking the thread) until `check` holds; panics after `WAIT`.
+fn wait_until(mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "condition in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A receive loop that falls behind says so while its queue is deep, and stops saying
+/// so once it has caught up.
+///
+/// The loop is held up inside `on_message`, which blocks a runtime worker; the node gets
+/// a runtime of its own and the test waits on plain threads, so nothing the test needs
+/// can be stuck behind that worker.
+#[test]
+fn a_deep_udp_receive_queue_is_reported_as_congestion() {
+    use std::sync::atomic::Ordering;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stall = Arc::new(Stall::default());
+    let mut registry = Registry::default();
+    let transports = Arc::new(
+        runtime
+            .block_on(Transports::start(
+                TransportConfig {
+                    tcp: Vec::new(),
+                    ..loopback()
+                },
+                stall.clone(),
+                &mut registry,
+            ))
+            .unwrap(),
+    );
+    let _ = stall.transports.set(transports.clone());
+    let to = transports.local_addr(Transport::Udp).unwrap();
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.send_to(b"first", to).unwrap();
+    wait_until(|| stall.messages.load(Ordering::SeqCst) == 1);
+    assert!(
+        !transports.receive_congested(),
+        "an empty queue is no congestion"
+    );
+
+    // The loop is held up: fill its queue (what does not fit is dropped by the kernel).
+    for _ in 0..20_000 {
+        peer.send_to(&[b'x'; 64], to).unwrap();
+    }
+    *stall.released.lock().unwrap() = true;
+    stall.wake.notify_all();
+    let mut seen = 0;
+    wait_until(|| {
+        let before = seen;
+        std::thread::sleep(Duration::from_millis(50));
+        seen = stall.messages.load(Ordering::SeqCst);
+        before == seen
+    });
+    assert!(seen > 100, "the queue held many datagrams ({seen})");
+    assert!(
+        stall.saw_congested.load(Ordering::SeqCst),
+        "congestion was reported while the backlog was read"
+    );
+    assert!(!transports.receive_congested(), "caught up: no congestion");
+    runtime.block_on(transports.shutdown());
+}

@@ -379,6 +379,11 @@ pub struct SipConfig {
     pub max_forwards: u8,
     /// Calls the node carries at once; new INVITEs beyond get 503 with Retry-After.
     pub max_calls: usize,
+    /// Percentage of a UDP socket's receive buffer in use past which the node counts as
+    /// behind its input and answers new INVITEs 503 with Retry-After until the queue
+    /// drains, so the calls in progress finish rather than the kernel dropping their
+    /// messages (0: never refuse for this).
+    pub udp_congestion_percent: u8,
     /// Answer UDP requests at their source port even without `rport` (RFC 3581 for
     /// everyone), so callers behind NAT hear us.
     pub force_rport: bool,
@@ -481,6 +486,7 @@ impl Default for SipConfig {
             tcp_send_queue_bytes: 512 * 1024,
             max_forwards: 70,
             max_calls: 50_000,
+            udp_congestion_percent: 50,
             force_rport: true,
             timers: TimersConfig::default(),
             access_sources: vec!["127.0.0.0/8".into(), "::1".into()],
@@ -528,6 +534,7 @@ impl SipConfig {
             tcp_max_outbound: self.tcp_max_outbound,
             tcp_max_per_source: self.tcp_max_per_source,
             tcp_send_queue_bytes: self.tcp_send_queue_bytes,
+            udp_congestion_percent: self.udp_congestion_percent,
             ..TransportConfig::default()
         }
     }
@@ -1734,6 +1741,12 @@ impl Config {
                 problems.push(format!("sip.access_sources[{j}]"), e);
             }
         }
+        if sip.udp_congestion_percent > 100 {
+            problems.push(
+                "sip.udp_congestion_percent",
+                format!("{} is not a percentage (0-100)", sip.udp_congestion_percent),
+            );
+        }
         if !(400..=699).contains(&sip.trunk_503_status) {
             problems.push(
                 "sip.trunk_503_status",
@@ -2893,6 +2906,7 @@ mod tests {
         assert_eq!(ours.tcp_max_outbound, defaults.tcp_max_outbound);
         assert_eq!(ours.tcp_max_per_source, defaults.tcp_max_per_source);
         assert_eq!(ours.tcp_send_queue_bytes, defaults.tcp_send_queue_bytes);
+        assert_eq!(ours.udp_congestion_percent, defaults.udp_congestion_percent);
     }
 
     #[test]
@@ -3203,6 +3217,7 @@ access_sources = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]
 reply_to_unknown = false
 trunk_503_status = 480
 max_call_duration_secs = 7200
+udp_congestion_percent = 80
 [[trunks]]
 name = "uk"
 address = "127.0.0.1:5090"
@@ -3222,6 +3237,7 @@ default_trunk = "uk"
             assert!(!c.sip.reply_to_unknown);
             assert_eq!(c.sip.trunk_503_status, 480);
             assert_eq!(c.sip.max_call_duration_secs, 7200);
+            assert_eq!(c.sip.transport_config().udp_congestion_percent, 80);
             let t = &c.trunks[0];
             assert_eq!(t.sources, vec!["203.0.113.0/24", "198.51.100.7:5060"]);
             assert!(t.fix_nated_contact);
@@ -3232,6 +3248,7 @@ default_trunk = "uk"
 [sip]
 access_sources = ["10.0.0.0/33", "callers.example"]
 trunk_503_status = 200
+udp_congestion_percent = 101
 [[trunks]]
 name = "uk"
 address = "127.0.0.1:5090"
@@ -3250,6 +3267,7 @@ trunk = "us"
                 "sip.access_sources[0]:",
                 "sip.access_sources[1]:",
                 "sip.trunk_503_status:",
+                "sip.udp_congestion_percent:",
                 "trunks[0].sources[0]:",
                 "trunks[0].local_address:",
                 "routes[0].prefix:",
