@@ -13,17 +13,22 @@
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::log_limiter::LogLimiter;
+
 /// Datagrams read without the queue running empty between two looks at its depth.
 /// Reading it costs a system call; while the queue keeps running empty there is
 /// nothing to look at.
 pub(crate) const CHECK_EVERY: u32 = 64;
 
 /// Node-wide count of congested UDP sockets, shared by their receive loops.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Congestion {
     congested: AtomicUsize,
     /// Refusal threshold: percentage of the receive buffer in use (0: never congested).
     percent: usize,
+    /// Under a sustained overload a socket may go in and out of congestion several times a
+    /// second; one line a second says so.
+    log: LogLimiter,
 }
 
 impl Congestion {
@@ -31,6 +36,7 @@ impl Congestion {
         Congestion {
             congested: AtomicUsize::new(0),
             percent: usize::from(percent.min(100)),
+            log: LogLimiter::new(1),
         }
     }
 
@@ -98,10 +104,14 @@ impl<'a> SocketCongestion<'a> {
         self.congested = congested;
         if congested {
             self.node.congested.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("UDP receive queue deep: new calls are refused until it drains");
+            if self.node.log.allow() {
+                tracing::warn!("UDP receive queue deep: new calls are refused until it drains");
+            }
         } else {
             self.node.congested.fetch_sub(1, Ordering::Relaxed);
-            tracing::info!("UDP receive queue drained: new calls are accepted again");
+            if self.node.log.allow() {
+                tracing::info!("UDP receive queue drained: new calls are accepted again");
+            }
         }
     }
 }
