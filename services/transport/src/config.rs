@@ -117,7 +117,7 @@ impl Default for TransportConfig {
             tcp_connect_timeout: Duration::from_secs(5),
             tcp_keepalive: Some(Duration::from_secs(30)),
             udp_recv_buffer: 4 * 1024 * 1024,
-            udp_congestion_percent: 50,
+            udp_congestion_percent: 75,
         }
     }
 }

@@ -17,8 +17,10 @@ use crate::log_limiter::LogLimiter;
 
 /// Datagrams read without the queue running empty between two looks at its depth.
 /// Reading it costs a system call; while the queue keeps running empty there is
-/// nothing to look at.
-pub(crate) const CHECK_EVERY: u32 = 64;
+/// nothing to look at. Small next to what the buffer holds even with the kernel's
+/// default `rmem_max` (a few hundred datagrams), so the node reacts before the last
+/// quarter of the buffer fills.
+pub(crate) const CHECK_EVERY: u32 = 32;
 
 /// Node-wide count of congested UDP sockets, shared by their receive loops.
 #[derive(Debug)]

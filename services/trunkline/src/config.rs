@@ -486,7 +486,7 @@ impl Default for SipConfig {
             tcp_send_queue_bytes: 512 * 1024,
             max_forwards: 70,
             max_calls: 50_000,
-            udp_congestion_percent: 50,
+            udp_congestion_percent: 75,
             force_rport: true,
             timers: TimersConfig::default(),
             access_sources: vec!["127.0.0.0/8".into(), "::1".into()],
