@@ -178,7 +178,8 @@ def judge(d, rate, secs):
     # calls never created or still open when SIPp stopped count as failed too, and so
     # does every INVITE the node refused (see node_invite_refusals)
     node_refused = node_invite_refusals(d)
-    lost = max(target - ok, failed, node_refused or 0)
+    # (a refused INVITE that SIPp retransmits is refused again: at most every call is lost)
+    lost = min(target, max(target - ok, failed, node_refused or 0))
     fail_frac = lost / target if target else 1.0
     if len(samples) >= 2:
         span = (max(s[0] for s in samples) - min(s[0] for s in samples)) / 1000.0
