@@ -42,6 +42,10 @@
 //!   once through [`Inbound::on_send_error`], with the token given to
 //!   [`Transports::send_tracked`], so a transaction can turn it into a 503 at once
 //!   (RFC 3261 §8.1.3.1).
+//! * **Receive congestion** (`congestion`). Each UDP receive loop looks at its queue's
+//!   memory (`SO_MEMINFO`) while a backlog lasts; past `udp_congestion_percent` of the
+//!   buffer [`Transports::receive_congested`] says so, and the dispatcher refuses new calls
+//!   until the queue drains, so calls in progress are not lost to kernel drops.
 //! * **Metrics** (on the registry passed to [`Transports::start`]):
 //!   `trunkline_transport_connections_active{transport}`,
 //!   `trunkline_transport_connections_total{transport,direction}`,
