@@ -146,7 +146,9 @@ fn later(a: Instant, b: Instant) -> Instant {
 }
 
 struct State {
-    sessions: HashMap<String, Session>,
+    /// Keyed by Call-ID, which comes from the network: the per-process keyed hasher, as
+    /// the call registry's maps use.
+    sessions: HashMap<String, Session, foldhash::quality::RandomState>,
     /// One port range for every interface: a port number belongs to one socket pair at a
     /// time whatever address it is bound on, so interfaces never collide — not even two
     /// names on one address, or a wildcard next to a specific address. (rtpengine keeps a
@@ -412,7 +414,7 @@ impl Relay {
         let metrics = registry.map(|r| Arc::new(Metrics::register(r)));
         let inner = Arc::new(Inner {
             state: Mutex::new(State {
-                sessions: HashMap::new(),
+                sessions: HashMap::default(),
                 ports: PortPool::new(
                     PortAllocator::new(config.port_min, config.port_max, config.port_rest),
                     workers.iter().map(|w| w.totals.clone()).collect(),

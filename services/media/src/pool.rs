@@ -46,7 +46,7 @@ pub(crate) struct PortPool {
     /// them, which reads and drops whatever arrives on them: the next call on the port
     /// reuses them instead of binding new ones, and if that call lands on the same worker
     /// nothing at all is done to the socket (no syscall).
-    spare: HashMap<SocketAddr, Spare>,
+    spare: HashMap<SocketAddr, Spare, foldhash::fast::RandomState>,
     /// `spare` in the order the sockets were put away, to close those idle for `spare_ttl`.
     spare_order: VecDeque<(Instant, SocketAddr)>,
     spare_ttl: Duration,
@@ -71,7 +71,7 @@ impl PortPool {
             alloc,
             closing: Vec::new(),
             workers,
-            spare: HashMap::new(),
+            spare: HashMap::default(),
             spare_order: VecDeque::new(),
             spare_ttl,
         }

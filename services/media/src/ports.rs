@@ -19,7 +19,9 @@ pub struct PortAllocator {
     /// Free pairs with when they were freed (`None`: never used), least recently freed
     /// first.
     free: VecDeque<(u16, Option<Instant>)>,
-    in_use: HashSet<u16>,
+    /// Keyed by our own port numbers, so the fast hasher is safe: a peer cannot choose
+    /// the keys.
+    in_use: HashSet<u16, foldhash::fast::RandomState>,
     rest: Duration,
     reused_early: u64,
 }
@@ -38,7 +40,7 @@ impl PortAllocator {
         }
         Self {
             free,
-            in_use: HashSet::new(),
+            in_use: HashSet::default(),
             rest,
             reused_early: 0,
         }

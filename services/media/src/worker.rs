@@ -470,7 +470,7 @@ pub(crate) struct Worker {
     rx: Receiver<Command>,
     streams: Vec<Option<Stream>>,
     free_slots: Vec<usize>,
-    by_id: HashMap<u64, usize>,
+    by_id: HashMap<u64, usize, foldhash::fast::RandomState>,
     bufs: Vec<Vec<u8>>,
     meta: Vec<Meta>,
     /// By family of the socket read: `[V4]`, `[V6]`.
@@ -486,7 +486,7 @@ pub(crate) struct Worker {
     /// The kernel fast path, when the relay runs with one.
     kernel: Option<KernelLink>,
     /// What each watched socket's token stands for.
-    by_token: HashMap<u64, Watched>,
+    by_token: HashMap<u64, Watched, foldhash::fast::RandomState>,
     /// Whether sockets of removed streams stay bound as spares (see `put_away`).
     keep_spares: bool,
 }
@@ -566,7 +566,7 @@ impl Worker {
             rx,
             streams: Vec::new(),
             free_slots: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
             bufs: (0..batch).map(|_| vec![0u8; BUF_SIZE]).collect(),
             meta: Vec::with_capacity(batch),
             recv_hdrs: [
@@ -577,7 +577,7 @@ impl Worker {
             out: [Vec::with_capacity(batch), Vec::with_capacity(batch)],
             totals,
             tally: Tally::default(),
-            by_token: HashMap::new(),
+            by_token: HashMap::default(),
             keep_spares: false,
             epoch,
             name,

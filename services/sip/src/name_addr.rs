@@ -59,7 +59,7 @@ pub struct NameAddrRef<'a> {
     pub display: Option<&'a str>,
     pub uri: UriRef<'a>,
     /// The header parameters' text (`;tag=x`), checked.
-    pub params: &'a [u8],
+    pub params: &'a str,
 }
 
 impl<'a> NameAddrRef<'a> {
@@ -69,10 +69,12 @@ impl<'a> NameAddrRef<'a> {
     }
 
     /// Everything but the parameters checked: [`NameAddr::parse`] checks those as it
-    /// builds them.
+    /// builds them. The value is checked as UTF-8 once (the parameters must be text too)
+    /// and cut at ASCII delimiters, so every cut is a character boundary.
     fn split(v: &'a [u8]) -> Option<NameAddrRef<'a>> {
         let (s, e) = scan::trim(v);
-        let v = &v[s..e];
+        let text = std::str::from_utf8(&v[s..e]).ok()?;
+        let v = text.as_bytes();
         if v.is_empty() {
             return None;
         }
@@ -81,7 +83,7 @@ impl<'a> NameAddrRef<'a> {
         let uri_text;
         if v[0] == b'"' {
             let q = scan::quoted_end(v, 0)?;
-            display = Some(std::str::from_utf8(&v[..q]).ok()?);
+            display = Some(text.get(..q)?);
             i = scan::skip_ws(v, q);
             if v.get(i) != Some(&b'<') {
                 return None;
@@ -96,7 +98,7 @@ impl<'a> NameAddrRef<'a> {
                 return None;
             }
             display = if de > ds {
-                Some(std::str::from_utf8(&d[ds..de]).ok()?)
+                Some(text.get(ds..de)?)
             } else {
                 None
             };
@@ -106,9 +108,8 @@ impl<'a> NameAddrRef<'a> {
         }
         if v.get(i) == Some(&b'<') {
             let gt = i + v[i..].iter().position(|c| *c == b'>')?;
-            let inner = &v[i + 1..gt];
-            let (is, ie) = scan::trim(inner);
-            uri_text = std::str::from_utf8(&inner[is..ie]).ok()?;
+            let (is, ie) = scan::trim(&v[i + 1..gt]);
+            uri_text = text.get(i + 1 + is..i + 1 + ie)?;
             i = gt + 1;
         } else {
             // addr-spec: the URI ends at the first ';' or whitespace; what follows are
@@ -117,13 +118,13 @@ impl<'a> NameAddrRef<'a> {
             while i < v.len() && v[i] != b';' && !scan::is_ws(v[i]) {
                 i += 1;
             }
-            uri_text = std::str::from_utf8(&v[us..i]).ok()?;
+            uri_text = text.get(us..i)?;
         }
         let uri = UriRef::parse(uri_text).ok()?;
         Some(NameAddrRef {
             display,
             uri,
-            params: &v[i..],
+            params: text.get(i..)?,
         })
     }
 }

@@ -114,8 +114,9 @@ impl Params {
 
     /// Parses header parameters, `*( SEMI generic-param )`, which must fill all of
     /// `b`. LWS is allowed around `;` and `=` (RFC 4475 §3.1.1.1); a value may be
-    /// a token or a quoted string. `None` on anything else.
-    pub fn parse_header(b: &[u8]) -> Option<Params> {
+    /// a token or a quoted string. `None` on anything else. Text, not bytes: a header
+    /// value is checked as UTF-8 once, by the caller that cuts it into parts.
+    pub fn parse_header(b: &str) -> Option<Params> {
         let mut params = Vec::new();
         walk_header(b, |name, value| {
             params.push(Param {
@@ -128,13 +129,13 @@ impl Params {
 
     /// True when `b` is a list [`Params::parse_header`] accepts; allocates nothing, for
     /// validators that only need to know.
-    pub fn check_header(b: &[u8]) -> bool {
+    pub fn check_header(b: &str) -> bool {
         walk_header(b, |_, _| {}).is_some()
     }
 
     /// The first parameter called `name` (any case) in a header parameter list that
     /// [`Params::check_header`] accepts, as [`Params::get`] would find it once parsed.
-    pub fn find_header<'a>(b: &'a [u8], name: &str) -> Option<Option<&'a str>> {
+    pub fn find_header<'a>(b: &'a str, name: &str) -> Option<Option<&'a str>> {
         let mut found = None;
         walk_header(b, |n, v| {
             if found.is_none() && n.eq_ignore_ascii_case(name) {
@@ -167,10 +168,10 @@ impl Params {
 
 /// Walks header parameters (the grammar of [`Params::parse_header`]), handing each
 /// name and value to `each`. `None` when `b` is not such a list.
-fn walk_header<'a>(b: &'a [u8], mut each: impl FnMut(&'a str, Option<&'a str>)) -> Option<()> {
-    // One UTF-8 check for the whole list: names and token values are ASCII, so only a
-    // quoted value can hold other bytes, and it is cut at its ASCII quotes.
-    let text = std::str::from_utf8(b).ok()?;
+fn walk_header<'a>(text: &'a str, mut each: impl FnMut(&'a str, Option<&'a str>)) -> Option<()> {
+    // Names and token values are ASCII, so only a quoted value can hold other bytes, and
+    // it is cut at its ASCII quotes: the cuts fall on character boundaries.
+    let b = text.as_bytes();
     let mut i = 0;
     loop {
         i = skip_ws(b, i);
@@ -320,7 +321,7 @@ mod tests {
     use super::*;
 
     fn header(s: &str) -> Params {
-        Params::parse_header(s.as_bytes()).unwrap()
+        Params::parse_header(s).unwrap()
     }
 
     #[test]
@@ -383,7 +384,7 @@ mod tests {
             ";a=\"x\"\\", // junk after a quoted value
             ";a\x01",     // control character
         ] {
-            assert_eq!(Params::parse_header(bad.as_bytes()), None, "{bad:?}");
+            assert_eq!(Params::parse_header(bad), None, "{bad:?}");
         }
     }
 
@@ -432,8 +433,8 @@ mod tests {
         fn accepted_header_params_reparse_unchanged(
             s in r#"([ \t]{0,2};[ \t]{0,2}[a-zA-Z0-9.:\[\]-]{0,5}([ \t]{0,2}=[ \t]{0,2}([a-zA-Z0-9.:-]{0,5}|"[a-z ;,\\"]{0,6}"))?){0,5}[ \t]{0,2}"#
         ) {
-            if let Some(p) = Params::parse_header(s.as_bytes()) {
-                let again = Params::parse_header(p.to_string().as_bytes());
+            if let Some(p) = Params::parse_header(&s) {
+                let again = Params::parse_header(&p.to_string());
                 proptest::prop_assert_eq!(again, Some(p));
             }
         }

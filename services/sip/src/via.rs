@@ -128,7 +128,7 @@ pub struct ViaRef<'a> {
     pub host: HostRef<'a>,
     pub port: Option<u16>,
     /// The parameters' text (`;branch=z9hG4bK1;rport`), checked.
-    pub params: &'a [u8],
+    pub params: &'a str,
 }
 
 impl<'a> ViaRef<'a> {
@@ -138,8 +138,10 @@ impl<'a> ViaRef<'a> {
     }
 
     /// Everything but the parameters checked: [`Via::parse`] checks those as it builds
-    /// them.
+    /// them. The value is checked as UTF-8 once (the parameters must be text too) and cut
+    /// at ASCII delimiters, so every cut is a character boundary.
     fn split(v: &'a [u8]) -> Option<ViaRef<'a>> {
+        let text = std::str::from_utf8(v).ok()?;
         let mut i = scan::skip_ws(v, 0);
         let mut parts = [""; 3];
         for (n, part) in parts.iter_mut().enumerate() {
@@ -150,7 +152,7 @@ impl<'a> ViaRef<'a> {
             if i == s {
                 return None;
             }
-            *part = std::str::from_utf8(&v[s..i]).ok()?;
+            *part = text.get(s..i)?;
             i = scan::skip_ws(v, i);
             if n < 2 {
                 if v.get(i) != Some(&b'/') {
@@ -174,7 +176,7 @@ impl<'a> ViaRef<'a> {
                 i += 1;
             }
         }
-        let host = HostRef::parse(std::str::from_utf8(v.get(hs..i)?).ok()?)?;
+        let host = HostRef::parse(text.get(hs..i)?)?;
         i = scan::skip_ws(v, i);
         let mut port = None;
         if i < v.len() && v[i] == b':' {
@@ -186,7 +188,7 @@ impl<'a> ViaRef<'a> {
             if i == ps || i - ps > 5 {
                 return None;
             }
-            port = std::str::from_utf8(&v[ps..i]).ok()?.parse().ok();
+            port = text.get(ps..i)?.parse().ok();
             port?;
         }
         Some(ViaRef {
@@ -195,7 +197,7 @@ impl<'a> ViaRef<'a> {
             transport: parts[2],
             host,
             port,
-            params: &v[i..],
+            params: text.get(i..)?,
         })
     }
 
