@@ -66,12 +66,15 @@ impl HeaderName {
                 _ => HeaderName::Other,
             };
         }
-        for (name, kind) in KNOWN {
-            if raw.eq_ignore_ascii_case(name.as_bytes()) {
-                return *kind;
-            }
-        }
-        HeaderName::Other
+        // Every header line of every message is classified: only the names of the
+        // right length are compared, not the whole table.
+        let Some(candidates) = BY_LEN.get(raw.len()) else {
+            return HeaderName::Other;
+        };
+        candidates
+            .iter()
+            .find(|(name, _)| raw.eq_ignore_ascii_case(name.as_bytes()))
+            .map_or(HeaderName::Other, |(_, kind)| *kind)
     }
 
     /// Canonical long name, used when the stack writes a header itself.
@@ -83,6 +86,17 @@ impl HeaderName {
             .unwrap_or("")
     }
 }
+
+/// [`KNOWN`] grouped by the length of the name.
+static BY_LEN: std::sync::LazyLock<Vec<Vec<(&'static str, HeaderName)>>> =
+    std::sync::LazyLock::new(|| {
+        let longest = KNOWN.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+        let mut by_len = vec![Vec::new(); longest + 1];
+        for &(name, kind) in KNOWN {
+            by_len[name.len()].push((name, kind));
+        }
+        by_len
+    });
 
 const KNOWN: &[(&str, HeaderName)] = &[
     ("Via", HeaderName::Via),
@@ -270,6 +284,24 @@ impl Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_known_name_classifies_to_its_kind_in_any_case() {
+        for &(name, kind) in KNOWN {
+            assert_eq!(HeaderName::classify(name.as_bytes()), kind, "{name}");
+            assert_eq!(
+                HeaderName::classify(name.to_ascii_uppercase().as_bytes()),
+                kind
+            );
+            assert_eq!(
+                HeaderName::classify(name.to_ascii_lowercase().as_bytes()),
+                kind
+            );
+            assert_eq!(kind.canonical(), name);
+        }
+        assert_eq!(HeaderName::classify(b""), HeaderName::Other);
+        assert_eq!(HeaderName::classify(&[b'a'; 300]), HeaderName::Other);
+    }
 
     #[test]
     fn compact_and_case_forms_classify() {

@@ -15,7 +15,30 @@ use bytes::{Bytes, BytesMut};
 
 /// Where the header section ends: the index of the first body byte.
 fn find_header_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    let mut i = 0;
+    loop {
+        let p = find_crlf(b, i)?;
+        if b.get(p + 2..p + 4) == Some(b"\r\n") {
+            return Some(p + 4);
+        }
+        // The byte after this CRLF's '\n' cannot start the blank line's CRLF unless it
+        // is '\r', which the next search finds.
+        i = p + 2;
+    }
+}
+
+/// Index of the first CRLF at or after `from`. Every message is cut into lines by this,
+/// so it looks for '\r' with `memchr` (a word at a time) instead of comparing each pair
+/// of bytes.
+fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let p = i + memchr::memchr(b'\r', b.get(i..)?)?;
+        if b.get(p + 1) == Some(&b'\n') {
+            return Some(p);
+        }
+        i = p + 1;
+    }
 }
 
 /// Parses one message from a datagram or a framed stream chunk. Bytes after the
@@ -31,10 +54,7 @@ pub fn parse_message(data: Bytes) -> Result<Message, ParseError> {
     }
     let data = data.slice(start..);
     let body_start = find_header_end(&data).ok_or(ParseError::Incomplete)?;
-    let line_end = data
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .ok_or(ParseError::Incomplete)?;
+    let line_end = find_crlf(&data, 0).ok_or(ParseError::Incomplete)?;
     let start_line = data.slice(..line_end);
     let headers = parse_headers(&data, line_end + 2, body_start - 2, false)?;
     let body = frame_body(&data, body_start, &headers)?;
@@ -176,11 +196,7 @@ fn parse_headers(
     let mut lines: Vec<(usize, usize)> = Vec::with_capacity(16);
     let mut i = 0;
     while i < section.len() {
-        let end = section[i..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|p| i + p)
-            .unwrap_or(section.len());
+        let end = find_crlf(&section, i).unwrap_or(section.len());
         lines.push((i, end));
         i = end + 2;
     }
@@ -199,7 +215,7 @@ fn parse_headers(
             }
             return Err(ParseError::HeaderLine);
         }
-        let Some(colon) = line.iter().position(|c| *c == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             if lenient {
                 continue;
             }
@@ -270,7 +286,7 @@ pub fn salvage(data: &Bytes) -> Option<Salvaged> {
         start += 2;
     }
     let data = data.slice(start..);
-    let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+    let line_end = find_crlf(&data, 0)?;
     let hdr_end = find_header_end(&data).map(|e| e - 2).unwrap_or(data.len());
     if hdr_end < line_end + 2 {
         return None;
@@ -285,6 +301,23 @@ pub fn salvage(data: &Bytes) -> Option<Salvaged> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The memchr line finders find what comparing every window of bytes finds,
+        /// stray '\r' and '\n' included.
+        #[test]
+        fn line_finders_agree_with_byte_windows(
+            parts in prop::collection::vec(prop::sample::select(vec!["\r", "\n", "\r\n", "a", ":"]), 0..24),
+            from in 0usize..8,
+        ) {
+            let b = parts.concat().into_bytes();
+            let crlf = b.get(from..).and_then(|t| t.windows(2).position(|w| w == b"\r\n")).map(|p| p + from);
+            prop_assert_eq!(find_crlf(&b, from), crlf);
+            let end = b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+            prop_assert_eq!(find_header_end(&b), end);
+        }
+    }
 
     fn req(s: &str) -> Request {
         match parse_message(Bytes::from(s.to_string())).unwrap() {

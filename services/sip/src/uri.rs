@@ -252,6 +252,11 @@ pub struct SipUriRef<'a> {
     pub headers: Option<&'a str>,
 }
 
+/// Bytes no URI may hold (controls, space, `<`, `>`, `"`, non-ASCII); every URI of every
+/// message is checked against it.
+static NOT_IN_URI: [bool; 256] =
+    crate::scan::byte_class!(|c| c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c >= 0x7f);
+
 impl<'a> UriRef<'a> {
     /// Checks `s` as [`Uri::parse`] does and splits it into borrowed parts.
     pub fn parse(s: &'a str) -> Result<UriRef<'a>, &'static str> {
@@ -267,9 +272,7 @@ impl<'a> UriRef<'a> {
         {
             return Err("bad scheme");
         }
-        if s.bytes()
-            .any(|c| c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c >= 0x7f)
-        {
+        if s.bytes().any(|c| NOT_IN_URI[usize::from(c)]) {
             return Err("invalid character");
         }
         let sip_scheme = if scheme.eq_ignore_ascii_case("sip") {
