@@ -34,19 +34,45 @@ impl Ids {
     /// A dialog tag.
     pub fn tag(&mut self) -> String {
         let r = self.next() >> 16;
-        format!("{}-{:012x}", self.node, r)
+        let mut s = self.start("", 13);
+        push_hex(&mut s, r, 12);
+        s
     }
 
     /// A Call-ID for a leg we originate.
     pub fn call_id(&mut self) -> String {
         let (a, b) = (self.next(), self.next());
-        format!("{}-{:016x}{:08x}", self.node, a, b >> 32)
+        let mut s = self.start("", 25);
+        push_hex(&mut s, a, 16);
+        push_hex(&mut s, b >> 32, 8);
+        s
     }
 
     /// An RFC 3261 branch.
     pub fn branch(&mut self) -> String {
         let r = self.next();
-        format!("{}{}-{:016x}", trunkline_sip::MAGIC_COOKIE, self.node, r)
+        let mut s = self.start(trunkline_sip::MAGIC_COOKIE, 17);
+        push_hex(&mut s, r, 16);
+        s
+    }
+
+    /// `<prefix><node>-`, with room for `more` bytes after it.
+    fn start(&self, prefix: &str, more: usize) -> String {
+        let mut s = String::with_capacity(prefix.len() + self.node.len() + more);
+        s.push_str(prefix);
+        s.push_str(&self.node);
+        s.push('-');
+        s
+    }
+}
+
+/// Appends the low `digits` hex digits of `v`, zero-padded, as `{:0digits$x}` would:
+/// every call makes several identifiers, and `format!`'s padding machinery cost more
+/// than the rest of their making.
+fn push_hex(s: &mut String, v: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        let nibble = (v >> (i * 4)) & 0xf;
+        s.push(char::from(b"0123456789abcdef"[nibble as usize]));
     }
 }
 
@@ -65,6 +91,21 @@ pub fn owner_of(id: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identifiers_are_formatted_as_before() {
+        let mut ids = Ids::new("n7", 42);
+        let mut twin = Ids::new("n7", 42);
+        let r = twin.next() >> 16;
+        assert_eq!(ids.tag(), format!("n7-{r:012x}"));
+        let (a, b) = (twin.next(), twin.next());
+        assert_eq!(ids.call_id(), format!("n7-{a:016x}{:08x}", b >> 32));
+        let r = twin.next();
+        assert_eq!(ids.branch(), format!("z9hG4bKn7-{r:016x}"));
+        let mut s = String::new();
+        push_hex(&mut s, 0xab, 4);
+        assert_eq!(s, "00ab");
+    }
 
     #[test]
     fn identifiers_carry_the_node() {

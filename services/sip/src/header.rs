@@ -73,7 +73,8 @@ impl HeaderName {
         };
         candidates
             .iter()
-            .find(|(name, _)| raw.eq_ignore_ascii_case(name.as_bytes()))
+            // Most peers write the canonical case: a plain comparison settles those.
+            .find(|(name, _)| raw == name.as_bytes() || raw.eq_ignore_ascii_case(name.as_bytes()))
             .map_or(HeaderName::Other, |(_, kind)| *kind)
     }
 
