@@ -36,6 +36,22 @@ pub enum DialogError {
     Missing(&'static str),
 }
 
+/// `addr` as a header value with `;tag=<tag>` set (none when `tag` is empty), as
+/// `set_param` and `Display` would write it. The dialog keeps its URIs without tags, so
+/// the tag is appended to the formatted value instead of to a clone of the value: every
+/// ACK and BYE builds two of these.
+fn with_tag(addr: &NameAddr, tag: &str) -> bytes::Bytes {
+    if tag.is_empty() {
+        return header_bytes(addr);
+    }
+    if addr.param("tag").is_some() {
+        let mut a = addr.clone();
+        a.set_param("tag", Some(tag.to_string()));
+        return header_bytes(&a);
+    }
+    header_bytes(&format_args!("{addr};tag={tag}"))
+}
+
 fn strip_tag(mut n: NameAddr) -> NameAddr {
     n.params.remove("tag");
     n
@@ -174,18 +190,12 @@ impl Dialog {
         let h = &mut req.headers;
         h.add(HeaderName::Via, header_bytes(&via));
         h.add(HeaderName::MaxForwards, "70");
-        let mut from = self.local_uri.clone();
-        from.set_param("tag", Some(self.local_tag.clone()));
-        h.add(HeaderName::From, header_bytes(&from));
-        let mut to = self.remote_uri.clone();
-        if !self.remote_tag.is_empty() {
-            to.set_param("tag", Some(self.remote_tag.clone()));
-        }
-        h.add(HeaderName::To, header_bytes(&to));
+        h.add(HeaderName::From, with_tag(&self.local_uri, &self.local_tag));
+        h.add(HeaderName::To, with_tag(&self.remote_uri, &self.remote_tag));
         h.add(HeaderName::CallId, self.call_id.clone());
         h.add(
             HeaderName::CSeq,
-            header_bytes(&format_args!("{seq} {method}")),
+            [itoa::Buffer::new().format(seq), " ", method.as_str()].concat(),
         );
         for r in routes {
             h.add(HeaderName::Route, r);
@@ -247,6 +257,29 @@ mod tests {
         assert_eq!(d.next_hop().to_string(), "sip:p1.example;lr");
         assert!(!d.accept_remote_cseq(10, &Method::Bye));
         assert!(d.accept_remote_cseq(11, &Method::Bye));
+    }
+
+    #[test]
+    fn tags_are_written_as_set_param_writes_them() {
+        for v in [
+            "<sip:a@b.example>",
+            "\"Al\" <sip:a@b.example;transport=tcp>;x=1",
+            "<sip:a@b.example>;tag=old;y",
+            "sip:a@b.example",
+        ] {
+            let na = NameAddr::parse(v.as_bytes()).unwrap();
+            for tag in ["", "t-1"] {
+                let mut set = na.clone();
+                if !tag.is_empty() {
+                    set.set_param("tag", Some(tag.to_string()));
+                }
+                assert_eq!(
+                    with_tag(&na, tag),
+                    Bytes::from(set.to_string()),
+                    "{v} {tag}"
+                );
+            }
+        }
     }
 
     #[test]

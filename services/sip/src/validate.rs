@@ -8,7 +8,7 @@
 //! (416), option tags (420), body type (415) and Accept (406), the same order
 //! RFC 3261 §8.2 walks a request.
 
-use crate::header::{Header, HeaderName, Headers};
+use crate::header::{Census, Header, HeaderName, Headers};
 use crate::message::{parse_u32, Request, Response, SIP_2_0};
 use crate::method::Method;
 use crate::name_addr::NameAddrRef;
@@ -136,12 +136,13 @@ pub fn validate_request(req: &Request, policy: &Policy) -> Result<(), Rejection>
 /// Everything that makes a request malformed rather than unsupported: 400.
 fn check_structure(req: &Request) -> Result<(), Rejection> {
     let h = &req.headers;
+    let census = h.census();
     for (kind, reason) in MANDATORY {
-        if h.count(*kind) == 0 {
+        if census.count(*kind) == 0 {
             return Err(Rejection::bad(reason));
         }
     }
-    check_single_valued(h).map_err(Rejection::bad)?;
+    check_single_valued(h, &census).map_err(Rejection::bad)?;
     if !h.check_vias(|_| true) {
         return Err(Rejection::bad("Bad Request - malformed Via"));
     }
@@ -180,13 +181,14 @@ fn check_structure(req: &Request) -> Result<(), Rejection> {
 }
 
 /// One line and one value for each single-valued header (RFC 4475 multi01, mcl01).
-fn check_single_valued(h: &Headers) -> Result<(), &'static str> {
+fn check_single_valued(h: &Headers, census: &Census) -> Result<(), &'static str> {
     for (kind, reason) in SINGLE_VALUED {
-        let mut lines = h.get_all(*kind);
-        let Some(v) = lines.next() else { continue };
-        if lines.next().is_some() {
-            return Err(reason);
+        match census.count(*kind) {
+            0 => continue,
+            1 => {}
+            _ => return Err(reason),
         }
+        let Some(v) = h.get(*kind) else { continue };
         let several = match kind {
             // Values that may hold quoted strings or <URI>s: split with care.
             HeaderName::To | HeaderName::From | HeaderName::ContentType => {
@@ -398,8 +400,9 @@ pub fn validate_response(resp: &Response) -> Result<(), &'static str> {
     if !resp.version.eq_ignore_ascii_case(SIP_2_0) {
         return Err("unsupported SIP version");
     }
+    let census = h.census();
     for (kind, _) in MANDATORY {
-        if h.count(*kind) == 0 {
+        if census.count(*kind) == 0 {
             return Err(match kind {
                 HeaderName::Via => "missing Via",
                 HeaderName::From => "missing From",
@@ -409,7 +412,7 @@ pub fn validate_response(resp: &Response) -> Result<(), &'static str> {
             });
         }
     }
-    check_single_valued(h).map_err(|_| "repeated single-valued header")?;
+    check_single_valued(h, &census).map_err(|_| "repeated single-valued header")?;
     let mut non_unicast = false;
     if !h.check_vias(|v| {
         non_unicast |= v.host.ip().is_some_and(is_non_unicast)
