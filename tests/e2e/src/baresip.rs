@@ -29,7 +29,7 @@ pub fn free_port_pair(ip: Ipv4Addr) -> Result<u16> {
     let free = |p: u16| TcpListener::bind((ip, p)).is_ok() && UdpSocket::bind((ip, p)).is_ok();
     for _ in 0..200 {
         let p = free_port(ip)?;
-        if p < u16::MAX && free(p + 1) {
+        if p < u16::MAX && free(p + 1) && crate::reserve_port(ip.into(), p + 1) {
             return Ok(p);
         }
     }

@@ -206,17 +206,30 @@ pub fn out_dir(name: &str) -> Result<PathBuf> {
 // Ports and small helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A port on `ip` that is currently free for both UDP and TCP.
+/// A port on `ip` that is currently free for both UDP and TCP, and not handed out before
+/// by this process.
 pub fn free_port(ip: impl Into<IpAddr>) -> Result<u16> {
     let ip = ip.into();
     for _ in 0..200 {
         let tcp = TcpListener::bind((ip, 0)).context("binding a probe TCP socket")?;
         let port = tcp.local_addr()?.port();
-        if UdpSocket::bind((ip, port)).is_ok() {
+        if UdpSocket::bind((ip, port)).is_ok() && reserve_port(ip, port) {
             return Ok(port);
         }
     }
     bail!("no port free for both UDP and TCP on {ip}")
+}
+
+/// Records `port` on `ip` as handed out; false when it was already. The probe sockets
+/// are closed before a test binds the port, so the kernel may offer the same port to the
+/// next probe: a node once got the same port for its admin API and its metrics.
+pub fn reserve_port(ip: IpAddr, port: u16) -> bool {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<(IpAddr, u16)>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert((ip, port))
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes; returns whether it held.

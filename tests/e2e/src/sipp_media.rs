@@ -18,7 +18,10 @@ pub fn free_udp_block(ip: Ipv4Addr, n: u16) -> Result<u16> {
             continue;
         }
         let held: Vec<_> = (base..base + n).map(|p| UdpSocket::bind((ip, p))).collect();
-        if held.iter().all(std::result::Result::is_ok) {
+        // Reserved too, so no other port this process hands out falls in the block.
+        if held.iter().all(std::result::Result::is_ok)
+            && (base..base + n).all(|p| crate::reserve_port(ip.into(), p))
+        {
             return Ok(base);
         }
     }
