@@ -14,7 +14,7 @@ use crate::uri::Uri;
 use bytes::{Bytes, BytesMut};
 
 /// Where the header section ends: the index of the first body byte.
-fn find_header_end(b: &[u8]) -> Option<usize> {
+pub fn find_header_end(b: &[u8]) -> Option<usize> {
     let mut i = 0;
     loop {
         let p = find_crlf(b, i)?;
@@ -30,7 +30,7 @@ fn find_header_end(b: &[u8]) -> Option<usize> {
 /// Index of the first CRLF at or after `from`. Every message is cut into lines by this,
 /// so it looks for '\r' with `memchr` (a word at a time) instead of comparing each pair
 /// of bytes.
-fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
+pub fn find_crlf(b: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     loop {
         let p = i + memchr::memchr(b'\r', b.get(i..)?)?;

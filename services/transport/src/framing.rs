@@ -7,6 +7,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::TransportError;
+use trunkline_sip::parse::{find_crlf, find_header_end};
 
 /// The RFC 5626 keep-alive ping a client sends on a stream.
 pub const PING: &[u8] = b"\r\n\r\n";
@@ -98,7 +99,7 @@ impl StreamFramer {
         }
 
         let from = self.scanned.saturating_sub(PING.len() - 1);
-        let Some(pos) = find(&buf[from..], PING).map(|p| p + from) else {
+        let Some(pos) = find_header_end(&buf[from..]).map(|end| from + end - PING.len()) else {
             if buf.len() > max_message_bytes {
                 return Err(TransportError::MessageTooLarge {
                     size: buf.len(),
@@ -137,11 +138,6 @@ pub fn is_datagram_keepalive(datagram: &[u8]) -> bool {
     datagram
         .iter()
         .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
-}
-
-/// Finds `needle` in `haystack`.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Reads the Content-Length of a header block (start line and headers, without the final blank
@@ -236,7 +232,7 @@ impl<'a> Iterator for LineIter<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        match find(self.rest, b"\r\n") {
+        match find_crlf(self.rest, 0) {
             Some(i) => {
                 let line = &self.rest[..i];
                 self.rest = &self.rest[i + 2..];
