@@ -71,10 +71,10 @@ pub fn quoted_end(b: &[u8], i: usize) -> Option<usize> {
     debug_assert!(b.get(i) == Some(&b'"'));
     let mut j = i + 1;
     while j < b.len() {
+        j += memchr::memchr2(b'\\', b'"', &b[j..])?;
         match b[j] {
-            b'\\' => j += 2,
             b'"' => return Some(j + 1),
-            _ => j += 1,
+            _ => j += 2,
         }
     }
     None
@@ -86,6 +86,10 @@ pub fn quoted_end(b: &[u8], i: usize) -> Option<usize> {
 /// than guessing. Allocates nothing: the validator and the transaction layer walk Via,
 /// To and From values of every message, and a `Vec` of slices per walk showed up in
 /// the per-call profile.
+///
+/// It jumps from one delimiter to the next with `memchr` (outside brackets `"`, `<` and
+/// `,` matter, inside them `"` and `>`) rather than matching every byte: these walks
+/// were 3 % of the node's instructions per call as a byte loop.
 pub fn for_each_comma_part(b: &[u8], mut part: impl FnMut(usize, usize)) -> Option<()> {
     let mut start = 0;
     let mut i = 0;
@@ -94,19 +98,26 @@ pub fn for_each_comma_part(b: &[u8], mut part: impl FnMut(usize, usize)) -> Opti
         let (ts, te) = trim(&b[s..e]);
         part(s + ts, s + te);
     };
-    while i < b.len() {
+    loop {
+        let rest = &b[i..];
+        let found = if angle {
+            memchr::memchr2(b'"', b'>', rest)
+        } else {
+            memchr::memchr3(b'"', b'<', b',', rest)
+        };
+        let Some(at) = found else { break };
+        i += at;
         match b[i] {
             b'"' => {
                 i = quoted_end(b, i)?;
                 continue;
             }
-            b'<' if !angle => angle = true,
-            b'>' if angle => angle = false,
-            b',' if !angle => {
+            b'<' => angle = true,
+            b'>' => angle = false,
+            _ => {
                 emit(start, i);
                 start = i + 1;
             }
-            _ => {}
         }
         i += 1;
     }
@@ -145,4 +156,98 @@ pub fn comma_part_count(b: &[u8]) -> Option<usize> {
     let mut n = 0;
     for_each_comma_part(b, |_, _| n += 1)?;
     Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The byte-at-a-time walk the `memchr` versions replaced, kept as their oracle.
+    fn quoted_end_bytewise(b: &[u8], i: usize) -> Option<usize> {
+        let mut j = i + 1;
+        while j < b.len() {
+            match b[j] {
+                b'\\' => j += 2,
+                b'"' => return Some(j + 1),
+                _ => j += 1,
+            }
+        }
+        None
+    }
+
+    fn comma_parts_bytewise(b: &[u8]) -> Option<Vec<(usize, usize)>> {
+        let mut out = Vec::new();
+        let mut emit = |s: usize, e: usize| {
+            let (ts, te) = trim(&b[s..e]);
+            out.push((s + ts, s + te));
+        };
+        let (mut start, mut i, mut angle) = (0, 0, false);
+        while i < b.len() {
+            match b[i] {
+                b'"' => {
+                    i = quoted_end_bytewise(b, i)?;
+                    continue;
+                }
+                b'<' if !angle => angle = true,
+                b'>' if angle => angle = false,
+                b',' if !angle => {
+                    emit(start, i);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        if angle {
+            return None;
+        }
+        emit(start, b.len());
+        Some(out)
+    }
+
+    fn comma_parts(b: &[u8]) -> Option<Vec<(usize, usize)>> {
+        let mut out = Vec::new();
+        for_each_comma_part(b, |s, e| out.push((s, e)))?;
+        Some(out)
+    }
+
+    /// Header values built from the bytes that matter to the walk, and others.
+    fn value() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(
+            prop::sample::select(vec![
+                b'"', b'<', b'>', b',', b'\\', b' ', b'\t', b'a', b'z', b';', b'=', b'@',
+            ]),
+            0..40,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn comma_parts_match_the_byte_walk(v in value()) {
+            prop_assert_eq!(comma_parts(&v), comma_parts_bytewise(&v));
+        }
+
+        #[test]
+        fn quoted_end_matches_the_byte_walk(tail in value()) {
+            let mut v = vec![b'"'];
+            v.extend_from_slice(&tail);
+            prop_assert_eq!(quoted_end(&v, 0), quoted_end_bytewise(&v, 0));
+        }
+    }
+
+    #[test]
+    fn commas_inside_quotes_and_brackets_do_not_split() {
+        let v = b"\"a, b\" <sip:x@h;p=1,2>;tag=1 , <sip:y@h>";
+        let parts = comma_parts(v).unwrap_or_default();
+        let texts: Vec<&[u8]> = parts.iter().map(|&(s, e)| &v[s..e]).collect();
+        assert_eq!(
+            texts,
+            vec![&b"\"a, b\" <sip:x@h;p=1,2>;tag=1"[..], &b"<sip:y@h>"[..]]
+        );
+        assert_eq!(comma_parts(b"<sip:x@h"), None);
+        assert_eq!(comma_parts(b"\"open"), None);
+    }
 }
