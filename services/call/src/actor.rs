@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinHandle;
 use trunkline_b2bua::{Call, EndCause, Event, Leg, RouteDecision};
+use trunkline_sip::{HeaderName, NameAddr};
 use trunkline_transport::ConnectionPin;
 
 mod adopt;
@@ -847,13 +848,9 @@ fn open_answering(shared: &Arc<Shared>, args: CallArgs) -> Opening {
         a_call_id = %String::from_utf8_lossy(&a_call_id),
         b_call_id = tracing::field::Empty
     );
-    let caller = args
-        .invite
-        .headers
-        .from_addr()
-        .and_then(|f| f.uri.user().map(str::to_string))
-        .unwrap_or_default();
     let callee = args.invite.uri.user().unwrap_or_default().to_string();
+    // Kept for an INVITE refused on arrival, which has no dialog to read the caller from.
+    let from = args.invite.headers.get(HeaderName::From).cloned();
     let call = {
         let _e = span.enter();
         tracing::debug!(peer = %args.source, uri = %args.invite.uri, origin = ?args.origin, "new call");
@@ -871,6 +868,13 @@ fn open_answering(shared: &Arc<Shared>, args: CallArgs) -> Opening {
         Origin::Trunk(i) => args.routing.router.trunks().get(i),
         _ => None,
     };
+    let caller = match call.a_remote_uri() {
+        Some(f) => f.uri.user().map(str::to_string),
+        None => from
+            .and_then(|f| NameAddr::parse(&f))
+            .and_then(|f| f.uri.user().map(str::to_string)),
+    }
+    .unwrap_or_default();
     let mut call = call;
     call.set_credentials(
         Leg::A,

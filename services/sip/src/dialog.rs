@@ -123,6 +123,30 @@ impl Dialog {
         })
     }
 
+    /// The confirmed dialog a 2xx makes of this early one (a UAC dialog whose remote
+    /// tag is the 2xx's To-tag): remote target and route set are taken from the 2xx
+    /// (RFC 3261 §12.1.2, §13.2.2.4), the rest kept. What [`Dialog::uac`] would build
+    /// from the request and the 2xx, without parsing the request's From and To again.
+    /// `None` when the 2xx belongs to another dialog (another To-tag), so the caller
+    /// builds that one from scratch.
+    pub fn confirmed(&self, resp: &Response) -> Option<Result<Dialog, DialogError>> {
+        if resp.headers.to_tag()? != self.remote_tag.as_bytes() {
+            return None;
+        }
+        let Some(contact) = resp.headers.contact() else {
+            return Some(Err(DialogError::Missing("Contact")));
+        };
+        let Some(mut route_set) = resp.headers.name_addrs(HeaderName::RecordRoute) else {
+            return Some(Err(DialogError::Missing("Record-Route")));
+        };
+        route_set.reverse();
+        Some(Ok(Dialog {
+            remote_target: contact.uri,
+            route_set,
+            ..self.clone()
+        }))
+    }
+
     /// Checks a request from the peer against the dialog's CSeq ordering (§12.2.2).
     /// Returns false for an out-of-order request, which must get a 500.
     pub fn accept_remote_cseq(&mut self, seq: u32, method: &Method) -> bool {
@@ -234,6 +258,42 @@ mod tests {
     }
 
     const INVITE: &str = "INVITE sip:bob@b.example SIP/2.0\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\nFrom: <sip:alice@a.example>;tag=at\r\nTo: <sip:bob@b.example>\r\nCall-ID: c1\r\nCSeq: 10 INVITE\r\nContact: <sip:alice@192.0.2.1:5070>\r\nRecord-Route: <sip:p1.example;lr>, <sip:p2.example;lr>\r\nl: 0\r\n\r\n";
+
+    /// The early dialog's 2xx confirms it as `Dialog::uac` would build it from the
+    /// request and the 2xx (target and route set from the 2xx), except that the CSeq
+    /// numbers the early dialog used carry over; a 2xx with another To-tag is another
+    /// dialog.
+    #[test]
+    fn a_2xx_confirms_the_early_dialog_as_uac_builds_it() {
+        let invite = req(INVITE);
+        let ringing = resp("SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\nFrom: <sip:alice@a.example>;tag=at\r\nTo: \"Bob\" <sip:bob@b.example>;tag=bt\r\nCall-ID: c1\r\nCSeq: 10 INVITE\r\nContact: <sip:bob@192.0.2.9:5060>\r\nRecord-Route: <sip:p2.example;lr>, <sip:p1.example;lr>\r\nl: 0\r\n\r\n");
+        let ok = resp("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\nFrom: <sip:alice@a.example>;tag=at\r\nTo: \"Bob\" <sip:bob@b.example>;tag=bt\r\nCall-ID: c1\r\nCSeq: 10 INVITE\r\nContact: <sip:bob@192.0.2.10:5062;transport=tcp>\r\nRecord-Route: <sip:p3.example;lr>\r\nl: 0\r\n\r\n");
+        let mut early = Dialog::uac(&invite, &ringing).unwrap();
+        let fresh = early.confirmed(&ok).unwrap().unwrap();
+        assert_eq!(fresh, Dialog::uac(&invite, &ok).unwrap());
+        assert_eq!(
+            fresh.remote_target.to_string(),
+            "sip:bob@192.0.2.10:5062;transport=tcp"
+        );
+        // An UPDATE in the early dialog took CSeq 11: the confirmed dialog goes on from it.
+        let update_seq = early.next_seq();
+        let confirmed = early.confirmed(&ok).unwrap().unwrap();
+        assert_eq!(confirmed.local_seq, update_seq);
+        let other = resp(&String::from_utf8_lossy(&ok.encode()).replace("tag=bt", "tag=ct"));
+        assert!(early.confirmed(&other).is_none());
+        let no_contact = Response {
+            headers: {
+                let mut h = ok.headers.clone();
+                h.remove(HeaderName::Contact);
+                h
+            },
+            ..ok.clone()
+        };
+        assert_eq!(
+            early.confirmed(&no_contact),
+            Some(Err(DialogError::Missing("Contact")))
+        );
+    }
 
     #[test]
     fn uas_dialog_routes_in_record_route_order() {

@@ -57,15 +57,22 @@ impl Call {
         h.add(HeaderName::Via, header_bytes(&local.via(branch)));
         h.add(HeaderName::MaxForwards, header_bytes(&(mf - 1)));
         // From keeps the caller's user part and display name; the host becomes ours.
-        let a_from = a_req.headers.from_addr();
+        // The caller's dialog holds A's From and To parsed (without tags); parsed again
+        // only if it does not exist.
+        let parsed;
+        let (a_from, a_to) = match &self.a.dialog {
+            Some(d) => (Some(&d.remote_uri), Some(&d.local_uri)),
+            None => {
+                parsed = (a_req.headers.from_addr(), a_req.headers.to_addr());
+                (parsed.0.as_ref(), parsed.1.as_ref())
+            }
+        };
         let from_user = match &presentation.from_user {
             Some(u) => Some(u.clone()),
-            None => a_from
-                .as_ref()
-                .and_then(|f| f.uri.user().map(str::to_string)),
+            None => a_from.and_then(|f| f.uri.user().map(str::to_string)),
         };
         let mut from = NameAddr::new(Uri::Sip(SipUri::new(from_user, local.host.clone(), None)));
-        from.display = a_from.and_then(|f| f.display);
+        from.display = a_from.and_then(|f| f.display.clone());
         from.set_param("tag", Some(tag.clone()));
         h.add(HeaderName::From, header_bytes(&from));
         let to_host = match &request_uri {
@@ -77,7 +84,7 @@ impl Call {
             .clone()
             .or_else(|| request_uri.user().map(str::to_string));
         let mut to = NameAddr::new(Uri::Sip(SipUri::new(to_user, to_host, None)));
-        to.display = a_req.headers.to_addr().and_then(|t| t.display);
+        to.display = a_to.and_then(|t| t.display.clone());
         h.add(HeaderName::To, header_bytes(&to));
         h.add(HeaderName::CallId, call_id.clone());
         h.add(HeaderName::CSeq, "1 INVITE");
@@ -350,7 +357,15 @@ impl Call {
             }
             None => {}
         }
-        let dialog = match Dialog::uac(b_req, &resp) {
+        // The 2xx of the early dialog a provisional made confirms that dialog (keeping
+        // the CSeq numbers its requests used); any other 2xx makes its own.
+        let confirmed = self
+            .b
+            .as_ref()
+            .filter(|b| b.early)
+            .and_then(|b| b.dialog.as_ref())
+            .and_then(|d| d.confirmed(&resp));
+        let dialog = match confirmed.unwrap_or_else(|| Dialog::uac(b_req, &resp)) {
             Ok(d) => d,
             Err(e) => {
                 // The trunk answered with a 2xx that cannot make a dialog (no To-tag, no

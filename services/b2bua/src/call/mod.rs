@@ -287,10 +287,6 @@ impl Call {
         let tx = ServerTransaction::new(now, &invite, source.transport.is_reliable(), cfg.timers);
         let mut call = Call::blank(cfg, ids, LegState::new(source, local, call_id, tag));
         let request_uri = invite.uri.clone();
-        let caller = invite
-            .headers
-            .from_addr()
-            .and_then(|f| f.uri.user().map(str::to_string));
         let max_forwards = invite.headers.max_forwards();
         let sid = call.add_server(Leg::A, source, tx, ServerRole::Invite, invite);
         match call
@@ -303,6 +299,8 @@ impl Call {
                 call.finish(483, EndCause::TooManyHops);
             }
             Some(Ok(d)) => {
+                // The dialog has just parsed From: its user is the caller.
+                let caller = d.remote_uri.uri.user().map(str::to_string);
                 call.a.dialog = Some(d);
                 call.respond_status(now, sid, 100);
                 call.events.push_back(Event::RouteRequired {
@@ -411,6 +409,13 @@ impl Call {
     /// Call-ID, what the caller's in-dialog requests name.
     pub fn a_tag(&self) -> &str {
         &self.a.tag
+    }
+
+    /// The caller's From, as the caller's dialog holds it (without its tag): the driver
+    /// reads the caller's number from it rather than parsing the INVITE's From again.
+    /// `None` before the caller's dialog exists (an INVITE refused on arrival).
+    pub fn a_remote_uri(&self) -> Option<&trunkline_sip::NameAddr> {
+        self.a.dialog.as_ref().map(|d| &d.remote_uri)
     }
 
     /// Our tag toward the callee (the From-tag of the B-leg INVITE), once routed.
