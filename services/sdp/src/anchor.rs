@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::parse::{attr, m_port_span, parse_c, parse_m, parse_rtcp, tokens};
+use crate::parse::{attr, m_port, m_port_span, parse_c, parse_m, parse_rtcp, tokens};
 use crate::{AnchorOptions, Direction, Eol, Line, MediaInfo, MediaPlan, Sdp, Value};
 
 /// ICE attributes (RFC 8445/8839, and trickle's RFC 8840): they describe addresses
@@ -105,6 +105,37 @@ pub(crate) fn media(sdp: &Sdp) -> Vec<MediaInfo> {
         });
     }
     out
+}
+
+/// What the rewrite needs to know of one media section: [`MediaInfo::rejected`] and
+/// [`MediaInfo::hold_zero_address`] as [`media`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SectionFlags {
+    rejected: bool,
+    hold_zero_address: bool,
+}
+
+/// [`SectionFlags`] of each section (`None` for an m-line [`media`] skips), read without
+/// building each section's [`MediaInfo`], whose kind, protocol and formats are strings:
+/// the relay has read those already, and building them again was a fifth of a rewrite.
+fn section_flags(
+    sdp: &Sdp,
+    session_end: usize,
+    sections: &[(usize, usize)],
+) -> Vec<Option<SectionFlags>> {
+    let session_c = sdp.lines[..session_end].iter().find(|l| l.kind == b'c');
+    sections
+        .iter()
+        .map(|&(s, e)| {
+            let sec = &sdp.lines[s..e];
+            let port = m_port(&sec[0].value).ok()?;
+            let c_line = sec.iter().find(|l| l.kind == b'c').or(session_c);
+            Some(SectionFlags {
+                rejected: port == 0,
+                hold_zero_address: is_zero(c_line.and_then(|l| parse_c(&l.value))),
+            })
+        })
+        .collect()
 }
 
 /// `IN IP4 <addr>` / `IN IP6 <addr>`, as in `c=` and the tail of `a=rtcp`.
@@ -220,14 +251,14 @@ fn rtcp_attribute(port: u16) -> Value {
 }
 
 pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -> bool {
-    let infos = media(sdp);
     let (session_end, sections) = layout(sdp);
+    let flags = section_flags(sdp, session_end, &sections);
     let mut chosen: Vec<Option<&MediaPlan>> = vec![None; sections.len()];
     for p in plans {
-        let Some(info) = infos.iter().find(|i| i.index == p.index) else {
+        let Some(Some(f)) = flags.get(p.index) else {
             continue;
         };
-        if !info.rejected && chosen[p.index].is_none() {
+        if !f.rejected && chosen[p.index].is_none() {
             chosen[p.index] = Some(p);
         }
     }
@@ -257,11 +288,11 @@ pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -
 
     for (n, &(s, e)) in sections.iter().enumerate() {
         let sec = &sdp.lines[s..e];
-        let (Some(plan), Some(info)) = (chosen[n], infos.iter().find(|i| i.index == n)) else {
+        let (Some(plan), Some(Some(f))) = (chosen[n], flags.get(n)) else {
             sec.iter().for_each(|l| out.keep(l));
             continue;
         };
-        let hold = info.hold_zero_address;
+        let hold = f.hold_zero_address;
         let m = &sec[0];
         match m_port_span(&m.value) {
             Some(span) => {
@@ -324,6 +355,52 @@ pub(crate) fn anchor(sdp: &mut Sdp, plans: &[MediaPlan], opts: &AnchorOptions) -
 #[cfg(test)]
 mod tests {
     use crate::{parse, AnchorOptions, Direction, MediaPlan};
+    use proptest::prelude::*;
+
+    /// Media sections with and without their own `c=`, rejected or not, on hold with
+    /// `0.0.0.0` or not, under a session `c=` or none.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let section = (
+            prop::sample::select(vec!["0", "4000", "4000/2", "70000", "x"]),
+            prop::sample::select(vec![
+                "",
+                "c=IN IP4 0.0.0.0\r\n",
+                "c=IN IP4 192.0.2.7\r\n",
+                "c=IN IP6 ::\r\n",
+            ]),
+        )
+            .prop_map(|(port, c)| format!("m=audio {port} RTP/AVP 0\r\n{c}a=sendrecv\r\n"));
+        (
+            prop::sample::select(vec!["", "c=IN IP4 0.0.0.0\r\n", "c=IN IP4 192.0.2.1\r\n"]),
+            prop::collection::vec(section, 0..4),
+        )
+            .prop_map(|(c, secs)| {
+                format!(
+                    "v=0\r\no=- 1 5 IN IP4 192.0.2.1\r\ns=-\r\n{c}t=0 0\r\n{}",
+                    secs.concat()
+                )
+                .into_bytes()
+            })
+    }
+
+    proptest! {
+        /// The rewrite's own reading of each section agrees with what `media()` reports.
+        #[test]
+        fn section_flags_agree_with_media(b in body()) {
+            let Ok(sdp) = parse(&b) else { return Ok(()) };
+            let (session_end, sections) = super::layout(&sdp);
+            let flags = super::section_flags(&sdp, session_end, &sections);
+            let from_media: Vec<_> = (0..sections.len())
+                .map(|i| {
+                    sdp.media().into_iter().find(|m| m.index == i).map(|m| super::SectionFlags {
+                        rejected: m.rejected,
+                        hold_zero_address: m.hold_zero_address,
+                    })
+                })
+                .collect();
+            prop_assert_eq!(flags, from_media);
+        }
+    }
 
     const BODY: &[u8] = b"v=0\r\no=- 1 5 IN IP4 192.0.2.1\r\ns=-\r\nt=0 0\r\n\
         m=audio 4000 RTP/AVP 0\r\nc=IN IP4 host.example.com\r\na=recvonly\r\n\

@@ -26,7 +26,7 @@ pub fn parse(data: &[u8]) -> Result<Sdp, SdpError> {
     while pos < data.len() {
         lineno += 1;
         let rest = &data[pos..];
-        let (content, eol, used) = match rest.iter().position(|&b| b == b'\n') {
+        let (content, eol, used) = match memchr::memchr(b'\n', rest) {
             Some(i) if i > 0 && rest[i - 1] == b'\r' => (&rest[..i - 1], Eol::CrLf, i + 1),
             Some(i) => (&rest[..i], Eol::Lf, i + 1),
             None => (rest, Eol::None, rest.len()),
@@ -45,7 +45,7 @@ pub fn parse(data: &[u8]) -> Result<Sdp, SdpError> {
         }
         let kind = content[0];
         let value = &content[2..];
-        if value.iter().any(|&b| b == b'\r' || b == 0) {
+        if memchr::memchr2(b'\r', 0, value).is_some() {
             return Err(err("value contains CR or NUL"));
         }
         if lines.is_empty() {
@@ -64,7 +64,7 @@ pub fn parse(data: &[u8]) -> Result<Sdp, SdpError> {
                 }
                 b's' => seen_s = true,
                 b'm' => {
-                    parse_m(value).map_err(err)?;
+                    m_port(value).map_err(err)?;
                     in_media = true;
                 }
                 _ => {}
@@ -174,13 +174,33 @@ pub(crate) fn m_port_span(v: &[u8]) -> Option<(usize, usize)> {
 /// (seen from real stacks for disabled streams), so they are not required.
 pub(crate) fn parse_m(v: &[u8]) -> Result<MLine, &'static str> {
     let t = tokens(v);
+    let (port, port_count) = m_port_fields(v, &t)?;
+    let text = |(s, e): (usize, usize)| String::from_utf8_lossy(&v[s..e]).into_owned();
+    Ok(MLine {
+        kind: text(t[0]),
+        port,
+        port_count,
+        proto: text(t[2]),
+        formats: t[3..].iter().map(|&s| text(s)).collect(),
+    })
+}
+
+/// The port of an `m=` line, checked as [`parse_m`] checks the line but without
+/// building its fields as strings: parsing and the rewrite only need to know that the
+/// line is sound and whether its port is 0.
+pub(crate) fn m_port(v: &[u8]) -> Result<u16, &'static str> {
+    m_port_fields(v, &tokens(v)).map(|(port, _)| port)
+}
+
+/// Port and port count of an `m=` line split into `t`; the checks every reader of an
+/// m-line shares.
+fn m_port_fields(v: &[u8], t: &[(usize, usize)]) -> Result<(u16, Option<u16>), &'static str> {
     if t.len() < 3 {
         return Err("m= needs media, port and protocol");
     }
-    let text = |(s, e): (usize, usize)| String::from_utf8_lossy(&v[s..e]).into_owned();
     let (ps, pe) = t[1];
     let port_field = &v[ps..pe];
-    let (port_bytes, count) = match port_field.iter().position(|&b| b == b'/') {
+    let (port_bytes, count) = match memchr::memchr(b'/', port_field) {
         Some(i) => (&port_field[..i], Some(&port_field[i + 1..])),
         None => (port_field, None),
     };
@@ -189,13 +209,7 @@ pub(crate) fn parse_m(v: &[u8]) -> Result<MLine, &'static str> {
         Some(c) => Some(parse_u16(c).ok_or("m= port count is not a number 0-65535")?),
         None => None,
     };
-    Ok(MLine {
-        kind: text(t[0]),
-        port,
-        port_count,
-        proto: text(t[2]),
-        formats: t[3..].iter().map(|&s| text(s)).collect(),
-    })
+    Ok((port, port_count))
 }
 
 /// `<nettype> <addrtype> <address>[/...]` as in `c=` and `a=rtcp`: the address if it
