@@ -24,7 +24,7 @@ use std::sync::Arc;
 use trunkline_b2bua::Leg;
 use trunkline_sip::validate::{validate_request, validate_response};
 use trunkline_sip::{
-    parse_message, salvage, HeaderName, Headers, Message, Method, Peer, Request, Response,
+    parse_message, salvage, HeaderName, Headers, Message, Method, Params, Peer, Request, Response,
 };
 
 /// What one received message comes to.
@@ -1204,17 +1204,19 @@ fn stamp_top_via(
 ) -> Option<std::net::SocketAddr> {
     let h = headers.first_mut(HeaderName::Via)?;
     let (start, end) = trunkline_sip::scan::first_comma_range(&h.value)?;
-    let mut via = trunkline_sip::Via::parse(&h.value[start..end])?;
+    let via = trunkline_sip::ViaRef::parse(&h.value[start..end])?;
     let reliable = source.transport.is_reliable();
-    let alias = (reliable && via.param("alias").is_some())
+    let alias = (reliable && Params::find_header(via.params, "alias").is_some())
         .then(|| via.host.ip().zip(via.port))
         .flatten()
         .filter(|(ip, _)| *ip == source.addr.ip())
         .map(|(ip, port)| std::net::SocketAddr::new(ip, port));
-    via.stamp_received(source.addr, force_rport && !reliable);
+    let mut value = via
+        .stamped(source.addr, force_rport && !reliable)?
+        .into_bytes();
     // The Vias below the top one stay as received (from the comma on).
-    let rest = String::from_utf8_lossy(&h.value[end..]);
-    h.value = trunkline_sip::text::header_bytes(&format_args!("{via}{rest}"));
+    value.extend_from_slice(&h.value[end..]);
+    h.value = Bytes::from(value);
     alias
 }
 

@@ -34,4 +34,4 @@ pub use params::{Param, Params};
 pub use parse::{parse_message, salvage};
 pub use uri::{Host, SipScheme, SipUri, Uri};
 pub use validate::{rejection_response, validate_request, validate_response, Policy, Rejection};
-pub use via::{Via, MAGIC_COOKIE};
+pub use via::{Via, ViaRef, MAGIC_COOKIE};

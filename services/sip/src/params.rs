@@ -168,7 +168,10 @@ impl Params {
 
 /// Walks header parameters (the grammar of [`Params::parse_header`]), handing each
 /// name and value to `each`. `None` when `b` is not such a list.
-fn walk_header<'a>(text: &'a str, mut each: impl FnMut(&'a str, Option<&'a str>)) -> Option<()> {
+pub(crate) fn walk_header<'a>(
+    text: &'a str,
+    mut each: impl FnMut(&'a str, Option<&'a str>),
+) -> Option<()> {
     // Names and token values are ASCII, so only a quoted value can hold other bytes, and
     // it is cut at its ASCII quotes: the cuts fall on character boundaries.
     let b = text.as_bytes();

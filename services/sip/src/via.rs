@@ -132,6 +132,74 @@ pub struct ViaRef<'a> {
 }
 
 impl<'a> ViaRef<'a> {
+    /// The text [`Via::stamp_received`] and `Display` make of this Via, written from the
+    /// borrowed parts: the dispatcher stamps the top Via of every request, and parsing it
+    /// into an owned `Via` (each parameter allocated) to write it back out cost about a
+    /// hundredth of the node's instructions per call. Parameters keep their order;
+    /// `rport` and `received` replace the first of their name, or come last in that order,
+    /// as [`Params::set`] places them. `None` when the parameters do not parse.
+    pub fn stamped(&self, source: SocketAddr, force_rport: bool) -> Option<String> {
+        let asked_rport = Params::find_header(self.params, "rport").is_some();
+        let mut port_buf = itoa::Buffer::new();
+        let rport = (asked_rport || force_rport).then(|| port_buf.format(source.port()));
+        let v4;
+        let v6;
+        let received: Option<&str> =
+            if self.host.ip() != Some(source.ip()) || asked_rport || force_rport {
+                Some(match source.ip() {
+                    std::net::IpAddr::V4(a) => {
+                        v4 = crate::text::Ipv4Text::new(a);
+                        v4.as_str()
+                    }
+                    ip => {
+                        v6 = ip.to_string();
+                        &v6
+                    }
+                })
+            } else {
+                None
+            };
+        let mut out = String::with_capacity(self.params.len() + 64);
+        out.push_str(self.name);
+        out.push('/');
+        out.push_str(self.version);
+        out.push('/');
+        out.push_str(self.transport);
+        out.push(' ');
+        match self.host {
+            HostRef::Domain(d) => out.push_str(d),
+            HostRef::V4(a) => out.push_str(crate::text::Ipv4Text::new(a).as_str()),
+            HostRef::V6(a) => {
+                out.push('[');
+                out.push_str(&a.to_string());
+                out.push(']');
+            }
+        }
+        if let Some(p) = self.port {
+            out.push(':');
+            out.push_str(itoa::Buffer::new().format(p));
+        }
+        let (mut rport_set, mut received_set) = (rport.is_none(), received.is_none());
+        crate::params::walk_header(self.params, |name, value| {
+            let mut value = value;
+            if !rport_set && name.eq_ignore_ascii_case("rport") {
+                value = rport;
+                rport_set = true;
+            } else if !received_set && name.eq_ignore_ascii_case("received") {
+                value = received;
+                received_set = true;
+            }
+            push_param(&mut out, name, value);
+        })?;
+        if !rport_set {
+            push_param(&mut out, "rport", rport);
+        }
+        if !received_set {
+            push_param(&mut out, "received", received);
+        }
+        Some(out)
+    }
+
     /// Checks one comma-free Via value as [`Via::parse`] does.
     pub fn parse(v: &'a [u8]) -> Option<ViaRef<'a>> {
         ViaRef::split(v).filter(|r| Params::check_header(r.params))
@@ -231,9 +299,69 @@ impl fmt::Display for Via {
     }
 }
 
+/// `;name[=value]`, as `Params`' `Display` writes one parameter.
+fn push_param(out: &mut String, name: &str, value: Option<&str>) {
+    out.push(';');
+    out.push_str(name);
+    if let Some(v) = value {
+        out.push('=');
+        out.push_str(v);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Vias with and without rport/received (valued, bare, repeated, in other cases),
+    /// spaced loosely or not, with IPv4, IPv6 and domain hosts.
+    fn via_text() -> impl Strategy<Value = String> {
+        let host = prop::sample::select(vec![
+            "192.0.2.7",
+            "198.51.100.1",
+            "[2001:db8::1]",
+            "host.example",
+            "127.0.0.1",
+        ]);
+        let port = prop::sample::select(vec!["", ":5060", ":3333", ":40000"]);
+        let param = prop::sample::select(vec![
+            ";branch=z9hG4bK1",
+            ";rport",
+            ";rport=1234",
+            ";RPort",
+            ";received=10.0.0.1",
+            ";Received=192.0.2.7",
+            " ; ttl = 16",
+            ";x=\"a;b\"",
+            ";lr",
+            ";alias",
+        ]);
+        let lead = prop::sample::select(vec!["SIP/2.0/UDP ", "SIP / 2.0 / TCP ", "SIP/2.0/TLS  "]);
+        (lead, host, port, prop::collection::vec(param, 0..5))
+            .prop_map(|(l, h, p, ps)| format!("{l}{h}{p}{}", ps.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The borrowed writer writes what parsing, stamping and formatting write.
+        #[test]
+        fn stamped_text_is_what_the_owned_via_writes(
+            v in via_text(),
+            source in prop::sample::select(vec![
+                "192.0.2.7:3333", "192.0.2.7:5060", "203.0.113.5:40000", "[2001:db8::1]:5060",
+                "[2001:db8::2]:7000",
+            ]),
+            force in any::<bool>(),
+        ) {
+            let source: SocketAddr = source.parse().unwrap();
+            let mut owned = Via::parse(v.as_bytes()).unwrap();
+            owned.stamp_received(source, force);
+            let borrowed = ViaRef::parse(v.as_bytes()).unwrap().stamped(source, force);
+            prop_assert_eq!(borrowed, Some(owned.to_string()));
+        }
+    }
 
     #[test]
     fn the_borrowed_check_agrees_with_the_parser() {
