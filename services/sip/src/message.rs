@@ -316,6 +316,12 @@ impl Response {
         let Some(raw) = self.headers.get(HeaderName::To) else {
             return;
         };
+        if crate::tags::name_addr_tag(raw).is_some() {
+            // Tagged already (every response after the first of a dialog): the tag
+            // reader agrees with the parser on what it accepts, and a To the parser
+            // refuses is left alone below as well.
+            return;
+        }
         if crate::tags::name_addr_param(raw, b"tag").is_none()
             && crate::name_addr::NameAddrRef::parse(raw).is_some()
         {
@@ -474,6 +480,8 @@ mod tests {
             // A valueless `tag` is given the value rather than repeated.
             ("<sip:bob@example.com>;tag", "<sip:bob@example.com>;tag=t1"),
             ("not a name-addr <", "not a name-addr <"),
+            ("not a name-addr <;tag=x", "not a name-addr <;tag=x"),
+            ("\"A;tag=q\" <sip:a@b>", "\"A;tag=q\" <sip:a@b>;tag=t1"),
         ];
         for (to, want) in cases {
             let mut r = response_with_to(to);
