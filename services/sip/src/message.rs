@@ -23,17 +23,7 @@ impl CSeq {
         let (s, e) = crate::scan::trim(v);
         let v = &v[s..e];
         let ds = v.iter().take_while(|c| c.is_ascii_digit()).count();
-        if ds == 0 || ds > 10 {
-            return None;
-        }
-        // At most ten digits: no overflow in u64. Summed by hand because CSeq is read
-        // many times per call and `str::parse` was most of this function's cost.
-        let seq = v[..ds]
-            .iter()
-            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        if seq > 0x7fff_ffff {
-            return None;
-        }
+        let seq = crate::scan::decimal(&v[..ds]).filter(|&n| n <= 0x7fff_ffff)?;
         let ms = crate::scan::skip_ws(v, ds);
         if ms == ds {
             return None;
@@ -193,11 +183,7 @@ impl Headers {
 /// Parses an unsigned decimal header value (leading zeros allowed).
 pub fn parse_u32(v: &[u8]) -> Option<u32> {
     let (s, e) = crate::scan::trim(v);
-    let v = &v[s..e];
-    if v.is_empty() || v.len() > 10 || !v.iter().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    crate::scan::decimal(&v[s..e]).and_then(|n| u32::try_from(n).ok())
 }
 
 fn encode_headers(out: &mut BytesMut, headers: &Headers, body: &Bytes) {

@@ -102,12 +102,11 @@ fn frame_body(data: &Bytes, body_start: usize, headers: &Headers) -> Result<Byte
 pub fn parse_content_length(v: &[u8]) -> Result<usize, ParseError> {
     let (s, e) = scan::trim(v);
     let d = &v[s..e];
-    if d.is_empty() || d.len() > 9 || !d.iter().all(|c| c.is_ascii_digit()) {
+    if d.len() > 9 {
         return Err(ParseError::ContentLength);
     }
-    std::str::from_utf8(d)
-        .ok()
-        .and_then(|s| s.parse().ok())
+    scan::decimal(d)
+        .and_then(|n| usize::try_from(n).ok())
         .ok_or(ParseError::ContentLength)
 }
 

@@ -33,6 +33,17 @@ static TOKEN: [bool; 256] = byte_class!(|c| c.is_ascii_alphanumeric()
         b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
     ));
 
+/// The value of one to ten ASCII digits (leading zeros allowed); `None` for anything
+/// else. The numbers of headers and URIs (CSeq, Max-Forwards, Expires, ports) are read
+/// from every message, several times, and `str::parse`'s generic path was most of each
+/// reader's cost; callers check their own bound.
+pub fn decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 10 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 /// Linear white space inside an unfolded header value.
 pub fn is_ws(c: u8) -> bool {
     c == b' ' || c == b'\t'
@@ -235,6 +246,24 @@ mod tests {
             let mut v = vec![b'"'];
             v.extend_from_slice(&tail);
             prop_assert_eq!(quoted_end(&v, 0), quoted_end_bytewise(&v, 0));
+        }
+    }
+
+    #[test]
+    fn decimal_reads_one_to_ten_digits() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"00080"), Some(80));
+        assert_eq!(decimal(b"9999999999"), Some(9_999_999_999));
+        for bad in [
+            &b""[..],
+            b"12345678901",
+            b"+1",
+            b"-1",
+            b"1 ",
+            b"1a",
+            b"\xd9\xa3",
+        ] {
+            assert_eq!(decimal(bad), None, "{bad:?}");
         }
     }
 

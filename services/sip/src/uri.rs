@@ -375,12 +375,8 @@ fn scan_sip(scheme: SipScheme, s: &str) -> Result<SipUriRef<'_>, &'static str> {
         if i == ps || i - ps > 5 {
             return Err("bad port");
         }
-        // One to five ASCII digits: summed here rather than by `str::parse`, whose
-        // generic path cost a fifth of this function.
-        let value = b[ps..i]
-            .iter()
-            .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
-        port = Some(u16::try_from(value).map_err(|_| "bad port")?);
+        let value = crate::scan::decimal(&b[ps..i]).and_then(|n| u16::try_from(n).ok());
+        port = Some(value.ok_or("bad port")?);
     }
     let used = Params::scan_uri(&b[i..]).ok_or("bad uri parameter")?;
     let j = i + used;

@@ -256,7 +256,7 @@ impl<'a> ViaRef<'a> {
             if i == ps || i - ps > 5 {
                 return None;
             }
-            port = text.get(ps..i)?.parse().ok();
+            port = scan::decimal(&v[ps..i]).and_then(|n| u16::try_from(n).ok());
             port?;
         }
         Some(ViaRef {
