@@ -69,6 +69,10 @@ Environment (defaults full / quick):
                      and the rate they are placed at (10000, 1000)
   GRPC_PYTHON        a python3 with grpcio and grpcio-reflection (the ListCalls poller;
                      default: target/grpc-venv/bin/python3, which tests/run.sh makes)
+  ROUNDS             rounds of the rate search and the fixed-rate run (3 / 1): round r measures
+                     every system once, in order, into load/out/<ts>/round-r/, so that the
+                     host's slow spells fall on all rows alike; the report gives each row's
+                     median and every round's figure (the memory run is made in round 1 only)
   STEP_SECS          length of one rate-search step (10 / 3)
   BISECT             bisection steps after the doubling phase (3 / 1)
   SEARCH_START       first offered rate for the Kamailio and trunkline rows (100 / 100)
@@ -122,10 +126,10 @@ SYS_LIST=("${ordered[@]}")
 SYSTEMS=$(IFS=,; echo "${SYS_LIST[*]}")
 
 if [ "$QUICK" = 1 ]; then
-	: "${STEP_SECS:=3}" "${BISECT:=1}" "${FIXED_RATE:=100}" "${FIXED_SECS:=5}" "${FIXED_WARMUP_SECS:=0}"
+	: "${ROUNDS:=1}" "${STEP_SECS:=3}" "${BISECT:=1}" "${FIXED_RATE:=100}" "${FIXED_SECS:=5}" "${FIXED_WARMUP_SECS:=0}"
 	: "${HOLD_CALLS:=1000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=5}"
 else
-	: "${STEP_SECS:=10}" "${BISECT:=3}" "${FIXED_RATE:=200}" "${FIXED_SECS:=20}" "${FIXED_WARMUP_SECS:=15}"
+	: "${ROUNDS:=3}" "${STEP_SECS:=10}" "${BISECT:=3}" "${FIXED_RATE:=200}" "${FIXED_SECS:=20}" "${FIXED_WARMUP_SECS:=15}"
 	: "${HOLD_CALLS:=10000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=10}"
 fi
 : "${MEDIA_HOLD_CALLS:=$((HOLD_CALLS < 2000 ? HOLD_CALLS : 2000))}"
@@ -1008,6 +1012,7 @@ for s in "${SYS_LIST[@]}"; do mkdir -p "$OUT/$s"; : >"$OUT/$s/summary.env"; done
 	echo "started=$(date -Is)"
 	echo "mode=$([ "$PROFILE" = 1 ] && echo profile || { [ "$QUICK" = 1 ] && echo quick || echo full; })"
 	echo "systems=$SYSTEMS"
+	echo "rounds=$ROUNDS"
 	echo "step_secs=$STEP_SECS"
 	echo "bisect=$BISECT"
 	echo "search_start=$SEARCH_START (SIPp direct: $SIPP_SEARCH_START), cap $SEARCH_MAX"
@@ -1075,11 +1080,26 @@ if [ "$PROFILE" = 1 ]; then
 	exit 0
 fi
 
-for s in "${SYS_LIST[@]}"; do
-	if [ "$s" = sipp ]; then search sipp "$SIPP_SEARCH_START"; else search "$s" "$SEARCH_START"; fi
-	fixed_run "$s"
-	case "$s" in sipp | trunkline-watch10 | trunkline-listcalls | trunkline-hold) ;; *) hold_run "$s" ;; esac
+# Rounds: every system once per round, so that a slow spell of the host does not fall on one
+# row only.  With one round the run's files sit directly under $OUT, as they always have.
+TOP=$OUT
+for ((round = 1; round <= ROUNDS; round++)); do
+	if [ "$ROUNDS" -gt 1 ]; then
+		OUT="$TOP/round-$round"
+		log "round $round of $ROUNDS"
+	fi
+	for s in "${SYS_LIST[@]}"; do mkdir -p "$OUT/$s"; touch "$OUT/$s/summary.env"; done
+	for s in "${SYS_LIST[@]}"; do
+		if [ "$s" = sipp ]; then search sipp "$SIPP_SEARCH_START"; else search "$s" "$SEARCH_START"; fi
+		fixed_run "$s"
+		# Memory per call does not move with the host's load: measured once.
+		if [ "$round" = 1 ]; then
+			case "$s" in sipp | trunkline-watch10 | trunkline-listcalls | trunkline-hold) ;; *) hold_run "$s" ;; esac
+		fi
+	done
+	[ "$ROUNDS" -gt 1 ] && python3 "$LIB" report "$OUT" "${SYS_LIST[@]}" >/dev/null
 done
+OUT=$TOP
 
 log "done; results: $OUT/results.md"
 echo

@@ -529,6 +529,57 @@ def steps_of(out, s):
     return [json.load(open(p)) for p in paths]
 
 
+def round_dirs(out):
+    """The run's round directories in order (ROUNDS > 1), or the run itself (one round)."""
+    found = []
+    for p in glob.glob(os.path.join(out, "round-*")):
+        try:
+            found.append((int(os.path.basename(p)[len("round-"):]), p))
+        except ValueError:
+            pass
+    return [p for _, p in sorted(found)] or [out]
+
+
+# Figures that move with the host's load: a run of several rounds reports their median.
+MEDIAN_KEYS = ("sustained", "cpu_per_1000", "p50_ms", "p99_ms", "kib_per_call", "rss_kib_per_call")
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def _short(x):
+    return ("%.4f" % x).rstrip("0").rstrip(".")
+
+
+def combine_rounds(envs):
+    """One summary from every round's: the median of each figure in MEDIAN_KEYS (and of the
+    CPU shares), with every round's value beside it under <key>_by_round; other keys as
+    they are when the rounds agree, else each round's value."""
+    out = {}
+    keys = []
+    for e in envs:
+        keys += [k for k in e if k not in keys]
+    for k in keys:
+        have = [(i, e[k]) for i, e in enumerate(envs) if k in e]
+        if k in MEDIAN_KEYS or k.startswith("cpu_per_1000_of_which_"):
+            try:
+                out[k] = _short(_median([float(v) for _, v in have]))
+                if len(envs) > 1:
+                    out[k + "_by_round"] = ", ".join(e.get(k, "—") for e in envs)
+                continue
+            except ValueError:
+                pass
+        vals = [v for _, v in have]
+        if len(envs) == 1 or (len(set(vals)) == 1 and len(vals) == len(envs)):
+            out[k] = vals[0]
+        else:
+            out[k] = "; ".join("round %d: %s" % (i + 1, v) for i, v in have)
+    return out
+
+
 def cluster_verdicts(e, params):
     """What replication costs, from the trunkline-cluster row's summary."""
     v = []
@@ -565,7 +616,7 @@ def cluster_verdicts(e, params):
     return v
 
 
-def ratio_line(env, num, den, target):
+def ratio_line(env, num, den, target, rounds=()):
     n = env.get(num, {}).get("sustained")
     d = env.get(den, {}).get("sustained")
     if num not in env or den not in env:
@@ -576,20 +627,32 @@ def ratio_line(env, num, den, target):
         return "%s / %s sustained calls/s: n/a (both rows must be measured)" % (num, den)
     except ZeroDivisionError:
         return "%s / %s sustained calls/s: n/a (%s sustained nothing)" % (num, den, den)
-    capped = [x for x in (num, den) if env[x].get("sustained_note") == "search cap"]
+    capped = [x for x in (num, den) if "search cap" in env[x].get("sustained_note", "")]
     note = " (%s reached the search cap: a bound, not a ratio)" % ", ".join(capped) if capped else ""
     if num == "trunkline-cluster" and den == "trunkline":
         note += " (not like for like: trunkline's calls end at once, trunkline-cluster's are held)"
     elif num == "trunkline-cluster":
         note += " (same call mix, replication on vs standalone)"
+    if len(rounds) > 1:
+        each = []
+        for e in rounds:
+            try:
+                each.append("%.2f" % (float(e[num]["sustained"]) / float(e[den]["sustained"])))
+            except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                each.append("—")
+        note += " (of the rows' medians; round by round: %s)" % ", ".join(each)
     return "**%s / %s sustained calls/s: %.2f** (target ≥ %.2f: %s)%s" % (
         num, den, r, target, "met" if r >= target else "NOT met", note)
 
 
 def report(out, systems):
     rows = []
-    env = {s: load_env(os.path.join(out, s, "summary.env")) for s in systems}
-    params = load_env(os.path.join(out, "params.env"))
+    dirs = round_dirs(out)
+    per_round = [{s: load_env(os.path.join(d, s, "summary.env")) for s in systems} for d in dirs]
+    env = {s: combine_rounds([r[s] for r in per_round]) for s in systems}
+    # a round's own report reads the run's parameters from the directory above it
+    params = load_env(os.path.join(out, "params.env")) or load_env(os.path.join(out, "..", "params.env"))
+    multi = len(dirs) > 1
     hdr = ("| system | sustained calls/s | p50 setup ms | p99 setup ms | CPU s / 1000 calls "
            "| KiB / established call | refused at the first failing step |")
     rows.append(hdr)
@@ -600,36 +663,48 @@ def report(out, systems):
             rows.append("| %s | not measured: %s | | | | | |" % (LABELS.get(s, s), e["error"]))
             continue
         sus = fnum(e.get("sustained"))
+        if multi:
+            sus += " (%s)" % e.get("sustained_by_round", "")
         if e.get("sustained_note"):
             sus += " (%s)" % e["sustained_note"]
         cpu = fnum(e.get("cpu_per_1000"), "%.3f")
+        if multi and e.get("cpu_per_1000_by_round"):
+            cpu += " (%s)" % e["cpu_per_1000_by_round"]
         for k in sorted(e):
-            if k.startswith("cpu_per_1000_of_which_") and cpu != "—":
+            if k.startswith("cpu_per_1000_of_which_") and not k.endswith("_by_round") and cpu != "—":
                 cpu += " (%s %s)" % (k[len("cpu_per_1000_of_which_"):], fnum(e[k], "%.3f"))
         if s == "trunkline-cluster" and cpu != "—":
             cpu += " (+ buddy %s, + etcd %s)" % (fnum(e.get("buddy_cpu_per_1000"), "%.3f"),
                                                  fnum(e.get("etcd_cpu_per_1000"), "%.3f"))
-        first_fail = e.get("first_failing_rate")
-        refused = ""
-        for j in steps_of(out, s):
-            if first_fail and "%g" % j["rate"] == first_fail:
-                refused = ("at %s/s: %s" % (first_fail, j["refused"])) if j.get("refused") else ""
+        refused = []
+        for d, r in zip(dirs, per_round):
+            first_fail = r[s].get("first_failing_rate")
+            for j in steps_of(d, s):
+                if first_fail and "%g" % j["rate"] == first_fail and j.get("refused"):
+                    refused.append("at %s/s: %s" % (first_fail, j["refused"]))
+        refused = "; ".join(refused)
         rows.append("| %s | %s | %s | %s | %s | %s | %s |" % (
             LABELS.get(s, s), sus, fnum(e.get("p50_ms")), fnum(e.get("p99_ms")), cpu,
             fnum(e.get("kib_per_call"), "%.2f"), refused))
     lines = ["# Trunkline signalling benchmark — %s" % params.get("started", "?"), ""]
+    if multi:
+        lines += ["%d rounds, each measuring every row once in turn: each figure is the median "
+                  "of the rounds, every round's value in brackets (memory: round 1 only)."
+                  % len(dirs), ""]
     lines += rows
     lines.append("")
     verdicts = []
     for num, den, target in RATIOS:
-        line = ratio_line(env, num, den, target)
+        line = ratio_line(env, num, den, target, per_round)
         if line:
             verdicts.append(line)
     if "trunkline-media" in env:
         try:
             c = float(env["trunkline-media"].get("cpu_per_1000"))
-            verdicts.append("**trunkline-media CPU s per 1000 calls: %.3f** (target ≤ %.2f: %s)" % (
-                c, MEDIA_CPU_TARGET, "met" if c <= MEDIA_CPU_TARGET else "NOT met"))
+            each = env["trunkline-media"].get("cpu_per_1000_by_round")
+            verdicts.append("**trunkline-media CPU s per 1000 calls: %.3f** (target ≤ %.2f: %s)%s" % (
+                c, MEDIA_CPU_TARGET, "met" if c <= MEDIA_CPU_TARGET else "NOT met",
+                " (median; round by round: %s)" % each if each else ""))
         except (TypeError, ValueError):
             verdicts.append("trunkline-media CPU s per 1000 calls: n/a")
     for s in ("trunkline", "trunkline-media"):
@@ -657,17 +732,22 @@ def report(out, systems):
                             % (r, WATCH_RATIO_TARGET, "met" if r >= WATCH_RATIO_TARGET else "NOT met"))
         except (KeyError, TypeError, ValueError, ZeroDivisionError):
             verdicts.append("trunkline-watch10 / trunkline sustained calls/s: n/a")
-        try:
-            alive = open(os.path.join(out, "trunkline-watch10", "fixed", "watchers-alive.txt")).read().strip()
-            verdicts.append("trunkline-watch10: %s of %s watchers still streaming at the end of the "
-                            "fixed-rate run (a watcher that falls behind is told and its stream ends)"
-                            % (alive, params.get("admin_rows", "?").split()[0]))
-        except OSError:
-            pass
+        for d in dirs:
+            try:
+                alive = open(os.path.join(d, "trunkline-watch10", "fixed", "watchers-alive.txt")).read().strip()
+                verdicts.append("trunkline-watch10: %s of %s watchers still streaming at the end of the "
+                                "fixed-rate run%s (a watcher that falls behind is told and its stream "
+                                "ends)" % (alive, params.get("admin_rows", "?").split()[0],
+                                           " of " + os.path.basename(d) if multi else ""))
+            except OSError:
+                pass
     if "trunkline-listcalls" in env:
         ms = []
-        for path in glob.glob(os.path.join(out, "trunkline-listcalls", "*", "*", "listcalls-ms.txt")) + \
-                glob.glob(os.path.join(out, "trunkline-listcalls", "fixed", "listcalls-ms.txt")):
+        paths = []
+        for d in dirs:
+            paths += glob.glob(os.path.join(d, "trunkline-listcalls", "*", "*", "listcalls-ms.txt"))
+            paths += glob.glob(os.path.join(d, "trunkline-listcalls", "fixed", "listcalls-ms.txt"))
+        for path in paths:
             for line in open(path):
                 parts = line.split()
                 if parts:
@@ -684,20 +764,23 @@ def report(out, systems):
             verdicts.append("ListCalls latency: n/a (no poll recorded)")
     # A rate search cut short by refusals measures whatever refused, not the system: say so.
     for s in systems:
-        for j in steps_of(out, s):
+        for j in [j for d in dirs for j in steps_of(d, s)]:
             if j.get("no_free_media_ports"):
                 verdicts.append("WARNING: %s ran out of media ports at %g calls/s (%s): the range "
                                 "was full of live calls, i.e. calls were piling up past the knee "
                                 "(calls here hold no time), or the range is too small for the "
                                 "calls held." % (s, j["rate"], j["refused"]))
                 break
-        try:
-            fixed = json.load(open(os.path.join(out, s, "fixed", "step.json")))
-        except (OSError, ValueError):
-            fixed = {}
-        if fixed.get("media_sessions_left"):
-            verdicts.append("WARNING: %s still held %d media sessions after every call of the fixed-rate "
-                            "run had ended (sessions not deleted)." % (s, fixed["media_sessions_left"]))
+        for d in dirs:
+            try:
+                fixed = json.load(open(os.path.join(d, s, "fixed", "step.json")))
+            except (OSError, ValueError):
+                fixed = {}
+            if fixed.get("media_sessions_left"):
+                verdicts.append("WARNING: %s still held %d media sessions after every call of the "
+                                "fixed-rate run%s had ended (sessions not deleted)." % (
+                                    s, fixed["media_sessions_left"],
+                                    " of " + os.path.basename(d) if multi else ""))
         fw = env[s].get("fixed_rate_warning")
         if fw:
             verdicts.append("WARNING: %s %s: its latency and CPU figures come from a run that did "
@@ -743,32 +826,36 @@ def report(out, systems):
         lines.append("")
         for key in sorted(e):
             lines.append("- %s: %s" % (key, e[key]))
-        steps = steps_of(out, s)
-        if steps:
-            lines.append("")
-            lines.append("| step rate | result | failed % | 200s/s | p50 ms | p99 ms | refused "
-                         "| media sessions left | why |")
-            lines.append("|---:|---|---:|---:|---:|---:|---|---:|---|")
-            for j in steps:
-                left = j.get("media_sessions_left")
-                lines.append("| %g | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                    j["rate"], "pass" if j["pass"] else "FAIL", j["fail_pct"], j["achieved_rate"],
-                    j["p50_ms"], j["p99_ms"], j.get("refused", ""), "" if left is None else left,
-                    j["why"]))
-        if s == "trunkline-cluster" and steps:
-            lines.append("")
-            lines.append("| step rate | replication bytes / call | batches / s | dropped "
-                         "| replicas left on the buddy | etcd requests in the step (raw, idle included) |")
-            lines.append("|---:|---:|---:|---:|---:|---|")
-            for p in sorted(glob.glob(os.path.join(out, s, "search", "step-*", "cluster.json")),
-                            key=lambda p: os.path.getmtime(p)):
-                c = json.load(open(p))
-                rate = os.path.basename(os.path.dirname(p))[len("step-"):]
-                lines.append("| %s | %s | %s | %s | %s | %s (%s) |" % (
-                    rate, fnum(c.get("replication_bytes_per_call")),
-                    fnum(c.get("replication_batches_per_s"), "%.1f"), fnum(c.get("replication_dropped")),
-                    fnum(c.get("buddy_replicas_left")), fnum(c.get("etcd_requests")),
-                    fmt_methods(c.get("etcd_requests_by_method") or {})))
+        for d in dirs:
+            steps = steps_of(d, s)
+            if steps and multi:
+                lines.append("")
+                lines.append("%s:" % os.path.basename(d))
+            if steps:
+                lines.append("")
+                lines.append("| step rate | result | failed % | 200s/s | p50 ms | p99 ms | refused "
+                             "| media sessions left | why |")
+                lines.append("|---:|---|---:|---:|---:|---:|---|---:|---|")
+                for j in steps:
+                    left = j.get("media_sessions_left")
+                    lines.append("| %g | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                        j["rate"], "pass" if j["pass"] else "FAIL", j["fail_pct"], j["achieved_rate"],
+                        j["p50_ms"], j["p99_ms"], j.get("refused", ""), "" if left is None else left,
+                        j["why"]))
+            if s == "trunkline-cluster" and steps:
+                lines.append("")
+                lines.append("| step rate | replication bytes / call | batches / s | dropped "
+                             "| replicas left on the buddy | etcd requests in the step (raw, idle included) |")
+                lines.append("|---:|---:|---:|---:|---:|---|")
+                for p in sorted(glob.glob(os.path.join(d, s, "search", "step-*", "cluster.json")),
+                                key=lambda p: os.path.getmtime(p)):
+                    c = json.load(open(p))
+                    rate = os.path.basename(os.path.dirname(p))[len("step-"):]
+                    lines.append("| %s | %s | %s | %s | %s | %s (%s) |" % (
+                        rate, fnum(c.get("replication_bytes_per_call")),
+                        fnum(c.get("replication_batches_per_s"), "%.1f"), fnum(c.get("replication_dropped")),
+                        fnum(c.get("buddy_replicas_left")), fnum(c.get("etcd_requests")),
+                        fmt_methods(c.get("etcd_requests_by_method") or {})))
         lines.append("")
     lines += ["## Parameters", ""]
     for key in sorted(params):

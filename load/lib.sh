@@ -49,8 +49,10 @@ out_dir() {
 	OUT="$HERE/out/$STAMP"
 	[ -e "$OUT" ] && OUT="$OUT-$$"
 	mkdir -p "$OUT"
+	LOG_FILE="$OUT/$LOG_FILE_NAME"
 }
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$OUT/$LOG_FILE_NAME" >&2; }
+# The log stays where out_dir made it even when a script points OUT at a round's directory.
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" | tee -a "$LOG_FILE" >&2; }
 die() { log "ERROR: $*"; exit 2; }
 
 # ------------------------------------------------------------ process control
