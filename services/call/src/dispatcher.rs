@@ -13,7 +13,7 @@ use crate::media::MediaControl;
 use crate::messages::{CallArgs, CallMsg};
 use crate::metrics::{CallMetrics, Direction};
 use crate::outbound::Outbound;
-use crate::registry::{CallHandle, DialogKey, InitialInvite};
+use crate::registry::{CallHandle, DialogKey, InitialInvite, Undelivered};
 use crate::router::{Router, Routing};
 use crate::shared::{token_target, DispatcherConfig, Shared};
 use crate::stateless;
@@ -1022,20 +1022,22 @@ impl Dispatcher {
                 self.shared.send(&to, data, None);
             }
             Action::Deliver { handle, leg, msg } => {
-                let refusal = match &msg {
-                    Message::Request(r) if r.method != Method::Ack => Some(r.clone()),
-                    _ => None,
-                };
                 let sip = CallMsg::Sip {
                     leg,
                     msg,
                     source: *source,
                 };
-                if handle.deliver(sip).is_err() {
+                if let Err(Undelivered(back)) = handle.deliver(sip) {
                     self.shared.metrics.rejected("mailbox_full");
-                    if let Some(req) = refusal {
-                        let resp = stateless::unavailable(&req, self.shared.node());
-                        self.send_reply(source, &resp, &req.method);
+                    if let Some(CallMsg::Sip {
+                        msg: Message::Request(req),
+                        ..
+                    }) = back.map(|m| *m)
+                    {
+                        if req.method != Method::Ack {
+                            let resp = stateless::unavailable(&req, self.shared.node());
+                            self.send_reply(source, &resp, &req.method);
+                        }
                     }
                 }
             }

@@ -40,19 +40,25 @@ pub struct CallHandle {
 }
 
 /// The call's mailbox is full (or the actor is gone): the message was not delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Undelivered;
+/// It comes back, so that the dispatcher can refuse a request without having kept a
+/// copy of every request it delivers (boxed: this is the rare path, and the message is
+/// large).
+#[derive(Debug)]
+pub struct Undelivered(pub Option<Box<CallMsg>>);
 
 impl CallHandle {
     /// Queues a network message for the call, unless `MAILBOX_LIMIT` are already waiting.
     pub fn deliver(&self, msg: CallMsg) -> Result<(), Undelivered> {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= MAILBOX_LIMIT {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(Undelivered);
+            return Err(Undelivered(Some(Box::new(msg))));
         }
-        self.actor.send_message(msg).map_err(|_| {
+        self.actor.send_message(msg).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            Undelivered
+            Undelivered(match e {
+                ractor::MessagingErr::SendErr(msg) => Some(Box::new(msg)),
+                _ => None,
+            })
         })
     }
 }
