@@ -132,6 +132,7 @@ else
 	: "${ROUNDS:=3}" "${STEP_SECS:=10}" "${BISECT:=3}" "${FIXED_RATE:=200}" "${FIXED_SECS:=20}" "${FIXED_WARMUP_SECS:=15}"
 	: "${HOLD_CALLS:=10000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=10}"
 fi
+case "$ROUNDS" in '' | *[!0-9]* | 0*) echo "ROUNDS must be a positive whole number, not '$ROUNDS'" >&2; exit 2 ;; esac
 : "${MEDIA_HOLD_CALLS:=$((HOLD_CALLS < 2000 ? HOLD_CALLS : 2000))}"
 : "${SEARCH_START:=100}" "${SIPP_SEARCH_START:=1000}" "${SEARCH_MAX:=64000}"
 : "${UAC_PORT:=5080}" "${UAS_PORT:=5090}" "${KAM_PORT:=5060}" "${TL_PORT:=5062}"
@@ -1097,7 +1098,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
 			case "$s" in sipp | trunkline-watch10 | trunkline-listcalls | trunkline-hold) ;; *) hold_run "$s" ;; esac
 		fi
 	done
-	[ "$ROUNDS" -gt 1 ] && python3 "$LIB" report "$OUT" "${SYS_LIST[@]}" >/dev/null
+	if [ "$ROUNDS" -gt 1 ]; then python3 "$LIB" report "$OUT" "${SYS_LIST[@]}" >/dev/null; fi
 done
 OUT=$TOP
 
