@@ -83,19 +83,27 @@ fn param_quoted<'a>(params: &'a [u8], name: &[u8], stop_at_comma: bool) -> Optio
 }
 
 /// The trimmed value of one `name[=value]` parameter when its name is `name` (any case).
+/// Most parameters a caller looks at are not the one it wants: they are turned away on
+/// their first bytes, before any search for `=`.
 fn param_value<'a>(p: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let (s, e) = scan::trim(p);
     let p = &p[s..e];
-    let (n, v) = match p.iter().position(|c| *c == b'=') {
-        Some(eq) => (&p[..eq], &p[eq + 1..]),
-        None => (p, &p[p.len()..]),
-    };
-    let (ns, ne) = scan::trim(n);
-    if !n[ns..ne].eq_ignore_ascii_case(name) {
+    if p.len() < name.len() || !p[..name.len()].eq_ignore_ascii_case(name) {
         return None;
     }
-    let (vs, ve) = scan::trim(v);
-    Some(&v[vs..ve])
+    // After the name: nothing (a parameter without a value), or `=` (whitespace allowed
+    // around it); anything else means a longer name.
+    let rest = &p[name.len()..];
+    let eq = scan::skip_ws(rest, 0);
+    match rest.get(eq) {
+        None => Some(&rest[rest.len()..]),
+        Some(b'=') => {
+            let v = &rest[eq + 1..];
+            let (vs, ve) = scan::trim(v);
+            Some(&v[vs..ve])
+        }
+        Some(_) => None,
+    }
 }
 
 /// The `tag` of a From or To value.
@@ -236,7 +244,8 @@ mod tests {
         #[test]
         fn fast_path_agrees_with_the_byte_walk(
             parts in prop::collection::vec(prop::sample::select(vec![
-                ";", ",", "=", " ", "\"", "\\", "tag", "TAG", "branch", "x", "z9hG4bK1", ";tag=", "; tag = t ",
+                ";", ",", "=", " ", "\"", "\\", "tag", "TAG", "ta", "tagx", "\t", "branch", "x",
+                "z9hG4bK1", ";tag=", "; tag = t ", ";tag =",
             ]), 0..10),
             stop_at_comma in any::<bool>(),
         ) {

@@ -252,10 +252,15 @@ pub struct SipUriRef<'a> {
     pub headers: Option<&'a str>,
 }
 
-/// Bytes no URI may hold (controls, space, `<`, `>`, `"`, non-ASCII); every URI of every
-/// message is checked against it.
-static NOT_IN_URI: [bool; 256] =
-    crate::scan::byte_class!(|c| c <= b' ' || c == b'<' || c == b'>' || c == b'"' || c >= 0x7f);
+/// Whether `b` holds a byte no URI may hold (controls, space, `<`, `>`, `"`, non-ASCII).
+/// Every URI of every message is checked (about thirty per anchored call), so the test is
+/// written without an early exit or a table, which lets the compiler compare many bytes
+/// at once (`load/callgrind.sh`: ~650 fewer instructions per call than a lookup per byte).
+fn has_byte_not_in_uri(b: &[u8]) -> bool {
+    b.iter().fold(false, |bad, &c| {
+        bad | (c <= b' ') | (c == b'<') | (c == b'>') | (c == b'"') | (c >= 0x7f)
+    })
+}
 
 impl<'a> UriRef<'a> {
     /// Checks `s` as [`Uri::parse`] does and splits it into borrowed parts.
@@ -272,7 +277,7 @@ impl<'a> UriRef<'a> {
         {
             return Err("bad scheme");
         }
-        if s.bytes().any(|c| NOT_IN_URI[usize::from(c)]) {
+        if has_byte_not_in_uri(s.as_bytes()) {
             return Err("invalid character");
         }
         let sip_scheme = if scheme.eq_ignore_ascii_case("sip") {
@@ -518,5 +523,22 @@ mod tests {
             assert_eq!(u.as_sip().and_then(|s| s.port), Some(port), "{text}");
         }
         assert!(Uri::parse("sip:@b").is_err());
+    }
+
+    #[test]
+    fn bytes_outside_the_uri_alphabet_are_refused_wherever_they_are() {
+        for c in (0u8..0x80).map(char::from).chain(['\u{e9}', '\u{20ac}']) {
+            let refused = c <= ' ' || matches!(c, '<' | '>' | '"') || c >= '\u{7f}';
+            // Before the 32nd byte, after it (past the first vector block), and in a
+            // scheme other than sip.
+            for text in [
+                format!("sip:a{c}b@example.com"),
+                format!("sip:alice@proxy.example.com;transport=udp;x=1{c}"),
+                format!("tel:+1555{c}1234"),
+            ] {
+                let invalid = UriRef::parse(&text) == Err("invalid character");
+                assert_eq!(invalid, refused, "{text:?}");
+            }
+        }
     }
 }
