@@ -1053,12 +1053,19 @@ impl Inner {
         })
     }
 
+    /// A new socket bound at `addr`. The first calls after a start bind a socket for every
+    /// port they get until the range has gone round once (later calls reuse spares), so
+    /// this runs thousands of times a second then: the socket is created non-blocking
+    /// (and close-on-exec) by `socket(2)` itself rather than by two `fcntl` calls after.
     fn bind_socket(&self, addr: SocketAddr) -> std::io::Result<UdpSocket> {
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::DGRAM.nonblocking(),
+            Some(Protocol::UDP),
+        )?;
         if let Err(e) = socket.set_recv_buffer_size(self.config.recv_buffer) {
             tracing::warn!(error = %e, "cannot set SO_RCVBUF on a media socket");
         }
-        socket.set_nonblocking(true)?;
         socket.bind(&SockAddr::from(addr))?;
         Ok(socket.into())
     }
