@@ -74,6 +74,12 @@ Environment (defaults full / quick):
                      host's slow spells fall on all rows alike; the report gives each row's
                      median and every round's figure (the memory run is made in round 1 only)
   STEP_SECS          length of one rate-search step (10 / 3)
+  STEP_WARMUP_CALLS  calls placed on each step's freshly started system before the step is
+                     measured, for at most 3 s (3000 / 0; 0: none): a sustained rate is a
+                     running system's, not one of its first second (trunkline binds a socket
+                     for each media port the first time the port is used: 3000 calls take
+                     every pair of the default range once)
+  STEP_WARMUP_RATE   their rate, or the step's own if lower (1500)
   BISECT             bisection steps after the doubling phase (3 / 1)
   SEARCH_START       first offered rate for the Kamailio and trunkline rows (100 / 100)
   SIPP_SEARCH_START  first offered rate for the SIPp-direct reference (1000 / 1000)
@@ -127,12 +133,19 @@ SYSTEMS=$(IFS=,; echo "${SYS_LIST[*]}")
 
 if [ "$QUICK" = 1 ]; then
 	: "${ROUNDS:=1}" "${STEP_SECS:=3}" "${BISECT:=1}" "${FIXED_RATE:=100}" "${FIXED_SECS:=5}" "${FIXED_WARMUP_SECS:=0}"
+	: "${STEP_WARMUP_CALLS:=0}"
 	: "${HOLD_CALLS:=1000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=5}"
 else
 	: "${ROUNDS:=3}" "${STEP_SECS:=10}" "${BISECT:=3}" "${FIXED_RATE:=200}" "${FIXED_SECS:=20}" "${FIXED_WARMUP_SECS:=15}"
+	: "${STEP_WARMUP_CALLS:=3000}"
 	: "${HOLD_CALLS:=10000}" "${HOLD_RATE:=200}" "${ETCD_IDLE_SECS:=10}"
 fi
 case "$ROUNDS" in '' | *[!0-9]* | 0*) echo "ROUNDS must be a positive whole number, not '$ROUNDS'" >&2; exit 2 ;; esac
+: "${STEP_WARMUP_RATE:=1500}"
+for v in STEP_WARMUP_CALLS STEP_WARMUP_RATE; do
+	case "${!v}" in '' | *[!0-9]* | 0?*) echo "$v must be a whole number without a leading zero, not '${!v}'" >&2; exit 2 ;; esac
+done
+[ "$STEP_WARMUP_RATE" -gt 0 ] || { echo "STEP_WARMUP_RATE must be above 0" >&2; exit 2; }
 : "${MEDIA_HOLD_CALLS:=$((HOLD_CALLS < 2000 ? HOLD_CALLS : 2000))}"
 : "${SEARCH_START:=100}" "${SIPP_SEARCH_START:=1000}" "${SEARCH_MAX:=64000}"
 : "${UAC_PORT:=5080}" "${UAS_PORT:=5090}" "${KAM_PORT:=5060}" "${TL_PORT:=5062}"
@@ -762,6 +775,32 @@ hold_args() { # SYSTEM RATE
 }
 
 # ------------------------------------------------------------ phases
+# STEP_WARMUP_CALLS calls at STEP_WARMUP_RATE (or the step's rate, if lower) on the step's
+# system before it is measured, in DIR/warmup: what the system counted by then (trunkline's
+# metrics, its log's 'no free media ports' lines) is kept there for the judge to subtract.
+step_warm_up() { # SYSTEM RATE DIR
+	local sys=$1 rate=$2 w="$3/warmup" hold res calls
+	[ "$STEP_WARMUP_CALLS" -gt 0 ] || return 0
+	[ "$rate" -lt "$STEP_WARMUP_RATE" ] || rate=$STEP_WARMUP_RATE
+	# at most 3 s of it (the low steps are far from any system's limit)
+	calls=$((rate * 3 < STEP_WARMUP_CALLS ? rate * 3 : STEP_WARMUP_CALLS))
+	hold=$(row_hold_ms "$sys")
+	# shellcheck disable=SC2046 # hold_args is zero or two words
+	uac_start "$w" "$SUT_TARGET" "$rate" "$calls" "$hold" \
+		$((calls / rate + 20 + hold / 1000)) $(hold_args "$sys" "$rate")
+	uac_wait || true
+	# The last calls' BYE transactions (and held calls) end before the measured load starts.
+	sleep $((1 + hold / 1000))
+	case "$sys" in
+	trunkline*)
+		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$w/metrics.txt" 2>/dev/null || true
+		python3 "$LIB" noports "$3" >"$w/no-free-media-ports.count"
+		;;
+	esac
+	res=$(python3 "$LIB" judge "$w" "$rate" $((calls / rate)))
+	log "    warm-up, $calls calls at $rate/s (not measured): $res"
+}
+
 # one bounded rate-search step; returns 0 on pass
 STEP_RESULT=""
 run_step() { # SYSTEM RATE
@@ -772,6 +811,7 @@ run_step() { # SYSTEM RATE
 	sut_start "$sys" "$d"
 	uas_start "$d"
 	sut_ready "$sys" "$d"
+	step_warm_up "$sys" "$rate" "$d"
 	[ "$sys" = trunkline-cluster ] && cluster_scrape "$d" before
 	# shellcheck disable=SC2046 # hold_args is zero or two words
 	uac_start "$d" "$SUT_TARGET" "$rate" "$calls" "$hold" $((STEP_SECS + 20 + hold / 1000)) $(hold_args "$sys" "$rate")
@@ -1015,6 +1055,8 @@ for s in "${SYS_LIST[@]}"; do mkdir -p "$OUT/$s"; : >"$OUT/$s/summary.env"; done
 	echo "systems=$SYSTEMS"
 	echo "rounds=$ROUNDS"
 	echo "step_secs=$STEP_SECS"
+	echo "step_warmup_calls=$STEP_WARMUP_CALLS"
+	echo "step_warmup_rate=$STEP_WARMUP_RATE"
 	echo "bisect=$BISECT"
 	echo "search_start=$SEARCH_START (SIPp direct: $SIPP_SEARCH_START), cap $SEARCH_MAX"
 	echo "fixed_rate=$FIXED_RATE"

@@ -6,7 +6,9 @@ Subcommands:
                                files in STEPDIR; prints "PASS|FAIL <fields>"
                                and writes STEPDIR/step.json.  Also counts the
                                calls refused with a final status (SIPp's error
-                               log; trunkline's metrics.txt and log when there)
+                               log; trunkline's metrics.txt and log when there),
+                               net of a warm-up's counts kept in STEPDIR/warmup
+  noports STEPDIR              'no free media ports' lines in STEPDIR's trunkline log
   tree PID...                  PIDs given plus all their live descendants
   cpu PID...                   sum of utime+stime (seconds) over those PIDs
   pss PID...                   sum of Pss and Rss (KiB) from smaps_rollup
@@ -97,20 +99,39 @@ def refused_by_status(d):
     return out
 
 
+def _metric_counts(p, pattern):
+    """{status: count} of `pattern`'s matches in the metrics file `p` ({} when absent)."""
+    out = {}
+    if os.path.exists(p):
+        for st, n in pattern.findall(open(p).read()):
+            out[int(st)] = out.get(int(st), 0) + int(n)
+    return out
+
+
+def _warm_up(d):
+    """The warm-up directory of step `d` (see step_warm_up in bench.sh): what the system had
+    counted when the measured load began, to be taken off the step's own counts."""
+    return os.path.join(d, "warmup")
+
+
 def node_finals(d):
-    """{status: calls} of trunkline's non-2xx finals from its metrics (None if not scraped)."""
+    """{status: calls} of trunkline's non-2xx finals from its metrics (None if not scraped),
+    net of those of the step's warm-up."""
     p = os.path.join(d, "metrics.txt")
     if not os.path.exists(p):
         return None
+    before = _metric_counts(os.path.join(_warm_up(d), "metrics.txt"), NODE_FINAL)
     out = {}
-    for st, n in NODE_FINAL.findall(open(p).read()):
-        if int(st) >= 300 and int(n) > 0:
-            out[int(st)] = int(n)
+    for st, n in _metric_counts(p, NODE_FINAL).items():
+        n -= before.get(st, 0)
+        if st >= 300 and n > 0:
+            out[st] = n
     return out
 
 
 def node_invite_refusals(d):
-    """INVITEs trunkline answered with a non-2xx final (its metrics; None if not scraped).
+    """INVITEs trunkline answered with a non-2xx final (its metrics; None if not scraped),
+    net of those of the step's warm-up.
 
     A caller that ignores such an answer and retransmits its INVITE (SIPp does, with
     `-abortunexp` off) may still get the call up later, as a new call: the node's
@@ -119,16 +140,27 @@ def node_invite_refusals(d):
     p = os.path.join(d, "metrics.txt")
     if not os.path.exists(p):
         return None
-    return sum(int(n) for _, n in NODE_INVITE_REFUSED.findall(open(p).read()))
+    before = _metric_counts(os.path.join(_warm_up(d), "metrics.txt"), NODE_INVITE_REFUSED)
+    return sum(_metric_counts(p, NODE_INVITE_REFUSED).values()) - sum(before.values())
 
 
-def no_port_refusals(d):
-    """Lines of trunkline's log saying the relay had no free media ports (None: no log)."""
+def no_port_lines(d):
+    """Lines of trunkline's log in `d` saying the relay had no free media ports (None: no
+    log)."""
     p = os.path.join(d, "trunkline.log")
     if not os.path.exists(p):
         return None
     with open(p, "rb") as fh:
         return fh.read().count(NO_PORTS)
+
+
+def no_port_refusals(d):
+    """no_port_lines of step `d`, net of those its warm-up had logged."""
+    n = no_port_lines(d)
+    p = os.path.join(_warm_up(d), "no-free-media-ports.count")
+    if n is not None and os.path.exists(p):
+        n -= _int(open(p).read().strip())
+    return n
 
 
 def media_sessions_left(d):
@@ -147,6 +179,16 @@ def media_sessions_left(d):
 
 def fmt_status(counts):
     return ", ".join("%d x%d" % (st, n) for st, n in sorted(counts.items())) if counts else ""
+
+
+def warm_up_text(params):
+    """How each step's system was warmed up before it was measured, for the report."""
+    calls = _int(params.get("step_warmup_calls"))
+    if calls <= 0:
+        return ""
+    return (" and places up to %d calls on it at up to %s calls/s (at most the step's rate, "
+            "for at most 3 s) before the step is measured" % (
+                calls, params.get("step_warmup_rate", "?")))
 
 
 def pct(values, p):
@@ -802,8 +844,8 @@ def report(out, systems):
     lines.append("- sustained: highest offered rate whose %s s step had < 0.1 %% failed calls "
                  "(never created, failed, or unfinished count as failed) and whose 200s arrived at "
                  "≥ 95 %% of the offered rate; steps doubled from the start rate, then bisected "
-                 "%s times. Each step starts the system afresh." % (
-                     params.get("step_secs", "?"), params.get("bisect", "?")))
+                 "%s times. Each step starts the system afresh%s." % (
+                     params.get("step_secs", "?"), params.get("bisect", "?"), warm_up_text(params)))
     lines.append("- refused: calls answered 3xx-6xx, one per Call-ID and status, from SIPp's error "
                  "log (what the caller got); for trunkline also the node's own "
                  "trunkline_calls_total by status and 'no free media ports' lines in its log.")
@@ -1080,6 +1122,9 @@ def main(argv):
     cmd, a = argv[1], argv[2:]
     if cmd == "judge":
         judge(a[0], a[1], a[2])
+    elif cmd == "noports":
+        n = no_port_lines(a[0])
+        print(0 if n is None else n)
     elif cmd == "tree":
         print(" ".join(str(p) for p in tree(a)))
     elif cmd == "cpu":
