@@ -775,30 +775,36 @@ hold_args() { # SYSTEM RATE
 }
 
 # ------------------------------------------------------------ phases
-# STEP_WARMUP_CALLS calls at STEP_WARMUP_RATE (or the step's rate, if lower) on the step's
-# system before it is measured, in DIR/warmup: what the system counted by then (trunkline's
-# metrics, its log's 'no free media ports' lines) is kept there for the judge to subtract.
-step_warm_up() { # SYSTEM RATE DIR
-	local sys=$1 rate=$2 w="$3/warmup" hold res calls
-	[ "$STEP_WARMUP_CALLS" -gt 0 ] || return 0
-	[ "$rate" -lt "$STEP_WARMUP_RATE" ] || rate=$STEP_WARMUP_RATE
-	# at most 3 s of it (the low steps are far from any system's limit)
-	calls=$((rate * 3 < STEP_WARMUP_CALLS ? rate * 3 : STEP_WARMUP_CALLS))
+# CALLS calls at RATE on the system of phase DIR before the phase is measured, in DIR/warmup:
+# what the system counted by then (trunkline's metrics, its log's 'no free media ports' lines)
+# is kept there for the judge to subtract.
+warm_up() { # SYSTEM DIR RATE CALLS
+	local sys=$1 w="$2/warmup" rate=$3 calls=$4 hold res
 	hold=$(row_hold_ms "$sys")
 	# shellcheck disable=SC2046 # hold_args is zero or two words
 	uac_start "$w" "$SUT_TARGET" "$rate" "$calls" "$hold" \
 		$((calls / rate + 20 + hold / 1000)) $(hold_args "$sys" "$rate")
 	uac_wait || true
-	# The last calls' BYE transactions (and held calls) end before the measured load starts.
-	sleep $((1 + hold / 1000))
+	# Calls held past their BYE's retransmissions end before the measured load starts.
+	sleep $((2 + hold / 1000))
 	case "$sys" in
 	trunkline*)
 		curl -s -m 5 "http://$HOST:$TL_METRICS_PORT/metrics" >"$w/metrics.txt" 2>/dev/null || true
-		python3 "$LIB" noports "$3" >"$w/no-free-media-ports.count"
+		python3 "$LIB" noports "$2" >"$w/no-free-media-ports.count"
 		;;
 	esac
 	res=$(python3 "$LIB" judge "$w" "$rate" $((calls / rate)))
-	log "    warm-up, $calls calls at $rate/s (not measured): $res"
+	log "    $sys: warm-up, $calls calls at $rate/s (not measured): $res"
+}
+
+# A rate-search step's warm-up: STEP_WARMUP_CALLS calls at STEP_WARMUP_RATE or the step's
+# RATE, whichever is lower, for at most 3 s (the low steps are far from any system's limit).
+step_warm_up() { # SYSTEM RATE DIR
+	local rate=$2 calls
+	[ "$STEP_WARMUP_CALLS" -gt 0 ] || return 0
+	[ "$rate" -lt "$STEP_WARMUP_RATE" ] || rate=$STEP_WARMUP_RATE
+	calls=$((rate * 3 < STEP_WARMUP_CALLS ? rate * 3 : STEP_WARMUP_CALLS))
+	warm_up "$1" "$3" "$rate" "$calls"
 }
 
 # one bounded rate-search step; returns 0 on pass
@@ -857,13 +863,7 @@ fixed_run() { # SYSTEM — latency and CPU at FIXED_RATE
 	uas_start "$d"
 	sut_ready "$sys" "$d"
 	if [ "$FIXED_WARMUP_SECS" -gt 0 ]; then
-		log "  $sys: warm-up, $FIXED_RATE calls/s x ${FIXED_WARMUP_SECS}s (not measured)"
-		# shellcheck disable=SC2046 # hold_args is zero or two words
-		uac_start "$d/warmup" "$SUT_TARGET" "$FIXED_RATE" $((FIXED_RATE * FIXED_WARMUP_SECS)) "$hold" \
-			$((FIXED_WARMUP_SECS + 20 + hold / 1000)) $(hold_args "$sys" "$FIXED_RATE")
-		uac_wait || true
-		# Calls held past their BYE's retransmissions end before the measured run starts.
-		sleep $((2 + hold / 1000))
+		warm_up "$sys" "$d" "$FIXED_RATE" $((FIXED_RATE * FIXED_WARMUP_SECS))
 	fi
 	if [ "$sys" = trunkline-cluster ]; then
 		# etcd's idle traffic (lease keep-alives of both nodes), to subtract from the calls'
