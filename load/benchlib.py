@@ -109,14 +109,15 @@ def _metric_counts(p, pattern):
 
 
 def _warm_up(d):
-    """The warm-up directory of step `d` (see step_warm_up in bench.sh): what the system had
-    counted when the measured load began, to be taken off the step's own counts."""
+    """The warm-up directory of phase `d`, a rate-search step or the fixed-rate run (see
+    warm_up in bench.sh): what the system had counted when the measured load began, to be
+    taken off the phase's own counts."""
     return os.path.join(d, "warmup")
 
 
 def node_finals(d):
     """{status: calls} of trunkline's non-2xx finals from its metrics (None if not scraped),
-    net of those of the step's warm-up."""
+    net of those of the phase's warm-up."""
     p = os.path.join(d, "metrics.txt")
     if not os.path.exists(p):
         return None
@@ -131,7 +132,7 @@ def node_finals(d):
 
 def node_invite_refusals(d):
     """INVITEs trunkline answered with a non-2xx final (its metrics; None if not scraped),
-    net of those of the step's warm-up.
+    net of those of the phase's warm-up.
 
     A caller that ignores such an answer and retransmits its INVITE (SIPp does, with
     `-abortunexp` off) may still get the call up later, as a new call: the node's
