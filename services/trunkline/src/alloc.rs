@@ -12,13 +12,23 @@
 //!   node's CPU per call at several thousand calls/s;
 //! - one thread asks mimalloc every `COLLECT_EVERY` to purge what has waited long
 //!   enough. mimalloc purges only when a thread allocates or frees, so without it a
-//!   node that went idle after a burst would keep the burst's memory.
+//!   node that went idle after a burst would keep the burst's memory;
+//! - each runtime thread, as it parks, collects its own heap (at most once per
+//!   `PARK_COLLECT_EVERY`). The collector thread's `mi_collect` reaches only its own
+//!   heap and the shared arenas: the pages a worker freed stay in that worker's heap
+//!   until the worker itself collects, and an idle worker never does. Measured with
+//!   1000 idle TCP connections opened and reaped twice: without it the node kept 7 MiB
+//!   after the first round and 9 MiB after the second; with it, under 1 MiB after each,
+//!   within a second. Its cost at 2000 anchored calls/s is 0.06 % of the node's samples
+//!   (`perf`), the rate limit being what keeps it there: a thread parks thousands of
+//!   times a second at load.
 
 #![allow(unsafe_code)]
 
 use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout};
-use std::time::Duration;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 /// mimalloc's `mi_option_arena_eager_commit` (index in `mi_option_e`, mimalloc 2.x and 3.x).
 const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
@@ -28,6 +38,13 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const PURGE_DELAY_MS: std::ffi::c_long = 100;
 /// How often the collector thread purges what is due.
 const COLLECT_EVERY: Duration = Duration::from_millis(500);
+/// The least time between two collections of one runtime thread's heap as it parks.
+const PARK_COLLECT_EVERY: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// When this thread last collected its heap on parking.
+    static PARK_COLLECTED: Cell<Option<Instant>> = const { Cell::new(None) };
+}
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -118,6 +135,28 @@ pub fn tune() {
         });
     if let Err(e) = collector {
         eprintln!("trunkline: cannot start the allocator's collector thread: {e}");
+    }
+}
+
+/// For the runtime's `on_thread_park`: gives back what this thread's heap holds free,
+/// unless it did so less than `PARK_COLLECT_EVERY` ago. Forced, because a thread about
+/// to park may sleep until the next packet: what it freed must not wait for a purge
+/// delay that only its own next allocation would act on.
+pub fn on_thread_park() {
+    let now = Instant::now();
+    let due = PARK_COLLECTED.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| now.duration_since(t) >= PARK_COLLECT_EVERY);
+        if due {
+            last.set(Some(now));
+        }
+        due
+    });
+    if due {
+        // SAFETY: mi_collect works on the calling thread's own heap (and the shared
+        // arenas, which mimalloc locks); it may be called at any time.
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 

@@ -79,6 +79,8 @@ fn main() -> ExitCode {
             }
         });
     }
+    // Each runtime thread gives back the memory its heap holds free as it goes idle.
+    builder.on_thread_park(alloc::on_thread_park);
     match builder.enable_all().build() {
         Ok(rt) => rt.block_on(async_main(config, refused)),
         Err(err) => {
